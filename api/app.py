@@ -1,0 +1,69 @@
+"""The Litestar application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.auth import auth_guard
+from api.controllers.consents import (
+    inbound_sms,
+    post_consent,
+    post_opt_out,
+    unsubscribe_now,
+    unsubscribe_page,
+)
+from api.controllers.events import post_event
+from api.controllers.profiles import ProfileController
+from api.controllers.system import health
+from api.deps import provide_platform, provide_principal
+from api.errors import EXCEPTION_HANDLERS
+from cdp.platform import Platform, open_platform
+from cdp.settings import Settings
+
+ROUTES = [
+    health, ProfileController, post_event, post_consent, post_opt_out, unsubscribe_page,
+    unsubscribe_now, inbound_sms,
+]
+
+
+def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Litestar:
+    """An app over `platform` (tests pass one) or one opened from `settings` at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = platform is None
+        app.state.platform = platform or await open_platform(settings or Settings.from_env())
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.platform.close()
+
+    max_body = (platform.settings if platform else settings or Settings.from_env()).max_body_bytes
+    return Litestar(
+        route_handlers=ROUTES,
+        lifespan=[lifespan],
+        guards=[auth_guard],
+        dependencies={
+            "platform": Provide(provide_platform, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=max_body,
+        openapi_config=OpenAPIConfig(
+            title="Consent and customer data platform",
+            version="1.0.0",
+            path="/schema",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        logging_config=None,
+    )

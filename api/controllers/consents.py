@@ -1,0 +1,117 @@
+"""Consent events, opt-outs, one-click unsubscribe and inbound SMS keywords."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Annotated
+
+import msgspec
+from litestar import MediaType, Request, Response, get, post
+
+from api.auth import PUBLIC, roles
+from cdp.apikeys import Principal
+from cdp.errors import InvalidInput
+from cdp.platform import Platform
+from cdp.profiles.identifiers import parse_identifier
+from consent.optout import claims_from_token, is_stop_message, opt_out, unsubscribe
+from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
+from consent.service import record_consent
+
+INGEST = roles("admin", "ingest")
+
+
+class OptOutIn(msgspec.Struct, forbid_unknown_fields=True):
+    source: Name64
+    purpose: Name64 = "marketing"
+    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=16)] = "*"
+    occurred_at: AwareDatetime | None = None
+    profile_id: str | None = None
+    email: Short | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    external_id: Short | None = None
+    id_source: Name64 | None = None
+    country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
+
+
+class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_": "from"}):
+    from_: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    text: Annotated[str, msgspec.Meta(max_length=1600)]
+
+
+@post("/v1/consents", opt=INGEST, tags=["consent"], status_code=201,
+      summary="Append one consent event to the ledger")
+async def post_consent(data: ConsentIn, platform: Platform, principal: Principal) -> dict:
+    ident = parse_identifier(
+        platform.policy, platform.keys.indexer, profile_id=data.profile_id, email=data.email,
+        phone=data.phone, source=data.id_source or data.source, external_id=data.external_id,
+        country=data.country,
+    )
+    appended = await record_consent(platform, data, ident, principal.name)
+    first = appended[0]
+    return {
+        "event_id": str(first.event_id),
+        "seq": first.seq,
+        "effective": any(a.effective for a in appended),
+        "profile_id": str(first.profile_id) if first.profile_id else None,
+        "events": [
+            {"event_id": str(a.event_id), "seq": a.seq, "effective": a.effective}
+            for a in appended
+        ],
+    }
+
+
+@post("/v1/opt-outs", opt=INGEST, tags=["consent"], status_code=200,
+      summary="Opt a customer or an address out, effective before the answer")
+async def post_opt_out(data: OptOutIn, platform: Platform, principal: Principal) -> dict:
+    ident = parse_identifier(
+        platform.policy, platform.keys.indexer, profile_id=data.profile_id, email=data.email,
+        phone=data.phone, source=data.id_source or data.source, external_id=data.external_id,
+        country=data.country,
+    )
+    result = await opt_out(
+        platform, ident, purpose=data.purpose, channel=data.channel, source=data.source,
+        actor=principal.name, occurred_at=data.occurred_at,
+    )
+    return {"profile_ids": [str(p) for p in result.profile_ids], "suppressed": result.suppressed}
+
+
+@get("/v1/unsubscribe/{token:str}", opt=PUBLIC, tags=["consent"], media_type=MediaType.HTML,
+     summary="Confirmation page (changes nothing: mail scanners prefetch links)")
+async def unsubscribe_page(token: str, platform: Platform) -> Response[str]:
+    claims = claims_from_token(platform, token)
+    what = "marketing messages" if claims.purpose == "marketing" else f"{claims.purpose} messages"
+    html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main>
+<h1>Unsubscribe</h1>
+<p>Stop {escape(what)} by {escape(claims.channel)}?</p>
+<form method="post" action="/v1/unsubscribe/{escape(token)}">
+<input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button>
+</form></main></body></html>"""
+    return Response(html, media_type=MediaType.HTML)
+
+
+@post("/v1/unsubscribe/{token:str}", opt=PUBLIC, tags=["consent"], status_code=200,
+      summary="One-click unsubscribe (RFC 8058)")
+async def unsubscribe_now(token: str, platform: Platform, request: Request) -> dict:
+    result = await unsubscribe(platform, token)
+    return {"unsubscribed": True, "suppressed": result.suppressed}
+
+
+@post("/v1/inbound/sms", opt=INGEST, tags=["consent"], status_code=200,
+      summary="Inbound SMS: stop keywords opt the number out of marketing by sms")
+async def inbound_sms(data: InboundSmsIn, platform: Platform, principal: Principal) -> dict:
+    if not is_stop_message(data.text):
+        return {"stop": False}
+    try:
+        ident = parse_identifier(platform.policy, platform.keys.indexer, phone=data.from_)
+    except InvalidInput as exc:
+        raise InvalidInput.field("from", exc.errors[0].message) from None
+    result = await opt_out(
+        platform, ident, purpose="marketing", channel="sms", source="sms_keyword",
+        actor=principal.name, method="sms_keyword", reason="sms_stop",
+    )
+    return {"stop": True, "profile_ids": [str(p) for p in result.profile_ids],
+            "suppressed": result.suppressed}

@@ -1,0 +1,97 @@
+"""One explicit mapping from errors to RFC 9457 problem details.
+
+Nothing here echoes a stack trace, a secret, or a submitted value: only field names and our
+own fixed messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import OperationalError
+
+from cdp.errors import DomainError, FieldError
+from consent.tokens import TokenError
+
+log = structlog.get_logger("api.errors")
+PROBLEM = "application/problem+json"
+_TITLES = {
+    400: "Invalid input", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+    405: "Method not allowed", 409: "Conflict", 410: "Gone", 413: "Request body too large",
+    415: "Unsupported media type", 429: "Too many requests", 500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+def problem(
+    status: int, detail: str, errors: list[FieldError] | None = None, title: str | None = None
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": f"https://cdp.example/problems/{status}",
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None or status == 400:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
+    return Response(body, status_code=status, media_type=PROBLEM)
+
+
+def _field_of(key: str | None) -> str:
+    if not key:
+        return "body"
+    return key.removeprefix("$").lstrip(".") or "body"
+
+
+def on_domain_error(_: Request, exc: DomainError) -> Response:
+    return problem(exc.status, exc.detail, exc.errors if exc.status == 400 else None, exc.title)
+
+
+def on_token_error(_: Request, exc: TokenError) -> Response:
+    return problem(404, "unknown or invalid link")
+
+
+def on_validation(_: Request, exc: ValidationException) -> Response:
+    errors: list[FieldError] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            message = str(item.get("message", "invalid"))
+            key = item.get("key")
+            if message.startswith("Object contains unknown field `"):
+                key, message = message.split("`")[1], "unknown field"
+            elif message.startswith("Object missing required field `"):
+                key, message = message.split("`")[1], "required"
+            errors.append(FieldError(_field_of(key), message))
+    if not errors:
+        errors.append(FieldError("body", "not valid JSON for this endpoint"))
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return problem(400, detail, errors)
+
+
+def on_http(_: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    detail = exc.detail if status < 500 else "internal error"
+    if status == 413:
+        detail = "the request body is larger than the limit"
+    return problem(status, detail)
+
+
+def on_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, OperationalError):
+        log.error("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem(503, "the database is not reachable")
+    # the type only: exception messages may hold bound parameters (personal data)
+    log.error("unhandled_error", path=request.url.path, error=type(exc).__name__)
+    return problem(500, "internal error")
+
+
+EXCEPTION_HANDLERS = {
+    DomainError: on_domain_error,
+    TokenError: on_token_error,
+    ValidationException: on_validation,
+    HTTPException: on_http,
+    Exception: on_unexpected,
+}

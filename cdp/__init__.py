@@ -1,0 +1,1 @@
+"""Customer data platform core: profiles, identities, encryption, events, segments."""

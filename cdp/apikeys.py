@@ -1,0 +1,78 @@
+"""API keys: random secrets shown once, stored as SHA-256 (they carry 256 bits of entropy, so a
+slow password hash adds nothing), each with one role."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from cdp.db.engine import Database
+from cdp.db.tables import api_keys
+from cdp.errors import Conflict, InvalidInput, NotFound
+from cdp.ids import new_id, utcnow
+
+ROLES = ("admin", "ingest", "marketing", "compliance")
+PREFIX = "cdp_"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def create_key(db: Database, name: str, role: str) -> str:
+    if role not in ROLES:
+        raise InvalidInput.field("role", f"must be one of {', '.join(ROLES)}")
+    if not name or len(name) > 64:
+        raise InvalidInput.field("name", "1 to 64 characters")
+    key = PREFIX + secrets.token_urlsafe(32)
+    try:
+        async with db.write() as conn:
+            await conn.execute(insert(api_keys).values(
+                id=new_id(), name=name, role=role, key_hash=hash_key(key), prefix=key[:10],
+                created_at=utcnow(),
+            ))
+    except IntegrityError as exc:
+        raise Conflict("a key with this name exists") from exc
+    return key
+
+
+async def list_keys(db: Database) -> list[tuple[str, str, str, datetime, datetime | None]]:
+    async with db.read() as conn:
+        rows = await conn.execute(
+            select(api_keys.c.name, api_keys.c.role, api_keys.c.prefix, api_keys.c.created_at,
+                   api_keys.c.revoked_at).order_by(api_keys.c.created_at)
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def revoke_key(db: Database, name: str) -> None:
+    async with db.write() as conn:
+        result = await conn.execute(
+            update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        if result.rowcount == 0:
+            raise NotFound("no active key with this name")
+
+
+async def authenticate(db: Database, key: str) -> Principal | None:
+    if not key.startswith(PREFIX) or len(key) > 200:
+        return None
+    async with db.read() as conn:
+        row = (await conn.execute(
+            select(api_keys.c.name, api_keys.c.role).where(
+                api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+            )
+        )).first()
+    return None if row is None else Principal(row.name, row.role)

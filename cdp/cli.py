@@ -1,0 +1,209 @@
+"""The `cdp` command line (see API.md, CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cdp.logging import configure_logging
+from cdp.settings import Settings
+
+T = TypeVar("T")
+
+
+def run(factory: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(factory())  # type: ignore[arg-type]
+
+
+async def _with_platform(fn: Callable[[Any], Awaitable[T]], migrate: bool = True) -> T:
+    from cdp.platform import open_platform
+
+    platform = await open_platform(Settings.from_env(), run_migrations=migrate)
+    try:
+        return await fn(platform)
+    finally:
+        await platform.close()
+
+
+@click.group()
+def main() -> None:
+    """Consent and customer data platform."""
+    configure_logging()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Apply pending migrations, then serve the API."""
+    import uvicorn
+
+    from api.app import create_app
+    from cdp.crypto.fields import CryptoError
+
+    settings = Settings.from_env()
+    try:  # refuse to start on a wrong master key, before binding the port
+        run(lambda: _with_platform(lambda p: asyncio.sleep(0)))
+    except CryptoError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply migrations."""
+    from cdp.db.engine import Database
+    from cdp.db.migrate import migrate as do_migrate
+
+    async def go() -> None:
+        db = Database(Settings.from_env().database_url)
+        try:
+            await do_migrate(db)
+        finally:
+            await db.dispose()
+
+    run(go)
+    click.echo("migrations applied")
+
+
+@main.group()
+def keys() -> None:
+    """API keys and the master key."""
+
+
+@keys.command("create")
+@click.option("--name", required=True)
+@click.option("--role", required=True, type=click.Choice(["admin", "ingest", "marketing",
+                                                          "compliance"]))
+def keys_create(name: str, role: str) -> None:
+    """Create a key; it is printed once, alone on the last line."""
+    from cdp.apikeys import create_key
+
+    key = run(lambda: _with_platform(lambda p: create_key(p.db, name, role)))
+    click.echo(f"created key {name!r} with role {role}; store it now, it is not shown again:")
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from cdp.apikeys import list_keys
+
+    rows = run(lambda: _with_platform(lambda p: list_keys(p.db)))
+    for name, role, prefix, created, revoked in rows:
+        state = f"revoked {revoked:%Y-%m-%d}" if revoked else "active"
+        click.echo(f"{name}\t{role}\t{prefix}…\t{created:%Y-%m-%d}\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    from cdp.apikeys import revoke_key
+
+    run(lambda: _with_platform(lambda p: revoke_key(p.db, name)))
+    click.echo(f"revoked {name}")
+
+
+@keys.command("rotate-master")
+@click.option("--new-key-env", default="CDP_NEW_MASTER_KEY", show_default=True,
+              help="environment variable holding the new master key (base64 of 32 bytes)")
+def keys_rotate_master(new_key_env: str) -> None:
+    """Re-wrap every data key under a new master key (field data is not touched)."""
+    import os
+
+    from cdp.crypto.master import MasterKey
+    from cdp.keyring import rotate_master_key
+
+    new_text = os.environ.get(new_key_env)
+    if not new_text:
+        raise click.UsageError(f"set {new_key_env} to the new master key")
+    new = MasterKey.from_base64(new_text)
+
+    async def go(p: Any) -> int:
+        return await rotate_master_key(p.db, p.keys.master, new)
+
+    count = run(lambda: _with_platform(go))
+    click.echo(f"re-wrapped {count} data keys; new master key id {new.key_id}")
+    click.echo("now set CDP_MASTER_KEY to the new key and restart every service")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source", required=True, help="the system the file comes from")
+@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def import_cmd(file: Path, source: str, rejects: Path | None) -> None:
+    """Bulk upsert a CSV (header row) or NDJSON file."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from cdp.importer import run_import
+
+    with file.open("rb") as fh:
+        total = max(sum(1 for _ in fh) - (0 if file.suffix.lower() in (".ndjson", ".jsonl")
+                                          else 1), 0)
+    console = Console(stderr=True)
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("importing", total=total)
+
+        async def go(p: Any):  # type: ignore[no-untyped-def]
+            return await run_import(p, file, source, rejects_path=rejects,
+                                    on_progress=lambda n: bar.update(task, completed=n))
+
+        summary = run(lambda: _with_platform(go))
+    click.echo(
+        f"rows: {summary.rows}  created: {summary.created}  joined existing: {summary.joined}  "
+        f"merged: {summary.merged}  rejected rows: {summary.rejected_rows}  "
+        f"consents recorded: {summary.consents_recorded}  "
+        f"consents rejected: {summary.consents_rejected}"
+    )
+    click.echo(f"rejects: {summary.rejects_path}")
+    for reason, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {n}\t{reason}")
+
+
+@main.command()
+@click.option("--customers", default=3000, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int)
+def demo(customers: int, seed: int) -> None:
+    """Fill an empty database with a realistic synthetic customer base."""
+    from cdp.demo import fill_demo
+
+    async def go(p: Any) -> dict[str, int]:
+        return await fill_demo(p, customers=customers, seed=seed)
+
+    counts = run(lambda: _with_platform(go))
+    click.echo(" ".join(f"{k}: {v}" for k, v in counts.items()))
+
+
+@main.group()
+def audit() -> None:
+    """Consent ledger audit."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Exit 0 when the ledger verifies, 1 otherwise, naming the first bad entry."""
+    from consent.chain import verify_chain
+
+    async def go(p: Any):  # type: ignore[no-untyped-def]
+        async with p.db.read() as conn:
+            return await verify_chain(conn)
+
+    result = run(lambda: _with_platform(go))
+    if result.ok:
+        click.echo(f"ok: {result.entries} entries, head {result.head_hash}")
+        return
+    click.echo(f"FAILED at seq {result.first_invalid_seq}: {result.reason} "
+               f"({result.entries} entries verified before it)")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Tables of the profile store. Personal fields are LargeBinary ciphertext (cdp.crypto)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Table,
+    UniqueConstraint,
+    Uuid,
+)
+
+from cdp.db.metadata import metadata
+from cdp.db.types import UTCDateTime
+
+keyring = Table(
+    "keyring",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("master_key_id", String(16), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("status", String(16), nullable=False),  # active | merged | erased
+    Column("merged_into", Uuid, nullable=True, index=True),
+    Column("jurisdiction", String(16), nullable=False),
+    Column("country", String(2)),
+    Column("city", String(120)),
+    Column("traits", JSON, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    # ciphertext under the profile's data key
+    Column("first_name", LargeBinary),
+    Column("last_name", LargeBinary),
+    Column("birth_date", LargeBinary),
+    Column("postal_address", LargeBinary),
+    Column("postcode", LargeBinary),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_profiles_status_created", "status", "created_at"),
+)
+
+ENCRYPTED_PROFILE_FIELDS = ("first_name", "last_name", "birth_date", "postal_address", "postcode")
+
+profile_keys = Table(
+    "profile_keys",
+    metadata,
+    Column("profile_id", Uuid, primary_key=True),
+    Column("key_id", Integer, primary_key=True),
+    Column("master_key_id", String(16), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("profile_id", Uuid, nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # email | phone | external_id
+    Column("bidx", LargeBinary(32), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime, nullable=True),
+    UniqueConstraint("bidx", name="uq_identities_bidx"),
+)
+
+profile_sources = Table(
+    "profile_sources",
+    metadata,
+    Column("profile_id", Uuid, primary_key=True),
+    Column("source", String(64), primary_key=True),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+)
+
+merges = Table(
+    "merges",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("survivor_id", Uuid, nullable=False, index=True),
+    Column("absorbed_id", Uuid, nullable=False, index=True),
+    Column("matched_on", JSON, nullable=False),
+    Column("provenance", String(16), nullable=False),  # deterministic | reviewed
+    Column("source", String(64)),
+    Column("actor", String(64)),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("profile_id", Uuid, nullable=False, index=True),
+    Column("source", String(64), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("amount", Numeric(18, 2)),
+    Column("currency", String(3)),
+    Column("category", String(120)),
+    Column("properties", LargeBinary),  # ciphertext: free-form properties may hold personal data
+    Column("key_id", Integer),
+    UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
+)
+
+profile_stats = Table(
+    "profile_stats",
+    metadata,
+    Column("profile_id", Uuid, primary_key=True),
+    Column("orders_count", Integer, nullable=False),
+    Column("total_spent", Numeric(18, 2), nullable=False),
+    Column("first_order_at", UTCDateTime),
+    Column("last_order_at", UTCDateTime),
+)
+
+profile_categories = Table(
+    "profile_categories",
+    metadata,
+    Column("profile_id", Uuid, primary_key=True),
+    Column("category", String(120), primary_key=True),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("key_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("last_used_at", UTCDateTime),
+)
+
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("action", String(48), nullable=False),
+    Column("object_type", String(32), nullable=False),
+    Column("object_id", String(64)),
+    Column("profile_id", Uuid, index=True),
+    Column("rows", Integer, nullable=False),
+    Column("detail", JSON),
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("rules", JSON, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+)

@@ -1,0 +1,175 @@
+"""The runtime key ring: master key, blind-index key, token key and per-profile data keys.
+
+Root secrets (the blind-index root and the system data key) are random, stored in `keyring`
+wrapped by the master key, so rotating the master key re-wraps them instead of changing every
+blind index (suppressions of never-seen addresses could not be recomputed). The blind-index and
+token keys are derived from that root with HKDF and exist only in memory. A master key that
+cannot unwrap the root is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.blind_index import BlindIndexer
+from cdp.crypto.fields import FieldCipher, new_data_key
+from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
+from cdp.db.engine import Database
+from cdp.db.tables import keyring as keyring_table
+from cdp.db.tables import profile_keys
+from cdp.ids import utcnow
+
+log = structlog.get_logger(__name__)
+
+ROOTS = ("index_root", "system_key")
+SYSTEM_OWNER = "system"
+_CACHE_SIZE = 200_000
+
+
+def _dek_context(profile_id: uuid.UUID, key_id: int) -> bytes:
+    return b"dek|%s|%d" % (str(profile_id).encode(), key_id)
+
+
+class Keyring:
+    def __init__(self, master: MasterKey, roots: dict[str, bytes]) -> None:
+        self.master = master
+        index_root = roots["index_root"]
+        self.indexer = BlindIndexer(hkdf(index_root, b"cdp/blind-index/v1"))
+        self.token_key = hkdf(index_root, b"cdp/tokens/v1")
+        self.system = FieldCipher(roots["system_key"], 1, SYSTEM_OWNER)
+        self._ciphers: OrderedDict[uuid.UUID, FieldCipher] = OrderedDict()
+
+    # data keys -------------------------------------------------------------------------
+    def new_profile_key(self, profile_id: uuid.UUID) -> tuple[FieldCipher, dict]:
+        key_id = 1
+        key = new_data_key()
+        cipher = FieldCipher(key, key_id, str(profile_id))
+        self._remember(profile_id, cipher)
+        row = {
+            "profile_id": profile_id,
+            "key_id": key_id,
+            "master_key_id": self.master.key_id,
+            "wrapped": self.master.wrap(key, _dek_context(profile_id, key_id)),
+            "created_at": utcnow(),
+        }
+        return cipher, row
+
+    def cipher_from_row(self, profile_id: uuid.UUID, key_id: int, wrapped: bytes) -> FieldCipher:
+        cached = self._ciphers.get(profile_id)
+        if cached is not None and cached.key_id == key_id:
+            self._ciphers.move_to_end(profile_id)
+            return cached
+        key = self.master.unwrap(wrapped, _dek_context(profile_id, key_id))
+        cipher = FieldCipher(key, key_id, str(profile_id))
+        self._remember(profile_id, cipher)
+        return cipher
+
+    async def ciphers(
+        self, conn: AsyncConnection, profile_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, FieldCipher]:
+        """Data keys of these profiles; a profile whose key was destroyed is absent."""
+        wanted = set(profile_ids)
+        found = {pid: self._ciphers[pid] for pid in wanted if pid in self._ciphers}
+        missing = list(wanted - found.keys())
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            rows = await conn.execute(
+                select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped)
+                .where(profile_keys.c.profile_id.in_(chunk))
+            )
+            for pid, key_id, wrapped in rows:
+                found[pid] = self.cipher_from_row(pid, key_id, wrapped)
+        return found
+
+    def forget(self, profile_id: uuid.UUID) -> None:
+        self._ciphers.pop(profile_id, None)
+
+    def _remember(self, profile_id: uuid.UUID, cipher: FieldCipher) -> None:
+        self._ciphers[profile_id] = cipher
+        if len(self._ciphers) > _CACHE_SIZE:
+            self._ciphers.popitem(last=False)
+
+
+async def open_keyring(db: Database, master: MasterKey) -> Keyring:
+    """Load (or on first use create) the root secrets; refuse a master key that does not fit."""
+    async with db.read() as conn:
+        rows = (await conn.execute(select(keyring_table))).mappings().all()
+    if not rows:
+        try:
+            async with db.write() as conn:
+                await conn.execute(
+                    insert(keyring_table),
+                    [
+                        {
+                            "name": name,
+                            "master_key_id": master.key_id,
+                            "wrapped": master.wrap(os.urandom(32), name.encode()),
+                            "created_at": utcnow(),
+                        }
+                        for name in ROOTS
+                    ],
+                )
+            log.info("keyring_created", master_key_id=master.key_id)
+        except IntegrityError:
+            pass  # another process created it first
+        async with db.read() as conn:
+            rows = (await conn.execute(select(keyring_table))).mappings().all()
+    by_name = {r["name"]: r for r in rows}
+    roots: dict[str, bytes] = {}
+    for name in ROOTS:
+        row = by_name.get(name)
+        if row is None:
+            raise WrongMasterKeyError(f"keyring entry {name!r} is missing from the database")
+        if row["master_key_id"] != master.key_id:
+            raise WrongMasterKeyError(
+                "CDP_MASTER_KEY does not match this database: it was initialised with master "
+                f"key id {row['master_key_id']}, the configured key has id {master.key_id}"
+            )
+        roots[name] = master.unwrap(row["wrapped"], name.encode())
+    return Keyring(master, roots)
+
+
+async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int:
+    """Re-wrap every root and data key under `new`. Field ciphertext is not touched."""
+    rewrapped = 0
+    async with db.write() as conn:
+        for row in (await conn.execute(select(keyring_table))).mappings().all():
+            if row["master_key_id"] != old.key_id:
+                raise WrongMasterKeyError("the old master key does not match this database")
+            secret = old.unwrap(row["wrapped"], row["name"].encode())
+            await conn.execute(
+                update(keyring_table)
+                .where(keyring_table.c.name == row["name"])
+                .values(master_key_id=new.key_id, wrapped=new.wrap(secret, row["name"].encode()))
+            )
+        result = await conn.stream(
+            select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped)
+            .where(profile_keys.c.master_key_id == old.key_id)
+        )
+        batch: list[dict] = []
+        async for pid, key_id, wrapped in result:
+            ctx = _dek_context(pid, key_id)
+            batch.append({
+                "pid": pid, "kid": key_id, "w": new.wrap(old.unwrap(wrapped, ctx), ctx),
+            })
+        from sqlalchemy import bindparam
+
+        stmt = (
+            update(profile_keys)
+            .where(profile_keys.c.profile_id == bindparam("pid"))
+            .where(profile_keys.c.key_id == bindparam("kid"))
+            .values(wrapped=bindparam("w"), master_key_id=new.key_id)
+        )
+        for start in range(0, len(batch), 5000):
+            await conn.execute(stmt, batch[start : start + 5000])
+        rewrapped = len(batch)
+    log.info("master_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, keys=rewrapped)
+    return rewrapped

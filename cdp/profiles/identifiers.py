@@ -1,0 +1,99 @@
+"""A request names a customer by exactly one identifier: profile_id, email, phone, or
+source + external_id. This module parses it (400 naming the field) and finds the profile."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.blind_index import BlindIndexer
+from cdp.db.tables import identities
+from cdp.errors import FieldError, InvalidInput
+from cdp.ids import parse_uuid
+from cdp.normalize import clean_text, normalise_country, normalise_email, normalise_phone
+from cdp.profiles.identity import resolve_profile_id
+from consent.policy import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    kind: str  # profile_id | email | phone | external_id
+    profile_id: uuid.UUID | None = None
+    bidx: bytes | None = None
+    value: str | None = None  # normalised, in memory only
+    source: str | None = None
+
+
+def parse_identifier(
+    policy: Policy,
+    indexer: BlindIndexer,
+    *,
+    profile_id: str | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+    source: str | None = None,
+    external_id: str | None = None,
+    country: str | None = None,
+) -> Identifier:
+    given = [
+        name
+        for name, v in (("profile_id", profile_id), ("email", email), ("phone", phone),
+                        ("external_id", external_id))
+        if v is not None and str(v).strip()
+    ]
+    if not given:
+        raise InvalidInput(
+            "name the customer by one identifier",
+            [FieldError("email", "one of profile_id, email, phone, external_id is required")],
+        )
+    if len(given) > 1:
+        raise InvalidInput(
+            "name the customer by one identifier only",
+            [FieldError(name, "only one identifier may be given") for name in given[1:]],
+        )
+    kind = given[0]
+    if kind == "profile_id":
+        pid = parse_uuid(str(profile_id))
+        if pid is None:
+            raise InvalidInput.field("profile_id", "not a valid profile id")
+        return Identifier("profile_id", profile_id=pid)
+    if kind == "email":
+        value = normalise_email(str(email))
+        return Identifier("email", bidx=indexer.email(value), value=value)
+    if kind == "phone":
+        region = normalise_country(country) if country else policy.phone_region(None)
+        value = normalise_phone(str(phone), region)
+        return Identifier("phone", bidx=indexer.phone(value), value=value)
+    src = clean_text(source)
+    if not src:
+        raise InvalidInput.field("source", "required with external_id")
+    ext = clean_text(external_id)
+    assert ext is not None
+    return Identifier(
+        "external_id", bidx=indexer.external_id(src, ext), value=ext, source=src
+    )
+
+
+async def find_profile(conn: AsyncConnection, ident: Identifier) -> uuid.UUID | None:
+    """The surviving profile this identifier names, or None. Raises Gone for an erased one."""
+    if ident.profile_id is not None:
+        return await resolve_profile_id(conn, ident.profile_id)
+    pid = (
+        await conn.execute(select(identities.c.profile_id).where(identities.c.bidx == ident.bidx))
+    ).scalar()
+    return None if pid is None else await resolve_profile_id(conn, pid)
+
+
+async def profile_addresses(
+    conn: AsyncConnection, profile_id: uuid.UUID
+) -> list[tuple[str, bytes]]:
+    """(kind, blind index) of the profile's emails and phones."""
+    rows = await conn.execute(
+        select(identities.c.kind, identities.c.bidx).where(
+            identities.c.profile_id == profile_id, identities.c.kind.in_(("email", "phone"))
+        )
+    )
+    return [(k, b) for k, b in rows]

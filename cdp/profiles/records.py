@@ -1,0 +1,203 @@
+"""Validation and normalisation of one customer record (pure: no database).
+
+A record becomes a `Record` with normalised identifiers and cleaned fields, or raises
+`InvalidInput` naming each bad field. Consents carried by the record are checked against the
+policy separately so that a bulk import can keep the profile and report only the bad grant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from cdp.errors import FieldError, InvalidInput
+from cdp.normalize import clean_text, normalise_country, normalise_email, normalise_phone
+from cdp.profiles.guards import junk_reason
+from cdp.profiles.schemas import ProfileIn
+from consent.policy import Policy
+from consent.schemas import ConsentItemIn, EvidenceIn
+
+TEXT_FIELDS = ("first_name", "last_name", "postal_address", "postcode")
+
+
+@dataclass(slots=True)
+class ConsentClaim:
+    purpose: str
+    channel: str
+    status: str
+    source: str
+    occurred_at: datetime | None
+    evidence: EvidenceIn | None
+
+
+@dataclass(slots=True)
+class Record:
+    source: str
+    external_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)  # encrypted profile fields
+    city: str | None = None
+    country: str | None = None
+    jurisdiction: str | None = None  # explicit, or inferred from country
+    traits: dict[str, Any] = field(default_factory=dict)
+    consents: list[ConsentClaim] = field(default_factory=list)
+    ignored: list[FieldError] = field(default_factory=list)  # identifiers never used to link
+
+
+def decode_errors(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInput:
+    """Turn a msgspec error ("... - at `$.consents[0].status`") into a field error."""
+    text = str(exc)
+    message, _, path = text.rpartition(" - at `")
+    if path:
+        field_name = path.rstrip("`").removeprefix("$").lstrip(".")
+    else:
+        message, field_name = text, ""
+        if text.startswith("Object contains unknown field `"):
+            field_name = text.split("`")[1]
+            message = "unknown field"
+        elif text.startswith("Object missing required field `"):
+            field_name = text.split("`")[1]
+            message = "required"
+    full = f"{prefix}{field_name}" if field_name else prefix.rstrip(".") or "body"
+    return InvalidInput.field(full, message or text)
+
+
+def parse_profile(raw: Any) -> ProfileIn:
+    if isinstance(raw, ProfileIn):
+        return raw
+    try:
+        return msgspec.convert(raw, ProfileIn)
+    except msgspec.ValidationError as exc:
+        raise decode_errors(exc) from None
+
+
+def validate_record(data: ProfileIn, policy: Policy) -> Record:
+    """Normalise a record. Raises InvalidInput listing every bad field."""
+    errors: list[FieldError] = []
+    rec = Record(source=data.source.strip())
+    if not rec.source:
+        errors.append(FieldError("source", "required"))
+
+    if data.country:
+        try:
+            rec.country = normalise_country(data.country)
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+    if data.jurisdiction:
+        code = data.jurisdiction.strip().upper()
+        if code not in policy.jurisdictions:
+            errors.append(FieldError("jurisdiction", "unknown jurisdiction"))
+        rec.jurisdiction = code
+    elif rec.country:
+        rec.jurisdiction = policy.jurisdiction_for_country(rec.country)
+
+    if data.email is not None and data.email.strip():
+        try:
+            email = normalise_email(data.email)
+            reason = junk_reason("email", email, policy.identity)
+            if reason:
+                rec.ignored.append(FieldError("email", reason))
+            else:
+                rec.email = email
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+    if data.phone is not None and data.phone.strip():
+        region = rec.country or policy.phone_region(rec.jurisdiction)
+        try:
+            phone = normalise_phone(data.phone, region)
+            reason = junk_reason("phone", phone, policy.identity)
+            if reason:
+                rec.ignored.append(FieldError("phone", reason))
+            else:
+                rec.phone = phone
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+    if data.external_id is not None:
+        ext = clean_text(data.external_id)
+        if ext is not None:
+            reason = junk_reason("external_id", ext, policy.identity)
+            if reason:
+                rec.ignored.append(FieldError("external_id", reason))
+            else:
+                rec.external_id = ext
+
+    for name in TEXT_FIELDS:
+        value = clean_text(getattr(data, name))
+        if value is not None:
+            rec.fields[name] = value
+    if data.birth_date is not None:
+        rec.fields["birth_date"] = data.birth_date.isoformat()
+    rec.city = clean_text(data.city)
+    rec.traits = dict(data.traits)
+
+    if not errors and not (rec.email or rec.phone or rec.external_id):
+        if rec.ignored:
+            errors.extend(FieldError(e.field, e.message) for e in rec.ignored)
+        else:
+            errors.append(
+                FieldError("email", "at least one of email, phone, external_id is required")
+            )
+    if errors:
+        raise InvalidInput("the record has invalid fields", errors)
+    return rec
+
+
+def validate_consents(
+    items: list[ConsentItemIn], rec: Record, policy: Policy, prefix: str = "consents"
+) -> tuple[list[ConsentClaim], list[FieldError]]:
+    """The record's consent claims that pass the policy, and the errors of those that don't."""
+    good: list[ConsentClaim] = []
+    errors: list[FieldError] = []
+    for i, item in enumerate(items):
+        problems = consent_problems(
+            policy, item.purpose, item.channel, item.status, item.evidence, f"{prefix}[{i}]."
+        )
+        if problems:
+            errors.extend(problems)
+            continue
+        good.append(
+            ConsentClaim(
+                purpose=item.purpose,
+                channel=item.channel,
+                status=item.status,
+                source=item.source or rec.source,
+                occurred_at=item.occurred_at,
+                evidence=item.evidence,
+            )
+        )
+    return good, errors
+
+
+def consent_problems(
+    policy: Policy,
+    purpose: str,
+    channel: str,
+    status: str,
+    evidence: EvidenceIn | None,
+    prefix: str = "",
+) -> list[FieldError]:
+    """The one place that decides whether a consent event is acceptable under the policy."""
+    errors: list[FieldError] = []
+    if purpose not in policy.purposes:
+        errors.append(FieldError(f"{prefix}purpose", "unknown purpose"))
+    if channel == "*":
+        if status != "withdrawn":
+            errors.append(FieldError(f"{prefix}channel", "'*' is only allowed with withdrawn"))
+    elif channel not in policy.channels:
+        errors.append(FieldError(f"{prefix}channel", "unknown channel"))
+    if status not in ("granted", "withdrawn"):
+        errors.append(FieldError(f"{prefix}status", "must be granted or withdrawn"))
+    if (
+        status == "granted"
+        and purpose in policy.purposes
+        and policy.evidence_required(purpose)
+        and (evidence is None or not evidence.wording_id)
+    ):
+        errors.append(
+            FieldError(f"{prefix}evidence.wording_id", "a grant of this purpose needs its wording")
+        )
+    return errors

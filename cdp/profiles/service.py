@@ -1,0 +1,166 @@
+"""Profile use cases: upsert (one, batch, import), lookup and the decrypted profile view."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.db.engine import lock_keys
+from cdp.db.tables import identities, merges, profile_categories, profile_stats, profiles
+from cdp.errors import DomainError, FieldError, InvalidInput, NotFound
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier, find_profile
+from cdp.profiles.ingest import Outcome, ingest
+from cdp.profiles.records import (
+    ConsentClaim,
+    Record,
+    parse_profile,
+    validate_consents,
+    validate_record,
+)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated record and the consent claims it carries."""
+
+    record: Record
+    claims: list[ConsentClaim]
+    rejected_consents: list[FieldError] = field(default_factory=list)
+
+
+def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
+    """Validate one raw record. With strict_consents a bad consent rejects the whole record."""
+    data = parse_profile(raw)
+    rec = validate_record(data, p.policy)
+    claims, errors = validate_consents(data.consents, rec, p.policy)
+    if errors and strict_consents:
+        raise InvalidInput("the record carries an invalid consent", errors)
+    return Prepared(rec, claims, errors)
+
+
+async def store_prepared(
+    p: Platform, prepared: list[Prepared], actor: str
+) -> list[Outcome]:
+    """Resolve and store validated records, and their consents, in one write transaction."""
+    from consent.service import record_claims
+
+    if not prepared:
+        return []
+    records = [x.record for x in prepared]
+    async with p.db.write() as conn:
+        from cdp.profiles.identity import record_keys
+
+        await lock_keys(conn, [k.bidx for r in records for k in record_keys(p.keys.indexer, r)])
+        outcomes = await ingest(conn, p, records, actor)
+        items = []
+        for x, o in zip(prepared, outcomes, strict=True):
+            named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
+            items.extend((o.profile_id, named, claim) for claim in x.claims)
+        await record_claims(conn, p, items, actor)
+    return outcomes
+
+
+async def upsert_one(p: Platform, raw: Any, actor: str) -> Outcome:
+    prepared = prepare(raw, p)
+    return (await store_prepared(p, [prepared], actor))[0]
+
+
+@dataclass(slots=True)
+class BatchItem:
+    index: int
+    outcome: Outcome | None = None
+    error: DomainError | None = None
+
+
+async def upsert_batch(p: Platform, raws: list[Any], actor: str) -> list[BatchItem]:
+    """Each record stands alone: bad ones are reported, the others stored."""
+    items = [BatchItem(i) for i in range(len(raws))]
+    good: list[tuple[int, Prepared]] = []
+    for i, raw in enumerate(raws):
+        try:
+            good.append((i, prepare(raw, p)))
+        except DomainError as exc:
+            items[i].error = exc
+    outcomes = await store_prepared(p, [g for _, g in good], actor)
+    for (i, _), outcome in zip(good, outcomes, strict=True):
+        items[i].outcome = outcome
+    return items
+
+
+async def ensure_profile(
+    conn: AsyncConnection, p: Platform, ident: Identifier, *, source: str, actor: str,
+    country: str | None = None,
+) -> uuid.UUID:
+    """The profile an identifier names; an unknown email, phone or external id creates it."""
+    pid = await find_profile(conn, ident)
+    if pid is not None:
+        return pid
+    if ident.kind == "profile_id":
+        raise NotFound("no profile with this id")
+    rec = Record(source=ident.source or source)
+    setattr(rec, ident.kind, ident.value)
+    if country:
+        rec.country = country.upper()
+        rec.jurisdiction = p.policy.jurisdiction_for_country(rec.country)
+    outcome = (await ingest(conn, p, [rec], actor))[0]
+    return outcome.profile_id
+
+
+async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> dict[str, Any]:
+    """The decrypted profile (the id must be a surviving, active profile)."""
+    from consent.service import consent_view
+
+    row = (await conn.execute(select(profiles).where(profiles.c.id == profile_id))).one()
+    cipher = (await p.keys.ciphers(conn, [profile_id]))[profile_id]
+    idents = (await conn.execute(
+        select(identities.c.kind, identities.c.value, identities.c.source)
+        .where(identities.c.profile_id == profile_id)
+        .order_by(identities.c.created_at)
+    )).all()
+    stats = (await conn.execute(
+        select(profile_stats).where(profile_stats.c.profile_id == profile_id)
+    )).first()
+    categories = sorted(
+        c for (c,) in await conn.execute(
+            select(profile_categories.c.category).where(profile_categories.c.profile_id == profile_id)
+        )
+    )
+    merged_from = [
+        str(a) for (a,) in await conn.execute(
+            select(merges.c.absorbed_id).where(merges.c.survivor_id == profile_id)
+            .order_by(merges.c.at)
+        )
+    ]
+    consents = await consent_view(conn, p, profile_id)
+    return {
+        "profile_id": str(profile_id),
+        "identities": [
+            {"kind": k, "value": cipher.decrypt("identities.value", v), "source": s}
+            for k, v, s in idents
+        ],
+        "first_name": cipher.decrypt("profiles.first_name", row.first_name),
+        "last_name": cipher.decrypt("profiles.last_name", row.last_name),
+        "birth_date": cipher.decrypt("profiles.birth_date", row.birth_date),
+        "postal_address": cipher.decrypt("profiles.postal_address", row.postal_address),
+        "postcode": cipher.decrypt("profiles.postcode", row.postcode),
+        "city": row.city,
+        "country": row.country,
+        "jurisdiction": row.jurisdiction,
+        "traits": row.traits or {},
+        "stats": {
+            "orders_count": stats.orders_count if stats else 0,
+            "total_spent": str(stats.total_spent) if stats else "0.00",
+            "first_order_at": stats.first_order_at if stats else None,
+            "last_order_at": stats.last_order_at if stats else None,
+            "categories": categories,
+        },
+        "consents": {"items": consents.items, "contactable": consents.contactable},
+        "merged_from": merged_from,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }

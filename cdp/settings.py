@@ -1,0 +1,58 @@
+"""Settings read from the environment (see API.md, CLI section)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./cdp.db"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    master_key: str | None = None
+    default_jurisdiction: str = "RU"
+    public_url: str = DEFAULT_PUBLIC_URL
+    environment: str = "development"
+    policy_dir: Path = DEFAULT_POLICY_DIR
+    dev_key_dir: Path = field(default_factory=lambda: Path(".cdp"))
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    signing_key: str | None = None
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        url = env.get("CDP_DATABASE_URL") or DEFAULT_DATABASE_URL
+        return cls(
+            database_url=normalise_database_url(url),
+            master_key=env.get("CDP_MASTER_KEY") or None,
+            default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or "RU",
+            public_url=(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
+            environment=env.get("CDP_ENV") or "development",
+            policy_dir=Path(env.get("CDP_POLICY_DIR") or DEFAULT_POLICY_DIR),
+            dev_key_dir=Path(env.get("CDP_DEV_KEY_DIR") or ".cdp"),
+            max_body_bytes=int(env.get("CDP_MAX_BODY_BYTES") or DEFAULT_MAX_BODY),
+            signing_key=env.get("CDP_AUDIT_SIGNING_KEY") or None,
+        )
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the plain driver names people type and pick the async driver."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    return url

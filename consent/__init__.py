@@ -1,0 +1,1 @@
+"""Consent: policies, ledger, suppressions, the contactability rule, data subject requests."""

@@ -1,0 +1,188 @@
+"""Appending to the consent ledger and keeping the derived state in the same transaction.
+
+Appends are serialised (PostgreSQL: a transaction-scoped advisory lock on the ledger head;
+SQLite: the write transaction), so seq has no gaps and every entry links to the one before.
+The effective state is the latest by occurred_at; on a tie a withdrawal wins. An older event is
+kept in the ledger (effective = false) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.fields import FieldCipher
+from cdp.db.tables import identities
+from cdp.ids import new_id, utcnow
+from consent.chain import GENESIS, entry_hash
+from consent.policy import Policy
+from consent.subjects import expand_channel
+from consent.tables import consent_ledger, consent_state
+
+LEDGER_LOCK = 5_147_001_001
+
+
+@dataclass(slots=True)
+class Entry:
+    profile_id: uuid.UUID | None
+    subject_kind: str  # email | phone | profile
+    subject: bytes
+    purpose: str
+    channel: str  # a channel, or "*" (withdrawals only)
+    status: str
+    occurred_at: datetime
+    source: str
+    actor: str
+    method: str | None = None
+    wording_id: str | None = None
+    evidence: dict[str, Any] | None = None
+    cipher: FieldCipher | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    event_id: uuid.UUID
+    seq: int
+    effective: bool
+    profile_id: uuid.UUID | None
+
+
+def supersedes(status: str, at: datetime, current: tuple[str, datetime] | None) -> bool:
+    if current is None:
+        return True
+    cur_status, cur_at = current
+    if at != cur_at:
+        return at > cur_at
+    return status == "withdrawn" and cur_status != "withdrawn"
+
+
+async def lock_head(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({LEDGER_LOCK})"))
+
+
+async def append(
+    conn: AsyncConnection, policy: Policy, entries: list[Entry]
+) -> list[Appended]:
+    if not entries:
+        return []
+    await lock_head(conn)
+    head = (
+        await conn.execute(
+            select(consent_ledger.c.seq, consent_ledger.c.hash)
+            .order_by(consent_ledger.c.seq.desc()).limit(1)
+        )
+    ).first()
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+
+    wanted = {
+        (e.subject, e.purpose, ch)
+        for e in entries
+        for ch in expand_channel(policy, e.subject_kind, e.channel)
+    }
+    state = await load_states(conn, wanted)
+    existing = set(state)
+    now = utcnow()
+    ledger_rows: list[dict] = []
+    changed: dict[tuple[bytes, str, str], dict] = {}
+    confirmed: list[dict] = []
+    results: list[Appended] = []
+    for e in entries:
+        seq += 1
+        effective = False
+        for ch in expand_channel(policy, e.subject_kind, e.channel):
+            key = (e.subject, e.purpose, ch)
+            if supersedes(e.status, e.occurred_at, state.get(key)):
+                effective = True
+                state[key] = (e.status, e.occurred_at)
+                changed[key] = {
+                    "subject": e.subject, "purpose": e.purpose, "channel": ch,
+                    "profile_id": e.profile_id, "status": e.status, "since": e.occurred_at,
+                    "seq": seq, "source": e.source,
+                }
+        if effective and e.status == "granted" and e.subject_kind != "profile":
+            confirmed.append({"b": e.subject, "t": e.occurred_at})
+        evidence_blob = owner = key_id = None
+        if e.evidence and e.cipher is not None:
+            evidence_blob = e.cipher.encrypt(
+                "consent_ledger.evidence", msgspec.json.encode(e.evidence)
+            )
+            owner, key_id = e.cipher.owner, e.cipher.key_id
+        row = {
+            "seq": seq, "event_id": new_id(), "profile_id": e.profile_id,
+            "subject_kind": e.subject_kind,
+            "address_bidx": None if e.subject_kind == "profile" else e.subject,
+            "purpose": e.purpose, "channel": e.channel, "status": e.status,
+            "occurred_at": e.occurred_at, "recorded_at": now, "source": e.source,
+            "actor": e.actor, "method": e.method, "wording_id": e.wording_id,
+            "policy_version": policy.version, "evidence": evidence_blob,
+            "evidence_owner": owner, "evidence_key_id": key_id, "effective": effective,
+            "prev_hash": prev,
+        }
+        row["hash"] = entry_hash(prev, row)
+        prev = row["hash"]
+        ledger_rows.append(row)
+        results.append(Appended(row["event_id"], seq, effective, e.profile_id))
+
+    await conn.execute(insert(consent_ledger), ledger_rows)
+    await _write_states(conn, changed, existing)
+    if confirmed:
+        await conn.execute(
+            update(identities)
+            .where(identities.c.bidx == bindparam("b"))
+            .where(or_(identities.c.confirmed_at.is_(None), identities.c.confirmed_at < bindparam("t")))
+            .values(confirmed_at=bindparam("t")),
+            confirmed,
+        )
+    return results
+
+
+async def load_states(
+    conn: AsyncConnection, keys: set[tuple[bytes, str, str]]
+) -> dict[tuple[bytes, str, str], tuple[str, datetime]]:
+    out: dict[tuple[bytes, str, str], tuple[str, datetime]] = {}
+    items = list(keys)
+    cs = consent_state.c
+    for start in range(0, len(items), 300):
+        chunk = items[start : start + 300]
+        subjects = list({k[0] for k in chunk})
+        rows = await conn.execute(
+            select(cs.subject, cs.purpose, cs.channel, cs.status, cs.since).where(
+                cs.subject.in_(subjects)
+            )
+        )
+        wanted = set(chunk)
+        for subject, purpose, channel, status, since in rows:
+            if (subject, purpose, channel) in wanted:
+                out[(subject, purpose, channel)] = (status, since)
+    return out
+
+
+async def _write_states(
+    conn: AsyncConnection, changed: dict[tuple[bytes, str, str], dict], existing: set
+) -> None:
+    inserts = [v for k, v in changed.items() if k not in existing]
+    updates = [
+        {**{f"n_{k}": v for k, v in row.items()}} for key, row in changed.items() if key in existing
+    ]
+    if inserts:
+        await conn.execute(insert(consent_state), inserts)
+    if updates:
+        cs = consent_state.c
+        await conn.execute(
+            update(consent_state)
+            .where(and_(cs.subject == bindparam("n_subject"), cs.purpose == bindparam("n_purpose"),
+                        cs.channel == bindparam("n_channel")))
+            .values(profile_id=bindparam("n_profile_id"), status=bindparam("n_status"),
+                    since=bindparam("n_since"), seq=bindparam("n_seq"),
+                    source=bindparam("n_source")),
+            updates,
+        )
+
+

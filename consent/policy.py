@@ -1,0 +1,176 @@
+"""Policy files (policies/*.toml) read with msgspec and validated at start-up.
+
+Errors name the file and the key. The policy version recorded on every decision is the
+declared `version` plus a digest of every policy file, so any edit changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+Basis = Literal["contract", "opt_in", "opt_out"]
+AddressKind = Literal["email", "phone", "profile"]
+PeriodUnit = Literal["days", "working_days", "months"]
+REQUIRED_PURPOSES = ("service", "marketing")
+REQUIRED_CHANNELS = ("email", "sms", "phone", "push", "messenger")
+
+
+class PolicyError(Exception):
+    pass
+
+
+class Purpose(msgspec.Struct, forbid_unknown_fields=True):
+    description: str
+    advertising: bool = False
+    evidence_required: bool = False
+
+
+class Channel(msgspec.Struct, forbid_unknown_fields=True):
+    address: AddressKind
+
+
+class IdentityGuards(msgspec.Struct, forbid_unknown_fields=True):
+    junk_values: list[str] = []
+    junk_emails: list[str] = []
+    junk_email_local_parts: list[str] = []
+    junk_phones: list[str] = []
+    max_identities_per_kind: int = 20
+
+
+class PlatformFile(msgspec.Struct, forbid_unknown_fields=True):
+    version: str
+    purposes: dict[str, Purpose]
+    channels: dict[str, Channel]
+    default_jurisdiction: str = "RU"
+    identity: IdentityGuards = msgspec.field(default_factory=IdentityGuards)
+
+
+class Deadline(msgspec.Struct, forbid_unknown_fields=True):
+    period: int
+    unit: PeriodUnit
+    extension: int = 0
+    extension_unit: PeriodUnit = "days"
+
+
+class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+    name: str
+    phone_region: str
+    rules: dict[str, dict[str, Basis]]
+    deadlines: dict[str, Deadline]
+    laws: list[str] = []
+    countries: list[str] = []
+    gpc: Literal["ignore", "opt_out_sale"] = "ignore"
+    soft_opt_in: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: str
+    default_jurisdiction: str
+    purposes: dict[str, Purpose]
+    channels: dict[str, Channel]
+    identity: IdentityGuards
+    jurisdictions: dict[str, JurisdictionFile]
+
+    def basis(self, jurisdiction: str, purpose: str, channel: str) -> Basis | None:
+        """The legal basis, or None where the policy says nothing (which means: not allowed)."""
+        j = self.jurisdictions.get(jurisdiction)
+        if j is None or channel not in self.channels:
+            return None
+        rules = j.rules.get(purpose)
+        if rules is None:
+            return None
+        return rules.get(channel) or rules.get("default")
+
+    def evidence_required(self, purpose: str) -> bool:
+        p = self.purposes.get(purpose)
+        return True if p is None else p.evidence_required
+
+    def address_kind(self, channel: str) -> AddressKind | None:
+        c = self.channels.get(channel)
+        return None if c is None else c.address
+
+    def phone_region(self, jurisdiction: str | None) -> str:
+        j = self.jurisdictions.get(jurisdiction or self.default_jurisdiction)
+        if j is None:
+            j = self.jurisdictions[self.default_jurisdiction]
+        return j.phone_region
+
+    def jurisdiction_for_country(self, country: str | None) -> str | None:
+        if not country:
+            return None
+        for code, j in self.jurisdictions.items():
+            if country in j.countries:
+                return code
+        return None
+
+    def deadline(self, jurisdiction: str, kind: str) -> Deadline | None:
+        j = self.jurisdictions.get(jurisdiction)
+        return None if j is None else j.deadlines.get(kind)
+
+
+def _read(path: Path, kind: type[msgspec.Struct]) -> msgspec.Struct:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path.name}: not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise PolicyError(f"{path.name}: {exc}") from exc
+
+
+def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Policy:
+    platform_path = directory / "policy.toml"
+    if not platform_path.exists():
+        raise PolicyError(f"{platform_path}: policy file missing")
+    platform = _read(platform_path, PlatformFile)
+    assert isinstance(platform, PlatformFile)
+    digest = hashlib.sha256(platform_path.read_bytes())
+    for name in REQUIRED_PURPOSES:
+        if name not in platform.purposes:
+            raise PolicyError(f"policy.toml: purposes.{name} is required")
+    for name in REQUIRED_CHANNELS:
+        if name not in platform.channels:
+            raise PolicyError(f"policy.toml: channels.{name} is required")
+    if "*" in platform.channels or "*" in platform.purposes:
+        raise PolicyError("policy.toml: '*' is reserved and cannot name a purpose or channel")
+
+    jurisdictions: dict[str, JurisdictionFile] = {}
+    for path in sorted((directory / "jurisdictions").glob("*.toml")):
+        j = _read(path, JurisdictionFile)
+        assert isinstance(j, JurisdictionFile)
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        if j.code in jurisdictions:
+            raise PolicyError(f"{path.name}: code {j.code!r} is defined twice")
+        for purpose, rules in j.rules.items():
+            if purpose not in platform.purposes:
+                raise PolicyError(f"{path.name}: rules.{purpose} names an unknown purpose")
+            for channel in rules:
+                if channel != "default" and channel not in platform.channels:
+                    raise PolicyError(
+                        f"{path.name}: rules.{purpose}.{channel} names an unknown channel"
+                    )
+        for kind in ("access", "erasure"):
+            if kind not in j.deadlines:
+                raise PolicyError(f"{path.name}: deadlines.{kind} is required")
+        jurisdictions[j.code] = j
+
+    default = default_jurisdiction or platform.default_jurisdiction
+    if default not in jurisdictions:
+        raise PolicyError(f"default jurisdiction {default!r} has no file in jurisdictions/")
+    return Policy(
+        version=f"{platform.version}+{digest.hexdigest()[:12]}",
+        default_jurisdiction=default,
+        purposes=platform.purposes,
+        channels=platform.channels,
+        identity=platform.identity,
+        jurisdictions=jurisdictions,
+    )

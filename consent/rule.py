@@ -1,0 +1,113 @@
+"""The contactability rule: the one place that decides who may be contacted.
+
+contactable(profile, address, purpose, channel) holds only when the profile is active, the
+address is present, no suppression newer than the address's grant applies, and the policy of
+the profile's jurisdiction is satisfied by the address's consent state:
+  opt_in   - needs an effective grant;
+  opt_out  - allowed unless withdrawn;
+  contract - allowed unless the customer refused the channel (withdrawn).
+A purpose or channel the policy says nothing about is "no" (fail closed).
+
+`decide` is the rule in plain Python; `contactable_sql` and `reason_sql` are the same rule as
+SQL expressions for segment queries. Tests check that the two always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, case, false, func, literal, not_, or_
+from sqlalchemy.sql.elements import ColumnElement
+
+from consent.policy import Policy
+
+REASONS = ("erased", "merged", "no_address", "not_allowed", "suppressed", "withdrawn", "no_consent")
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    profile_status: str | None
+    jurisdiction: str | None
+    has_address: bool
+    state_status: str | None  # granted | withdrawn | None (no event)
+    state_since: datetime | None
+    suppressed_at: datetime | None  # latest applicable suppression
+
+
+def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
+    """None when contactable, else the reason it is not."""
+    if f.profile_status == "erased":
+        return "erased"
+    if f.profile_status != "active":
+        return "merged" if f.profile_status == "merged" else "erased"
+    if not f.has_address:
+        return "no_address"
+    basis = policy.basis(f.jurisdiction or "", purpose, channel)
+    if basis is None:
+        return "not_allowed"
+    if f.suppressed_at is not None and not (
+        f.state_status == "granted" and f.state_since is not None and f.state_since > f.suppressed_at
+    ):
+        return "suppressed"
+    if f.state_status == "withdrawn":
+        return "withdrawn"
+    if basis == "opt_in" and f.state_status != "granted":
+        return "no_consent"
+    return None
+
+
+def _jurisdictions_by_basis(policy: Policy, purpose: str, channel: str) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {"opt_in": [], "opt_out": [], "contract": []}
+    for code in sorted(policy.jurisdictions):
+        basis = policy.basis(code, purpose, channel)
+        if basis is not None:
+            groups[basis].append(code)
+    return groups
+
+
+@dataclass(frozen=True, slots=True)
+class RuleColumns:
+    """SQL expressions the rule reads; the segment query supplies them from its joins."""
+
+    profile_status: ColumnElement
+    jurisdiction: ColumnElement
+    has_address: ColumnElement[bool]
+    state_status: ColumnElement
+    state_since: ColumnElement
+    suppressed_at: ColumnElement
+
+
+def _conditions(policy: Policy, purpose: str, channel: str, c: RuleColumns):
+    groups = _jurisdictions_by_basis(policy, purpose, channel)
+    allowed_j = groups["opt_in"] + groups["opt_out"] + groups["contract"]
+    # NULL-safe throughout: a NULL comparison inside CASE would silently fall through.
+    status = func.coalesce(c.state_status, "")
+    granted_after = and_(status == "granted", c.state_since > c.suppressed_at)
+    suppressed = and_(c.suppressed_at.is_not(None), not_(granted_after))
+    withdrawn = status == "withdrawn"
+    no_grant = status != "granted"
+    needs_grant = (
+        and_(c.jurisdiction.in_(groups["opt_in"]), no_grant) if groups["opt_in"] else false()
+    )
+    not_allowed = not_(c.jurisdiction.in_(allowed_j)) if allowed_j else literal(True)
+    return [
+        (c.profile_status == "erased", "erased"),
+        (c.profile_status != "active", "merged"),
+        (not_(c.has_address), "no_address"),
+        (or_(c.jurisdiction.is_(None), not_allowed), "not_allowed"),
+        (suppressed, "suppressed"),
+        (withdrawn, "withdrawn"),
+        (needs_grant, "no_consent"),
+    ]
+
+
+def reason_sql(policy: Policy, purpose: str, channel: str, c: RuleColumns) -> ColumnElement:
+    """NULL when contactable, else the first reason that excludes the row (as `decide`)."""
+    return case(*_conditions(policy, purpose, channel, c), else_=None)
+
+
+def contactable_sql(
+    policy: Policy, purpose: str, channel: str, c: RuleColumns
+) -> ColumnElement[bool]:
+    return reason_sql(policy, purpose, channel, c).is_(None)

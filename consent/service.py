@@ -1,0 +1,203 @@
+"""Consent use cases: capture at ingest, POST /v1/consents, and the consent view of a profile."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.fields import FieldCipher
+from cdp.db.engine import lock_keys
+from cdp.db.tables import identities, profiles
+from cdp.errors import InvalidInput
+from cdp.ids import utcnow
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier, profile_addresses
+from cdp.profiles.records import ConsentClaim, consent_problems
+from consent import ledger
+from consent.ledger import Appended, Entry
+from consent.rule import Facts, decide
+from consent.schemas import ConsentIn, EvidenceIn
+from consent.subjects import profile_subject
+from consent.suppressions import latest_suppression, suppressed_at
+from consent.tables import consent_state
+
+
+def evidence_dict(evidence: EvidenceIn | None, **extra: Any) -> dict[str, Any] | None:
+    data: dict[str, Any] = {}
+    if evidence is not None:
+        data = {k: getattr(evidence, k) for k in evidence.__struct_fields__
+                if getattr(evidence, k) is not None}
+    data.update({k: v for k, v in extra.items() if v is not None})
+    return data or None
+
+
+@dataclass(slots=True)
+class Target:
+    """Where a consent lands: (subject kind, subject) pairs of one profile (or none)."""
+
+    profile_id: uuid.UUID | None
+    subjects: list[tuple[str, bytes]]
+
+
+def targets_for(
+    policy_channels: list[str], kind_of: dict[str, str], profile_id: uuid.UUID | None,
+    named: list[tuple[str, bytes]], all_addresses: list[tuple[str, bytes]], channel: str,
+) -> list[tuple[str, bytes]]:
+    """The addresses a consent on `channel` concerns.
+
+    The address the event names, where it is of the channel's kind; where the event names the
+    profile only (or an address of another kind), every address the profile has on that channel.
+    Profile-keyed channels (push, messenger) concern the profile itself.
+    """
+    kinds = (
+        {kind_of[c] for c in policy_channels} if channel == "*" else {kind_of[channel]}
+    )
+    out: list[tuple[str, bytes]] = []
+    for kind in sorted(kinds):
+        if kind == "profile":
+            if profile_id is not None:
+                out.append(("profile", profile_subject(profile_id)))
+            continue
+        mine = [s for s in named if s[0] == kind]
+        out.extend(mine or [s for s in all_addresses if s[0] == kind])
+    return out
+
+
+async def cipher_for(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID | None) -> FieldCipher:
+    if profile_id is None:
+        return p.keys.system
+    return (await p.keys.ciphers(conn, [profile_id])).get(profile_id, p.keys.system)
+
+
+async def record_claims(
+    conn: AsyncConnection,
+    p: Platform,
+    items: list[tuple[uuid.UUID, list[tuple[str, bytes]], ConsentClaim]],
+    actor: str,
+) -> list[Appended]:
+    """Consents carried by ingested records (API or import), inside the ingest transaction."""
+    if not items:
+        return []
+    kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
+    channels = list(p.policy.channels)
+    now = utcnow()
+    entries: list[Entry] = []
+    ciphers = await p.keys.ciphers(conn, {pid for pid, _, _ in items})
+    addresses: dict[uuid.UUID, list[tuple[str, bytes]]] = {}
+    for pid, named, claim in items:
+        if pid not in addresses:
+            addresses[pid] = await profile_addresses(conn, pid)
+        for kind, subject in targets_for(channels, kind_of, pid, named, addresses[pid],
+                                         claim.channel):
+            entries.append(Entry(
+                profile_id=pid, subject_kind=kind, subject=subject, purpose=claim.purpose,
+                channel=claim.channel, status=claim.status,
+                occurred_at=claim.occurred_at or now, source=claim.source, actor=actor,
+                method=(claim.evidence.method if claim.evidence else None) or "import",
+                wording_id=claim.evidence.wording_id if claim.evidence else None,
+                evidence=evidence_dict(claim.evidence), cipher=ciphers.get(pid, p.keys.system),
+            ))
+    return await ledger.append(conn, p.policy, entries)
+
+
+async def record_consent(
+    p: Platform, body: ConsentIn, ident: Identifier, actor: str
+) -> list[Appended]:
+    """POST /v1/consents. An unknown email, phone or external id creates the profile."""
+    problems = consent_problems(p.policy, body.purpose, body.channel, body.status, body.evidence)
+    if problems:
+        raise InvalidInput("the consent is not acceptable under the policy", problems)
+    from cdp.profiles.service import ensure_profile
+
+    occurred = body.occurred_at or utcnow()
+    async with p.db.write() as conn:
+        await lock_keys(conn, [ident.bidx or str(ident.profile_id)])
+        pid = await ensure_profile(conn, p, ident, source=body.source, actor=actor,
+                                   country=body.country)
+        named = [(ident.kind, ident.bidx)] if ident.kind in ("email", "phone") else []
+        kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
+        all_addr = await profile_addresses(conn, pid)
+        subjects = targets_for(list(p.policy.channels), kind_of, pid, named, all_addr, body.channel)
+        if not subjects:
+            raise InvalidInput.field("channel", "the customer has no address on this channel")
+        cipher = await cipher_for(conn, p, pid)
+        entries = [
+            Entry(
+                profile_id=pid, subject_kind=kind, subject=subject, purpose=body.purpose,
+                channel=body.channel, status=body.status, occurred_at=occurred,
+                source=body.source, actor=actor,
+                method=(body.evidence.method if body.evidence else None) or "api",
+                wording_id=body.evidence.wording_id if body.evidence else None,
+                evidence=evidence_dict(body.evidence), cipher=cipher,
+            )
+            for kind, subject in subjects
+        ]
+        return await ledger.append(conn, p.policy, entries)
+
+
+@dataclass(slots=True)
+class ConsentView:
+    items: list[dict[str, Any]]
+    contactable: dict[str, dict[str, bool]]
+
+
+async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> ConsentView:
+    """Current consent per address and the contactable matrix of a (surviving) profile."""
+    prof = (await conn.execute(
+        select(profiles.c.status, profiles.c.jurisdiction).where(profiles.c.id == profile_id)
+    )).one()
+    cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
+    idents = (await conn.execute(
+        select(identities.c.kind, identities.c.bidx, identities.c.value).where(
+            identities.c.profile_id == profile_id, identities.c.kind.in_(("email", "phone"))
+        )
+    )).all()
+    plain = {
+        b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents
+    }
+    psubj = profile_subject(profile_id)
+    subjects = [b for _, b, _ in idents] + [psubj]
+    cs = consent_state.c
+    states = {
+        (r.subject, r.purpose, r.channel): r
+        for r in (await conn.execute(select(consent_state).where(cs.subject.in_(subjects))))
+    }
+    supp = await suppressed_at(conn, [b for _, b, _ in idents])
+    items = [
+        {
+            "purpose": r.purpose, "channel": r.channel,
+            "address": plain.get(r.subject) if r.subject != psubj else None,
+            "status": r.status, "since": r.since, "source": r.source,
+        }
+        for r in sorted(states.values(), key=lambda r: (r.purpose, r.channel, r.since))
+    ]
+    matrix: dict[str, dict[str, bool]] = {}
+    for purpose in p.policy.purposes:
+        matrix[purpose] = {}
+        for channel, ch in p.policy.channels.items():
+            if ch.address == "profile":
+                candidates = [psubj]
+            else:
+                candidates = [b for k, b, _ in idents if k == ch.address]
+            ok = False
+            for subject in candidates or [None]:
+                state = states.get((subject, purpose, channel)) if subject else None
+                facts = Facts(
+                    profile_status=prof.status, jurisdiction=prof.jurisdiction,
+                    has_address=subject is not None,
+                    state_status=state.status if state else None,
+                    state_since=state.since if state else None,
+                    suppressed_at=latest_suppression(supp, subject, purpose, channel)
+                    if subject and subject != psubj else None,
+                )
+                if decide(p.policy, purpose, channel, facts) is None:
+                    ok = True
+                    break
+            matrix[purpose][channel] = ok
+    return ConsentView(items=items, contactable=matrix)
+
+

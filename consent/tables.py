@@ -1,0 +1,73 @@
+"""Tables of the consent ledger, its derived state, and the suppression list."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Uuid,
+)
+
+from cdp.db.metadata import metadata
+from cdp.db.types import BigInt, UTCDateTime
+
+consent_ledger = Table(
+    "consent_ledger",
+    metadata,
+    Column("seq", BigInt, primary_key=True, autoincrement=False),
+    Column("event_id", Uuid, nullable=False, unique=True),
+    Column("profile_id", Uuid, index=True),
+    Column("subject_kind", String(16), nullable=False),  # email | phone | profile
+    Column("address_bidx", LargeBinary(32), index=True),
+    Column("purpose", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # granted | withdrawn
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("method", String(32)),
+    Column("wording_id", String(128)),
+    Column("policy_version", String(64), nullable=False),
+    Column("evidence", LargeBinary),  # ciphertext; the hash covers the ciphertext
+    Column("evidence_owner", String(40)),
+    Column("evidence_key_id", Integer),
+    Column("effective", Boolean, nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+# The derived current state: one row per (subject, purpose, channel). For email, sms and phone
+# the subject is the address's blind index, so consent belongs to the address, not the profile;
+# for push and messenger it is the profile ("p:" + profile id).
+consent_state = Table(
+    "consent_state",
+    metadata,
+    Column("subject", LargeBinary(48), primary_key=True),
+    Column("purpose", String(64), primary_key=True),
+    Column("channel", String(16), primary_key=True),
+    Column("profile_id", Uuid, index=True),
+    Column("status", String(16), nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("seq", BigInt, nullable=False),
+    Column("source", String(64), nullable=False),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("bidx", LargeBinary(48), primary_key=True),
+    Column("purpose", String(64), primary_key=True),
+    Column("channel", String(16), primary_key=True),  # a channel, or "*"
+    Column("reason", String(32), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+Index("ix_consent_ledger_occurred", consent_ledger.c.occurred_at)
