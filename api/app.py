@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
@@ -27,8 +28,14 @@ from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 
 ROUTES = [
-    health, ProfileController, post_event, post_consent, post_opt_out, unsubscribe_page,
-    unsubscribe_now, inbound_sms,
+    health,
+    ProfileController,
+    post_event,
+    post_consent,
+    post_opt_out,
+    unsubscribe_page,
+    unsubscribe_now,
+    inbound_sms,
 ]
 
 
@@ -37,18 +44,20 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        owned = platform is None
-        app.state.platform = platform or await open_platform(settings or Settings.from_env())
+        if platform is not None:  # owned by the caller (tests, benchmarks)
+            yield
+            return
+        app.state.platform = await open_platform(settings or Settings.from_env())
         try:
             yield
         finally:
-            if owned:
-                await app.state.platform.close()
+            await app.state.platform.close()
 
     max_body = (platform.settings if platform else settings or Settings.from_env()).max_body_bytes
     return Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
+        state=State({"platform": platform}) if platform is not None else None,
         guards=[auth_guard],
         dependencies={
             "platform": Provide(provide_platform, sync_to_thread=False),

@@ -19,9 +19,17 @@ from consent.tokens import TokenError
 log = structlog.get_logger("api.errors")
 PROBLEM = "application/problem+json"
 _TITLES = {
-    400: "Invalid input", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-    405: "Method not allowed", 409: "Conflict", 410: "Gone", 413: "Request body too large",
-    415: "Unsupported media type", 429: "Too many requests", 500: "Internal server error",
+    400: "Invalid input",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+    500: "Internal server error",
     503: "Service unavailable",
 }
 

@@ -24,8 +24,17 @@ async def log_access(
     rows: int = 1,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(insert(access_log).values(
-        id=new_id(), at=utcnow(), actor=who.name, role=who.role, action=action,
-        object_type=object_type, object_id=object_id, profile_id=profile_id, rows=rows,
-        detail=detail,
-    ))
+    await conn.execute(
+        insert(access_log).values(
+            id=new_id(),
+            at=utcnow(),
+            actor=who.name,
+            role=who.role,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            profile_id=profile_id,
+            rows=rows,
+            detail=detail,
+        )
+    )

@@ -38,10 +38,16 @@ async def create_key(db: Database, name: str, role: str) -> str:
     key = PREFIX + secrets.token_urlsafe(32)
     try:
         async with db.write() as conn:
-            await conn.execute(insert(api_keys).values(
-                id=new_id(), name=name, role=role, key_hash=hash_key(key), prefix=key[:10],
-                created_at=utcnow(),
-            ))
+            await conn.execute(
+                insert(api_keys).values(
+                    id=new_id(),
+                    name=name,
+                    role=role,
+                    key_hash=hash_key(key),
+                    prefix=key[:10],
+                    created_at=utcnow(),
+                )
+            )
     except IntegrityError as exc:
         raise Conflict("a key with this name exists") from exc
     return key
@@ -50,8 +56,13 @@ async def create_key(db: Database, name: str, role: str) -> str:
 async def list_keys(db: Database) -> list[tuple[str, str, str, datetime, datetime | None]]:
     async with db.read() as conn:
         rows = await conn.execute(
-            select(api_keys.c.name, api_keys.c.role, api_keys.c.prefix, api_keys.c.created_at,
-                   api_keys.c.revoked_at).order_by(api_keys.c.created_at)
+            select(
+                api_keys.c.name,
+                api_keys.c.role,
+                api_keys.c.prefix,
+                api_keys.c.created_at,
+                api_keys.c.revoked_at,
+            ).order_by(api_keys.c.created_at)
         )
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
@@ -59,7 +70,8 @@ async def list_keys(db: Database) -> list[tuple[str, str, str, datetime, datetim
 async def revoke_key(db: Database, name: str) -> None:
     async with db.write() as conn:
         result = await conn.execute(
-            update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            update(api_keys)
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
         if result.rowcount == 0:
@@ -70,9 +82,11 @@ async def authenticate(db: Database, key: str) -> Principal | None:
     if not key.startswith(PREFIX) or len(key) > 200:
         return None
     async with db.read() as conn:
-        row = (await conn.execute(
-            select(api_keys.c.name, api_keys.c.role).where(
-                api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+        row = (
+            await conn.execute(
+                select(api_keys.c.name, api_keys.c.role).where(
+                    api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+                )
             )
-        )).first()
+        ).first()
     return None if row is None else Principal(row.name, row.role)

@@ -52,8 +52,7 @@ def serve(host: str, port: int) -> None:
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                access_log=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
 @main.command()
@@ -80,8 +79,9 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True)
-@click.option("--role", required=True, type=click.Choice(["admin", "ingest", "marketing",
-                                                          "compliance"]))
+@click.option(
+    "--role", required=True, type=click.Choice(["admin", "ingest", "marketing", "compliance"])
+)
 def keys_create(name: str, role: str) -> None:
     """Create a key; it is printed once, alone on the last line."""
     from cdp.apikeys import create_key
@@ -111,8 +111,12 @@ def keys_revoke(name: str) -> None:
 
 
 @keys.command("rotate-master")
-@click.option("--new-key-env", default="CDP_NEW_MASTER_KEY", show_default=True,
-              help="environment variable holding the new master key (base64 of 32 bytes)")
+@click.option(
+    "--new-key-env",
+    default="CDP_NEW_MASTER_KEY",
+    show_default=True,
+    help="environment variable holding the new master key (base64 of 32 bytes)",
+)
 def keys_rotate_master(new_key_env: str) -> None:
     """Re-wrap every data key under a new master key (field data is not touched)."""
     import os
@@ -145,16 +149,27 @@ def import_cmd(file: Path, source: str, rejects: Path | None) -> None:
     from cdp.importer import run_import
 
     with file.open("rb") as fh:
-        total = max(sum(1 for _ in fh) - (0 if file.suffix.lower() in (".ndjson", ".jsonl")
-                                          else 1), 0)
+        total = max(
+            sum(1 for _ in fh) - (0 if file.suffix.lower() in (".ndjson", ".jsonl") else 1), 0
+        )
     console = Console(stderr=True)
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("importing", total=total)
 
         async def go(p: Any):  # type: ignore[no-untyped-def]
-            return await run_import(p, file, source, rejects_path=rejects,
-                                    on_progress=lambda n: bar.update(task, completed=n))
+            return await run_import(
+                p,
+                file,
+                source,
+                rejects_path=rejects,
+                on_progress=lambda n: bar.update(task, completed=n),
+            )
 
         summary = run(lambda: _with_platform(go))
     click.echo(
@@ -200,8 +215,10 @@ def audit_verify() -> None:
     if result.ok:
         click.echo(f"ok: {result.entries} entries, head {result.head_hash}")
         return
-    click.echo(f"FAILED at seq {result.first_invalid_seq}: {result.reason} "
-               f"({result.entries} entries verified before it)")
+    click.echo(
+        f"FAILED at seq {result.first_invalid_seq}: {result.reason} "
+        f"({result.entries} entries verified before it)"
+    )
     sys.exit(1)
 
 

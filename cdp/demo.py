@@ -23,8 +23,16 @@ from cdp.profiles.service import prepare, store_prepared
 RU_FIRST_F = ["Анна", "Мария", "Елена", "Ольга", "Наталья", "Татьяна", "Ирина", "Светлана"]
 RU_FIRST_M = ["Иван", "Алексей", "Дмитрий", "Сергей", "Андрей", "Михаил", "Николай", "Павел"]
 RU_LAST = ["Иванов", "Смирнов", "Кузнецов", "Попов", "Васильев", "Петров", "Соколов", "Волков"]
-RU_LATIN = {"Иванов": "ivanov", "Смирнов": "smirnov", "Кузнецов": "kuznetsov", "Попов": "popov",
-            "Васильев": "vasiliev", "Петров": "petrov", "Соколов": "sokolov", "Волков": "volkov"}
+RU_LATIN = {
+    "Иванов": "ivanov",
+    "Смирнов": "smirnov",
+    "Кузнецов": "kuznetsov",
+    "Попов": "popov",
+    "Васильев": "vasiliev",
+    "Петров": "petrov",
+    "Соколов": "sokolov",
+    "Волков": "volkov",
+}
 EN_FIRST = ["James", "Emma", "Olivia", "Liam", "Sophia", "Noah", "Ava", "Lucas"]
 EN_LAST = ["Smith", "Johnson", "Brown", "Taylor", "Wilson", "Davies", "Evans", "Walker"]
 RU_CITIES = ["Moscow", "Saint Petersburg", "Kazan", "Novosibirsk", "Yekaterinburg"]
@@ -57,8 +65,12 @@ def _customer(rng: random.Random, n: int) -> dict[str, Any]:
             country = "US"
             phone = f"+1{rng.choice(US_AREA)}{rng.randint(2000000, 9999999)}"
     return {
-        "first_name": first, "last_name": last, "country": country,
-        "jurisdiction": jurisdiction, "city": city, "phone": phone,
+        "first_name": first,
+        "last_name": last,
+        "country": country,
+        "jurisdiction": jurisdiction,
+        "city": city,
+        "phone": phone,
         "email": f"{latin}.{n}@{rng.choice(DOMAINS)}",
         "birth_date": (date(1960, 1, 1) + timedelta(days=rng.randint(0, 15000))).isoformat(),
     }
@@ -76,36 +88,59 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
         base = {k: c[k] for k in ("first_name", "last_name", "country", "jurisdiction", "city")}
         consents = []
         if rng.random() < 0.55:
-            consents.append({
-                "purpose": "marketing", "channel": "email", "status": "granted",
-                "occurred_at": (now - timedelta(days=rng.randint(1, 700))).isoformat(),
-                "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
-            })
+            consents.append(
+                {
+                    "purpose": "marketing",
+                    "channel": "email",
+                    "status": "granted",
+                    "occurred_at": (now - timedelta(days=rng.randint(1, 700))).isoformat(),
+                    "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+                }
+            )
         if rng.random() < 0.25:
-            consents.append({
-                "purpose": "marketing", "channel": "sms", "status": "granted",
-                "occurred_at": (now - timedelta(days=rng.randint(1, 700))).isoformat(),
-                "evidence": {"wording_id": "sms-promo-v1", "method": "checkbox"},
-            })
-        crm = {**base, "source": "crm", "external_id": f"C-{100000 + n}", "email": c["email"],
-               "birth_date": c["birth_date"], "consents": consents,
-               "traits": {"tier": rng.choice(["bronze", "silver", "gold"]),
-                          "vip": rng.random() < 0.05}}
+            consents.append(
+                {
+                    "purpose": "marketing",
+                    "channel": "sms",
+                    "status": "granted",
+                    "occurred_at": (now - timedelta(days=rng.randint(1, 700))).isoformat(),
+                    "evidence": {"wording_id": "sms-promo-v1", "method": "checkbox"},
+                }
+            )
+        crm = {
+            **base,
+            "source": "crm",
+            "external_id": f"C-{100000 + n}",
+            "email": c["email"],
+            "birth_date": c["birth_date"],
+            "consents": consents,
+            "traits": {
+                "tier": rng.choice(["bronze", "silver", "gold"]),
+                "vip": rng.random() < 0.05,
+            },
+        }
         prepared.append(prepare(crm, p))
         if rng.random() < 0.6:  # also a shop customer, known by phone
-            prepared.append(prepare({**base, "source": "shop", "phone": c["phone"],
-                                     "external_id": f"S-{n}"}, p))
+            prepared.append(
+                prepare({**base, "source": "shop", "phone": c["phone"], "external_id": f"S-{n}"}, p)
+            )
             if rng.random() < 0.3:  # the call centre links phone and email
-                prepared.append(prepare({"source": "callcenter", "phone": c["phone"],
-                                         "email": c["email"]}, p))
+                prepared.append(
+                    prepare({"source": "callcenter", "phone": c["phone"], "email": c["email"]}, p)
+                )
             for k in range(rng.choices([0, 1, 2, 4, 8], weights=[30, 30, 20, 15, 5])[0]):
-                events.append(EventIn(
-                    source="shop", event_id=f"ord-{n}-{k}", type="purchase",
-                    occurred_at=now - timedelta(days=rng.randint(0, 400)),
-                    external_id=f"S-{n}",
-                    amount=Decimal(rng.randint(500, 25000)).quantize(Decimal("1.00")),
-                    currency="RUB", category=rng.choice(CATEGORIES),
-                ))
+                events.append(
+                    EventIn(
+                        source="shop",
+                        event_id=f"ord-{n}-{k}",
+                        type="purchase",
+                        occurred_at=now - timedelta(days=rng.randint(0, 400)),
+                        external_id=f"S-{n}",
+                        amount=Decimal(rng.randint(500, 25000)).quantize(Decimal("1.00")),
+                        currency="RUB",
+                        category=rng.choice(CATEGORIES),
+                    )
+                )
     for start in range(0, len(prepared), 1000):
         await store_prepared(p, prepared[start : start + 1000], "demo")
     for ev in events:

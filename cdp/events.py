@@ -51,20 +51,29 @@ def check_event(body: EventIn) -> None:
 async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
     check_event(body)
     ident = parse_identifier(
-        p.policy, p.keys.indexer, profile_id=body.profile_id, email=body.email, phone=body.phone,
-        source=body.source, external_id=body.external_id, country=body.country,
+        p.policy,
+        p.keys.indexer,
+        profile_id=body.profile_id,
+        email=body.email,
+        phone=body.phone,
+        source=body.source,
+        external_id=body.external_id,
+        country=body.country,
     )
     async with p.db.write() as conn:
         await lock_keys(conn, [f"event|{body.source}|{body.event_id}", ident.bidx or b""])
-        existing = (await conn.execute(
-            select(events.c.profile_id).where(
-                events.c.source == body.source, events.c.event_id == body.event_id
+        existing = (
+            await conn.execute(
+                select(events.c.profile_id).where(
+                    events.c.source == body.source, events.c.event_id == body.event_id
+                )
             )
-        )).scalar()
+        ).scalar()
         if existing is not None:
             return EventResult(body.event_id, existing, created=False)
-        pid = await ensure_profile(conn, p, ident, source=body.source, actor=actor,
-                                   country=body.country)
+        pid = await ensure_profile(
+            conn, p, ident, source=body.source, actor=actor, country=body.country
+        )
         await lock_keys(conn, [f"profile|{pid}"])
         props = None
         key_id = None
@@ -72,12 +81,22 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
             cipher = (await p.keys.ciphers(conn, [pid]))[pid]
             props = cipher.encrypt("events.properties", msgspec.json.encode(body.properties))
             key_id = cipher.key_id
-        await conn.execute(insert(events).values(
-            id=new_id(), profile_id=pid, source=body.source, event_id=body.event_id,
-            type=body.type, occurred_at=body.occurred_at, recorded_at=utcnow(),
-            amount=body.amount, currency=body.currency, category=body.category,
-            properties=props, key_id=key_id,
-        ))
+        await conn.execute(
+            insert(events).values(
+                id=new_id(),
+                profile_id=pid,
+                source=body.source,
+                event_id=body.event_id,
+                type=body.type,
+                occurred_at=body.occurred_at,
+                recorded_at=utcnow(),
+                amount=body.amount,
+                currency=body.currency,
+                category=body.category,
+                properties=props,
+                key_id=key_id,
+            )
+        )
         sign = MONEY_EVENTS.get(body.type)
         if sign is not None and body.amount is not None:
             await _update_stats(conn, pid, sign, body.amount, body.occurred_at)
@@ -93,15 +112,20 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
 async def _update_stats(
     conn: AsyncConnection, pid: uuid.UUID, sign: int, amount: Decimal, at: datetime
 ) -> None:
-    row = (await conn.execute(
-        select(profile_stats).where(profile_stats.c.profile_id == pid)
-    )).first()
+    row = (
+        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == pid))
+    ).first()
     orders = 1 if sign > 0 else 0
     if row is None:
-        await conn.execute(insert(profile_stats).values(
-            profile_id=pid, orders_count=orders, total_spent=sign * amount,
-            first_order_at=at if orders else None, last_order_at=at if orders else None,
-        ))
+        await conn.execute(
+            insert(profile_stats).values(
+                profile_id=pid,
+                orders_count=orders,
+                total_spent=sign * amount,
+                first_order_at=at if orders else None,
+                last_order_at=at if orders else None,
+            )
+        )
         return
     values = {
         "orders_count": row.orders_count + orders,

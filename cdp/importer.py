@@ -164,8 +164,9 @@ async def run_import(
                 reject(n, [FieldError("row", "not a JSON object")], row_rejected=True)
                 continue
             try:
-                prep = prepare(row_to_record(row, source, from_csv=from_csv), p,
-                               strict_consents=False)
+                prep = prepare(
+                    row_to_record(row, source, from_csv=from_csv), p, strict_consents=False
+                )
             except DomainError as exc:
                 reject(n, exc.errors, row_rejected=True)
                 continue

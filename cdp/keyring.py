@@ -82,8 +82,9 @@ class Keyring:
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
             rows = await conn.execute(
-                select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped)
-                .where(profile_keys.c.profile_id.in_(chunk))
+                select(
+                    profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped
+                ).where(profile_keys.c.profile_id.in_(chunk))
             )
             for pid, key_id, wrapped in rows:
                 found[pid] = self.cipher_from_row(pid, key_id, wrapped)
@@ -151,15 +152,20 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
                 .values(master_key_id=new.key_id, wrapped=new.wrap(secret, row["name"].encode()))
             )
         result = await conn.stream(
-            select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped)
-            .where(profile_keys.c.master_key_id == old.key_id)
+            select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped).where(
+                profile_keys.c.master_key_id == old.key_id
+            )
         )
         batch: list[dict] = []
         async for pid, key_id, wrapped in result:
             ctx = _dek_context(pid, key_id)
-            batch.append({
-                "pid": pid, "kid": key_id, "w": new.wrap(old.unwrap(wrapped, ctx), ctx),
-            })
+            batch.append(
+                {
+                    "pid": pid,
+                    "kid": key_id,
+                    "w": new.wrap(old.unwrap(wrapped, ctx), ctx),
+                }
+            )
         from sqlalchemy import bindparam
 
         stmt = (

@@ -19,9 +19,25 @@ from consent.tables import consent_ledger
 
 GENESIS = bytes(32)
 HASHED_FIELDS = (
-    "seq", "event_id", "profile_id", "subject_kind", "address_bidx", "purpose", "channel",
-    "status", "occurred_at", "recorded_at", "source", "actor", "method", "wording_id",
-    "policy_version", "evidence", "evidence_owner", "evidence_key_id", "effective",
+    "seq",
+    "event_id",
+    "profile_id",
+    "subject_kind",
+    "address_bidx",
+    "purpose",
+    "channel",
+    "status",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "actor",
+    "method",
+    "wording_id",
+    "policy_version",
+    "evidence",
+    "evidence_owner",
+    "evidence_key_id",
+    "effective",
 )
 _encoder = msgspec.json.Encoder()
 
@@ -57,14 +73,17 @@ async def verify_chain(conn: AsyncConnection, batch: int = 20_000) -> Verificati
     expected_seq = 1
     count = 0
     cols = [consent_ledger.c[name] for name in HASHED_FIELDS] + [
-        consent_ledger.c.prev_hash, consent_ledger.c.hash,
+        consent_ledger.c.prev_hash,
+        consent_ledger.c.hash,
     ]
     last_seq = 0
     while True:
         rows = (
             await conn.execute(
-                select(*cols).where(consent_ledger.c.seq > last_seq)
-                .order_by(consent_ledger.c.seq).limit(batch)
+                select(*cols)
+                .where(consent_ledger.c.seq > last_seq)
+                .order_by(consent_ledger.c.seq)
+                .limit(batch)
             )
         ).all()
         if not rows:

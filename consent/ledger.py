@@ -67,16 +67,15 @@ async def lock_head(conn: AsyncConnection) -> None:
         await conn.execute(text(f"SELECT pg_advisory_xact_lock({LEDGER_LOCK})"))
 
 
-async def append(
-    conn: AsyncConnection, policy: Policy, entries: list[Entry]
-) -> list[Appended]:
+async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) -> list[Appended]:
     if not entries:
         return []
     await lock_head(conn)
     head = (
         await conn.execute(
             select(consent_ledger.c.seq, consent_ledger.c.hash)
-            .order_by(consent_ledger.c.seq.desc()).limit(1)
+            .order_by(consent_ledger.c.seq.desc())
+            .limit(1)
         )
     ).first()
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
@@ -102,9 +101,14 @@ async def append(
                 effective = True
                 state[key] = (e.status, e.occurred_at)
                 changed[key] = {
-                    "subject": e.subject, "purpose": e.purpose, "channel": ch,
-                    "profile_id": e.profile_id, "status": e.status, "since": e.occurred_at,
-                    "seq": seq, "source": e.source,
+                    "subject": e.subject,
+                    "purpose": e.purpose,
+                    "channel": ch,
+                    "profile_id": e.profile_id,
+                    "status": e.status,
+                    "since": e.occurred_at,
+                    "seq": seq,
+                    "source": e.source,
                 }
         if effective and e.status == "granted" and e.subject_kind != "profile":
             confirmed.append({"b": e.subject, "t": e.occurred_at})
@@ -115,14 +119,25 @@ async def append(
             )
             owner, key_id = e.cipher.owner, e.cipher.key_id
         row = {
-            "seq": seq, "event_id": new_id(), "profile_id": e.profile_id,
+            "seq": seq,
+            "event_id": new_id(),
+            "profile_id": e.profile_id,
             "subject_kind": e.subject_kind,
             "address_bidx": None if e.subject_kind == "profile" else e.subject,
-            "purpose": e.purpose, "channel": e.channel, "status": e.status,
-            "occurred_at": e.occurred_at, "recorded_at": now, "source": e.source,
-            "actor": e.actor, "method": e.method, "wording_id": e.wording_id,
-            "policy_version": policy.version, "evidence": evidence_blob,
-            "evidence_owner": owner, "evidence_key_id": key_id, "effective": effective,
+            "purpose": e.purpose,
+            "channel": e.channel,
+            "status": e.status,
+            "occurred_at": e.occurred_at,
+            "recorded_at": now,
+            "source": e.source,
+            "actor": e.actor,
+            "method": e.method,
+            "wording_id": e.wording_id,
+            "policy_version": policy.version,
+            "evidence": evidence_blob,
+            "evidence_owner": owner,
+            "evidence_key_id": key_id,
+            "effective": effective,
             "prev_hash": prev,
         }
         row["hash"] = entry_hash(prev, row)
@@ -136,7 +151,9 @@ async def append(
         await conn.execute(
             update(identities)
             .where(identities.c.bidx == bindparam("b"))
-            .where(or_(identities.c.confirmed_at.is_(None), identities.c.confirmed_at < bindparam("t")))
+            .where(
+                or_(identities.c.confirmed_at.is_(None), identities.c.confirmed_at < bindparam("t"))
+            )
             .values(confirmed_at=bindparam("t")),
             confirmed,
         )
@@ -177,12 +194,19 @@ async def _write_states(
         cs = consent_state.c
         await conn.execute(
             update(consent_state)
-            .where(and_(cs.subject == bindparam("n_subject"), cs.purpose == bindparam("n_purpose"),
-                        cs.channel == bindparam("n_channel")))
-            .values(profile_id=bindparam("n_profile_id"), status=bindparam("n_status"),
-                    since=bindparam("n_since"), seq=bindparam("n_seq"),
-                    source=bindparam("n_source")),
+            .where(
+                and_(
+                    cs.subject == bindparam("n_subject"),
+                    cs.purpose == bindparam("n_purpose"),
+                    cs.channel == bindparam("n_channel"),
+                )
+            )
+            .values(
+                profile_id=bindparam("n_profile_id"),
+                status=bindparam("n_status"),
+                since=bindparam("n_since"),
+                seq=bindparam("n_seq"),
+                source=bindparam("n_source"),
+            ),
             updates,
         )
-
-

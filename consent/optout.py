@@ -73,11 +73,21 @@ async def opt_out(
                 continue
             if kind != "profile":
                 await suppress(conn, subject, purpose, channel, reason=reason, source=source, at=at)
-            entries.append(Entry(
-                profile_id=pid, subject_kind=kind, subject=subject, purpose=purpose,
-                channel=channel, status="withdrawn", occurred_at=at, source=source,
-                actor=actor, method=method, cipher=cipher,
-            ))
+            entries.append(
+                Entry(
+                    profile_id=pid,
+                    subject_kind=kind,
+                    subject=subject,
+                    purpose=purpose,
+                    channel=channel,
+                    status="withdrawn",
+                    occurred_at=at,
+                    source=source,
+                    actor=actor,
+                    method=method,
+                    cipher=cipher,
+                )
+            )
         await ledger.append(conn, p.policy, entries)
     return OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(entries))
 
@@ -95,8 +105,14 @@ async def unsubscribe(p: Platform, token: str, *, source: str = "one_click") -> 
         else Identifier(claims.subject_kind, bidx=claims.subject)
     )
     return await opt_out(
-        p, ident, purpose=claims.purpose, channel=claims.channel, source=source,
-        actor="customer", method="one_click", reason="unsubscribe",
+        p,
+        ident,
+        purpose=claims.purpose,
+        channel=claims.channel,
+        source=source,
+        actor="customer",
+        method="one_click",
+        reason="unsubscribe",
     )
 
 

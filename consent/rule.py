@@ -47,7 +47,9 @@ def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
     if basis is None:
         return "not_allowed"
     if f.suppressed_at is not None and not (
-        f.state_status == "granted" and f.state_since is not None and f.state_since > f.suppressed_at
+        f.state_status == "granted"
+        and f.state_since is not None
+        and f.state_since > f.suppressed_at
     ):
         return "suppressed"
     if f.state_status == "withdrawn":

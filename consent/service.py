@@ -29,8 +29,11 @@ from consent.tables import consent_state
 def evidence_dict(evidence: EvidenceIn | None, **extra: Any) -> dict[str, Any] | None:
     data: dict[str, Any] = {}
     if evidence is not None:
-        data = {k: getattr(evidence, k) for k in evidence.__struct_fields__
-                if getattr(evidence, k) is not None}
+        data = {
+            k: getattr(evidence, k)
+            for k in evidence.__struct_fields__
+            if getattr(evidence, k) is not None
+        }
     data.update({k: v for k, v in extra.items() if v is not None})
     return data or None
 
@@ -44,8 +47,12 @@ class Target:
 
 
 def targets_for(
-    policy_channels: list[str], kind_of: dict[str, str], profile_id: uuid.UUID | None,
-    named: list[tuple[str, bytes]], all_addresses: list[tuple[str, bytes]], channel: str,
+    policy_channels: list[str],
+    kind_of: dict[str, str],
+    profile_id: uuid.UUID | None,
+    named: list[tuple[str, bytes]],
+    all_addresses: list[tuple[str, bytes]],
+    channel: str,
 ) -> list[tuple[str, bytes]]:
     """The addresses a consent on `channel` concerns.
 
@@ -53,9 +60,7 @@ def targets_for(
     profile only (or an address of another kind), every address the profile has on that channel.
     Profile-keyed channels (push, messenger) concern the profile itself.
     """
-    kinds = (
-        {kind_of[c] for c in policy_channels} if channel == "*" else {kind_of[channel]}
-    )
+    kinds = {kind_of[c] for c in policy_channels} if channel == "*" else {kind_of[channel]}
     out: list[tuple[str, bytes]] = []
     for kind in sorted(kinds):
         if kind == "profile":
@@ -67,7 +72,9 @@ def targets_for(
     return out
 
 
-async def cipher_for(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID | None) -> FieldCipher:
+async def cipher_for(
+    conn: AsyncConnection, p: Platform, profile_id: uuid.UUID | None
+) -> FieldCipher:
     if profile_id is None:
         return p.keys.system
     return (await p.keys.ciphers(conn, [profile_id])).get(profile_id, p.keys.system)
@@ -91,16 +98,26 @@ async def record_claims(
     for pid, named, claim in items:
         if pid not in addresses:
             addresses[pid] = await profile_addresses(conn, pid)
-        for kind, subject in targets_for(channels, kind_of, pid, named, addresses[pid],
-                                         claim.channel):
-            entries.append(Entry(
-                profile_id=pid, subject_kind=kind, subject=subject, purpose=claim.purpose,
-                channel=claim.channel, status=claim.status,
-                occurred_at=claim.occurred_at or now, source=claim.source, actor=actor,
-                method=(claim.evidence.method if claim.evidence else None) or "import",
-                wording_id=claim.evidence.wording_id if claim.evidence else None,
-                evidence=evidence_dict(claim.evidence), cipher=ciphers.get(pid, p.keys.system),
-            ))
+        for kind, subject in targets_for(
+            channels, kind_of, pid, named, addresses[pid], claim.channel
+        ):
+            entries.append(
+                Entry(
+                    profile_id=pid,
+                    subject_kind=kind,
+                    subject=subject,
+                    purpose=claim.purpose,
+                    channel=claim.channel,
+                    status=claim.status,
+                    occurred_at=claim.occurred_at or now,
+                    source=claim.source,
+                    actor=actor,
+                    method=(claim.evidence.method if claim.evidence else None) or "import",
+                    wording_id=claim.evidence.wording_id if claim.evidence else None,
+                    evidence=evidence_dict(claim.evidence),
+                    cipher=ciphers.get(pid, p.keys.system),
+                )
+            )
     return await ledger.append(conn, p.policy, entries)
 
 
@@ -116,8 +133,9 @@ async def record_consent(
     occurred = body.occurred_at or utcnow()
     async with p.db.write() as conn:
         await lock_keys(conn, [ident.bidx or str(ident.profile_id)])
-        pid = await ensure_profile(conn, p, ident, source=body.source, actor=actor,
-                                   country=body.country)
+        pid = await ensure_profile(
+            conn, p, ident, source=body.source, actor=actor, country=body.country
+        )
         named = [(ident.kind, ident.bidx)] if ident.kind in ("email", "phone") else []
         kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
         all_addr = await profile_addresses(conn, pid)
@@ -127,12 +145,19 @@ async def record_consent(
         cipher = await cipher_for(conn, p, pid)
         entries = [
             Entry(
-                profile_id=pid, subject_kind=kind, subject=subject, purpose=body.purpose,
-                channel=body.channel, status=body.status, occurred_at=occurred,
-                source=body.source, actor=actor,
+                profile_id=pid,
+                subject_kind=kind,
+                subject=subject,
+                purpose=body.purpose,
+                channel=body.channel,
+                status=body.status,
+                occurred_at=occurred,
+                source=body.source,
+                actor=actor,
                 method=(body.evidence.method if body.evidence else None) or "api",
                 wording_id=body.evidence.wording_id if body.evidence else None,
-                evidence=evidence_dict(body.evidence), cipher=cipher,
+                evidence=evidence_dict(body.evidence),
+                cipher=cipher,
             )
             for kind, subject in subjects
         ]
@@ -147,18 +172,20 @@ class ConsentView:
 
 async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> ConsentView:
     """Current consent per address and the contactable matrix of a (surviving) profile."""
-    prof = (await conn.execute(
-        select(profiles.c.status, profiles.c.jurisdiction).where(profiles.c.id == profile_id)
-    )).one()
-    cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
-    idents = (await conn.execute(
-        select(identities.c.kind, identities.c.bidx, identities.c.value).where(
-            identities.c.profile_id == profile_id, identities.c.kind.in_(("email", "phone"))
+    prof = (
+        await conn.execute(
+            select(profiles.c.status, profiles.c.jurisdiction).where(profiles.c.id == profile_id)
         )
-    )).all()
-    plain = {
-        b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents
-    }
+    ).one()
+    cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
+    idents = (
+        await conn.execute(
+            select(identities.c.kind, identities.c.bidx, identities.c.value).where(
+                identities.c.profile_id == profile_id, identities.c.kind.in_(("email", "phone"))
+            )
+        )
+    ).all()
+    plain = {b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents}
     psubj = profile_subject(profile_id)
     subjects = [b for _, b, _ in idents] + [psubj]
     cs = consent_state.c
@@ -169,9 +196,12 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
     supp = await suppressed_at(conn, [b for _, b, _ in idents])
     items = [
         {
-            "purpose": r.purpose, "channel": r.channel,
+            "purpose": r.purpose,
+            "channel": r.channel,
             "address": plain.get(r.subject) if r.subject != psubj else None,
-            "status": r.status, "since": r.since, "source": r.source,
+            "status": r.status,
+            "since": r.since,
+            "source": r.source,
         }
         for r in sorted(states.values(), key=lambda r: (r.purpose, r.channel, r.since))
     ]
@@ -187,17 +217,17 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
             for subject in candidates or [None]:
                 state = states.get((subject, purpose, channel)) if subject else None
                 facts = Facts(
-                    profile_status=prof.status, jurisdiction=prof.jurisdiction,
+                    profile_status=prof.status,
+                    jurisdiction=prof.jurisdiction,
                     has_address=subject is not None,
                     state_status=state.status if state else None,
                     state_since=state.since if state else None,
                     suppressed_at=latest_suppression(supp, subject, purpose, channel)
-                    if subject and subject != psubj else None,
+                    if subject and subject != psubj
+                    else None,
                 )
                 if decide(p.policy, purpose, channel, facts) is None:
                     ok = True
                     break
             matrix[purpose][channel] = ok
     return ConsentView(items=items, contactable=matrix)
-
-

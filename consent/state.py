@@ -40,8 +40,12 @@ async def merge_profile_states(
             await conn.execute(
                 update(consent_state)
                 .where(cs.subject == s_subj, cs.purpose == row.purpose, cs.channel == row.channel)
-                .values(status=row.status, since=max(row.since, current.since), seq=row.seq,
-                        source=row.source)
+                .values(
+                    status=row.status,
+                    since=max(row.since, current.since),
+                    seq=row.seq,
+                    source=row.source,
+                )
             )
     await conn.execute(delete(consent_state).where(cs.subject == a_subj))
     await conn.execute(

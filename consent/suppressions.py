@@ -29,7 +29,12 @@ async def suppress(
     s = suppressions.c
     await conn.execute(
         insert_ignore(conn, suppressions).values(
-            bidx=bidx, purpose=purpose, channel=channel, reason=reason, source=source, at=at,
+            bidx=bidx,
+            purpose=purpose,
+            channel=channel,
+            reason=reason,
+            source=source,
+            at=at,
             created_at=utcnow(),
         )
     )
@@ -47,9 +52,7 @@ async def suppressed_at(
     if not bidxs:
         return {}
     s = suppressions.c
-    rows = await conn.execute(
-        select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs))
-    )
+    rows = await conn.execute(select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs)))
     return {(b, p, c): at for b, p, c, at in rows}
 
 

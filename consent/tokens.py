@@ -41,8 +41,14 @@ def _unb64(text: str) -> bytes:
 
 def issue(key: bytes, claims: TokenClaims) -> str:
     payload = msgspec.msgpack.encode(
-        [VERSION, claims.profile_id.bytes, claims.subject_kind, claims.subject, claims.purpose,
-         claims.channel]
+        [
+            VERSION,
+            claims.profile_id.bytes,
+            claims.subject_kind,
+            claims.subject,
+            claims.purpose,
+            claims.channel,
+        ]
     )
     tag = hmac.digest(key, payload, hashlib.sha256)[:16]
     return _b64(payload) + "." + _b64(tag)

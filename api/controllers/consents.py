@@ -7,11 +7,11 @@ from typing import Annotated
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
+from litestar.params import FromPath, JSONBody
 
 from api.auth import PUBLIC, roles
-from cdp.apikeys import Principal
+from api.deps import PlatformDep, PrincipalDep
 from cdp.errors import InvalidInput
-from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
 from consent.optout import claims_from_token, is_stop_message, opt_out, unsubscribe
 from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
@@ -38,12 +38,24 @@ class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_":
     text: Annotated[str, msgspec.Meta(max_length=1600)]
 
 
-@post("/v1/consents", opt=INGEST, tags=["consent"], status_code=201,
-      summary="Append one consent event to the ledger")
-async def post_consent(data: ConsentIn, platform: Platform, principal: Principal) -> dict:
+@post(
+    "/v1/consents",
+    opt=INGEST,
+    tags=["consent"],
+    status_code=201,
+    summary="Append one consent event to the ledger",
+)
+async def post_consent(
+    data: JSONBody[ConsentIn], platform: PlatformDep, principal: PrincipalDep
+) -> dict:
     ident = parse_identifier(
-        platform.policy, platform.keys.indexer, profile_id=data.profile_id, email=data.email,
-        phone=data.phone, source=data.id_source or data.source, external_id=data.external_id,
+        platform.policy,
+        platform.keys.indexer,
+        profile_id=data.profile_id,
+        email=data.email,
+        phone=data.phone,
+        source=data.id_source or data.source,
+        external_id=data.external_id,
         country=data.country,
     )
     appended = await record_consent(platform, data, ident, principal.name)
@@ -54,30 +66,51 @@ async def post_consent(data: ConsentIn, platform: Platform, principal: Principal
         "effective": any(a.effective for a in appended),
         "profile_id": str(first.profile_id) if first.profile_id else None,
         "events": [
-            {"event_id": str(a.event_id), "seq": a.seq, "effective": a.effective}
-            for a in appended
+            {"event_id": str(a.event_id), "seq": a.seq, "effective": a.effective} for a in appended
         ],
     }
 
 
-@post("/v1/opt-outs", opt=INGEST, tags=["consent"], status_code=200,
-      summary="Opt a customer or an address out, effective before the answer")
-async def post_opt_out(data: OptOutIn, platform: Platform, principal: Principal) -> dict:
+@post(
+    "/v1/opt-outs",
+    opt=INGEST,
+    tags=["consent"],
+    status_code=200,
+    summary="Opt a customer or an address out, effective before the answer",
+)
+async def post_opt_out(
+    data: JSONBody[OptOutIn], platform: PlatformDep, principal: PrincipalDep
+) -> dict:
     ident = parse_identifier(
-        platform.policy, platform.keys.indexer, profile_id=data.profile_id, email=data.email,
-        phone=data.phone, source=data.id_source or data.source, external_id=data.external_id,
+        platform.policy,
+        platform.keys.indexer,
+        profile_id=data.profile_id,
+        email=data.email,
+        phone=data.phone,
+        source=data.id_source or data.source,
+        external_id=data.external_id,
         country=data.country,
     )
     result = await opt_out(
-        platform, ident, purpose=data.purpose, channel=data.channel, source=data.source,
-        actor=principal.name, occurred_at=data.occurred_at,
+        platform,
+        ident,
+        purpose=data.purpose,
+        channel=data.channel,
+        source=data.source,
+        actor=principal.name,
+        occurred_at=data.occurred_at,
     )
     return {"profile_ids": [str(p) for p in result.profile_ids], "suppressed": result.suppressed}
 
 
-@get("/v1/unsubscribe/{token:str}", opt=PUBLIC, tags=["consent"], media_type=MediaType.HTML,
-     summary="Confirmation page (changes nothing: mail scanners prefetch links)")
-async def unsubscribe_page(token: str, platform: Platform) -> Response[str]:
+@get(
+    "/v1/unsubscribe/{token:str}",
+    opt=PUBLIC,
+    tags=["consent"],
+    media_type=MediaType.HTML,
+    summary="Confirmation page (changes nothing: mail scanners prefetch links)",
+)
+async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Response[str]:
     claims = claims_from_token(platform, token)
     what = "marketing messages" if claims.purpose == "marketing" else f"{claims.purpose} messages"
     html = f"""<!doctype html>
@@ -93,16 +126,28 @@ async def unsubscribe_page(token: str, platform: Platform) -> Response[str]:
     return Response(html, media_type=MediaType.HTML)
 
 
-@post("/v1/unsubscribe/{token:str}", opt=PUBLIC, tags=["consent"], status_code=200,
-      summary="One-click unsubscribe (RFC 8058)")
-async def unsubscribe_now(token: str, platform: Platform, request: Request) -> dict:
+@post(
+    "/v1/unsubscribe/{token:str}",
+    opt=PUBLIC,
+    tags=["consent"],
+    status_code=200,
+    summary="One-click unsubscribe (RFC 8058)",
+)
+async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: Request) -> dict:
     result = await unsubscribe(platform, token)
     return {"unsubscribed": True, "suppressed": result.suppressed}
 
 
-@post("/v1/inbound/sms", opt=INGEST, tags=["consent"], status_code=200,
-      summary="Inbound SMS: stop keywords opt the number out of marketing by sms")
-async def inbound_sms(data: InboundSmsIn, platform: Platform, principal: Principal) -> dict:
+@post(
+    "/v1/inbound/sms",
+    opt=INGEST,
+    tags=["consent"],
+    status_code=200,
+    summary="Inbound SMS: stop keywords opt the number out of marketing by sms",
+)
+async def inbound_sms(
+    data: JSONBody[InboundSmsIn], platform: PlatformDep, principal: PrincipalDep
+) -> dict:
     if not is_stop_message(data.text):
         return {"stop": False}
     try:
@@ -110,8 +155,17 @@ async def inbound_sms(data: InboundSmsIn, platform: Platform, principal: Princip
     except InvalidInput as exc:
         raise InvalidInput.field("from", exc.errors[0].message) from None
     result = await opt_out(
-        platform, ident, purpose="marketing", channel="sms", source="sms_keyword",
-        actor=principal.name, method="sms_keyword", reason="sms_stop",
+        platform,
+        ident,
+        purpose="marketing",
+        channel="sms",
+        source="sms_keyword",
+        actor=principal.name,
+        method="sms_keyword",
+        reason="sms_stop",
     )
-    return {"stop": True, "profile_ids": [str(p) for p in result.profile_ids],
-            "suppressed": result.suppressed}
+    return {
+        "stop": True,
+        "profile_ids": [str(p) for p in result.profile_ids],
+        "suppressed": result.suppressed,
+    }

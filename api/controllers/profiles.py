@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.auth import roles
+from api.deps import PlatformDep, PrincipalDep
 from cdp.access_log import log_access
-from cdp.apikeys import Principal
 from cdp.errors import DomainError, NotFound
 from cdp.ids import parse_uuid
-from cdp.platform import Platform
 from cdp.profiles.identifiers import find_profile, parse_identifier
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.ingest import Outcome
@@ -45,18 +45,24 @@ def error_body(exc: DomainError) -> dict[str, Any]:
 
 class ProfileController(Controller):
     path = "/v1/profiles"
-    tags = ["profiles"]
+    tags = ("profiles",)
 
-    @post("/", opt=INGEST, summary="Upsert one customer record and resolve its identity",
-          responses=None)
+    @post(
+        "/",
+        opt=INGEST,
+        summary="Upsert one customer record and resolve its identity",
+        responses=None,
+    )
     async def upsert(
-        self, data: ProfileIn, platform: Platform, principal: Principal
+        self, data: JSONBody[ProfileIn], platform: PlatformDep, principal: PrincipalDep
     ) -> Response[dict[str, Any]]:
         outcome = await upsert_one(platform, data, principal.name)
         return Response(outcome_body(outcome), status_code=201 if outcome.created else 200)
 
     @post("/batch", opt=INGEST, status_code=200, summary="Upsert up to 1000 records")
-    async def batch(self, data: BatchIn, platform: Platform, principal: Principal) -> dict:
+    async def batch(
+        self, data: JSONBody[BatchIn], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict:
         items = await upsert_batch(platform, data.records, principal.name)
         results = []
         for item in items:
@@ -70,15 +76,19 @@ class ProfileController(Controller):
     @get("/", opt=READERS, summary="Find a profile by email, phone, or source + external_id")
     async def lookup(
         self,
-        platform: Platform,
-        principal: Principal,
-        email: str | None = None,
-        phone: str | None = None,
-        source: str | None = None,
-        external_id: str | None = None,
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        email: FromQuery[str | None] = None,
+        phone: FromQuery[str | None] = None,
+        source: FromQuery[str | None] = None,
+        external_id: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         ident = parse_identifier(
-            platform.policy, platform.keys.indexer, email=email, phone=phone, source=source,
+            platform.policy,
+            platform.keys.indexer,
+            email=email,
+            phone=phone,
+            source=source,
             external_id=external_id,
         )
         async with platform.db.write() as conn:
@@ -86,31 +96,52 @@ class ProfileController(Controller):
             if pid is None:
                 raise NotFound("no profile has this identifier")
             body = await profile_view(conn, platform, pid)
-            await log_access(conn, principal, "profile.read", object_type="profile",
-                             object_id=str(pid), profile_id=pid)
+            await log_access(
+                conn,
+                principal,
+                "profile.read",
+                object_type="profile",
+                object_id=str(pid),
+                profile_id=pid,
+            )
         return body
 
     @get("/{profile_id:str}", opt=READERS, summary="The decrypted profile")
-    async def read(self, profile_id: str, platform: Platform, principal: Principal) -> dict:
+    async def read(
+        self, profile_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict:
         pid = parse_uuid(profile_id)
         if pid is None:
             raise NotFound("no profile with this id")
         async with platform.db.write() as conn:
             survivor = await resolve_profile_id(conn, pid)
             body = await profile_view(conn, platform, survivor)
-            await log_access(conn, principal, "profile.read", object_type="profile",
-                             object_id=str(survivor), profile_id=survivor)
+            await log_access(
+                conn,
+                principal,
+                "profile.read",
+                object_type="profile",
+                object_id=str(survivor),
+                profile_id=survivor,
+            )
         return body
 
     @get("/{profile_id:str}/consents", opt=READERS, summary="Consent state and contactability")
-    async def consents(self, profile_id: str, platform: Platform, principal: Principal) -> dict:
+    async def consents(
+        self, profile_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict:
         pid = parse_uuid(profile_id)
         if pid is None:
             raise NotFound("no profile with this id")
         async with platform.db.write() as conn:
             survivor = await resolve_profile_id(conn, pid)
             view = await consent_view(conn, platform, survivor)
-            await log_access(conn, principal, "profile.consents", object_type="profile",
-                             object_id=str(survivor), profile_id=survivor)
-        return {"profile_id": str(survivor), "items": view.items,
-                "contactable": view.contactable}
+            await log_access(
+                conn,
+                principal,
+                "profile.consents",
+                object_type="profile",
+                object_id=str(survivor),
+                profile_id=survivor,
+            )
+        return {"profile_id": str(survivor), "items": view.items, "contactable": view.contactable}

@@ -79,8 +79,11 @@ def load_master_key(configured: str | None, *, production: bool, dev_dir: Path) 
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(MasterKey.generate_base64() + "\n")
-        log.warning("dev_master_key_created", path=str(path),
-                    hint="set CDP_MASTER_KEY to a key kept in a secrets manager")
+        log.warning(
+            "dev_master_key_created",
+            path=str(path),
+            hint="set CDP_MASTER_KEY to a key kept in a secrets manager",
+        )
     else:
         log.warning("dev_master_key_in_use", path=str(path))
     return MasterKey.from_base64(path.read_text())

@@ -40,8 +40,12 @@ def parse_identifier(
 ) -> Identifier:
     given = [
         name
-        for name, v in (("profile_id", profile_id), ("email", email), ("phone", phone),
-                        ("external_id", external_id))
+        for name, v in (
+            ("profile_id", profile_id),
+            ("email", email),
+            ("phone", phone),
+            ("external_id", external_id),
+        )
         if v is not None and str(v).strip()
     ]
     if not given:
@@ -72,9 +76,7 @@ def parse_identifier(
         raise InvalidInput.field("source", "required with external_id")
     ext = clean_text(external_id)
     assert ext is not None
-    return Identifier(
-        "external_id", bidx=indexer.external_id(src, ext), value=ext, source=src
-    )
+    return Identifier("external_id", bidx=indexer.external_id(src, ext), value=ext, source=src)
 
 
 async def find_profile(conn: AsyncConnection, ident: Identifier) -> uuid.UUID | None:

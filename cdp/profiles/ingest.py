@@ -120,25 +120,36 @@ async def ingest(
         if found:
             survivor_id = found[0]
             for absorbed in found[1:]:
-                matched = sorted({
-                    k.kind for i in members for k in keys[i] if existing.get(k.bidx) == absorbed
-                })
+                matched = sorted(
+                    {k.kind for i in members for k in keys[i] if existing.get(k.bidx) == absorbed}
+                )
                 await merge_profiles(
-                    conn, p, survivor_id, absorbed, matched_on=matched, provenance="deterministic",
-                    source=records[members[0]].source, actor=actor,
+                    conn,
+                    p,
+                    survivor_id,
+                    absorbed,
+                    matched_on=matched,
+                    provenance="deterministic",
+                    source=records[members[0]].source,
+                    actor=actor,
                 )
                 merged_ids.append(absorbed)
             if merged_ids:  # the survivor's row changed: reload it
-                r = (await conn.execute(
-                    select(profiles_t).where(profiles_t.c.id == survivor_id)
-                )).one()
+                r = (
+                    await conn.execute(select(profiles_t).where(profiles_t.c.id == survivor_id))
+                ).one()
                 rows[survivor_id] = r
                 ciphers.update(await p.keys.ciphers(conn, [survivor_id]))
             r = rows[survivor_id]
             w = _Working(
-                id=survivor_id, is_new=False, cipher=ciphers[survivor_id],
-                created_at=r.created_at, jurisdiction=r.jurisdiction, country=r.country,
-                city=r.city, traits=dict(r.traits or {}),
+                id=survivor_id,
+                is_new=False,
+                cipher=ciphers[survivor_id],
+                created_at=r.created_at,
+                jurisdiction=r.jurisdiction,
+                country=r.country,
+                city=r.city,
+                traits=dict(r.traits or {}),
                 enc={f: getattr(r, f) for f in ENCRYPTED_PROFILE_FIELDS},
             )
             w.known_bidx = {b for b, pid in existing.items() if pid in found}
@@ -148,9 +159,15 @@ async def ingest(
             new_keys.append(key_row)
             first = records[members[0]]
             w = _Working(
-                id=pid, is_new=True, cipher=cipher, created_at=now,
+                id=pid,
+                is_new=True,
+                cipher=cipher,
+                created_at=now,
                 jurisdiction=first.jurisdiction or p.policy.default_jurisdiction,
-                country=None, city=None, traits={}, enc=dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
+                country=None,
+                city=None,
+                traits={},
+                enc=dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
             )
         working[w.id] = w
 
@@ -162,12 +179,19 @@ async def ingest(
                     seen_identities.append({"b": k.bidx, "t": now})
                     continue
                 w.known_bidx.add(k.bidx)
-                new_identities.append({
-                    "id": new_id(), "profile_id": w.id, "kind": k.kind, "bidx": k.bidx,
-                    "value": w.cipher.encrypt("identities.value", k.value),
-                    "source": k.source, "created_at": now, "last_seen_at": now,
-                    "confirmed_at": None,
-                })
+                new_identities.append(
+                    {
+                        "id": new_id(),
+                        "profile_id": w.id,
+                        "kind": k.kind,
+                        "bidx": k.bidx,
+                        "value": w.cipher.encrypt("identities.value", k.value),
+                        "source": k.source,
+                        "created_at": now,
+                        "last_seen_at": now,
+                        "confirmed_at": None,
+                    }
+                )
             _apply(w, rec)
             sources.add((w.id, rec.source))
             outcomes[i] = Outcome(
@@ -215,10 +239,17 @@ async def _write(
             insert(profiles_t),
             [
                 {
-                    "id": w.id, "status": "active", "merged_into": None,
-                    "jurisdiction": w.jurisdiction, "country": w.country, "city": w.city,
-                    "traits": w.traits, "key_id": w.cipher.key_id, **w.enc,
-                    "created_at": w.created_at, "updated_at": now,
+                    "id": w.id,
+                    "status": "active",
+                    "merged_into": None,
+                    "jurisdiction": w.jurisdiction,
+                    "country": w.country,
+                    "city": w.city,
+                    "traits": w.traits,
+                    "key_id": w.cipher.key_id,
+                    **w.enc,
+                    "created_at": w.created_at,
+                    "updated_at": now,
                 }
                 for w in created
             ],
@@ -229,8 +260,11 @@ async def _write(
             update(profiles_t)
             .where(profiles_t.c.id == bindparam("pid"))
             .values(
-                jurisdiction=bindparam("j"), country=bindparam("c"), city=bindparam("ci"),
-                traits=bindparam("tr"), updated_at=bindparam("u"),
+                jurisdiction=bindparam("j"),
+                country=bindparam("c"),
+                city=bindparam("ci"),
+                traits=bindparam("tr"),
+                updated_at=bindparam("u"),
                 **{f: bindparam(f"e_{f}") for f in ENCRYPTED_PROFILE_FIELDS},
             )
         )
@@ -238,8 +272,12 @@ async def _write(
             stmt,
             [
                 {
-                    "pid": w.id, "j": w.jurisdiction, "c": w.country, "ci": w.city,
-                    "tr": w.traits, "u": now,
+                    "pid": w.id,
+                    "j": w.jurisdiction,
+                    "c": w.country,
+                    "ci": w.city,
+                    "tr": w.traits,
+                    "u": now,
                     **{f"e_{f}": w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS},
                 }
                 for w in changed

@@ -68,8 +68,12 @@ async def merge_profiles(
 
     # Identities: re-encrypt under the survivor's key and move.
     moved = [
-        {"iid": iid, "v": s_cipher.encrypt("identities.value",
-                                           a_cipher.decrypt_bytes("identities.value", blob))}
+        {
+            "iid": iid,
+            "v": s_cipher.encrypt(
+                "identities.value", a_cipher.decrypt_bytes("identities.value", blob)
+            ),
+        }
         for iid, blob in await conn.execute(
             select(identities.c.id, identities.c.value).where(
                 identities.c.profile_id == absorbed_id
@@ -86,8 +90,12 @@ async def merge_profiles(
 
     # Events: move, re-encrypting free-form properties.
     ev_props = [
-        {"eid": eid, "pr": s_cipher.encrypt("events.properties",
-                                            a_cipher.decrypt_bytes("events.properties", blob))}
+        {
+            "eid": eid,
+            "pr": s_cipher.encrypt(
+                "events.properties", a_cipher.decrypt_bytes("events.properties", blob)
+            ),
+        }
         for eid, blob in await conn.execute(
             select(events.c.id, events.c.properties).where(
                 events.c.profile_id == absorbed_id, events.c.properties.is_not(None)
@@ -96,7 +104,8 @@ async def merge_profiles(
     ]
     if ev_props:
         await conn.execute(
-            update(events).where(events.c.id == bindparam("eid"))
+            update(events)
+            .where(events.c.id == bindparam("eid"))
             .values(properties=bindparam("pr"), key_id=s_cipher.key_id),
             ev_props,
         )
@@ -106,7 +115,7 @@ async def merge_profiles(
 
     await _merge_stats(conn, survivor_id, absorbed_id)
     for table in (profile_categories, profile_sources):
-        rows = (await conn.execute(select(table).where(table.c.profile_id == absorbed_id)))
+        rows = await conn.execute(select(table).where(table.c.profile_id == absorbed_id))
         moved_rows = [{**r._asdict(), "profile_id": survivor_id} for r in rows]
         if moved_rows:
             await conn.execute(insert_ignore(conn, table), moved_rows)
@@ -118,44 +127,56 @@ async def merge_profiles(
         update(profiles)
         .where(profiles.c.id == absorbed_id)
         .values(
-            status="merged", merged_into=survivor_id, traits={}, updated_at=now,
+            status="merged",
+            merged_into=survivor_id,
+            traits={},
+            updated_at=now,
             **dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
         )
     )
     await conn.execute(
-        update(profiles).where(profiles.c.merged_into == absorbed_id).values(
-            merged_into=survivor_id
-        )
+        update(profiles)
+        .where(profiles.c.merged_into == absorbed_id)
+        .values(merged_into=survivor_id)
     )
     await conn.execute(delete(profile_keys).where(profile_keys.c.profile_id == absorbed_id))
     p.keys.forget(absorbed_id)
     await conn.execute(
         insert(merges).values(
-            id=new_id(), survivor_id=survivor_id, absorbed_id=absorbed_id, matched_on=matched_on,
-            provenance=provenance, source=source, actor=actor, at=now,
+            id=new_id(),
+            survivor_id=survivor_id,
+            absorbed_id=absorbed_id,
+            matched_on=matched_on,
+            provenance=provenance,
+            source=source,
+            actor=actor,
+            at=now,
         )
     )
 
 
 async def _merge_stats(conn: AsyncConnection, survivor_id: uuid.UUID, absorbed_id: uuid.UUID):
-    a = (await conn.execute(
-        select(profile_stats).where(profile_stats.c.profile_id == absorbed_id)
-    )).first()
+    a = (
+        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == absorbed_id))
+    ).first()
     if a is None:
         return
-    s = (await conn.execute(
-        select(profile_stats).where(profile_stats.c.profile_id == survivor_id)
-    )).first()
+    s = (
+        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == survivor_id))
+    ).first()
     if s is None:
         await conn.execute(
-            update(profile_stats).where(profile_stats.c.profile_id == absorbed_id)
+            update(profile_stats)
+            .where(profile_stats.c.profile_id == absorbed_id)
             .values(profile_id=survivor_id)
         )
         return
     firsts = [d for d in (s.first_order_at, a.first_order_at) if d is not None]
     lasts = [d for d in (s.last_order_at, a.last_order_at) if d is not None]
     await conn.execute(
-        update(profile_stats).where(profile_stats.c.profile_id == survivor_id).values(
+        update(profile_stats)
+        .where(profile_stats.c.profile_id == survivor_id)
+        .values(
             orders_count=s.orders_count + a.orders_count,
             total_spent=s.total_spent + a.total_spent,
             first_order_at=min(firsts) if firsts else None,

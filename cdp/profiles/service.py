@@ -43,9 +43,7 @@ def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
     return Prepared(rec, claims, errors)
 
 
-async def store_prepared(
-    p: Platform, prepared: list[Prepared], actor: str
-) -> list[Outcome]:
+async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> list[Outcome]:
     """Resolve and store validated records, and their consents, in one write transaction."""
     from consent.service import record_claims
 
@@ -93,7 +91,12 @@ async def upsert_batch(p: Platform, raws: list[Any], actor: str) -> list[BatchIt
 
 
 async def ensure_profile(
-    conn: AsyncConnection, p: Platform, ident: Identifier, *, source: str, actor: str,
+    conn: AsyncConnection,
+    p: Platform,
+    ident: Identifier,
+    *,
+    source: str,
+    actor: str,
     country: str | None = None,
 ) -> uuid.UUID:
     """The profile an identifier names; an unknown email, phone or external id creates it."""
@@ -117,22 +120,29 @@ async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
 
     row = (await conn.execute(select(profiles).where(profiles.c.id == profile_id))).one()
     cipher = (await p.keys.ciphers(conn, [profile_id]))[profile_id]
-    idents = (await conn.execute(
-        select(identities.c.kind, identities.c.value, identities.c.source)
-        .where(identities.c.profile_id == profile_id)
-        .order_by(identities.c.created_at)
-    )).all()
-    stats = (await conn.execute(
-        select(profile_stats).where(profile_stats.c.profile_id == profile_id)
-    )).first()
+    idents = (
+        await conn.execute(
+            select(identities.c.kind, identities.c.value, identities.c.source)
+            .where(identities.c.profile_id == profile_id)
+            .order_by(identities.c.created_at)
+        )
+    ).all()
+    stats = (
+        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == profile_id))
+    ).first()
     categories = sorted(
-        c for (c,) in await conn.execute(
-            select(profile_categories.c.category).where(profile_categories.c.profile_id == profile_id)
+        c
+        for (c,) in await conn.execute(
+            select(profile_categories.c.category).where(
+                profile_categories.c.profile_id == profile_id
+            )
         )
     )
     merged_from = [
-        str(a) for (a,) in await conn.execute(
-            select(merges.c.absorbed_id).where(merges.c.survivor_id == profile_id)
+        str(a)
+        for (a,) in await conn.execute(
+            select(merges.c.absorbed_id)
+            .where(merges.c.survivor_id == profile_id)
             .order_by(merges.c.at)
         )
     ]

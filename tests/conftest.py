@@ -1,0 +1,139 @@
+"""Test fixtures. Every test that asks for `platform` runs on SQLite and on PostgreSQL.
+
+PostgreSQL: one database per session (migrated once), emptied between tests. Where PostgreSQL
+is missing the PostgreSQL half is skipped locally, and fails in CI (CI=true).
+SQLite: a migrated template file copied for each test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import httpx
+from sqlalchemy import text
+
+from api.app import create_app
+from cdp.apikeys import create_key
+from cdp.crypto.master import MasterKey
+from cdp.db.engine import Database
+from cdp.db.metadata import metadata
+from cdp.db.migrate import migrate
+from cdp.platform import Platform, open_platform
+from cdp.settings import Settings
+
+TEST_MASTER_KEY = MasterKey.generate_base64()
+PG_ADMIN_URL = os.environ.get("CDP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _pg_dsn(db: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await migrate(db)
+    await db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+async def pg_database() -> AsyncIterator[str | None]:
+    name = f"cdp_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
+        yield None
+        return
+    db = Database(pg_url(name))
+    await migrate(db)
+    await db.dispose()
+    yield name
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_url(name: str) -> str:
+    return _pg_dsn(name).replace("postgresql://", "postgresql+asyncpg://")
+
+
+def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
+    base = Settings(
+        database_url=url,
+        master_key=TEST_MASTER_KEY,
+        default_jurisdiction="RU",
+        public_url="http://testserver",
+        dev_key_dir=tmp_path / "keys",
+    )
+    from dataclasses import replace
+
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def db_url(
+    backend: str, sqlite_template: Path, pg_database: str | None, tmp_path: Path
+) -> str:
+    if backend == "sqlite":
+        target = tmp_path / "cdp.db"
+        shutil.copy(sqlite_template, target)
+        return f"sqlite+aiosqlite:///{target}"
+    name = pg_database
+    if name is None:
+        pytest.skip("PostgreSQL is not reachable")
+    url = pg_url(name)
+    db = Database(url)
+    async with db.engine.begin() as conn:
+        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        await conn.execute(text(f"TRUNCATE {tables}"))
+    await db.dispose()
+    return url
+
+
+@pytest.fixture
+async def platform(db_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
+    p = await open_platform(make_settings(db_url, tmp_path), run_migrations=False)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def client(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the app, in the test's own event loop (asyncpg needs that)."""
+    app = create_app(platform=platform)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+async def keys(platform: Platform) -> dict[str, dict[str, str]]:
+    """Authorization headers for one key of each role."""
+    out = {}
+    for role in ("admin", "ingest", "marketing", "compliance"):
+        key = await create_key(platform.db, f"{role}-key", role)
+        out[role] = {"Authorization": f"Bearer {key}"}
+    return out
