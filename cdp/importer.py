@@ -11,7 +11,6 @@ the claim alone is rejected and reported.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +130,8 @@ async def run_import(
     summary = ImportSummary()
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
     summary.rejects_path = rejects_path
-    out = io.open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: UP020
+    # The rejects file is written as rows are read (constant memory); a CLI may block on it.
+    out = open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: ASYNC230, SIM115
     writer = csv.writer(out)
     writer.writerow(["row", "field", "reason"])
 

@@ -37,6 +37,8 @@ class Facts:
 
 def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
     """None when contactable, else the reason it is not."""
+    if f.profile_status is None:
+        return "no_address"  # nobody holds this address
     if f.profile_status == "erased":
         return "erased"
     if f.profile_status != "active":

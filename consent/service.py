@@ -231,3 +231,35 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
                     break
             matrix[purpose][channel] = ok
     return ConsentView(items=items, contactable=matrix)
+
+
+async def address_decision(
+    conn: AsyncConnection, p: Platform, kind: str, bidx: bytes, purpose: str, channel: str
+) -> str | None:
+    """The rule's answer for one address: None when contactable, else the reason."""
+    owner = (
+        await conn.execute(
+            select(profiles.c.status, profiles.c.jurisdiction)
+            .select_from(identities.join(profiles, profiles.c.id == identities.c.profile_id))
+            .where(identities.c.bidx == bidx, identities.c.kind == kind)
+        )
+    ).first()
+    state = (
+        await conn.execute(
+            select(consent_state.c.status, consent_state.c.since).where(
+                consent_state.c.subject == bidx,
+                consent_state.c.purpose == purpose,
+                consent_state.c.channel == channel,
+            )
+        )
+    ).first()
+    supp = await suppressed_at(conn, [bidx])
+    facts = Facts(
+        profile_status=owner.status if owner else None,
+        jurisdiction=owner.jurisdiction if owner else None,
+        has_address=owner is not None and p.policy.address_kind(channel) == kind,
+        state_status=state.status if state else None,
+        state_since=state.since if state else None,
+        suppressed_at=latest_suppression(supp, bidx, purpose, channel),
+    )
+    return decide(p.policy, purpose, channel, facts)

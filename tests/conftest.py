@@ -13,8 +13,8 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import httpx
+import pytest
 from sqlalchemy import text
 
 from api.app import create_app

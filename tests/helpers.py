@@ -1,0 +1,56 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sqlalchemy import func, select, text
+
+from cdp.platform import Platform
+
+
+async def count(p: Platform, table) -> int:  # type: ignore[no-untyped-def]
+    async with p.db.read() as conn:
+        return (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+
+
+async def raw_database_bytes(p: Platform) -> bytes:
+    """Everything the database holds on disk (SQLite file) or in a dump (PostgreSQL)."""
+    url = p.settings.database_url
+    if url.startswith("sqlite"):
+        async with p.db.engine.connect() as conn:
+            await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        path = Path(url.split(":///", 1)[1])
+        data = path.read_bytes()
+        wal = path.with_name(path.name + "-wal")
+        return data + (wal.read_bytes() if wal.exists() else b"")
+    parsed = urlparse(url.replace("+asyncpg", ""))
+    dump = subprocess.run(
+        [
+            "pg_dump",
+            "-h",
+            parsed.hostname or "127.0.0.1",
+            "-p",
+            str(parsed.port or 5432),
+            "-U",
+            parsed.username or "postgres",
+            parsed.path.lstrip("/"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return dump.stdout
+
+
+def holds_plaintext(raw: bytes, value: str) -> bool:
+    """True when `value` appears as UTF-8 bytes, or hex-encoded (how pg_dump writes bytea)."""
+    data = value.encode()
+    return data in raw or data.hex().encode() in raw.lower()
+
+
+async def sql(p: Platform, statement: str, **params) -> list:  # type: ignore[no-untyped-def]
+    async with p.db.write() as conn:
+        result = await conn.execute(text(statement), params)
+        return list(result) if result.returns_rows else []

@@ -1,0 +1,337 @@
+"""Consent per purpose, channel and address; opt-outs from every entry point."""
+
+from __future__ import annotations
+
+import asyncio
+
+from consent.tables import consent_ledger, suppressions
+from tests.helpers import count
+
+GRANT = {
+    "wording_id": "newsletter-v3",
+    "method": "double_opt_in",
+    "ip": "203.0.113.7",
+    "user_agent": "Mozilla/5.0",
+}
+
+
+async def contactable(client, keys, email=None, phone=None):  # type: ignore[no-untyped-def]
+    q = f"email={email}" if email else f"phone={phone}"
+    profile = (await client.get(f"/v1/profiles?{q}", headers=keys["admin"])).json()
+    r = await client.get(f"/v1/profiles/{profile['profile_id']}/consents", headers=keys["admin"])
+    assert r.status_code == 200
+    return r.json()["contactable"]
+
+
+async def consent(client, keys, **body):  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/consents", json={"source": "web_form", **body}, headers=keys["ingest"]
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def test_ru_service_only_customer(client, keys):
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "ru@example.com", "phone": "+79161234567", "country": "RU"},
+        headers=keys["ingest"],
+    )
+    m = await contactable(client, keys, email="ru@example.com")
+    assert m["service"]["sms"] is True and m["service"]["email"] is True
+    assert m["marketing"]["sms"] is False and m["marketing"]["email"] is False
+
+
+async def test_us_email_is_opt_out_and_sms_is_opt_in(client, keys):
+    await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "us@example.com",
+            "phone": "+14155550100",
+            "jurisdiction": "US-CA",
+        },
+        headers=keys["ingest"],
+    )
+    m = await contactable(client, keys, email="us@example.com")
+    assert m["marketing"]["email"] is True
+    assert m["marketing"]["sms"] is False
+    await consent(
+        client,
+        keys,
+        email="us@example.com",
+        purpose="marketing",
+        channel="email",
+        status="withdrawn",
+    )
+    assert (await contactable(client, keys, email="us@example.com"))["marketing"]["email"] is False
+    await consent(
+        client,
+        keys,
+        phone="+14155550100",
+        country="US",
+        purpose="marketing",
+        channel="sms",
+        status="granted",
+        evidence={"wording_id": "tcpa-v1", "method": "checkbox"},
+    )
+    assert (await contactable(client, keys, email="us@example.com"))["marketing"]["sms"] is True
+
+
+async def test_dont_call_me_removes_only_phone(client, keys):
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "c@example.com", "phone": "+79161230000"},
+        headers=keys["ingest"],
+    )
+    await consent(
+        client, keys, email="c@example.com", purpose="service", channel="phone", status="withdrawn"
+    )
+    m = await contactable(client, keys, email="c@example.com")
+    assert m["service"] == {
+        "email": True,
+        "sms": True,
+        "phone": False,
+        "push": True,
+        "messenger": True,
+    }
+
+
+async def test_consent_belongs_to_the_address(client, keys):
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "first@example.com", "external_id": "K1"},
+        headers=keys["ingest"],
+    )
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "second@example.com", "external_id": "K1"},
+        headers=keys["ingest"],
+    )
+    await consent(
+        client,
+        keys,
+        email="second@example.com",
+        purpose="marketing",
+        channel="email",
+        status="granted",
+        evidence=GRANT,
+    )
+    pid = r.json()["profile_id"]
+    view = (await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])).json()
+    granted = [i for i in view["items"] if i["purpose"] == "marketing"]
+    assert [(i["address"], i["status"]) for i in granted] == [("second@example.com", "granted")]
+    assert view["contactable"]["marketing"]["email"] is True
+    # naming the profile only withdraws every address it has on the channel
+    await consent(
+        client, keys, profile_id=pid, purpose="marketing", channel="email", status="withdrawn"
+    )
+    assert (await contactable(client, keys, email="first@example.com"))["marketing"][
+        "email"
+    ] is False
+
+
+async def test_an_older_event_is_kept_but_not_effective(client, keys, platform):
+    await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "o@example.com"}, headers=keys["ingest"]
+    )
+    new = await consent(
+        client,
+        keys,
+        email="o@example.com",
+        purpose="marketing",
+        channel="email",
+        status="withdrawn",
+        occurred_at="2026-11-20T09:00:00Z",
+    )
+    old = await consent(
+        client,
+        keys,
+        email="o@example.com",
+        purpose="marketing",
+        channel="email",
+        status="granted",
+        occurred_at="2026-11-19T09:00:00Z",
+        evidence=GRANT,
+    )
+    assert new["effective"] is True and old["effective"] is False
+    assert old["seq"] == new["seq"] + 1
+    assert await count(platform, consent_ledger) == 2
+    assert (await contactable(client, keys, email="o@example.com"))["marketing"]["email"] is False
+
+
+async def test_policy_violations_are_400(client, keys, platform):
+    cases = [
+        ({"purpose": "marketing", "channel": "email", "status": "granted"}, "evidence.wording_id"),
+        ({"purpose": "lottery", "channel": "email", "status": "granted"}, "purpose"),
+        ({"purpose": "service", "channel": "fax", "status": "granted"}, "channel"),
+        ({"purpose": "service", "channel": "*", "status": "granted"}, "channel"),
+        ({"purpose": "service", "channel": "email", "status": "maybe"}, "status"),
+    ]
+    for body, field in cases:
+        r = await client.post(
+            "/v1/consents",
+            json={"email": "p@example.com", "source": "x", **body},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 400, r.text
+        assert field in [e["field"] for e in r.json()["errors"]]
+    assert await count(platform, consent_ledger) == 0
+
+
+async def test_opt_out_of_unknown_address_survives_an_older_import(client, keys, platform):
+    r = await client.post(
+        "/v1/opt-outs", json={"email": "ghost@example.com", "source": "esp"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 200
+    assert r.json() == {"profile_ids": [], "suppressed": True}
+    again = await client.post(
+        "/v1/opt-outs", json={"email": "ghost@example.com", "source": "esp"}, headers=keys["ingest"]
+    )
+    assert again.status_code == 200
+    assert await count(platform, suppressions) == 1
+    stale = {
+        "source": "old_crm",
+        "email": "ghost@example.com",
+        "consents": [
+            {
+                "purpose": "marketing",
+                "channel": "email",
+                "status": "granted",
+                "occurred_at": "2025-01-01T00:00:00Z",
+                "evidence": GRANT,
+            }
+        ],
+    }
+    assert (
+        await client.post("/v1/profiles", json=stale, headers=keys["ingest"])
+    ).status_code == 201
+    assert (await contactable(client, keys, email="ghost@example.com"))["marketing"][
+        "email"
+    ] is False
+    await consent(
+        client,
+        keys,
+        email="ghost@example.com",
+        purpose="marketing",
+        channel="email",
+        status="granted",
+        evidence=GRANT,
+    )  # occurred now: after the opt-out
+    assert (await contactable(client, keys, email="ghost@example.com"))["marketing"][
+        "email"
+    ] is True
+
+
+async def test_unsubscribe_tokens(client, keys, platform):
+    from consent.tokens import TokenClaims, issue
+
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "u@example.com",
+            "consents": [
+                {"purpose": "marketing", "channel": "email", "status": "granted", "evidence": GRANT}
+            ],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    import uuid
+
+    token = issue(
+        platform.keys.token_key,
+        TokenClaims(
+            uuid.UUID(pid),
+            "email",
+            platform.keys.indexer.email("u@example.com"),
+            "marketing",
+            "email",
+        ),
+    )
+    ledger_before = await count(platform, consent_ledger)
+    page = await client.get(f"/v1/unsubscribe/{token}")
+    assert page.status_code == 200 and "<form" in page.text
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    assert (await client.post(f"/v1/unsubscribe/{forged}")).status_code in (400, 404)
+    assert (await client.post("/v1/unsubscribe/garbage")).status_code in (400, 404)
+    assert await count(platform, consent_ledger) == ledger_before  # GET and forgeries: nothing
+    assert (await contactable(client, keys, email="u@example.com"))["marketing"]["email"] is True
+    one_click = await client.post(
+        f"/v1/unsubscribe/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200
+    assert (await contactable(client, keys, email="u@example.com"))["marketing"]["email"] is False
+
+
+async def test_inbound_sms_stop_keywords(client, keys):
+    for i, text in enumerate(["STOP", "  stop ", "Стоп", "ОТПИСКА", "unsubscribe"]):
+        phone = f"+7916700000{i}"
+        await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "phone": phone,
+                "consents": [
+                    {
+                        "purpose": "marketing",
+                        "channel": "sms",
+                        "status": "granted",
+                        "evidence": GRANT,
+                    }
+                ],
+            },
+            headers=keys["ingest"],
+        )
+        assert (await contactable(client, keys, phone=phone))["marketing"]["sms"] is True
+        r = await client.post(
+            "/v1/inbound/sms", json={"from": phone, "text": text}, headers=keys["ingest"]
+        )
+        assert r.status_code == 200 and r.json()["stop"] is True, text
+        assert (await contactable(client, keys, phone=phone))["marketing"]["sms"] is False, text
+    chat = await client.post(
+        "/v1/inbound/sms",
+        json={"from": "+79167000000", "text": "where is my order?"},
+        headers=keys["ingest"],
+    )
+    assert chat.json()["stop"] is False
+
+
+async def test_concurrent_opt_outs_and_ingests_lose_nothing(client, keys):
+    emails = [f"race{i}@example.com" for i in range(100)]
+    stale = [
+        {
+            "source": "crm",
+            "email": e,
+            "consents": [
+                {
+                    "purpose": "marketing",
+                    "channel": "email",
+                    "status": "granted",
+                    "occurred_at": "2026-01-01T00:00:00Z",
+                    "evidence": GRANT,
+                }
+            ],
+        }
+        for e in emails
+    ]
+
+    async def ingest(body):  # type: ignore[no-untyped-def]
+        r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+        assert r.status_code in (200, 201), r.text
+
+    async def opt_out(email):  # type: ignore[no-untyped-def]
+        r = await client.post(
+            "/v1/opt-outs", json={"email": email, "source": "esp"}, headers=keys["ingest"]
+        )
+        assert r.status_code == 200, r.text
+
+    tasks = []
+    for body, email in zip(stale, emails, strict=True):
+        tasks += [ingest(body), opt_out(email), ingest(body)]
+    await asyncio.gather(*tasks)
+    for email in emails:
+        assert (await contactable(client, keys, email=email))["marketing"]["email"] is False

@@ -1,0 +1,150 @@
+"""`cdp import`: CSV and NDJSON, consent columns, rejects with reasons, and the CLI itself."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+from cdp.db.tables import profiles
+from cdp.importer import run_import
+from consent.tables import consent_ledger
+from tests.conftest import TEST_MASTER_KEY
+from tests.helpers import count
+
+HEADER = [
+    "external_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "country",
+    "traits.tier",
+    "traits.vip",
+    "consent.marketing.email",
+    "consent.marketing.email.wording_id",
+    "consent.marketing.email.occurred_at",
+    "consent.marketing.sms",
+]
+
+
+def write_csv(path, rows):  # type: ignore[no-untyped-def]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(HEADER)
+        w.writerows(rows)
+
+
+async def test_csv_import_with_consents_and_rejects(platform, tmp_path, client, keys):
+    src = tmp_path / "crm.csv"
+    write_csv(
+        src,
+        [
+            [
+                "C1",
+                "anna@example.com",
+                "8 916 123-45-67",
+                "Анна",
+                "Иванова",
+                "RU",
+                "gold",
+                "true",
+                "granted",
+                "nl-v3",
+                "2026-01-01T10:00:00Z",
+                "",
+            ],
+            ["C2", "bad-email", "", "Bob", "", "RU", "", "", "", "", "", ""],
+            ["C3", "ivan@example.com", "", "Иван", "", "RU", "", "", "", "", "", "granted"],
+            ["C1", "", "+79161234567", "", "Иванова-Петрова", "RU", "", "", "", "", "", ""],
+        ],
+    )
+    summary = await run_import(platform, src, "crm")
+    assert summary.rows == 4
+    assert summary.rejected_rows == 1
+    assert summary.created == 2 and summary.joined == 1
+    assert summary.consents_recorded == 1 and summary.consents_rejected == 1
+    rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
+    assert rejects[0] == ["row", "field", "reason"]
+    assert ["2", "email", "not a valid email address"] in rejects
+    assert any(r[0] == "3" and r[1].endswith("evidence.wording_id") for r in rejects[1:])
+    assert "bad-email" not in summary.rejects_path.read_text()  # reasons, never values
+    assert await count(platform, profiles) == 2
+    assert await count(platform, consent_ledger) == 1
+
+    anna = (await client.get("/v1/profiles?email=anna@example.com", headers=keys["admin"])).json()
+    assert anna["last_name"] == "Иванова-Петрова"
+    assert anna["traits"] == {"tier": "gold", "vip": True}
+    assert anna["consents"]["contactable"]["marketing"]["email"] is True
+    ivan = (await client.get("/v1/profiles?email=ivan@example.com", headers=keys["admin"])).json()
+    assert ivan["consents"]["contactable"]["marketing"]["sms"] is False
+
+
+async def test_ndjson_import(platform, tmp_path):
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "S1", "email": "x@example.com", "traits": {"a": 1}}\n'
+        "not json\n"
+        '{"external_id": "S2", "phone": "+79161112233", "consents": [{"purpose": "service", '
+        '"channel": "sms", "status": "withdrawn"}]}\n',
+        encoding="utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (3, 2, 1)
+    assert summary.consents_recorded == 1
+
+
+def run_cli(args, db_url, tmp_path, **env):  # type: ignore[no-untyped-def]
+    full_env = {
+        **os.environ,
+        "CDP_DATABASE_URL": db_url,
+        "CDP_MASTER_KEY": TEST_MASTER_KEY,
+        "CDP_DEV_KEY_DIR": str(tmp_path / "keys"),
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cdp.cli", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_cli_keys_and_import(platform, tmp_path, backend):
+    if backend != "sqlite":
+        return  # the CLI is the same code on both; the database layer is tested elsewhere
+    url = platform.settings.database_url
+    created = run_cli(["keys", "create", "--name", "crm-sync", "--role", "ingest"], url, tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("cdp_") and " " not in key
+    listed = run_cli(["keys", "list"], url, tmp_path)
+    assert "crm-sync\tingest" in listed.stdout and key not in listed.stdout
+    assert run_cli(["keys", "revoke", "crm-sync"], url, tmp_path).returncode == 0
+    assert "revoked" in run_cli(["keys", "list"], url, tmp_path).stdout
+
+    src = tmp_path / "in.csv"
+    write_csv(
+        src,
+        [
+            ["C9", "nine@example.com", "", "", "", "RU", "", "", "", "", "", ""],
+            ["C10", "??", "", "", "", "RU", "", "", "", "", "", ""],
+        ],
+    )
+    out = run_cli(["import", str(src), "--source", "crm"], url, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "created: 1" in out.stdout and "rejected rows: 1" in out.stdout
+    assert "??" not in out.stdout + out.stderr
+
+
+async def test_cli_refuses_a_wrong_master_key(platform, tmp_path, backend):
+    if backend != "sqlite":
+        return
+    wrong = "A" * 43 + "="
+    out = run_cli(
+        ["serve", "--port", "1"], platform.settings.database_url, tmp_path, CDP_MASTER_KEY=wrong
+    )
+    assert out.returncode == 2
+    assert "does not match this database" in out.stderr

@@ -1,0 +1,285 @@
+"""Unified profile store through the API: resolution, validation, encryption at rest."""
+
+from __future__ import annotations
+
+from cdp.db.tables import identities, profiles
+from tests.helpers import count, holds_plaintext, raw_database_bytes
+
+ANNA = {
+    "source": "crm",
+    "external_id": "C-1001",
+    "email": "Anna.Ivanova@Example.com",
+    "first_name": "Анна",
+    "last_name": "Иванова",
+    "birth_date": "1990-05-01",
+    "postal_address": "ул. Ленина, 5, кв. 12",
+    "postcode": "101000",
+    "city": "Moscow",
+    "country": "RU",
+    "traits": {"vip": True, "tier": "gold"},
+}
+
+
+async def test_one_person_from_three_sources_is_one_profile(client, keys):
+    crm = await client.post("/v1/profiles", json=ANNA, headers=keys["ingest"])
+    assert crm.status_code == 201, crm.text
+    shop = await client.post(
+        "/v1/profiles",
+        json={"source": "shop", "phone": "8 916 123-45-67", "country": "RU", "first_name": "Анна"},
+        headers=keys["ingest"],
+    )
+    assert shop.status_code == 201  # a phone alone is a new profile...
+    call = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "callcenter",
+            "email": "anna.ivanova@example.com",
+            "phone": "+7 916 123 45 67",
+        },
+        headers=keys["ingest"],
+    )
+    assert call.status_code == 200  # ...until the call centre links phone and email
+    body = call.json()
+    assert body["profile_id"] == crm.json()["profile_id"]  # the older profile survives
+    assert set(body["matched_on"]) == {"email", "phone"}
+    assert body["merged_profile_ids"] == [shop.json()["profile_id"]]
+
+    merged_away = await client.get(
+        f"/v1/profiles/{shop.json()['profile_id']}", headers=keys["admin"]
+    )
+    assert merged_away.status_code == 200
+    profile = merged_away.json()
+    assert profile["profile_id"] == crm.json()["profile_id"]
+    assert profile["merged_from"] == [shop.json()["profile_id"]]
+    kinds = sorted((i["kind"], i["value"], i["source"]) for i in profile["identities"])
+    assert kinds == [
+        ("email", "anna.ivanova@example.com", "crm"),
+        ("external_id", "C-1001", "crm"),
+        ("phone", "+79161234567", "shop"),
+    ]
+    assert profile["first_name"] == "Анна" and profile["last_name"] == "Иванова"
+    assert profile["postal_address"] == "ул. Ленина, 5, кв. 12"
+    assert profile["traits"] == {"vip": True, "tier": "gold"}
+
+
+async def test_latest_non_empty_value_wins_and_traits_merge(client, keys):
+    await client.post("/v1/profiles", json=ANNA, headers=keys["ingest"])
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "shop",
+            "email": "anna.ivanova@example.com",
+            "last_name": "Петрова",
+            "first_name": "",
+            "traits": {"tier": "platinum", "newsletter": False},
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200
+    p = (await client.get(f"/v1/profiles/{r.json()['profile_id']}", headers=keys["admin"])).json()
+    assert p["last_name"] == "Петрова"
+    assert p["first_name"] == "Анна"  # an empty value never overwrites
+    assert p["traits"] == {"vip": True, "tier": "platinum", "newsletter": False}
+
+
+async def test_lookup_by_each_identifier(client, keys):
+    pid = (
+        await client.post(
+            "/v1/profiles", json={**ANNA, "phone": "+79161234567"}, headers=keys["ingest"]
+        )
+    ).json()["profile_id"]
+    for query in (
+        "email=ANNA.IVANOVA@example.com",
+        "phone=8%20916%20123-45-67",
+        "source=crm&external_id=C-1001",
+    ):
+        r = await client.get(f"/v1/profiles?{query}", headers=keys["compliance"])
+        assert r.status_code == 200, query
+        assert r.json()["profile_id"] == pid
+    missing = await client.get("/v1/profiles?email=nobody@example.com", headers=keys["admin"])
+    assert missing.status_code == 404
+
+
+async def test_bad_identifiers_are_400_naming_the_field_and_store_nothing(client, keys, platform):
+    cases = [
+        ({"source": "crm", "email": "not-an-email"}, "email"),
+        ({"source": "crm", "phone": "12"}, "phone"),
+        ({"source": "crm", "email": "a@example.com", "phone": "+7 000"}, "phone"),
+        ({"source": "crm", "first_name": "Анна"}, "email"),
+        ({"email": "a@example.com"}, "source"),
+        ({"source": "crm", "email": "a@example.com", "emial": "x"}, "emial"),
+        ({"source": "crm", "email": "a@example.com", "birth_date": "1990-13-45"}, "birth_date"),
+        ({"source": "crm", "email": "a@example.com", "jurisdiction": "XX"}, "jurisdiction"),
+        (
+            {
+                "source": "crm",
+                "email": "a@example.com",
+                "consents": [{"purpose": "marketing", "channel": "email", "status": "granted"}],
+            },
+            "consents[0].evidence.wording_id",
+        ),
+    ]
+    for body, field in cases:
+        r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+        assert r.status_code == 400, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+        problem = r.json()
+        assert field in [e["field"] for e in problem["errors"]], problem
+        assert "not-an-email" not in r.text  # no submitted value is echoed
+    assert await count(platform, profiles) == 0
+    assert await count(platform, identities) == 0
+
+
+async def test_batch_stores_good_records_and_reports_bad_ones(client, keys, platform):
+    r = await client.post(
+        "/v1/profiles/batch",
+        json={
+            "records": [
+                {"source": "crm", "email": "one@example.com"},
+                {"source": "crm", "email": "broken@"},
+                {"source": "crm", "phone": "+79161234567", "external_id": "X1"},
+            ]
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [0, 1, 2]
+    assert results[0]["created"] is True and results[2]["created"] is True
+    assert "error" in results[1]
+    assert results[1]["error"]["errors"][0]["field"] == "email"
+    assert await count(platform, profiles) == 2
+
+
+async def test_batch_over_1000_records_is_rejected(client, keys, platform):
+    records = [{"source": "crm", "email": f"u{i}@example.com"} for i in range(1001)]
+    r = await client.post("/v1/profiles/batch", json={"records": records}, headers=keys["ingest"])
+    assert r.status_code == 400
+    assert await count(platform, profiles) == 0
+
+
+async def test_no_plaintext_personal_data_at_rest(client, keys, platform):
+    people = [
+        {
+            "source": "crm",
+            "email": f"secret.person{i}@example.com",
+            "phone": f"+7916555{i:04d}",
+            "first_name": f"Зинаида{i}",
+            "last_name": f"Уникальная{i}",
+            "postal_address": f"ул. Тайная, {i}",
+            "birth_date": "1985-02-03",
+        }
+        for i in range(5)
+    ]
+    r = await client.post("/v1/profiles/batch", json={"records": people}, headers=keys["ingest"])
+    assert all("profile_id" in x for x in r.json()["results"])
+    raw = await raw_database_bytes(platform)
+    assert len(raw) > 10_000
+    for person in people:
+        for field in ("email", "first_name", "last_name", "postal_address"):
+            assert not holds_plaintext(raw, person[field]), field
+        assert not holds_plaintext(raw, person["phone"])
+        assert not holds_plaintext(raw, person["phone"].lstrip("+"))
+
+
+async def test_events_are_idempotent_update_stats_and_create_unknown_customers(client, keys):
+    ev = {
+        "source": "shop",
+        "event_id": "ord-77",
+        "type": "purchase",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "email": "new.buyer@example.com",
+        "amount": "4500.00",
+        "currency": "RUB",
+        "category": "shoes",
+    }
+    first = await client.post("/v1/events", json=ev, headers=keys["ingest"])
+    assert first.status_code == 201, first.text
+    again = await client.post("/v1/events", json=ev, headers=keys["ingest"])
+    assert again.status_code == 200
+    second = await client.post(
+        "/v1/events",
+        json={
+            **ev,
+            "event_id": "ord-78",
+            "amount": "500.50",
+            "occurred_at": "2026-10-01T09:00:00Z",
+            "category": "bags",
+        },
+        headers=keys["ingest"],
+    )
+    assert second.status_code == 201
+    p = (
+        await client.get(f"/v1/profiles/{first.json()['profile_id']}", headers=keys["admin"])
+    ).json()
+    assert p["stats"]["orders_count"] == 2
+    assert p["stats"]["total_spent"] == "5000.50"
+    assert p["stats"]["first_order_at"] == "2026-10-01T09:00:00Z"
+    assert p["stats"]["last_order_at"] == "2026-11-01T12:00:00Z"
+    assert p["stats"]["categories"] == ["bags", "shoes"]
+    bad = await client.post(
+        "/v1/events", json={**ev, "event_id": "x", "amount": None}, headers=keys["ingest"]
+    )
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "amount"
+    naive = await client.post(
+        "/v1/events",
+        json={**ev, "event_id": "y", "occurred_at": "2026-11-01T12:00:00"},
+        headers=keys["ingest"],
+    )
+    assert naive.status_code == 400
+
+
+async def test_auth_roles(client, keys):
+    assert (await client.post("/v1/profiles", json=ANNA)).status_code == 401
+    bad = await client.post("/v1/profiles", json=ANNA, headers={"Authorization": "Bearer cdp_x"})
+    assert bad.status_code == 401
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    assert (
+        await client.post("/v1/profiles", json=ANNA, headers=keys["marketing"])
+    ).status_code == 403
+    r = await client.post("/v1/profiles", json=ANNA, headers=keys["ingest"])
+    pid = r.json()["profile_id"]
+    assert (await client.get(f"/v1/profiles/{pid}", headers=keys["ingest"])).status_code == 403
+    assert (await client.get(f"/v1/profiles/{pid}", headers=keys["compliance"])).status_code == 200
+
+
+async def test_body_over_the_limit_is_413(client, keys, platform):
+    big = {"source": "crm", "email": "a@example.com", "postal_address": "x" * 100}
+    payload = {"records": [big] * 1000}
+    import msgspec
+
+    raw = msgspec.json.encode(payload) + b" " * platform.settings.max_body_bytes
+    r = await client.post(
+        "/v1/profiles/batch",
+        content=raw,
+        headers={**keys["ingest"], "content-type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert await count(platform, profiles) == 0
+
+
+async def test_placeholder_identifiers_never_link(client, keys, platform):
+    a = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "test@test.com", "external_id": "A1"},
+        headers=keys["ingest"],
+    )
+    b = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "TEST@test.com", "external_id": "B2"},
+        headers=keys["ingest"],
+    )
+    assert a.status_code == b.status_code == 201
+    assert a.json()["profile_id"] != b.json()["profile_id"]
+    assert a.json()["ignored"][0]["field"] == "email"
+    only_junk = await client.post(
+        "/v1/profiles", json={"source": "crm", "phone": "+7 000 000-00-00"}, headers=keys["ingest"]
+    )
+    assert only_junk.status_code == 400
+
+
+async def test_openapi_and_health_are_public(client):
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert schema["openapi"].startswith("3.1")
+    assert "/v1/profiles" in schema["paths"]
