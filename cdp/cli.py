@@ -12,6 +12,7 @@ import click
 
 from cdp.logging import configure_logging
 from cdp.settings import Settings
+from consent.dsr.cli import dsr as dsr_commands
 
 T = TypeVar("T")
 
@@ -221,6 +222,8 @@ def audit_verify() -> None:
     )
     sys.exit(1)
 
+
+main.add_command(dsr_commands)
 
 if __name__ == "__main__":
     main()

@@ -92,14 +92,20 @@ async def record_claims(
     kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
     channels = list(p.policy.channels)
     now = utcnow()
-    entries: list[Entry] = []
     ciphers = await p.keys.ciphers(conn, {pid for pid, _, _ in items})
-    addresses: dict[uuid.UUID, list[tuple[str, bytes]]] = {}
+    # The profile's other addresses matter only where the record names none of the kind.
+    need = {
+        pid
+        for pid, named, claim in items
+        if any(k not in {n[0] for n in named} and k != "profile"
+               for k in ({kind_of[c] for c in channels} if claim.channel == "*"
+                         else {kind_of.get(claim.channel)}))
+    }
+    addresses = await addresses_of(conn, need)
+    entries: list[Entry] = []
     for pid, named, claim in items:
-        if pid not in addresses:
-            addresses[pid] = await profile_addresses(conn, pid)
         for kind, subject in targets_for(
-            channels, kind_of, pid, named, addresses[pid], claim.channel
+            channels, kind_of, pid, named, addresses.get(pid, []), claim.channel
         ):
             entries.append(
                 Entry(
@@ -119,6 +125,23 @@ async def record_claims(
                 )
             )
     return await ledger.append(conn, p.policy, entries)
+
+
+async def addresses_of(
+    conn: AsyncConnection, profile_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
+    out: dict[uuid.UUID, list[tuple[str, bytes]]] = {}
+    ids = list(profile_ids)
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(
+            select(identities.c.profile_id, identities.c.kind, identities.c.bidx).where(
+                identities.c.profile_id.in_(ids[start : start + 500]),
+                identities.c.kind.in_(("email", "phone")),
+            )
+        )
+        for pid, kind, bidx in rows:
+            out.setdefault(pid, []).append((kind, bidx))
+    return out
 
 
 async def record_consent(

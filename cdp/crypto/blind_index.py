@@ -17,6 +17,11 @@ class BlindIndexer:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
+    @property
+    def key(self) -> bytes:
+        """For handing to worker processes of this same deployment only."""
+        return self._key
+
     def index(self, kind: str, normalised: str) -> bytes:
         return hmac.digest(self._key, f"{kind}\x1f{normalised}".encode(), hashlib.sha256)
 

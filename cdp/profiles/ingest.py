@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
+from cdp.db.bulk import bulk_insert
 from cdp.db.tables import ENCRYPTED_PROFILE_FIELDS, identities, profile_keys, profile_sources
 from cdp.db.tables import profiles as profiles_t
 from cdp.db.upsert import insert_ignore
@@ -75,11 +76,16 @@ class _UnionFind:
 
 
 async def ingest(
-    conn: AsyncConnection, p: Platform, records: list[Record], actor: str
+    conn: AsyncConnection,
+    p: Platform,
+    records: list[Record],
+    actor: str,
+    keys: list[list[IdentityKey]] | None = None,
 ) -> list[Outcome]:
     """Resolve and upsert `records` inside the caller's write transaction."""
     now = utcnow()
-    keys = [record_keys(p.keys.indexer, r) for r in records]
+    if keys is None:
+        keys = [record_keys(p.keys.indexer, r) for r in records]
     existing = await lookup_bidx(conn, list({k.bidx for ks in keys for k in ks}))
 
     uf = _UnionFind()
@@ -231,12 +237,12 @@ async def _write(
     sources: set[tuple[uuid.UUID, str]],
     now: datetime,
 ) -> None:
-    if new_keys:
-        await conn.execute(insert(profile_keys), new_keys)
+    await bulk_insert(conn, profile_keys, new_keys)
     created = [w for w in working.values() if w.is_new]
     if created:
-        await conn.execute(
-            insert(profiles_t),
+        await bulk_insert(
+            conn,
+            profiles_t,
             [
                 {
                     "id": w.id,
@@ -283,8 +289,7 @@ async def _write(
                 for w in changed
             ],
         )
-    if new_identities:
-        await conn.execute(insert(identities), new_identities)
+    await bulk_insert(conn, identities, new_identities)
     if seen_identities:
         await conn.execute(
             update(identities)

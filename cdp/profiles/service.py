@@ -9,11 +9,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.crypto.blind_index import BlindIndexer
 from cdp.db.engine import lock_keys
 from cdp.db.tables import identities, merges, profile_categories, profile_stats, profiles
 from cdp.errors import DomainError, FieldError, InvalidInput, NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
+from cdp.profiles.identity import IdentityKey, record_keys
 from cdp.profiles.ingest import Outcome, ingest
 from cdp.profiles.records import (
     ConsentClaim,
@@ -22,25 +24,36 @@ from cdp.profiles.records import (
     validate_consents,
     validate_record,
 )
+from consent.policy import Policy
 
 
 @dataclass(slots=True)
 class Prepared:
-    """A validated record and the consent claims it carries."""
+    """A validated record, its identifier keys, and the consent claims it carries."""
 
     record: Record
     claims: list[ConsentClaim]
+    keys: list[IdentityKey]
     rejected_consents: list[FieldError] = field(default_factory=list)
 
 
-def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
-    """Validate one raw record. With strict_consents a bad consent rejects the whole record."""
+def prepare_with(
+    raw: Any, policy: Policy, indexer: BlindIndexer, *, strict_consents: bool = True
+) -> Prepared:
+    """Validate one raw record (pure: safe to run in a worker process).
+
+    With strict_consents a bad consent rejects the whole record (the API); without, the record
+    is kept and the bad consent reported (bulk import)."""
     data = parse_profile(raw)
-    rec = validate_record(data, p.policy)
-    claims, errors = validate_consents(data.consents, rec, p.policy)
+    rec = validate_record(data, policy)
+    claims, errors = validate_consents(data.consents, rec, policy)
     if errors and strict_consents:
         raise InvalidInput("the record carries an invalid consent", errors)
-    return Prepared(rec, claims, errors)
+    return Prepared(rec, claims, record_keys(indexer, rec), errors)
+
+
+def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
+    return prepare_with(raw, p.policy, p.keys.indexer, strict_consents=strict_consents)
 
 
 async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> list[Outcome]:
@@ -49,12 +62,10 @@ async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> l
 
     if not prepared:
         return []
-    records = [x.record for x in prepared]
     async with p.db.write() as conn:
-        from cdp.profiles.identity import record_keys
-
-        await lock_keys(conn, [k.bidx for r in records for k in record_keys(p.keys.indexer, r)])
-        outcomes = await ingest(conn, p, records, actor)
+        await lock_keys(conn, [k.bidx for x in prepared for k in x.keys])
+        outcomes = await ingest(conn, p, [x.record for x in prepared], actor,
+                                keys=[x.keys for x in prepared])
         items = []
         for x, o in zip(prepared, outcomes, strict=True):
             named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]

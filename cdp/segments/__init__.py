@@ -1,0 +1,12 @@
+"""Segments: a rule language over customer attributes, compiled to one SQL query that also
+applies the contactability rule, so the database filters and Python only decrypts a page.
+
+rules.py       parse and validate a JSON condition (errors name the bad part: rules.all[1].op)
+conditions.py  a parsed condition as a SQLAlchemy boolean expression over `profiles`
+traits.py      typed predicates over the JSON `traits` column (SQLite and PostgreSQL)
+audience.py    the member and stats queries: rule + addresses + consent + suppressions
+members.py     one page of members (the one function members, export and query go through)
+export.py      the whole segment as NDJSON or CSV, page by page, in constant memory
+store.py       saved segment definitions
+service.py     use cases with access logging, called by the API
+"""

@@ -1,0 +1,147 @@
+"""A parsed condition as one SQLAlchemy boolean expression over `profiles`.
+
+Stats fields read `profile_stats` (the query outer-joins it when `needs_stats`; a customer
+without stats has 0 orders and 0 spent); `source` and `categories` are EXISTS subqueries.
+"Days since" fields compare timestamps with cutoffs computed here in Python: with d the whole
+days elapsed since the moment, `d >= N` is `at <= now - N days`, `d <= N` is
+`at > now - (N + 1) days`, and so on. Every leaf is definite (never SQL NULL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, false, func, not_, or_, select, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from cdp.db.tables import profile_categories, profile_sources, profile_stats, profiles
+from cdp.segments.rules import AllOf, AnyOf, Condition, Leaf, NotOf
+from cdp.segments.traits import TraitSQL
+
+_TEXT_COLUMNS = {
+    "country": profiles.c.country,
+    "city": profiles.c.city,
+    "jurisdiction": profiles.c.jurisdiction,
+}
+_DAYS_COLUMNS = {
+    "created_days": profiles.c.created_at,
+    "last_order_days": profile_stats.c.last_order_at,
+    "first_order_days": profile_stats.c.first_order_at,
+}
+_STATS_COLUMNS = {
+    "orders_count": profile_stats.c.orders_count,
+    "total_spent": profile_stats.c.total_spent,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    where: ColumnElement[bool]
+    needs_stats: bool  # the query must LEFT OUTER JOIN profile_stats
+
+
+def compile_condition(cond: Condition, dialect: str, now: datetime) -> Compiled:
+    c = _Compiler(dialect, now)
+    return Compiled(c.expr(cond), c.needs_stats)
+
+
+def _compare(col: Any, op: str, value: Any) -> ColumnElement[bool]:
+    return {
+        "eq": col == value,
+        "ne": col != value,
+        "gt": col > value,
+        "gte": col >= value,
+        "lt": col < value,
+        "lte": col <= value,
+    }[op]
+
+
+class _Compiler:
+    def __init__(self, dialect: str, now: datetime) -> None:
+        self.dialect = dialect
+        self.now = now
+        self.needs_stats = False
+
+    def expr(self, cond: Condition) -> ColumnElement[bool]:
+        if isinstance(cond, AllOf):
+            return and_(*(self.expr(x) for x in cond.items)) if cond.items else true()
+        if isinstance(cond, AnyOf):
+            return or_(*(self.expr(x) for x in cond.items)) if cond.items else false()
+        if isinstance(cond, NotOf):
+            return not_(self.expr(cond.item))
+        return getattr(self, "_" + cond.spec.kind)(cond)
+
+    def _text(self, leaf: Leaf) -> ColumnElement[bool]:
+        col = _TEXT_COLUMNS[leaf.field]
+        present = and_(col.is_not(None), col != "")
+        if leaf.op == "exists":
+            return present if leaf.value else not_(present)
+        if leaf.op == "in":
+            return and_(col.is_not(None), col.in_(leaf.value))
+        if leaf.op == "ne":
+            return or_(col.is_(None), col != leaf.value)
+        return and_(col.is_not(None), col == leaf.value)
+
+    def _source(self, leaf: Leaf) -> ColumnElement[bool]:
+        ps = profile_sources.c
+        values = leaf.value if leaf.op == "in" else (leaf.value,)
+        found = exists(
+            select(ps.profile_id).where(ps.profile_id == profiles.c.id, ps.source.in_(values))
+        )
+        return not_(found) if leaf.op == "ne" else found
+
+    def _categories(self, leaf: Leaf) -> ColumnElement[bool]:
+        pc = profile_categories.c
+        query = select(pc.profile_id).where(pc.profile_id == profiles.c.id)
+        if leaf.op == "exists":
+            return exists(query) if leaf.value else not_(exists(query))
+        values = leaf.value if leaf.op == "in" else (leaf.value,)
+        return exists(query.where(pc.category.in_(values)))
+
+    def _stat(self, leaf: Leaf) -> ColumnElement[bool]:
+        self.needs_stats = True
+        col = func.coalesce(_STATS_COLUMNS[leaf.field], 0)
+        if leaf.op == "in":
+            return col.in_(leaf.value)
+        return _compare(col, leaf.op, leaf.value)
+
+    _count = _stat
+    _money = _stat
+
+    def _days(self, leaf: Leaf) -> ColumnElement[bool]:
+        col = _DAYS_COLUMNS[leaf.field]
+        if col.table is profile_stats:
+            self.needs_stats = True
+        if leaf.op == "exists":
+            return col.is_not(None) if leaf.value else col.is_(None)
+
+        def cutoff(days: int) -> datetime:
+            return self.now - timedelta(days=days)
+
+        n = leaf.value
+        within = {  # the moment lies in the window that makes "days since <op> n" true
+            "gte": col <= cutoff(n),
+            "gt": col <= cutoff(n + 1),
+            "lte": col > cutoff(n + 1),
+            "lt": col > cutoff(n),
+            "eq": and_(col > cutoff(n + 1), col <= cutoff(n)),
+            "ne": and_(col > cutoff(n + 1), col <= cutoff(n)),
+        }[leaf.op]
+        matched = and_(col.is_not(None), within)
+        return not_(matched) if leaf.op == "ne" else matched
+
+    def _trait(self, leaf: Leaf) -> ColumnElement[bool]:
+        t = TraitSQL(self.dialect, leaf.trait)
+        if leaf.op == "exists":
+            return t.exists() if leaf.value else not_(t.exists())
+        if leaf.op == "eq":
+            return t.equals(leaf.value)
+        if leaf.op == "ne":
+            return t.differs(leaf.value)
+        if leaf.op == "in":
+            return t.one_of(leaf.value)
+        if leaf.op == "contains":
+            return t.contains(leaf.value)
+        return t.compare(leaf.op, leaf.value)

@@ -1,0 +1,288 @@
+"""The segment rule language: a JSON condition parsed into a small typed tree (pure Python).
+
+    {"all": [...]}   every condition holds (an empty list: everyone)
+    {"any": [...]}   at least one holds
+    {"not": {...}}   the condition does not hold
+    {"field": "...", "op": "eq|ne|in|gt|gte|lt|lte|contains|exists", "value": ...}
+
+Every condition is two-valued: a customer without the value (no city, no such trait, no order
+yet) simply does not satisfy `eq`, `gt`, `contains`..., and does satisfy `ne` and `not`.
+Errors name the bad part by its path (`rules.all[1].op`) and never echo the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from cdp.errors import FieldError, InvalidInput
+from cdp.normalize import clean_text
+
+MAX_DEPTH = 16
+MAX_NODES = 500
+MAX_LIST = 1000
+MAX_DAYS = 100_000
+TRAIT_PREFIX = "traits."
+TRAIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+
+COMPARE = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    kind: str  # text | count | money | days | source | categories | trait
+    ops: frozenset[str]
+
+
+_TEXT = FieldSpec("text", frozenset({"eq", "ne", "in", "exists"}))
+_DAYS = FieldSpec("days", COMPARE | {"exists"})
+FIELDS: dict[str, FieldSpec] = {
+    "country": _TEXT,
+    "city": _TEXT,
+    "jurisdiction": _TEXT,
+    "source": FieldSpec("source", frozenset({"eq", "ne", "in"})),
+    "orders_count": FieldSpec("count", COMPARE | {"in"}),
+    "total_spent": FieldSpec("money", COMPARE),
+    "last_order_days": _DAYS,
+    "first_order_days": _DAYS,
+    "created_days": FieldSpec("days", COMPARE),
+    "categories": FieldSpec("categories", frozenset({"contains", "in", "exists"})),
+}
+TRAIT = FieldSpec("trait", COMPARE | {"in", "contains", "exists"})
+OPS = ("eq", "ne", "in", "gt", "gte", "lt", "lte", "contains", "exists")
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    field: str  # a key of FIELDS, or "traits.<name>"
+    op: str
+    value: Any  # normalised; a tuple for `in`; a bool for `exists`
+
+    @property
+    def spec(self) -> FieldSpec:
+        return TRAIT if self.field.startswith(TRAIT_PREFIX) else FIELDS[self.field]
+
+    @property
+    def trait(self) -> str:
+        return self.field.removeprefix(TRAIT_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotOf:
+    item: Condition
+
+
+Condition = Leaf | AllOf | AnyOf | NotOf
+
+
+class _Bad(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        self.error = FieldError(path, message)
+
+
+def parse_rules(raw: Any, *, jurisdictions: Collection[str], path: str = "rules") -> Condition:
+    """Validate `raw`; raise InvalidInput listing every bad part by its path."""
+    parser = _Parser(frozenset(jurisdictions))
+    cond = parser.node(raw, path, 1)
+    if parser.errors:
+        raise InvalidInput("the segment rules are not valid", parser.errors)
+    assert cond is not None
+    return cond
+
+
+class _Parser:
+    def __init__(self, jurisdictions: frozenset[str]) -> None:
+        self.jurisdictions = jurisdictions
+        self.errors: list[FieldError] = []
+        self.nodes = 0
+
+    def node(self, raw: Any, path: str, depth: int) -> Condition | None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            if self.nodes == MAX_NODES + 1:
+                self.errors.append(FieldError(path, f"rules have more than {MAX_NODES} parts"))
+            return None
+        if depth > MAX_DEPTH:
+            self.errors.append(FieldError(path, f"rules nest deeper than {MAX_DEPTH} levels"))
+            return None
+        if not isinstance(raw, dict):
+            self.errors.append(FieldError(path, "must be an object (a condition)"))
+            return None
+        groups = [k for k in ("all", "any", "not") if k in raw]
+        if groups:
+            extra = sorted(set(raw) - {groups[0]})
+            if extra:
+                self.errors.append(
+                    FieldError(f"{path}.{extra[0]}", f"not allowed next to '{groups[0]}'")
+                )
+                return None
+            return self._group(groups[0], raw[groups[0]], f"{path}.{groups[0]}", depth)
+        if "field" in raw or "op" in raw:
+            try:
+                return _leaf(raw, path, self.jurisdictions)
+            except _Bad as bad:
+                self.errors.append(bad.error)
+                return None
+        self.errors.append(
+            FieldError(path, "a condition has 'all', 'any', 'not', or 'field' and 'op'")
+        )
+        return None
+
+    def _group(self, kind: str, raw: Any, path: str, depth: int) -> Condition | None:
+        if kind == "not":
+            item = self.node(raw, path, depth + 1)
+            return None if item is None else NotOf(item)
+        if not isinstance(raw, list):
+            self.errors.append(FieldError(path, "must be a list of conditions"))
+            return None
+        items = [self.node(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(raw)]
+        if any(x is None for x in items):
+            return None
+        good = tuple(x for x in items if x is not None)
+        return AllOf(good) if kind == "all" else AnyOf(good)
+
+
+def _leaf(raw: dict[str, Any], path: str, jurisdictions: frozenset[str]) -> Leaf:
+    extra = sorted(set(raw) - {"field", "op", "value"})
+    if extra:
+        raise _Bad(f"{path}.{extra[0]}", "unknown key")
+    field = raw.get("field")
+    if not isinstance(field, str) or not field:
+        raise _Bad(f"{path}.field", "required: the name of a field")
+    if field.startswith(TRAIT_PREFIX):
+        if not TRAIT_NAME.match(field.removeprefix(TRAIT_PREFIX)):
+            raise _Bad(f"{path}.field", "a trait name has 1-64 letters, digits, '_', '-', '.'")
+        spec = TRAIT
+    elif field in FIELDS:
+        spec = FIELDS[field]
+    else:
+        raise _Bad(f"{path}.field", "unknown field")
+    op = raw.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise _Bad(f"{path}.op", f"must be one of {', '.join(OPS)}")
+    if op not in spec.ops:
+        allowed = ", ".join(o for o in OPS if o in spec.ops)
+        raise _Bad(f"{path}.op", f"does not fit field {field}; use one of {allowed}")
+    vpath = f"{path}.value"
+    if op == "exists":
+        value = raw.get("value", True)
+        if not isinstance(value, bool):
+            raise _Bad(vpath, "must be true or false (or left out) for 'exists'")
+        return Leaf(field, op, value)
+    if "value" not in raw:
+        raise _Bad(vpath, "required")
+    check = _CHECKS[spec.kind]
+    if op == "in":
+        items = raw["value"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_LIST:
+            raise _Bad(vpath, f"must be a list of 1 to {MAX_LIST} values for 'in'")
+        values = []
+        for i, item in enumerate(items):
+            values.append(check(field, op, item, f"{vpath}[{i}]", jurisdictions))
+        return Leaf(field, op, tuple(values))
+    return Leaf(field, op, check(field, op, raw["value"], vpath, jurisdictions))
+
+
+def _text(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
+    if not isinstance(v, str):
+        raise _Bad(path, "must be a string")
+    if field == "country":
+        code = v.strip().upper()
+        if len(code) != 2 or not code.isascii() or not code.isalpha():
+            raise _Bad(path, "must be an ISO 3166-1 alpha-2 code")
+        return code
+    if field == "jurisdiction":
+        code = v.strip().upper()
+        if code not in jurisdictions:
+            raise _Bad(path, "unknown jurisdiction")
+        return code
+    text = clean_text(v)
+    if text is None or len(text) > 120:
+        raise _Bad(path, "must be 1 to 120 characters")
+    return text
+
+
+def _name(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
+    if not isinstance(v, str) or not v.strip() or len(v) > 120:
+        raise _Bad(path, "must be a string of 1 to 120 characters")
+    return v.strip()
+
+
+def _count(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+        raise _Bad(path, "must be a whole number, 0 or more")
+    return v
+
+
+def _days(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_DAYS:
+        raise _Bad(path, f"must be a whole number of days, 0 to {MAX_DAYS}")
+    return v
+
+
+def _money(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise _Bad(path, 'must be a number or a decimal string such as "1999.90"')
+    try:
+        amount = Decimal(str(v).strip())
+    except InvalidOperation:
+        raise _Bad(path, 'must be a number or a decimal string such as "1999.90"') from None
+    if not amount.is_finite() or abs(amount) >= Decimal("1e16"):
+        raise _Bad(path, "must be a finite amount below 10^16")
+    return amount
+
+
+def _trait(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> Any:
+    if op in ("gt", "gte", "lt", "lte"):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _Bad(path, f"must be a number for '{op}'")
+        return v
+    if op == "contains":
+        if not isinstance(v, str) or not v:
+            raise _Bad(path, "must be a non-empty string for 'contains'")
+        return v
+    if isinstance(v, str | bool | int | float):  # eq, ne, in
+        if isinstance(v, str) and len(v) > 1000:
+            raise _Bad(path, "at most 1000 characters")
+        return v
+    raise _Bad(path, "must be a string, number or boolean")
+
+
+_CHECKS = {
+    "text": _text,
+    "source": _name,
+    "categories": _name,
+    "count": _count,
+    "money": _money,
+    "days": _days,
+    "trait": _trait,
+}
+
+
+def to_json(cond: Condition) -> dict[str, Any]:
+    """The canonical JSON form of a parsed condition (what is stored and shown)."""
+    if isinstance(cond, AllOf):
+        return {"all": [to_json(x) for x in cond.items]}
+    if isinstance(cond, AnyOf):
+        return {"any": [to_json(x) for x in cond.items]}
+    if isinstance(cond, NotOf):
+        return {"not": to_json(cond.item)}
+    value = cond.value
+    if isinstance(value, Decimal):
+        value = str(value)
+    elif isinstance(value, tuple):
+        value = [str(x) if isinstance(x, Decimal) else x for x in value]
+    return {"field": cond.field, "op": cond.op, "value": value}

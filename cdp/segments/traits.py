@@ -1,0 +1,84 @@
+"""Typed predicates over one key of the JSON `traits` column, on SQLite and PostgreSQL.
+
+Traits hold strings, numbers, booleans or null. A comparison only matches a value of the type
+it names: `eq "5"` does not match the number 5, `gt 3` never matches a string. PostgreSQL does
+not promise the evaluation order of AND, so a numeric cast is guarded by CASE and never sees a
+string. Every predicate is definite (never SQL NULL), so `not` is a plain complement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Float, String, case, false, func, literal, not_, or_
+from sqlalchemy.sql.elements import ColumnElement
+
+from cdp.db.tables import profiles
+
+
+def definite(pred: ColumnElement[bool]) -> ColumnElement[bool]:
+    return func.coalesce(pred, false())
+
+
+class TraitSQL:
+    def __init__(self, dialect: str, name: str) -> None:
+        col = profiles.c.traits
+        self.postgres = dialect == "postgresql"
+        if self.postgres:
+            key = literal(name, String())
+            self._type = func.json_typeof(col.op("->")(key))
+            self._text = col.op("->>", return_type=String())(key)
+        else:
+            path = literal('$."' + name + '"', String())
+            self._type = func.json_type(col, path)
+            self._text = func.json_extract(col, path)
+
+    def is_string(self) -> ColumnElement[bool]:
+        return self._type == ("string" if self.postgres else "text")
+
+    def is_number(self) -> ColumnElement[bool]:
+        if self.postgres:
+            return self._type == "number"
+        return self._type.in_(("integer", "real"))
+
+    def number(self) -> ColumnElement[float]:
+        if self.postgres:  # never cast a string
+            return case((self.is_number(), self._text.cast(Float())), else_=None)
+        return self._text
+
+    def is_bool(self, value: bool) -> ColumnElement[bool]:
+        if self.postgres:
+            return (self._type == "boolean") & (self._text == ("true" if value else "false"))
+        return self._type == ("true" if value else "false")
+
+    def exists(self) -> ColumnElement[bool]:
+        return definite(self._type.is_not(None) & (self._type != "null"))
+
+    def equals(self, value: Any) -> ColumnElement[bool]:
+        if isinstance(value, bool):
+            return definite(self.is_bool(value))
+        if isinstance(value, str):
+            return definite(self.is_string() & (self._text == value))
+        return definite(self.is_number() & (self.number() == value))
+
+    def one_of(self, values: tuple[Any, ...]) -> ColumnElement[bool]:
+        strings = [v for v in values if isinstance(v, str)]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        preds = [self.is_bool(v) for v in dict.fromkeys(v for v in values if isinstance(v, bool))]
+        if strings:
+            preds.append(self.is_string() & self._text.in_(strings))
+        if numbers:
+            preds.append(self.is_number() & self.number().in_(numbers))
+        return definite(or_(*preds))
+
+    def compare(self, op: str, value: float) -> ColumnElement[bool]:
+        n = self.number()
+        cmp = {"gt": n > value, "gte": n >= value, "lt": n < value, "lte": n <= value}[op]
+        return definite(self.is_number() & cmp)
+
+    def contains(self, text: str) -> ColumnElement[bool]:
+        where = func.strpos(self._text, text) if self.postgres else func.instr(self._text, text)
+        return definite(self.is_string() & (where > 0))
+
+    def differs(self, value: Any) -> ColumnElement[bool]:
+        return not_(self.equals(value))
