@@ -1,0 +1,50 @@
+"""Shared benchmark plumbing: a throwaway database on SQLite or PostgreSQL, a platform on it."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from cdp.crypto.master import MasterKey
+from cdp.platform import Platform, open_platform
+from cdp.settings import Settings
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.asynccontextmanager
+async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterator[Platform]:
+    """A platform on a new, migrated, empty database that is removed afterwards."""
+    tmp = Path(workdir or tempfile.mkdtemp(prefix="cdp-bench-"))
+    name = None
+    if db == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    else:
+        import asyncpg
+
+        name = f"cdp_bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(PG_ADMIN)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    settings = Settings(database_url=url, master_key=MasterKey.generate_base64(),
+                        dev_key_dir=tmp / "keys")
+    p = await open_platform(settings)
+    try:
+        yield p
+    finally:
+        await p.close()
+        if name:
+            import asyncpg
+
+            admin = await asyncpg.connect(PG_ADMIN)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,179 @@
+"""Ingest benchmark: `cdp import` and the API, encrypted vs. the same rows stored plainly.
+
+    python -m bench.ingest --scale 100000 --db sqlite --db postgres
+
+Figures, all measured in this one process:
+- import: `cdp import`'s code path (validation, normalisation, identity resolution, field
+  encryption, blind indexes, consent ledger) in records/s;
+- plain: the same code path with encryption switched off (fields stored as plaintext bytes,
+  blind indexes replaced by the plain normalised value): the cost of encryption is the ratio;
+- raw: the CSV rows inserted as they are with executemany (the database's own ceiling);
+- api: POST /v1/profiles/batch (1000 records a request) and POST /v1/profiles, in-process ASGI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import Column, MetaData, String, Table
+
+from api.app import create_app
+from bench.common import peak_rss_mb, scratch_platform
+from bench.data import HEADER, write_customers
+from cdp.apikeys import create_key
+from cdp.importer import run_import
+from cdp.platform import Platform
+
+
+class PlainCipher:
+    """Stores plaintext bytes: the 'no encryption' baseline. Benchmark use only."""
+
+    key_id = 1
+    owner = "plain"
+
+    def encrypt(self, place: str, plaintext: str | bytes) -> bytes:
+        return plaintext.encode() if isinstance(plaintext, str) else plaintext
+
+    def decrypt(self, place: str, blob: bytes | None) -> str | None:
+        return None if blob is None else blob.decode()
+
+    def decrypt_bytes(self, place: str, blob: bytes) -> bytes:
+        return blob
+
+
+class PlainIndexer:
+    key = b""
+
+    def index(self, kind: str, normalised: str) -> bytes:
+        return f"{kind}:{normalised}".encode()
+
+    def email(self, v: str) -> bytes:
+        return self.index("email", v)
+
+    def phone(self, v: str) -> bytes:
+        return self.index("phone", v)
+
+    def external_id(self, source: str, v: str) -> bytes:
+        return self.index("external_id", f"{source}:{v}")
+
+
+def make_plain(p: Platform) -> None:
+    cipher = PlainCipher()
+    keys = p.keys
+
+    def new_profile_key(pid):  # type: ignore[no-untyped-def]
+        from cdp.ids import utcnow
+
+        return cipher, {"profile_id": pid, "key_id": 1, "master_key_id": "plain",
+                        "wrapped": b"", "created_at": utcnow()}
+
+    async def ciphers(conn, pids):  # type: ignore[no-untyped-def]
+        return {pid: cipher for pid in pids}
+
+    keys.new_profile_key = new_profile_key  # type: ignore[method-assign]
+    keys.ciphers = ciphers  # type: ignore[method-assign]
+    keys.indexer = PlainIndexer()  # type: ignore[assignment]
+
+
+async def timed_import(p: Platform, path: Path, workers: int | None) -> tuple[float, int]:
+    t = time.perf_counter()
+    summary = await run_import(p, path, "crm", rejects_path=path.with_suffix(".rej"),
+                               workers=workers)
+    return time.perf_counter() - t, summary.rows - summary.rejected_rows
+
+
+async def raw_insert(p: Platform, path: Path) -> float:
+    md = MetaData()
+    table = Table("raw_rows", md, *[Column(h.replace(".", "_"), String) for h in HEADER])
+    async with p.db.engine.begin() as conn:
+        await conn.run_sync(md.create_all)
+    t = time.perf_counter()
+    with path.open(encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        batch: list[tuple] = []
+        cols = ", ".join(c.name for c in table.columns)
+        marks = ", ".join(["?"] * len(HEADER)) if p.db.is_sqlite else ", ".join(
+            f"${i + 1}" for i in range(len(HEADER)))
+        sql = f"INSERT INTO raw_rows ({cols}) VALUES ({marks})"
+        for row in reader:
+            batch.append(tuple(row))
+            if len(batch) >= 5000:
+                async with p.db.write() as conn:
+                    await conn.exec_driver_sql(sql, batch)
+                batch = []
+        if batch:
+            async with p.db.write() as conn:
+                await conn.exec_driver_sql(sql, batch)
+    return time.perf_counter() - t
+
+
+async def api_ingest(p: Platform, n: int) -> tuple[float, float]:
+    key = await create_key(p.db, "bench", "ingest")
+    headers = {"Authorization": f"Bearer {key}"}
+    transport = httpx.ASGITransport(app=create_app(platform=p))
+    async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        t = time.perf_counter()
+        for start in range(0, n, 1000):
+            records = [{"source": "api", "email": f"api{i}@example.com", "first_name": "Анна",
+                        "phone": f"+7925{i:07d}"} for i in range(start, min(n, start + 1000))]
+            r = await client.post("/v1/profiles/batch", json={"records": records},
+                                  headers=headers)
+            r.raise_for_status()
+        batch_s = time.perf_counter() - t
+        singles = min(2000, n)
+        t = time.perf_counter()
+        for i in range(singles):
+            r = await client.post("/v1/profiles", headers=headers, json={
+                "source": "api1", "email": f"one{i}@example.com", "first_name": "Иван"})
+            r.raise_for_status()
+        single_s = time.perf_counter() - t
+    return n / batch_s, singles / single_s
+
+
+async def run(scale: int, dbs: list[str], workers: int | None) -> list[str]:
+    lines = []
+    tmp = Path(tempfile.mkdtemp(prefix="cdp-ingest-"))
+    path = write_customers(tmp / "customers.csv", scale)
+    for db in dbs:
+        async with scratch_platform(db) as p:
+            secs, rows = await timed_import(p, path, workers)
+            enc = rows / secs
+        async with scratch_platform(db) as p:
+            make_plain(p)
+            psecs, prows = await timed_import(p, path, workers)
+            plain = prows / psecs
+        async with scratch_platform(db) as p:
+            raw = scale / await raw_insert(p, path)
+        async with scratch_platform(db) as p:
+            api_batch, api_single = await api_ingest(p, min(scale, 20_000))
+        lines.append(
+            f"| {db} | {scale:,} | {enc:,.0f} | {plain:,.0f} | {enc / plain:.2f}x | "
+            f"{raw:,.0f} | {enc / raw:.2f}x | {api_batch:,.0f} | {api_single:,.0f} | "
+            f"{peak_rss_mb():,.0f} MB |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=int, default=100_000)
+    ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
+    ap.add_argument("--workers", type=int, default=None)
+    args = ap.parse_args()
+    print("| db | records | import rec/s (encrypted) | same path, plain rec/s | ratio | "
+          "raw executemany rows/s | ratio to raw | API batch rec/s | API single req/s | "
+          "peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    asyncio.run(run(args.scale, args.db or ["sqlite"], args.workers))
+
+
+if __name__ == "__main__":
+    main()
