@@ -76,6 +76,7 @@ async def revoke_key(db: Database, name: str) -> None:
         )
         if result.rowcount == 0:
             raise NotFound("no active key with this name")
+    forget_cached_keys()
 
 
 async def authenticate(db: Database, key: str) -> Principal | None:
