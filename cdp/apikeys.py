@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -79,15 +80,37 @@ async def revoke_key(db: Database, name: str) -> None:
     forget_cached_keys()
 
 
+# Successful look-ups are remembered briefly so a request does not pay a database round trip
+# for its key; a revocation (possibly from another process) takes effect within AUTH_TTL.
+AUTH_TTL = 5.0
+_auth_cache: dict[bytes, tuple[float, Principal]] = {}
+
+
 async def authenticate(db: Database, key: str) -> Principal | None:
     if not key.startswith(PREFIX) or len(key) > 200:
         return None
+    digest = hash_key(key)
+    now = time.monotonic()
+    hit = _auth_cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
     async with db.read() as conn:
         row = (
             await conn.execute(
                 select(api_keys.c.name, api_keys.c.role).where(
-                    api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+                    api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
                 )
             )
         ).first()
-    return None if row is None else Principal(row.name, row.role)
+    if row is None:
+        _auth_cache.pop(digest, None)
+        return None
+    principal = Principal(row.name, row.role)
+    if len(_auth_cache) > 10_000:
+        _auth_cache.clear()
+    _auth_cache[digest] = (now + AUTH_TTL, principal)
+    return principal
+
+
+def forget_cached_keys() -> None:
+    _auth_cache.clear()
