@@ -10,3 +10,8 @@ from api.deps import PlatformDep
 async def health(platform: PlatformDep) -> dict[str, str]:
     await platform.db.ping()
     return {"status": "ok"}
+
+
+@get("/health/live", opt=PUBLIC, tags=["system"], summary="Liveness only (no database)")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
