@@ -12,6 +12,7 @@ import click
 
 from cdp.logging import configure_logging
 from cdp.settings import Settings
+from consent.audit.cli import audit as audit_commands
 from consent.dsr.cli import dsr as dsr_commands
 
 T = TypeVar("T")
@@ -198,32 +199,8 @@ def demo(customers: int, seed: int) -> None:
     click.echo(" ".join(f"{k}: {v}" for k, v in counts.items()))
 
 
-@main.group()
-def audit() -> None:
-    """Consent ledger audit."""
-
-
-@audit.command("verify")
-def audit_verify() -> None:
-    """Exit 0 when the ledger verifies, 1 otherwise, naming the first bad entry."""
-    from consent.chain import verify_chain
-
-    async def go(p: Any):  # type: ignore[no-untyped-def]
-        async with p.db.read() as conn:
-            return await verify_chain(conn)
-
-    result = run(lambda: _with_platform(go))
-    if result.ok:
-        click.echo(f"ok: {result.entries} entries, head {result.head_hash}")
-        return
-    click.echo(
-        f"FAILED at seq {result.first_invalid_seq}: {result.reason} "
-        f"({result.entries} entries verified before it)"
-    )
-    sys.exit(1)
-
-
 main.add_command(dsr_commands)
+main.add_command(audit_commands)
 
 if __name__ == "__main__":
     main()

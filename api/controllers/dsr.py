@@ -1,0 +1,182 @@
+"""Data subject requests: erasure requests (operator and customer side) and access requests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Controller, Response, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from api.auth import PUBLIC, roles
+from api.deps import PlatformDep, PrincipalDep
+from cdp.access_log import log_access
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier
+from cdp.profiles.identity import lookup_bidx
+from consent.dsr import requests as dsr
+from consent.dsr.access import access_export
+from consent.dsr.schemas import AccessIn, ErasureIn, ReasonIn, identifier_of
+from consent.dsr.worker import run_one
+from consent.optout import claims_from_token
+
+SUBMIT = roles("admin", "compliance", "ingest")
+OFFICERS = roles("admin", "compliance")
+
+
+async def _accepted(platform: Platform, submitted: dsr.Submitted) -> Response[dict[str, Any]]:
+    """202 with the request; its erasure runs right after the answer (the worker is the net)."""
+    async with platform.db.read() as conn:
+        row = await dsr.load(conn, submitted.request_id)
+    body = {
+        "request_id": str(row.id),
+        "status": row.status,
+        "received_at": row.received_at,
+        "due_at": row.due_at,
+        "jurisdiction": row.jurisdiction,
+        "requested_by": row.requested_by,
+        "joined_existing": submitted.joined,
+    }
+    task = BackgroundTask(run_one, platform, row.id) if row.status == "received" else None
+    return Response(body, status_code=202, background=task)
+
+
+class ErasureRequestController(Controller):
+    path = "/v1/erasure-requests"
+    tags = ("data subject requests",)
+
+    @post(
+        "/",
+        opt=SUBMIT,
+        status_code=202,
+        summary="Request erasure of a customer",
+        description=(
+            "Names the customer by one identifier (top level or in `identifier`). Answers 202 "
+            "with the request; a duplicate while one is open for the customer joins it and "
+            "answers with the open request (`joined_existing: true`). `due_at` follows the "
+            "jurisdiction's policy (the request's `jurisdiction`, else the customer's). The "
+            "erasure starts right after the answer. `note` is stored encrypted under the "
+            "customer's data key and is destroyed with it."
+        ),
+    )
+    async def submit(
+        self, data: JSONBody[ErasureIn], platform: PlatformDep, principal: PrincipalDep
+    ) -> Response[dict[str, Any]]:
+        ident = identifier_of(data, platform.policy, platform.keys.indexer)
+        submitted = await dsr.submit_erasure(
+            platform,
+            ident,
+            requested_by=data.requested_by,
+            actor=principal.name,
+            jurisdiction=data.jurisdiction,
+            note=data.note,
+        )
+        return await _accepted(platform, submitted)
+
+    @post(
+        "/by-token/{token:str}",
+        opt=PUBLIC,
+        status_code=202,
+        summary="Customer-side erasure request, proven by an unsubscribe or preference token",
+    )
+    async def submit_by_token(
+        self, token: FromPath[str], platform: PlatformDep
+    ) -> Response[dict[str, Any]]:
+        claims = claims_from_token(platform, token)
+        ident = Identifier("profile_id", profile_id=claims.profile_id)
+        if claims.subject_kind != "profile":  # the address names the customer, while it exists
+            async with platform.db.read() as conn:
+                if await lookup_bidx(conn, [claims.subject]):
+                    ident = Identifier(claims.subject_kind, bidx=claims.subject)
+        submitted = await dsr.submit_erasure(
+            platform, ident, requested_by="customer", actor="customer"
+        )
+        return await _accepted(platform, submitted)
+
+    @get(
+        "/",
+        opt=OFFICERS,
+        summary="List erasure requests, oldest first",
+        description="Open requests past their due date carry `overdue: true`.",
+    )
+    async def list_requests(
+        self,
+        platform: PlatformDep,
+        status: FromQuery[str | None] = None,
+        overdue: FromQuery[bool | None] = None,
+        limit: FromQuery[int] = 100,
+        cursor: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        async with platform.db.read() as conn:
+            return await dsr.list_requests(
+                conn, status=status, overdue=overdue, limit=limit, cursor=cursor
+            )
+
+    @get("/{request_id:str}", opt=OFFICERS, summary="An erasure request and its transitions")
+    async def read(
+        self, request_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict[str, Any]:
+        rid = dsr.parse_request_id(request_id)
+        async with platform.db.write() as conn:
+            body = await dsr.detail(conn, platform, rid)
+            if body["note"] is not None:
+                await log_access(
+                    conn,
+                    principal,
+                    "erasure_request.read_note",
+                    object_type="dsr_request",
+                    object_id=str(rid),
+                    profile_id=uuid.UUID(body["profile_id"]),
+                )
+        return body
+
+    @post(
+        "/{request_id:str}/extend",
+        opt=OFFICERS,
+        status_code=200,
+        summary="Take the policy's one extension (a reason is required); moves due_at",
+    )
+    async def extend(
+        self,
+        request_id: FromPath[str],
+        data: JSONBody[ReasonIn],
+        platform: PlatformDep,
+        principal: PrincipalDep,
+    ) -> dict[str, Any]:
+        rid = dsr.parse_request_id(request_id)
+        await dsr.extend(platform, rid, data.reason, principal.name)
+        async with platform.db.read() as conn:
+            return await dsr.detail(conn, platform, rid)
+
+    @post(
+        "/{request_id:str}/reject",
+        opt=OFFICERS,
+        status_code=200,
+        summary="Reject a request that has not started (a reason is required)",
+    )
+    async def reject(
+        self,
+        request_id: FromPath[str],
+        data: JSONBody[ReasonIn],
+        platform: PlatformDep,
+        principal: PrincipalDep,
+    ) -> dict[str, Any]:
+        rid = dsr.parse_request_id(request_id)
+        await dsr.reject(platform, rid, data.reason, principal.name)
+        async with platform.db.read() as conn:
+            return await dsr.detail(conn, platform, rid)
+
+
+@post(
+    "/v1/access-requests",
+    opt=OFFICERS,
+    tags=["data subject requests"],
+    status_code=200,
+    summary="Everything held about a customer (written to the access log)",
+)
+async def post_access_request(
+    data: JSONBody[AccessIn], platform: PlatformDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    ident = identifier_of(data, platform.policy, platform.keys.indexer)
+    return await access_export(platform, ident, principal)

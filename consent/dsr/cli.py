@@ -1,0 +1,87 @@
+"""`cdp dsr ...`: run the erasure worker once or as a loop, and list requests."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from cdp.settings import Settings
+
+T = TypeVar("T")
+
+
+def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
+    from cdp.platform import open_platform
+
+    async def go() -> T:
+        platform = await open_platform(Settings.from_env())
+        try:
+            return await fn(platform)
+        finally:
+            await platform.close()
+
+    return asyncio.run(go())
+
+
+@click.group("dsr")
+def dsr() -> None:
+    """Data subject requests (erasure)."""
+
+
+@dsr.command("run")
+def dsr_run() -> None:
+    """Finish every received or in_progress erasure request, then exit (1 if any failed)."""
+    from consent.dsr.worker import run_pending
+
+    summary = _run(run_pending)
+    click.echo(
+        f"completed: {summary.completed}  rejected: {summary.rejected}  failed: {summary.failed}"
+    )
+    for request_id in summary.failed_ids:
+        click.echo(f"  failed: {request_id}", err=True)
+    if summary.failed:
+        sys.exit(1)
+
+
+@dsr.command("worker")
+@click.option("--interval", default=30.0, show_default=True, type=float, help="seconds")
+def dsr_worker(interval: float) -> None:
+    """Keep finishing erasure requests until interrupted."""
+    from consent.dsr.worker import run_forever
+
+    try:
+        _run(lambda p: run_forever(p, interval))
+    except KeyboardInterrupt:
+        click.echo("stopped")
+
+
+@dsr.command("list")
+@click.option("--status", type=click.Choice(["received", "in_progress", "completed", "rejected"]))
+@click.option("--overdue", is_flag=True, help="only open requests past their due date")
+def dsr_list(status: str | None, overdue: bool) -> None:
+    """Erasure requests, oldest first (ids and dates only)."""
+    from consent.dsr.requests import list_requests
+
+    async def go(p: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        async with p.db.read() as conn:
+            while True:
+                page = await list_requests(
+                    conn, status=status, overdue=True if overdue else None, cursor=cursor
+                )
+                items.extend(page["items"])
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    return items
+
+    for item in _run(go):
+        flag = "  OVERDUE" if item["overdue"] else ""
+        click.echo(
+            f"{item['request_id']}\t{item['status']}\t{item['jurisdiction']}\t"
+            f"received {item['received_at']:%Y-%m-%d}\tdue {item['due_at']:%Y-%m-%d}{flag}"
+        )

@@ -1,0 +1,94 @@
+"""When a data subject request is due: pure functions over the policy's deadlines.
+
+Units (policies/jurisdictions/*.toml, `deadlines.<kind>`):
+- `days`: calendar days;
+- `working_days`: days that are neither weekend nor public holiday in the jurisdiction's
+  country (the `holidays` package: Russian holidays, transferred days off, and the Saturdays
+  the government makes working days); counting starts the day after receipt;
+- `months`: calendar months, clamped to the month's end (31 January + 1 month = end of
+  February).
+The due instant keeps the time of day of receipt; dates are taken in UTC.
+
+An extension counts from the receipt as one longer period when its unit matches (EU: 1 + 2
+months = 3 months from receipt, so 31 January extends to 30 April, not 28 April), otherwise
+from the current due date.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+
+import holidays
+
+from consent.policy import Deadline
+
+_MAX_WORKING_DAYS = 3660
+
+
+@lru_cache(maxsize=32)
+def _calendar(jurisdiction: str) -> holidays.HolidayBase | None:
+    """Public holidays of the jurisdiction's country ("US-CA": the US, subdivision CA)."""
+    country, _, subdiv = jurisdiction.partition("-")
+    try:
+        return holidays.country_holidays(country, subdiv=subdiv or None)
+    except NotImplementedError:
+        return None  # no calendar (e.g. "EU"): weekends only
+
+
+def is_working_day(day: date, jurisdiction: str) -> bool:
+    cal = _calendar(jurisdiction)
+    if cal is None:
+        return day.weekday() < 5
+    if day in cal:  # also fills the year's weekend_workdays
+        return False
+    if day.weekday() in cal.weekend:
+        return day in getattr(cal, "weekend_workdays", ())
+    return True
+
+
+def add_working_days(day: date, n: int, jurisdiction: str) -> date:
+    """The n-th working day after `day` (n = 0: `day` itself)."""
+    if n < 0 or n > _MAX_WORKING_DAYS:
+        raise ValueError("working days out of range")
+    current = day
+    while n:
+        current += timedelta(days=1)
+        if is_working_day(current, jurisdiction):
+            n -= 1
+    return current
+
+
+def add_months(day: date, n: int) -> date:
+    """Calendar months, clamped to the end of the target month."""
+    index = day.year * 12 + day.month - 1 + n
+    year, month = divmod(index, 12)
+    month += 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def add_period(start: datetime, amount: int, unit: str, jurisdiction: str) -> datetime:
+    if unit == "days":
+        return start + timedelta(days=amount)
+    if unit == "working_days":
+        day = add_working_days(start.date(), amount, jurisdiction)
+    elif unit == "months":
+        day = add_months(start.date(), amount)
+    else:
+        raise ValueError(f"unknown period unit {unit!r}")
+    return datetime.combine(day, start.timetz())
+
+
+def due_at(received_at: datetime, deadline: Deadline, jurisdiction: str) -> datetime:
+    return add_period(received_at, deadline.period, deadline.unit, jurisdiction)
+
+
+def extended_due_at(received_at: datetime, deadline: Deadline, jurisdiction: str) -> datetime:
+    """The due date after the policy's one extension."""
+    if deadline.extension_unit == deadline.unit:
+        return add_period(
+            received_at, deadline.period + deadline.extension, deadline.unit, jurisdiction
+        )
+    base = due_at(received_at, deadline, jurisdiction)
+    return add_period(base, deadline.extension, deadline.extension_unit, jurisdiction)

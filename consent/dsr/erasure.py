@@ -1,0 +1,293 @@
+"""Executing an erasure request: complete, crash-safe, idempotent.
+
+1. `claim` moves the request to in_progress in its own transaction (or, when it already is,
+   records that a worker resumed it).
+2. `erase` runs the whole erasure of the customer in ONE write transaction that also marks the
+   request completed. A process killed anywhere inside it leaves the database as it was before
+   (the request still in_progress, the customer untouched, never half-erased); any worker that
+   later picks up in_progress requests redoes it. Re-running it on an erased customer is a no-op.
+
+What the erasure does, for every profile of the customer (the survivor and everything merged
+into it):
+- suppresses every email and phone blind index for every advertising purpose, and for every
+  purpose the customer granted, on all channels (reason "erasure"); a purpose the customer had
+  refused on a channel stays refused on it. Marketing to the addresses stays off until a grant
+  that occurred after the erasure;
+- deletes the consent state of its subjects, its identities (and with them the blind indexes),
+  events, stats, categories and sources; nulls its encrypted fields, traits, city and country;
+  marks it "erased" (so every id answers 410 and the contactability rule says "erased");
+- deletes its data keys (crypto-shredding: ciphertext left in backups, replicas, or the consent
+  ledger's evidence can no longer be read);
+- runs the cleanups other modules registered (consent.dsr.hooks).
+The consent ledger is not modified: its entries are pseudonymous, their evidence is ciphertext
+under the destroyed key, and the hash chain still verifies.
+On SQLite the transaction turns on `secure_delete`, so deleted rows are overwritten on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.db.engine import lock_keys
+from cdp.db.tables import (
+    ENCRYPTED_PROFILE_FIELDS,
+    events,
+    identities,
+    profile_categories,
+    profile_keys,
+    profile_sources,
+    profile_stats,
+    profiles,
+)
+from cdp.ids import utcnow
+from cdp.platform import Platform
+from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
+from consent.dsr.hooks import erasure_hooks
+from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
+from consent.dsr_tables import dsr_requests
+from consent.subjects import profile_subject
+from consent.suppressions import suppress
+from consent.tables import consent_ledger, consent_state
+
+WORKER = "dsr-worker"
+CRASH_ENV = "CDP_DSR_CRASH_AT"  # tests only: kill the process at a named step
+
+
+def crash_point(name: str) -> None:
+    """Kill this process (SIGKILL, no cleanup) when CDP_DSR_CRASH_AT names this step."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def claim(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
+    """Start (or resume) a request; returns its status afterwards."""
+    async with p.db.write() as conn:
+        await lock_keys(conn, [request_lock(request_id)])
+        row = await load(conn, request_id)
+        if row.status == "received":
+            await set_status(
+                conn,
+                row,
+                "in_progress",
+                actor=actor,
+                reason="erasure started",
+                attempts=row.attempts + 1,
+            )
+            return "in_progress"
+        if row.status == "in_progress":
+            await conn.execute(
+                update(dsr_requests)
+                .where(dsr_requests.c.id == request_id)
+                .values(attempts=row.attempts + 1, updated_at=utcnow())
+            )
+            await record_transition(
+                conn,
+                request_id,
+                event="resumed",
+                from_status="in_progress",
+                to_status="in_progress",
+                actor=actor,
+                reason="erasure restarted after an interrupted or failed run",
+                due_at=row.due_at,
+            )
+        return row.status
+
+
+async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
+    """Erase the request's customer and complete the request, in one transaction."""
+    erased: list[uuid.UUID] = []
+    async with p.db.write() as conn:
+        await lock_keys(conn, [request_lock(request_id)])
+        row = await load(conn, request_id)
+        if row.status != "in_progress":
+            return row.status
+        now = utcnow()
+        found = await root_of(conn, row.profile_id)
+        if found is None:
+            await set_status(
+                conn,
+                row,
+                "rejected",
+                actor=actor,
+                reason="the customer's profile no longer exists",
+                completed_at=now,
+            )
+            return "rejected"
+        if conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+        pids, idents = await lock_customer(conn, found[0])
+        counts = await erase_customer(conn, p, pids, idents, now)
+        crash_point("before_commit")
+        erased = pids
+        reason = (
+            "customer erased"
+            if counts["profiles"]
+            else "nothing left to erase: the customer was already erased"
+        )
+        await set_status(
+            conn,
+            row,
+            "completed",
+            actor=actor,
+            reason=reason,
+            completed_at=now,
+            result=counts,
+            note=None,
+            note_owner=None,
+            note_key_id=None,
+            last_error=None,
+        )
+    for pid in erased:
+        p.keys.forget(pid)
+    return "completed"
+
+
+async def lock_customer(
+    conn: AsyncConnection, root: uuid.UUID
+) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str, bytes]]]:
+    """Lock the customer's profiles and identifiers, then read them again until stable.
+
+    Ingest, consent and event writers lock the blind indexes they touch (PostgreSQL advisory
+    locks), so once these are held nobody can attach an identity to, or merge, this customer
+    until the erasure commits.
+    """
+    seen: tuple | None = None
+    while True:
+        found = await root_of(conn, root)
+        root = found[0] if found else root
+        pids = await customer_profile_ids(conn, root)
+        idents = await customer_identities(conn, pids)
+        state = (root, tuple(sorted(pids)), tuple(idents))
+        if state == seen:
+            return pids, idents
+        await lock_keys(
+            conn,
+            [customer_lock(root), *(f"profile|{pid}" for pid in pids), *(b for _, _, b in idents)],
+        )
+        seen = state
+
+
+def _advertising(p: Platform) -> set[str]:
+    return {name for name, purpose in p.policy.purposes.items() if purpose.advertising}
+
+
+async def erase_customer(
+    conn: AsyncConnection,
+    p: Platform,
+    pids: list[uuid.UUID],
+    idents: list[tuple[uuid.UUID, str, bytes]],
+    now: datetime,
+) -> dict[str, Any]:
+    addresses = sorted({b for _, kind, b in idents if kind in ("email", "phone")})
+    subjects = addresses + [profile_subject(pid) for pid in pids]
+    cs = consent_state.c
+    states = (
+        await conn.execute(
+            select(cs.subject, cs.purpose, cs.channel, cs.status).where(cs.subject.in_(subjects))
+        )
+    ).all()
+    granted = {purpose for _, purpose, _, status in states if status == "granted"}
+    led = consent_ledger.c
+    if addresses or pids:
+        granted |= {
+            purpose
+            for (purpose,) in await conn.execute(
+                select(led.purpose)
+                .where(
+                    led.status == "granted",
+                    or_(led.address_bidx.in_(addresses), led.profile_id.in_(pids)),
+                )
+                .distinct()
+            )
+        }
+    refused = {(s, purpose, ch) for s, purpose, ch, status in states if status == "withdrawn"}
+
+    # 1. Suppress the addresses before their identities go.
+    suppressions = 0
+    for bidx in addresses:
+        for purpose in sorted(_advertising(p) | granted):
+            await suppress(conn, bidx, purpose, "*", reason="erasure", source="erasure", at=now)
+            suppressions += 1
+        for subject, purpose, channel in sorted(refused):
+            if subject == bidx:
+                await suppress(
+                    conn, bidx, purpose, channel, reason="erasure", source="erasure", at=now
+                )
+                suppressions += 1
+    crash_point("after_suppressions")
+
+    # 2. Consent state, identities (blind indexes), the profile rows.
+    states_deleted = (
+        await conn.execute(delete(consent_state).where(cs.subject.in_(subjects)))
+    ).rowcount
+    idents_deleted = (
+        await conn.execute(delete(identities).where(identities.c.profile_id.in_(pids)))
+    ).rowcount
+    crash_point("after_identities")
+    erased_profiles = (
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.id.in_(pids), profiles.c.status != "erased")
+            .values(
+                status="erased",
+                traits={},
+                city=None,
+                country=None,
+                updated_at=now,
+                **dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
+            )
+        )
+    ).rowcount
+
+    # 3. Behaviour and derived data.
+    events_deleted = (
+        await conn.execute(delete(events).where(events.c.profile_id.in_(pids)))
+    ).rowcount
+    for table in (profile_stats, profile_categories, profile_sources):
+        await conn.execute(delete(table).where(table.c.profile_id.in_(pids)))
+
+    # 4. Crypto-shredding: the data keys.
+    keys_deleted = (
+        await conn.execute(delete(profile_keys).where(profile_keys.c.profile_id.in_(pids)))
+    ).rowcount
+
+    for hook in erasure_hooks():
+        await hook(conn, pids)
+
+    return {
+        "profiles": erased_profiles,
+        "profile_ids": [str(pid) for pid in sorted(pids)],
+        "identities": idents_deleted,
+        "events": events_deleted,
+        "consent_states": states_deleted,
+        "suppressions": suppressions,
+        "data_keys": keys_deleted,
+    }
+
+
+async def record_failure(p: Platform, request_id: uuid.UUID, exc: BaseException) -> None:
+    async with p.db.write() as conn:
+        await conn.execute(
+            update(dsr_requests)
+            .where(dsr_requests.c.id == request_id)
+            .values(last_error=type(exc).__name__[:64], updated_at=utcnow())
+        )
+
+
+async def process(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
+    """Claim and execute one request; returns its final status. Failures stay in_progress."""
+    status = await claim(p, request_id, actor)
+    if status != "in_progress":
+        return status
+    try:
+        return await erase(p, request_id, actor)
+    except Exception as exc:
+        await record_failure(p, request_id, exc)
+        raise

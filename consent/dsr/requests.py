@@ -1,0 +1,357 @@
+"""Erasure requests: receipt (joining an open duplicate), reading, listing, extension, rejection.
+
+Every change of a request is recorded in `dsr_transitions` (from, to, at, actor, reason) in the
+same transaction as the change itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.fields import CryptoError
+from cdp.db.engine import lock_keys
+from cdp.db.tables import profiles
+from cdp.errors import Conflict, InvalidInput, NotFound
+from cdp.ids import new_id, parse_uuid, utcnow
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier, find_profile
+from consent.dsr import deadlines, states
+from consent.dsr.customer import customer_profile_ids
+from consent.dsr_tables import dsr_requests, dsr_transitions
+
+ERASURE = "erasure"
+NOTE_PLACE = "dsr_requests.note"
+
+
+def request_lock(request_id: uuid.UUID) -> str:
+    return f"dsr|request|{request_id}"
+
+
+def customer_lock(profile_id: uuid.UUID) -> str:
+    return f"dsr|customer|{profile_id}"
+
+
+async def record_transition(
+    conn: AsyncConnection,
+    request_id: uuid.UUID,
+    *,
+    event: str,
+    from_status: str | None,
+    to_status: str,
+    actor: str,
+    reason: str,
+    due_at: datetime,
+    at: datetime | None = None,
+) -> None:
+    await conn.execute(
+        insert(dsr_transitions).values(
+            id=new_id(),
+            request_id=request_id,
+            event=event,
+            from_status=from_status,
+            to_status=to_status,
+            at=at or utcnow(),
+            actor=actor,
+            reason=reason,
+            due_at=due_at,
+        )
+    )
+
+
+async def set_status(
+    conn: AsyncConnection, row: Any, target: str, *, actor: str, reason: str, **values: Any
+) -> None:
+    """Move a request along the state machine and record the transition."""
+    states.check_transition(row.status, target)
+    now = utcnow()
+    await conn.execute(
+        update(dsr_requests)
+        .where(dsr_requests.c.id == row.id)
+        .values(status=target, updated_at=now, **values)
+    )
+    await record_transition(
+        conn,
+        row.id,
+        event="status",
+        from_status=row.status,
+        to_status=target,
+        actor=actor,
+        reason=reason,
+        due_at=row.due_at,
+        at=now,
+    )
+
+
+def check_jurisdiction(p: Platform, jurisdiction: str | None) -> None:
+    if jurisdiction is not None and jurisdiction not in p.policy.jurisdictions:
+        raise InvalidInput.field("jurisdiction", "not a jurisdiction of the loaded policies")
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    request_id: uuid.UUID
+    joined: bool  # an open request for this customer existed; this one joined it
+
+
+async def submit_erasure(
+    p: Platform,
+    ident: Identifier,
+    *,
+    requested_by: str,
+    actor: str,
+    jurisdiction: str | None = None,
+    note: str | None = None,
+) -> Submitted:
+    """Record an erasure request, or join the customer's open one. Unknown: 404; erased: 410."""
+    check_jurisdiction(p, jurisdiction)
+    async with p.db.write() as conn:
+        await lock_keys(conn, [ident.bidx or str(ident.profile_id)])
+        pid = await find_profile(conn, ident)
+        if pid is None:
+            raise NotFound("no customer has this identifier")
+        await lock_keys(conn, [customer_lock(pid)])
+        pids = await customer_profile_ids(conn, pid)
+        r = dsr_requests.c
+        open_row = (
+            await conn.execute(
+                select(dsr_requests)
+                .where(r.kind == ERASURE, r.status.in_(states.OPEN), r.profile_id.in_(pids))
+                .order_by(r.received_at)
+                .limit(1)
+            )
+        ).first()
+        now = utcnow()
+        if open_row is not None:
+            await record_transition(
+                conn,
+                open_row.id,
+                event="joined",
+                from_status=open_row.status,
+                to_status=open_row.status,
+                actor=actor,
+                reason=f"a duplicate request ({requested_by}) joined this open request",
+                due_at=open_row.due_at,
+                at=now,
+            )
+            return Submitted(open_row.id, joined=True)
+
+        profile_j = (
+            await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == pid))
+        ).scalar_one()
+        j = jurisdiction or (
+            profile_j if profile_j in p.policy.jurisdictions else p.policy.default_jurisdiction
+        )
+        deadline = p.policy.deadline(j, ERASURE)
+        assert deadline is not None  # the policy loader requires it for every jurisdiction
+        due = deadlines.due_at(now, deadline, j)
+        note_blob = note_key = note_owner = None
+        if note:
+            cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
+            if cipher is not None:
+                note_blob, note_key, note_owner = (
+                    cipher.encrypt(NOTE_PLACE, note),
+                    cipher.key_id,
+                    pid,
+                )
+        request_id = new_id()
+        await conn.execute(
+            insert(dsr_requests).values(
+                id=request_id,
+                kind=ERASURE,
+                status="received",
+                profile_id=pid,
+                identifier_kind=ident.kind,
+                jurisdiction=j,
+                requested_by=requested_by,
+                actor=actor,
+                received_at=now,
+                due_at=due,
+                extensions=0,
+                completed_at=None,
+                updated_at=now,
+                attempts=0,
+                last_error=None,
+                result=None,
+                note=note_blob,
+                note_owner=note_owner,
+                note_key_id=note_key,
+            )
+        )
+        await record_transition(
+            conn,
+            request_id,
+            event="created",
+            from_status=None,
+            to_status="received",
+            actor=actor,
+            reason=f"erasure requested by the {requested_by}",
+            due_at=due,
+            at=now,
+        )
+    return Submitted(request_id, joined=False)
+
+
+def summary(row: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "request_id": str(row.id),
+        "kind": row.kind,
+        "status": row.status,
+        "profile_id": str(row.profile_id),
+        "jurisdiction": row.jurisdiction,
+        "requested_by": row.requested_by,
+        "received_at": row.received_at,
+        "due_at": row.due_at,
+        "extended": row.extensions > 0,
+        "completed_at": row.completed_at,
+        "overdue": states.is_overdue(row.status, row.due_at, now),
+    }
+
+
+async def load(conn: AsyncConnection, request_id: uuid.UUID) -> Any:
+    row = (
+        await conn.execute(
+            select(dsr_requests).where(
+                dsr_requests.c.id == request_id, dsr_requests.c.kind == ERASURE
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotFound("no erasure request with this id")
+    return row
+
+
+def parse_request_id(value: str) -> uuid.UUID:
+    rid = parse_uuid(value)
+    if rid is None:
+        raise NotFound("no erasure request with this id")
+    return rid
+
+
+async def detail(conn: AsyncConnection, p: Platform, request_id: uuid.UUID) -> dict[str, Any]:
+    """The request, its transitions, what was erased, and the note while it is readable."""
+    row = await load(conn, request_id)
+    t = dsr_transitions.c
+    transitions = [
+        {
+            "event": x.event,
+            "from": x.from_status,
+            "to": x.to_status,
+            "at": x.at,
+            "actor": x.actor,
+            "reason": x.reason,
+            "due_at": x.due_at,
+        }
+        for x in await conn.execute(
+            select(dsr_transitions).where(t.request_id == request_id).order_by(t.at, t.id)
+        )
+    ]
+    note = None
+    if row.note is not None and row.note_owner is not None:
+        cipher = (await p.keys.ciphers(conn, [row.note_owner])).get(row.note_owner)
+        if cipher is not None and cipher.key_id == row.note_key_id:
+            try:
+                note = cipher.decrypt(NOTE_PLACE, row.note)
+            except CryptoError:
+                note = None
+    return {
+        **summary(row, utcnow()),
+        "note": note,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "result": row.result,
+        "transitions": transitions,
+    }
+
+
+def _cursor(value: str | None) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        rid = uuid.UUID(bytes=base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    except (ValueError, TypeError):
+        raise InvalidInput.field("cursor", "not a cursor this endpoint issued") from None
+    return rid
+
+
+def _encode_cursor(request_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(request_id.bytes).rstrip(b"=").decode()
+
+
+async def list_requests(
+    conn: AsyncConnection,
+    *,
+    status: str | None = None,
+    overdue: bool | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Oldest first; `overdue` marks open requests past their due date."""
+    if status is not None and status not in states.STATUSES:
+        raise InvalidInput.field("status", "one of " + ", ".join(states.STATUSES))
+    if not 1 <= limit <= 1000:
+        raise InvalidInput.field("limit", "between 1 and 1000")
+    after = _cursor(cursor)
+    now = utcnow()
+    r = dsr_requests.c
+    q = select(dsr_requests).where(r.kind == ERASURE)
+    if status is not None:
+        q = q.where(r.status == status)
+    if overdue is True:
+        q = q.where(r.status.in_(states.OPEN), r.due_at < now)
+    elif overdue is False:
+        q = q.where(~(r.status.in_(states.OPEN) & (r.due_at < now)))
+    if after is not None:
+        q = q.where(r.id > after)
+    rows = (await conn.execute(q.order_by(r.id).limit(limit + 1))).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [summary(row, now) for row in rows],
+        "next_cursor": _encode_cursor(rows[-1].id) if more else None,
+    }
+
+
+async def extend(p: Platform, request_id: uuid.UUID, reason: str, actor: str) -> None:
+    """The policy's one extension: its own transition, with a reason, moving due_at."""
+    async with p.db.write() as conn:
+        await lock_keys(conn, [request_lock(request_id)])
+        row = await load(conn, request_id)
+        states.check_extension(row.status, row.extensions)
+        deadline = p.policy.deadline(row.jurisdiction, ERASURE)
+        if deadline is None or deadline.extension <= 0:
+            raise Conflict("the policy of this jurisdiction allows no extension")
+        due = deadlines.extended_due_at(row.received_at, deadline, row.jurisdiction)
+        now = utcnow()
+        await conn.execute(
+            update(dsr_requests)
+            .where(dsr_requests.c.id == request_id)
+            .values(due_at=due, extensions=row.extensions + 1, updated_at=now)
+        )
+        await record_transition(
+            conn,
+            request_id,
+            event="extension",
+            from_status=row.status,
+            to_status=row.status,
+            actor=actor,
+            reason=reason,
+            due_at=due,
+            at=now,
+        )
+
+
+async def reject(p: Platform, request_id: uuid.UUID, reason: str, actor: str) -> None:
+    """Refuse a request that has not started (e.g. the requester's identity was not proven)."""
+    async with p.db.write() as conn:
+        await lock_keys(conn, [request_lock(request_id)])
+        row = await load(conn, request_id)
+        if row.status != "received":
+            raise Conflict(f"a request that is {row.status} cannot be rejected")
+        await set_status(conn, row, "rejected", actor=actor, reason=reason, completed_at=utcnow())

@@ -1,0 +1,102 @@
+"""The erasure worker: picks up every received or in_progress request and finishes it.
+
+Run it once (`cdp dsr run`), as a loop (`cdp dsr worker`), or inside the API process:
+
+    from consent.dsr.worker import dsr_worker
+
+    async with dsr_worker(platform):   # in api/app.py's lifespan, around `yield`
+        yield
+
+Because an erasure is one transaction and requests stay in_progress until it commits, a killed
+process leaves work that the next pass (of any worker) completes. Several workers may run at
+once: a request is locked while it is processed, and a finished one is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy import select
+
+from cdp.platform import Platform
+from consent.dsr import states
+from consent.dsr.erasure import WORKER, process
+from consent.dsr.requests import ERASURE
+from consent.dsr_tables import dsr_requests
+
+log = structlog.get_logger(__name__)
+DEFAULT_INTERVAL = 30.0
+
+
+@dataclass(slots=True)
+class RunSummary:
+    completed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    failed_ids: list[uuid.UUID] = field(default_factory=list)
+
+
+async def pending(p: Platform, limit: int = 500) -> list[uuid.UUID]:
+    r = dsr_requests.c
+    async with p.db.read() as conn:
+        rows = await conn.execute(
+            select(r.id)
+            .where(r.kind == ERASURE, r.status.in_(states.OPEN))
+            .order_by(r.received_at, r.id)
+            .limit(limit)
+        )
+        return [rid for (rid,) in rows]
+
+
+async def run_one(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str | None:
+    """Process one request, logging (by id and error type only) instead of raising."""
+    try:
+        status = await process(p, request_id, actor)
+    except Exception as exc:
+        log.error("dsr_erasure_failed", request_id=str(request_id), error=type(exc).__name__)
+        return None
+    log.info("dsr_erasure_processed", request_id=str(request_id), status=status)
+    return status
+
+
+async def run_pending(p: Platform, actor: str = WORKER) -> RunSummary:
+    """One pass over the open requests, oldest first."""
+    summary = RunSummary()
+    for request_id in await pending(p):
+        status = await run_one(p, request_id, actor)
+        if status == "completed":
+            summary.completed += 1
+        elif status == "rejected":
+            summary.rejected += 1
+        elif status is None:
+            summary.failed += 1
+            summary.failed_ids.append(request_id)
+    return summary
+
+
+async def run_forever(p: Platform, interval: float = DEFAULT_INTERVAL) -> None:
+    while True:
+        try:
+            await run_pending(p)
+        except Exception as exc:  # e.g. the database is briefly unreachable
+            log.error("dsr_worker_pass_failed", error=type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def dsr_worker(
+    p: Platform, interval: float = DEFAULT_INTERVAL
+) -> AsyncIterator[asyncio.Task[None]]:
+    """A background task running the worker for as long as the context is open."""
+    task = asyncio.create_task(run_forever(p, interval), name="dsr-worker")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,51 @@
+"""Tables of data subject requests (erasure) and their recorded transitions.
+
+No personal data in plaintext: a request names its customer by profile id; the optional note
+is ciphertext under the customer's data key, so it is destroyed with the customer's data.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, Index, Integer, LargeBinary, String, Table, Uuid
+
+from cdp.db.metadata import metadata
+from cdp.db.types import UTCDateTime
+
+dsr_requests = Table(
+    "dsr_requests",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("kind", String(16), nullable=False),  # erasure
+    Column("status", String(16), nullable=False),  # received | in_progress | completed | rejected
+    Column("profile_id", Uuid, nullable=False, index=True),  # the customer, as named at receipt
+    Column("identifier_kind", String(16), nullable=False),  # profile_id | email | phone | ...
+    Column("jurisdiction", String(16), nullable=False),
+    Column("requested_by", String(16), nullable=False),  # customer | operator
+    Column("actor", String(64), nullable=False),  # the key (or "customer") that submitted it
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("extensions", Integer, nullable=False),
+    Column("completed_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", String(64)),  # an exception type, never a message
+    Column("result", JSON),  # counts of what was erased; ids only
+    Column("note", LargeBinary),  # ciphertext under the customer's data key
+    Column("note_owner", Uuid),
+    Column("note_key_id", Integer),
+    Index("ix_dsr_requests_status_received", "status", "received_at"),
+)
+
+dsr_transitions = Table(
+    "dsr_transitions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("request_id", Uuid, nullable=False, index=True),
+    Column("event", String(16), nullable=False),  # created | status | extension | joined | resumed
+    Column("from_status", String(16)),
+    Column("to_status", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),  # the due date after this transition
+)

@@ -1,0 +1,80 @@
+"""The access request: everything held about a customer, decrypted, and itself logged."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from cdp.db.tables import access_log
+from tests.test_erasure import EMAIL, PHONE, create_anna
+
+
+async def test_access_request_returns_everything_held(client, keys, platform):
+    ids = await create_anna(client, keys)
+    r = await client.get(f"/v1/profiles/{ids['survivor']}", headers=keys["admin"])
+    assert r.status_code == 200
+
+    r = await client.post("/v1/access-requests", json={"phone": PHONE}, headers=keys["compliance"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["profile_id"] == ids["survivor"]
+    assert set(body["profile_ids"]) == set(ids.values())  # the merged-away profile too
+
+    profile = body["profile"]
+    assert profile["first_name"] == "Анна"
+    assert profile["postal_address"] == "ул. Забвения, 7, кв. 42"
+    assert profile["merged_from"] == [ids["absorbed"]]
+    assert sorted((i["kind"], i["value"], i["source"]) for i in body["identities"]) == [
+        ("email", EMAIL, "crm"),
+        ("external_id", "C-1001", "crm"),
+        ("phone", PHONE, "shop"),
+    ]
+
+    grants = [c for c in body["consent_history"] if c["status"] == "granted"]
+    assert {(c["channel"], c["address"]) for c in grants} == {("email", EMAIL), ("sms", PHONE)}
+    for c in grants:
+        assert c["evidence_readable"] is True
+        assert c["evidence"]["ip"] == "203.0.113.77"
+        assert c["evidence"]["user_agent"] == "AnnaBrowser/1.0"
+        assert c["wording_id"] == "newsletter-v3"
+        assert c["seq"] >= 1 and c["policy_version"]
+
+    assert [(e["event_id"], e["amount"], e["properties"]) for e in body["events"]] == [
+        ("ord-erase-1", "4500.00", {"size": "38"})
+    ]
+    assert body["segments"] == []  # no segment membership function exists yet
+    readers = {(a["actor"], a["action"]) for a in body["access_log"]}
+    assert ("admin-key", "profile.read") in readers
+    assert ("compliance-key", "profile.consents") in readers
+    assert body["erasure_requests"] == []
+
+    # the access request itself is in the access log
+    async with platform.db.read() as conn:
+        rows = (
+            await conn.execute(
+                select(access_log.c.actor, access_log.c.profile_id).where(
+                    access_log.c.action == "access_request.export"
+                )
+            )
+        ).all()
+    assert [(a, str(p)) for a, p in rows] == [("compliance-key", ids["survivor"])]
+
+
+async def test_access_request_names_the_customer_like_every_endpoint(client, keys):
+    ids = await create_anna(client, keys)
+    for body in (
+        {"email": "  Anna.Erasure@EXAMPLE.com "},
+        {"identifier": {"source": "crm", "external_id": "C-1001"}},
+        {"profile_id": ids["absorbed"]},  # a merged-away id answers with the survivor
+    ):
+        r = await client.post("/v1/access-requests", json=body, headers=keys["admin"])
+        assert r.status_code == 200, (body, r.text)
+        assert r.json()["profile_id"] == ids["survivor"]
+    r = await client.post(
+        "/v1/access-requests", json={"email": "nobody@example.com"}, headers=keys["admin"]
+    )
+    assert r.status_code == 404
+    r = await client.post("/v1/access-requests", json={"phone": "12"}, headers=keys["admin"])
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "phone"
+    for role in ("ingest", "marketing"):
+        r = await client.post("/v1/access-requests", json={"email": EMAIL}, headers=keys[role])
+        assert r.status_code == 403

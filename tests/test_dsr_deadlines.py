@@ -1,0 +1,126 @@
+"""Due dates of erasure requests from the policies, and the request state machine (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from cdp.errors import Conflict
+from cdp.settings import DEFAULT_POLICY_DIR
+from consent.dsr import deadlines, states
+from consent.policy import load_policy
+
+POLICY = load_policy(Path(DEFAULT_POLICY_DIR))
+
+
+def at(y: int, m: int, d: int, hour: int = 10) -> datetime:
+    return datetime(y, m, d, hour, 30, tzinfo=UTC)
+
+
+def erasure_due(j: str, received: datetime) -> datetime:
+    deadline = POLICY.deadline(j, "erasure")
+    assert deadline is not None
+    return deadlines.due_at(received, deadline, j)
+
+
+def erasure_extended(j: str, received: datetime) -> datetime:
+    deadline = POLICY.deadline(j, "erasure")
+    assert deadline is not None
+    return deadlines.extended_due_at(received, deadline, j)
+
+
+def test_ru_request_received_on_a_friday_counts_ten_working_days():
+    friday = at(2026, 11, 20)
+    assert friday.strftime("%A") == "Friday"
+    # Mon 23 .. Fri 27 (5), Mon 30 .. Fri 4 December (10); weekends skipped
+    assert erasure_due("RU", friday) == at(2026, 12, 4)
+
+
+def test_ru_working_days_skip_public_holidays():
+    # Friday 30 October 2026; 4 November (Unity Day) is a public holiday
+    assert erasure_due("RU", at(2026, 10, 30)) == at(2026, 11, 16)
+    # Friday 25 December 2026: 31 December and 1-8 January are days off (the holidays package)
+    assert not deadlines.is_working_day(date(2026, 12, 31), "RU")
+    assert not deadlines.is_working_day(date(2027, 1, 8), "RU")
+    # Mon 28 .. Wed 30 (3), Mon 11 .. Fri 15 January (8), Mon 18, Tue 19 (10)
+    assert erasure_due("RU", at(2026, 12, 25)) == at(2027, 1, 19)
+
+
+def test_ru_working_days_count_a_saturday_the_government_made_a_working_day():
+    # Saturday 1 November 2025 was a working day (its day off moved to Monday 3 November)
+    assert deadlines.is_working_day(date(2025, 11, 1), "RU")
+    assert not deadlines.is_working_day(date(2025, 11, 3), "RU")
+    # Friday 31 October 2025: Sat 1 (1), Wed 5 .. Fri 7 (4), Mon 10 .. Fri 14 (9), Mon 17 (10)
+    assert erasure_due("RU", at(2025, 10, 31)) == at(2025, 11, 17)
+
+
+def test_ru_request_received_at_a_weekend_starts_counting_on_monday():
+    saturday = at(2026, 11, 21)
+    assert erasure_due("RU", saturday) == erasure_due("RU", at(2026, 11, 20)) == at(2026, 12, 4)
+
+
+def test_eu_request_received_on_31_january_is_due_at_the_end_of_february():
+    assert erasure_due("EU", at(2027, 1, 31)) == at(2027, 2, 28)
+    assert erasure_due("EU", at(2028, 1, 31)) == at(2028, 2, 29)  # leap year
+    assert erasure_due("EU", at(2026, 3, 15)) == at(2026, 4, 15)
+
+
+def test_us_ca_request_is_due_in_45_calendar_days():
+    assert erasure_due("US-CA", at(2026, 11, 20)) == at(2027, 1, 4)
+
+
+def test_extension_adds_the_policy_extension():
+    # RU: +5 working days
+    assert erasure_extended("RU", at(2026, 11, 20)) == at(2026, 12, 11)
+    # EU: 1 + 2 months from receipt (31 January -> 30 April, not 28 February + 2 months)
+    assert erasure_extended("EU", at(2027, 1, 31)) == at(2027, 4, 30)
+    # US-CA: 45 + 45 days
+    assert erasure_extended("US-CA", at(2026, 11, 20)) == at(2027, 2, 18)
+
+
+def test_every_jurisdiction_in_the_policy_has_a_computable_erasure_deadline():
+    received = at(2026, 11, 20)
+    for code in POLICY.jurisdictions:
+        due = erasure_due(code, received)
+        assert due > received
+        assert erasure_extended(code, received) >= due
+
+
+def test_add_months_clamps_to_the_end_of_the_month():
+    assert deadlines.add_months(date(2026, 8, 31), 1) == date(2026, 9, 30)
+    assert deadlines.add_months(date(2026, 12, 31), 2) == date(2027, 2, 28)
+    assert deadlines.add_months(date(2026, 11, 30), 3) == date(2027, 2, 28)
+
+
+def test_state_machine_allows_only_forward_transitions():
+    states.check_transition("received", "in_progress")
+    states.check_transition("in_progress", "completed")
+    states.check_transition("received", "rejected")
+    for current, target in [
+        ("received", "completed"),  # an erasure is never completed without running
+        ("completed", "in_progress"),
+        ("rejected", "in_progress"),
+        ("completed", "rejected"),
+        ("in_progress", "received"),
+    ]:
+        with pytest.raises(Conflict):
+            states.check_transition(current, target)
+
+
+def test_one_extension_of_an_open_request_only():
+    states.check_extension("received", 0)
+    states.check_extension("in_progress", 0)
+    with pytest.raises(Conflict):
+        states.check_extension("in_progress", 1)
+    with pytest.raises(Conflict):
+        states.check_extension("completed", 0)
+
+
+def test_only_open_requests_past_their_due_date_are_overdue():
+    now = at(2026, 12, 1)
+    assert states.is_overdue("received", at(2026, 11, 30), now)
+    assert states.is_overdue("in_progress", at(2026, 11, 30), now)
+    assert not states.is_overdue("completed", at(2026, 11, 30), now)
+    assert not states.is_overdue("received", at(2026, 12, 2), now)
