@@ -12,6 +12,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import auth_guard
+from api.background import background_services
+from api.controllers.audit import AuditController
 from api.controllers.consents import (
     inbound_sms,
     post_consent,
@@ -19,16 +21,20 @@ from api.controllers.consents import (
     unsubscribe_now,
     unsubscribe_page,
 )
+from api.controllers.dsr import ErasureRequestController, post_access_request
 from api.controllers.events import post_event
 from api.controllers.profiles import ProfileController
-from api.controllers.system import health
+from api.controllers.segments import SegmentController
+from api.controllers.system import health, live
 from api.deps import provide_platform, provide_principal
 from api.errors import EXCEPTION_HANDLERS
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 
 ROUTES = [
+    AuditController,
     health,
+    live,
     ProfileController,
     post_event,
     post_consent,
@@ -36,6 +42,9 @@ ROUTES = [
     unsubscribe_page,
     unsubscribe_now,
     inbound_sms,
+    ErasureRequestController,
+    post_access_request,
+    SegmentController,
 ]
 
 
@@ -49,7 +58,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             return
         app.state.platform = await open_platform(settings or Settings.from_env())
         try:
-            yield
+            async with background_services(app.state.platform):
+                yield
         finally:
             await app.state.platform.close()
 

@@ -10,6 +10,7 @@ cannot unwrap the root is refused at start-up.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -32,6 +33,9 @@ log = structlog.get_logger(__name__)
 ROOTS = ("index_root", "system_key")
 SYSTEM_OWNER = "system"
 _CACHE_SIZE = 200_000
+# Unwrapped data keys are cached briefly. An erasure in this process drops its key at once
+# (`forget`); one done by another process (the CLI worker) is honoured within this many seconds.
+CACHE_TTL = 60.0
 
 
 def _dek_context(profile_id: uuid.UUID, key_id: int) -> bytes:
@@ -45,7 +49,7 @@ class Keyring:
         self.indexer = BlindIndexer(hkdf(index_root, b"cdp/blind-index/v1"))
         self.token_key = hkdf(index_root, b"cdp/tokens/v1")
         self.system = FieldCipher(roots["system_key"], 1, SYSTEM_OWNER)
-        self._ciphers: OrderedDict[uuid.UUID, FieldCipher] = OrderedDict()
+        self._ciphers: OrderedDict[uuid.UUID, tuple[float, FieldCipher]] = OrderedDict()
 
     # data keys -------------------------------------------------------------------------
     def new_profile_key(self, profile_id: uuid.UUID) -> tuple[FieldCipher, dict]:
@@ -63,9 +67,8 @@ class Keyring:
         return cipher, row
 
     def cipher_from_row(self, profile_id: uuid.UUID, key_id: int, wrapped: bytes) -> FieldCipher:
-        cached = self._ciphers.get(profile_id)
+        cached = self._cached(profile_id)
         if cached is not None and cached.key_id == key_id:
-            self._ciphers.move_to_end(profile_id)
             return cached
         key = self.master.unwrap(wrapped, _dek_context(profile_id, key_id))
         cipher = FieldCipher(key, key_id, str(profile_id))
@@ -77,7 +80,7 @@ class Keyring:
     ) -> dict[uuid.UUID, FieldCipher]:
         """Data keys of these profiles; a profile whose key was destroyed is absent."""
         wanted = set(profile_ids)
-        found = {pid: self._ciphers[pid] for pid in wanted if pid in self._ciphers}
+        found = {pid: c for pid in wanted if (c := self._cached(pid)) is not None}
         missing = list(wanted - found.keys())
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
@@ -93,8 +96,18 @@ class Keyring:
     def forget(self, profile_id: uuid.UUID) -> None:
         self._ciphers.pop(profile_id, None)
 
+    def _cached(self, profile_id: uuid.UUID) -> FieldCipher | None:
+        hit = self._ciphers.get(profile_id)
+        if hit is None:
+            return None
+        if hit[0] < time.monotonic():
+            del self._ciphers[profile_id]
+            return None
+        return hit[1]
+
     def _remember(self, profile_id: uuid.UUID, cipher: FieldCipher) -> None:
-        self._ciphers[profile_id] = cipher
+        self._ciphers[profile_id] = (time.monotonic() + CACHE_TTL, cipher)
+        self._ciphers.move_to_end(profile_id)
         if len(self._ciphers) > _CACHE_SIZE:
             self._ciphers.popitem(last=False)
 
