@@ -41,6 +41,7 @@ class IdentityGuards(msgspec.Struct, forbid_unknown_fields=True):
     junk_email_local_parts: list[str] = []
     junk_phones: list[str] = []
     max_identities_per_kind: int = 20
+    max_profiles_per_merge: int = 3
 
 
 class PlatformFile(msgspec.Struct, forbid_unknown_fields=True):

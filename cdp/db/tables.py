@@ -74,6 +74,10 @@ identities = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=False),
     Column("confirmed_at", UTCDateTime, nullable=True),
+    # provenance of the link: "new" (created the profile) | "deterministic" (joined it on an
+    # identifier); linked_via is the identity the record matched (unmerge follows it)
+    Column("link_rule", String(16), nullable=True),
+    Column("linked_via", Uuid, nullable=True),
     UniqueConstraint("bidx", name="uq_identities_bidx"),
 )
 
@@ -96,6 +100,8 @@ merges = Table(
     Column("source", String(64)),
     Column("actor", String(64)),
     Column("at", UTCDateTime, nullable=False),
+    Column("undone_at", UTCDateTime, nullable=True),  # set by an unmerge
+    Column("undone_by", String(64), nullable=True),
 )
 
 events = Table(

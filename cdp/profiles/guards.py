@@ -1,21 +1,68 @@
-"""Merge guards: identifier values that must never link two profiles (policy-configured)."""
+"""Merge guards: identifier values that must never link two profiles, and the limits on merges.
+
+Junk values come from the policy (`[identity]` in policies/policy.toml: `junk_values`,
+`junk_emails`, `junk_email_local_parts`, `junk_phones`), compared after normalisation and
+case-insensitively. A phone whose whole national number is one repeated digit or a straight run
+of digits (+7 999 999-99-99, +1 123-456-7890) is a placeholder too, whatever the policy lists.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import phonenumbers
+
 from consent.policy import IdentityGuards
+
+_RUNS = ("01234567890123456", "12345678901234567", "98765432109876543")
+
+
+@dataclass(frozen=True, slots=True)
+class _Lists:
+    values: frozenset[str]
+    emails: frozenset[str]
+    local_parts: frozenset[str]
+    phones: frozenset[str]
+
+
+_cache: dict[int, tuple[IdentityGuards, _Lists]] = {}
+
+
+def _lists(guards: IdentityGuards) -> _Lists:
+    hit = _cache.get(id(guards))
+    if hit is None or hit[0] is not guards:
+        lists = _Lists(
+            values=frozenset(v.strip().lower() for v in guards.junk_values),
+            emails=frozenset(v.strip().lower() for v in guards.junk_emails),
+            local_parts=frozenset(v.strip().lower() for v in guards.junk_email_local_parts),
+            phones=frozenset(v.strip() for v in guards.junk_phones),
+        )
+        hit = (guards, lists)
+        _cache[id(guards)] = hit
+    return hit[1]
+
+
+def placeholder_phone(e164: str) -> bool:
+    """+7 999 999-99-99, +1 111 111 1111, +7 123 456-78-90: not somebody's number."""
+    try:
+        national = str(phonenumbers.parse(e164, None).national_number)
+    except phonenumbers.NumberParseException:
+        return False
+    if len(national) < 6:
+        return False
+    return len(set(national)) == 1 or any(run.startswith(national) for run in _RUNS)
 
 
 def junk_reason(kind: str, value: str, guards: IdentityGuards) -> str | None:
     """Why this normalised identifier is a placeholder, or None when it is usable."""
+    lists = _lists(guards)
     lowered = value.strip().lower()
-    if lowered in {v.lower() for v in guards.junk_values}:
+    if lowered in lists.values:
         return "placeholder value, not used to link profiles"
     if kind == "email":
         local = lowered.split("@", 1)[0]
-        if lowered in {v.lower() for v in guards.junk_emails} or local in {
-            v.lower() for v in guards.junk_email_local_parts
-        }:
+        if lowered in lists.emails or local in lists.local_parts:
             return "placeholder address, not used to link profiles"
-    if kind == "phone" and value in set(guards.junk_phones):
+    if kind == "phone" and (value in lists.phones or placeholder_phone(value)):
         return "placeholder number, not used to link profiles"
     return None

@@ -4,16 +4,30 @@ A batch of normalised records is resolved in one pass: one lookup of every blind
 union-find over records and the profiles they hit, then bulk writes. Records that share an
 identifier join one profile; a record that links several profiles merges them into the oldest.
 The single-record API is a batch of one, so there is one code path.
+
+Merge guards (policy `[identity]`): placeholder identifiers never link (they are dropped before
+resolution, see cdp.profiles.guards); a profile holds at most `max_identities_per_kind`
+identifiers of a kind (more are reported in `ignored`, not linked); a merge that would join more
+than `max_profiles_per_merge` profiles, two profiles holding external ids of the same source
+(necessarily different values), or more identifiers of a kind than the cap, is refused and
+queued in `merge_reviews` with its reason. The records are still stored: in the oldest matched
+profile, without the identifiers that belong to the other profiles. The guards cost one grouped
+query per batch, only for batches that merge or add identifiers to existing profiles.
+
+Every new identity records its provenance (`link_rule`, `linked_via`: the identity the record
+matched), which `cdp.profiles.unmerge` follows.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+import structlog
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
@@ -23,10 +37,20 @@ from cdp.db.tables import profiles as profiles_t
 from cdp.db.upsert import insert_ignore
 from cdp.errors import FieldError
 from cdp.ids import new_id, utcnow
+from cdp.matching.tables import merge_reviews
 from cdp.platform import Platform
-from cdp.profiles.identity import IdentityKey, lookup_bidx, record_keys
+from cdp.profiles.guards import junk_reason
+from cdp.profiles.identity import IdentityKey, record_keys
 from cdp.profiles.merge import merge_profiles
 from cdp.profiles.records import Record
+from consent.policy import IdentityGuards
+
+log = structlog.get_logger(__name__)
+
+CAP_MESSAGE = "the profile holds the most identifiers of this kind the policy allows; not linked"
+REFUSED_MESSAGE = (
+    "belongs to another profile; the merge guards refused to merge them (queued for review)"
+)
 
 
 @dataclass(slots=True)
@@ -37,6 +61,7 @@ class Outcome:
     merged_profile_ids: list[uuid.UUID]
     ignored: list[FieldError]
     keys: list[IdentityKey]
+    review_id: uuid.UUID | None = None  # a merge the guards refused, queued for review
 
 
 @dataclass(slots=True)
@@ -53,7 +78,8 @@ class _Working:
     traits: dict[str, Any]
     enc: dict[str, bytes | None]
     touched: bool = False
-    known_bidx: set[bytes] = field(default_factory=set)
+    known: dict[bytes, uuid.UUID | None] = field(default_factory=dict)  # bidx -> identity id
+    counts: dict[str, int] = field(default_factory=dict)  # identities per kind
 
 
 class _UnionFind:
@@ -75,6 +101,43 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
+@dataclass(slots=True)
+class _Holdings:
+    """What the profiles a batch merges or extends already hold (one grouped query)."""
+
+    counts: dict[uuid.UUID, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    ext_sources: dict[uuid.UUID, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+
+def usable_keys(keys: list[IdentityKey], guards: IdentityGuards) -> list[IdentityKey]:
+    """Drop placeholder identifiers (a second line behind cdp.profiles.records)."""
+    return [k for k in keys if junk_reason(k.kind, k.value, guards) is None]
+
+
+def refusal(
+    found: list[uuid.UUID], held: _Holdings, guards: IdentityGuards
+) -> dict[str, Any] | None:
+    """Why merging `found` must wait for review, or None when it may go ahead."""
+    limit = max(2, guards.max_profiles_per_merge)
+    if len(found) > limit:
+        return {"code": "too_many_profiles", "profiles": len(found), "limit": limit}
+    seen: dict[str, int] = defaultdict(int)
+    for pid in found:
+        for source in held.ext_sources.get(pid, ()):
+            seen[source] += 1
+    shared = sorted(s for s, n in seen.items() if n > 1)
+    if shared:
+        return {"code": "conflicting_external_ids", "sources": shared, "profiles": len(found)}
+    totals: dict[str, int] = defaultdict(int)
+    for pid in found:
+        for kind, n in held.counts.get(pid, {}).items():
+            totals[kind] += n
+    over = sorted(k for k, n in totals.items() if n > guards.max_identities_per_kind)
+    if over:
+        return {"code": "identity_cap", "kinds": over, "limit": guards.max_identities_per_kind}
+    return None
+
+
 async def ingest(
     conn: AsyncConnection,
     p: Platform,
@@ -84,9 +147,13 @@ async def ingest(
 ) -> list[Outcome]:
     """Resolve and upsert `records` inside the caller's write transaction."""
     now = utcnow()
+    guards = p.policy.identity
     if keys is None:
-        keys = [record_keys(p.keys.indexer, r) for r in records]
-    existing = await lookup_bidx(conn, list({k.bidx for ks in keys for k in ks}))
+        keys = [usable_keys(record_keys(p.keys.indexer, r), guards) for r in records]
+    existing = await _lookup(conn, list({k.bidx for ks in keys for k in ks}))
+    by_profile: dict[uuid.UUID, dict[bytes, uuid.UUID]] = defaultdict(dict)
+    for bidx, (pid, iid) in existing.items():
+        by_profile[pid][bidx] = iid
 
     uf = _UnionFind()
     for i, ks in enumerate(keys):
@@ -94,17 +161,17 @@ async def ingest(
         for k in ks:
             uf.union(("r", i), ("k", k.bidx))
             if k.bidx in existing:
-                uf.union(("r", i), ("p", existing[k.bidx]))
+                uf.union(("r", i), ("p", existing[k.bidx][0]))
 
     components: dict[Any, list[int]] = {}
     comp_profiles: dict[Any, set[uuid.UUID]] = {}
     for i in range(len(records)):
         components.setdefault(uf.find(("r", i)), []).append(i)
-    for pid in set(existing.values()):
+    for pid in by_profile:
         comp_profiles.setdefault(uf.find(("p", pid)), set()).add(pid)
 
     # Load every existing profile touched by this batch.
-    hit = sorted(set(existing.values()))
+    hit = sorted(by_profile)
     rows: dict[uuid.UUID, Any] = {}
     for start in range(0, len(hit), 500):
         result = await conn.execute(
@@ -113,33 +180,56 @@ async def ingest(
         rows.update({r.id: r for r in result})
     ciphers = await p.keys.ciphers(conn, hit)
 
+    plans: list[tuple[list[int], list[uuid.UUID]]] = []
+    checked: set[uuid.UUID] = set()
+    for root, members in sorted(components.items(), key=lambda kv: kv[1][0]):
+        found = sorted(comp_profiles.get(root, ()), key=lambda pid: (rows[pid].created_at, pid))
+        plans.append((members, found))
+        if len(found) > 1:
+            checked.update(found)
+        elif found and any(k.bidx not in existing for i in members for k in keys[i]):
+            checked.add(found[0])
+    held = await _holdings(conn, checked)
+
     outcomes: list[Outcome | None] = [None] * len(records)
     working: dict[uuid.UUID, _Working] = {}
     new_keys: list[dict] = []
     new_identities: list[dict] = []
     seen_identities: list[dict] = []
     sources: set[tuple[uuid.UUID, str]] = set()
+    reviews: list[dict] = []
 
-    for root, members in sorted(components.items(), key=lambda kv: kv[1][0]):
-        found = sorted(comp_profiles.get(root, ()), key=lambda pid: (rows[pid].created_at, pid))
+    for members, found in plans:
         merged_ids: list[uuid.UUID] = []
+        review_id: uuid.UUID | None = None
+        foreign: set[bytes] = set()
         if found:
             survivor_id = found[0]
-            for absorbed in found[1:]:
-                matched = sorted(
-                    {k.kind for i in members for k in keys[i] if existing.get(k.bidx) == absorbed}
+            reason = refusal(found, held, guards) if len(found) > 1 else None
+            if reason is not None:
+                review_id = await _queue_review(
+                    conn, reviews, found, reason, members, keys, existing, records, actor, now
                 )
-                await merge_profiles(
-                    conn,
-                    p,
-                    survivor_id,
-                    absorbed,
-                    matched_on=matched,
-                    provenance="deterministic",
-                    source=records[members[0]].source,
-                    actor=actor,
-                )
-                merged_ids.append(absorbed)
+                for other in found[1:]:
+                    foreign.update(by_profile[other])
+                joined = [survivor_id]
+            else:
+                joined = found
+                for absorbed in found[1:]:
+                    matched = sorted(
+                        {k.kind for i in members for k in keys[i] if k.bidx in by_profile[absorbed]}
+                    )
+                    await merge_profiles(
+                        conn,
+                        p,
+                        survivor_id,
+                        absorbed,
+                        matched_on=matched,
+                        provenance="deterministic",
+                        source=records[members[0]].source,
+                        actor=actor,
+                    )
+                    merged_ids.append(absorbed)
             if merged_ids:  # the survivor's row changed: reload it
                 r = (
                     await conn.execute(select(profiles_t).where(profiles_t.c.id == survivor_id))
@@ -158,7 +248,10 @@ async def ingest(
                 traits=dict(r.traits or {}),
                 enc={f: getattr(r, f) for f in ENCRYPTED_PROFILE_FIELDS},
             )
-            w.known_bidx = {b for b, pid in existing.items() if pid in found}
+            for pid in joined:
+                w.known.update(by_profile[pid])
+                for kind, n in held.counts.get(pid, {}).items():
+                    w.counts[kind] = w.counts.get(kind, 0) + n
         else:
             pid = new_id()
             cipher, key_row = p.keys.new_profile_key(pid)
@@ -179,15 +272,26 @@ async def ingest(
 
         for n, i in enumerate(members):
             rec = records[i]
-            matched = [k.kind for k in keys[i] if k.bidx in w.known_bidx]
+            ignored = list(rec.ignored)
+            matched = [k.kind for k in keys[i] if k.bidx in w.known]
+            anchor = next((w.known[k.bidx] for k in keys[i] if k.bidx in w.known), None)
+            rule = "new" if w.is_new and not w.known else "deterministic"
             for k in keys[i]:
-                if k.bidx in w.known_bidx:
+                if k.bidx in foreign:
+                    ignored.append(FieldError(k.kind, REFUSED_MESSAGE))
+                    continue
+                if k.bidx in w.known:
                     seen_identities.append({"b": k.bidx, "t": now})
                     continue
-                w.known_bidx.add(k.bidx)
+                if w.counts.get(k.kind, 0) >= guards.max_identities_per_kind:
+                    ignored.append(FieldError(k.kind, CAP_MESSAGE))
+                    continue
+                iid = new_id()
+                w.known[k.bidx] = iid
+                w.counts[k.kind] = w.counts.get(k.kind, 0) + 1
                 new_identities.append(
                     {
-                        "id": new_id(),
+                        "id": iid,
                         "profile_id": w.id,
                         "kind": k.kind,
                         "bidx": k.bidx,
@@ -196,6 +300,8 @@ async def ingest(
                         "created_at": now,
                         "last_seen_at": now,
                         "confirmed_at": None,
+                        "link_rule": rule,
+                        "linked_via": anchor,
                     }
                 )
             _apply(w, rec)
@@ -205,12 +311,89 @@ async def ingest(
                 created=w.is_new and n == 0,
                 matched_on=matched,
                 merged_profile_ids=merged_ids if n == 0 else [],
-                ignored=rec.ignored,
+                ignored=ignored,
                 keys=keys[i],
+                review_id=review_id,
             )
 
     await _write(conn, working, new_keys, new_identities, seen_identities, sources, now)
+    if reviews:
+        await bulk_insert(conn, merge_reviews, reviews)
     return [o for o in outcomes if o is not None]
+
+
+async def _lookup(
+    conn: AsyncConnection, bidxs: list[bytes]
+) -> dict[bytes, tuple[uuid.UUID, uuid.UUID]]:
+    """bidx -> (profile id, identity id) of the identifiers already known."""
+    found: dict[bytes, tuple[uuid.UUID, uuid.UUID]] = {}
+    ic = identities.c
+    for start in range(0, len(bidxs), 500):
+        chunk = bidxs[start : start + 500]
+        rows = await conn.execute(select(ic.bidx, ic.profile_id, ic.id).where(ic.bidx.in_(chunk)))
+        found.update({bidx: (pid, iid) for bidx, pid, iid in rows})
+    return found
+
+
+async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Holdings:
+    held = _Holdings()
+    ids = sorted(profile_ids)
+    ic = identities.c
+    for start in range(0, len(ids), 500):
+        rows = await conn.execute(
+            select(ic.profile_id, ic.kind, ic.source, func.count())
+            .where(ic.profile_id.in_(ids[start : start + 500]))
+            .group_by(ic.profile_id, ic.kind, ic.source)
+        )
+        for pid, kind, source, n in rows:
+            held.counts[pid][kind] = held.counts[pid].get(kind, 0) + n
+            if kind == "external_id":
+                held.ext_sources[pid].add(source)
+    return held
+
+
+async def _queue_review(
+    conn: AsyncConnection,
+    reviews: list[dict],
+    found: list[uuid.UUID],
+    reason: dict[str, Any],
+    members: list[int],
+    keys: list[list[IdentityKey]],
+    existing: dict[bytes, tuple[uuid.UUID, uuid.UUID]],
+    records: list[Record],
+    actor: str,
+    now: datetime,
+) -> uuid.UUID:
+    """The open review for these profiles (one is queued once, however often it recurs)."""
+    ids = [str(pid) for pid in found]
+    for row in reviews:
+        if row["profile_ids"] == ids and row["reason"]["code"] == reason["code"]:
+            return row["id"]
+    mr = merge_reviews.c
+    for rid, pids, why in await conn.execute(
+        select(mr.id, mr.profile_ids, mr.reason).where(
+            mr.attached_to == found[0], mr.status == "open"
+        )
+    ):
+        if pids == ids and why.get("code") == reason["code"]:
+            return rid
+    review_id = new_id()
+    matched = sorted({k.kind for i in members for k in keys[i] if k.bidx in existing})
+    reviews.append(
+        {
+            "id": review_id,
+            "status": "open",
+            "reason": reason,
+            "profile_ids": ids,
+            "attached_to": found[0],
+            "matched_on": matched,
+            "source": records[members[0]].source,
+            "actor": actor,
+            "created_at": now,
+        }
+    )
+    log.info("merge_refused", review_id=str(review_id), code=reason["code"], profiles=len(ids))
+    return review_id
 
 
 def _apply(w: _Working, rec: Record) -> None:

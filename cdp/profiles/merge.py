@@ -3,14 +3,23 @@
 The survivor keeps its id; the absorbed profile becomes status "merged" with `merged_into`, so
 its id keeps answering with the survivor. Identities, events, stats, categories and sources move;
 consent stays with its addresses (and for profile-keyed channels the most restrictive state
-wins); the absorbed data key is destroyed once nothing is encrypted under it.
+wins).
+
+Every merge is recorded (`merges`: who, why, which rule) with a snapshot of what it changed
+(`merge_snapshots`), so that `cdp.profiles.unmerge` can split it back exactly: what the absorbed
+profile brought (its identity ids, event ids, field values, traits, profile-keyed consent states,
+categories, sources) is encrypted under the absorbed profile's own data key, which is kept for
+that (an erasure of the customer deletes it with the other keys of the customer's profiles);
+the survivor's pre-merge values are encrypted under the survivor's key.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+import msgspec
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import (
@@ -19,14 +28,46 @@ from cdp.db.tables import (
     identities,
     merges,
     profile_categories,
-    profile_keys,
     profile_sources,
     profile_stats,
     profiles,
 )
 from cdp.db.upsert import insert_ignore
 from cdp.ids import new_id, utcnow
+from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
+from consent.subjects import profile_subject
+from consent.tables import consent_ledger, consent_state
+
+ABSORBED_PLACE = "merge_snapshots.absorbed_state"
+SURVIVOR_PLACE = "merge_snapshots.survivor_state"
+
+
+class AbsorbedState(msgspec.Struct):
+    """What the absorbed profile brought into the merge."""
+
+    fields: dict[str, str | None]
+    traits: dict[str, Any]
+    country: str | None
+    city: str | None
+    jurisdiction: str
+    identity_ids: list[uuid.UUID]
+    event_ids: list[uuid.UUID]
+    consents: list[dict[str, Any]]  # its profile-keyed consent_state rows
+    categories: list[str]
+    sources: list[tuple[str, str]]  # (source, first_seen_at)
+    repointed: list[uuid.UUID]  # profiles merged into it earlier, re-pointed to the survivor
+
+
+class SurvivorState(msgspec.Struct):
+    """What the merge changed on the survivor: [before, after] per value."""
+
+    fields: dict[str, list[str | None]]
+    plain: dict[str, list[str | None]]  # country, city
+    traits: list[dict[str, Any]]
+    consents: dict[str, dict[str, Any]]  # "purpose|channel" -> {"before": row|None, "after": row}
+    sources: list[str]  # the survivor's sources before the merge
+    ledger_seq: int  # consent ledger head at the merge
 
 
 async def merge_profiles(
@@ -39,10 +80,12 @@ async def merge_profiles(
     provenance: str,
     source: str | None,
     actor: str,
-) -> None:
+) -> uuid.UUID:
+    """Merge `absorbed_id` into `survivor_id`; returns the id of the merges row."""
     from consent.state import merge_profile_states
 
     now = utcnow()
+    merge_id = new_id()
     s_row = (await conn.execute(select(profiles).where(profiles.c.id == survivor_id))).one()
     a_row = (await conn.execute(select(profiles).where(profiles.c.id == absorbed_id))).one()
     ciphers = await p.keys.ciphers(conn, [survivor_id, absorbed_id])
@@ -50,23 +93,38 @@ async def merge_profiles(
 
     # Fields: the more recently updated profile's non-empty values win; traits key by key.
     absorbed_newer = a_row.updated_at > s_row.updated_at
+    a_fields = {
+        name: a_cipher.decrypt(f"profiles.{name}", getattr(a_row, name))
+        for name in ENCRYPTED_PROFILE_FIELDS
+    }
     values: dict = {}
+    field_changes: dict[str, list[str | None]] = {}
     for name in ENCRYPTED_PROFILE_FIELDS:
-        s_blob, a_blob = getattr(s_row, name), getattr(a_row, name)
-        if a_blob is not None and (s_blob is None or absorbed_newer):
-            plain = a_cipher.decrypt_bytes(f"profiles.{name}", a_blob)
-            values[name] = s_cipher.encrypt(f"profiles.{name}", plain)
+        s_blob, a_value = getattr(s_row, name), a_fields[name]
+        if a_value is not None and (s_blob is None or absorbed_newer):
+            before = s_cipher.decrypt(f"profiles.{name}", s_blob)
+            values[name] = s_cipher.encrypt(f"profiles.{name}", a_value)
+            field_changes[name] = [before, a_value]
+    plain_changes: dict[str, list[str | None]] = {}
     for name in ("country", "city"):
         a_val, s_val = getattr(a_row, name), getattr(s_row, name)
         if a_val and (not s_val or absorbed_newer):
             values[name] = a_val
-    traits = dict(s_row.traits or {})
+            plain_changes[name] = [s_val, a_val]
+    s_traits = dict(s_row.traits or {})
     a_traits = dict(a_row.traits or {})
-    traits = {**traits, **a_traits} if absorbed_newer else {**a_traits, **traits}
+    traits = {**s_traits, **a_traits} if absorbed_newer else {**a_traits, **s_traits}
     values.update(traits=traits, updated_at=now)
     await conn.execute(update(profiles).where(profiles.c.id == survivor_id).values(**values))
 
-    # Identities: re-encrypt under the survivor's key and move.
+    # Identities: re-encrypt under the survivor's key and move (their ids stay).
+    a_idents = (
+        await conn.execute(
+            select(identities.c.id, identities.c.value).where(
+                identities.c.profile_id == absorbed_id
+            )
+        )
+    ).all()
     moved = [
         {
             "iid": iid,
@@ -74,11 +132,7 @@ async def merge_profiles(
                 "identities.value", a_cipher.decrypt_bytes("identities.value", blob)
             ),
         }
-        for iid, blob in await conn.execute(
-            select(identities.c.id, identities.c.value).where(
-                identities.c.profile_id == absorbed_id
-            )
-        )
+        for iid, blob in a_idents
     ]
     if moved:
         await conn.execute(
@@ -89,6 +143,11 @@ async def merge_profiles(
         )
 
     # Events: move, re-encrypting free-form properties.
+    a_events = (
+        await conn.execute(
+            select(events.c.id, events.c.properties).where(events.c.profile_id == absorbed_id)
+        )
+    ).all()
     ev_props = [
         {
             "eid": eid,
@@ -96,11 +155,8 @@ async def merge_profiles(
                 "events.properties", a_cipher.decrypt_bytes("events.properties", blob)
             ),
         }
-        for eid, blob in await conn.execute(
-            select(events.c.id, events.c.properties).where(
-                events.c.profile_id == absorbed_id, events.c.properties.is_not(None)
-            )
-        )
+        for eid, blob in a_events
+        if blob is not None
     ]
     if ev_props:
         await conn.execute(
@@ -114,15 +170,38 @@ async def merge_profiles(
     )
 
     await _merge_stats(conn, survivor_id, absorbed_id)
+    s_sources = [
+        s
+        for (s,) in await conn.execute(
+            select(profile_sources.c.source).where(profile_sources.c.profile_id == survivor_id)
+        )
+    ]
+    a_categories: list[str] = []
+    a_sources: list[tuple[str, str]] = []
     for table in (profile_categories, profile_sources):
-        rows = await conn.execute(select(table).where(table.c.profile_id == absorbed_id))
+        rows = (await conn.execute(select(table).where(table.c.profile_id == absorbed_id))).all()
+        if table is profile_categories:
+            a_categories = [r.category for r in rows]
+        else:
+            a_sources = [(r.source, r.first_seen_at.isoformat()) for r in rows]
         moved_rows = [{**r._asdict(), "profile_id": survivor_id} for r in rows]
         if moved_rows:
             await conn.execute(insert_ignore(conn, table), moved_rows)
         await conn.execute(delete(table).where(table.c.profile_id == absorbed_id))
 
+    consents_before = (
+        await _profile_states(conn, absorbed_id),
+        await _profile_states(conn, survivor_id),
+    )
     await merge_profile_states(conn, survivor_id, absorbed_id)
+    consent_changes = _consent_changes(*consents_before, await _profile_states(conn, survivor_id))
 
+    repointed = [
+        pid
+        for (pid,) in await conn.execute(
+            select(profiles.c.id).where(profiles.c.merged_into == absorbed_id)
+        )
+    ]
     await conn.execute(
         update(profiles)
         .where(profiles.c.id == absorbed_id)
@@ -134,16 +213,48 @@ async def merge_profiles(
             **dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
         )
     )
+    if repointed:
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.merged_into == absorbed_id)
+            .values(merged_into=survivor_id)
+        )
+    sg = match_suggestions.c
     await conn.execute(
-        update(profiles)
-        .where(profiles.c.merged_into == absorbed_id)
-        .values(merged_into=survivor_id)
+        update(match_suggestions)
+        .where(sg.status == "open", or_(sg.profile_a == absorbed_id, sg.profile_b == absorbed_id))
+        .values(status="stale", decided_at=now)
     )
-    await conn.execute(delete(profile_keys).where(profile_keys.c.profile_id == absorbed_id))
-    p.keys.forget(absorbed_id)
+    ledger_seq = (
+        await conn.execute(
+            select(consent_ledger.c.seq).order_by(consent_ledger.c.seq.desc()).limit(1)
+        )
+    ).scalar() or 0
+
+    absorbed_state = AbsorbedState(
+        fields=a_fields,
+        traits=a_traits,
+        country=a_row.country,
+        city=a_row.city,
+        jurisdiction=a_row.jurisdiction,
+        identity_ids=[iid for iid, _ in a_idents],
+        event_ids=[eid for eid, _ in a_events],
+        consents=consents_before[0],
+        categories=a_categories,
+        sources=a_sources,
+        repointed=repointed,
+    )
+    survivor_state = SurvivorState(
+        fields=field_changes,
+        plain=plain_changes,
+        traits=[s_traits, traits],
+        consents=consent_changes,
+        sources=s_sources,
+        ledger_seq=ledger_seq,
+    )
     await conn.execute(
         insert(merges).values(
-            id=new_id(),
+            id=merge_id,
             survivor_id=survivor_id,
             absorbed_id=absorbed_id,
             matched_on=matched_on,
@@ -153,6 +264,44 @@ async def merge_profiles(
             at=now,
         )
     )
+    await conn.execute(
+        insert(merge_snapshots).values(
+            merge_id=merge_id,
+            survivor_id=survivor_id,
+            absorbed_id=absorbed_id,
+            absorbed_key_id=a_cipher.key_id,
+            absorbed_state=a_cipher.encrypt(ABSORBED_PLACE, msgspec.json.encode(absorbed_state)),
+            survivor_key_id=s_cipher.key_id,
+            survivor_state=s_cipher.encrypt(SURVIVOR_PLACE, msgspec.json.encode(survivor_state)),
+            created_at=now,
+        )
+    )
+    return merge_id
+
+
+async def _profile_states(conn: AsyncConnection, profile_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The profile-keyed (push, messenger) consent_state rows of a profile."""
+    cs = consent_state.c
+    rows = await conn.execute(
+        select(cs.purpose, cs.channel, cs.status, cs.since, cs.seq, cs.source).where(
+            cs.subject == profile_subject(profile_id)
+        )
+    )
+    return [{**r._asdict(), "since": r.since.isoformat()} for r in rows]
+
+
+def _consent_changes(
+    absorbed: list[dict[str, Any]], before: list[dict[str, Any]], after: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The survivor's profile-keyed states the merge touched: {key: {before, after}}."""
+    old = {(r["purpose"], r["channel"]): r for r in before}
+    new = {(r["purpose"], r["channel"]): r for r in after}
+    out: dict[str, dict[str, Any]] = {}
+    for r in absorbed:
+        key = (r["purpose"], r["channel"])
+        if key in new and old.get(key) != new[key]:
+            out[f"{key[0]}|{key[1]}"] = {"before": old.get(key), "after": new[key]}
+    return out
 
 
 async def _merge_stats(conn: AsyncConnection, survivor_id: uuid.UUID, absorbed_id: uuid.UUID):

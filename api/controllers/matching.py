@@ -1,0 +1,174 @@
+"""Match suggestions, merge reviews and unmerge (role admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery
+
+from api.auth import roles
+from api.deps import PlatformDep, PrincipalDep
+from cdp.errors import NotFound
+from cdp.ids import parse_uuid
+from cdp.matching import reviews, suggestions
+from cdp.matching.pages import page
+from cdp.matching.tables import match_suggestions, merge_reviews
+from cdp.profiles.unmerge import unmerge
+
+ADMIN = roles("admin")
+
+
+def _merged(body: dict[str, Any], merged: Any) -> dict[str, Any]:
+    return {
+        **body,
+        "profile_id": str(merged.profile_id),
+        "merged_profile_ids": [str(x) for x in merged.merged_profile_ids],
+    }
+
+
+class MatchSuggestionController(Controller):
+    path = "/v1/match-suggestions"
+    tags = ("identity resolution",)
+
+    @get(
+        "/",
+        opt=ADMIN,
+        summary="Match suggestions stored by `cdp match`",
+        description=(
+            "Items `{suggestion_id, profile_ids: [a, b], score: 0..1, reasons, status}`; "
+            "`reasons` holds the per-field similarity (0..1, null where a side lacks the "
+            "field), never values. `status`: open (default), accepted, rejected, stale (one "
+            "of the pair was merged elsewhere)."
+        ),
+    )
+    async def list_suggestions(
+        self,
+        platform: PlatformDep,
+        status: FromQuery[str] = "open",
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        async with platform.db.read() as conn:
+            rows, next_cursor = await page(
+                conn,
+                match_suggestions,
+                status=status,
+                statuses=suggestions.STATUSES,
+                limit=limit,
+                cursor=cursor,
+            )
+        return {"items": [suggestions.suggestion_body(r) for r in rows], "next_cursor": next_cursor}
+
+    @post(
+        "/{suggestion_id:str}/accept",
+        opt=ADMIN,
+        status_code=200,
+        summary="Merge the pair (provenance reviewed)",
+        description="The older profile survives. 409 when the suggestion is no longer open; "
+        "410 when one of the pair was erased.",
+    )
+    async def accept(
+        self, suggestion_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict[str, Any]:
+        row, merged = await suggestions.accept(platform, suggestion_id, principal.name)
+        return _merged(suggestions.suggestion_body(row), merged)
+
+    @post(
+        "/{suggestion_id:str}/reject",
+        opt=ADMIN,
+        status_code=200,
+        summary="Close the suggestion; the pair is not suggested again",
+    )
+    async def reject(
+        self, suggestion_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict[str, Any]:
+        row = await suggestions.reject(platform, suggestion_id, principal.name)
+        return suggestions.suggestion_body(row)
+
+
+class MergeReviewController(Controller):
+    path = "/v1/merge-reviews"
+    tags = ("identity resolution",)
+
+    @get(
+        "/",
+        opt=ADMIN,
+        summary="Merges the guards refused, with their reason",
+        description=(
+            "Items `{review_id, status, reason, profile_ids, attached_to, matched_on, source, "
+            "created_at}`. `reason.code`: `too_many_profiles` (with `profiles`, `limit`), "
+            "`conflicting_external_ids` (with `sources`), `identity_cap` (with `kinds`, "
+            "`limit`). The record was stored in `attached_to`, the oldest profile it matched. "
+            "`status`: open (default), accepted, rejected."
+        ),
+    )
+    async def list_reviews(
+        self,
+        platform: PlatformDep,
+        status: FromQuery[str] = "open",
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        async with platform.db.read() as conn:
+            rows, next_cursor = await page(
+                conn,
+                merge_reviews,
+                status=status,
+                statuses=reviews.STATUSES,
+                limit=limit,
+                cursor=cursor,
+            )
+        return {"items": [reviews.review_body(r) for r in rows], "next_cursor": next_cursor}
+
+    @post(
+        "/{review_id:str}/accept",
+        opt=ADMIN,
+        status_code=200,
+        summary="Override the guard: merge the profiles (provenance reviewed)",
+    )
+    async def accept(
+        self, review_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict[str, Any]:
+        row, merged = await reviews.accept(platform, review_id, principal.name)
+        return _merged(reviews.review_body(row), merged)
+
+    @post(
+        "/{review_id:str}/reject",
+        opt=ADMIN,
+        status_code=200,
+        summary="Keep the profiles apart",
+    )
+    async def reject(
+        self, review_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> dict[str, Any]:
+        return reviews.review_body(await reviews.reject(platform, review_id, principal.name))
+
+
+@post(
+    "/v1/profiles/{profile_id:str}/unmerge",
+    opt=ADMIN,
+    status_code=200,
+    tags=["identity resolution"],
+    summary="Split a merged profile back along its recorded links",
+    description=(
+        "For a surviving profile, undoes every merge into it (newest first); for a merged-away "
+        "id, undoes the merge that absorbed it. Answers `{profile_ids: [survivor, restored...], "
+        "undone_merges: [...]}`. 404 unknown id, 410 erased, 409 nothing to undo."
+    ),
+)
+async def post_unmerge(
+    profile_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    pid = parse_uuid(profile_id)
+    if pid is None:
+        raise NotFound("no profile with this id")
+    async with platform.db.write() as conn:
+        result = await unmerge(conn, platform, pid, principal.name)
+    return {
+        "profile_ids": [str(x) for x in result.profile_ids],
+        "undone_merges": [str(x) for x in result.merge_ids],
+    }
+
+
+MATCHING_ROUTES = [MatchSuggestionController, MergeReviewController, post_unmerge]

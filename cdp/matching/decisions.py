@@ -1,0 +1,67 @@
+"""A reviewer's decision to merge: profiles named by a suggestion or a merge review."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.db.engine import lock_keys
+from cdp.db.tables import identities, profiles
+from cdp.errors import Conflict
+from cdp.platform import Platform
+from cdp.profiles.identity import resolve_profile_id
+from cdp.profiles.merge import merge_profiles
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    profile_id: uuid.UUID
+    merged_profile_ids: list[uuid.UUID]
+
+
+async def merge_reviewed(
+    conn: AsyncConnection,
+    p: Platform,
+    profile_ids: list[uuid.UUID],
+    *,
+    matched_on: list[str],
+    source: str,
+    actor: str,
+) -> Merged:
+    """Merge the profiles (followed to their survivors) into the oldest, provenance "reviewed".
+
+    Raises Gone when one was erased, Conflict when they are already one profile.
+    """
+    current = sorted({await resolve_profile_id(conn, pid) for pid in profile_ids})
+    if len(current) < 2:
+        raise Conflict("these profiles are already one profile")
+    bidxs = [
+        b
+        for (b,) in await conn.execute(
+            select(identities.c.bidx).where(identities.c.profile_id.in_(current))
+        )
+    ]
+    await lock_keys(conn, [*(f"profile|{pid}" for pid in current), *bidxs])
+    created = {
+        pid: at
+        for pid, at in await conn.execute(
+            select(profiles.c.id, profiles.c.created_at).where(profiles.c.id.in_(current))
+        )
+    }
+    ordered = sorted(current, key=lambda pid: (created[pid], pid))
+    survivor = ordered[0]
+    for absorbed in ordered[1:]:
+        await merge_profiles(
+            conn,
+            p,
+            survivor,
+            absorbed,
+            matched_on=matched_on,
+            provenance="reviewed",
+            source=source,
+            actor=actor,
+        )
+    return Merged(survivor, ordered[1:])

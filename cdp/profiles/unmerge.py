@@ -1,0 +1,403 @@
+"""Undoing merges exactly, along the links recorded when they were made.
+
+`unmerge(conn, p, profile_id, actor)`: for a surviving profile, undoes every merge into it (the
+newest first); for a merged-away profile, undoes the merge that absorbed it. Each undo splits
+the profile that holds the merge's survivor today (the holder) back into two:
+
+- identities: those the absorbed profile brought, and any later identity linked through one of
+  them (`identities.linked_via`), go back to it, re-encrypted under its key; consent on their
+  addresses follows them (it belongs to the address);
+- events the merge moved go back (events recorded after the merge stay: an event does not
+  record which identifier named it); stats and categories of both are recomputed from events;
+- the absorbed profile's fields, traits, sources, categories and profile-keyed (push, messenger)
+  consent states come back from the snapshot; the survivor's values the merge overwrote are
+  put back where nothing changed them since. A withdrawal recorded on the merged profile after
+  the merge applies to both halves (fail closed);
+- the absorbed profile is active again, and the merges row is marked undone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import structlog
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.fields import FieldCipher
+from cdp.db.engine import lock_keys
+from cdp.db.tables import (
+    events,
+    identities,
+    merges,
+    profile_categories,
+    profile_sources,
+    profile_stats,
+    profiles,
+)
+from cdp.db.upsert import insert_ignore
+from cdp.errors import Conflict, Gone, NotFound
+from cdp.ids import utcnow
+from cdp.matching.tables import merge_snapshots
+from cdp.platform import Platform
+from cdp.profiles.identity import resolve_profile_id
+from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
+from consent.subjects import profile_subject
+from consent.tables import consent_state
+
+log = structlog.get_logger(__name__)
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class Unmerged:
+    profile_ids: list[uuid.UUID] = field(default_factory=list)
+    merge_ids: list[uuid.UUID] = field(default_factory=list)
+
+
+async def unmerge(
+    conn: AsyncConnection, p: Platform, profile_id: uuid.UUID, actor: str
+) -> Unmerged:
+    row = (await conn.execute(select(profiles.c.status).where(profiles.c.id == profile_id))).first()
+    if row is None:
+        raise NotFound("no profile with this id")
+    if row.status == "erased":
+        raise Gone("this profile was erased")
+    mc = merges.c
+    if row.status == "merged":
+        query = select(merges).where(mc.absorbed_id == profile_id, mc.undone_at.is_(None))
+    else:
+        query = select(merges).where(mc.survivor_id == profile_id, mc.undone_at.is_(None))
+    todo = (await conn.execute(query.order_by(mc.at.desc(), mc.id.desc()))).all()
+    if not todo:
+        raise Conflict("this profile has no merge to undo")
+    out = Unmerged()
+    for m in todo:
+        holder = await undo_merge(conn, p, m, actor)
+        if not out.profile_ids:
+            out.profile_ids.append(holder)
+        out.profile_ids.append(m.absorbed_id)
+        out.merge_ids.append(m.id)
+    return out
+
+
+async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> uuid.UUID:
+    """Undo one merges row; returns the profile that kept the survivor's side."""
+    now = utcnow()
+    snap = (
+        await conn.execute(select(merge_snapshots).where(merge_snapshots.c.merge_id == m.id))
+    ).first()
+    if snap is None:
+        raise Conflict("this merge has no snapshot to undo it from")
+    holder = await resolve_profile_id(conn, m.survivor_id)
+    a_id = m.absorbed_id
+    bidxs = [
+        b
+        for (b,) in await conn.execute(
+            select(identities.c.bidx).where(identities.c.profile_id == holder)
+        )
+    ]
+    await lock_keys(conn, [f"profile|{holder}", f"profile|{a_id}", *bidxs])
+    ciphers = await p.keys.ciphers(conn, {holder, a_id, m.survivor_id})
+    if a_id not in ciphers or holder not in ciphers:
+        raise Gone("a data key of this merge was destroyed")
+    a_cipher, h_cipher = ciphers[a_id], ciphers[holder]
+    a_state = msgspec.json.decode(
+        a_cipher.decrypt_bytes(ABSORBED_PLACE, snap.absorbed_state), type=AbsorbedState
+    )
+    s_state = msgspec.json.decode(
+        ciphers[m.survivor_id].decrypt_bytes(SURVIVOR_PLACE, snap.survivor_state),
+        type=SurvivorState,
+    )
+
+    moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
+    await _move_events(conn, holder, a_id, a_state.event_ids, h_cipher, a_cipher)
+    for pid in (holder, a_id):
+        await recompute_stats(conn, pid)
+    await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
+    await _restore_fields(conn, holder, a_id, a_state, s_state, h_cipher, a_cipher, now)
+    await _restore_profile_consents(conn, holder, a_id, a_state, s_state)
+
+    if a_state.repointed:
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.id.in_(a_state.repointed), profiles.c.merged_into == holder)
+            .values(merged_into=a_id)
+        )
+    await conn.execute(
+        update(merges).where(merges.c.id == m.id).values(undone_at=now, undone_by=actor)
+    )
+    await conn.execute(delete(merge_snapshots).where(merge_snapshots.c.merge_id == m.id))
+    log.info("merge_undone", merge_id=str(m.id), holder=str(holder), absorbed=str(a_id))
+    return holder
+
+
+async def _move_identities(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    a_id: uuid.UUID,
+    a_state: AbsorbedState,
+    h_cipher: FieldCipher,
+    a_cipher: FieldCipher,
+) -> list[Any]:
+    ic = identities.c
+    rows = (
+        await conn.execute(
+            select(
+                ic.id, ic.kind, ic.bidx, ic.value, ic.source, ic.created_at, ic.linked_via
+            ).where(ic.profile_id == holder)
+        )
+    ).all()
+    back = set(a_state.identity_ids) & {r.id for r in rows}
+    grew = True
+    while grew:  # later identities linked through one that goes back follow it
+        grew = False
+        for r in rows:
+            if r.id not in back and r.linked_via in back:
+                back.add(r.id)
+                grew = True
+    moved = [r for r in rows if r.id in back]
+    if moved:
+        await conn.execute(
+            update(identities)
+            .where(ic.id == bindparam("iid"))
+            .values(value=bindparam("v"), profile_id=a_id),
+            [
+                {
+                    "iid": r.id,
+                    "v": a_cipher.encrypt(
+                        "identities.value", h_cipher.decrypt_bytes("identities.value", r.value)
+                    ),
+                }
+                for r in moved
+            ],
+        )
+        addresses = [r.bidx for r in moved if r.kind in ("email", "phone")]
+        if addresses:
+            await conn.execute(
+                update(consent_state)
+                .where(consent_state.c.subject.in_(addresses))
+                .values(profile_id=a_id)
+            )
+    return moved
+
+
+async def _move_events(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    a_id: uuid.UUID,
+    event_ids: list[uuid.UUID],
+    h_cipher: FieldCipher,
+    a_cipher: FieldCipher,
+) -> None:
+    ec = events.c
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        props = [
+            {
+                "eid": eid,
+                "pr": a_cipher.encrypt(
+                    "events.properties", h_cipher.decrypt_bytes("events.properties", blob)
+                ),
+            }
+            for eid, blob in await conn.execute(
+                select(ec.id, ec.properties).where(
+                    ec.id.in_(chunk), ec.profile_id == holder, ec.properties.is_not(None)
+                )
+            )
+        ]
+        if props:
+            await conn.execute(
+                update(events)
+                .where(ec.id == bindparam("eid"))
+                .values(properties=bindparam("pr"), key_id=a_cipher.key_id),
+                props,
+            )
+        await conn.execute(
+            update(events).where(ec.id.in_(chunk), ec.profile_id == holder).values(profile_id=a_id)
+        )
+
+
+async def recompute_stats(conn: AsyncConnection, profile_id: uuid.UUID) -> None:
+    """Stats and categories of a profile, from its events (as cdp.events keeps them)."""
+    ec = events.c
+    rows = (
+        await conn.execute(
+            select(ec.type, ec.amount, ec.occurred_at, ec.category).where(
+                ec.profile_id == profile_id, ec.type.in_(("purchase", "refund"))
+            )
+        )
+    ).all()
+    await conn.execute(delete(profile_stats).where(profile_stats.c.profile_id == profile_id))
+    await conn.execute(
+        delete(profile_categories).where(profile_categories.c.profile_id == profile_id)
+    )
+    money = [r for r in rows if r.amount is not None]
+    if money:
+        purchases = [r for r in money if r.type == "purchase"]
+        total = sum((r.amount if r.type == "purchase" else -r.amount for r in money), Decimal(0))
+        await conn.execute(
+            insert(profile_stats).values(
+                profile_id=profile_id,
+                orders_count=len(purchases),
+                total_spent=total,
+                first_order_at=min((r.occurred_at for r in purchases), default=None),
+                last_order_at=max((r.occurred_at for r in purchases), default=None),
+            )
+        )
+    categories = sorted({r.category for r in rows if r.type == "purchase" and r.category})
+    if categories:
+        await conn.execute(
+            insert(profile_categories),
+            [{"profile_id": profile_id, "category": c} for c in categories],
+        )
+
+
+async def _restore_sources(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    m: Any,
+    a_id: uuid.UUID,
+    a_state: AbsorbedState,
+    s_state: SurvivorState,
+    moved: list[Any],
+) -> None:
+    rows = {src: datetime.fromisoformat(at) for src, at in a_state.sources}
+    for r in moved:
+        rows.setdefault(r.source, r.created_at)
+    if rows:
+        await conn.execute(
+            insert_ignore(conn, profile_sources),
+            [{"profile_id": a_id, "source": s, "first_seen_at": at} for s, at in rows.items()],
+        )
+    if holder != m.survivor_id:
+        return
+    brought = {src for src, _ in a_state.sources} - set(s_state.sources)
+    if brought:
+        ps = profile_sources.c
+        await conn.execute(
+            delete(profile_sources).where(
+                ps.profile_id == holder, ps.source.in_(brought), ps.first_seen_at <= m.at
+            )
+        )
+
+
+async def _restore_fields(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    a_id: uuid.UUID,
+    a_state: AbsorbedState,
+    s_state: SurvivorState,
+    h_cipher: FieldCipher,
+    a_cipher: FieldCipher,
+    now: datetime,
+) -> None:
+    await conn.execute(
+        update(profiles)
+        .where(profiles.c.id == a_id)
+        .values(
+            status="active",
+            merged_into=None,
+            traits=a_state.traits,
+            country=a_state.country,
+            city=a_state.city,
+            jurisdiction=a_state.jurisdiction,
+            updated_at=now,
+            **{
+                name: None if value is None else a_cipher.encrypt(f"profiles.{name}", value)
+                for name, value in a_state.fields.items()
+            },
+        )
+    )
+    h_row = (await conn.execute(select(profiles).where(profiles.c.id == holder))).one()
+    values: dict[str, Any] = {}
+    for name, (before, after) in s_state.fields.items():
+        if h_cipher.decrypt(f"profiles.{name}", getattr(h_row, name)) == after:
+            values[name] = None if before is None else h_cipher.encrypt(f"profiles.{name}", before)
+    for name, (before, after) in s_state.plain.items():
+        if getattr(h_row, name) == after:
+            values[name] = before
+    before_traits, after_traits = s_state.traits
+    traits = dict(h_row.traits or {})
+    for key in set(before_traits) | set(after_traits):
+        old = before_traits.get(key, _MISSING)
+        new = after_traits.get(key, _MISSING)
+        if old != new and traits.get(key, _MISSING) == new:
+            if old is _MISSING:
+                traits.pop(key, None)
+            else:
+                traits[key] = old
+    if traits != (h_row.traits or {}):
+        values["traits"] = traits
+    if values:
+        values["updated_at"] = now
+        await conn.execute(update(profiles).where(profiles.c.id == holder).values(**values))
+
+
+async def _restore_profile_consents(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    a_id: uuid.UUID,
+    a_state: AbsorbedState,
+    s_state: SurvivorState,
+) -> None:
+    cs = consent_state.c
+    h_subj, a_subj = profile_subject(holder), profile_subject(a_id)
+    mine = {
+        (r.purpose, r.channel): r
+        for r in (await conn.execute(select(consent_state).where(cs.subject == h_subj))).all()
+    }
+    theirs = {(r["purpose"], r["channel"]): _state_row(r, a_subj, a_id) for r in a_state.consents}
+    # A withdrawal recorded on the merged profile after the merge binds both halves.
+    for key, r in mine.items():
+        if r.seq > s_state.ledger_seq and r.status == "withdrawn":
+            current = theirs.get(key)
+            if current is None or current["status"] != "withdrawn":
+                theirs[key] = {
+                    **r._asdict(),
+                    "subject": a_subj,
+                    "profile_id": a_id,
+                }
+    await conn.execute(delete(consent_state).where(cs.subject == a_subj))
+    if theirs:
+        await conn.execute(insert(consent_state), list(theirs.values()))
+    # The survivor's states the merge changed go back, unless something changed them since.
+    for key, change in s_state.consents.items():
+        purpose, channel = key.split("|", 1)
+        current = mine.get((purpose, channel))
+        after = change["after"]
+        if current is None or current.seq != after["seq"] or current.status != after["status"]:
+            continue
+        where = (cs.subject == h_subj, cs.purpose == purpose, cs.channel == channel)
+        before = change["before"]
+        if before is None:
+            await conn.execute(delete(consent_state).where(*where))
+        else:
+            await conn.execute(
+                update(consent_state)
+                .where(*where)
+                .values(
+                    status=before["status"],
+                    since=datetime.fromisoformat(before["since"]),
+                    seq=before["seq"],
+                    source=before["source"],
+                )
+            )
+
+
+def _state_row(r: dict[str, Any], subject: bytes, profile_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "subject": subject,
+        "purpose": r["purpose"],
+        "channel": r["channel"],
+        "profile_id": profile_id,
+        "status": r["status"],
+        "since": datetime.fromisoformat(r["since"]),
+        "seq": r["seq"],
+        "source": r["source"],
+    }

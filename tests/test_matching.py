@@ -1,0 +1,169 @@
+"""Probabilistic matching proposes, a reviewer decides."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+from sqlalchemy import select
+
+from cdp.db.tables import merges
+from cdp.matching.features import person
+from cdp.matching.suggestions import run_matching
+from cdp.matching.tables import match_suggestions
+from tests.conftest import TEST_MASTER_KEY
+from tests.helpers import count
+
+CYRILLIC = {
+    "source": "crm",
+    "email": "anna.i@example.com",
+    "first_name": "Анна",
+    "last_name": "Иванова",
+    "birth_date": "1990-05-01",
+    "postal_address": "ул. Ленина, 5, кв. 12",
+    "postcode": "101000",
+    "city": "Москва",
+}
+LATIN = {
+    "source": "shop",
+    "phone": "+7 916 222-33-44",
+    "first_name": "Anna",
+    "last_name": "Ivanova",
+    "birth_date": "1990-05-01",
+    "postal_address": "Lenina ul. 5 kv 12",
+    "postcode": "101000",
+    "city": "Moskva",
+}
+UNRELATED = {
+    "source": "crm",
+    "email": "petr@example.com",
+    "first_name": "Пётр",
+    "last_name": "Сидоров",
+    "birth_date": "1975-02-11",
+    "postal_address": "пр. Мира, 17",
+    "postcode": "420000",
+    "city": "Казань",
+}
+HUSBAND = {  # same surname, same flat: a household, not a duplicate
+    "source": "crm",
+    "email": "ivan.i@example.com",
+    "first_name": "Иван",
+    "last_name": "Иванов",
+    "birth_date": "1987-09-23",
+    "postal_address": "ул. Ленина, 5, кв. 12",
+    "postcode": "101000",
+    "city": "Москва",
+}
+
+
+async def create(client, keys, body):  # type: ignore[no-untyped-def]
+    r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    return r.json()["profile_id"]
+
+
+async def open_suggestions(client, keys):  # type: ignore[no-untyped-def]
+    r = await client.get("/v1/match-suggestions?status=open", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+async def test_a_transliterated_duplicate_is_suggested_and_nobody_else(client, keys, platform):
+    anna = await create(client, keys, CYRILLIC)
+    latin = await create(client, keys, LATIN)
+    await create(client, keys, UNRELATED)
+    await create(client, keys, HUSBAND)
+
+    run = await run_matching(platform)
+    assert (run.profiles, run.stored) == (4, 1)
+    assert await count(platform, merges) == 0  # matching never merges by itself
+    (s,) = await open_suggestions(client, keys)
+    assert s["profile_ids"] == sorted([anna, latin])
+    assert 0.9 <= s["score"] <= 1
+    assert s["reasons"]["last_name"] == 1.0 and s["reasons"]["birth_date"] == 1.0
+    # Only numbers: no value of either profile is stored with the suggestion.
+    assert all(v is None or isinstance(v, float | int) for v in s["reasons"].values())
+
+    again = await run_matching(platform)
+    assert again.stored == 0  # a pair is suggested once
+
+    accepted = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["profile_id"] == anna
+    assert accepted.json()["merged_profile_ids"] == [latin]
+    merged_away = await client.get(f"/v1/profiles/{latin}", headers=keys["admin"])
+    assert merged_away.json()["profile_id"] == anna
+    async with platform.db.read() as conn:
+        (row,) = (await conn.execute(select(merges))).all()
+    assert row.provenance == "reviewed" and row.actor == "admin-key"
+    assert await open_suggestions(client, keys) == []
+    twice = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert twice.status_code == 409
+
+
+async def test_a_rejected_pair_is_not_suggested_again(client, keys, platform):
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    rejected = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/reject", headers=keys["admin"]
+    )
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert (await run_matching(platform)).stored == 0
+    assert await open_suggestions(client, keys) == []
+    listed = await client.get("/v1/match-suggestions?status=rejected", headers=keys["admin"])
+    assert [x["suggestion_id"] for x in listed.json()["items"]] == [s["suggestion_id"]]
+    assert await count(platform, merges) == 0
+    bad = await client.get("/v1/match-suggestions?status=maybe", headers=keys["admin"])
+    assert bad.status_code == 400
+    role = await client.get("/v1/match-suggestions", headers=keys["marketing"])
+    assert role.status_code == 403
+
+
+async def test_the_min_score_decides_what_is_stored(client, keys, platform):
+    await create(client, keys, CYRILLIC)
+    typo = {**LATIN, "first_name": "Ana", "birth_date": "1990-05-10", "postcode": "101001"}
+    await create(client, keys, typo)
+    loose = await run_matching(platform, 0.5)
+    assert loose.stored == 1
+    score = (await open_suggestions(client, keys))[0]["score"]
+    async with platform.db.write() as conn:
+        await conn.execute(match_suggestions.delete())
+    assert (await run_matching(platform, min(1.0, score + 0.01))).stored == 0
+
+
+def test_names_are_compared_across_scripts():
+    a = person(None, first_name="Юлия", last_name="Щукина")  # type: ignore[arg-type]
+    b = person(None, first_name="Yuliya", last_name="Shchukina")  # type: ignore[arg-type]
+    assert (a.first, a.last) == (b.first, b.last)
+
+
+async def test_cdp_match_prints_how_many_it_stored(client, keys, platform, tmp_path, backend):
+    if backend != "sqlite":
+        return  # the command is the same code on both backends
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    env = {
+        **os.environ,
+        "CDP_DATABASE_URL": platform.settings.database_url,
+        "CDP_MASTER_KEY": TEST_MASTER_KEY,
+        "CDP_DEV_KEY_DIR": str(tmp_path / "keys"),
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cdp.cli", "match", "--min-score", "0.6"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stored 1 new suggestions" in done.stdout
+    assert await count(platform, merges) == 0

@@ -1,0 +1,188 @@
+"""Merge guards: placeholders never link, identity caps, refused merges queue for review."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+from sqlalchemy import select
+
+from cdp.db.tables import identities, merges
+from cdp.matching.tables import merge_reviews
+from tests.helpers import count
+
+
+async def post(client, keys, **body):  # type: ignore[no-untyped-def]
+    r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
+async def read(client, keys, pid):  # type: ignore[no-untyped-def]
+    r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def with_guards(platform, **changes):  # type: ignore[no-untyped-def]
+    identity = msgspec.structs.replace(platform.policy.identity, **changes)
+    platform.policy = dataclasses.replace(platform.policy, identity=identity)
+
+
+async def test_placeholder_values_never_link_profiles(client, keys, platform):
+    placeholders = [
+        {"email": "noemail@shop.ru"},  # a junk local part from the policy
+        {"email": "Test@Test.com"},  # a junk address, any case
+        {"phone": "+7 999 999-99-99"},  # a junk number from the policy
+        {"phone": "+7 777 777 77 77"},  # one repeated digit: a placeholder by rule
+    ]
+    for n, placeholder in enumerate(placeholders):
+        first = await post(client, keys, source="crm", external_id=f"A{n}", **placeholder)
+        second = await post(client, keys, source="crm", external_id=f"B{n}", **placeholder)
+        assert first["created"] and second["created"]
+        assert first["profile_id"] != second["profile_id"]
+        assert [e["field"] for e in second["ignored"]] == list(placeholder)
+    assert await count(platform, identities) == 2 * len(placeholders)  # the external ids only
+    assert await count(platform, merges) == 0
+
+    # Events and consents name customers too: a placeholder there links nobody either.
+    ids = set()
+    for n in range(2):
+        r = await client.post(
+            "/v1/events",
+            json={
+                "source": "shop",
+                "event_id": f"e{n}",
+                "type": "page_view",
+                "occurred_at": "2026-11-01T12:00:00Z",
+                "email": "no-reply@example.com",
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        ids.add(r.json()["profile_id"])
+    assert len(ids) == 2
+    assert await count(platform, merges) == 0
+
+
+async def test_a_profile_holds_at_most_the_cap_of_identifiers_per_kind(client, keys, platform):
+    with_guards(platform, max_identities_per_kind=2)
+    anna = await post(client, keys, source="crm", external_id="C-1", email="a1@example.com")
+    second = await post(client, keys, source="crm", external_id="C-1", email="a2@example.com")
+    assert second["profile_id"] == anna["profile_id"] and "ignored" not in second
+    third = await post(client, keys, source="crm", external_id="C-1", email="a3@example.com")
+    assert third["profile_id"] == anna["profile_id"]
+    assert third["ignored"][0]["field"] == "email"
+    assert "most identifiers" in third["ignored"][0]["message"]
+    emails = [i["value"] for i in (await read(client, keys, anna["profile_id"]))["identities"]]
+    assert "a3@example.com" not in emails
+    # The identifier that was not linked links nothing later either.
+    alone = await post(client, keys, source="web", email="a3@example.com")
+    assert alone["created"] and alone["profile_id"] != anna["profile_id"]
+
+
+async def test_a_merge_of_too_many_profiles_is_refused_and_queued(client, keys, platform):
+    ids = []
+    for n in range(4):
+        ids.append(
+            (await post(client, keys, source="crm", email=f"p{n}@example.com"))["profile_id"]
+        )
+    batch = await client.post(
+        "/v1/profiles/batch",
+        json={
+            "records": [
+                {"source": "shop", "email": f"p{n}@example.com", "phone": "+7 916 555-44-33"}
+                for n in range(4)
+            ]
+        },
+        headers=keys["ingest"],
+    )
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    # Stored, in the oldest profile, and nothing was merged.
+    assert {r["profile_id"] for r in results} == {ids[0]}
+    assert all(r["merged_profile_ids"] == [] for r in results)
+    assert [e["field"] for e in results[1]["ignored"]] == ["email"]
+    assert await count(platform, merges) == 0
+    for pid in ids[1:]:
+        assert (await read(client, keys, pid))["profile_id"] == pid  # still their own
+    oldest = await read(client, keys, ids[0])
+    assert {i["value"] for i in oldest["identities"]} == {"p0@example.com", "+79165554433"}
+
+    listed = await client.get("/v1/merge-reviews", headers=keys["admin"])
+    assert listed.status_code == 200
+    (review,) = listed.json()["items"]
+    assert review["reason"] == {"code": "too_many_profiles", "profiles": 4, "limit": 3}
+    assert review["profile_ids"] == ids and review["attached_to"] == ids[0]
+    assert review["status"] == "open" and review["source"] == "shop"
+    forbidden = await client.get("/v1/merge-reviews", headers=keys["marketing"])
+    assert forbidden.status_code == 403
+
+
+async def test_profiles_with_different_external_ids_of_one_source_are_not_merged(
+    client, keys, platform
+):
+    first = await post(client, keys, source="crm", external_id="C-1", email="olga@example.com")
+    other = await post(client, keys, source="crm", external_id="C-2", phone="+7 916 111-22-33")
+    bridge = {"source": "shop", "email": "olga@example.com", "phone": "+7 916 111-22-33"}
+    linked = await post(client, keys, **bridge)
+    assert linked["profile_id"] == first["profile_id"]
+    assert linked["merged_profile_ids"] == []
+    assert linked["matched_on"] == ["email"]
+    assert [e["field"] for e in linked["ignored"]] == ["phone"]
+    again = await post(client, keys, **bridge)  # the same evidence again: one review, not two
+    assert again["merged_profile_ids"] == []
+    assert await count(platform, merge_reviews) == 1
+
+    (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
+    assert review["reason"]["code"] == "conflicting_external_ids"
+    assert review["reason"]["sources"] == ["crm"]
+    assert review["profile_ids"] == [first["profile_id"], other["profile_id"]]
+
+    # A reviewer may override the guard: the merge happens, provenance "reviewed".
+    accepted = await client.post(
+        f"/v1/merge-reviews/{review['review_id']}/accept", headers=keys["admin"]
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["merged_profile_ids"] == [other["profile_id"]]
+    assert accepted.json()["status"] == "accepted"
+    async with platform.db.read() as conn:
+        provenance = (await conn.execute(select(merges.c.provenance))).scalars().all()
+    assert provenance == ["reviewed"]
+    twice = await client.post(
+        f"/v1/merge-reviews/{review['review_id']}/accept", headers=keys["admin"]
+    )
+    assert twice.status_code == 409
+    open_now = await client.get("/v1/merge-reviews?status=open", headers=keys["admin"])
+    assert open_now.json()["items"] == []
+
+
+async def test_external_ids_of_different_sources_still_merge(client, keys):
+    crm = await post(client, keys, source="crm", external_id="C-9", email="ivan@example.com")
+    shop = await post(client, keys, source="shop", external_id="S-9", phone="+7 916 999-88-77")
+    linked = await post(
+        client, keys, source="web", email="ivan@example.com", phone="+7 916 999-88-77"
+    )
+    assert linked["profile_id"] == crm["profile_id"]
+    assert linked["merged_profile_ids"] == [shop["profile_id"]]
+    assert "ignored" not in linked
+
+
+async def test_the_merge_size_limit_comes_from_the_policy(client, keys, platform):
+    with_guards(platform, max_profiles_per_merge=2)
+    ids = [
+        (await post(client, keys, source="crm", email="x@example.com"))["profile_id"],
+        (await post(client, keys, source="shop", phone="+7 916 000-11-22"))["profile_id"],
+        (await post(client, keys, source="erp", external_id="E-1"))["profile_id"],
+    ]
+    three = await post(
+        client, keys, source="erp", external_id="E-1", email="x@example.com", phone="+79160001122"
+    )
+    assert three["profile_id"] == ids[0] and three["merged_profile_ids"] == []
+    (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
+    assert review["reason"] == {"code": "too_many_profiles", "profiles": 3, "limit": 2}
+    rejected = await client.post(
+        f"/v1/merge-reviews/{review['review_id']}/reject", headers=keys["admin"]
+    )
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert await count(platform, merges) == 0
