@@ -30,6 +30,8 @@ def outcome_body(o: Outcome) -> dict[str, Any]:
         "matched_on": o.matched_on,
         "merged_profile_ids": [str(x) for x in o.merged_profile_ids],
     }
+    if o.review_id is not None:
+        body["review_id"] = str(o.review_id)
     if o.ignored:
         body["ignored"] = [{"field": e.field, "message": e.message} for e in o.ignored]
     return body

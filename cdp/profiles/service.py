@@ -153,7 +153,7 @@ async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         str(a)
         for (a,) in await conn.execute(
             select(merges.c.absorbed_id)
-            .where(merges.c.survivor_id == profile_id)
+            .where(merges.c.survivor_id == profile_id, merges.c.undone_at.is_(None))
             .order_by(merges.c.at)
         )
     ]
