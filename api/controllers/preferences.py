@@ -1,0 +1,504 @@
+"""The customer preference centre, reached by the signed unsubscribe token.
+
+`GET /preferences/{token}` shows, in the customer's language, what they allow for each purpose
+and channel (the contactability rule's answer, from `consent_view`) with their addresses masked.
+Forms post back to the same capability URL: save choices, unsubscribe from everything, download
+a copy of their data (an access export), request erasure. Every change is a consent event
+recorded through `record_consent` with method and evidence (IP, user agent, page, the wording id
+of this page version). A browser sending `Sec-GPC: 1` is recorded once as an opt-out of
+sale/sharing where the customer's jurisdiction says `gpc = "opt_out_sale"`.
+
+The plain rules (which switches show, what a submitted form changes, masking) come first and
+are driven by tests without HTTP; then the use cases; then the handlers, which only read forms
+and render. Withdrawals go through `record_consent` rather than `consent.optout.opt_out` because
+the latter takes no evidence; a withdrawal is effective in the ledger state at once either way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.params import FromPath, FromQuery
+from litestar.response import Redirect, Template
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from api.auth import PUBLIC
+from api.deps import PlatformDep
+from api.i18n import (
+    PAGE_HEADERS,
+    Messages,
+    channel_label,
+    choose_language,
+    messages,
+    purpose_label,
+    purpose_text,
+    when,
+)
+from cdp.apikeys import Principal
+from cdp.db.tables import identities, profiles
+from cdp.errors import Gone, InvalidInput, NotFound
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier
+from cdp.profiles.identity import resolve_profile_id
+from consent.dsr import requests as dsr
+from consent.dsr.access import access_export
+from consent.dsr.worker import run_one
+from consent.optout import claims_from_token
+from consent.policy import Policy
+from consent.schemas import ConsentIn, EvidenceIn
+from consent.service import consent_view, record_consent
+from consent.tokens import TokenClaims, TokenError
+
+WORDING_VERSION = "2026-11-v1"
+SOURCE = "preference_centre"
+METHOD = "preference_centre"
+GPC_METHOD = "gpc"
+GPC_PURPOSE = "sale_share"
+CUSTOMER = Principal("customer", "customer")
+# Purposes about the customer's data rather than a message channel: one switch for all channels.
+WHOLE_PURPOSES = frozenset({"sale_share", "profiling"})
+DONE_NOTICES = {
+    "saved": "pref_saved",
+    "unchanged": "pref_nothing_changed",
+    "opted_out": "pref_opted_out",
+}
+
+
+# ----------------------------------------------------------------------------- plain domain
+
+
+def mask_email(value: str) -> str:
+    local, at, domain = value.partition("@")
+    return f"{local[:1]}***@{domain}" if at else "***"
+
+
+def mask_phone(value: str) -> str:
+    digits = value.lstrip("+")
+    if len(digits) <= 4:
+        return "***"
+    plus = "+" if value.startswith("+") else ""
+    return plus + digits[:1] + "*" * (len(digits) - 3) + digits[-2:]
+
+
+def mask(kind: str, value: str | None) -> str:
+    if not value:
+        return "***"
+    return mask_email(value) if kind == "email" else mask_phone(value)
+
+
+def wording_id(lang: str) -> str:
+    return f"preference-centre/{WORDING_VERSION}/{lang}"
+
+
+def gpc_applies(policy: Policy, jurisdiction: str | None, header: str | None) -> bool:
+    """A `Sec-GPC: 1` signal counts where the jurisdiction's policy makes it an opt-out."""
+    j = policy.jurisdictions.get(jurisdiction or "")
+    return (
+        (header or "").strip() == "1"
+        and j is not None
+        and j.gpc == "opt_out_sale"
+        and GPC_PURPOSE in policy.purposes
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    key: str  # "purpose:channel", or "purpose:*" for a whole purpose
+    purpose: str
+    channel: str  # a channel, or "*"
+    channels: tuple[str, ...]  # the channels the switch stands for
+    allowed: bool  # the contactability rule's answer now (any of `channels`)
+    addresses: tuple[str, ...] = ()  # masked
+    locked: bool = False  # set by the browser's GPC signal: not changeable here
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    purpose: str
+    contract: bool  # every shown channel is on the contract basis (service messages)
+    choices: tuple[Choice, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    choice: Choice
+    status: str  # granted | withdrawn
+
+
+def build_groups(
+    policy: Policy,
+    jurisdiction: str | None,
+    contactable: dict[str, dict[str, bool]],
+    addresses: dict[str, list[str]],
+    gpc: bool = False,
+) -> list[Group]:
+    """The switches the customer sees: a channel shows where the policy of their jurisdiction
+    has a basis for it and they have an address of its kind (profile channels always do)."""
+    groups: list[Group] = []
+    for purpose in policy.purposes:
+        channels = [
+            name
+            for name, ch in policy.channels.items()
+            if policy.basis(jurisdiction or "", purpose, name) is not None
+            and (ch.address == "profile" or addresses.get(ch.address))
+        ]
+        if not channels:
+            continue
+        now = contactable.get(purpose, {})
+        contract = all(policy.basis(jurisdiction or "", purpose, c) == "contract" for c in channels)
+        if purpose in WHOLE_PURPOSES:
+            choices: tuple[Choice, ...] = (
+                Choice(
+                    key=f"{purpose}:*",
+                    purpose=purpose,
+                    channel="*",
+                    channels=tuple(channels),
+                    allowed=any(now.get(c, False) for c in channels),
+                    locked=gpc and purpose == GPC_PURPOSE,
+                ),
+            )
+        else:
+            choices = tuple(
+                Choice(
+                    key=f"{purpose}:{c}",
+                    purpose=purpose,
+                    channel=c,
+                    channels=(c,),
+                    allowed=now.get(c, False),
+                    addresses=tuple(addresses.get(policy.channels[c].address, [])),
+                )
+                for c in channels
+            )
+        groups.append(Group(purpose, contract, choices))
+    return groups
+
+
+def plan_changes(groups: list[Group], shown: set[str], wanted: set[str]) -> list[Change]:
+    """What a submitted form changes: only switches that were on the page, not locked, and
+    whose submitted state differs from the current one."""
+    out: list[Change] = []
+    for group in groups:
+        for choice in group.choices:
+            if choice.locked or choice.key not in shown:
+                continue
+            want = choice.key in wanted
+            if want != choice.allowed:
+                out.append(Change(choice, "granted" if want else "withdrawn"))
+    return out
+
+
+def opt_out_purposes(policy: Policy, jurisdiction: str | None) -> list[str]:
+    """ "Unsubscribe from everything": every purpose not resting on the contract alone."""
+    return [
+        purpose
+        for purpose in policy.purposes
+        if any(
+            policy.basis(jurisdiction or "", purpose, c) not in (None, "contract")
+            for c in policy.channels
+        )
+    ]
+
+
+# ----------------------------------------------------------------------------- use cases
+
+
+@dataclass(slots=True)
+class Centre:
+    profile_id: uuid.UUID
+    jurisdiction: str | None
+    groups: list[Group]
+    addresses: list[str]  # masked, every email and phone of the customer
+    contactable: dict[str, dict[str, bool]]
+    gpc: bool = False
+    token_address_owned: bool = False  # the token's address still belongs to this profile
+    notices: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def gpc_open(self) -> bool:
+        """Sale/sharing is still allowed on some channel (so the GPC signal changes it)."""
+        return any(self.contactable.get(GPC_PURPOSE, {}).values())
+
+
+async def load_centre(
+    conn: AsyncConnection, p: Platform, pid: uuid.UUID, claims: TokenClaims, gpc_header: str | None
+) -> Centre:
+    jurisdiction = (
+        await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == pid))
+    ).scalar_one()
+    view = await consent_view(conn, p, pid)
+    rows = (
+        await conn.execute(
+            select(identities.c.kind, identities.c.bidx, identities.c.value)
+            .where(identities.c.profile_id == pid, identities.c.kind.in_(("email", "phone")))
+            .order_by(identities.c.created_at, identities.c.id)
+        )
+    ).all()
+    cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
+    by_kind: dict[str, list[str]] = {}
+    for kind, _, value in rows:
+        plain = cipher.decrypt("identities.value", value) if cipher else None
+        by_kind.setdefault(kind, []).append(mask(kind, plain))
+    gpc = gpc_applies(p.policy, jurisdiction, gpc_header)
+    return Centre(
+        profile_id=pid,
+        jurisdiction=jurisdiction,
+        groups=build_groups(p.policy, jurisdiction, view.contactable, by_kind, gpc),
+        addresses=[a for kind in ("email", "phone") for a in by_kind.get(kind, [])],
+        contactable=view.contactable,
+        gpc=gpc,
+        token_address_owned=any(b == claims.subject for _, b, _ in rows),
+    )
+
+
+def evidence_for(request: Request, p: Platform, lang: str, method: str) -> EvidenceIn:
+    """How and where the change was made. The page URL is recorded without the token: the
+    token is a capability and the evidence is handed to auditors."""
+    host = request.client.host if request.client else None
+    agent = request.headers.get("user-agent") or None
+    return EvidenceIn(
+        wording_id=wording_id(lang),
+        method=method,
+        ip=host[:64] if host else None,
+        user_agent=agent[:1000] if agent else None,
+        page_url=f"{p.settings.public_url}/preferences/{{token}}",
+    )
+
+
+async def record(
+    p: Platform, ident: Identifier, purpose: str, channel: str, status: str, evidence: EvidenceIn
+) -> None:
+    body = ConsentIn(
+        purpose=purpose,
+        channel=channel,
+        status=status,  # type: ignore[arg-type]
+        source=SOURCE,
+        evidence=evidence,
+        profile_id=str(ident.profile_id) if ident.profile_id else None,
+    )
+    await record_consent(p, body, ident, CUSTOMER.name)
+
+
+async def apply_changes(
+    p: Platform, centre: Centre, claims: TokenClaims, changes: list[Change], evidence: EvidenceIn
+) -> None:
+    """Withdrawals concern every address of the customer on the channel; a grant goes to the
+    address the link was sent to where it is of the channel's kind (that address is proven),
+    else to the customer's addresses of that kind."""
+    whole = Identifier("profile_id", profile_id=centre.profile_id)
+    for change in changes:
+        c = change.choice
+        if change.status == "withdrawn":
+            await record(p, whole, c.purpose, c.channel, "withdrawn", evidence)
+            continue
+        for channel in c.channels:
+            ident = whole
+            kind = p.policy.address_kind(channel)
+            if centre.token_address_owned and kind == claims.subject_kind != "profile":
+                ident = Identifier(kind, bidx=claims.subject)
+            await record(p, ident, c.purpose, channel, "granted", evidence)
+
+
+async def opt_out_everything(p: Platform, centre: Centre, evidence: EvidenceIn) -> None:
+    whole = Identifier("profile_id", profile_id=centre.profile_id)
+    for purpose in opt_out_purposes(p.policy, centre.jurisdiction):
+        await record(p, whole, purpose, "*", "withdrawn", evidence)
+
+
+async def honour_gpc(p: Platform, centre: Centre, evidence: EvidenceIn) -> bool:
+    """Record the GPC opt-out unless sale/sharing is already off everywhere (no event per view)."""
+    if not centre.gpc or not centre.gpc_open:
+        return False
+    whole = Identifier("profile_id", profile_id=centre.profile_id)
+    await record(p, whole, GPC_PURPOSE, "*", "withdrawn", evidence)
+    return True
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+def _lang(request: Request, override: str | None, jurisdiction: str | None = None) -> str:
+    fallback = "ru" if jurisdiction == "RU" else "en"
+    return choose_language(request.headers.get("accept-language"), override, fallback)
+
+
+def _message_page(
+    request: Request, status: int, title: str, text: str, back: str | None = None
+) -> Template:
+    t = messages(_lang(request, request.query_params.get("lang")))
+    return Template(
+        "message.html",
+        context={"t": t, "title": t[title], "paragraphs": [t[text]], "back": back},
+        status_code=status,
+    )
+
+
+def _invalid_link(request: Request, _: Exception) -> Response[Any]:
+    return _message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
+
+
+def _erased(request: Request, _: Exception) -> Response[Any]:
+    return _message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
+
+
+def _invalid_input(request: Request, _: Exception) -> Response[Any]:
+    return _message_page(request, 400, "error_title", "link_invalid_text")  # type: ignore[return-value]
+
+
+async def _open(p: Platform, token: str, request: Request) -> tuple[TokenClaims, Centre]:
+    claims = claims_from_token(p, token)
+    async with p.db.read() as conn:
+        pid = await resolve_profile_id(conn, claims.profile_id)
+        centre = await load_centre(conn, p, pid, claims, request.headers.get("sec-gpc"))
+    return claims, centre
+
+
+def _page(
+    t: Messages, token: str, centre: Centre, *, status: int = 200, error: str | None = None
+) -> Template:
+    groups = [
+        {
+            "purpose": g.purpose,
+            "label": purpose_label(t, g.purpose),
+            "text": purpose_text(t, g.purpose, ""),
+            "contract": g.contract,
+            "choices": [
+                {
+                    "key": c.key,
+                    "id": f"pref-{c.purpose}-{'all' if c.channel == '*' else c.channel}",
+                    "label": t.allow_all if c.channel == "*" else channel_label(t, c.channel),
+                    "allowed": c.allowed,
+                    "locked": c.locked,
+                    "addresses": c.addresses,
+                }
+                for c in g.choices
+            ],
+        }
+        for g in centre.groups
+    ]
+    return Template(
+        "preferences.html",
+        context={
+            "t": t,
+            "base": f"/preferences/{token}",
+            "groups": groups,
+            "addresses": centre.addresses,
+            "notices": centre.notices,
+            "error": error,
+            "wording_id": wording_id(t.lang),
+        },
+        status_code=status,
+    )
+
+
+class PreferenceCentre(Controller):
+    path = "/preferences"
+    opt = PUBLIC  # the signed token in the path is the capability
+    include_in_schema = False
+    response_headers = PAGE_HEADERS
+    exception_handlers = {  # noqa: RUF012 (Litestar reads the class attribute)
+        TokenError: _invalid_link,
+        NotFound: _invalid_link,
+        Gone: _erased,
+        InvalidInput: _invalid_input,
+    }
+
+    @get("/{token:str}", summary="The preference centre (records a GPC opt-out where it applies)")
+    async def show(
+        self,
+        token: FromPath[str],
+        platform: PlatformDep,
+        request: Request,
+        done: FromQuery[str | None] = None,
+        lang: FromQuery[str | None] = None,
+    ) -> Template:
+        _, centre = await _open(platform, token, request)
+        t = messages(_lang(request, lang, centre.jurisdiction))
+        if centre.gpc:
+            recorded = await honour_gpc(
+                platform, centre, evidence_for(request, platform, t.lang, GPC_METHOD)
+            )
+            if recorded:
+                _, centre = await _open(platform, token, request)
+            centre.notices.append(("gpc", t.gpc_recorded if recorded else t.gpc_honoured))
+        if done in DONE_NOTICES:
+            centre.notices.append(("ok", t[DONE_NOTICES[done]]))
+        return _page(t, token, centre)
+
+    @post("/{token:str}", summary="Save the customer's choices")
+    async def save(self, token: FromPath[str], platform: PlatformDep, request: Request) -> Redirect:
+        claims, centre = await _open(platform, token, request)
+        form = await request.form()
+        lang = _lang(request, form.get("lang"), centre.jurisdiction)
+        changes = plan_changes(centre.groups, set(form.getall("shown")), set(form.getall("allow")))
+        if changes:
+            evidence = evidence_for(request, platform, lang, METHOD)
+            await apply_changes(platform, centre, claims, changes, evidence)
+        done = "saved" if changes else "unchanged"
+        return Redirect(
+            f"/preferences/{token}", query_params={"done": done, "lang": lang}, status_code=303
+        )
+
+    @post("/{token:str}/opt-out", summary="Unsubscribe from everything")
+    async def opt_out(
+        self, token: FromPath[str], platform: PlatformDep, request: Request
+    ) -> Redirect:
+        _, centre = await _open(platform, token, request)
+        form = await request.form()
+        lang = _lang(request, form.get("lang"), centre.jurisdiction)
+        await opt_out_everything(platform, centre, evidence_for(request, platform, lang, METHOD))
+        return Redirect(
+            f"/preferences/{token}",
+            query_params={"done": "opted_out", "lang": lang},
+            status_code=303,
+        )
+
+    @post("/{token:str}/access", status_code=200, summary="Download a copy of the customer's data")
+    async def access(
+        self, token: FromPath[str], platform: PlatformDep, request: Request
+    ) -> Response[dict[str, Any]]:
+        _, centre = await _open(platform, token, request)
+        body = await access_export(
+            platform, Identifier("profile_id", profile_id=centre.profile_id), CUSTOMER
+        )
+        return Response(
+            body,
+            media_type="application/json",
+            headers={"Content-Disposition": 'attachment; filename="my-data.json"'},
+        )
+
+    @post("/{token:str}/erasure", status_code=202, summary="Request erasure of the customer's data")
+    async def erasure(
+        self, token: FromPath[str], platform: PlatformDep, request: Request
+    ) -> Template:
+        _, centre = await _open(platform, token, request)
+        form = await request.form()
+        t = messages(_lang(request, form.get("lang"), centre.jurisdiction))
+        if form.get("confirm") != "yes":
+            return _page(t, token, centre, status=400, error=t.erase_need_confirm)
+        submitted = await dsr.submit_erasure(
+            platform,
+            Identifier("profile_id", profile_id=centre.profile_id),
+            requested_by="customer",
+            actor=CUSTOMER.name,
+        )
+        async with platform.db.read() as conn:
+            row = await dsr.load(conn, submitted.request_id)
+        text = (
+            t.erase_joined_text
+            if submitted.joined
+            else t.erase_received_text.format(
+                id=row.id, received=when(row.received_at), due=when(row.due_at)
+            )
+        )
+        task = BackgroundTask(run_one, platform, row.id) if row.status == "received" else None
+        return Template(
+            "message.html",
+            context={"t": t, "title": t.erase_received_title, "paragraphs": [text], "back": None},
+            status_code=202,
+            background=task,
+        )
