@@ -38,8 +38,10 @@ def suites(scale: int, dbs: list[str]) -> list[tuple[str, list[str]]]:
         ("Ingest (`cdp import` and API)", ["bench.ingest", "--scale", str(scale), *db_args]),
         ("Segment export", ["bench.segments", "--scale", str(scale), *db_args]),
         ("Audit verification", ["bench.verify", "--entries", str(scale), *db_args]),
-        ("API under 100 concurrent clients",
-         ["bench.api", "--scale", str(min(scale, 100_000)), *db_args]),
+        (
+            "API under 100 concurrent clients",
+            ["bench.api", "--scale", str(min(scale, 100_000)), *db_args],
+        ),
         ("Opt-out to webhook delivery lag", ["bench.webhooks", *db_args]),
     ]
 
@@ -69,10 +71,14 @@ def main() -> None:
         proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True)
         table = [ln for ln in proc.stdout.splitlines() if ln.startswith("|") or ln.strip()]
         print("\n".join(table), flush=True)
-        parts.append(f"## {title}\n\n`python -m {' '.join(argv)}` "
-                     f"({time.perf_counter() - t:,.0f} s)\n")
-        parts.append("\n".join(table) if proc.returncode == 0 else
-                     f"FAILED (exit {proc.returncode}):\n```\n{proc.stderr[-3000:]}\n```")
+        parts.append(
+            f"## {title}\n\n`python -m {' '.join(argv)}` ({time.perf_counter() - t:,.0f} s)\n"
+        )
+        parts.append(
+            "\n".join(table)
+            if proc.returncode == 0
+            else f"FAILED (exit {proc.returncode}):\n```\n{proc.stderr[-3000:]}\n```"
+        )
         parts.append("")
     args.out.write_text("\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -69,16 +69,23 @@ async def run(scale: int, db: str, seconds: float) -> list[str]:
     tmp = Path(tempfile.mkdtemp(prefix="cdp-api-"))
     rows = []
     async with scratch_platform(db, tmp) as p:
-        await run_import(p, write_customers(tmp / "base.csv", scale), "crm",
-                         rejects_path=tmp / "rej.csv")
+        await run_import(
+            p, write_customers(tmp / "base.csv", scale), "crm", rejects_path=tmp / "rej.csv"
+        )
         ingest = await create_key(p.db, "bench-ingest", "ingest")
         marketing = await create_key(p.db, "bench-marketing", "marketing")
-        env = {**os.environ, "CDP_DATABASE_URL": p.settings.database_url,
-               "CDP_MASTER_KEY": p.settings.master_key or "", "CDP_DEV_KEY_DIR": str(tmp)}
+        env = {
+            **os.environ,
+            "CDP_DATABASE_URL": p.settings.database_url,
+            "CDP_MASTER_KEY": p.settings.master_key or "",
+            "CDP_DEV_KEY_DIR": str(tmp),
+        }
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "cdp.cli", "serve", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -92,34 +99,63 @@ async def run(scale: int, db: str, seconds: float) -> list[str]:
                         await asyncio.sleep(0.2)
                 hi = {"Authorization": f"Bearer {ingest}"}
                 hm = {"Authorization": f"Bearer {marketing}"}
-                seg = await client.post("/v1/segments", headers=hm, json={
-                    "name": "bench", "purpose": "marketing", "channel": "email",
-                    "rules": {"field": "country", "op": "eq", "value": "RU"}})
+                seg = await client.post(
+                    "/v1/segments",
+                    headers=hm,
+                    json={
+                        "name": "bench",
+                        "purpose": "marketing",
+                        "channel": "email",
+                        "rules": {"field": "country", "op": "eq", "value": "RU"},
+                    },
+                )
                 seg.raise_for_status()
                 seg_id = seg.json()["id"]
                 run_id = uuid.uuid4().hex[:6]
                 cases = {
                     "GET /health/live (ceiling)": lambda w, i: ("GET", "/health/live", {}),
-                    "POST /v1/profiles": lambda w, i: ("POST", "/v1/profiles", {
-                        "headers": hi, "json": {"source": "api", "email":
-                                                f"b{run_id}.{w}.{i}@example.com",
-                                                "first_name": "Анна"}}),
-                    "POST /v1/opt-outs": lambda w, i: ("POST", "/v1/opt-outs", {
-                        "headers": hi, "json": {"source": "esp", "email":
-                                                f"user{random.randrange(scale)}@example.com"}}),
+                    "POST /v1/profiles": lambda w, i: (
+                        "POST",
+                        "/v1/profiles",
+                        {
+                            "headers": hi,
+                            "json": {
+                                "source": "api",
+                                "email": f"b{run_id}.{w}.{i}@example.com",
+                                "first_name": "Анна",
+                            },
+                        },
+                    ),
+                    "POST /v1/opt-outs": lambda w, i: (
+                        "POST",
+                        "/v1/opt-outs",
+                        {
+                            "headers": hi,
+                            "json": {
+                                "source": "esp",
+                                "email": f"user{random.randrange(scale)}@example.com",
+                            },
+                        },
+                    ),
                     "GET /v1/segments/{id}/members": lambda w, i: (
-                        "GET", f"/v1/segments/{seg_id}/members?limit=100", {"headers": hm}),
+                        "GET",
+                        f"/v1/segments/{seg_id}/members?limit=100",
+                        {"headers": hm},
+                    ),
                 }
                 ceiling = None
                 for name, make in cases.items():
                     rps, lat, errors = await load(client, make, seconds)
                     ceiling = ceiling or rps
-                    rows.append(f"| {db} | {name} | {rps:,.0f} | {rps / ceiling:.2f}x | "
-                                f"{pct(lat, 0.5):.1f} | {pct(lat, 0.99):.1f} | {errors} |")
+                    rows.append(
+                        f"| {db} | {name} | {rps:,.0f} | {rps / ceiling:.2f}x | "
+                        f"{pct(lat, 0.5):.1f} | {pct(lat, 0.99):.1f} | {errors} |"
+                    )
                     print(rows[-1], flush=True)
                 leaked = await race(client, hi, hm, seg_id, seconds)
-                rows.append(f"| {db} | contacts handed out after an opt-out's answer | "
-                            f"{leaked} | | | | |")
+                rows.append(
+                    f"| {db} | contacts handed out after an opt-out's answer | {leaked} | | | | |"
+                )
                 print(rows[-1], flush=True)
         finally:
             server.terminate()
@@ -140,8 +176,9 @@ async def race(client: httpx.AsyncClient, hi: dict, hm: dict, seg_id: str, secon
         for pid, address in share:
             if time.perf_counter() > stop:
                 break
-            r = await client.post("/v1/opt-outs", headers=hi,
-                                  json={"source": "race", "email": address})
+            r = await client.post(
+                "/v1/opt-outs", headers=hi, json={"source": "race", "email": address}
+            )
             if r.status_code == 200:
                 answered[pid] = time.perf_counter()
 
@@ -151,10 +188,13 @@ async def race(client: httpx.AsyncClient, hi: dict, hm: dict, seg_id: str, secon
             r = await client.get(f"/v1/segments/{seg_id}/members?limit=1000", headers=hm)
             reads.append((t, {m["profile_id"] for m in r.json()["items"]}))
 
-    await asyncio.gather(*([opt_outs(targets[k::10]) for k in range(10)]
-                           + [reader() for _ in range(20)]))
+    await asyncio.gather(
+        *([opt_outs(targets[k::10]) for k in range(10)] + [reader() for _ in range(20)])
+    )
     return sum(
-        1 for started, members in reads for pid in members
+        1
+        for started, members in reads
+        for pid in members
         if pid in answered and answered[pid] < started
     )
 

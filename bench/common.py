@@ -31,8 +31,9 @@ async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterato
         await admin.execute(f'CREATE DATABASE "{name}"')
         await admin.close()
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    settings = Settings(database_url=url, master_key=MasterKey.generate_base64(),
-                        dev_key_dir=tmp / "keys")
+    settings = Settings(
+        database_url=url, master_key=MasterKey.generate_base64(), dev_key_dir=tmp / "keys"
+    )
     p = await open_platform(settings)
     try:
         yield p

@@ -6,23 +6,54 @@ import csv
 import random
 from pathlib import Path
 
-FIRST = ["Анна", "Мария", "Елена", "Иван", "Алексей", "Дмитрий", "James", "Emma", "Olivia",
-         "Liam", "Sophia", "Noah"]
+FIRST = [
+    "Анна",
+    "Мария",
+    "Елена",
+    "Иван",
+    "Алексей",
+    "Дмитрий",
+    "James",
+    "Emma",
+    "Olivia",
+    "Liam",
+    "Sophia",
+    "Noah",
+]
 LAST = ["Иванова", "Смирнов", "Кузнецова", "Попов", "Петрова", "Smith", "Brown", "Taylor"]
 CITIES = ["Moscow", "Kazan", "Saint Petersburg", "Berlin", "Paris", "Los Angeles"]
-HEADER = ["external_id", "email", "phone", "first_name", "last_name", "birth_date",
-          "postal_address", "city", "country", "traits.tier", "consent.marketing.email",
-          "consent.marketing.email.wording_id", "consent.marketing.email.occurred_at"]
+HEADER = [
+    "external_id",
+    "email",
+    "phone",
+    "first_name",
+    "last_name",
+    "birth_date",
+    "postal_address",
+    "city",
+    "country",
+    "traits.tier",
+    "consent.marketing.email",
+    "consent.marketing.email.wording_id",
+    "consent.marketing.email.occurred_at",
+]
 
 
 def customer_row(i: int, rng: random.Random) -> list[str]:
     consent = rng.random() < 0.4
     return [
-        f"C{i}", f"user{i}@example.com", f"+7916{i % 10_000_000:07d}", rng.choice(FIRST),
-        rng.choice(LAST), f"19{rng.randint(50, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
-        f"ул. Ленина, {rng.randint(1, 200)}", rng.choice(CITIES), "RU",
+        f"C{i}",
+        f"user{i}@example.com",
+        f"+7916{i % 10_000_000:07d}",
+        rng.choice(FIRST),
+        rng.choice(LAST),
+        f"19{rng.randint(50, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+        f"ул. Ленина, {rng.randint(1, 200)}",
+        rng.choice(CITIES),
+        "RU",
         rng.choice(["bronze", "silver", "gold"]),
-        "granted" if consent else "", "newsletter-v3" if consent else "",
+        "granted" if consent else "",
+        "newsletter-v3" if consent else "",
         "2026-06-01T10:00:00Z" if consent else "",
     ]
 

@@ -70,8 +70,13 @@ def make_plain(p: Platform) -> None:
     def new_profile_key(pid):  # type: ignore[no-untyped-def]
         from cdp.ids import utcnow
 
-        return cipher, {"profile_id": pid, "key_id": 1, "master_key_id": "plain",
-                        "wrapped": b"", "created_at": utcnow()}
+        return cipher, {
+            "profile_id": pid,
+            "key_id": 1,
+            "master_key_id": "plain",
+            "wrapped": b"",
+            "created_at": utcnow(),
+        }
 
     async def ciphers(conn, pids):  # type: ignore[no-untyped-def]
         return {pid: cipher for pid in pids}
@@ -83,8 +88,9 @@ def make_plain(p: Platform) -> None:
 
 async def timed_import(p: Platform, path: Path, workers: int | None) -> tuple[float, int]:
     t = time.perf_counter()
-    summary = await run_import(p, path, "crm", rejects_path=path.with_suffix(".rej"),
-                               workers=workers)
+    summary = await run_import(
+        p, path, "crm", rejects_path=path.with_suffix(".rej"), workers=workers
+    )
     return time.perf_counter() - t, summary.rows - summary.rejected_rows
 
 
@@ -99,8 +105,11 @@ async def raw_insert(p: Platform, path: Path) -> float:
         next(reader)
         batch: list[tuple] = []
         cols = ", ".join(c.name for c in table.columns)
-        marks = ", ".join(["?"] * len(HEADER)) if p.db.is_sqlite else ", ".join(
-            f"${i + 1}" for i in range(len(HEADER)))
+        marks = (
+            ", ".join(["?"] * len(HEADER))
+            if p.db.is_sqlite
+            else ", ".join(f"${i + 1}" for i in range(len(HEADER)))
+        )
         sql = f"INSERT INTO raw_rows ({cols}) VALUES ({marks})"
         for row in reader:
             batch.append(tuple(row))
@@ -121,17 +130,26 @@ async def api_ingest(p: Platform, n: int) -> tuple[float, float]:
     async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
         t = time.perf_counter()
         for start in range(0, n, 1000):
-            records = [{"source": "api", "email": f"api{i}@example.com", "first_name": "Анна",
-                        "phone": f"+7925{i:07d}"} for i in range(start, min(n, start + 1000))]
-            r = await client.post("/v1/profiles/batch", json={"records": records},
-                                  headers=headers)
+            records = [
+                {
+                    "source": "api",
+                    "email": f"api{i}@example.com",
+                    "first_name": "Анна",
+                    "phone": f"+7925{i:07d}",
+                }
+                for i in range(start, min(n, start + 1000))
+            ]
+            r = await client.post("/v1/profiles/batch", json={"records": records}, headers=headers)
             r.raise_for_status()
         batch_s = time.perf_counter() - t
         singles = min(2000, n)
         t = time.perf_counter()
         for i in range(singles):
-            r = await client.post("/v1/profiles", headers=headers, json={
-                "source": "api1", "email": f"one{i}@example.com", "first_name": "Иван"})
+            r = await client.post(
+                "/v1/profiles",
+                headers=headers,
+                json={"source": "api1", "email": f"one{i}@example.com", "first_name": "Иван"},
+            )
             r.raise_for_status()
         single_s = time.perf_counter() - t
     return n / batch_s, singles / single_s
@@ -168,9 +186,11 @@ def main() -> None:
     ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    print("| db | records | import rec/s (encrypted) | same path, plain rec/s | ratio | "
-          "raw executemany rows/s | ratio to raw | API batch rec/s | API single req/s | "
-          "peak RSS |")
+    print(
+        "| db | records | import rec/s (encrypted) | same path, plain rec/s | ratio | "
+        "raw executemany rows/s | ratio to raw | API batch rec/s | API single req/s | "
+        "peak RSS |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     asyncio.run(run(args.scale, args.db or ["sqlite"], args.workers))
 

@@ -228,7 +228,9 @@ async def run_import(
             loop = asyncio.get_running_loop()
             ctx = multiprocessing.get_context("forkserver")
             with ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                max_workers=workers,
+                mp_context=ctx,
+                initializer=_init_worker,
                 initargs=(p.policy, p.keys.indexer.key, source),
             ) as pool:
                 pending: deque[asyncio.Future] = deque()

@@ -97,9 +97,14 @@ async def record_claims(
     need = {
         pid
         for pid, named, claim in items
-        if any(k not in {n[0] for n in named} and k != "profile"
-               for k in ({kind_of[c] for c in channels} if claim.channel == "*"
-                         else {kind_of.get(claim.channel)}))
+        if any(
+            k not in {n[0] for n in named} and k != "profile"
+            for k in (
+                {kind_of[c] for c in channels}
+                if claim.channel == "*"
+                else {kind_of.get(claim.channel)}
+            )
+        )
     }
     addresses = await addresses_of(conn, need)
     entries: list[Entry] = []

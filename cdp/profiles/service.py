@@ -64,8 +64,9 @@ async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> l
         return []
     async with p.db.write() as conn:
         await lock_keys(conn, [k.bidx for x in prepared for k in x.keys])
-        outcomes = await ingest(conn, p, [x.record for x in prepared], actor,
-                                keys=[x.keys for x in prepared])
+        outcomes = await ingest(
+            conn, p, [x.record for x in prepared], actor, keys=[x.keys for x in prepared]
+        )
         items = []
         for x, o in zip(prepared, outcomes, strict=True):
             named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
