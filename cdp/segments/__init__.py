@@ -5,8 +5,10 @@ rules.py       parse and validate a JSON condition (errors name the bad part: ru
 conditions.py  a parsed condition as a SQLAlchemy boolean expression over `profiles`
 traits.py      typed predicates over the JSON `traits` column (SQLite and PostgreSQL)
 audience.py    the member and stats queries: rule + addresses + consent + suppressions
-members.py     one page of members (the one function members, export and query go through)
+members.py     pages of members: the one path that members, export and ad-hoc query go through
 export.py      the whole segment as NDJSON or CSV, page by page, in constant memory
+cursor.py      opaque keyset cursors and the limit check
 store.py       saved segment definitions
+schemas.py     request and response bodies (they document the OpenAPI schema)
 service.py     use cases with access logging, called by the API
 """

@@ -8,10 +8,11 @@ or on "*". Channels whose address is the profile (push, messenger) use the profi
 consent subject ("p:" + profile id) and have no suppressions (as `consent.service`).
 
 Members: one row per contactable customer, with the contactable address most recently
-confirmed (then last seen, then created, then id: deterministic). The choice is a correlated
-subquery per customer, so a page walks the profiles index in id order and stops after `limit`
-rows on both backends. Stats: every matched customer once, with the reason of their best
-address (a contactable one first, else the most recently confirmed), or NULL when contactable.
+confirmed (then last seen, then created, then id: deterministic). The choice is a top-1
+subquery per customer (LATERAL on PostgreSQL, correlated on SQLite), so a page walks the
+profiles primary key in id order and stops after `limit` rows on both backends. Stats: every
+matched customer once, with the reason of their best address (a contactable one first, else the
+most recently confirmed), or NULL when contactable: one aggregate with a row_number() window.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
+    true,
     type_coerce,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
@@ -39,6 +43,8 @@ from consent.policy import Policy
 from consent.rule import RuleColumns, contactable_sql, reason_sql
 from consent.subjects import PROFILE_PREFIX
 from consent.tables import consent_state, suppressions
+
+FIRST_ID = uuid.UUID(int=0)  # sorts before every profile id, on both backends
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,13 @@ class Audience:
         if kind is None:
             raise ValueError("the channel is not in the policy")
         return kind
+
+
+async def tune(conn: AsyncConnection) -> None:
+    """Per transaction: no JIT on PostgreSQL. Compiling these plans costs up to seconds, and a
+    selective rule pushes even a page of members over `jit_above_cost`."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL jit = off"))
 
 
 def _base(compiled: Compiled) -> FromClause:
@@ -77,36 +90,56 @@ def address_order(i: FromClause) -> list:
 
 @dataclass(frozen=True, slots=True)
 class _AddressFacts:
-    """An identity alias joined to its consent state, and the rule's columns over them."""
+    """An identity alias joined to its consent state (and, for a whole-segment aggregate, to
+    its latest suppression), and the rule's columns over them."""
 
     identity: FromClause
-    state: FromClause
-    on_state: ColumnElement[bool]
+    joins: list[tuple[FromClause, ColumnElement[bool]]]
     columns: RuleColumns
 
+    def joined_to(self, left: FromClause) -> FromClause:
+        for right, on in self.joins:
+            left = left.outerjoin(right, on)
+        return left
 
-def _address_facts(a: Audience, name: str) -> _AddressFacts:
+
+def _address_facts(a: Audience, name: str, *, aggregate: bool = False) -> _AddressFacts:
+    """The latest applicable suppression of the address: a correlated primary-key lookup for a
+    page of members, a grouped subquery joined once for a whole-segment aggregate (the same
+    max over the same rows)."""
     i = identities.alias(name)
     cs = consent_state.alias(name + "_cs")
     s = suppressions.c
-    latest_suppression = (
-        select(func.max(s.at))
-        .where(s.bidx == i.c.bidx, s.purpose == a.purpose, s.channel.in_((a.channel, "*")))
-        .scalar_subquery()
-    )
+    applicable = (s.purpose == a.purpose, s.channel.in_((a.channel, "*")))
+    joins: list[tuple[FromClause, ColumnElement[bool]]] = [
+        (
+            cs,
+            and_(cs.c.subject == i.c.bidx, cs.c.purpose == a.purpose, cs.c.channel == a.channel),
+        )
+    ]
+    if aggregate:
+        latest = (
+            select(s.bidx, func.max(s.at).label("at"))
+            .where(*applicable)
+            .group_by(s.bidx)
+            .subquery(name + "_sup")
+        )
+        joins.append((latest, latest.c.bidx == i.c.bidx))
+        suppressed_at: ColumnElement = latest.c.at
+    else:
+        suppressed_at = (
+            select(func.max(s.at)).where(s.bidx == i.c.bidx, *applicable).scalar_subquery()
+        )
     return _AddressFacts(
         identity=i,
-        state=cs,
-        on_state=and_(
-            cs.c.subject == i.c.bidx, cs.c.purpose == a.purpose, cs.c.channel == a.channel
-        ),
+        joins=joins,
         columns=RuleColumns(
             profile_status=profiles.c.status,
             jurisdiction=profiles.c.jurisdiction,
             has_address=i.c.id.is_not(None),
             state_status=cs.c.status,
             state_since=cs.c.since,
-            suppressed_at=latest_suppression,
+            suppressed_at=suppressed_at,
         ),
     )
 
@@ -120,48 +153,29 @@ class _ProfileFacts:
 
 def _profile_facts(a: Audience) -> _ProfileFacts:
     """Consent keyed by the profile itself: subject = b"p:" + the profile id's 16 bytes."""
-    cs = consent_state.c
-    prefix = literal(PROFILE_PREFIX, LargeBinary())
+    ps = consent_state.alias("pstate")
     if a.dialect == "postgresql":
-        state: FromClause = consent_state.alias("pstate")
+        prefix = literal(PROFILE_PREFIX, LargeBinary())
         subject = prefix.op("||", return_type=LargeBinary())(func.uuid_send(profiles.c.id))
-        on = and_(
-            state.c.subject == subject,
-            state.c.purpose == a.purpose,
-            state.c.channel == a.channel,
-        )
-        status, since = state.c.status, state.c.since
+        exact = ps.c.subject == subject
     else:
-        # SQLite stores UUIDs as 32 lower-case hex digits and (3.40) has no unhex(): compare
-        # in hex, over the purpose's and channel's profile-keyed rows, materialised once.
-        state = (
-            select(
-                func.lower(func.hex(func.substr(cs.subject, 3))).label("pid_hex"),
-                cs.status,
-                cs.since,
-            )
-            .where(
-                cs.purpose == a.purpose,
-                cs.channel == a.channel,
-                func.length(cs.subject) == len(PROFILE_PREFIX) + 16,
-                func.substr(cs.subject, 1, len(PROFILE_PREFIX)) == prefix,
-            )
-            .cte("pstate")
-            .prefix_with("MATERIALIZED")
+        # SQLite stores UUIDs as 32 hex digits and (3.40) has no unhex(): reach the row by the
+        # indexed profile_id (the ledger and merges write it together with the subject) and
+        # still compare the subject exactly, in hex.
+        hex_subject = literal(PROFILE_PREFIX.hex().upper(), String()) + func.upper(
+            type_coerce(profiles.c.id, String())
         )
-        on = state.c.pid_hex == type_coerce(profiles.c.id, String())
-        status, since = state.c.status, state.c.since
-    none_at = literal(None, consent_state.c.since.type)
+        exact = and_(ps.c.profile_id == profiles.c.id, func.hex(ps.c.subject) == hex_subject)
     return _ProfileFacts(
-        state=state,
-        on_state=on,
+        state=ps,
+        on_state=and_(exact, ps.c.purpose == a.purpose, ps.c.channel == a.channel),
         columns=RuleColumns(
             profile_status=profiles.c.status,
             jurisdiction=profiles.c.jurisdiction,
             has_address=literal(True),
-            state_status=status,
-            state_since=since,
-            suppressed_at=none_at,
+            state_status=ps.c.status,
+            state_since=ps.c.since,
+            suppressed_at=literal(None, consent_state.c.since.type),
         ),
     )
 
@@ -171,39 +185,61 @@ def members_query(
 ) -> Select:
     """Rows (profile_id, first_name ciphertext, address bidx, address ciphertext), by id."""
     base = _base(compiled)
-    where = [_matched(compiled)]
-    if after is not None:
-        where.append(profiles.c.id > after)
+    # A lower bound even on the first page: without it SQLite drives the join from a full scan
+    # of identities and sorts; with it both planners walk the profiles index in id order.
+    where = [_matched(compiled), profiles.c.id > (after or FIRST_ID)]
     if a.kind == "profile":
         f = _profile_facts(a)
-        return (
-            select(
-                profiles.c.id,
-                profiles.c.first_name,
-                literal(None, LargeBinary()).label("bidx"),
-                literal(None, LargeBinary()).label("value"),
-            )
-            .select_from(base.outerjoin(f.state, f.on_state))
-            .where(*where, contactable_sql(a.policy, a.purpose, a.channel, f.columns))
-            .order_by(profiles.c.id)
-            .limit(limit)
+        ok = contactable_sql(a.policy, a.purpose, a.channel, f.columns)
+        columns = (
+            profiles.c.id,
+            profiles.c.first_name,
+            literal(None, LargeBinary()).label("bidx"),
+            literal(None, LargeBinary()).label("value"),
         )
-    best = _address_facts(a, "i")
-    i = best.identity
-    best_id = (
-        select(i.c.id)
-        .select_from(i.outerjoin(best.state, best.on_state))
+        if a.dialect == "postgresql":  # as for addresses below: one row per customer, in order
+            one = select(literal(1).label("one")).subquery("one")
+            check = (
+                select(one.c.one)
+                .select_from(one.outerjoin(f.state, f.on_state))
+                .where(ok)
+                .limit(1)
+                .lateral("ok")
+            )
+            source, where = base.join(check, true()), where
+        else:
+            source, where = base.outerjoin(f.state, f.on_state), [*where, ok]
+        return (
+            select(*columns).select_from(source).where(*where).order_by(profiles.c.id).limit(limit)
+        )
+    f = _address_facts(a, "i")
+    i = f.identity
+    best = (  # this customer's contactable address most recently confirmed
+        select(i.c.id, i.c.bidx, i.c.value)
+        .select_from(f.joined_to(i))
         .where(
             i.c.profile_id == profiles.c.id,
             i.c.kind == a.kind,
-            contactable_sql(a.policy, a.purpose, a.channel, best.columns),
+            contactable_sql(a.policy, a.purpose, a.channel, f.columns),
         )
         .order_by(*address_order(i))
         .limit(1)
-        .correlate(profiles)
-        .scalar_subquery()
     )
+    if a.dialect == "postgresql":
+        # LATERAL: PostgreSQL estimates one row per customer and walks profiles in id order
+        # (an `addr.id = (subquery)` join is misestimated there and hashed and sorted whole).
+        top = best.lateral("best")
+        return (
+            select(profiles.c.id, profiles.c.first_name, top.c.bidx, top.c.value)
+            .select_from(base.join(top, true()))
+            .where(*where)
+            .order_by(profiles.c.id)
+            .limit(limit)
+        )
+    # SQLite has no LATERAL; it runs the correlated subquery per customer and looks the
+    # chosen identity up by primary key.
     addr = identities.alias("addr")
+    best_id = best.with_only_columns(i.c.id).correlate(profiles).scalar_subquery()
     return (
         select(profiles.c.id, profiles.c.first_name, addr.c.bidx, addr.c.value)
         .select_from(
@@ -227,7 +263,7 @@ def stats_query(a: Audience, compiled: Compiled) -> Select:
             .subquery("per_customer")
         )
         return select(per_customer.c.reason, func.count()).group_by(per_customer.c.reason)
-    f = _address_facts(a, "i")
+    f = _address_facts(a, "i", aggregate=True)
     i = f.identity
     rows = (
         select(
@@ -239,11 +275,12 @@ def stats_query(a: Audience, compiled: Compiled) -> Select:
             i.c.id,
         )
         .select_from(
-            base.outerjoin(i, and_(i.c.profile_id == profiles.c.id, i.c.kind == a.kind)).outerjoin(
-                f.state, f.on_state
+            f.joined_to(
+                base.outerjoin(i, and_(i.c.profile_id == profiles.c.id, i.c.kind == a.kind))
             )
         )
         .where(_matched(compiled))
+        .offset(0)  # a fence: PostgreSQL would otherwise evaluate the reason twice
         .subquery("address_rows")
     )
     ranked = select(

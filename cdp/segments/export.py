@@ -14,11 +14,10 @@ from datetime import datetime
 
 import msgspec
 
-from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.segments.members import MEMBER_FIELDS, Definition, Member, members_page
+from cdp.segments.members import MEMBER_FIELDS, Definition, Member, member_pages
 
-EXPORT_PAGE = 2000
+EXPORT_PAGE = 2000  # rows per page: large enough to amortise a query, small in memory
 FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 _json = msgspec.json.Encoder()
@@ -54,14 +53,7 @@ async def export_chunks(
     encode = ndjson_chunk if fmt == "ndjson" else csv_chunk
     if fmt == "csv":
         yield csv_header()
-    now = now or utcnow()
-    after = None
-    while True:
-        async with p.db.read() as conn:
-            page = await members_page(conn, p, d, after=after, limit=page_size, now=now)
+    async for page in member_pages(p, d, page_size=page_size, now=now):
         if page.items:
             counted(len(page.items))
             yield encode(page.items)
-        if page.next_after is None:
-            return
-        after = page.next_after

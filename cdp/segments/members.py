@@ -1,5 +1,5 @@
-"""One page of a segment's members: the one function that members, export and ad-hoc query
-all go through.
+"""Pages of a segment's members: members, export and ad-hoc query all go through `_select`
+(the one SQL query of `audience.members_query`) and `_render`.
 
 The database evaluates the rule and the contactability rule and returns at most `limit` rows
 after the keyset position; Python decrypts only those (one `ciphers` call per page) and signs
@@ -9,16 +9,21 @@ pages removes the customer from the later ones.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.crypto.fields import FieldCipher
 from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.segments.audience import Audience, members_query
+from cdp.segments.audience import Audience, members_query, tune
 from cdp.segments.conditions import compile_condition
 from cdp.segments.rules import Condition
 from consent.subjects import profile_subject
@@ -48,26 +53,42 @@ class Page:
     next_after: uuid.UUID | None  # keyset position of the next page; None on the last page
 
 
-async def members_page(
+@dataclass(slots=True)
+class _Rows:
+    """What the database returned for one page, with the data keys of its profiles."""
+
+    rows: list[Row]
+    ciphers: dict[uuid.UUID, FieldCipher]
+    kind: str
+    next_after: uuid.UUID | None
+
+
+async def _select(
     conn: AsyncConnection,
     p: Platform,
     d: Definition,
     *,
     after: uuid.UUID | None,
     limit: int,
-    now: datetime | None = None,
-) -> Page:
+    now: datetime | None,
+) -> _Rows:
+    await tune(conn)
     audience = Audience(p.policy, d.purpose, d.channel, conn.dialect.name)
     compiled = compile_condition(d.condition, conn.dialect.name, now or utcnow())
     query = members_query(audience, compiled, after=after, limit=limit + 1)
-    rows = (await conn.execute(query)).all()
+    rows = list((await conn.execute(query)).all())
     more = len(rows) > limit
-    rows = rows[:limit]
+    del rows[limit:]
     ciphers = await p.keys.ciphers(conn, [r[0] for r in rows])
-    key, kind, purpose, channel = p.keys.token_key, audience.kind, d.purpose, d.channel
+    return _Rows(rows, ciphers, audience.kind, rows[-1][0] if more else None)
+
+
+def _render(p: Platform, d: Definition, got: _Rows) -> list[Member]:
+    """Decrypt the page and sign a token per member (pure CPU: no database)."""
+    key, kind, purpose, channel = p.keys.token_key, got.kind, d.purpose, d.channel
     items: list[Member] = []
-    for pid, first_name, bidx, value in rows:
-        cipher = ciphers.get(pid)
+    for pid, first_name, bidx, value in got.rows:
+        cipher = got.ciphers.get(pid)
         if cipher is None:  # erased since the query ran: its data key is gone
             continue
         if kind == "profile":
@@ -77,4 +98,44 @@ async def members_page(
         token = issue(key, TokenClaims(pid, kind, subject, purpose, channel))
         name = cipher.decrypt("profiles.first_name", first_name) if first_name else None
         items.append(Member(str(pid), address, token, name))  # type: ignore[arg-type]
-    return Page(items, rows[-1][0] if more else None)
+    return items
+
+
+async def members_page(
+    conn: AsyncConnection,
+    p: Platform,
+    d: Definition,
+    *,
+    after: uuid.UUID | None,
+    limit: int,
+    now: datetime | None = None,
+) -> Page:
+    """At most `limit` members after the keyset position `after`, in profile id order."""
+    got = await _select(conn, p, d, after=after, limit=limit, now=now)
+    return Page(_render(p, d, got), got.next_after)
+
+
+async def member_pages(
+    p: Platform, d: Definition, *, page_size: int, now: datetime | None = None
+) -> AsyncIterator[Page]:
+    """Every page of the segment in order, each selected in its own read transaction exactly
+    as `members_page` does. The next page's query runs while this page is decrypted."""
+    now = now or utcnow()
+
+    async def select_after(after: uuid.UUID | None) -> _Rows:
+        async with p.db.read() as conn:
+            return await _select(conn, p, d, after=after, limit=page_size, now=now)
+
+    pending: asyncio.Task[_Rows] | None = asyncio.ensure_future(select_after(None))
+    try:
+        while pending is not None:
+            got = await pending
+            pending = None
+            if got.next_after is not None:
+                pending = asyncio.ensure_future(select_after(got.next_after))
+            yield Page(_render(p, d, got), got.next_after)
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending

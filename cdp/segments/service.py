@@ -19,11 +19,11 @@ from sqlalchemy.engine import Row
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
-from cdp.errors import Conflict, InvalidInput, NotFound
+from cdp.errors import Conflict, FieldError, InvalidInput, NotFound
 from cdp.ids import parse_uuid, utcnow
 from cdp.platform import Platform
 from cdp.segments import store
-from cdp.segments.audience import Audience, stats_query
+from cdp.segments.audience import Audience, stats_query, tune
 from cdp.segments.conditions import compile_condition
 from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from cdp.segments.export import FORMATS, export_chunks
@@ -35,13 +35,23 @@ from consent.rule import REASONS
 ADHOC = "adhoc"
 
 
-def build_definition(p: Platform, purpose: str, channel: str, rules: Any) -> Definition:
-    """Validate a definition against the policy; 400 naming the bad field or rule part."""
+def build_definition(
+    p: Platform, purpose: str, channel: str, rules: Any, *, name: str | None = None
+) -> Definition:
+    """Validate a definition against the policy; 400 naming every bad field and rule part."""
+    errors: list[FieldError] = []
+    if name is not None and not name.strip():
+        errors.append(FieldError("name", "required"))
     if purpose not in p.policy.purposes:
-        raise InvalidInput.field("purpose", "unknown purpose")
+        errors.append(FieldError("purpose", "unknown purpose"))
     if channel not in p.policy.channels:
-        raise InvalidInput.field("channel", "unknown channel")
-    condition = parse_rules(rules, jurisdictions=p.policy.jurisdictions)
+        errors.append(FieldError("channel", "unknown channel"))
+    try:
+        condition = parse_rules(rules, jurisdictions=p.policy.jurisdictions)
+    except InvalidInput as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise InvalidInput("the segment definition is not valid", errors)
     return Definition(purpose, channel, condition)
 
 
@@ -85,9 +95,7 @@ async def _load(p: Platform, segment_id: str) -> tuple[Row, Definition]:
 async def create_segment(
     p: Platform, who: Principal, *, name: str, purpose: str, channel: str, rules: Any
 ) -> SegmentOut:
-    if not name.strip():
-        raise InvalidInput.field("name", "required")
-    d = build_definition(p, purpose, channel, rules)
+    d = build_definition(p, purpose, channel, rules, name=name)
     async with p.db.write() as conn:
         row = await store.insert_segment(
             conn,
@@ -189,6 +197,7 @@ async def query_members(
 # stats -------------------------------------------------------------------------------------
 async def definition_stats(p: Platform, d: Definition) -> StatsOut:
     async with p.db.read() as conn:
+        await tune(conn)
         dialect = conn.dialect.name
         compiled = compile_condition(d.condition, dialect, utcnow())
         query = stats_query(Audience(p.policy, d.purpose, d.channel, dialect), compiled)
@@ -211,50 +220,45 @@ async def segment_stats(p: Platform, segment_id: str) -> StatsOut:
 async def open_export(
     p: Platform, who: Principal, segment_id: str, fmt: str
 ) -> tuple[str, AsyncIterator[bytes]]:
-    """Check everything first (so errors are proper 4xx), then hand out the stream."""
+    """Check everything and put the export on record before the response starts (so errors
+    are proper problem answers), then hand out the stream."""
     if fmt not in FORMATS:
         raise InvalidInput.field("format", f"must be one of {', '.join(FORMATS)}")
     row, d = await _load(p, segment_id)
-    return FORMATS[fmt], _logged_export(p, who, str(row.id), d, fmt)
+    detail = {"purpose": d.purpose, "channel": d.channel, "format": fmt, "definition": _digest(d)}
+    await _log_export(p, who, str(row.id), "segment.export_started", 0, detail)
+    return FORMATS[fmt], _logged_export(p, who, str(row.id), d, fmt, detail)
 
 
 async def _logged_export(
-    p: Platform, who: Principal, segment_id: str, d: Definition, fmt: str
+    p: Platform, who: Principal, segment_id: str, d: Definition, fmt: str, detail: dict[str, Any]
 ) -> AsyncIterator[bytes]:
-    sent = [0]
+    sent = 0
     complete = False
 
     def counted(n: int) -> None:
-        sent[0] += n
+        nonlocal sent
+        sent += n
 
-    detail = {"purpose": d.purpose, "channel": d.channel, "format": fmt, "definition": _digest(d)}
-    async with p.db.write() as conn:  # on record before the first row leaves
-        await log_access(
-            conn,
-            who,
-            "segment.export_started",
-            object_type="segment",
-            object_id=segment_id,
-            rows=0,
-            detail=detail,
-        )
     try:
         async for chunk in export_chunks(p, d, fmt, counted=counted):
             yield chunk
         complete = True
     finally:  # also when the client went away: shielded from the cancellation
         with anyio.CancelScope(shield=True):
-            await _log_export_end(p, who, segment_id, sent[0], detail | {"complete": complete})
+            await _log_export(
+                p, who, segment_id, "segment.export", sent, detail | {"complete": complete}
+            )
 
 
-async def _log_export_end(
-    p: Platform, who: Principal, segment_id: str, rows: int, detail: dict[str, Any]
+async def _log_export(
+    p: Platform, who: Principal, segment_id: str, action: str, rows: int, detail: dict[str, Any]
 ) -> None:
     async with p.db.write() as conn:
         await log_access(
             conn,
             who,
-            "segment.export",
+            action,
             object_type="segment",
             object_id=segment_id,
             rows=rows,

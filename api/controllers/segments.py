@@ -1,0 +1,110 @@
+"""Segments: definitions, contactable members, stats, streamed export, ad-hoc query."""
+
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import Stream
+
+from api.auth import roles
+from api.deps import PlatformDep, PrincipalDep
+from cdp.ids import parse_uuid
+from cdp.segments import service
+from cdp.segments.schemas import MembersOut, QueryIn, SegmentIn, SegmentList, SegmentOut, StatsOut
+
+MARKETING = roles("admin", "marketing")
+
+
+class SegmentController(Controller):
+    path = "/v1/segments"
+    tags = ("segments",)
+
+    @post("/", opt=MARKETING, status_code=201, summary="Save a segment definition")
+    async def create(
+        self, data: JSONBody[SegmentIn], platform: PlatformDep, principal: PrincipalDep
+    ) -> SegmentOut:
+        return await service.create_segment(
+            platform,
+            principal,
+            name=data.name,
+            purpose=data.purpose,
+            channel=data.channel,
+            rules=data.rules,
+        )
+
+    @get("/", opt=MARKETING, summary="Saved segments, oldest first (cursor-paginated)")
+    async def list_all(
+        self,
+        platform: PlatformDep,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> SegmentList:
+        return await service.list_segments(platform, limit=limit, cursor=cursor)
+
+    @post(
+        "/query",
+        opt=MARKETING,
+        status_code=200,
+        summary="Contactable members of an unsaved definition (access-logged)",
+    )
+    async def query(
+        self, data: JSONBody[QueryIn], platform: PlatformDep, principal: PrincipalDep
+    ) -> MembersOut:
+        return await service.query_members(
+            platform,
+            principal,
+            purpose=data.purpose,
+            channel=data.channel,
+            rules=data.rules,
+            limit=data.limit,
+            cursor=data.cursor,
+        )
+
+    @get("/{segment_id:str}", opt=MARKETING, summary="One saved segment")
+    async def read(self, segment_id: FromPath[str], platform: PlatformDep) -> SegmentOut:
+        return await service.get_segment(platform, segment_id)
+
+    @delete("/{segment_id:str}", opt=MARKETING, summary="Delete a segment (404 afterwards)")
+    async def remove(self, segment_id: FromPath[str], platform: PlatformDep) -> None:
+        await service.delete_segment(platform, segment_id)
+
+    @get(
+        "/{segment_id:str}/members",
+        opt=MARKETING,
+        summary="Customers who may be contacted now, one address each (access-logged)",
+    )
+    async def members(
+        self,
+        segment_id: FromPath[str],
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> MembersOut:
+        return await service.segment_members(
+            platform, principal, segment_id, limit=limit, cursor=cursor
+        )
+
+    @get("/{segment_id:str}/stats", opt=MARKETING, summary="Matched, contactable, and why not")
+    async def stats(self, segment_id: FromPath[str], platform: PlatformDep) -> StatsOut:
+        return await service.segment_stats(platform, segment_id)
+
+    @get(
+        "/{segment_id:str}/export",
+        opt=MARKETING,
+        summary="All members, streamed as NDJSON or CSV (access-logged)",
+    )
+    async def export(
+        self,
+        segment_id: FromPath[str],
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        format: FromQuery[str] = "ndjson",
+    ) -> Stream:
+        media_type, chunks = await service.open_export(platform, principal, segment_id, format)
+        name = f"segment-{parse_uuid(segment_id)}.{format}"
+        return Stream(
+            chunks,
+            media_type=media_type,
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )

@@ -1,0 +1,150 @@
+"""Segment definitions over HTTP: create, list, read, delete, roles, and validation errors."""
+
+from __future__ import annotations
+
+import pytest
+
+RULES = {"all": [{"field": "country", "op": "eq", "value": "ru"}]}
+
+
+def body(**over) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "name": "RU newsletter",
+        "purpose": "marketing",
+        "channel": "email",
+        "rules": RULES,
+    } | over
+
+
+async def test_create_read_list_delete(client, keys):
+    r = await client.post("/v1/segments", json=body(), headers=keys["marketing"])
+    assert r.status_code == 201, r.text
+    seg = r.json()
+    assert seg["name"] == "RU newsletter"
+    assert seg["created_by"] == "marketing-key"
+    assert seg["rules"] == {"all": [{"field": "country", "op": "eq", "value": "RU"}]}
+    sid = seg["id"]
+
+    r = await client.get(f"/v1/segments/{sid}", headers=keys["admin"])
+    assert r.status_code == 200
+    assert r.json() == seg
+
+    ids = [sid]
+    for n in range(4):
+        r = await client.post("/v1/segments", json=body(name=f"s{n}"), headers=keys["admin"])
+        ids.append(r.json()["id"])
+    listed, cursor = [], None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        r = await client.get("/v1/segments", params=params, headers=keys["marketing"])
+        assert r.status_code == 200
+        listed += [s["id"] for s in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if not cursor:
+            break
+    assert listed == ids
+
+    r = await client.delete(f"/v1/segments/{sid}", headers=keys["marketing"])
+    assert r.status_code == 204
+    for path in ("", "/members", "/stats", "/export"):
+        r = await client.get(f"/v1/segments/{sid}{path}", headers=keys["marketing"])
+        assert r.status_code == 404, path
+    r = await client.delete(f"/v1/segments/{sid}", headers=keys["marketing"])
+    assert r.status_code == 404
+    r = await client.get("/v1/segments", headers=keys["marketing"])
+    assert [s["id"] for s in r.json()["items"]] == ids[1:]
+    r = await client.get("/v1/segments/not-an-id", headers=keys["marketing"])
+    assert r.status_code == 404
+
+
+async def test_only_marketing_and_admin(client, keys):
+    r = await client.post("/v1/segments", json=body(), headers=keys["marketing"])
+    sid = r.json()["id"]
+    calls = [
+        ("POST", "/v1/segments", body()),
+        ("GET", "/v1/segments", None),
+        ("GET", f"/v1/segments/{sid}", None),
+        ("GET", f"/v1/segments/{sid}/members", None),
+        ("GET", f"/v1/segments/{sid}/stats", None),
+        ("GET", f"/v1/segments/{sid}/export", None),
+        ("POST", "/v1/segments/query", {k: v for k, v in body().items() if k != "name"}),
+        ("DELETE", f"/v1/segments/{sid}", None),
+    ]
+    for method, path, payload in calls:
+        for role in ("ingest", "compliance"):
+            r = await client.request(method, path, json=payload, headers=keys[role])
+            assert r.status_code == 403, (method, path, role)
+        r = await client.request(method, path, json=payload)
+        assert r.status_code == 401, (method, path)
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"purpose": "spam"}, "purpose"),
+        ({"channel": "fax"}, "channel"),
+        ({"channel": "*"}, "channel"),
+        ({"name": ""}, "name"),
+        (
+            {"rules": {"all": [RULES["all"][0], {"field": "city", "op": "gt", "value": 1}]}},
+            "rules.all[1].op",
+        ),
+        (
+            {"rules": {"all": [{"field": "shoe_size", "op": "eq", "value": 1}]}},
+            "rules.all[0].field",
+        ),
+        (
+            {"rules": {"not": {"field": "orders_count", "op": "gte", "value": "many"}}},
+            "rules.not.value",
+        ),
+        (
+            {"rules": {"any": [{"all": [{"field": "jurisdiction", "op": "eq", "value": "XX"}]}]}},
+            "rules.any[0].all[0].value",
+        ),
+        ({"rules": {"field": "traits.tier", "op": "between", "value": 1}}, "rules.op"),
+        ({"rules": {"all": {}}}, "rules.all"),
+        ({"rules": []}, "rules"),
+        ({"rules": {"all": [], "any": []}}, "rules.any"),
+    ],
+)
+async def test_validation_names_the_bad_part(client, keys, over, field):
+    r = await client.post("/v1/segments", json=body(**over), headers=keys["marketing"])
+    assert r.status_code == 400, r.text
+    problem = r.json()
+    assert field in [e["field"] for e in problem["errors"]]
+    r = await client.get("/v1/segments", headers=keys["marketing"])
+    assert r.json()["items"] == []  # a rejected request stores nothing
+
+
+async def test_every_bad_field_is_named_at_once(client, keys):
+    bad = body(name=" ", purpose="spam", rules={"any": [{"field": "x", "op": "eq", "value": 1}]})
+    r = await client.post("/v1/segments", json=bad, headers=keys["marketing"])
+    assert r.status_code == 400
+    assert [e["field"] for e in r.json()["errors"]] == ["name", "purpose", "rules.any[0].field"]
+
+
+async def test_limits_and_cursors_are_checked(client, keys):
+    r = await client.post("/v1/segments", json=body(), headers=keys["marketing"])
+    sid = r.json()["id"]
+    for params, field in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"cursor": "garbage"}, "cursor"),
+    ]:
+        r = await client.get(
+            f"/v1/segments/{sid}/members", params=params, headers=keys["marketing"]
+        )
+        assert r.status_code == 400
+        assert r.json()["errors"][0]["field"] == field
+    r = await client.get(
+        f"/v1/segments/{sid}/members", params={"limit": 1000}, headers=keys["marketing"]
+    )
+    assert r.status_code == 200
+    assert r.json() == {"items": [], "next_cursor": None}
+
+
+async def test_openapi_documents_the_segment_api(client):
+    r = await client.get("/schema/openapi.json")
+    paths = r.json()["paths"]
+    assert "/v1/segments/{segment_id}/members" in paths
+    assert "/v1/segments/query" in paths

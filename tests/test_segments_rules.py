@@ -1,0 +1,227 @@
+"""Every rule field and operator filters the right customers, the same on both backends.
+
+The segment is for `service` by email, so every customer with an email is contactable and the
+members are exactly the customers the rule matches.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from cdp.errors import InvalidInput
+from cdp.segments.rules import AllOf, Leaf, NotOf, parse_rules, to_json
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+J = {"RU", "EU", "US", "US-CA"}
+
+
+async def add(client, keys, name, source="crm", **body) -> str:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": source, "email": f"{name.lower()}@ex.com", "first_name": name, **body},
+        headers=keys["ingest"],
+    )
+    assert r.status_code in (200, 201), r.text
+    return r.json()["profile_id"]
+
+
+async def buy(client, keys, name, n, days_ago, amount, category) -> None:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/events",
+        json={
+            "source": "shop",
+            "event_id": f"{name}-{n}",
+            "type": "purchase",
+            "occurred_at": (NOW - timedelta(days=days_ago, hours=1)).isoformat(),
+            "email": f"{name.lower()}@ex.com",
+            "amount": amount,
+            "currency": "RUB",
+            "category": category,
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+
+
+@pytest.fixture
+async def base(client, keys):  # type: ignore[no-untyped-def]
+    await add(
+        client,
+        keys,
+        "Anna",
+        country="RU",
+        city="Moscow",
+        traits={"tier": "gold", "vip": True, "score": 7.5, "note": "likes red shoes"},
+    )
+    await add(
+        client, keys, "Boris", country="RU", city="Kazan", traits={"tier": "silver", "score": 3}
+    )
+    await add(
+        client, keys, "Carl", source="shop", country="DE", traits={"vip": False, "tier": None}
+    )
+    await add(client, keys, "Dan", source="pos", jurisdiction="US-CA", traits={"score": "7.5"})
+    await add(client, keys, "Eve", source="shop", country="US")
+    await buy(client, keys, "Anna", 1, 100, "100.00", "shoes")
+    await buy(client, keys, "Anna", 2, 5, "50000.50", "bags")
+    await buy(client, keys, "Boris", 1, 65, "900.00", "shoes")
+    await buy(client, keys, "Carl", 1, 20, "10.00", "hats")
+
+
+async def names(client, keys, rules) -> set[str]:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/segments/query",
+        json={"purpose": "service", "channel": "email", "rules": rules, "limit": 1000},
+        headers=keys["marketing"],
+    )
+    assert r.status_code == 200, r.text
+    return {m["first_name"] for m in r.json()["items"]}
+
+
+def leaf(field, op, value=None) -> dict:  # type: ignore[no-untyped-def]
+    return {"field": field, "op": op} | ({} if value is None else {"value": value})
+
+
+CASES = [
+    (leaf("country", "eq", "ru"), {"Anna", "Boris"}),
+    (leaf("country", "ne", "RU"), {"Carl", "Dan", "Eve"}),  # Dan has no country
+    (leaf("country", "in", ["DE", "US"]), {"Carl", "Eve"}),
+    (leaf("country", "exists", False), {"Dan"}),
+    (leaf("city", "eq", "Moscow"), {"Anna"}),
+    (leaf("city", "exists"), {"Anna", "Boris"}),
+    (leaf("jurisdiction", "eq", "us-ca"), {"Dan"}),
+    (leaf("jurisdiction", "in", ["EU", "US"]), {"Carl", "Eve"}),
+    (leaf("source", "eq", "shop"), {"Carl", "Eve"}),  # records add a source, events do not
+    (leaf("source", "ne", "shop"), {"Anna", "Boris", "Dan"}),
+    (leaf("source", "in", ["pos", "nowhere"]), {"Dan"}),
+    (leaf("traits.tier", "eq", "gold"), {"Anna"}),
+    (leaf("traits.tier", "ne", "gold"), {"Boris", "Carl", "Dan", "Eve"}),
+    (leaf("traits.tier", "in", ["gold", "silver"]), {"Anna", "Boris"}),
+    (leaf("traits.tier", "exists"), {"Anna", "Boris"}),  # a null trait does not exist
+    (leaf("traits.vip", "eq", True), {"Anna"}),
+    (leaf("traits.vip", "eq", False), {"Carl"}),
+    (leaf("traits.score", "gt", 5), {"Anna"}),  # Dan's "7.5" is a string
+    (leaf("traits.score", "lte", 3), {"Boris"}),
+    (leaf("traits.score", "eq", 3), {"Boris"}),
+    (leaf("traits.score", "eq", "7.5"), {"Dan"}),
+    (leaf("traits.score", "in", [3, "7.5"]), {"Boris", "Dan"}),
+    (leaf("traits.note", "contains", "red"), {"Anna"}),
+    (leaf("traits.note", "contains", "RED"), set()),
+    (leaf("orders_count", "eq", 0), {"Dan", "Eve"}),
+    (leaf("orders_count", "gte", 2), {"Anna"}),
+    (leaf("orders_count", "in", [1]), {"Boris", "Carl"}),
+    (leaf("total_spent", "gte", "50000"), {"Anna"}),
+    (leaf("total_spent", "lt", 100), {"Carl", "Dan", "Eve"}),
+    (leaf("total_spent", "eq", "900.00"), {"Boris"}),
+    (leaf("last_order_days", "gte", 60), {"Boris"}),
+    (leaf("last_order_days", "lt", 30), {"Anna", "Carl"}),
+    (leaf("last_order_days", "eq", 20), {"Carl"}),
+    (leaf("last_order_days", "ne", 20), {"Anna", "Boris", "Dan", "Eve"}),
+    (leaf("last_order_days", "exists", False), {"Dan", "Eve"}),
+    (leaf("first_order_days", "gt", 99), {"Anna"}),
+    (leaf("first_order_days", "lte", 99), {"Boris", "Carl"}),
+    (leaf("created_days", "lt", 1), {"Anna", "Boris", "Carl", "Dan", "Eve"}),
+    (leaf("created_days", "gte", 1), set()),
+    (leaf("categories", "contains", "shoes"), {"Anna", "Boris"}),
+    (leaf("categories", "in", ["hats", "bags"]), {"Anna", "Carl"}),
+    (leaf("categories", "exists", False), {"Dan", "Eve"}),
+    ({"not": leaf("traits.vip", "eq", True)}, {"Boris", "Carl", "Dan", "Eve"}),
+    ({"any": [leaf("city", "eq", "Kazan"), leaf("country", "eq", "DE")]}, {"Boris", "Carl"}),
+    ({"all": [leaf("country", "eq", "RU"), {"not": leaf("city", "eq", "Kazan")}]}, {"Anna"}),
+    ({"all": []}, {"Anna", "Boris", "Carl", "Dan", "Eve"}),
+    ({"any": []}, set()),
+]
+
+
+async def test_every_field_and_operator(client, keys, base):
+    for rules, expected in CASES:
+        assert await names(client, keys, rules) == expected, rules
+
+
+async def test_lifecycle_examples_from_the_docs(client, keys, base):
+    new = {"field": "created_days", "op": "lte", "value": 30}
+    active = {"field": "last_order_days", "op": "lte", "value": 30}
+    sleeping = {
+        "all": [
+            {"field": "orders_count", "op": "gte", "value": 1},
+            {"field": "last_order_days", "op": "gte", "value": 60},
+        ]
+    }
+    vip = {"field": "total_spent", "op": "gte", "value": "50000"}
+    assert await names(client, keys, new) == {"Anna", "Boris", "Carl", "Dan", "Eve"}
+    assert await names(client, keys, active) == {"Anna", "Carl"}
+    assert await names(client, keys, sleeping) == {"Boris"}
+    assert await names(client, keys, vip) == {"Anna"}
+
+
+# the parser alone: no database -------------------------------------------------------------
+def test_parse_normalises_and_round_trips():
+    raw = {
+        "all": [
+            {"field": "country", "op": "in", "value": ["ru", " kz "]},
+            {"not": {"field": "traits.vip", "op": "exists"}},
+            {"field": "total_spent", "op": "gte", "value": 1999.9},
+        ]
+    }
+    cond = parse_rules(raw, jurisdictions=J)
+    assert cond == AllOf(
+        (
+            Leaf("country", "in", ("RU", "KZ")),
+            NotOf(Leaf("traits.vip", "exists", True)),
+            Leaf("total_spent", "gte", __import__("decimal").Decimal("1999.9")),
+        )
+    )
+    assert parse_rules(to_json(cond), jurisdictions=J) == cond
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        ({"field": "categories", "op": "gt", "value": 1}, "rules.op", "does not fit"),
+        ({"field": "created_days", "op": "exists"}, "rules.op", "does not fit"),
+        ({"field": "source", "op": "contains", "value": "x"}, "rules.op", "does not fit"),
+        ({"field": "traits.", "op": "eq", "value": 1}, "rules.field", "trait name"),
+        ({"field": "traits.a b", "op": "eq", "value": 1}, "rules.field", "trait name"),
+        ({"field": "traits.x", "op": "gt", "value": "5"}, "rules.value", "number"),
+        ({"field": "traits.x", "op": "gt", "value": True}, "rules.value", "number"),
+        ({"field": "traits.x", "op": "eq", "value": None}, "rules.value", "string, number"),
+        ({"field": "orders_count", "op": "eq", "value": -1}, "rules.value", "whole number"),
+        ({"field": "orders_count", "op": "eq", "value": 1.5}, "rules.value", "whole number"),
+        ({"field": "last_order_days", "op": "gte", "value": True}, "rules.value", "days"),
+        ({"field": "total_spent", "op": "gt", "value": "lots"}, "rules.value", "decimal"),
+        ({"field": "total_spent", "op": "gt", "value": "NaN"}, "rules.value", "finite"),
+        ({"field": "country", "op": "eq", "value": "RUS"}, "rules.value", "alpha-2"),
+        ({"field": "country", "op": "in", "value": []}, "rules.value", "list of 1"),
+        ({"field": "country", "op": "in", "value": ["RU", 7]}, "rules.value[1]", "string"),
+        ({"field": "country", "op": "eq"}, "rules.value", "required"),
+        ({"field": "country", "op": "exists", "value": "yes"}, "rules.value", "true or false"),
+        ({"field": "country", "op": "eq", "value": "RU", "x": 1}, "rules.x", "unknown key"),
+        ({"not": {"all": [{"any": "x"}]}}, "rules.not.all[0].any", "list"),
+        ({"nothing": 1}, "rules", "a condition has"),
+    ],
+)
+def test_parse_errors_name_the_part(raw, field, message):
+    with pytest.raises(InvalidInput) as info:
+        parse_rules(raw, jurisdictions=J)
+    errors = {e.field: e.message for e in info.value.errors}
+    assert field in errors, errors
+    assert message in errors[field]
+
+
+def test_parse_reports_every_bad_part_and_bounds_the_size():
+    raw = {
+        "any": [{"field": "x", "op": "eq", "value": 1}, {"field": "city", "op": "lt", "value": 1}]
+    }
+    with pytest.raises(InvalidInput) as info:
+        parse_rules(raw, jurisdictions=J)
+    assert [e.field for e in info.value.errors] == ["rules.any[0].field", "rules.any[1].op"]
+
+    deep: dict = {"field": "city", "op": "exists"}
+    for _ in range(20):
+        deep = {"not": deep}
+    with pytest.raises(InvalidInput, match="nest deeper"):
+        parse_rules(deep, jurisdictions=J)
+    wide = {"any": [{"field": "city", "op": "exists"}] * 600}
+    with pytest.raises(InvalidInput, match="more than 500"):
+        parse_rules(wide, jurisdictions=J)
