@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 import click
 
 from cdp.logging import configure_logging
+from cdp.matching.cli import match as match_command
 from cdp.settings import Settings
 from consent.audit.cli import audit as audit_commands
 from consent.dsr.cli import dsr as dsr_commands
+from consent.outbox.cli import dispatch, webhooks
 
 T = TypeVar("T")
 
@@ -201,6 +203,9 @@ def demo(customers: int, seed: int) -> None:
 
 main.add_command(dsr_commands)
 main.add_command(audit_commands)
+main.add_command(dispatch)
+main.add_command(webhooks)
+main.add_command(match_command)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,11 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import cdp.db.tables  # noqa: F401
+import cdp.db.tables
+import cdp.matching.tables  # noqa: F401
+import consent.audit_tables
+import consent.dsr_tables
+import consent.outbox.tables
 import consent.tables  # noqa: F401  (registers tables)
 from cdp.db.metadata import metadata
 

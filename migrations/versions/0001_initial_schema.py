@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 13:35:20.292131
+Create Date: 2026-11-22 14:04:12.696039
 """
 
 from collections.abc import Sequence
@@ -52,6 +52,20 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
         sa.UniqueConstraint("name", name=op.f("uq_api_keys_name")),
     )
+    op.create_table(
+        "audit_checkpoints",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("entries", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("head_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("key_id", sa.String(length=16), nullable=False),
+        sa.Column("public_key", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("signature", sa.LargeBinary(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_checkpoints")),
+    )
+    with op.batch_alter_table("audit_checkpoints", schema=None) as batch_op:
+        batch_op.create_index("ix_audit_checkpoints_entries", ["entries"], unique=False)
+
     op.create_table(
         "consent_ledger",
         sa.Column(
@@ -110,6 +124,55 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "dsr_requests",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("profile_id", sa.Uuid(), nullable=False),
+        sa.Column("identifier_kind", sa.String(length=16), nullable=False),
+        sa.Column("jurisdiction", sa.String(length=16), nullable=False),
+        sa.Column("requested_by", sa.String(length=16), nullable=False),
+        sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("received_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("due_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("extensions", sa.Integer(), nullable=False),
+        sa.Column("completed_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.String(length=64), nullable=True),
+        sa.Column("result", sa.JSON(), nullable=True),
+        sa.Column("note", sa.LargeBinary(), nullable=True),
+        sa.Column("note_owner", sa.Uuid(), nullable=True),
+        sa.Column("note_key_id", sa.Integer(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dsr_requests")),
+    )
+    with op.batch_alter_table("dsr_requests", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_dsr_requests_profile_id"), ["profile_id"], unique=False
+        )
+        batch_op.create_index(
+            "ix_dsr_requests_status_received", ["status", "received_at"], unique=False
+        )
+
+    op.create_table(
+        "dsr_transitions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("request_id", sa.Uuid(), nullable=False),
+        sa.Column("event", sa.String(length=16), nullable=False),
+        sa.Column("from_status", sa.String(length=16), nullable=True),
+        sa.Column("to_status", sa.String(length=16), nullable=False),
+        sa.Column("at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=500), nullable=False),
+        sa.Column("due_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dsr_transitions")),
+    )
+    with op.batch_alter_table("dsr_transitions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_dsr_transitions_request_id"), ["request_id"], unique=False
+        )
+
+    op.create_table(
         "events",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("profile_id", sa.Uuid(), nullable=False),
@@ -140,6 +203,8 @@ def upgrade() -> None:
         sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("confirmed_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("link_rule", sa.String(length=16), nullable=True),
+        sa.Column("linked_via", sa.Uuid(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_identities")),
         sa.UniqueConstraint("bidx", name="uq_identities_bidx"),
     )
@@ -155,6 +220,70 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", name=op.f("pk_keyring")),
     )
     op.create_table(
+        "match_suggestions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("profile_a", sa.Uuid(), nullable=False),
+        sa.Column("profile_b", sa.Uuid(), nullable=False),
+        sa.Column("score", sa.Float(), nullable=False),
+        sa.Column("reasons", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("decided_by", sa.String(length=64), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_match_suggestions")),
+        sa.UniqueConstraint("profile_a", "profile_b", name="uq_match_suggestions_pair"),
+    )
+    with op.batch_alter_table("match_suggestions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_match_suggestions_profile_a"), ["profile_a"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_match_suggestions_profile_b"), ["profile_b"], unique=False
+        )
+        batch_op.create_index("ix_match_suggestions_status_id", ["status", "id"], unique=False)
+
+    op.create_table(
+        "merge_reviews",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.JSON(), nullable=False),
+        sa.Column("profile_ids", sa.JSON(), nullable=False),
+        sa.Column("attached_to", sa.Uuid(), nullable=False),
+        sa.Column("matched_on", sa.JSON(), nullable=False),
+        sa.Column("source", sa.String(length=64), nullable=True),
+        sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("decided_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("decided_by", sa.String(length=64), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_merge_reviews")),
+    )
+    with op.batch_alter_table("merge_reviews", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_merge_reviews_attached_to"), ["attached_to"], unique=False
+        )
+        batch_op.create_index("ix_merge_reviews_status_id", ["status", "id"], unique=False)
+
+    op.create_table(
+        "merge_snapshots",
+        sa.Column("merge_id", sa.Uuid(), nullable=False),
+        sa.Column("survivor_id", sa.Uuid(), nullable=False),
+        sa.Column("absorbed_id", sa.Uuid(), nullable=False),
+        sa.Column("absorbed_key_id", sa.Integer(), nullable=False),
+        sa.Column("absorbed_state", sa.LargeBinary(), nullable=False),
+        sa.Column("survivor_key_id", sa.Integer(), nullable=False),
+        sa.Column("survivor_state", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("merge_id", name=op.f("pk_merge_snapshots")),
+    )
+    with op.batch_alter_table("merge_snapshots", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_merge_snapshots_absorbed_id"), ["absorbed_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_merge_snapshots_survivor_id"), ["survivor_id"], unique=False
+        )
+
+    op.create_table(
         "merges",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("survivor_id", sa.Uuid(), nullable=False),
@@ -164,11 +293,54 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=64), nullable=True),
         sa.Column("actor", sa.String(length=64), nullable=True),
         sa.Column("at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("undone_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("undone_by", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_merges")),
     )
     with op.batch_alter_table("merges", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_merges_absorbed_id"), ["absorbed_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_merges_survivor_id"), ["survivor_id"], unique=False)
+
+    op.create_table(
+        "outbox_events",
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("order_key", sa.LargeBinary(length=48), nullable=False),
+        sa.Column("profile_id", sa.Uuid(), nullable=True),
+        sa.Column("address_kind", sa.String(length=16), nullable=True),
+        sa.Column("address_bidx", sa.LargeBinary(length=32), nullable=True),
+        sa.Column("purpose", sa.String(length=64), nullable=True),
+        sa.Column("channel", sa.String(length=16), nullable=True),
+        sa.Column("source", sa.String(length=64), nullable=True),
+        sa.Column("occurred_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("recorded_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("fanned_out", sa.Boolean(), nullable=False),
+        sa.Column("streamed_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("seq", name=op.f("pk_outbox_events")),
+        sa.UniqueConstraint("id", name=op.f("uq_outbox_events_id")),
+    )
+    with op.batch_alter_table("outbox_events", schema=None) as batch_op:
+        batch_op.create_index("ix_outbox_events_recorded", ["recorded_at"], unique=False)
+        batch_op.create_index(
+            "ix_outbox_events_unfanned",
+            ["seq"],
+            unique=False,
+            postgresql_where=sa.text("NOT fanned_out"),
+            sqlite_where=sa.text("NOT fanned_out"),
+        )
+        batch_op.create_index(
+            "ix_outbox_events_unstreamed",
+            ["seq"],
+            unique=False,
+            postgresql_where=sa.text("streamed_at IS NULL"),
+            sqlite_where=sa.text("streamed_at IS NULL"),
+        )
 
     op.create_table(
         "profile_categories",
@@ -247,11 +419,103 @@ def upgrade() -> None:
         sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("bidx", "purpose", "channel", name=op.f("pk_suppressions")),
     )
+    op.create_table(
+        "webhook_attempts",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("delivery_id", sa.Uuid(), nullable=False),
+        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("error", sa.String(length=64), nullable=True),
+        sa.Column("duration_ms", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_attempts")),
+    )
+    with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_webhook_attempts_delivery_id"), ["delivery_id"], unique=False
+        )
+
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("subscription_id", sa.Uuid(), nullable=False),
+        sa.Column(
+            "event_seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("order_key", sa.LargeBinary(length=48), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("total_attempts", sa.Integer(), nullable=False),
+        sa.Column("replays", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("lease_until", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("claim_token", sa.Uuid(), nullable=True),
+        sa.Column("last_status_code", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.String(length=64), nullable=True),
+        sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
+        sa.UniqueConstraint(
+            "subscription_id",
+            "event_seq",
+            name=op.f("uq_webhook_deliveries_subscription_id_event_seq"),
+        ),
+    )
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_webhook_deliveries_due",
+            ["next_attempt_at"],
+            unique=False,
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+        batch_op.create_index("ix_webhook_deliveries_event", ["event_seq"], unique=False)
+        batch_op.create_index(
+            "ix_webhook_deliveries_queue",
+            ["subscription_id", "order_key", "event_seq"],
+            unique=False,
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+
+    op.create_table(
+        "webhook_subscriptions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("url", sa.String(length=2048), nullable=False),
+        sa.Column("kinds", sa.JSON(), nullable=False),
+        sa.Column("include_address", sa.Boolean(), nullable=False),
+        sa.Column("description", sa.String(length=200), nullable=True),
+        sa.Column("secret", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("deleted_at", cdp.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_subscriptions")),
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_table("webhook_subscriptions")
+    with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_webhook_deliveries_queue",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+        batch_op.drop_index("ix_webhook_deliveries_event")
+        batch_op.drop_index(
+            "ix_webhook_deliveries_due",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        )
+
+    op.drop_table("webhook_deliveries")
+    with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhook_attempts_delivery_id"))
+
+    op.drop_table("webhook_attempts")
     op.drop_table("suppressions")
     op.drop_table("segments")
     with op.batch_alter_table("profiles", schema=None) as batch_op:
@@ -263,11 +527,41 @@ def downgrade() -> None:
     op.drop_table("profile_sources")
     op.drop_table("profile_keys")
     op.drop_table("profile_categories")
+    with op.batch_alter_table("outbox_events", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_outbox_events_unstreamed",
+            postgresql_where=sa.text("streamed_at IS NULL"),
+            sqlite_where=sa.text("streamed_at IS NULL"),
+        )
+        batch_op.drop_index(
+            "ix_outbox_events_unfanned",
+            postgresql_where=sa.text("NOT fanned_out"),
+            sqlite_where=sa.text("NOT fanned_out"),
+        )
+        batch_op.drop_index("ix_outbox_events_recorded")
+
+    op.drop_table("outbox_events")
     with op.batch_alter_table("merges", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_merges_survivor_id"))
         batch_op.drop_index(batch_op.f("ix_merges_absorbed_id"))
 
     op.drop_table("merges")
+    with op.batch_alter_table("merge_snapshots", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_merge_snapshots_survivor_id"))
+        batch_op.drop_index(batch_op.f("ix_merge_snapshots_absorbed_id"))
+
+    op.drop_table("merge_snapshots")
+    with op.batch_alter_table("merge_reviews", schema=None) as batch_op:
+        batch_op.drop_index("ix_merge_reviews_status_id")
+        batch_op.drop_index(batch_op.f("ix_merge_reviews_attached_to"))
+
+    op.drop_table("merge_reviews")
+    with op.batch_alter_table("match_suggestions", schema=None) as batch_op:
+        batch_op.drop_index("ix_match_suggestions_status_id")
+        batch_op.drop_index(batch_op.f("ix_match_suggestions_profile_b"))
+        batch_op.drop_index(batch_op.f("ix_match_suggestions_profile_a"))
+
+    op.drop_table("match_suggestions")
     op.drop_table("keyring")
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_identities_profile_id"))
@@ -277,6 +571,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_events_profile_id"))
 
     op.drop_table("events")
+    with op.batch_alter_table("dsr_transitions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_dsr_transitions_request_id"))
+
+    op.drop_table("dsr_transitions")
+    with op.batch_alter_table("dsr_requests", schema=None) as batch_op:
+        batch_op.drop_index("ix_dsr_requests_status_received")
+        batch_op.drop_index(batch_op.f("ix_dsr_requests_profile_id"))
+
+    op.drop_table("dsr_requests")
     with op.batch_alter_table("consent_state", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_consent_state_profile_id"))
 
@@ -287,6 +590,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_consent_ledger_address_bidx"))
 
     op.drop_table("consent_ledger")
+    with op.batch_alter_table("audit_checkpoints", schema=None) as batch_op:
+        batch_op.drop_index("ix_audit_checkpoints_entries")
+
+    op.drop_table("audit_checkpoints")
     op.drop_table("api_keys")
     with op.batch_alter_table("access_log", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_access_log_profile_id"))

@@ -1,0 +1,222 @@
+"""Audit endpoints for compliance officers: chain verification, consent events, evidence
+bundles, the access log and signed checkpoints. Roles `compliance` and `admin`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, get, post
+from litestar.params import FromQuery
+
+from api.auth import roles
+from api.deps import PlatformDep, PrincipalDep
+from cdp.access_log import log_access
+from cdp.errors import Conflict, InvalidInput, NotFound
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier, parse_identifier
+from consent.audit import access, events
+from consent.audit.bundle import evidence_bundle
+from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_checkpoints
+from consent.audit.paging import check_limit, check_period, decode_cursor, encode_cursor
+from consent.audit.signing import signer_for
+from consent.audit.verify import verify_ledger
+
+AUDITORS = roles("admin", "compliance")
+
+
+def _customer_ident(
+    platform: Platform, profile_id: str | None, email: str | None, phone: str | None
+) -> Identifier | None:
+    if profile_id is None and email is None and phone is None:
+        return None
+    return parse_identifier(
+        platform.policy, platform.keys.indexer, profile_id=profile_id, email=email, phone=phone
+    )
+
+
+class AuditController(Controller):
+    path = "/v1/audit"
+    tags = ("audit",)
+
+    @get(
+        "/verify",
+        opt=AUDITORS,
+        summary="Recompute the consent ledger's hash chain and check the stored checkpoints",
+        description="`ok` is false when any entry was changed, removed or reordered, when a "
+        "stored checkpoint no longer matches the chain (history rewritten or cut short), or when "
+        "a checkpoint's signature does not verify. A checkpoint signed by another key than the "
+        "configured one is listed as `untrusted_key` and vouches for nothing. "
+        "`first_invalid_seq` names the first entry that fails, or the first entry no matching "
+        "checkpoint vouches for. Checkpoints kept outside the database are checked with "
+        "`cdp audit verify --checkpoints FILE`.",
+    )
+    async def verify(self, platform: PlatformDep) -> dict[str, Any]:
+        signer = signer_for(platform.settings)
+        async with platform.db.read() as conn:
+            checkpoints = await list_checkpoints(conn)
+            report = await verify_ledger(conn, checkpoints, trusted_keys={signer.public_key})
+        return report.to_json()
+
+    @get(
+        "/consent-events",
+        opt=AUDITORS,
+        summary="Consent ledger entries in ledger order, filtered by customer, purpose, "
+        "channel and time",
+        description="Name the customer by at most one of `profile_id`, `email`, `phone`: the "
+        "entries of every profile of theirs and of every address they have. `since` (inclusive) "
+        "and `until` (exclusive) filter on `occurred_at`. A channel filter includes withdrawals "
+        "from every channel (`*`) of the same address kind. `evidence` is decrypted where the "
+        "customer's key still exists, else null. Every read is written to the access log.",
+    )
+    async def consent_events(
+        self,
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        profile_id: FromQuery[str | None] = None,
+        email: FromQuery[str | None] = None,
+        phone: FromQuery[str | None] = None,
+        purpose: FromQuery[str | None] = None,
+        channel: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        size = check_limit(limit)
+        check_period(since, until)
+        events.check_filter(platform, purpose, channel)
+        position = decode_cursor(cursor, 1)
+        after = position[0] if position else 0
+        if not isinstance(after, int):
+            raise InvalidInput.field("cursor", "not a cursor of this list")
+        ident = _customer_ident(platform, profile_id, email, phone)
+        async with platform.db.write() as conn:
+            customer = await events.resolve_customer(conn, ident) if ident else None
+            f = events.EventFilter(customer, purpose, channel, since, until)
+            items, next_seq = await events.page(conn, platform, f, after, size)
+            await log_access(
+                conn,
+                principal,
+                "audit.consent_events",
+                object_type="consent_ledger",
+                object_id=str(customer.root) if customer and customer.root else None,
+                profile_id=customer.root if customer else None,
+                rows=len(items),
+                detail={"customer": ident.kind if ident else None},
+            )
+        return {
+            "items": items,
+            "next_cursor": encode_cursor([next_seq]) if next_seq is not None else None,
+        }
+
+    @get(
+        "/evidence-bundle",
+        opt=AUDITORS,
+        summary="Every consent event of one customer with its evidence and chain proof, as JSON "
+        "fit to hand to a regulator",
+        description="Name the customer by one of `profile_id`, `email`, `phone`. 404 when "
+        "nothing is known about them. Each read is written to the access log.",
+    )
+    async def bundle(
+        self,
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        profile_id: FromQuery[str | None] = None,
+        email: FromQuery[str | None] = None,
+        phone: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        ident = parse_identifier(
+            platform.policy, platform.keys.indexer, profile_id=profile_id, email=email, phone=phone
+        )
+        async with platform.db.write() as conn:
+            customer = await events.resolve_customer(conn, ident)
+            body = await evidence_bundle(conn, platform, ident, customer, principal.name)
+            if customer.root is None and not body["events"]:
+                raise NotFound("nothing is recorded about this customer")
+            await log_access(
+                conn,
+                principal,
+                "audit.evidence_bundle",
+                object_type="customer",
+                object_id=str(customer.root) if customer.root else None,
+                profile_id=customer.root,
+                rows=len(body["events"]),
+                detail={"customer": ident.kind},
+            )
+        return body
+
+    @get(
+        "/access-log",
+        opt=AUDITORS,
+        summary="Who read or exported personal data, when, and how much (oldest first)",
+        description="`profile_id` covers every profile of that customer; `actor` is an API key "
+        "name; `since` (inclusive) and `until` (exclusive) filter on the time of access.",
+    )
+    async def access_log(
+        self,
+        platform: PlatformDep,
+        profile_id: FromQuery[str | None] = None,
+        actor: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        size = check_limit(limit)
+        check_period(since, until)
+        after = _access_position(decode_cursor(cursor, 2))
+        async with platform.db.read() as conn:
+            pids = None
+            if profile_id is not None:
+                ident = parse_identifier(
+                    platform.policy, platform.keys.indexer, profile_id=profile_id
+                )
+                pids = (await events.resolve_customer(conn, ident)).profile_ids
+            f = access.AccessFilter(pids, actor, since, until)
+            items, last = await access.page(conn, f, after, size)
+        next_cursor = encode_cursor([last[0].isoformat(), str(last[1])]) if last else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    @get("/checkpoints", opt=AUDITORS, summary="Signed checkpoints stored in the database")
+    async def checkpoints(self, platform: PlatformDep) -> dict[str, Any]:
+        signer = signer_for(platform.settings)
+        async with platform.db.read() as conn:
+            stored = await list_checkpoints(conn)
+        return {
+            "public_key": signer.public_key_b64,
+            "key_id": signer.key_id,
+            "items": [cp.to_json() for cp in stored],
+        }
+
+    @post(
+        "/checkpoints",
+        opt=AUDITORS,
+        status_code=201,
+        summary="Verify the entries since the last checkpoint, then sign and store the head",
+        description="409 when the ledger does not verify (nothing is signed).",
+    )
+    async def checkpoint(self, platform: PlatformDep) -> dict[str, Any]:
+        try:
+            cp = await create_checkpoint(platform)
+        except ChainBrokenError as exc:
+            v = exc.verification
+            raise Conflict(
+                f"the consent ledger does not verify at seq {v.first_invalid_seq}: {v.reason}"
+            ) from None
+        assert cp is not None
+        return cp.to_json()
+
+
+def _access_position(position: list[Any] | None) -> tuple[datetime, UUID] | None:
+    if position is None:
+        return None
+    try:
+        at = datetime.fromisoformat(str(position[0]))
+        last_id = UUID(str(position[1]))
+    except ValueError:
+        raise InvalidInput.field("cursor", "not a cursor of this list") from None
+    if at.tzinfo is None:
+        raise InvalidInput.field("cursor", "not a cursor of this list")
+    return at, last_id

@@ -1,0 +1,226 @@
+"""Consent events for compliance officers: the ledger filtered by customer, purpose, channel, time.
+
+A customer named by an identifier is every profile of theirs (the surviving one and those merged
+into it) and every address they have; a ledger row belongs to them when it names one of those
+profiles or one of those addresses (an opt-out of an address recorded before it was linked to
+the profile counts too). Erased customers keep their ledger rows: an address whose identity was
+deleted still leads to its profile through the ledger, the evidence reads null (its key is
+destroyed) and the hashes still verify.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, false, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from cdp.crypto.fields import CryptoError, FieldCipher
+from cdp.db.tables import identities
+from cdp.errors import InvalidInput
+from cdp.ids import parse_uuid
+from cdp.keyring import SYSTEM_OWNER
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier
+from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
+from consent.tables import consent_ledger
+
+led = consent_ledger.c
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    root: uuid.UUID | None  # the surviving profile, where one is known
+    status: str | None  # its status: active | erased | ...
+    profile_ids: list[uuid.UUID] = field(default_factory=list)
+    addresses: list[bytes] = field(default_factory=list)  # email and phone blind indexes
+
+    def clause(self) -> ColumnElement[bool]:
+        parts: list[ColumnElement[bool]] = []
+        if self.profile_ids:
+            parts.append(led.profile_id.in_(self.profile_ids))
+        if self.addresses:
+            parts.append(led.address_bidx.in_(self.addresses))
+        return or_(*parts) if parts else false()
+
+
+async def resolve_customer(conn: AsyncConnection, ident: Identifier) -> Customer:
+    """Never raises for an erased or unknown customer: their ledger rows may still exist."""
+    addresses = [ident.bidx] if ident.kind in ("email", "phone") and ident.bidx else []
+    start = ident.profile_id
+    if start is None and ident.bidx is not None:
+        start = (
+            await conn.execute(
+                select(identities.c.profile_id).where(identities.c.bidx == ident.bidx)
+            )
+        ).scalar()
+    if start is None and addresses:  # erased (identity deleted): the ledger still links them
+        start = (
+            await conn.execute(
+                select(led.profile_id)
+                .where(led.address_bidx == ident.bidx, led.profile_id.is_not(None))
+                .order_by(led.seq.desc())
+                .limit(1)
+            )
+        ).scalar()
+    root = status = None
+    pids: list[uuid.UUID] = []
+    found = await root_of(conn, start) if start is not None else None
+    if found is not None:
+        root, status = found
+        pids = await customer_profile_ids(conn, root)
+    elif ident.profile_id is not None:
+        pids = [ident.profile_id]  # no profile row (any more); the ledger may still name it
+    if pids:
+        idents = await customer_identities(conn, pids)
+        addresses += [b for _, kind, b in idents if kind in ("email", "phone")]
+    return Customer(root, status, sorted(pids), sorted(set(addresses)))
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    customer: Customer | None = None
+    purpose: str | None = None
+    channel: str | None = None
+    since: datetime | None = None  # occurred_at >= since
+    until: datetime | None = None  # occurred_at < until
+
+
+def check_filter(p: Platform, purpose: str | None, channel: str | None) -> None:
+    if purpose is not None and purpose not in p.policy.purposes:
+        raise InvalidInput.field("purpose", "unknown purpose")
+    if channel is not None and channel != "*" and channel not in p.policy.channels:
+        raise InvalidInput.field("channel", "unknown channel")
+
+
+def where(p: Platform, f: EventFilter) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    if f.customer is not None:
+        out.append(f.customer.clause())
+    if f.purpose is not None:
+        out.append(led.purpose == f.purpose)
+    if f.channel is not None:
+        if f.channel == "*":
+            out.append(led.channel == "*")
+        else:  # a withdrawal from every channel concerns this one too
+            kind = p.policy.address_kind(f.channel)
+            out.append(
+                or_(led.channel == f.channel, and_(led.channel == "*", led.subject_kind == kind))
+            )
+    if f.since is not None:
+        out.append(led.occurred_at >= f.since)
+    if f.until is not None:
+        out.append(led.occurred_at < f.until)
+    return out
+
+
+async def page(
+    conn: AsyncConnection, p: Platform, f: EventFilter, after_seq: int, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """(items, seq to continue after, or None at the end), in ledger order."""
+    rows = (
+        await conn.execute(
+            select(consent_ledger)
+            .where(led.seq > after_seq, *where(p, f))
+            .order_by(led.seq)
+            .limit(limit + 1)
+        )
+    ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = await render(conn, p, rows)
+    return items, (rows[-1].seq if more else None)
+
+
+async def all_events(conn: AsyncConnection, p: Platform, f: EventFilter) -> list[Any]:
+    return (await conn.execute(select(consent_ledger).where(*where(p, f)).order_by(led.seq))).all()
+
+
+async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[dict[str, Any]]:
+    ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
+    plain = await addresses_plaintext(conn, p, {r.address_bidx for r in rows if r.address_bidx})
+    out = []
+    for r in rows:
+        evidence, readable = read_evidence(r, ciphers)
+        out.append(
+            {
+                "seq": r.seq,
+                "event_id": str(r.event_id),
+                "occurred_at": r.occurred_at,
+                "recorded_at": r.recorded_at,
+                "profile_id": str(r.profile_id) if r.profile_id else None,
+                "purpose": r.purpose,
+                "channel": r.channel,
+                "status": r.status,
+                "effective": r.effective,
+                "source": r.source,
+                "actor": r.actor,
+                "method": r.method,
+                "wording_id": r.wording_id,
+                "policy_version": r.policy_version,
+                "subject": {
+                    "kind": r.subject_kind,
+                    "address": plain.get(r.address_bidx) if r.address_bidx else None,
+                    "profile_id": str(r.profile_id) if r.profile_id else None,
+                },
+                "evidence": evidence,
+                "evidence_readable": readable,
+                "prev_hash": r.prev_hash.hex(),
+                "hash": r.hash.hex(),
+            }
+        )
+    return out
+
+
+async def owner_ciphers(
+    conn: AsyncConnection, p: Platform, owners: set[str]
+) -> dict[str, FieldCipher]:
+    ids = {o: u for o in owners if (u := parse_uuid(o)) is not None}
+    found = await p.keys.ciphers(conn, ids.values())
+    out = {o: found[u] for o, u in ids.items() if u in found}
+    if SYSTEM_OWNER in owners:
+        out[SYSTEM_OWNER] = p.keys.system
+    return out
+
+
+def read_evidence(row: Any, ciphers: dict[str, FieldCipher]) -> tuple[Any, bool]:
+    """(decrypted evidence, readable): null and unreadable once the data key is destroyed."""
+    if row.evidence is None:
+        return None, True
+    cipher = ciphers.get(row.evidence_owner or "")
+    if cipher is None or cipher.key_id != row.evidence_key_id:
+        return None, False
+    try:
+        plain = cipher.decrypt_bytes("consent_ledger.evidence", row.evidence)
+        return msgspec.json.decode(plain), True
+    except (CryptoError, msgspec.DecodeError):
+        return None, False
+
+
+async def addresses_plaintext(
+    conn: AsyncConnection, p: Platform, bidxs: set[bytes]
+) -> dict[bytes, str | None]:
+    """The address behind each blind index, where an identity still holds it."""
+    if not bidxs:
+        return {}
+    rows = (
+        await conn.execute(
+            select(identities.c.bidx, identities.c.profile_id, identities.c.value).where(
+                identities.c.bidx.in_(list(bidxs))
+            )
+        )
+    ).all()
+    ciphers = await p.keys.ciphers(conn, {pid for _, pid, _ in rows})
+    out: dict[bytes, str | None] = {}
+    for bidx, pid, value in rows:
+        cipher = ciphers.get(pid)
+        try:
+            out[bidx] = cipher.decrypt("identities.value", value) if cipher else None
+        except CryptoError:
+            out[bidx] = None
+    return out
