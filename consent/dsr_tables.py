@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Column, Index, Integer, LargeBinary, String, Table, Uuid
 
 from cdp.db.metadata import metadata
-from cdp.db.types import UTCDateTime
+from cdp.db.types import BigInt, UTCDateTime
 
 dsr_requests = Table(
     "dsr_requests",
@@ -48,4 +48,8 @@ dsr_transitions = Table(
     Column("actor", String(64), nullable=False),
     Column("reason", String(500), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),  # the due date after this transition
+    # hash chain over every transition (consent/dsr/chain.py), like the consent ledger
+    Column("seq", BigInt, nullable=False, unique=True),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
 )

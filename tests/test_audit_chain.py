@@ -293,3 +293,25 @@ async def test_verification_reads_batches(platform, client, keys):
     async with platform.db.read() as conn:
         result = await verify_chain(conn, batch=2)
     assert (result.ok, result.first_invalid_seq, result.entries) == (False, 5, 4)
+
+
+async def test_request_transitions_are_hash_chained(client, keys, platform):
+    """Erasure-request history is chained too: rewriting a transition fails verification."""
+    from sqlalchemy import text
+
+    await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "dsr@example.com"}, headers=keys["ingest"]
+    )
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "dsr@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202
+    ok = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+    assert ok["ok"] is True and ok["dsr_transitions"]["entries"] >= 2
+    async with platform.db.write() as conn:
+        await conn.execute(text("UPDATE dsr_transitions SET actor = 'someone else' WHERE seq = 1"))
+    bad = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+    assert bad["ok"] is False
+    assert bad["dsr_transitions"]["first_invalid_seq"] == 1

@@ -22,6 +22,7 @@ from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_
 from consent.audit.paging import check_limit, check_period, decode_cursor, encode_cursor
 from consent.audit.signing import signer_for
 from consent.audit.verify import verify_ledger
+from consent.dsr.chain import verify_transitions
 
 AUDITORS = roles("admin", "compliance")
 
@@ -57,7 +58,16 @@ class AuditController(Controller):
         async with platform.db.read() as conn:
             checkpoints = await list_checkpoints(conn)
             report = await verify_ledger(conn, checkpoints, trusted_keys={signer.public_key})
-        return report.to_json()
+            transitions = await verify_transitions(conn)
+        body = report.to_json()
+        body["dsr_transitions"] = {
+            "ok": transitions.ok,
+            "entries": transitions.entries,
+            "head_hash": transitions.head_hash,
+            "first_invalid_seq": transitions.first_invalid_seq,
+        }
+        body["ok"] = bool(body["ok"]) and transitions.ok
+        return body
 
     @get(
         "/consent-events",

@@ -35,6 +35,13 @@ def audit() -> None:
     """Consent ledger audit: verification and signed checkpoints."""
 
 
+async def _verify_transitions(p: Any):  # type: ignore[no-untyped-def]
+    from consent.dsr.chain import verify_transitions
+
+    async with p.db.read() as conn:
+        return await verify_transitions(conn)
+
+
 @audit.command("verify")
 @click.option(
     "--checkpoints",
@@ -79,6 +86,13 @@ def audit_verify(checkpoint_file: Path | None, public_keys: tuple[str, ...]) -> 
             return await verify_ledger(conn, stored, trusted_keys=keys)
 
     report = _run(go)
+    transitions = _run(_verify_transitions)
+    if not transitions.ok:
+        click.echo(
+            f"FAILED: request transitions break at seq {transitions.first_invalid_seq}: "
+            f"{transitions.reason}"
+        )
+        sys.exit(1)
     where = f"from {checkpoint_file}" if checkpoint_file else "stored in the database"
     for r in report.checkpoints:
         if r.status != "ok":

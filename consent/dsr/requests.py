@@ -24,6 +24,7 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from consent.dsr import deadlines, states
 from consent.dsr.customer import customer_profile_ids
+from consent.dsr.chain import append_transition
 from consent.dsr_tables import dsr_requests, dsr_transitions
 
 ERASURE = "erasure"
@@ -50,18 +51,19 @@ async def record_transition(
     due_at: datetime,
     at: datetime | None = None,
 ) -> None:
-    await conn.execute(
-        insert(dsr_transitions).values(
-            id=new_id(),
-            request_id=request_id,
-            event=event,
-            from_status=from_status,
-            to_status=to_status,
-            at=at or utcnow(),
-            actor=actor,
-            reason=reason,
-            due_at=due_at,
-        )
+    await append_transition(
+        conn,
+        {
+            "id": new_id(),
+            "request_id": request_id,
+            "event": event,
+            "from_status": from_status,
+            "to_status": to_status,
+            "at": at or utcnow(),
+            "actor": actor,
+            "reason": reason,
+            "due_at": due_at,
+        },
     )
 
 

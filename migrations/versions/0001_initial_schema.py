@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 14:04:12.696039
+Create Date: 2026-11-22 15:05:44.932473
 """
 
 from collections.abc import Sequence
@@ -165,7 +165,11 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("reason", sa.String(length=500), nullable=False),
         sa.Column("due_at", cdp.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("prev_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("hash", sa.LargeBinary(length=32), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dsr_transitions")),
+        sa.UniqueConstraint("seq", name=op.f("uq_dsr_transitions_seq")),
     )
     with op.batch_alter_table("dsr_transitions", schema=None) as batch_op:
         batch_op.create_index(

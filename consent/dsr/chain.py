@@ -1,0 +1,63 @@
+"""The hash chain over data-subject-request transitions.
+
+Every transition (created, status change, extension, joined, resumed) is chained exactly like
+the consent ledger: hash = SHA-256(prev_hash || canonical JSON of its fields), appended under a
+lock so there are no gaps, so a rewritten request history is detected by `GET /v1/audit/verify`
+and `cdp audit verify`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consent.chain import GENESIS, Verification, _canonical, _encoder
+from consent.dsr_tables import dsr_transitions
+
+HASHED = (
+    "seq",
+    "id",
+    "request_id",
+    "event",
+    "from_status",
+    "to_status",
+    "at",
+    "actor",
+    "reason",
+    "due_at",
+)
+DSR_CHAIN_LOCK = 5_147_001_002
+
+
+def transition_hash(prev: bytes, row: Any) -> bytes:
+    get = row.__getitem__ if isinstance(row, dict) else lambda k: getattr(row, k)
+    return hashlib.sha256(prev + _encoder.encode([_canonical(get(k)) for k in HASHED])).digest()
+
+
+async def append_transition(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({DSR_CHAIN_LOCK})"))
+    t = dsr_transitions.c
+    head = (await conn.execute(select(t.seq, t.hash).order_by(t.seq.desc()).limit(1))).first()
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    row = {**values, "seq": seq + 1, "prev_hash": prev}
+    row["hash"] = transition_hash(prev, row)
+    await conn.execute(insert(dsr_transitions).values(**row))
+
+
+async def verify_transitions(conn: AsyncConnection) -> Verification:
+    t = dsr_transitions.c
+    prev, expected, count = GENESIS, 1, 0
+    rows = await conn.execute(select(dsr_transitions).order_by(t.seq))
+    for row in rows:
+        if row.seq != expected:
+            return Verification(False, count, prev.hex(), expected, "missing transition")
+        if row.prev_hash != prev:
+            return Verification(False, count, prev.hex(), row.seq, "broken link")
+        if transition_hash(prev, row) != row.hash:
+            return Verification(False, count, prev.hex(), row.seq, "hash mismatch")
+        prev, expected, count = row.hash, expected + 1, count + 1
+    return Verification(True, count, prev.hex() if count else None, None)
