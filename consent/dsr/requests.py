@@ -23,8 +23,8 @@ from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from consent.dsr import deadlines, states
-from consent.dsr.customer import customer_profile_ids
 from consent.dsr.chain import append_transition
+from consent.dsr.customer import customer_profile_ids
 from consent.dsr_tables import dsr_requests, dsr_transitions
 
 ERASURE = "erasure"
