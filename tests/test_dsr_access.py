@@ -78,3 +78,43 @@ async def test_access_request_names_the_customer_like_every_endpoint(client, key
     for role in ("ingest", "marketing"):
         r = await client.post("/v1/access-requests", json={"email": EMAIL}, headers=keys[role])
         assert r.status_code == 403
+
+
+async def test_access_request_lists_the_segments_the_customer_is_in(client, keys):
+    grant = {
+        "purpose": "marketing",
+        "channel": "email",
+        "status": "granted",
+        "evidence": {"wording_id": "nl-v1", "method": "checkbox"},
+    }
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "seg@example.com", "country": "RU", "consents": [grant]},
+        headers=keys["ingest"],
+    )
+    inside = await client.post(
+        "/v1/segments",
+        headers=keys["marketing"],
+        json={
+            "name": "russia",
+            "purpose": "marketing",
+            "channel": "email",
+            "rules": {"field": "country", "op": "eq", "value": "RU"},
+        },
+    )
+    await client.post(
+        "/v1/segments",
+        headers=keys["marketing"],
+        json={
+            "name": "germany",
+            "purpose": "marketing",
+            "channel": "email",
+            "rules": {"field": "country", "op": "eq", "value": "DE"},
+        },
+    )
+    r = await client.post(
+        "/v1/access-requests", json={"email": "seg@example.com"}, headers=keys["compliance"]
+    )
+    assert r.status_code == 200
+    assert [s["name"] for s in r.json()["segments"]] == ["russia"]
+    assert r.json()["segments"][0]["id"] == inside.json()["id"]

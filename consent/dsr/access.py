@@ -25,6 +25,7 @@ from cdp.keyring import SYSTEM_OWNER
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.service import profile_view
+from cdp.segments.membership import segments_containing
 from consent.dsr.customer import customer_profile_ids
 from consent.dsr.requests import summary
 from consent.dsr_tables import dsr_requests
@@ -81,8 +82,7 @@ async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str
         "consent_history": await _consent_history(conn, p, pids, addresses, plain),
         "suppressions": await _suppressions(conn, addresses, plain),
         "events": await _events(conn, pids, cipher),
-        # Segment membership: no membership function exists yet (cdp.segments); left empty.
-        "segments": [],
+        "segments": await segments_containing(conn, p, pid),
         "access_log": await _access_log(conn, pids),
         "erasure_requests": await _requests(conn, pids),
     }
