@@ -122,7 +122,9 @@ async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Respo
 <form method="post" action="/v1/unsubscribe/{escape(token)}">
 <input type="hidden" name="List-Unsubscribe" value="One-Click">
 <button type="submit">Unsubscribe</button>
-</form></main></body></html>"""
+</form>
+<p><a href="/preferences/{escape(token)}">Manage all my preferences</a></p>
+</main></body></html>"""
     return Response(html, media_type=MediaType.HTML)
 
 
