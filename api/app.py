@@ -21,13 +21,18 @@ from api.controllers.consents import (
     unsubscribe_now,
     unsubscribe_page,
 )
+from api.controllers.console import ConsoleController, with_console_sessions
 from api.controllers.dsr import ErasureRequestController, post_access_request
 from api.controllers.events import post_event
+from api.controllers.matching import MATCHING_ROUTES
+from api.controllers.preferences import PreferenceCentre
 from api.controllers.profiles import ProfileController
 from api.controllers.segments import SegmentController
 from api.controllers.system import health, live
+from api.controllers.webhooks import WebhookController
 from api.deps import provide_platform, provide_principal
 from api.errors import EXCEPTION_HANDLERS
+from api.i18n import template_config
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 
@@ -45,6 +50,10 @@ ROUTES = [
     ErasureRequestController,
     post_access_request,
     SegmentController,
+    WebhookController,
+    *MATCHING_ROUTES,
+    PreferenceCentre,
+    ConsoleController,
 ]
 
 
@@ -68,7 +77,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         route_handlers=ROUTES,
         lifespan=[lifespan],
         state=State({"platform": platform}) if platform is not None else None,
-        guards=[auth_guard],
+        guards=[with_console_sessions(auth_guard)],  # console pages also accept a session
+        template_config=template_config(),
         dependencies={
             "platform": Provide(provide_platform, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),

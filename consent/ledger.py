@@ -21,6 +21,7 @@ from cdp.crypto.fields import FieldCipher
 from cdp.db.tables import identities
 from cdp.ids import new_id, utcnow
 from consent.chain import GENESIS, entry_hash
+from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel
 from consent.tables import consent_ledger, consent_state
@@ -92,6 +93,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     changed: dict[tuple[bytes, str, str], dict] = {}
     confirmed: list[dict] = []
     results: list[Appended] = []
+    outbox_rows: list[dict] = []
     for e in entries:
         seq += 1
         effective = False
@@ -144,8 +146,11 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
         prev = row["hash"]
         ledger_rows.append(row)
         results.append(Appended(row["event_id"], seq, effective, e.profile_id))
+        if effective:  # consent.granted / consent.withdrawn, committed with the change
+            outbox_rows.append(ledger_event_row(e, now))
 
     await conn.execute(insert(consent_ledger), ledger_rows)
+    await write_rows(conn, outbox_rows)
     await _write_states(conn, changed, existing)
     if confirmed:
         await conn.execute(

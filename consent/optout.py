@@ -18,6 +18,7 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, profile_addresses
 from consent import ledger, tokens
 from consent.ledger import Entry
+from consent.outbox.enqueue import enqueue_opt_outs
 from consent.service import cipher_for
 from consent.subjects import expand_channel, profile_subject
 from consent.suppressions import suppress
@@ -72,7 +73,17 @@ async def opt_out(
             if not expand_channel(p.policy, kind, channel):
                 continue
             if kind != "profile":
-                await suppress(conn, subject, purpose, channel, reason=reason, source=source, at=at)
+                await suppress(
+                    conn,
+                    subject,
+                    purpose,
+                    channel,
+                    reason=reason,
+                    source=source,
+                    at=at,
+                    profile_id=pid,
+                    address_kind=kind,
+                )
             entries.append(
                 Entry(
                     profile_id=pid,
@@ -89,6 +100,7 @@ async def opt_out(
                 )
             )
         await ledger.append(conn, p.policy, entries)
+        await enqueue_opt_outs(conn, entries)  # the webhook outbox, in this transaction
     return OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(entries))
 
 

@@ -6,6 +6,7 @@ occurred after it; repeating an opt-out keeps the latest time.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.upsert import insert_ignore
 from cdp.ids import utcnow
+from consent.outbox.enqueue import enqueue
 from consent.tables import suppressions
 
 
@@ -25,9 +27,11 @@ async def suppress(
     reason: str,
     source: str,
     at: datetime,
+    profile_id: uuid.UUID | None = None,
+    address_kind: str | None = None,
 ) -> None:
     s = suppressions.c
-    await conn.execute(
+    added = await conn.execute(
         insert_ignore(conn, suppressions).values(
             bidx=bidx,
             purpose=purpose,
@@ -38,6 +42,18 @@ async def suppress(
             created_at=utcnow(),
         )
     )
+    if added.rowcount == 1:  # a new suppression: tell the webhook outbox, in this transaction
+        await enqueue(
+            conn,
+            "suppression.added",
+            occurred_at=at,
+            profile_id=profile_id,
+            address_kind=address_kind,
+            address_bidx=bidx,
+            purpose=purpose,
+            channel=channel,
+            source=source,
+        )
     await conn.execute(
         update(suppressions)
         .where(s.bidx == bidx, s.purpose == purpose, s.channel == channel, s.at < at)

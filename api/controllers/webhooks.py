@@ -1,0 +1,70 @@
+"""Webhook subscriptions for consent changes, and their delivery status (role admin)."""
+
+from __future__ import annotations
+
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from api.auth import roles
+from api.deps import PlatformDep, PrincipalDep
+from consent.outbox import status as delivery_status
+from consent.outbox import subscriptions
+from consent.outbox.schemas import DeliveryList, SubscriptionIn, SubscriptionList, SubscriptionOut
+
+ADMIN = roles("admin")
+
+
+class WebhookController(Controller):
+    path = "/v1/webhooks"
+    tags = ("webhooks",)
+
+    @post(
+        "/",
+        opt=ADMIN,
+        status_code=201,
+        summary="Subscribe a URL to consent events; the signing secret is shown only here",
+    )
+    async def create(
+        self, data: JSONBody[SubscriptionIn], platform: PlatformDep, principal: PrincipalDep
+    ) -> SubscriptionOut:
+        return await subscriptions.create(platform, principal, data)
+
+    @get("/", opt=ADMIN, summary="Live subscriptions, oldest first (cursor-paginated)")
+    async def list_all(
+        self,
+        platform: PlatformDep,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> SubscriptionList:
+        return await subscriptions.list_all(platform, limit=limit, cursor=cursor)
+
+    @get("/{webhook_id:str}", opt=ADMIN, summary="One subscription with delivery counts")
+    async def read(self, webhook_id: FromPath[str], platform: PlatformDep) -> SubscriptionOut:
+        return await subscriptions.get(platform, webhook_id)
+
+    @delete(
+        "/{webhook_id:str}",
+        opt=ADMIN,
+        summary="Unsubscribe: pending deliveries are cancelled, history is kept",
+    )
+    async def remove(
+        self, webhook_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
+    ) -> None:
+        await subscriptions.delete(platform, principal, webhook_id)
+
+    @get(
+        "/{webhook_id:str}/deliveries",
+        opt=ADMIN,
+        summary="Deliveries, newest event first: attempts, response codes, lag",
+    )
+    async def deliveries(
+        self,
+        webhook_id: FromPath[str],
+        platform: PlatformDep,
+        status: FromQuery[str | None] = None,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> DeliveryList:
+        return await delivery_status.deliveries(
+            platform, webhook_id, status=status, limit=limit, cursor=cursor
+        )

@@ -1,0 +1,81 @@
+"""`cdp dispatch` (a webhook and NATS dispatcher worker) and `cdp webhooks replay --since`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import datetime
+from typing import Any
+
+import click
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="deliver what is due now, then exit")
+def dispatch(once: bool) -> None:
+    """Deliver consent events to webhook subscribers (and NATS when CDP_NATS_URL is set).
+
+    Runs until SIGINT or SIGTERM. Any number of workers may run beside `cdp serve`, which runs
+    one too unless CDP_WEBHOOK_DISPATCHER=off.
+    """
+    from cdp.cli import _with_platform, run
+    from consent.outbox.dispatcher import open_dispatcher, outstanding, run_dispatcher
+
+    async def forever(p: Any) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_dispatcher(p, stop)
+
+    async def drain(p: Any) -> int:
+        async with open_dispatcher(p) as dispatcher:
+            await dispatcher.drain(max_seconds=600)
+        return await outstanding(p)
+
+    if once:
+        left = run(lambda: _with_platform(drain))
+        click.echo(f"done; {left} events or deliveries still waiting (retries later)")
+        return
+    run(lambda: _with_platform(forever))
+
+
+def _timestamp(_ctx: Any, _param: Any, value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("an RFC 3339 time, e.g. 2026-11-22T10:00:00Z") from None
+    if at.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2026-11-22T10:00:00Z")
+    return at
+
+
+@click.group()
+def webhooks() -> None:
+    """Consent-change webhooks."""
+
+
+@webhooks.command("replay")
+@click.option("--since", required=True, callback=_timestamp, help="RFC 3339 time, inclusive")
+@click.option("--subscription", default=None, help="only this subscription id")
+@click.option("--stream", is_flag=True, help="publish to NATS JetStream again too")
+def replay_cmd(since: datetime, subscription: str | None, stream: bool) -> None:
+    """Send again every event recorded since a time, with the same event ids (a receiver that
+    already has one can skip it)."""
+    from cdp.cli import _with_platform, run
+    from cdp.ids import parse_uuid
+    from consent.outbox.replay import replay
+
+    sid = None
+    if subscription is not None:
+        sid = parse_uuid(subscription)
+        if sid is None:
+            raise click.BadParameter("not a subscription id", param_hint="--subscription")
+
+    result = run(
+        lambda: _with_platform(lambda p: replay(p, since, subscription_id=sid, stream=stream))
+    )
+    click.echo(f"requeued {result.deliveries} deliveries")
+    if stream:
+        click.echo(f"requeued {result.streamed} events for NATS")
+    click.echo("a running dispatcher (cdp serve or cdp dispatch) sends them")

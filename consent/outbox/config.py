@@ -1,0 +1,57 @@
+"""Dispatcher settings, from the environment (tests pass their own, with millisecond delays).
+
+CDP_WEBHOOK_DISPATCHER      "off" keeps `cdp serve` from dispatching (run `cdp dispatch`)
+CDP_WEBHOOK_MAX_ATTEMPTS    tries before a delivery becomes dead (default 8)
+CDP_WEBHOOK_RETRY_BASE_MS   first retry delay (default 5000); each next one x4
+CDP_WEBHOOK_RETRY_CAP_MS    longest retry delay (default 6 h)
+CDP_WEBHOOK_TIMEOUT_MS      per request (default 10000)
+CDP_WEBHOOK_POLL_MS         how often an idle dispatcher looks for work (default 200)
+CDP_WEBHOOK_CONCURRENCY     requests in flight per dispatcher (default 8)
+CDP_NATS_URL                e.g. nats://127.0.0.1:4222: also publish to NATS JetStream
+CDP_NATS_STREAM             stream name (default CDP_CONSENT)
+CDP_NATS_SUBJECT_PREFIX     subjects are <prefix>.<kind> (default cdp.consent)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    max_attempts: int = 8
+    retry_base: float = 5.0  # seconds
+    retry_factor: float = 4.0
+    retry_cap: float = 6 * 3600.0
+    timeout: float = 10.0
+    lease: float = 120.0  # a claimed delivery not finished by then is retried by anyone
+    poll_interval: float = 0.2
+    min_interval: float = 0.05  # between passes, so a busy dispatcher works in batches
+    concurrency: int = 8  # httpx's pool costs more CPU per request the more connections
+    batch: int = 200  # leased and not yet answered, per dispatcher
+    nats_url: str | None = None
+    nats_stream: str = "CDP_CONSENT"
+    nats_subject_prefix: str = "cdp.consent"
+    in_app: bool = True
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> DispatchConfig:
+        e = dict(os.environ if env is None else env)
+
+        def ms(name: str, default: float) -> float:
+            return int(e[name]) / 1000 if e.get(name) else default
+
+        base = cls()
+        return cls(
+            max_attempts=int(e.get("CDP_WEBHOOK_MAX_ATTEMPTS") or base.max_attempts),
+            retry_base=ms("CDP_WEBHOOK_RETRY_BASE_MS", base.retry_base),
+            retry_cap=ms("CDP_WEBHOOK_RETRY_CAP_MS", base.retry_cap),
+            timeout=ms("CDP_WEBHOOK_TIMEOUT_MS", base.timeout),
+            poll_interval=ms("CDP_WEBHOOK_POLL_MS", base.poll_interval),
+            concurrency=int(e.get("CDP_WEBHOOK_CONCURRENCY") or base.concurrency),
+            nats_url=e.get("CDP_NATS_URL") or None,
+            nats_stream=e.get("CDP_NATS_STREAM") or base.nats_stream,
+            nats_subject_prefix=e.get("CDP_NATS_SUBJECT_PREFIX") or base.nats_subject_prefix,
+            in_app=(e.get("CDP_WEBHOOK_DISPATCHER") or "on").lower() not in ("off", "0", "false"),
+        )

@@ -1,0 +1,147 @@
+"""Writing outbox events inside the caller's transaction.
+
+Call these with the connection of the transaction that makes the consent change: the event
+then commits, or rolls back, with the change. Nothing here talks to the network.
+
+    await enqueue(conn, "erasure.completed", profile_id=pid, occurred_at=now,
+                  addresses=[("email", bidx), ...])
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.ids import new_id, utcnow
+from consent.outbox.tables import outbox_events
+
+KINDS = (
+    "consent.withdrawn",
+    "consent.granted",
+    "opt_out",
+    "erasure.completed",
+    "suppression.added",
+)
+ADDRESS_KINDS = ("email", "phone", "profile")
+PROFILE_PREFIX = b"p:"  # as consent.subjects.profile_subject
+
+
+def order_key(
+    profile_id: uuid.UUID | None, address_bidx: bytes | None, subject: bytes | None = None
+) -> bytes:
+    """Deliveries sharing a key go out in order: the address, else the profile."""
+    if address_bidx is not None:
+        return address_bidx
+    if subject is not None:
+        return subject
+    if profile_id is not None:
+        return PROFILE_PREFIX + profile_id.bytes
+    return b"-"
+
+
+def event_row(
+    kind: str,
+    *,
+    occurred_at: datetime,
+    profile_id: uuid.UUID | None = None,
+    address_kind: str | None = None,
+    address_bidx: bytes | None = None,
+    purpose: str | None = None,
+    channel: str | None = None,
+    source: str | None = None,
+    subject: bytes | None = None,
+    recorded_at: datetime | None = None,
+) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise ValueError(f"unknown outbox event kind {kind!r}")
+    if address_kind is not None and address_kind not in ADDRESS_KINDS:
+        raise ValueError(f"unknown address kind {address_kind!r}")
+    if address_kind == "profile":
+        address_bidx = None  # a profile subject is not an address
+    return {
+        "id": new_id(),
+        "kind": kind,
+        "order_key": order_key(profile_id, address_bidx, subject),
+        "profile_id": profile_id,
+        "address_kind": address_kind,
+        "address_bidx": address_bidx,
+        "purpose": purpose,
+        "channel": channel,
+        "source": source,
+        "occurred_at": occurred_at,
+        "recorded_at": recorded_at or utcnow(),
+        "fanned_out": False,
+    }
+
+
+async def write_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
+    if rows:
+        await conn.execute(insert(outbox_events), list(rows))
+    return [r["id"] for r in rows]
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    kind: str,
+    *,
+    occurred_at: datetime,
+    profile_id: uuid.UUID | None = None,
+    address_kind: str | None = None,
+    address_bidx: bytes | None = None,
+    addresses: Iterable[tuple[str, bytes]] | None = None,
+    purpose: str | None = None,
+    channel: str | None = None,
+    source: str | None = None,
+) -> list[uuid.UUID]:
+    """Write one event (or, given `addresses` [(kind, blind index)], one per address).
+
+    An erasure passes the customer's surviving profile id and every email and phone blind
+    index it had; with no addresses it is one event about the profile. Returns the event ids.
+    """
+    common = {
+        "occurred_at": occurred_at,
+        "profile_id": profile_id,
+        "purpose": purpose,
+        "channel": channel,
+        "source": source,
+    }
+    if addresses is None:
+        rows = [event_row(kind, address_kind=address_kind, address_bidx=address_bidx, **common)]
+    else:
+        pairs = sorted(set(addresses))
+        rows = [event_row(kind, address_kind=k, address_bidx=b, **common) for k, b in pairs]
+        if not rows:
+            rows = [event_row(kind, address_kind="profile", **common)]
+    return await write_rows(conn, rows)
+
+
+def ledger_event_row(entry: Any, recorded_at: datetime) -> dict[str, Any]:
+    """consent.granted / consent.withdrawn for one effective consent_ledger entry."""
+    profile = entry.subject_kind == "profile"
+    return event_row(
+        "consent.granted" if entry.status == "granted" else "consent.withdrawn",
+        occurred_at=entry.occurred_at,
+        profile_id=entry.profile_id,
+        address_kind=entry.subject_kind,
+        address_bidx=None if profile else entry.subject,
+        subject=entry.subject,
+        purpose=entry.purpose,
+        channel=entry.channel,
+        source=entry.source,
+        recorded_at=recorded_at,
+    )
+
+
+async def enqueue_opt_outs(conn: AsyncConnection, entries: Sequence[Any]) -> list[uuid.UUID]:
+    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects)."""
+    rows = []
+    for e in entries:
+        row = ledger_event_row(e, utcnow())
+        row["kind"] = "opt_out"
+        rows.append(row)
+    return await write_rows(conn, rows)

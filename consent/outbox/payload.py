@@ -1,0 +1,70 @@
+"""What a receiver gets: ids, kind, times, purpose, channel, the address's blind index, and
+the address itself only for a subscription allowed to see it. Never other personal data.
+
+The address is never stored in the outbox: it is decrypted from the identity at delivery time.
+If the identity is gone (erased) or its data key destroyed, only the blind index is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.crypto.fields import CryptoError
+from cdp.db.tables import identities
+from cdp.platform import Platform
+
+
+def event_payload(ev: Any) -> dict[str, Any]:
+    """The body of an event without any address (also the NATS message)."""
+    return {
+        "event_id": str(ev.id),
+        "kind": ev.kind,
+        "occurred_at": ev.occurred_at,
+        "recorded_at": ev.recorded_at,
+        "purpose": ev.purpose,
+        "channel": ev.channel,
+        "source": ev.source,
+        "profile_id": str(ev.profile_id) if ev.profile_id else None,
+        "address_kind": ev.address_kind,
+        "address_blind_index": ev.address_bidx.hex() if ev.address_bidx else None,
+    }
+
+
+async def resolve_addresses(
+    conn: AsyncConnection, p: Platform, bidxs: Iterable[bytes]
+) -> dict[bytes, str]:
+    """Blind index -> address, for the identities that still exist and can be decrypted."""
+    wanted = list(set(bidxs))
+    if not wanted:
+        return {}
+    i = identities.c
+    rows = []
+    for start in range(0, len(wanted), 500):
+        rows += (
+            await conn.execute(
+                select(i.bidx, i.profile_id, i.value).where(
+                    i.bidx.in_(wanted[start : start + 500]), i.kind.in_(("email", "phone"))
+                )
+            )
+        ).all()
+    ciphers = await p.keys.ciphers(conn, {pid for _, pid, _ in rows})
+    out: dict[bytes, str] = {}
+    for bidx, pid, value in rows:
+        cipher = ciphers.get(pid)
+        if cipher is None:
+            continue
+        try:
+            out[bidx] = cipher.decrypt("identities.value", value) or ""
+        except CryptoError:
+            continue
+    return {b: a for b, a in out.items() if a}
+
+
+def with_address(body: dict[str, Any], address: str | None) -> dict[str, Any]:
+    if address is None:
+        return body
+    return {**body, "address": address}

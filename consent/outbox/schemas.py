@@ -1,0 +1,94 @@
+"""Request and response bodies of the webhook API (msgspec; they document the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+Kind = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
+    url: Url
+    kinds: (
+        Annotated[
+            list[Kind],
+            msgspec.Meta(
+                description="consent.withdrawn, consent.granted, opt_out, erasure.completed, "
+                "suppression.added (default: all)",
+                max_length=10,
+            ),
+        ]
+        | None
+    ) = None
+    include_address: Annotated[
+        bool,
+        msgspec.Meta(
+            description="send the email or phone itself (decrypted at delivery) next to its "
+            "blind index; off by default"
+        ),
+    ] = False
+    description: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class DeliveryCounts(msgspec.Struct):
+    pending: int = 0
+    delivered: int = 0
+    dead: int = 0
+    cancelled: int = 0
+
+
+class SubscriptionOut(msgspec.Struct, omit_defaults=True):
+    id: str
+    url: str
+    kinds: list[str]
+    include_address: bool
+    description: str | None
+    created_at: datetime
+    created_by: str
+    secret: str | None = None  # only in the answer to POST, never again
+    deliveries: DeliveryCounts | None = None
+
+
+class SubscriptionList(msgspec.Struct):
+    items: list[SubscriptionOut]
+    next_cursor: str | None
+
+
+class AttemptOut(msgspec.Struct):
+    number: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryOut(msgspec.Struct):
+    delivery_id: str
+    event_id: str
+    kind: str
+    status: str  # pending | delivered | dead | cancelled
+    attempts: int
+    total_attempts: int
+    replays: int
+    last_status_code: int | None
+    last_error: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    lag_ms: Annotated[
+        int | None, msgspec.Meta(description="delivered_at - occurred_at, in milliseconds")
+    ]
+    dispatch_lag_ms: Annotated[
+        int | None, msgspec.Meta(description="delivered_at - recorded_at, in milliseconds")
+    ]
+    history: list[AttemptOut]
+
+
+class DeliveryList(msgspec.Struct):
+    items: list[DeliveryOut]
+    next_cursor: str | None

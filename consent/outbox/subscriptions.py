@@ -1,0 +1,163 @@
+"""Webhook subscriptions: create (the secret is shown once), list, read, delete.
+
+The signing secret is stored encrypted under the system key, bound to the subscription's id;
+the dispatcher decrypts it to sign. Deleting a subscription keeps its delivery history but
+cancels what was still pending; it receives nothing more.
+"""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.access_log import log_access
+from cdp.apikeys import Principal
+from cdp.crypto.fields import FieldCipher
+from cdp.errors import InvalidInput, NotFound
+from cdp.ids import new_id, parse_uuid, utcnow
+from cdp.platform import Platform
+from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
+from consent.outbox import signing
+from consent.outbox.enqueue import KINDS
+from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
+from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
+
+ws = webhook_subscriptions.c
+
+
+def secret_place(subscription_id: uuid.UUID) -> str:
+    return f"webhook_subscriptions.secret|{subscription_id}"
+
+
+def decrypt_secret(system: FieldCipher, subscription_id: uuid.UUID, blob: bytes) -> bytes:
+    return system.decrypt_bytes(secret_place(subscription_id), blob)
+
+
+def check_kinds(kinds: list[str] | None) -> list[str]:
+    if kinds is None:
+        return list(KINDS)
+    if not kinds:
+        raise InvalidInput.field("kinds", "name at least one event kind")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise InvalidInput.field("kinds", "unknown event kind; one of " + ", ".join(KINDS))
+    return [k for k in KINDS if k in kinds]
+
+
+def check_url(url: str, *, production: bool) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput.field("url", "must be an absolute http or https URL")
+    if parts.username or parts.password:
+        raise InvalidInput.field("url", "must not carry credentials; receivers check signatures")
+    if production and parts.scheme != "https":
+        raise InvalidInput.field("url", "must use https in production")
+    return url.strip()
+
+
+def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -> SubscriptionOut:  # type: ignore[no-untyped-def]
+    return SubscriptionOut(
+        id=str(row.id),
+        url=row.url,
+        kinds=list(row.kinds),
+        include_address=row.include_address,
+        description=row.description,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        secret=secret,
+        deliveries=counts,
+    )
+
+
+async def create(p: Platform, who: Principal, body: SubscriptionIn) -> SubscriptionOut:
+    kinds = check_kinds(body.kinds)
+    url = check_url(body.url, production=p.settings.is_production)
+    sid = new_id()
+    secret = signing.new_secret()
+    row = {
+        "id": sid,
+        "url": url,
+        "kinds": kinds,
+        "include_address": body.include_address,
+        "description": body.description,
+        "secret": p.keys.system.encrypt(secret_place(sid), signing.secret_key(secret)),
+        "created_at": utcnow(),
+        "created_by": who.name,
+        "deleted_at": None,
+    }
+    async with p.db.write() as conn:
+        await conn.execute(insert(webhook_subscriptions).values(**row))
+        await log_access(
+            conn,
+            who,
+            "webhook_subscribe",
+            object_type="webhook",
+            object_id=str(sid),
+            rows=0,
+            detail={"kinds": kinds, "include_address": body.include_address},
+        )
+        stored = (await conn.execute(select(webhook_subscriptions).where(ws.id == sid))).one()
+    return _out(stored, DeliveryCounts(), secret)
+
+
+async def load(conn: AsyncConnection, subscription_id: str | uuid.UUID):  # type: ignore[no-untyped-def]
+    sid = subscription_id if isinstance(subscription_id, uuid.UUID) else parse_uuid(subscription_id)
+    row = None
+    if sid is not None:
+        row = (
+            await conn.execute(
+                select(webhook_subscriptions).where(ws.id == sid, ws.deleted_at.is_(None))
+            )
+        ).first()
+    if row is None:
+        raise NotFound("no such webhook subscription")
+    return row
+
+
+async def counts(conn: AsyncConnection, sid: uuid.UUID) -> DeliveryCounts:
+    d = webhook_deliveries.c
+    rows = await conn.execute(
+        select(d.status, func.count()).where(d.subscription_id == sid).group_by(d.status)
+    )
+    return DeliveryCounts(**{status: n for status, n in rows})
+
+
+async def get(p: Platform, subscription_id: str) -> SubscriptionOut:
+    async with p.db.read() as conn:
+        row = await load(conn, subscription_id)
+        return _out(row, await counts(conn, row.id))
+
+
+async def list_all(p: Platform, *, limit: int | None, cursor: str | None) -> SubscriptionList:
+    n = check_limit(limit)
+    after = decode_cursor(cursor)
+    query = select(webhook_subscriptions).where(ws.deleted_at.is_(None))
+    if after is not None:
+        query = query.where(ws.id > after)
+    async with p.db.read() as conn:
+        rows = (await conn.execute(query.order_by(ws.id).limit(n + 1))).all()
+    more = len(rows) > n
+    rows = rows[:n]
+    return SubscriptionList(
+        items=[_out(r) for r in rows], next_cursor=encode_cursor(rows[-1].id) if more else None
+    )
+
+
+async def delete(p: Platform, who: Principal, subscription_id: str) -> None:
+    d = webhook_deliveries.c
+    async with p.db.write() as conn:
+        row = await load(conn, subscription_id)
+        await conn.execute(
+            update(webhook_subscriptions).where(ws.id == row.id).values(deleted_at=utcnow())
+        )
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(d.subscription_id == row.id, d.status == "pending")
+            .values(status="cancelled", lease_until=None, claim_token=None)
+        )
+        await log_access(
+            conn, who, "webhook_unsubscribe", object_type="webhook", object_id=str(row.id), rows=0
+        )

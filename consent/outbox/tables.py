@@ -1,0 +1,122 @@
+"""Tables of webhook subscriptions, the outbox, and deliveries with their attempts.
+
+The outbox holds ids and blind indexes only, never an address: where a subscription may see
+addresses, they are decrypted from the identity at delivery time.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+
+from cdp.db.metadata import metadata
+from cdp.db.types import BigInt, UTCDateTime
+
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("url", String(2048), nullable=False),
+    Column("kinds", JSON, nullable=False),
+    Column("include_address", Boolean, nullable=False),
+    Column("description", String(200)),
+    Column("secret", LargeBinary, nullable=False),  # ciphertext under the system key
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("deleted_at", UTCDateTime),
+)
+
+outbox_events = Table(
+    "outbox_events",
+    metadata,
+    Column("seq", BigInt, primary_key=True, autoincrement=True),
+    Column("id", Uuid, nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    # Deliveries of one subscription with the same key go out in seq order: the address's
+    # blind index, else the profile subject ("p:" + profile id).
+    Column("order_key", LargeBinary(48), nullable=False),
+    Column("profile_id", Uuid),
+    Column("address_kind", String(16)),  # email | phone | profile
+    Column("address_bidx", LargeBinary(32)),
+    Column("purpose", String(64)),
+    Column("channel", String(16)),
+    Column("source", String(64)),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("fanned_out", Boolean, nullable=False),
+    Column("streamed_at", UTCDateTime),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("subscription_id", Uuid, nullable=False),
+    Column("event_seq", BigInt, nullable=False),
+    Column("event_id", Uuid, nullable=False),
+    Column("order_key", LargeBinary(48), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | dead | cancelled
+    Column("attempts", Integer, nullable=False),  # in the current round (replay resets)
+    Column("total_attempts", Integer, nullable=False),
+    Column("replays", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("claim_token", Uuid),
+    Column("last_status_code", Integer),
+    Column("last_error", String(64)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("subscription_id", "event_seq"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("delivery_id", Uuid, nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("status_code", Integer),  # None: no answer (connection error, timeout)
+    Column("error", String(64)),  # an error type or "http <code>", never a response body
+    Column("duration_ms", Integer, nullable=False),
+)
+
+Index(
+    "ix_outbox_events_unfanned",
+    outbox_events.c.seq,
+    postgresql_where=text("NOT fanned_out"),
+    sqlite_where=text("NOT fanned_out"),
+)
+Index(
+    "ix_outbox_events_unstreamed",
+    outbox_events.c.seq,
+    postgresql_where=text("streamed_at IS NULL"),
+    sqlite_where=text("streamed_at IS NULL"),
+)
+Index("ix_outbox_events_recorded", outbox_events.c.recorded_at)
+Index(
+    "ix_webhook_deliveries_due",
+    webhook_deliveries.c.next_attempt_at,
+    postgresql_where=text("status = 'pending'"),
+    sqlite_where=text("status = 'pending'"),
+)
+Index(
+    "ix_webhook_deliveries_queue",
+    webhook_deliveries.c.subscription_id,
+    webhook_deliveries.c.order_key,
+    webhook_deliveries.c.event_seq,
+    postgresql_where=text("status = 'pending'"),
+    sqlite_where=text("status = 'pending'"),
+)
+Index("ix_webhook_deliveries_event", webhook_deliveries.c.event_seq)
