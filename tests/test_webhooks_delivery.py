@@ -466,3 +466,18 @@ async def test_consent_events_follow_the_effective_state(client, keys, platform,
     async with platform.db.read() as conn:
         n = (await conn.execute(select(func.count()).select_from(outbox_events))).scalar_one()
     assert n == 1
+
+
+async def test_an_erasure_request_announces_its_completion(client, keys, platform, receiver):
+    pid = await add_profile(client, keys, email="bye@example.com", phone="+79160000002")
+    await subscribe(client, keys, receiver, kinds=["erasure.completed"])
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "bye@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await drain(platform)
+    got = sorted((x.payload["address_kind"], x.payload["profile_id"]) for x in receiver.requests)
+    assert got == [("email", pid), ("phone", pid)]
+    assert all(x.valid and x.payload["kind"] == "erasure.completed" for x in receiver.requests)

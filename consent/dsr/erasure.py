@@ -52,6 +52,7 @@ from consent.dsr.customer import customer_identities, customer_profile_ids, root
 from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
 from consent.dsr_tables import dsr_requests
+from consent.outbox.enqueue import enqueue
 from consent.subjects import profile_subject
 from consent.suppressions import suppress
 from consent.tables import consent_ledger, consent_state
@@ -124,6 +125,15 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
             await conn.exec_driver_sql("PRAGMA secure_delete=ON")
         pids, idents = await lock_customer(conn, found[0])
         counts = await erase_customer(conn, p, pids, idents, now)
+        if counts["profiles"]:  # tell the sending tools, in this same transaction (outbox)
+            await enqueue(
+                conn,
+                "erasure.completed",
+                profile_id=found[0],
+                occurred_at=now,
+                source="erasure",
+                addresses=[(kind, bidx) for _, kind, bidx in idents if kind in ("email", "phone")],
+            )
         crash_point("before_commit")
         erased = pids
         reason = (
