@@ -34,15 +34,23 @@ def machine() -> str:
 
 def suites(scale: int, dbs: list[str]) -> list[tuple[str, list[str]]]:
     db_args = [a for db in dbs for a in ("--db", db)]
+    per_db = [  # modules that take one --db at a time
+        (f"{title} ({db})", [module, *args, "--db", db])
+        for title, module, args in (
+            ("Segment export", "bench.segments", ["--scale", str(scale)]),
+            ("Audit verification", "bench.verify", ["--entries", str(scale)]),
+        )
+        for db in dbs
+    ]
     return [
         ("Ingest (`cdp import` and API)", ["bench.ingest", "--scale", str(scale), *db_args]),
-        ("Segment export", ["bench.segments", "--scale", str(scale), *db_args]),
-        ("Audit verification", ["bench.verify", "--entries", str(scale), *db_args]),
+        *per_db,
         (
             "API under 100 concurrent clients",
             ["bench.api", "--scale", str(min(scale, 100_000)), *db_args],
         ),
         ("Opt-out to webhook delivery lag", ["bench.webhooks", *db_args]),
+        ("Probabilistic matching on FEBRL", ["bench.febrl"]),
     ]
 
 

@@ -55,10 +55,13 @@ async def load(client: httpx.AsyncClient, make, seconds: float) -> tuple[float, 
             method, url, kwargs = make(w, i)
             i += 1
             t = time.perf_counter()
-            r = await client.request(method, url, **kwargs)
+            try:
+                r = await client.request(method, url, **kwargs)
+                failed = r.status_code >= 400
+            except httpx.HTTPError:  # a timeout counts as an error, and its wait as latency
+                failed = True
             latencies.append(time.perf_counter() - t)
-            if r.status_code >= 400:
-                errors += 1
+            errors += failed
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(CLIENTS)))
