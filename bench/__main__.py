@@ -77,7 +77,11 @@ def main() -> None:
         print(f"== {title}: {' '.join(argv)}", flush=True)
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True)
-        table = [ln for ln in proc.stdout.splitlines() if ln.startswith("|") or ln.strip()]
+        table = [
+            ln
+            for ln in proc.stdout.splitlines()
+            if ln.strip() and "[info" not in ln and "[warning" not in ln
+        ]
         print("\n".join(table), flush=True)
         parts.append(
             f"## {title}\n\n`python -m {' '.join(argv)}` ({time.perf_counter() - t:,.0f} s)\n"
