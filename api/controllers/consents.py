@@ -12,7 +12,8 @@ from litestar.params import FromPath, JSONBody
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
 from cdp.errors import InvalidInput
-from cdp.profiles.identifiers import parse_identifier
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier, parse_identifier
 from consent.optout import claims_from_token, is_stop_message, opt_out, unsubscribe
 from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
 from consent.service import record_consent
@@ -38,6 +39,20 @@ class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_":
     text: Annotated[str, msgspec.Meta(max_length=1600)]
 
 
+def _identifier(platform: Platform, data: ConsentIn | OptOutIn) -> Identifier:
+    """The one identifier a consent or opt-out body names (external ids: `id_source`)."""
+    return parse_identifier(
+        platform.policy,
+        platform.keys.indexer,
+        profile_id=data.profile_id,
+        email=data.email,
+        phone=data.phone,
+        source=data.id_source or data.source,
+        external_id=data.external_id,
+        country=data.country,
+    )
+
+
 @post(
     "/v1/consents",
     opt=INGEST,
@@ -48,16 +63,7 @@ class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_":
 async def post_consent(
     data: JSONBody[ConsentIn], platform: PlatformDep, principal: PrincipalDep
 ) -> dict:
-    ident = parse_identifier(
-        platform.policy,
-        platform.keys.indexer,
-        profile_id=data.profile_id,
-        email=data.email,
-        phone=data.phone,
-        source=data.id_source or data.source,
-        external_id=data.external_id,
-        country=data.country,
-    )
+    ident = _identifier(platform, data)
     appended = await record_consent(platform, data, ident, principal.name)
     first = appended[0]
     return {
@@ -81,16 +87,7 @@ async def post_consent(
 async def post_opt_out(
     data: JSONBody[OptOutIn], platform: PlatformDep, principal: PrincipalDep
 ) -> dict:
-    ident = parse_identifier(
-        platform.policy,
-        platform.keys.indexer,
-        profile_id=data.profile_id,
-        email=data.email,
-        phone=data.phone,
-        source=data.id_source or data.source,
-        external_id=data.external_id,
-        country=data.country,
-    )
+    ident = _identifier(platform, data)
     result = await opt_out(
         platform,
         ident,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from cdp.access_log import log_access
+from cdp.apikeys import Principal
 from cdp.errors import DomainError, NotFound
 from cdp.ids import parse_uuid
+from cdp.platform import Platform
 from cdp.profiles.identifiers import find_profile, parse_identifier
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.ingest import Outcome
@@ -43,6 +47,17 @@ def error_body(exc: DomainError) -> dict[str, Any]:
         "detail": exc.detail,
         "errors": [{"field": e.field, "message": e.message} for e in exc.errors],
     }
+
+
+async def _view_logged(
+    conn: AsyncConnection, platform: Platform, principal: Principal, pid: uuid.UUID
+) -> dict[str, Any]:
+    """The decrypted profile; every read of a profile is written to the access log."""
+    body = await profile_view(conn, platform, pid)
+    await log_access(
+        conn, principal, "profile.read", object_type="profile", object_id=str(pid), profile_id=pid
+    )
+    return body
 
 
 class ProfileController(Controller):
@@ -97,16 +112,7 @@ class ProfileController(Controller):
             pid = await find_profile(conn, ident)
             if pid is None:
                 raise NotFound("no profile has this identifier")
-            body = await profile_view(conn, platform, pid)
-            await log_access(
-                conn,
-                principal,
-                "profile.read",
-                object_type="profile",
-                object_id=str(pid),
-                profile_id=pid,
-            )
-        return body
+            return await _view_logged(conn, platform, principal, pid)
 
     @get("/{profile_id:str}", opt=READERS, summary="The decrypted profile")
     async def read(
@@ -117,16 +123,7 @@ class ProfileController(Controller):
             raise NotFound("no profile with this id")
         async with platform.db.write() as conn:
             survivor = await resolve_profile_id(conn, pid)
-            body = await profile_view(conn, platform, survivor)
-            await log_access(
-                conn,
-                principal,
-                "profile.read",
-                object_type="profile",
-                object_id=str(survivor),
-                profile_id=survivor,
-            )
-        return body
+            return await _view_logged(conn, platform, principal, survivor)
 
     @get("/{profile_id:str}/consents", opt=READERS, summary="Consent state and contactability")
     async def consents(
