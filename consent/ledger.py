@@ -11,20 +11,24 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.crypto.fields import FieldCipher
+from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.db.tables import identities
-from cdp.ids import new_id, utcnow
+from cdp.ids import new_id, parse_uuid, utcnow
+from cdp.keyring import SYSTEM_OWNER
 from consent.chain import GENESIS, entry_hash
 from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel
 from consent.tables import consent_ledger, consent_state
+
+if TYPE_CHECKING:
+    from cdp.platform import Platform
 
 LEDGER_LOCK = 5_147_001_001
 
@@ -215,3 +219,29 @@ async def _write_states(
             ),
             updates,
         )
+
+
+# Reading evidence back: the one place that decrypts what `append` encrypted. -----------
+async def owner_ciphers(
+    conn: AsyncConnection, p: Platform, owners: set[str]
+) -> dict[str, FieldCipher]:
+    ids = {o: u for o in owners if (u := parse_uuid(o)) is not None}
+    found = await p.keys.ciphers(conn, ids.values())
+    out = {o: found[u] for o, u in ids.items() if u in found}
+    if SYSTEM_OWNER in owners:
+        out[SYSTEM_OWNER] = p.keys.system
+    return out
+
+
+def read_evidence(row: Any, ciphers: dict[str, FieldCipher]) -> tuple[Any, bool]:
+    """(decrypted evidence, readable): null and unreadable once the data key is destroyed."""
+    if row.evidence is None:
+        return None, True
+    cipher = ciphers.get(row.evidence_owner or "")
+    if cipher is None or cipher.key_id != row.evidence_key_id:
+        return None, False
+    try:
+        plain = cipher.decrypt_bytes("consent_ledger.evidence", row.evidence)
+        return msgspec.json.decode(plain), True
+    except (CryptoError, msgspec.DecodeError):
+        return None, False

@@ -15,19 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import msgspec
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from cdp.crypto.fields import CryptoError, FieldCipher
+from cdp.crypto.fields import CryptoError
 from cdp.db.tables import identities
 from cdp.errors import InvalidInput
-from cdp.ids import parse_uuid
-from cdp.keyring import SYSTEM_OWNER
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
+from consent.ledger import owner_ciphers, read_evidence
 from consent.tables import consent_ledger
 
 led = consent_ledger.c
@@ -175,31 +173,6 @@ async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[di
             }
         )
     return out
-
-
-async def owner_ciphers(
-    conn: AsyncConnection, p: Platform, owners: set[str]
-) -> dict[str, FieldCipher]:
-    ids = {o: u for o in owners if (u := parse_uuid(o)) is not None}
-    found = await p.keys.ciphers(conn, ids.values())
-    out = {o: found[u] for o, u in ids.items() if u in found}
-    if SYSTEM_OWNER in owners:
-        out[SYSTEM_OWNER] = p.keys.system
-    return out
-
-
-def read_evidence(row: Any, ciphers: dict[str, FieldCipher]) -> tuple[Any, bool]:
-    """(decrypted evidence, readable): null and unreadable once the data key is destroyed."""
-    if row.evidence is None:
-        return None, True
-    cipher = ciphers.get(row.evidence_owner or "")
-    if cipher is None or cipher.key_id != row.evidence_key_id:
-        return None, False
-    try:
-        plain = cipher.decrypt_bytes("consent_ledger.evidence", row.evidence)
-        return msgspec.json.decode(plain), True
-    except (CryptoError, msgspec.DecodeError):
-        return None, False
 
 
 async def addresses_plaintext(

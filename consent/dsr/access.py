@@ -20,8 +20,7 @@ from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.db.tables import access_log, events, identities
 from cdp.errors import NotFound
-from cdp.ids import parse_uuid, utcnow
-from cdp.keyring import SYSTEM_OWNER
+from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.service import profile_view
@@ -29,6 +28,7 @@ from cdp.segments.membership import segments_containing
 from consent.dsr.customer import customer_profile_ids
 from consent.dsr.requests import summary
 from consent.dsr_tables import dsr_requests
+from consent.ledger import owner_ciphers, read_evidence
 from consent.tables import consent_ledger, suppressions
 
 
@@ -88,32 +88,6 @@ async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str
     }
 
 
-async def _owner_ciphers(
-    conn: AsyncConnection, p: Platform, owners: set[str]
-) -> dict[str, FieldCipher]:
-    ids = {o: u for o in owners if (u := parse_uuid(o)) is not None}
-    found = await p.keys.ciphers(conn, ids.values())
-    out = {o: found[u] for o, u in ids.items() if u in found}
-    if SYSTEM_OWNER in owners:
-        out[SYSTEM_OWNER] = p.keys.system
-    return out
-
-
-def _evidence(row: Any, ciphers: dict[str, FieldCipher]) -> tuple[Any, bool]:
-    """(decrypted evidence, readable)."""
-    if row.evidence is None:
-        return None, True
-    cipher = ciphers.get(row.evidence_owner or "")
-    if cipher is None or cipher.key_id != row.evidence_key_id:
-        return None, False
-    try:
-        return msgspec.json.decode(
-            cipher.decrypt_bytes("consent_ledger.evidence", row.evidence)
-        ), True
-    except (CryptoError, msgspec.DecodeError):
-        return None, False
-
-
 async def _consent_history(
     conn: AsyncConnection,
     p: Platform,
@@ -126,10 +100,10 @@ async def _consent_history(
     if addresses:
         where = or_(where, led.address_bidx.in_(addresses))
     rows = (await conn.execute(select(consent_ledger).where(where).order_by(led.seq))).all()
-    ciphers = await _owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
+    ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
     out = []
     for r in rows:
-        evidence, readable = _evidence(r, ciphers)
+        evidence, readable = read_evidence(r, ciphers)
         out.append(
             {
                 "seq": r.seq,
