@@ -1,6 +1,8 @@
 """Background services that run inside `cdp serve` (each can also run as its own CLI worker):
 the erasure worker (`cdp dsr run`), the webhook dispatcher (`cdp dispatch`), and signed ledger
-checkpoints (`cdp audit checkpoint`), every CDP_CHECKPOINT_INTERVAL seconds (default 300)."""
+checkpoints (`cdp audit checkpoint`), every CDP_CHECKPOINT_INTERVAL seconds (default 300), and
+the query planner's statistics, at start and every CDP_STATISTICS_INTERVAL seconds (default 600).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +11,23 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
+import structlog
+
 from cdp.platform import Platform
+
+log = structlog.get_logger(__name__)
+
+
+async def refresh_statistics_periodically(p: Platform, interval_s: float) -> None:
+    """Keep planner statistics current as tables grow (see Database.refresh_statistics)."""
+    while True:
+        try:
+            await p.db.refresh_statistics()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # keep serving: the next interval retries
+            log.error("statistics_refresh_failed", error=type(exc).__name__)
+        await asyncio.sleep(interval_s)
 
 
 @contextlib.asynccontextmanager
@@ -25,4 +43,10 @@ async def background_services(p: Platform) -> AsyncIterator[None]:
         if interval > 0:
             task = asyncio.create_task(checkpoint_periodically(p, interval), name="checkpoints")
             stack.callback(task.cancel)
+        stats_interval = float(os.environ.get("CDP_STATISTICS_INTERVAL", "600"))
+        if stats_interval > 0:
+            stats = asyncio.create_task(
+                refresh_statistics_periodically(p, stats_interval), name="statistics"
+            )
+            stack.callback(stats.cancel)
         yield

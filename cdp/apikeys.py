@@ -3,6 +3,7 @@ slow password hash adds nothing), each with one role."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -84,16 +85,29 @@ async def revoke_key(db: Database, name: str) -> None:
 # for its key; a revocation (possibly from another process) takes effect within AUTH_TTL.
 AUTH_TTL = 5.0
 _auth_cache: dict[bytes, tuple[float, Principal]] = {}
+_lookups: dict[bytes, asyncio.Future[Principal | None]] = {}
+_generation = [0]  # bumped by forget_cached_keys
 
 
 async def authenticate(db: Database, key: str) -> Principal | None:
     if not key.startswith(PREFIX) or len(key) > 200:
         return None
     digest = hash_key(key)
-    now = time.monotonic()
     hit = _auth_cache.get(digest)
-    if hit is not None and hit[0] > now:
+    if hit is not None and hit[0] > time.monotonic():
         return hit[1]
+    # One lookup per key at a time: when a busy key's entry expires, the requests that arrive
+    # meanwhile wait for that lookup instead of each reading the database.
+    pending = _lookups.get(digest)
+    if pending is None:
+        pending = asyncio.ensure_future(_lookup(db, digest))
+        _lookups[digest] = pending
+        pending.add_done_callback(lambda _: _lookups.pop(digest, None))
+    return await asyncio.shield(pending)
+
+
+async def _lookup(db: Database, digest: bytes) -> Principal | None:
+    generation = _generation[0]
     async with db.read() as conn:
         row = (
             await conn.execute(
@@ -108,9 +122,12 @@ async def authenticate(db: Database, key: str) -> Principal | None:
     principal = Principal(row.name, row.role)
     if len(_auth_cache) > 10_000:
         _auth_cache.clear()
-    _auth_cache[digest] = (now + AUTH_TTL, principal)
+    if generation != _generation[0]:  # a revocation ran meanwhile: do not remember this read
+        return principal
+    _auth_cache[digest] = (time.monotonic() + AUTH_TTL, principal)
     return principal
 
 
 def forget_cached_keys() -> None:
+    _generation[0] += 1
     _auth_cache.clear()

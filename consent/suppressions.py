@@ -7,15 +7,28 @@ occurred after it; repeating an opt-out keeps the latest time.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.upsert import insert_ignore
 from cdp.ids import utcnow
-from consent.outbox.enqueue import enqueue
+from consent.outbox.enqueue import event_row, write_rows
 from consent.tables import suppressions
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    bidx: bytes
+    purpose: str
+    channel: str
+    reason: str
+    source: str
+    at: datetime
+    profile_id: uuid.UUID | None = None
+    address_kind: str | None = None
 
 
 async def suppress(
@@ -30,35 +43,95 @@ async def suppress(
     profile_id: uuid.UUID | None = None,
     address_kind: str | None = None,
 ) -> None:
+    await suppress_many(
+        conn, [Suppression(bidx, purpose, channel, reason, source, at, profile_id, address_kind)]
+    )
+
+
+async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None:
+    """Add or refresh suppressions: a new one is announced to the webhook outbox (in this
+    transaction); an existing one keeps the latest time, reason and source."""
+    if not items:
+        return
     s = suppressions.c
-    added = await conn.execute(
-        insert_ignore(conn, suppressions).values(
-            bidx=bidx,
-            purpose=purpose,
-            channel=channel,
-            reason=reason,
-            source=source,
-            at=at,
-            created_at=utcnow(),
+    current: dict[tuple[bytes, str, str], datetime] = {}
+    bidxs = sorted({i.bidx for i in items})
+    for start in range(0, len(bidxs), 500):
+        rows = await conn.execute(
+            select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs[start : start + 500]))
         )
-    )
-    if added.rowcount == 1:  # a new suppression: tell the webhook outbox, in this transaction
-        await enqueue(
+        current.update({(b, p, c): at for b, p, c, at in rows})
+    added: dict[tuple[bytes, str, str], Suppression] = {}  # new rows, announced
+    later: dict[tuple[bytes, str, str], Suppression] = {}
+    for item in items:
+        key = (item.bidx, item.purpose, item.channel)
+        if key not in current:
+            current[key] = item.at
+            added[key] = item
+        elif item.at > current[key]:
+            current[key] = item.at
+            if key in added:
+                added[key] = item
+            else:
+                later[key] = item
+    now = utcnow()
+    if added:
+        await conn.execute(
+            insert_ignore(conn, suppressions),
+            [
+                {
+                    "bidx": i.bidx,
+                    "purpose": i.purpose,
+                    "channel": i.channel,
+                    "reason": i.reason,
+                    "source": i.source,
+                    "at": i.at,
+                    "created_at": now,
+                }
+                for i in added.values()
+            ],
+        )
+        await write_rows(
             conn,
-            "suppression.added",
-            occurred_at=at,
-            profile_id=profile_id,
-            address_kind=address_kind,
-            address_bidx=bidx,
-            purpose=purpose,
-            channel=channel,
-            source=source,
+            [
+                event_row(
+                    "suppression.added",
+                    occurred_at=i.at,
+                    profile_id=i.profile_id,
+                    address_kind=i.address_kind,
+                    address_bidx=i.bidx,
+                    purpose=i.purpose,
+                    channel=i.channel,
+                    source=i.source,
+                    recorded_at=now,
+                )
+                for i in added.values()
+            ],
         )
-    await conn.execute(
-        update(suppressions)
-        .where(s.bidx == bidx, s.purpose == purpose, s.channel == channel, s.at < at)
-        .values(at=at, reason=reason, source=source)
-    )
+    # `added` too: a row another process inserted meanwhile still gets the latest time
+    refresh = [*added.values(), *later.values()]
+    if refresh:
+        await conn.execute(
+            update(suppressions)
+            .where(
+                s.bidx == bindparam("b"),
+                s.purpose == bindparam("p"),
+                s.channel == bindparam("c"),
+                s.at < bindparam("t"),
+            )
+            .values(at=bindparam("t"), reason=bindparam("r"), source=bindparam("s")),
+            [
+                {
+                    "b": i.bidx,
+                    "p": i.purpose,
+                    "c": i.channel,
+                    "t": i.at,
+                    "r": i.reason,
+                    "s": i.source,
+                }
+                for i in refresh
+            ],
+        )
 
 
 async def suppressed_at(

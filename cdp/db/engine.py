@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from cdp.db.group_commit import Apply, GroupCommit
+
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -55,6 +57,14 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._groups: dict[str, GroupCommit] = {}
+
+    def group_commit(self, name: str, apply: Apply, *, max_batch: int = 256) -> GroupCommit:
+        """The shared group-commit queue for writes of one kind (see cdp.db.group_commit)."""
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = GroupCommit(self, apply, name=name, max_batch=max_batch)
+        return group
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -71,6 +81,23 @@ class Database:
             conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with conn.begin():
                 yield conn
+
+    async def refresh_statistics(self) -> None:
+        """Refresh the query planner's table statistics.
+
+        SQLite keeps none until ANALYZE runs, and without them it may pick the status index for
+        a members page and sort the whole table instead of walking profiles in id order (260 ms
+        instead of 5 ms for a page at 20,000 profiles). `analysis_limit` samples each index, so
+        this stays well under a second at millions of rows. PostgreSQL's autovacuum keeps its
+        own statistics; an explicit ANALYZE after a bulk import saves waiting for it."""
+        if self.is_sqlite:
+            async with self.write() as conn:
+                await conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+                await conn.exec_driver_sql("ANALYZE")
+        else:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql("ANALYZE")
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
