@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.tables import consent_ledger
@@ -67,14 +67,27 @@ def _canonical(value: Any) -> Any:
     return str(value)
 
 
-def canonical_payload(row: Any) -> bytes:
-    """The canonical JSON of an entry (a mapping or an object with the HASHED_FIELDS)."""
+def canonical_payload(row: Any, fields: Sequence[str] = HASHED_FIELDS) -> bytes:
+    """The canonical JSON of `fields` of an entry (a mapping, or an object with attributes)."""
     get = row.__getitem__ if isinstance(row, dict) else lambda k: getattr(row, k)
-    return _encoder.encode([_canonical(get(name)) for name in HASHED_FIELDS])
+    return _encoder.encode([_canonical(get(name)) for name in fields])
 
 
-def entry_hash(prev_hash: bytes, row: Any) -> bytes:
-    return hashlib.sha256(prev_hash + canonical_payload(row)).digest()
+def entry_hash(prev_hash: bytes, row: Any, fields: Sequence[str] = HASHED_FIELDS) -> bytes:
+    """SHA-256(prev_hash || canonical JSON): the link of any chained table (the consent
+    ledger by default; data-subject-request transitions pass their own fields)."""
+    return hashlib.sha256(prev_hash + canonical_payload(row, fields)).digest()
+
+
+async def chain_head(conn: AsyncConnection, table: Table, lock: int) -> tuple[int, bytes]:
+    """(last seq, last hash) of a chained table, locked for appending until the transaction
+    ends: a PostgreSQL advisory lock `lock` (on SQLite the write transaction is the lock), so
+    appends get consecutive seqs and each links to the one before."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({int(lock)})"))
+    c = table.c
+    head = (await conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1))).first()
+    return (head.seq, head.hash) if head else (0, GENESIS)
 
 
 @dataclass(frozen=True, slots=True)

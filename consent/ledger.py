@@ -14,14 +14,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.db.tables import identities
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.keyring import SYSTEM_OWNER
-from consent.chain import GENESIS, entry_hash
+from consent.chain import chain_head, entry_hash
 from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel
@@ -67,23 +67,10 @@ def supersedes(status: str, at: datetime, current: tuple[str, datetime] | None) 
     return status == "withdrawn" and cur_status != "withdrawn"
 
 
-async def lock_head(conn: AsyncConnection) -> None:
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SELECT pg_advisory_xact_lock({LEDGER_LOCK})"))
-
-
 async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) -> list[Appended]:
     if not entries:
         return []
-    await lock_head(conn)
-    head = (
-        await conn.execute(
-            select(consent_ledger.c.seq, consent_ledger.c.hash)
-            .order_by(consent_ledger.c.seq.desc())
-            .limit(1)
-        )
-    ).first()
-    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    seq, prev = await chain_head(conn, consent_ledger, LEDGER_LOCK)
 
     wanted = {
         (e.subject, e.purpose, ch)

@@ -8,13 +8,12 @@ and `cdp audit verify`.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consent.chain import GENESIS, Verification, _canonical, _encoder
+from consent.chain import GENESIS, Verification, chain_head, entry_hash
 from consent.dsr_tables import dsr_transitions
 
 HASHED = (
@@ -33,16 +32,11 @@ DSR_CHAIN_LOCK = 5_147_001_002
 
 
 def transition_hash(prev: bytes, row: Any) -> bytes:
-    get = row.__getitem__ if isinstance(row, dict) else lambda k: getattr(row, k)
-    return hashlib.sha256(prev + _encoder.encode([_canonical(get(k)) for k in HASHED])).digest()
+    return entry_hash(prev, row, HASHED)
 
 
 async def append_transition(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SELECT pg_advisory_xact_lock({DSR_CHAIN_LOCK})"))
-    t = dsr_transitions.c
-    head = (await conn.execute(select(t.seq, t.hash).order_by(t.seq.desc()).limit(1))).first()
-    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    seq, prev = await chain_head(conn, dsr_transitions, DSR_CHAIN_LOCK)
     row = {**values, "seq": seq + 1, "prev_hash": prev}
     row["hash"] = transition_hash(prev, row)
     await conn.execute(insert(dsr_transitions).values(**row))
