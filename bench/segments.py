@@ -14,6 +14,8 @@ Measured:
   first page  `segment_members` (load segment, query, decrypt, tokens, access log), limit 100,
               on a fresh platform (the first call unwraps 100 data keys)
   export      `export_chunks` NDJSON over the whole segment (pages of 2000), rows/s
+  recorded    the same export as the API runs it (`service.start_export`): access-logged and on
+              record, each page's members written (one row per page) before it is sent
   raw         the same (profile, address) rows selected by primary keys from a helper table,
               keyset pages of the same size, with the same `ciphers` call and decryption
   export and raw alternate; "cold keys" runs each on a fresh platform (every data key is
@@ -244,6 +246,15 @@ async def export_run(q: Platform, d: Definition) -> tuple[int, int, float]:
     return rows, size, time.perf_counter() - t
 
 
+async def recorded_run(q: Platform, segment_id: str) -> tuple[int, float]:
+    t = time.perf_counter()
+    started = await service.start_export(q, WHO, segment_id, "ndjson")
+    rows = 0
+    async for chunk in started.chunks:
+        rows += chunk.count(b"\n")
+    return rows, time.perf_counter() - t
+
+
 async def raw_run(q: Platform) -> tuple[int, float]:
     """Raw select of the same rows, same page size, same `ciphers` call and decryption."""
     b = bench_rows.c
@@ -296,20 +307,26 @@ async def traced_peak_mb(q: Platform, d: Definition) -> tuple[int, float]:
     return rows, peak / 2**20
 
 
-async def compare(p: Platform, d: Definition, expected: int, rounds: int, warm: bool) -> None:
-    """Export and raw, alternating, `rounds` times; cold runs use a fresh platform each."""
-    export_rates, raw_rates = [], []
+async def compare(
+    p: Platform, d: Definition, segment_id: str, expected: int, rounds: int, warm: bool
+) -> None:
+    """Export, recorded export and raw, alternating, `rounds` times; cold runs use a fresh
+    platform each."""
+    export_rates, recorded_rates, raw_rates = [], [], []
     q = await fresh(p) if warm else None
     try:
         if q is not None:  # fill the data-key cache once
             await export_run(q, d)
         for _ in range(rounds):
-            for kind in ("export", "raw"):
+            for kind in ("export", "recorded", "raw"):
                 r = q or await fresh(p)
                 try:
                     if kind == "export":
                         rows, _, secs = await export_run(r, d)
                         export_rates.append(rows / secs)
+                    elif kind == "recorded":
+                        rows, secs = await recorded_run(r, segment_id)
+                        recorded_rates.append(rows / secs)
                     else:
                         rows, secs = await raw_run(r)
                         raw_rates.append(rows / secs)
@@ -322,9 +339,11 @@ async def compare(p: Platform, d: Definition, expected: int, rounds: int, warm: 
             await q.close()
     label = "warm keys" if warm else "cold keys"
     ex, raw = statistics.median(export_rates), statistics.median(raw_rates)
+    rec = statistics.median(recorded_rates)
     print(
         f"  {label}: export {ex:,.0f} rows/s, raw select + same decryption {raw:,.0f} rows/s,"
-        f" ratio {ex / raw:.2f}x  (medians of {rounds})"
+        f" ratio {ex / raw:.2f}x; recorded export {rec:,.0f} rows/s ({rec / ex:.2f}x export,"
+        f" {rec / raw:.2f}x raw)  (medians of {rounds})"
     )
 
 
@@ -357,8 +376,8 @@ async def main(scale: int, db: str, rounds: int) -> None:
             f"  first page (100 members, access-logged): cold {times[0]:.1f} ms, "
             f"then median {statistics.median(times[1:]):.1f} ms, worst {max(times):.1f} ms"
         )
-        await compare(p, d, expected, rounds, warm=False)
-        await compare(p, d, expected, rounds, warm=True)
+        await compare(p, d, seg.id, expected, rounds, warm=False)
+        await compare(p, d, seg.id, expected, rounds, warm=True)
 
         q = await fresh(p)
         try:

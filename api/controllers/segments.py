@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, delete, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Stream
 
@@ -10,9 +11,23 @@ from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from cdp.ids import parse_uuid
 from cdp.segments import service
-from cdp.segments.schemas import MembersOut, QueryIn, SegmentIn, SegmentList, SegmentOut, StatsOut
+from cdp.segments.schemas import (
+    ExportList,
+    ExportStatsOut,
+    MembersOut,
+    QueryIn,
+    SegmentIn,
+    SegmentList,
+    SegmentOut,
+    StatsOut,
+)
 
 MARKETING = roles("admin", "marketing")
+EXPORT_ID = ResponseHeader(
+    name="X-Export-Id",
+    description="The id of this export's record: GET /v1/segments/{id}/exports/{export_id}",
+    documentation_only=True,
+)
 
 
 class SegmentController(Controller):
@@ -85,14 +100,19 @@ class SegmentController(Controller):
             platform, principal, segment_id, limit=limit, cursor=cursor
         )
 
-    @get("/{segment_id:str}/stats", opt=MARKETING, summary="Matched, contactable, and why not")
+    @get(
+        "/{segment_id:str}/stats",
+        opt=MARKETING,
+        summary="Matched, contactable, and why not; the latest export's opted-out count",
+    )
     async def stats(self, segment_id: FromPath[str], platform: PlatformDep) -> StatsOut:
         return await service.segment_stats(platform, segment_id)
 
     @get(
         "/{segment_id:str}/export",
         opt=MARKETING,
-        summary="All members, streamed as NDJSON or CSV (access-logged)",
+        summary="All members, streamed as NDJSON or CSV (access-logged, recorded as an export)",
+        response_headers=[EXPORT_ID],
     )
     async def export(
         self,
@@ -101,10 +121,37 @@ class SegmentController(Controller):
         principal: PrincipalDep,
         format: FromQuery[str] = "ndjson",
     ) -> Stream:
-        media_type, chunks = await service.open_export(platform, principal, segment_id, format)
+        started = await service.start_export(platform, principal, segment_id, format)
         name = f"segment-{parse_uuid(segment_id)}.{format}"
         return Stream(
-            chunks,
-            media_type=media_type,
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            started.chunks,
+            media_type=started.media_type,
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "X-Export-Id": str(started.export_id),
+            },
         )
+
+    @get(
+        "/{segment_id:str}/exports",
+        opt=MARKETING,
+        summary="The segment's exports, newest first: who, when, how many rows",
+    )
+    async def exports(
+        self,
+        segment_id: FromPath[str],
+        platform: PlatformDep,
+        limit: FromQuery[int | None] = None,
+        cursor: FromQuery[str | None] = None,
+    ) -> ExportList:
+        return await service.list_exports(platform, segment_id, limit=limit, cursor=cursor)
+
+    @get(
+        "/{segment_id:str}/exports/{export_id:str}",
+        opt=MARKETING,
+        summary="One export, with how many of its members have opted out since",
+    )
+    async def export_record(
+        self, segment_id: FromPath[str], export_id: FromPath[str], platform: PlatformDep
+    ) -> ExportStatsOut:
+        return await service.export_stats(platform, segment_id, export_id)

@@ -179,3 +179,33 @@ segments = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False),
 )
+
+# A record of every segment export: who, which segment, when, how many rows (kept while the
+# export streams: `rows` grows page by page, `finished_at` stays NULL when it was cut short).
+segment_exports = Table(
+    "segment_exports",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # UUIDv7: newest last
+    Column("segment_id", Uuid, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False, index=True),
+    Column("finished_at", UTCDateTime),
+    Column("rows", Integer, nullable=False),
+    Index("ix_segment_exports_segment_id_id", "segment_id", "id"),
+)
+
+# Who an export handed out: one row per page, `members` the page's members as 32-byte records
+# (profile id, then the id of the identity whose address was sent; zeros for push/messenger).
+# Ids only: an erased customer's identity row is gone, so the record points at nothing.
+segment_export_chunks = Table(
+    "segment_export_chunks",
+    metadata,
+    Column("export_id", Uuid, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("rows", Integer, nullable=False),
+    Column("members", LargeBinary, nullable=False),
+)

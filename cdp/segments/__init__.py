@@ -7,6 +7,7 @@ traits.py      typed predicates over the JSON `traits` column (SQLite and Postgr
 audience.py    the member and stats queries: rule + addresses + consent + suppressions
 members.py     pages of members: the one path that members, export and ad-hoc query go through
 export.py      the whole segment as NDJSON or CSV, page by page, in constant memory
+exports.py     export records: whom each export handed out, who has opted out since; retention
 cursor.py      opaque keyset cursors and the limit check
 store.py       saved segment definitions
 schemas.py     request and response bodies (they document the OpenAPI schema)

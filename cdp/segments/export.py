@@ -2,20 +2,21 @@
 
 Each chunk is one members page (each in its own short read transaction), so memory stays
 constant however large the segment, and the content equals the concatenation of the members
-pages a client would walk with the cursor.
+pages a client would walk with the cursor. `record(page)` (the export record, see `exports`) is
+awaited before the page's bytes are handed out, so nothing leaves unrecorded.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 import msgspec
 
 from cdp.platform import Platform
-from cdp.segments.members import MEMBER_FIELDS, Definition, Member, member_pages
+from cdp.segments.members import MEMBER_FIELDS, Definition, Member, Page, member_pages
 
 EXPORT_PAGE = 2000  # rows per page: large enough to amortise a query, small in memory
 FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -46,6 +47,7 @@ async def export_chunks(
     fmt: str,
     *,
     counted: Callable[[int], None] = lambda n: None,
+    record: Callable[[Page], Awaitable[None]] | None = None,
     page_size: int = EXPORT_PAGE,
     now: datetime | None = None,
 ) -> AsyncIterator[bytes]:
@@ -55,5 +57,7 @@ async def export_chunks(
         yield csv_header()
     async for page in member_pages(p, d, page_size=page_size, now=now):
         if page.items:
+            if record is not None:
+                await record(page)
             counted(len(page.items))
             yield encode(page.items)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from sqlalchemy.engine import Row
@@ -51,6 +52,9 @@ MEMBER_FIELDS = Member.__struct_fields__
 class Page:
     items: list[Member]
     next_after: uuid.UUID | None  # keyset position of the next page; None on the last page
+    # per item, in order: (profile id, id of the identity whose address was sent as the driver
+    # returned it, or None for push/messenger): what an export records of whom it handed out
+    handed: list[tuple[uuid.UUID, Any]]
 
 
 @dataclass(slots=True)
@@ -83,11 +87,12 @@ async def _select(
     return _Rows(rows, ciphers, audience.kind, rows[-1][0] if more else None)
 
 
-def _render(p: Platform, d: Definition, got: _Rows) -> list[Member]:
+def _render(p: Platform, d: Definition, got: _Rows) -> Page:
     """Decrypt the page and sign a token per member (pure CPU: no database)."""
     key, kind, purpose, channel = p.keys.token_key, got.kind, d.purpose, d.channel
     items: list[Member] = []
-    for pid, first_name, bidx, value in got.rows:
+    handed: list[tuple[uuid.UUID, Any]] = []
+    for pid, first_name, bidx, value, identity_id in got.rows:
         cipher = got.ciphers.get(pid)
         if cipher is None:  # erased since the query ran: its data key is gone
             continue
@@ -98,7 +103,8 @@ def _render(p: Platform, d: Definition, got: _Rows) -> list[Member]:
         token = issue(key, TokenClaims(pid, kind, subject, purpose, channel))
         name = cipher.decrypt("profiles.first_name", first_name) if first_name else None
         items.append(Member(str(pid), address, token, name))  # type: ignore[arg-type]
-    return items
+        handed.append((pid, identity_id))
+    return Page(items, got.next_after, handed)
 
 
 async def members_page(
@@ -112,7 +118,7 @@ async def members_page(
 ) -> Page:
     """At most `limit` members after the keyset position `after`, in profile id order."""
     got = await _select(conn, p, d, after=after, limit=limit, now=now)
-    return Page(_render(p, d, got), got.next_after)
+    return _render(p, d, got)
 
 
 async def member_pages(
@@ -133,7 +139,7 @@ async def member_pages(
             pending = None
             if got.next_after is not None:
                 pending = asyncio.ensure_future(select_after(got.next_after))
-            yield Page(_render(p, d, got), got.next_after)
+            yield _render(p, d, got)
     finally:
         if pending is not None:
             pending.cancel()

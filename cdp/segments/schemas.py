@@ -59,9 +59,42 @@ class MembersOut(msgspec.Struct):
     next_cursor: str | None
 
 
+class ExportOut(msgspec.Struct):
+    """One export of a segment: `finished_at` is null while it streams or when the client went
+    away before the end; `rows` counts the members sent."""
+
+    export_id: str
+    segment_id: str
+    purpose: str
+    channel: str
+    format: str
+    exported_by: str
+    started_at: datetime
+    finished_at: datetime | None
+    rows: int
+
+
+class ExportList(msgspec.Struct):
+    """Exports of a segment, newest first."""
+
+    items: list[ExportOut]
+    next_cursor: str | None
+
+
+class ExportStatsOut(ExportOut):
+    """`opted_out_since`: members of this export who may no longer be contacted for its purpose
+    and channel because of a withdrawal, an opt-out (suppression) or an erasure recorded after
+    they were handed out; by reason in `opted_out_since_by_reason` (the rule's first reason)."""
+
+    opted_out_since: int
+    opted_out_since_by_reason: dict[str, int]
+
+
 class StatsOut(msgspec.Struct):
-    """`excluded` counts customers by reason; the reasons sum to matched - contactable."""
+    """`excluded` counts customers by reason; the reasons sum to matched - contactable.
+    `last_export` is the segment's latest export with its opted-out counts (null if none)."""
 
     matched: int
     contactable: int
     excluded: dict[str, int]
+    last_export: ExportStatsOut | None = None

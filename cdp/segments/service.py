@@ -3,7 +3,11 @@
 Every members page, export and ad-hoc query is written to the access log: who (key name and
 role), which segment (or "adhoc" with a digest of the definition, never its values), how many
 rows. Pages are read in a read transaction and logged in a short write transaction before they
-are returned, so nothing is handed out unlogged.
+are returned, so nothing is handed out unlogged. An export is also put on record (`exports`):
+its id, and whom each page handed out, written before the page is sent.
+
+Export records and their "opted out since" counts expose counts only, no member data, so reading
+them is not access-logged (as segment stats are not).
 """
 
 from __future__ import annotations
@@ -11,25 +15,35 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import msgspec
 from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.errors import Conflict, FieldError, InvalidInput, NotFound
 from cdp.ids import parse_uuid, utcnow
 from cdp.platform import Platform
-from cdp.segments import store
+from cdp.segments import exports, store
 from cdp.segments.audience import Audience, stats_query, tune
 from cdp.segments.conditions import compile_condition
 from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from cdp.segments.export import FORMATS, export_chunks
 from cdp.segments.members import Definition, Page, members_page
 from cdp.segments.rules import parse_rules, to_json
-from cdp.segments.schemas import MembersOut, SegmentList, SegmentOut, StatsOut
+from cdp.segments.schemas import (
+    ExportList,
+    ExportOut,
+    ExportStatsOut,
+    MembersOut,
+    SegmentList,
+    SegmentOut,
+    StatsOut,
+)
 from consent.rule import REASONS
 
 ADHOC = "adhoc"
@@ -212,55 +226,152 @@ async def definition_stats(p: Platform, d: Definition) -> StatsOut:
 
 
 async def segment_stats(p: Platform, segment_id: str) -> StatsOut:
-    _, d = await _load(p, segment_id)
-    return await definition_stats(p, d)
+    row, d = await _load(p, segment_id)
+    stats = await definition_stats(p, d)
+    async with p.db.read() as conn:
+        latest = await exports.latest_export(conn, row.id)
+    if latest is not None:
+        stats.last_export = await _export_stats(p, latest)
+    return stats
+
+
+# export records ----------------------------------------------------------------------------
+def _export_fields(r: Row) -> dict[str, Any]:
+    return {
+        "export_id": str(r.id),
+        "segment_id": str(r.segment_id),
+        "purpose": r.purpose,
+        "channel": r.channel,
+        "format": r.format,
+        "exported_by": r.actor,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "rows": r.rows,
+    }
+
+
+async def _export_stats(p: Platform, r: Row) -> ExportStatsOut:
+    by_reason = await exports.opted_out_since(p, r)
+    return ExportStatsOut(
+        **_export_fields(r),
+        opted_out_since=sum(by_reason.values()),
+        opted_out_since_by_reason=by_reason,
+    )
+
+
+async def list_exports(
+    p: Platform, segment_id: str, *, limit: int | None, cursor: str | None
+) -> ExportList:
+    size = check_limit(limit)
+    before = decode_cursor(cursor)
+    sid = _segment_id(segment_id)
+    async with p.db.read() as conn:
+        if await store.load_segment(conn, sid) is None:
+            raise NotFound("no segment with this id")
+        rows = await exports.list_exports(conn, sid, before=before, limit=size + 1)
+    more = len(rows) > size
+    rows = rows[:size]
+    return ExportList(
+        items=[ExportOut(**_export_fields(r)) for r in rows],
+        next_cursor=encode_cursor(rows[-1].id) if more else None,
+    )
+
+
+async def export_stats(p: Platform, segment_id: str, export_id: str) -> ExportStatsOut:
+    sid = _segment_id(segment_id)
+    eid = parse_uuid(export_id)
+    async with p.db.read() as conn:
+        if await store.load_segment(conn, sid) is None:
+            raise NotFound("no segment with this id")
+        row = await exports.load_export(conn, sid, eid) if eid is not None else None
+    if row is None:
+        raise NotFound("no export of this segment with this id")
+    return await _export_stats(p, row)
 
 
 # export ------------------------------------------------------------------------------------
-async def open_export(
-    p: Platform, who: Principal, segment_id: str, fmt: str
-) -> tuple[str, AsyncIterator[bytes]]:
-    """Check everything and put the export on record before the response starts (so errors
-    are proper problem answers), then hand out the stream."""
+@dataclass(frozen=True, slots=True)
+class StartedExport:
+    export_id: uuid.UUID
+    media_type: str
+    chunks: AsyncIterator[bytes]
+
+
+async def start_export(p: Platform, who: Principal, segment_id: str, fmt: str) -> StartedExport:
+    """Check everything, put the export on record and log its start before the response starts
+    (so errors are proper problem answers and the id can go out in a header), then hand out
+    the stream."""
     if fmt not in FORMATS:
         raise InvalidInput.field("format", f"must be one of {', '.join(FORMATS)}")
     row, d = await _load(p, segment_id)
-    detail = {"purpose": d.purpose, "channel": d.channel, "format": fmt, "definition": _digest(d)}
-    await _log_export(p, who, str(row.id), "segment.export_started", 0, detail)
-    return FORMATS[fmt], _logged_export(p, who, str(row.id), d, fmt, detail)
+    async with p.db.write() as conn:
+        export_id = await exports.begin(
+            conn, who, row.id, purpose=d.purpose, channel=d.channel, fmt=fmt
+        )
+        detail = {
+            "export_id": str(export_id),
+            "purpose": d.purpose,
+            "channel": d.channel,
+            "format": fmt,
+            "definition": _digest(d),
+        }
+        await _log_export(conn, who, str(row.id), "segment.export_started", 0, detail)
+    recorder = exports.Recorder(p, export_id)
+    chunks = _logged_export(p, who, str(row.id), d, fmt, detail, recorder)
+    return StartedExport(export_id, FORMATS[fmt], chunks)
+
+
+async def open_export(
+    p: Platform, who: Principal, segment_id: str, fmt: str
+) -> tuple[str, AsyncIterator[bytes]]:
+    """`start_export` for callers that need no export id: (media type, stream)."""
+    started = await start_export(p, who, segment_id, fmt)
+    return started.media_type, started.chunks
 
 
 async def _logged_export(
-    p: Platform, who: Principal, segment_id: str, d: Definition, fmt: str, detail: dict[str, Any]
+    p: Platform,
+    who: Principal,
+    segment_id: str,
+    d: Definition,
+    fmt: str,
+    detail: dict[str, Any],
+    recorder: exports.Recorder,
 ) -> AsyncIterator[bytes]:
-    sent = 0
     complete = False
-
-    def counted(n: int) -> None:
-        nonlocal sent
-        sent += n
-
     try:
-        async for chunk in export_chunks(p, d, fmt, counted=counted):
+        async for chunk in export_chunks(p, d, fmt, record=recorder.page):
             yield chunk
         complete = True
     finally:  # also when the client went away: shielded from the cancellation
         with anyio.CancelScope(shield=True):
-            await _log_export(
-                p, who, segment_id, "segment.export", sent, detail | {"complete": complete}
-            )
+            async with p.db.write() as conn:
+                if complete:
+                    await exports.finish(conn, recorder.export_id)
+                await _log_export(
+                    conn,
+                    who,
+                    segment_id,
+                    "segment.export",
+                    recorder.sent,
+                    detail | {"complete": complete},
+                )
 
 
 async def _log_export(
-    p: Platform, who: Principal, segment_id: str, action: str, rows: int, detail: dict[str, Any]
+    conn: AsyncConnection,
+    who: Principal,
+    segment_id: str,
+    action: str,
+    rows: int,
+    detail: dict[str, Any],
 ) -> None:
-    async with p.db.write() as conn:
-        await log_access(
-            conn,
-            who,
-            action,
-            object_type="segment",
-            object_id=segment_id,
-            rows=rows,
-            detail=detail,
-        )
+    await log_access(
+        conn,
+        who,
+        action,
+        object_type="segment",
+        object_id=segment_id,
+        rows=rows,
+        detail=detail,
+    )

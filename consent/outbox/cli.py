@@ -1,4 +1,5 @@
-"""`cdp dispatch` (a webhook and NATS dispatcher worker) and `cdp webhooks replay --since`."""
+"""`cdp dispatch` (a webhook and NATS dispatcher worker), `cdp webhooks replay --since` and
+`cdp webhooks prune`."""
 
 from __future__ import annotations
 
@@ -61,7 +62,11 @@ def webhooks() -> None:
 @click.option("--stream", is_flag=True, help="publish to NATS JetStream again too")
 def replay_cmd(since: datetime, subscription: str | None, stream: bool) -> None:
     """Send again every event recorded since a time, with the same event ids (a receiver that
-    already has one can skip it)."""
+    already has one can skip it).
+
+    Only deliveries still kept can be sent again: delivered ones are pruned 30 days after
+    delivery, dead ones 90 days after their last try (CDP_WEBHOOK_KEEP_DELIVERED_DAYS,
+    CDP_WEBHOOK_KEEP_DEAD_DAYS), so replay reaches back that far at most."""
     from cdp.cli import _with_platform, run
     from cdp.ids import parse_uuid
     from consent.outbox.replay import replay
@@ -79,3 +84,37 @@ def replay_cmd(since: datetime, subscription: str | None, stream: bool) -> None:
     if stream:
         click.echo(f"requeued {result.streamed} events for NATS")
     click.echo("a running dispatcher (cdp serve or cdp dispatch) sends them")
+
+
+@webhooks.command("prune")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="days to keep delivered deliveries and unused events "
+    "(default CDP_WEBHOOK_KEEP_DELIVERED_DAYS, 30)",
+)
+@click.option(
+    "--dead-older-than",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="days to keep dead and cancelled deliveries (default CDP_WEBHOOK_KEEP_DEAD_DAYS, 90)",
+)
+def prune_cmd(older_than: float | None, dead_older_than: float | None) -> None:
+    """Delete delivered (and, after longer, dead) deliveries and their events past retention.
+
+    Pending deliveries are never deleted. The dispatcher does this every hour by itself; this
+    runs it now. Pruned deliveries can no longer be replayed."""
+    from cdp.cli import _with_platform, run
+    from consent.outbox.config import DispatchConfig
+    from consent.outbox.retention import prune_outbox
+
+    cfg = DispatchConfig.from_env()
+    result = run(
+        lambda: _with_platform(
+            lambda p: prune_outbox(
+                p, cfg, keep_delivered_days=older_than, keep_dead_days=dead_older_than
+            )
+        )
+    )
+    click.echo(f"deleted {result.deliveries} deliveries and {result.events} events")

@@ -10,6 +10,12 @@ CDP_WEBHOOK_CONCURRENCY     requests in flight per dispatcher (default 8)
 CDP_NATS_URL                e.g. nats://127.0.0.1:4222: also publish to NATS JetStream
 CDP_NATS_STREAM             stream name (default CDP_CONSENT)
 CDP_NATS_SUBJECT_PREFIX     subjects are <prefix>.<kind> (default cdp.consent)
+
+Retention (`consent.outbox.retention`, run by the dispatcher every CDP_RETENTION_INTERVAL_S):
+CDP_WEBHOOK_KEEP_DELIVERED_DAYS  delivered deliveries, and unused events (default 30)
+CDP_WEBHOOK_KEEP_DEAD_DAYS       dead and cancelled deliveries (default 90)
+CDP_SEGMENT_EXPORT_KEEP_DAYS     segment export records (default 180)
+CDP_RETENTION_INTERVAL_S         seconds between prunes (default 3600; 0 turns them off)
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ class DispatchConfig:
     nats_stream: str = "CDP_CONSENT"
     nats_subject_prefix: str = "cdp.consent"
     in_app: bool = True
+    keep_delivered_days: float = 30.0
+    keep_dead_days: float = 90.0
+    keep_exports_days: float = 180.0
+    prune_interval: float = 3600.0  # seconds; 0: no periodic pruning
+    prune_batch: int = 1000  # rows per write transaction
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> DispatchConfig:
@@ -41,6 +52,9 @@ class DispatchConfig:
 
         def ms(name: str, default: float) -> float:
             return int(e[name]) / 1000 if e.get(name) else default
+
+        def number(name: str, default: float) -> float:
+            return float(e[name]) if e.get(name) else default
 
         base = cls()
         return cls(
@@ -54,4 +68,8 @@ class DispatchConfig:
             nats_stream=e.get("CDP_NATS_STREAM") or base.nats_stream,
             nats_subject_prefix=e.get("CDP_NATS_SUBJECT_PREFIX") or base.nats_subject_prefix,
             in_app=(e.get("CDP_WEBHOOK_DISPATCHER") or "on").lower() not in ("off", "0", "false"),
+            keep_delivered_days=number("CDP_WEBHOOK_KEEP_DELIVERED_DAYS", base.keep_delivered_days),
+            keep_dead_days=number("CDP_WEBHOOK_KEEP_DEAD_DAYS", base.keep_dead_days),
+            keep_exports_days=number("CDP_SEGMENT_EXPORT_KEEP_DAYS", base.keep_exports_days),
+            prune_interval=number("CDP_RETENTION_INTERVAL_S", base.prune_interval),
         )

@@ -4,7 +4,8 @@ Run it inside the API process (`dispatcher_running(p)` around the lifespan's `yi
 as separate workers (`cdp dispatch`); any number may run at once (see `delivery`). Each pass
 fans out new events, claims as many due queue heads as it has free slots, and sends them
 concurrently; a finished send wakes the loop at once (the next event of that customer may now
-go). An idle dispatcher looks for work every `poll_interval`.
+go). An idle dispatcher looks for work every `poll_interval`. Beside it, housekeeping deletes
+what is past retention (`retention`) at start and every `prune_interval`.
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_dispatcher(platform, stop))
@@ -36,6 +37,7 @@ from consent.outbox.delivery import (
     work_waiting,
 )
 from consent.outbox.fanout import fan_out_in
+from consent.outbox.retention import housekeeping
 from consent.outbox.stream import StreamPublisher
 from consent.outbox.tables import outbox_events, webhook_deliveries
 
@@ -104,6 +106,9 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Webhooks in this loop; NATS in a loop of its own, so neither waits on the other."""
         streaming = asyncio.create_task(self._run_stream(stop)) if self.stream else None
+        pruning = (
+            asyncio.create_task(self._run_housekeeping(stop)) if self.cfg.prune_interval else None
+        )
         failures = 0
         while not stop.is_set():
             self.wake.clear()  # a send that ends from here on wakes the idle wait below
@@ -119,8 +124,28 @@ class Dispatcher:
             if not stop.is_set():  # gather a few answers and events into the next pass
                 await asyncio.sleep(self.cfg.min_interval)
         await self.finish()
+        if pruning is not None:  # a cut-short batch rolls back; the next run redoes it
+            pruning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruning
         if streaming is not None:
             await streaming
+
+    async def _run_housekeeping(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                pruned = await housekeeping(self.p, self.cfg)
+                if pruned.deliveries or pruned.events or pruned.exports:
+                    log.info(
+                        "retention_pruned",
+                        deliveries=pruned.deliveries,
+                        events=pruned.events,
+                        exports=pruned.exports,
+                    )
+            except Exception as exc:  # a database hiccup: try again next time
+                log.error("retention_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.prune_interval)
 
     async def _run_stream(self, stop: asyncio.Event) -> None:
         assert self.stream is not None

@@ -120,3 +120,16 @@ Index(
     sqlite_where=text("status = 'pending'"),
 )
 Index("ix_webhook_deliveries_event", webhook_deliveries.c.event_seq)
+# retention (consent.outbox.retention): finished deliveries by the time they finished
+Index(
+    "ix_webhook_deliveries_delivered",
+    webhook_deliveries.c.delivered_at,
+    postgresql_where=text("status = 'delivered'"),
+    sqlite_where=text("status = 'delivered'"),
+)
+Index(
+    "ix_webhook_deliveries_ended",
+    webhook_deliveries.c.next_attempt_at,
+    postgresql_where=text("status IN ('dead', 'cancelled')"),
+    sqlite_where=text("status IN ('dead', 'cancelled')"),
+)

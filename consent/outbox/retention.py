@@ -1,0 +1,141 @@
+"""Retention: the outbox and the delivery history do not grow forever.
+
+- a delivered delivery (with its tries) is deleted `keep_delivered_days` after it was
+  delivered (default 30);
+- a dead or cancelled one `keep_dead_days` after its last scheduled try (default 90), so dead
+  letters stay visible and replayable longer;
+- an outbox event once it is older than `keep_delivered_days`, fanned out, without any delivery
+  left, and (where this process publishes to NATS) published.
+Pending deliveries and their events are never deleted, however old.
+
+Deletes go in batches of `prune_batch` rows, each in its own short write transaction, so
+consent writers (opt-outs must answer fast) wait at most one batch. The dispatcher runs
+`housekeeping` every `prune_interval` (which also prunes segment export records older than
+`keep_exports_days`, default 180); `cdp webhooks prune` runs the outbox part on demand.
+Replay (`cdp webhooks replay --since`) can only resend deliveries that are still kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from cdp.ids import utcnow
+from cdp.platform import Platform
+from consent.outbox.config import DispatchConfig
+from consent.outbox.fanout import try_lock
+from consent.outbox.tables import outbox_events, webhook_attempts, webhook_deliveries
+
+PRUNE_LOCK = 5_147_010_003
+d = webhook_deliveries.c
+oe = outbox_events.c
+# literal values, as in the partial indexes' predicates, so both planners can use them
+DELIVERED = d.status == literal_column("'delivered'")
+ENDED = d.status.in_([literal_column("'dead'"), literal_column("'cancelled'")])
+
+
+@dataclass(slots=True)
+class Pruned:
+    deliveries: int = 0
+    events: int = 0
+    exports: int = 0
+
+
+def _days(n: float) -> timedelta:
+    return timedelta(days=n)
+
+
+async def _delete_deliveries(conn: AsyncConnection, ids: list) -> None:  # type: ignore[type-arg]
+    await conn.execute(delete(webhook_attempts).where(webhook_attempts.c.delivery_id.in_(ids)))
+    await conn.execute(delete(webhook_deliveries).where(d.id.in_(ids)))
+
+
+async def _prune_deliveries(
+    p: Platform, finished: ColumnElement[bool], at: ColumnElement, before: datetime, batch: int
+) -> int:
+    total = 0
+    while True:
+        async with p.db.write() as conn:
+            if not await try_lock(conn, PRUNE_LOCK):
+                return total  # another dispatcher is pruning
+            ids = [
+                i
+                for (i,) in await conn.execute(
+                    select(d.id).where(finished, at < before).order_by(at).limit(batch)
+                )
+            ]
+            if ids:
+                await _delete_deliveries(conn, ids)
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+
+
+async def _prune_events(p: Platform, before: datetime, *, published: bool, batch: int) -> int:
+    """Events recorded before `before` (by seq: up to the first one recorded since), fanned
+    out, with no delivery left."""
+    async with p.db.read() as conn:
+        first_kept = (
+            await conn.execute(
+                select(oe.seq).where(oe.recorded_at >= before).order_by(oe.recorded_at).limit(1)
+            )
+        ).scalar()
+    total, after = 0, 0
+    while True:
+        async with p.db.write() as conn:
+            if not await try_lock(conn, PRUNE_LOCK):
+                return total
+            candidates = select(oe.seq).where(oe.seq > after).order_by(oe.seq).limit(batch)
+            if first_kept is not None:
+                candidates = candidates.where(oe.seq < first_kept)
+            seqs = [s for (s,) in await conn.execute(candidates)]
+            if seqs:
+                unused = [
+                    oe.seq.in_(seqs),
+                    oe.recorded_at < before,
+                    oe.fanned_out.is_(True),
+                    ~exists().where(d.event_seq == oe.seq),
+                ]
+                if published:
+                    unused.append(oe.streamed_at.is_not(None))
+                total += (await conn.execute(delete(outbox_events).where(*unused))).rowcount
+        if len(seqs) < batch:
+            return total
+        after = seqs[-1]
+
+
+async def prune_outbox(
+    p: Platform,
+    cfg: DispatchConfig,
+    *,
+    now: datetime | None = None,
+    keep_delivered_days: float | None = None,
+    keep_dead_days: float | None = None,
+) -> Pruned:
+    """Delete delivered, dead and cancelled deliveries and unused events past retention."""
+    now = now or utcnow()
+    delivered = _days(
+        cfg.keep_delivered_days if keep_delivered_days is None else keep_delivered_days
+    )
+    dead = _days(cfg.keep_dead_days if keep_dead_days is None else keep_dead_days)
+    batch = cfg.prune_batch
+    out = Pruned()
+    out.deliveries += await _prune_deliveries(p, DELIVERED, d.delivered_at, now - delivered, batch)
+    out.deliveries += await _prune_deliveries(p, ENDED, d.next_attempt_at, now - dead, batch)
+    out.events = await _prune_events(
+        p, now - delivered, published=cfg.nats_url is not None, batch=batch
+    )
+    return out
+
+
+async def housekeeping(p: Platform, cfg: DispatchConfig, *, now: datetime | None = None) -> Pruned:
+    """What the dispatcher runs every `prune_interval`: the outbox, then old export records."""
+    from cdp.segments.exports import prune_exports
+
+    out = await prune_outbox(p, cfg, now=now)
+    out.exports = await prune_exports(p, _days(cfg.keep_exports_days), now=now)
+    return out
