@@ -388,3 +388,58 @@ async def test_an_abandoned_export_is_still_on_record(client, keys, platform):
         ("segment.export_started", 0, None),
         ("segment.export", 0, False),
     ]
+
+
+async def test_csv_export_defuses_formulas_in_names_and_keeps_addresses_exact(client, keys):
+    await add(
+        client,
+        keys,
+        email="f1@ex.com",
+        first_name="=HYPERLINK(1)",
+        country="RU",
+        consents=[grant()],
+    )
+    await add(client, keys, email="f2@ex.com", first_name="@SUM(A1)", country="RU")
+    await add(client, keys, phone="+79161234500", first_name="+Anna", country="RU")
+    await post(
+        client,
+        keys,
+        "/v1/consents",
+        phone="+79161234500",
+        source="web_form",
+        **grant(channel="sms"),
+    )
+    sid = await create(client, keys)
+    r = await client.get(f"/v1/segments/{sid}/export?format=csv", headers=keys["marketing"])
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(row["address"], row["first_name"]) for row in rows] == [
+        ("f1@ex.com", "'=HYPERLINK(1)")
+    ]
+    sms = await create(client, keys, channel="sms")
+    r = await client.get(f"/v1/segments/{sms}/export?format=csv", headers=keys["marketing"])
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert [(row["address"], row["first_name"]) for row in rows] == [("+79161234500", "'+Anna")]
+    r = await client.get(f"/v1/segments/{sms}/export", headers=keys["marketing"])
+    assert json.loads(r.text.splitlines()[0])["first_name"] == "+Anna"  # NDJSON is exact
+
+
+async def test_sqlite_pages_walk_the_id_index_without_statistics(client, keys, platform):
+    """Without ANALYZE statistics SQLite would filter by the status index and sort the whole
+    table for every page; a members page must walk profiles in id order and stop early."""
+    if not platform.db.is_sqlite:
+        return  # PostgreSQL plans by its own statistics (autovacuum)
+    from cdp.segments.audience import Audience, members_query
+    from cdp.segments.conditions import compile_condition
+    from cdp.segments.rules import parse_rules
+
+    await build_base(client, keys)
+    async with platform.db.read() as conn:
+        await conn.exec_driver_sql("DROP TABLE IF EXISTS sqlite_stat1")
+        audience = Audience(platform.policy, "marketing", "email", "sqlite")
+        rule = parse_rules(RU, jurisdictions=platform.policy.jurisdictions)
+        query = members_query(
+            audience, compile_condition(rule, "sqlite", NOW), after=None, limit=101
+        )
+        sql = str(query.compile(conn.sync_connection, compile_kwargs={"literal_binds": True}))
+        plan = [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
+    assert any("profiles USING" in step and "(id>?)" in step for step in plan), plan

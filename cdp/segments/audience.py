@@ -30,6 +30,7 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    literal_column,
     select,
     text,
     true,
@@ -79,6 +80,18 @@ def _base(compiled: Compiled) -> FromClause:
 
 def _matched(compiled: Compiled) -> ColumnElement[bool]:
     return and_(profiles.c.status == "active", compiled.where)
+
+
+def _matched_in_id_order(compiled: Compiled, dialect: str) -> ColumnElement[bool]:
+    """`_matched` for a page walked in profile id order. On SQLite the status test is written
+    `+profiles.status`, which keeps the planner off the status index: with it, SQLite (without
+    fresh ANALYZE statistics) filters the whole table by status and sorts it for every page
+    (260 ms for a page at 20,000 profiles) instead of walking the id index and stopping after
+    `limit` rows (5 ms)."""
+    if dialect != "sqlite":
+        return _matched(compiled)
+    status = literal_column("+profiles.status", String())
+    return and_(status == "active", compiled.where)
 
 
 def address_order(i: FromClause) -> list:
@@ -196,7 +209,7 @@ def members_query(
     base = _base(compiled)
     # A lower bound even on the first page: without it SQLite drives the join from a full scan
     # of identities and sorts; with it both planners walk the profiles index in id order.
-    where = [_matched(compiled), profiles.c.id > (after or FIRST_ID)]
+    where = [_matched_in_id_order(compiled, a.dialect), profiles.c.id > (after or FIRST_ID)]
     if a.kind == "profile":
         f = _profile_facts(a)
         ok = contactable_sql(a.policy, a.purpose, a.channel, f.columns)

@@ -32,11 +32,23 @@ def csv_header() -> bytes:
     return (",".join(MEMBER_FIELDS) + "\r\n").encode()
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str | None) -> str:
+    """A customer-typed value that a spreadsheet would run as a formula gets a leading
+    apostrophe (OWASP CSV injection). Addresses are left exact: an E.164 phone starts with +."""
+    if not text:
+        return ""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def csv_chunk(items: list[Member]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerows(
-        (m.profile_id, m.address, m.unsubscribe_token, m.first_name or "") for m in items
+        (m.profile_id, m.address, m.unsubscribe_token, spreadsheet_safe(m.first_name))
+        for m in items
     )
     return out.getvalue().encode()
 
