@@ -177,8 +177,11 @@ async def test_console_posts_need_the_sessions_csrf_token(client, keys):
     assert r.status_code == 303 and r.headers["location"].startswith("/console/customers/")
     r = await client.post("/console/logout", data={})
     assert r.status_code == 403  # signing out needs the token too
+    copied = client.cookies.get(SESSION_COOKIE, path="/console")
     r = await client.post("/console/logout", data={"csrf_token": csrf})
     assert r.status_code == 303
+    assert (await client.get("/console")).status_code == 401
+    client.cookies.set(SESSION_COOKIE, copied, path="/console")  # a copy kept before sign-out
     assert (await client.get("/console")).status_code == 401
 
 

@@ -25,6 +25,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -37,7 +38,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 from litestar.types import Guard
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import roles
@@ -46,7 +47,8 @@ from api.i18n import PAGE_HEADERS, Messages, choose_language, messages
 from cdp.access_log import log_access
 from cdp.apikeys import Principal, authenticate
 from cdp.crypto.master import hkdf
-from cdp.db.tables import access_log, api_keys
+from cdp.db.tables import access_log, api_keys, console_signouts
+from cdp.db.upsert import insert_ignore
 from cdp.errors import InvalidInput, NotFound
 from cdp.ids import parse_uuid, utcnow
 from cdp.platform import Platform
@@ -153,16 +155,36 @@ def safe_next(value: Any) -> str:
     return "/console"
 
 
-async def key_active(p: Platform, name: str, role: str) -> bool:
+async def session_active(p: Platform, session: Session) -> bool:
+    """The session's key is still active with its role, and the session was not signed out."""
     async with p.db.read() as conn:
         row = (
             await conn.execute(
                 select(api_keys.c.role).where(
-                    api_keys.c.name == name, api_keys.c.revoked_at.is_(None)
+                    api_keys.c.name == session.key_name, api_keys.c.revoked_at.is_(None)
                 )
             )
         ).first()
-    return row is not None and row.role == role
+        if row is None or row.role != session.role:
+            return False
+        signed_out = (
+            await conn.execute(
+                select(console_signouts.c.sid).where(console_signouts.c.sid == session.sid)
+            )
+        ).first()
+    return signed_out is None
+
+
+async def sign_out(p: Platform, session: Session) -> None:
+    """End the session on the server: its cookie, even a copy, no longer signs anyone in."""
+    s = console_signouts.c
+    async with p.db.write() as conn:
+        await conn.execute(delete(console_signouts).where(s.expires_at < utcnow()))
+        await conn.execute(
+            insert_ignore(conn, console_signouts).values(
+                sid=session.sid, expires_at=datetime.fromtimestamp(session.expires, UTC)
+            )
+        )
 
 
 def _secure(p: Platform) -> bool:
@@ -202,7 +224,7 @@ class CsrfRejected(PermissionDeniedException):
 
 async def current_session(connection: ASGIConnection, p: Platform) -> Session | None:
     session = unseal(session_key(p.keys.token_key), connection.cookies.get(SESSION_COOKIE))
-    if session is None or not await key_active(p, session.key_name, session.role):
+    if session is None or not await session_active(p, session):
         return None
     return session
 
@@ -443,7 +465,10 @@ class ConsoleController(Controller):
         )
 
     @post("/logout", status_code=303, summary="Sign out")
-    async def logout(self, platform: PlatformDep) -> Redirect:
+    async def logout(self, request: Request, platform: PlatformDep) -> Redirect:
+        session: Session | None = request.state.get("console_session")
+        if session is not None:
+            await sign_out(platform, session)
         return Redirect(
             "/console/login", status_code=303, cookies=[_cookie(platform, SESSION_COOKIE, "", 0)]
         )

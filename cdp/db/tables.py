@@ -209,3 +209,12 @@ segment_export_chunks = Table(
     Column("rows", Integer, nullable=False),
     Column("members", LargeBinary, nullable=False),
 )
+
+# Console sessions that were signed out before they expired (the cookie alone is not trusted to
+# be gone: a copied cookie stops working too). Rows past expires_at are deleted on sign-out.
+console_signouts = Table(
+    "console_signouts",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
