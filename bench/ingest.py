@@ -83,6 +83,7 @@ def make_plain(p: Platform) -> None:
 
     keys.new_profile_key = new_profile_key  # type: ignore[method-assign]
     keys.ciphers = ciphers  # type: ignore[method-assign]
+    keys.worker_kek = lambda: None  # type: ignore[method-assign]  # workers do not encrypt
     keys.indexer = PlainIndexer()  # type: ignore[assignment]
 
 

@@ -38,8 +38,19 @@ _CACHE_SIZE = 200_000
 CACHE_TTL = 60.0
 
 
+FIRST_KEY_ID = 1  # a profile's first data key; erasure destroys keys, rotation re-wraps them
+
+
 def _dek_context(profile_id: uuid.UUID, key_id: int) -> bytes:
     return b"dek|%s|%d" % (str(profile_id).encode(), key_id)
+
+
+def mint_data_key(
+    master: MasterKey, profile_id: uuid.UUID, key_id: int = FIRST_KEY_ID
+) -> tuple[bytes, bytes]:
+    """(data key, the key wrapped by the master key for this profile and key id)."""
+    key = new_data_key()
+    return key, master.wrap(key, _dek_context(profile_id, key_id))
 
 
 class Keyring:
@@ -53,18 +64,30 @@ class Keyring:
 
     # data keys -------------------------------------------------------------------------
     def new_profile_key(self, profile_id: uuid.UUID) -> tuple[FieldCipher, dict]:
-        key_id = 1
-        key = new_data_key()
+        key_id = FIRST_KEY_ID
+        key, wrapped = mint_data_key(self.master, profile_id, key_id)
         cipher = FieldCipher(key, key_id, str(profile_id))
         self._remember(profile_id, cipher)
         row = {
             "profile_id": profile_id,
             "key_id": key_id,
             "master_key_id": self.master.key_id,
-            "wrapped": self.master.wrap(key, _dek_context(profile_id, key_id)),
+            "wrapped": wrapped,
             "created_at": utcnow(),
         }
         return cipher, row
+
+    def adopt(self, profile_id: uuid.UUID, key: bytes, key_id: int = FIRST_KEY_ID) -> FieldCipher:
+        """The cipher of a data key minted for a new profile by an import worker (the key's
+        wrapped form is stored with the profile, as `new_profile_key` does)."""
+        cipher = FieldCipher(key, key_id, str(profile_id))
+        self._remember(profile_id, cipher)
+        return cipher
+
+    def worker_kek(self) -> tuple[str, bytes] | None:
+        """What an import worker of this deployment needs to mint wrapped data keys
+        (MasterKey.export_kek); None where workers must not encrypt."""
+        return self.master.export_kek()
 
     def cipher_from_row(self, profile_id: uuid.UUID, key_id: int, wrapped: bytes) -> FieldCipher:
         cached = self._cached(profile_id)

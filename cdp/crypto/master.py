@@ -34,13 +34,30 @@ def hkdf(secret: bytes, info: bytes, length: int = 32) -> bytes:
 class MasterKey:
     """Wraps and unwraps data keys. Holds the secret only in memory."""
 
-    __slots__ = ("_kek", "key_id")
+    __slots__ = ("_kek", "_kek_secret", "key_id")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != 32:
             raise CryptoError("the master key must be 32 bytes (base64 of 32 random bytes)")
         self.key_id = hmac.new(secret, b"cdp/master-key-id/v1", hashlib.sha256).hexdigest()[:16]
-        self._kek = AESGCM(hkdf(secret, b"cdp/kek/v1"))
+        self._kek_secret = hkdf(secret, b"cdp/kek/v1")
+        self._kek = AESGCM(self._kek_secret)
+
+    def export_kek(self) -> tuple[str, bytes]:
+        """(key id, key-encryption key): for handing to worker processes of this same
+        deployment only (they wrap new data keys). The master secret itself never leaves."""
+        return self.key_id, self._kek_secret
+
+    @classmethod
+    def from_kek(cls, key_id: str, kek: bytes) -> MasterKey:
+        """A master key that can wrap and unwrap data keys, made from `export_kek`."""
+        if len(kek) != 32:
+            raise CryptoError("a key-encryption key must be 32 bytes")
+        master = cls.__new__(cls)
+        master.key_id = key_id
+        master._kek_secret = kek
+        master._kek = AESGCM(kek)
+        return master
 
     @classmethod
     def from_base64(cls, text: str) -> MasterKey:

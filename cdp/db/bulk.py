@@ -1,56 +1,132 @@
-"""Bulk INSERT at driver speed, for the ingest hot path.
+"""Bulk INSERT and key lookups at driver speed, for the ingest hot path.
 
 SQLAlchemy's executemany spends most of its time building parameter dictionaries row by row.
-Here the INSERT is compiled once per (table, dialect) and rows go to the driver as tuples, with
-exactly the bind processors SQLAlchemy itself would apply, so the stored values are the same.
+Here the INSERT is compiled once per (table, dialect, columns) and rows go to the driver as
+tuples, with exactly the bind processors SQLAlchemy itself would apply, so the stored values are
+the same. `rows_where_in` is the matching SELECT ... WHERE key IN (...), compiled once.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import LargeBinary, Table, insert
+from sqlalchemy import LargeBinary, Table, Uuid, insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-_cache: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[tuple[str, Callable | None]]]] = {}
+_Compiled = tuple[str, list[tuple[int, Callable | None]]]
+_cache: dict[tuple[str, str, tuple[str, ...], bool], _Compiled] = {}
+_IN_CHUNK = 500
 
 
-def _compiled(table: Table, dialect: Dialect, columns: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    key = (table.name, dialect.name, columns)
+def _compiled(table: Table, dialect: Dialect, columns: tuple[str, ...], ignore: bool) -> _Compiled:
+    """SQL text, and for each driver parameter: (index in `columns`, bind processor)."""
+    key = (table.name, dialect.name, columns, ignore)
     hit = _cache.get(key)
     if hit is None:
-        compiled = insert(table).values({c: None for c in columns}).compile(dialect=dialect)
+        if not ignore:
+            stmt = insert(table)
+        elif dialect.name == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing()
+        else:
+            stmt = sqlite.insert(table).on_conflict_do_nothing()
+        compiled = stmt.values({c: None for c in columns}).compile(dialect=dialect)
         processors = compiled._bind_processors  # the processors SQLAlchemy applies on execute
         order = compiled.positiontup or list(columns)
         # bytes go to both drivers as they are; the binary processor only re-wraps them
         plain = {c.name for c in table.columns if isinstance(c.type, LargeBinary)}
         hit = (
             str(compiled),
-            [(name, None if name in plain else processors.get(name)) for name in order],
+            [
+                (columns.index(name), None if name in plain else processors.get(name))
+                for name in order
+            ],
         )
         _cache[key] = hit
     return hit
+
+
+def _convert(values: Sequence[Any], proc: Callable) -> list[Any]:
+    # rows of a batch share many values (timestamps, sources): convert each once
+    seen: dict[int, Any] = {}
+    out = []
+    for v in values:
+        key = id(v)
+        if key not in seen:
+            seen[key] = proc(v)
+        out.append(seen[key])
+    return out
+
+
+async def bulk_insert_rows(
+    conn: AsyncConnection,
+    table: Table,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple],
+    *,
+    ignore_conflicts: bool = False,
+) -> None:
+    """INSERT rows given as tuples in `columns` order. `ignore_conflicts`: skip rows whose key
+    already exists (ON CONFLICT DO NOTHING)."""
+    if not rows:
+        return
+    sql, order = _compiled(table, conn.dialect, columns, ignore_conflicts)
+    if all(proc is None for _, proc in order) and [i for i, _ in order] == list(
+        range(len(columns))
+    ):
+        params: Sequence[tuple] = rows
+    else:
+        by_column = list(zip(*rows, strict=True))
+        out_columns = [
+            by_column[i] if proc is None else _convert(by_column[i], proc) for i, proc in order
+        ]
+        params = list(zip(*out_columns, strict=True))
+    await conn.exec_driver_sql(sql, params if isinstance(params, list) else list(params))
 
 
 async def bulk_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     columns = tuple(rows[0])
-    sql, order = _compiled(table, conn.dialect, columns)
-    columns_out = []
-    for name, proc in order:
-        values = [row[name] for row in rows]
-        if proc is not None:
-            # rows of a batch share many values (timestamps, sources): convert each once
-            seen: dict[int, Any] = {}
-            converted = []
-            for v in values:
-                key = id(v)
-                if key not in seen:
-                    seen[key] = proc(v)
-                converted.append(seen[key])
-            values = converted
-        columns_out.append(values)
-    await conn.exec_driver_sql(sql, list(zip(*columns_out, strict=True)))
+    await bulk_insert_rows(conn, table, columns, [tuple(r[c] for c in columns) for r in rows])
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    if value is None or type(value) is uuid.UUID:
+        return value
+    if isinstance(value, str):  # SQLite stores a Uuid as 32 hex digits
+        return uuid.UUID(hex=value)
+    return uuid.UUID(bytes=value.bytes)  # asyncpg's own UUID type
+
+
+async def rows_where_in(
+    conn: AsyncConnection, table: Table, columns: tuple[str, ...], key: str, values: list[Any]
+) -> list[tuple]:
+    """SELECT columns FROM table WHERE key IN values, as tuples (Uuid columns as uuid.UUID).
+    For key columns whose values both drivers take as they are (bytes, text)."""
+    if not values:
+        return []
+    names = ", ".join(columns)
+    uuids = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, Uuid)]
+    out: list[tuple] = []
+    postgres = conn.dialect.name == "postgresql"
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        # a list of parameters, not "= ANY($1)": PostgreSQL's generic plan for an array
+        # parameter may scan the table
+        if postgres:
+            marks = ", ".join(f"${i}" for i in range(1, len(chunk) + 1))
+        else:
+            marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT {names} FROM {table.name} WHERE {key} IN ({marks})"
+        result = await conn.exec_driver_sql(sql, tuple(chunk))
+        for row in result.all():
+            if uuids:
+                row = list(row)
+                for i in uuids:
+                    row[i] = _as_uuid(row[i])
+            out.append(tuple(row))
+    return out

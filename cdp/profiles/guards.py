@@ -42,19 +42,26 @@ def _lists(guards: IdentityGuards) -> _Lists:
     return hit[1]
 
 
-def placeholder_phone(e164: str) -> bool:
-    """+7 999 999-99-99, +1 111 111 1111, +7 123 456-78-90: not somebody's number."""
-    try:
-        national = str(phonenumbers.parse(e164, None).national_number)
-    except phonenumbers.NumberParseException:
-        return False
+def placeholder_phone(e164: str, national: str | None = None) -> bool:
+    """+7 999 999-99-99, +1 111 111 1111, +7 123 456-78-90: not somebody's number.
+
+    `national`: the national number phonenumbers finds in `e164`, when the caller has it
+    (cdp.normalize.parse_phone); without it the number is parsed here."""
+    if national is None:
+        try:
+            national = str(phonenumbers.parse(e164, None).national_number)
+        except phonenumbers.NumberParseException:
+            return False
     if len(national) < 6:
         return False
     return len(set(national)) == 1 or any(run.startswith(national) for run in _RUNS)
 
 
-def junk_reason(kind: str, value: str, guards: IdentityGuards) -> str | None:
-    """Why this normalised identifier is a placeholder, or None when it is usable."""
+def junk_reason(
+    kind: str, value: str, guards: IdentityGuards, *, national: str | None = None
+) -> str | None:
+    """Why this normalised identifier is a placeholder, or None when it is usable.
+    `national`: for a phone, its national number when known (see placeholder_phone)."""
     lists = _lists(guards)
     lowered = value.strip().lower()
     if lowered in lists.values:
@@ -63,6 +70,6 @@ def junk_reason(kind: str, value: str, guards: IdentityGuards) -> str | None:
         local = lowered.split("@", 1)[0]
         if lowered in lists.emails or local in lists.local_parts:
             return "placeholder address, not used to link profiles"
-    if kind == "phone" and (value in lists.phones or placeholder_phone(value)):
+    if kind == "phone" and (value in lists.phones or placeholder_phone(value, national)):
         return "placeholder number, not used to link profiles"
     return None

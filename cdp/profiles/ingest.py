@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,10 +32,9 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
-from cdp.db.bulk import bulk_insert
+from cdp.db.bulk import bulk_insert, bulk_insert_rows, rows_where_in
 from cdp.db.tables import ENCRYPTED_PROFILE_FIELDS, identities, profile_keys, profile_sources
 from cdp.db.tables import profiles as profiles_t
-from cdp.db.upsert import insert_ignore
 from cdp.errors import FieldError
 from cdp.ids import new_id, utcnow
 from cdp.matching.tables import merge_reviews
@@ -43,6 +43,7 @@ from cdp.profiles.guards import junk_reason
 from cdp.profiles.identity import IdentityKey, record_keys
 from cdp.profiles.merge import merge_profiles
 from cdp.profiles.records import Record
+from cdp.profiles.sealing import Sealed
 from consent.policy import IdentityGuards
 
 log = structlog.get_logger(__name__)
@@ -144,8 +145,12 @@ async def ingest(
     records: list[Record],
     actor: str,
     keys: list[list[IdentityKey]] | None = None,
+    sealed: Sequence[Sealed | None] | None = None,
 ) -> list[Outcome]:
-    """Resolve and upsert `records` inside the caller's write transaction."""
+    """Resolve and upsert `records` inside the caller's write transaction.
+
+    `sealed`: for each record, what an import worker encrypted for the new profile it would
+    create (cdp.profiles.sealing), used when the record does create a profile of its own."""
     now = utcnow()
     guards = p.policy.identity
     if keys is None:
@@ -154,18 +159,19 @@ async def ingest(
     by_profile: dict[uuid.UUID, dict[bytes, uuid.UUID]] = defaultdict(dict)
     for bidx, (pid, iid) in existing.items():
         by_profile[pid][bidx] = iid
+    alone, linked = _split(keys, existing, guards)
 
     uf = _UnionFind()
-    for i, ks in enumerate(keys):
+    for i in linked:
         uf.find(("r", i))
-        for k in ks:
+        for k in keys[i]:
             uf.union(("r", i), ("k", k.bidx))
             if k.bidx in existing:
                 uf.union(("r", i), ("p", existing[k.bidx][0]))
 
     components: dict[Any, list[int]] = {}
     comp_profiles: dict[Any, set[uuid.UUID]] = {}
-    for i in range(len(records)):
+    for i in linked:
         components.setdefault(uf.find(("r", i)), []).append(i)
     for pid in by_profile:
         comp_profiles.setdefault(uf.find(("p", pid)), set()).add(pid)
@@ -193,10 +199,11 @@ async def ingest(
 
     outcomes: list[Outcome | None] = [None] * len(records)
     working: dict[uuid.UUID, _Working] = {}
-    new_keys: list[dict] = []
-    new_identities: list[dict] = []
+    rows_out = _Rows()
+    new_keys = rows_out.keys
+    new_identities = rows_out.identities
     seen_identities: list[dict] = []
-    sources: set[tuple[uuid.UUID, str]] = set()
+    sources = rows_out.sources
     reviews: list[dict] = []
 
     for members, found in plans:
@@ -255,7 +262,7 @@ async def ingest(
         else:
             pid = new_id()
             cipher, key_row = p.keys.new_profile_key(pid)
-            new_keys.append(key_row)
+            new_keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
             first = records[members[0]]
             w = _Working(
                 id=pid,
@@ -290,19 +297,19 @@ async def ingest(
                 w.known[k.bidx] = iid
                 w.counts[k.kind] = w.counts.get(k.kind, 0) + 1
                 new_identities.append(
-                    {
-                        "id": iid,
-                        "profile_id": w.id,
-                        "kind": k.kind,
-                        "bidx": k.bidx,
-                        "value": w.cipher.encrypt("identities.value", k.value),
-                        "source": k.source,
-                        "created_at": now,
-                        "last_seen_at": now,
-                        "confirmed_at": None,
-                        "link_rule": rule,
-                        "linked_via": anchor,
-                    }
+                    (
+                        iid,
+                        w.id,
+                        k.kind,
+                        k.bidx,
+                        w.cipher.encrypt("identities.value", k.value),
+                        k.source,
+                        now,
+                        now,
+                        None,
+                        rule,
+                        anchor,
+                    )
                 )
             _apply(w, rec)
             sources.add((w.id, rec.source))
@@ -316,7 +323,13 @@ async def ingest(
                 review_id=review_id,
             )
 
-    await _write(conn, working, new_keys, new_identities, seen_identities, sources, now)
+    for w in working.values():
+        if w.is_new:
+            rows_out.profiles.append(_profile_row(w, now))
+    if alone:
+        _create_alone(p, records, keys, sealed, alone, rows_out, outcomes, now)
+    changed = [w for w in working.values() if not w.is_new and w.touched]
+    await _write(conn, rows_out, changed, seen_identities, now)
     if reviews:
         await bulk_insert(conn, merge_reviews, reviews)
     return [o for o in outcomes if o is not None]
@@ -326,13 +339,8 @@ async def _lookup(
     conn: AsyncConnection, bidxs: list[bytes]
 ) -> dict[bytes, tuple[uuid.UUID, uuid.UUID]]:
     """bidx -> (profile id, identity id) of the identifiers already known."""
-    found: dict[bytes, tuple[uuid.UUID, uuid.UUID]] = {}
-    ic = identities.c
-    for start in range(0, len(bidxs), 500):
-        chunk = bidxs[start : start + 500]
-        rows = await conn.execute(select(ic.bidx, ic.profile_id, ic.id).where(ic.bidx.in_(chunk)))
-        found.update({bidx: (pid, iid) for bidx, pid, iid in rows})
-    return found
+    rows = await rows_where_in(conn, identities, ("bidx", "profile_id", "id"), "bidx", bidxs)
+    return {bidx: (pid, iid) for bidx, pid, iid in rows}
 
 
 async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Holdings:
@@ -411,39 +419,157 @@ def _apply(w: _Working, rec: Record) -> None:
     w.touched = True
 
 
-async def _write(
-    conn: AsyncConnection,
-    working: dict[uuid.UUID, _Working],
-    new_keys: list[dict],
-    new_identities: list[dict],
-    seen_identities: list[dict],
-    sources: set[tuple[uuid.UUID, str]],
+KEY_COLUMNS = ("profile_id", "key_id", "master_key_id", "wrapped", "created_at")
+PROFILE_COLUMNS = (
+    "id",
+    "status",
+    "merged_into",
+    "jurisdiction",
+    "country",
+    "city",
+    "traits",
+    "key_id",
+    *ENCRYPTED_PROFILE_FIELDS,
+    "created_at",
+    "updated_at",
+)
+IDENTITY_COLUMNS = (
+    "id",
+    "profile_id",
+    "kind",
+    "bidx",
+    "value",
+    "source",
+    "created_at",
+    "last_seen_at",
+    "confirmed_at",
+    "link_rule",
+    "linked_via",
+)
+SOURCE_COLUMNS = ("profile_id", "source", "first_seen_at")
+
+
+@dataclass(slots=True)
+class _Rows:
+    """New rows of a batch, as tuples in the *_COLUMNS orders."""
+
+    keys: list[tuple] = field(default_factory=list)
+    profiles: list[tuple] = field(default_factory=list)
+    identities: list[tuple] = field(default_factory=list)
+    sources: set[tuple[uuid.UUID, str]] = field(default_factory=set)  # (profile id, source)
+
+
+def _profile_row(w: _Working, now: datetime) -> tuple:
+    return (
+        w.id,
+        "active",
+        None,
+        w.jurisdiction,
+        w.country,
+        w.city,
+        w.traits,
+        w.cipher.key_id,
+        *[w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS],
+        w.created_at,
+        now,
+    )
+
+
+def _split(
+    keys: list[list[IdentityKey]],
+    existing: dict[bytes, tuple[uuid.UUID, uuid.UUID]],
+    guards: IdentityGuards,
+) -> tuple[list[int], list[int]]:
+    """(records that create a profile of their own, the others). A record is alone when none
+    of its identifiers is known already or carried by another record of the batch."""
+    if guards.max_identities_per_kind < 1:  # every identifier hits the cap: the general path
+        return [], list(range(len(keys)))
+    carried: dict[bytes, int] = {}
+    for ks in keys:
+        for k in ks:
+            carried[k.bidx] = carried.get(k.bidx, 0) + 1
+    alone: list[int] = []
+    linked: list[int] = []
+    for i, ks in enumerate(keys):
+        if all(carried[k.bidx] == 1 and k.bidx not in existing for k in ks):
+            alone.append(i)
+        else:
+            linked.append(i)
+    return alone, linked
+
+
+def _create_alone(
+    p: Platform,
+    records: list[Record],
+    keys: list[list[IdentityKey]],
+    sealed: Sequence[Sealed | None] | None,
+    alone: list[int],
+    out: _Rows,
+    outcomes: list[Outcome | None],
     now: datetime,
 ) -> None:
-    await bulk_insert(conn, profile_keys, new_keys)
-    created = [w for w in working.values() if w.is_new]
-    if created:
-        await bulk_insert(
-            conn,
-            profiles_t,
-            [
-                {
-                    "id": w.id,
-                    "status": "active",
-                    "merged_into": None,
-                    "jurisdiction": w.jurisdiction,
-                    "country": w.country,
-                    "city": w.city,
-                    "traits": w.traits,
-                    "key_id": w.cipher.key_id,
-                    **w.enc,
-                    "created_at": w.created_at,
-                    "updated_at": now,
-                }
-                for w in created
-            ],
+    """A new profile for each record in `alone`: what `ingest` does for a component of one
+    record and no profile, with the worker's ciphertexts when it sealed the record."""
+    default_jurisdiction = p.policy.default_jurisdiction
+    master_key_id = p.keys.master.key_id
+    for i in alone:
+        rec = records[i]
+        ks = keys[i]
+        s = sealed[i] if sealed is not None else None
+        if s is not None and len(s.values) == len(ks):
+            pid = s.profile_id
+            key_id = p.keys.adopt(pid, s.key).key_id
+            out.keys.append((pid, key_id, master_key_id, s.wrapped, now))
+            enc = s.fields
+            values = s.values
+            iids = s.identity_ids
+        else:
+            pid = new_id()
+            cipher, key_row = p.keys.new_profile_key(pid)
+            out.keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
+            key_id = cipher.key_id
+            enc = {n: cipher.encrypt(f"profiles.{n}", v) for n, v in rec.fields.items()}
+            values = [cipher.encrypt("identities.value", k.value) for k in ks]
+            iids = [new_id() for _ in ks]
+        out.profiles.append(
+            (
+                pid,
+                "active",
+                None,
+                rec.jurisdiction or default_jurisdiction,
+                rec.country or None,
+                rec.city or None,
+                dict(rec.traits),
+                key_id,
+                *[enc.get(f) for f in ENCRYPTED_PROFILE_FIELDS],
+                now,
+                now,
+            )
         )
-    changed = [w for w in working.values() if not w.is_new and w.touched]
+        for k, iid, value in zip(ks, iids, values, strict=True):
+            out.identities.append(
+                (iid, pid, k.kind, k.bidx, value, k.source, now, now, None, "new", None)
+            )
+        out.sources.add((pid, rec.source))
+        outcomes[i] = Outcome(
+            profile_id=pid,
+            created=True,
+            matched_on=[],
+            merged_profile_ids=[],
+            ignored=list(rec.ignored),
+            keys=ks,
+        )
+
+
+async def _write(
+    conn: AsyncConnection,
+    rows: _Rows,
+    changed: list[_Working],
+    seen_identities: list[dict],
+    now: datetime,
+) -> None:
+    await bulk_insert_rows(conn, profile_keys, KEY_COLUMNS, rows.keys)
+    await bulk_insert_rows(conn, profiles_t, PROFILE_COLUMNS, rows.profiles)
     if changed:
         stmt = (
             update(profiles_t)
@@ -472,7 +598,7 @@ async def _write(
                 for w in changed
             ],
         )
-    await bulk_insert(conn, identities, new_identities)
+    await bulk_insert_rows(conn, identities, IDENTITY_COLUMNS, rows.identities)
     if seen_identities:
         await conn.execute(
             update(identities)
@@ -480,8 +606,10 @@ async def _write(
             .values(last_seen_at=bindparam("t")),
             seen_identities,
         )
-    if sources:
-        await conn.execute(
-            insert_ignore(conn, profile_sources),
-            [{"profile_id": pid, "source": s, "first_seen_at": now} for pid, s in sources],
-        )
+    await bulk_insert_rows(
+        conn,
+        profile_sources,
+        SOURCE_COLUMNS,
+        [(pid, source, now) for pid, source in rows.sources],
+        ignore_conflicts=True,
+    )

@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 
 from cdp.errors import FieldError, InvalidInput
-from cdp.normalize import clean_text, normalise_country, normalise_email, normalise_phone
+from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.schemas import ProfileIn
+from cdp.profiles.wire import by_fields
 from consent.policy import Policy
 from consent.schemas import ConsentItemIn, EvidenceIn
 
@@ -32,6 +33,8 @@ class ConsentClaim:
     occurred_at: datetime | None
     evidence: EvidenceIn | None
 
+    __reduce__ = by_fields  # import workers send many
+
 
 @dataclass(slots=True)
 class Record:
@@ -46,6 +49,8 @@ class Record:
     traits: dict[str, Any] = field(default_factory=dict)
     consents: list[ConsentClaim] = field(default_factory=list)
     ignored: list[FieldError] = field(default_factory=list)  # identifiers never used to link
+
+    __reduce__ = by_fields  # import workers send many
 
 
 def decode_errors(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInput:
@@ -108,8 +113,8 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
     if data.phone is not None and data.phone.strip():
         region = rec.country or policy.phone_region(rec.jurisdiction)
         try:
-            phone = normalise_phone(data.phone, region)
-            reason = junk_reason("phone", phone, policy.identity)
+            phone, national = parse_phone(data.phone, region)
+            reason = junk_reason("phone", phone, policy.identity, national=national)
             if reason:
                 rec.ignored.append(FieldError("phone", reason))
             else:

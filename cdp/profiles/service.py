@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
+from cdp.crypto.master import MasterKey
 from cdp.db.engine import lock_keys
 from cdp.db.tables import identities, merges, profile_categories, profile_stats, profiles
 from cdp.errors import DomainError, FieldError, InvalidInput, NotFound
@@ -24,6 +25,8 @@ from cdp.profiles.records import (
     validate_consents,
     validate_record,
 )
+from cdp.profiles.sealing import Sealed, seal
+from cdp.profiles.wire import by_fields
 from consent.policy import Policy
 
 
@@ -35,21 +38,31 @@ class Prepared:
     claims: list[ConsentClaim]
     keys: list[IdentityKey]
     rejected_consents: list[FieldError] = field(default_factory=list)
+    sealed: Sealed | None = None  # encrypted for a new profile of its own (import workers)
+
+    __reduce__ = by_fields  # import workers send many
 
 
 def prepare_with(
-    raw: Any, policy: Policy, indexer: BlindIndexer, *, strict_consents: bool = True
+    raw: Any,
+    policy: Policy,
+    indexer: BlindIndexer,
+    *,
+    strict_consents: bool = True,
+    master: MasterKey | None = None,
 ) -> Prepared:
     """Validate one raw record (pure: safe to run in a worker process).
 
     With strict_consents a bad consent rejects the whole record (the API); without, the record
-    is kept and the bad consent reported (bulk import)."""
+    is kept and the bad consent reported (bulk import). With `master` (an import worker) the
+    record is also sealed for the new profile it would create (cdp.profiles.sealing)."""
     data = parse_profile(raw)
     rec = validate_record(data, policy)
     claims, errors = validate_consents(data.consents, rec, policy)
     if errors and strict_consents:
         raise InvalidInput("the record carries an invalid consent", errors)
-    return Prepared(rec, claims, record_keys(indexer, rec), errors)
+    keys = record_keys(indexer, rec)
+    return Prepared(rec, claims, keys, errors, seal(rec, keys, master) if master else None)
 
 
 def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
@@ -65,7 +78,12 @@ async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> l
     async with p.db.write() as conn:
         await lock_keys(conn, [k.bidx for x in prepared for k in x.keys])
         outcomes = await ingest(
-            conn, p, [x.record for x in prepared], actor, keys=[x.keys for x in prepared]
+            conn,
+            p,
+            [x.record for x in prepared],
+            actor,
+            keys=[x.keys for x in prepared],
+            sealed=[x.sealed for x in prepared],
         )
         items = []
         for x, o in zip(prepared, outcomes, strict=True):
