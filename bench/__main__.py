@@ -37,7 +37,12 @@ def suites(scale: int, dbs: list[str]) -> list[tuple[str, list[str]]]:
     per_db = [  # modules that take one --db at a time
         (f"{title} ({db})", [module, *args, "--db", db])
         for title, module, args in (
-            ("Segment export", "bench.segments", ["--scale", str(scale)]),
+            (
+                "Segment export",
+                "bench.segments",
+                # one export/raw round at a million (each is a full export); medians of 3 below
+                ["--scale", str(scale), "--rounds", "1" if scale >= 500_000 else "3"],
+            ),
             ("Audit verification", "bench.verify", ["--entries", str(scale)]),
         )
         for db in dbs

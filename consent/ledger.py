@@ -14,10 +14,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError, FieldCipher
+from cdp.db.bulk import bulk_insert
 from cdp.db.tables import identities
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.keyring import SYSTEM_OWNER
@@ -140,7 +141,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
         if effective:  # consent.granted / consent.withdrawn, committed with the change
             outbox_rows.append(ledger_event_row(e, now))
 
-    await conn.execute(insert(consent_ledger), ledger_rows)
+    await bulk_insert(conn, consent_ledger, ledger_rows)
     await write_rows(conn, outbox_rows)
     await _write_states(conn, changed, existing)
     if confirmed:
@@ -184,8 +185,7 @@ async def _write_states(
     updates = [
         {**{f"n_{k}": v for k, v in row.items()}} for key, row in changed.items() if key in existing
     ]
-    if inserts:
-        await conn.execute(insert(consent_state), inserts)
+    await bulk_insert(conn, consent_state, inserts)
     if updates:
         cs = consent_state.c
         await conn.execute(

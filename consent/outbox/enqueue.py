@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.bulk import bulk_insert
 from cdp.ids import new_id, utcnow
 from consent.outbox.tables import outbox_events
 
@@ -80,8 +80,7 @@ def event_row(
 
 
 async def write_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
-    if rows:
-        await conn.execute(insert(outbox_events), list(rows))
+    await bulk_insert(conn, outbox_events, rows)
     return [r["id"] for r in rows]
 
 
