@@ -138,3 +138,24 @@ async def test_planner_statistics_refresh_on_both_databases(client, keys, platfo
                 )
             ).all()
     assert "profiles" in {r[0] for r in rows}
+
+
+async def test_concurrent_single_ingests_resolve_as_if_one_after_another(client, keys, platform):
+    async def post(body):  # type: ignore[no-untyped-def]
+        r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    bodies = [{"source": "shop", "email": f"solo{i}@example.com"} for i in range(40)]
+    bodies += [
+        {"source": "crm", "email": "same@example.com"},
+        {"source": "shop", "phone": "+79161112233"},
+        {"source": "call", "email": "same@example.com", "phone": "+79161112233"},
+    ]
+    answers = await asyncio.gather(*(post(b) for b in bodies))
+    assert len({a["profile_id"] for a in answers[:40]}) == 40
+    r1 = await client.get("/v1/profiles?email=same@example.com", headers=keys["admin"])
+    r2 = await client.get("/v1/profiles?phone=%2B79161112233", headers=keys["admin"])
+    assert r1.json()["profile_id"] == r2.json()["profile_id"]  # one person, whatever the order
+    group = platform.db.group_commit("profiles", apply=None)  # type: ignore[arg-type]
+    assert group.batches < len(bodies)

@@ -71,31 +71,55 @@ def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
 
 async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> list[Outcome]:
     """Resolve and store validated records, and their consents, in one write transaction."""
-    from consent.service import record_claims
-
     if not prepared:
         return []
     async with p.db.write() as conn:
-        await lock_keys(conn, [k.bidx for x in prepared for k in x.keys])
-        outcomes = await ingest(
-            conn,
-            p,
-            [x.record for x in prepared],
-            actor,
-            keys=[x.keys for x in prepared],
-            sealed=[x.sealed for x in prepared],
-        )
-        items = []
-        for x, o in zip(prepared, outcomes, strict=True):
-            named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
-            items.extend((o.profile_id, named, claim) for claim in x.claims)
-        await record_claims(conn, p, items, actor)
+        return await store_prepared_in(conn, p, prepared, actor)
+
+
+async def store_prepared_in(
+    conn: AsyncConnection, p: Platform, prepared: list[Prepared], actor: str
+) -> list[Outcome]:
+    """`store_prepared` inside the caller's write transaction."""
+    from consent.service import record_claims
+
+    await lock_keys(conn, [k.bidx for x in prepared for k in x.keys])
+    outcomes = await ingest(
+        conn,
+        p,
+        [x.record for x in prepared],
+        actor,
+        keys=[x.keys for x in prepared],
+        sealed=[x.sealed for x in prepared],
+    )
+    items = []
+    for x, o in zip(prepared, outcomes, strict=True):
+        named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
+        items.extend((o.profile_id, named, claim) for claim in x.claims)
+    await record_claims(conn, p, items, actor)
     return outcomes
 
 
 async def upsert_one(p: Platform, raw: Any, actor: str) -> Outcome:
+    """One record, stored before the answer. Records arriving together share a transaction
+    (cdp.db.group_commit), resolved as one batch: exactly as if stored one after another."""
     prepared = prepare(raw, p)
-    return (await store_prepared(p, [prepared], actor))[0]
+    group = p.db.group_commit("profiles", lambda conn, items: _store_group(conn, p, items))
+    return await group.submit((prepared, actor))
+
+
+async def _store_group(
+    conn: AsyncConnection, p: Platform, items: list[tuple[Prepared, str]]
+) -> list[Outcome]:
+    by_actor: dict[str, list[int]] = {}
+    for i, (_, actor) in enumerate(items):
+        by_actor.setdefault(actor, []).append(i)
+    out: list[Outcome | None] = [None] * len(items)
+    for actor, indexes in by_actor.items():  # the ledger records who stored each record
+        stored = await store_prepared_in(conn, p, [items[i][0] for i in indexes], actor)
+        for i, outcome in zip(indexes, stored, strict=True):
+            out[i] = outcome
+    return [o for o in out if o is not None]
 
 
 @dataclass(slots=True)
