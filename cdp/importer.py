@@ -33,6 +33,7 @@ from cdp.profiles.service import Prepared, prepare_with, store_prepared
 from consent.policy import Policy
 
 CHUNK = 1000
+STATISTICS_AFTER = 1000  # rows imported before the planner statistics are refreshed
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 _FLOAT_WORDS = {"nan", "inf", "infinity"}
@@ -343,4 +344,6 @@ async def run_import(
                         await store(await head)
         finally:
             out.close()
+    if summary.rows - summary.rejected_rows >= STATISTICS_AFTER:
+        await p.db.refresh_statistics()  # the tables grew: plan queries on their new sizes
     return summary
