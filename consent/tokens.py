@@ -35,28 +35,52 @@ class TokenClaims:
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
-def _b64(data: bytes) -> str:
+def _b64(data: bytes) -> bytes:
     # binascii directly: base64.urlsafe_b64encode costs ~3 us more per token (segment exports)
-    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_msgpack = msgspec.msgpack.encode
+# the payload is the msgpack array [VERSION, profile id, kind, subject, purpose, channel]: an
+# array's encoding is its header followed by its items' encodings, so the constant items are
+# encoded once per signer (a segment export signs one token per member)
+_HEAD = b"\x96" + _msgpack(VERSION)  # fixarray of 6 items, then the version
+
+
+class TokenSigner:
+    """Issues tokens of one subject kind, purpose and channel under one key: the constant
+    parts of the payload are encoded once, and the HMAC's inner and outer hashes start from
+    states keyed once (RFC 2104; hmac.HMAC.copy costs twice as much per token). The same
+    bytes as `issue`."""
+
+    __slots__ = ("_inner", "_kind", "_outer", "_tail")
+
+    def __init__(self, key: bytes, subject_kind: str, purpose: str, channel: str) -> None:
+        block = hashlib.sha256().block_size
+        padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
+        self._inner = hashlib.sha256(padded.translate(hmac.trans_36))
+        self._outer = hashlib.sha256(padded.translate(hmac.trans_5C))
+        self._kind = _msgpack(subject_kind)
+        self._tail = _msgpack(purpose) + _msgpack(channel)
+
+    def issue(self, profile_id: uuid.UUID, subject: bytes) -> str:
+        payload = b"".join(
+            (_HEAD, _msgpack(profile_id.bytes), self._kind, _msgpack(subject), self._tail)
+        )
+        inner = self._inner.copy()
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return b".".join((_b64(payload), _b64(outer.digest()[:16]))).decode()
+
+
 def issue(key: bytes, claims: TokenClaims) -> str:
-    payload = msgspec.msgpack.encode(
-        [
-            VERSION,
-            claims.profile_id.bytes,
-            claims.subject_kind,
-            claims.subject,
-            claims.purpose,
-            claims.channel,
-        ]
-    )
-    tag = hmac.digest(key, payload, hashlib.sha256)[:16]
-    return _b64(payload) + "." + _b64(tag)
+    signer = TokenSigner(key, claims.subject_kind, claims.purpose, claims.channel)
+    return signer.issue(claims.profile_id, claims.subject)
 
 
 def verify(key: bytes, token: str) -> TokenClaims:
