@@ -33,7 +33,7 @@ from cdp.profiles.service import Prepared, prepare_with, store_prepared
 from consent.policy import Policy
 
 CHUNK = 1000
-STATISTICS_AFTER = 1000  # rows imported before the planner statistics are refreshed
+STATISTICS_AFTER = 1000  # rows imported before the first planner statistics refresh
 _TRUE = {"true", "yes", "1"}
 _FALSE = {"false", "no", "0"}
 _FLOAT_WORDS = {"nan", "inf", "infinity"}
@@ -274,6 +274,8 @@ async def run_import(
         if row_rejected:
             summary.rejected_rows += 1
 
+    refresh_at = [STATISTICS_AFTER]
+
     async def store(results: list[tuple]) -> None:
         good: list[Prepared] = []
         for n, prep, errors in results:
@@ -291,6 +293,12 @@ async def run_import(
             summary.created += o.created
             summary.joined += not o.created
             summary.merged += len(o.merged_profile_ids)
+        if summary.rows >= refresh_at[0]:
+            # The tables grow as the import runs: a plan made on the sizes at the start (e.g.
+            # a sequential scan of a table that was empty) gets slower with every chunk. So the
+            # planner statistics are refreshed each time the import has doubled its rows.
+            await p.db.refresh_statistics()
+            refresh_at[0] *= 2
         if on_progress:
             on_progress(summary.rows)
 
@@ -344,6 +352,6 @@ async def run_import(
                         await store(await head)
         finally:
             out.close()
-    if summary.rows - summary.rejected_rows >= STATISTICS_AFTER:
-        await p.db.refresh_statistics()  # the tables grew: plan queries on their new sizes
+    if summary.rows >= STATISTICS_AFTER:
+        await p.db.refresh_statistics()  # plan later queries on the tables' final sizes
     return summary
