@@ -366,7 +366,7 @@ async def compare(
     )
 
 
-async def main(scale: int, db: str, rounds: int) -> None:
+async def main(scale: int, db: str, rounds: int, memory: bool = True) -> None:
     async with scratch_platform(db) as p:
         print(f"segments benchmark: {scale:,} profiles on {db}")
         gen = await generate(p, scale)
@@ -411,7 +411,7 @@ async def main(scale: int, db: str, rounds: int) -> None:
                 ("50% segment", service.build_definition(p, "marketing", "email", HALF)),
                 ("100% segment", d),
             ]
-            for label, definition in sizes:
+            for label, definition in sizes if memory else []:
                 n, peak = await traced_peak_mb(q, definition)
                 print(f"  export of the {label} ({n:,} rows): peak traced memory {peak:.1f} MiB")
         finally:
@@ -426,8 +426,13 @@ def cli() -> None:
     parser.add_argument("--scale", type=int, default=100_000, help="profiles to generate")
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--rounds", type=int, default=3, help="export/raw runs (medians)")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the traced-memory exports (tracemalloc makes them several times slower)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.scale, args.db, args.rounds))
+    asyncio.run(main(args.scale, args.db, args.rounds, memory=not args.no_memory))
 
 
 if __name__ == "__main__":

@@ -148,3 +148,26 @@ async def test_cli_refuses_a_wrong_master_key(platform, tmp_path, backend):
     )
     assert out.returncode == 2
     assert "does not match this database" in out.stderr
+
+
+async def test_a_long_import_keeps_planner_statistics_current(platform, tmp_path, monkeypatch):
+    """Query plans follow the tables as an import grows them (statistics refreshed as the row
+    count doubles), also where the database runs no autovacuum."""
+    refreshed: list[int] = []
+    real = platform.db.refresh_statistics
+
+    async def counting() -> None:
+        refreshed.append(await count(platform, profiles))
+        await real()
+
+    monkeypatch.setattr(platform.db, "refresh_statistics", counting)
+    monkeypatch.setattr("cdp.importer.STATISTICS_AFTER", 100)
+    monkeypatch.setattr("cdp.importer.CHUNK", 100)
+    src = tmp_path / "crm.ndjson"
+    src.write_text(
+        "".join(f'{{"email": "grow{i}@example.com"}}\n' for i in range(900)), encoding="utf-8"
+    )
+    summary = await run_import(platform, src, "crm", workers=0)
+    assert summary.created == 900
+    # as the import reached 100, 200, 400 and 800 rows, then on the final sizes
+    assert refreshed == [100, 200, 400, 800, 900]
