@@ -15,7 +15,7 @@ from cdp.db.tables import identities, profiles
 from cdp.errors import InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.profiles.identifiers import Identifier, profile_addresses
+from cdp.profiles.identifiers import Identifier, profile_addresses, profiles_addresses
 from cdp.profiles.records import ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
@@ -106,7 +106,7 @@ async def record_claims(
             )
         )
     }
-    addresses = await addresses_of(conn, need)
+    addresses = await profiles_addresses(conn, need)
     entries: list[Entry] = []
     for pid, named, claim in items:
         for kind, subject in targets_for(
@@ -130,23 +130,6 @@ async def record_claims(
                 )
             )
     return await ledger.append(conn, p.policy, entries)
-
-
-async def addresses_of(
-    conn: AsyncConnection, profile_ids: set[uuid.UUID]
-) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
-    out: dict[uuid.UUID, list[tuple[str, bytes]]] = {}
-    ids = list(profile_ids)
-    for start in range(0, len(ids), 500):
-        rows = await conn.execute(
-            select(identities.c.profile_id, identities.c.kind, identities.c.bidx).where(
-                identities.c.profile_id.in_(ids[start : start + 500]),
-                identities.c.kind.in_(("email", "phone")),
-            )
-        )
-        for pid, kind, bidx in rows:
-            out.setdefault(pid, []).append((kind, bidx))
-    return out
 
 
 async def record_consent(

@@ -54,13 +54,7 @@ async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None
     if not items:
         return
     s = suppressions.c
-    current: dict[tuple[bytes, str, str], datetime] = {}
-    bidxs = sorted({i.bidx for i in items})
-    for start in range(0, len(bidxs), 500):
-        rows = await conn.execute(
-            select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs[start : start + 500]))
-        )
-        current.update({(b, p, c): at for b, p, c, at in rows})
+    current = await suppressed_at(conn, sorted({i.bidx for i in items}))
     added: dict[tuple[bytes, str, str], Suppression] = {}  # new rows, announced
     later: dict[tuple[bytes, str, str], Suppression] = {}
     for item in items:
@@ -138,11 +132,14 @@ async def suppressed_at(
     conn: AsyncConnection, bidxs: list[bytes]
 ) -> dict[tuple[bytes, str, str], datetime]:
     """(bidx, purpose, channel-or-*) -> time, for these addresses."""
-    if not bidxs:
-        return {}
     s = suppressions.c
-    rows = await conn.execute(select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs)))
-    return {(b, p, c): at for b, p, c, at in rows}
+    out: dict[tuple[bytes, str, str], datetime] = {}
+    for start in range(0, len(bidxs), 500):
+        rows = await conn.execute(
+            select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs[start : start + 500]))
+        )
+        out.update({(b, p, c): at for b, p, c, at in rows})
+    return out
 
 
 def latest_suppression(

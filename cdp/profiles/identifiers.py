@@ -10,11 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
-from cdp.db.tables import identities, profiles
-from cdp.errors import FieldError, Gone, InvalidInput, NotFound
+from cdp.db.tables import identities
+from cdp.errors import FieldError, InvalidInput
 from cdp.ids import parse_uuid
 from cdp.normalize import clean_text, normalise_country, normalise_email, normalise_phone
-from cdp.profiles.identity import resolve_profile_id
+from cdp.profiles.identity import lookup_bidx, resolve_profile_id, resolve_profile_ids
 from consent.policy import Policy
 
 
@@ -93,12 +93,7 @@ async def profile_addresses(
     conn: AsyncConnection, profile_id: uuid.UUID
 ) -> list[tuple[str, bytes]]:
     """(kind, blind index) of the profile's emails and phones."""
-    rows = await conn.execute(
-        select(identities.c.kind, identities.c.bidx).where(
-            identities.c.profile_id == profile_id, identities.c.kind.in_(("email", "phone"))
-        )
-    )
-    return [(k, b) for k, b in rows]
+    return (await profiles_addresses(conn, {profile_id})).get(profile_id, [])
 
 
 async def profiles_addresses(
@@ -126,55 +121,7 @@ async def find_profiles(
 
     Each answer is the surviving profile, None (an address no profile holds), or the NotFound /
     Gone that `find_profile` would raise for that identifier alone."""
-    bidxs = sorted({i.bidx for i in idents if i.bidx is not None})
-    held: dict[bytes, uuid.UUID] = {}
-    ic = identities.c
-    for start in range(0, len(bidxs), 500):
-        rows = await conn.execute(
-            select(ic.bidx, ic.profile_id).where(ic.bidx.in_(bidxs[start : start + 500]))
-        )
-        held.update({b: pid for b, pid in rows})
+    held = await lookup_bidx(conn, sorted({i.bidx for i in idents if i.bidx is not None}))
     named = [i.profile_id if i.profile_id is not None else held.get(i.bidx or b"") for i in idents]
     survivors = await resolve_profile_ids(conn, {pid for pid in named if pid is not None})
     return [None if pid is None else survivors[pid] for pid in named]
-
-
-async def resolve_profile_ids(
-    conn: AsyncConnection, ids: set[uuid.UUID]
-) -> dict[uuid.UUID, uuid.UUID | Exception]:
-    """`resolve_profile_id` for many ids: one query per step along merge chains."""
-    rows: dict[uuid.UUID, tuple[str, uuid.UUID | None]] = {}
-    wanted = set(ids)
-    while wanted:
-        batch = sorted(wanted)
-        wanted = set()
-        for start in range(0, len(batch), 500):
-            found = await conn.execute(
-                select(profiles.c.id, profiles.c.status, profiles.c.merged_into).where(
-                    profiles.c.id.in_(batch[start : start + 500])
-                )
-            )
-            for pid, status, merged_into in found:
-                rows[pid] = (status, merged_into)
-                if status == "merged" and merged_into is not None and merged_into not in rows:
-                    wanted.add(merged_into)
-    out: dict[uuid.UUID, uuid.UUID | Exception] = {}
-    for start_id in ids:
-        seen: set[uuid.UUID] = set()
-        current = start_id
-        while True:
-            row = rows.get(current)
-            if row is None:
-                out[start_id] = NotFound("no profile with this id")
-                break
-            status, merged_into = row
-            if status == "erased":
-                out[start_id] = Gone("this profile was erased")
-                break
-            if status == "merged" and merged_into is not None and merged_into not in seen:
-                seen.add(current)
-                current = merged_into
-                continue
-            out[start_id] = current
-            break
-    return out

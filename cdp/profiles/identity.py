@@ -55,21 +55,48 @@ async def lookup_bidx(conn: AsyncConnection, bidxs: list[bytes]) -> dict[bytes, 
 
 async def resolve_profile_id(conn: AsyncConnection, profile_id: uuid.UUID) -> uuid.UUID:
     """Follow merges to the surviving profile. Unknown: NotFound; erased: Gone."""
-    seen: set[uuid.UUID] = set()
-    current = profile_id
-    while True:
-        row = (
-            await conn.execute(
-                select(profiles.c.status, profiles.c.merged_into).where(profiles.c.id == current)
+    found = (await resolve_profile_ids(conn, {profile_id}))[profile_id]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+async def resolve_profile_ids(
+    conn: AsyncConnection, ids: set[uuid.UUID]
+) -> dict[uuid.UUID, uuid.UUID | Exception]:
+    """`resolve_profile_id` for many ids: one query per step along merge chains."""
+    rows: dict[uuid.UUID, tuple[str, uuid.UUID | None]] = {}
+    wanted = set(ids)
+    while wanted:
+        batch = sorted(wanted)
+        wanted = set()
+        for start in range(0, len(batch), 500):
+            found = await conn.execute(
+                select(profiles.c.id, profiles.c.status, profiles.c.merged_into).where(
+                    profiles.c.id.in_(batch[start : start + 500])
+                )
             )
-        ).first()
-        if row is None:
-            raise NotFound("no profile with this id")
-        status, merged_into = row
-        if status == "erased":
-            raise Gone("this profile was erased")
-        if status == "merged" and merged_into is not None and merged_into not in seen:
-            seen.add(current)
-            current = merged_into
-            continue
-        return current
+            for pid, status, merged_into in found:
+                rows[pid] = (status, merged_into)
+                if status == "merged" and merged_into is not None and merged_into not in rows:
+                    wanted.add(merged_into)
+    out: dict[uuid.UUID, uuid.UUID | Exception] = {}
+    for start_id in ids:
+        seen: set[uuid.UUID] = set()
+        current = start_id
+        while True:
+            row = rows.get(current)
+            if row is None:
+                out[start_id] = NotFound("no profile with this id")
+                break
+            status, merged_into = row
+            if status == "erased":
+                out[start_id] = Gone("this profile was erased")
+                break
+            if status == "merged" and merged_into is not None and merged_into not in seen:
+                seen.add(current)
+                current = merged_into
+                continue
+            out[start_id] = current
+            break
+    return out
