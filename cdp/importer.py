@@ -302,56 +302,59 @@ async def run_import(
         if on_progress:
             on_progress(summary.rows)
 
-    with _relaxed_gc():
-        try:
-            if workers == 0:
-                for chunk in read_chunks(path, CHUNK):
-                    await store(prepare_rows(chunk, p.policy, p.keys.indexer, source))
-            else:
-                loop = asyncio.get_running_loop()
-                ctx = multiprocessing.get_context("forkserver")
-                with ProcessPoolExecutor(
-                    max_workers=workers,
-                    mp_context=ctx,
-                    initializer=_init_worker,
-                    initargs=(p.policy, p.keys.indexer.key, source, p.keys.worker_kek()),
-                ) as pool:
-                    # Chunks are stored in file order. While the oldest is still with a worker
-                    # (a busy machine), this process prepares the next one itself.
-                    pending: deque[asyncio.Future | list[tuple]] = deque()
-                    chunks = read_chunks(path, CHUNK)
-                    in_pool = 0
-                    more = True
-                    while more or pending:
-                        while more and in_pool <= workers:
-                            chunk = next(chunks, None)
-                            if chunk is None:
-                                more = False
-                            else:
-                                pending.append(loop.run_in_executor(pool, _prepare_chunk, chunk))
-                                in_pool += 1
-                        head = pending[0]
-                        if isinstance(head, list):
-                            await store(pending.popleft())  # type: ignore[arg-type]
-                            continue
-                        if (
-                            more
-                            and not head.done()
-                            and all(isinstance(x, asyncio.Future) for x in pending)
-                        ):
-                            chunk = next(chunks, None)
-                            if chunk is None:
-                                more = False
-                            else:
-                                pending.append(
-                                    prepare_rows(chunk, p.policy, p.keys.indexer, source)
-                                )
-                            continue
-                        pending.popleft()
-                        in_pool -= 1
-                        await store(await head)
-        finally:
-            out.close()
+    async with p.db.bulk_load():
+        with _relaxed_gc():
+            try:
+                if workers == 0:
+                    for chunk in read_chunks(path, CHUNK):
+                        await store(prepare_rows(chunk, p.policy, p.keys.indexer, source))
+                else:
+                    loop = asyncio.get_running_loop()
+                    ctx = multiprocessing.get_context("forkserver")
+                    with ProcessPoolExecutor(
+                        max_workers=workers,
+                        mp_context=ctx,
+                        initializer=_init_worker,
+                        initargs=(p.policy, p.keys.indexer.key, source, p.keys.worker_kek()),
+                    ) as pool:
+                        # Chunks are stored in file order. While the oldest is still with a worker
+                        # (a busy machine), this process prepares the next one itself.
+                        pending: deque[asyncio.Future | list[tuple]] = deque()
+                        chunks = read_chunks(path, CHUNK)
+                        in_pool = 0
+                        more = True
+                        while more or pending:
+                            while more and in_pool <= workers:
+                                chunk = next(chunks, None)
+                                if chunk is None:
+                                    more = False
+                                else:
+                                    pending.append(
+                                        loop.run_in_executor(pool, _prepare_chunk, chunk)
+                                    )
+                                    in_pool += 1
+                            head = pending[0]
+                            if isinstance(head, list):
+                                await store(pending.popleft())  # type: ignore[arg-type]
+                                continue
+                            if (
+                                more
+                                and not head.done()
+                                and all(isinstance(x, asyncio.Future) for x in pending)
+                            ):
+                                chunk = next(chunks, None)
+                                if chunk is None:
+                                    more = False
+                                else:
+                                    pending.append(
+                                        prepare_rows(chunk, p.policy, p.keys.indexer, source)
+                                    )
+                                continue
+                            pending.popleft()
+                            in_pool -= 1
+                            await store(await head)
+            finally:
+                out.close()
     if summary.rows >= STATISTICS_AFTER:
         await p.db.refresh_statistics()  # plan later queries on the tables' final sizes
     return summary

@@ -171,3 +171,40 @@ async def test_a_long_import_keeps_planner_statistics_current(platform, tmp_path
     assert summary.created == 900
     # as the import reached 100, 200, 400 and 800 rows, then on the final sizes
     assert refreshed == [100, 200, 400, 800, 900]
+
+
+async def test_an_import_checkpoints_sqlite_less_often_and_leaves_the_server_settings(
+    platform, tmp_path, monkeypatch, backend
+):
+    """While an import runs, SQLite checkpoints its WAL every 32768 pages instead of 1000 and
+    caches 256 MiB; afterwards the WAL is checkpointed and truncated, and write connections are
+    back to the server's settings."""
+    if backend != "sqlite":
+        return
+    seen: list[tuple[int, int]] = []
+
+    async def pragmas() -> tuple[int, int]:
+        async with platform.db.write() as conn:
+            wal = (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar_one()
+            cache = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+        return wal, cache
+
+    real = platform.db.refresh_statistics
+
+    async def looking() -> None:  # runs inside the import, between chunks
+        seen.append(await pragmas())
+        await real()
+
+    monkeypatch.setattr(platform.db, "refresh_statistics", looking)
+    monkeypatch.setattr("cdp.importer.STATISTICS_AFTER", 100)
+    monkeypatch.setattr("cdp.importer.CHUNK", 100)
+    src = tmp_path / "crm.ndjson"
+    src.write_text(
+        "".join(f'{{"email": "bulk{i}@example.com"}}\n' for i in range(300)), encoding="utf-8"
+    )
+    summary = await run_import(platform, src, "crm", workers=0)
+    assert summary.created == 300
+    assert seen[0] == (32768, -262144)  # during the import
+    assert await pragmas() == (1000, -65536)  # after it
+    wal = platform.db.url.split("///", 1)[1] + "-wal"
+    assert os.path.getsize(wal) < 1_000_000  # truncated (only this check's own commit since)
