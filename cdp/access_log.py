@@ -1,9 +1,15 @@
-"""The access log: who read or exported personal data, when, and how much."""
+"""The access log: who read or exported personal data, when, and how much.
+
+`log_access` writes an entry inside the caller's transaction (a read and its entry commit
+together). `record_access` writes it in a write of its own, for reads made outside a write
+transaction (members pages): entries recorded together share one transaction (group commit),
+and the caller waits until its entry is committed, so nothing is answered before it is logged.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -11,6 +17,33 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.apikeys import Principal
 from cdp.db.tables import access_log
 from cdp.ids import new_id, utcnow
+
+if TYPE_CHECKING:
+    from cdp.db.engine import Database
+
+
+def _entry(
+    who: Principal,
+    action: str,
+    *,
+    object_type: str,
+    object_id: str | None,
+    profile_id: uuid.UUID | None,
+    rows: int,
+    detail: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "at": utcnow(),
+        "actor": who.name,
+        "role": who.role,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "profile_id": profile_id,
+        "rows": rows,
+        "detail": detail,
+    }
 
 
 async def log_access(
@@ -24,17 +57,43 @@ async def log_access(
     rows: int = 1,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(
-        insert(access_log).values(
-            id=new_id(),
-            at=utcnow(),
-            actor=who.name,
-            role=who.role,
-            action=action,
-            object_type=object_type,
-            object_id=object_id,
-            profile_id=profile_id,
-            rows=rows,
-            detail=detail,
-        )
+    entry = _entry(
+        who,
+        action,
+        object_type=object_type,
+        object_id=object_id,
+        profile_id=profile_id,
+        rows=rows,
+        detail=detail,
     )
+    await conn.execute(insert(access_log).values(**entry))
+
+
+async def _insert_entries(conn: AsyncConnection, entries: list[dict[str, Any]]) -> list[None]:
+    await conn.execute(insert(access_log), entries)
+    return [None] * len(entries)
+
+
+async def record_access(
+    db: Database,
+    who: Principal,
+    action: str,
+    *,
+    object_type: str,
+    object_id: str | None = None,
+    profile_id: uuid.UUID | None = None,
+    rows: int = 1,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """`log_access` in a write of its own, shared with entries recorded meanwhile; returns once
+    the entry is committed."""
+    entry = _entry(
+        who,
+        action,
+        object_type=object_type,
+        object_id=object_id,
+        profile_id=profile_id,
+        rows=rows,
+        detail=detail,
+    )
+    await db.group_commit("access-log", _insert_entries).submit(entry)

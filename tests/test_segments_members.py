@@ -443,3 +443,31 @@ async def test_sqlite_pages_walk_the_id_index_without_statistics(client, keys, p
         sql = str(query.compile(conn.sync_connection, compile_kwargs={"literal_binds": True}))
         plan = [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
     assert any("profiles USING" in step and "(id>?)" in step for step in plan), plan
+
+
+async def test_concurrent_member_reads_are_each_logged(client, keys, platform):
+    """Members pages read at the same time are each in the access log before they are answered;
+    their entries share write transactions (group commit) instead of queueing for one each."""
+    import asyncio
+
+    await build_base(client, keys)
+    sid = await create(client, keys)
+
+    async def read() -> int:
+        r = await client.get(
+            f"/v1/segments/{sid}/members", params={"limit": 2}, headers=keys["marketing"]
+        )
+        assert r.status_code == 200, r.text
+        return len(r.json()["items"])
+
+    sizes = await asyncio.gather(*(read() for _ in range(20)))
+    async with platform.db.read() as conn:
+        logged = (
+            await conn.execute(
+                select(access_log.c.rows).where(
+                    access_log.c.action == "segment.members", access_log.c.object_id == sid
+                )
+            )
+        ).all()
+    assert sorted(r.rows for r in logged) == sorted(sizes) and len(logged) == 20
+    assert platform.db.group_commit("access-log", None).batches < 20  # type: ignore[arg-type]

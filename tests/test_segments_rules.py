@@ -225,3 +225,23 @@ def test_parse_reports_every_bad_part_and_bounds_the_size():
     wide = {"any": [{"field": "city", "op": "exists"}] * 600}
     with pytest.raises(InvalidInput, match="more than 500"):
         parse_rules(wide, jurisdictions=J)
+
+
+async def test_days_since_rules_are_judged_at_each_read(client, keys, platform):
+    """The members statement of a definition is kept between reads; its "days since" cutoffs
+    are still those of the moment of each read."""
+    from cdp.segments.members import members_page
+    from cdp.segments.service import build_definition
+
+    await add(client, keys, "Anna", country="RU")
+    d = build_definition(platform, "service", "email", leaf("created_days", "lte", 0))
+    now = datetime.now(UTC)
+
+    async def first_names(at: datetime) -> set[str]:
+        async with platform.db.read() as conn:
+            page = await members_page(conn, platform, d, after=None, limit=10, now=at)
+        return {m.first_name for m in page.items}
+
+    assert await first_names(now) == {"Anna"}
+    assert await first_names(now + timedelta(days=2)) == set()  # created 2 days before then
+    assert await first_names(now) == {"Anna"}

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Select,
     String,
     and_,
+    bindparam,
     case,
     func,
     literal,
@@ -48,6 +49,7 @@ from consent.subjects import PROFILE_PREFIX
 from consent.tables import consent_state, suppressions
 
 FIRST_ID = uuid.UUID(int=0)  # sorts before every profile id, on both backends
+AFTER = "after"  # the bind parameter of a members page's keyset position
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,8 @@ def members_query(
     base = _base(compiled)
     # A lower bound even on the first page: without it SQLite drives the join from a full scan
     # of identities and sorts; with it both planners walk the profiles index in id order.
-    where = [_matched_in_id_order(compiled, a.dialect), profiles.c.id > (after or FIRST_ID)]
+    position = bindparam(AFTER, after or FIRST_ID, type_=profiles.c.id.type)
+    where = [_matched_in_id_order(compiled, a.dialect), profiles.c.id > position]
     if a.kind == "profile":
         f = _profile_facts(a)
         ok = contactable_sql(a.policy, a.purpose, a.channel, f.columns)

@@ -5,6 +5,10 @@ without stats has 0 orders and 0 spent); `source` and `categories` are EXISTS su
 "Days since" fields compare timestamps with cutoffs computed here in Python: with d the whole
 days elapsed since the moment, `d >= N` is `at <= now - N days`, `d <= N` is
 `at > now - (N + 1) days`, and so on. Every leaf is definite (never SQL NULL).
+
+Each cutoff is a named bind parameter whose value is computed from `now`; `Compiled.params`
+recomputes them for another moment, so a statement built once can be executed again later
+(cdp.segments.members keeps the statements of recent definitions).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import and_, bindparam, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import profile_categories, profile_sources, profile_stats, profiles
@@ -40,11 +44,16 @@ _STATS_COLUMNS = {
 class Compiled:
     where: ColumnElement[bool]
     needs_stats: bool  # the query must LEFT OUTER JOIN profile_stats
+    cutoffs: tuple[tuple[str, int], ...] = ()  # (bind parameter, days before now)
+
+    def params(self, now: datetime) -> dict[str, datetime]:
+        """The cutoffs' values at `now` (they were built with the `now` given to compile)."""
+        return {key: now - timedelta(days=days) for key, days in self.cutoffs}
 
 
 def compile_condition(cond: Condition, dialect: str, now: datetime) -> Compiled:
     c = _Compiler(dialect, now)
-    return Compiled(c.expr(cond), c.needs_stats)
+    return Compiled(c.expr(cond), c.needs_stats, tuple(c.cutoffs))
 
 
 def _compare(col: Any, op: str, value: Any) -> ColumnElement[bool]:
@@ -63,6 +72,7 @@ class _Compiler:
         self.dialect = dialect
         self.now = now
         self.needs_stats = False
+        self.cutoffs: list[tuple[str, int]] = []
 
     def expr(self, cond: Condition) -> ColumnElement[bool]:
         if isinstance(cond, AllOf):
@@ -117,8 +127,10 @@ class _Compiler:
         if leaf.op == "exists":
             return col.is_not(None) if leaf.value else col.is_(None)
 
-        def cutoff(days: int) -> datetime:
-            return self.now - timedelta(days=days)
+        def cutoff(days: int) -> ColumnElement:
+            key = f"cutoff_{len(self.cutoffs)}"
+            self.cutoffs.append((key, days))
+            return bindparam(key, self.now - timedelta(days=days), type_=col.type)
 
         n = leaf.value
         within = {  # the moment lies in the window that makes "days since <op> n" true

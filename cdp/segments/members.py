@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +30,10 @@ from cdp.crypto.fields import FieldCipher
 from cdp.db.tables import profile_keys, profiles
 from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.segments.audience import Audience, members_query, tune
-from cdp.segments.conditions import compile_condition
+from cdp.segments.audience import AFTER, FIRST_ID, Audience, members_query, tune
+from cdp.segments.conditions import Compiled, compile_condition
 from cdp.segments.rules import Condition
+from consent.policy import Policy
 from consent.subjects import profile_subject
 from consent.tokens import TokenSigner
 
@@ -97,15 +99,45 @@ async def _select(
     now: datetime | None,
 ) -> _Rows:
     await tune(conn)
-    audience = Audience(p.policy, d.purpose, d.channel, conn.dialect.name)
-    compiled = compile_condition(d.condition, conn.dialect.name, now or utcnow())
-    query = _with_data_keys(members_query(audience, compiled, after=after, limit=limit + 1))
-    rows = list((await conn.execute(query)).all())
+    query, compiled, kind = _statement(p.policy, d, conn.dialect.name, limit + 1)
+    params = {AFTER: after or FIRST_ID, **compiled.params(now or utcnow())}
+    rows = list((await conn.execute(query, params)).all())
     more = len(rows) > limit
     del rows[limit:]
     cipher = p.keys.cipher_from_row  # the key ring's cache first, else unwrap and cache
     ciphers = [None if r[6] is None else cipher(r[0], r[5], r[6]) for r in rows]
-    return _Rows(rows, ciphers, audience.kind, rows[-1][0] if more else None)
+    return _Rows(rows, ciphers, kind, rows[-1][0] if more else None)
+
+
+# Building the members statement (several nested subqueries) cost as much Python time as
+# decrypting a page of 100 members. A statement depends only on the policy, the definition,
+# the dialect and the page size (the keyset position and the "days since" cutoffs are bind
+# parameters given at execution), so the statements of recent definitions are kept.
+_STATEMENTS: OrderedDict[tuple, tuple[Select, Compiled, str, Policy]] = OrderedDict()
+_STATEMENTS_KEPT = 256
+
+
+def _statement(
+    policy: Policy, d: Definition, dialect: str, limit: int
+) -> tuple[Select, Compiled, str]:
+    """(members statement with data keys, its compiled condition, address kind)."""
+    key = (id(policy), policy.version, d.purpose, d.channel, d.condition, dialect, limit)
+    try:
+        hit = _STATEMENTS.get(key)
+    except TypeError:  # a rule value that cannot be hashed: build the statement each time
+        key, hit = None, None
+    if hit is not None and hit[3] is policy:
+        _STATEMENTS.move_to_end(key)
+        return hit[:3]
+    audience = Audience(policy, d.purpose, d.channel, dialect)
+    compiled = compile_condition(d.condition, dialect, utcnow())
+    query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit))
+    if key is None:
+        return query, compiled, audience.kind
+    _STATEMENTS[key] = (query, compiled, audience.kind, policy)
+    if len(_STATEMENTS) > _STATEMENTS_KEPT:
+        _STATEMENTS.popitem(last=False)
+    return query, compiled, audience.kind
 
 
 class _Renderer:

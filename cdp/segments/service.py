@@ -23,7 +23,7 @@ import msgspec
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.access_log import log_access
+from cdp.access_log import log_access, record_access
 from cdp.apikeys import Principal
 from cdp.errors import Conflict, FieldError, InvalidInput, NotFound
 from cdp.ids import parse_uuid, utcnow
@@ -170,16 +170,15 @@ async def _logged_page(
     after = decode_cursor(cursor)
     async with p.db.read() as conn:
         page = await members_page(conn, p, d, after=after, limit=size)
-    async with p.db.write() as conn:
-        await log_access(
-            conn,
-            who,
-            action,
-            object_type="segment",
-            object_id=object_id,
-            rows=len(page.items),
-            detail={"purpose": d.purpose, "channel": d.channel, "definition": _digest(d)},
-        )
+    await record_access(
+        p.db,
+        who,
+        action,
+        object_type="segment",
+        object_id=object_id,
+        rows=len(page.items),
+        detail={"purpose": d.purpose, "channel": d.channel, "definition": _digest(d)},
+    )
     return _page_body(page)
 
 
