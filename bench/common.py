@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 @contextlib.asynccontextmanager
 async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterator[Platform]:
     """A platform on a new, migrated, empty database that is removed afterwards."""
+    own = workdir is None  # a directory made here is removed afterwards (SQLite: gigabytes)
     tmp = Path(workdir or tempfile.mkdtemp(prefix="cdp-bench-"))
     name = None
     if db == "sqlite":
@@ -39,6 +41,8 @@ async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterato
         yield p
     finally:
         await p.close()
+        if own:
+            shutil.rmtree(tmp, ignore_errors=True)
         if name:
             import asyncpg
 
