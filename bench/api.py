@@ -45,6 +45,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _peak_rss_of(pid: int) -> float:
+    """Peak resident set (VmHWM) of a running process in MB, or NaN where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
@@ -238,9 +250,13 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> li
                 )
                 print(rows[-1], flush=True)
         finally:
+            server_peak = _peak_rss_of(server.pid)
             server.terminate()
             server.wait(timeout=30)
-    print(f"peak RSS of the load generator: {peak_rss_mb():,.0f} MB")
+    print(
+        f"peak RSS: server (`cdp serve`) {server_peak:,.0f} MB, "
+        f"load generator and scenario set-up {peak_rss_mb():,.0f} MB"
+    )
     return rows
 
 

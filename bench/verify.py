@@ -20,6 +20,7 @@ import random
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -187,6 +188,11 @@ async def main() -> None:
             f"({args.entries / verify_s:,.0f} entries/s; {cpu_s:.2f} s CPU in this process)"
         )
         print(f"ratio verify / baseline:                 {verify_s / base_s:6.2f}x")
+        tracemalloc.start()  # an untimed run: tracing slows every allocation
+        await timed_verify(db)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        print(f"peak traced memory of a verification:    {peak:6.1f} MiB")
         per_million = verify_s * 1_000_000 / args.entries
         print(
             f"projected for 1,000,000 entries:         {per_million:6.2f} s "
