@@ -24,6 +24,9 @@ SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA temp_store=MEMORY",
     "PRAGMA cache_size=-65536",
+    # once a checkpoint has copied everything back, the next write truncates a WAL file that a
+    # bulk load grew to 128 MiB down to this size
+    "PRAGMA journal_size_limit=16777216",
 )
 # A bulk load (`Database.bulk_load`) on SQLite: most of a large import's time went to SQLite
 # itself, and the largest share of that to checkpoints (each copies the WAL into the database
@@ -104,8 +107,10 @@ class Database:
     @asynccontextmanager
     async def bulk_load(self) -> AsyncIterator[None]:
         """A large import: on SQLite, checkpoint the WAL less often and cache more of the
-        database while it runs (see _BULK_WRITE_PRAGMAS); afterwards checkpoint the WAL and
-        truncate it. Nothing changes on PostgreSQL."""
+        database while it runs (see _BULK_WRITE_PRAGMAS); afterwards checkpoint what the WAL
+        holds. The checkpoint is PASSIVE: a FULL or TRUNCATE one would hold off every writer of
+        a running `cdp serve` (opt-outs among them) while it waits for readers. Nothing changes
+        on PostgreSQL."""
         if not self.is_sqlite:
             yield
             return
@@ -116,7 +121,7 @@ class Database:
             self._write_pragmas = _DEFAULT_WRITE_PRAGMAS
             async with self._write_lock, self.engine.connect() as conn:
                 raw = await conn.get_raw_connection()  # outside a transaction, as it must be
-                await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def refresh_statistics(self) -> None:
         """Refresh the query planner's table statistics.
