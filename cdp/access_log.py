@@ -27,11 +27,13 @@ def _entry(
     action: str,
     *,
     object_type: str,
-    object_id: str | None,
-    profile_id: uuid.UUID | None,
-    rows: int,
-    detail: dict[str, Any] | None,
+    object_id: str | None = None,
+    profile_id: uuid.UUID | None = None,
+    rows: int = 1,
+    detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """One access-log row. What was read: `object_type` and `object_id` (a segment, a profile,
+    ...), the profile when one was read, how many rows, and details (never personal data)."""
     return {
         "id": new_id(),
         "at": utcnow(),
@@ -46,27 +48,9 @@ def _entry(
     }
 
 
-async def log_access(
-    conn: AsyncConnection,
-    who: Principal,
-    action: str,
-    *,
-    object_type: str,
-    object_id: str | None = None,
-    profile_id: uuid.UUID | None = None,
-    rows: int = 1,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    entry = _entry(
-        who,
-        action,
-        object_type=object_type,
-        object_id=object_id,
-        profile_id=profile_id,
-        rows=rows,
-        detail=detail,
-    )
-    await conn.execute(insert(access_log).values(**entry))
+async def log_access(conn: AsyncConnection, who: Principal, action: str, **what: Any) -> None:
+    """An entry inside the caller's transaction; `what` as `_entry` takes it."""
+    await conn.execute(insert(access_log).values(**_entry(who, action, **what)))
 
 
 async def _insert_entries(conn: AsyncConnection, entries: list[dict[str, Any]]) -> list[None]:
@@ -74,26 +58,8 @@ async def _insert_entries(conn: AsyncConnection, entries: list[dict[str, Any]]) 
     return [None] * len(entries)
 
 
-async def record_access(
-    db: Database,
-    who: Principal,
-    action: str,
-    *,
-    object_type: str,
-    object_id: str | None = None,
-    profile_id: uuid.UUID | None = None,
-    rows: int = 1,
-    detail: dict[str, Any] | None = None,
-) -> None:
+async def record_access(db: Database, who: Principal, action: str, **what: Any) -> None:
     """`log_access` in a write of its own, shared with entries recorded meanwhile; returns once
     the entry is committed."""
-    entry = _entry(
-        who,
-        action,
-        object_type=object_type,
-        object_id=object_id,
-        profile_id=profile_id,
-        rows=rows,
-        detail=detail,
-    )
+    entry = _entry(who, action, **what)
     await db.group_commit("access-log", _insert_entries).submit(entry)
