@@ -245,3 +245,12 @@ async def test_days_since_rules_are_judged_at_each_read(client, keys, platform):
     assert await first_names(now) == {"Anna"}
     assert await first_names(now + timedelta(days=2)) == set()  # created 2 days before then
     assert await first_names(now) == {"Anna"}
+
+
+async def test_rules_equal_in_python_but_not_in_json_are_kept_apart(client, keys):
+    """True == 1 in Python, but a trait that is true and a trait that is 1 are different
+    values: kept statements are told apart by the rule's canonical JSON."""
+    await add(client, keys, "Anna", traits={"flag": True})
+    await add(client, keys, "Boris", traits={"flag": 1})
+    assert await names(client, keys, leaf("traits.flag", "eq", True)) == {"Anna"}
+    assert await names(client, keys, leaf("traits.flag", "eq", 1)) == {"Boris"}

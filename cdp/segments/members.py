@@ -32,7 +32,7 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.segments.audience import AFTER, FIRST_ID, Audience, members_query, tune
 from cdp.segments.conditions import Compiled, compile_condition
-from cdp.segments.rules import Condition
+from cdp.segments.rules import Condition, to_json
 from consent.policy import Policy
 from consent.subjects import profile_subject
 from consent.tokens import TokenSigner
@@ -43,6 +43,12 @@ class Definition:
     purpose: str
     channel: str
     condition: Condition
+
+    def canonical(self) -> bytes:
+        """The definition as canonical JSON: equal bytes, the same audience."""
+        return msgspec.json.encode(
+            [self.purpose, self.channel, to_json(self.condition)], order="sorted"
+        )
 
 
 class Member(msgspec.Struct):
@@ -120,20 +126,17 @@ _STATEMENTS_KEPT = 256
 def _statement(
     policy: Policy, d: Definition, dialect: str, limit: int
 ) -> tuple[Select, Compiled, str]:
-    """(members statement with data keys, its compiled condition, address kind)."""
-    key = (id(policy), policy.version, d.purpose, d.channel, d.condition, dialect, limit)
-    try:
-        hit = _STATEMENTS.get(key)
-    except TypeError:  # a rule value that cannot be hashed: build the statement each time
-        key, hit = None, None
+    """(members statement with data keys, its compiled condition, address kind). Kept by the
+    definition's canonical JSON, not the parsed rule: in Python True == 1, in a rule they
+    are different values."""
+    key = (id(policy), d.canonical(), dialect, limit)
+    hit = _STATEMENTS.get(key)
     if hit is not None and hit[3] is policy:
         _STATEMENTS.move_to_end(key)
         return hit[:3]
     audience = Audience(policy, d.purpose, d.channel, dialect)
     compiled = compile_condition(d.condition, dialect, utcnow())
     query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit))
-    if key is None:
-        return query, compiled, audience.kind
     _STATEMENTS[key] = (query, compiled, audience.kind, policy)
     if len(_STATEMENTS) > _STATEMENTS_KEPT:
         _STATEMENTS.popitem(last=False)

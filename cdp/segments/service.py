@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import msgspec
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -70,8 +69,7 @@ def build_definition(
 
 
 def _digest(d: Definition) -> str:
-    canonical = msgspec.json.encode([d.purpose, d.channel, to_json(d.condition)], order="sorted")
-    return hashlib.sha256(canonical).hexdigest()
+    return hashlib.sha256(d.canonical()).hexdigest()
 
 
 def segment_body(row: Row) -> SegmentOut:
