@@ -150,24 +150,35 @@ async def test_cli_refuses_a_wrong_master_key(platform, tmp_path, backend):
     assert "does not match this database" in out.stderr
 
 
-async def test_a_long_import_keeps_planner_statistics_current(platform, tmp_path, monkeypatch):
-    """Query plans follow the tables as an import grows them (statistics refreshed as the row
-    count doubles), also where the database runs no autovacuum."""
-    refreshed: list[int] = []
+async def import_emails(platform, tmp_path, monkeypatch, n: int, at_refresh):  # type: ignore[no-untyped-def]
+    """An NDJSON import of n new emails in chunks of 100; `at_refresh()` runs each time the
+    import refreshes planner statistics (as it reaches 100, 200, 400... rows, then at the end),
+    before the refresh itself."""
     real = platform.db.refresh_statistics
 
-    async def counting() -> None:
-        refreshed.append(await count(platform, profiles))
+    async def refresh() -> None:
+        await at_refresh()
         await real()
 
-    monkeypatch.setattr(platform.db, "refresh_statistics", counting)
+    monkeypatch.setattr(platform.db, "refresh_statistics", refresh)
     monkeypatch.setattr("cdp.importer.STATISTICS_AFTER", 100)
     monkeypatch.setattr("cdp.importer.CHUNK", 100)
     src = tmp_path / "crm.ndjson"
     src.write_text(
-        "".join(f'{{"email": "grow{i}@example.com"}}\n' for i in range(900)), encoding="utf-8"
+        "".join(f'{{"email": "import{i}@example.com"}}\n' for i in range(n)), encoding="utf-8"
     )
-    summary = await run_import(platform, src, "crm", workers=0)
+    return await run_import(platform, src, "crm", workers=0)
+
+
+async def test_a_long_import_keeps_planner_statistics_current(platform, tmp_path, monkeypatch):
+    """Query plans follow the tables as an import grows them (statistics refreshed as the row
+    count doubles), also where the database runs no autovacuum."""
+    refreshed: list[int] = []
+
+    async def counting() -> None:
+        refreshed.append(await count(platform, profiles))
+
+    summary = await import_emails(platform, tmp_path, monkeypatch, 900, counting)
     assert summary.created == 900
     # as the import reached 100, 200, 400 and 800 rows, then on the final sizes
     assert refreshed == [100, 200, 400, 800, 900]
@@ -190,20 +201,10 @@ async def test_an_import_checkpoints_sqlite_less_often_and_leaves_the_server_set
             cache = (await conn.exec_driver_sql("PRAGMA cache_size")).scalar_one()
         return wal, cache
 
-    real = platform.db.refresh_statistics
-
     async def looking() -> None:  # runs inside the import, between chunks
         seen.append(await pragmas())
-        await real()
 
-    monkeypatch.setattr(platform.db, "refresh_statistics", looking)
-    monkeypatch.setattr("cdp.importer.STATISTICS_AFTER", 100)
-    monkeypatch.setattr("cdp.importer.CHUNK", 100)
-    src = tmp_path / "crm.ndjson"
-    src.write_text(
-        "".join(f'{{"email": "bulk{i}@example.com"}}\n' for i in range(300)), encoding="utf-8"
-    )
-    summary = await run_import(platform, src, "crm", workers=0)
+    summary = await import_emails(platform, tmp_path, monkeypatch, 300, looking)
     assert summary.created == 300
     assert seen[0] == (32768, -262144)  # during the import
     assert await pragmas() == (1000, -65536)  # after it
