@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import Update, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError, FieldCipher
-from cdp.db.bulk import bulk_insert
+from cdp.db.bulk import bulk_insert, execute_rows
 from cdp.db.tables import identities
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.keyring import SYSTEM_OWNER
@@ -83,7 +83,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     now = utcnow()
     ledger_rows: list[dict] = []
     changed: dict[tuple[bytes, str, str], dict] = {}
-    confirmed: list[dict] = []
+    confirmed: list[tuple[bytes, datetime]] = []
     results: list[Appended] = []
     outbox_rows: list[dict] = []
     for e in entries:
@@ -105,7 +105,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
                     "source": e.source,
                 }
         if effective and e.status == "granted" and e.subject_kind != "profile":
-            confirmed.append({"b": e.subject, "t": e.occurred_at})
+            confirmed.append((e.subject, e.occurred_at))
         evidence_blob = owner = key_id = None
         if e.evidence and e.cipher is not None:
             evidence_blob = e.cipher.encrypt(
@@ -144,17 +144,19 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     await bulk_insert(conn, consent_ledger, ledger_rows)
     await write_rows(conn, outbox_rows)
     await _write_states(conn, changed, existing)
-    if confirmed:
-        await conn.execute(
-            update(identities)
-            .where(identities.c.bidx == bindparam("b"))
-            .where(
-                or_(identities.c.confirmed_at.is_(None), identities.c.confirmed_at < bindparam("t"))
-            )
-            .values(confirmed_at=bindparam("t")),
-            confirmed,
-        )
+    await execute_rows(conn, "ledger.confirm", _confirm, ("b", "t"), confirmed)
     return results
+
+
+def _confirm() -> Update:
+    """An effective grant confirms its address (the latest grant's time is kept)."""
+    ic = identities.c
+    return (
+        update(identities)
+        .where(ic.bidx == bindparam("b"))
+        .where(or_(ic.confirmed_at.is_(None), ic.confirmed_at < bindparam("t")))
+        .values(confirmed_at=bindparam("t"))
+    )
 
 
 async def load_states(

@@ -213,3 +213,58 @@ async def test_an_import_checkpoints_sqlite_less_often_and_leaves_the_server_set
     assert limit == 16 * 2**20
     wal = platform.db.url.split("///", 1)[1] + "-wal"
     assert os.path.getsize(wal) <= limit
+
+
+async def _import_failing_at_chunk(platform, tmp_path, monkeypatch, fail_at: int):  # type: ignore[no-untyped-def]
+    """An import of 1000 new emails in chunks of 100 whose `fail_at`-th chunk fails to store."""
+    import cdp.importer
+
+    monkeypatch.setattr("cdp.importer.CHUNK", 100)
+    monkeypatch.setattr("cdp.importer.STATISTICS_AFTER", 10**9)
+    real = cdp.importer.store_prepared_in
+    calls = [0]
+
+    async def store(conn, p, prepared, actor):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise RuntimeError("the disk is full")
+        return await real(conn, p, prepared, actor)
+
+    monkeypatch.setattr("cdp.importer.store_prepared_in", store)
+    src = tmp_path / "crm.ndjson"
+    src.write_text(
+        "".join(f'{{"email": "import{i}@example.com"}}\n' for i in range(1000)), encoding="utf-8"
+    )
+    try:
+        await run_import(platform, src, "crm", workers=0)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the import should have failed")
+    monkeypatch.setattr("cdp.importer.store_prepared_in", real)
+    return src
+
+
+async def test_an_import_that_fails_keeps_what_it_committed_and_frees_the_database(
+    platform, tmp_path, monkeypatch, backend
+):
+    """On SQLite consecutive chunks share a transaction (up to TXN_ROWS rows): a failure loses
+    only the chunks of the open transaction, never a committed one, and leaves the database
+    writable; running the import again completes it. PostgreSQL commits every chunk."""
+    monkeypatch.setattr("cdp.importer.TXN_ROWS", 300)
+    monkeypatch.setattr("cdp.importer.TXN_SECONDS", 3600)
+    src = await _import_failing_at_chunk(platform, tmp_path, monkeypatch, fail_at=5)
+    kept = 300 if backend == "sqlite" else 400  # chunks 1-3 committed together; 4 was open
+    assert await count(platform, profiles) == kept
+    summary = await run_import(platform, src, "crm", workers=0)
+    assert (summary.created, summary.joined) == (1000 - kept, kept)
+    assert await count(platform, profiles) == 1000
+
+
+async def test_an_import_commits_at_least_every_txn_seconds(platform, tmp_path, monkeypatch):
+    """The time bound: with TXN_SECONDS = 0 every chunk commits on its own, whatever TXN_ROWS,
+    so a writer waiting behind an import never waits for more than one chunk beyond it."""
+    monkeypatch.setattr("cdp.importer.TXN_ROWS", 10**9)
+    monkeypatch.setattr("cdp.importer.TXN_SECONDS", 0)
+    await _import_failing_at_chunk(platform, tmp_path, monkeypatch, fail_at=5)
+    assert await count(platform, profiles) == 400

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import LargeBinary, Table, Uuid, insert
+from sqlalchemy import Executable, LargeBinary, Table, Uuid, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -85,6 +85,37 @@ async def bulk_insert_rows(
         ]
         params = list(zip(*out_columns, strict=True))
     await conn.exec_driver_sql(sql, params if isinstance(params, list) else list(params))
+
+
+_statements: dict[tuple[str, str], tuple[str, list[tuple[str, Callable | None]]]] = {}
+
+
+async def execute_rows(
+    conn: AsyncConnection,
+    name: str,
+    build: Callable[[], Executable],
+    columns: tuple[str, ...],
+    rows: Sequence[tuple],
+) -> None:
+    """Execute the statement `build()` makes (its bind parameters named as in `columns`) once
+    per row, rows given as tuples in `columns` order, at driver speed: compiled once per
+    (name, dialect), values passed through the bind processors SQLAlchemy would apply."""
+    if not rows:
+        return
+    key = (name, conn.dialect.name)
+    hit = _statements.get(key)
+    if hit is None:
+        compiled = build().compile(dialect=conn.dialect)
+        processors = compiled._bind_processors
+        names = compiled.positiontup or list(compiled.bind_names.values())
+        hit = _statements[key] = (str(compiled), [(n, processors.get(n)) for n in names])
+    sql, order = hit
+    by_column = list(zip(*rows, strict=True))
+    out = [
+        by_column[columns.index(n)] if proc is None else _convert(by_column[columns.index(n)], proc)
+        for n, proc in order
+    ]
+    await conn.exec_driver_sql(sql, list(zip(*out, strict=True)))
 
 
 async def bulk_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -28,11 +28,11 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
-from cdp.db.bulk import bulk_insert, bulk_insert_rows, rows_where_in
+from cdp.db.bulk import bulk_insert, bulk_insert_rows, execute_rows, rows_where_in
 from cdp.db.tables import ENCRYPTED_PROFILE_FIELDS, identities, profile_keys, profile_sources
 from cdp.db.tables import profiles as profiles_t
 from cdp.errors import FieldError
@@ -202,7 +202,7 @@ async def ingest(
     rows_out = _Rows()
     new_keys = rows_out.keys
     new_identities = rows_out.identities
-    seen_identities: list[dict] = []
+    seen_identities: list[tuple[bytes, datetime]] = []
     sources = rows_out.sources
     reviews: list[dict] = []
 
@@ -288,7 +288,7 @@ async def ingest(
                     ignored.append(FieldError(k.kind, REFUSED_MESSAGE))
                     continue
                 if k.bidx in w.known:
-                    seen_identities.append({"b": k.bidx, "t": now})
+                    seen_identities.append((k.bidx, now))
                     continue
                 if w.counts.get(k.kind, 0) >= guards.max_identities_per_kind:
                     ignored.append(FieldError(k.kind, CAP_MESSAGE))
@@ -561,11 +561,19 @@ def _create_alone(
         )
 
 
+def _seen() -> Update:
+    return (
+        update(identities)
+        .where(identities.c.bidx == bindparam("b"))
+        .values(last_seen_at=bindparam("t"))
+    )
+
+
 async def _write(
     conn: AsyncConnection,
     rows: _Rows,
     changed: list[_Working],
-    seen_identities: list[dict],
+    seen_identities: list[tuple[bytes, datetime]],
     now: datetime,
 ) -> None:
     await bulk_insert_rows(conn, profile_keys, KEY_COLUMNS, rows.keys)
@@ -599,13 +607,7 @@ async def _write(
             ],
         )
     await bulk_insert_rows(conn, identities, IDENTITY_COLUMNS, rows.identities)
-    if seen_identities:
-        await conn.execute(
-            update(identities)
-            .where(identities.c.bidx == bindparam("b"))
-            .values(last_seen_at=bindparam("t")),
-            seen_identities,
-        )
+    await execute_rows(conn, "ingest.seen", _seen, ("b", "t"), seen_identities)
     await bulk_insert_rows(
         conn,
         profile_sources,
