@@ -22,6 +22,19 @@ _cache: dict[tuple[str, str, tuple[str, ...], bool], _Compiled] = {}
 _IN_CHUNK = 500
 
 
+def _fast(table: Table, dialect: Dialect, processors: dict[str, Callable]) -> dict[str, Callable]:
+    """The bind processors SQLAlchemy applies on execute, with SQLite's Uuid one (the 32 hex
+    digits, `value.hex`) replaced by an equivalent that `_convert` runs inline."""
+    if dialect.name != "sqlite":
+        return processors
+    return {
+        name: _sqlite_uuid
+        if name in table.c and isinstance(table.c[name].type, Uuid) and proc is not None
+        else proc
+        for name, proc in processors.items()
+    }
+
+
 def _compiled(table: Table, dialect: Dialect, columns: tuple[str, ...], ignore: bool) -> _Compiled:
     """SQL text, and for each driver parameter: (index in `columns`, bind processor)."""
     key = (table.name, dialect.name, columns, ignore)
@@ -34,7 +47,7 @@ def _compiled(table: Table, dialect: Dialect, columns: tuple[str, ...], ignore: 
         else:
             stmt = sqlite.insert(table).on_conflict_do_nothing()
         compiled = stmt.values({c: None for c in columns}).compile(dialect=dialect)
-        processors = compiled._bind_processors  # the processors SQLAlchemy applies on execute
+        processors = _fast(table, dialect, compiled._bind_processors)
         order = compiled.positiontup or list(columns)
         # bytes go to both drivers as they are; the binary processor only re-wraps them
         plain = {c.name for c in table.columns if isinstance(c.type, LargeBinary)}
@@ -49,7 +62,13 @@ def _compiled(table: Table, dialect: Dialect, columns: tuple[str, ...], ignore: 
     return hit
 
 
+def _sqlite_uuid(value: Any) -> Any:
+    return None if value is None else value.hex
+
+
 def _convert(values: Sequence[Any], proc: Callable) -> list[Any]:
+    if proc is _sqlite_uuid:  # ids are mostly distinct: no point looking for repeats
+        return [None if v is None else v.hex for v in values]
     # rows of a batch share many values (timestamps, sources): convert each once
     seen: dict[int, Any] = {}
     out = []
