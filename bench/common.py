@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cdp.crypto.master import MasterKey
@@ -53,3 +56,42 @@ async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterato
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds used while a block ran: by this process (all its threads) and by the whole
+    machine (this process, its workers, a local database server, anything else running)."""
+
+    wall: float
+    process: float
+    machine: float  # NaN where /proc/stat cannot be read
+
+    def per_item_us(self, n: int) -> tuple[float, float]:
+        return self.process / n * 1e6, self.machine / n * 1e6
+
+
+def _machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine (Linux /proc/stat: every state but idle and iowait)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    busy = sum(fields) - fields[3] - fields[4]  # idle, iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def cpu_use() -> Iterator[list[CpuUse]]:
+    """`with cpu_use() as used: ...` then `used[0]` is the block's CpuUse."""
+    out: list[CpuUse] = []
+    wall, proc, machine = time.perf_counter(), time.process_time(), _machine_cpu_seconds()
+    yield out
+    out.append(
+        CpuUse(
+            wall=time.perf_counter() - wall,
+            process=time.process_time() - proc,
+            machine=_machine_cpu_seconds() - machine,
+        )
+    )

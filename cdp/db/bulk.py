@@ -80,6 +80,17 @@ def _convert(values: Sequence[Any], proc: Callable) -> list[Any]:
     return out
 
 
+def _driver_rows(rows: Sequence[tuple], order: list[tuple[int, Callable | None]]) -> list[tuple]:
+    """Rows as the driver takes them: for each parameter, (index in the row, bind processor)."""
+    if all(proc is None for _, proc in order) and [i for i, _ in order] == list(
+        range(len(rows[0]))
+    ):
+        return rows if isinstance(rows, list) else list(rows)
+    by_column = list(zip(*rows, strict=True))
+    out = [by_column[i] if proc is None else _convert(by_column[i], proc) for i, proc in order]
+    return list(zip(*out, strict=True))
+
+
 async def bulk_insert_rows(
     conn: AsyncConnection,
     table: Table,
@@ -93,20 +104,10 @@ async def bulk_insert_rows(
     if not rows:
         return
     sql, order = _compiled(table, conn.dialect, columns, ignore_conflicts)
-    if all(proc is None for _, proc in order) and [i for i, _ in order] == list(
-        range(len(columns))
-    ):
-        params: Sequence[tuple] = rows
-    else:
-        by_column = list(zip(*rows, strict=True))
-        out_columns = [
-            by_column[i] if proc is None else _convert(by_column[i], proc) for i, proc in order
-        ]
-        params = list(zip(*out_columns, strict=True))
-    await conn.exec_driver_sql(sql, params if isinstance(params, list) else list(params))
+    await conn.exec_driver_sql(sql, _driver_rows(rows, order))
 
 
-_statements: dict[tuple[str, str], tuple[str, list[tuple[str, Callable | None]]]] = {}
+_statements: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
 
 
 async def execute_rows(
@@ -121,20 +122,15 @@ async def execute_rows(
     (name, dialect), values passed through the bind processors SQLAlchemy would apply."""
     if not rows:
         return
-    key = (name, conn.dialect.name)
+    key = (name, conn.dialect.name, columns)
     hit = _statements.get(key)
     if hit is None:
         compiled = build().compile(dialect=conn.dialect)
-        processors = compiled._bind_processors
+        procs = compiled._bind_processors
         names = compiled.positiontup or list(compiled.bind_names.values())
-        hit = _statements[key] = (str(compiled), [(n, processors.get(n)) for n in names])
+        hit = _statements[key] = (str(compiled), [(columns.index(n), procs.get(n)) for n in names])
     sql, order = hit
-    by_column = list(zip(*rows, strict=True))
-    out = [
-        by_column[columns.index(n)] if proc is None else _convert(by_column[columns.index(n)], proc)
-        for n, proc in order
-    ]
-    await conn.exec_driver_sql(sql, list(zip(*out, strict=True)))
+    await conn.exec_driver_sql(sql, _driver_rows(rows, order))
 
 
 async def bulk_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, and_, select
+from sqlalchemy import Select, and_, select, true
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -81,16 +81,29 @@ class _Rows:
     next_after: uuid.UUID | None
 
 
-def _with_data_keys(query: Select) -> Select:
+def _with_data_keys(query: Select, dialect: str) -> Select:
     """The members query's rows followed by (key id, wrapped data key) of the key the profile's
-    fields are encrypted under; NULLs where it was destroyed."""
+    fields are encrypted under; NULLs where it was destroyed.
+
+    On PostgreSQL the key is a LATERAL primary-key lookup per member. As a plain outer join,
+    at 100,000 customers the planner hashed the whole profile_keys table for every page: a
+    sequential scan of every customer's key took 14 of a 2,000-row page's 38 ms (26 ms
+    now). At 1,000,000 it chose the lookups itself. SQLite joins by nested loops over the
+    primary key either way."""
     pk = profile_keys.c
     members = query.add_columns(profiles.c.key_id.label("data_key_id")).subquery("members")
     m = members.c
     on = and_(pk.profile_id == m.id, pk.key_id == m.data_key_id)
+    if dialect == "postgresql":
+        key = select(pk.key_id, pk.wrapped).where(on).limit(1).lateral("data_key")
+        source = members.outerjoin(key, true())
+        key_id, wrapped = key.c.key_id, key.c.wrapped
+    else:
+        source = members.outerjoin(profile_keys, on)
+        key_id, wrapped = pk.key_id, pk.wrapped
     return (
-        select(m.id, m.first_name, m.bidx, m.value, m.identity_id, pk.key_id, pk.wrapped)
-        .select_from(members.outerjoin(profile_keys, on))
+        select(m.id, m.first_name, m.bidx, m.value, m.identity_id, key_id, wrapped)
+        .select_from(source)
         .order_by(m.id)
     )
 
@@ -136,7 +149,7 @@ def _statement(
         return hit[:3]
     audience = Audience(policy, d.purpose, d.channel, dialect)
     compiled = compile_condition(d.condition, dialect, utcnow())
-    query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit))
+    query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit), dialect)
     _STATEMENTS[key] = (query, compiled, audience.kind, policy)
     if len(_STATEMENTS) > _STATEMENTS_KEPT:
         _STATEMENTS.popitem(last=False)
