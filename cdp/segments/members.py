@@ -88,8 +88,8 @@ def _with_data_keys(query: Select, dialect: str) -> Select:
     On PostgreSQL the key is a LATERAL primary-key lookup per member. As a plain outer join,
     at 100,000 customers the planner hashed the whole profile_keys table for every page: a
     sequential scan of every customer's key took 14 of a 2,000-row page's 38 ms (26 ms
-    now). At 1,000,000 it chose the lookups itself. SQLite joins by nested loops over the
-    primary key either way."""
+    now). At 1,000,000 both forms ran alike. SQLite joins by nested loops over the primary key
+    either way."""
     pk = profile_keys.c
     members = query.add_columns(profiles.c.key_id.label("data_key_id")).subquery("members")
     m = members.c
