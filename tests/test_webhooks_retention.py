@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import os
 import sys
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -17,7 +18,12 @@ from cdp.ids import utcnow
 from consent.outbox.dispatcher import run_dispatcher
 from consent.outbox.replay import replay
 from consent.outbox.retention import prune_outbox
-from consent.outbox.tables import outbox_events, webhook_attempts, webhook_deliveries
+from consent.outbox.tables import (
+    outbox_events,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
 from tests.helpers import count
 from tests.test_webhooks_delivery import FAST, ROOT, drain, opt_out, subscribe
 from tests.test_webhooks_delivery import receiver as receiver  # the fixture
@@ -196,3 +202,47 @@ async def test_cdp_webhooks_prune(client, keys, platform, receiver):
     ids, seqs = await remaining(platform)
     assert ids == {fresh.id}
     assert week_old.event_seq not in seqs and fresh.event_seq in seqs
+
+
+async def test_a_deleted_subscription_is_pruned_once_its_deliveries_are(
+    client, keys, platform, receiver
+):
+    """A deleted subscription (its URL, its encrypted signing secret) stays while a delivery
+    still refers to it and for 90 days after its deletion, then goes; live ones stay."""
+    live = await subscribe(client, keys, receiver, kinds=["opt_out"])
+    gone = await subscribe(client, keys, receiver, kinds=["opt_out"])
+    recent = await subscribe(client, keys, receiver, kinds=["consent.granted"])
+    await opt_out(client, keys, email="s@example.com")
+    await drain(platform)
+    for sub in (gone, recent):
+        r = await client.delete(f"/v1/webhooks/{sub['id']}", headers=keys["admin"])
+        assert r.status_code == 204
+    now = utcnow()
+    ws, gone_id = webhook_subscriptions.c, uuid.UUID(gone["id"])
+    async with platform.db.write() as conn:  # deleted 100 days ago, delivered 10 days ago
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(ws.id == gone_id)
+            .values(deleted_at=now - timedelta(days=100))
+        )
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(d.subscription_id == gone_id)
+            .values(status="delivered", delivered_at=now - timedelta(days=10))
+        )
+
+    async def subscriptions() -> set[str]:
+        async with platform.db.read() as conn:
+            return {str(i) for (i,) in await conn.execute(select(ws.id))}
+
+    assert (await prune_outbox(platform, FAST)).subscriptions == 0  # its delivery is kept
+    assert await subscriptions() == {live["id"], gone["id"], recent["id"]}
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(d.subscription_id == gone_id)
+            .values(delivered_at=now - timedelta(days=31))
+        )
+    pruned = await prune_outbox(platform, FAST)
+    assert (pruned.deliveries, pruned.subscriptions) == (1, 1)
+    assert await subscriptions() == {live["id"], recent["id"]}  # deleted today: kept

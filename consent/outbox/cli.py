@@ -101,7 +101,8 @@ def replay_cmd(since: datetime, subscription: str | None, stream: bool) -> None:
     help="days to keep dead and cancelled deliveries (default CDP_WEBHOOK_KEEP_DEAD_DAYS, 90)",
 )
 def prune_cmd(older_than: float | None, dead_older_than: float | None) -> None:
-    """Delete delivered (and, after longer, dead) deliveries and their events past retention.
+    """Delete delivered (and, after longer, dead) deliveries and their events past retention,
+    and subscriptions deleted as long ago as dead deliveries are kept, once nothing refers to them.
 
     Pending deliveries are never deleted. The dispatcher does this every hour by itself; this
     runs it now. Pruned deliveries can no longer be replayed."""
@@ -117,4 +118,7 @@ def prune_cmd(older_than: float | None, dead_older_than: float | None) -> None:
             )
         )
     )
-    click.echo(f"deleted {result.deliveries} deliveries and {result.events} events")
+    click.echo(
+        f"deleted {result.deliveries} deliveries and {result.events} events"
+        f" (and {result.subscriptions} deleted subscriptions)"
+    )

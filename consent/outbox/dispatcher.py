@@ -135,12 +135,13 @@ class Dispatcher:
         while not stop.is_set():
             try:
                 pruned = await housekeeping(self.p, self.cfg)
-                if pruned.deliveries or pruned.events or pruned.exports:
+                if pruned.deliveries or pruned.events or pruned.exports or pruned.subscriptions:
                     log.info(
                         "retention_pruned",
                         deliveries=pruned.deliveries,
                         events=pruned.events,
                         exports=pruned.exports,
+                        subscriptions=pruned.subscriptions,
                     )
             except Exception as exc:  # a database hiccup: try again next time
                 log.error("retention_failed", error=type(exc).__name__)

@@ -6,6 +6,8 @@
   letters stay visible and replayable longer;
 - an outbox event once it is older than `keep_delivered_days`, fanned out, without any delivery
   left, and (where this process publishes to NATS) published.
+- a deleted subscription (its URL and its signing secret, encrypted) `keep_dead_days` after it
+  was deleted, once none of its deliveries is left.
 Pending deliveries and their events are never deleted, however old.
 
 Deletes go in batches of `prune_batch` rows, each in its own short write transaction, so
@@ -28,11 +30,17 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
 from consent.outbox.fanout import try_lock
-from consent.outbox.tables import outbox_events, webhook_attempts, webhook_deliveries
+from consent.outbox.tables import (
+    outbox_events,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
 
 PRUNE_LOCK = 5_147_010_003
 d = webhook_deliveries.c
 oe = outbox_events.c
+ws = webhook_subscriptions.c
 # literal values, as in the partial indexes' predicates, so both planners can use them
 DELIVERED = d.status == literal_column("'delivered'")
 ENDED = d.status.in_([literal_column("'dead'"), literal_column("'cancelled'")])
@@ -43,6 +51,7 @@ class Pruned:
     deliveries: int = 0
     events: int = 0
     exports: int = 0
+    subscriptions: int = 0
 
 
 def _days(n: float) -> timedelta:
@@ -108,6 +117,29 @@ async def _prune_events(p: Platform, before: datetime, *, published: bool, batch
         after = seqs[-1]
 
 
+async def _prune_subscriptions(p: Platform, before: datetime, batch: int) -> int:
+    """Subscriptions deleted before `before` that no delivery refers to any more."""
+    total = 0
+    while True:
+        async with p.db.write() as conn:
+            if not await try_lock(conn, PRUNE_LOCK):
+                return total
+            ids = [
+                i
+                for (i,) in await conn.execute(
+                    select(ws.id)
+                    .where(ws.deleted_at < before, ~exists().where(d.subscription_id == ws.id))
+                    .order_by(ws.deleted_at)
+                    .limit(batch)
+                )
+            ]
+            if ids:
+                await conn.execute(delete(webhook_subscriptions).where(ws.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < batch:
+            return total
+
+
 async def prune_outbox(
     p: Platform,
     cfg: DispatchConfig,
@@ -116,7 +148,8 @@ async def prune_outbox(
     keep_delivered_days: float | None = None,
     keep_dead_days: float | None = None,
 ) -> Pruned:
-    """Delete delivered, dead and cancelled deliveries and unused events past retention."""
+    """Delete delivered, dead and cancelled deliveries, unused events and deleted subscriptions
+    past retention."""
     now = now or utcnow()
     delivered = _days(
         cfg.keep_delivered_days if keep_delivered_days is None else keep_delivered_days
@@ -129,6 +162,7 @@ async def prune_outbox(
     out.events = await _prune_events(
         p, now - delivered, published=cfg.nats_url is not None, batch=batch
     )
+    out.subscriptions = await _prune_subscriptions(p, now - dead, batch)
     return out
 
 
