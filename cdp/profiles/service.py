@@ -83,7 +83,7 @@ async def store_prepared_in(
     """`store_prepared` inside the caller's write transaction."""
     from consent.service import record_claims
 
-    await lock_keys(conn, [k.bidx for x in prepared for k in x.keys])
+    await lock_keys(conn, (k.bidx for x in prepared for k in x.keys))  # PostgreSQL only
     outcomes = await ingest(
         conn,
         p,
