@@ -139,7 +139,9 @@ def wrk_load(
     return rps, lat.get("50", 0.0), lat.get("99", 0.0), errors
 
 
-async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> list[str]:
+async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tuple[list[str], str]:
+    """(the table's rows for `db`, a line with the peak memory of the server and of this
+    process), the rows printed as they are measured."""
     tmp = Path(tempfile.mkdtemp(prefix="cdp-api-"))
     rows = []
     async with scratch_platform(db, tmp) as p:
@@ -253,11 +255,11 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> li
             server_peak = _peak_rss_of(server.pid)
             server.terminate()
             server.wait(timeout=30)
-    print(
-        f"peak RSS: server (`cdp serve`) {server_peak:,.0f} MB, "
+    peak = (
+        f"peak RSS on {db}: server (`cdp serve`) {server_peak:,.0f} MB, "
         f"load generator and scenario set-up {peak_rss_mb():,.0f} MB"
     )
-    return rows
+    return rows, peak
 
 
 async def race(client: httpx.AsyncClient, hi: dict, hm: dict, seg_id: str, seconds: float) -> int:
@@ -306,8 +308,14 @@ def main() -> None:
     args = ap.parse_args()
     print("| db | endpoint | req/s | vs ceiling | p50 ms | p99 ms | errors | load generator |")
     print("|---|---|---|---|---|---|---|---|")
-    for db in args.db or ["sqlite"]:
-        asyncio.run(run(args.scale, db, args.seconds, args.generator))
+    # the peak memory lines go after the table: a line inside it would end the table there
+    peaks = [
+        asyncio.run(run(args.scale, db, args.seconds, args.generator))[1]
+        for db in args.db or ["sqlite"]
+    ]
+    print()
+    for line in peaks:
+        print(f"- {line}")
 
 
 if __name__ == "__main__":
