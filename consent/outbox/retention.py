@@ -19,10 +19,11 @@ Replay (`cdp webhooks replay --since`) can only resend deliveries that are still
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, exists, literal_column, select
+from sqlalchemy import Select, delete, exists, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -63,25 +64,32 @@ async def _delete_deliveries(conn: AsyncConnection, ids: list) -> None:  # type:
     await conn.execute(delete(webhook_deliveries).where(d.id.in_(ids)))
 
 
-async def _prune_deliveries(
-    p: Platform, finished: ColumnElement[bool], at: ColumnElement, before: datetime, batch: int
+async def _prune_batches(
+    p: Platform,
+    oldest: Select,
+    remove: Callable[[AsyncConnection, list], Awaitable[None]],
+    batch: int,
 ) -> int:
+    """Delete the rows whose ids `oldest` selects (oldest first), `batch` at a time, each batch
+    in its own short write transaction; stop when another dispatcher is pruning."""
     total = 0
     while True:
         async with p.db.write() as conn:
             if not await try_lock(conn, PRUNE_LOCK):
-                return total  # another dispatcher is pruning
-            ids = [
-                i
-                for (i,) in await conn.execute(
-                    select(d.id).where(finished, at < before).order_by(at).limit(batch)
-                )
-            ]
+                return total
+            ids = [i for (i,) in await conn.execute(oldest.limit(batch))]
             if ids:
-                await _delete_deliveries(conn, ids)
+                await remove(conn, ids)
         total += len(ids)
         if len(ids) < batch:
             return total
+
+
+async def _prune_deliveries(
+    p: Platform, finished: ColumnElement[bool], at: ColumnElement, before: datetime, batch: int
+) -> int:
+    oldest = select(d.id).where(finished, at < before).order_by(at)
+    return await _prune_batches(p, oldest, _delete_deliveries, batch)
 
 
 async def _prune_events(p: Platform, before: datetime, *, published: bool, batch: int) -> int:
@@ -117,27 +125,18 @@ async def _prune_events(p: Platform, before: datetime, *, published: bool, batch
         after = seqs[-1]
 
 
+async def _delete_subscriptions(conn: AsyncConnection, ids: list) -> None:  # type: ignore[type-arg]
+    await conn.execute(delete(webhook_subscriptions).where(ws.id.in_(ids)))
+
+
 async def _prune_subscriptions(p: Platform, before: datetime, batch: int) -> int:
     """Subscriptions deleted before `before` that no delivery refers to any more."""
-    total = 0
-    while True:
-        async with p.db.write() as conn:
-            if not await try_lock(conn, PRUNE_LOCK):
-                return total
-            ids = [
-                i
-                for (i,) in await conn.execute(
-                    select(ws.id)
-                    .where(ws.deleted_at < before, ~exists().where(d.subscription_id == ws.id))
-                    .order_by(ws.deleted_at)
-                    .limit(batch)
-                )
-            ]
-            if ids:
-                await conn.execute(delete(webhook_subscriptions).where(ws.id.in_(ids)))
-        total += len(ids)
-        if len(ids) < batch:
-            return total
+    oldest = (
+        select(ws.id)
+        .where(ws.deleted_at < before, ~exists().where(d.subscription_id == ws.id))
+        .order_by(ws.deleted_at)
+    )
+    return await _prune_batches(p, oldest, _delete_subscriptions, batch)
 
 
 async def prune_outbox(
