@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +294,60 @@ class _Transactions:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
 
 
+async def _prepared_chunks(
+    p: Platform,
+    path: Path,
+    source: str,
+    workers: int,
+    *,
+    on_wait: Callable[[], Awaitable[None]],
+) -> AsyncIterator[list[tuple]]:
+    """The file's chunks as `prepare_rows` gives them, in file order: validated and sealed by
+    `workers` processes (0: here, unsealed). `on_wait` runs before waiting for a worker."""
+    if workers == 0:
+        for chunk in read_chunks(path, CHUNK):
+            yield prepare_rows(chunk, p.policy, p.keys.indexer, source)
+        return
+    loop = asyncio.get_running_loop()
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(p.policy, p.keys.indexer.key, source, p.keys.worker_kek()),
+    ) as pool:
+        # While the oldest chunk is still with a worker (a busy machine), this process
+        # prepares the next one itself.
+        pending: deque[asyncio.Future | list[tuple]] = deque()
+        chunks = read_chunks(path, CHUNK)
+        in_pool = 0
+        more = True
+        while more or pending:
+            while more and in_pool <= workers:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    more = False
+                else:
+                    pending.append(loop.run_in_executor(pool, _prepare_chunk, chunk))
+                    in_pool += 1
+            head = pending[0]
+            if isinstance(head, list):
+                yield pending.popleft()  # type: ignore[misc]
+                continue
+            if more and not head.done() and all(isinstance(x, asyncio.Future) for x in pending):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    more = False
+                else:
+                    pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source))
+                continue
+            pending.popleft()
+            in_pool -= 1
+            if not head.done():
+                await on_wait()
+            yield await head
+
+
 async def run_import(
     p: Platform,
     path: Path,
@@ -358,57 +412,11 @@ async def run_import(
     async with p.db.bulk_load():
         with _relaxed_gc():
             try:
-                if workers == 0:
-                    for chunk in read_chunks(path, CHUNK):
-                        await store(prepare_rows(chunk, p.policy, p.keys.indexer, source))
-                else:
-                    loop = asyncio.get_running_loop()
-                    ctx = multiprocessing.get_context("forkserver")
-                    with ProcessPoolExecutor(
-                        max_workers=workers,
-                        mp_context=ctx,
-                        initializer=_init_worker,
-                        initargs=(p.policy, p.keys.indexer.key, source, p.keys.worker_kek()),
-                    ) as pool:
-                        # Chunks are stored in file order. While the oldest is still with a worker
-                        # (a busy machine), this process prepares the next one itself.
-                        pending: deque[asyncio.Future | list[tuple]] = deque()
-                        chunks = read_chunks(path, CHUNK)
-                        in_pool = 0
-                        more = True
-                        while more or pending:
-                            while more and in_pool <= workers:
-                                chunk = next(chunks, None)
-                                if chunk is None:
-                                    more = False
-                                else:
-                                    pending.append(
-                                        loop.run_in_executor(pool, _prepare_chunk, chunk)
-                                    )
-                                    in_pool += 1
-                            head = pending[0]
-                            if isinstance(head, list):
-                                await store(pending.popleft())  # type: ignore[arg-type]
-                                continue
-                            if (
-                                more
-                                and not head.done()
-                                and all(isinstance(x, asyncio.Future) for x in pending)
-                            ):
-                                chunk = next(chunks, None)
-                                if chunk is None:
-                                    more = False
-                                else:
-                                    pending.append(
-                                        prepare_rows(chunk, p.policy, p.keys.indexer, source)
-                                    )
-                                continue
-                            pending.popleft()
-                            in_pool -= 1
-                            if not head.done():
-                                # waiting for a worker: let other writers in meanwhile
-                                await txns.commit()
-                            await store(await head)
+                # while the next chunk is still with a worker, let other writers in
+                chunks = _prepared_chunks(p, path, source, workers, on_wait=txns.commit)
+                async with contextlib.aclosing(chunks):
+                    async for results in chunks:
+                        await store(results)
                 await txns.commit()
             except BaseException as exc:
                 await txns.rollback(exc)
