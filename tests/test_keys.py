@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import uuid
+
 import pytest
 from sqlalchemy import select, update
 
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.crypto.master import MasterKey, WrongMasterKeyError
 from cdp.db.tables import profiles
-from cdp.keyring import rotate_master_key
+from cdp.keyring import Keyring, rotate_master_key
 from cdp.platform import open_platform
 from cdp.profiles.service import profile_view, upsert_one
 from tests.conftest import make_settings
@@ -89,3 +92,20 @@ async def test_a_ciphertext_copied_to_another_row_does_not_decrypt(platform):
     async with platform.db.read() as conn:
         with pytest.raises(CryptoError):
             await profile_view(conn, platform, b.profile_id)
+
+
+def test_cached_data_keys_open_fields_and_stay_out_of_the_garbage_collectors_way():
+    """A segment export unwraps a data key per member and the key ring caches up to 200,000 of
+    them: the cache holds atoms only, which the collector stops tracking, so no collection has
+    to walk it (when it held cipher objects, that walking was a third of an export's CPU)."""
+    ring = Keyring(MasterKey(bytes(32)), {"index_root": bytes(32), "system_key": bytes(range(32))})
+    made = [ring.new_profile_key(uuid.uuid4()) for _ in range(50)]
+    blobs = [cipher.encrypt("profiles.first_name", "Анна") for cipher, _ in made]
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in ring._keys.values())
+    for (_, row), blob in zip(made, blobs, strict=True):
+        cached = ring.cipher_from_row(row["profile_id"], row["key_id"], b"not used: cached")
+        assert cached.decrypt("profiles.first_name", blob) == "Анна"
+        ring.forget(row["profile_id"])
+        fresh = ring.cipher_from_row(row["profile_id"], row["key_id"], row["wrapped"])
+        assert fresh.decrypt("profiles.first_name", blob) == "Анна"

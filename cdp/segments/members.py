@@ -51,7 +51,7 @@ class Definition:
         )
 
 
-class Member(msgspec.Struct):
+class Member(msgspec.Struct, gc=False):  # strings only: nothing for the collector to walk
     profile_id: str
     address: str
     unsubscribe_token: str
