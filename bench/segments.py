@@ -21,8 +21,9 @@ Measured:
               record, each page's members written (one row per page) before it is sent
   raw         the same (profile, address) rows selected by primary keys from a helper table,
               keyset pages of the same size, with the same `ciphers` call and decryption
-  query only  the export's pages selected (members SQL with the data keys, keys unwrapped) but
-              not decrypted, signed or encoded: the ceiling the database sets for the export
+  query only  the export's pages selected (members SQL with the wrapped data keys) but not
+              unwrapped, decrypted, signed or encoded: the ceiling the database sets for the
+              export (until 2026-12-04 it included unwrapping the keys)
   no database the export's Python work alone (key unwrap, decryption, token, NDJSON) on rows
               fetched beforehand: the ceiling one core sets, whatever the database
   export and raw alternate; "cold keys" runs each on a fresh platform (every data key is
@@ -338,10 +339,6 @@ async def python_only_rate(p: Platform, d: Definition, wanted: int = 20_000) -> 
                     q.keys.forget(r[0])
             t = time.perf_counter()
             for got in pages:
-                got.ciphers = [
-                    None if r[6] is None else q.keys.cipher_from_row(r[0], r[5], r[6])
-                    for r in got.rows
-                ]
                 ndjson_chunk(_render(q, d, got).items)
             best = min(best, time.perf_counter() - t)
         return n, n / best

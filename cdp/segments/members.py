@@ -4,8 +4,9 @@
 The database evaluates the rule and the contactability rule and returns at most `limit` rows
 after the keyset position, each with its profile's wrapped data key (the same statement, so
 one round trip and one snapshot; a key destroyed by an erasure is NULL and its member is left
-out); Python unwraps the keys the key ring has not cached, decrypts only those rows and signs
-an unsubscribe token per member, with the constant parts of the token prepared once per page.
+out); rendering the page, Python unwraps the keys the key ring has not cached, decrypts only
+those rows and signs an unsubscribe token per member, with the constant parts of the token
+prepared once per page.
 Each page is evaluated afresh, so an opt-out made between two pages removes the customer from
 the later ones.
 """
@@ -26,7 +27,6 @@ from sqlalchemy import Select, and_, select, true
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.crypto.fields import FieldCipher
 from cdp.db.tables import profile_keys, profiles
 from cdp.ids import utcnow
 from cdp.platform import Platform
@@ -72,11 +72,12 @@ class Page:
 
 @dataclass(slots=True)
 class _Rows:
-    """What the database returned for one page, with the data key of each row's profile (None
-    where the key is gone: the profile was erased)."""
+    """What the database returned for one page: rows (profile id, first name, address bidx,
+    address, identity id, data key id, wrapped data key; the key NULL where it is gone: the
+    profile was erased). Unwrapping the keys is left to rendering, so that an export unwraps
+    one page while the database selects the next."""
 
     rows: list[Row]
-    ciphers: list[FieldCipher | None]
     kind: str
     next_after: uuid.UUID | None
 
@@ -123,9 +124,7 @@ async def _select(
     rows = list((await conn.execute(query, params)).all())
     more = len(rows) > limit
     del rows[limit:]
-    cipher = p.keys.cipher_from_row  # the key ring's cache first, else unwrap and cache
-    ciphers = [None if r[6] is None else cipher(r[0], r[5], r[6]) for r in rows]
-    return _Rows(rows, ciphers, kind, rows[-1][0] if more else None)
+    return _Rows(rows, kind, rows[-1][0] if more else None)
 
 
 # Building the members statement (several nested subqueries) cost as much Python time as
@@ -159,23 +158,24 @@ def _statement(
 class _Renderer:
     """Decrypts a page and signs a token per member (pure CPU: no database), in slices."""
 
-    __slots__ = ("_by_profile", "_got", "_sign", "handed", "items")
+    __slots__ = ("_by_profile", "_cipher", "_got", "_sign", "handed", "items")
 
     def __init__(self, p: Platform, d: Definition, got: _Rows) -> None:
         self._got = got
+        self._cipher = p.keys.cipher_from_row  # the key ring's cache first, else unwrap
         self._sign = TokenSigner(p.keys.token_key, got.kind, d.purpose, d.channel).issue
         self._by_profile = got.kind == "profile"
         self.items: list[Member] = []
         self.handed: list[tuple[uuid.UUID, Any]] = []
 
     def rows(self, start: int, stop: int) -> None:
-        sign, by_profile = self._sign, self._by_profile
+        sign, by_profile, data_key = self._sign, self._by_profile, self._cipher
         add_item, add_handed = self.items.append, self.handed.append
-        got = self._got
-        for row, cipher in zip(got.rows[start:stop], got.ciphers[start:stop], strict=True):
-            if cipher is None:  # erased: its data key is gone
+        for row in self._got.rows[start:stop]:
+            pid, first_name, bidx, value, identity_id, key_id, wrapped = row
+            if wrapped is None:  # erased: its data key is gone
                 continue
-            pid, first_name, bidx, value, identity_id = row[:5]
+            cipher = data_key(pid, key_id, wrapped)
             profile_id = str(pid)
             if by_profile:
                 address, subject = profile_id, profile_subject(pid)
