@@ -93,13 +93,19 @@ class Keyring:
         (MasterKey.export_kek); None where workers must not encrypt."""
         return self.master.export_kek()
 
-    def cipher_from_row(self, profile_id: uuid.UUID, key_id: int, wrapped: bytes) -> FieldCipher:
+    def cipher_from_row(
+        self, profile_id: uuid.UUID, key_id: int, wrapped: bytes, *, remember: bool = True
+    ) -> FieldCipher:
+        """The profile's cipher: from the cache, else unwrapped (and cached, unless the caller
+        reads each profile once, as an export does: a scan would only evict the keys others
+        use again)."""
         hit = self._cached_key(profile_id)
         if hit is not None and hit[0] == key_id:
             key = hit[1]
         else:
             key = self.master.unwrap(wrapped, _dek_context(profile_id, key_id))
-            self._remember(profile_id, key_id, key)
+            if remember:
+                self._remember(profile_id, key_id, key)
         return FieldCipher(key, key_id, str(profile_id))
 
     async def ciphers(

@@ -276,6 +276,20 @@ async def test_export_equals_the_concatenated_pages(client, keys, platform):
     assert [row.rows for row in member_reads] == [2, 2, 2, 2]
 
 
+async def test_an_export_leaves_the_data_key_cache_to_member_pages(client, keys, platform):
+    """An export reads each member once, so the data keys it unwraps are not cached: a large
+    export cannot evict the keys that member pages read again. Pages still fill the cache."""
+    await build_base(client, keys)
+    sid = await create(client, keys)
+    platform.keys._keys.clear()  # as in a new process
+    r = await client.get(f"/v1/segments/{sid}/export", headers=keys["marketing"])
+    exported = [json.loads(line) for line in r.text.splitlines()]
+    assert len(exported) == 3
+    assert len(platform.keys._keys) == 0
+    assert await walk(client, keys, sid, 100) == exported
+    assert len(platform.keys._keys) == 3
+
+
 async def test_adhoc_query_returns_the_same_members_and_is_logged(client, keys, platform):
     await build_base(client, keys)
     sid = await create(client, keys)

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -160,9 +161,10 @@ class _Renderer:
 
     __slots__ = ("_by_profile", "_cipher", "_got", "_sign", "handed", "items")
 
-    def __init__(self, p: Platform, d: Definition, got: _Rows) -> None:
+    def __init__(self, p: Platform, d: Definition, got: _Rows, *, scan: bool = False) -> None:
         self._got = got
-        self._cipher = p.keys.cipher_from_row  # the key ring's cache first, else unwrap
+        # the key ring's cache first, else unwrap; a scan (an export) leaves the cache as it was
+        self._cipher = partial(p.keys.cipher_from_row, remember=not scan)
         self._sign = TokenSigner(p.keys.token_key, got.kind, d.purpose, d.channel).issue
         self._by_profile = got.kind == "profile"
         self.items: list[Member] = []
@@ -199,10 +201,11 @@ _SLICE = 50  # rows decrypted between two turns of the event loop (under half a 
 
 
 async def _render_yielding(p: Platform, d: Definition, got: _Rows) -> Page:
-    """`_render`, giving the event loop a turn between slices: the next page's query, already
-    started, makes its round trips (connection, BEGIN, SET, the query) meanwhile instead of
-    waiting for the whole page to be decrypted."""
-    r = _Renderer(p, d, got)
+    """`_render` for an export, giving the event loop a turn between slices: the next page's
+    query, already started, makes its round trips (connection, BEGIN, SET, the query)
+    meanwhile instead of waiting for the whole page to be decrypted. An export reads each
+    member once, so the data keys it unwraps are not cached."""
+    r = _Renderer(p, d, got, scan=True)
     for start in range(0, len(got.rows), _SLICE):
         if start:
             await asyncio.sleep(0)
