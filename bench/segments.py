@@ -57,6 +57,7 @@ from cdp.segments.audience import Audience, members_query
 from cdp.segments.conditions import compile_condition
 from cdp.segments.export import EXPORT_PAGE, export_chunks, ndjson_chunk
 from cdp.segments.members import Definition, _render, _select
+from cdp.segments.pages import Ranges, _Share
 from consent.tables import consent_state, suppressions
 
 FIRST = ["Анна", "Мария", "Иван", "Дмитрий", "James", "Emma", "Olivia", "Noah"]
@@ -269,16 +270,25 @@ async def recorded_run(q: Platform, segment_id: str) -> tuple[int, float]:
 
 
 async def query_run(q: Platform, d: Definition) -> tuple[int, float]:
-    """The export's page queries alone, one after the other, as `member_pages` runs them."""
+    """The export's range queries alone, one after the other (an export runs them ahead), with
+    the ranges fitted to the segment as an export fits them."""
     t = time.perf_counter()
-    after, rows = None, 0
-    while True:
-        async with q.db.read() as conn:
-            got = await _select(conn, q, d, after=after, limit=EXPORT_PAGE, now=None)
-        rows += len(got.rows)
-        if got.next_after is None:
-            return rows, time.perf_counter() - t
-        after = got.next_after
+    rows = 0
+    share, bounds = _Share(EXPORT_PAGE), Ranges(q, EXPORT_PAGE)
+    while (bound := await bounds.next()) is not None:
+        after, until, profiles_in = bound
+        got_rows = 0
+        while after is not None:
+            async with q.db.read() as conn:
+                got = await _select(
+                    conn, q, d, after=after, until=until, limit=EXPORT_PAGE, now=None
+                )
+            got_rows += len(got.rows)
+            after = got.next_after
+        share.count(got_rows, profiles_in)
+        bounds.span = share.span()
+        rows += got_rows
+    return rows, time.perf_counter() - t
 
 
 async def raw_run(q: Platform) -> tuple[int, float]:

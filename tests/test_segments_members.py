@@ -12,9 +12,12 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from sqlalchemy import select
 
 from cdp.db.tables import access_log
+from cdp.segments import service
+from cdp.segments.pages import member_pages
 from consent.tokens import verify
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -290,6 +293,22 @@ async def test_an_export_leaves_the_data_key_cache_to_member_pages(client, keys,
     assert len(platform.keys._keys) == 3
 
 
+async def test_an_export_range_holding_more_than_a_page_is_read_whole(client, keys, platform):
+    """An export reads ranges of profile ids; a range can hold more members than a page when
+    profiles were stored into it after its bounds were read. Ranges of 7 profiles read in pages
+    of 2 members give every member once, in order, as the members pages do."""
+    await build_base(client, keys)
+    for n in range(5):
+        await add(client, keys, email=f"x{n}@ex.com", country="RU", consents=[grant()])
+    sid = await create(client, keys)
+    walked = await walk(client, keys, sid, 100)
+    assert len(walked) == 8
+    d = service.build_definition(platform, "marketing", "email", RU)
+    pages = [page async for page in member_pages(platform, d, page_size=2, span=7)]
+    assert [msgspec.structs.asdict(m) for page in pages for m in page.items] == walked
+    assert max(len(page.items) for page in pages) == 2
+
+
 async def test_adhoc_query_returns_the_same_members_and_is_logged(client, keys, platform):
     await build_base(client, keys)
     sid = await create(client, keys)
@@ -456,7 +475,8 @@ async def test_sqlite_pages_walk_the_id_index_without_statistics(client, keys, p
         )
         sql = str(query.compile(conn.sync_connection, compile_kwargs={"literal_binds": True}))
         plan = [row[-1] for row in await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)]
-    assert any("profiles USING" in step and "(id>?)" in step for step in plan), plan
+    # the keyset position and the range's upper bound (LAST_ID for a members page)
+    assert any("profiles USING" in step and "(id>? AND id<?)" in step for step in plan), plan
 
 
 async def test_concurrent_member_reads_are_each_logged(client, keys, platform):

@@ -1,9 +1,10 @@
 """The whole segment as NDJSON or CSV, streamed page by page.
 
-Each chunk is one members page (each in its own short read transaction), so memory stays
-constant however large the segment, and the content equals the concatenation of the members
-pages a client would walk with the cursor. `record(page)` (the export record, see `exports`) is
-awaited before the page's bytes are handed out, so nothing leaves unrecorded.
+Each chunk is the members of one range of profile ids (`pages`; each in its own short read
+transaction), so memory stays constant however large the segment, and the content equals the
+concatenation of the members pages a client would walk with the cursor. `record(page)` (the
+export record, see `exports`) is awaited before the page's bytes are handed out, so nothing
+leaves unrecorded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from datetime import datetime
 import msgspec
 
 from cdp.platform import Platform
-from cdp.segments.members import MEMBER_FIELDS, Definition, Member, Page, member_pages
+from cdp.segments.members import MEMBER_FIELDS, Definition, Member, Page
+from cdp.segments.pages import member_pages
 
 EXPORT_PAGE = 2000  # rows per page: large enough to amortise a query, small in memory
 FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}

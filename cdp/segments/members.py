@@ -14,10 +14,8 @@ the later ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -31,7 +29,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.db.tables import profile_keys, profiles
 from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.segments.audience import AFTER, FIRST_ID, Audience, members_query, tune
+from cdp.segments.audience import (
+    AFTER,
+    FIRST_ID,
+    LAST_ID,
+    UNTIL,
+    Audience,
+    members_query,
+    tune,
+)
 from cdp.segments.conditions import Compiled, compile_condition
 from cdp.segments.rules import Condition, to_json
 from consent.policy import Policy
@@ -116,12 +122,13 @@ async def _select(
     d: Definition,
     *,
     after: uuid.UUID | None,
+    until: uuid.UUID = LAST_ID,
     limit: int,
     now: datetime | None,
 ) -> _Rows:
     await tune(conn)
     query, compiled, kind = _statement(p.policy, d, conn.dialect.name, limit + 1)
-    params = {AFTER: after or FIRST_ID, **compiled.params(now or utcnow())}
+    params = {AFTER: after or FIRST_ID, UNTIL: until, **compiled.params(now or utcnow())}
     rows = list((await conn.execute(query, params)).all())
     more = len(rows) > limit
     del rows[limit:]
@@ -225,29 +232,3 @@ async def members_page(
     """At most `limit` members after the keyset position `after`, in profile id order."""
     got = await _select(conn, p, d, after=after, limit=limit, now=now)
     return _render(p, d, got)
-
-
-async def member_pages(
-    p: Platform, d: Definition, *, page_size: int, now: datetime | None = None
-) -> AsyncIterator[Page]:
-    """Every page of the segment in order, each selected in its own read transaction exactly
-    as `members_page` does. The next page's query runs while this page is decrypted."""
-    now = now or utcnow()
-
-    async def select_after(after: uuid.UUID | None) -> _Rows:
-        async with p.db.read() as conn:
-            return await _select(conn, p, d, after=after, limit=page_size, now=now)
-
-    pending: asyncio.Task[_Rows] | None = asyncio.ensure_future(select_after(None))
-    try:
-        while pending is not None:
-            got = await pending
-            pending = None
-            if got.next_after is not None:
-                pending = asyncio.ensure_future(select_after(got.next_after))
-            yield await _render_yielding(p, d, got)
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending

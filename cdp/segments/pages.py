@@ -1,0 +1,165 @@
+"""The whole segment, page after page, as an export reads it.
+
+The profile ids are cut into consecutive ranges (whatever the profiles' status or the rule),
+their bounds read from the primary key a batch of ranges at a time. A range spans as many
+profiles as should hold about a page of members, by the share of members among the profiles
+read so far (a page's size at least, 32 pages' at most), so a segment of a tenth of the
+customers is read in as few queries as the whole base. Each range is selected by the members
+query (`members._select` with the range's upper bound) in its own read transaction, exactly as
+a members page is, so the export holds the same members in the same order as the members pages
+a client walks with the cursor, and an opt-out made during an export removes the customer from
+every range selected after it.
+
+A keyset page's successor is known only once the page has returned; ranges are known ahead, so
+the next ranges are selected while a page is decrypted: one ahead on SQLite (its reader thread
+needs the GIL for every row it builds, so a second one would only wait), two on PostgreSQL,
+whose server works on both at once. A range that holds more than a page of members (the share
+changed, or profiles were stored into it after its bounds were read) is read on: its remainder
+is selected next, before the ranges after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from sqlalchemy import Integer, bindparam, func, select
+
+from cdp.db.tables import profiles
+from cdp.ids import utcnow
+from cdp.platform import Platform
+from cdp.segments.audience import FIRST_ID, LAST_ID
+from cdp.segments.members import Definition, Page, _render_yielding, _Rows, _select
+
+AHEAD = {"postgresql": 2}  # ranges selected ahead of the page being decrypted; else 1
+BOUNDS_BATCH = 8  # ranges whose bounds one read of the primary key gives
+MAX_SPAN = 32  # pages' worth of profiles a range may span
+FILL = 0.9  # the share of a page a range aims to fill (a fuller one would often run over)
+
+
+def _bounds_query():  # type: ignore[no-untyped-def]
+    """Every `span`-th profile id after `after`, for BOUNDS_BATCH ranges (bind parameters
+    after, span, n = span * BOUNDS_BATCH): an index-ordered, limited read of the primary key,
+    numbered."""
+    first = (
+        select(profiles.c.id)
+        .where(profiles.c.id > bindparam("after", type_=profiles.c.id.type))
+        .order_by(profiles.c.id)
+        .limit(bindparam("n", type_=Integer))
+        .subquery("first")
+    )
+    numbered = select(first.c.id, func.row_number().over(order_by=first.c.id).label("n")).subquery(
+        "numbered"
+    )
+    span = bindparam("span", type_=Integer)
+    return select(numbered.c.id).where(numbered.c.n % span == 0).order_by(numbered.c.id)
+
+
+_BOUNDS = _bounds_query()
+
+
+class Ranges:
+    """Consecutive ranges (after, until] of profile ids that cover every id; the last one
+    ends at LAST_ID, so it also holds profiles created while the export runs. `span`, the
+    number of profiles of the ranges whose bounds are read next, may be changed between
+    reads."""
+
+    def __init__(self, p: Platform, span: int) -> None:
+        self.span = span
+        self._p = p
+        self._after = FIRST_ID
+        self._bounds: deque[tuple[uuid.UUID, int | None]] = deque()
+        self._last = False
+
+    async def next(self) -> tuple[uuid.UUID, uuid.UUID, int | None] | None:
+        """(after, until, profiles in the range; None for the last range), or None at the
+        end."""
+        if not self._bounds and not self._last:
+            params = {"after": self._after, "span": self.span, "n": self.span * BOUNDS_BATCH}
+            async with self._p.db.read() as conn:
+                found = list((await conn.execute(_BOUNDS, params)).scalars())
+            self._bounds.extend((until, self.span) for until in found)
+            if len(found) < BOUNDS_BATCH:
+                self._last = True
+                self._bounds.append((LAST_ID, None))
+        if not self._bounds:
+            return None
+        after, (self._after, span) = self._after, self._bounds.popleft()
+        return after, self._after, span
+
+
+class _Share:
+    """The share of members among the profiles of the ranges read so far, and the span that
+    should fill a page at that share."""
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
+        self.members = 0
+        self.profiles = 0
+
+    def count(self, members: int, profiles: int | None) -> None:
+        if profiles:
+            self.members += members
+            self.profiles += profiles
+
+    def span(self) -> int:
+        if not self.profiles:
+            return self.page_size
+        wanted = FILL * self.page_size * self.profiles / max(self.members, 1)
+        return max(self.page_size, min(MAX_SPAN * self.page_size, round(wanted)))
+
+
+async def member_pages(
+    p: Platform,
+    d: Definition,
+    *,
+    page_size: int,
+    now: datetime | None = None,
+    span: int | None = None,
+) -> AsyncIterator[Page]:
+    """Every member of the segment in profile id order, in pages of at most `page_size`
+    members, a page per range (or part of a range) of profile ids. `span` fixes the ranges'
+    size instead of fitting it to the segment. A range without members gives an empty page."""
+    now = now or utcnow()
+    ahead = AHEAD.get(p.db.engine.dialect.name, 1)
+    share = _Share(page_size)
+    bounds = Ranges(p, span or page_size)
+    pending: deque[asyncio.Future[tuple[_Rows, uuid.UUID, int | None]]] = deque()
+
+    async def select_range(
+        after: uuid.UUID, until: uuid.UUID, profiles_in: int | None
+    ) -> tuple[_Rows, uuid.UUID, int | None]:
+        async with p.db.read() as conn:
+            got = await _select(conn, p, d, after=after, until=until, limit=page_size, now=now)
+        return got, until, profiles_in
+
+    async def fill() -> None:
+        while len(pending) < ahead:
+            bound = await bounds.next()
+            if bound is None:
+                return
+            pending.append(asyncio.ensure_future(select_range(*bound)))
+
+    try:
+        await fill()
+        while pending:
+            got, until, profiles_in = await pending.popleft()
+            if got.next_after is not None:  # more than a page: the rest of the range is next
+                pending.appendleft(asyncio.ensure_future(select_range(got.next_after, until, None)))
+                share.count(page_size + 1, profiles_in)  # at least
+            else:
+                share.count(len(got.rows), profiles_in)
+                await fill()
+            if span is None:
+                bounds.span = share.span()
+            yield await _render_yielding(p, d, got)
+    finally:
+        for task in pending:
+            task.cancel()
+        for task in pending:  # their outcome no longer matters
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
