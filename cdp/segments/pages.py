@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from sqlalchemy import Integer, bindparam, func, select
+from sqlalchemy import Integer, Select, bindparam, func, select
 
 from cdp.db.tables import profiles
 from cdp.ids import utcnow
@@ -41,7 +41,7 @@ MAX_SPAN = 32  # pages' worth of profiles a range may span
 FILL = 0.9  # the share of a page a range aims to fill (a fuller one would often run over)
 
 
-def _bounds_query():  # type: ignore[no-untyped-def]
+def _bounds_query() -> Select:
     """Every `span`-th profile id after `after`, for BOUNDS_BATCH ranges (bind parameters
     after, span, n = span * BOUNDS_BATCH): an index-ordered, limited read of the primary key,
     numbered."""
@@ -102,7 +102,9 @@ class _Share:
         self.profiles = 0
 
     def count(self, members: int, profiles: int | None) -> None:
-        if profiles:
+        """`profiles`: of the range (0 for the rest of a range already counted; None for the
+        last range, whose size is unknown)."""
+        if profiles is not None:
             self.members += members
             self.profiles += profiles
 
@@ -148,11 +150,10 @@ async def member_pages(
         await fill()
         while pending:
             got, until, profiles_in = await pending.popleft()
+            share.count(len(got.rows), profiles_in)
             if got.next_after is not None:  # more than a page: the rest of the range is next
-                pending.appendleft(asyncio.ensure_future(select_range(got.next_after, until, None)))
-                share.count(page_size + 1, profiles_in)  # at least
+                pending.appendleft(asyncio.ensure_future(select_range(got.next_after, until, 0)))
             else:
-                share.count(len(got.rows), profiles_in)
                 await fill()
             if span is None:
                 bounds.span = share.span()
