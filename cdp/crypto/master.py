@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import structlog
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -76,8 +77,6 @@ class MasterKey:
         return nonce + self._kek.encrypt(nonce, key, b"cdp/wrap|" + context)
 
     def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
-        from cryptography.exceptions import InvalidTag
-
         try:
             return self._kek.decrypt(wrapped[:12], wrapped[12:], b"cdp/wrap|" + context)
         except InvalidTag as exc:
