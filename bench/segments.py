@@ -56,7 +56,7 @@ from cdp.segments import service
 from cdp.segments.audience import Audience, members_query
 from cdp.segments.conditions import compile_condition
 from cdp.segments.export import EXPORT_PAGE, export_chunks, ndjson_chunk
-from cdp.segments.members import Definition, _render, _select
+from cdp.segments.members import Definition, render, select_rows
 from cdp.segments.pages import Ranges, _Share
 from consent.tables import consent_state, suppressions
 
@@ -280,7 +280,7 @@ async def query_run(q: Platform, d: Definition) -> tuple[int, float]:
         got_rows = 0
         while after is not None:
             async with q.db.read() as conn:
-                got = await _select(
+                got = await select_rows(
                     conn, q, d, after=after, until=until, limit=EXPORT_PAGE, now=None
                 )
             got_rows += len(got.rows)
@@ -337,7 +337,7 @@ async def python_only_rate(p: Platform, d: Definition, wanted: int = 20_000) -> 
         pages, after, n = [], None, 0
         while n < wanted:
             async with q.db.read() as conn:
-                got = await _select(conn, q, d, after=after, limit=EXPORT_PAGE, now=None)
+                got = await select_rows(conn, q, d, after=after, limit=EXPORT_PAGE, now=None)
             pages.append(got)
             n += len(got.rows)
             if got.next_after is None:
@@ -350,7 +350,7 @@ async def python_only_rate(p: Platform, d: Definition, wanted: int = 20_000) -> 
                     q.keys.forget(r[0])
             t = time.perf_counter()
             for got in pages:
-                ndjson_chunk(_render(q, d, got).items)
+                ndjson_chunk(render(q, d, got).items)
             best = min(best, time.perf_counter() - t)
         return n, n / best
     finally:

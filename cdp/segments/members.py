@@ -1,5 +1,5 @@
-"""Pages of a segment's members: members, export and ad-hoc query all go through `_select`
-(the one SQL query of `audience.members_query`) and `_render`.
+"""Pages of a segment's members: members, export and ad-hoc query all go through `select_rows`
+(the one SQL query of `audience.members_query`) and `render`.
 
 The database evaluates the rule and the contactability rule and returns at most `limit` rows
 after the keyset position, each with its profile's wrapped data key (the same statement, so
@@ -78,7 +78,7 @@ class Page:
 
 
 @dataclass(slots=True)
-class _Rows:
+class PageRows:
     """What the database returned for one page: rows (profile id, first name, address bidx,
     address, identity id, data key id, wrapped data key; the key NULL where it is gone: the
     profile was erased). Unwrapping the keys is left to rendering, so that an export unwraps
@@ -116,7 +116,7 @@ def _with_data_keys(query: Select, dialect: str) -> Select:
     )
 
 
-async def _select(
+async def select_rows(
     conn: AsyncConnection,
     p: Platform,
     d: Definition,
@@ -125,14 +125,14 @@ async def _select(
     until: uuid.UUID = LAST_ID,
     limit: int,
     now: datetime | None,
-) -> _Rows:
+) -> PageRows:
     await tune(conn)
     query, compiled, kind = _statement(p.policy, d, conn.dialect.name, limit + 1)
     params = {AFTER: after or FIRST_ID, UNTIL: until, **compiled.params(now or utcnow())}
     rows = list((await conn.execute(query, params)).all())
     more = len(rows) > limit
     del rows[limit:]
-    return _Rows(rows, kind, rows[-1][0] if more else None)
+    return PageRows(rows, kind, rows[-1][0] if more else None)
 
 
 # Building the members statement (several nested subqueries) cost as much Python time as
@@ -168,7 +168,7 @@ class _Renderer:
 
     __slots__ = ("_by_profile", "_cipher", "_got", "_sign", "handed", "items")
 
-    def __init__(self, p: Platform, d: Definition, got: _Rows, *, scan: bool = False) -> None:
+    def __init__(self, p: Platform, d: Definition, got: PageRows, *, scan: bool = False) -> None:
         self._got = got
         # the key ring's cache first, else unwrap; a scan (an export) leaves the cache as it was
         self._cipher = partial(p.keys.cipher_from_row, remember=not scan)
@@ -198,7 +198,7 @@ class _Renderer:
         return Page(self.items, self._got.next_after, self.handed)
 
 
-def _render(p: Platform, d: Definition, got: _Rows) -> Page:
+def render(p: Platform, d: Definition, got: PageRows) -> Page:
     r = _Renderer(p, d, got)
     r.rows(0, len(got.rows))
     return r.page()
@@ -207,8 +207,8 @@ def _render(p: Platform, d: Definition, got: _Rows) -> Page:
 _SLICE = 50  # rows decrypted between two turns of the event loop (under half a millisecond)
 
 
-async def _render_yielding(p: Platform, d: Definition, got: _Rows) -> Page:
-    """`_render` for an export, giving the event loop a turn between slices: the next page's
+async def render_for_export(p: Platform, d: Definition, got: PageRows) -> Page:
+    """`render` for an export, giving the event loop a turn between slices: the next page's
     query, already started, makes its round trips (connection, BEGIN, SET, the query)
     meanwhile instead of waiting for the whole page to be decrypted. An export reads each
     member once, so the data keys it unwraps are not cached."""
@@ -230,5 +230,5 @@ async def members_page(
     now: datetime | None = None,
 ) -> Page:
     """At most `limit` members after the keyset position `after`, in profile id order."""
-    got = await _select(conn, p, d, after=after, limit=limit, now=now)
-    return _render(p, d, got)
+    got = await select_rows(conn, p, d, after=after, limit=limit, now=now)
+    return render(p, d, got)

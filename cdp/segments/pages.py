@@ -5,7 +5,7 @@ their bounds read from the primary key a batch of ranges at a time. A range span
 profiles as should hold about a page of members, by the share of members among the profiles
 read so far (a page's size at least, 32 pages' at most), so a segment of a tenth of the
 customers is read in as few queries as the whole base. Each range is selected by the members
-query (`members._select` with the range's upper bound) in its own read transaction, exactly as
+query (`members.select_rows` with the range's upper bound) in its own read transaction, exactly as
 a members page is, so the export holds the same members in the same order as the members pages
 a client walks with the cursor, and an opt-out made during an export removes the customer from
 every range selected after it.
@@ -35,7 +35,7 @@ from cdp.db.tables import profiles
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.segments.audience import FIRST_ID, LAST_ID
-from cdp.segments.members import Definition, Page, _render_yielding, _Rows, _select
+from cdp.segments.members import Definition, Page, PageRows, render_for_export, select_rows
 
 AHEAD = {"postgresql": 2}  # ranges selected ahead of the page being decrypted; else 1
 BOUNDS_BATCH = 8  # ranges whose bounds one read of the primary key gives
@@ -144,13 +144,13 @@ async def member_pages(
     ahead = AHEAD.get(p.db.engine.dialect.name, 1)
     share = _Share(page_size)
     bounds = Ranges(p, span or page_size)
-    pending: deque[asyncio.Future[tuple[_Rows, uuid.UUID, int | None]]] = deque()
+    pending: deque[asyncio.Future[tuple[PageRows, uuid.UUID, int | None]]] = deque()
 
     async def select_range(
         after: uuid.UUID, until: uuid.UUID, profiles_in: int | None
-    ) -> tuple[_Rows, uuid.UUID, int | None]:
+    ) -> tuple[PageRows, uuid.UUID, int | None]:
         async with p.db.read() as conn:
-            got = await _select(conn, p, d, after=after, until=until, limit=page_size, now=now)
+            got = await select_rows(conn, p, d, after=after, until=until, limit=page_size, now=now)
         return got, until, profiles_in
 
     async def fill() -> None:
@@ -171,7 +171,7 @@ async def member_pages(
                 await fill()
             if span is None:
                 bounds.span = share.span()
-            yield await _render_yielding(p, d, got)
+            yield await render_for_export(p, d, got)
     finally:
         for task in pending:
             task.cancel()
