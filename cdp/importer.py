@@ -31,6 +31,7 @@ from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
+from cdp.profiles.wire import decode_results, encode_results
 from consent.policy import Policy
 
 CHUNK = 1000
@@ -223,9 +224,18 @@ def _init_worker(
     )
 
 
-def _prepare_chunk(chunk: Chunk) -> list[tuple]:
+def _prepare_chunk(chunk: Chunk) -> bytes:
     w = _worker
-    return prepare_rows(chunk, w["policy"], w["indexer"], w["source"], master=w["master"])
+    results = prepare_rows(chunk, w["policy"], w["indexer"], w["source"], master=w["master"])
+    return encode_results(results)  # type: ignore[arg-type]
+
+
+async def _from_worker(pool: ProcessPoolExecutor, chunk: Chunk) -> list[tuple]:
+    """A chunk prepared by a worker, decoded in a thread of this process as soon as it arrives.
+    The decoding then runs while the chunk before it is written: SQLite steps the import's
+    multi-row INSERTs without the GIL (cdp.db.bulk)."""
+    data = await asyncio.get_running_loop().run_in_executor(pool, _prepare_chunk, chunk)
+    return await asyncio.to_thread(decode_results, data)  # type: ignore[return-value]
 
 
 def prepare_rows(
@@ -308,7 +318,6 @@ async def _prepared_chunks(
         for chunk in read_chunks(path, CHUNK):
             yield prepare_rows(chunk, p.policy, p.keys.indexer, source)
         return
-    loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(
         max_workers=workers,
@@ -322,30 +331,35 @@ async def _prepared_chunks(
         chunks = read_chunks(path, CHUNK)
         in_pool = 0
         more = True
-        while more or pending:
-            while more and in_pool <= workers:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    more = False
-                else:
-                    pending.append(loop.run_in_executor(pool, _prepare_chunk, chunk))
-                    in_pool += 1
-            head = pending[0]
-            if isinstance(head, list):
-                yield pending.popleft()  # type: ignore[misc]
-                continue
-            if more and not head.done() and all(isinstance(x, asyncio.Future) for x in pending):
-                chunk = next(chunks, None)
-                if chunk is None:
-                    more = False
-                else:
-                    pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source))
-                continue
-            pending.popleft()
-            in_pool -= 1
-            if not head.done():
-                await on_wait()
-            yield await head
+        try:
+            while more or pending:
+                while more and in_pool <= workers:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        more = False
+                    else:
+                        pending.append(asyncio.ensure_future(_from_worker(pool, chunk)))
+                        in_pool += 1
+                head = pending[0]
+                if isinstance(head, list):
+                    yield pending.popleft()  # type: ignore[misc]
+                    continue
+                if more and not head.done() and all(isinstance(x, asyncio.Future) for x in pending):
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        more = False
+                    else:
+                        pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source))
+                    continue
+                pending.popleft()
+                in_pool -= 1
+                if not head.done():
+                    await on_wait()
+                yield await head
+        finally:  # an import cut short: its chunks still with workers are dropped
+            for item in pending:
+                if isinstance(item, asyncio.Future):
+                    item.cancel()
 
 
 async def run_import(

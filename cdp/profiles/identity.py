@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.db.tables import identities, profiles
 from cdp.errors import Gone, NotFound
-from cdp.profiles.wire import by_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +19,6 @@ class IdentityKey:
     bidx: bytes
     value: str  # normalised plaintext, held only in memory
     source: str
-
-    __reduce__ = by_fields  # import workers send many
 
 
 def record_keys(indexer: BlindIndexer, rec) -> list[IdentityKey]:  # type: ignore[no-untyped-def]

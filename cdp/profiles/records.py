@@ -17,7 +17,6 @@ from cdp.errors import FieldError, InvalidInput
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.schemas import ProfileIn
-from cdp.profiles.wire import by_fields
 from consent.policy import Policy
 from consent.schemas import ConsentItemIn, EvidenceIn
 
@@ -33,8 +32,6 @@ class ConsentClaim:
     occurred_at: datetime | None
     evidence: EvidenceIn | None
 
-    __reduce__ = by_fields  # import workers send many
-
 
 @dataclass(slots=True)
 class Record:
@@ -49,8 +46,6 @@ class Record:
     traits: dict[str, Any] = field(default_factory=dict)
     consents: list[ConsentClaim] = field(default_factory=list)
     ignored: list[FieldError] = field(default_factory=list)  # identifiers never used to link
-
-    __reduce__ = by_fields  # import workers send many
 
 
 def decode_errors(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInput:

@@ -40,34 +40,6 @@ class Sealed:
     values: list[bytes]  # identifier value ciphertexts, in the order of the record's keys
     identity_ids: list[uuid.UUID]  # ids for those identities
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        # ids travel as integers: pickling a uuid.UUID goes through copyreg, ~70x slower
-        return _unpickle, (
-            self.profile_id.int,
-            self.key,
-            self.wrapped,
-            self.fields,
-            self.values,
-            [i.int for i in self.identity_ids],
-        )
-
-
-_SAFE_UNKNOWN = uuid.SafeUUID.unknown
-
-
-def _uuid(value: int) -> uuid.UUID:
-    """uuid.UUID(int=value) without its argument checks (the value came from a UUID)."""
-    u = object.__new__(uuid.UUID)
-    object.__setattr__(u, "int", value)
-    object.__setattr__(u, "is_safe", _SAFE_UNKNOWN)
-    return u
-
-
-def _unpickle(
-    pid: int, key: bytes, wrapped: bytes, fields: dict, values: list, ids: list[int]
-) -> Sealed:
-    return Sealed(_uuid(pid), key, wrapped, fields, values, [_uuid(i) for i in ids])
-
 
 def seal(rec: Record, keys: list[IdentityKey], master: MasterKey) -> Sealed:
     pid = new_id()

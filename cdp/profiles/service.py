@@ -26,7 +26,6 @@ from cdp.profiles.records import (
     validate_record,
 )
 from cdp.profiles.sealing import Sealed, seal
-from cdp.profiles.wire import by_fields
 from consent.policy import Policy
 
 
@@ -39,8 +38,6 @@ class Prepared:
     keys: list[IdentityKey]
     rejected_consents: list[FieldError] = field(default_factory=list)
     sealed: Sealed | None = None  # encrypted for a new profile of its own (import workers)
-
-    __reduce__ = by_fields  # import workers send many
 
 
 def prepare_with(

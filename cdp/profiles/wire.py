@@ -1,14 +1,29 @@
-"""Compact pickling for the dataclasses an import worker sends back, thousands per chunk.
+"""How an import worker sends its prepared rows back: msgpack, decoded into the same types.
 
-The default pickling of a slotted dataclass goes through copyreg and a state dict per object;
-this pickles the class and its field values, and unpickling calls the constructor.
+A chunk's results are thousands of small dataclasses. Pickling them, even with compact
+`__reduce__` hooks, cost the worker about 14 µs and the importing process about 22 µs per
+record; msgpack with msgspec costs 3.6 µs to encode and 9.6 µs to decode (measured on the
+benchmark's customers, 20 chunks of 1,000). The importing process decodes in its own thread,
+so this is CPU taken off the import's busiest process.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import msgspec
+
+from cdp.errors import FieldError
+from cdp.profiles.service import Prepared
+
+# (row number, the prepared record or None, the row's errors or None), as importer.prepare_rows
+Results = list[tuple[int, Prepared | None, list[FieldError] | None]]
+
+_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
+_decoder = msgspec.msgpack.Decoder(Results)
 
 
-def by_fields(obj: Any) -> tuple[type, tuple]:
-    """`__reduce__` for a slotted dataclass whose constructor takes every field in order."""
-    return type(obj), tuple([getattr(obj, name) for name in obj.__slots__])
+def encode_results(results: Results) -> bytes:
+    return _encoder.encode(results)
+
+
+def decode_results(data: bytes) -> Results:
+    return _decoder.decode(data)
