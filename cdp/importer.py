@@ -230,14 +230,6 @@ def _prepare_chunk(chunk: Chunk) -> bytes:
     return encode_results(results)  # type: ignore[arg-type]
 
 
-async def _from_worker(pool: ProcessPoolExecutor, chunk: Chunk) -> list[tuple]:
-    """A chunk prepared by a worker, decoded in a thread of this process as soon as it arrives.
-    The decoding then runs while the chunk before it is written: SQLite steps the import's
-    multi-row INSERTs without the GIL (cdp.db.bulk)."""
-    data = await asyncio.get_running_loop().run_in_executor(pool, _prepare_chunk, chunk)
-    return await asyncio.to_thread(decode_results, data)  # type: ignore[return-value]
-
-
 def prepare_rows(
     chunk: Chunk,
     policy: Policy,
@@ -318,6 +310,7 @@ async def _prepared_chunks(
         for chunk in read_chunks(path, CHUNK):
             yield prepare_rows(chunk, p.policy, p.keys.indexer, source)
         return
+    loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(
         max_workers=workers,
@@ -331,35 +324,30 @@ async def _prepared_chunks(
         chunks = read_chunks(path, CHUNK)
         in_pool = 0
         more = True
-        try:
-            while more or pending:
-                while more and in_pool <= workers:
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        more = False
-                    else:
-                        pending.append(asyncio.ensure_future(_from_worker(pool, chunk)))
-                        in_pool += 1
-                head = pending[0]
-                if isinstance(head, list):
-                    yield pending.popleft()  # type: ignore[misc]
-                    continue
-                if more and not head.done() and all(isinstance(x, asyncio.Future) for x in pending):
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        more = False
-                    else:
-                        pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source))
-                    continue
-                pending.popleft()
-                in_pool -= 1
-                if not head.done():
-                    await on_wait()
-                yield await head
-        finally:  # an import cut short: its chunks still with workers are dropped
-            for item in pending:
-                if isinstance(item, asyncio.Future):
-                    item.cancel()
+        while more or pending:
+            while more and in_pool <= workers:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    more = False
+                else:
+                    pending.append(loop.run_in_executor(pool, _prepare_chunk, chunk))
+                    in_pool += 1
+            head = pending[0]
+            if isinstance(head, list):
+                yield pending.popleft()  # type: ignore[misc]
+                continue
+            if more and not head.done() and all(isinstance(x, asyncio.Future) for x in pending):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    more = False
+                else:
+                    pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source))
+                continue
+            pending.popleft()
+            in_pool -= 1
+            if not head.done():
+                await on_wait()
+            yield decode_results(await head)  # type: ignore[misc]
 
 
 async def run_import(

@@ -1,5 +1,4 @@
-"""Driver-level bulk inserts (cdp.db.bulk): what is stored equals what was given, also where
-SQLite's multi-row statements split a batch into blocks."""
+"""Driver-level bulk inserts (cdp.db.bulk): what is stored equals what was given."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
-from cdp.db import bulk
 from cdp.db.bulk import bulk_insert_rows
 from cdp.db.tables import profile_sources
 from cdp.ids import new_id
@@ -27,18 +25,18 @@ async def _stored(p: Platform) -> set[tuple]:
         return {tuple(r) for r in rows}
 
 
-async def test_rows_across_blocks_are_stored_as_given(platform: Platform) -> None:
-    rows = _rows(2 * bulk.SQLITE_ROWS + 37)  # two full blocks and a remainder on SQLite
+async def test_rows_are_stored_as_given(platform: Platform) -> None:
+    rows = _rows(1037)
     async with platform.db.write() as conn:
         await bulk_insert_rows(conn, profile_sources, COLUMNS, rows)
     assert await _stored(platform) == set(rows)
 
 
 async def test_ignored_conflicts_skip_only_the_repeated_keys(platform: Platform) -> None:
-    first = _rows(bulk.SQLITE_ROWS + 5)
+    first = _rows(505)
     async with platform.db.write() as conn:
         await bulk_insert_rows(conn, profile_sources, COLUMNS, first[:10])
-    # repeats of rows already stored, in the first block and in the last one
+    # repeats of rows already stored, at the start and at the end of the batch
     again = [(pid, source, seen + timedelta(days=1)) for pid, source, seen in first[:10]]
     batch = again[:5] + first[10:] + again[5:]
     async with platform.db.write() as conn:

@@ -4,21 +4,10 @@ SQLAlchemy's executemany spends most of its time building parameter dictionaries
 Here the INSERT is compiled once per (table, dialect, columns) and rows go to the driver as
 tuples, with exactly the bind processors SQLAlchemy itself would apply, so the stored values are
 the same. `rows_where_in` is the matching SELECT ... WHERE key IN (...), compiled once.
-
-On SQLite, rows go as multi-row VALUES statements (up to `SQLITE_ROWS` rows each), not through
-executemany. The sqlite3 module holds the GIL while it binds a row and lets it go only while
-SQLite steps the statement: executemany takes it back once per row, and whenever another
-thread of the process is running Python, each take-back waits for that thread to yield (up to
-the interpreter's switch interval). Measured beside a thread busy in Python, executemany of an
-indexed table fell from 78,000 to under 2,000 rows/s, while 1,000-row VALUES statements ran at
-39,000 rows/s with the other thread at full speed. A statement steps once, so SQLite's B-tree
-work for the whole block runs without the GIL: an import's other threads (unpickling worker
-results, its event loop) run beside it.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,9 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 _Compiled = tuple[str, list[tuple[int, Callable | None]]]
 _cache: dict[tuple[str, str, tuple[str, ...], bool], _Compiled] = {}
 _IN_CHUNK = 500
-# SQLite allows 32,766 parameters per statement since 3.32 (999 before)
-_SQLITE_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-SQLITE_ROWS = 500  # rows per multi-row INSERT on SQLite
 
 
 def _fast(table: Table, dialect: Dialect, processors: dict[str, Callable]) -> dict[str, Callable]:
@@ -118,50 +104,7 @@ async def bulk_insert_rows(
     if not rows:
         return
     sql, order = _compiled(table, conn.dialect, columns, ignore_conflicts)
-    driver_rows = _driver_rows(rows, order)
-    if conn.dialect.name != "sqlite":
-        await conn.exec_driver_sql(sql, driver_rows)
-        return
-    statements = [
-        (_multi_row(sql, len(block)), tuple([v for row in block for v in row]))
-        for block in _blocks(driver_rows, max(1, min(SQLITE_ROWS, _SQLITE_PARAMS // len(order))))
-    ]
-    for statement, params in statements:
-        await conn.exec_driver_sql(statement, params)
-
-
-def _blocks(rows: list[tuple], most: int) -> list[list[tuple]]:
-    """Rows in blocks of `most`, then of powers of two: a statement is prepared once per size
-    and kept in the driver's statement cache, where a remainder of any size would be prepared
-    again for nearly every batch (preparing a 437-row INSERT took 0.85 ms, twice as long as
-    running it into an unindexed table)."""
-    out = []
-    start = 0
-    while len(rows) - start >= most:
-        out.append(rows[start : start + most])
-        start += most
-    size = 1 << (most.bit_length() - 1)
-    while start < len(rows):
-        while size > len(rows) - start:
-            size >>= 1
-        out.append(rows[start : start + size])
-        start += size
-    return out
-
-
-_multi_sql: dict[tuple[str, int], str] = {}
-
-
-def _multi_row(sql: str, n: int) -> str:
-    """`INSERT ... VALUES (?, ?) [tail]` with its VALUES group repeated n times."""
-    hit = _multi_sql.get((sql, n))
-    if hit is None:
-        head, sep, rest = sql.partition(" VALUES ")
-        end = rest.index(")") + 1
-        hit = f"{head}{sep}{', '.join([rest[:end]] * n)}{rest[end:]}"
-        if len(_multi_sql) < 4096:
-            _multi_sql[(sql, n)] = hit
-    return hit
+    await conn.exec_driver_sql(sql, _driver_rows(rows, order))
 
 
 _statements: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}

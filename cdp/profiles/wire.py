@@ -3,8 +3,7 @@
 A chunk's results are thousands of small dataclasses. Pickling them, even with compact
 `__reduce__` hooks, cost the worker about 14 µs and the importing process about 22 µs per
 record; msgpack with msgspec costs 3.6 µs to encode and 9.6 µs to decode (measured on the
-benchmark's customers, 20 chunks of 1,000). The importing process decodes in its own thread,
-so this is CPU taken off the import's busiest process.
+benchmark's customers, 20 chunks of 1,000).
 """
 
 from __future__ import annotations
