@@ -168,3 +168,20 @@ async def test_import_with_a_worker_process_decrypts_and_stores_no_plaintext(
         for value in (f"secret.sealed{i}@example.com", f"Запечатанная{i}", f"ул. Скрытая, {i}"):
             assert not holds_plaintext(raw, value), i
         assert not holds_plaintext(raw, f"7916777{i:04d}")
+
+
+async def test_worker_results_carry_any_trait_value(platform, client, keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Integers too large for msgpack (a 30-digit loyalty number) reach the store as they were
+    read: the chunk travels back from the worker by the slower route instead of failing."""
+    src = tmp_path / "big.csv"
+    with src.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["email", "traits.loyalty", "traits.tier"])
+        w.writerow(["big.trait@example.com", "123456789012345678901234567890", "gold"])
+        w.writerow(["small.trait@example.com", "42", "silver"])
+    summary = await run_import(platform, src, "crm", workers=1)
+    assert (summary.rows, summary.rejected_rows, summary.created) == (2, 0, 2)
+    big = await _view(client, keys, "big.trait@example.com")
+    assert big["traits"] == {"loyalty": 123456789012345678901234567890, "tier": "gold"}
+    small = await _view(client, keys, "small.trait@example.com")
+    assert small["traits"] == {"loyalty": 42, "tier": "silver"}
