@@ -4,8 +4,9 @@ A chunk's results are thousands of small dataclasses. Pickling them, even with c
 `__reduce__` hooks, cost the worker about 14 µs and the importing process about 22 µs per
 record; msgpack with msgspec costs 3.6 µs to encode and 9.6 µs to decode (measured on the
 benchmark's customers, 20 chunks of 1,000). msgpack cannot carry an integer beyond 64 bits,
-which a trait may hold (a long loyalty or card number read from a CSV file): such a chunk
-travels as a pickle instead, so every value arrives as it was read.
+which a trait may hold (a long loyalty or card number read from a CSV file): such a chunk, or
+one holding anything else msgpack cannot carry, travels as a pickle instead, so every value
+arrives as it was read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _decoder = msgspec.msgpack.Decoder(Results)
 def encode_results(results: Results) -> bytes:
     try:
         return _MSGPACK + _encoder.encode(results)
-    except OverflowError:  # an integer msgpack cannot hold
+    except Exception:  # e.g. OverflowError: anything msgpack cannot hold
         return _PICKLE + pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
 
 
