@@ -60,12 +60,15 @@ def peak_rss_mb() -> float:
 
 @dataclass(frozen=True, slots=True)
 class CpuUse:
-    """CPU seconds used while a block ran: by this process (all its threads) and by the whole
-    machine (this process, its workers, a local database server, anything else running)."""
+    """CPU seconds used while a block ran: by the thread that ran it (an asyncio program's event
+    loop), by this process (all its threads: with SQLite, aiosqlite's thread does SQLite's own
+    work) and by the whole machine (this process, its workers, a local database server,
+    anything else running)."""
 
     wall: float
     process: float
     machine: float  # NaN where /proc/stat cannot be read
+    thread: float = float("nan")
 
     def per_item_us(self, n: int) -> tuple[float, float]:
         return self.process / n * 1e6, self.machine / n * 1e6
@@ -87,11 +90,13 @@ def cpu_use() -> Iterator[list[CpuUse]]:
     """`with cpu_use() as used: ...` then `used[0]` is the block's CpuUse."""
     out: list[CpuUse] = []
     wall, proc, machine = time.perf_counter(), time.process_time(), _machine_cpu_seconds()
+    thread = time.thread_time()
     yield out
     out.append(
         CpuUse(
             wall=time.perf_counter() - wall,
             process=time.process_time() - proc,
             machine=_machine_cpu_seconds() - machine,
+            thread=time.thread_time() - thread,
         )
     )
