@@ -193,8 +193,6 @@ async def member_pages(
     """Every member of the segment in profile id order, in pages of at most `page_size`
     members (`range_rows`, rendered). A range without members gives an empty page."""
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
-    try:
+    async with contextlib.aclosing(rows):
         async for got in rows:
             yield await render_for_export(p, d, got)
-    finally:
-        await rows.aclose()
