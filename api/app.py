@@ -33,6 +33,7 @@ from api.controllers.webhooks import WebhookController
 from api.deps import provide_platform, provide_principal
 from api.errors import EXCEPTION_HANDLERS
 from api.i18n import template_config
+from api.openapi import document_problems
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             await app.state.platform.close()
 
     max_body = (platform.settings if platform else settings or Settings.from_env()).max_body_bytes
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],
         state=State({"platform": platform}) if platform is not None else None,
@@ -96,3 +97,5 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         ),
         logging_config=None,
     )
+    document_problems(app)
+    return app

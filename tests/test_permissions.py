@@ -57,6 +57,24 @@ def concrete(path: str) -> str:
 APP = create_app(Settings())
 ENDPOINTS = endpoints(APP)
 PRIVATE = [(m, p, o) for m, p, o in ENDPOINTS if not is_public(p, o)]
+DOCUMENT = APP.openapi_schema.to_schema()
+
+
+def undocumented(method: str, path: str, status: int, content_type: str) -> str | None:
+    """Why a documented operation's answer is not in the OpenAPI document (None if it is): a
+    client generated from the document must know the status and the body's media type."""
+    op = DOCUMENT["paths"].get(PARAM.sub(lambda x: "{" + x.group(1) + "}", path), {})
+    op = op.get(method.lower())
+    if op is None:
+        return None  # not in the document (console pages, the schema itself)
+    responses = op["responses"]
+    spec = responses.get(str(status)) or (responses.get("default") if status >= 400 else None)
+    if spec is None:
+        return f"status {status} is not documented"
+    media = content_type.split(";")[0].strip()
+    if spec.get("content") and media not in spec["content"]:
+        return f"{status} answers {media}, documented {sorted(spec['content'])}"
+    return None
 
 
 def test_the_walk_covers_the_openapi_document():
@@ -71,6 +89,21 @@ def test_the_walk_covers_the_openapi_document():
     assert documented, "the OpenAPI document lists no paths"
     assert documented <= walked
     assert len(PRIVATE) >= 20  # the API's own routes, not just the schema pages
+
+
+def test_public_operations_need_no_key_and_errors_are_problems():
+    for method, path, opt in ENDPOINTS:
+        op = DOCUMENT["paths"].get(PARAM.sub(lambda x: "{" + x.group(1) + "}", path), {})
+        op = op.get(method.lower())
+        if op is None:
+            continue
+        if is_public(path, opt):
+            assert op.get("security") == [], f"{method} {path} asks for a key"
+        else:
+            assert {"401", "403"} <= set(op["responses"]), f"{method} {path}"
+        for status, spec in op["responses"].items():
+            if status == "default" or int(status) >= 400:
+                assert list(spec["content"]) == ["application/problem+json"], (method, path)
 
 
 def test_every_private_route_declares_known_roles_and_admin_reaches_it():
@@ -148,4 +181,7 @@ async def test_every_route_answers_each_role_as_declared(platform, client, keys)
                 expected, good = "401", r.status_code == 401
             if not good:
                 wrong.append(f"{method} {path} as {who}: {r.status_code}, expected {expected}")
+            why = undocumented(method, path, r.status_code, r.headers.get("content-type", ""))
+            if why:
+                wrong.append(f"{method} {path} as {who}: {why}")
     assert wrong == []

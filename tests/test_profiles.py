@@ -283,3 +283,21 @@ async def test_openapi_and_health_are_public(client):
     schema = (await client.get("/schema/openapi.json")).json()
     assert schema["openapi"].startswith("3.1")
     assert "/v1/profiles" in schema["paths"]
+
+
+async def test_openapi_documents_both_answers_of_an_upsert(client, keys):
+    """201 for a new profile or event, 200 for a repeat: a generated client must accept both."""
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    record = {"source": "crm", "external_id": "C-7", "email": "doc.check@example.com"}
+    event = {
+        "source": "shop",
+        "event_id": "E-7",
+        "type": "page_view",
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "email": "doc.check@example.com",
+    }
+    for path, body in (("/v1/profiles", record), ("/v1/events", event)):
+        first = await client.post(path, json=body, headers=keys["ingest"])
+        again = await client.post(path, json=body, headers=keys["ingest"])
+        assert (first.status_code, again.status_code) == (201, 200), path
+        assert {"200", "201"} <= set(paths[path]["post"]["responses"]), path

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from litestar import Response, post
+from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 
 from api.auth import roles
@@ -14,6 +15,8 @@ from cdp.profiles.schemas import EventIn
     opt=roles("admin", "ingest"),
     tags=["events"],
     summary="Record a behavioural event (idempotent on source + event_id)",
+    description="201 when the event is new, 200 when it was already recorded.",
+    responses={200: ResponseSpec(dict, description="The event was already recorded")},
 )
 async def post_event(
     data: JSONBody[EventIn], platform: PlatformDep, principal: PrincipalDep

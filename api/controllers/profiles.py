@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -68,7 +69,8 @@ class ProfileController(Controller):
         "/",
         opt=INGEST,
         summary="Upsert one customer record and resolve its identity",
-        responses=None,
+        description="201 when a new profile was created, 200 when the record joined one.",
+        responses={200: ResponseSpec(dict[str, Any], description="The record joined a profile")},
     )
     async def upsert(
         self, data: JSONBody[ProfileIn], platform: PlatformDep, principal: PrincipalDep

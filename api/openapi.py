@@ -1,0 +1,102 @@
+"""The OpenAPI document tells the errors as the API answers them.
+
+Litestar documents only a 400 per operation, as its own `application/json` validation error.
+Every error here is an RFC 9457 problem (`api.errors`, API.md), so each operation gets, under
+`application/problem+json` with one shared `Problem` schema: 400 where it takes parameters or a
+body, 401 and 403 unless it is public, 404 where its path names something, 413 where it takes
+a body, and a `default` for the rest (409, 410, 429, 500, 503). Public operations also say they
+need no key (`security: []`), overriding the document-wide bearer requirement, so that a
+generated client does not send one.
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
+from litestar.routes import HTTPRoute
+
+from api.errors import PROBLEM
+
+_PROBLEM_REF = Reference(ref="#/components/schemas/Problem")
+PROBLEM_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["type", "title", "status", "detail"],
+    properties={
+        "type": Schema(type=OpenAPIType.STRING, format="uri"),
+        "title": Schema(type=OpenAPIType.STRING),
+        "status": Schema(type=OpenAPIType.INTEGER),
+        "detail": Schema(type=OpenAPIType.STRING),
+        "errors": Schema(
+            type=OpenAPIType.ARRAY,
+            description="Each bad field of an invalid input (400)",
+            items=Schema(
+                type=OpenAPIType.OBJECT,
+                required=["field", "message"],
+                properties={
+                    "field": Schema(type=OpenAPIType.STRING),
+                    "message": Schema(type=OpenAPIType.STRING),
+                },
+            ),
+        ),
+    },
+    description="RFC 9457 problem details",
+)
+_WHY = {
+    "400": "Invalid input: `errors` names each bad field; nothing is stored",
+    "401": "Missing, unknown or revoked API key",
+    "403": "This key's role may not use this endpoint",
+    "404": "Unknown id, or a link that is not (or no longer) valid",
+    "413": "The request body is larger than the limit",
+    "default": "Any other error (409 conflict, 410 erased, 429, 500, 503), as a problem",
+}
+
+
+def _problem(status: str) -> OpenAPIResponse:
+    return OpenAPIResponse(
+        description=_WHY[status],
+        content={PROBLEM: OpenAPIMediaType(schema=_PROBLEM_REF)},
+    )
+
+
+def _errors_of(op: Operation, *, public: bool, names_something: bool) -> list[str]:
+    wanted = []
+    if op.parameters or op.request_body is not None or "400" in (op.responses or {}):
+        wanted.append("400")
+    if not public:
+        wanted += ["401", "403"]
+    if names_something:
+        wanted.append("404")
+    if op.request_body is not None:
+        wanted.append("413")
+    return [*wanted, "default"]
+
+
+def document_problems(app: Litestar) -> None:
+    """Rewrite the app's (cached) OpenAPI document's error responses, once, at creation."""
+    openapi = app.openapi_schema
+    if openapi.components.schemas is None:
+        openapi.components.schemas = {}
+    openapi.components.schemas["Problem"] = PROBLEM_SCHEMA
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or route.path_format not in (openapi.paths or {}):
+            continue
+        item = openapi.paths[route.path_format]  # type: ignore[index]
+        for handler in route.route_handlers:
+            for method in handler.http_methods:
+                op = getattr(item, method.lower(), None)
+                if not isinstance(op, Operation):
+                    continue
+                public = bool(handler.opt.get("public"))
+                if public:
+                    op.security = []
+                responses = dict(op.responses or {})
+                for status in _errors_of(op, public=public, names_something="{" in route.path):
+                    responses[status] = _problem(status)
+                op.responses = responses
