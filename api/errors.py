@@ -84,6 +84,9 @@ def on_http(_: Request, exc: HTTPException) -> Response:
     detail = exc.detail if status < 500 else "internal error"
     if status == 413:
         detail = "the request body is larger than the limit"
+    if status == 400:  # the body could not be decoded at all (msgspec names a position only)
+        error = FieldError("body", f"not valid JSON ({detail})")
+        return problem(400, f"body: {error.message}", [error])
     return problem(status, detail)
 
 

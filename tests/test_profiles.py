@@ -258,6 +258,21 @@ async def test_body_over_the_limit_is_413(client, keys, platform):
     assert await count(platform, profiles) == 0
 
 
+async def test_a_body_that_is_not_json_is_400_naming_the_body(client, keys, platform):
+    headers = {**keys["ingest"], "content-type": "application/json"}
+    for path, raw in (
+        ("/v1/profiles", b'{"source": "crm", "email": '),  # cut short
+        ("/v1/events", b'{"source": "shop", "amount": 1e400}'),  # beyond a float
+        ("/v1/profiles/batch", b'{"records": [{"source": "crm", "traits": {"n": 1e400}}]}'),
+    ):
+        r = await client.post(path, content=raw, headers=headers)
+        assert r.status_code == 400, path
+        assert r.headers["content-type"] == "application/problem+json"
+        [error] = r.json()["errors"]
+        assert error["field"] == "body" and error["message"].startswith("not valid JSON"), path
+    assert await count(platform, profiles) == 0
+
+
 async def test_placeholder_identifiers_never_link(client, keys, platform):
     a = await client.post(
         "/v1/profiles",

@@ -78,7 +78,12 @@ class ProfileController(Controller):
         outcome = await upsert_one(platform, data, principal.name)
         return Response(outcome_body(outcome), status_code=201 if outcome.created else 200)
 
-    @post("/batch", opt=INGEST, status_code=200, summary="Upsert up to 1000 records")
+    @post(
+        "/batch",
+        opt={**INGEST, "records_report_errors": True},  # api.nul_guard leaves them to each record
+        status_code=200,
+        summary="Upsert up to 1000 records",
+    )
     async def batch(
         self, data: JSONBody[BatchIn], platform: PlatformDep, principal: PrincipalDep
     ) -> dict:

@@ -15,6 +15,7 @@ import msgspec
 
 from cdp.errors import FieldError, InvalidInput
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
+from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.schemas import ProfileIn
 from consent.policy import Policy
@@ -67,6 +68,7 @@ def decode_errors(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInpu
 
 
 def parse_profile(raw: Any) -> ProfileIn:
+    refuse_nul(raw)
     if isinstance(raw, ProfileIn):
         return raw
     try:

@@ -1,0 +1,43 @@
+"""Every request's query, JSON body and form is refused with a 400 naming the field when any
+text in it holds a NUL character (`cdp.nul_text` says why). Runs as the app's before_request
+hook: after routing and the auth guard, before the handler decodes its parameters. A handler
+whose body holds records that report their own errors (`opt={"records_report_errors": True}`:
+the profile batch) is left to `parse_profile`, so one bad record does not refuse the others.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Request
+
+from cdp.nul_text import NUL, refuse_nul
+
+_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def refuse_nul_text(request: Request) -> None:
+    for name, value in request.query_params.multi_items():
+        if NUL in name:
+            refuse_nul(name, "query")
+        refuse_nul(value, name)
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if request.route_handler.opt.get("records_report_errors"):
+        return
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in _FORMS:
+        form = await request.form()
+        for name, value in form.multi_items():
+            if NUL in name:
+                refuse_nul(name, "body")
+            if isinstance(value, str):
+                refuse_nul(value, name)
+        return
+    body = await request.body()
+    if b"\\u0000" not in body:  # JSON can only carry a NUL escaped
+        return
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return  # the handler's own decoding answers 400 for a body that is not JSON
+    refuse_nul(data)
