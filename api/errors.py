@@ -13,7 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import OperationalError
 
-from cdp.errors import DomainError, FieldError
+from cdp.errors import DomainError, FieldError, decoded_field_error
 from consent.tokens import TokenError
 
 log = structlog.get_logger("api.errors")
@@ -48,12 +48,6 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM)
 
 
-def _field_of(key: str | None) -> str:
-    if not key:
-        return "body"
-    return key.removeprefix("$").lstrip(".") or "body"
-
-
 def on_domain_error(_: Request, exc: DomainError) -> Response:
     return problem(exc.status, exc.detail, exc.errors if exc.status == 400 else None, exc.title)
 
@@ -62,17 +56,18 @@ def on_token_error(_: Request, exc: TokenError) -> Response:
     return problem(404, "unknown or invalid link")
 
 
+def _path_of(item: dict[str, Any]) -> str | None:
+    """Where the error is; Litestar names the root of a body after the handler's `data`."""
+    key = item.get("key")
+    return "" if item.get("source") == "body" and key == "data" else key
+
+
 def on_validation(_: Request, exc: ValidationException) -> Response:
-    errors: list[FieldError] = []
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        if isinstance(item, dict):
-            message = str(item.get("message", "invalid"))
-            key = item.get("key")
-            if message.startswith("Object contains unknown field `"):
-                key, message = message.split("`")[1], "unknown field"
-            elif message.startswith("Object missing required field `"):
-                key, message = message.split("`")[1], "required"
-            errors.append(FieldError(_field_of(key), message))
+    errors = [
+        decoded_field_error(str(item.get("message", "invalid")), _path_of(item))
+        for item in (exc.extra if isinstance(exc.extra, list) else [])
+        if isinstance(item, dict)
+    ]
     if not errors:
         errors.append(FieldError("body", "not valid JSON for this endpoint"))
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)

@@ -141,16 +141,39 @@ def keys_rotate_master(new_key_env: str) -> None:
     click.echo("now set CDP_MASTER_KEY to the new key and restart every service")
 
 
+DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="the system the file comes from")
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def import_cmd(file: Path, source: str, rejects: Path | None) -> None:
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="the file's text encoding, e.g. cp1251 for a Russian Excel CSV",
+)
+@click.option(
+    "--delimiter",
+    type=click.Choice(sorted(DELIMITER_NAMES)),
+    default=None,
+    help="the CSV's column separator [default: read off the header]",
+)
+def import_cmd(
+    file: Path, source: str, rejects: Path | None, encoding: str, delimiter: str | None
+) -> None:
     """Bulk upsert a CSV (header row) or NDJSON file."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from cdp.import_file import ImportFileError, check_encoding
     from cdp.importer import run_import
+
+    try:
+        check_encoding(file, encoding)  # before the database is opened: nothing is stored
+    except ImportFileError as exc:
+        raise click.ClickException(exc.detail) from None
 
     with file.open("rb") as fh:
         total = max(
@@ -173,9 +196,14 @@ def import_cmd(file: Path, source: str, rejects: Path | None) -> None:
                 source,
                 rejects_path=rejects,
                 on_progress=lambda n: bar.update(task, completed=n),
+                encoding=encoding,
+                delimiter=DELIMITER_NAMES[delimiter] if delimiter else None,
             )
 
-        summary = run(lambda: _with_platform(go))
+        try:
+            summary = run(lambda: _with_platform(go))
+        except ImportFileError as exc:
+            raise click.ClickException(exc.detail) from None
     click.echo(
         f"rows: {summary.rows}  created: {summary.created}  joined existing: {summary.joined}  "
         f"merged: {summary.merged}  rejected rows: {summary.rejected_rows}  "

@@ -26,6 +26,26 @@ class DomainError(Exception):
         return self.detail + " (" + "; ".join(f"{e.field}: {e.message}" for e in self.errors) + ")"
 
 
+# msgspec reports an unknown or missing field at the object that holds it; these name the field
+_OBJECT_MESSAGES = (
+    ("Object contains unknown field `", "unknown field"),
+    ("Object missing required field `", "required"),
+)
+
+
+def decoded_field_error(message: str, path: str | None, prefix: str = "") -> FieldError:
+    """A msgspec validation error as a FieldError naming the field. `path` is where msgspec
+    found it (`$.consents[0]`, `consents[0]`, or empty for the top level); an unknown or
+    missing field is named inside its object: ("consents[0].purpose", "required")."""
+    where = (path or "").strip("`").removeprefix("$").lstrip(".")
+    for start, says in _OBJECT_MESSAGES:
+        if message.startswith(start):
+            name = message[len(start) :].partition("`")[0]
+            where, message = (f"{where}.{name}" if where else name), says
+            break
+    return FieldError(f"{prefix}{where}" if where else prefix.rstrip(".") or "body", message)
+
+
 class InvalidInput(DomainError):
     title = "Invalid input"
 

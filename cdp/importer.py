@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
+from cdp.import_file import Chunk, check_encoding, read_chunks
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
@@ -151,45 +150,6 @@ def row_to_record(row: dict[str, Any], source: str, *, from_csv: bool) -> dict[s
     return record
 
 
-# A chunk: (CSV header or None for NDJSON, [(row number, row)]). A CSV row is its list of
-# values (as csv.reader gives it; the worker pairs it with the header as csv.DictReader
-# would), an NDJSON row its object, or None when the line is not a JSON object.
-Chunk = tuple[list[str] | None, list[tuple[int, Any]]]
-
-
-def read_chunks(path: Path, size: int) -> Iterator[Chunk]:
-    """The file in chunks of `size` rows. Row numbers count data rows (blank lines skipped)."""
-    is_json = path.suffix.lower() in (".ndjson", ".jsonl", ".json")
-    rows: list[tuple[int, Any]] = []
-    with path.open("r", encoding="utf-8-sig", newline="") as fh:
-        header: list[str] | None = None
-        if is_json:
-            lines: Iterator[tuple[int, Any]] = (
-                (n, _json_object(line)) for n, line in enumerate(fh, start=1) if line.strip()
-            )
-        else:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                return
-            lines = enumerate((row for row in reader if row), start=1)
-        for item in lines:
-            rows.append(item)
-            if len(rows) >= size:
-                yield header, rows
-                rows = []
-    if rows:
-        yield header, rows
-
-
-def _json_object(line: str) -> dict[str, Any] | None:
-    try:
-        obj = msgspec.json.decode(line)
-    except msgspec.DecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 # An import allocates millions of short-lived, acyclic objects (rows, records, parameter tuples):
 # collecting the youngest generation every 700 allocations costs more than a tenth of the
 # import's CPU time, in the workers and in the main process. Cycles are still collected.
@@ -298,7 +258,7 @@ class _Transactions:
 
 async def _prepared_chunks(
     p: Platform,
-    path: Path,
+    chunks: Iterator[Chunk],
     source: str,
     workers: int,
     *,
@@ -307,7 +267,7 @@ async def _prepared_chunks(
     """The file's chunks as `prepare_rows` gives them, in file order: validated and sealed by
     `workers` processes (0: here, unsealed). `on_wait` runs before waiting for a worker."""
     if workers == 0:
-        for chunk in read_chunks(path, CHUNK):
+        for chunk in chunks:
             yield prepare_rows(chunk, p.policy, p.keys.indexer, source)
         return
     loop = asyncio.get_running_loop()
@@ -321,7 +281,6 @@ async def _prepared_chunks(
         # While the oldest chunk is still with a worker (a busy machine), this process
         # prepares the next one itself.
         pending: deque[asyncio.Future | list[tuple]] = deque()
-        chunks = read_chunks(path, CHUNK)
         in_pool = 0
         more = True
         while more or pending:
@@ -359,9 +318,14 @@ async def run_import(
     rejects_path: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
 ) -> ImportSummary:
     """Import a file. `workers`: validation processes (None: one per spare core for large
-    files, 0: validate in this process)."""
+    files, 0: validate in this process). `encoding` and `delimiter` (a CSV's; None: read off
+    its header) as `cdp.import_file` says; a file that is not in its encoding raises
+    ImportFileError before anything is stored."""
+    check_encoding(path, encoding)
     summary = ImportSummary()
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
     summary.rejects_path = rejects_path
@@ -415,7 +379,13 @@ async def run_import(
         with _relaxed_gc():
             try:
                 # while the next chunk is still with a worker, let other writers in
-                chunks = _prepared_chunks(p, path, source, workers, on_wait=txns.commit)
+                chunks = _prepared_chunks(
+                    p,
+                    read_chunks(path, CHUNK, encoding=encoding, delimiter=delimiter),
+                    source,
+                    workers,
+                    on_wait=txns.commit,
+                )
                 async with contextlib.aclosing(chunks):
                     async for results in chunks:
                         await store(results)

@@ -316,3 +316,25 @@ async def test_openapi_documents_both_answers_of_an_upsert(client, keys):
         again = await client.post(path, json=body, headers=keys["ingest"])
         assert (first.status_code, again.status_code) == (201, 200), path
         assert {"200", "201"} <= set(paths[path]["post"]["responses"]), path
+
+
+async def test_unknown_and_missing_fields_are_named_where_they_are(client, keys, platform):
+    """In a single record, a batch's records and so an import's rows alike."""
+    consent = {"channel": "email", "status": "granted", "foo": 1}  # no purpose, an extra key
+    single = {"source": "crm", "email": "named@example.com", "consents": [consent]}
+    r = await client.post("/v1/profiles", json=single, headers=keys["ingest"])
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["field"] in ("consents[0].purpose", "consents[0].foo")
+    records = [
+        {"email": "a@example.com"},
+        {"source": "crm", "emial": "b@example.com"},
+        {"source": "crm", "email": "c@example.com", "consents": [{"channel": "email"}]},
+    ]
+    r = await client.post("/v1/profiles/batch", json={"records": records}, headers=keys["ingest"])
+    errors = [x["error"]["errors"] for x in r.json()["results"]]
+    assert errors == [
+        [{"field": "source", "message": "required"}],
+        [{"field": "emial", "message": "unknown field"}],
+        [{"field": "consents[0].purpose", "message": "required"}],
+    ]
+    assert await count(platform, profiles) == 0

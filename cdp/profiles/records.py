@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import FieldError, InvalidInput
+from cdp.errors import FieldError, InvalidInput, decoded_field_error
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -51,20 +51,11 @@ class Record:
 
 def decode_errors(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInput:
     """Turn a msgspec error ("... - at `$.consents[0].status`") into a field error."""
-    text = str(exc)
-    message, _, path = text.rpartition(" - at `")
-    if path:
-        field_name = path.rstrip("`").removeprefix("$").lstrip(".")
-    else:
-        message, field_name = text, ""
-        if text.startswith("Object contains unknown field `"):
-            field_name = text.split("`")[1]
-            message = "unknown field"
-        elif text.startswith("Object missing required field `"):
-            field_name = text.split("`")[1]
-            message = "required"
-    full = f"{prefix}{field_name}" if field_name else prefix.rstrip(".") or "body"
-    return InvalidInput.field(full, message or text)
+    message, at, path = str(exc).rpartition(" - at `")
+    if not at:  # an error at the top level has no path
+        message, path = str(exc), ""
+    error = decoded_field_error(message, path, prefix)
+    return InvalidInput.field(error.field, error.message)
 
 
 def parse_profile(raw: Any) -> ProfileIn:

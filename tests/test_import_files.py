@@ -1,0 +1,85 @@
+"""`cdp import` reads the files customers have: Excel's `;` CSV, Windows-1251, tabs, a BOM."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdp.db.tables import profiles
+from cdp.import_file import ImportFileError, header_delimiter
+from cdp.importer import run_import
+from tests.helpers import count
+from tests.test_import import run_cli
+
+# What Excel saves for a Russian locale: semicolons, CRLF, Windows-1251.
+EXCEL_RU = (
+    "external_id;email;first_name;city;traits.ltv\r\n"
+    "R1;anna@example.com;Анна;Москва;1234,5\r\n"
+    'R2;ivan@example.com;"Иван; мл.";Казань;\r\n'
+)
+
+
+async def first_name(client, keys, email: str) -> str:  # type: ignore[no-untyped-def]
+    r = await client.get("/v1/profiles", params={"email": email}, headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    return r.json()["first_name"]
+
+
+async def test_a_russian_excel_csv_imports_with_its_encoding(platform, tmp_path, client, keys):
+    src = tmp_path / "excel.csv"
+    src.write_bytes(EXCEL_RU.encode("cp1251"))
+    summary = await run_import(platform, src, "crm", encoding="cp1251")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (2, 2, 0)
+    assert await first_name(client, keys, "anna@example.com") == "Анна"
+    assert await first_name(client, keys, "ivan@example.com") == "Иван; мл."
+
+
+async def test_a_file_not_in_its_encoding_is_refused_before_anything_is_stored(platform, tmp_path):
+    src = tmp_path / "excel.csv"
+    good = "".join(f"R{n};r{n}@example.com;Anna\r\n" for n in range(3000))
+    tail = "R9;r9@example.com;Анна\r\n".encode("cp1251")
+    src.write_bytes(b"external_id;email;first_name\r\n" + good.encode() + tail)
+    with pytest.raises(ImportFileError) as caught:
+        await run_import(platform, src, "crm")
+    assert caught.value.detail.startswith("line 3002 is not valid utf-8")
+    assert await count(platform, profiles) == 0
+
+
+async def test_the_delimiter_is_read_off_the_header_or_given(platform, tmp_path):
+    tabs = tmp_path / "shop.csv"
+    tabs.write_text("external_id\temail\tcity\nT1\tt1@example.com\tOslo, Norway\n", "utf-8")
+    assert (await run_import(platform, tabs, "shop")).created == 1
+    forced = tmp_path / "forced.csv"
+    forced.write_text("external_id|email\nP1|p1@example.com\n", "utf-8-sig")  # with a BOM
+    assert (await run_import(platform, forced, "shop", delimiter="|")).created == 1
+    assert await count(platform, profiles) == 2
+
+
+def test_header_delimiter_picks_the_one_that_names_known_columns():
+    assert header_delimiter("external_id;email;first_name\r\n") == ";"
+    assert header_delimiter("email,phone\n") == ","
+    assert header_delimiter('"notes; free text",email,phone\n') == ","
+    assert header_delimiter("email\ttraits.a;b\tconsent.marketing.email\n") == "\t"
+    assert header_delimiter("what;ever\n") == ","  # nothing known: the CSV default
+
+
+async def test_cli_names_the_bad_line_and_takes_encoding(platform, tmp_path, backend):
+    if backend != "sqlite":
+        return  # the CLI is the same code on both databases
+    url = platform.settings.database_url
+    src = tmp_path / "excel.csv"
+    src.write_bytes(EXCEL_RU.encode("cp1251"))
+    refused = run_cli(["import", str(src), "--source", "crm"], url, tmp_path)
+    assert refused.returncode == 1
+    assert "line 2 is not valid utf-8" in refused.stderr and "--encoding" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    done = run_cli(["import", str(src), "--source", "crm", "--encoding", "cp1251"], url, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "created: 2" in done.stdout and "rejected rows: 0" in done.stdout
+
+
+async def test_a_header_that_names_a_column_twice_is_refused(platform, tmp_path):
+    src = tmp_path / "twice.csv"
+    src.write_text("email,first_name,email\nwork@example.com,Anna,home@example.com\n", "utf-8")
+    with pytest.raises(ImportFileError, match="'email' twice"):
+        await run_import(platform, src, "crm")
+    assert await count(platform, profiles) == 0
