@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import NamedTuple
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
@@ -75,8 +76,15 @@ def normalise_email(value: str, field: str = "email") -> str:
         raise InvalidInput.field(field, "not a valid email address") from exc
 
 
-def parse_phone(value: str, region: str, field: str = "phone") -> tuple[str, str | None]:
-    """(E.164, national number or None). The national number is the one phonenumbers finds
+class Phone(NamedTuple):
+    e164: str
+    national: str | None  # see parse_phone
+    extension: bool  # the input named an extension ("доб. 123", "ext. 5"): a shared line
+
+
+def parse_phone(value: str, region: str, field: str = "phone") -> Phone:
+    """The number in E.164, its national number or None, and whether the input named an
+    extension (which E.164 leaves out). The national number is the one phonenumbers finds
     when it parses the E.164 form, given only where that is certain without parsing again:
     the input was that E.164 form already, and a number starting with "+" parses the same
     whatever the default region."""
@@ -88,11 +96,12 @@ def parse_phone(value: str, region: str, field: str = "phone") -> tuple[str, str
     if not phonenumbers.is_valid_number(number):
         raise InvalidInput.field(field, "not a valid phone number")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return e164, (str(number.national_number) if raw == e164 else None)
+    national = str(number.national_number) if raw == e164 else None
+    return Phone(e164, national, bool(number.extension))
 
 
 def normalise_phone(value: str, region: str, field: str = "phone") -> str:
-    return parse_phone(value, region, field)[0]
+    return parse_phone(value, region, field).e164
 
 
 def normalise_country(value: str, field: str = "country") -> str:

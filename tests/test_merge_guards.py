@@ -29,6 +29,33 @@ def with_guards(platform, **changes):  # type: ignore[no-untyped-def]
     platform.policy = dataclasses.replace(platform.policy, identity=identity)
 
 
+async def test_an_office_line_with_an_extension_never_links_colleagues(client, keys, platform):
+    """E.164 has no extension: two colleagues behind one switchboard would share a number."""
+    anna = await post(
+        client, keys, source="crm", email="anna@corp.example", phone="+7 495 123-45-67 доб. 101"
+    )
+    ivan = await post(
+        client, keys, source="crm", email="ivan@corp.example", phone="+7 (495) 123-45-67 ext. 102"
+    )
+    assert anna["profile_id"] != ivan["profile_id"]
+    for answer in (anna, ivan):
+        assert [e["field"] for e in answer["ignored"]] == ["phone"]
+        assert "extension" in answer["ignored"][0]["message"]
+    kinds = [i["kind"] for i in (await read(client, keys, anna["profile_id"]))["identities"]]
+    assert "phone" not in kinds
+    assert await count(platform, merges) == 0
+    alone = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "phone": "8 495 123-45-67 доб. 7"},
+        headers=keys["ingest"],
+    )
+    assert alone.status_code == 400 and alone.json()["errors"][0]["field"] == "phone"
+    same_line = await post(
+        client, keys, source="crm", email="desk@corp.example", phone="+74951234567"
+    )
+    assert same_line["created"] and "ignored" not in same_line  # the number itself still links
+
+
 async def test_placeholder_values_never_link_profiles(client, keys, platform):
     placeholders = [
         {"email": "noemail@shop.ru"},  # a junk local part from the policy

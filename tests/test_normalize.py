@@ -116,7 +116,7 @@ phones = st.one_of(
 @example("+4915112345678", "DE")
 def test_phone_national_number_is_the_one_a_fresh_parse_finds(raw: str, region: str) -> None:
     try:
-        e164, national = parse_phone(raw, region)
+        e164, national, _ = parse_phone(raw, region)
     except InvalidInput:
         return
     if national is not None:
@@ -128,7 +128,7 @@ def test_phone_national_number_is_the_one_a_fresh_parse_finds(raw: str, region: 
 
 def test_placeholder_numbers_are_caught_on_the_fast_path() -> None:
     for raw in ("+79999999999", "+79876543210"):
-        e164, national = parse_phone(raw, "RU")
+        e164, national, _ = parse_phone(raw, "RU")
         assert national is not None
         assert junk_reason("phone", e164, GUARDS, national=national) is not None
 

@@ -4,6 +4,9 @@ Junk values come from the policy (`[identity]` in policies/policy.toml: `junk_va
 `junk_emails`, `junk_email_local_parts`, `junk_phones`), compared after normalisation and
 case-insensitively. A phone whose whole national number is one repeated digit or a straight run
 of digits (+7 999 999-99-99, +1 123-456-7890) is a placeholder too, whatever the policy lists.
+A phone given with an extension ("+7 495 123-45-67 доб. 101") is an office's shared line: E.164
+has no extension, so colleagues would share one number and be merged into one customer, and no
+SMS reaches an extension. It never links, and is not kept as an address.
 """
 
 from __future__ import annotations
@@ -58,10 +61,18 @@ def placeholder_phone(e164: str, national: str | None = None) -> bool:
 
 
 def junk_reason(
-    kind: str, value: str, guards: IdentityGuards, *, national: str | None = None
+    kind: str,
+    value: str,
+    guards: IdentityGuards,
+    *,
+    national: str | None = None,
+    extension: bool = False,
 ) -> str | None:
     """Why this normalised identifier is a placeholder, or None when it is usable.
-    `national`: for a phone, its national number when known (see placeholder_phone)."""
+    `national`: for a phone, its national number when known (see placeholder_phone);
+    `extension`: the phone was given with one (cdp.normalize.Phone)."""
+    if kind == "phone" and extension:
+        return "a number with an extension is a shared line, not used to link profiles"
     lists = _lists(guards)
     lowered = value.strip().lower()
     if lowered in lists.values:

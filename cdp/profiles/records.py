@@ -101,12 +101,18 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
     if data.phone is not None and data.phone.strip():
         region = rec.country or policy.phone_region(rec.jurisdiction)
         try:
-            phone, national = parse_phone(data.phone, region)
-            reason = junk_reason("phone", phone, policy.identity, national=national)
+            phone = parse_phone(data.phone, region)
+            reason = junk_reason(
+                "phone",
+                phone.e164,
+                policy.identity,
+                national=phone.national,
+                extension=phone.extension,
+            )
             if reason:
                 rec.ignored.append(FieldError("phone", reason))
             else:
-                rec.phone = phone
+                rec.phone = phone.e164
         except InvalidInput as exc:
             errors.extend(exc.errors)
     if data.external_id is not None:
