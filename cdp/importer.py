@@ -190,6 +190,10 @@ def _prepare_chunk(chunk: Chunk) -> bytes:
     return encode_results(results)  # type: ignore[arg-type]
 
 
+def _too_many(values: int, columns: int) -> str:
+    return f"{values} values for {columns} columns (a delimiter inside an unquoted value?)"
+
+
 def prepare_rows(
     chunk: Chunk,
     policy: Policy,
@@ -204,7 +208,10 @@ def prepare_rows(
     out: list[tuple] = []
     for n, row in rows:
         if header is not None:
-            row = dict(zip(header, row, strict=False))  # as csv.DictReader pairs them
+            if len(row) > len(header):  # a value would have no column: refuse, not drop it
+                out.append((n, None, [FieldError("row", _too_many(len(row), len(header)))]))
+                continue
+            row = dict(zip(header, row, strict=False))  # a short row leaves the rest empty
         elif row is None:
             out.append((n, None, [FieldError("row", "not a JSON object")]))
             continue

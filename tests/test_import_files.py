@@ -83,3 +83,18 @@ async def test_a_header_that_names_a_column_twice_is_refused(platform, tmp_path)
     with pytest.raises(ImportFileError, match="'email' twice"):
         await run_import(platform, src, "crm")
     assert await count(platform, profiles) == 0
+
+
+async def test_a_row_with_more_values_than_columns_is_rejected_not_cut(platform, tmp_path):
+    """An unquoted comma in an address shifts every later value: the row is reported."""
+    src = tmp_path / "shop.csv"
+    src.write_text(
+        "external_id,email,postal_address,city\n"
+        'S1,s1@example.com,"ул. Ленина, 1",Moscow\n'
+        "S2,s2@example.com,ул. Ленина, 2,Moscow\n"
+        "S3,s3@example.com\n",  # a short row: the missing columns are empty
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (3, 2, 1)
+    assert summary.reasons == {"5 values for 4 columns (a delimiter inside an unquoted value?)": 1}
