@@ -35,6 +35,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.i18n import template_config
 from api.nul_guard import refuse_nul_text
 from api.openapi import document_problems
+from api.requests import ApiRequest
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             "platform": Provide(provide_platform, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
         },
+        request_class=ApiRequest,
         before_request=refuse_nul_text,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body,

@@ -56,15 +56,20 @@ def on_token_error(_: Request, exc: TokenError) -> Response:
     return problem(404, "unknown or invalid link")
 
 
-def _path_of(item: dict[str, Any]) -> str | None:
-    """Where the error is; Litestar names the root of a body after the handler's `data`."""
-    key = item.get("key")
-    return "" if item.get("source") == "body" and key == "data" else key
+def _error_of(item: dict[str, Any]) -> FieldError:
+    """Litestar names the root of a body after the handler's `data` parameter, and a request
+    without a body is its KeyError for `data`."""
+    key, message = item.get("key"), str(item.get("message", "invalid"))
+    if item.get("source") == "body" and key == "data":
+        if message == "'data'":
+            return FieldError("body", "required: the request has no body")
+        key = ""
+    return decoded_field_error(message, key)
 
 
 def on_validation(_: Request, exc: ValidationException) -> Response:
     errors = [
-        decoded_field_error(str(item.get("message", "invalid")), _path_of(item))
+        _error_of(item)
         for item in (exc.extra if isinstance(exc.extra, list) else [])
         if isinstance(item, dict)
     ]

@@ -7,8 +7,8 @@ the profile batch) is left to `parse_profile`, so one bad record does not refuse
 
 from __future__ import annotations
 
-import msgspec
 from litestar import Request
+from litestar.exceptions import SerializationException
 
 from cdp.nul_text import NUL, refuse_nul
 
@@ -37,7 +37,7 @@ async def refuse_nul_text(request: Request) -> None:
     if b"\\u0000" not in body:  # JSON can only carry a NUL escaped
         return
     try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        data = await request.json()  # decoded once: the handler reads the same value
+    except SerializationException:
         return  # the handler's own decoding answers 400 for a body that is not JSON
     refuse_nul(data)

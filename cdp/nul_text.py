@@ -58,6 +58,11 @@ def refuse_nul(value: Any, path: str = "") -> None:
             return
     except (TypeError, ValueError, OverflowError):
         pass  # not JSON-encodable as it is: walk it
-    found = nul_field(value, path)
+    except RecursionError:
+        raise InvalidInput.field(path or "body", "nested too deeply") from None
+    try:
+        found = nul_field(value, path)
+    except RecursionError:
+        raise InvalidInput.field(path or "body", "nested too deeply") from None
     if found is not None:
         raise InvalidInput.field(found, MESSAGE)

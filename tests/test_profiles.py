@@ -260,6 +260,10 @@ async def test_body_over_the_limit_is_413(client, keys, platform):
 
 async def test_a_body_that_is_not_json_is_400_naming_the_body(client, keys, platform):
     headers = {**keys["ingest"], "content-type": "application/json"}
+    empty = await client.post("/v1/profiles", content=b"", headers=headers)
+    assert empty.json()["errors"] == [
+        {"field": "body", "message": "required: the request has no body"}
+    ]
     for path, raw in (
         ("/v1/profiles", b'{"source": "crm", "email": '),  # cut short
         ("/v1/events", b'{"source": "shop", "amount": 1e400}'),  # beyond a float
@@ -337,4 +341,20 @@ async def test_unknown_and_missing_fields_are_named_where_they_are(client, keys,
         [{"field": "emial", "message": "unknown field"}],
         [{"field": "consents[0].purpose", "message": "required"}],
     ]
+    assert await count(platform, profiles) == 0
+
+
+async def test_a_body_nested_too_deeply_is_400_not_500(client, keys, platform):
+    headers = {**keys["admin"], "content-type": "application/json"}
+    deep = "[" * 5000 + "]" * 5000
+    almost = "[" * 950 + '"\\u0000"' + "]" * 950  # decodes, then the NUL check walks it
+    for path, raw in (
+        ("/v1/profiles", '{"source": "crm", "email": "d@example.com", "traits": {"a": %s}}'),
+        ("/v1/segments/query", '{"purpose": "marketing", "channel": "email", "rules": %s}'),
+        ("/v1/events", '{"source": "s", "event_id": "e", "type": "t", "properties": %s}'),
+    ):
+        for inner in (deep, almost):
+            r = await client.post(path, content=(raw % inner).encode(), headers=headers)
+            assert r.status_code == 400, (path, r.text)
+            assert r.json()["errors"][0]["field"] in ("body", "rules", "traits.a", "properties")
     assert await count(platform, profiles) == 0
