@@ -34,7 +34,8 @@ _CHECK_BLOCK = 1 << 20
 
 # A chunk: (CSV header or None for NDJSON, [(row number, row)]). A CSV row is its list of
 # values (as csv.reader gives it; the worker pairs it with the header as csv.DictReader
-# would), an NDJSON row its object, or None when the line is not a JSON object.
+# would) or, when the csv module could not read it, the reason; an NDJSON row its object, or
+# None when the line is not a JSON object.
 Chunk = tuple[list[str] | None, list[tuple[int, Any]]]
 
 
@@ -111,13 +112,15 @@ def read_chunks(
             if not first:
                 return
             reader = csv.reader(
-                itertools.chain([first], fh), delimiter=delimiter or header_delimiter(first)
+                itertools.chain([first], fh),
+                delimiter=delimiter or header_delimiter(first),
+                strict=True,
             )
             header = next(reader, None)
             if header is None:
                 return
             _refuse_repeated_columns(header)
-            lines = enumerate((row for row in reader if row), start=1)
+            lines = enumerate((row for row in _csv_rows(reader) if row), start=1)
         for item in lines:
             rows.append(item)
             if len(rows) >= size:
@@ -125,6 +128,27 @@ def read_chunks(
                 rows = []
     if rows:
         yield header, rows
+
+
+def _csv_rows(reader: Any) -> Iterator[list[str] | str]:
+    """The reader's rows; a row the csv module cannot read is the reason instead, naming its
+    lines, and reading goes on at the next line. The reader is strict: a quote left open runs
+    the row on over the lines after it until the next quote, and without `strict` the rows it
+    swallowed were stored as one customer's value (another customer's email in a plaintext
+    city); with it, that row ends in an error: `',' expected after '"'`, or at the end of the
+    file `unexpected end of data`. A value over the module's 128 KiB limit is an error too."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            end = reader.line_num
+            where = f"line {start}" if end <= start else f"lines {start}-{end}"
+            yield f"not valid CSV at {where}: {exc}"
+            continue
+        yield row
 
 
 def _refuse_repeated_columns(header: list[str]) -> None:

@@ -208,6 +208,9 @@ def prepare_rows(
     out: list[tuple] = []
     for n, row in rows:
         if header is not None:
+            if isinstance(row, str):  # the csv module could not read it: the reason
+                out.append((n, None, [FieldError("row", row)]))
+                continue
             if len(row) > len(header):  # a value would have no column: refuse, not drop it
                 out.append((n, None, [FieldError("row", _too_many(len(row), len(header)))]))
                 continue

@@ -98,3 +98,47 @@ async def test_a_row_with_more_values_than_columns_is_rejected_not_cut(platform,
     summary = await run_import(platform, src, "shop")
     assert (summary.rows, summary.created, summary.rejected_rows) == (3, 2, 1)
     assert summary.reasons == {"5 values for 4 columns (a delimiter inside an unquoted value?)": 1}
+
+
+async def test_a_row_the_csv_module_cannot_read_is_rejected_and_the_rest_imported(
+    platform, tmp_path
+):
+    src = tmp_path / "big.csv"
+    src.write_text(
+        "external_id,email,postal_address\n"
+        f"B1,b1@example.com,{'x' * 200_000}\n"  # over the csv module's 128 KiB field limit
+        "B2,b2@example.com,ok\n",
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "crm")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (2, 1, 1)
+    [reason] = summary.reasons
+    assert reason.startswith("not valid CSV at line 2: field larger than field limit")
+
+
+async def test_a_quote_left_open_does_not_swallow_the_rows_after_it(
+    platform, tmp_path, client, keys
+):
+    """Read leniently, Q1's city became "Moscow Q2,q2@example.com,Kazan": another customer's
+    email stored in a plaintext column, and Q2 gone."""
+    for name, text in (
+        (
+            "at_end.csv",
+            'external_id,email,city\nQ1,q1@example.com,"Moscow\nQ2,q2@example.com,Kazan\n',
+        ),
+        (
+            "midway.csv",
+            'external_id,email,city\nQ1,q1@example.com,"Moscow\nQ2,q2@example.com,Kazan\n'
+            'Q3,q3@example.com,"St. Petersburg"\nQ4,q4@example.com,Omsk\n',
+        ),
+    ):
+        src = tmp_path / name
+        src.write_text(text, "utf-8")
+        summary = await run_import(platform, src, "crm")
+        [reason] = summary.reasons
+        assert reason.startswith("not valid CSV at lines 2-"), reason
+        r = await client.get(
+            "/v1/profiles", params={"email": "q1@example.com"}, headers=keys["admin"]
+        )
+        assert r.status_code == 404
+    assert summary.created == 1  # Q4, after the broken row
