@@ -358,3 +358,18 @@ async def test_a_body_nested_too_deeply_is_400_not_500(client, keys, platform):
             assert r.status_code == 400, (path, r.text)
             assert r.json()["errors"][0]["field"] in ("body", "rules", "traits.a", "properties")
     assert await count(platform, profiles) == 0
+
+
+async def test_an_email_in_a_plaintext_field_is_refused(client, keys, platform):
+    """City and traits are stored unencrypted: an address there would be plaintext at rest."""
+    for extra, field in (
+        ({"traits": {"work_email": "anna@corp.example", "tier": "gold"}}, "traits.work_email"),
+        ({"city": "anna@corp.example"}, "city"),  # a column mix-up
+    ):
+        body = {"source": "crm", "email": "anna@example.com"} | extra
+        r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == field, r.text
+    assert await count(platform, profiles) == 0
+    fine = {"source": "crm", "email": "anna@example.com", "traits": {"handle": "@anna"}}
+    assert (await client.post("/v1/profiles", json=fine, headers=keys["ingest"])).status_code == 201
+    assert not holds_plaintext(await raw_database_bytes(platform), "anna@corp.example")

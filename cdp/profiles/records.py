@@ -7,6 +7,7 @@ policy separately so that a bulk import can keep the profile and report only the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,24 @@ def parse_profile(raw: Any) -> ProfileIn:
         return msgspec.convert(raw, ProfileIn)
     except msgspec.ValidationError as exc:
         raise decode_errors(exc) from None
+
+
+# An email address anywhere in a value: something@something.tld
+_EMAIL_IN_TEXT = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_PLAINTEXT_REFUSAL = "holds an email address, which would be stored unencrypted here"
+
+
+def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[FieldError]:
+    """City and traits are stored unencrypted (segments filter on them in SQL), so an email
+    address put there, by a column mix-up or a trait such as `traits.work_email`, would be
+    personal data in plaintext at rest (DESIGN.md §1.3). Such a value is refused."""
+    errors = []
+    if city is not None and "@" in city and _EMAIL_IN_TEXT.search(city):
+        errors.append(FieldError("city", _PLAINTEXT_REFUSAL))
+    for key, value in traits.items():
+        if isinstance(value, str) and "@" in value and _EMAIL_IN_TEXT.search(value):
+            errors.append(FieldError(f"traits.{key}", _PLAINTEXT_REFUSAL))
+    return errors
 
 
 def validate_record(data: ProfileIn, policy: Policy) -> Record:
@@ -132,6 +151,7 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
         rec.fields["birth_date"] = data.birth_date.isoformat()
     rec.city = clean_text(data.city)
     rec.traits = dict(data.traits)
+    errors.extend(_addresses_in_plaintext(rec.city, rec.traits))
 
     if not errors and not (rec.email or rec.phone or rec.external_id):
         if rec.ignored:
