@@ -167,7 +167,7 @@ def import_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from cdp.import_file import ImportFileError, check_encoding
+    from cdp.import_file import ImportFileError, check_encoding, is_json_lines
     from cdp.importer import run_import
 
     try:
@@ -176,9 +176,7 @@ def import_cmd(
         raise click.ClickException(exc.detail) from None
 
     with file.open("rb") as fh:
-        total = max(
-            sum(1 for _ in fh) - (0 if file.suffix.lower() in (".ndjson", ".jsonl") else 1), 0
-        )
+        total = max(sum(1 for _ in fh) - (0 if is_json_lines(file) else 1), 0)
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",

@@ -34,8 +34,8 @@ _CHECK_BLOCK = 1 << 20
 
 # A chunk: (CSV header or None for NDJSON, [(row number, row)]). A CSV row is its list of
 # values (as csv.reader gives it; the worker pairs it with the header as csv.DictReader
-# would) or, when the csv module could not read it, the reason; an NDJSON row its object, or
-# None when the line is not a JSON object.
+# would), an NDJSON row its object; a line that is not a row (the csv module could not read
+# it, or it is not a JSON object) is the reason instead.
 Chunk = tuple[list[str] | None, list[tuple[int, Any]]]
 
 
@@ -161,9 +161,12 @@ def _refuse_repeated_columns(header: list[str]) -> None:
         seen.add(name)
 
 
-def _json_object(line: str) -> dict[str, Any] | None:
+def _json_object(line: str) -> dict[str, Any] | str:
+    """The line's object, or why it is none."""
     try:
         obj = msgspec.json.decode(line)
     except msgspec.DecodeError:
-        return None
-    return obj if isinstance(obj, dict) else None
+        return "not valid JSON"
+    except RecursionError:  # msgspec stops at Python's recursion limit
+        return "nested too deeply"
+    return obj if isinstance(obj, dict) else "not a JSON object"

@@ -207,17 +207,14 @@ def prepare_rows(
     header, rows = chunk
     out: list[tuple] = []
     for n, row in rows:
+        if isinstance(row, str):  # the line could not be read as a row: the reason
+            out.append((n, None, [FieldError("row", row)]))
+            continue
         if header is not None:
-            if isinstance(row, str):  # the csv module could not read it: the reason
-                out.append((n, None, [FieldError("row", row)]))
-                continue
             if len(row) > len(header):  # a value would have no column: refuse, not drop it
                 out.append((n, None, [FieldError("row", _too_many(len(row), len(header)))]))
                 continue
             row = dict(zip(header, row, strict=False))  # a short row leaves the rest empty
-        elif row is None:
-            out.append((n, None, [FieldError("row", "not a JSON object")]))
-            continue
         try:
             record = row_to_record(row, source, from_csv=header is not None)
             prepared = prepare_with(record, policy, indexer, strict_consents=False, master=master)

@@ -142,3 +142,21 @@ async def test_a_quote_left_open_does_not_swallow_the_rows_after_it(
         )
         assert r.status_code == 404
     assert summary.created == 1  # Q4, after the broken row
+
+
+async def test_ndjson_lines_that_are_not_objects_are_rejected_with_the_reason(platform, tmp_path):
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "N1", "email": "n1@example.com"}\n'
+        "not json\n"
+        "[1, 2]\n"
+        + '{"external_id": "N2", "traits": {"a": '
+        + "[" * 5000
+        + "]" * 5000
+        + "}}\n"
+        + '{"external_id": "N3", "email": "n3@example.com"}\n',
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (5, 2, 3)
+    assert summary.reasons == {"not valid JSON": 1, "not a JSON object": 1, "nested too deeply": 1}
