@@ -373,3 +373,36 @@ async def test_an_email_in_a_plaintext_field_is_refused(client, keys, platform):
     fine = {"source": "crm", "email": "anna@example.com", "traits": {"handle": "@anna"}}
     assert (await client.post("/v1/profiles", json=fine, headers=keys["ingest"])).status_code == 201
     assert not holds_plaintext(await raw_database_bytes(platform), "anna@corp.example")
+
+
+def _longest(schema: type, name: str) -> int:
+    import msgspec.inspect
+
+    [field] = [f for f in msgspec.inspect.type_info(schema).fields if f.name == name]
+    kind = field.type.types[0] if isinstance(field.type, msgspec.inspect.UnionType) else field.type
+    return kind.max_length
+
+
+async def test_every_text_field_at_the_longest_the_schema_allows_is_stored(client, keys, platform):
+    """The API's limits fit the columns: PostgreSQL refuses a longer value (a 500 when the
+    profile schema allowed a 200-character city into a 120-character column)."""
+    from cdp.profiles.schemas import EventIn, ProfileIn
+
+    def fill(schema: type, name: str) -> str:
+        return ("Ё" * _longest(schema, name))[: _longest(schema, name)]
+
+    record = {"source": fill(ProfileIn, "source"), "email": "long.values@example.com"}
+    for name in ("external_id", "first_name", "last_name", "postal_address", "postcode", "city"):
+        record[name] = fill(ProfileIn, name)
+    r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    event = {
+        "source": fill(EventIn, "source"),
+        "event_id": fill(EventIn, "event_id"),
+        "type": fill(EventIn, "type"),
+        "category": fill(EventIn, "category"),
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "email": "long.values@example.com",
+    }
+    r = await client.post("/v1/events", json=event, headers=keys["ingest"])
+    assert r.status_code == 201, r.text

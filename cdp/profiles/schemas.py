@@ -24,7 +24,7 @@ class ProfileIn(msgspec.Struct, forbid_unknown_fields=True):
     birth_date: date | None = None
     postal_address: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     postcode: Annotated[str, msgspec.Meta(max_length=20)] | None = None
-    city: Text | None = None
+    city: Annotated[str, msgspec.Meta(max_length=120)] | None = None  # profiles.city
     country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
     jurisdiction: Annotated[str, msgspec.Meta(max_length=16)] | None = None
     traits: Annotated[dict[str, TraitValue], msgspec.Meta(max_length=200)] = {}
