@@ -186,6 +186,8 @@ def test_parse_normalises_and_round_trips():
         ({"field": "traits.x", "op": "gt", "value": "5"}, "rules.value", "number"),
         ({"field": "traits.x", "op": "gt", "value": True}, "rules.value", "number"),
         ({"field": "traits.x", "op": "eq", "value": None}, "rules.value", "string, number"),
+        ({"field": "traits.x", "op": "gt", "value": 2**70}, "rules.value", "2^63"),  # was a 500
+        ({"field": "traits.x", "op": "in", "value": [1, -(2**64)]}, "rules.value[1]", "2^63"),
         ({"field": "orders_count", "op": "eq", "value": -1}, "rules.value", "whole number"),
         ({"field": "orders_count", "op": "eq", "value": 1.5}, "rules.value", "whole number"),
         ({"field": "last_order_days", "op": "gte", "value": True}, "rules.value", "days"),

@@ -245,7 +245,12 @@ def _money(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]
     return amount
 
 
+_INT64 = 2**63  # the databases bind integers as 64-bit: a larger one was a 500
+
+
 def _trait(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool) and not -_INT64 <= v < _INT64:
+        raise _Bad(path, "must be an integer between -2^63 and 2^63 - 1")
     if op in ("gt", "gte", "lt", "lte"):
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise _Bad(path, f"must be a number for '{op}'")
