@@ -9,6 +9,7 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from consent.audit.paging import encode_cursor
 from consent.audit.signing import signer_for
 from consent.dsr.worker import run_pending
 from tests.test_audit_chain import ANNA, ANNA_PHONE, BOB, EVIDENCE, seed_ledger, set_column
@@ -101,6 +102,8 @@ async def test_bad_audit_queries_are_400(client, keys):
         ({"limit": 0}, "limit"),
         ({"limit": 1001}, "limit"),
         ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": encode_cursor([2**70])}, "cursor"),  # a seq beyond 64 bits: was a 500
+        ({"cursor": encode_cursor([True])}, "cursor"),
         ({"since": "2026-11-20T09:00:00"}, "since"),
         ({"email": "not an email"}, "email"),
         ({"profile_id": "nope"}, "profile_id"),

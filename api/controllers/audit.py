@@ -99,8 +99,8 @@ class AuditController(Controller):
         events.check_filter(platform, purpose, channel)
         position = decode_cursor(cursor, 1)
         after = position[0] if position else 0
-        if not isinstance(after, int):
-            raise InvalidInput.field("cursor", "not a cursor of this list")
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
+            raise InvalidInput.field("cursor", "not a cursor of this list")  # a seq: 64 bits
         ident = _customer_ident(platform, profile_id, email, phone)
         async with platform.db.write() as conn:
             customer = await events.resolve_customer(conn, ident) if ident else None
