@@ -16,10 +16,11 @@ from cdp.access_log import log_access
 from cdp.errors import Conflict, InvalidInput, NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
+from cdp.segments.cursor import check_limit
 from consent.audit import access, events
 from consent.audit.bundle import evidence_bundle
 from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_checkpoints
-from consent.audit.paging import check_limit, check_period, decode_cursor, encode_cursor
+from consent.audit.paging import check_period, decode_cursor, encode_cursor
 from consent.audit.signing import signer_for
 from consent.audit.verify import verify_ledger
 from consent.dsr.chain import verify_transitions

@@ -10,17 +10,6 @@ from typing import Any
 
 from cdp.errors import InvalidInput
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
-
-
-def check_limit(limit: int | None) -> int:
-    if limit is None:
-        return DEFAULT_LIMIT
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput.field("limit", f"must be between 1 and {MAX_LIMIT}")
-    return limit
-
 
 def encode_cursor(position: list[Any]) -> str:
     """An opaque cursor for the position after the last item of a page."""

@@ -22,6 +22,7 @@ from cdp.errors import Conflict, InvalidInput, NotFound
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
+from cdp.segments.cursor import check_limit
 from consent.dsr import deadlines, states
 from consent.dsr.chain import append_transition
 from consent.dsr.customer import customer_profile_ids
@@ -297,8 +298,7 @@ async def list_requests(
     """Oldest first; `overdue` marks open requests past their due date."""
     if status is not None and status not in states.STATUSES:
         raise InvalidInput.field("status", "one of " + ", ".join(states.STATUSES))
-    if not 1 <= limit <= 1000:
-        raise InvalidInput.field("limit", "between 1 and 1000")
+    limit = check_limit(limit)
     after = _cursor(cursor)
     now = utcnow()
     r = dsr_requests.c
