@@ -3,7 +3,12 @@
 Appends are serialised (PostgreSQL: a transaction-scoped advisory lock on the ledger head;
 SQLite: the write transaction), so seq has no gaps and every entry links to the one before.
 The effective state is the latest by occurred_at; on a tie a withdrawal wins. An older event is
-kept in the ledger (effective = false) and changes nothing.
+kept in the ledger (effective = false) and changes nothing. An event is ordered by its
+occurred_at, or by when it is recorded if that is earlier: a grant dated in the future (2099)
+would otherwise outrank every opt-out made before then, and the customer would stay
+contactable after opting out. The ledger keeps the occurred_at it was given; the state's `since`
+is the ordering time. (Input more than a few minutes ahead is refused anyway:
+`cdp.profiles.records.consent_problems`.)
 """
 
 from __future__ import annotations
@@ -89,23 +94,24 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     for e in entries:
         seq += 1
         effective = False
+        at = min(e.occurred_at, now)  # the ordering time (see the module's docstring)
         for ch in expand_channel(policy, e.subject_kind, e.channel):
             key = (e.subject, e.purpose, ch)
-            if supersedes(e.status, e.occurred_at, state.get(key)):
+            if supersedes(e.status, at, state.get(key)):
                 effective = True
-                state[key] = (e.status, e.occurred_at)
+                state[key] = (e.status, at)
                 changed[key] = {
                     "subject": e.subject,
                     "purpose": e.purpose,
                     "channel": ch,
                     "profile_id": e.profile_id,
                     "status": e.status,
-                    "since": e.occurred_at,
+                    "since": at,
                     "seq": seq,
                     "source": e.source,
                 }
         if effective and e.status == "granted" and e.subject_kind != "profile":
-            confirmed.append((e.subject, e.occurred_at))
+            confirmed.append((e.subject, at))
         evidence_blob = owner = key_id = None
         if e.evidence and e.cipher is not None:
             evidence_blob = e.cipher.encrypt(

@@ -18,6 +18,7 @@ from cdp.errors import InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profiles, profiles_addresses
+from cdp.profiles.records import in_the_future
 from consent import ledger, tokens
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs
@@ -71,6 +72,8 @@ async def opt_out(
     the answer still waits for the commit of its own change, but a hundred opt-outs cost one
     transaction, not a hundred."""
     check_purpose_channel(p, purpose, channel)
+    if in_the_future(occurred_at):
+        raise InvalidInput.field("occurred_at", "is in the future")
     request = OptOutRequest(
         ident, purpose, channel, source, actor, method, reason, occurred_at or utcnow()
     )

@@ -136,7 +136,14 @@ async def record_consent(
     p: Platform, body: ConsentIn, ident: Identifier, actor: str
 ) -> list[Appended]:
     """POST /v1/consents. An unknown email, phone or external id creates the profile."""
-    problems = consent_problems(p.policy, body.purpose, body.channel, body.status, body.evidence)
+    problems = consent_problems(
+        p.policy,
+        body.purpose,
+        body.channel,
+        body.status,
+        body.evidence,
+        occurred_at=body.occurred_at,
+    )
     if problems:
         raise InvalidInput("the consent is not acceptable under the policy", problems)
     from cdp.profiles.service import ensure_profile

@@ -335,3 +335,50 @@ async def test_concurrent_opt_outs_and_ingests_lose_nothing(client, keys):
     await asyncio.gather(*tasks)
     for email in emails:
         assert (await contactable(client, keys, email=email))["marketing"]["email"] is False
+
+
+async def test_a_grant_dated_in_the_future_never_outranks_a_later_opt_out(client, keys):
+    """Opt-out wins: a grant is ordered by when it was recorded if its own date is later. A
+    grant dated 2099 outranked every opt-out until then, and the customer stayed contactable
+    after opting out; such dates are now refused, and one within the clock-skew allowance is
+    ordered as recorded."""
+    from datetime import UTC, datetime, timedelta
+
+    email = "future@example.com"
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": email, "country": "RU"},
+        headers=keys["ingest"],
+    )
+    far = {"email": email, "purpose": "marketing", "channel": "email", "status": "granted"}
+    r = await client.post(
+        "/v1/consents",
+        json={
+            "source": "web_form",
+            "occurred_at": "2099-01-01T00:00:00Z",
+            "evidence": GRANT,
+            **far,
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "occurred_at"
+    claim = {k: v for k, v in far.items() if k != "email"}
+    record = {"source": "crm", "email": email, "consents": [{**claim, "evidence": GRANT}]}
+    record["consents"][0]["occurred_at"] = "2099-01-01T00:00:00Z"
+    r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "consents[0].occurred_at"
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"email": email, "source": "crm", "occurred_at": "2099-01-01T00:00:00Z"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "occurred_at"
+
+    soon = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()  # a clock a little ahead
+    await consent(client, keys, occurred_at=soon, evidence=GRANT, **far)
+    assert (await contactable(client, keys, email=email))["marketing"]["email"] is True
+    r = await client.post(
+        "/v1/opt-outs", json={"email": email, "source": "crm"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 200
+    assert (await contactable(client, keys, email=email))["marketing"]["email"] is False
