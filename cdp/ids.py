@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from uuid_utils.compat import uuid7
 
@@ -21,3 +21,13 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# How far ahead of this server's clock a reported time may be (a client's clock skew)
+MAX_AHEAD = timedelta(minutes=5)
+
+
+def in_the_future(at: datetime | None) -> bool:
+    """A time a client reports (a consent's, an opt-out's, an event's occurred_at) that is more
+    than MAX_AHEAD after this server's clock: it has not happened yet."""
+    return at is not None and at > utcnow() + MAX_AHEAD

@@ -15,10 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
 from cdp.errors import InvalidInput
-from cdp.ids import utcnow
+from cdp.ids import in_the_future, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profiles, profiles_addresses
-from cdp.profiles.records import in_the_future
 from consent import ledger, tokens
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs

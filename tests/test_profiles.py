@@ -406,3 +406,18 @@ async def test_every_text_field_at_the_longest_the_schema_allows_is_stored(clien
     }
     r = await client.post("/v1/events", json=event, headers=keys["ingest"])
     assert r.status_code == 201, r.text
+
+
+async def test_an_event_dated_in_the_future_is_400(client, keys, platform):
+    event = {
+        "source": "shop",
+        "event_id": "E-2099",
+        "type": "purchase",
+        "occurred_at": "2099-01-01T00:00:00Z",
+        "email": "buyer@example.com",
+        "amount": "10.00",
+        "currency": "RUB",
+    }
+    r = await client.post("/v1/events", json=event, headers=keys["ingest"])
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "occurred_at"
+    assert await count(platform, profiles) == 0

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from cdp.errors import FieldError, InvalidInput, decoded_field_error
-from cdp.ids import utcnow
+from cdp.ids import in_the_future
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -198,15 +198,6 @@ def validate_consents(
     return good, errors
 
 
-# How far ahead of this server's clock a consent event's occurred_at may be (clock skew)
-MAX_AHEAD = timedelta(minutes=5)
-
-
-def in_the_future(occurred_at: datetime | None) -> bool:
-    """A consent event or opt-out dated more than MAX_AHEAD after this server's clock."""
-    return occurred_at is not None and occurred_at > utcnow() + MAX_AHEAD
-
-
 def consent_problems(
     policy: Policy,
     purpose: str,
@@ -217,7 +208,7 @@ def consent_problems(
     occurred_at: datetime | None = None,
 ) -> list[FieldError]:
     """The one place that decides whether a consent event is acceptable under the policy.
-    An event dated more than MAX_AHEAD in the future is not: nobody consented then yet."""
+    One dated in the future (`cdp.ids.in_the_future`) is not: nobody consented then yet."""
     errors: list[FieldError] = []
     if in_the_future(occurred_at):
         errors.append(FieldError(f"{prefix}occurred_at", "is in the future"))
