@@ -481,3 +481,47 @@ async def test_an_erasure_request_announces_its_completion(client, keys, platfor
     got = sorted((x.payload["address_kind"], x.payload["profile_id"]) for x in receiver.requests)
     assert got == [("email", pid), ("phone", pid)]
     assert all(x.valid and x.payload["kind"] == "erasure.completed" for x in receiver.requests)
+
+
+async def test_in_production_a_delivery_never_reaches_a_private_address(
+    client, keys, platform, receiver, monkeypatch
+):
+    """Server-side request forgery: an admin key must not make the dispatcher POST to this
+    network's machines (the cloud metadata service, a local port). The receiver listens on
+    127.0.0.1: allowed in development, refused in production however the URL names it."""
+    import dataclasses
+
+    sub = await subscribe(client, keys, receiver, kinds=["opt_out"])  # registered in development
+    await opt_out(client, keys, email="ssrf@example.com")
+    monkeypatch.setattr(
+        platform, "settings", dataclasses.replace(platform.settings, environment="production")
+    )
+    await drain(platform, dataclasses.replace(FAST, max_attempts=2))
+    assert receiver.requests == []
+    r = await client.get(f"/v1/webhooks/{sub['id']}/deliveries", headers=keys["admin"])
+    [item] = r.json()["items"]
+    assert item["status"] == "dead"
+    assert {a["error"] for a in item["history"]} == {"SSRFProtectionError"}
+
+    for url in (
+        "https://127.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]:8443/hook",
+        "https://10.0.0.7/hook",
+        "https://localhost/hook",
+    ):
+        r = await client.post(
+            "/v1/webhooks", json={"url": url, "kinds": ["opt_out"]}, headers=keys["admin"]
+        )
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == "url", url
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": "https://hooks.example.com/cdp", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    assert r.status_code == 201
+
+    # CDP_WEBHOOK_ALLOW_PRIVATE=1: receivers inside the same network, by choice
+    await opt_out(client, keys, email="inside@example.com")
+    await drain(platform, dataclasses.replace(FAST, max_attempts=2, allow_private=True))
+    assert [r.payload["kind"] for r in receiver.requests] == ["opt_out"]

@@ -10,6 +10,8 @@ CDP_WEBHOOK_CONCURRENCY     requests in flight per dispatcher (default 8)
 CDP_NATS_URL                e.g. nats://127.0.0.1:4222: also publish to NATS JetStream
 CDP_NATS_STREAM             stream name (default CDP_CONSENT)
 CDP_NATS_SUBJECT_PREFIX     subjects are <prefix>.<kind> (default cdp.consent)
+CDP_WEBHOOK_ALLOW_PRIVATE   1: deliveries may reach private addresses even in production (for
+                            receivers inside the same network); 0: never, even in development
 
 Retention (`consent.outbox.retention`, run by the dispatcher every CDP_RETENTION_INTERVAL_S):
 CDP_WEBHOOK_KEEP_DELIVERED_DAYS  delivered deliveries, and unused events (default 30)
@@ -45,6 +47,9 @@ class DispatchConfig:
     keep_exports_days: float = 180.0
     prune_interval: float = 3600.0  # seconds; 0: no periodic pruning
     prune_batch: int = 1000  # rows per write transaction
+    # Whether deliveries may reach private, loopback and link-local addresses; None: only
+    # outside production (consent.outbox.targets)
+    allow_private: bool | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> DispatchConfig:
@@ -72,4 +77,11 @@ class DispatchConfig:
             keep_dead_days=number("CDP_WEBHOOK_KEEP_DEAD_DAYS", base.keep_dead_days),
             keep_exports_days=number("CDP_SEGMENT_EXPORT_KEEP_DAYS", base.keep_exports_days),
             prune_interval=number("CDP_RETENTION_INTERVAL_S", base.prune_interval),
+            allow_private=_flag(e.get("CDP_WEBHOOK_ALLOW_PRIVATE")),
         )
+
+
+def _flag(text: str | None) -> bool | None:
+    if not text:
+        return None
+    return text.strip().lower() in ("1", "true", "yes", "on")

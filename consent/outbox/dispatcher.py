@@ -40,6 +40,7 @@ from consent.outbox.fanout import fan_out_in
 from consent.outbox.retention import housekeeping
 from consent.outbox.stream import StreamPublisher
 from consent.outbox.tables import outbox_events, webhook_deliveries
+from consent.outbox.targets import private_allowed, protect
 
 log = structlog.get_logger(__name__)
 
@@ -217,6 +218,8 @@ async def open_dispatcher(
     n = cfg.concurrency
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(follow_redirects=False, limits=limits, trust_env=False) as http:
+        if not private_allowed(cfg.allow_private, production=p.settings.is_production):
+            protect(http)
         try:
             yield Dispatcher(p, cfg, http, stream, rng)
         finally:

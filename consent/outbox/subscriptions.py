@@ -21,9 +21,11 @@ from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.platform import Platform
 from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from consent.outbox import signing
+from consent.outbox.config import DispatchConfig
 from consent.outbox.enqueue import KINDS
 from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
 from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
+from consent.outbox.targets import private_allowed, refuse_private_literal
 
 ws = webhook_subscriptions.c
 
@@ -47,10 +49,12 @@ def check_kinds(kinds: list[str] | None) -> list[str]:
     return [k for k in KINDS if k in kinds]
 
 
-def check_url(url: str, *, production: bool) -> str:
+def check_url(url: str, *, production: bool, allow_private: bool | None = None) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput.field("url", "must be an absolute http or https URL")
+    if not private_allowed(allow_private, production=production):
+        refuse_private_literal(parts.hostname)
     if parts.username or parts.password:
         raise InvalidInput.field("url", "must not carry credentials; receivers check signatures")
     if production and parts.scheme != "https":
@@ -74,7 +78,11 @@ def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -
 
 async def create(p: Platform, who: Principal, body: SubscriptionIn) -> SubscriptionOut:
     kinds = check_kinds(body.kinds)
-    url = check_url(body.url, production=p.settings.is_production)
+    url = check_url(
+        body.url,
+        production=p.settings.is_production,
+        allow_private=DispatchConfig.from_env().allow_private,
+    )
     sid = new_id()
     secret = signing.new_secret()
     row = {
