@@ -167,11 +167,11 @@ def import_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from cdp.import_file import ImportFileError, check_encoding, is_json_lines
+    from cdp.import_file import ImportFileError, check_file, is_json_lines
     from cdp.importer import run_import
 
     try:
-        check_encoding(file, encoding)  # before the database is opened: nothing is stored
+        check_file(file, encoding)  # before the database is opened: nothing is stored
     except ImportFileError as exc:
         raise click.ClickException(exc.detail) from None
 

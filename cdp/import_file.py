@@ -11,7 +11,7 @@ often in Windows-1251 rather than UTF-8. So:
   refused, naming the first line that is not, and nothing of it is stored. (Before, such a file
   stopped the import with a traceback, after the rows before that line were stored.)
 - a header that names a column twice is refused: one of the two values of every row would be
-  lost.
+  lost; so is a JSON array where JSON lines are read.
 """
 
 from __future__ import annotations
@@ -59,6 +59,23 @@ def python_encoding(encoding: str) -> str:
     return "utf-8-sig" if name == "utf-8" else name
 
 
+def check_file(path: Path, encoding: str) -> None:
+    """Raise ImportFileError, before anything is imported, for a file that cannot be read as
+    given: not in its encoding (`check_encoding`), or a JSON array where JSON lines are read
+    (a pretty-printed array imported only its lines that happened to be whole objects)."""
+    check_encoding(path, encoding)
+    if is_json_lines(path):
+        with path.open("r", encoding=python_encoding(encoding)) as fh:
+            for line in fh:
+                if line.strip():
+                    if line.lstrip().startswith("["):
+                        raise ImportFileError(
+                            "the file is a JSON array; cdp import reads JSON lines (NDJSON): "
+                            "one object per line"
+                        )
+                    return
+
+
 def check_encoding(path: Path, encoding: str) -> None:
     """Raise ImportFileError naming the first line of the file that is not valid `encoding`."""
     decoder = codecs.getincrementaldecoder(python_encoding(encoding))()
@@ -99,7 +116,7 @@ def read_chunks(
     path: Path, size: int, *, encoding: str = "utf-8", delimiter: str | None = None
 ) -> Iterator[Chunk]:
     """The file in chunks of `size` rows. Row numbers count data rows (blank lines skipped).
-    Call `check_encoding` first: a decoding error here would stop the import midway."""
+    Call `check_file` first: a decoding error here would stop the import midway."""
     rows: list[tuple[int, Any]] = []
     with path.open("r", encoding=python_encoding(encoding), newline="") as fh:
         header: list[str] | None = None

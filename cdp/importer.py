@@ -27,7 +27,7 @@ from typing import Any
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
-from cdp.import_file import Chunk, check_encoding, read_chunks
+from cdp.import_file import Chunk, check_file, read_chunks
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
@@ -332,7 +332,7 @@ async def run_import(
     files, 0: validate in this process). `encoding` and `delimiter` (a CSV's; None: read off
     its header) as `cdp.import_file` says; a file that is not in its encoding raises
     ImportFileError before anything is stored."""
-    check_encoding(path, encoding)
+    check_file(path, encoding)
     summary = ImportSummary()
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
     summary.rejects_path = rejects_path

@@ -160,3 +160,17 @@ async def test_ndjson_lines_that_are_not_objects_are_rejected_with_the_reason(pl
     summary = await run_import(platform, src, "shop")
     assert (summary.rows, summary.created, summary.rejected_rows) == (5, 2, 3)
     assert summary.reasons == {"not valid JSON": 1, "not a JSON object": 1, "nested too deeply": 1}
+
+
+async def test_a_json_array_is_refused_not_imported_line_by_line(platform, tmp_path):
+    """Read as JSON lines, a pretty-printed array imported only its last object (the others
+    end in a comma)."""
+    src = tmp_path / "customers.json"
+    src.write_text(
+        '[\n  {"external_id": "J1", "email": "j1@example.com"},\n'
+        '  {"external_id": "J2", "email": "j2@example.com"}\n]\n',
+        "utf-8",
+    )
+    with pytest.raises(ImportFileError, match="JSON array"):
+        await run_import(platform, src, "shop")
+    assert await count(platform, profiles) == 0
