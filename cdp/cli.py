@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from cdp.cli_support import failure, run, with_platform
 from cdp.logging import configure_logging
 from cdp.matching.cli import match as match_command
 from cdp.settings import Settings
 from consent.audit.cli import audit as audit_commands
 from consent.dsr.cli import dsr as dsr_commands
 from consent.outbox.cli import dispatch, webhooks
-
-T = TypeVar("T")
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(factory())  # type: ignore[arg-type]
-
-
-async def _with_platform(fn: Callable[[Any], Awaitable[T]], migrate: bool = True) -> T:
-    from cdp.platform import open_platform
-
-    platform = await open_platform(Settings.from_env(), run_migrations=migrate)
-    try:
-        return await fn(platform)
-    finally:
-        await platform.close()
 
 
 @click.group()
@@ -52,7 +36,7 @@ def serve(host: str, port: int) -> None:
 
     settings = Settings.from_env()
     try:  # refuse to start on a wrong master key, before binding the port
-        run(lambda: _with_platform(lambda p: asyncio.sleep(0)))
+        run(lambda: with_platform(lambda p: asyncio.sleep(0)))
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -90,7 +74,7 @@ def keys_create(name: str, role: str) -> None:
     """Create a key; it is printed once, alone on the last line."""
     from cdp.apikeys import create_key
 
-    key = run(lambda: _with_platform(lambda p: create_key(p.db, name, role)))
+    key = run(lambda: with_platform(lambda p: create_key(p.db, name, role)))
     click.echo(f"created key {name!r} with role {role}; store it now, it is not shown again:")
     click.echo(key)
 
@@ -99,7 +83,7 @@ def keys_create(name: str, role: str) -> None:
 def keys_list() -> None:
     from cdp.apikeys import list_keys
 
-    rows = run(lambda: _with_platform(lambda p: list_keys(p.db)))
+    rows = run(lambda: with_platform(lambda p: list_keys(p.db)))
     for name, role, prefix, created, revoked in rows:
         state = f"revoked {revoked:%Y-%m-%d}" if revoked else "active"
         click.echo(f"{name}\t{role}\t{prefix}…\t{created:%Y-%m-%d}\t{state}")
@@ -110,7 +94,7 @@ def keys_list() -> None:
 def keys_revoke(name: str) -> None:
     from cdp.apikeys import revoke_key
 
-    run(lambda: _with_platform(lambda p: revoke_key(p.db, name)))
+    run(lambda: with_platform(lambda p: revoke_key(p.db, name)))
     click.echo(f"revoked {name}")
 
 
@@ -136,7 +120,7 @@ def keys_rotate_master(new_key_env: str) -> None:
     async def go(p: Any) -> int:
         return await rotate_master_key(p.db, p.keys.master, new)
 
-    count = run(lambda: _with_platform(go))
+    count = run(lambda: with_platform(go))
     click.echo(f"re-wrapped {count} data keys; new master key id {new.key_id}")
     click.echo("now set CDP_MASTER_KEY to the new key and restart every service")
 
@@ -173,7 +157,7 @@ def import_cmd(
     try:
         check_file(file, encoding)  # before the database is opened: nothing is stored
     except ImportFileError as exc:
-        raise click.ClickException(exc.detail) from None
+        raise failure(exc) from None
 
     with file.open("rb") as fh:
         total = max(sum(1 for _ in fh) - (0 if is_json_lines(file) else 1), 0)
@@ -198,10 +182,7 @@ def import_cmd(
                 delimiter=DELIMITER_NAMES[delimiter] if delimiter else None,
             )
 
-        try:
-            summary = run(lambda: _with_platform(go))
-        except ImportFileError as exc:
-            raise click.ClickException(exc.detail) from None
+        summary = run(lambda: with_platform(go))
     click.echo(
         f"rows: {summary.rows}  created: {summary.created}  joined existing: {summary.joined}  "
         f"merged: {summary.merged}  rejected rows: {summary.rejected_rows}  "
@@ -223,7 +204,7 @@ def demo(customers: int, seed: int) -> None:
     async def go(p: Any) -> dict[str, int]:
         return await fill_demo(p, customers=customers, seed=seed)
 
-    counts = run(lambda: _with_platform(go))
+    counts = run(lambda: with_platform(go))
     click.echo(" ".join(f"{k}: {v}" for k, v in counts.items()))
 
 

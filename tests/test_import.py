@@ -268,3 +268,20 @@ async def test_an_import_commits_at_least_every_txn_seconds(platform, tmp_path, 
     monkeypatch.setattr("cdp.importer.TXN_SECONDS", 0)
     await _import_failing_at_chunk(platform, tmp_path, monkeypatch, fail_at=5)
     assert await count(platform, profiles) == 400
+
+
+async def test_the_cli_answers_bad_input_with_one_line_not_a_traceback(platform, tmp_path, backend):
+    if backend != "sqlite":
+        return  # the CLI is the same code on both databases
+    url = platform.settings.database_url
+    assert (
+        run_cli(["keys", "create", "--name", "ops", "--role", "admin"], url, tmp_path).returncode
+        == 0
+    )
+    for args, said in (
+        (["keys", "create", "--name", "ops", "--role", "admin"], "a key with this name exists"),
+        (["keys", "create", "--name", "x" * 100, "--role", "admin"], "name: 1 to 64 characters"),
+    ):
+        out = run_cli(args, url, tmp_path)
+        assert out.returncode == 1, out.stderr
+        assert f"Error: {said}" in out.stderr and "Traceback" not in out.stderr

@@ -19,13 +19,13 @@ from cdp.matching import scoring
 )
 def match(min_score: float) -> None:
     """Score candidate pairs of active profiles and store suggestions; never merges."""
-    from cdp.cli import _with_platform, run
+    from cdp.cli_support import run, with_platform
     from cdp.matching.suggestions import run_matching
 
     async def go(p: Any):  # type: ignore[no-untyped-def]
         return await run_matching(p, min_score)
 
-    result = run(lambda: _with_platform(go))
+    result = run(lambda: with_platform(go))
     click.echo(
         f"profiles: {result.profiles}  candidate pairs: {result.candidates}  "
         f"at or above {min_score}: {result.matches}  "

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from cdp.settings import Settings
+from cdp.cli_support import run_on_platform
 
 T = TypeVar("T")
-
-
-def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
-    from cdp.platform import open_platform
-
-    async def go() -> T:
-        platform = await open_platform(Settings.from_env())
-        try:
-            return await fn(platform)
-        finally:
-            await platform.close()
-
-    return asyncio.run(go())
 
 
 @click.group("audit")
@@ -85,8 +70,8 @@ def audit_verify(checkpoint_file: Path | None, public_keys: tuple[str, ...]) -> 
             keys = {signer_for(p.settings).public_key}
             return await verify_ledger(conn, stored, trusted_keys=keys)
 
-    report = _run(go)
-    transitions = _run(_verify_transitions)
+    report = run_on_platform(go)
+    transitions = run_on_platform(_verify_transitions)
     if not transitions.ok:
         click.echo(
             f"FAILED: request transitions break at seq {transitions.first_invalid_seq}: "
@@ -118,7 +103,7 @@ def audit_checkpoint() -> None:
     from consent.audit.checkpoints import ChainBrokenError, create_checkpoint
 
     try:
-        cp = _run(create_checkpoint)
+        cp = run_on_platform(create_checkpoint)
     except ChainBrokenError as exc:
         click.echo(f"FAILED: {exc}; no checkpoint written")
         sys.exit(1)
@@ -144,7 +129,7 @@ def audit_export(file: Path) -> None:
         return added, skipped, signer_for(p.settings).public_key_b64
 
     try:
-        added, skipped, public_key = _run(go)
+        added, skipped, public_key = run_on_platform(go)
     except CheckpointFileError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
-from cdp.settings import Settings
+from cdp.cli_support import run_on_platform
 
 T = TypeVar("T")
-
-
-def _run(fn: Callable[[Any], Awaitable[T]]) -> T:
-    from cdp.platform import open_platform
-
-    async def go() -> T:
-        platform = await open_platform(Settings.from_env())
-        try:
-            return await fn(platform)
-        finally:
-            await platform.close()
-
-    return asyncio.run(go())
 
 
 @click.group("dsr")
@@ -37,7 +22,7 @@ def dsr_run() -> None:
     """Finish every received or in_progress erasure request, then exit (1 if any failed)."""
     from consent.dsr.worker import run_pending
 
-    summary = _run(run_pending)
+    summary = run_on_platform(run_pending)
     click.echo(
         f"completed: {summary.completed}  rejected: {summary.rejected}  failed: {summary.failed}"
     )
@@ -54,7 +39,7 @@ def dsr_worker(interval: float) -> None:
     from consent.dsr.worker import run_forever
 
     try:
-        _run(lambda p: run_forever(p, interval))
+        run_on_platform(lambda p: run_forever(p, interval))
     except KeyboardInterrupt:
         click.echo("stopped")
 
@@ -79,7 +64,7 @@ def dsr_list(status: str | None, overdue: bool) -> None:
                 if cursor is None:
                     return items
 
-    for item in _run(go):
+    for item in run_on_platform(go):
         flag = "  OVERDUE" if item["overdue"] else ""
         click.echo(
             f"{item['request_id']}\t{item['status']}\t{item['jurisdiction']}\t"

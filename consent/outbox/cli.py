@@ -19,7 +19,7 @@ def dispatch(once: bool) -> None:
     Runs until SIGINT or SIGTERM. Any number of workers may run beside `cdp serve`, which runs
     one too unless CDP_WEBHOOK_DISPATCHER=off.
     """
-    from cdp.cli import _with_platform, run
+    from cdp.cli_support import run, with_platform
     from consent.outbox.dispatcher import open_dispatcher, outstanding, run_dispatcher
 
     async def forever(p: Any) -> None:
@@ -35,10 +35,10 @@ def dispatch(once: bool) -> None:
         return await outstanding(p)
 
     if once:
-        left = run(lambda: _with_platform(drain))
+        left = run(lambda: with_platform(drain))
         click.echo(f"done; {left} events or deliveries still waiting (retries later)")
         return
-    run(lambda: _with_platform(forever))
+    run(lambda: with_platform(forever))
 
 
 def _timestamp(_ctx: Any, _param: Any, value: str) -> datetime:
@@ -67,7 +67,7 @@ def replay_cmd(since: datetime, subscription: str | None, stream: bool) -> None:
     Only deliveries still kept can be sent again: delivered ones are pruned 30 days after
     delivery, dead ones 90 days after their last try (CDP_WEBHOOK_KEEP_DELIVERED_DAYS,
     CDP_WEBHOOK_KEEP_DEAD_DAYS), so replay reaches back that far at most."""
-    from cdp.cli import _with_platform, run
+    from cdp.cli_support import run, with_platform
     from cdp.ids import parse_uuid
     from consent.outbox.replay import replay
 
@@ -78,7 +78,7 @@ def replay_cmd(since: datetime, subscription: str | None, stream: bool) -> None:
             raise click.BadParameter("not a subscription id", param_hint="--subscription")
 
     result = run(
-        lambda: _with_platform(lambda p: replay(p, since, subscription_id=sid, stream=stream))
+        lambda: with_platform(lambda p: replay(p, since, subscription_id=sid, stream=stream))
     )
     click.echo(f"requeued {result.deliveries} deliveries")
     if stream:
@@ -106,13 +106,13 @@ def prune_cmd(older_than: float | None, dead_older_than: float | None) -> None:
 
     Pending deliveries are never deleted. The dispatcher does this every hour by itself; this
     runs it now. Pruned deliveries can no longer be replayed."""
-    from cdp.cli import _with_platform, run
+    from cdp.cli_support import run, with_platform
     from consent.outbox.config import DispatchConfig
     from consent.outbox.retention import prune_outbox
 
     cfg = DispatchConfig.from_env()
     result = run(
-        lambda: _with_platform(
+        lambda: with_platform(
             lambda p: prune_outbox(
                 p, cfg, keep_delivered_days=older_than, keep_dead_days=dead_older_than
             )
