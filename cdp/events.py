@@ -19,7 +19,7 @@ from cdp.db.engine import lock_keys
 from cdp.db.tables import events, profile_categories, profile_stats
 from cdp.db.upsert import insert_ignore
 from cdp.errors import InvalidInput
-from cdp.ids import in_the_future, new_id, utcnow
+from cdp.ids import new_id, time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
 from cdp.profiles.schemas import EventIn
@@ -36,8 +36,8 @@ class EventResult:
 
 
 def check_event(body: EventIn) -> None:
-    if in_the_future(body.occurred_at):  # a purchase "in 2099" would skew every order stat
-        raise InvalidInput.field("occurred_at", "is in the future")
+    if (problem := time_problem(body.occurred_at)) is not None:  # a purchase "in 2099"...
+        raise InvalidInput.field("occurred_at", problem)
     if body.type in MONEY_EVENTS:
         if body.amount is None:
             raise InvalidInput.field("amount", f"required for a {body.type} event")

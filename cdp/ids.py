@@ -25,9 +25,20 @@ def utcnow() -> datetime:
 
 # How far ahead of this server's clock a reported time may be (a client's clock skew)
 MAX_AHEAD = timedelta(minutes=5)
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 
 
-def in_the_future(at: datetime | None) -> bool:
-    """A time a client reports (a consent's, an opt-out's, an event's occurred_at) that is more
-    than MAX_AHEAD after this server's clock: it has not happened yet."""
-    return at is not None and at > utcnow() + MAX_AHEAD
+def time_problem(at: datetime | None) -> str | None:
+    """What is wrong with a time a client reports as when something happened (a consent's, an
+    opt-out's, an event's occurred_at), or None:
+    - more than MAX_AHEAD after this server's clock: it has not happened yet (and a grant
+      dated 2099 would outrank every opt-out until then);
+    - before 1900: no consent or purchase is that old, and 0001-01-01T00:00+10:56 is not even
+      a time in UTC (storing it was a 500)."""
+    if at is None:
+        return None
+    if at > utcnow() + MAX_AHEAD:
+        return "is in the future"
+    if at < EARLIEST:
+        return "is before 1900"
+    return None

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
 from cdp.errors import InvalidInput
-from cdp.ids import in_the_future, utcnow
+from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profiles, profiles_addresses
 from consent import ledger, tokens
@@ -71,8 +71,8 @@ async def opt_out(
     the answer still waits for the commit of its own change, but a hundred opt-outs cost one
     transaction, not a hundred."""
     check_purpose_channel(p, purpose, channel)
-    if in_the_future(occurred_at):
-        raise InvalidInput.field("occurred_at", "is in the future")
+    if (problem := time_problem(occurred_at)) is not None:
+        raise InvalidInput.field("occurred_at", problem)
     request = OptOutRequest(
         ident, purpose, channel, source, actor, method, reason, occurred_at or utcnow()
     )

@@ -421,3 +421,27 @@ async def test_an_event_dated_in_the_future_is_400(client, keys, platform):
     r = await client.post("/v1/events", json=event, headers=keys["ingest"])
     assert r.status_code == 400 and r.json()["errors"][0]["field"] == "occurred_at"
     assert await count(platform, profiles) == 0
+
+
+async def test_a_time_before_1900_or_outside_utc_is_400_not_500(client, keys, platform):
+    """0001-01-01T00:00+10:56 is before year 1 in UTC: storing it, or filtering on it, was a
+    500 (OverflowError) on SQLite."""
+    odd = "0001-01-01T00:00:00+10:56"
+    who = {"email": "old.times@example.com"}
+    for path, body in (
+        ("/v1/events", {"source": "shop", "event_id": "E-1", "type": "page_view", **who}),
+        (
+            "/v1/consents",
+            {"source": "web", "purpose": "marketing", "channel": "email", "status": "withdrawn"}
+            | who,
+        ),
+        ("/v1/opt-outs", {"source": "web", **who}),
+    ):
+        for when in (odd, "1899-12-31T23:59:59Z"):
+            r = await client.post(path, json={**body, "occurred_at": when}, headers=keys["admin"])
+            assert r.status_code == 400, (path, when, r.text)
+            assert r.json()["errors"][0] == {"field": "occurred_at", "message": "is before 1900"}
+    for path in ("/v1/audit/access-log", "/v1/audit/consent-events"):
+        r = await client.get(path, params={"since": odd}, headers=keys["compliance"])
+        assert r.status_code == 400 and r.json()["errors"][0]["field"] == "since", r.text
+    assert await count(platform, profiles) == 0

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from cdp.errors import FieldError, InvalidInput, decoded_field_error
-from cdp.ids import in_the_future
+from cdp.ids import time_problem
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -208,10 +208,10 @@ def consent_problems(
     occurred_at: datetime | None = None,
 ) -> list[FieldError]:
     """The one place that decides whether a consent event is acceptable under the policy.
-    One dated in the future (`cdp.ids.in_the_future`) is not: nobody consented then yet."""
+    One dated in the future or before 1900 (`cdp.ids.time_problem`) is not."""
     errors: list[FieldError] = []
-    if in_the_future(occurred_at):
-        errors.append(FieldError(f"{prefix}occurred_at", "is in the future"))
+    if (problem := time_problem(occurred_at)) is not None:
+        errors.append(FieldError(f"{prefix}occurred_at", problem))
     if purpose not in policy.purposes:
         errors.append(FieldError(f"{prefix}purpose", "unknown purpose"))
     if channel == "*":
