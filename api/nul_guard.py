@@ -10,7 +10,8 @@ from __future__ import annotations
 from litestar import Request
 from litestar.exceptions import SerializationException
 
-from cdp.nul_text import NUL, refuse_nul
+from cdp.errors import InvalidInput
+from cdp.nul_text import MESSAGE, NUL, refuse_nul
 
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -18,7 +19,7 @@ _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 async def refuse_nul_text(request: Request) -> None:
     for name, value in request.query_params.multi_items():
         if NUL in name:
-            refuse_nul(name, "query")
+            raise InvalidInput.field("query", MESSAGE)
         refuse_nul(value, name)
     if request.method not in ("POST", "PUT", "PATCH"):
         return
@@ -29,7 +30,7 @@ async def refuse_nul_text(request: Request) -> None:
         form = await request.form()
         for name, value in form.multi_items():
             if NUL in name:
-                refuse_nul(name, "body")
+                raise InvalidInput.field("body", MESSAGE)
             if isinstance(value, str):
                 refuse_nul(value, name)
         return

@@ -12,9 +12,7 @@ from typing import Any
 
 from litestar import Request
 
-from cdp.errors import InvalidInput
-
-TOO_DEEP = "nested too deeply"
+from cdp.errors import TOO_DEEP, InvalidInput
 
 
 class ApiRequest(Request):

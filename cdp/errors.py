@@ -26,6 +26,9 @@ class DomainError(Exception):
         return self.detail + " (" + "; ".join(f"{e.field}: {e.message}" for e in self.errors) + ")"
 
 
+# Input nested deeper than msgspec decodes (Python's recursion limit, about 1,000 levels)
+TOO_DEEP = "nested too deeply"
+
 # msgspec reports an unknown or missing field at the object that holds it; these name the field
 _OBJECT_MESSAGES = (
     ("Object contains unknown field `", "unknown field"),

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import DomainError
+from cdp.errors import TOO_DEEP, DomainError
 from cdp.profiles.schemas import ProfileIn
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -185,5 +185,5 @@ def _json_object(line: str) -> dict[str, Any] | str:
     except msgspec.DecodeError:
         return "not valid JSON"
     except RecursionError:  # msgspec stops at Python's recursion limit
-        return "nested too deeply"
+        return TOO_DEEP
     return obj if isinstance(obj, dict) else "not a JSON object"

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import InvalidInput
+from cdp.errors import TOO_DEEP, InvalidInput
 
 NUL = "\x00"
 MESSAGE = "must not contain a NUL character"
@@ -54,15 +54,15 @@ def refuse_nul(value: Any, path: str = "") -> None:
     value as JSON, which writes a NUL as the escape \\u0000, is the quick test (about 1 µs for
     a record; walking it in Python took 8); the walk only names the field."""
     try:
-        if b"\\u0000" not in _json.encode(value):
-            return
-    except (TypeError, ValueError, OverflowError):
-        pass  # not JSON-encodable as it is: walk it
+        found = None if _encodes_without_nul(value) else nul_field(value, path)
     except RecursionError:
-        raise InvalidInput.field(path or "body", "nested too deeply") from None
-    try:
-        found = nul_field(value, path)
-    except RecursionError:
-        raise InvalidInput.field(path or "body", "nested too deeply") from None
+        raise InvalidInput.field(path or "body", TOO_DEEP) from None
     if found is not None:
         raise InvalidInput.field(found, MESSAGE)
+
+
+def _encodes_without_nul(value: Any) -> bool:
+    try:
+        return b"\\u0000" not in _json.encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return False  # not JSON-encodable as it is: walk it

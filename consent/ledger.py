@@ -8,7 +8,7 @@ occurred_at, or by when it is recorded if that is earlier: a grant dated in the 
 would otherwise outrank every opt-out made before then, and the customer would stay
 contactable after opting out. The ledger keeps the occurred_at it was given; the state's `since`
 is the ordering time. (Input more than a few minutes ahead is refused anyway:
-`cdp.profiles.records.consent_problems`.)
+`cdp.ids.time_problem`.)
 """
 
 from __future__ import annotations

@@ -79,13 +79,12 @@ def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[Fi
     """City and traits are stored unencrypted (segments filter on them in SQL), so an email
     address put there, by a column mix-up or a trait such as `traits.work_email`, would be
     personal data in plaintext at rest (DESIGN.md §1.3). Such a value is refused."""
-    errors = []
-    if city is not None and "@" in city and _EMAIL_IN_TEXT.search(city):
-        errors.append(FieldError("city", _PLAINTEXT_REFUSAL))
-    for key, value in traits.items():
-        if isinstance(value, str) and "@" in value and _EMAIL_IN_TEXT.search(value):
-            errors.append(FieldError(f"traits.{key}", _PLAINTEXT_REFUSAL))
-    return errors
+    values = [("city", city), *((f"traits.{key}", v) for key, v in traits.items())]
+    return [
+        FieldError(name, _PLAINTEXT_REFUSAL)
+        for name, value in values
+        if isinstance(value, str) and "@" in value and _EMAIL_IN_TEXT.search(value)
+    ]
 
 
 def validate_record(data: ProfileIn, policy: Policy) -> Record:

@@ -6,13 +6,11 @@ import base64
 import binascii
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from cdp.cli_support import run_on_platform
-
-T = TypeVar("T")
 
 
 @click.group("audit")

@@ -31,12 +31,13 @@ def decode_cursor(cursor: str | None, size: int) -> list[Any] | None:
 
 def check_period(since: datetime | None, until: datetime | None) -> None:
     for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            continue
+        if value.tzinfo is None:
             raise InvalidInput.field(name, "needs a time zone (e.g. 2026-11-22T10:00:00Z)")
-        if value is not None:
-            try:
-                value.astimezone(UTC)
-            except OverflowError:  # 0001-01-01T00:00+10:56 is before year 1 in UTC
-                raise InvalidInput.field(name, "out of range") from None
+        try:
+            value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+10:56 is before year 1 in UTC
+            raise InvalidInput.field(name, "out of range") from None
     if since is not None and until is not None and until < since:
         raise InvalidInput.field("until", "must not be before since")

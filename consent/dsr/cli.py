@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from cdp.cli_support import run_on_platform
-
-T = TypeVar("T")
 
 
 @click.group("dsr")
