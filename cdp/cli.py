@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cdp.cli_support import failure, run, with_platform
+from cdp.cli_support import run, with_platform
 from cdp.logging import configure_logging
 from cdp.matching.cli import match as match_command
 from cdp.settings import Settings
@@ -151,16 +151,8 @@ def import_cmd(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from cdp.import_file import ImportFileError, check_file, is_json_lines
     from cdp.importer import run_import
 
-    try:
-        check_file(file, encoding)  # before the database is opened: nothing is stored
-    except ImportFileError as exc:
-        raise failure(exc) from None
-
-    with file.open("rb") as fh:
-        total = max(sum(1 for _ in fh) - (0 if is_json_lines(file) else 1), 0)
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
@@ -169,7 +161,7 @@ def import_cmd(
         TimeRemainingColumn(),
         console=console,
     ) as bar:
-        task = bar.add_task("importing", total=total)
+        task = bar.add_task("importing", total=None)
 
         async def go(p: Any):  # type: ignore[no-untyped-def]
             return await run_import(
@@ -178,6 +170,7 @@ def import_cmd(
                 source,
                 rejects_path=rejects,
                 on_progress=lambda n: bar.update(task, completed=n),
+                on_total=lambda n: bar.update(task, total=n),
                 encoding=encoding,
                 delimiter=DELIMITER_NAMES[delimiter] if delimiter else None,
             )

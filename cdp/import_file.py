@@ -59,11 +59,12 @@ def python_encoding(encoding: str) -> str:
     return "utf-8-sig" if name == "utf-8" else name
 
 
-def check_file(path: Path, encoding: str) -> None:
-    """Raise ImportFileError, before anything is imported, for a file that cannot be read as
-    given: not in its encoding (`check_encoding`), or a JSON array where JSON lines are read
-    (a pretty-printed array imported only its lines that happened to be whole objects)."""
-    check_encoding(path, encoding)
+def check_file(path: Path, encoding: str) -> int:
+    """The file's lines; raises ImportFileError, before anything is imported, for a file that
+    cannot be read as given: not in its encoding (`check_encoding`), or a JSON array where
+    JSON lines are read (a pretty-printed array imported only its lines that happened to be
+    whole objects)."""
+    lines = check_encoding(path, encoding)
     if is_json_lines(path):
         with path.open("r", encoding=python_encoding(encoding)) as fh:
             for line in fh:
@@ -73,13 +74,15 @@ def check_file(path: Path, encoding: str) -> None:
                             "the file is a JSON array; cdp import reads JSON lines (NDJSON): "
                             "one object per line"
                         )
-                    return
+                    break
+    return lines
 
 
-def check_encoding(path: Path, encoding: str) -> None:
-    """Raise ImportFileError naming the first line of the file that is not valid `encoding`."""
+def check_encoding(path: Path, encoding: str) -> int:
+    """The file's lines (the last one counts without its line break); raises ImportFileError
+    naming the first line of the file that is not valid `encoding`."""
     decoder = codecs.getincrementaldecoder(python_encoding(encoding))()
-    line = 1
+    line, last = 1, b"\n"
     with path.open("rb") as fh:
         while True:
             block = fh.read(_CHECK_BLOCK)
@@ -92,8 +95,9 @@ def check_encoding(path: Path, encoding: str) -> None:
                     "encoding with --encoding (a Russian Excel file is often cp1251)"
                 ) from None
             if not block:
-                return
+                return line - 1 if last == b"\n" else line
             line += block.count(b"\n")
+            last = block[-1:]
 
 
 def known_column(name: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
-from cdp.import_file import Chunk, check_file, read_chunks
+from cdp.import_file import Chunk, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
@@ -324,6 +324,7 @@ async def run_import(
     actor: str = "cli-import",
     rejects_path: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
     workers: int | None = None,
     encoding: str = "utf-8",
     delimiter: str | None = None,
@@ -331,8 +332,11 @@ async def run_import(
     """Import a file. `workers`: validation processes (None: one per spare core for large
     files, 0: validate in this process). `encoding` and `delimiter` (a CSV's; None: read off
     its header) as `cdp.import_file` says; a file that is not in its encoding raises
-    ImportFileError before anything is stored."""
-    check_file(path, encoding)
+    ImportFileError before anything is stored. `on_total` is told, once the file is checked,
+    how many rows it holds at most (its lines, less a CSV's header)."""
+    lines = check_file(path, encoding)
+    if on_total:
+        on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
     summary = ImportSummary()
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
     summary.rejects_path = rejects_path

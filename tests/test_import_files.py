@@ -174,3 +174,17 @@ async def test_a_json_array_is_refused_not_imported_line_by_line(platform, tmp_p
     with pytest.raises(ImportFileError, match="JSON array"):
         await run_import(platform, src, "shop")
     assert await count(platform, profiles) == 0
+
+
+async def test_the_file_is_read_through_once_before_the_import_and_sizes_its_progress(
+    platform, tmp_path
+):
+    told: list[int] = []
+    src = tmp_path / "crm.csv"
+    src.write_text("external_id,email\nA1,a1@example.com\nA2,a2@example.com", "utf-8")
+    summary = await run_import(platform, src, "crm", on_total=told.append)
+    assert told == [2] and summary.rows == 2  # the header is not a row; no final line break
+    lines = tmp_path / "shop.ndjson"
+    lines.write_text('{"external_id": "N1"}\n{"external_id": "N2"}\n', "utf-8")
+    await run_import(platform, lines, "shop", on_total=told.append)
+    assert told == [2, 2]
