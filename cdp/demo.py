@@ -97,8 +97,9 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
                     "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
                 }
             )
+        sms_consents = []  # given at the shop's checkout, for the phone it knows
         if rng.random() < 0.25:
-            consents.append(
+            sms_consents.append(
                 {
                     "purpose": "marketing",
                     "channel": "sms",
@@ -122,7 +123,16 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
         prepared.append(prepare(crm, p))
         if rng.random() < 0.6:  # also a shop customer, known by phone
             prepared.append(
-                prepare({**base, "source": "shop", "phone": c["phone"], "external_id": f"S-{n}"}, p)
+                prepare(
+                    {
+                        **base,
+                        "source": "shop",
+                        "phone": c["phone"],
+                        "external_id": f"S-{n}",
+                        "consents": sms_consents,
+                    },
+                    p,
+                )
             )
             if rng.random() < 0.3:  # the call centre links phone and email
                 prepared.append(

@@ -371,8 +371,8 @@ async def run_import(
                 reject(n, prep.rejected_consents, row_rejected=False)
             good.append(prep)
         outcomes = await txns.store(good, actor)
-        for prep, o in zip(good, outcomes, strict=True):
-            summary.consents_recorded += len(prep.claims)
+        for o in outcomes:
+            summary.consents_recorded += o.consents_recorded
             summary.created += o.created
             summary.joined += not o.created
             summary.merged += len(o.merged_profile_ids)

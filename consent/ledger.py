@@ -31,6 +31,7 @@ from consent.chain import chain_head, entry_hash
 from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel
+from consent.suppressions import latest_suppression, suppressed_at
 from consent.tables import consent_ledger, consent_state
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class Entry:
     wording_id: str | None = None
     evidence: dict[str, Any] | None = None
     cipher: FieldCipher | None = None
+    # No occurred_at was given (a consent column of an imported or synced record): when it was
+    # given is unknown, so as a grant it cannot outrank a withdrawal or an opt-out. Re-importing
+    # last year's CRM export must not resubscribe whoever opted out since.
+    undated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     }
     state = await load_states(conn, wanted)
     existing = set(state)
+    blocked = await _suppressions(conn, entries)
     now = utcnow()
     ledger_rows: list[dict] = []
     changed: dict[tuple[bytes, str, str], dict] = {}
@@ -97,6 +103,8 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
         at = min(e.occurred_at, now)  # the ordering time (see the module's docstring)
         for ch in expand_channel(policy, e.subject_kind, e.channel):
             key = (e.subject, e.purpose, ch)
+            if e.undated and e.status == "granted" and _opted_out(key, state, blocked):
+                continue
             if supersedes(e.status, at, state.get(key)):
                 effective = True
                 state[key] = (e.status, at)
@@ -152,6 +160,31 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     await _write_states(conn, changed, existing)
     await execute_rows(conn, "ledger.confirm", _confirm, ("b", "t"), confirmed)
     return results
+
+
+async def _suppressions(
+    conn: AsyncConnection, entries: list[Entry]
+) -> dict[tuple[bytes, str, str], datetime]:
+    """The suppressions of the addresses that undated grants name (the only ones that ask)."""
+    bidxs = {
+        e.subject
+        for e in entries
+        if e.undated and e.status == "granted" and e.subject_kind != "profile"
+    }
+    return await suppressed_at(conn, sorted(bidxs)) if bidxs else {}
+
+
+def _opted_out(
+    key: tuple[bytes, str, str],
+    state: dict[tuple[bytes, str, str], tuple[str, datetime]],
+    blocked: dict[tuple[bytes, str, str], datetime],
+) -> bool:
+    """Whether the address has withdrawn or is suppressed for this purpose and channel."""
+    current = state.get(key)
+    if current is not None and current[0] == "withdrawn":
+        return True
+    subject, purpose, channel = key
+    return latest_suppression(blocked, subject, purpose, channel) is not None
 
 
 def _confirm() -> Update:

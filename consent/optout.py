@@ -1,7 +1,8 @@
 """Opt-outs from every entry point: API, one-click unsubscribe, inbound SMS keywords.
 
 An opt-out suppresses the address (also one never seen before) and appends a withdrawal to the
-ledger, in one transaction that commits before the answer returns.
+ledger, in one transaction that commits before the answer returns. One for every channel ('*')
+that names an address also reaches every other address and channel of the customer holding it.
 """
 
 from __future__ import annotations
@@ -87,11 +88,12 @@ async def apply_opt_outs(
     await lock_keys(conn, [r.ident.bidx or str(r.ident.profile_id) for r in requests])
     found = await find_profiles(conn, [r.ident for r in requests])
     pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
-    # a request that names the profile (not one of its addresses) opts out all its addresses
+    # a request that names the profile (not one of its addresses), or every channel ('*'),
+    # opts out all its addresses
     whole = {
         pid
         for r, pid in zip(requests, found, strict=True)
-        if isinstance(pid, uuid.UUID) and not _names_address(p, r)
+        if isinstance(pid, uuid.UUID) and _whole_profile(p, r)
     }
     addresses = await profiles_addresses(conn, whole)
     ciphers = await p.keys.ciphers(conn, sorted(pids))
@@ -106,9 +108,10 @@ async def apply_opt_outs(
         if _names_address(p, r):
             assert r.ident.bidx is not None
             subjects.append((r.ident.kind, r.ident.bidx))
-        elif pid is not None:
-            subjects.extend(addresses.get(pid, []))
-            subjects.append(("profile", profile_subject(pid)))
+        if pid is not None and _whole_profile(p, r):
+            for subject in [*addresses.get(pid, []), ("profile", profile_subject(pid))]:
+                if subject not in subjects:
+                    subjects.append(subject)
         cipher = ciphers.get(pid, p.keys.system) if pid is not None else p.keys.system
         mine = 0
         for kind, subject in subjects:
@@ -139,6 +142,13 @@ async def apply_opt_outs(
     await ledger.append(conn, p.policy, entries)
     await enqueue_opt_outs(conn, entries)  # the webhook outbox, in this transaction
     return results
+
+
+def _whole_profile(p: Platform, r: OptOutRequest) -> bool:
+    """The opt-out reaches every address of the customer: it names the profile (or an address
+    of another kind than the channel's), or it stops every channel ('*': "stop all marketing"
+    said from one address concerns the person, GDPR art. 21(3))."""
+    return r.channel == "*" or not _names_address(p, r)
 
 
 def _names_address(p: Platform, r: OptOutRequest) -> bool:

@@ -85,19 +85,28 @@ async def record_claims(
     p: Platform,
     items: list[tuple[uuid.UUID, list[tuple[str, bytes]], ConsentClaim]],
     actor: str,
-) -> list[Appended]:
-    """Consents carried by ingested records (API or import), inside the ingest transaction."""
+) -> list[bool]:
+    """Consents carried by ingested records (API or import), inside the ingest transaction.
+    For each item, whether it was recorded.
+
+    A grant is for the addresses the record itself named (`named`): where none of the
+    channel's kind was kept (the identity cap, a refused merge) it is not recorded, rather
+    than reaching the customer's other addresses. A withdrawal without an address of its kind
+    reaches every address the profile has on the channel (stopping more is the safe side). A
+    claim without occurred_at is undated: as a grant it cannot outrank a withdrawal or an
+    opt-out (`consent.ledger.Entry.undated`)."""
     if not items:
         return []
     kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
     channels = list(p.policy.channels)
     now = utcnow()
     ciphers = await p.keys.ciphers(conn, {pid for pid, _, _ in items})
-    # The profile's other addresses matter only where the record names none of the kind.
+    # The profile's other addresses matter only to withdrawals naming none of the kind.
     need = {
         pid
         for pid, named, claim in items
-        if any(
+        if claim.status != "granted"
+        and any(
             k not in {n[0] for n in named} and k != "profile"
             for k in (
                 {kind_of[c] for c in channels}
@@ -108,10 +117,12 @@ async def record_claims(
     }
     addresses = await profiles_addresses(conn, need)
     entries: list[Entry] = []
+    recorded: list[bool] = []
     for pid, named, claim in items:
-        for kind, subject in targets_for(
-            channels, kind_of, pid, named, addresses.get(pid, []), claim.channel
-        ):
+        others = [] if claim.status == "granted" else addresses.get(pid, [])
+        targets = targets_for(channels, kind_of, pid, named, others, claim.channel)
+        recorded.append(bool(targets))
+        for kind, subject in targets:
             entries.append(
                 Entry(
                     profile_id=pid,
@@ -127,9 +138,11 @@ async def record_claims(
                     wording_id=claim.evidence.wording_id if claim.evidence else None,
                     evidence=evidence_dict(claim.evidence),
                     cipher=ciphers.get(pid, p.keys.system),
+                    undated=claim.occurred_at is None,
                 )
             )
-    return await ledger.append(conn, p.policy, entries)
+    await ledger.append(conn, p.policy, entries)
+    return recorded
 
 
 async def record_consent(

@@ -163,6 +163,15 @@ async def test_an_older_event_is_kept_but_not_effective(client, keys, platform):
 async def test_policy_violations_are_400(client, keys, platform):
     cases = [
         ({"purpose": "marketing", "channel": "email", "status": "granted"}, "evidence.wording_id"),
+        (
+            {
+                "purpose": "marketing",
+                "channel": "email",
+                "status": "granted",
+                "evidence": {"wording_id": "  ", "method": "checkbox"},
+            },
+            "evidence.wording_id",
+        ),
         ({"purpose": "lottery", "channel": "email", "status": "granted"}, "purpose"),
         ({"purpose": "service", "channel": "fax", "status": "granted"}, "channel"),
         ({"purpose": "service", "channel": "*", "status": "granted"}, "channel"),

@@ -202,7 +202,7 @@ async def test_members_are_followed_through_merges_across_pages(
     client, keys, platform, monkeypatch
 ):
     monkeypatch.setattr(service, "export_chunks", functools.partial(export_chunks, page_size=2))
-    older = await add(client, keys, "old", email=None, external_id="X-1")  # no email: no member
+    older = await add(client, keys, "old", email=None, external_id="X-1", consents=[])  # no member
     ids = {n: await add(client, keys, n) for n in ("a", "b", "c", "d", "e")}
     sid = await create(client, keys)
     eid, members = await export(client, keys, sid)

@@ -63,6 +63,7 @@ class Outcome:
     ignored: list[FieldError]
     keys: list[IdentityKey]
     review_id: uuid.UUID | None = None  # a merge the guards refused, queued for review
+    consents_recorded: int = 0  # of the record's consent claims (set by store_prepared_in)
 
 
 @dataclass(slots=True)

@@ -181,6 +181,8 @@ def validate_consents(
             f"{prefix}[{i}].",
             item.occurred_at,
         )
+        if not problems and item.status == "granted":
+            problems = _address_problems(policy, item.channel, rec, f"{prefix}[{i}].channel")
         if problems:
             errors.extend(problems)
             continue
@@ -195,6 +197,18 @@ def validate_consents(
             )
         )
     return good, errors
+
+
+def _address_problems(policy: Policy, channel: str, rec: Record, field: str) -> list[FieldError]:
+    """A grant a record carries is for the record's own address on that channel: with none
+    (absent, or not kept: a placeholder, a shared line) it grants nothing, rather than
+    reaching the customer's other addresses, which never agreed."""
+    kind = policy.channels[channel].address
+    if kind not in ("email", "phone") or getattr(rec, kind):
+        return []
+    if any(e.field == kind for e in rec.ignored):
+        return [FieldError(field, f"the record's {kind} was not kept, so there is none to grant")]
+    return [FieldError(field, f"the record has no {kind} for this grant")]
 
 
 def consent_problems(
@@ -224,7 +238,7 @@ def consent_problems(
         status == "granted"
         and purpose in policy.purposes
         and policy.evidence_required(purpose)
-        and (evidence is None or not evidence.wording_id)
+        and (evidence is None or not (evidence.wording_id or "").strip())
     ):
         errors.append(
             FieldError(f"{prefix}evidence.wording_id", "a grant of this purpose needs its wording")

@@ -90,10 +90,19 @@ async def store_prepared_in(
         sealed=[x.sealed for x in prepared],
     )
     items = []
+    owners: list[Outcome] = []
     for x, o in zip(prepared, outcomes, strict=True):
         named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
         items.extend((o.profile_id, named, claim) for claim in x.claims)
-    await record_claims(conn, p, items, actor)
+        owners.extend(o for _ in x.claims)
+    recorded = await record_claims(conn, p, items, actor)
+    for o, (_, _, claim), done in zip(owners, items, recorded, strict=True):
+        if done:
+            o.consents_recorded += 1
+        else:  # its address was not kept at resolution (the identity cap, a refused merge)
+            o.ignored.append(
+                FieldError("consents", f"a {claim.channel} grant: its address was not kept")
+            )
     return outcomes
 
 
