@@ -25,7 +25,7 @@ from api.controllers.console import ConsoleController, with_console_sessions
 from api.controllers.dsr import ErasureRequestController, post_access_request
 from api.controllers.events import post_event
 from api.controllers.matching import MATCHING_ROUTES
-from api.controllers.preferences import PreferenceCentre
+from api.controllers.preferences import PreferenceCentre, post_preference_link
 from api.controllers.profiles import ProfileController
 from api.controllers.segments import SegmentController
 from api.controllers.system import health, live
@@ -52,6 +52,7 @@ ROUTES = [
     inbound_sms,
     ErasureRequestController,
     post_access_request,
+    post_preference_link,
     SegmentController,
     WebhookController,
     *MATCHING_ROUTES,

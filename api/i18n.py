@@ -165,6 +165,13 @@ EN: dict[str, str] = {
     "erase_text": "Ask us to delete your personal data. This cannot be undone. We keep only the "
     "record of your consent choices that the law requires, without your personal details.",
     "erase_confirm": "I understand that my data will be deleted and that this cannot be undone",
+    "pref_unsubscribe_link_note": "This link can turn messages off. To subscribe again, sign "
+    "in to your account with us and open your preferences from there.",
+    "data_manage_note": "To download a copy of your data or have it deleted, sign in to your "
+    "account with us and open your preferences from there, or contact us.",
+    "manage_only_title": "Not available from this link",
+    "manage_only_text": "The link in our messages can only turn messages off. To download or "
+    "delete your data, sign in to your account with us and open your preferences from there.",
     "erase_button": "Delete my data",
     "erase_need_confirm": "Tick the box to confirm that you want your data deleted.",
     "erase_received_title": "Your request to delete your data was received",
@@ -331,6 +338,13 @@ RU: dict[str, str] = {
     "erase_text": "Попросите нас удалить ваши персональные данные. Это необратимо. Мы сохраним "
     "только требуемую законом запись ваших согласий, без ваших персональных данных.",
     "erase_confirm": "Я понимаю, что мои данные будут удалены без возможности восстановления",
+    "pref_unsubscribe_link_note": "По этой ссылке можно отключить рассылки. Чтобы снова "
+    "подписаться, войдите в свой аккаунт у нас и откройте настройки оттуда.",
+    "data_manage_note": "Чтобы скачать копию своих данных или удалить их, войдите в свой аккаунт "
+    "у нас и откройте настройки оттуда, или свяжитесь с нами.",
+    "manage_only_title": "Недоступно по этой ссылке",
+    "manage_only_text": "Ссылка в наших письмах позволяет только отключить рассылки. Чтобы "
+    "скачать или удалить свои данные, войдите в свой аккаунт у нас и откройте настройки оттуда.",
     "erase_button": "Удалить мои данные",
     "erase_need_confirm": "Отметьте флажок, чтобы подтвердить удаление данных.",
     "erase_received_title": "Ваш запрос на удаление данных принят",

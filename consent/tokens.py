@@ -3,6 +3,14 @@
 A token names (profile, address blind index, purpose, channel) and carries an HMAC-SHA256 tag
 (truncated to 128 bits) under a key derived from the key ring's root. It holds no plaintext
 personal data. Any altered byte fails verification.
+
+Two scopes. An `unsubscribe` token (version 1) is in every segment member and export, so the
+sending tools hold it as well as the customer: it can only stop messages (one-click
+unsubscribe, withdrawals in the preference centre) and show the masked preferences. A `manage`
+token (version 2) is issued through the API (`POST /v1/preference-links`) to a customer the
+operator has signed in, and expires: it can also record grants, download the customer's data
+and request erasure. A link that anyone holding a newsletter or an export can use must not be
+able to forge a consent, read a profile or destroy one.
 """
 
 from __future__ import annotations
@@ -11,12 +19,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import time
 import uuid
 from dataclasses import dataclass
 
 import msgspec
 
-VERSION = 1
+VERSION = 1  # an unsubscribe token
+MANAGE_VERSION = 2  # a manage token: the scope and an expiry follow the channel
+UNSUBSCRIBE = "unsubscribe"
+MANAGE = "manage"
 
 
 class TokenError(Exception):
@@ -30,6 +42,12 @@ class TokenClaims:
     subject: bytes
     purpose: str
     channel: str
+    scope: str = UNSUBSCRIBE
+    expires_at: int | None = None  # unix seconds; manage tokens only
+
+    @property
+    def can_manage(self) -> bool:
+        return self.scope == MANAGE
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -79,11 +97,27 @@ class TokenSigner:
 
 
 def issue(key: bytes, claims: TokenClaims) -> str:
-    signer = TokenSigner(key, claims.subject_kind, claims.purpose, claims.channel)
-    return signer.issue(claims.profile_id, claims.subject)
+    if claims.scope == UNSUBSCRIBE:
+        signer = TokenSigner(key, claims.subject_kind, claims.purpose, claims.channel)
+        return signer.issue(claims.profile_id, claims.subject)
+    if claims.scope != MANAGE or claims.expires_at is None:
+        raise ValueError("a manage token needs an expiry")
+    payload = _msgpack(
+        [
+            MANAGE_VERSION,
+            claims.profile_id.bytes,
+            claims.subject_kind,
+            claims.subject,
+            claims.purpose,
+            claims.channel,
+            claims.expires_at,
+        ]
+    )
+    tag = hmac.digest(key, payload, hashlib.sha256)[:16]
+    return b".".join((_b64(payload), _b64(tag))).decode()
 
 
-def verify(key: bytes, token: str) -> TokenClaims:
+def verify(key: bytes, token: str, *, now: float | None = None) -> TokenClaims:
     try:
         body, tag = token.split(".", 1)
         payload, given = _unb64(body), _unb64(tag)
@@ -93,9 +127,15 @@ def verify(key: bytes, token: str) -> TokenClaims:
     if not hmac.compare_digest(expected, given):
         raise TokenError("invalid token")
     try:
-        version, pid, kind, subject, purpose, channel = msgspec.msgpack.decode(payload)
-        if version != VERSION:
-            raise TokenError("unsupported token version")
-        return TokenClaims(uuid.UUID(bytes=pid), kind, subject, purpose, channel)
+        version, pid, kind, subject, purpose, channel, *rest = msgspec.msgpack.decode(payload)
+        if version == VERSION and not rest:
+            return TokenClaims(uuid.UUID(bytes=pid), kind, subject, purpose, channel)
+        if version == MANAGE_VERSION and len(rest) == 1 and type(rest[0]) is int:
+            if (time.time() if now is None else now) >= rest[0]:
+                raise TokenError("expired token")
+            return TokenClaims(
+                uuid.UUID(bytes=pid), kind, subject, purpose, channel, MANAGE, rest[0]
+            )
+        raise TokenError("unsupported token version")
     except (ValueError, TypeError, msgspec.DecodeError) as exc:
         raise TokenError("malformed token") from exc

@@ -258,13 +258,17 @@ async def test_roles_and_invalid_requests_store_nothing(client, keys, platform):
     assert (await client.get("/v1/erasure-requests", headers=keys["ingest"])).status_code == 403
 
 
-async def test_a_customer_erases_themselves_with_an_unsubscribe_token(client, keys, platform):
+async def test_a_customer_erases_themselves_with_a_manage_link(client, keys, platform):
     ids = await create_anna(client, keys)
     ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
-    token = tokens.issue(
+    unsubscribe = tokens.issue(
         platform.keys.token_key,
         tokens.TokenClaims(uuid.UUID(ids["survivor"]), "email", ident.bidx, "marketing", "email"),
     )
+    r = await client.post(f"/v1/erasure-requests/by-token/{unsubscribe}")
+    assert r.status_code == 403  # the sending tools hold that one too
+    link = await client.post("/v1/preference-links", json={"email": EMAIL}, headers=keys["ingest"])
+    token = link.json()["token"]
     forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     r = await client.post(f"/v1/erasure-requests/by-token/{forged}")
     assert r.status_code in (400, 404)

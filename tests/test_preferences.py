@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
+import pytest
+
 from api.controllers.preferences import (
     Choice,
     Group,
@@ -20,15 +22,18 @@ from cdp.settings import DEFAULT_POLICY_DIR
 from consent.dsr.requests import submit_erasure
 from consent.policy import load_policy
 from consent.tables import consent_ledger
-from consent.tokens import TokenClaims, issue
+from consent.tokens import TokenClaims, TokenError, issue, verify
 from tests.helpers import count
 
 GRANT = {"wording_id": "newsletter-v3", "method": "double_opt_in"}
 RU_EN = {"Accept-Language": "en-GB,en;q=0.9"}
 
 
-async def customer(client, keys, platform, email, *, jurisdiction="RU", grant=True, **extra):  # type: ignore[no-untyped-def]
-    """A profile, its id and a preference token for its email (as segment members carry)."""
+async def customer(  # type: ignore[no-untyped-def]
+    client, keys, platform, email, *, jurisdiction="RU", grant=True, manage=False, **extra
+):
+    """A profile, its id and a preference token for its email: the unsubscribe token segment
+    members carry, or (`manage`) a manage link's, as the operator's site would ask for one."""
     consents = (
         [{"purpose": "marketing", "channel": "email", "status": "granted", "evidence": GRANT}]
         if grant
@@ -47,6 +52,13 @@ async def customer(client, keys, platform, email, *, jurisdiction="RU", grant=Tr
     )
     assert r.status_code in (200, 201), r.text
     pid = uuid.UUID(r.json()["profile_id"])
+    if manage:
+        link = await client.post(
+            "/v1/preference-links", json={"email": email}, headers=keys["ingest"]
+        )
+        assert link.status_code == 201, link.text
+        assert link.json()["url"].endswith(f"/preferences/{link.json()['token']}")
+        return pid, link.json()["token"]
     claims = TokenClaims(pid, "email", platform.keys.indexer.email(email), "marketing", "email")
     return pid, issue(platform.keys.token_key, claims)
 
@@ -157,7 +169,7 @@ async def test_granting_from_the_centre_needs_no_api_and_records_the_wording(
     client, keys, platform
 ):
     email = "vera@example.com"
-    pid, token = await customer(client, keys, platform, email, grant=False)
+    pid, token = await customer(client, keys, platform, email, grant=False, manage=True)
     page = await client.get(f"/preferences/{token}", headers={"Accept-Language": "ru"})
     switches = choices_of(page.text)
     assert switches["marketing:email"] is False and switches["service:email"] is True
@@ -256,7 +268,7 @@ async def test_a_forged_link_shows_an_error_and_changes_nothing(client, keys, pl
 
 async def test_access_copy_downloads_as_json_and_is_logged(client, keys, platform):
     email = "hanna@example.com"
-    pid, token = await customer(client, keys, platform, email)
+    pid, token = await customer(client, keys, platform, email, manage=True)
     r = await client.post(f"/preferences/{token}/access", data={"lang": "en"})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/json")
@@ -273,7 +285,7 @@ async def test_access_copy_downloads_as_json_and_is_logged(client, keys, platfor
 
 
 async def test_erasure_needs_confirmation_then_is_requested_by_the_customer(client, keys, platform):
-    pid, token = await customer(client, keys, platform, "ivan@example.com")
+    pid, token = await customer(client, keys, platform, "ivan@example.com", manage=True)
     r = await client.post(f"/preferences/{token}/erasure", data={"lang": "en"})
     assert r.status_code == 400 and "Tick the box" in r.text
     listed = await client.get("/v1/erasure-requests", headers=keys["compliance"])
@@ -294,7 +306,7 @@ async def test_erasure_needs_confirmation_then_is_requested_by_the_customer(clie
 
 
 async def test_a_second_erasure_request_joins_the_open_one(client, keys, platform):
-    pid, token = await customer(client, keys, platform, "jana@example.com")
+    pid, token = await customer(client, keys, platform, "jana@example.com", manage=True)
     await submit_erasure(
         platform, Identifier("profile_id", profile_id=pid), requested_by="operator", actor="t"
     )
@@ -302,6 +314,56 @@ async def test_a_second_erasure_request_joins_the_open_one(client, keys, platfor
     assert r.status_code == 202 and "already open" in r.text
     listed = (await client.get("/v1/erasure-requests", headers=keys["compliance"])).json()
     assert len(listed["items"]) == 1
+
+
+async def test_the_unsubscribe_link_in_messages_can_only_stop_messages(client, keys, platform):
+    """The sending tools hold every member's unsubscribe token: it must not forge a grant,
+    read the customer's data or erase them."""
+    email = "kira@example.com"
+    pid, token = await customer(client, keys, platform, email, grant=False)
+    page = await client.get(f"/preferences/{token}", headers=RU_EN)
+    assert 'value="marketing:email"' in page.text
+    off = re.search(r'<input type="checkbox"[^>]*value="marketing:email"[^>]*>', page.text)
+    assert off is not None and " disabled" in off.group(0)
+    assert "sign in to your account" in page.text and "/access" not in page.text
+    allow = {k for k, on in choices_of(page.text).items() if on} | {"marketing:email"}
+    r = await client.post(f"/preferences/{token}", data=form_for(page.text, allow))
+    assert r.status_code == 303 and "done=unchanged" in r.headers["location"]
+    assert (await contactable(client, keys, pid))["marketing"]["email"] is False
+    r = await client.post(f"/preferences/{token}/access", data={"lang": "en"})
+    assert r.status_code == 403 and email not in r.text
+    r = await client.post(f"/preferences/{token}/erasure", data={"lang": "en", "confirm": "yes"})
+    assert r.status_code == 403
+    r = await client.post(f"/v1/erasure-requests/by-token/{token}")
+    assert r.status_code == 403
+    listed = await client.get("/v1/erasure-requests", headers=keys["compliance"])
+    assert listed.json()["items"] == []
+    assert [e["status"] for e in await events(client, keys, email)] == []
+
+
+async def test_manage_links_are_issued_to_the_operator_and_expire(client, keys, platform):
+    pid, token = await customer(client, keys, platform, "lev@example.com", manage=True)
+    claims = verify(platform.keys.token_key, token)
+    assert claims.can_manage and claims.profile_id == pid
+    with pytest.raises(TokenError):
+        verify(platform.keys.token_key, token, now=claims.expires_at)
+    for role in ("marketing", "compliance"):
+        r = await client.post(
+            "/v1/preference-links", json={"email": "lev@example.com"}, headers=keys[role]
+        )
+        assert r.status_code == 403
+    r = await client.post(
+        "/v1/preference-links",
+        json={"email": "lev@example.com", "valid_minutes": 0},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "valid_minutes"
+    r = await client.post(
+        "/v1/preference-links", json={"email": "nobody@example.com"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 404
+    r = await client.post(f"/v1/erasure-requests/by-token/{token}")
+    assert r.status_code == 202
 
 
 # ----------------------------------------------------------------------------- plain rules

@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.background_tasks import BackgroundTask
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.auth import PUBLIC, roles
@@ -78,12 +79,17 @@ class ErasureRequestController(Controller):
         "/by-token/{token:str}",
         opt=PUBLIC,
         status_code=202,
-        summary="Customer-side erasure request, proven by an unsubscribe or preference token",
+        summary="Customer-side erasure request, proven by a manage link's token",
     )
     async def submit_by_token(
         self, token: FromPath[str], platform: PlatformDep
     ) -> Response[dict[str, Any]]:
         claims = claims_from_token(platform, token)
+        if not claims.can_manage:  # the sending tools hold unsubscribe tokens too
+            raise PermissionDeniedException(
+                "an unsubscribe token cannot request erasure: it needs a manage link "
+                "(POST /v1/preference-links)"
+            )
         ident = Identifier("profile_id", profile_id=claims.profile_id)
         if claims.subject_kind != "profile":  # the address names the customer, while it exists
             async with platform.db.read() as conn:

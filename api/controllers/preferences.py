@@ -2,8 +2,10 @@
 
 `GET /preferences/{token}` shows, in the customer's language, what they allow for each purpose
 and channel (the contactability rule's answer, from `consent_view`) with their addresses masked.
-Forms post back to the same capability URL: save choices, unsubscribe from everything, download
-a copy of their data (an access export), request erasure. Every change is a consent event
+Forms post back to the same capability URL: save choices, unsubscribe from everything, and, with
+a manage link (`consent.preference_links`, for a customer the operator has signed in), grant,
+download a copy of their data (an access export) and request erasure. The unsubscribe link in
+every message only stops messages: the sending tools hold it too. Every change is a consent event
 recorded through `record_consent` with method and evidence (IP, user agent, page, the wording id
 of this page version). A browser sending `Sec-GPC: 1` is recorded once as an opt-out of
 sale/sharing where the customer's jurisdiction says `gpc = "opt_out_sale"`.
@@ -20,15 +22,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.auth import PUBLIC
-from api.deps import PlatformDep
+from api.auth import PUBLIC, roles
+from api.deps import PlatformDep, PrincipalDep
 from api.i18n import (
     PAGE_HEADERS,
     Messages,
@@ -47,13 +50,16 @@ from cdp.profiles.identifiers import Identifier
 from cdp.profiles.identity import resolve_profile_id
 from consent.dsr import requests as dsr
 from consent.dsr.access import access_export
+from consent.dsr.schemas import identifier_of
 from consent.dsr.worker import run_one
 from consent.optout import claims_from_token
 from consent.policy import Policy
+from consent.preference_links import PreferenceLinkIn, manage_link
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
 from consent.tokens import TokenClaims, TokenError
 
+log = structlog.get_logger("api.preferences")
 WORDING_VERSION = "2026-11-v1"
 SOURCE = "preference_centre"
 METHOD = "preference_centre"
@@ -178,16 +184,19 @@ def build_groups(
     return groups
 
 
-def plan_changes(groups: list[Group], shown: set[str], wanted: set[str]) -> list[Change]:
+def plan_changes(
+    groups: list[Group], shown: set[str], wanted: set[str], *, can_grant: bool = True
+) -> list[Change]:
     """What a submitted form changes: only switches that were on the page, not locked, and
-    whose submitted state differs from the current one."""
+    whose submitted state differs from the current one. Without `can_grant` (an unsubscribe
+    link) a switch can only be turned off."""
     out: list[Change] = []
     for group in groups:
         for choice in group.choices:
             if choice.locked or choice.key not in shown:
                 continue
             want = choice.key in wanted
-            if want != choice.allowed:
+            if want != choice.allowed and (can_grant or not want):
                 out.append(Change(choice, "granted" if want else "withdrawn"))
     return out
 
@@ -216,6 +225,7 @@ class Centre:
     contactable: dict[str, dict[str, bool]]
     gpc: bool = False
     token_address_owned: bool = False  # the token's address still belongs to this profile
+    can_manage: bool = False  # a manage link: grants, data download and erasure
     notices: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -252,6 +262,7 @@ async def load_centre(
         contactable=view.contactable,
         gpc=gpc,
         token_address_owned=any(b == claims.subject for _, b, _ in rows),
+        can_manage=claims.can_manage,
     )
 
 
@@ -345,6 +356,19 @@ def _erased(request: Request, _: Exception) -> Response[Any]:
     return _message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
 
 
+class ManageOnly(Exception):
+    """An unsubscribe link asked for what only a manage link may do."""
+
+
+def _needs_manage(centre: Centre) -> None:
+    if not centre.can_manage:
+        raise ManageOnly
+
+
+def _manage_only(request: Request, _: Exception) -> Response[Any]:
+    return _message_page(request, 403, "manage_only_title", "manage_only_text")  # type: ignore[return-value]
+
+
 def _invalid_input(request: Request, _: Exception) -> Response[Any]:
     return _message_page(request, 400, "error_title", "link_invalid_text")  # type: ignore[return-value]
 
@@ -390,6 +414,7 @@ def _page(
             "notices": centre.notices,
             "error": error,
             "wording_id": wording_id(t.lang),
+            "manage": centre.can_manage,
         },
         status_code=status,
     )
@@ -405,6 +430,7 @@ class PreferenceCentre(Controller):
         NotFound: _invalid_link,
         Gone: _erased,
         InvalidInput: _invalid_input,
+        ManageOnly: _manage_only,
     }
 
     @get("/{token:str}", summary="The preference centre (records a GPC opt-out where it applies)")
@@ -434,7 +460,12 @@ class PreferenceCentre(Controller):
         claims, centre = await _open(platform, token, request)
         form = await request.form()
         lang = _lang(request, form.get("lang"), centre.jurisdiction)
-        changes = plan_changes(centre.groups, set(form.getall("shown")), set(form.getall("allow")))
+        changes = plan_changes(
+            centre.groups,
+            set(form.getall("shown")),
+            set(form.getall("allow")),
+            can_grant=centre.can_manage,
+        )
         if changes:
             evidence = evidence_for(request, platform, lang, METHOD)
             await apply_changes(platform, centre, claims, changes, evidence)
@@ -462,6 +493,7 @@ class PreferenceCentre(Controller):
         self, token: FromPath[str], platform: PlatformDep, request: Request
     ) -> Response[dict[str, Any]]:
         _, centre = await _open(platform, token, request)
+        _needs_manage(centre)
         body = await access_export(
             platform, Identifier("profile_id", profile_id=centre.profile_id), CUSTOMER
         )
@@ -476,6 +508,7 @@ class PreferenceCentre(Controller):
         self, token: FromPath[str], platform: PlatformDep, request: Request
     ) -> Template:
         _, centre = await _open(platform, token, request)
+        _needs_manage(centre)
         form = await request.form()
         t = messages(_lang(request, form.get("lang"), centre.jurisdiction))
         if form.get("confirm") != "yes":
@@ -502,3 +535,31 @@ class PreferenceCentre(Controller):
             status_code=202,
             background=task,
         )
+
+
+@post(
+    "/v1/preference-links",
+    opt=roles("admin", "ingest"),
+    tags=["consent"],
+    status_code=201,
+    summary="A manage link to the preference centre, for a customer the operator has signed in",
+    description=(
+        "Names the customer by one identifier (top level or in `identifier`). The link lets "
+        "its holder record grants, download the customer's data and request erasure, so give "
+        "it only to the customer, after your own sign-in; it expires after `valid_minutes` "
+        "(default 60, at most 10080). The unsubscribe token of segment members can only stop "
+        "messages."
+    ),
+)
+async def post_preference_link(
+    data: JSONBody[PreferenceLinkIn], platform: PlatformDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    ident = identifier_of(data, platform.policy, platform.keys.indexer)
+    link = await manage_link(platform, ident, data.valid_minutes)
+    log.info("preference_link_issued", profile_id=str(link.profile_id), key=principal.name)
+    return {
+        "profile_id": str(link.profile_id),
+        "url": link.url,
+        "token": link.token,
+        "expires_at": link.expires_at,
+    }

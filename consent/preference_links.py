@@ -1,0 +1,66 @@
+"""Manage links to the preference centre, for a customer the operator has signed in.
+
+The unsubscribe token in every segment member is also held by the sending tools, so it can only
+stop messages (`consent.tokens`). Recording a grant, downloading the customer's data and asking
+for erasure need a `manage` token: the operator's own site, where the customer has signed in,
+asks for one here (`POST /v1/preference-links`) and sends the customer to it. It expires.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+
+from cdp.errors import NotFound
+from cdp.platform import Platform
+from cdp.profiles.identifiers import Identifier, find_profile
+from consent import tokens
+from consent.dsr.schemas import AccessIn
+from consent.subjects import profile_subject
+
+DEFAULT_MINUTES = 60
+MAX_MINUTES = 7 * 24 * 60
+
+
+class PreferenceLinkIn(AccessIn, forbid_unknown_fields=True, kw_only=True):
+    """POST /v1/preference-links: the customer, by one identifier, and how long the link lives."""
+
+    valid_minutes: Annotated[int, msgspec.Meta(ge=1, le=MAX_MINUTES)] = DEFAULT_MINUTES
+
+
+@dataclass(frozen=True, slots=True)
+class ManageLink:
+    profile_id: uuid.UUID
+    token: str
+    url: str
+    expires_at: datetime
+
+
+async def manage_link(p: Platform, ident: Identifier, minutes: int = DEFAULT_MINUTES) -> ManageLink:
+    """A manage link for the customer the identifier names (NotFound if none, Gone if erased).
+    Named by an email or a phone, the link speaks for that address (grants made with it go
+    to it); otherwise for the profile."""
+    async with p.db.read() as conn:
+        pid = await find_profile(conn, ident)
+    if pid is None:
+        raise NotFound("no profile with this identifier")
+    if ident.kind in ("email", "phone") and ident.bidx is not None:
+        kind, subject = ident.kind, ident.bidx
+    else:
+        kind, subject = "profile", profile_subject(pid)
+    expires = int(time.time()) + minutes * 60
+    token = tokens.issue(
+        p.keys.token_key,
+        tokens.TokenClaims(pid, kind, subject, "marketing", "*", tokens.MANAGE, expires),
+    )
+    return ManageLink(
+        profile_id=pid,
+        token=token,
+        url=f"{p.settings.public_url}/preferences/{token}",
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
