@@ -406,7 +406,11 @@ async def _queue_review(
 
 
 def _apply(w: _Working, rec: Record) -> None:
-    """Latest non-empty value wins; traits merge key by key."""
+    """Latest non-empty value wins; traits merge key by key. A record that carries only
+    identifiers leaves the profile (and its updated_at) as it was: updated_at says how fresh
+    the profile's values are, which decides a later merge (cdp.profiles.merge)."""
+    if not (rec.fields or rec.jurisdiction or rec.country or rec.city or rec.traits):
+        return
     for name, value in rec.fields.items():
         w.enc[name] = w.cipher.encrypt(f"profiles.{name}", value)
     if rec.jurisdiction:

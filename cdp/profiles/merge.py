@@ -63,7 +63,7 @@ class SurvivorState(msgspec.Struct):
     """What the merge changed on the survivor: [before, after] per value."""
 
     fields: dict[str, list[str | None]]
-    plain: dict[str, list[str | None]]  # country, city
+    plain: dict[str, list[str | None]]  # country, city, jurisdiction
     traits: list[dict[str, Any]]
     consents: dict[str, dict[str, Any]]  # "purpose|channel" -> {"before": row|None, "after": row}
     sources: list[str]  # the survivor's sources before the merge
@@ -111,6 +111,10 @@ async def merge_profiles(
         if a_val and (not s_val or absorbed_newer):
             values[name] = a_val
             plain_changes[name] = [s_val, a_val]
+    # the jurisdiction (the law the customer is under) goes with the country that won
+    if "country" in values and a_row.jurisdiction != s_row.jurisdiction:
+        values["jurisdiction"] = a_row.jurisdiction
+        plain_changes["jurisdiction"] = [s_row.jurisdiction, a_row.jurisdiction]
     s_traits = dict(s_row.traits or {})
     a_traits = dict(a_row.traits or {})
     traits = {**s_traits, **a_traits} if absorbed_newer else {**a_traits, **s_traits}
