@@ -90,6 +90,21 @@ class Policy:
             return None
         return rules.get(channel) or rules.get("default")
 
+    def soft_opt_in(self, jurisdiction: str, purpose: str, channel: str) -> bool:
+        """Whether an existing customer (one who has bought) may get this purpose's email
+        without a grant: ePrivacy art. 13(2), where the operator enables it for a jurisdiction
+        (`soft_opt_in = true`), for advertising by email only, and never after an opt-out."""
+        j = self.jurisdictions.get(jurisdiction)
+        p = self.purposes.get(purpose)
+        return (
+            j is not None
+            and j.soft_opt_in
+            and p is not None
+            and p.advertising
+            and channel == "email"
+            and self.basis(jurisdiction, purpose, channel) == "opt_in"
+        )
+
     def evidence_required(self, purpose: str) -> bool:
         p = self.purposes.get(purpose)
         return True if p is None else p.evidence_required

@@ -3,7 +3,8 @@
 contactable(profile, address, purpose, channel) holds only when the profile is active, the
 address is present, no suppression newer than the address's grant applies, and the policy of
 the profile's jurisdiction is satisfied by the address's consent state:
-  opt_in   - needs an effective grant;
+  opt_in   - needs an effective grant (or, where the policy enables soft opt-in for the
+             jurisdiction, advertising email to an existing customer: one who has bought);
   opt_out  - allowed unless withdrawn;
   contract - allowed unless the customer refused the channel (withdrawn).
 A purpose or channel the policy says nothing about is "no" (fail closed).
@@ -33,6 +34,7 @@ class Facts:
     state_status: str | None  # granted | withdrawn | None (no event)
     state_since: datetime | None
     suppressed_at: datetime | None  # latest applicable suppression
+    is_customer: bool = False  # has bought (orders_count > 0): soft opt-in's condition
 
 
 def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
@@ -57,16 +59,21 @@ def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
     if f.state_status == "withdrawn":
         return "withdrawn"
     if basis == "opt_in" and f.state_status != "granted":
-        return "no_consent"
+        soft = f.is_customer and policy.soft_opt_in(f.jurisdiction or "", purpose, channel)
+        return None if soft else "no_consent"
     return None
 
 
 def _jurisdictions_by_basis(policy: Policy, purpose: str, channel: str) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {"opt_in": [], "opt_out": [], "contract": []}
+    """Jurisdiction codes by basis; "soft_opt_in" are the opt_in ones that take an existing
+    customer without a grant (listed under "opt_in" too)."""
+    groups: dict[str, list[str]] = {"opt_in": [], "opt_out": [], "contract": [], "soft_opt_in": []}
     for code in sorted(policy.jurisdictions):
         basis = policy.basis(code, purpose, channel)
         if basis is not None:
             groups[basis].append(code)
+            if policy.soft_opt_in(code, purpose, channel):
+                groups["soft_opt_in"].append(code)
     return groups
 
 
@@ -80,6 +87,8 @@ class RuleColumns:
     state_status: ColumnElement
     state_since: ColumnElement
     suppressed_at: ColumnElement
+    # whether the profile has bought; read only where a jurisdiction enables soft opt-in
+    is_customer: ColumnElement[bool] | None = None
 
 
 def _conditions(policy: Policy, purpose: str, channel: str, c: RuleColumns):
@@ -91,9 +100,14 @@ def _conditions(policy: Policy, purpose: str, channel: str, c: RuleColumns):
     suppressed = and_(c.suppressed_at.is_not(None), not_(granted_after))
     withdrawn = status == "withdrawn"
     no_grant = status != "granted"
-    needs_grant = (
-        and_(c.jurisdiction.in_(groups["opt_in"]), no_grant) if groups["opt_in"] else false()
-    )
+    strict = [j for j in groups["opt_in"] if j not in groups["soft_opt_in"]]
+    needs_grant = and_(c.jurisdiction.in_(strict), no_grant) if strict else false()
+    if groups["soft_opt_in"]:
+        if c.is_customer is None:
+            raise ValueError("soft opt-in is enabled: the rule needs is_customer")
+        customer = func.coalesce(c.is_customer, False)
+        soft = and_(c.jurisdiction.in_(groups["soft_opt_in"]), no_grant, not_(customer))
+        needs_grant = or_(needs_grant, soft)
     not_allowed = not_(c.jurisdiction.in_(allowed_j)) if allowed_j else literal(True)
     return [
         (c.profile_status == "erased", "erased"),

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
 from cdp.db.engine import lock_keys
-from cdp.db.tables import identities, profiles
+from cdp.db.tables import identities, profile_stats, profiles
 from cdp.errors import InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
@@ -225,6 +225,7 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         for r in (await conn.execute(select(consent_state).where(cs.subject.in_(subjects))))
     }
     supp = await suppressed_at(conn, [b for _, b, _ in idents])
+    customer = await is_customer(conn, profile_id)
     items = [
         {
             "purpose": r.purpose,
@@ -256,6 +257,7 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
                     suppressed_at=latest_suppression(supp, subject, purpose, channel)
                     if subject and subject != psubj
                     else None,
+                    is_customer=customer,
                 )
                 if decide(p.policy, purpose, channel, facts) is None:
                     ok = True
@@ -270,7 +272,7 @@ async def address_decision(
     """The rule's answer for one address: None when contactable, else the reason."""
     owner = (
         await conn.execute(
-            select(profiles.c.status, profiles.c.jurisdiction)
+            select(profiles.c.id, profiles.c.status, profiles.c.jurisdiction)
             .select_from(identities.join(profiles, profiles.c.id == identities.c.profile_id))
             .where(identities.c.bidx == bidx, identities.c.kind == kind)
         )
@@ -292,5 +294,16 @@ async def address_decision(
         state_status=state.status if state else None,
         state_since=state.since if state else None,
         suppressed_at=latest_suppression(supp, bidx, purpose, channel),
+        is_customer=owner is not None and await is_customer(conn, owner.id),
     )
     return decide(p.policy, purpose, channel, facts)
+
+
+async def is_customer(conn: AsyncConnection, profile_id: uuid.UUID) -> bool:
+    """Whether the profile has bought (the contactability rule's soft opt-in condition)."""
+    orders = (
+        await conn.execute(
+            select(profile_stats.c.orders_count).where(profile_stats.c.profile_id == profile_id)
+        )
+    ).scalar()
+    return bool(orders)

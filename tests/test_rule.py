@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Boolean, String, literal, null, select
 
 from cdp.db.types import UTCDateTime
+from consent.policy import Policy
 from consent.rule import Facts, RuleColumns, decide, reason_sql
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -21,6 +24,7 @@ facts = st.builds(
     state_status=st.sampled_from([None, "granted", "withdrawn"]),
     state_since=times,
     suppressed_at=times,
+    is_customer=st.booleans(),
 ).filter(lambda f: (f.state_status is None) == (f.state_since is None))
 
 
@@ -28,13 +32,21 @@ def lit(value, type_):  # type: ignore[no-untyped-def]
     return null().cast(type_) if value is None else literal(value, type_)
 
 
+def with_soft_opt_in(policy: Policy) -> Policy:
+    """The policy with soft opt-in enabled for the EU, as an operator may choose."""
+    eu = msgspec.structs.replace(policy.jurisdictions["EU"], soft_opt_in=True)
+    return dataclasses.replace(policy, jurisdictions={**policy.jurisdictions, "EU": eu})
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     f=facts,
     purpose=st.sampled_from(["service", "marketing", "sale_share"]),
     channel=st.sampled_from(["email", "sms", "phone", "push", "messenger"]),
+    soft=st.booleans(),
 )
-async def test_sql_rule_equals_python_rule(platform, f, purpose, channel):
+async def test_sql_rule_equals_python_rule(platform, f, purpose, channel, soft):
+    policy = with_soft_opt_in(platform.policy) if soft else platform.policy
     cols = RuleColumns(
         profile_status=lit(f.profile_status, String()),
         jurisdiction=lit(f.jurisdiction, String()),
@@ -42,11 +54,34 @@ async def test_sql_rule_equals_python_rule(platform, f, purpose, channel):
         state_status=lit(f.state_status, String()),
         state_since=lit(f.state_since, UTCDateTime()),
         suppressed_at=lit(f.suppressed_at, UTCDateTime()),
+        is_customer=literal(f.is_customer, Boolean()),
     )
     async with platform.db.read() as conn:
-        got = await conn.execute(select(reason_sql(platform.policy, purpose, channel, cols)))
+        got = await conn.execute(select(reason_sql(policy, purpose, channel, cols)))
         sql_reason = got.scalar()
-    assert sql_reason == decide(platform.policy, purpose, channel, f)
+    assert sql_reason == decide(policy, purpose, channel, f)
+
+
+def test_soft_opt_in_takes_existing_customers_for_advertising_email_only():
+    from pathlib import Path
+
+    from consent.policy import load_policy
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "policies")
+    buyer = Facts("active", "EU", True, None, None, None, is_customer=True)
+    assert decide(policy, "marketing", "email", buyer) == "no_consent"  # off by default
+    soft = with_soft_opt_in(policy)
+    assert decide(soft, "marketing", "email", buyer) is None
+    assert decide(soft, "marketing", "sms", buyer) == "no_consent"
+    assert decide(soft, "sale_share", "email", buyer) == "no_consent"  # not advertising
+    assert decide(soft, "marketing", "email", dataclasses.replace(buyer, is_customer=False)) == (
+        "no_consent"
+    )
+    assert decide(soft, "marketing", "email", Facts("active", "RU", True, None, None, None, True))
+    opted_out = Facts("active", "EU", True, "withdrawn", T0, T0, is_customer=True)
+    assert decide(soft, "marketing", "email", opted_out) == "suppressed"
+    withdrew = Facts("active", "EU", True, "withdrawn", T0, None, is_customer=True)
+    assert decide(soft, "marketing", "email", withdrew) == "withdrawn"
 
 
 def test_fail_closed_cases():  # plain Python: no database needed

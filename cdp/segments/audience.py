@@ -29,6 +29,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     literal,
     literal_column,
@@ -159,6 +160,7 @@ def _address_facts(a: Audience, name: str, *, aggregate: bool = False) -> _Addre
             state_status=cs.c.status,
             state_since=cs.c.since,
             suppressed_at=suppressed_at,
+            is_customer=_is_customer(),
         ),
     )
 
@@ -195,7 +197,18 @@ def _profile_facts(a: Audience) -> _ProfileFacts:
             state_status=ps.c.status,
             state_since=ps.c.since,
             suppressed_at=literal(None, consent_state.c.since.type),
+            is_customer=_is_customer(),
         ),
+    )
+
+
+def _is_customer() -> ColumnElement[bool]:
+    """The profile has bought (soft opt-in's condition; the rule reads it only where a
+    jurisdiction enables soft opt-in)."""
+    st = profile_stats.alias("soft_stats")
+    # correlated to the profile of whichever query embeds it, however deeply nested
+    return (
+        exists().where(st.c.profile_id == profiles.c.id, st.c.orders_count > 0).correlate_except(st)
     )
 
 
