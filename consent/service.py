@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -234,6 +235,8 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
             "status": r.status,
             "since": r.since,
             "source": r.source,
+            # an opt-out of the address outranks this state (only a later grant lifts it)
+            "suppressed": _outranked(r, latest_suppression(supp, r.subject, r.purpose, r.channel)),
         }
         for r in sorted(states.values(), key=lambda r: (r.purpose, r.channel, r.since))
     ]
@@ -297,6 +300,10 @@ async def address_decision(
         is_customer=owner is not None and await is_customer(conn, owner.id),
     )
     return decide(p.policy, purpose, channel, facts)
+
+
+def _outranked(state: Any, suppressed: datetime | None) -> bool:
+    return suppressed is not None and not (state.status == "granted" and state.since > suppressed)
 
 
 async def is_customer(conn: AsyncConnection, profile_id: uuid.UUID) -> bool:

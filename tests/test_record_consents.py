@@ -4,8 +4,10 @@ record's own address, and one without a date never undoes a withdrawal or an opt
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 
 from cdp.importer import run_import
+from consent.suppressions import suppress
 from tests.test_consent import GRANT, contactable
 
 MARKETING_EMAIL = {
@@ -166,3 +168,32 @@ async def test_an_opt_out_of_every_channel_from_one_address_stops_the_customer(c
     m = await contactable(client, keys, email="one@example.com")
     assert m["marketing"]["email"] is False
     assert m["marketing"]["sms"] is True and m["marketing"]["push"] is True
+
+
+async def test_the_consent_view_says_when_an_opt_out_outranks_a_grant(client, keys, platform):
+    """After an erasure the address stays suppressed; a grant imported later that is older than
+    the suppression is the address's state, but does not make it contactable: the view says
+    so instead of a bare "granted"."""
+    dated = {**MARKETING_EMAIL, "occurred_at": "2026-01-01T00:00:00Z"}
+    r = await upsert(client, keys, email="view@example.com", consents=[dated])
+    pid = r.json()["profile_id"]
+
+    async def items():  # type: ignore[no-untyped-def]
+        r = await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])
+        return [(i["status"], i["suppressed"]) for i in r.json()["items"]]
+
+    assert await items() == [("granted", False)]
+    async with platform.db.write() as conn:  # what an erased customer's opt-out leaves behind
+        await suppress(
+            conn,
+            platform.keys.indexer.email("view@example.com"),
+            "marketing",
+            "*",
+            reason="erasure",
+            source="test",
+            at=datetime(2026, 6, 1, tzinfo=UTC),
+        )
+    assert await items() == [("granted", True)]
+    assert (await contactable(client, keys, email="view@example.com"))["marketing"][
+        "email"
+    ] is False
