@@ -104,8 +104,18 @@ def normalise_phone(value: str, region: str, field: str = "phone") -> str:
     return parse_phone(value, region, field).e164
 
 
+# ISO 3166-1 alpha-2: phonenumbers' regions (which add AC, TA and XK, in use for Ascension,
+# Tristan da Cunha and Kosovo) and the few territories without a telephone numbering plan.
+COUNTRIES = frozenset(phonenumbers.SUPPORTED_REGIONS) | {"AQ", "BV", "GS", "HM", "PN", "TF", "UM"}
+
+
 def normalise_country(value: str, field: str = "country") -> str:
+    """An ISO 3166-1 alpha-2 code. One that names no country (ZZ, or UK for GB) is refused:
+    it would put the customer under the default jurisdiction's law without a word."""
     code = value.strip().upper()
     if len(code) != 2 or not code.isascii() or not code.isalpha():
         raise InvalidInput.field(field, "must be an ISO 3166-1 alpha-2 code")
+    if code not in COUNTRIES:
+        hint = " (the United Kingdom is GB)" if code == "UK" else ""
+        raise InvalidInput.field(field, f"not an ISO 3166-1 alpha-2 country code{hint}")
     return code

@@ -160,3 +160,19 @@ def test_csv_trait_values_are_typed_as_before(text: str) -> None:
     got, want = _trait_value(text), _trait_reference(text)
     assert type(got) is type(want)
     assert got == want or (got != got and want != want)  # nan
+
+
+def test_a_country_code_must_name_a_country() -> None:
+    from cdp.errors import InvalidInput
+    from cdp.normalize import normalise_country
+
+    assert normalise_country(" gb ") == "GB"
+    assert normalise_country("XK") == "XK"  # Kosovo, in use though user-assigned
+    assert normalise_country("AQ") == "AQ"  # no numbering plan, still a territory
+    for bad, says in (("ZZ", "not an ISO"), ("UK", "the United Kingdom is GB"), ("R1", "alpha-2")):
+        try:
+            normalise_country(bad)
+        except InvalidInput as exc:
+            assert exc.errors[0].field == "country" and says in exc.errors[0].message
+        else:
+            raise AssertionError(f"{bad} was accepted")
