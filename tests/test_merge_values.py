@@ -36,3 +36,28 @@ async def test_a_record_with_identifiers_only_does_not_make_stale_values_win(cli
     await upsert(client, keys, source="cc", email="lw@example.com", phone="+79162223344")
     merged = await profile(client, keys, "lw@example.com")
     assert (merged["first_name"], merged["city"]) == ("New", "Sochi")
+
+
+async def test_a_refused_merge_stores_the_record_in_the_profile_its_own_id_names(client, keys):
+    """A shop's record for its customer F2 carries an email the shop's customer F1 holds: the
+    guards refuse to merge two customers of one shop, and F2's new name must go to F2."""
+    one = await upsert(client, keys, source="shop", external_id="F1", first_name="First")
+    two = await upsert(client, keys, source="shop", external_id="F2", first_name="Second")
+    await upsert(client, keys, source="shop", external_id="F1", email="y@example.com")
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "shop", "external_id": "F2", "email": "y@example.com", "first_name": "Z"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["profile_id"] == two["profile_id"]
+    assert [e["field"] for e in r.json()["ignored"]] == ["email"]
+
+    async def name(pid):  # type: ignore[no-untyped-def]
+        return (await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])).json()["first_name"]
+
+    assert (await name(one["profile_id"]), await name(two["profile_id"])) == ("First", "Z")
+    reviews = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
+    assert [(x["attached_to"], x["reason"]["code"]) for x in reviews] == [
+        (two["profile_id"], "conflicting_external_ids")
+    ]

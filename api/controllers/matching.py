@@ -99,7 +99,8 @@ class MergeReviewController(Controller):
             "Items `{review_id, status, reason, profile_ids, attached_to, matched_on, source, "
             "created_at}`. `reason.code`: `too_many_profiles` (with `profiles`, `limit`), "
             "`conflicting_external_ids` (with `sources`), `identity_cap` (with `kinds`, "
-            "`limit`). The record was stored in `attached_to`, the oldest profile it matched. "
+            "`limit`). The record was stored in `attached_to`: the profile its own external id "
+            "names, else the oldest profile it matched. "
             "`status`: open (default), accepted, rejected."
         ),
     )

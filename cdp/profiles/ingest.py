@@ -215,10 +215,12 @@ async def ingest(
             survivor_id = found[0]
             reason = refusal(found, held, guards) if len(found) > 1 else None
             if reason is not None:
+                survivor_id = _own_profile(members, keys, existing, found)
+                order = [survivor_id, *(pid for pid in found if pid != survivor_id)]
                 review_id = await _queue_review(
-                    conn, reviews, found, reason, members, keys, existing, records, actor, now
+                    conn, reviews, order, reason, members, keys, existing, records, actor, now
                 )
-                for other in found[1:]:
+                for other in order[1:]:
                     foreign.update(by_profile[other])
                 joined = [survivor_id]
             else:
@@ -359,6 +361,25 @@ async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Hold
             if kind == "external_id":
                 held.ext_sources[pid].add(source)
     return held
+
+
+def _own_profile(
+    members: list[int],
+    keys: list[list[IdentityKey]],
+    existing: dict[bytes, tuple[uuid.UUID, uuid.UUID]],
+    found: list[uuid.UUID],
+) -> uuid.UUID:
+    """Where the records of a refused merge are stored: the profile their own (source,
+    external id) names, when they name one, else the oldest they matched. A shop's record for
+    its customer F4 that carries an email another profile holds is F4's record: its name must
+    not overwrite the other customer's."""
+    own = {
+        existing[k.bidx][0]
+        for i in members
+        for k in keys[i]
+        if k.kind == "external_id" and k.bidx in existing
+    }
+    return own.pop() if len(own) == 1 and next(iter(own)) in found else found[0]
 
 
 async def _queue_review(
