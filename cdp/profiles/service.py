@@ -108,7 +108,10 @@ async def store_prepared_in(
 
 async def upsert_one(p: Platform, raw: Any, actor: str) -> Outcome:
     """One record, stored before the answer. Records arriving together share a transaction
-    (cdp.db.group_commit), resolved as one batch: exactly as if stored one after another."""
+    (cdp.db.group_commit) and are resolved as one batch, as POST /v1/profiles/batch is: the
+    same people end in the same profiles as one after another, but records that link only to
+    each other make one profile at once (no intermediate profiles and merges), and only the
+    first of them is answered `created`."""
     prepared = prepare(raw, p)
     group = p.db.group_commit("profiles", lambda conn, items: _store_group(conn, p, items))
     return await group.submit((prepared, actor))
