@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +37,24 @@ def serve(host: str, port: int) -> None:
     from api.app import create_app
     from cdp.crypto.fields import CryptoError
 
-    settings = Settings.from_env()
+    settings = served_settings(Settings.from_env(), os.environ, host, port)
     try:  # refuse to start on a wrong master key, before binding the port
         run(lambda: with_platform(lambda p: asyncio.sleep(0)))
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+
+
+def served_settings(settings: Settings, env: Mapping[str, str], host: str, port: int) -> Settings:
+    """Without CDP_PUBLIC_URL the links the service hands out (unsubscribe, manage links, the
+    page address in consent evidence) name the address it serves on, not a fixed port."""
+    if env.get("CDP_PUBLIC_URL"):
+        return settings
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return dataclasses.replace(settings, public_url=f"http://{shown}:{port}")
 
 
 @main.command()
