@@ -63,7 +63,12 @@ async def seed_ledger(client: Any, keys: dict) -> dict[str, str]:
     r = await client.post(
         "/v1/opt-outs",
         headers=h,
-        json={"email": ANNA, "source": "web", "occurred_at": "2026-11-21T08:00:00Z"},
+        json={
+            "email": ANNA,
+            "channel": "email",
+            "source": "web",
+            "occurred_at": "2026-11-21T08:00:00Z",
+        },
     )
     assert r.status_code == 200, r.text
     r = await client.post(

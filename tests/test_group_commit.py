@@ -62,8 +62,9 @@ async def test_concurrent_opt_outs_share_transactions_and_all_take_effect(client
                 .where(consent_ledger.c.status == "withdrawn")
             )
         ).scalar_one()
-    assert kinds["opt_out"] == n + 1 and kinds["suppression.added"] == n + 1
-    assert withdrawals == n + 1
+    # each stops every channel: the address, and the profile's own channels (push, messenger)
+    assert kinds["opt_out"] == 2 * (n + 1) and kinds["suppression.added"] == n + 1
+    assert withdrawals == 2 * (n + 1)
     for i in (0, n // 2, n - 1):
         r = await client.get(f"/v1/profiles?email=g{i}@example.com", headers=keys["admin"])
         pid = r.json()["profile_id"]

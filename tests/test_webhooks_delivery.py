@@ -209,7 +209,7 @@ async def test_addresses_only_where_allowed_and_never_stored(client, keys, platf
 async def test_an_erased_identity_is_sent_as_its_blind_index_only(client, keys, platform, receiver):
     await add_profile(client, keys, email="late@example.com")
     await subscribe(client, keys, receiver, kinds=["opt_out"], include_address=True)
-    await opt_out(client, keys, email="late@example.com")  # committed, not yet delivered
+    await opt_out(client, keys, email="late@example.com", channel="email")  # not yet delivered
     r = await client.post(
         "/v1/erasure-requests",
         json={"email": "late@example.com", "requested_by": "customer"},
