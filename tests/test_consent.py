@@ -304,6 +304,40 @@ async def test_inbound_sms_stop_keywords(client, keys):
     assert chat.json()["stop"] is False
 
 
+async def test_inbound_sms_fcc_revocation_words_opt_out(client, keys):
+    """FCC 24-24 lists stop, quit, end, revoke, opt out, cancel and unsubscribe."""
+    replies = ["REVOKE", "OPT OUT", "Opt-out please", "optout", "STOP ALL", "Quit", "отписаться"]
+    for i, text in enumerate(replies):
+        phone = f"+7916710000{i}"
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "phone": phone,
+                "consents": [
+                    {
+                        "purpose": "marketing",
+                        "channel": "sms",
+                        "status": "granted",
+                        "evidence": GRANT,
+                    }
+                ],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        r = await client.post(
+            "/v1/inbound/sms", json={"from": phone, "text": text}, headers=keys["ingest"]
+        )
+        assert r.status_code == 200 and r.json()["stop"] is True, text
+        assert (await contactable(client, keys, phone=phone))["marketing"]["sms"] is False, text
+    for text in ("I want to opt in", "out of stock?", "when does the sale end"):
+        r = await client.post(
+            "/v1/inbound/sms", json={"from": "+79167100009", "text": text}, headers=keys["ingest"]
+        )
+        assert r.json()["stop"] is False, text
+
+
 async def test_concurrent_opt_outs_and_ingests_lose_nothing(client, keys):
     emails = [f"race{i}@example.com" for i in range(100)]
     stale = [
