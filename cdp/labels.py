@@ -32,9 +32,15 @@ def _allowed(ch: str) -> bool:
     return ch in _PUNCTUATION or unicodedata.category(ch)[0] in "LM" or ch.isdecimal()
 
 
-@lru_cache(maxsize=4096)  # an import names the same few traits on every row
 def trait_name(raw: str) -> str | None:
     """The name in the form it is stored and selected by, or None when it breaks the rule."""
+    if len(raw) > 4 * TRAIT_NAME_MAX:  # not even in decomposed form (and never cached)
+        return None
+    return _trait_name(raw)
+
+
+@lru_cache(maxsize=4096)  # an import names the same few traits on every row
+def _trait_name(raw: str) -> str | None:
     name = unicodedata.normalize("NFC", raw)
     if not 1 <= len(name) <= TRAIT_NAME_MAX or name.endswith(" "):
         return None
