@@ -18,7 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdp.errors import FieldError, InvalidInput
-from cdp.labels import TRAIT_NAME_RULE, trait_name
+from cdp.labels import CATEGORY_MAX, TRAIT_NAME_RULE, normalise_category, trait_name
 from cdp.normalize import clean_text
 
 MAX_DEPTH = 16
@@ -221,6 +221,14 @@ def _name(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str])
     return v.strip()
 
 
+def _category(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
+    """Compared in the form events store categories in (cdp.labels.normalise_category)."""
+    category = normalise_category(v) if isinstance(v, str) else None
+    if category is None or len(category) > CATEGORY_MAX:
+        raise _Bad(path, f"must be a string of 1 to {CATEGORY_MAX} characters")
+    return category
+
+
 def _count(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
         raise _Bad(path, "must be a whole number, 0 or more")
@@ -269,7 +277,7 @@ def _trait(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]
 _CHECKS = {
     "text": _text,
     "source": _name,
-    "categories": _name,
+    "categories": _category,
     "count": _count,
     "money": _money,
     "days": _days,
