@@ -1,31 +1,31 @@
 """Behavioural events, idempotent on (source, event_id), keeping per-profile stats on write.
 
-A purchase adds to orders_count and total_spent and moves first/last order; a refund subtracts
-its amount. Segments read the stats, never the raw events.
+An event is stored normalised (`normalised`): its type trimmed and lower-cased ("Purchase" is a
+purchase), its category trimmed, inner whitespace collapsed and case-folded (" Shoes " and
+"SHOES" are "shoes", as the `categories` rule compares them). A purchase or refund then moves
+the customer's stats by the rule in cdp.stats: orders whatever the currency, total_spent only in
+the policy's stats currency. Segments read the stats, never the raw events.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 
 import msgspec
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import insert, select
 
+from cdp import stats
 from cdp.db.engine import lock_keys
-from cdp.db.tables import events, profile_categories, profile_stats
-from cdp.db.upsert import insert_ignore
+from cdp.db.tables import events
 from cdp.errors import InvalidInput
 from cdp.ids import new_id, time_problem, utcnow
+from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
 from cdp.profiles.schemas import EventIn
 from cdp.profiles.service import ensure_profile
-
-MONEY_EVENTS = {"purchase": 1, "refund": -1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +33,26 @@ class EventResult:
     event_id: str
     profile_id: uuid.UUID
     created: bool
+    # for a purchase or refund: whether its amount counts in total_spent (None: other events)
+    in_total_spent: bool | None = None
+
+
+def normalised(body: EventIn) -> EventIn:
+    """The event as it is stored and decided on (the one place types and categories are
+    normalised). Raises InvalidInput for a type or category that is blank or grows too long."""
+    kind = stats.event_type(body.type)
+    if not kind:
+        raise InvalidInput.field("type", "must not be blank")
+    category = normalise_category(body.category)
+    if category is not None and len(category) > CATEGORY_MAX:
+        raise InvalidInput.field("category", f"at most {CATEGORY_MAX} characters")
+    return msgspec.structs.replace(body, type=kind, category=category)
 
 
 def check_event(body: EventIn) -> None:
     if (problem := time_problem(body.occurred_at)) is not None:  # a purchase "in 2099"...
         raise InvalidInput.field("occurred_at", problem)
-    if body.type in MONEY_EVENTS:
+    if body.type in stats.MONEY_EVENTS:
         if body.amount is None:
             raise InvalidInput.field("amount", f"required for a {body.type} event")
         if body.currency is None:
@@ -51,7 +65,9 @@ def check_event(body: EventIn) -> None:
 
 
 async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
+    body = normalised(body)
     check_event(body)
+    currency = p.policy.stats_currency
     ident = parse_identifier(
         p.policy,
         p.keys.indexer,
@@ -66,13 +82,14 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
         await lock_keys(conn, [f"event|{body.source}|{body.event_id}", ident.bidx or b""])
         existing = (
             await conn.execute(
-                select(events.c.profile_id).where(
+                select(events.c.profile_id, events.c.type, events.c.currency).where(
                     events.c.source == body.source, events.c.event_id == body.event_id
                 )
             )
-        ).scalar()
+        ).first()
         if existing is not None:
-            return EventResult(body.event_id, existing, created=False)
+            counted = stats.counts_in_total(existing.type, existing.currency, currency)
+            return EventResult(body.event_id, existing.profile_id, False, counted)
         pid = await ensure_profile(
             conn, p, ident, source=body.source, actor=actor, country=body.country
         )
@@ -99,43 +116,10 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
                 key_id=key_id,
             )
         )
-        sign = MONEY_EVENTS.get(body.type)
-        if sign is not None and body.amount is not None:
-            await _update_stats(conn, pid, sign, body.amount, body.occurred_at)
+        change = stats.change(body.type, body.amount, body.currency, currency)
+        if change is not None:
+            await stats.apply(conn, pid, change, body.occurred_at)
         if body.category and body.type == "purchase":
-            await conn.execute(
-                insert_ignore(conn, profile_categories).values(
-                    profile_id=pid, category=body.category
-                )
-            )
-        return EventResult(body.event_id, pid, created=True)
-
-
-async def _update_stats(
-    conn: AsyncConnection, pid: uuid.UUID, sign: int, amount: Decimal, at: datetime
-) -> None:
-    row = (
-        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == pid))
-    ).first()
-    orders = 1 if sign > 0 else 0
-    if row is None:
-        await conn.execute(
-            insert(profile_stats).values(
-                profile_id=pid,
-                orders_count=orders,
-                total_spent=sign * amount,
-                first_order_at=at if orders else None,
-                last_order_at=at if orders else None,
-            )
-        )
-        return
-    values = {
-        "orders_count": row.orders_count + orders,
-        "total_spent": row.total_spent + sign * amount,
-    }
-    if orders:
-        values["first_order_at"] = min(d for d in (row.first_order_at, at) if d is not None)
-        values["last_order_at"] = max(d for d in (row.last_order_at, at) if d is not None)
-    await conn.execute(
-        update(profile_stats).where(profile_stats.c.profile_id == pid).values(**values)
-    )
+            await stats.add_category(conn, pid, body.category)
+        counted = stats.counts_in_total(body.type, body.currency, currency)
+        return EventResult(body.event_id, pid, True, counted)

@@ -25,7 +25,19 @@ from consent.outbox.enqueue import enqueue_opt_outs
 from consent.subjects import expand_channel, profile_subject
 from consent.suppressions import Suppression, suppress_many
 
-STOP_WORDS = {"STOP", "UNSUBSCRIBE", "СТОП", "ОТПИСКА", "STOPALL", "CANCEL", "END", "QUIT"}
+# An SMS reply that opts the number out: a stop phrase, any case, alone or followed by at most
+# MAX_TRAILING_WORDS words ("STOP please", "Opt-out now"). FCC 24-24 (47 CFR 64.1200(a)(10))
+# names stop, quit, end, revoke, opt out, cancel and unsubscribe; STOP ALL is the carriers'
+# keyword (STOP followed by one word); СТОП, ОТПИСКА and ОТПИСАТЬСЯ are the Russian replies.
+# Punctuation separates words, so "opt-out" and "OPT OUT!" are the phrase OPT OUT.
+STOP_PHRASES = frozenset(
+    tuple(phrase.split())
+    for phrase in (
+        "STOP", "STOPALL", "QUIT", "END", "REVOKE", "OPT OUT", "OPTOUT", "CANCEL",
+        "UNSUBSCRIBE", "СТОП", "ОТПИСКА", "ОТПИСАТЬСЯ",
+    )
+)  # fmt: skip
+MAX_TRAILING_WORDS = 2
 _WORD = re.compile(r"[^\w]+", re.UNICODE)
 
 
@@ -183,5 +195,6 @@ async def unsubscribe(p: Platform, token: str, *, source: str = "one_click") -> 
 
 
 def is_stop_message(text: str) -> bool:
-    words = [w for w in _WORD.split(text.strip().upper()) if w]
-    return len(words) >= 1 and words[0] in STOP_WORDS and len(words) <= 3
+    """Whether an inbound SMS asks to stop (see STOP_PHRASES)."""
+    words = tuple(w for w in _WORD.split(text.upper()) if w)
+    return any(words[:n] in STOP_PHRASES and len(words) - n <= MAX_TRAILING_WORDS for n in (1, 2))

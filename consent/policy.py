@@ -10,7 +10,7 @@ import hashlib
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -44,12 +44,18 @@ class IdentityGuards(msgspec.Struct, forbid_unknown_fields=True):
     max_profiles_per_merge: int = 3
 
 
+class StatsPolicy(msgspec.Struct, forbid_unknown_fields=True):
+    # the ISO 4217 currency of customer stats (total_spent): see cdp/stats.py
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")] = "RUB"
+
+
 class PlatformFile(msgspec.Struct, forbid_unknown_fields=True):
     version: str
     purposes: dict[str, Purpose]
     channels: dict[str, Channel]
     default_jurisdiction: str = "RU"
     identity: IdentityGuards = msgspec.field(default_factory=IdentityGuards)
+    stats: StatsPolicy = msgspec.field(default_factory=StatsPolicy)
 
 
 class Deadline(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,6 +85,7 @@ class Policy:
     channels: dict[str, Channel]
     identity: IdentityGuards
     jurisdictions: dict[str, JurisdictionFile]
+    stats_currency: str = "RUB"
 
     def basis(self, jurisdiction: str, purpose: str, channel: str) -> Basis | None:
         """The legal basis, or None where the policy says nothing (which means: not allowed)."""
@@ -189,4 +196,5 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
         channels=platform.channels,
         identity=platform.identity,
         jurisdictions=jurisdictions,
+        stats_currency=platform.stats.currency,
     )

@@ -2,7 +2,9 @@
 
 A token names (profile, address blind index, purpose, channel) and carries an HMAC-SHA256 tag
 (truncated to 128 bits) under a key derived from the key ring's root. It holds no plaintext
-personal data. Any altered byte fails verification.
+personal data. Any altered character fails verification: each part must be canonical
+base64url (no padding, no stray characters, unused trailing bits zero), so exactly one text
+stands for a given token.
 
 Two scopes. An `unsubscribe` token (version 1) is in every segment member and export, so the
 sending tools hold it as well as the customer: it can only stop messages (one-click
@@ -59,7 +61,14 @@ def _b64(data: bytes) -> bytes:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes of a canonical base64url text: one `_b64` gives back exactly (raises
+    ValueError otherwise). The decoder alone is lenient: it skips characters outside the
+    alphabet, takes '+' and '/' too, and ignores the unused bits of the last character, so
+    several texts would decode to the same bytes."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text.encode():
+        raise ValueError("not canonical base64url")
+    return data
 
 
 _msgpack = msgspec.msgpack.encode

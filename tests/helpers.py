@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -54,3 +55,16 @@ async def sql(p: Platform, statement: str, **params) -> list:  # type: ignore[no
     async with p.db.write() as conn:
         result = await conn.execute(text(statement), params)
         return list(result) if result.returns_rows else []
+
+
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def padding_twin(part: str) -> str:
+    """Unpadded base64url `part` with only the unused low bit of its last character flipped
+    (`...L7w` -> `...L7x`): a lenient decoder reads the same bytes from both."""
+    assert len(part) % 4 in (2, 3), "the last character must carry unused bits"
+    twin = part[:-1] + _B64URL[_B64URL.index(part[-1]) ^ 1]
+    pad = "=" * (-len(part) % 4)
+    assert base64.urlsafe_b64decode(twin + pad) == base64.urlsafe_b64decode(part + pad)
+    return twin

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from consent.tables import consent_ledger, suppressions
-from tests.helpers import count
+from tests.helpers import count, padding_twin
 
 GRANT = {
     "wording_id": "newsletter-v3",
@@ -265,6 +265,10 @@ async def test_unsubscribe_tokens(client, keys, platform):
     forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
     assert (await client.post(f"/v1/unsubscribe/{forged}")).status_code in (400, 404)
     assert (await client.post("/v1/unsubscribe/garbage")).status_code in (400, 404)
+    body, tag = token.split(".")
+    for altered in (f"{body}.{padding_twin(tag)}", f"{padding_twin(body)}.{tag}"):
+        # the same bytes once decoded leniently, but not the token that was sent
+        assert (await client.post(f"/v1/unsubscribe/{altered}")).status_code in (400, 404)
     assert await count(platform, consent_ledger) == ledger_before  # GET and forgeries: nothing
     assert (await contactable(client, keys, email="u@example.com"))["marketing"]["email"] is True
     one_click = await client.post(
@@ -307,6 +311,40 @@ async def test_inbound_sms_stop_keywords(client, keys):
         headers=keys["ingest"],
     )
     assert chat.json()["stop"] is False
+
+
+async def test_inbound_sms_fcc_revocation_words_opt_out(client, keys):
+    """FCC 24-24 lists stop, quit, end, revoke, opt out, cancel and unsubscribe."""
+    replies = ["REVOKE", "OPT OUT", "Opt-out please", "optout", "STOP ALL", "Quit", "отписаться"]
+    for i, text in enumerate(replies):
+        phone = f"+7916710000{i}"
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "phone": phone,
+                "consents": [
+                    {
+                        "purpose": "marketing",
+                        "channel": "sms",
+                        "status": "granted",
+                        "evidence": GRANT,
+                    }
+                ],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        r = await client.post(
+            "/v1/inbound/sms", json={"from": phone, "text": text}, headers=keys["ingest"]
+        )
+        assert r.status_code == 200 and r.json()["stop"] is True, text
+        assert (await contactable(client, keys, phone=phone))["marketing"]["sms"] is False, text
+    for text in ("I want to opt in", "out of stock?", "when does the sale end"):
+        r = await client.post(
+            "/v1/inbound/sms", json={"from": "+79167100009", "text": text}, headers=keys["ingest"]
+        )
+        assert r.json()["stop"] is False, text
 
 
 async def test_concurrent_opt_outs_and_ingests_lose_nothing(client, keys):

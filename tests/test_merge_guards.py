@@ -8,6 +8,7 @@ import msgspec
 from sqlalchemy import select
 
 from cdp.db.tables import identities, merges
+from cdp.importer import run_import
 from cdp.matching.tables import merge_reviews
 from tests.helpers import count
 
@@ -90,6 +91,60 @@ async def test_placeholder_values_never_link_profiles(client, keys, platform):
         ids.add(r.json()["profile_id"])
     assert len(ids) == 2
     assert await count(platform, merges) == 0
+
+
+GUEST_IDS = [
+    "#N/A", "#Н/Д", "#n/a", "#VALUE!", "#ЗНАЧ!", "#DIV/0!", "#ДЕЛ/0!", "#ИМЯ?", "#REF!",
+    "—", "–", "-", "?", "...", "нет", "НЕТ", "None", "NULL", "n/a", "Н/Д", "не  указан",
+]  # fmt: skip
+
+
+async def test_placeholder_external_ids_from_spreadsheets_never_link_guests(client, keys, platform):
+    """Guest rows of an Excel export carry #N/A, a dash or "нет" where the customer id was."""
+    pids = set()
+    for n, ext in enumerate(GUEST_IDS):
+        answer = await post(
+            client, keys, source="shop", external_id=ext, email=f"guest{n}@example.com"
+        )
+        assert answer["created"], ext
+        assert [e["field"] for e in answer["ignored"]] == ["external_id"], ext
+        pids.add(answer["profile_id"])
+    assert len(pids) == len(GUEST_IDS)
+    assert await count(platform, merges) == 0
+    kinds = {i["kind"] for i in (await read(client, keys, pids.pop()))["identities"]}
+    assert kinds == {"email"}
+    # an event naming a customer by such an id does not land on one of them either
+    r = await client.post(
+        "/v1/events",
+        json={
+            "source": "shop",
+            "event_id": "guest-order",
+            "type": "page_view",
+            "occurred_at": "2026-11-01T12:00:00Z",
+            "external_id": "#Н/Д",
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201 and r.json()["profile_id"] not in pids
+    # a real id with '#' or '/' in it still links
+    for ext in ("#1001", "A/17", "№ 5"):
+        first = await post(client, keys, source="pos", external_id=ext, email="a@shop.example")
+        again = await post(client, keys, source="pos", external_id=ext, phone="+79161112233")
+        assert again["profile_id"] == first["profile_id"] and "ignored" not in again, ext
+
+
+async def test_an_excel_export_of_guests_imports_one_profile_per_guest(platform, tmp_path):
+    src = tmp_path / "guests.csv"
+    lines = [f"{ext};guest{n}@example.com" for n, ext in enumerate(GUEST_IDS)]
+    src.write_text("external_id;email\r\n" + "\r\n".join(lines) + "\r\n", encoding="utf-8")
+    summary = await run_import(platform, src, "shop", workers=0)
+    assert (summary.rows, summary.created, summary.rejected_rows) == (
+        len(GUEST_IDS),
+        len(GUEST_IDS),
+        0,
+    )
+    assert await count(platform, merges) == 0
+    assert await count(platform, identities) == len(GUEST_IDS)  # the emails only
 
 
 async def test_a_profile_holds_at_most_the_cap_of_identifiers_per_kind(client, keys, platform):

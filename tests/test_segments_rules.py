@@ -6,6 +6,7 @@ members are exactly the customers the rule matches.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -155,6 +156,69 @@ async def test_lifecycle_examples_from_the_docs(client, keys, base):
     assert await names(client, keys, vip) == {"Anna"}
 
 
+async def test_traits_named_in_russian_or_with_spaces_are_selected(client, keys, platform):
+    """Whatever trait name ingest accepts, a rule can name (the same rule for both)."""
+    nfd = unicodedata.normalize("NFD", "ёмкость")  # as some systems send it
+    await add(
+        client,
+        keys,
+        "Anna",
+        traits={"уровень": "gold", "loyalty tier": "gold", "crm.tier-2": 5, nfd: "большая"},
+    )
+    await add(client, keys, "Boris", traits={"уровень": "silver", "loyalty tier": "silver"})
+    await add(client, keys, "Carl", traits={"loyalty": "gold", "tier": "gold"})
+    assert await names(client, keys, leaf("traits.уровень", "eq", "gold")) == {"Anna"}
+    assert await names(client, keys, leaf("traits.loyalty tier", "eq", "gold")) == {"Anna"}
+    assert await names(client, keys, leaf("traits.loyalty tier", "ne", "gold")) == {
+        "Boris",
+        "Carl",
+    }
+    assert await names(client, keys, leaf("traits.уровень", "in", ["gold", "silver"])) == {
+        "Anna",
+        "Boris",
+    }
+    assert await names(client, keys, leaf("traits.уровень", "contains", "ilv")) == {"Boris"}
+    assert await names(client, keys, leaf("traits.crm.tier-2", "gte", 5)) == {"Anna"}
+    assert await names(client, keys, leaf("traits.ёмкость", "exists")) == {"Anna"}
+    saved = await client.post(
+        "/v1/segments",
+        json={
+            "name": "gold",
+            "purpose": "service",
+            "channel": "email",
+            "rules": leaf("traits.loyalty tier", "eq", "gold"),
+        },
+        headers=keys["marketing"],
+    )
+    assert saved.status_code == 201, saved.text
+    members = await client.get(
+        f"/v1/segments/{saved.json()['id']}/members", headers=keys["marketing"]
+    )
+    assert [m["first_name"] for m in members.json()["items"]] == ["Anna"]
+
+
+async def test_a_trait_name_no_rule_could_select_is_refused_at_ingest(client, keys, platform):
+    for bad in ('tier"', "tier (2024)", " tier", "-tier", "x" * 65, "tier\\gold"):
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "email": "t@ex.com", "traits": {"vip": True, bad: "gold"}},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 400, bad
+        [error] = r.json()["errors"]
+        assert error["field"] == ("traits" if len(bad) > 64 else f"traits.{bad}")
+        assert "trait name" in error["message"]
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "t@ex.com", "traits": {"ann@ex.com": 1}},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "traits"  # not echoed
+    assert "ann@ex.com" not in r.text
+    missing = await client.get("/v1/profiles?email=t@ex.com", headers=keys["admin"])
+    assert missing.status_code == 404  # nothing was stored
+
+
 # the parser alone: no database -------------------------------------------------------------
 def test_parse_normalises_and_round_trips():
     raw = {
@@ -182,7 +246,10 @@ def test_parse_normalises_and_round_trips():
         ({"field": "created_days", "op": "exists"}, "rules.op", "does not fit"),
         ({"field": "source", "op": "contains", "value": "x"}, "rules.op", "does not fit"),
         ({"field": "traits.", "op": "eq", "value": 1}, "rules.field", "trait name"),
-        ({"field": "traits.a b", "op": "eq", "value": 1}, "rules.field", "trait name"),
+        ({"field": 'traits.a"b', "op": "eq", "value": 1}, "rules.field", "trait name"),
+        ({"field": "traits.tier ", "op": "eq", "value": 1}, "rules.field", "trait name"),
+        ({"field": "traits.-tier", "op": "eq", "value": 1}, "rules.field", "trait name"),
+        ({"field": "traits." + "x" * 65, "op": "eq", "value": 1}, "rules.field", "trait name"),
         ({"field": "traits.x", "op": "gt", "value": "5"}, "rules.value", "number"),
         ({"field": "traits.x", "op": "gt", "value": True}, "rules.value", "number"),
         ({"field": "traits.x", "op": "eq", "value": None}, "rules.value", "string, number"),

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from consent.tokens import TokenClaims, TokenError, TokenSigner, issue, verify
+from tests.helpers import padding_twin
 
 KEY = bytes(range(32))
 PID = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057")
@@ -65,3 +66,19 @@ def test_the_signer_issues_the_reference_format_for_any_sizes():
         assert verify(key, token) == claims
         with pytest.raises(TokenError):
             verify(bytes(len(key)), token)
+
+
+@pytest.mark.parametrize(("claims", "token"), SENT)
+def test_a_token_altered_only_in_unused_bits_or_spelling_is_refused(claims, token):
+    body, tag = token.split(".")
+    altered = [
+        f"{body}.{padding_twin(tag)}",  # e.g. ...sQ -> ...sR: the same signature bytes
+        f"{padding_twin(body)}.{tag}",
+        f"{body}.{tag}==",  # padding the issuer never writes
+        f"{body}.{tag[:5]}\n{tag[5:]}",  # a character the decoder would skip
+        token.replace("-", "+").replace("_", "/"),  # standard base64's alphabet
+    ]
+    for text in {t for t in altered if t != token}:
+        with pytest.raises(TokenError):
+            verify(KEY, text)
+    assert verify(KEY, token) == claims

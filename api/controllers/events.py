@@ -15,7 +15,14 @@ from cdp.profiles.schemas import EventIn
     opt=roles("admin", "ingest"),
     tags=["events"],
     summary="Record a behavioural event (idempotent on source + event_id)",
-    description="201 when the event is new, 200 when it was already recorded.",
+    description=(
+        "201 when the event is new, 200 when it was already recorded. The type is stored trimmed"
+        " and lower-cased, the category trimmed, whitespace collapsed and case-folded. A"
+        " purchase counts as an order in any currency; customer stats keep `total_spent` in one"
+        " currency, the policy's stats currency, so for a purchase or refund the answer also"
+        " gives `stats_currency` and `in_total_spent`: false when the event's currency is"
+        " another one, whose amount is stored with the event but not added."
+    ),
     responses={200: ResponseSpec(dict, description="The event was already recorded")},
 )
 async def post_event(
@@ -27,4 +34,7 @@ async def post_event(
         "profile_id": str(result.profile_id),
         "created": result.created,
     }
+    if result.in_total_spent is not None:
+        body["stats_currency"] = platform.policy.stats_currency
+        body["in_total_spent"] = result.in_total_spent
     return Response(body, status_code=201 if result.created else 200)

@@ -16,6 +16,7 @@ import msgspec
 
 from cdp.errors import FieldError, InvalidInput, decoded_field_error
 from cdp.ids import time_problem
+from cdp.labels import TRAIT_NAME_MAX, TRAIT_NAME_RULE, trait_name
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -87,6 +88,22 @@ def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[Fi
     ]
 
 
+def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
+    """The traits under their stored names (cdp.labels.trait_name), and an error for each name
+    that segment rules could not select. The error names `traits.<name>` when the name is short
+    and plain; one that is long, unprintable or holds an '@' is not echoed (it names `traits`)."""
+    named: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    for key, value in traits.items():
+        name = trait_name(key)
+        if name is not None:
+            named[name] = value
+            continue
+        plain = len(key) <= TRAIT_NAME_MAX and key.isprintable() and "@" not in key
+        errors.append(FieldError(f"traits.{key}" if plain else "traits", TRAIT_NAME_RULE))
+    return named, errors
+
+
 def validate_record(data: ProfileIn, policy: Policy) -> Record:
     """Normalise a record. Raises InvalidInput listing every bad field."""
     errors: list[FieldError] = []
@@ -150,7 +167,8 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
     if data.birth_date is not None:
         rec.fields["birth_date"] = data.birth_date.isoformat()
     rec.city = clean_text(data.city)
-    rec.traits = dict(data.traits)
+    rec.traits, bad_names = _named_traits(data.traits)
+    errors.extend(bad_names)
     errors.extend(_addresses_in_plaintext(rec.city, rec.traits))
 
     if not errors and not (rec.email or rec.phone or rec.external_id):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -29,15 +28,14 @@ import structlog
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp import stats
 from cdp.crypto.fields import FieldCipher
 from cdp.db.engine import lock_keys
 from cdp.db.tables import (
     events,
     identities,
     merges,
-    profile_categories,
     profile_sources,
-    profile_stats,
     profiles,
 )
 from cdp.db.upsert import insert_ignore
@@ -118,7 +116,7 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
     await _move_events(conn, holder, a_id, a_state.event_ids, h_cipher, a_cipher)
     for pid in (holder, a_id):
-        await recompute_stats(conn, pid)
+        await stats.recompute(conn, pid, p.policy.stats_currency)
     await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
     await _restore_fields(conn, holder, a_id, a_state, s_state, h_cipher, a_cipher, now)
     await _restore_profile_consents(conn, holder, a_id, a_state, s_state)
@@ -220,41 +218,6 @@ async def _move_events(
             )
         await conn.execute(
             update(events).where(ec.id.in_(chunk), ec.profile_id == holder).values(profile_id=a_id)
-        )
-
-
-async def recompute_stats(conn: AsyncConnection, profile_id: uuid.UUID) -> None:
-    """Stats and categories of a profile, from its events (as cdp.events keeps them)."""
-    ec = events.c
-    rows = (
-        await conn.execute(
-            select(ec.type, ec.amount, ec.occurred_at, ec.category).where(
-                ec.profile_id == profile_id, ec.type.in_(("purchase", "refund"))
-            )
-        )
-    ).all()
-    await conn.execute(delete(profile_stats).where(profile_stats.c.profile_id == profile_id))
-    await conn.execute(
-        delete(profile_categories).where(profile_categories.c.profile_id == profile_id)
-    )
-    money = [r for r in rows if r.amount is not None]
-    if money:
-        purchases = [r for r in money if r.type == "purchase"]
-        total = sum((r.amount if r.type == "purchase" else -r.amount for r in money), Decimal(0))
-        await conn.execute(
-            insert(profile_stats).values(
-                profile_id=profile_id,
-                orders_count=len(purchases),
-                total_spent=total,
-                first_order_at=min((r.occurred_at for r in purchases), default=None),
-                last_order_at=max((r.occurred_at for r in purchases), default=None),
-            )
-        )
-    categories = sorted({r.category for r in rows if r.type == "purchase" and r.category})
-    if categories:
-        await conn.execute(
-            insert(profile_categories),
-            [{"profile_id": profile_id, "category": c} for c in categories],
         )
 
 

@@ -12,21 +12,20 @@ Errors name the bad part by its path (`rules.all[1].op`) and never echo the valu
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdp.errors import FieldError, InvalidInput
+from cdp.labels import CATEGORY_MAX, TRAIT_NAME_RULE, normalise_category, trait_name
 from cdp.normalize import clean_text
 
 MAX_DEPTH = 16
 MAX_NODES = 500
 MAX_LIST = 1000
 MAX_DAYS = 100_000
-TRAIT_PREFIX = "traits."
-TRAIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+TRAIT_PREFIX = "traits."  # and a name by cdp.labels.trait_name, the rule ingest applies
 
 COMPARE = frozenset({"eq", "ne", "gt", "gte", "lt", "lte"})
 
@@ -163,9 +162,10 @@ def _leaf(raw: dict[str, Any], path: str, jurisdictions: frozenset[str]) -> Leaf
     if not isinstance(field, str) or not field:
         raise _Bad(f"{path}.field", "required: the name of a field")
     if field.startswith(TRAIT_PREFIX):
-        if not TRAIT_NAME.match(field.removeprefix(TRAIT_PREFIX)):
-            raise _Bad(f"{path}.field", "a trait name has 1-64 letters, digits, '_', '-', '.'")
-        spec = TRAIT
+        name = trait_name(field.removeprefix(TRAIT_PREFIX))
+        if name is None:
+            raise _Bad(f"{path}.field", TRAIT_NAME_RULE)
+        field, spec = TRAIT_PREFIX + name, TRAIT
     elif field in FIELDS:
         spec = FIELDS[field]
     else:
@@ -221,6 +221,14 @@ def _name(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str])
     return v.strip()
 
 
+def _category(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
+    """Compared in the form events store categories in (cdp.labels.normalise_category)."""
+    category = normalise_category(v) if isinstance(v, str) else None
+    if category is None or len(category) > CATEGORY_MAX:
+        raise _Bad(path, f"must be a string of 1 to {CATEGORY_MAX} characters")
+    return category
+
+
 def _count(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
         raise _Bad(path, "must be a whole number, 0 or more")
@@ -269,7 +277,7 @@ def _trait(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]
 _CHECKS = {
     "text": _text,
     "source": _name,
-    "categories": _name,
+    "categories": _category,
     "count": _count,
     "money": _money,
     "days": _days,

@@ -4,16 +4,33 @@ Traits hold strings, numbers, booleans or null. A comparison only matches a valu
 it names: `eq "5"` does not match the number 5, `gt 3` never matches a string. PostgreSQL does
 not promise the evaluation order of AND, so a numeric cast is guarded by CASE and never sees a
 string. Every predicate is definite (never SQL NULL), so `not` is a plain complement.
+
+The trait's name reaches the database as a bound parameter, never as SQL text: PostgreSQL's
+`->`/`->>` take it as a key as it is, SQLite's json_extract as a quoted JSON path label, in
+which '.', ' ' and '[' are plain characters (`$."loyalty tier"`). See sqlite_json_path for
+names beyond ASCII.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Float, String, case, false, func, literal, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import profiles
+
+
+def sqlite_json_path(name: str) -> str:
+    """`$."name"`, with the name spelled as the traits column stores its keys: SQLAlchemy's JSON
+    type writes them with json.dumps, which escapes every character beyond ASCII (`уровень` is
+    `\\u0443\\u0440...`), and SQLite before 3.45 matches a label only byte for byte (later
+    versions decode escapes on both sides, so this spelling matches there too). A name with a
+    quote or a backslash could not be spelled; cdp.labels.trait_name admits none."""
+    if '"' in name or "\\" in name:
+        raise ValueError("a trait name with a quote or backslash has no SQLite JSON path")
+    return '$."' + json.dumps(name)[1:-1] + '"'
 
 
 def definite(pred: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -29,7 +46,7 @@ class TraitSQL:
             self._type = func.json_typeof(col.op("->")(key))
             self._text = col.op("->>", return_type=String())(key)
         else:
-            path = literal('$."' + name + '"', String())
+            path = literal(sqlite_json_path(name), String())
             self._type = func.json_type(col, path)
             self._text = func.json_extract(col, path)
 

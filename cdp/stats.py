@@ -1,0 +1,128 @@
+"""Customer order stats (`profile_stats`, `profile_categories`): the one rule, kept on write.
+
+- An event's type is compared trimmed and lower-cased (`event_type`): "Purchase" is a purchase.
+- A purchase is an order: it adds 1 to orders_count and moves first/last order, whatever its
+  currency. Its category joins the customer's categories (cdp.labels.normalise_category).
+- total_spent is money in one currency, the policy's `[stats] currency` (RUB unless the
+  operator sets another): a purchase in it adds its amount, a refund in it subtracts its amount.
+  An event in another currency is stored with its amount and currency (access requests show
+  it) but adds nothing to total_spent: without exchange rates amounts in two currencies cannot
+  be summed, and a total that mixed them (100 USD + 4,500 RUB = "4,600") would put customers in
+  the wrong segments.
+- Merges add the stats of both profiles (cdp.profiles.merge); an unmerge recomputes both halves
+  from their events (`recompute`), by the same rule.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import NamedTuple
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.db.tables import events, profile_categories, profile_stats
+from cdp.db.upsert import insert_ignore
+
+MONEY_EVENTS = {"purchase": 1, "refund": -1}  # the sign of the amount in total_spent
+
+
+def event_type(raw: str) -> str:
+    """The form an event type is stored and decided on."""
+    return raw.strip().lower()
+
+
+def counts_in_total(kind: str, currency: str | None, stats_currency: str) -> bool | None:
+    """Whether a money event's amount is in total_spent; None for other events."""
+    return None if kind not in MONEY_EVENTS else currency == stats_currency
+
+
+class Change(NamedTuple):
+    orders: int  # 1 for a purchase
+    spent: Decimal  # what total_spent moves by
+
+
+def change(
+    kind: str, amount: Decimal | None, currency: str | None, stats_currency: str
+) -> Change | None:
+    """What an event (its type already normalised) does to the stats; None: nothing."""
+    sign = MONEY_EVENTS.get(kind)
+    if sign is None or amount is None:
+        return None
+    spent = sign * amount if counts_in_total(kind, currency, stats_currency) else Decimal(0)
+    return Change(1 if sign > 0 else 0, spent)
+
+
+async def apply(conn: AsyncConnection, pid: uuid.UUID, c: Change, at: datetime) -> None:
+    """Add one event's change to the profile's stats row (the caller holds the profile's lock)."""
+    row = (
+        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == pid))
+    ).first()
+    if row is None:
+        await conn.execute(
+            insert(profile_stats).values(
+                profile_id=pid,
+                orders_count=c.orders,
+                total_spent=c.spent,
+                first_order_at=at if c.orders else None,
+                last_order_at=at if c.orders else None,
+            )
+        )
+        return
+    values = {
+        "orders_count": row.orders_count + c.orders,
+        "total_spent": row.total_spent + c.spent,
+    }
+    if c.orders:
+        values["first_order_at"] = min(d for d in (row.first_order_at, at) if d is not None)
+        values["last_order_at"] = max(d for d in (row.last_order_at, at) if d is not None)
+    await conn.execute(
+        update(profile_stats).where(profile_stats.c.profile_id == pid).values(**values)
+    )
+
+
+async def add_category(conn: AsyncConnection, pid: uuid.UUID, category: str) -> None:
+    """`category` as normalise_category gives it."""
+    await conn.execute(
+        insert_ignore(conn, profile_categories).values(profile_id=pid, category=category)
+    )
+
+
+async def recompute(conn: AsyncConnection, profile_id: uuid.UUID, stats_currency: str) -> None:
+    """Stats and categories of a profile, from its events."""
+    ec = events.c
+    rows = (
+        await conn.execute(
+            select(ec.type, ec.amount, ec.currency, ec.occurred_at, ec.category).where(
+                ec.profile_id == profile_id, ec.type.in_(tuple(MONEY_EVENTS))
+            )
+        )
+    ).all()
+    await conn.execute(delete(profile_stats).where(profile_stats.c.profile_id == profile_id))
+    await conn.execute(
+        delete(profile_categories).where(profile_categories.c.profile_id == profile_id)
+    )
+    changes = [
+        (c, r.occurred_at)
+        for r in rows
+        if (c := change(r.type, r.amount, r.currency, stats_currency)) is not None
+    ]
+    if changes:
+        orders = [at for c, at in changes if c.orders]
+        await conn.execute(
+            insert(profile_stats).values(
+                profile_id=profile_id,
+                orders_count=len(orders),
+                total_spent=sum((c.spent for c, _ in changes), Decimal(0)),
+                first_order_at=min(orders, default=None),
+                last_order_at=max(orders, default=None),
+            )
+        )
+    categories = sorted({r.category for r in rows if r.type == "purchase" and r.category})
+    if categories:
+        await conn.execute(
+            insert(profile_categories),
+            [{"profile_id": profile_id, "category": c} for c in categories],
+        )

@@ -1,0 +1,123 @@
+"""Migrations that rewrite data, run on both databases from the revision before them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import insert, select
+
+from cdp.db.engine import Database
+from cdp.db.migrate import alembic_config
+from cdp.db.tables import events, profile_categories, profile_stats
+from tests.conftest import _pg_admin, pg_url
+
+
+@pytest.fixture
+async def empty_db(backend: str, tmp_path: Path) -> AsyncIterator[Database]:
+    """A database with no tables at all."""
+    if backend == "sqlite":
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+        yield db
+        await db.dispose()
+        return
+    name = f"cdp_migration_{uuid.uuid4().hex[:8]}"
+    try:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
+        pytest.skip("PostgreSQL is not reachable")
+    db = Database(pg_url(name))
+    yield db
+    await db.dispose()
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def upgrade(db: Database, target: str) -> None:
+    def run(connection):  # type: ignore[no-untyped-def]
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, target)
+
+    async with db.engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+def event(pid: uuid.UUID, n: int, type_: str, amount: str | None, currency: str, cat: str | None):  # type: ignore[no-untyped-def]
+    return {
+        "id": uuid.uuid4(),
+        "profile_id": pid,
+        "source": "shop",
+        "event_id": f"e{n}",
+        "type": type_,
+        "occurred_at": datetime(2026, 11, n, 12, tzinfo=UTC),
+        "recorded_at": datetime(2026, 11, n, 12, tzinfo=UTC),
+        "amount": None if amount is None else Decimal(amount),
+        "currency": currency,
+        "category": cat,
+    }
+
+
+async def test_0004_normalises_types_categories_and_recounts_stats(empty_db):
+    db = empty_db
+    await upgrade(db, "0003")
+    anna, boris = uuid.uuid4(), uuid.uuid4()
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(events),
+            [
+                event(anna, 1, "Purchase", "1000.00", "RUB", " Shoes "),  # never counted
+                event(anna, 2, "purchase", "100.00", "USD", "SHOES"),  # counted as 100
+                event(anna, 3, "purchase", "500.00", "RUB", "shoes"),
+                event(anna, 4, "Page_View ", None, "RUB", None),
+                event(boris, 5, "purchase", "300.00", "RUB", "  Running  Shoes "),
+            ],
+        )
+        await conn.execute(
+            insert(profile_stats),
+            [
+                {"profile_id": anna, "orders_count": 2, "total_spent": Decimal("600.00")},
+                {"profile_id": boris, "orders_count": 1, "total_spent": Decimal("300.00")},
+            ],
+        )
+        await conn.execute(
+            insert(profile_categories),
+            [
+                {"profile_id": anna, "category": "SHOES"},
+                {"profile_id": anna, "category": "shoes"},
+                {"profile_id": boris, "category": "  Running  Shoes "},
+                {"profile_id": boris, "category": "Running Shoes"},
+            ],
+        )
+    await upgrade(db, "head")
+
+    async with db.engine.connect() as conn:
+        types = {t for (t,) in await conn.execute(select(events.c.type))}
+        cats = {c for (c,) in await conn.execute(select(events.c.category))}
+        held = sorted(
+            (str(p), c)
+            for p, c in await conn.execute(
+                select(profile_categories.c.profile_id, profile_categories.c.category)
+            )
+        )
+        rows = {
+            r.profile_id: r
+            for r in await conn.execute(select(profile_stats))  # type: ignore[attr-defined]
+        }
+    assert types == {"purchase", "page_view"}
+    assert cats == {"shoes", "running shoes", None}
+    assert held == sorted([(str(anna), "shoes"), (str(boris), "running shoes")])
+    a = rows[anna]
+    assert (a.orders_count, a.total_spent) == (3, Decimal("1500.00"))  # RUB only, all 3 orders
+    assert (a.first_order_at, a.last_order_at) == (
+        datetime(2026, 11, 1, 12, tzinfo=UTC),
+        datetime(2026, 11, 3, 12, tzinfo=UTC),
+    )
+    assert (rows[boris].orders_count, rows[boris].total_spent) == (1, Decimal("300.00"))
