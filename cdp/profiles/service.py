@@ -228,6 +228,7 @@ async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         "stats": {
             "orders_count": stats.orders_count if stats else 0,
             "total_spent": str(stats.total_spent) if stats else "0.00",
+            "currency": p.policy.stats_currency,  # of total_spent (cdp/stats.py)
             "first_order_at": stats.first_order_at if stats else None,
             "last_order_at": stats.last_order_at if stats else None,
             "categories": categories,
