@@ -285,3 +285,41 @@ async def test_the_cli_answers_bad_input_with_one_line_not_a_traceback(platform,
         out = run_cli(args, url, tmp_path)
         assert out.returncode == 1, out.stderr
         assert f"Error: {said}" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_values_of_the_wrong_type_are_rejected_in_plain_words(
+    platform, tmp_path, client, keys
+):
+    """The import's rejects and the API's 400s share the words, never msgspec's own."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": 4, "email": "w1@example.com"}\n'
+        '{"phone": 89163210003, "email": "w2@example.com"}\n'
+        '{"email": "w3@example.com", "birth_date": "31.12.1990"}\n',
+        encoding="utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert summary.rejected_rows == 3
+    rejects = summary.rejects_path.read_text(encoding="utf-8").splitlines()
+    assert rejects[1:] == [
+        '1,external_id,"expected text, got a number"',
+        '2,phone,"expected text, got a number"',
+        "3,birth_date,expected a date as YYYY-MM-DD",
+    ]
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "w4@example.com",
+            "consents": [{"purpose": "marketing", "channel": "email", "status": "maybe"}],
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400
+    assert r.json()["errors"] == [
+        {"field": "consents[0].status", "message": "not one of the allowed values"}  # not 'maybe'
+    ]
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "phone": 89163210003}, headers=keys["ingest"]
+    )
+    assert r.json()["errors"] == [{"field": "phone", "message": "expected text, got a number"}]
