@@ -2,10 +2,13 @@
 
 Columns are the POST /v1/profiles fields; `traits.<name>` columns become traits; consent columns
 are `consent.<purpose>.<channel>` (granted / withdrawn / empty) with optional `.wording_id`,
-`.method` and `.occurred_at`. A row that cannot be imported is written to the rejects file with
-its row number, field and reason (never its values: the file holds no personal data). A row
-whose consent claim is bad (e.g. a marketing grant without wording) is imported as a profile and
-the claim alone is rejected and reported.
+`.method` and `.occurred_at`. A header naming any other column is refused before anything is
+stored (`cdp.import_file.csv_header`).
+
+A row that cannot be imported is written to the rejects file with the line of the file where it
+starts (a CSV's header is line 1), field and reason (never its values: the file holds no
+personal data). A row whose consent claim is bad (e.g. a marketing grant without wording) is
+imported as a profile and the claim alone is rejected and reported.
 """
 
 from __future__ import annotations
@@ -194,6 +197,9 @@ def _too_many(values: int, columns: int) -> str:
     return f"{values} values for {columns} columns (a delimiter inside an unquoted value?)"
 
 
+_UNNAMED = "a value in a column the header gives no name"
+
+
 def prepare_rows(
     chunk: Chunk,
     policy: Policy,
@@ -202,9 +208,10 @@ def prepare_rows(
     *,
     master: MasterKey | None = None,
 ) -> list[tuple]:
-    """(row number, Prepared | None, errors) for each row of a chunk. With `master`, each
+    """(line number, Prepared | None, errors) for each row of a chunk. With `master`, each
     record is sealed for the new profile it would create."""
     header, rows = chunk
+    unnamed = [i for i, key in enumerate(header or ()) if not key]
     out: list[tuple] = []
     for n, row in rows:
         if isinstance(row, str):  # the line could not be read as a row: the reason
@@ -213,6 +220,9 @@ def prepare_rows(
         if header is not None:
             if len(row) > len(header):  # a value would have no column: refuse, not drop it
                 out.append((n, None, [FieldError("row", _too_many(len(row), len(header)))]))
+                continue
+            if unnamed and any(i < len(row) and row[i].strip() for i in unnamed):
+                out.append((n, None, [FieldError("row", _UNNAMED)]))
                 continue
             row = dict(zip(header, row, strict=False))  # a short row leaves the rest empty
         try:
@@ -331,10 +341,11 @@ async def run_import(
 ) -> ImportSummary:
     """Import a file. `workers`: validation processes (None: one per spare core for large
     files, 0: validate in this process). `encoding` and `delimiter` (a CSV's; None: read off
-    its header) as `cdp.import_file` says; a file that is not in its encoding raises
-    ImportFileError before anything is stored. `on_total` is told, once the file is checked,
-    how many rows it holds at most (its lines, less a CSV's header)."""
-    lines = check_file(path, encoding)
+    its header) as `cdp.import_file` says; a file that cannot be read as given (not in its
+    encoding, a header naming an unknown column...) raises ImportFileError before anything is
+    stored. `on_total` is told, once the file is checked, how many rows it holds at most (its
+    lines, less a CSV's header)."""
+    lines = check_file(path, encoding, delimiter)
     if on_total:
         on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
     summary = ImportSummary()

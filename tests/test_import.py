@@ -67,8 +67,8 @@ async def test_csv_import_with_consents_and_rejects(platform, tmp_path, client, 
     assert summary.consents_recorded == 1 and summary.consents_rejected == 1
     rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
     assert rejects[0] == ["row", "field", "reason"]
-    assert ["2", "email", "not a valid email address"] in rejects
-    assert any(r[0] == "3" and r[1].endswith("evidence.wording_id") for r in rejects[1:])
+    assert ["3", "email", "not a valid email address"] in rejects  # the file's line
+    assert any(r[0] == "4" and r[1].endswith("evidence.wording_id") for r in rejects[1:])
     assert "bad-email" not in summary.rejects_path.read_text()  # reasons, never values
     assert await count(platform, profiles) == 2
     assert await count(platform, consent_ledger) == 1
