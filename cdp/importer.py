@@ -5,6 +5,15 @@ are `consent.<purpose>.<channel>` (granted / withdrawn / empty) with optional `.
 `.method` and `.occurred_at`. A header naming any other column is refused before anything is
 stored (`cdp.import_file.csv_header`).
 
+A CSV value is text; a trait's value is typed as JSON would read it, exponents aside (segment
+rules are typed: `eq 5` does not match `"5"`):
+- `true` / `false`, in any case, are booleans (`yes`, `no`, `1`, `0` are not);
+- an integer written plainly: `0`, or digits that do not start with `0`, optionally after
+  `-`: `0`, `1`, `42`, `-7`;
+- a decimal: such an integer, `.`, digits: `0.5`, `-12.75`, `1999.90` (a float);
+- anything else stays text exactly as written: `007`, `00123`, `+7`, `1e3`, `1 000`, `1234,5`,
+  `nan`, `inf`, `.5`. Spaces around a number or a boolean are ignored.
+
 A row that cannot be imported is written to the rejects file with the line of the file where it
 starts (a CSV's header is line 1), field and reason (never its values: the file holds no
 personal data). A row whose consent claim is bad (e.g. a marketing grant without wording) is
@@ -17,8 +26,10 @@ import asyncio
 import contextlib
 import csv
 import gc
+import math
 import multiprocessing
 import os
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -49,9 +60,8 @@ STATISTICS_AFTER = 1000  # rows imported before the first planner statistics ref
 # advisory lock per identifier, which must stay well inside the server's shared lock table.
 TXN_ROWS = 10_000
 TXN_SECONDS = 1.0
-_TRUE = {"true", "yes", "1"}
-_FALSE = {"false", "no", "0"}
-_FLOAT_WORDS = {"nan", "inf", "infinity"}
+_BOOLEANS = {"true": True, "false": False}
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?")  # an integer, or with a fraction
 
 
 @dataclass(slots=True)
@@ -68,22 +78,19 @@ class ImportSummary:
 
 
 def _trait_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    # int() and float() both need a decimal digit, but for float's nan and inf spellings
-    if not any(ch.isdecimal() for ch in low) and low.lstrip("+-") not in _FLOAT_WORDS:
+    """A CSV trait value typed as the module docstring says."""
+    plain = text.strip()
+    boolean = _BOOLEANS.get(plain.lower())
+    if boolean is not None:
+        return boolean
+    number = _NUMBER.fullmatch(plain)
+    if number is None:
         return text
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
+        value = float(plain) if number.group(1) else int(plain)
+    except ValueError:  # an integer beyond Python's 4,300 digits
         return text
+    return text if isinstance(value, float) and math.isinf(value) else value  # 400 digits
 
 
 # What a column name means, decided once per name (a file has a few dozen).
