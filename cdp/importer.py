@@ -17,7 +17,10 @@ rules are typed: `eq 5` does not match `"5"`):
 A row that cannot be imported is written to the rejects file with the line of the file where it
 starts (a CSV's header is line 1), field and reason (never its values: the file holds no
 personal data). A row whose consent claim is bad (e.g. a marketing grant without wording) is
-imported as a profile and the claim alone is rejected and reported.
+imported as a profile and the claim alone is rejected and reported. So is an identifier that was
+not kept (a placeholder address, a phone with an extension, one over the policy's cap, one the
+merge guards refused to link), as the API reports it in `ignored`: its line names the field and
+the reason, and the row is not counted as rejected.
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ class ImportSummary:
     rejected_rows: int = 0
     consents_recorded: int = 0
     consents_rejected: int = 0
+    identifiers_ignored: int = 0  # not kept, each reported in the rejects file
     rejects_path: Path | None = None
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # each reason of the rejects file: lines
 
 
 def _trait_value(text: str) -> Any:
@@ -367,9 +371,11 @@ async def run_import(
     writer = csv.writer(out)
     writer.writerow(["row", "field", "reason"])
 
+    chunk_lines: list[tuple[int, FieldError]] = []  # the chunk's, written once it is stored
+
     def reject(n: int, errors: list[FieldError], *, row_rejected: bool) -> None:
         for e in errors or [FieldError("row", "rejected")]:
-            writer.writerow([n, e.field, e.message])
+            chunk_lines.append((n, e))
             summary.reasons[e.message] = summary.reasons.get(e.message, 0) + 1
         if row_rejected:
             summary.rejected_rows += 1
@@ -379,6 +385,7 @@ async def run_import(
 
     async def store(results: list[tuple]) -> None:
         good: list[Prepared] = []
+        numbers: list[int] = []
         for n, prep, errors in results:
             summary.rows += 1
             if prep is None:
@@ -388,12 +395,21 @@ async def run_import(
                 summary.consents_rejected += len(prep.rejected_consents)
                 reject(n, prep.rejected_consents, row_rejected=False)
             good.append(prep)
+            numbers.append(n)
         outcomes = await txns.store(good, actor)
         for prep, o in zip(good, outcomes, strict=True):
             summary.consents_recorded += len(prep.claims)
             summary.created += o.created
             summary.joined += not o.created
             summary.merged += len(o.merged_profile_ids)
+        for n, o in zip(numbers, outcomes, strict=True):
+            if o.ignored:  # identifiers not kept (as the API's "ignored"): reported, row kept
+                summary.identifiers_ignored += len(o.ignored)
+                reject(n, o.ignored, row_rejected=False)
+        # in the order of the file (a sort keeps each row's lines in their order)
+        chunk_lines.sort(key=lambda line: line[0])
+        writer.writerows((n, e.field, e.message) for n, e in chunk_lines)
+        chunk_lines.clear()
         if summary.rows >= refresh_at[0]:
             # The tables grow as the import runs: a plan made on the sizes at the start (e.g.
             # a sequential scan of a table that was empty) gets slower with every chunk. So the
