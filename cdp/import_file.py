@@ -182,8 +182,8 @@ def csv_header(fh: Any, delimiter: str | None) -> tuple[Any, list[str]] | None:
     if unknown:
         raise ImportFileError(
             f"the header names {_columns(len(unknown))} cdp import does not know: "
-            f"{', '.join(map(repr, unknown[:20]))}. Remove them, or name a trait traits.<name>. "
-            + COLUMNS_HELP
+            f"{', '.join(map(repr, unknown[:20]))}. Remove {'it' if len(unknown) == 1 else 'them'}"
+            f", or name a trait traits.<name>. {COLUMNS_HELP}"
         )
     header = [key or "" for key in keys]
     seen: set[str] = set()
