@@ -194,7 +194,8 @@ def import_cmd(
         f"rows: {summary.rows}  created: {summary.created}  joined existing: {summary.joined}  "
         f"merged: {summary.merged}  rejected rows: {summary.rejected_rows}  "
         f"consents recorded: {summary.consents_recorded}  "
-        f"consents rejected: {summary.consents_rejected}"
+        f"consents rejected: {summary.consents_rejected}  "
+        f"identifiers ignored: {summary.identifiers_ignored}"
     )
     click.echo(f"rejects: {summary.rejects_path}")
     for reason, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):

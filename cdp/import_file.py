@@ -3,15 +3,23 @@
 Files come from CRMs, shops and spreadsheets. Excel saves a CSV for a Russian (or German,
 French...) locale with `;` between columns, since `,` is the decimal separator there, and
 often in Windows-1251 rather than UTF-8. So:
-- the delimiter is read off the header: of `,` `;` tab and `|`, the one that splits it into the
-  most columns the import knows (`known_column`); `,` when none does better. `--delimiter`
+- the header's names are matched without regard to case or surrounding spaces (`Email`,
+  ` phone `, `First_Name`; a trait's name is kept as written: `Traits.VIP` is the trait `VIP`).
+  The delimiter is read off the header: of `,` `;` tab and `|`, the one that splits it into the
+  most columns the import knows (`column_key`); `,` when none does better. `--delimiter`
   overrides it.
 - the encoding is UTF-8 (a byte order mark is skipped) unless `--encoding` names another. The
   whole file is checked before anything is imported: a file that is not in its encoding is
   refused, naming the first line that is not, and nothing of it is stored. (Before, such a file
   stopped the import with a traceback, after the rows before that line were stored.)
-- a header that names a column twice is refused: one of the two values of every row would be
-  lost; so is a JSON array where JSON lines are read.
+- the header is checked before anything is imported, and refused (ImportFileError) when it
+  names no column the import knows (the wrong delimiter, or not a customer file), names a
+  column it does not know (`comment`: POST /v1/profiles refuses unknown fields, and every row
+  was rejected for it), or names a column twice (one of the two values of every row would be
+  lost). So is a JSON array where JSON lines are read, and an Excel workbook (`.xlsx` or
+  `.xls`; any zip or OLE file), which is not text at all.
+- rows are numbered by the line of the file where they start, as a text editor or a
+  spreadsheet shows them: a CSV's header is line 1, its first row line 2.
 """
 
 from __future__ import annotations
@@ -30,10 +38,18 @@ from cdp.profiles.schemas import ProfileIn
 
 DELIMITERS = (",", ";", "\t", "|")
 _PLAIN_COLUMNS = frozenset(ProfileIn.__struct_fields__) - {"traits", "consents"}
+CONSENT_PARTS = ("wording_id", "method", "occurred_at")
+COLUMNS_HELP = (
+    "Columns are the POST /v1/profiles fields, traits.<name> and consent.<purpose>.<channel> "
+    "(with .wording_id, .method, .occurred_at)"
+)
 _CHECK_BLOCK = 1 << 20
+# The first bytes of a zip file (an .xlsx) and of an OLE compound file (an .xls)
+_WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")
 
-# A chunk: (CSV header or None for NDJSON, [(row number, row)]). A CSV row is its list of
-# values (as csv.reader gives it; the worker pairs it with the header as csv.DictReader
+# A chunk: (CSV header or None for NDJSON, [(line number, row)]). A CSV header holds the keys
+# its columns stand for (`column_key`; "" for a column without a name). A CSV row is its list
+# of values (as csv.reader gives it; the worker pairs it with the header as csv.DictReader
 # would), an NDJSON row its object; a line that is not a row (the csv module could not read
 # it, or it is not a JSON object) is the reason instead.
 Chunk = tuple[list[str] | None, list[tuple[int, Any]]]
@@ -59,22 +75,27 @@ def python_encoding(encoding: str) -> str:
     return "utf-8-sig" if name == "utf-8" else name
 
 
-def check_file(path: Path, encoding: str) -> int:
+def check_file(path: Path, encoding: str, delimiter: str | None = None) -> int:
     """The file's lines; raises ImportFileError, before anything is imported, for a file that
-    cannot be read as given: not in its encoding (`check_encoding`), or a JSON array where
-    JSON lines are read (a pretty-printed array imported only its lines that happened to be
-    whole objects)."""
+    cannot be read as given: an Excel workbook, not in its encoding (`check_encoding`), a CSV
+    whose header `csv_header` refuses, or a JSON array where JSON lines are read (a
+    pretty-printed array imported only its lines that happened to be whole objects)."""
+    with path.open("rb") as fh:
+        if fh.read(4) in _WORKBOOK_MAGIC:
+            raise ImportFileError("the file is an Excel workbook: save it as CSV (UTF-8)")
     lines = check_encoding(path, encoding)
-    if is_json_lines(path):
-        with path.open("r", encoding=python_encoding(encoding)) as fh:
-            for line in fh:
-                if line.strip():
-                    if line.lstrip().startswith("["):
-                        raise ImportFileError(
-                            "the file is a JSON array; cdp import reads JSON lines (NDJSON): "
-                            "one object per line"
-                        )
-                    break
+    with path.open("r", encoding=python_encoding(encoding), newline="") as fh:
+        if not is_json_lines(path):
+            csv_header(fh, delimiter)
+            return lines
+        for line in fh:
+            if line.strip():
+                if line.lstrip().startswith("["):
+                    raise ImportFileError(
+                        "the file is a JSON array; cdp import reads JSON lines (NDJSON): "
+                        "one object per line"
+                    )
+                break
     return lines
 
 
@@ -100,27 +121,104 @@ def check_encoding(path: Path, encoding: str) -> int:
             last = block[-1:]
 
 
-def known_column(name: str) -> bool:
+def column_key(name: str) -> str | None:
+    """The record key a CSV column stands for, or None for a column the import does not know:
+    a POST /v1/profiles field, `traits.<name>` or `consent.<purpose>.<channel>[.<part>]`,
+    matched without regard to case or surrounding spaces. A trait keeps its name as written."""
     name = name.strip()
-    return name in _PLAIN_COLUMNS or name.startswith(("traits.", "consent."))
+    low = name.lower()
+    if low in _PLAIN_COLUMNS:
+        return low
+    if low.startswith("traits.") and name[7:]:
+        return "traits." + name[7:]
+    parts = low.split(".")
+    if parts[0] == "consent" and len(parts) in (3, 4) and all(parts):
+        return low if len(parts) == 3 or parts[3] in CONSENT_PARTS else None
+    return None
 
 
 def header_delimiter(header_line: str) -> str:
     """The delimiter that splits the header into the most known columns (`,` on a tie)."""
     best, best_known = ",", 0
     for delimiter in DELIMITERS:
-        columns = next(csv.reader([header_line], delimiter=delimiter), [])
-        known = sum(1 for name in columns if known_column(name))
+        known = sum(1 for name in _split(header_line, delimiter) if column_key(name))
         if known > best_known:
             best, best_known = delimiter, known
     return best
 
 
+def _split(line: str, delimiter: str) -> list[str]:
+    return next(csv.reader([line], delimiter=delimiter), [])
+
+
+def csv_header(fh: Any, delimiter: str | None) -> tuple[Any, list[str]] | None:
+    """A csv.reader over the open file, and its header as the keys its columns stand for
+    (`column_key`), read with `delimiter` (None: `header_delimiter`); None for an empty file.
+    Raises ImportFileError for a header that names no known column, names a column the import
+    does not know, or names one twice. A column without a name is allowed (Excel writes a
+    delimiter at the end of each line); a row with a value under it is rejected."""
+    first = fh.readline()
+    if not first:
+        return None
+    chosen = delimiter or header_delimiter(first)
+    reader = csv.reader(itertools.chain([first], fh), delimiter=chosen, strict=True)
+    try:
+        names = next(reader)
+    except csv.Error as exc:
+        raise ImportFileError(f"the header (line 1) is not valid CSV: {exc}") from None
+    keys = [column_key(name) if name.strip() else "" for name in names]
+    if not any(keys):
+        if delimiter:
+            tried = f"the delimiter {_shown(chosen)} of --delimiter"
+        else:
+            tried = f"tried the delimiters {' '.join(map(_shown, DELIMITERS))}"
+            chosen = max(DELIMITERS, key=lambda d: len(_split(first, d)))  # the most telling
+            names = _split(first, chosen)
+        raise ImportFileError(
+            f"the header names no column cdp import knows ({tried}); {_found(names, chosen)}. "
+            f"Is line 1 a header row? {COLUMNS_HELP}"
+        )
+    unknown = [name.strip()[:60] for name, key in zip(names, keys, strict=True) if key is None]
+    if unknown:
+        raise ImportFileError(
+            f"the header names {_columns(len(unknown))} cdp import does not know: "
+            f"{', '.join(map(repr, unknown[:20]))}. Remove {'it' if len(unknown) == 1 else 'them'}"
+            f", or name a trait traits.<name>. {COLUMNS_HELP}"
+        )
+    header = [key or "" for key in keys]
+    seen: set[str] = set()
+    for key in header:  # one of each row's two values would be lost without a word
+        if key in seen and key:
+            raise ImportFileError(f"the header names the column {key!r} twice")
+        seen.add(key)
+    return reader, header
+
+
+def _shown(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else repr(delimiter)
+
+
+def _columns(n: int) -> str:
+    return f"{n} column" if n == 1 else f"{n} columns"
+
+
+def _found(names: list[str], delimiter: str) -> str:
+    """What the header holds, read with `delimiter`: its names, unless it looks like a row of
+    customer data (an email address or a phone number), which an error must not repeat."""
+    if not any(name.strip() for name in names):
+        return "line 1 is empty"
+    what = f"split by {_shown(delimiter)} it has {_columns(len(names))}"
+    if any("@" in name or sum(ch.isdigit() for ch in name) >= 5 for name in names):
+        return what + " and looks like a customer's data, not column names"
+    return what + ": " + ", ".join(repr(name.strip()[:60]) for name in names[:20])
+
+
 def read_chunks(
     path: Path, size: int, *, encoding: str = "utf-8", delimiter: str | None = None
 ) -> Iterator[Chunk]:
-    """The file in chunks of `size` rows. Row numbers count data rows (blank lines skipped).
-    Call `check_file` first: a decoding error here would stop the import midway."""
+    """The file in chunks of `size` rows, each numbered by the line of the file where it starts
+    (blank lines skipped). Call `check_file` first: a decoding error here would stop the
+    import midway."""
     rows: list[tuple[int, Any]] = []
     with path.open("r", encoding=python_encoding(encoding), newline="") as fh:
         header: list[str] | None = None
@@ -129,19 +227,11 @@ def read_chunks(
                 (n, _json_object(line)) for n, line in enumerate(fh, start=1) if line.strip()
             )
         else:
-            first = fh.readline()
-            if not first:
+            opened = csv_header(fh, delimiter)
+            if opened is None:
                 return
-            reader = csv.reader(
-                itertools.chain([first], fh),
-                delimiter=delimiter or header_delimiter(first),
-                strict=True,
-            )
-            header = next(reader, None)
-            if header is None:
-                return
-            _refuse_repeated_columns(header)
-            lines = enumerate((row for row in _csv_rows(reader) if row), start=1)
+            reader, header = opened
+            lines = ((n, row) for n, row in _csv_rows(reader) if row)
         for item in lines:
             rows.append(item)
             if len(rows) >= size:
@@ -151,13 +241,14 @@ def read_chunks(
         yield header, rows
 
 
-def _csv_rows(reader: Any) -> Iterator[list[str] | str]:
-    """The reader's rows; a row the csv module cannot read is the reason instead, naming its
-    lines, and reading goes on at the next line. The reader is strict: a quote left open runs
-    the row on over the lines after it until the next quote, and without `strict` the rows it
-    swallowed were stored as one customer's value (another customer's email in a plaintext
-    city); with it, that row ends in an error: `',' expected after '"'`, or at the end of the
-    file `unexpected end of data`. A value over the module's 128 KiB limit is an error too."""
+def _csv_rows(reader: Any) -> Iterator[tuple[int, list[str] | str]]:
+    """The reader's rows, each with the line it starts on; a row the csv module cannot read is
+    the reason instead, naming its lines, and reading goes on at the next line. The reader is
+    strict: a quote left open runs the row on over the lines after it until the next quote, and
+    without `strict` the rows it swallowed were stored as one customer's value (another
+    customer's email in a plaintext city); with it, that row ends in an error: `',' expected
+    after '"'`, or at the end of the file `unexpected end of data`. A value over the module's
+    128 KiB limit is an error too."""
     while True:
         start = reader.line_num + 1
         try:
@@ -167,19 +258,9 @@ def _csv_rows(reader: Any) -> Iterator[list[str] | str]:
         except csv.Error as exc:
             end = reader.line_num
             where = f"line {start}" if end <= start else f"lines {start}-{end}"
-            yield f"not valid CSV at {where}: {exc}"
+            yield start, f"not valid CSV at {where}: {exc}"
             continue
-        yield row
-
-
-def _refuse_repeated_columns(header: list[str]) -> None:
-    """Two columns of one name would pair a row's values with the same key, and the first value
-    would be lost without a word."""
-    seen: set[str] = set()
-    for name in header:
-        if name in seen and name.strip():
-            raise ImportFileError(f"the header names the column {name!r} twice")
-        seen.add(name)
+        yield start, row
 
 
 def _json_object(line: str) -> dict[str, Any] | str:

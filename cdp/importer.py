@@ -2,10 +2,25 @@
 
 Columns are the POST /v1/profiles fields; `traits.<name>` columns become traits; consent columns
 are `consent.<purpose>.<channel>` (granted / withdrawn / empty) with optional `.wording_id`,
-`.method` and `.occurred_at`. A row that cannot be imported is written to the rejects file with
-its row number, field and reason (never its values: the file holds no personal data). A row
-whose consent claim is bad (e.g. a marketing grant without wording) is imported as a profile and
-the claim alone is rejected and reported.
+`.method` and `.occurred_at`. A header naming any other column is refused before anything is
+stored (`cdp.import_file.csv_header`).
+
+A CSV value is text; a trait's value is typed as JSON would read it, exponents aside (segment
+rules are typed: `eq 5` does not match `"5"`):
+- `true` / `false`, in any case, are booleans (`yes`, `no`, `1`, `0` are not);
+- an integer written plainly: `0`, or digits that do not start with `0`, optionally after
+  `-`: `0`, `1`, `42`, `-7`;
+- a decimal: such an integer, `.`, digits: `0.5`, `-12.75`, `1999.90` (a float);
+- anything else stays text exactly as written: `007`, `00123`, `+7`, `1e3`, `1 000`, `1234,5`,
+  `nan`, `inf`, `.5`. Spaces around a number or a boolean are ignored.
+
+A row that cannot be imported is written to the rejects file with the line of the file where it
+starts (a CSV's header is line 1), field and reason (never its values: the file holds no
+personal data). A row whose consent claim is bad (e.g. a marketing grant without wording) is
+imported as a profile and the claim alone is rejected and reported. So is an identifier that was
+not kept (a placeholder address, a phone with an extension, one over the policy's cap, one the
+merge guards refused to link), as the API reports it in `ignored`: its line names the field and
+the reason, and the row is not counted as rejected.
 """
 
 from __future__ import annotations
@@ -14,8 +29,10 @@ import asyncio
 import contextlib
 import csv
 import gc
+import math
 import multiprocessing
 import os
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,9 +63,8 @@ STATISTICS_AFTER = 1000  # rows imported before the first planner statistics ref
 # advisory lock per identifier, which must stay well inside the server's shared lock table.
 TXN_ROWS = 10_000
 TXN_SECONDS = 1.0
-_TRUE = {"true", "yes", "1"}
-_FALSE = {"false", "no", "0"}
-_FLOAT_WORDS = {"nan", "inf", "infinity"}
+_BOOLEANS = {"true": True, "false": False}
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?")  # an integer, or with a fraction
 
 
 @dataclass(slots=True)
@@ -60,27 +76,25 @@ class ImportSummary:
     rejected_rows: int = 0
     consents_recorded: int = 0
     consents_rejected: int = 0
+    identifiers_ignored: int = 0  # not kept, each reported in the rejects file
     rejects_path: Path | None = None
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # each reason of the rejects file: lines
 
 
 def _trait_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in _TRUE:
-        return True
-    if low in _FALSE:
-        return False
-    # int() and float() both need a decimal digit, but for float's nan and inf spellings
-    if not any(ch.isdecimal() for ch in low) and low.lstrip("+-") not in _FLOAT_WORDS:
+    """A CSV trait value typed as the module docstring says."""
+    plain = text.strip()
+    boolean = _BOOLEANS.get(plain.lower())
+    if boolean is not None:
+        return boolean
+    number = _NUMBER.fullmatch(plain)
+    if number is None:
         return text
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
+        value = float(plain) if number.group(1) else int(plain)
+    except ValueError:  # an integer beyond Python's 4,300 digits
         return text
+    return text if isinstance(value, float) and math.isinf(value) else value  # 400 digits
 
 
 # What a column name means, decided once per name (a file has a few dozen).
@@ -194,6 +208,9 @@ def _too_many(values: int, columns: int) -> str:
     return f"{values} values for {columns} columns (a delimiter inside an unquoted value?)"
 
 
+_UNNAMED = "a value in a column the header gives no name"
+
+
 def prepare_rows(
     chunk: Chunk,
     policy: Policy,
@@ -202,9 +219,10 @@ def prepare_rows(
     *,
     master: MasterKey | None = None,
 ) -> list[tuple]:
-    """(row number, Prepared | None, errors) for each row of a chunk. With `master`, each
+    """(line number, Prepared | None, errors) for each row of a chunk. With `master`, each
     record is sealed for the new profile it would create."""
     header, rows = chunk
+    unnamed = [i for i, key in enumerate(header or ()) if not key]
     out: list[tuple] = []
     for n, row in rows:
         if isinstance(row, str):  # the line could not be read as a row: the reason
@@ -213,6 +231,9 @@ def prepare_rows(
         if header is not None:
             if len(row) > len(header):  # a value would have no column: refuse, not drop it
                 out.append((n, None, [FieldError("row", _too_many(len(row), len(header)))]))
+                continue
+            if unnamed and any(i < len(row) and row[i].strip() for i in unnamed):
+                out.append((n, None, [FieldError("row", _UNNAMED)]))
                 continue
             row = dict(zip(header, row, strict=False))  # a short row leaves the rest empty
         try:
@@ -331,10 +352,11 @@ async def run_import(
 ) -> ImportSummary:
     """Import a file. `workers`: validation processes (None: one per spare core for large
     files, 0: validate in this process). `encoding` and `delimiter` (a CSV's; None: read off
-    its header) as `cdp.import_file` says; a file that is not in its encoding raises
-    ImportFileError before anything is stored. `on_total` is told, once the file is checked,
-    how many rows it holds at most (its lines, less a CSV's header)."""
-    lines = check_file(path, encoding)
+    its header) as `cdp.import_file` says; a file that cannot be read as given (not in its
+    encoding, a header naming an unknown column...) raises ImportFileError before anything is
+    stored. `on_total` is told, once the file is checked, how many rows it holds at most (its
+    lines, less a CSV's header)."""
+    lines = check_file(path, encoding, delimiter)
     if on_total:
         on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
     summary = ImportSummary()
@@ -349,9 +371,11 @@ async def run_import(
     writer = csv.writer(out)
     writer.writerow(["row", "field", "reason"])
 
+    chunk_lines: list[tuple[int, FieldError]] = []  # the chunk's, written once it is stored
+
     def reject(n: int, errors: list[FieldError], *, row_rejected: bool) -> None:
         for e in errors or [FieldError("row", "rejected")]:
-            writer.writerow([n, e.field, e.message])
+            chunk_lines.append((n, e))
             summary.reasons[e.message] = summary.reasons.get(e.message, 0) + 1
         if row_rejected:
             summary.rejected_rows += 1
@@ -361,6 +385,7 @@ async def run_import(
 
     async def store(results: list[tuple]) -> None:
         good: list[Prepared] = []
+        numbers: list[int] = []
         for n, prep, errors in results:
             summary.rows += 1
             if prep is None:
@@ -370,12 +395,21 @@ async def run_import(
                 summary.consents_rejected += len(prep.rejected_consents)
                 reject(n, prep.rejected_consents, row_rejected=False)
             good.append(prep)
+            numbers.append(n)
         outcomes = await txns.store(good, actor)
         for o in outcomes:
             summary.consents_recorded += o.consents_recorded
             summary.created += o.created
             summary.joined += not o.created
             summary.merged += len(o.merged_profile_ids)
+        for n, o in zip(numbers, outcomes, strict=True):
+            if o.ignored:  # identifiers not kept (as the API's "ignored"): reported, row kept
+                summary.identifiers_ignored += len(o.ignored)
+                reject(n, o.ignored, row_rejected=False)
+        # in the order of the file (a sort keeps each row's lines in their order)
+        chunk_lines.sort(key=lambda line: line[0])
+        writer.writerows((n, e.field, e.message) for n, e in chunk_lines)
+        chunk_lines.clear()
         if summary.rows >= refresh_at[0]:
             # The tables grow as the import runs: a plan made on the sizes at the start (e.g.
             # a sequential scan of a table that was empty) gets slower with every chunk. So the

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
+
+import msgspec
 
 from cdp.db.tables import profiles
 from cdp.importer import run_import
@@ -67,8 +70,8 @@ async def test_csv_import_with_consents_and_rejects(platform, tmp_path, client, 
     assert summary.consents_recorded == 1 and summary.consents_rejected == 1
     rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
     assert rejects[0] == ["row", "field", "reason"]
-    assert ["2", "email", "not a valid email address"] in rejects
-    assert any(r[0] == "3" and r[1].endswith("evidence.wording_id") for r in rejects[1:])
+    assert ["3", "email", "not a valid email address"] in rejects  # the file's line
+    assert any(r[0] == "4" and r[1].endswith("evidence.wording_id") for r in rejects[1:])
     assert "bad-email" not in summary.rejects_path.read_text()  # reasons, never values
     assert await count(platform, profiles) == 2
     assert await count(platform, consent_ledger) == 1
@@ -285,3 +288,81 @@ async def test_the_cli_answers_bad_input_with_one_line_not_a_traceback(platform,
         out = run_cli(args, url, tmp_path)
         assert out.returncode == 1, out.stderr
         assert f"Error: {said}" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_values_of_the_wrong_type_are_rejected_in_plain_words(
+    platform, tmp_path, client, keys
+):
+    """The import's rejects and the API's 400s share the words, never msgspec's own."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": 4, "email": "w1@example.com"}\n'
+        '{"phone": 89163210003, "email": "w2@example.com"}\n'
+        '{"email": "w3@example.com", "birth_date": "31.12.1990"}\n',
+        encoding="utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert summary.rejected_rows == 3
+    rejects = summary.rejects_path.read_text(encoding="utf-8").splitlines()
+    assert rejects[1:] == [
+        '1,external_id,"expected text, got a number"',
+        '2,phone,"expected text, got a number"',
+        "3,birth_date,expected a date as YYYY-MM-DD",
+    ]
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "w4@example.com",
+            "consents": [{"purpose": "marketing", "channel": "email", "status": "maybe"}],
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400
+    assert r.json()["errors"] == [
+        {"field": "consents[0].status", "message": "not one of the allowed values"}  # not 'maybe'
+    ]
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "phone": 89163210003}, headers=keys["ingest"]
+    )
+    assert r.json()["errors"] == [{"field": "phone", "message": "expected text, got a number"}]
+
+
+IGNORING = (
+    "external_id,email,phone\n"
+    "I1,noreply@shop.example,+7 916 123-45-67\n"  # a placeholder address: not kept
+    "I2,i2@example.com,+7 495 123-45-67 доб. 101\n"  # an office line with an extension
+    "I3,i3@example.com,\n"
+)
+
+
+async def test_identifiers_not_kept_are_reported_without_rejecting_the_row(platform, tmp_path):
+    src = tmp_path / "crm.csv"
+    src.write_text(IGNORING, encoding="utf-8")
+    summary = await run_import(platform, src, "crm")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (3, 3, 0)
+    assert summary.identifiers_ignored == 2
+    rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
+    assert [r[:2] for r in rejects[1:]] == [["2", "email"], ["3", "phone"]]
+    assert "placeholder" in rejects[1][2] and "extension" in rejects[2][2]
+    text = summary.rejects_path.read_text(encoding="utf-8")
+    assert "noreply" not in text and "123-45-67" not in text  # reasons, never values
+
+    # one over the policy's cap of identifiers per kind (and not linked) is reported too
+    identity = msgspec.structs.replace(platform.policy.identity, max_identities_per_kind=1)
+    platform.policy = dataclasses.replace(platform.policy, identity=identity)
+    more = tmp_path / "more.csv"
+    more.write_text("external_id,email\nI3,other@example.com\n", encoding="utf-8")
+    summary = await run_import(platform, more, "crm")
+    assert (summary.joined, summary.identifiers_ignored, summary.rejected_rows) == (1, 1, 0)
+    assert "most identifiers" in summary.rejects_path.read_text(encoding="utf-8")
+
+
+async def test_cli_counts_identifiers_ignored(platform, tmp_path, backend):
+    if backend != "sqlite":
+        return  # the CLI is the same code on both databases
+    src = tmp_path / "crm.csv"
+    src.write_text(IGNORING, encoding="utf-8")
+    out = run_cli(["import", str(src), "--source", "crm"], platform.settings.database_url, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "rejected rows: 0" in out.stdout and "identifiers ignored: 2" in out.stdout

@@ -188,3 +188,107 @@ async def test_the_file_is_read_through_once_before_the_import_and_sizes_its_pro
     lines.write_text('{"external_id": "N1"}\n{"external_id": "N2"}\n', "utf-8")
     await run_import(platform, lines, "shop", on_total=told.append)
     assert told == [2, 2]
+
+
+async def test_header_names_are_matched_whatever_their_case_and_spaces(
+    platform, tmp_path, client, keys
+):
+    """As Excel users write them, with the delimiter Excel leaves at the end of each line."""
+    src = tmp_path / "excel.csv"
+    src.write_text(
+        "Email; Phone ;First_Name;Traits.Tier;\r\nanna@example.com;+7 916 123-45-67;Анна;gold;\r\n",
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "crm")
+    assert (summary.created, summary.rejected_rows) == (1, 0)
+    r = await client.get("/v1/profiles", params={"phone": "+79161234567"}, headers=keys["admin"])
+    assert r.json()["first_name"] == "Анна" and r.json()["traits"] == {"Tier": "gold"}
+
+
+async def refused(platform, path, **options) -> str:  # type: ignore[no-untyped-def]
+    """The refusal of the file: raised before anything is stored or a rejects file written."""
+    with pytest.raises(ImportFileError) as caught:
+        await run_import(platform, path, "crm", **options)
+    assert await count(platform, profiles) == 0
+    assert not path.with_name(path.name + ".rejects.csv").exists()
+    return caught.value.detail
+
+
+async def test_a_header_with_no_known_column_is_refused_saying_what_it_found(platform, tmp_path):
+    src = tmp_path / "excel.csv"
+    src.write_text("Email;Phone;First_name\r\nanna@example.com;+79161234567;Anna\r\n", "utf-8")
+    said = await refused(platform, src, delimiter=",")
+    assert "no column cdp import knows" in said and "'Email;Phone;First_name'" in said
+    assert "the delimiter ',' of --delimiter" in said
+    foreign = tmp_path / "orders.csv"
+    foreign.write_text("order;amount\n1;20\n", "utf-8")
+    said = await refused(platform, foreign)
+    assert "'order', 'amount'" in said and "',' ';' tab '|'" in said
+    headless = tmp_path / "headless.csv"  # no header row: its first row is a customer's data
+    headless.write_text("anna@example.com;+79161234567\nivan@example.com;\n", "utf-8")
+    said = await refused(platform, headless)
+    assert "looks like a customer's data" in said and "anna" not in said and "7916" not in said
+
+
+async def test_a_column_the_import_does_not_know_is_refused_up_front(platform, tmp_path):
+    """Before, every row was rejected for it, one line of the rejects file each."""
+    src = tmp_path / "crm.csv"
+    src.write_text("email,comment,consent.marketing\na@example.com,called twice,granted\n", "utf-8")
+    said = await refused(platform, src)
+    assert "2 columns cdp import does not know: 'comment', 'consent.marketing'" in said
+    assert "called twice" not in said
+
+
+async def test_an_excel_workbook_is_refused_as_one(platform, tmp_path):
+    """Before, an .xlsx was 'not valid utf-8 ... (a Russian Excel file is often cp1251)'."""
+    for name, magic in (("crm.xlsx", b"PK\x03\x04"), ("crm.csv", b"\xd0\xcf\x11\xe0\xa1\xb1")):
+        src = tmp_path / name
+        src.write_bytes(magic + bytes(range(256)) * 4)
+        for encoding in ("utf-8", "cp1251"):
+            said = await refused(platform, src, encoding=encoding)
+            assert said == "the file is an Excel workbook: save it as CSV (UTF-8)"
+
+
+async def test_cli_refuses_a_bad_header_with_one_error_line(platform, tmp_path, backend):
+    if backend != "sqlite":
+        return  # the CLI is the same code on both databases
+    src = tmp_path / "crm.csv"
+    src.write_text("email,comment\na@example.com,vip\n", "utf-8")
+    out = run_cli(["import", str(src), "--source", "crm"], platform.settings.database_url, tmp_path)
+    assert out.returncode == 1
+    [error] = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
+    assert "does not know: 'comment'" in error and "Traceback" not in out.stderr
+    assert await count(platform, profiles) == 0
+
+
+async def test_rejects_name_the_line_of_the_file_as_an_editor_shows_it(platform, tmp_path):
+    """The header is line 1; a blank line and a value over two lines count as the file does;
+    a row is named by the line it starts on, like the 'not valid CSV at line N' reasons."""
+    src = tmp_path / "crm.csv"
+    src.write_text(
+        "external_id,email,postal_address\n"  # line 1
+        "A1,a1@example.com\n"  # 2
+        "\n"  # 3
+        'A2,a2@example.com,"ул. Ленина, 5\nкв. 12"\n'  # 4-5
+        "A3,not-an-email\n"  # 6
+        'A4,a4@example.com,"x"y\n'  # 7: not valid CSV
+        "A5,also-not-an-email\n",  # 8
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "crm")
+    rejects = summary.rejects_path.read_text("utf-8").splitlines()
+    assert rejects[0] == "row,field,reason"
+    assert [line.split(",")[0] for line in rejects[1:]] == ["6", "7", "8"]
+    assert "not valid CSV at line 7" in rejects[2]
+    lines = tmp_path / "shop.ndjson"
+    lines.write_text('{"email": "n1@example.com"}\n\n{"email": "bad"}\n', "utf-8")
+    summary = await run_import(platform, lines, "shop")
+    assert summary.rejects_path.read_text("utf-8").splitlines()[1].startswith("3,email,")
+
+
+async def test_a_value_under_a_column_without_a_name_rejects_its_row(platform, tmp_path):
+    src = tmp_path / "crm.csv"
+    src.write_text("external_id;email;\nU1;u1@example.com;\nU2;u2@example.com;VIP\n", "utf-8")
+    summary = await run_import(platform, src, "crm")
+    assert (summary.created, summary.rejected_rows) == (1, 1)
+    assert summary.reasons == {"a value in a column the header gives no name": 1}

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cdp.errors import InvalidInput
-from cdp.importer import _trait_value
 from cdp.normalize import normalise_email, parse_phone, plain_email, validated_email
 from cdp.profiles.guards import junk_reason
 from consent.policy import IdentityGuards
@@ -131,35 +130,6 @@ def test_placeholder_numbers_are_caught_on_the_fast_path() -> None:
         e164, national, _ = parse_phone(raw, "RU")
         assert national is not None
         assert junk_reason("phone", e164, GUARDS, national=national) is not None
-
-
-def _trait_reference(text: str) -> object:
-    low = text.strip().lower()
-    if low in ("true", "yes", "1"):
-        return True
-    if low in ("false", "no", "0"):
-        return False
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.one_of(st.text(max_size=12), st.text(" +-_.eE0123456789infatyINFATY\u0662", max_size=10)))
-@example("gold")
-@example(" -Infinity ")
-@example("NaN")
-@example("1_000")
-@example("\u0661\u0662")
-def test_csv_trait_values_are_typed_as_before(text: str) -> None:
-    got, want = _trait_value(text), _trait_reference(text)
-    assert type(got) is type(want)
-    assert got == want or (got != got and want != want)  # nan
 
 
 def test_a_country_code_must_name_a_country() -> None:

@@ -102,7 +102,7 @@ async def test_an_import_reports_the_row_with_a_nul_and_imports_the_rest(
     assert (summary.rows, summary.created, summary.rejected_rows) == (4, 2, 2)
     with summary.rejects_path.open(encoding="utf-8") as fh:  # type: ignore[union-attr]
         rejected = list(csv.reader(fh))[1:]
-    assert rejected == [["2", "city", NUL_MESSAGE], ["3", "traits.tier", NUL_MESSAGE]]
+    assert rejected == [["3", "city", NUL_MESSAGE], ["4", "traits.tier", NUL_MESSAGE]]  # lines
     assert await count(platform, profiles) == 2
 
 
