@@ -404,7 +404,9 @@ async def run_import(
             summary.merged += len(o.merged_profile_ids)
         for n, o in zip(numbers, outcomes, strict=True):
             if o.ignored:  # identifiers not kept (as the API's "ignored"): reported, row kept
-                summary.identifiers_ignored += len(o.ignored)
+                dropped = sum(e.field == "consents" for e in o.ignored)  # their grants too
+                summary.consents_rejected += dropped
+                summary.identifiers_ignored += len(o.ignored) - dropped
                 reject(n, o.ignored, row_rejected=False)
         # in the order of the file (a sort keeps each row's lines in their order)
         chunk_lines.sort(key=lambda line: line[0])
