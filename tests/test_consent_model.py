@@ -79,8 +79,13 @@ async def test_contactability_matches_the_reference_model(platform, ops):
             model.event(a, arg, status)
         elif kind == "opt_out":
             ident = parse_identifier(platform.policy, platform.keys.indexer, email=email[a])
-            await opt_out(
-                platform, ident, source="t", actor="t", occurred_at=BASE + timedelta(minutes=arg)
+            await opt_out(  # of the address's channel ('*' would reach the profile's others)
+                platform,
+                ident,
+                channel="email",
+                source="t",
+                actor="t",
+                occurred_at=BASE + timedelta(minutes=arg),
             )
             model.event(a, arg, "withdrawn")
             model.suppressed[a] = max(model.suppressed.get(a, arg), arg)
