@@ -4,7 +4,7 @@
    marketing by email with the keyboard, and the segment API no longer returns them; a
    compliance officer signs in, finds that customer and sees the withdrawal in the history.
 2. A browser sending Global Privacy Control is recorded once as opted out of sale/sharing for a
-   California customer, who can also download a copy of their data.
+   California customer, who can also download a copy of their data from a manage link.
 """
 
 from __future__ import annotations
@@ -150,6 +150,12 @@ def test_gpc_browser_is_recorded_once_as_opted_out_of_sale(
     assert ledger(server, email, "sale_share") == recorded  # not again on every view
     assert pid in members(server, "US-CA")  # GPC is about sale/sharing, not email marketing
 
+    # the link in the message can only stop messages; a manage link from the operator's site,
+    # once the customer has signed in there, can also download their data
+    assert page.get_by_role("button", name="Download my data").count() == 0
+    with server.api("ingest") as api:
+        manage = api.post("/v1/preference-links", json={"email": email}).json()["url"]
+    page.goto(manage)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download my data").click()
     copy = json.loads(Path(download.value.path()).read_text())
