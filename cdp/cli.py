@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from cdp.cli_support import run, with_platform
+from cdp.cli_support import failure, run, with_platform
+from cdp.errors import DomainError
 from cdp.logging import configure_logging
 from cdp.matching.cli import match as match_command
 from cdp.settings import Settings
@@ -36,10 +37,15 @@ def serve(host: str, port: int) -> None:
 
     from api.app import create_app
     from cdp.crypto.fields import CryptoError
+    from consent.audit.signing import signer_for
 
-    settings = served_settings(Settings.from_env(), os.environ, host, port)
-    try:  # refuse to start on a wrong master key, before binding the port
+    try:
+        settings = served_settings(Settings.from_env(), os.environ, host, port)
+    except DomainError as exc:  # e.g. an unknown CDP_ENV
+        raise failure(exc) from None
+    try:  # refuse to start on a wrong master key or a missing production key, before binding
         run(lambda: with_platform(lambda p: asyncio.sleep(0)))
+        signer_for(settings)
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -109,7 +115,9 @@ def keys_revoke(name: str) -> None:
     from cdp.apikeys import revoke_key
 
     run(lambda: with_platform(lambda p: revoke_key(p.db, name)))
-    click.echo(f"revoked {name}")
+    from cdp.apikeys import AUTH_TTL
+
+    click.echo(f"revoked {name} (a running service refuses it within {AUTH_TTL:g} seconds)")
 
 
 @keys.command("rotate-master")

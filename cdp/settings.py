@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdp.errors import InvalidInput
+
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./cdp.db"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
@@ -41,12 +43,24 @@ class Settings:
             master_key=env.get("CDP_MASTER_KEY") or None,
             default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or "RU",
             public_url=(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
-            environment=env.get("CDP_ENV") or "development",
+            environment=environment(env.get("CDP_ENV")),
             policy_dir=Path(env.get("CDP_POLICY_DIR") or DEFAULT_POLICY_DIR),
             dev_key_dir=Path(env.get("CDP_DEV_KEY_DIR") or ".cdp"),
             max_body_bytes=int(env.get("CDP_MAX_BODY_BYTES") or DEFAULT_MAX_BODY),
             signing_key=env.get("CDP_AUDIT_SIGNING_KEY") or None,
         )
+
+
+ENVIRONMENTS = ("development", "production")
+
+
+def environment(value: str | None) -> str:
+    """CDP_ENV, in any case; an unknown value is refused rather than taken for development (a
+    typo such as 'Prod' would invent keys and allow plain-http webhooks in production)."""
+    name = (value or "development").strip().lower()
+    if name not in ENVIRONMENTS:
+        raise InvalidInput.field("CDP_ENV", "must be development or production")
+    return name
 
 
 def normalise_database_url(url: str) -> str:

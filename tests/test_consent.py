@@ -262,6 +262,10 @@ async def test_unsubscribe_tokens(client, keys, platform):
     ledger_before = await count(platform, consent_ledger)
     page = await client.get(f"/v1/unsubscribe/{token}")
     assert page.status_code == 200 and "<form" in page.text
+    # a page carrying the token: not framed (the button), not cached, no Referer
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "no-referrer"
     forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
     assert (await client.post(f"/v1/unsubscribe/{forged}")).status_code in (400, 404)
     assert (await client.post("/v1/unsubscribe/garbage")).status_code in (400, 404)

@@ -153,6 +153,21 @@ async def test_cli_refuses_a_wrong_master_key(platform, tmp_path, backend):
     assert "does not match this database" in out.stderr
 
 
+async def test_cli_refuses_to_serve_in_production_without_the_audit_signing_key(
+    platform, tmp_path, backend
+):
+    if backend != "sqlite":
+        return
+    env = {"CDP_MASTER_KEY": platform.settings.master_key or "", "CDP_ENV": "production"}
+    out = run_cli(["serve", "--port", "1"], platform.settings.database_url, tmp_path, **env)
+    assert out.returncode == 2
+    assert "CDP_AUDIT_SIGNING_KEY must be set in production" in out.stderr
+    out = run_cli(
+        ["serve", "--port", "1"], platform.settings.database_url, tmp_path, CDP_ENV="prod"
+    )
+    assert out.returncode == 1 and "CDP_ENV: must be development or production" in out.stderr
+
+
 async def import_emails(platform, tmp_path, monkeypatch, n: int, at_refresh):  # type: ignore[no-untyped-def]
     """An NDJSON import of n new emails in chunks of 100; `at_refresh()` runs each time the
     import refreshes planner statistics (as it reaches 100, 200, 400... rows, then at the end),

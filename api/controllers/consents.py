@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
+from api.i18n import PAGE_HEADERS
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
@@ -122,7 +123,9 @@ async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Respo
 </form>
 <p><a href="/preferences/{escape(token)}">Manage all my preferences</a></p>
 </main></body></html>"""
-    return Response(html, media_type=MediaType.HTML)
+    # as every page carrying a token: no framing (the button), no caching, no Referer
+    headers = {h.name: h.value for h in PAGE_HEADERS if h.value is not None}
+    return Response(html, media_type=MediaType.HTML, headers=headers)
 
 
 @post(
