@@ -509,6 +509,11 @@ async def test_in_production_a_delivery_never_reaches_a_private_address(
         "https://[::1]:8443/hook",
         "https://10.0.0.7/hook",
         "https://localhost/hook",
+        "https://127.1:8746/hook",  # the other spellings of a loopback address
+        "https://2130706433/hook",
+        "https://0x7f000001/hook",
+        "https://metadata.google.internal/computeMetadata",  # names of a private network
+        "https://intranet/hook",
     ):
         r = await client.post(
             "/v1/webhooks", json={"url": url, "kinds": ["opt_out"]}, headers=keys["admin"]
@@ -525,3 +530,36 @@ async def test_in_production_a_delivery_never_reaches_a_private_address(
     await opt_out(client, keys, email="inside@example.com")
     await drain(platform, dataclasses.replace(FAST, max_attempts=2, allow_private=True))
     assert [r.payload["kind"] for r in receiver.requests] == ["opt_out"]
+
+
+async def test_a_protected_client_refuses_a_private_name_without_connecting():
+    """The refusal comes before any connection: a port scan through webhook deliveries would
+    otherwise tell open ports (refused after connecting) from closed ones (connect error)."""
+    import asyncio
+
+    import httpx
+    from httpx_secure import SSRFProtectionError
+
+    from consent.outbox.targets import protect
+
+    connections = []
+
+    async def accept(reader, writer):  # type: ignore[no-untyped-def]
+        connections.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with protect(httpx.AsyncClient()) as http:
+            for url in (f"http://localhost:{port}/hook", f"http://127.1:{port}/hook"):
+                try:
+                    await http.post(url, content=b"{}")
+                except SSRFProtectionError:
+                    pass
+                else:
+                    raise AssertionError(f"{url} was not refused")
+        await asyncio.sleep(0.05)
+        assert connections == []
+    finally:
+        server.close()
