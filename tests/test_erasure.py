@@ -416,3 +416,39 @@ async def test_no_segment_member_list_or_export_returns_an_erased_customer(clien
     assert EMAIL.encode() not in export and ids["survivor"].encode() not in export
     stats = await client.get(f"/v1/segments/{sid}/stats", headers=keys["marketing"])
     assert stats.json()["contactable"] == 0
+
+
+async def test_no_earlier_page_of_an_erased_customer_stays_in_the_sqlite_wal(
+    client, keys, platform
+):
+    """The plaintext columns (city, traits, categories) of an erased customer are not in the
+    database files as they lie on disk, -wal file included, without any checkpoint of ours:
+    a backup or a snapshot of the directory copies both."""
+    if not platform.db.is_sqlite:
+        return
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "zorg@example.com",
+            "city": "Zorgcity",
+            "traits": {"note": "Zorgtrait"},
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "zorg@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202
+    status = await client.get(
+        f"/v1/erasure-requests/{r.json()['request_id']}", headers=keys["compliance"]
+    )
+    assert status.json()["status"] == "completed"
+    path = Path(platform.settings.database_url.split(":///", 1)[1])
+    wal = path.with_name(path.name + "-wal")
+    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    for value in (b"Zorgcity", b"Zorgtrait"):
+        assert value not in on_disk

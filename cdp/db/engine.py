@@ -125,6 +125,20 @@ class Database:
                 raw = await conn.get_raw_connection()  # outside a transaction, as it must be
                 await raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    async def purge_wal(self) -> bool:
+        """SQLite: copy the WAL into the database and truncate it to nothing, so that no older
+        version of a page (an erased customer's row before `secure_delete` overwrote it) stays
+        in the -wal file. A TRUNCATE checkpoint waits for readers and holds off writers while it
+        runs, so it is kept for erasures, which are rare. False if readers kept it from
+        finishing (it is tried again by the next erasure). Nothing to do on PostgreSQL."""
+        if not self.is_sqlite:
+            return True
+        async with self._write_lock, self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()  # outside a transaction, as it must be
+            cursor = await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, _, _ = await cursor.fetchone()
+        return busy == 0
+
     async def refresh_statistics(self) -> None:
         """Refresh the query planner's table statistics.
 

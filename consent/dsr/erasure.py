@@ -21,7 +21,9 @@ into it):
 - runs the cleanups other modules registered (consent.dsr.hooks).
 The consent ledger is not modified: its entries are pseudonymous, their evidence is ciphertext
 under the destroyed key, and the hash chain still verifies.
-On SQLite the transaction turns on `secure_delete`, so deleted rows are overwritten on disk.
+On SQLite the transaction turns on `secure_delete`, so deleted rows are overwritten on disk, and
+afterwards the WAL is checkpointed and truncated (`Database.purge_wal`): the -wal file held the
+pages as they were before, the erased customer's city and traits among them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -56,6 +59,8 @@ from consent.outbox.enqueue import enqueue
 from consent.subjects import profile_subject
 from consent.suppressions import suppress
 from consent.tables import consent_ledger, consent_state
+
+log = structlog.get_logger(__name__)
 
 WORKER = "dsr-worker"
 CRASH_ENV = "CDP_DSR_CRASH_AT"  # tests only: kill the process at a named step
@@ -156,6 +161,8 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
         )
     for pid in erased:
         p.keys.forget(pid)
+    if erased and not await p.db.purge_wal():
+        log.warning("erasure_wal_not_truncated", request_id=str(request_id))
     return "completed"
 
 
