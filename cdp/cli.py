@@ -139,10 +139,25 @@ def keys_rotate_master(new_key_env: str) -> None:
         raise click.UsageError(f"set {new_key_env} to the new master key")
     new = MasterKey.from_base64(new_text)
 
-    async def go(p: Any) -> int:
-        return await rotate_master_key(p.db, p.keys.master, new)
+    async def go() -> int:
+        # not through the platform: resuming a rotation, the key ring is under the new key
+        # already and the old one (CDP_MASTER_KEY) would be refused as not this database's
+        from cdp.crypto.master import load_master_key
+        from cdp.db.engine import Database
+        from cdp.db.migrate import migrate as do_migrate
 
-    count = run(lambda: with_platform(go))
+        settings = Settings.from_env()
+        old = load_master_key(
+            settings.master_key, production=settings.is_production, dev_dir=settings.dev_key_dir
+        )
+        db = Database(settings.database_url)
+        try:
+            await do_migrate(db)
+            return await rotate_master_key(db, old, new)
+        finally:
+            await db.dispose()
+
+    count = run(go)
     click.echo(f"re-wrapped {count} data keys; new master key id {new.key_id}")
     click.echo("now set CDP_MASTER_KEY to the new key and restart every service")
 

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,11 +26,21 @@ from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
 from cdp.db.engine import Database
 from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
+from cdp.errors import DomainError
 from cdp.ids import utcnow
 
 log = structlog.get_logger(__name__)
 
 ROOTS = ("index_root", "system_key")
+
+
+class MasterKeyRotated(DomainError):
+    """The key ring moved to another master key while this process runs on the old one."""
+
+    status = 503
+    title = "Service unavailable"
+
+
 SYSTEM_OWNER = "system"
 _CACHE_SIZE = 200_000
 # Unwrapped data keys are cached briefly. An erasure in this process drops its key at once
@@ -126,6 +136,19 @@ class Keyring:
                 found[pid] = self.cipher_from_row(pid, key_id, wrapped)
         return found
 
+    async def check_current(self, conn: AsyncConnection) -> None:
+        """Before this process stores data keys wrapped by its master key: the key ring must
+        still be under that key. After `cdp keys rotate-master` a service that kept running on
+        the old key would otherwise store keys that the new one cannot unwrap. PostgreSQL: a
+        share lock on the key ring's row, so a rotation and this transaction take turns."""
+        stmt = select(keyring_table.c.master_key_id).where(keyring_table.c.name == ROOTS[0])
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(read=True)
+        if (await conn.execute(stmt)).scalar_one() != self.master.key_id:
+            raise MasterKeyRotated(
+                "the master key was rotated: restart the service with the new CDP_MASTER_KEY"
+            )
+
     def forget(self, profile_id: uuid.UUID) -> None:
         self._keys.pop(profile_id.int, None)
 
@@ -193,10 +216,17 @@ async def open_keyring(db: Database, master: MasterKey) -> Keyring:
 
 
 async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int:
-    """Re-wrap every root and data key under `new`. Field ciphertext is not touched."""
+    """Re-wrap every root and data key under `new`. Field ciphertext is not touched.
+
+    Resumable: run again with the same two keys after the key ring has moved to `new`, it
+    re-wraps whatever data keys are still under `old` (a service that kept running on the old
+    key may have stored some before it noticed: `Keyring.check_current`). On PostgreSQL the key
+    ring's rows are updated first, so a service's check waits for the rotation to commit."""
     rewrapped = 0
     async with db.write() as conn:
         for row in (await conn.execute(select(keyring_table))).mappings().all():
+            if row["master_key_id"] == new.key_id:
+                continue  # rotated already: this run finishes the data keys
             if row["master_key_id"] != old.key_id:
                 raise WrongMasterKeyError("the old master key does not match this database")
             secret = old.unwrap(row["wrapped"], row["name"].encode())
@@ -205,31 +235,29 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
                 .where(keyring_table.c.name == row["name"])
                 .values(master_key_id=new.key_id, wrapped=new.wrap(secret, row["name"].encode()))
             )
-        result = await conn.stream(
-            select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped).where(
-                profile_keys.c.master_key_id == old.key_id
-            )
-        )
-        batch: list[dict] = []
-        async for pid, key_id, wrapped in result:
-            ctx = _dek_context(pid, key_id)
-            batch.append(
-                {
-                    "pid": pid,
-                    "kid": key_id,
-                    "w": new.wrap(old.unwrap(wrapped, ctx), ctx),
-                }
-            )
-        from sqlalchemy import bindparam
-
         stmt = (
             update(profile_keys)
             .where(profile_keys.c.profile_id == bindparam("pid"))
             .where(profile_keys.c.key_id == bindparam("kid"))
             .values(wrapped=bindparam("w"), master_key_id=new.key_id)
         )
-        for start in range(0, len(batch), 5000):
-            await conn.execute(stmt, batch[start : start + 5000])
-        rewrapped = len(batch)
+        while True:  # in batches: constant memory however many customers
+            rows = (
+                await conn.execute(
+                    select(profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped)
+                    .where(profile_keys.c.master_key_id == old.key_id)
+                    .limit(5000)
+                )
+            ).all()
+            if not rows:
+                break
+            batch = []
+            for pid, key_id, wrapped in rows:
+                ctx = _dek_context(pid, key_id)
+                batch.append(
+                    {"pid": pid, "kid": key_id, "w": new.wrap(old.unwrap(wrapped, ctx), ctx)}
+                )
+            await conn.execute(stmt, batch)
+            rewrapped += len(batch)
     log.info("master_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, keys=rewrapped)
     return rewrapped

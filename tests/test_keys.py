@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.crypto.master import MasterKey, WrongMasterKeyError
-from cdp.db.tables import profiles
+from cdp.db.tables import profile_keys, profiles
 from cdp.keyring import Keyring, rotate_master_key
 from cdp.platform import open_platform
 from cdp.profiles.service import profile_view, upsert_one
@@ -75,6 +75,42 @@ async def test_rotating_the_master_key_rewraps_keys_without_touching_fields(plat
         await rotated.close()
 
 
+async def test_a_service_still_on_the_old_master_key_stores_no_key_after_a_rotation(
+    platform, client, keys, tmp_path
+):
+    """`cdp keys rotate-master` while a service runs: the service (here `platform`, still on
+    the old key) must not store data keys the new key cannot unwrap; a rotation run again
+    finishes any key left under the old one."""
+    await upsert_one(platform, {"source": "crm", "email": "before@example.com"}, "t")
+    new_text = MasterKey.generate_base64()
+    new = MasterKey.from_base64(new_text)
+    assert await rotate_master_key(platform.db, platform.keys.master, new) == 1
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "after@example.com"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 503 and "restart the service" in r.json()["detail"]
+    # a key some process stored under the old key anyway: the rotation, run again, re-wraps it
+    stray = uuid.uuid4()
+    _, row = platform.keys.new_profile_key(stray)
+    async with platform.db.write() as conn:
+        await conn.execute(profile_keys.insert().values(row))
+    assert await rotate_master_key(platform.db, platform.keys.master, new) == 1
+    assert await rotate_master_key(platform.db, platform.keys.master, new) == 0
+    rotated = await open_platform(
+        make_settings(platform.settings.database_url, tmp_path, master_key=new_text),
+        run_migrations=False,
+    )
+    try:
+        async with rotated.db.read() as conn:
+            assert stray in await rotated.keys.ciphers(conn, [stray])
+        after = await upsert_one(rotated, {"source": "crm", "email": "after@example.com"}, "t")
+        assert after.created
+    finally:
+        await rotated.close()
+
+
 async def test_a_ciphertext_copied_to_another_row_does_not_decrypt(platform):
     a = await upsert_one(
         platform, {"source": "crm", "email": "a@example.com", "first_name": "Alice"}, "t"
@@ -109,3 +145,27 @@ def test_cached_data_keys_open_fields_and_stay_out_of_the_garbage_collectors_way
         ring.forget(row["profile_id"])
         fresh = ring.cipher_from_row(row["profile_id"], row["key_id"], row["wrapped"])
         assert fresh.decrypt("profiles.first_name", blob) == "Анна"
+
+
+async def test_the_cli_rotation_can_be_run_again_to_finish(platform, tmp_path, backend):
+    from tests.test_import import run_cli
+
+    if backend != "sqlite":
+        return
+    await upsert_one(platform, {"source": "crm", "email": "cli@example.com"}, "t")
+    old = platform.settings.master_key or ""
+    new = MasterKey.generate_base64()
+    env = {"CDP_MASTER_KEY": old, "CDP_NEW_MASTER_KEY": new}
+    db = platform.settings.database_url
+    first = run_cli(["keys", "rotate-master"], db, tmp_path, **env)
+    assert first.returncode == 0 and "re-wrapped 1 data keys" in first.stdout
+    again = run_cli(["keys", "rotate-master"], db, tmp_path, **env)
+    assert again.returncode == 0 and "re-wrapped 0 data keys" in again.stdout
+    wrong = run_cli(
+        ["keys", "rotate-master"],
+        db,
+        tmp_path,
+        CDP_MASTER_KEY=MasterKey.generate_base64(),
+        CDP_NEW_MASTER_KEY=MasterKey.generate_base64(),
+    )
+    assert wrong.returncode == 1 and "does not match this database" in wrong.stderr

@@ -332,7 +332,7 @@ async def ingest(
     if alone:
         _create_alone(p, records, keys, sealed, alone, rows_out, outcomes, now)
     changed = [w for w in working.values() if not w.is_new and w.touched]
-    await _write(conn, rows_out, changed, seen_identities, now)
+    await _write(conn, p, rows_out, changed, seen_identities, now)
     if reviews:
         await bulk_insert(conn, merge_reviews, reviews)
     return [o for o in outcomes if o is not None]
@@ -597,11 +597,14 @@ def _seen() -> Update:
 
 async def _write(
     conn: AsyncConnection,
+    p: Platform,
     rows: _Rows,
     changed: list[_Working],
     seen_identities: list[tuple[bytes, datetime]],
     now: datetime,
 ) -> None:
+    if rows.keys:
+        await p.keys.check_current(conn)  # not after a rotation this process missed
     await bulk_insert_rows(conn, profile_keys, KEY_COLUMNS, rows.keys)
     await bulk_insert_rows(conn, profiles_t, PROFILE_COLUMNS, rows.profiles)
     if changed:
