@@ -299,6 +299,14 @@ EN: dict[str, str] = {
     "c_first_invalid": "First invalid entry",
     "c_reason": "Reason",
     "c_checked_at": "Checked at",
+    "c_state": "Consent state and suppressions, against the ledger",
+    "c_state_ok": "All {states} consent states and {suppressions} suppressions agree with the "
+    "ledger.",
+    "c_state_bad": "{n} disagreements: segments read this state, so it must not be trusted "
+    "until they are explained. Examples:",
+    "c_state_not_checked": "Not compared: the ledger itself does not verify.",
+    "c_stored": "Stored",
+    "c_expected": "Ledger implies",
     "c_checkpoints": "Signed checkpoints",
     "c_result": "Result",
     "c_not_found_title": "Not found",
@@ -470,6 +478,14 @@ RU: dict[str, str] = {
     "c_first_invalid": "Первая неверная запись",
     "c_reason": "Причина",
     "c_checked_at": "Проверено",
+    "c_state": "Состояние согласий и блокировки в сравнении с журналом",
+    "c_state_ok": "Все состояния согласий ({states}) и блокировки ({suppressions}) сходятся с "
+    "журналом.",
+    "c_state_bad": "Расхождений: {n}. Сегменты читают это состояние: ему нельзя доверять, пока "
+    "расхождения не объяснены. Примеры:",
+    "c_state_not_checked": "Не сравнивалось: сам журнал не проходит проверку.",
+    "c_stored": "Хранится",
+    "c_expected": "По журналу",
     "c_checkpoints": "Подписанные контрольные точки",
     "c_result": "Результат",
     "c_not_found_title": "Не найдено",

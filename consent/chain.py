@@ -241,14 +241,17 @@ async def verify_chain(
     marks: Collection[int] = (),
     after: tuple[int, bytes] | None = None,
     batch: int = 20_000,
+    upto: int | None = None,
 ) -> Verification:
     """Recompute the chain in seq order. Detects edits, deletions, insertions and reordering.
 
     `marks`: chain sizes whose head hash to report in `heads` (checkpoints). `after`: (size,
     head hash) of a prefix already vouched for (the last checkpoint): only the entries after it
-    are recomputed, and the entry at that size must still carry that hash.
+    are recomputed, and the entry at that size must still carry that hash. `upto`: the last
+    seq to verify (default: the last one this transaction sees).
     """
-    upto = (await conn.execute(select(func.max(consent_ledger.c.seq)))).scalar() or 0
+    if upto is None:
+        upto = (await conn.execute(select(func.max(consent_ledger.c.seq)))).scalar() or 0
     start_seq, prev = after if after is not None else (0, GENESIS)
     heads = {0: GENESIS.hex()} if 0 in marks else {}
     if start_seq:

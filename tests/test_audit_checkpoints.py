@@ -31,7 +31,7 @@ from consent.audit.signing import AuditSigner, SigningKeyError, load_signer, sig
 from consent.audit.verify import verify_ledger
 from consent.audit_tables import audit_checkpoints
 from consent.chain import GENESIS, entry_hash
-from consent.tables import consent_ledger
+from consent.tables import consent_ledger, consent_state
 from tests.conftest import TEST_MASTER_KEY
 from tests.test_audit_chain import ledger_rows, seed_ledger, set_column, verify
 
@@ -106,7 +106,7 @@ async def test_an_empty_ledger_can_be_checkpointed(platform):
     cp = await create_checkpoint(platform)
     assert cp is not None and (cp.entries, cp.head_hash) == (0, GENESIS)
     async with platform.db.read() as conn:
-        report = await verify_ledger(conn, [cp])
+        report = await verify_ledger(conn, [cp], policy=platform.policy)
     assert report.ok
 
 
@@ -148,10 +148,18 @@ async def test_a_consistent_rewrite_is_caught_by_an_exported_checkpoint(
     await drop_stored_checkpoints(platform)  # the intruder also removes the stored ones
     assert (await verify(platform)).ok  # the chain alone cannot tell
     r = await client.get("/v1/audit/verify", headers=keys["compliance"])
-    assert r.json()["ok"] is True  # nor can the database: its checkpoints are gone
+    body = r.json()  # the consent state still holds the grant the rewrite withdrew
+    assert (body["ok"], body["first_invalid_seq"], body["state_mismatches"]) == (False, None, 1)
+    assert body["state"]["examples"][0]["seq"] == 7
+    async with platform.db.write() as conn:  # so the intruder rewrites the state as well
+        await conn.execute(
+            update(consent_state).where(consent_state.c.seq == 7).values(status="withdrawn")
+        )
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.json()["ok"] is True  # now the database cannot tell: its checkpoints are gone
 
     async with platform.db.read() as conn:
-        report = await verify_ledger(conn, read_checkpoint_file(kept))
+        report = await verify_ledger(conn, read_checkpoint_file(kept), policy=platform.policy)
     assert not report.ok
     assert report.first_invalid_seq == 7
     assert [r.status for r in report.checkpoints] == ["ok", "mismatch"]
@@ -199,7 +207,7 @@ async def test_a_checkpoint_planted_with_another_key_does_not_vouch(
     assert body["checkpoints"]["items"][0]["status"] == "untrusted_key"
     assert await export_checkpoints(platform, kept) == (0, 1)  # never copied to the file
     async with platform.db.read() as conn:
-        report = await verify_ledger(conn, read_checkpoint_file(kept))
+        report = await verify_ledger(conn, read_checkpoint_file(kept), policy=platform.policy)
     assert not report.ok and report.first_invalid_seq == 1
 
 

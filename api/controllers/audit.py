@@ -22,7 +22,7 @@ from consent.audit.bundle import evidence_bundle
 from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_checkpoints
 from consent.audit.paging import check_period, decode_cursor, encode_cursor
 from consent.audit.signing import signer_for
-from consent.audit.verify import verify_ledger
+from consent.audit.verify import snapshot, verify_ledger
 from consent.dsr.chain import verify_transitions
 
 AUDITORS = roles("admin", "compliance")
@@ -45,20 +45,28 @@ class AuditController(Controller):
     @get(
         "/verify",
         opt=AUDITORS,
-        summary="Recompute the consent ledger's hash chain and check the stored checkpoints",
+        summary="Recompute the consent ledger's hash chain, check the stored checkpoints, and "
+        "check the derived consent state and suppression list against the ledger",
         description="`ok` is false when any entry was changed, removed or reordered, when a "
-        "stored checkpoint no longer matches the chain (history rewritten or cut short), or when "
-        "a checkpoint's signature does not verify. A checkpoint signed by another key than the "
-        "configured one is listed as `untrusted_key` and vouches for nothing. "
+        "stored checkpoint no longer matches the chain (history rewritten or cut short), when "
+        "a checkpoint's signature does not verify, or when the consent state or the suppression "
+        "list (which segments read) disagrees with the ledger. A checkpoint signed by another "
+        "key than the configured one is listed as `untrusted_key` and vouches for nothing. "
         "`first_invalid_seq` names the first entry that fails, or the first entry no matching "
-        "checkpoint vouches for. Checkpoints kept outside the database are checked with "
-        "`cdp audit verify --checkpoints FILE`.",
+        "checkpoint vouches for; it is null when only the state disagrees. "
+        "`state_mismatches` counts the disagreements (null when the chain does not verify, so "
+        "there is nothing to compare with); `state` breaks them down by kind (`state_differs`, "
+        "`state_missing`, `state_extra`, `suppression_unbacked`, `suppression_missing`) with a "
+        "few examples named by ledger seq, never by address. Checkpoints kept outside the "
+        "database are checked with `cdp audit verify --checkpoints FILE`.",
     )
     async def verify(self, platform: PlatformDep) -> dict[str, Any]:
         signer = signer_for(platform.settings)
-        async with platform.db.read() as conn:
+        async with snapshot(platform.db) as conn:
             checkpoints = await list_checkpoints(conn)
-            report = await verify_ledger(conn, checkpoints, trusted_keys={signer.public_key})
+            report = await verify_ledger(
+                conn, checkpoints, policy=platform.policy, trusted_keys={signer.public_key}
+            )
             transitions = await verify_transitions(conn)
         body = report.to_json()
         body["dsr_transitions"] = {

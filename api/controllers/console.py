@@ -58,7 +58,7 @@ from consent.audit.bundle import evidence_bundle
 from consent.audit.checkpoints import Checkpoint, latest_trusted, list_checkpoints
 from consent.audit.events import Customer, EventFilter, all_events, render, resolve_customer
 from consent.audit.signing import signer_for
-from consent.audit.verify import verify_ledger
+from consent.audit.verify import snapshot, verify_ledger
 from consent.chain import canonical_payload
 from consent.dsr import requests as dsr
 from consent.dsr import states
@@ -627,12 +627,18 @@ class ConsoleController(Controller):
             actor=actor,
         )
 
-    @get("/verify", summary="Verify the consent ledger's hash chain and the signed checkpoints")
+    @get(
+        "/verify",
+        summary="Verify the consent ledger's hash chain, the signed checkpoints, and the "
+        "derived consent state against the ledger",
+    )
     async def verify(self, request: Request, platform: PlatformDep) -> Template:
         signer = signer_for(platform.settings)
-        async with platform.db.read() as conn:
+        async with snapshot(platform.db) as conn:
             checkpoints = await list_checkpoints(conn)
-            report = await verify_ledger(conn, checkpoints, trusted_keys={signer.public_key})
+            report = await verify_ledger(
+                conn, checkpoints, policy=platform.policy, trusted_keys={signer.public_key}
+            )
         return page(
             request,
             "console_verify.html",

@@ -59,14 +59,14 @@ def audit_verify(checkpoint_file: Path | None, public_keys: tuple[str, ...]) -> 
     async def go(p: Any) -> AuditReport:
         from consent.audit.checkpoints import list_checkpoints
         from consent.audit.signing import signer_for
-        from consent.audit.verify import verify_ledger
+        from consent.audit.verify import snapshot, verify_ledger
 
-        async with p.db.read() as conn:
+        async with snapshot(p.db) as conn:
             if from_file is not None:
-                return await verify_ledger(conn, from_file, trusted_keys=trusted)
+                return await verify_ledger(conn, from_file, policy=p.policy, trusted_keys=trusted)
             stored = await list_checkpoints(conn)
             keys = {signer_for(p.settings).public_key}
-            return await verify_ledger(conn, stored, trusted_keys=keys)
+            return await verify_ledger(conn, stored, policy=p.policy, trusted_keys=keys)
 
     report = run_on_platform(go)
     transitions = run_on_platform(_verify_transitions)
@@ -81,18 +81,35 @@ def audit_verify(checkpoint_file: Path | None, public_keys: tuple[str, ...]) -> 
         if r.status != "ok":
             cp = r.checkpoint
             click.echo(f"checkpoint at {cp.entries} entries ({cp.key_id}): {r.status}: {r.detail}")
+    state = report.state
     if report.ok:
+        assert state is not None
         matched = sum(1 for r in report.checkpoints if r.status == "ok")
         click.echo(
             f"ok: {report.chain.entries} entries, head {report.chain.head_hash}; "
-            f"{matched} of {len(report.checkpoints)} checkpoints {where} match"
+            f"{matched} of {len(report.checkpoints)} checkpoints {where} match; "
+            f"{state.states} consent states and {state.suppressions} suppressions agree "
+            "with the ledger"
         )
         return
-    click.echo(
-        f"FAILED at seq {report.first_invalid_seq}: {report.reason} "
-        f"({report.chain.entries} entries verified by the chain)"
-    )
+    if not report.chain.ok or report.failing:
+        at = f" at seq {report.first_invalid_seq}" if report.first_invalid_seq else ""
+        click.echo(
+            f"FAILED{at}: {report.reason} ({report.chain.entries} entries verified by the chain)"
+        )
+    if state is not None and not state.ok:
+        _echo_state(state)
     sys.exit(1)
+
+
+def _echo_state(state: Any) -> None:
+    from consent.audit.findings import describe
+
+    click.echo(f"FAILED: {state.summary()}")
+    for example in state.examples:
+        click.echo(f"  {describe(example)}")
+    if state.mismatches > len(state.examples):
+        click.echo(f"  ... and {state.mismatches - len(state.examples)} more")
 
 
 @audit.command("checkpoint")

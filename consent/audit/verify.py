@@ -10,18 +10,28 @@ database are the ones an intruder with database access cannot touch.
 Where the chain verifies but a checkpoint does not match, the first entry that no matching
 checkpoint vouches for is reported as `first_invalid_seq` (the rewrite began at or after it,
 and at or before the mismatching checkpoint's size).
+
+Where the chain verifies, the derived consent state and the suppression list are checked
+against it too (consent.audit.state): `state_mismatches` counts what disagrees, and any
+mismatch fails the verification. `first_invalid_seq` keeps its meaning (the ledger itself);
+where only the state disagrees it is null.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.engine import Database
 from consent.audit.checkpoints import Checkpoint, time_text
+from consent.audit.findings import NOT_CHECKED, Findings
+from consent.audit.parallel import chain_and_state
 from consent.chain import Verification, verify_chain
+from consent.policy import Policy
 
 # statuses of a checkpoint; the first three fail the verification
 MISMATCH, TRUNCATED, BAD_SIGNATURE = "mismatch", "truncated", "bad_signature"
@@ -52,6 +62,10 @@ class CheckpointResult:
 class AuditReport:
     chain: Verification
     checkpoints: list[CheckpointResult] = field(default_factory=list)
+    # the state check (consent.audit.state), where it was asked for: None when the chain does
+    # not verify (nothing trustworthy to compare the state with)
+    state: Findings | None = None
+    state_asked: bool = False
 
     @property
     def failing(self) -> list[CheckpointResult]:
@@ -59,7 +73,7 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return self.chain.ok and not self.failing
+        return self.chain.ok and not self.failing and (self.state is None or self.state.ok)
 
     @property
     def first_invalid_seq(self) -> int | None:
@@ -84,7 +98,7 @@ class AuditReport:
             return self.chain.reason
         failing = self.failing
         if not failing:
-            return None
+            return None if self.state is None or self.state.ok else self.state.summary()
         first = min(failing, key=lambda r: (r.checkpoint.entries, r.status))
         if first.status == MISMATCH:
             return (
@@ -94,7 +108,7 @@ class AuditReport:
         return first.detail
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "ok": self.ok,
             "entries": self.chain.entries,
             "head_hash": self.chain.head_hash,
@@ -106,6 +120,10 @@ class AuditReport:
                 "items": [r.to_json() for r in self.checkpoints],
             },
         }
+        if self.state_asked:
+            body["state_mismatches"] = None if self.state is None else self.state.mismatches
+            body["state"] = NOT_CHECKED if self.state is None else self.state.to_json()
+        return body
 
 
 def judge(
@@ -140,14 +158,39 @@ async def verify_ledger(
     conn: AsyncConnection,
     checkpoints: list[Checkpoint],
     *,
+    policy: Policy | None,
     trusted_keys: Collection[bytes] | None = None,
 ) -> AuditReport:
-    """Recompute the whole chain and judge every checkpoint against it.
+    """Recompute the whole chain, judge every checkpoint against it and, given the loaded
+    `policy`, check the derived state against the chain where it verifies (None: the chain and
+    the checkpoints only, as the evidence bundle reports them). Run it in `snapshot`.
 
     `trusted_keys`: public keys whose signatures count; a checkpoint signed by another key is
     reported (`untrusted_key`) without failing the verification. None trusts every key (a
     file the compliance officer keeps).
     """
-    chain = await verify_chain(conn, marks={cp.entries for cp in checkpoints})
+    marks = {cp.entries for cp in checkpoints}
+    if policy is None:
+        chain = await verify_chain(conn, marks=marks)
+        return AuditReport(chain, [judge(cp, chain, trusted_keys) for cp in checkpoints])
+    chain, state = await chain_and_state(conn, policy, marks)
     results = [judge(cp, chain, trusted_keys) for cp in checkpoints]
-    return AuditReport(chain, results)
+    return AuditReport(chain, results, state, state_asked=True)
+
+
+@asynccontextmanager
+async def snapshot(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction that sees one state of the database from start to end, so that
+    writes committed during a verification cannot look like mismatches. PostgreSQL: REPEATABLE
+    READ (its default, READ COMMITTED, takes a new snapshot for every statement). SQLite: any
+    read transaction does (WAL mode: the snapshot of its first read)."""
+    if not db.is_postgres:
+        async with db.read() as conn:
+            yield conn
+        return
+    async with db.engine.connect() as conn:
+        conn = await conn.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+        async with conn.begin():
+            yield conn
