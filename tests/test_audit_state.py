@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from cdp.ids import utcnow
 from cdp.platform import Platform
@@ -76,7 +76,7 @@ async def opted_out_anna(client, keys) -> str:  # type: ignore[no-untyped-def]
     )
     await consent(client, keys, phone=ANNA_PHONE, channel="sms")
     await consent(client, keys, profile_id=anna, channel="push")
-    await post(client, keys, "/v1/opt-outs", {"email": ANNA, "source": "esp"})
+    await post(client, keys, "/v1/opt-outs", {"email": ANNA, "channel": "email", "source": "esp"})
     await post(client, keys, "/v1/opt-outs", {"email": GHOST, "source": "esp"})
     await assert_verifies(client, keys)
     return anna
@@ -445,7 +445,15 @@ async def test_a_busy_legitimate_history_verifies(client, keys, platform):
         role="compliance",
     )
     body = await assert_verifies(client, keys)
-    assert body["state"]["compared"]["entries"] == body["entries"]
+    async with platform.db.read() as conn:  # a grant kept from the state is left out
+        kept_out = (
+            await conn.execute(
+                select(func.count())
+                .select_from(consent_ledger)
+                .where(consent_ledger.c.status == "granted", consent_ledger.c.effective.is_(False))
+            )
+        ).scalar_one()
+    assert body["state"]["compared"]["entries"] == body["entries"] - kept_out
 
     # The same answer when every query is read two rows at a time.
     async with snapshot(platform.db) as conn:

@@ -197,3 +197,32 @@ async def test_the_consent_view_says_when_an_opt_out_outranks_a_grant(client, ke
     assert (await contactable(client, keys, email="view@example.com"))["marketing"][
         "email"
     ] is False
+
+
+async def test_the_ledger_and_the_state_still_verify_after_undated_grants_and_opt_outs(
+    client, keys
+):
+    """An undated grant kept from the state (the address had opted out or withdrawn) is in the
+    ledger as not effective: audit verification, which re-derives the state from the ledger,
+    must not take it for a grant the state lost."""
+    r = await upsert(
+        client,
+        keys,
+        external_id="V-1",
+        email="v@example.com",
+        phone="+79161110001",
+        consents=[MARKETING_EMAIL, MARKETING_SMS],
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/opt-outs", json={"email": "v@example.com", "source": "esp"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 200
+    await upsert(client, keys, external_id="V-1", email="v@example.com", consents=[MARKETING_EMAIL])
+    withdrawn = {"purpose": "marketing", "channel": "email", "status": "withdrawn"}
+    await upsert(client, keys, email="w2@example.com", consents=[MARKETING_EMAIL])
+    await upsert(client, keys, email="w2@example.com", consents=[withdrawn])
+    await upsert(client, keys, email="w2@example.com", consents=[MARKETING_EMAIL])
+    body = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+    assert body["ok"] is True, body
+    assert body["state_mismatches"] == 0

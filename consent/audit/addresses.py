@@ -32,6 +32,7 @@ from typing import Any
 from consent.audit import findings as f
 from consent.audit.findings import Findings
 from consent.audit.replay import (
+    EFFECTIVE_GRANTS,
     OPT_OUT_AT,
     OTHER_POLICY,
     SUBJECT,
@@ -65,7 +66,7 @@ def ledger_sql(reader: Reader) -> str:
     opt_out_at = reader.time(f"CASE WHEN {_OPT_OUT} THEN occurred_at END")
     return (
         f"SELECT {fact_columns(reader, 'address_bidx', opt_out_at)} FROM consent_ledger "
-        f"WHERE {bidx} IS NOT NULL ORDER BY {bidx}, seq"
+        f"WHERE {bidx} IS NOT NULL AND {EFFECTIVE_GRANTS} ORDER BY {bidx}, seq"
     )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from consent.audit.findings import Findings
 from consent.audit.replay import (
+    EFFECTIVE_GRANTS,
     OTHER_POLICY,
     SEQ,
     SUBJECT,
@@ -49,7 +50,7 @@ def ledger_sql(reader: Reader) -> str:
     address index finds without reading the others."""
     return (
         f"SELECT {fact_columns(reader, 'profile_id', 'NULL')} FROM consent_ledger "
-        "WHERE address_bidx IS NULL ORDER BY profile_id, seq"
+        f"WHERE address_bidx IS NULL AND {EFFECTIVE_GRANTS} ORDER BY profile_id, seq"
     )
 
 

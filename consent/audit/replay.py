@@ -56,6 +56,14 @@ SEQ, KIND, PURPOSE, CHANNEL, STATUS, AT, RECORDED_AT, OTHER_POLICY, SUBJECT, OPT
 )
 
 
+# A grant recorded as not effective is left out: consent.ledger.append kept it from the state,
+# either because an entry already there outranked it (leaving it out changes nothing) or because
+# it was undated and the address had withdrawn or opted out (`Entry.undated`: its recorded time
+# would wrongly outrank them). `effective` is hashed into the chain, so it is as proven as the
+# rest of the entry.
+EFFECTIVE_GRANTS = "(effective OR status <> 'granted')"
+
+
 def fact_columns(reader: Reader, subject: str, opt_out_at: str) -> str:
     """SQL selecting a ledger entry's Fact, in its order: `subject` and `opt_out_at` are the
     expressions of those fields. The ordering time is min(occurred_at, recorded_at), as
