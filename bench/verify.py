@@ -146,7 +146,9 @@ def ledger_rows(n: int, derived: Derived, seed: int = 7):
             else cipher.encrypt("consent_ledger.evidence", msgspec.json.encode(evidence)),
             "evidence_owner": None if opt_out else cipher.owner,
             "evidence_key_id": None if opt_out else cipher.key_id,
-            "effective": status == "withdrawn" or rnd.random() < 0.9,
+            # what the check reads of it: a grant recorded as not effective is left out
+            # (consent.audit.replay.EFFECTIVE_GRANTS), and Derived counts every entry
+            "effective": True,
             "prev_hash": prev,
         }
         row["hash"] = prev = entry_hash(prev, row)

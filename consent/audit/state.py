@@ -16,6 +16,7 @@ writes committed meanwhile cannot look like mismatches.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from operator import itemgetter
 
@@ -35,7 +36,10 @@ async def check_state(conn: AsyncConnection, policy: Policy, *, chunk: int = CHU
     temp_store = None
     if reader.sqlite:  # sorts larger than the cache spill to files, not to memory
         temp_store = (await reader.rows("PRAGMA temp_store"))[0][0]
-        await reader.rows("PRAGMA temp_store = FILE")
+        try:
+            await reader.rows("PRAGMA temp_store = FILE")
+        except sqlite3.OperationalError:  # the caller's transaction is open: keep its setting
+            temp_store = None
     try:
         async with reader.sharing_snapshot(4) as readers:
             return await _check(reader, readers, policy, chunk)
