@@ -280,7 +280,7 @@ async def test_a_large_ledger_gets_the_same_verdicts_with_the_chain_in_a_child_p
 ):
     await opted_out_anna(client, keys)
     sequential = await verified(client, keys)
-    monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)  # as from 50,000 entries
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)  # as from 200,000 entries
     assert await verified(client, keys) == sequential
 
     async with platform.db.write() as conn:  # an address's and a profile's state flipped
