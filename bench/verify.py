@@ -309,11 +309,11 @@ async def main() -> None:
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         print(f"peak traced memory (this process):       {peak:6.1f} MiB")
-        per_million = verify_s * 1_000_000 / args.entries
-        print(
-            f"projected for 1,000,000 entries:         {per_million:6.2f} s "
-            f"(target < 10 s: {'met' if per_million < 10 else 'NOT met'})"
-        )
+        if args.entries == 1_000_000:
+            met = "met" if verify_s < 10 else "NOT met"
+            print(f"target < 10 s at 1,000,000 entries:     {met}")
+        else:  # the child process's start-up (~0.5 s) does not grow with the ledger
+            print("target: < 10 s at 1,000,000 entries (run with --entries 1000000)")
     finally:
         await db.dispose()
         if pg_name:

@@ -280,9 +280,27 @@ async def test_a_large_ledger_gets_the_same_verdicts_with_the_chain_in_a_child_p
 ):
     await opted_out_anna(client, keys)
     sequential = await verified(client, keys)
-    monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)  # as from 50,000 entries
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)  # as from 200,000 entries
     assert await verified(client, keys) == sequential
 
+    async with platform.db.write() as conn:  # an address's and a profile's state flipped
+        await conn.execute(
+            update(consent_state)
+            .where(consent_state.c.status == "withdrawn")
+            .values(status="granted")
+        )
+        await conn.execute(
+            update(consent_state)
+            .where(consent_state.c.channel == "push")
+            .values(status="withdrawn")
+        )
+    tampered = await verified(client, keys)
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 10**9)
+    assert tampered == await verified(client, keys)
+    assert tampered["state"]["by_kind"]["state_differs"] == 3
+    assert {e["channel"] for e in tampered["state"]["examples"]} == {"email", "push"}
+
+    monkeypatch.setattr(parallel, "PARALLEL_FROM", 1)
     async with platform.db.write() as conn:
         await conn.execute(
             update(consent_ledger).where(consent_ledger.c.seq == 3).values(source="forged")

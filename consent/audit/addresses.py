@@ -35,6 +35,7 @@ from consent.audit.replay import (
     EFFECTIVE_GRANTS,
     OPT_OUT_AT,
     OTHER_POLICY,
+    SEQ,
     SUBJECT,
     Channels,
     Fact,
@@ -45,7 +46,6 @@ from consent.audit.replay import (
     replay,
 )
 from consent.audit.rows import Reader, Row, iso
-from consent.subjects import PROFILE_PREFIX
 
 # the methods consent.optout records: POST /v1/opt-outs, one-click unsubscribe, SMS STOP
 OPT_OUT_METHODS = ("opt_out", "one_click", "sms_keyword")
@@ -75,11 +75,6 @@ def suppressions_sql(reader: Reader) -> str:
         f"SELECT bidx, purpose, channel, reason, {reader.time('at')} FROM suppressions "
         "ORDER BY bidx, purpose, channel"
     )
-
-
-def is_profile_subject(subject: bytes) -> bool:
-    """Profile-keyed state ("p:" + 16 bytes) is checked by consent.audit.profiles."""
-    return len(subject) == 18 and subject.startswith(PROFILE_PREFIX)
 
 
 async def prepare(
@@ -113,15 +108,16 @@ class _Batch:
         for bidx, purpose, channel, reason, at in sups:
             suppressed[bidx][(purpose, channel)] = (reason, at)
         # suppressions first: they also tell where an erasure deleted an address's state
-        involved = suppressed.keys() | {r[SUBJECT] for r in ledger if r[OPT_OUT_AT]}
-        erased: dict[bytes, dict[tuple[str, str], str]] = {}
-        if involved:
-            for subject, mine in groupby(ledger, _SUBJECT):
-                if subject in involved:
-                    facts = list(map(Fact._make, mine))
-                    erased[subject] = self.suppressions(facts, suppressed.get(subject, {}))
-            for subject in involved - erased.keys():  # suppressed, never in the ledger
-                self.suppressions([], suppressed[subject])
+        opt_outs: dict[bytes, list[Fact]] = defaultdict(list)
+        for r in ledger:
+            if r[OPT_OUT_AT]:
+                opt_outs[r[SUBJECT]].append(Fact._make(r))
+        erased = {
+            subject: self.suppressions(
+                subject, opt_outs.get(subject, []), suppressed.get(subject, {}), ledger
+            )
+            for subject in sorted(suppressed.keys() | opt_outs.keys())
+        }
         special = {s for s, times in erased.items() if times}
         special |= {r[SUBJECT] for r in ledger if r[OTHER_POLICY]}
         held = {(r[0], r[1], r[2]): (r[3], r[4], r[5]) for r in states}
@@ -153,7 +149,7 @@ class _Batch:
     ) -> None:
         """One address, key by key, with every acceptable outcome (consent.audit.replay)."""
         wanted = by_key(self.channels, facts)
-        for key in wanted.keys() | held.keys():
+        for key in sorted(wanted.keys() | held.keys()):
             purpose, channel = key
             if not self.channels.known(channel):
                 continue  # no one is contacted on a channel the policy does not know
@@ -167,11 +163,14 @@ class _Batch:
                 self.out.state(purpose, channel, found, expected)
 
     def suppressions(
-        self, facts: list[Fact], suppressed: dict[tuple[str, str], tuple[str, Any]]
+        self,
+        subject: bytes,
+        opt_outs: list[Fact],
+        suppressed: dict[tuple[str, str], tuple[str, Any]],
+        ledger: Sequence[Row],
     ) -> dict[tuple[str, str], str]:
-        """Check one address's suppressions against its entries; returns when erasures
+        """Check one address's suppressions against its opt-outs; returns when erasures
         deleted its state, by (purpose, channel or "*")."""
-        opt_outs = [x for x in facts if x.opt_out_at]
         erased: dict[tuple[str, str], str] = {}
         for (purpose, channel), (reason, at) in suppressed.items():
             if reason == ERASURE:
@@ -183,9 +182,10 @@ class _Batch:
                     (o.purpose, o.channel, o.opt_out_at) == (purpose, channel, at) for o in opt_outs
                 )
             if not backed:
+                seqs = [r[SEQ] for r in ledger if r[SUBJECT] == subject]
                 self.out.add(
                     f.SUPPRESSION_UNBACKED,
-                    seq=facts[-1].seq if facts else None,
+                    seq=max(seqs, default=None),  # the address's latest entry, to find it by
                     purpose=purpose,
                     channel=channel,
                     reason=reason,

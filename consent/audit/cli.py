@@ -106,7 +106,7 @@ def _echo_state(state: Any) -> None:
     from consent.audit.findings import describe
 
     click.echo(f"FAILED: {state.summary()}")
-    for example in state.examples:
+    for example in state.to_json()["examples"]:
         click.echo(f"  {describe(example)}")
     if state.mismatches > len(state.examples):
         click.echo(f"  ... and {state.mismatches - len(state.examples)} more")

@@ -23,12 +23,12 @@ SUPPRESSION_UNBACKED = "suppression_unbacked"
 # an opt-out in the ledger whose suppression is gone (suppressions are never lifted)
 SUPPRESSION_MISSING = "suppression_missing"
 KINDS = (STATE_DIFFERS, STATE_MISSING, STATE_EXTRA, SUPPRESSION_UNBACKED, SUPPRESSION_MISSING)
-EXAMPLES = 10
+EXAMPLES = 3  # kept per kind of mismatch
 
 
 @dataclass(slots=True)
 class Findings:
-    """Mismatches counted by kind; the first EXAMPLES of them kept as examples."""
+    """Mismatches counted by kind; the first EXAMPLES of each kind kept as examples."""
 
     entries: int = 0  # ledger entries the check read
     states: int = 0  # consent_state rows compared
@@ -38,8 +38,19 @@ class Findings:
 
     def add(self, kind: str, **detail: Any) -> None:
         self.by_kind[kind] += 1
-        if len(self.examples) < EXAMPLES:
+        if self.by_kind[kind] <= EXAMPLES:
             self.examples.append({"kind": kind, **detail})
+
+    def merge(self, other: Findings) -> None:
+        """Add what another part of the check found."""
+        self.entries += other.entries
+        self.states += other.states
+        self.suppressions += other.suppressions
+        for example in other.examples:
+            if sum(e["kind"] == example["kind"] for e in self.examples) < EXAMPLES:
+                self.examples.append(example)
+        for kind, n in other.by_kind.items():
+            self.by_kind[kind] += n
 
     def state(
         self,
@@ -90,7 +101,7 @@ class Findings:
                 "suppressions": self.suppressions,
             },
             "by_kind": dict(self.by_kind),
-            "examples": list(self.examples),
+            "examples": sorted(self.examples, key=lambda e: KINDS.index(e["kind"])),
         }
 
 

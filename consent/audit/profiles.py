@@ -192,7 +192,7 @@ def _profile(
             _account_for(known, pid, facts, key, found, out)
     else:
         wanted = by_key(known.channels, facts)
-        for key in wanted.keys() | rows.keys():
+        for key in sorted(wanted.keys() | rows.keys()):
             if not known.channels.known(key[1]):
                 continue
             allowed = acceptable(wanted.get(key, []), key[1])

@@ -10,27 +10,28 @@ Two facts the ledger alone cannot settle give a key more than one acceptable out
 - an erasure deleted the state of an address at time E (the erasure suppression records E), so
   the state is derived from the entries recorded after E. An entry recorded just after E by a
   transaction the erasure waited for was erased with it, so each entry recorded within
-  `ERASURE_RACE` after E may also be where the derivation starts;
+  a minute (RACE) after E may also be where the derivation starts;
 - a "*" withdrawal recorded under another policy version than the loaded one: earlier policy
   files are not kept, so for a channel an operator may have added since (any but the required
   five, which every policy has) it may or may not have covered it. Withdrawals in a channel's
   history before some point did not cover it, those after did: each such cut is acceptable.
 
-Times are fixed-width UTC text (consent.audit.rows), which orders and compares as the times do.
+Times are UTC text as the database writes it (consent.audit.rows), which orders and compares as
+the times do; the erasure window is computed on datetimes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from consent.audit.rows import Reader, Row, later
+from consent.audit.rows import Reader, Row, instant
 from consent.ledger import supersedes
 from consent.policy import REQUIRED_CHANNELS, Policy
 from consent.subjects import expand_channel
 
-ERASURE_RACE = timedelta(seconds=60)
+RACE = timedelta(seconds=60)
 Key = tuple[str, str]  # (purpose, channel)
 Outcome = tuple[str, Any, int]  # (status, since, seq)
 
@@ -138,14 +139,14 @@ def acceptable(
     `erased_at`: when an erasure last deleted the key's state."""
     if erased_at is None and not any(f.other_policy for f in facts):
         return {outcome(facts)}
-    starts: list[Any] = [None]
+    starts: list[datetime | None] = [None]
     if erased_at is not None:
-        race_end = later(erased_at, ERASURE_RACE)
-        starts = [erased_at]
-        starts += [f.recorded_at for f in facts if erased_at < f.recorded_at <= race_end]
+        erased = instant(erased_at)
+        starts = [erased]
+        starts += [t for f in facts if erased < (t := instant(f.recorded_at)) <= erased + RACE]
     out: set[Outcome | None] = set()
     for start in starts:
-        kept = [f for f in facts if start is None or f.recorded_at > start]
+        kept = [f for f in facts if start is None or instant(f.recorded_at) > start]
         doubtful = [f.seq for f in kept if _uncertain(f, channel)]
         for cut in range(len(doubtful) + 1):
             dropped = set(doubtful[:cut])

@@ -2,14 +2,16 @@
 
 Rows come through the database driver as it returns them (no ORM row processing), as the chain
 check reads the ledger: at a million entries SQLAlchemy's per-value conversions would cost more
-than the check itself. Times are read as fixed-width UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`
-(how SQLAlchemy stores them in SQLite; PostgreSQL formats them so): text in that form orders
-and compares as the times do, and costs less to read than datetimes. Profile ids are handled as
-their 16 bytes.
+than the check itself. Times are read as UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`: as SQLAlchemy
+stores them in SQLite, and as PostgreSQL writes a timestamp (DateStyle ISO, set for the
+transaction; it leaves out trailing zeros of the fraction). Either way the text of one database
+orders and compares as the times do, and costs less to read than datetimes. Profile ids are
+handled as their 16 bytes.
 
 `batches` reads several queries sorted by subject at once, a chunk at a time, and hands out
-batches in which every subject is complete: all its rows of every query. Memory stays at about
-two chunks per query, whatever the size of the tables.
+batches in which every subject is complete: all its rows of every query. Memory stays at a few
+chunks per query (the one being handed out, the next being read), whatever the size of the
+tables.
 """
 
 from __future__ import annotations
@@ -22,14 +24,13 @@ from bisect import bisect_left
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import literal, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 Row = Sequence[Any]
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy stores a datetime in SQLite (UTC)
 IN_CHUNK = 5000  # SQLite allows 32,766 parameters a statement
 
 
@@ -51,7 +52,13 @@ class Reader:
         # connection's transaction (and its snapshot), which the driver's queries then share
         await conn.execute(select(literal(1)))
         raw = await conn.get_raw_connection()
-        return cls(conn, raw.driver_connection)
+        reader = cls(conn, raw.driver_connection)
+        await reader.iso_dates()
+        return reader
+
+    async def iso_dates(self) -> None:
+        if not self.sqlite:
+            await self.rows("SET LOCAL datestyle = 'ISO'")
 
     @property
     def sqlite(self) -> bool:
@@ -90,7 +97,9 @@ class Reader:
             out.extend(await self.rows(sql.replace("{in}", marks), *params, *chunk))
         return out
 
-    async def chunks(self, sql: str, *params: Any, size: int) -> AsyncIterator[Sequence[Row]]:
+    async def chunks(
+        self, sql: str, *params: Any, size: int
+    ) -> AsyncGenerator[Sequence[Row], None]:
         """The rows of one query, `size` at a time (a server-side cursor on PostgreSQL)."""
         if self.sqlite:
             cursor = await self.driver.execute(sql, params)
@@ -113,27 +122,21 @@ class Reader:
         if self.sqlite:
             yield [self] * count
             return
-        snapshot = str(await self.value("SELECT pg_export_snapshot()"))
-        if not re.fullmatch(r"[0-9A-F-]+", snapshot):
-            raise ValueError("unexpected snapshot id")
+        snapshot = await export_snapshot(self.conn)
         async with contextlib.AsyncExitStack() as stack:
             readers = []
             for _ in range(count):
-                conn = await stack.enter_async_context(self.conn.engine.connect())
-                conn = await conn.execution_options(
-                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                conn = await stack.enter_async_context(
+                    imported_snapshot(self.conn.engine, snapshot)
                 )
-                await stack.enter_async_context(conn.begin())
-                await conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-                raw = await conn.get_raw_connection()
-                readers.append(Reader(conn, raw.driver_connection))
+                readers.append(await Reader.of(conn))
             yield readers
 
     def time(self, expression: str) -> str:
-        """SQL reading a UTC time as fixed-width text (see the module's docstring)."""
+        """SQL reading a UTC time as text (see the module's docstring)."""
         if self.sqlite:
             return expression
-        return f"to_char(({expression}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+        return f"(({expression}) AT TIME ZONE 'UTC')::text"
 
     def id_bytes(self, value: Any) -> bytes:
         """A Uuid column's value as 16 bytes (SQLite keeps 32 hex digits)."""
@@ -143,14 +146,38 @@ class Reader:
         return raw.hex() if self.sqlite else uuid.UUID(bytes=raw)
 
 
-def later(at: str, delta: timedelta) -> str:
-    """A time (fixed-width text) plus `delta`."""
-    return (datetime.fromisoformat(at) + delta).strftime(TIME_FORMAT)
+async def export_snapshot(conn: AsyncConnection) -> str:
+    """PostgreSQL: an id other sessions can read this transaction's snapshot by, while it
+    lasts (pg_export_snapshot)."""
+    snapshot = str((await conn.exec_driver_sql("SELECT pg_export_snapshot()")).scalar())
+    if not re.fullmatch(r"[0-9A-F-]+", snapshot):
+        raise ValueError("unexpected snapshot id")
+    return snapshot
+
+
+@asynccontextmanager
+async def imported_snapshot(engine: AsyncEngine, snapshot: str) -> AsyncIterator[AsyncConnection]:
+    """PostgreSQL: a read-only transaction on a connection of its own that sees the snapshot
+    `export_snapshot` named (the exporting transaction must still be open)."""
+    if not re.fullmatch(r"[0-9A-F-]+", snapshot):
+        raise ValueError("unexpected snapshot id")
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+        async with conn.begin():
+            await conn.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            yield conn
+
+
+def instant(at: str) -> datetime:
+    """A time as the state check reads it (UTC text), as a datetime."""
+    return datetime.fromisoformat(at)
 
 
 def iso(at: str | None) -> str | None:
-    """A time (fixed-width text) for a report: ISO 8601 in UTC."""
-    return None if at is None else datetime.fromisoformat(at).isoformat() + "Z"
+    """A time as the state check reads it, for a report: ISO 8601 in UTC."""
+    return None if at is None else instant(at).isoformat() + "Z"
 
 
 @dataclass(slots=True)

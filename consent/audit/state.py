@@ -16,8 +16,7 @@ writes committed meanwhile cannot look like mismatches.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from operator import itemgetter
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,81 +24,105 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from consent.audit import addresses, profiles
 from consent.audit.findings import Findings
 from consent.audit.replay import SUBJECT, Channels
-from consent.audit.rows import Reader, Sorted, batches
+from consent.audit.rows import Reader, Row, Sorted, batches
 from consent.policy import Policy
+from consent.subjects import PROFILE_PREFIX as PREFIX
 
 CHUNK = 10_000
+_PROFILE_SUBJECT = "length(subject) = 18 AND substr(subject, 1, 2) = ?"  # "p:" + 16 bytes
 
 
 async def check_state(conn: AsyncConnection, policy: Policy, *, chunk: int = CHUNK) -> Findings:
-    reader = await Reader.of(conn)
-    temp_store = None
-    if reader.sqlite:  # sorts larger than the cache spill to files, not to memory
-        temp_store = (await reader.rows("PRAGMA temp_store"))[0][0]
-        try:
-            await reader.rows("PRAGMA temp_store = FILE")
-        except sqlite3.OperationalError:  # the caller's transaction is open: keep its setting
-            temp_store = None
-    try:
-        async with reader.sharing_snapshot(4) as readers:
-            return await _check(reader, readers, policy, chunk)
-    finally:
-        if temp_store is not None:
-            await reader.rows(f"PRAGMA temp_store = {int(temp_store)}")
-
-
-async def _check(reader: Reader, readers: list[Reader], policy: Policy, chunk: int) -> Findings:
-    channels = Channels(policy)
-    on_addresses, on_profiles, on_state, on_suppressions = readers
-    state_sql = (
-        f"SELECT subject, purpose, channel, status, {reader.time('since')}, seq "
-        "FROM consent_state ORDER BY subject, purpose, channel"
-    )
-    streams = [
-        Sorted(
-            on_addresses.chunks(addresses.ledger_sql(reader), policy.version, size=chunk),
-            itemgetter(SUBJECT),
-        ),
-        Sorted(
-            on_profiles.chunks(profiles.ledger_sql(reader), policy.version, size=chunk),
-            profiles.subject_key(reader),
-        ),
-        Sorted(on_state.chunks(state_sql, size=chunk), itemgetter(0)),
-        Sorted(
-            on_suppressions.chunks(addresses.suppressions_sql(reader), size=chunk),
-            itemgetter(0),
-        ),
-    ]
+    """Both passes, in the connection's snapshot."""
     out = Findings()
-    comparing: asyncio.Future | None = None  # the previous batch, compared in a worker thread
-    try:
-        async for ledger_a, ledger_p, states, sups in batches(streams):
-            of_profiles = [r for r in states if addresses.is_profile_subject(r[0])]
-            of_addresses = (
-                [r for r in states if not addresses.is_profile_subject(r[0])]
-                if of_profiles
-                else states
-            )
-            steps = [
-                await addresses.prepare(reader, channels, out, ledger_a, of_addresses, sups),
-                await profiles.prepare(
-                    reader, channels, policy.version, out, ledger_p, of_profiles
-                ),
-            ]
-            if comparing is not None:
-                await comparing
-            # compared while the next batch is read
-            comparing = asyncio.ensure_future(asyncio.to_thread(_run, steps))
-        if comparing is not None:
-            await comparing
-    finally:
-        if comparing is not None and not comparing.done():
-            await asyncio.wait([comparing])
-        for s in streams:
-            await s.close()
+    await check_addresses(conn, policy, out, chunk=chunk)
+    await check_profiles(conn, policy, out, chunk=chunk)
     return out
 
 
-def _run(steps: list[Callable[[], None]]) -> None:
-    for step in steps:
-        step()
+async def check_addresses(
+    conn: AsyncConnection, policy: Policy, out: Findings, *, chunk: int = CHUNK
+) -> None:
+    """Addresses: their entries, consent_state rows and suppressions, address by address."""
+    reader = await Reader.of(conn)
+    channels = Channels(policy)
+
+    def streams(on: list[Reader]) -> list[Sorted]:
+        ledger, state, sups = on
+        return [
+            Sorted(
+                ledger.chunks(addresses.ledger_sql(reader), policy.version, size=chunk),
+                itemgetter(SUBJECT),
+            ),
+            Sorted(
+                state.chunks(_state_sql(reader, f"NOT ({_PROFILE_SUBJECT})"), PREFIX, size=chunk),
+                itemgetter(0),
+            ),
+            Sorted(sups.chunks(addresses.suppressions_sql(reader), size=chunk), itemgetter(0)),
+        ]
+
+    async def prepare(batch: list[list[Row]]) -> Callable[[], None]:
+        ledger, states, sups = batch
+        return await addresses.prepare(reader, channels, out, ledger, states, sups)
+
+    await _run(reader, 3, streams, prepare)
+
+
+async def check_profiles(
+    conn: AsyncConnection, policy: Policy, out: Findings, *, chunk: int = CHUNK
+) -> None:
+    """Profile-keyed consent: their entries and consent_state rows, profile by profile."""
+    reader = await Reader.of(conn)
+    channels = Channels(policy)
+
+    def streams(on: list[Reader]) -> list[Sorted]:
+        ledger, state = on
+        return [
+            Sorted(
+                ledger.chunks(profiles.ledger_sql(reader), policy.version, size=chunk),
+                profiles.subject_key(reader),
+            ),
+            Sorted(
+                state.chunks(_state_sql(reader, _PROFILE_SUBJECT), PREFIX, size=chunk),
+                itemgetter(0),
+            ),
+        ]
+
+    async def prepare(batch: list[list[Row]]) -> Callable[[], None]:
+        ledger, states = batch
+        return await profiles.prepare(reader, channels, policy.version, out, ledger, states)
+
+    await _run(reader, 2, streams, prepare)
+
+
+def _state_sql(reader: Reader, which: str) -> str:
+    return (
+        f"SELECT subject, purpose, channel, status, {reader.time('since')}, seq "
+        f"FROM consent_state WHERE {which} ORDER BY subject, purpose, channel"
+    )
+
+
+async def _run(
+    reader: Reader,
+    count: int,
+    streams_on: Callable[[list[Reader]], list[Sorted]],
+    prepare: Callable[[list[list[Row]]], Awaitable[Callable[[], None]]],
+) -> None:
+    """Read the streams in batches of complete subjects; each batch is compared in a worker
+    thread while the next is read."""
+    async with reader.sharing_snapshot(count) as readers:
+        streams = streams_on(readers)
+        comparing: asyncio.Future | None = None
+        try:
+            async for batch in batches(streams):
+                compare = await prepare(batch)
+                if comparing is not None:
+                    await comparing
+                comparing = asyncio.ensure_future(asyncio.to_thread(compare))
+            if comparing is not None:
+                await comparing
+        finally:
+            if comparing is not None and not comparing.done():
+                await asyncio.wait([comparing])
+            for s in streams:
+                await s.close()

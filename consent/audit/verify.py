@@ -183,14 +183,30 @@ async def snapshot(db: Database) -> AsyncIterator[AsyncConnection]:
     """A read-only transaction that sees one state of the database from start to end, so that
     writes committed during a verification cannot look like mismatches. PostgreSQL: REPEATABLE
     READ (its default, READ COMMITTED, takes a new snapshot for every statement). SQLite: any
-    read transaction does (WAL mode: the snapshot of its first read)."""
-    if not db.is_postgres:
-        async with db.read() as conn:
-            yield conn
+    read transaction does (WAL mode: the snapshot of its first read); for its duration the
+    connection's sorts spill to temporary files rather than memory (`temp_store`, which SQLite
+    lets change only outside a transaction), so sorting the ledger by address (the state check)
+    takes the same memory whatever the ledger's size."""
+    if db.is_postgres:
+        async with db.engine.connect() as conn:
+            conn = await conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            async with conn.begin():
+                yield conn
         return
     async with db.engine.connect() as conn:
-        conn = await conn.execution_options(
-            isolation_level="REPEATABLE READ", postgresql_readonly=True
-        )
-        async with conn.begin():
-            yield conn
+        driver = (await conn.get_raw_connection()).driver_connection
+        before = await _pragma(driver, "PRAGMA temp_store")
+        await _pragma(driver, "PRAGMA temp_store = FILE")
+        try:
+            async with conn.begin():
+                yield conn
+        finally:
+            await _pragma(driver, f"PRAGMA temp_store = {int(before)}")
+
+
+async def _pragma(driver: Any, sql: str) -> Any:
+    async with driver.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return row[0] if row else None
