@@ -50,11 +50,7 @@ def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
     basis = policy.basis(f.jurisdiction or "", purpose, channel)
     if basis is None:
         return "not_allowed"
-    if f.suppressed_at is not None and not (
-        f.state_status == "granted"
-        and f.state_since is not None
-        and f.state_since > f.suppressed_at
-    ):
+    if suppression_outranks(f.state_status, f.state_since, f.suppressed_at):
         return "suppressed"
     if f.state_status == "withdrawn":
         return "withdrawn"
@@ -62,6 +58,15 @@ def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
         soft = f.is_customer and policy.soft_opt_in(f.jurisdiction or "", purpose, channel)
         return None if soft else "no_consent"
     return None
+
+
+def suppression_outranks(
+    status: str | None, since: datetime | None, suppressed_at: datetime | None
+) -> bool:
+    """A suppression stops contact until a grant that occurred strictly after it."""
+    return suppressed_at is not None and not (
+        status == "granted" and since is not None and since > suppressed_at
+    )
 
 
 def _jurisdictions_by_basis(policy: Policy, purpose: str, channel: str) -> dict[str, list[str]]:

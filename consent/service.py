@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +19,7 @@ from cdp.profiles.identifiers import Identifier, profile_addresses, profiles_add
 from cdp.profiles.records import ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
-from consent.rule import Facts, decide
+from consent.rule import Facts, decide, suppression_outranks
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.subjects import profile_subject
 from consent.suppressions import latest_suppression, suppressed_at
@@ -236,7 +235,9 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
             "since": r.since,
             "source": r.source,
             # an opt-out of the address outranks this state (only a later grant lifts it)
-            "suppressed": _outranked(r, latest_suppression(supp, r.subject, r.purpose, r.channel)),
+            "suppressed": suppression_outranks(
+                r.status, r.since, latest_suppression(supp, r.subject, r.purpose, r.channel)
+            ),
         }
         for r in sorted(states.values(), key=lambda r: (r.purpose, r.channel, r.since))
     ]
@@ -300,10 +301,6 @@ async def address_decision(
         is_customer=owner is not None and await is_customer(conn, owner.id),
     )
     return decide(p.policy, purpose, channel, facts)
-
-
-def _outranked(state: Any, suppressed: datetime | None) -> bool:
-    return suppressed is not None and not (state.status == "granted" and state.since > suppressed)
 
 
 async def is_customer(conn: AsyncConnection, profile_id: uuid.UUID) -> bool:
