@@ -51,6 +51,7 @@ from cdp.db.tables import (
 )
 from cdp.ids import utcnow
 from cdp.platform import Platform
+from cdp.profiles.locks import profile_lock
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
 from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
@@ -184,10 +185,9 @@ async def lock_customer(
         state = (root, tuple(sorted(pids)), tuple(idents))
         if state == seen:
             return pids, idents
-        await lock_keys(
-            conn,
-            [customer_lock(root), *(f"profile|{pid}" for pid in pids), *(b for _, _, b in idents)],
-        )
+        # identifiers first, then the customer and its profiles (cdp.profiles.locks)
+        await lock_keys(conn, [b for _, _, b in idents])
+        await lock_keys(conn, [customer_lock(root), *(profile_lock(pid) for pid in pids)])
         seen = state
 
 
