@@ -113,3 +113,41 @@ async def test_a_consent_for_a_customer_being_erased_does_not_outlive_the_erasur
         f"/v1/profiles/{r.json()['profile_id']}/consents", headers=keys["admin"]
     )
     assert matrix.json()["contactable"]["marketing"]["email"] is False
+
+
+async def test_an_erasure_waits_for_a_writer_holding_an_address_without_a_deadlock(
+    client, keys, platform
+):
+    """A writer (event, consent, ingest) locks the address it names, then the profile. The
+    erasure used to take the customer's profile and address locks in one hash-sorted sweep,
+    so it could hold the profile while waiting for the address: a deadlock, which PostgreSQL
+    breaks by failing one of them. Found with a profile whose lock sorts first."""
+    if not platform.db.is_postgres:
+        return
+    from cdp.db.engine import lock_key, lock_keys
+    from cdp.profiles.identifiers import parse_identifier
+    from cdp.profiles.locks import profile_lock
+    from consent.dsr.requests import submit_erasure
+    from consent.dsr.worker import run_pending
+
+    for n in range(64):
+        email = f"race.order{n}@example.com"
+        r = await client.post(
+            "/v1/profiles", json={"source": "crm", "email": email}, headers=keys["ingest"]
+        )
+        pid = uuid.UUID(r.json()["profile_id"])
+        ident = parse_identifier(platform.policy, platform.keys.indexer, email=email)
+        if lock_key(profile_lock(pid)) < lock_key(ident.bidx):
+            break
+    await submit_erasure(platform, ident, requested_by="operator", actor="test")
+
+    async with platform.db.write() as writer:
+        await lock_keys(writer, [ident.bidx])  # a writer holds the address...
+        erasure = asyncio.ensure_future(run_pending(platform))
+        for _ in range(2000):  # ...while the erasure waits for it
+            if erasure.done() or await waiting_for_a_lock(platform):
+                break
+            await asyncio.sleep(0.005)
+        await lock_keys(writer, [profile_lock(pid)])  # ...and then wants the profile
+    summary = await erasure
+    assert summary.completed == 1 and summary.failed == 0
