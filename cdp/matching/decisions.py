@@ -13,7 +13,7 @@ from cdp.db.tables import identities, profiles
 from cdp.errors import Conflict
 from cdp.platform import Platform
 from cdp.profiles.identity import resolve_profile_id
-from cdp.profiles.locks import profile_lock
+from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import merge_profiles
 
 
@@ -46,7 +46,7 @@ async def merge_reviewed(
         )
     ]
     await lock_keys(conn, bidxs)  # identifiers first, then profiles (cdp.profiles.locks)
-    await lock_keys(conn, [profile_lock(pid) for pid in current])
+    await lock_profiles(conn, current)
     if sorted({await resolve_profile_id(conn, pid) for pid in profile_ids}) != current:
         raise Conflict("these profiles were merged or split meanwhile: review them again")
     created = {

@@ -1,27 +1,43 @@
-"""Locking a profile before writing to it (PostgreSQL; SQLite runs one write at a time).
+"""Locking profiles before writing to them (PostgreSQL; SQLite runs one write at a time).
 
 A request that names a customer reads which profile that is, then writes to it (an event, a
-consent). An erasure or a merge of the same customer may commit in between, so a writer must
-hold the profile's lock and read the profile again under it: an erasure holds the lock of every
-profile it erases, and an event or a grant stored for a profile erased meanwhile would outlive
-the erasure (a grant would even make the address contactable again).
+consent, a record's fields and identifiers). An erasure or a merge of the same customer may
+commit in between, so a writer holds the profile's lock and reads the profile again under it.
+Without that, an event or a grant stored for a profile erased meanwhile outlived the erasure (a
+grant made the address contactable again), and a record or an event that reached a profile by
+one identifier while another record merged it away stayed on the absorbed profile, where no
+view, segment or stats saw it again.
 
-Lock order, to keep waits free of cycles: identifiers first (blind indexes, `lock_keys` on the
-values), then profiles.
+The lock is the profile row's (SELECT ... FOR UPDATE): merges and erasures update the rows they
+change, and row locks do not use PostgreSQL's shared lock table, which an import's chunk of a
+thousand records would strain. Lock order, so that waits never form a cycle: identifiers first
+(advisory locks on blind indexes, `cdp.db.engine.lock_keys`), then profiles, in id order.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.db.engine import lock_keys
+from cdp.db.tables import profiles
 from cdp.profiles.identity import resolve_profile_id
 
 
-def profile_lock(profile_id: uuid.UUID) -> str:
-    return f"profile|{profile_id}"
+async def lock_profiles(conn: AsyncConnection, profile_ids: Iterable[uuid.UUID]) -> None:
+    """Hold these profiles' locks until the transaction ends (waiting for their holders)."""
+    if conn.dialect.name != "postgresql":
+        return
+    ids = sorted(set(profile_ids))
+    for start in range(0, len(ids), 500):
+        await conn.execute(
+            select(profiles.c.id)
+            .where(profiles.c.id.in_(ids[start : start + 500]))
+            .order_by(profiles.c.id)
+            .with_for_update()
+        )
 
 
 async def lock_profile(conn: AsyncConnection, profile_id: uuid.UUID) -> uuid.UUID:
@@ -31,7 +47,7 @@ async def lock_profile(conn: AsyncConnection, profile_id: uuid.UUID) -> uuid.UUI
     if conn.dialect.name != "postgresql":
         return pid
     while True:
-        await lock_keys(conn, [profile_lock(pid)])
+        await lock_profiles(conn, [pid])
         current = await resolve_profile_id(conn, pid)
         if current == pid:
             return pid

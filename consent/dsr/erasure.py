@@ -51,7 +51,7 @@ from cdp.db.tables import (
 )
 from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.profiles.locks import profile_lock
+from cdp.profiles.locks import lock_profiles
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
 from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
@@ -187,7 +187,8 @@ async def lock_customer(
             return pids, idents
         # identifiers first, then the customer and its profiles (cdp.profiles.locks)
         await lock_keys(conn, [b for _, _, b in idents])
-        await lock_keys(conn, [customer_lock(root), *(profile_lock(pid) for pid in pids)])
+        await lock_keys(conn, [customer_lock(root)])
+        await lock_profiles(conn, pids)
         seen = state
 
 
