@@ -351,18 +351,17 @@ async def _lookup_locked(
     conn: AsyncConnection, bidxs: list[bytes]
 ) -> dict[bytes, tuple[uuid.UUID, uuid.UUID]]:
     """`_lookup`, with the profiles it found locked (cdp.profiles.locks). A merge or an
-    erasure that held one of them may have moved or deleted identifiers meanwhile (the
-    caller holds only the locks of the identifiers its records carry), so the look-up is
-    repeated under the locks until it stands."""
+    erasure that held one of them may have moved or deleted the identifiers found meanwhile
+    (the caller holds the locks of its own identifiers only, and nobody else can add one of
+    those), so they are looked up again under the locks until the answer stands."""
     existing = await _lookup(conn, bidxs)
-    if conn.dialect.name != "postgresql":
-        return existing
-    while True:
+    while existing and conn.dialect.name == "postgresql":
         await lock_profiles(conn, {pid for pid, _ in existing.values()})
-        again = await _lookup(conn, bidxs)
+        again = await _lookup(conn, list(existing))
         if again == existing:
-            return existing
+            break
         existing = again
+    return existing
 
 
 async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Holdings:
