@@ -19,6 +19,7 @@ from cdp.errors import InvalidInput
 from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profiles, profiles_addresses
+from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs
@@ -98,7 +99,8 @@ async def apply_opt_outs(
 ) -> list[OptOutResult | Exception]:
     """Apply opt-outs inside the caller's write transaction, in a fixed number of statements."""
     await lock_keys(conn, [r.ident.bidx or str(r.ident.profile_id) for r in requests])
-    found = await find_profiles(conn, [r.ident for r in requests])
+    # the profiles named, locked: a merge or an erasure of one may have committed meanwhile
+    found = await lock_found(conn, lambda: find_profiles(conn, [r.ident for r in requests]))
     pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
     # a request that names the profile (not one of its addresses), or every channel ('*'),
     # opts out all its addresses

@@ -94,3 +94,33 @@ async def test_a_record_stored_while_its_profile_is_merged_is_kept_by_the_surviv
         "/v1/profiles", params={"phone": "+79161230078"}, headers=keys["admin"]
     )
     assert found.json()["profile_id"] == survivor
+
+
+async def test_an_opt_out_made_while_its_profile_is_merged_away_stops_the_survivor(
+    client, keys, platform
+):
+    """'Stop all marketing' for the younger profile, answered while a record merges it into
+    the older one, must stop push on the merged customer too (the older profile had granted
+    it): before, the merge had read the younger profile's push state before the opt-out wrote
+    it, and the customer stayed contactable by push."""
+    if not platform.db.is_postgres:
+        return
+    survivor, absorbed = await two_profiles(client, keys)
+    grant = {
+        "profile_id": survivor,
+        "purpose": "marketing",
+        "channel": "push",
+        "status": "granted",
+        "source": "app",
+        "occurred_at": iso(utcnow() - timedelta(days=1)),
+        "evidence": {"wording_id": "push-v1", "method": "checkbox"},
+    }
+    r = await client.post("/v1/consents", json=grant, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    opt_out = {"profile_id": absorbed, "purpose": "marketing", "channel": "*", "source": "app"}
+    r = await during_merge(
+        platform, lambda: client.post("/v1/opt-outs", json=opt_out, headers=keys["ingest"])
+    )
+    assert r.status_code == 200, r.text
+    matrix = await client.get(f"/v1/profiles/{survivor}/consents", headers=keys["admin"])
+    assert matrix.json()["contactable"]["marketing"]["push"] is False

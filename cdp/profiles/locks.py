@@ -17,7 +17,7 @@ thousand records would strain. Lock order, so that waits never form a cycle: ide
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -52,3 +52,22 @@ async def lock_profile(conn: AsyncConnection, profile_id: uuid.UUID) -> uuid.UUI
         if current == pid:
             return pid
         pid = current  # merged meanwhile: its survivor is the one to lock
+
+
+Found = list[uuid.UUID | Exception | None]
+
+
+async def lock_found(conn: AsyncConnection, find: Callable[[], Awaitable[Found]]) -> Found:
+    """`find()` (the profiles a batch of requests names, as `find_profiles` answers), with
+    every profile it names locked, found again under the locks until it names no other."""
+    found = await find()
+    if conn.dialect.name != "postgresql":
+        return found
+    locked: set[uuid.UUID] = set()
+    while True:
+        named = {pid for pid in found if isinstance(pid, uuid.UUID)}
+        if named <= locked:
+            return found
+        await lock_profiles(conn, named - locked)
+        locked |= named
+        found = await find()
