@@ -172,9 +172,10 @@ async def lock_customer(
 ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str, bytes]]]:
     """Lock the customer's profiles and identifiers, then read them again until stable.
 
-    Ingest, consent and event writers lock the blind indexes they touch (PostgreSQL advisory
-    locks), so once these are held nobody can attach an identity to, or merge, this customer
-    until the erasure commits.
+    Ingest, consent, opt-out and event writers lock the blind indexes they touch, then the
+    profiles they write to, and read those again under the locks (cdp.profiles.locks): once
+    these are held nobody can attach an identity or an event to, or merge, this customer until
+    the erasure commits, and whoever waited finds the profiles erased.
     """
     seen: tuple | None = None
     while True:
