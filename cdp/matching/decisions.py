@@ -68,4 +68,7 @@ async def merge_reviewed(
             source=source,
             actor=actor,
         )
+    from consent.optout import carry_person_opt_outs
+
+    await carry_person_opt_outs(conn, p, {survivor})  # a "stop all" of either reaches both
     return Merged(survivor, ordered[1:])

@@ -78,6 +78,7 @@ async def store_prepared_in(
     conn: AsyncConnection, p: Platform, prepared: list[Prepared], actor: str
 ) -> list[Outcome]:
     """`store_prepared` inside the caller's write transaction."""
+    from consent.optout import carry_person_opt_outs
     from consent.service import record_claims
 
     await lock_keys(conn, (k.bidx for x in prepared for k in x.keys))  # PostgreSQL only
@@ -89,6 +90,8 @@ async def store_prepared_in(
         keys=[x.keys for x in prepared],
         sealed=[x.sealed for x in prepared],
     )
+    # a customer who opted out of everything: so are the addresses their records bring
+    await carry_person_opt_outs(conn, p, {o.profile_id for o in outcomes if not o.created})
     items = []
     owners: list[Outcome] = []
     for x, o in zip(prepared, outcomes, strict=True):
