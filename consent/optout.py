@@ -194,7 +194,6 @@ async def carry_person_opt_outs(
                 led.status == "withdrawn",
                 led.method.in_(OPT_OUT_METHODS),
                 led.evidence.is_(None),
-                led.subject_kind.in_(("email", "phone")),
             )
         )
         for pid, purpose, at, source, actor in rows:

@@ -125,3 +125,25 @@ async def test_a_phone_granted_after_the_opt_out_stays_contactable_when_linked(c
     )
     assert (await contactable(client, keys, pid))["sms"] is True
     await audit_ok(client, keys)
+
+
+async def test_an_email_added_after_a_profile_opted_out_of_everything_is_not_contactable(
+    client, keys
+):
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "external_id": "C-77"}, headers=keys["ingest"]
+    )
+    pid = r.json()["profile_id"]
+    out = await client.post(
+        "/v1/opt-outs", json={"profile_id": pid, "source": "callcenter"}, headers=keys["ingest"]
+    )
+    assert out.status_code == 200, out.text
+    grant = {**old_sms_grant(), "channel": "email"}
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "external_id": "C-77", "email": EMAIL, "consents": [grant]},
+        headers=keys["ingest"],
+    )
+    assert r.json()["profile_id"] == pid
+    assert (await contactable(client, keys, pid))["email"] is False
+    await audit_ok(client, keys)
