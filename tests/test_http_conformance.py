@@ -1,0 +1,71 @@
+"""The HTTP surface as a client written against API.md meets it: the headers HTTP requires of
+an error, the methods every path answers, media types, and an OpenAPI document that says what
+the service really sends."""
+
+from __future__ import annotations
+
+from consent.tables import consent_ledger
+from tests.helpers import count
+
+PROBLEM = "application/problem+json"
+WITHDRAWAL = {
+    "email": "anna@example.com",
+    "purpose": "marketing",
+    "channel": "email",
+    "status": "withdrawn",
+    "source": "web_form",
+}
+
+
+async def test_a_form_body_where_json_is_expected_is_400_naming_the_body_and_stores_nothing(
+    platform, client, keys
+):
+    """A multipart body was read as a form by the NUL check, after which the JSON decoder found
+    the stream consumed: a 500."""
+    form = {"email": "anna@example.com", "purpose": "marketing"}
+    for sent in ({"files": {"file": ("a.json", b"{}")}, "data": form}, {"data": form}):
+        r = await client.post("/v1/consents", headers=keys["ingest"], **sent)
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == PROBLEM
+        assert [e["field"] for e in r.json()["errors"]] == ["body"]
+    assert await count(platform, consent_ledger) == 0
+    r = await client.post("/v1/consents", headers=keys["ingest"], json=WITHDRAWAL)
+    assert r.status_code == 201
+
+
+async def test_a_401_asks_for_a_bearer_key(client, keys):
+    """RFC 9110 §11.6.1: a 401 carries WWW-Authenticate, naming the scheme to use."""
+    for headers in ({}, {"Authorization": "Bearer cdp_never-issued"}, {"Authorization": "Basic x"}):
+        r = await client.get("/v1/segments", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["content-type"] == PROBLEM
+    r = await client.get("/v1/segments", headers=keys["ingest"])  # known key, wrong role
+    assert r.status_code == 403
+    assert "www-authenticate" not in r.headers
+
+
+async def test_a_405_names_the_methods_the_path_allows(client, keys):
+    """RFC 9110 §15.5.6: a 405 carries Allow."""
+    r = await client.put("/health")
+    assert r.status_code == 405
+    assert r.headers["content-type"] == PROBLEM
+    assert "GET" in r.headers["allow"].split(", ")
+    r = await client.put("/v1/segments", headers=keys["marketing"], json={})
+    assert r.status_code == 405
+    assert {"GET", "POST"} <= set(r.headers["allow"].split(", "))
+
+
+async def test_options_tells_any_caller_every_method_of_the_path(client, keys):
+    """OPTIONS reveals only what the OpenAPI document publishes. The fail-closed role check
+    refused it (401 without a key, 403 to a marketing key on the marketing endpoints), and
+    Litestar's Allow missed the methods registered after the first (GET /v1/segments)."""
+    for headers in ({}, keys["marketing"], keys["ingest"]):
+        r = await client.options("/v1/segments", headers=headers)
+        assert r.status_code == 204, r.text
+        assert r.headers["allow"] == "GET, OPTIONS, POST"
+        assert r.content == b""
+    r = await client.options("/v1/segments/01900000-0000-7000-8000-000000000000")
+    assert r.headers["allow"] == "DELETE, GET, OPTIONS"
+    r = await client.options("/v1/unsubscribe/any-token")
+    assert r.headers["allow"] == "GET, OPTIONS, POST"
