@@ -69,3 +69,58 @@ async def test_options_tells_any_caller_every_method_of_the_path(client, keys):
     assert r.headers["allow"] == "DELETE, GET, OPTIONS"
     r = await client.options("/v1/unsubscribe/any-token")
     assert r.headers["allow"] == "GET, OPTIONS, POST"
+
+
+async def _segment(client, keys) -> str:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/profiles",
+        headers=keys["ingest"],
+        json={
+            "source": "crm",
+            "email": "anna@example.com",
+            "country": "RU",
+            "consents": [
+                {
+                    "purpose": "marketing",
+                    "channel": "email",
+                    "status": "granted",
+                    "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+                }
+            ],
+        },
+    )
+    assert r.status_code == 201, r.text
+    rules = {"field": "country", "op": "eq", "value": "RU"}
+    definition = {"name": "ru", "purpose": "marketing", "channel": "email", "rules": rules}
+    r = await client.post("/v1/segments", headers=keys["marketing"], json=definition)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def test_an_export_names_its_media_type_once(client, keys):
+    """The CSV export said `text/csv; charset=utf-8; charset=utf-8` (the framework adds the
+    charset to a text type), which strict parsers refuse."""
+    sid = await _segment(client, keys)
+    r = await client.get(f"/v1/segments/{sid}/export?format=csv", headers=keys["marketing"])
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert "anna@example.com" in r.text.splitlines()[1]
+    r = await client.get(f"/v1/segments/{sid}/export", headers=keys["marketing"])
+    assert r.headers["content-type"] == "application/x-ndjson"
+
+
+async def test_the_openapi_document_says_what_an_export_and_an_unsubscribe_take_and_send(
+    client,
+):
+    """The export was documented as answering `application/json` with a free-text `format`,
+    and the one-click unsubscribe as taking no body (RFC 8058 posts a form)."""
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    export = paths["/v1/segments/{segment_id}/export"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"application/x-ndjson", "text/csv"}
+    (fmt,) = [p for p in export["parameters"] if p["name"] == "format"]
+    assert fmt["schema"]["enum"] == ["ndjson", "csv"]
+    assert fmt["schema"]["default"] == "ndjson"
+    body = paths["/v1/unsubscribe/{token}"]["post"]["requestBody"]
+    assert body["required"] is False
+    form = body["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert form["properties"]["List-Unsubscribe"]["enum"] == ["One-Click"]
