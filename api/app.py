@@ -36,6 +36,7 @@ from api.i18n import template_config
 from api.nul_guard import refuse_nul_text
 from api.openapi import document_problems
 from api.options import answer_options
+from api.query_params import refuse_repeated_query
 from api.requests import ApiRequest
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
@@ -63,9 +64,11 @@ ROUTES = [
 
 
 async def before_request(request: Request) -> Response | None:
-    """OPTIONS is answered here (`api.options`); every other request has its text checked."""
+    """OPTIONS is answered here (`api.options`); every other request has its query and text
+    checked."""
     answer = answer_options(request)
     if answer is None:
+        refuse_repeated_query(request)
         await refuse_nul_text(request)
     return answer
 

@@ -124,3 +124,30 @@ async def test_the_openapi_document_says_what_an_export_and_an_unsubscribe_take_
     assert body["required"] is False
     form = body["content"]["application/x-www-form-urlencoded"]["schema"]
     assert form["properties"]["List-Unsubscribe"]["enum"] == ["One-Click"]
+
+
+async def test_a_query_parameter_given_twice_is_400_naming_it(platform, client, keys):
+    """The last value won without a word: two emails read the second one's profile."""
+    from cdp.db.tables import access_log
+
+    for email in ("a@example.com", "b@example.com"):
+        r = await client.post(
+            "/v1/profiles", headers=keys["ingest"], json={"source": "crm", "email": email}
+        )
+        assert r.status_code == 201
+    logged = await count(platform, access_log)
+    r = await client.get(
+        "/v1/profiles?email=a@example.com&email=b@example.com", headers=keys["compliance"]
+    )
+    assert r.status_code == 400
+    assert r.headers["content-type"] == PROBLEM
+    assert [e["field"] for e in r.json()["errors"]] == ["email"]
+    assert "a@example.com" not in r.text and "b@example.com" not in r.text
+    assert await count(platform, access_log) == logged  # nothing read, nothing logged
+    r = await client.get(
+        "/v1/audit/consent-events?purpose=marketing&purpose=service&limit=5&limit=6",
+        headers=keys["compliance"],
+    )
+    assert [e["field"] for e in r.json()["errors"]] == ["purpose", "limit"]
+    r = await client.get("/v1/segments?utm=a&utm=b", headers=keys["marketing"])  # not taken
+    assert r.status_code == 200
