@@ -148,6 +148,15 @@ async def test_a_query_parameter_given_twice_is_400_naming_it(platform, client, 
         "/v1/audit/consent-events?purpose=marketing&purpose=service&limit=5&limit=6",
         headers=keys["compliance"],
     )
-    assert [e["field"] for e in r.json()["errors"]] == ["purpose", "limit"]
+    assert {e["field"] for e in r.json()["errors"]} == {"purpose", "limit"}
     r = await client.get("/v1/segments?utm=a&utm=b", headers=keys["marketing"])  # not taken
     assert r.status_code == 200
+
+
+async def test_health_answers_head_as_uptime_monitors_send_it(client):
+    """RFC 9110 §9.3.2; HEAD /health was a 405, which a monitor reads as the service down."""
+    for path in ("/health", "/health/live"):
+        r = await client.head(path)
+        assert r.status_code == 200, path
+        assert r.content == b""
+        assert "HEAD" in (await client.options(path)).headers["allow"].split(", ")
