@@ -160,3 +160,21 @@ async def test_health_answers_head_as_uptime_monitors_send_it(client):
         assert r.status_code == 200, path
         assert r.content == b""
         assert "HEAD" in (await client.options(path)).headers["allow"].split(", ")
+
+
+async def test_a_currency_code_is_asked_for_in_plain_words(client, keys):
+    """The message was msgspec's, quoting its regular expression."""
+    event = {
+        "source": "shop",
+        "event_id": "ord-1",
+        "type": "purchase",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "email": "anna@example.com",
+        "amount": "10.00",
+        "currency": "rub",
+    }
+    r = await client.post("/v1/events", json=event, headers=keys["ingest"])
+    assert r.status_code == 400
+    assert r.json()["errors"] == [
+        {"field": "currency", "message": "expected an ISO 4217 code in capitals (RUB)"}
+    ]
