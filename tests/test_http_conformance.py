@@ -178,3 +178,19 @@ async def test_a_currency_code_is_asked_for_in_plain_words(client, keys):
     assert r.json()["errors"] == [
         {"field": "currency", "message": "expected an ISO 4217 code in capitals (RUB)"}
     ]
+
+
+async def test_the_openapi_document_bounds_every_page_size(client):
+    """API.md: `?limit=` (default 100, max 1000); the document said any integer."""
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    limits = [
+        (path, p["schema"])
+        for path, item in paths.items()
+        for op in item.values()
+        if isinstance(op, dict)
+        for p in op.get("parameters", [])
+        if p["name"] == "limit"
+    ]
+    assert len(limits) >= 10
+    for path, schema in limits:
+        assert (schema["minimum"], schema["maximum"], schema["default"]) == (1, 1000, 100), path

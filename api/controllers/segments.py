@@ -13,6 +13,7 @@ from litestar.response import Stream
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.params import Limit
 from cdp.ids import parse_uuid
 from cdp.segments import service
 from cdp.segments.export import FORMATS
@@ -72,7 +73,7 @@ class SegmentController(Controller):
     async def list_all(
         self,
         platform: PlatformDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> SegmentList:
         return await service.list_segments(platform, limit=limit, cursor=cursor)
@@ -114,7 +115,7 @@ class SegmentController(Controller):
         segment_id: FromPath[str],
         platform: PlatformDep,
         principal: PrincipalDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> MembersOut:
         return await service.segment_members(
@@ -163,7 +164,7 @@ class SegmentController(Controller):
         self,
         segment_id: FromPath[str],
         platform: PlatformDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> ExportList:
         return await service.list_exports(platform, segment_id, limit=limit, cursor=cursor)
