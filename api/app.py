@@ -28,7 +28,7 @@ from api.controllers.matching import MATCHING_ROUTES
 from api.controllers.preferences import PreferenceCentre, post_preference_link
 from api.controllers.profiles import ProfileController
 from api.controllers.segments import SegmentController
-from api.controllers.system import health, health_head, live, live_head
+from api.controllers.system import health, live
 from api.controllers.webhooks import WebhookController
 from api.deps import provide_platform, provide_principal
 from api.errors import EXCEPTION_HANDLERS
@@ -44,9 +44,7 @@ from cdp.settings import Settings
 ROUTES = [
     AuditController,
     health,
-    health_head,
     live,
-    live_head,
     ProfileController,
     post_event,
     post_consent,

@@ -159,6 +159,9 @@ async def test_health_answers_head_as_uptime_monitors_send_it(client):
         r = await client.head(path)
         assert r.status_code == 200, path
         assert r.content == b""
+        got = await client.get(path)  # HEAD says what GET would send (RFC 9110 §8.6)
+        assert r.headers["content-length"] == str(len(got.content))
+        assert r.headers["content-type"] == got.headers["content-type"]
         assert "HEAD" in (await client.options(path)).headers["allow"].split(", ")
 
 
