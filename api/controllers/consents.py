@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 from typing import Annotated
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, JSONBody
 
 from api.auth import PUBLIC, roles
@@ -33,6 +36,21 @@ class OptOutIn(msgspec.Struct, forbid_unknown_fields=True):
     external_id: Short | None = None
     id_source: Name64 | None = None
     country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
+
+
+@dataclass
+class OneClickOperation(Operation):
+    """RFC 8058: mail clients post the form `List-Unsubscribe=One-Click`. The handler reads no
+    body (the token says everything), so any body or none is accepted."""
+
+    def __post_init__(self) -> None:
+        one_click = Schema(type=OpenAPIType.STRING, enum=["One-Click"])
+        form = Schema(type=OpenAPIType.OBJECT, properties={"List-Unsubscribe": one_click})
+        self.request_body = RequestBody(
+            required=False,
+            description="The RFC 8058 one-click form; optional",
+            content={RequestEncodingType.URL_ENCODED.value: OpenAPIMediaType(schema=form)},
+        )
 
 
 class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_": "from"}):
@@ -134,6 +152,7 @@ async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Respo
     tags=["consent"],
     status_code=200,
     summary="One-click unsubscribe (RFC 8058)",
+    operation_class=OneClickOperation,
 )
 async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: Request) -> dict:
     result = await unsubscribe(platform, token)

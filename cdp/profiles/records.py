@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import msgspec
@@ -165,6 +165,10 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
         if value is not None:
             rec.fields[name] = value
     if data.birth_date is not None:
+        # a day counted from its start in UTC: born tomorrow, or before 1900, is no customer
+        problem = time_problem(datetime.combine(data.birth_date, time(), UTC))
+        if problem:
+            errors.append(FieldError("birth_date", problem))
         rec.fields["birth_date"] = data.birth_date.isoformat()
     rec.city = clean_text(data.city)
     rec.traits, bad_names = _named_traits(data.traits)

@@ -292,7 +292,7 @@ async def list_requests(
     *,
     status: str | None = None,
     overdue: bool | None = None,
-    limit: int = 100,
+    limit: int | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Oldest first; `overdue` marks open requests past their due date."""
