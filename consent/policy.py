@@ -112,9 +112,16 @@ class Policy:
             and self.basis(jurisdiction, purpose, channel) == "opt_in"
         )
 
-    def evidence_required(self, purpose: str) -> bool:
+    def evidence_required(self, purpose: str, channel: str | None = None) -> bool:
+        """Whether a grant must carry its proof (wording and method): where the purpose says
+        so, and wherever a jurisdiction lets the grant decide (opt-in) on the channel, e.g.
+        US federal service SMS. A grant without its proof is not a grant (POLICIES.md)."""
         p = self.purposes.get(purpose)
-        return True if p is None else p.evidence_required
+        if p is None or p.evidence_required:
+            return True
+        return channel is not None and any(
+            self.basis(code, purpose, channel) == "opt_in" for code in self.jurisdictions
+        )
 
     def address_kind(self, channel: str) -> AddressKind | None:
         c = self.channels.get(channel)

@@ -16,7 +16,7 @@ from cdp.errors import InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, profile_addresses, profiles_addresses
-from cdp.profiles.records import ConsentClaim, consent_problems
+from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
 from consent.rule import Facts, decide, suppression_outranks
@@ -134,7 +134,7 @@ async def record_claims(
                     occurred_at=claim.occurred_at or now,
                     source=claim.source,
                     actor=actor,
-                    method=(claim.evidence.method if claim.evidence else None) or "import",
+                    method=(claim.evidence.method if claim.evidence else None) or RECORD_METHOD,
                     wording_id=claim.evidence.wording_id if claim.evidence else None,
                     evidence=evidence_dict(claim.evidence),
                     cipher=ciphers.get(pid, p.keys.system),

@@ -172,6 +172,19 @@ async def test_policy_violations_are_400(client, keys, platform):
             },
             "evidence.wording_id",
         ),
+        (  # a grant without its method is not a grant (POLICIES.md: the burden of proof)
+            {
+                "purpose": "marketing",
+                "channel": "email",
+                "status": "granted",
+                "evidence": {"wording_id": "newsletter-v3"},
+            },
+            "evidence.method",
+        ),
+        (  # US federal: automated service SMS needs prior consent, so its grant needs proof
+            {"purpose": "service", "channel": "sms", "status": "granted"},
+            "evidence.wording_id",
+        ),
         ({"purpose": "lottery", "channel": "email", "status": "granted"}, "purpose"),
         ({"purpose": "service", "channel": "fax", "status": "granted"}, "channel"),
         ({"purpose": "service", "channel": "*", "status": "granted"}, "channel"),
