@@ -72,6 +72,7 @@ SITUATIONS = (
     "withdrawn",  # granted, then withdrawn on that channel
     "opted_out",  # granted, then an opt-out of the purpose on every channel
     "suppressed",  # an opt-out of an address never seen; then an import with an older grant
+    "regranted",  # opted out, then a newer evidenced grant: the only thing that lifts it
     "gpc",  # the browser's Global Privacy Control signal
     "customer",  # has bought, no grant (soft opt-in's condition)
 )
@@ -87,7 +88,7 @@ def expected(j: str, purpose: str, channel: str, situation: str, *, soft: bool =
         return False
     if situation == "gpc" and j == "US-CA" and purpose == "sale_share":
         return False
-    if situation == "granted" or basis in ("contract", "opt_out"):
+    if situation in ("granted", "regranted") or basis in ("contract", "opt_out"):
         return True
     # opt-in without an evidenced grant: only EU soft opt-in, where enabled, for advertising email
     return (
@@ -146,12 +147,16 @@ async def build(p, situation: str) -> dict[tuple[str, str, str], uuid.UUID]:  # 
         def event(status: str, at: datetime, evidence: EvidenceIn | None) -> ConsentIn:
             return ConsentIn(purpose, channel, status, "web", occurred_at=at, evidence=evidence)  # noqa: B023
 
-        if situation in ("granted", "withdrawn", "opted_out"):
+        if situation in ("granted", "withdrawn", "opted_out", "regranted"):
             await record_consent(p, event("granted", T0, evidenced()), whole, "t")
         if situation == "withdrawn":
             await record_consent(p, event("withdrawn", T0 + timedelta(hours=1), None), whole, "t")
-        if situation == "opted_out":
-            await opt_out(p, address, purpose=purpose, source="esp", actor="t")
+        if situation in ("opted_out", "regranted"):
+            at = T0 + timedelta(hours=1)
+            await opt_out(p, address, purpose=purpose, source="esp", actor="t", occurred_at=at)
+        if situation == "regranted":
+            later = event("granted", T0 + timedelta(hours=2), evidenced())
+            await record_consent(p, later, whole, "t")
         if situation == "bare_grant":
             with contextlib.suppress(InvalidInput):  # refused: nothing stored ("not a grant")
                 await record_consent(p, event("granted", T0, None), whole, "t")
