@@ -158,10 +158,16 @@ def _convert(raw: object, kind: type, name: str, at: str) -> msgspec.Struct:
         raise PolicyError(f"{name}: {message}") from exc
 
 
+def _table(raw: dict, key: str) -> dict:
+    """A table of the file, or nothing to check entry by entry (msgspec names what is wrong)."""
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _check_tables(raw: dict, name: str) -> None:
     """Each rule and deadline on its own, so that an error names its purpose, channel or kind
     (msgspec cannot name the key of a dict entry)."""
-    for purpose, rules in (raw.get("rules") or {}).items():
+    for purpose, rules in _table(raw, "rules").items():
         if not isinstance(rules, dict):
             raise PolicyError(f"{name}: rules.{purpose} must be a table of channel = basis")
         for channel, basis in rules.items():
@@ -169,7 +175,7 @@ def _check_tables(raw: dict, name: str) -> None:
                 raise PolicyError(
                     f"{name}: rules.{purpose}.{channel} must be one of {', '.join(BASES)}"
                 )
-    for kind, table in (raw.get("deadlines") or {}).items():
+    for kind, table in _table(raw, "deadlines").items():
         _convert(table, Deadline, name, f"deadlines.{kind}")
 
 
@@ -182,7 +188,7 @@ def _read(path: Path, kind: type[msgspec.Struct]) -> msgspec.Struct:
         _check_tables(raw, path.name)
     else:
         for section, entry in (("purposes", Purpose), ("channels", Channel)):
-            for key, table in (raw.get(section) or {}).items():
+            for key, table in _table(raw, section).items():
                 _convert(table, entry, path.name, f"{section}.{key}")
     return _convert(raw, kind, path.name, "")
 

@@ -18,6 +18,7 @@ import pytest
 
 from api.controllers.preferences import GPC_METHOD, GPC_PURPOSE, gpc_applies
 from cdp.errors import InvalidInput
+from cdp.events import record_event
 from cdp.profiles.identifiers import Identifier, parse_identifier
 from cdp.profiles.schemas import EventIn
 from cdp.profiles.service import upsert_batch
@@ -165,8 +166,6 @@ async def build(p, situation: str) -> dict[tuple[str, str, str], uuid.UUID]:  # 
             body = ConsentIn(GPC_PURPOSE, "*", "withdrawn", "gpc", occurred_at=T0, evidence=signal)
             await record_consent(p, body, whole, "customer")
         if situation == "customer":
-            from cdp.events import record_event
-
             await record_event(
                 p,
                 EventIn(
