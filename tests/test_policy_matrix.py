@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import pytest
 
-from api.controllers.preferences import GPC_METHOD, GPC_PURPOSE, gpc_applies
+from api.controllers.preferences import GPC_METHOD, gpc_applies
 from cdp.errors import InvalidInput
 from cdp.events import record_event
 from cdp.profiles.identifiers import Identifier, parse_identifier
@@ -26,6 +26,7 @@ from cdp.segments.members import Definition, members_page
 from cdp.segments.rules import AllOf
 from cdp.segments.service import definition_stats
 from consent.optout import opt_out
+from consent.policy import GPC_PURPOSE
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
 from tests.test_rule import with_soft_opt_in
