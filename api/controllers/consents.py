@@ -18,7 +18,7 @@ from api.i18n import PAGE_HEADERS
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
-from consent.optout import claims_from_token, is_stop_message, opt_out, unsubscribe
+from consent.optout import claims_from_token, is_stop_message, opt_out, sms_stop, unsubscribe
 from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
 from consent.service import record_consent
 
@@ -164,7 +164,10 @@ async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: 
     opt=INGEST,
     tags=["consent"],
     status_code=200,
-    summary="Inbound SMS: stop keywords opt the number out of marketing by sms",
+    summary=(
+        "Inbound SMS: stop keywords opt the number out of marketing by sms (and of service "
+        "texts where they need consent: US federal)"
+    ),
 )
 async def inbound_sms(
     data: JSONBody[InboundSmsIn], platform: PlatformDep, principal: PrincipalDep
@@ -175,16 +178,7 @@ async def inbound_sms(
         ident = parse_identifier(platform.policy, platform.keys.indexer, phone=data.from_)
     except InvalidInput as exc:
         raise InvalidInput.field("from", exc.errors[0].message) from None
-    result = await opt_out(
-        platform,
-        ident,
-        purpose="marketing",
-        channel="sms",
-        source="sms_keyword",
-        actor=principal.name,
-        method="sms_keyword",
-        reason="sms_stop",
-    )
+    result = await sms_stop(platform, ident, principal.name)
     return {
         "stop": True,
         "profile_ids": [str(p) for p in result.profile_ids],
