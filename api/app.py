@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -35,6 +35,8 @@ from api.errors import EXCEPTION_HANDLERS
 from api.i18n import template_config
 from api.nul_guard import refuse_nul_text
 from api.openapi import document_problems
+from api.options import answer_options
+from api.query_params import refuse_repeated_query
 from api.requests import ApiRequest
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
@@ -59,6 +61,16 @@ ROUTES = [
     PreferenceCentre,
     ConsoleController,
 ]
+
+
+async def before_request(request: Request) -> Response | None:
+    """OPTIONS is answered here (`api.options`); every other request has its query and text
+    checked."""
+    answer = answer_options(request)
+    if answer is None:
+        refuse_repeated_query(request)
+        await refuse_nul_text(request)
+    return answer
 
 
 def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Litestar:
@@ -88,7 +100,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             "principal": Provide(provide_principal, sync_to_thread=False),
         },
         request_class=ApiRequest,
-        before_request=refuse_nul_text,
+        before_request=before_request,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body,
         openapi_config=OpenAPIConfig(

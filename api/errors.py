@@ -35,7 +35,11 @@ _TITLES = {
 
 
 def problem(
-    status: int, detail: str, errors: list[FieldError] | None = None, title: str | None = None
+    status: int,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {
         "type": f"https://cdp.example/problems/{status}",
@@ -45,7 +49,7 @@ def problem(
     }
     if errors is not None or status == 400:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
-    return Response(body, status_code=status, media_type=PROBLEM)
+    return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def on_domain_error(_: Request, exc: DomainError) -> Response:
@@ -87,7 +91,8 @@ def on_http(_: Request, exc: HTTPException) -> Response:
     if status == 400:  # the body could not be decoded at all (msgspec names a position only)
         error = FieldError("body", f"not valid JSON ({detail})")
         return problem(400, f"body: {error.message}", [error])
-    return problem(status, detail)
+    # the headers HTTP asks of the answer: Allow with a 405, WWW-Authenticate with a 401
+    return problem(status, detail, headers=dict(exc.headers or {}))
 
 
 def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -25,6 +25,9 @@ async def refuse_nul_text(request: Request) -> None:
         return
     if request.route_handler.opt.get("records_report_errors"):
         return
+    # read (and keep) the raw body first: parsing a multipart form would otherwise consume the
+    # stream, and a JSON handler sent a form then failed with a 500 instead of its 400
+    body = await request.body()
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in _FORMS:
         form = await request.form()
@@ -34,7 +37,6 @@ async def refuse_nul_text(request: Request) -> None:
             if isinstance(value, str):
                 refuse_nul(value, name)
         return
-    body = await request.body()
     if b"\\u0000" not in body:  # JSON can only carry a NUL escaped
         return
     try:

@@ -65,6 +65,7 @@ _PLAIN_MESSAGES = {
         "expected a date and time with its zone (2026-11-22T10:00:00Z)"
     ),
     "Invalid decimal string": 'expected a decimal number ("1999.90")',
+    "Expected `str` matching regex '^[A-Z]{3}$'": "expected an ISO 4217 code in capitals (RUB)",
 }
 
 

@@ -20,12 +20,13 @@ from cdp.db.tables import profiles
 from cdp.errors import InvalidInput
 from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
-from cdp.profiles.identifiers import Identifier, find_profiles, profiles_addresses
+from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
 from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
 from consent.audit.addresses import OPT_OUT_METHODS
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs
+from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
 from consent.suppressions import Suppression, suppress_many, suppressed_at
 from consent.tables import consent_ledger
@@ -265,6 +266,50 @@ async def unsubscribe(p: Platform, token: str, *, source: str = "one_click") -> 
         actor="customer",
         method="one_click",
         reason="unsubscribe",
+    )
+
+
+def stop_purposes(policy: Policy, jurisdiction: str | None) -> list[str]:
+    """What an SMS stop reply withdraws: every advertising purpose by sms, and the service
+    texts where the sender's jurisdiction makes them need consent (US federal, TCPA: a STOP
+    revokes the consent automated texts rest on, FCC 24-24). For a number we do not know (no
+    jurisdiction), wherever any jurisdiction does: fail closed."""
+    codes = [jurisdiction] if jurisdiction in policy.jurisdictions else list(policy.jurisdictions)
+    service = any(policy.basis(c, "service", "sms") == "opt_in" for c in codes)
+    return [
+        name
+        for name, purpose in policy.purposes.items()
+        if purpose.advertising or (name == "service" and service)
+    ]
+
+
+async def sms_stop(p: Platform, ident: Identifier, actor: str) -> OptOutResult:
+    """An inbound stop reply: opt the number out of `stop_purposes` by sms."""
+    async with p.db.read() as conn:
+        pid = await find_profile(conn, ident)
+        jurisdiction = (
+            None
+            if pid is None
+            else (
+                await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == pid))
+            ).scalar()
+        )
+    results = []
+    for purpose in stop_purposes(p.policy, jurisdiction):
+        result = await opt_out(
+            p,
+            ident,
+            purpose=purpose,
+            channel="sms",
+            source="sms_keyword",
+            actor=actor,
+            method="sms_keyword",
+            reason="sms_stop",
+        )
+        results.append(result)
+    return OptOutResult(
+        profile_ids=sorted({pid for r in results for pid in r.profile_ids}),
+        suppressed=any(r.suppressed for r in results),
     )
 
 

@@ -19,6 +19,8 @@ AddressKind = Literal["email", "phone", "profile"]
 PeriodUnit = Literal["days", "working_days", "months"]
 REQUIRED_PURPOSES = ("service", "marketing")
 REQUIRED_CHANNELS = ("email", "sms", "phone", "push", "messenger")
+BASES: tuple[Basis, ...] = ("contract", "opt_in", "opt_out")
+GPC_PURPOSE = "sale_share"  # what a Global Privacy Control signal opts out of, where it counts
 
 
 class PolicyError(Exception):
@@ -59,9 +61,9 @@ class PlatformFile(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Deadline(msgspec.Struct, forbid_unknown_fields=True):
-    period: int
+    period: Annotated[int, msgspec.Meta(ge=1)]
     unit: PeriodUnit
-    extension: int = 0
+    extension: Annotated[int, msgspec.Meta(ge=0)] = 0
     extension_unit: PeriodUnit = "days"
 
 
@@ -112,9 +114,16 @@ class Policy:
             and self.basis(jurisdiction, purpose, channel) == "opt_in"
         )
 
-    def evidence_required(self, purpose: str) -> bool:
+    def evidence_required(self, purpose: str, channel: str | None = None) -> bool:
+        """Whether a grant must carry its proof (wording and method): where the purpose says
+        so, and wherever a jurisdiction lets the grant decide (opt-in) on the channel, e.g.
+        US federal service SMS. A grant without its proof is not a grant (POLICIES.md)."""
         p = self.purposes.get(purpose)
-        return True if p is None else p.evidence_required
+        if p is None or p.evidence_required:
+            return True
+        return channel is not None and any(
+            self.basis(code, purpose, channel) == "opt_in" for code in self.jurisdictions
+        )
 
     def address_kind(self, channel: str) -> AddressKind | None:
         c = self.channels.get(channel)
@@ -139,15 +148,49 @@ class Policy:
         return None if j is None else j.deadlines.get(kind)
 
 
+def _convert(raw: object, kind: type, name: str, at: str) -> msgspec.Struct:
+    """msgspec's conversion, its error naming the file and the key (`deadlines.access.unit`
+    rather than msgspec's `$.deadlines[...].unit`)."""
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc).replace("`$.", f"`{at}." if at else "`").replace("`$`", f"`{at}`")
+        raise PolicyError(f"{name}: {message}") from exc
+
+
+def _table(raw: dict, key: str) -> dict:
+    """A table of the file, or nothing to check entry by entry (msgspec names what is wrong)."""
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _check_tables(raw: dict, name: str) -> None:
+    """Each rule and deadline on its own, so that an error names its purpose, channel or kind
+    (msgspec cannot name the key of a dict entry)."""
+    for purpose, rules in _table(raw, "rules").items():
+        if not isinstance(rules, dict):
+            raise PolicyError(f"{name}: rules.{purpose} must be a table of channel = basis")
+        for channel, basis in rules.items():
+            if basis not in BASES:
+                raise PolicyError(
+                    f"{name}: rules.{purpose}.{channel} must be one of {', '.join(BASES)}"
+                )
+    for kind, table in _table(raw, "deadlines").items():
+        _convert(table, Deadline, name, f"deadlines.{kind}")
+
+
 def _read(path: Path, kind: type[msgspec.Struct]) -> msgspec.Struct:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path.name}: not valid TOML: {exc}") from exc
-    try:
-        return msgspec.convert(raw, kind)
-    except msgspec.ValidationError as exc:
-        raise PolicyError(f"{path.name}: {exc}") from exc
+    if kind is JurisdictionFile:
+        _check_tables(raw, path.name)
+    else:
+        for section, entry in (("purposes", Purpose), ("channels", Channel)):
+            for key, table in _table(raw, section).items():
+                _convert(table, entry, path.name, f"{section}.{key}")
+    return _convert(raw, kind, path.name, "")
 
 
 def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Policy:
@@ -167,6 +210,7 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
         raise PolicyError("policy.toml: '*' is reserved and cannot name a purpose or channel")
 
     jurisdictions: dict[str, JurisdictionFile] = {}
+    country_file: dict[str, str] = {}
     for path in sorted((directory / "jurisdictions").glob("*.toml")):
         j = _read(path, JurisdictionFile)
         assert isinstance(j, JurisdictionFile)
@@ -184,6 +228,17 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
         for kind in ("access", "erasure"):
             if kind not in j.deadlines:
                 raise PolicyError(f"{path.name}: deadlines.{kind} is required")
+        for country in j.countries:
+            if country in country_file:
+                raise PolicyError(
+                    f"{path.name}: countries lists {country!r}, which "
+                    f"{country_file[country]} lists too: a country has one jurisdiction"
+                )
+            country_file[country] = path.name
+        if j.gpc == "opt_out_sale" and GPC_PURPOSE not in platform.purposes:
+            raise PolicyError(
+                f"{path.name}: gpc = 'opt_out_sale' needs purposes.{GPC_PURPOSE} in policy.toml"
+            )
         jurisdictions[j.code] = j
 
     default = default_jurisdiction or platform.default_jurisdiction

@@ -17,13 +17,13 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, profile_addresses, profiles_addresses
 from cdp.profiles.locks import lock_profile
-from cdp.profiles.records import ConsentClaim, consent_problems
+from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
 from consent.rule import Facts, decide, suppression_outranks
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.subjects import profile_subject
-from consent.suppressions import latest_suppression, suppressed_at
+from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
 from consent.tables import consent_state
 
 
@@ -135,7 +135,7 @@ async def record_claims(
                     occurred_at=claim.occurred_at or now,
                     source=claim.source,
                     actor=actor,
-                    method=(claim.evidence.method if claim.evidence else None) or "import",
+                    method=(claim.evidence.method if claim.evidence else None) or RECORD_METHOD,
                     wording_id=claim.evidence.wording_id if claim.evidence else None,
                     evidence=evidence_dict(claim.evidence),
                     cipher=ciphers.get(pid, p.keys.system),
@@ -226,7 +226,8 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         (r.subject, r.purpose, r.channel): r
         for r in (await conn.execute(select(consent_state).where(cs.subject.in_(subjects))))
     }
-    supp = await suppressed_at(conn, [b for _, b, _ in idents])
+    addresses = [b for _, b, _ in idents]
+    supp = await suppressed_at(conn, addresses)
     customer = await is_customer(conn, profile_id)
     items = [
         {
@@ -260,8 +261,10 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
                     has_address=subject is not None,
                     state_status=state.status if state else None,
                     state_since=state.since if state else None,
-                    suppressed_at=latest_suppression(supp, subject, purpose, channel)
-                    if subject and subject != psubj
+                    suppressed_at=latest_for_profile(supp, addresses, purpose, channel)
+                    if subject == psubj
+                    else latest_suppression(supp, subject, purpose, channel)
+                    if subject
                     else None,
                     is_customer=customer,
                 )

@@ -147,3 +147,13 @@ def latest_suppression(
 ) -> datetime | None:
     times = [t for key in ((bidx, purpose, channel), (bidx, purpose, "*")) if (t := table.get(key))]
     return max(times) if times else None
+
+
+def latest_for_profile(
+    table: dict[tuple[bytes, str, str], datetime], bidxs: list[bytes], purpose: str, channel: str
+) -> datetime | None:
+    """For a channel addressed by the profile (push, messenger): the latest suppression of any
+    address the customer holds. "Stop all marketing" said from an address, even one we had not
+    seen yet, concerns the person who turns out to hold it, so an older grant does not lift it."""
+    times = [t for b in bidxs if (t := latest_suppression(table, b, purpose, channel))]
+    return max(times) if times else None

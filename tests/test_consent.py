@@ -172,6 +172,19 @@ async def test_policy_violations_are_400(client, keys, platform):
             },
             "evidence.wording_id",
         ),
+        (  # a grant without its method is not a grant (POLICIES.md: the burden of proof)
+            {
+                "purpose": "marketing",
+                "channel": "email",
+                "status": "granted",
+                "evidence": {"wording_id": "newsletter-v3"},
+            },
+            "evidence.method",
+        ),
+        (  # US federal: automated service SMS needs prior consent, so its grant needs proof
+            {"purpose": "service", "channel": "sms", "status": "granted"},
+            "evidence.wording_id",
+        ),
         ({"purpose": "lottery", "channel": "email", "status": "granted"}, "purpose"),
         ({"purpose": "service", "channel": "fax", "status": "granted"}, "channel"),
         ({"purpose": "service", "channel": "*", "status": "granted"}, "channel"),
@@ -433,3 +446,47 @@ async def test_a_grant_dated_in_the_future_never_outranks_a_later_opt_out(client
     )
     assert r.status_code == 200
     assert (await contactable(client, keys, email=email))["marketing"]["email"] is False
+
+
+async def test_sms_stop_revokes_the_consent_that_automated_service_texts_need(client, keys):
+    """US federal: automated service SMS needs prior consent (TCPA), and a STOP reply revokes it
+    (FCC 24-24), so order texts stop too. In RU service SMS rests on the contract and STOP
+    stops advertising by sms only."""
+    for n, jurisdiction in enumerate(["US", "RU"]):
+        phone = f"+7916720000{n}"
+        grants = [
+            {"purpose": purpose, "channel": "sms", "status": "granted", "evidence": GRANT}
+            for purpose in ("service", "marketing")
+        ]
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "phone": phone,
+                "jurisdiction": jurisdiction,
+                "consents": grants,
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        before = await contactable(client, keys, phone=phone)
+        assert before["service"]["sms"] is True and before["marketing"]["sms"] is True
+        r = await client.post(
+            "/v1/inbound/sms", json={"from": phone, "text": "STOP"}, headers=keys["ingest"]
+        )
+        assert r.status_code == 200 and r.json()["stop"] is True
+        after = await contactable(client, keys, phone=phone)
+        assert after["marketing"]["sms"] is False, jurisdiction
+        assert after["service"]["sms"] is (jurisdiction == "RU"), jurisdiction
+
+
+def test_what_a_stop_reply_withdraws_follows_the_senders_jurisdiction():
+    from cdp.settings import DEFAULT_POLICY_DIR
+    from consent.optout import stop_purposes
+    from consent.policy import load_policy
+
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    assert stop_purposes(policy, "US") == ["service", "marketing"]
+    assert stop_purposes(policy, "RU") == ["marketing"]
+    assert stop_purposes(policy, "EU") == ["marketing"]
+    assert stop_purposes(policy, None) == ["service", "marketing"]  # unknown number: fail closed

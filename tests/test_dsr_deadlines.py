@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,11 @@ def at(y: int, m: int, d: int, hour: int = 10) -> datetime:
 
 
 def erasure_due(j: str, received: datetime) -> datetime:
-    deadline = POLICY.deadline(j, "erasure")
-    assert deadline is not None
-    return deadlines.due_at(received, deadline, j)
+    return deadlines.erasure_due(POLICY, j, received)
 
 
 def erasure_extended(j: str, received: datetime) -> datetime:
-    deadline = POLICY.deadline(j, "erasure")
-    assert deadline is not None
-    return deadlines.extended_due_at(received, deadline, j)
+    return deadlines.erasure_due(POLICY, j, received, extended=True)
 
 
 def test_ru_request_received_on_a_friday_counts_ten_working_days():
@@ -124,3 +120,16 @@ def test_only_open_requests_past_their_due_date_are_overdue():
     assert states.is_overdue("in_progress", at(2026, 11, 30), now)
     assert not states.is_overdue("completed", at(2026, 11, 30), now)
     assert not states.is_overdue("received", at(2026, 12, 2), now)
+
+
+def test_ru_erasure_is_never_due_later_than_30_days_after_the_request():
+    # 152-FZ art. 21(5): destroyed within 30 days of a withdrawal of consent, which a request to
+    # erase is. 10 + 5 working days from mid-December run past the New Year holidays: the
+    # extension used to make 25 December 2026 due on 26 January 2027, 32 days later.
+    received = at(2026, 12, 25)
+    assert erasure_extended("RU", received) == received + timedelta(days=30)
+    assert erasure_due("RU", received) == at(2027, 1, 19)  # 10 working days come sooner
+    assert erasure_extended("RU", at(2026, 11, 20)) == at(2026, 12, 11)  # no cap needed
+    for day in range(730):
+        r = at(2026, 1, 1) + timedelta(days=day)
+        assert erasure_extended("RU", r) <= r + timedelta(days=30)

@@ -445,3 +445,17 @@ async def test_a_time_before_1900_or_outside_utc_is_400_not_500(client, keys, pl
         r = await client.get(path, params={"since": odd}, headers=keys["compliance"])
         assert r.status_code == 400 and r.json()["errors"][0]["field"] == "since", r.text
     assert await count(platform, profiles) == 0
+
+
+async def test_a_birth_date_in_the_future_or_before_1900_is_400(client, keys, platform):
+    """A birth date of 2990-05-01 was stored as given: no customer is born yet or 126+ years
+    old, and such a value only misleads matching and a customer's access export."""
+    for when in ("2990-05-01", "1899-12-31"):
+        record = {"source": "crm", "email": "born@example.com", "birth_date": when}
+        r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+        assert r.status_code == 400, r.text
+        assert [e["field"] for e in r.json()["errors"]] == ["birth_date"]
+    assert await count(platform, profiles) == 0
+    record = {"source": "crm", "email": "born@example.com", "birth_date": "1900-01-01"}
+    r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+    assert r.status_code == 201

@@ -27,7 +27,7 @@ from consent.rule import Facts, decide
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import record_consent
 from consent.subjects import profile_subject
-from consent.suppressions import latest_suppression, suppressed_at
+from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
 from consent.tables import consent_state
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -111,7 +111,13 @@ async def oracle(p, purpose: str, channel: str):  # type: ignore[no-untyped-def]
                 select(profiles.c.id, profiles.c.jurisdiction).where(profiles.c.status == "active")
             )
         ).all()
-        addrs = (await conn.execute(select(identities).where(identities.c.kind == kind))).all()
+        addrs = (
+            await conn.execute(
+                select(identities).where(
+                    identities.c.kind.in_(("email", "phone") if kind == "profile" else (kind,))
+                )
+            )
+        ).all()
         states = {
             (r.subject, r.purpose, r.channel): r for r in await conn.execute(select(consent_state))
         }
@@ -124,8 +130,14 @@ async def oracle(p, purpose: str, channel: str):  # type: ignore[no-untyped-def]
     for pid, jurisdiction in people:
         if kind == "profile":
             state = states.get((profile_subject(pid), purpose, channel))
+            held = [a.bidx for a in by_profile.get(pid, [])]
             facts = Facts(
-                "active", jurisdiction, True, state and state.status, state and state.since, None
+                "active",
+                jurisdiction,
+                True,
+                state and state.status,
+                state and state.since,
+                latest_for_profile(supp, held, purpose, channel),
             )
             reason = decide(p.policy, purpose, channel, facts)
             reasons[pid] = reason

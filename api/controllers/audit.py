@@ -12,6 +12,7 @@ from litestar.params import FromQuery
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.params import Limit
 from cdp.access_log import log_access
 from cdp.errors import Conflict, InvalidInput, NotFound
 from cdp.platform import Platform
@@ -100,7 +101,7 @@ class AuditController(Controller):
         channel: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         size = check_limit(limit)
@@ -180,7 +181,7 @@ class AuditController(Controller):
         actor: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         size = check_limit(limit)

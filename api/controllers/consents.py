@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from html import escape
 from typing import Annotated
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
+from litestar.enums import RequestEncodingType
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, JSONBody
 
 from api.auth import PUBLIC, roles
@@ -15,7 +18,7 @@ from api.i18n import PAGE_HEADERS
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
-from consent.optout import claims_from_token, is_stop_message, opt_out, unsubscribe
+from consent.optout import claims_from_token, is_stop_message, opt_out, sms_stop, unsubscribe
 from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
 from consent.service import record_consent
 
@@ -33,6 +36,21 @@ class OptOutIn(msgspec.Struct, forbid_unknown_fields=True):
     external_id: Short | None = None
     id_source: Name64 | None = None
     country: Annotated[str, msgspec.Meta(max_length=2)] | None = None
+
+
+@dataclass
+class OneClickOperation(Operation):
+    """RFC 8058: mail clients post the form `List-Unsubscribe=One-Click`. The handler reads no
+    body (the token says everything), so any body or none is accepted."""
+
+    def __post_init__(self) -> None:
+        one_click = Schema(type=OpenAPIType.STRING, enum=["One-Click"])
+        form = Schema(type=OpenAPIType.OBJECT, properties={"List-Unsubscribe": one_click})
+        self.request_body = RequestBody(
+            required=False,
+            description="The RFC 8058 one-click form; optional",
+            content={RequestEncodingType.URL_ENCODED.value: OpenAPIMediaType(schema=form)},
+        )
 
 
 class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_": "from"}):
@@ -134,6 +152,7 @@ async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Respo
     tags=["consent"],
     status_code=200,
     summary="One-click unsubscribe (RFC 8058)",
+    operation_class=OneClickOperation,
 )
 async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: Request) -> dict:
     result = await unsubscribe(platform, token)
@@ -145,7 +164,10 @@ async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: 
     opt=INGEST,
     tags=["consent"],
     status_code=200,
-    summary="Inbound SMS: stop keywords opt the number out of marketing by sms",
+    summary=(
+        "Inbound SMS: stop keywords opt the number out of marketing by sms (and of service "
+        "texts where they need consent: US federal)"
+    ),
 )
 async def inbound_sms(
     data: JSONBody[InboundSmsIn], platform: PlatformDep, principal: PrincipalDep
@@ -156,16 +178,7 @@ async def inbound_sms(
         ident = parse_identifier(platform.policy, platform.keys.indexer, phone=data.from_)
     except InvalidInput as exc:
         raise InvalidInput.field("from", exc.errors[0].message) from None
-    result = await opt_out(
-        platform,
-        ident,
-        purpose="marketing",
-        channel="sms",
-        source="sms_keyword",
-        actor=principal.name,
-        method="sms_keyword",
-        reason="sms_stop",
-    )
+    result = await sms_stop(platform, ident, principal.name)
     return {
         "stop": True,
         "profile_ids": [str(p) for p in result.profile_ids],

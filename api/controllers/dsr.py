@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
+from api.params import Limit
 from cdp.access_log import log_access
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
@@ -111,7 +112,7 @@ class ErasureRequestController(Controller):
         platform: PlatformDep,
         status: FromQuery[str | None] = None,
         overdue: FromQuery[bool | None] = None,
-        limit: FromQuery[int] = 100,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         async with platform.db.read() as conn:

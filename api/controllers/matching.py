@@ -9,6 +9,7 @@ from litestar.params import FromPath, FromQuery
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.params import Limit
 from cdp.errors import NotFound
 from cdp.ids import parse_uuid
 from cdp.matching import reviews, suggestions
@@ -46,7 +47,7 @@ class MatchSuggestionController(Controller):
         self,
         platform: PlatformDep,
         status: FromQuery[str] = "open",
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         async with platform.db.read() as conn:
@@ -108,7 +109,7 @@ class MergeReviewController(Controller):
         self,
         platform: PlatformDep,
         status: FromQuery[str] = "open",
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         async with platform.db.read() as conn:

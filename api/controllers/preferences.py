@@ -53,7 +53,7 @@ from consent.dsr.access import access_export
 from consent.dsr.schemas import identifier_of
 from consent.dsr.worker import run_one
 from consent.optout import claims_from_token
-from consent.policy import Policy
+from consent.policy import GPC_PURPOSE, Policy
 from consent.preference_links import PreferenceLinkIn, manage_link
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
@@ -64,7 +64,6 @@ WORDING_VERSION = "2026-11-v1"
 SOURCE = "preference_centre"
 METHOD = "preference_centre"
 GPC_METHOD = "gpc"
-GPC_PURPOSE = "sale_share"
 CUSTOMER = Principal("customer", "customer")
 # Purposes about the customer's data rather than a message channel: one switch for all channels.
 WHOLE_PURPOSES = frozenset({"sale_share", "profiling"})

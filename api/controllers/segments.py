@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
 from litestar import Controller, delete, get, post
 from litestar.datastructures import ResponseHeader
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.response import Stream
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.params import Limit
 from cdp.ids import parse_uuid
 from cdp.segments import service
+from cdp.segments.export import FORMATS
 from cdp.segments.schemas import (
     ExportList,
     ExportStatsOut,
@@ -28,6 +34,22 @@ EXPORT_ID = ResponseHeader(
     description="The id of this export's record: GET /v1/segments/{id}/exports/{export_id}",
     documentation_only=True,
 )
+
+
+@dataclass
+class ExportOperation(Operation):
+    """An export streams NDJSON or CSV, which the OpenAPI document must say (the framework
+    documents a stream as JSON)."""
+
+    def __post_init__(self) -> None:
+        ok = self.responses["200"] if self.responses else None
+        if isinstance(ok, OpenAPIResponse):
+            rows = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+            ok.description = (
+                "The members, streamed: one JSON object per line (NDJSON), or a CSV with a header "
+                "row; fields profile_id, address, unsubscribe_token, first_name"
+            )
+            ok.content = {media: rows for media in FORMATS.values()}
 
 
 class SegmentController(Controller):
@@ -51,7 +73,7 @@ class SegmentController(Controller):
     async def list_all(
         self,
         platform: PlatformDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> SegmentList:
         return await service.list_segments(platform, limit=limit, cursor=cursor)
@@ -93,7 +115,7 @@ class SegmentController(Controller):
         segment_id: FromPath[str],
         platform: PlatformDep,
         principal: PrincipalDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> MembersOut:
         return await service.segment_members(
@@ -113,13 +135,14 @@ class SegmentController(Controller):
         opt=MARKETING,
         summary="All members, streamed as NDJSON or CSV (access-logged, recorded as an export)",
         response_headers=[EXPORT_ID],
+        operation_class=ExportOperation,
     )
     async def export(
         self,
         segment_id: FromPath[str],
         platform: PlatformDep,
         principal: PrincipalDep,
-        format: FromQuery[str] = "ndjson",
+        format: Annotated[str, Parameter(schema_extra={"enum": list(FORMATS)})] = "ndjson",
     ) -> Stream:
         started = await service.start_export(platform, principal, segment_id, format)
         name = f"segment-{parse_uuid(segment_id)}.{format}"
@@ -141,7 +164,7 @@ class SegmentController(Controller):
         self,
         segment_id: FromPath[str],
         platform: PlatformDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> ExportList:
         return await service.list_exports(platform, segment_id, limit=limit, cursor=cursor)

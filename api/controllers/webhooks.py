@@ -7,6 +7,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.params import Limit
 from consent.outbox import status as delivery_status
 from consent.outbox import subscriptions
 from consent.outbox.schemas import DeliveryList, SubscriptionIn, SubscriptionList, SubscriptionOut
@@ -33,7 +34,7 @@ class WebhookController(Controller):
     async def list_all(
         self,
         platform: PlatformDep,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> SubscriptionList:
         return await subscriptions.list_all(platform, limit=limit, cursor=cursor)
@@ -62,7 +63,7 @@ class WebhookController(Controller):
         webhook_id: FromPath[str],
         platform: PlatformDep,
         status: FromQuery[str | None] = None,
-        limit: FromQuery[int | None] = None,
+        limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> DeliveryList:
         return await delivery_status.deliveries(

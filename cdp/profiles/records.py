@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import msgspec
@@ -25,6 +25,8 @@ from consent.policy import Policy
 from consent.schemas import ConsentItemIn, EvidenceIn
 
 TEXT_FIELDS = ("first_name", "last_name", "postal_address", "postcode")
+# How a consent carried by a record (POST /v1/profiles, cdp import) was given, unless it says.
+RECORD_METHOD = "import"
 
 
 @dataclass(slots=True)
@@ -165,6 +167,10 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
         if value is not None:
             rec.fields[name] = value
     if data.birth_date is not None:
+        # a day counted from its start in UTC: born tomorrow, or before 1900, is no customer
+        problem = time_problem(datetime.combine(data.birth_date, time(), UTC))
+        if problem:
+            errors.append(FieldError("birth_date", problem))
         rec.fields["birth_date"] = data.birth_date.isoformat()
     rec.city = clean_text(data.city)
     rec.traits, bad_names = _named_traits(data.traits)
@@ -198,6 +204,7 @@ def validate_consents(
             item.evidence,
             f"{prefix}[{i}].",
             item.occurred_at,
+            default_method=RECORD_METHOD,
         )
         if not problems and item.status == "granted":
             problems = _address_problems(policy, item.channel, rec, f"{prefix}[{i}].channel")
@@ -237,9 +244,12 @@ def consent_problems(
     evidence: EvidenceIn | None,
     prefix: str = "",
     occurred_at: datetime | None = None,
+    default_method: str | None = None,
 ) -> list[FieldError]:
     """The one place that decides whether a consent event is acceptable under the policy.
-    One dated in the future or before 1900 (`cdp.ids.time_problem`) is not."""
+    One dated in the future or before 1900 (`cdp.ids.time_problem`) is not. A grant that needs
+    proof (`Policy.evidence_required`) names its wording and how it was given (method), unless
+    the path it came by is its method (`default_method`: a record's consent is an import)."""
     errors: list[FieldError] = []
     if (problem := time_problem(occurred_at)) is not None:
         errors.append(FieldError(f"{prefix}occurred_at", problem))
@@ -255,10 +265,16 @@ def consent_problems(
     if (
         status == "granted"
         and purpose in policy.purposes
-        and policy.evidence_required(purpose)
-        and (evidence is None or not (evidence.wording_id or "").strip())
+        and policy.evidence_required(purpose, channel)
     ):
-        errors.append(
-            FieldError(f"{prefix}evidence.wording_id", "a grant of this purpose needs its wording")
-        )
+        if evidence is None or not (evidence.wording_id or "").strip():
+            errors.append(
+                FieldError(
+                    f"{prefix}evidence.wording_id", "a grant of this purpose needs its wording"
+                )
+            )
+        if not default_method and (evidence is None or not (evidence.method or "").strip()):
+            errors.append(
+                FieldError(f"{prefix}evidence.method", "a grant of this purpose needs its method")
+            )
     return errors

@@ -5,7 +5,8 @@ Per customer (an active profile matching the rule) each address of the channel's
 RuleColumns: the profile's status and jurisdiction, the address's consent_state row for the
 purpose and channel, and the latest suppression of that address for the purpose on the channel
 or on "*". Channels whose address is the profile (push, messenger) use the profile's own
-consent subject ("p:" + profile id) and have no suppressions (as `consent.service`).
+consent subject ("p:" + profile id) and the latest suppression of any address the profile
+holds (as `consent.service`).
 
 Members: one row per contactable customer, with the contactable address most recently
 confirmed (then last seen, then created, then id: deterministic). The choice is a top-1
@@ -196,9 +197,28 @@ def _profile_facts(a: Audience) -> _ProfileFacts:
             has_address=literal(True),
             state_status=ps.c.status,
             state_since=ps.c.since,
-            suppressed_at=literal(None, consent_state.c.since.type),
+            suppressed_at=_profile_suppressed_at(a),
             is_customer=_is_customer(),
         ),
+    )
+
+
+def _profile_suppressed_at(a: Audience) -> ColumnElement:
+    """The latest suppression of any address the profile holds, for the purpose on the channel
+    or on "*" (as `consent.suppressions.latest_for_profile`): an opt-out of an address stops
+    push and messenger to whoever holds it, unless they granted after it."""
+    held = identities.alias("held")
+    s = suppressions
+    return (
+        select(func.max(s.c.at))
+        .select_from(held.join(s, s.c.bidx == held.c.bidx))
+        .where(
+            held.c.profile_id == profiles.c.id,
+            s.c.purpose == a.purpose,
+            s.c.channel.in_((a.channel, "*")),
+        )
+        .correlate_except(held, s)
+        .scalar_subquery()
     )
 
 

@@ -21,7 +21,8 @@ from cdp.segments.members import MEMBER_FIELDS, Definition, Member, Page
 from cdp.segments.pages import member_pages
 
 EXPORT_PAGE = 2000  # rows per page: large enough to amortise a query, small in memory
-FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+# media types; the framework adds "; charset=utf-8" to a text/ type itself
+FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv"}
 
 _json = msgspec.json.Encoder()
 

@@ -72,6 +72,17 @@ def _digest(d: Definition) -> str:
     return hashlib.sha256(d.canonical()).hexdigest()
 
 
+def _decided(p: Platform, d: Definition) -> dict[str, str]:
+    """What decided who was handed out, for the access log: the definition and the policy
+    version in force (POLICIES.md: we record which policy version decided what)."""
+    return {
+        "purpose": d.purpose,
+        "channel": d.channel,
+        "definition": _digest(d),
+        "policy_version": p.policy.version,
+    }
+
+
 def segment_body(row: Row) -> SegmentOut:
     return SegmentOut(
         id=str(row.id),
@@ -175,7 +186,7 @@ async def _logged_page(
         object_type="segment",
         object_id=object_id,
         rows=len(page.items),
-        detail={"purpose": d.purpose, "channel": d.channel, "definition": _digest(d)},
+        detail=_decided(p, d),
     )
     return _page_body(page)
 
@@ -305,13 +316,7 @@ async def start_export(p: Platform, who: Principal, segment_id: str, fmt: str) -
         export_id = await exports.begin(
             conn, who, row.id, purpose=d.purpose, channel=d.channel, fmt=fmt
         )
-        detail = {
-            "export_id": str(export_id),
-            "purpose": d.purpose,
-            "channel": d.channel,
-            "format": fmt,
-            "definition": _digest(d),
-        }
+        detail = {"export_id": str(export_id), "format": fmt} | _decided(p, d)
         await _log_export(conn, who, str(row.id), "segment.export_started", 0, detail)
     recorder = exports.Recorder(p, export_id)
     chunks = _logged_export(p, who, str(row.id), d, fmt, detail, recorder)

@@ -11,7 +11,8 @@ The due instant keeps the time of day of receipt; dates are taken in UTC.
 
 An extension counts from the receipt as one longer period when its unit matches (EU: 1 + 2
 months = 3 months from receipt, so 31 January extends to 30 April, not 28 April), otherwise
-from the current due date.
+from the current due date. An erasure request is never due later than the policy's limit after
+a withdrawal of consent (`erasure_due`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from functools import lru_cache
 
 import holidays
 
-from consent.policy import Deadline
+from consent.policy import Deadline, Policy
 
 _MAX_WORKING_DAYS = 3660
+ERASURE = "erasure"
+AFTER_WITHDRAWAL = "erasure_after_withdrawal"
 
 
 @lru_cache(maxsize=32)
@@ -92,3 +95,21 @@ def extended_due_at(received_at: datetime, deadline: Deadline, jurisdiction: str
         )
     base = due_at(received_at, deadline, jurisdiction)
     return add_period(base, deadline.extension, deadline.extension_unit, jurisdiction)
+
+
+def erasure_due(
+    policy: Policy, jurisdiction: str, received_at: datetime, *, extended: bool = False
+) -> datetime:
+    """When an erasure request is due: by `deadlines.erasure` (after its extension, where one
+    was taken), and never later than `deadlines.erasure_after_withdrawal` where the policy
+    sets one (RU: 30 days, 152-FZ art. 21(5)), since a request to erase withdraws consent to
+    the processing. 10 + 5 working days from mid-December run past 30 days."""
+    deadline = policy.deadline(jurisdiction, ERASURE)
+    if deadline is None:
+        raise ValueError("the jurisdiction has no erasure deadline")
+    if extended:
+        due = extended_due_at(received_at, deadline, jurisdiction)
+    else:
+        due = due_at(received_at, deadline, jurisdiction)
+    limit = policy.deadline(jurisdiction, AFTER_WITHDRAWAL)
+    return due if limit is None else min(due, due_at(received_at, limit, jurisdiction))

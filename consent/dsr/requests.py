@@ -28,7 +28,7 @@ from consent.dsr.chain import append_transition
 from consent.dsr.customer import customer_profile_ids
 from consent.dsr_tables import dsr_requests, dsr_transitions
 
-ERASURE = "erasure"
+ERASURE = deadlines.ERASURE
 NOTE_PLACE = "dsr_requests.note"
 
 
@@ -151,9 +151,7 @@ async def submit_erasure(
         j = jurisdiction or (
             profile_j if profile_j in p.policy.jurisdictions else p.policy.default_jurisdiction
         )
-        deadline = p.policy.deadline(j, ERASURE)
-        assert deadline is not None  # the policy loader requires it for every jurisdiction
-        due = deadlines.due_at(now, deadline, j)
+        due = deadlines.erasure_due(p.policy, j, now)  # the loader requires a deadline
         note_blob = note_key = note_owner = None
         if note:
             cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
@@ -292,7 +290,7 @@ async def list_requests(
     *,
     status: str | None = None,
     overdue: bool | None = None,
-    limit: int = 100,
+    limit: int | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Oldest first; `overdue` marks open requests past their due date."""
@@ -329,7 +327,7 @@ async def extend(p: Platform, request_id: uuid.UUID, reason: str, actor: str) ->
         deadline = p.policy.deadline(row.jurisdiction, ERASURE)
         if deadline is None or deadline.extension <= 0:
             raise Conflict("the policy of this jurisdiction allows no extension")
-        due = deadlines.extended_due_at(row.received_at, deadline, row.jurisdiction)
+        due = deadlines.erasure_due(p.policy, row.jurisdiction, row.received_at, extended=True)
         now = utcnow()
         await conn.execute(
             update(dsr_requests)

@@ -1,0 +1,199 @@
+"""The HTTP surface as a client written against API.md meets it: the headers HTTP requires of
+an error, the methods every path answers, media types, and an OpenAPI document that says what
+the service really sends."""
+
+from __future__ import annotations
+
+from consent.tables import consent_ledger
+from tests.helpers import count
+
+PROBLEM = "application/problem+json"
+WITHDRAWAL = {
+    "email": "anna@example.com",
+    "purpose": "marketing",
+    "channel": "email",
+    "status": "withdrawn",
+    "source": "web_form",
+}
+
+
+async def test_a_form_body_where_json_is_expected_is_400_naming_the_body_and_stores_nothing(
+    platform, client, keys
+):
+    """A multipart body was read as a form by the NUL check, after which the JSON decoder found
+    the stream consumed: a 500."""
+    form = {"email": "anna@example.com", "purpose": "marketing"}
+    for sent in ({"files": {"file": ("a.json", b"{}")}, "data": form}, {"data": form}):
+        r = await client.post("/v1/consents", headers=keys["ingest"], **sent)
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == PROBLEM
+        assert [e["field"] for e in r.json()["errors"]] == ["body"]
+    assert await count(platform, consent_ledger) == 0
+    r = await client.post("/v1/consents", headers=keys["ingest"], json=WITHDRAWAL)
+    assert r.status_code == 201
+
+
+async def test_a_401_asks_for_a_bearer_key(client, keys):
+    """RFC 9110 §11.6.1: a 401 carries WWW-Authenticate, naming the scheme to use."""
+    for headers in ({}, {"Authorization": "Bearer cdp_never-issued"}, {"Authorization": "Basic x"}):
+        r = await client.get("/v1/segments", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.headers["content-type"] == PROBLEM
+    r = await client.get("/v1/segments", headers=keys["ingest"])  # known key, wrong role
+    assert r.status_code == 403
+    assert "www-authenticate" not in r.headers
+
+
+async def test_a_405_names_the_methods_the_path_allows(client, keys):
+    """RFC 9110 §15.5.6: a 405 carries Allow."""
+    r = await client.put("/health")
+    assert r.status_code == 405
+    assert r.headers["content-type"] == PROBLEM
+    assert "GET" in r.headers["allow"].split(", ")
+    r = await client.put("/v1/segments", headers=keys["marketing"], json={})
+    assert r.status_code == 405
+    assert {"GET", "POST"} <= set(r.headers["allow"].split(", "))
+
+
+async def test_options_tells_any_caller_every_method_of_the_path(client, keys):
+    """OPTIONS reveals only what the OpenAPI document publishes. The fail-closed role check
+    refused it (401 without a key, 403 to a marketing key on the marketing endpoints), and
+    Litestar's Allow missed the methods registered after the first (GET /v1/segments)."""
+    for headers in ({}, keys["marketing"], keys["ingest"]):
+        r = await client.options("/v1/segments", headers=headers)
+        assert r.status_code == 204, r.text
+        assert r.headers["allow"] == "GET, OPTIONS, POST"
+        assert r.content == b""
+    r = await client.options("/v1/segments/01900000-0000-7000-8000-000000000000")
+    assert r.headers["allow"] == "DELETE, GET, OPTIONS"
+    r = await client.options("/v1/unsubscribe/any-token")
+    assert r.headers["allow"] == "GET, OPTIONS, POST"
+
+
+async def _segment(client, keys) -> str:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/profiles",
+        headers=keys["ingest"],
+        json={
+            "source": "crm",
+            "email": "anna@example.com",
+            "country": "RU",
+            "consents": [
+                {
+                    "purpose": "marketing",
+                    "channel": "email",
+                    "status": "granted",
+                    "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+                }
+            ],
+        },
+    )
+    assert r.status_code == 201, r.text
+    rules = {"field": "country", "op": "eq", "value": "RU"}
+    definition = {"name": "ru", "purpose": "marketing", "channel": "email", "rules": rules}
+    r = await client.post("/v1/segments", headers=keys["marketing"], json=definition)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+async def test_an_export_names_its_media_type_once(client, keys):
+    """The CSV export said `text/csv; charset=utf-8; charset=utf-8` (the framework adds the
+    charset to a text type), which strict parsers refuse."""
+    sid = await _segment(client, keys)
+    r = await client.get(f"/v1/segments/{sid}/export?format=csv", headers=keys["marketing"])
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert "anna@example.com" in r.text.splitlines()[1]
+    r = await client.get(f"/v1/segments/{sid}/export", headers=keys["marketing"])
+    assert r.headers["content-type"] == "application/x-ndjson"
+
+
+async def test_the_openapi_document_says_what_an_export_and_an_unsubscribe_take_and_send(
+    client,
+):
+    """The export was documented as answering `application/json` with a free-text `format`,
+    and the one-click unsubscribe as taking no body (RFC 8058 posts a form)."""
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    export = paths["/v1/segments/{segment_id}/export"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"application/x-ndjson", "text/csv"}
+    (fmt,) = [p for p in export["parameters"] if p["name"] == "format"]
+    assert fmt["schema"]["enum"] == ["ndjson", "csv"]
+    assert fmt["schema"]["default"] == "ndjson"
+    body = paths["/v1/unsubscribe/{token}"]["post"]["requestBody"]
+    assert body["required"] is False
+    form = body["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert form["properties"]["List-Unsubscribe"]["enum"] == ["One-Click"]
+
+
+async def test_a_query_parameter_given_twice_is_400_naming_it(platform, client, keys):
+    """The last value won without a word: two emails read the second one's profile."""
+    from cdp.db.tables import access_log
+
+    for email in ("a@example.com", "b@example.com"):
+        r = await client.post(
+            "/v1/profiles", headers=keys["ingest"], json={"source": "crm", "email": email}
+        )
+        assert r.status_code == 201
+    logged = await count(platform, access_log)
+    r = await client.get(
+        "/v1/profiles?email=a@example.com&email=b@example.com", headers=keys["compliance"]
+    )
+    assert r.status_code == 400
+    assert r.headers["content-type"] == PROBLEM
+    assert [e["field"] for e in r.json()["errors"]] == ["email"]
+    assert "a@example.com" not in r.text and "b@example.com" not in r.text
+    assert await count(platform, access_log) == logged  # nothing read, nothing logged
+    r = await client.get(
+        "/v1/audit/consent-events?purpose=marketing&purpose=service&limit=5&limit=6",
+        headers=keys["compliance"],
+    )
+    assert {e["field"] for e in r.json()["errors"]} == {"purpose", "limit"}
+    r = await client.get("/v1/segments?utm=a&utm=b", headers=keys["marketing"])  # not taken
+    assert r.status_code == 200
+
+
+async def test_health_answers_head_as_uptime_monitors_send_it(client):
+    """RFC 9110 §9.3.2; HEAD /health was a 405, which a monitor reads as the service down."""
+    for path in ("/health", "/health/live"):
+        r = await client.head(path)
+        assert r.status_code == 200, path
+        assert r.content == b""
+        got = await client.get(path)  # HEAD says what GET would send (RFC 9110 §8.6)
+        assert r.headers["content-length"] == str(len(got.content))
+        assert r.headers["content-type"] == got.headers["content-type"]
+        assert "HEAD" in (await client.options(path)).headers["allow"].split(", ")
+
+
+async def test_a_currency_code_is_asked_for_in_plain_words(client, keys):
+    """The message was msgspec's, quoting its regular expression."""
+    event = {
+        "source": "shop",
+        "event_id": "ord-1",
+        "type": "purchase",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "email": "anna@example.com",
+        "amount": "10.00",
+        "currency": "rub",
+    }
+    r = await client.post("/v1/events", json=event, headers=keys["ingest"])
+    assert r.status_code == 400
+    assert r.json()["errors"] == [
+        {"field": "currency", "message": "expected an ISO 4217 code in capitals (RUB)"}
+    ]
+
+
+async def test_the_openapi_document_bounds_every_page_size(client):
+    """API.md: `?limit=` (default 100, max 1000); the document said any integer."""
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    limits = [
+        (path, p["schema"])
+        for path, item in paths.items()
+        for op in item.values()
+        if isinstance(op, dict)
+        for p in op.get("parameters", [])
+        if p["name"] == "limit"
+    ]
+    assert len(limits) >= 10
+    for path, schema in limits:
+        assert (schema["minimum"], schema["maximum"], schema["default"]) == (1, 1000, 100), path

@@ -1,0 +1,102 @@
+"""Operator changes to policies/ are checked at load: a mistake stops start-up with an error
+that names the file and the key, instead of a silent "no" (or a 500) later. Plain Python."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cdp.settings import DEFAULT_POLICY_DIR
+from consent.policy import PolicyError, load_policy
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(DEFAULT_POLICY_DIR, target)
+    return target
+
+
+def edit(path: Path, pattern: str, replacement: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    changed, n = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert n == 1, pattern
+    path.write_text(changed, encoding="utf-8")
+
+
+def refused(directory: Path) -> str:
+    with pytest.raises(PolicyError) as err:
+        load_policy(directory)
+    return str(err.value)
+
+
+def test_the_shipped_policies_load(policies):
+    policy = load_policy(policies)
+    assert set(policy.jurisdictions) == {"RU", "EU", "US-CA", "US"}
+
+
+def test_a_misspelt_basis_names_the_file_and_the_rule(policies):
+    edit(policies / "jurisdictions/RU.toml", r'^default = "opt_in"', 'default = "optin"')
+    message = refused(policies)
+    assert "RU.toml" in message and "rules.marketing.default" in message
+
+
+def test_a_misspelt_basis_for_one_channel_names_it(policies):
+    edit(policies / "jurisdictions/US.toml", r'^sms = "opt_in"', 'sms = "consent"')
+    message = refused(policies)
+    assert "US.toml" in message and "rules.service.sms" in message
+
+
+def test_a_bad_deadline_unit_names_the_file_and_the_deadline(policies):
+    edit(policies / "jurisdictions/EU.toml", r'^unit = "months"', 'unit = "weeks"')
+    message = refused(policies)
+    assert "EU.toml" in message and "deadlines.access.unit" in message
+
+
+@pytest.mark.parametrize("period", ["0", "-3"])
+def test_a_deadline_of_no_time_is_refused(policies, period):
+    # before: loaded, and an erasure request in RU answered 500 ("working days out of range")
+    edit(policies / "jurisdictions/RU.toml", r"^period = 10", f"period = {period}")
+    message = refused(policies)
+    assert "RU.toml" in message and "deadlines.access.period" in message
+
+
+def test_a_negative_extension_is_refused(policies):
+    edit(policies / "jurisdictions/US-CA.toml", r"^extension = 45", "extension = -45")
+    message = refused(policies)
+    assert "US-CA.toml" in message and "deadlines.access.extension" in message
+
+
+def test_a_country_claimed_by_two_jurisdictions_is_refused(policies):
+    # before: loaded, and a record from that country silently took whichever file sorted first
+    edit(policies / "jurisdictions/US.toml", r'^countries = \["US"\]', 'countries = ["US", "RU"]')
+    message = refused(policies)
+    assert "US.toml" in message and "RU.toml" in message and "countries" in message
+
+
+def test_gpc_as_an_opt_out_of_sale_needs_the_sale_share_purpose(policies):
+    # before: loaded, and the browser's GPC signal was silently never honoured
+    edit(policies / "policy.toml", r"^\[purposes\.sale_share\]", "[purposes.resale]")
+    for code in ("RU", "EU", "US-CA"):
+        edit(policies / f"jurisdictions/{code}.toml", r"^\[rules\.sale_share\]", "[rules.resale]")
+    message = refused(policies)
+    assert "US-CA.toml" in message and "gpc" in message and "sale_share" in message
+
+
+def test_an_unknown_key_is_named(policies):
+    edit(policies / "jurisdictions/EU.toml", r"^soft_opt_in = false", "soft_optin = true")
+    message = refused(policies)
+    assert "EU.toml" in message and "soft_optin" in message
+
+
+def test_a_bad_purpose_or_channel_entry_names_it(policies):
+    edit(policies / "policy.toml", r"^advertising = true", 'advertising = "yes"')
+    message = refused(policies)
+    assert "policy.toml" in message and "purposes.marketing.advertising" in message
+    edit(policies / "policy.toml", r'^advertising = "yes"', "advertising = true")
+    edit(policies / "policy.toml", r'^address = "phone"', 'address = "fax"')
+    message = refused(policies)
+    assert "policy.toml" in message and "channels.sms.address" in message
