@@ -147,3 +147,37 @@ async def test_an_email_added_after_a_profile_opted_out_of_everything_is_not_con
     assert r.json()["profile_id"] == pid
     assert (await contactable(client, keys, pid))["email"] is False
     await audit_ok(client, keys)
+
+
+async def test_a_reviewed_merge_after_stop_all_marketing_leaves_the_phone_not_contactable(
+    client, keys
+):
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "external_id": "C-1", "email": EMAIL},
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    out = await client.post(
+        "/v1/opt-outs", json={"email": EMAIL, "source": "esp"}, headers=keys["ingest"]
+    )
+    assert out.status_code == 200, out.text
+    other = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "external_id": "C-2", "phone": PHONE, "consents": [old_sms_grant()]},
+        headers=keys["ingest"],
+    )
+    assert other.status_code == 201, other.text
+    bridge = await client.post(  # the guards refuse it: two external ids of one source
+        "/v1/profiles",
+        json={"source": "shop", "email": EMAIL, "phone": PHONE},
+        headers=keys["ingest"],
+    )
+    assert bridge.json()["merged_profile_ids"] == []
+    (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
+    accepted = await client.post(
+        f"/v1/merge-reviews/{review['review_id']}/accept", headers=keys["admin"]
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert (await contactable(client, keys, pid))["sms"] is False
+    await audit_ok(client, keys)
