@@ -11,7 +11,8 @@ view, segment or stats saw it again.
 The lock is the profile row's (SELECT ... FOR UPDATE): merges and erasures update the rows they
 change, and row locks do not use PostgreSQL's shared lock table, which an import's chunk of a
 thousand records would strain. Lock order, so that waits never form a cycle: identifiers first
-(advisory locks on blind indexes, `cdp.db.engine.lock_keys`), then profiles, in id order.
+(advisory locks on blind indexes, `cdp.db.engine.lock_keys`), then profiles, in id order, then
+the consent ledger's head (`consent.ledger.append`), held until the commit.
 """
 
 from __future__ import annotations
