@@ -24,6 +24,7 @@ from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
+from cdp.profiles.locks import lock_profile
 from cdp.profiles.schemas import EventIn
 from cdp.profiles.service import ensure_profile
 
@@ -79,7 +80,9 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
         country=body.country,
     )
     async with p.db.write() as conn:
-        await lock_keys(conn, [f"event|{body.source}|{body.event_id}", ident.bidx or b""])
+        await lock_keys(
+            conn, [f"event|{body.source}|{body.event_id}", *([ident.bidx] if ident.bidx else [])]
+        )
         existing = (
             await conn.execute(
                 select(events.c.profile_id, events.c.type, events.c.currency).where(
@@ -93,7 +96,7 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
         pid = await ensure_profile(
             conn, p, ident, source=body.source, actor=actor, country=body.country
         )
-        await lock_keys(conn, [f"profile|{pid}"])
+        pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
         props = None
         key_id = None
         if body.properties:

@@ -43,8 +43,9 @@ class MasterKeyRotated(DomainError):
 
 SYSTEM_OWNER = "system"
 _CACHE_SIZE = 200_000
-# Unwrapped data keys are cached briefly. An erasure in this process drops its key at once
-# (`forget`); one done by another process (the CLI worker) is honoured within this many seconds.
+# Unwrapped data keys are cached briefly, to save unwrapping them again. `ciphers` hands out a
+# cached key only while the database still holds its row, so an erasure anywhere is honoured at
+# once; `cipher_from_row` is given the row by its caller.
 CACHE_TTL = 60.0
 # A cache entry is (expiry, key id, data key), keyed by the profile id as an integer: atoms only,
 # which the garbage collector stops tracking, so it never walks the cache. Kept as UUID keys
@@ -121,12 +122,15 @@ class Keyring:
     async def ciphers(
         self, conn: AsyncConnection, profile_ids: Iterable[uuid.UUID]
     ) -> dict[uuid.UUID, FieldCipher]:
-        """Data keys of these profiles; a profile whose key was destroyed is absent."""
-        wanted = set(profile_ids)
-        found = {pid: c for pid in wanted if (c := self._cached(pid)) is not None}
-        missing = list(wanted - found.keys())
-        for start in range(0, len(missing), 500):
-            chunk = missing[start : start + 500]
+        """Data keys of these profiles as the database holds them now: a profile whose key was
+        destroyed is absent, whichever process destroyed it (an erasure by `cdp dsr run` or by
+        another API process), and leaves the cache. The cache only saves the unwrapping; it
+        never stands in for the key's row, so an erased customer's data is unreadable here from
+        the moment the erasure commits."""
+        wanted = list(set(profile_ids))
+        found: dict[uuid.UUID, FieldCipher] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
             rows = await conn.execute(
                 select(
                     profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped
@@ -134,6 +138,9 @@ class Keyring:
             )
             for pid, key_id, wrapped in rows:
                 found[pid] = self.cipher_from_row(pid, key_id, wrapped)
+        for pid in wanted:
+            if pid not in found:
+                self.forget(pid)
         return found
 
     async def check_current(self, conn: AsyncConnection) -> None:
@@ -151,10 +158,6 @@ class Keyring:
 
     def forget(self, profile_id: uuid.UUID) -> None:
         self._keys.pop(profile_id.int, None)
-
-    def _cached(self, profile_id: uuid.UUID) -> FieldCipher | None:
-        hit = self._cached_key(profile_id)
-        return None if hit is None else FieldCipher(hit[1], hit[0], str(profile_id))
 
     def _cached_key(self, profile_id: uuid.UUID) -> tuple[int, bytes] | None:
         """(key id, data key) of the profile while cached."""

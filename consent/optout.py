@@ -21,12 +21,15 @@ from cdp.errors import InvalidInput
 from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
+from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
+from consent.audit.addresses import OPT_OUT_METHODS
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
-from consent.suppressions import Suppression, suppress_many
+from consent.suppressions import Suppression, suppress_many, suppressed_at
+from consent.tables import consent_ledger
 
 # An SMS reply that opts the number out: a stop phrase, any case, alone or followed by at most
 # MAX_TRAILING_WORDS words ("STOP please", "Opt-out now"). FCC 24-24 (47 CFR 64.1200(a)(10))
@@ -101,7 +104,8 @@ async def apply_opt_outs(
 ) -> list[OptOutResult | Exception]:
     """Apply opt-outs inside the caller's write transaction, in a fixed number of statements."""
     await lock_keys(conn, [r.ident.bidx or str(r.ident.profile_id) for r in requests])
-    found = await find_profiles(conn, [r.ident for r in requests])
+    # the profiles named, locked: a merge or an erasure of one may have committed meanwhile
+    found = await lock_found(conn, lambda: find_profiles(conn, [r.ident for r in requests]))
     pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
     # a request that names the profile (not one of its addresses), or every channel ('*'),
     # opts out all its addresses
@@ -157,6 +161,74 @@ async def apply_opt_outs(
     await ledger.append(conn, p.policy, entries)
     await enqueue_opt_outs(conn, entries)  # the webhook outbox, in this transaction
     return results
+
+
+async def carry_person_opt_outs(
+    conn: AsyncConnection, p: Platform, profile_ids: set[uuid.UUID]
+) -> None:
+    """An opt-out for every channel ('*') concerns the person, so it also reaches the emails
+    and phones learned to be theirs later: a record that carries one, a profile merged in.
+    Before, a stale import adding the customer's phone with a grant older than their "stop
+    all marketing" made them contactable by SMS again, and so did a merge bringing in such a
+    phone. Each such address gets the opt-out as the opt-out itself writes it (a suppression
+    and a ledger withdrawal of the address, dated when the customer asked), so only a grant
+    that occurred after it makes the address contactable. `profile_ids`: surviving profiles
+    that may have gained addresses; their opt-outs include those of profiles merged into them.
+    """
+    if not profile_ids:
+        return
+    survivor = {pid: pid for pid in profile_ids}
+    ids = sorted(profile_ids)
+    pc, led = profiles.c, consent_ledger.c
+    for start in range(0, len(ids), 500):  # a merge re-points what was merged into the absorbed
+        rows = await conn.execute(
+            select(pc.id, pc.merged_into).where(pc.merged_into.in_(ids[start : start + 500]))
+        )
+        survivor.update({pid: into for pid, into in rows})
+    owners = sorted(survivor)
+    latest: dict[tuple[uuid.UUID, str], tuple[datetime, str, str]] = {}
+    for start in range(0, len(owners), 500):
+        rows = await conn.execute(
+            select(led.profile_id, led.purpose, led.occurred_at, led.source, led.actor).where(
+                led.profile_id.in_(owners[start : start + 500]),
+                led.channel == "*",
+                led.status == "withdrawn",
+                led.method.in_(OPT_OUT_METHODS),
+                led.evidence.is_(None),
+            )
+        )
+        for pid, purpose, at, source, actor in rows:
+            key = (survivor[pid], purpose)
+            if key not in latest or at > latest[key][0]:
+                latest[key] = (at, source, actor)
+    if not latest:
+        return
+    addresses = await profiles_addresses(conn, {pid for pid, _ in latest})
+    held = await suppressed_at(conn, sorted({b for a in addresses.values() for _, b in a}))
+    carried: list[Suppression] = []
+    entries: list[Entry] = []
+    for (pid, purpose), (at, source, actor) in sorted(latest.items()):
+        for kind, bidx in addresses.get(pid, []):
+            if (t := held.get((bidx, purpose, "*"))) is not None and t >= at:
+                continue  # opted out already (this opt-out, or a later one)
+            carried.append(Suppression(bidx, purpose, "*", "opt_out", source, at, pid, kind))
+            entries.append(
+                Entry(
+                    profile_id=pid,
+                    subject_kind=kind,
+                    subject=bidx,
+                    purpose=purpose,
+                    channel="*",
+                    status="withdrawn",
+                    occurred_at=at,
+                    source=source,
+                    actor=actor,
+                    method="opt_out",
+                )
+            )
+    await suppress_many(conn, carried)
+    await ledger.append(conn, p.policy, entries)
+    await enqueue_opt_outs(conn, entries)
 
 
 def _whole_profile(p: Platform, r: OptOutRequest) -> bool:

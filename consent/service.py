@@ -16,6 +16,7 @@ from cdp.errors import InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, profile_addresses, profiles_addresses
+from cdp.profiles.locks import lock_profile
 from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
@@ -163,10 +164,11 @@ async def record_consent(
 
     occurred = body.occurred_at or utcnow()
     async with p.db.write() as conn:
-        await lock_keys(conn, [ident.bidx or str(ident.profile_id)])
+        await lock_keys(conn, [ident.bidx] if ident.bidx else [])
         pid = await ensure_profile(
             conn, p, ident, source=body.source, actor=actor, country=body.country
         )
+        pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
         named = [(ident.kind, ident.bidx)] if ident.kind in ("email", "phone") else []
         kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
         all_addr = await profile_addresses(conn, pid)

@@ -339,7 +339,6 @@ async def test_a_worker_killed_mid_erasure_is_completed_by_the_next_run(
         "resumed",
         "status",
     ]
-    platform.keys.forget(uuid.UUID(ids["survivor"]))  # another process erased it
     await assert_erased(client, keys, platform, ids, key_blobs)
 
 
@@ -452,3 +451,40 @@ async def test_no_earlier_page_of_an_erased_customer_stays_in_the_sqlite_wal(
     on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
     for value in (b"Zorgcity", b"Zorgtrait"):
         assert value not in on_disk
+
+
+async def test_an_erasure_by_another_process_is_honoured_at_once_by_this_one(
+    client, keys, platform, db_url, tmp_path
+):
+    """The API runs as several processes (and `cdp dsr run` beside them): once an erasure has
+    committed anywhere, no process may still decrypt the customer's data with a key it had
+    cached. Before, another process read the evidence (IP, user agent) for up to a minute."""
+    from tests.conftest import make_settings
+
+    ids = await create_anna(client, keys)
+
+    async def evidence_shown() -> list:  # type: ignore[type-arg]
+        r = await client.get(
+            "/v1/audit/consent-events", params={"email": EMAIL}, headers=keys["compliance"]
+        )
+        assert r.status_code == 200, r.text
+        return [e["evidence"] for e in r.json()["items"] if e["evidence"]]
+
+    assert any(e.get("ip") == "203.0.113.77" for e in await evidence_shown())
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+    await submit_erasure(platform, ident, requested_by="operator", actor="test")
+
+    from cdp.platform import open_platform
+
+    other = await open_platform(make_settings(db_url, tmp_path), run_migrations=False)
+    try:
+        assert (await run_pending(other)).completed == 1  # the erasure runs in another process
+    finally:
+        await other.close()
+
+    assert await evidence_shown() == []
+    r = await client.get(
+        "/v1/audit/consent-events", params={"email": EMAIL}, headers=keys["compliance"]
+    )
+    assert "203.0.113.77" not in r.text and "AnnaBrowser" not in r.text
+    await assert_erased(client, keys, platform, ids, [])

@@ -121,3 +121,44 @@ async def test_0004_normalises_types_categories_and_recounts_stats(empty_db):
         datetime(2026, 11, 3, 12, tzinfo=UTC),
     )
     assert (rows[boris].orders_count, rows[boris].total_spent) == (1, Decimal("300.00"))
+
+
+async def downgrade(db: Database, target: str) -> None:
+    def run(connection):  # type: ignore[no-untyped-def]
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, target)
+
+    async with db.engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+async def schema_drift(db: Database) -> list:  # type: ignore[type-arg]
+    """What Alembic's autogenerate finds between the database and the table definitions."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from cdp.db.metadata import metadata
+
+    def run(connection):  # type: ignore[no-untyped-def]
+        return compare_metadata(MigrationContext.configure(connection), metadata)
+
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(run)
+
+
+async def table_names(db: Database) -> set[str]:
+    from sqlalchemy import inspect
+
+    async with db.engine.connect() as conn:
+        return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+
+
+async def test_upgrade_downgrade_upgrade_round_trip_matches_the_models(empty_db):
+    db = empty_db
+    await upgrade(db, "head")
+    assert await schema_drift(db) == []
+    await downgrade(db, "base")
+    assert await table_names(db) <= {"alembic_version"}
+    await upgrade(db, "head")
+    assert await schema_drift(db) == []

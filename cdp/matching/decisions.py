@@ -13,6 +13,7 @@ from cdp.db.tables import identities, profiles
 from cdp.errors import Conflict
 from cdp.platform import Platform
 from cdp.profiles.identity import resolve_profile_id
+from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import merge_profiles
 
 
@@ -44,7 +45,10 @@ async def merge_reviewed(
             select(identities.c.bidx).where(identities.c.profile_id.in_(current))
         )
     ]
-    await lock_keys(conn, [*(f"profile|{pid}" for pid in current), *bidxs])
+    await lock_keys(conn, bidxs)  # identifiers first, then profiles (cdp.profiles.locks)
+    await lock_profiles(conn, current)
+    if sorted({await resolve_profile_id(conn, pid) for pid in profile_ids}) != current:
+        raise Conflict("these profiles were merged or split meanwhile: review them again")
     created = {
         pid: at
         for pid, at in await conn.execute(
@@ -64,4 +68,7 @@ async def merge_reviewed(
             source=source,
             actor=actor,
         )
+    from consent.optout import carry_person_opt_outs
+
+    await carry_person_opt_outs(conn, p, {survivor})  # a "stop all" of either reaches both
     return Merged(survivor, ordered[1:])

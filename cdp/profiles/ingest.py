@@ -41,6 +41,7 @@ from cdp.matching.tables import merge_reviews
 from cdp.platform import Platform
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.identity import IdentityKey, record_keys
+from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import merge_profiles
 from cdp.profiles.records import Record
 from cdp.profiles.sealing import Sealed
@@ -156,7 +157,7 @@ async def ingest(
     guards = p.policy.identity
     if keys is None:
         keys = [usable_keys(record_keys(p.keys.indexer, r), guards) for r in records]
-    existing = await _lookup(conn, list({k.bidx for ks in keys for k in ks}))
+    existing = await _lookup_locked(conn, list({k.bidx for ks in keys for k in ks}))
     by_profile: dict[uuid.UUID, dict[bytes, uuid.UUID]] = defaultdict(dict)
     for bidx, (pid, iid) in existing.items():
         by_profile[pid][bidx] = iid
@@ -344,6 +345,23 @@ async def _lookup(
     """bidx -> (profile id, identity id) of the identifiers already known."""
     rows = await rows_where_in(conn, identities, ("bidx", "profile_id", "id"), "bidx", bidxs)
     return {bidx: (pid, iid) for bidx, pid, iid in rows}
+
+
+async def _lookup_locked(
+    conn: AsyncConnection, bidxs: list[bytes]
+) -> dict[bytes, tuple[uuid.UUID, uuid.UUID]]:
+    """`_lookup`, with the profiles it found locked (cdp.profiles.locks). A merge or an
+    erasure that held one of them may have moved or deleted the identifiers found meanwhile
+    (the caller holds the locks of its own identifiers only, and nobody else can add one of
+    those), so they are looked up again under the locks until the answer stands."""
+    existing = await _lookup(conn, bidxs)
+    while existing and conn.dialect.name == "postgresql":
+        await lock_profiles(conn, {pid for pid, _ in existing.values()})
+        again = await _lookup(conn, list(existing))
+        if again == existing:
+            break
+        existing = again
+    return existing
 
 
 async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Holdings:

@@ -78,32 +78,51 @@ async def store_prepared_in(
     conn: AsyncConnection, p: Platform, prepared: list[Prepared], actor: str
 ) -> list[Outcome]:
     """`store_prepared` inside the caller's write transaction."""
+    return (await _store_by_actor(conn, p, [(prepared, actor)]))[0]
+
+
+async def _store_by_actor(
+    conn: AsyncConnection, p: Platform, groups: list[tuple[list[Prepared], str]]
+) -> list[list[Outcome]]:
+    """Records of one or more API keys (the ledger records who stored each consent), in the
+    lock order every writer keeps (cdp.profiles.locks): all identifiers, then the profiles
+    (ingest), then the ledger head (consents). Taking a second key's identifiers or profiles
+    after the first key's consents held the ledger head deadlocked against an opt-out holding
+    one of them while it waited for the head (PostgreSQL failed one of the two)."""
+    from consent.optout import carry_person_opt_outs
     from consent.service import record_claims
 
-    await lock_keys(conn, (k.bidx for x in prepared for k in x.keys))  # PostgreSQL only
-    outcomes = await ingest(
-        conn,
-        p,
-        [x.record for x in prepared],
-        actor,
-        keys=[x.keys for x in prepared],
-        sealed=[x.sealed for x in prepared],
-    )
-    items = []
-    owners: list[Outcome] = []
-    for x, o in zip(prepared, outcomes, strict=True):
-        named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
-        items.extend((o.profile_id, named, claim) for claim in x.claims)
-        owners.extend(o for _ in x.claims)
-    recorded = await record_claims(conn, p, items, actor)
-    for o, (_, _, claim), done in zip(owners, items, recorded, strict=True):
-        if done:
-            o.consents_recorded += 1
-        else:  # its address was not kept at resolution (the identity cap, a refused merge)
-            o.ignored.append(
-                FieldError("consents", f"a {claim.channel} grant: its address was not kept")
-            )
-    return outcomes
+    await lock_keys(conn, (k.bidx for prepared, _ in groups for x in prepared for k in x.keys))
+    resolved = [
+        await ingest(
+            conn,
+            p,
+            [x.record for x in prepared],
+            actor,
+            keys=[x.keys for x in prepared],
+            sealed=[x.sealed for x in prepared],
+        )
+        for prepared, actor in groups
+    ]
+    # a customer who opted out of everything: so are the addresses their records bring
+    joined = {o.profile_id for outcomes in resolved for o in outcomes if not o.created}
+    await carry_person_opt_outs(conn, p, joined)
+    for (prepared, actor), outcomes in zip(groups, resolved, strict=True):
+        items = []
+        owners: list[Outcome] = []
+        for x, o in zip(prepared, outcomes, strict=True):
+            named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
+            items.extend((o.profile_id, named, claim) for claim in x.claims)
+            owners.extend(o for _ in x.claims)
+        recorded = await record_claims(conn, p, items, actor)
+        for o, (_, _, claim), done in zip(owners, items, recorded, strict=True):
+            if done:
+                o.consents_recorded += 1
+            else:  # its address was not kept at resolution (the identity cap, a refused merge)
+                o.ignored.append(
+                    FieldError("consents", f"a {claim.channel} grant: its address was not kept")
+                )
+    return resolved
 
 
 async def upsert_one(p: Platform, raw: Any, actor: str) -> Outcome:
@@ -123,9 +142,11 @@ async def _store_group(
     by_actor: dict[str, list[int]] = {}
     for i, (_, actor) in enumerate(items):
         by_actor.setdefault(actor, []).append(i)
+    groups = [([items[i][0] for i in indexes], actor) for actor, indexes in by_actor.items()]
     out: list[Outcome | None] = [None] * len(items)
-    for actor, indexes in by_actor.items():  # the ledger records who stored each record
-        stored = await store_prepared_in(conn, p, [items[i][0] for i in indexes], actor)
+    for indexes, stored in zip(
+        by_actor.values(), await _store_by_actor(conn, p, groups), strict=True
+    ):
         for i, outcome in zip(indexes, stored, strict=True):
             out[i] = outcome
     return [o for o in out if o is not None]

@@ -44,6 +44,7 @@ from cdp.ids import utcnow
 from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.identity import resolve_profile_id
+from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from consent.subjects import profile_subject
 from consent.tables import consent_state
@@ -100,7 +101,10 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
             select(identities.c.bidx).where(identities.c.profile_id == holder)
         )
     ]
-    await lock_keys(conn, [f"profile|{holder}", f"profile|{a_id}", *bidxs])
+    await lock_keys(conn, bidxs)  # identifiers first, then profiles (cdp.profiles.locks)
+    await lock_profiles(conn, [holder, a_id])
+    if await resolve_profile_id(conn, m.survivor_id) != holder:
+        raise Conflict("the profile was merged again meanwhile: try again")
     ciphers = await p.keys.ciphers(conn, {holder, a_id, m.survivor_id})
     if a_id not in ciphers or holder not in ciphers:
         raise Gone("a data key of this merge was destroyed")

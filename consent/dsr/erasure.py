@@ -51,6 +51,7 @@ from cdp.db.tables import (
 )
 from cdp.ids import utcnow
 from cdp.platform import Platform
+from cdp.profiles.locks import lock_profiles
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
 from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
@@ -171,9 +172,10 @@ async def lock_customer(
 ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str, bytes]]]:
     """Lock the customer's profiles and identifiers, then read them again until stable.
 
-    Ingest, consent and event writers lock the blind indexes they touch (PostgreSQL advisory
-    locks), so once these are held nobody can attach an identity to, or merge, this customer
-    until the erasure commits.
+    Ingest, consent, opt-out and event writers lock the blind indexes they touch, then the
+    profiles they write to, and read those again under the locks (cdp.profiles.locks): once
+    these are held nobody can attach an identity or an event to, or merge, this customer until
+    the erasure commits, and whoever waited finds the profiles erased.
     """
     seen: tuple | None = None
     while True:
@@ -184,10 +186,10 @@ async def lock_customer(
         state = (root, tuple(sorted(pids)), tuple(idents))
         if state == seen:
             return pids, idents
-        await lock_keys(
-            conn,
-            [customer_lock(root), *(f"profile|{pid}" for pid in pids), *(b for _, _, b in idents)],
-        )
+        # identifiers first, then the customer and its profiles (cdp.profiles.locks)
+        await lock_keys(conn, [b for _, _, b in idents])
+        await lock_keys(conn, [customer_lock(root)])
+        await lock_profiles(conn, pids)
         seen = state
 
 
