@@ -13,6 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import OperationalError
 
+from cdp.db.conflicts import is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
 from consent.tokens import TokenError
 
@@ -96,6 +97,13 @@ def on_http(_: Request, exc: HTTPException) -> Response:
 
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
+    if is_transient_conflict(exc):  # PostgreSQL aborted the write to break a deadlock
+        log.warning("write_conflict", path=request.url.path, error=type(exc).__name__)
+        return problem(
+            503,
+            "a concurrent write conflicted with this one; nothing was stored: send it again",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, OperationalError):
         log.error("database_unavailable", path=request.url.path, error=type(exc).__name__)
         return problem(503, "the database is not reachable")
