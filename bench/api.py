@@ -245,12 +245,15 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
                         f"{p50:.1f} | {p99:.1f} | {errors} | {generator} |"
                     )
                     print(rows[-1], flush=True)
+            # a client of its own: the keep-alive connections of the one above sat idle
+            # while wrk ran, and the server had closed them (httpx.ReadError on reuse)
+            async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
                 leaked = await race(client, hi, hm, seg_id, seconds)
-                rows.append(
-                    f"| {db} | contacts handed out after an opt-out's answer | {leaked} "
-                    "| | | | | python |"
-                )
-                print(rows[-1], flush=True)
+            rows.append(
+                f"| {db} | contacts handed out after an opt-out's answer | {leaked} "
+                "| | | | | python |"
+            )
+            print(rows[-1], flush=True)
         finally:
             server_peak = _peak_rss_of(server.pid)
             server.terminate()
