@@ -292,3 +292,21 @@ async def test_a_value_under_a_column_without_a_name_rejects_its_row(platform, t
     summary = await run_import(platform, src, "crm")
     assert (summary.created, summary.rejected_rows) == (1, 1)
     assert summary.reasons == {"a value in a column the header gives no name": 1}
+
+
+async def test_a_json_line_naming_a_key_twice_is_rejected_not_cut(platform, tmp_path):
+    """A JSON decoder keeps the last of two values: the first email was lost without a word."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "D1", "email": "work@example.com", "email": "home@example.com"}\n'
+        '{"external_id": "D2", "traits": {"tier": "gold", "tier" : "silver"}}\n'
+        '{"external_id": "D3", "city": "Omsk \\": x"}\n',  # '":' inside a value is no key
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (3, 1, 2)
+    rejects = summary.rejects_path.read_text("utf-8").splitlines()[1:]
+    assert rejects == [
+        "1,row,names the key 'email' twice (one of its values would be lost)",
+        "2,row,names the key 'tier' twice (one of its values would be lost)",
+    ]
