@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import TOO_DEEP, DomainError
+from cdp.errors import TOO_DEEP, DomainError, repeatable
 from cdp.profiles.schemas import ProfileIn
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -182,11 +182,12 @@ def csv_header(fh: Any, delimiter: str | None) -> tuple[Any, list[str]] | None:
             f"the header names no column cdp import knows ({tried}); {_found(names, chosen)}. "
             f"Is line 1 a header row? {COLUMNS_HELP}"
         )
-    unknown = [name.strip()[:60] for name, key in zip(names, keys, strict=True) if key is None]
+    unknown = [name.strip() for name, key in zip(names, keys, strict=True) if key is None]
     if unknown:
+        shown = [repr(name) if repeatable(name) else "(one not repeated)" for name in unknown]
         raise ImportFileError(
             f"the header names {_columns(len(unknown))} cdp import does not know: "
-            f"{', '.join(map(repr, unknown[:20]))}. Remove {'it' if len(unknown) == 1 else 'them'}"
+            f"{', '.join(shown[:20])}. Remove {'it' if len(unknown) == 1 else 'them'}"
             f", or name a trait traits.<name>. {COLUMNS_HELP}"
         )
     header = [key or "" for key in keys]
@@ -307,9 +308,8 @@ class _DuplicateKey(ValueError):
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: set[str] = set()
     for key, _ in pairs:
-        if key in seen:  # a key is named unless it could be personal data (an email as a trait)
-            plain = len(key) <= 60 and key.isprintable() and "@" not in key
-            named = f"the key {key!r}" if plain else "a key"
+        if key in seen:
+            named = f"the key {key!r}" if repeatable(key) else "a key"
             raise _DuplicateKey(f"names {named} twice (one of its values would be lost)")
         seen.add(key)
     return dict(pairs)

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import FieldError, InvalidInput, decoded_field_error
+from cdp.errors import FieldError, InvalidInput, decoded_field_error, repeatable
 from cdp.ids import time_problem
-from cdp.labels import TRAIT_NAME_MAX, TRAIT_NAME_RULE, trait_name
+from cdp.labels import TRAIT_NAME_RULE, trait_name
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -92,8 +92,8 @@ def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[Fi
 
 def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
     """The traits under their stored names (cdp.labels.trait_name), and an error for each name
-    that segment rules could not select. The error names `traits.<name>` when the name is short
-    and plain; one that is long, unprintable or holds an '@' is not echoed (it names `traits`)."""
+    that segment rules could not select. The error names `traits.<name>` when the name is
+    `repeatable`, else `traits`."""
     named: dict[str, Any] = {}
     errors: list[FieldError] = []
     for key, value in traits.items():
@@ -101,8 +101,7 @@ def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldErr
         if name is not None:
             named[name] = value
             continue
-        plain = len(key) <= TRAIT_NAME_MAX and key.isprintable() and "@" not in key
-        errors.append(FieldError(f"traits.{key}" if plain else "traits", TRAIT_NAME_RULE))
+        errors.append(FieldError(f"traits.{key}" if repeatable(key) else "traits", TRAIT_NAME_RULE))
     return named, errors
 
 
