@@ -15,9 +15,11 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdp.crypto.master import MasterKey
 from cdp.import_file import ImportFileError
 from cdp.importer import run_import
-from tests.helpers import hypothesis_on_loop
+from tests.helpers import hypothesis_on_loop, sql
+from tests.test_import import run_cli
 
 _ids = itertools.count()
 SETTINGS = settings(
@@ -218,3 +220,91 @@ async def test_a_key_that_is_an_address_is_not_repeated(platform, client, keys, 
     with pytest.raises(ImportFileError) as refused:
         await run_import(platform, header, "crm")
     assert "zoya" not in str(refused.value) and "1 column" in str(refused.value)
+
+
+ZOYA = Person("Жзоя", "Щкузнецова", "ZqZoyaKuz", "5550177")
+
+
+async def test_cdp_import_says_nothing_personal_when_it_fails(platform, tmp_path, backend):
+    """Rejected rows, a header that is a row of data, a wrong master key, and an import that
+    dies midway (the database refuses a write): stdout, stderr and the rejects file name lines,
+    fields and reasons only."""
+    if backend != "sqlite":
+        return  # the CLI is the same code on both databases; the failure is made with SQLite
+    url, p = platform.settings.database_url, ZOYA
+    rows = tmp_path / "crm.csv"
+    rows.write_text(
+        "email;phone;first_name;city;consent.marketing.email;traits.note\n"
+        f"{p.local}@;{p.phone};{p.first_name};;;\n"
+        f"{p.email};{p.phone} доб;{p.first_name};;;\n"
+        f"{p.email};{p.phone};{p.first_name};{p.last_name} {p.email};;\n"
+        f"{p.email};{p.phone};{p.first_name};;{p.email};\n"
+        f'{p.email};{p.phone};"{p.first_name}\x00";;;\n'
+        f"{p.email};{p.phone};{p.last_name * 40};;;{p.email}\n",
+        "utf-8",
+    )
+    data = tmp_path / "no_header.csv"
+    data.write_text(f"{p.email};{p.first_name};{p.phone}\n", "utf-8")
+    lines = tmp_path / "big.ndjson"
+    lines.write_text(
+        "".join(
+            f'{{"email": "{p.local}.{i}@example.org", "first_name": "{p.first_name}",'
+            f' "phone": "8 (916) {i:07d}"}}\n'
+            for i in range(1500)
+        ),
+        "utf-8",
+    )
+    said = []
+    for args, env in (
+        (["import", str(rows), "--source", "crm"], {}),
+        (["import", str(data), "--source", "crm"], {}),
+        (["import", str(rows), "--source", "crm"], {"CDP_MASTER_KEY": MasterKey.generate_base64()}),
+    ):
+        done = run_cli(args, url, tmp_path, **env)
+        said += [done.stdout, done.stderr]
+    said.append((tmp_path / "crm.csv.rejects.csv").read_text("utf-8"))
+    await sql(
+        platform,
+        "CREATE TRIGGER full_disk BEFORE INSERT ON profiles "
+        "WHEN (SELECT count(*) FROM profiles) >= 1000 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    died = run_cli(["import", str(lines), "--source", "crm"], url, tmp_path)
+    assert died.returncode != 0 and "disk full" in died.stderr
+    said += [died.stdout, died.stderr]
+    assert_nothing_of(p, said)
+
+
+async def test_a_500_or_a_broken_ciphertext_says_nothing_personal(
+    platform, client, keys, caplog, capfd, monkeypatch
+):
+    """An unexpected failure whose message holds a customer's data (as a driver's might), and a
+    profile whose ciphertext no longer authenticates: the answer is a bare 500, and the log
+    names the error's type only."""
+    p = ZOYA
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": p.email, "phone": p.phone, "first_name": p.first_name},
+        headers=keys["ingest"],
+    )
+    profile_id = r.json()["profile_id"]
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"could not store {p.email.lower()} ({p.first_name}, +7916{p.digits})")
+
+    answers = []
+    with everything_said(caplog) as said:
+        with monkeypatch.context() as patch:
+            patch.setattr("api.controllers.profiles.upsert_one", failing)
+            r = await client.post(
+                "/v1/profiles", json={"source": "crm", "email": p.email}, headers=keys["ingest"]
+            )
+        assert r.status_code == 500
+        answers.append(r.text)
+        await sql(platform, "UPDATE profiles SET first_name = last_name WHERE first_name IS NULL")
+        await sql(platform, "UPDATE profiles SET last_name = first_name")  # moved: fails its AAD
+        r = await client.get(f"/v1/profiles/{profile_id}", headers=keys["admin"])
+        assert r.status_code == 500
+        answers.append(r.text)
+    out, err = capfd.readouterr()
+    assert_nothing_of(p, [*answers, *said, out, err])
+    assert any("RuntimeError" in line for line in said)
