@@ -6,8 +6,10 @@ and their normalised forms (a lower-cased email, an E.164 phone, its national di
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -18,8 +20,10 @@ from hypothesis import strategies as st
 from cdp.crypto.master import MasterKey
 from cdp.import_file import ImportFileError
 from cdp.importer import run_import
+from consent.outbox.receiver import Receiver
 from tests.helpers import hypothesis_on_loop, sql
 from tests.test_import import run_cli
+from tests.test_webhooks_delivery import FAST, drain, opt_out, subscribe
 
 _ids = itertools.count()
 SETTINGS = settings(
@@ -308,3 +312,26 @@ async def test_a_500_or_a_broken_ciphertext_says_nothing_personal(
     out, err = capfd.readouterr()
     assert_nothing_of(p, [*answers, *said, out, err])
     assert any("RuntimeError" in line for line in said)
+
+
+@pytest.fixture
+async def failing() -> AsyncIterator[Receiver]:
+    receiver = Receiver(secret="")
+    receiver.respond = lambda _req: 500
+    await receiver.start()
+    yield receiver
+    await receiver.stop()
+
+
+async def test_a_failing_webhook_says_nothing_personal(platform, client, keys, caplog, failing):
+    """A receiver that fails until the delivery is dead (also one sent the address): the logs
+    and the deliveries' status name ids and status codes only."""
+    p, receiver = ZOYA, failing
+    sub = await subscribe(client, keys, receiver, kinds=["opt_out"], include_address=True)
+    with everything_said(caplog) as said:
+        await opt_out(client, keys, email=p.email, channel="email")
+        await drain(platform, dataclasses.replace(FAST, max_attempts=2))
+        r = await client.get(f"/v1/webhooks/{sub['id']}/deliveries", headers=keys["admin"])
+    assert [item["status"] for item in r.json()["items"]] == ["dead"]
+    assert any("webhook_dead_letter" in line for line in said)
+    assert_nothing_of(p, [*said, r.text])
