@@ -18,8 +18,8 @@ often in Windows-1251 rather than UTF-8. So:
   was rejected for it), or names a column twice (one of the two values of every row would be
   lost). So is a JSON array where JSON lines are read, and an Excel workbook (`.xlsx` or
   `.xls`; any zip or OLE file), which is not text at all.
-- a JSON line that names a key twice (`{"email": ..., "email": ...}`) is rejected: a JSON
-  decoder keeps the last value, and the first was lost without a word.
+- a JSON line that names a key twice (`{"email": ..., "email": ...}`) is rejected
+  (`cdp.json_keys`): a JSON decoder keeps the last value, and the first was lost without a word.
 - rows are numbered by the line of the file where they start, as a text editor or a
   spreadsheet shows them: a CSV's header is line 1, its first row line 2.
 """
@@ -29,8 +29,6 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
-import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from typing import Any
 import msgspec
 
 from cdp.errors import TOO_DEEP, DomainError, repeatable
+from cdp.json_keys import duplicate_key
 from cdp.profiles.schemas import ProfileIn
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -269,47 +268,13 @@ def _csv_rows(reader: Any) -> Iterator[tuple[int, list[str] | str]]:
 
 
 def _json_object(line: str) -> dict[str, Any] | str:
-    """The line's object, or why it is none. An object that names a key twice is none: a JSON
-    decoder keeps the last value and the other was lost without a word (as with a CSV header
-    naming a column twice)."""
+    """The line's object, or why it is none (`cdp.json_keys`: not one naming a key twice)."""
     try:
         obj = msgspec.json.decode(line)
-        if not isinstance(obj, dict):
-            return "not a JSON object"
-        if len(_KEY_END.findall(line)) > _keys(obj):  # some key may be there twice: look
-            json.loads(line, object_pairs_hook=_refuse_duplicates)
-    except _DuplicateKey as exc:
-        return str(exc)
-    except (msgspec.DecodeError, ValueError):
+    except msgspec.DecodeError:
         return "not valid JSON"
     except RecursionError:  # msgspec stops at Python's recursion limit
         return TOO_DEEP
-    return obj
-
-
-# Every key of a JSON object ends with a quote, then a colon (perhaps after spaces); a string
-# value may hold the same, so the count is at least the number of keys the line names.
-_KEY_END = re.compile(r'"\s*:')
-
-
-def _keys(value: Any) -> int:
-    """The keys of every object in a decoded JSON value."""
-    if isinstance(value, dict):
-        return len(value) + sum(_keys(item) for item in value.values())
-    if isinstance(value, list):
-        return sum(_keys(item) for item in value)
-    return 0
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            named = f"the key {key!r}" if repeatable(key) else "a key"
-            raise _DuplicateKey(f"names {named} twice (one of its values would be lost)")
-        seen.add(key)
-    return dict(pairs)
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    return duplicate_key(line, obj) or obj

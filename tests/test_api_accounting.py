@@ -118,3 +118,27 @@ async def test_an_event_is_recorded_once_or_refused_storing_nothing(platform, cl
         example()
 
     await hypothesis_on_loop(test)
+
+
+async def test_a_body_naming_a_key_twice_is_refused_storing_nothing(platform, client, keys):
+    """A JSON decoder keeps the last of two values: the work address was dropped without a
+    word and the profile stored with the home one only."""
+    body = '{"source": "crm", "email": "work@example.com", "email": "home@example.com"}'
+    for path, text, key in (
+        ("/v1/profiles", body, "email"),
+        ("/v1/profiles/batch", '{"records": [' + body + "]}", "email"),
+        ("/v1/events", '{"source": "shop", "event_id": "e1", "event_id" : "e2"}', "event_id"),
+    ):
+        r = await post_text(client, keys, path, text)
+        assert r.status_code == 400, r.text
+        message = f"names the key {key!r} twice (one of its values would be lost)"
+        assert r.json()["errors"] == [{"field": "body", "message": message}]
+    assert await count(platform, profiles) == 0
+    text = '{"source": "crm", "email": "z@example.com", "city": "Omsk \\": x"}'
+    r = await post_text(client, keys, "/v1/profiles", text)  # '":' inside a value is no key
+    assert r.status_code == 201, r.text
+
+
+async def post_text(client, keys, path: str, text: str):  # type: ignore[no-untyped-def]
+    headers = {**keys["ingest"], "content-type": "application/json"}
+    return await client.post(path, content=text, headers=headers)
