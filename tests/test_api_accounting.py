@@ -5,11 +5,13 @@ refused (400) having stored nothing, and never a 500. Bodies are generated (hypo
 from __future__ import annotations
 
 import itertools
+import unicodedata
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdp.db.tables import events, profiles
+from cdp.profiles.records import TRAIT_NAMED_TWICE
 from tests.helpers import count, hypothesis_on_loop
 
 _ids = itertools.count()
@@ -142,3 +144,19 @@ async def test_a_body_naming_a_key_twice_is_refused_storing_nothing(platform, cl
 async def post_text(client, keys, path: str, text: str):  # type: ignore[no-untyped-def]
     headers = {**keys["ingest"], "content-type": "application/json"}
     return await client.post(path, content=text, headers=headers)
+
+
+async def test_two_names_of_one_trait_are_refused_not_one_dropped(platform, client, keys):
+    """`район` typed on Windows and on a Mac (`й` as one character, and as `и` with a
+    combining breve) is one trait: one of the two values used to be dropped without a word."""
+    composed, decomposed = "район", unicodedata.normalize("NFD", "район")
+    assert composed != decomposed
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "t@example.com", "traits": {composed: 1, decomposed: 2}},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 400, r.text
+    [error] = r.json()["errors"]
+    assert error["message"] == TRAIT_NAMED_TWICE
+    assert await count(platform, profiles) == 0
