@@ -122,6 +122,10 @@ NDJSON_LINE = st.sampled_from(
         "nul",
         "nested_good",
         "unknown_key",
+        "traits_not_object",
+        "traits_text",
+        "consents_not_list",
+        "consent_half_named",
     ]
 )
 
@@ -158,6 +162,15 @@ def ndjson_line(kind: str, name: str) -> tuple[str, str | None]:
         return json.dumps({**good, "first_name": name + "\x00"}), REJECT
     if kind == "unknown_key":
         return json.dumps({**good, "comment": "call back"}), REJECT
+    if kind == "traits_not_object":  # the API refuses each as it is
+        return json.dumps({**good, "traits": [["tier", "gold"]]}), REJECT
+    if kind == "traits_text":
+        return json.dumps({**good, "traits": "vip"}), REJECT
+    if kind == "consents_not_list":
+        flat = {"consent.marketing.email": "granted", "consents": {"marketing": "granted"}}
+        return json.dumps({**good, **flat}), REJECT
+    if kind == "consent_half_named":
+        return json.dumps({**good, "consent.marketing": "granted"}), REJECT
     return (" \t" if name else ""), None  # a blank line (or one of spaces) is not a row
 
 

@@ -310,3 +310,29 @@ async def test_a_json_line_naming_a_key_twice_is_rejected_not_cut(platform, tmp_
         "1,row,names the key 'email' twice (one of its values would be lost)",
         "2,row,names the key 'tier' twice (one of its values would be lost)",
     ]
+
+
+async def test_a_json_line_with_traits_or_consents_of_the_wrong_shape_is_rejected(
+    platform, tmp_path
+):
+    """Before, traits that were not an object stopped the import with a traceback (or, as a list
+    of pairs, were taken as an object the API refuses), consents that were not a list beside a
+    consent key did too, and a consent key naming no channel was dropped without a word."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "W1", "traits": "vip"}\n'
+        '{"external_id": "W2", "traits": [["tier", "gold"]]}\n'
+        '{"external_id": "W3", "consents": {}, "consent.marketing.sms": "withdrawn"}\n'
+        '{"external_id": "W4", "consent.marketing": "withdrawn"}\n'
+        '{"external_id": "W5", "traits": {"tier": "gold"}, "traits.vip": true}\n',
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (5, 1, 4)
+    rejects = summary.rejects_path.read_text("utf-8").splitlines()[1:]
+    assert [",".join(line.split(",")[:2]) for line in rejects] == [
+        "1,traits",
+        "2,traits",
+        "3,consents",
+        "4,consent.marketing",
+    ]
