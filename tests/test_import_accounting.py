@@ -285,3 +285,31 @@ async def test_any_file_is_refused_whole_or_accounted_for(platform, tmp_path):
         example()
 
     await hypothesis_on_loop(test)
+
+
+SCALAR = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+JSON_VALUE = st.recursive(
+    SCALAR,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(SCALAR.map(str), inner, max_size=3),
+    max_leaves=6,
+)
+FIELDS = ["email", "phone", "external_id", "first_name", "city", "country", "birth_date"]
+KEYS = st.sampled_from(
+    [*FIELDS, "traits", "consents", "traits.tier", "consent.marketing.email", "consent.marketing"]
+)
+
+
+async def test_any_json_object_line_is_imported_or_rejected(platform, tmp_path):
+    """Values of any JSON type under the keys a line may have: the import never stops."""
+
+    def test(run) -> None:  # type: ignore[no-untyped-def]
+        @SETTINGS
+        @given(st.lists(st.dictionaries(KEYS, JSON_VALUE, max_size=4), min_size=1, max_size=5))
+        def example(objects: list[dict]) -> None:
+            path = tmp_path / f"any-{next(_ids)}.ndjson"
+            lines = "\n".join(json.dumps({"external_id": "J", **o}) for o in objects)
+            run(import_anything(platform, path, lines.encode()))
+
+        example()
+
+    await hypothesis_on_loop(test)
