@@ -160,3 +160,38 @@ async def test_two_names_of_one_trait_are_refused_not_one_dropped(platform, clie
     [error] = r.json()["errors"]
     assert error["message"] == TRAIT_NAMED_TWICE
     assert await count(platform, profiles) == 0
+
+
+SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+JSON_VALUE = st.recursive(
+    SCALAR,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+FIELDS = ["source", "email", "phone", "external_id", "first_name", "city", "country", "traits"]
+ANY_RECORD = st.dictionaries(st.sampled_from([*FIELDS, "consents", "birth_date"]), JSON_VALUE)
+
+
+async def test_a_batch_of_any_records_answers_each_once(platform, client, keys):
+    def test(run) -> None:  # type: ignore[no-untyped-def]
+        @SETTINGS
+        @given(st.lists(ANY_RECORD, max_size=4))
+        def example(records: list[dict]) -> None:
+            body = {"records": [{"source": "crm", "external_id": "A", **r} for r in records]}
+            r = run(client.post("/v1/profiles/batch", json=body, headers=keys["ingest"]))
+            assert r.status_code == 200, r.text
+            results = r.json()["results"]
+            assert [item["index"] for item in results] == list(range(len(records)))
+            assert all(("profile_id" in item) != ("error" in item) for item in results)
+
+        example()
+
+    await hypothesis_on_loop(test)
