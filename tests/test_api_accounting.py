@@ -16,7 +16,7 @@ from tests.helpers import count, hypothesis_on_loop
 
 _ids = itertools.count()
 SETTINGS = settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 KINDS = ("good", "bad_email", "bad_phone", "nul", "no_id", "unknown", "long", "bad_traits")
 RECORD = st.sampled_from([*KINDS, "good", "bad_consent", "empty"])

@@ -22,7 +22,7 @@ from tests.helpers import count, hypothesis_on_loop
 IMPORT, REJECT, EITHER = "import", "reject", "either"
 _ids = itertools.count()
 SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
 NAME = st.text(alphabet="Анна Иванова Ёё\"',;|\t\n", max_size=12)

@@ -27,7 +27,7 @@ from tests.test_webhooks_delivery import FAST, drain, opt_out, subscribe
 
 _ids = itertools.count()
 SETTINGS = settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
 
