@@ -44,7 +44,7 @@ from typing import Any
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
-from cdp.import_file import Chunk, check_file, is_json_lines, read_chunks
+from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
@@ -366,6 +366,9 @@ async def run_import(
         on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
     summary = ImportSummary()
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
+    if rejects_path.exists() and rejects_path.samefile(path):
+        # opened for writing, it was emptied before a row was read: the customer file lost
+        raise ImportFileError("the rejects file is the file to import: name another one")
     summary.rejects_path = rejects_path
     if workers is None:
         big = path.stat().st_size > 2_000_000  # noqa: ASYNC240

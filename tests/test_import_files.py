@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdp.db.tables import profiles
@@ -336,3 +338,16 @@ async def test_a_json_line_with_traits_or_consents_of_the_wrong_shape_is_rejecte
         "3,consents",
         "4,consent.marketing",
     ]
+
+
+async def test_the_file_to_import_is_never_its_own_rejects_file(platform, tmp_path, monkeypatch):
+    """`--rejects crm.csv` for crm.csv emptied the customer file before a row was read, and the
+    import answered 0 rows without a word."""
+    src = tmp_path / "crm.csv"
+    text = "email,first_name\nr1@example.com,Anna\nnot-an-email,Boris\n"
+    src.write_text(text, "utf-8")
+    monkeypatch.chdir(tmp_path)  # named as a user names it, relative to where they are
+    with pytest.raises(ImportFileError, match="rejects file is the file to import"):
+        await run_import(platform, src, "crm", rejects_path=Path("crm.csv"))
+    assert src.read_text("utf-8") == text
+    assert await count(platform, profiles) == 0
