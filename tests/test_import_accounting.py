@@ -10,6 +10,7 @@ import csv
 import io
 import itertools
 import json
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from cdp.importer import run_import
 from tests.helpers import count, hypothesis_on_loop
 
 IMPORT, REJECT, EITHER = "import", "reject", "either"
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _ids = itertools.count()
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -81,8 +83,10 @@ def csv_files(draw):  # type: ignore[no-untyped-def]
     delimiter = draw(st.sampled_from(DELIMITERS))
     unnamed = draw(st.booleans())  # Excel's delimiter at the end of every line
     width = 4 if unnamed else 3
-    terminator = draw(st.sampled_from(["\n", "\r\n"]))
+    terminator = draw(st.sampled_from(["\n", "\r\n", "\r"]))  # "\r": a classic Mac
     quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]))
+    if terminator == "\r":  # the writer would leave a "\n" in a value unquoted: a line break
+        quoting = csv.QUOTE_ALL
     encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "cp1251"]))
     kinds = draw(st.lists(st.tuples(CSV_ROW, NAME), max_size=8))
     buf = io.StringIO()
@@ -102,7 +106,7 @@ def csv_files(draw):  # type: ignore[no-untyped-def]
             values, outcome = csv_row("good" if kind == "again" else kind, name, width)
             if outcome == IMPORT:
                 earlier.append(values)  # type: ignore[arg-type]
-        line = buf.getvalue().count("\n") + 1
+        line = len(LINE_BREAK.findall(buf.getvalue())) + 1  # as an editor counts lines
         if isinstance(values, str):
             buf.write(values + terminator)
         else:
