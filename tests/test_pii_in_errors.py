@@ -11,6 +11,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import structlog
@@ -72,7 +73,7 @@ PEOPLE = st.builds(
 )
 
 
-def probes(p: Person) -> list[tuple[str, str, dict]]:
+def probes(p: Person) -> list[tuple[str, str, Any]]:
     """(method, path, JSON body or query) of requests that must fail, each naming `p`."""
     n = next(_ids)
     record = {"source": "crm", "email": p.email, "phone": p.phone, "first_name": p.first_name}
@@ -137,6 +138,8 @@ def probes(p: Person) -> list[tuple[str, str, dict]]:
         ("GET", "/v1/profiles", {"email": p.email}),
         ("GET", "/v1/profiles", {"phone": p.phone}),
         ("GET", "/v1/profiles", {"email": p.local}),
+        ("GET", "/v1/profiles", [("email", p.email), ("email", p.email.lower())]),
+        ("GET", "/v1/profiles", {"email": p.email, "phone": p.phone}),
         ("GET", f"/v1/profiles/{p.email}", {}),
         ("GET", "/v1/audit/consent-events", {"email": p.email, "since": p.last_name}),
         ("GET", f"/v1/unsubscribe/{p.email}", {}),
@@ -278,12 +281,12 @@ async def test_cdp_import_says_nothing_personal_when_it_fails(platform, tmp_path
     assert_nothing_of(p, said)
 
 
-async def test_a_500_or_a_broken_ciphertext_says_nothing_personal(
-    platform, client, keys, caplog, capfd, monkeypatch
+async def test_a_500_a_413_or_a_broken_ciphertext_says_nothing_personal(
+    platform, client, keys, caplog, capfd, monkeypatch, backend
 ):
-    """An unexpected failure whose message holds a customer's data (as a driver's might), and a
-    profile whose ciphertext no longer authenticates: the answer is a bare 500, and the log
-    names the error's type only."""
+    """An unexpected failure whose message holds a customer's data (as a driver's might), the
+    database refusing a write, a body over the limit, and a profile whose ciphertext no longer
+    authenticates: the answers and the log name no value (the log names the error's type)."""
     p = ZOYA
     r = await client.post(
         "/v1/profiles",
@@ -303,6 +306,21 @@ async def test_a_500_or_a_broken_ciphertext_says_nothing_personal(
                 "/v1/profiles", json={"source": "crm", "email": p.email}, headers=keys["ingest"]
             )
         assert r.status_code == 500
+        answers.append(r.text)
+        if backend == "sqlite":  # a constraint the database enforces (a trigger stands in)
+            await sql(
+                platform,
+                "CREATE TRIGGER refuse BEFORE INSERT ON profiles BEGIN "
+                "SELECT RAISE(ABORT, 'constraint failed'); END",
+            )
+            record = {"source": "crm", "email": f"2.{p.email}", "first_name": p.first_name}
+            r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+            assert r.status_code == 500
+            answers.append(r.text)
+            await sql(platform, "DROP TRIGGER refuse")
+        big = {"source": "crm", "email": p.email, "last_name": p.last_name * 1_000_000}
+        r = await client.post("/v1/profiles", json=big, headers=keys["ingest"])
+        assert r.status_code == 413
         answers.append(r.text)
         await sql(platform, "UPDATE profiles SET first_name = last_name WHERE first_name IS NULL")
         await sql(platform, "UPDATE profiles SET last_name = first_name")  # moved: fails its AAD
