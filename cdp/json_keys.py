@@ -22,12 +22,15 @@ _KEY_END = re.compile(rb'"\s*:')
 
 def duplicate_key(text: str | bytes, decoded: Any) -> str | None:
     """Why `text`, which decodes to `decoded`, is refused: an object in it names a key twice
-    (the key is named when it is `repeatable`); None when none does. The decoded value is
-    counted first (about a microsecond for a record); the text is read again only when it may
-    hold more keys than were decoded."""
+    (the key is named when it is `repeatable`); None when none does. The text is decoded again
+    only when it may hold more keys than were decoded (a few microseconds for a record)."""
+    if not isinstance(decoded, dict | list):
+        return None
     raw = text.encode() if isinstance(text, str) else text
+    keys = _keys(decoded)
     try:
-        if len(_KEY_END.findall(raw)) <= _keys(decoded):
+        # every colon, then the colons that may end a key: no more than the keys decoded
+        if raw.count(b":") <= keys or len(_KEY_END.findall(raw)) <= keys:
             return None
         json.loads(raw, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
@@ -40,13 +43,11 @@ def duplicate_key(text: str | bytes, decoded: Any) -> str | None:
     return None
 
 
-def _keys(value: Any) -> int:
-    """The keys of every object in a decoded JSON value."""
-    if isinstance(value, dict):
-        return len(value) + sum(_keys(item) for item in value.values())
-    if isinstance(value, list):
-        return sum(_keys(item) for item in value)
-    return 0
+def _keys(value: dict | list) -> int:
+    """The keys of every object in a decoded JSON object or array."""
+    items = value.values() if isinstance(value, dict) else value
+    inner = sum(_keys(item) for item in items if isinstance(item, dict | list))
+    return len(value) + inner if isinstance(value, dict) else inner
 
 
 class _DuplicateKey(Exception):
