@@ -17,6 +17,7 @@ import pytest
 import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.exc import OperationalError
 
 from cdp.crypto.master import MasterKey
 from cdp.import_file import ImportFileError
@@ -353,3 +354,26 @@ async def test_a_failing_webhook_says_nothing_personal(platform, client, keys, c
     assert [item["status"] for item in r.json()["items"]] == ["dead"]
     assert any("webhook_dead_letter" in line for line in said)
     assert_nothing_of(p, [*said, r.text])
+
+
+async def test_a_failure_behind_a_link_does_not_log_its_token(
+    platform, client, caplog, monkeypatch
+):
+    """The log of a 500 or a 503 (the database down) named the request's path, and a link's
+    path is its token: a preference-centre link would have been a key to a customer's data in
+    the log. It names the route instead."""
+    token = "tok3n-ZqZoyaKuz-secret"
+    for failure, status in (
+        (RuntimeError("boom"), 500),
+        (OperationalError("SELECT 1", {}, Exception("down")), 503),
+    ):
+
+        async def failing(*args: object, failure: Exception = failure) -> None:
+            raise failure
+
+        monkeypatch.setattr("api.controllers.consents.unsubscribe", failing)
+        with everything_said(caplog) as said:
+            r = await client.post(f"/v1/unsubscribe/{token}")
+        assert r.status_code == status
+        assert said and not any(token in line for line in said), said
+        assert any("/v1/unsubscribe/{token" in line for line in said), said
