@@ -96,6 +96,12 @@ def on_http(_: Request, exc: HTTPException) -> Response:
     return problem(status, detail, headers=dict(exc.headers or {}))
 
 
+def _route(request: Request) -> str:
+    """The route a request took (`/preferences/{token:str}`), never its path: a link's path is
+    its token, a key to a customer's preferences and data."""
+    return request.scope.get("path_template") or "(no route)"
+
+
 def on_unexpected(request: Request, exc: Exception) -> Response:
     if is_transient_conflict(exc):  # PostgreSQL aborted the write to break a deadlock
         log.warning("write_conflict", path=request.url.path, error=type(exc).__name__)
@@ -105,10 +111,10 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
             headers={"Retry-After": "1"},
         )
     if isinstance(exc, OperationalError):
-        log.error("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        log.error("database_unavailable", route=_route(request), error=type(exc).__name__)
         return problem(503, "the database is not reachable")
     # the type only: exception messages may hold bound parameters (personal data)
-    log.error("unhandled_error", path=request.url.path, error=type(exc).__name__)
+    log.error("unhandled_error", route=_route(request), error=type(exc).__name__)
     return problem(500, "internal error")
 
 

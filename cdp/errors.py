@@ -91,16 +91,32 @@ def plain_message(message: str) -> str:
     return f"expected {expected}, got {got or match.group(2)}"
 
 
+def repeatable(name: str) -> bool:
+    """Whether an error may repeat a name the caller chose (a key, a trait, a column): not one
+    that is long or unprintable, or holds an '@' or 7 digits, as a customer's email address or
+    phone number does (a JSON object keyed by address). Errors and the rejects file of
+    `cdp import` carry no personal data."""
+    return (
+        len(name) <= 64
+        and name.isprintable()
+        and "@" not in name
+        and sum(ch.isdigit() for ch in name) < 7
+    )
+
+
 def decoded_field_error(message: str, path: str | None, prefix: str = "") -> FieldError:
     """A msgspec validation error as a FieldError naming the field, in plain words
     (`plain_message`). `path` is where msgspec found it (`$.consents[0]`, `consents[0]`, or
     empty for the top level); an unknown or missing field is named inside its object:
-    ("consents[0].purpose", "required")."""
+    ("consents[0].purpose", "required"), unless its name is not `repeatable`: then the object
+    is named."""
     where = (path or "").strip("`").removeprefix("$").lstrip(".")
     for start, says in _OBJECT_MESSAGES:
         if message.startswith(start):
             name = message[len(start) :].partition("`")[0]
-            where, message = (f"{where}.{name}" if where else name), says
+            if repeatable(name):
+                where = f"{where}.{name}" if where else name
+            message = says
             break
     else:
         message = plain_message(message)

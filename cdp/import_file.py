@@ -18,6 +18,8 @@ often in Windows-1251 rather than UTF-8. So:
   was rejected for it), or names a column twice (one of the two values of every row would be
   lost). So is a JSON array where JSON lines are read, and an Excel workbook (`.xlsx` or
   `.xls`; any zip or OLE file), which is not text at all.
+- a JSON line that names a key twice (`{"email": ..., "email": ...}`) is rejected
+  (`cdp.json_keys`): a JSON decoder keeps the last value, and the first was lost without a word.
 - rows are numbered by the line of the file where they start, as a text editor or a
   spreadsheet shows them: a CSV's header is line 1, its first row line 2.
 """
@@ -33,7 +35,8 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import TOO_DEEP, DomainError
+from cdp.errors import TOO_DEEP, DomainError, repeatable
+from cdp.json_keys import duplicate_key
 from cdp.profiles.schemas import ProfileIn
 
 DELIMITERS = (",", ";", "\t", "|")
@@ -178,11 +181,12 @@ def csv_header(fh: Any, delimiter: str | None) -> tuple[Any, list[str]] | None:
             f"the header names no column cdp import knows ({tried}); {_found(names, chosen)}. "
             f"Is line 1 a header row? {COLUMNS_HELP}"
         )
-    unknown = [name.strip()[:60] for name, key in zip(names, keys, strict=True) if key is None]
+    unknown = [name.strip() for name, key in zip(names, keys, strict=True) if key is None]
     if unknown:
+        shown = [repr(name) if repeatable(name) else "(one not repeated)" for name in unknown]
         raise ImportFileError(
             f"the header names {_columns(len(unknown))} cdp import does not know: "
-            f"{', '.join(map(repr, unknown[:20]))}. Remove {'it' if len(unknown) == 1 else 'them'}"
+            f"{', '.join(shown[:20])}. Remove {'it' if len(unknown) == 1 else 'them'}"
             f", or name a trait traits.<name>. {COLUMNS_HELP}"
         )
     header = [key or "" for key in keys]
@@ -264,11 +268,13 @@ def _csv_rows(reader: Any) -> Iterator[tuple[int, list[str] | str]]:
 
 
 def _json_object(line: str) -> dict[str, Any] | str:
-    """The line's object, or why it is none."""
+    """The line's object, or why it is none (`cdp.json_keys`: not one naming a key twice)."""
     try:
         obj = msgspec.json.decode(line)
     except msgspec.DecodeError:
         return "not valid JSON"
     except RecursionError:  # msgspec stops at Python's recursion limit
         return TOO_DEEP
-    return obj if isinstance(obj, dict) else "not a JSON object"
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    return duplicate_key(line, obj) or obj

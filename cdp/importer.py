@@ -44,7 +44,7 @@ from typing import Any
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
-from cdp.import_file import Chunk, check_file, is_json_lines, read_chunks
+from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
@@ -110,8 +110,8 @@ def _key_plan(key: str, from_csv: bool) -> tuple:
             plan = (_TRAIT, key[7:])
         elif key.startswith("consent."):
             parts = key.split(".")
-            if len(parts) < 3:
-                plan = (_SKIP,)
+            if len(parts) < 3:  # names no channel: an unknown field, as the API says
+                plan = (_PLAIN, key)
             else:
                 plan = (_CONSENT, (parts[1], parts[2]), parts[3] if len(parts) > 3 else None)
         elif key == "source":
@@ -126,9 +126,11 @@ def _key_plan(key: str, from_csv: bool) -> tuple:
 
 
 def row_to_record(row: dict[str, Any], source: str, *, from_csv: bool) -> dict[str, Any]:
-    """A flat CSV/NDJSON row as a POST /v1/profiles body."""
+    """A flat CSV/NDJSON row as a POST /v1/profiles body. An NDJSON row's `traits` or
+    `consents` of the wrong type is passed on as it is, for validation to name."""
     record: dict[str, Any] = {"source": source}
-    traits: dict[str, Any] = dict(row.get("traits") or {}) if not from_csv else {}
+    given = None if from_csv else row.get("traits")
+    traits: dict[str, Any] = dict(given) if isinstance(given, dict) else {}
     consents: dict[tuple[str, str], dict[str, Any]] = {}
     for key, value in row.items():
         if key is None or value is None or (isinstance(value, str) and not value.strip()):
@@ -152,15 +154,18 @@ def row_to_record(row: dict[str, Any], source: str, *, from_csv: bool) -> dict[s
                 item[f"unknown.{part}"] = value
         elif what == _CONSENTS:
             record["consents"] = value
-    if traits:
+    if given is not None and not isinstance(given, dict):
+        record["traits"] = given
+    elif traits:
         record["traits"] = traits
     claims = [
         {"purpose": p, "channel": c, "source": source, **item}
         for (p, c), item in consents.items()
         if "status" in item
     ]
-    if claims:
-        record["consents"] = record.get("consents", []) + claims
+    listed = record.get("consents", [])
+    if claims and isinstance(listed, list):
+        record["consents"] = listed + claims
     return record
 
 
@@ -361,6 +366,9 @@ async def run_import(
         on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
     summary = ImportSummary()
     rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
+    if rejects_path.exists() and rejects_path.samefile(path):
+        # opened for writing, it was emptied before a row was read: the customer file lost
+        raise ImportFileError("the rejects file is the file to import: name another one")
     summary.rejects_path = rejects_path
     if workers is None:
         big = path.stat().st_size > 2_000_000  # noqa: ASYNC240

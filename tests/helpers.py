@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import func, select, text
 
 from cdp.platform import Platform
+
+T = TypeVar("T")
 
 
 async def count(p: Platform, table) -> int:  # type: ignore[no-untyped-def]
@@ -68,3 +73,17 @@ def padding_twin(part: str) -> str:
     pad = "=" * (-len(part) % 4)
     assert base64.urlsafe_b64decode(twin + pad) == base64.urlsafe_b64decode(part + pad)
     return twin
+
+
+async def hypothesis_on_loop(test: Callable[[Callable[[Awaitable[T]], T]], None]) -> None:
+    """Run `test(run)`, a hypothesis test, in a thread, where `run(awaitable)` awaits on this
+    test's event loop (the platform's connections belong to it) and returns the result."""
+    loop = asyncio.get_running_loop()
+
+    def run(awaitable: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), loop).result()
+
+    await asyncio.to_thread(test, run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cdp.db.tables import profiles
@@ -292,3 +294,60 @@ async def test_a_value_under_a_column_without_a_name_rejects_its_row(platform, t
     summary = await run_import(platform, src, "crm")
     assert (summary.created, summary.rejected_rows) == (1, 1)
     assert summary.reasons == {"a value in a column the header gives no name": 1}
+
+
+async def test_a_json_line_naming_a_key_twice_is_rejected_not_cut(platform, tmp_path):
+    """A JSON decoder keeps the last of two values: the first email was lost without a word."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "D1", "email": "work@example.com", "email": "home@example.com"}\n'
+        '{"external_id": "D2", "traits": {"tier": "gold", "tier" : "silver"}}\n'
+        '{"external_id": "D3", "city": "Omsk \\": x"}\n',  # '":' inside a value is no key
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (3, 1, 2)
+    rejects = summary.rejects_path.read_text("utf-8").splitlines()[1:]
+    assert rejects == [
+        "1,row,names the key 'email' twice (one of its values would be lost)",
+        "2,row,names the key 'tier' twice (one of its values would be lost)",
+    ]
+
+
+async def test_a_json_line_with_traits_or_consents_of_the_wrong_shape_is_rejected(
+    platform, tmp_path
+):
+    """Before, traits that were not an object stopped the import with a traceback (or, as a list
+    of pairs, were taken as an object the API refuses), consents that were not a list beside a
+    consent key did too, and a consent key naming no channel was dropped without a word."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "W1", "traits": "vip"}\n'
+        '{"external_id": "W2", "traits": [["tier", "gold"]]}\n'
+        '{"external_id": "W3", "consents": {}, "consent.marketing.sms": "withdrawn"}\n'
+        '{"external_id": "W4", "consent.marketing": "withdrawn"}\n'
+        '{"external_id": "W5", "traits": {"tier": "gold"}, "traits.vip": true}\n',
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (5, 1, 4)
+    rejects = summary.rejects_path.read_text("utf-8").splitlines()[1:]
+    assert [",".join(line.split(",")[:2]) for line in rejects] == [
+        "1,traits",
+        "2,traits",
+        "3,consents",
+        "4,consent.marketing",
+    ]
+
+
+async def test_the_file_to_import_is_never_its_own_rejects_file(platform, tmp_path, monkeypatch):
+    """`--rejects crm.csv` for crm.csv emptied the customer file before a row was read, and the
+    import answered 0 rows without a word."""
+    src = tmp_path / "crm.csv"
+    text = "email,first_name\nr1@example.com,Anna\nnot-an-email,Boris\n"
+    src.write_text(text, "utf-8")
+    monkeypatch.chdir(tmp_path)  # named as a user names it, relative to where they are
+    with pytest.raises(ImportFileError, match="rejects file is the file to import"):
+        await run_import(platform, src, "crm", rejects_path=Path("crm.csv"))
+    assert src.read_text("utf-8") == text
+    assert await count(platform, profiles) == 0

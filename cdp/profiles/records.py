@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import FieldError, InvalidInput, decoded_field_error
+from cdp.errors import FieldError, InvalidInput, decoded_field_error, repeatable
 from cdp.ids import time_problem
-from cdp.labels import TRAIT_NAME_MAX, TRAIT_NAME_RULE, trait_name
+from cdp.labels import TRAIT_NAME_RULE, trait_name
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -73,6 +73,7 @@ def parse_profile(raw: Any) -> ProfileIn:
         raise decode_errors(exc) from None
 
 
+TRAIT_NAMED_TWICE = "the same trait as another name of the record (in another Unicode form)"
 # An email address anywhere in a value: something@something.tld
 _EMAIL_IN_TEXT = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _PLAINTEXT_REFUSAL = "holds an email address, which would be stored unencrypted here"
@@ -92,17 +93,21 @@ def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[Fi
 
 def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
     """The traits under their stored names (cdp.labels.trait_name), and an error for each name
-    that segment rules could not select. The error names `traits.<name>` when the name is short
-    and plain; one that is long, unprintable or holds an '@' is not echoed (it names `traits`)."""
+    that segment rules could not select, or that another name stands for too (`й` written as
+    one character and as `и` with a combining breve: one trait in NFC, and one of the two values
+    was lost without a word). The error names `traits.<name>` when the name is `repeatable`,
+    else `traits`."""
     named: dict[str, Any] = {}
     errors: list[FieldError] = []
     for key, value in traits.items():
         name = trait_name(key)
-        if name is not None:
+        field = f"traits.{key}" if repeatable(key) else "traits"
+        if name is None:
+            errors.append(FieldError(field, TRAIT_NAME_RULE))
+        elif name in named:
+            errors.append(FieldError(field, TRAIT_NAMED_TWICE))
+        else:
             named[name] = value
-            continue
-        plain = len(key) <= TRAIT_NAME_MAX and key.isprintable() and "@" not in key
-        errors.append(FieldError(f"traits.{key}" if plain else "traits", TRAIT_NAME_RULE))
     return named, errors
 
 
