@@ -104,7 +104,7 @@ def _route(request: Request) -> str:
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
     if is_transient_conflict(exc):  # PostgreSQL aborted the write to break a deadlock
-        log.warning("write_conflict", path=request.url.path, error=type(exc).__name__)
+        log.warning("write_conflict", route=_route(request), error=type(exc).__name__)
         return problem(
             503,
             "a concurrent write conflicted with this one; nothing was stored: send it again",
