@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.errors import DomainError, FieldError
@@ -49,6 +51,8 @@ from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
 from consent.policy import Policy
+
+log = structlog.get_logger(__name__)
 
 CHUNK = 1000
 STATISTICS_AFTER = 1000  # rows imported before the first planner statistics refresh
@@ -79,6 +83,43 @@ class ImportSummary:
     identifiers_ignored: int = 0  # not kept, each reported in the rejects file
     rejects_path: Path | None = None
     reasons: dict[str, int] = field(default_factory=dict)  # each reason of the rejects file: lines
+
+
+class ImportStopped(DomainError):
+    """The import failed midway (the database refused a write, the connection was lost...):
+    what is stored, and that running it again is safe."""
+
+    title = "Import stopped"
+
+    @classmethod
+    def after(cls, exc: Exception, txns: _Transactions, summary: ImportSummary) -> ImportStopped:
+        log.error(
+            "import_stopped",
+            error=type(exc).__name__,
+            stored_rows=txns.stored_rows,
+            stored_through_line=txns.stored_through,
+        )
+        stored = (
+            f"the rows up to line {txns.stored_through} are stored "
+            f"({txns.stored_rows} imported), none after it"
+            if txns.stored_rows
+            else "no row of it is stored"
+        )
+        return cls(
+            f"the import stopped after {summary.rows} rows read ({_cause(exc)}): {stored}. "
+            "Running the same import again is safe: the rows already stored join their profiles "
+            "again instead of making new ones."
+        )
+
+
+def _cause(exc: Exception) -> str:
+    """The error's type and the database's own first line (never bound values: SQLAlchemy
+    hides them), or the message of one of ours."""
+    if isinstance(exc, DomainError):
+        return exc.detail
+    orig = getattr(exc, "orig", None)
+    first = str(orig if orig is not None else "").strip().splitlines()
+    return f"{type(exc).__name__}: {first[0][:200]}" if first else type(exc).__name__
 
 
 def _trait_value(text: str) -> Any:
@@ -260,8 +301,11 @@ class _Transactions:
         self._conn: Any = None
         self._rows = 0
         self._opened = 0.0
+        self._last_line = 0  # of the file's rows in the open transaction
+        self.stored_rows = 0  # rows whose transaction has committed
+        self.stored_through = 0  # the line of the last of them
 
-    async def store(self, prepared: list[Prepared], actor: str) -> list:
+    async def store(self, prepared: list[Prepared], actor: str, last_line: int) -> list:
         if not prepared:
             return []
         if self._stack is None:
@@ -270,6 +314,7 @@ class _Transactions:
             self._stack, self._rows, self._opened = stack, 0, time.monotonic()
         outcomes = await store_prepared_in(self._conn, self._p, prepared, actor)
         self._rows += len(prepared)
+        self._last_line = last_line
         if (
             not self._p.db.is_sqlite
             or self._rows >= TXN_ROWS
@@ -282,6 +327,8 @@ class _Transactions:
         stack, self._stack, self._conn = self._stack, None, None
         if stack is not None:
             await stack.aclose()
+            self.stored_rows += self._rows
+            self.stored_through = self._last_line
 
     async def rollback(self, exc: BaseException) -> None:
         stack, self._stack, self._conn = self._stack, None, None
@@ -404,7 +451,7 @@ async def run_import(
                 reject(n, prep.rejected_consents, row_rejected=False)
             good.append(prep)
             numbers.append(n)
-        outcomes = await txns.store(good, actor)
+        outcomes = await txns.store(good, actor, numbers[-1] if numbers else 0)
         for o in outcomes:
             summary.consents_recorded += o.consents_recorded
             summary.created += o.created
@@ -447,6 +494,8 @@ async def run_import(
                 await txns.commit()
             except BaseException as exc:
                 await txns.rollback(exc)
+                if isinstance(exc, Exception) and not isinstance(exc, ImportFileError):
+                    raise ImportStopped.after(exc, txns, summary) from exc
                 raise
             finally:
                 out.close()

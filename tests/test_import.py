@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from cdp.db.tables import profiles
 from cdp.importer import run_import
 from consent.tables import consent_ledger
 from tests.conftest import TEST_MASTER_KEY
-from tests.helpers import count
+from tests.helpers import count, sql
 
 HEADER = [
     "external_id",
@@ -381,3 +382,51 @@ async def test_cli_counts_identifiers_ignored(platform, tmp_path, backend):
     out = run_cli(["import", str(src), "--source", "crm"], platform.settings.database_url, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "rejected rows: 0" in out.stdout and "identifiers ignored: 2" in out.stdout
+
+
+REFUSE_AFTER_1500 = {
+    "sqlite": [
+        "CREATE TRIGGER refuse BEFORE INSERT ON profiles "
+        "WHEN (SELECT count(*) FROM profiles) >= 1500 "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    ],
+    "postgres": [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF (SELECT count(*) FROM profiles) >= 1500 THEN RAISE EXCEPTION 'disk full'; END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON profiles FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+
+
+async def test_an_import_that_stops_midway_says_what_is_stored_and_no_traceback(
+    platform, tmp_path, backend
+):
+    """The database refuses a write at the 1,501st customer. `cdp import` printed a traceback
+    and no word of what was stored; now one line says how far the stored rows go, and the
+    database holds exactly those. Running it again once the cause is gone imports the rest
+    without duplicating anyone."""
+    src = tmp_path / "crm.csv"
+    src.write_text(
+        "external_id,email\n" + "".join(f"C{i},stop{i}@example.com\n" for i in range(2500)),
+        "utf-8",
+    )
+    for statement in REFUSE_AFTER_1500[backend]:
+        await sql(platform, statement)
+    url = platform.settings.database_url
+    died = run_cli(["import", str(src), "--source", "crm"], url, tmp_path)
+    assert died.returncode == 1
+    assert "Traceback" not in died.stderr, died.stderr
+    assert "disk full" in died.stderr and "Running the same import again is safe" in died.stderr
+    stored = await count(platform, profiles)
+    if stored:  # committed transactions: whole chunks of the file, from its first row on
+        said = re.search(r"rows up to line (\d+) are stored \((\d+) imported\)", died.stderr)
+        assert said is not None, died.stderr
+        assert int(said.group(2)) == stored and int(said.group(1)) == stored + 1  # the header
+    else:
+        assert "no row of it is stored" in died.stderr
+    assert backend == "sqlite" or stored == 1000  # PostgreSQL commits every chunk
+    await sql(platform, "DROP TRIGGER refuse" + (" ON profiles" if backend == "postgres" else ""))
+    again = run_cli(["import", str(src), "--source", "crm"], url, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert await count(platform, profiles) == 2500
