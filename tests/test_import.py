@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import msgspec
+import pytest
 
 from cdp.db.tables import profiles
-from cdp.importer import run_import
+from cdp.importer import ImportStopped, run_import
 from consent.tables import consent_ledger
 from tests.conftest import TEST_MASTER_KEY
 from tests.helpers import count, sql
@@ -254,13 +255,12 @@ async def _import_failing_at_chunk(platform, tmp_path, monkeypatch, fail_at: int
     src.write_text(
         "".join(f'{{"email": "import{i}@example.com"}}\n' for i in range(1000)), encoding="utf-8"
     )
-    try:
+    with pytest.raises(ImportStopped) as stopped:
         await run_import(platform, src, "crm", workers=0)
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("the import should have failed")
+    assert isinstance(stopped.value.__cause__, RuntimeError)
     monkeypatch.setattr("cdp.importer.store_prepared_in", real)
+    stored = await count(platform, profiles)  # what the error says is stored, as JSON lines
+    assert f"the rows up to line {stored} are stored ({stored} imported)" in str(stopped.value)
     return src
 
 
