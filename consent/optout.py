@@ -274,8 +274,8 @@ def stop_purposes(policy: Policy, jurisdiction: str | None) -> list[str]:
     texts where the sender's jurisdiction makes them need consent (US federal, TCPA: a STOP
     revokes the consent automated texts rest on, FCC 24-24). For a number we do not know (no
     jurisdiction), wherever any jurisdiction does: fail closed."""
-    codes = [jurisdiction] if jurisdiction in policy.jurisdictions else list(policy.jurisdictions)
-    service = any(policy.basis(c, "service", "sms") == "opt_in" for c in codes)
+    known = [jurisdiction] if jurisdiction in policy.jurisdictions else None
+    service = policy.opt_in_anywhere("service", "sms", known)
     return [
         name
         for name, purpose in policy.purposes.items()

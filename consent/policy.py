@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -121,9 +122,15 @@ class Policy:
         p = self.purposes.get(purpose)
         if p is None or p.evidence_required:
             return True
-        return channel is not None and any(
-            self.basis(code, purpose, channel) == "opt_in" for code in self.jurisdictions
-        )
+        return channel is not None and self.opt_in_anywhere(purpose, channel)
+
+    def opt_in_anywhere(
+        self, purpose: str, channel: str, jurisdictions: Iterable[str] | None = None
+    ) -> bool:
+        """Whether a grant decides this purpose on this channel (opt-in) in any of these
+        jurisdictions (by default, in any the policy names)."""
+        codes = self.jurisdictions if jurisdictions is None else jurisdictions
+        return any(self.basis(code, purpose, channel) == "opt_in" for code in codes)
 
     def address_kind(self, channel: str) -> AddressKind | None:
         c = self.channels.get(channel)
