@@ -157,10 +157,18 @@ async def apply_opt_outs(
             )
             mine += 1
         results.append(OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(mine)))
+    await _write(conn, p, held, entries)
+    return results
+
+
+async def _write(
+    conn: AsyncConnection, p: Platform, held: list[Suppression], entries: list[Entry]
+) -> None:
+    """What an opt-out writes, in the caller's transaction: the suppressions, the withdrawals
+    in the ledger, and their events in the webhook outbox."""
     await suppress_many(conn, held)
     await ledger.append(conn, p.policy, entries)
-    await enqueue_opt_outs(conn, entries)  # the webhook outbox, in this transaction
-    return results
+    await enqueue_opt_outs(conn, entries)
 
 
 async def carry_person_opt_outs(
@@ -226,9 +234,7 @@ async def carry_person_opt_outs(
                     method="opt_out",
                 )
             )
-    await suppress_many(conn, carried)
-    await ledger.append(conn, p.policy, entries)
-    await enqueue_opt_outs(conn, entries)
+    await _write(conn, p, carried, entries)
 
 
 def _whole_profile(p: Platform, r: OptOutRequest) -> bool:
