@@ -45,7 +45,7 @@ import structlog
 
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
-from cdp.errors import DomainError, FieldError
+from cdp.errors import DomainError, FieldError, InvalidInput, repeatable
 from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
@@ -166,6 +166,18 @@ def _key_plan(key: str, from_csv: bool) -> tuple:
     return plan
 
 
+_TRAIT_TWICE = "given twice, in traits and as a traits.* key, with different values"
+
+
+def _trait_field(name: str) -> str:
+    """How an error names a trait: by its name where that may be repeated (cdp.errors)."""
+    return f"traits.{name}" if repeatable(name) else "traits"
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b  # 1 and true are two values
+
+
 def row_to_record(row: dict[str, Any], source: str, *, from_csv: bool) -> dict[str, Any]:
     """A flat CSV/NDJSON row as a POST /v1/profiles body. An NDJSON row's `traits` or
     `consents` of the wrong type is passed on as it is, for validation to name."""
@@ -181,7 +193,10 @@ def row_to_record(row: dict[str, Any], source: str, *, from_csv: bool) -> dict[s
         if what == _PLAIN:
             record[key] = value
         elif what == _TRAIT:
-            traits[plan[1]] = _trait_value(value) if from_csv else value
+            name = plan[1]
+            if given is not None and name in traits and not _same(traits[name], value):
+                raise InvalidInput.field(_trait_field(name), _TRAIT_TWICE)
+            traits[name] = _trait_value(value) if from_csv else value
         elif what == _CONSENT:
             item = consents.setdefault(plan[1], {})
             part = plan[2]

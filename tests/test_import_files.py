@@ -340,6 +340,35 @@ async def test_a_json_line_with_traits_or_consents_of_the_wrong_shape_is_rejecte
     ]
 
 
+async def test_a_json_line_giving_one_trait_twice_is_rejected_naming_it(
+    platform, tmp_path, client, keys
+):
+    """A line with `"traits": {"tier": "gold"}` and `"traits.tier": "silver"` kept the flat
+    key's value and dropped the other without a word; the same trait given once each way, or
+    the two giving the same value, is one trait."""
+    src = tmp_path / "shop.ndjson"
+    src.write_text(
+        '{"external_id": "T1", "traits": {"tier": "gold"}, "traits.tier": "silver"}\n'
+        '{"external_id": "T2", "traits": {"tier": "gold"}, "traits.vip": true}\n'
+        '{"external_id": "T3", "traits": {"tier": "gold"}, "traits.tier": "gold"}\n',
+        "utf-8",
+    )
+    summary = await run_import(platform, src, "shop")
+    assert (summary.rows, summary.created, summary.rejected_rows) == (3, 2, 1)
+    rejects = summary.rejects_path.read_text("utf-8").splitlines()[1:]
+    assert [line.split(",")[:2] for line in rejects] == [["1", "traits.tier"]]
+    assert "given twice" in rejects[0]
+    assert "gold" not in rejects[0] and "silver" not in rejects[0]
+    for external_id, traits in (("T2", {"tier": "gold", "vip": True}), ("T3", {"tier": "gold"})):
+        r = await client.get(
+            "/v1/profiles",
+            params={"source": "shop", "external_id": external_id},
+            headers=keys["admin"],
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["traits"] == traits
+
+
 async def test_the_file_to_import_is_never_its_own_rejects_file(platform, tmp_path, monkeypatch):
     """`--rejects crm.csv` for crm.csv emptied the customer file before a row was read, and the
     import answered 0 rows without a word."""
