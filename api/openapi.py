@@ -100,3 +100,16 @@ def document_problems(app: Litestar) -> None:
                 for status in _errors_of(op, public=public, names_something="{" in route.path):
                     responses[status] = _problem(status)
                 op.responses = responses
+
+
+def document_batch_records(app: Litestar) -> None:
+    """A batch's `records` are decoded one by one (each stands alone: one that is not even an
+    object is reported in its result), so the body's schema takes any value; the document says
+    what each should be: a POST /v1/profiles body."""
+    schemas = app.openapi_schema.components.schemas or {}
+    batch, record = schemas.get("BatchIn"), schemas.get("ProfileIn")
+    if isinstance(batch, Schema) and batch.properties and record is not None:
+        records = batch.properties["records"]
+        if isinstance(records, Schema):
+            records.items = Reference(ref="#/components/schemas/ProfileIn")
+            records.description = "Each a record as POST /v1/profiles takes it"

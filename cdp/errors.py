@@ -104,12 +104,14 @@ def repeatable(name: str) -> bool:
     )
 
 
-def decoded_field_error(message: str, path: str | None, prefix: str = "") -> FieldError:
+def decoded_field_error(
+    message: str, path: str | None, prefix: str = "", whole: str = "body"
+) -> FieldError:
     """A msgspec validation error as a FieldError naming the field, in plain words
     (`plain_message`). `path` is where msgspec found it (`$.consents[0]`, `consents[0]`, or
     empty for the top level); an unknown or missing field is named inside its object:
     ("consents[0].purpose", "required"), unless its name is not `repeatable`: then the object
-    is named."""
+    is named. `whole` names the decoded value itself (a request's body, a batch's record)."""
     where = (path or "").strip("`").removeprefix("$").lstrip(".")
     for start, says in _OBJECT_MESSAGES:
         if message.startswith(start):
@@ -120,7 +122,7 @@ def decoded_field_error(message: str, path: str | None, prefix: str = "") -> Fie
             break
     else:
         message = plain_message(message)
-    return FieldError(f"{prefix}{where}" if where else prefix.rstrip(".") or "body", message)
+    return FieldError(f"{prefix}{where}" if where else prefix.rstrip(".") or whole, message)
 
 
 class InvalidInput(DomainError):

@@ -197,3 +197,13 @@ async def test_the_openapi_document_bounds_every_page_size(client):
     assert len(limits) >= 10
     for path, schema in limits:
         assert (schema["minimum"], schema["maximum"], schema["default"]) == (1, 1000, 100), path
+
+
+async def test_the_openapi_document_says_a_batch_holds_profile_records(client):
+    """A batch's records are each a POST /v1/profiles body, reported one by one (so the body
+    takes any value as a record and answers for it in its result)."""
+    schemas = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]
+    records = schemas["BatchIn"]["properties"]["records"]
+    assert records["items"] == {"$ref": "#/components/schemas/ProfileIn"}
+    assert records["maxItems"] == 1000
+    assert "source" in schemas["ProfileIn"]["properties"]

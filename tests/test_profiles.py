@@ -151,6 +151,24 @@ async def test_batch_stores_good_records_and_reports_bad_ones(client, keys, plat
     assert await count(platform, profiles) == 2
 
 
+async def test_a_batch_record_that_is_not_an_object_stands_alone(client, keys, platform):
+    """API.md: each record of a batch stands alone. A number or a list among the records made
+    the whole batch a 400, and the good records beside it were not stored."""
+    r = await client.post(
+        "/v1/profiles/batch",
+        json={"records": [{"source": "crm", "email": "one@example.com"}, 42, ["x"], None]},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [0, 1, 2, 3]
+    assert results[0]["created"] is True
+    for bad in results[1:]:
+        assert bad["error"]["errors"][0]["field"] == "record"
+        assert "expected an object" in bad["error"]["errors"][0]["message"]
+    assert await count(platform, profiles) == 1
+
+
 async def test_batch_over_1000_records_is_rejected(client, keys, platform):
     records = [{"source": "crm", "email": f"u{i}@example.com"} for i in range(1001)]
     r = await client.post("/v1/profiles/batch", json={"records": records}, headers=keys["ingest"])

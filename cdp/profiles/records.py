@@ -54,23 +54,27 @@ class Record:
     ignored: list[FieldError] = field(default_factory=list)  # identifiers never used to link
 
 
-def decode_errors(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInput:
+def decode_errors(
+    exc: msgspec.ValidationError, prefix: str = "", whole: str = "body"
+) -> InvalidInput:
     """Turn a msgspec error ("... - at `$.consents[0].status`") into a field error."""
     message, at, path = str(exc).rpartition(" - at `")
     if not at:  # an error at the top level has no path
         message, path = str(exc), ""
-    error = decoded_field_error(message, path, prefix)
+    error = decoded_field_error(message, path, prefix, whole)
     return InvalidInput.field(error.field, error.message)
 
 
-def parse_profile(raw: Any) -> ProfileIn:
+def parse_profile(raw: Any, whole: str = "body") -> ProfileIn:
+    """`raw` as a profile record; `whole` names it in an error about the record itself (not an
+    object): the body of POST /v1/profiles, a `record` of a batch."""
     refuse_nul(raw)
     if isinstance(raw, ProfileIn):
         return raw
     try:
         return msgspec.convert(raw, ProfileIn)
     except msgspec.ValidationError as exc:
-        raise decode_errors(exc) from None
+        raise decode_errors(exc, whole=whole) from None
 
 
 TRAIT_NAMED_TWICE = "the same trait as another name of the record (in another Unicode form)"

@@ -32,7 +32,8 @@ class ProfileIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
-    records: Annotated[list[dict[str, Any]], msgspec.Meta(max_length=1000)]
+    # each record stands alone (API.md): one that is not an object is reported, not the batch
+    records: Annotated[list[Any], msgspec.Meta(max_length=1000)]
 
 
 class EventIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -47,13 +47,15 @@ def prepare_with(
     *,
     strict_consents: bool = True,
     master: MasterKey | None = None,
+    whole: str = "body",
 ) -> Prepared:
-    """Validate one raw record (pure: safe to run in a worker process).
+    """Validate one raw record (pure: safe to run in a worker process). `whole` names the
+    record in an error about the record itself (not an object).
 
     With strict_consents a bad consent rejects the whole record (the API); without, the record
     is kept and the bad consent reported (bulk import). With `master` (an import worker) the
     record is also sealed for the new profile it would create (cdp.profiles.sealing)."""
-    data = parse_profile(raw)
+    data = parse_profile(raw, whole)
     rec = validate_record(data, policy)
     claims, errors = validate_consents(data.consents, rec, policy)
     if errors and strict_consents:
@@ -62,8 +64,10 @@ def prepare_with(
     return Prepared(rec, claims, keys, errors, seal(rec, keys, master) if master else None)
 
 
-def prepare(raw: Any, p: Platform, *, strict_consents: bool = True) -> Prepared:
-    return prepare_with(raw, p.policy, p.keys.indexer, strict_consents=strict_consents)
+def prepare(
+    raw: Any, p: Platform, *, strict_consents: bool = True, whole: str = "body"
+) -> Prepared:
+    return prepare_with(raw, p.policy, p.keys.indexer, strict_consents=strict_consents, whole=whole)
 
 
 async def store_prepared(p: Platform, prepared: list[Prepared], actor: str) -> list[Outcome]:
@@ -165,7 +169,7 @@ async def upsert_batch(p: Platform, raws: list[Any], actor: str) -> list[BatchIt
     good: list[tuple[int, Prepared]] = []
     for i, raw in enumerate(raws):
         try:
-            good.append((i, prepare(raw, p)))
+            good.append((i, prepare(raw, p, whole="record")))
         except DomainError as exc:
             items[i].error = exc
     outcomes = await store_prepared(p, [g for _, g in good], actor)
