@@ -66,8 +66,10 @@ class MatchSuggestionController(Controller):
         opt=ADMIN,
         status_code=200,
         summary="Merge the pair (provenance reviewed)",
-        description="The older profile survives. 409 when the suggestion is no longer open; "
-        "410 when one of the pair was erased.",
+        description="The older profile survives. 409 when the suggestion is no longer open "
+        "(accepted, rejected, or stale: one of the pair was merged since); 404 once one of the "
+        "pair was erased (an erasure removes every suggestion naming them), 410 when the "
+        "erasure runs while the suggestion is accepted.",
     )
     async def accept(
         self, suggestion_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
