@@ -1,0 +1,107 @@
+"""The customer's side of stopping messages and being forgotten, end to end over HTTP (both
+backends): whatever way they said it, the very next members page, export and ad-hoc query
+leave them out, and a later import that brings them back does not make them contactable."""
+
+from __future__ import annotations
+
+import uuid
+
+from consent.dsr.worker import run_pending
+
+UNDATED = {"wording_id": "crm-2019", "method": "import"}  # no occurred_at: an old CRM file
+
+
+def undated(channel: str) -> dict:  # type: ignore[type-arg]
+    return {"purpose": "marketing", "channel": channel, "status": "granted", "evidence": UNDATED}
+
+
+async def push_members(client, keys) -> set[str]:  # type: ignore[no-untyped-def]
+    """Who a push campaign to everyone may reach: members page, export and ad-hoc query."""
+    rules = {"field": "country", "op": "exists"}
+    body = {"name": "all push", "purpose": "marketing", "channel": "push", "rules": rules}
+    seg = await client.post("/v1/segments", json=body, headers=keys["marketing"])
+    assert seg.status_code == 201, seg.text
+    sid = seg.json()["id"]
+    page = await client.get(f"/v1/segments/{sid}/members", headers=keys["marketing"])
+    export = await client.get(
+        f"/v1/segments/{sid}/export", params={"format": "ndjson"}, headers=keys["marketing"]
+    )
+    query = await client.post(
+        "/v1/segments/query",
+        json={"purpose": "marketing", "channel": "push", "rules": rules, "limit": 1000},
+        headers=keys["marketing"],
+    )
+    assert page.status_code == export.status_code == query.status_code == 200
+    exported = {line.split('"profile_id":"')[1][:36] for line in export.text.splitlines() if line}
+    found = {m["profile_id"] for m in page.json()["items"]}
+    assert found == exported == {m["profile_id"] for m in query.json()["items"]}
+    return found
+
+
+async def contactable(client, keys, pid: str) -> dict[str, bool]:  # type: ignore[no-untyped-def]
+    r = await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    return r.json()["contactable"]["marketing"]
+
+
+async def test_an_undated_push_grant_does_not_undo_stop_all_marketing_from_an_unseen_address(
+    client, keys
+):
+    out = await client.post(
+        "/v1/opt-outs",
+        json={"email": "never.seen@example.com", "source": "esp"},
+        headers=keys["ingest"],
+    )
+    assert out.status_code == 200 and out.json() == {"profile_ids": [], "suppressed": True}
+    r = await client.post(  # last year's CRM export, consents without a date
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "never.seen@example.com",
+            "country": "RU",
+            "consents": [undated("email"), undated("push")],
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    pid = r.json()["profile_id"]
+    assert await contactable(client, keys, pid) == dict.fromkeys(
+        ("email", "sms", "phone", "push", "messenger"), False
+    )
+    assert pid not in await push_members(client, keys)
+
+
+async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
+    client, keys, platform
+):
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "forget.me@example.com", "country": "RU"},
+        headers=keys["ingest"],
+    )
+    link = await client.post(
+        "/v1/preference-links", json={"email": "forget.me@example.com"}, headers=keys["ingest"]
+    )
+    token = link.json()["token"]
+    asked = await client.post(
+        f"/preferences/{token}/erasure", data={"confirm": "yes"}, headers={"Accept-Language": "ru"}
+    )
+    assert asked.status_code == 202 and "Ваш запрос на удаление данных принят" in asked.text
+    await run_pending(platform)
+    gone = await client.get(f"/preferences/{token}", headers={"Accept-Language": "ru"})
+    assert gone.status_code == 410 and "не свяжемся с вами" in gone.text
+    back = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "forget.me@example.com",
+            "country": "RU",
+            "consents": [undated("email"), undated("push"), undated("messenger")],
+        },
+        headers=keys["ingest"],
+    )
+    assert back.status_code == 201, back.text
+    pid = back.json()["profile_id"]
+    assert uuid.UUID(pid) != uuid.UUID(r.json()["profile_id"])
+    assert not any((await contactable(client, keys, pid)).values())
+    assert pid not in await push_members(client, keys)
