@@ -23,7 +23,6 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
 from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
-from consent.audit.addresses import OPT_OUT_METHODS
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs
 from consent.policy import Policy
@@ -176,6 +175,10 @@ async def carry_person_opt_outs(
 ) -> None:
     """An opt-out for every channel ('*') concerns the person, so it also reaches the emails
     and phones learned to be theirs later: a record that carries one, a profile merged in.
+    So does any withdrawal of every channel: "unsubscribe from everything" in the preference
+    centre (recorded with its evidence, not as an opt-out), a GPC signal, one sent to
+    POST /v1/consents. Before, a phone synced after the customer pressed "unsubscribe from
+    everything", with a grant older than that, made them contactable by SMS again.
     Before, a stale import adding the customer's phone with a grant older than their "stop
     all marketing" made them contactable by SMS again, and so did a merge bringing in such a
     phone. Each such address gets the opt-out as the opt-out itself writes it (a suppression
@@ -201,8 +204,6 @@ async def carry_person_opt_outs(
                 led.profile_id.in_(owners[start : start + 500]),
                 led.channel == "*",
                 led.status == "withdrawn",
-                led.method.in_(OPT_OUT_METHODS),
-                led.evidence.is_(None),
             )
         )
         for pid, purpose, at, source, actor in rows:

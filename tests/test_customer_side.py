@@ -5,14 +5,30 @@ leave them out, and a later import that brings them back does not make them cont
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
+from cdp.ids import utcnow
 from consent.dsr.worker import run_pending
+from consent.tokens import TokenClaims, issue
 
 UNDATED = {"wording_id": "crm-2019", "method": "import"}  # no occurred_at: an old CRM file
 
 
 def undated(channel: str) -> dict:  # type: ignore[type-arg]
     return {"purpose": "marketing", "channel": channel, "status": "granted", "evidence": UNDATED}
+
+
+def dated(channel: str, *, days: float) -> dict:  # type: ignore[type-arg]
+    at = (utcnow() - timedelta(days=days)).isoformat().replace("+00:00", "Z")
+    return {**undated(channel), "occurred_at": at}
+
+
+def unsubscribe_token(platform, pid: str, email: str) -> str:  # type: ignore[no-untyped-def]
+    """The unsubscribe token a segment member carries for this email."""
+    claims = TokenClaims(
+        uuid.UUID(pid), "email", platform.keys.indexer.email(email), "marketing", "email"
+    )
+    return issue(platform.keys.token_key, claims)
 
 
 async def push_members(client, keys) -> set[str]:  # type: ignore[no-untyped-def]
@@ -36,6 +52,11 @@ async def push_members(client, keys) -> set[str]:  # type: ignore[no-untyped-def
     found = {m["profile_id"] for m in page.json()["items"]}
     assert found == exported == {m["profile_id"] for m in query.json()["items"]}
     return found
+
+
+async def audit_ok(client, keys) -> None:  # type: ignore[no-untyped-def]
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.status_code == 200 and r.json()["ok"] is True, r.json()
 
 
 async def contactable(client, keys, pid: str) -> dict[str, bool]:  # type: ignore[no-untyped-def]
@@ -69,6 +90,7 @@ async def test_an_undated_push_grant_does_not_undo_stop_all_marketing_from_an_un
         ("email", "sms", "phone", "push", "messenger"), False
     )
     assert pid not in await push_members(client, keys)
+    await audit_ok(client, keys)
 
 
 async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
@@ -105,3 +127,58 @@ async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
     assert uuid.UUID(pid) != uuid.UUID(r.json()["profile_id"])
     assert not any((await contactable(client, keys, pid)).values())
     assert pid not in await push_members(client, keys)
+    await audit_ok(client, keys)
+
+
+async def test_unsubscribe_from_everything_in_the_preference_centre_reaches_a_phone_learned_later(
+    client, keys, platform
+):
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "external_id": "C-501",
+            "email": "unsub.all@example.com",
+            "country": "RU",
+            "consents": [dated("email", days=5)],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    token = unsubscribe_token(platform, pid, "unsub.all@example.com")
+    done = await client.post(f"/preferences/{token}/opt-out", data={"lang": "ru"})
+    assert done.status_code == 303
+    assert not any((await contactable(client, keys, pid)).values())
+    # the CRM syncs the phone the customer gave two days before they said "stop everything"
+    later = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "external_id": "C-501",
+            "phone": "+79165010000",
+            "consents": [dated("sms", days=2)],
+        },
+        headers=keys["ingest"],
+    )
+    assert later.status_code == 200 and later.json()["profile_id"] == pid, later.text
+    assert not any((await contactable(client, keys, pid)).values())
+    query = await client.post(
+        "/v1/segments/query",
+        json={"purpose": "marketing", "channel": "sms", "rules": {"all": []}, "limit": 1000},
+        headers=keys["marketing"],
+    )
+    assert query.status_code == 200 and query.json()["items"] == [], query.text
+    # a grant the customer gives after it counts
+    regrant = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "external_id": "C-501",
+            "phone": "+79165010000",
+            "consents": [dated("sms", days=0)],
+        },
+        headers=keys["ingest"],
+    )
+    assert regrant.status_code == 200, regrant.text
+    assert (await contactable(client, keys, pid))["sms"] is True
+    await audit_ok(client, keys)
