@@ -9,7 +9,9 @@ from datetime import timedelta
 
 from cdp.ids import utcnow
 from consent.dsr.worker import run_pending
+from consent.tables import consent_ledger
 from consent.tokens import TokenClaims, issue
+from tests.helpers import count
 
 UNDATED = {"wording_id": "crm-2019", "method": "import"}  # no occurred_at: an old CRM file
 
@@ -182,3 +184,72 @@ async def test_unsubscribe_from_everything_in_the_preference_centre_reaches_a_ph
     assert regrant.status_code == 200, regrant.text
     assert (await contactable(client, keys, pid))["sms"] is True
     await audit_ok(client, keys)
+
+
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+async def test_the_unsubscribe_link_speaks_the_customers_language_and_answers_people_with_pages(
+    client, keys, platform
+):
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "olga.petrova@example.com",
+            "first_name": "Ольга",
+            "country": "RU",
+            "consents": [dated("email", days=1)],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    token = unsubscribe_token(platform, pid, "olga.petrova@example.com")
+    before = await count(platform, consent_ledger)
+
+    pages = {
+        "ru": await client.get(f"/v1/unsubscribe/{token}", headers={"Accept": BROWSER}),
+        "en": await client.get(
+            f"/v1/unsubscribe/{token}", headers={"Accept": BROWSER, "Accept-Language": "en-GB"}
+        ),
+    }
+    for lang, page in pages.items():  # RU customer: Russian unless the browser asks otherwise
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert f'<html lang="{lang}">' in page.text
+        assert "<script" not in page.text and "olga" not in page.text.lower()
+        assert "Ольга" not in page.text
+        assert 'name="List-Unsubscribe" value="One-Click"' in page.text
+        assert f'action="/v1/unsubscribe/{token}"' in page.text
+        assert page.headers["cache-control"] == "no-store"
+    assert "Отписаться" in pages["ru"].text and "Реклама и предложения" in pages["ru"].text
+    assert "Unsubscribe" in pages["en"].text
+    assert await count(platform, consent_ledger) == before  # GET changes nothing
+
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    for method in ("GET", "POST"):
+        bad = await client.request(
+            method,
+            f"/v1/unsubscribe/{forged}",
+            headers={"Accept": BROWSER, "Accept-Language": "ru"},
+        )
+        assert bad.status_code == 404 and bad.headers["content-type"].startswith("text/html")
+        assert "Ссылка недействительна" in bad.text and "olga" not in bad.text.lower()
+    assert await count(platform, consent_ledger) == before
+
+    # the page's button, in a browser without JavaScript: a page saying it is done
+    done = await client.post(
+        f"/v1/unsubscribe/{token}",
+        data={"List-Unsubscribe": "One-Click"},
+        headers={"Accept": BROWSER, "Accept-Language": "ru-RU,ru;q=0.9"},
+    )
+    assert done.status_code == 200 and done.headers["content-type"].startswith("text/html")
+    assert '<html lang="ru">' in done.text and "Вы отписались" in done.text
+    assert "olga" not in done.text.lower()
+    assert (await contactable(client, keys, pid))["email"] is False
+    # a mail client's one-click POST (RFC 8058) and the sending tools still get JSON
+    again = await client.post(
+        f"/v1/unsubscribe/{token}",
+        content="List-Unsubscribe=One-Click",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert again.status_code == 200 and again.json() == {"unsubscribed": True, "suppressed": True}

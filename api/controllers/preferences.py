@@ -31,12 +31,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import PUBLIC, roles
+from api.customer_pages import message_page, page_language
 from api.deps import PlatformDep, PrincipalDep
 from api.i18n import (
     PAGE_HEADERS,
     Messages,
     channel_label,
-    choose_language,
     messages,
     purpose_label,
     purpose_text,
@@ -331,28 +331,12 @@ async def honour_gpc(p: Platform, centre: Centre, evidence: EvidenceIn) -> bool:
 # ----------------------------------------------------------------------------- HTTP
 
 
-def _lang(request: Request, override: str | None, jurisdiction: str | None = None) -> str:
-    fallback = "ru" if jurisdiction == "RU" else "en"
-    return choose_language(request.headers.get("accept-language"), override, fallback)
-
-
-def _message_page(
-    request: Request, status: int, title: str, text: str, back: str | None = None
-) -> Template:
-    t = messages(_lang(request, request.query_params.get("lang")))
-    return Template(
-        "message.html",
-        context={"t": t, "title": t[title], "paragraphs": [t[text]], "back": back},
-        status_code=status,
-    )
-
-
 def _invalid_link(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
+    return message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
 
 
 def _erased(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
+    return message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
 
 
 class ManageOnly(Exception):
@@ -365,11 +349,11 @@ def _needs_manage(centre: Centre) -> None:
 
 
 def _manage_only(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 403, "manage_only_title", "manage_only_text")  # type: ignore[return-value]
+    return message_page(request, 403, "manage_only_title", "manage_only_text")  # type: ignore[return-value]
 
 
 def _invalid_input(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 400, "error_title", "link_invalid_text")  # type: ignore[return-value]
+    return message_page(request, 400, "error_title", "link_invalid_text")  # type: ignore[return-value]
 
 
 async def _open(p: Platform, token: str, request: Request) -> tuple[TokenClaims, Centre]:
@@ -442,7 +426,7 @@ class PreferenceCentre(Controller):
         lang: FromQuery[str | None] = None,
     ) -> Template:
         _, centre = await _open(platform, token, request)
-        t = messages(_lang(request, lang, centre.jurisdiction))
+        t = messages(page_language(request, lang, centre.jurisdiction))
         if centre.gpc:
             recorded = await honour_gpc(
                 platform, centre, evidence_for(request, platform, t.lang, GPC_METHOD)
@@ -458,7 +442,7 @@ class PreferenceCentre(Controller):
     async def save(self, token: FromPath[str], platform: PlatformDep, request: Request) -> Redirect:
         claims, centre = await _open(platform, token, request)
         form = await request.form()
-        lang = _lang(request, form.get("lang"), centre.jurisdiction)
+        lang = page_language(request, form.get("lang"), centre.jurisdiction)
         changes = plan_changes(
             centre.groups,
             set(form.getall("shown")),
@@ -479,7 +463,7 @@ class PreferenceCentre(Controller):
     ) -> Redirect:
         _, centre = await _open(platform, token, request)
         form = await request.form()
-        lang = _lang(request, form.get("lang"), centre.jurisdiction)
+        lang = page_language(request, form.get("lang"), centre.jurisdiction)
         await opt_out_everything(platform, centre, evidence_for(request, platform, lang, METHOD))
         return Redirect(
             f"/preferences/{token}",
@@ -509,7 +493,7 @@ class PreferenceCentre(Controller):
         _, centre = await _open(platform, token, request)
         _needs_manage(centre)
         form = await request.form()
-        t = messages(_lang(request, form.get("lang"), centre.jurisdiction))
+        t = messages(page_language(request, form.get("lang"), centre.jurisdiction))
         if form.get("confirm") != "yes":
             return _page(t, token, centre, status=400, error=t.erase_need_confirm)
         submitted = await dsr.submit_erasure(
