@@ -7,8 +7,11 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
+
 from cdp.ids import utcnow
 from consent.dsr.worker import run_pending
+from consent.outbox.tables import outbox_events
 from consent.tables import consent_ledger
 from consent.tokens import TokenClaims, issue
 from tests.helpers import count
@@ -33,10 +36,11 @@ def unsubscribe_token(platform, pid: str, email: str) -> str:  # type: ignore[no
     return issue(platform.keys.token_key, claims)
 
 
-async def push_members(client, keys) -> set[str]:  # type: ignore[no-untyped-def]
-    """Who a push campaign to everyone may reach: members page, export and ad-hoc query."""
+async def members(client, keys, channel: str = "push") -> set[str]:  # type: ignore[no-untyped-def]
+    """Who a marketing campaign to everyone on `channel` may reach: members page, export and
+    ad-hoc query must agree."""
     rules = {"field": "country", "op": "exists"}
-    body = {"name": "all push", "purpose": "marketing", "channel": "push", "rules": rules}
+    body = {"name": f"all {channel}", "purpose": "marketing", "channel": channel, "rules": rules}
     seg = await client.post("/v1/segments", json=body, headers=keys["marketing"])
     assert seg.status_code == 201, seg.text
     sid = seg.json()["id"]
@@ -46,7 +50,7 @@ async def push_members(client, keys) -> set[str]:  # type: ignore[no-untyped-def
     )
     query = await client.post(
         "/v1/segments/query",
-        json={"purpose": "marketing", "channel": "push", "rules": rules, "limit": 1000},
+        json={"purpose": "marketing", "channel": channel, "rules": rules, "limit": 1000},
         headers=keys["marketing"],
     )
     assert page.status_code == export.status_code == query.status_code == 200
@@ -91,7 +95,7 @@ async def test_an_undated_push_grant_does_not_undo_stop_all_marketing_from_an_un
     assert await contactable(client, keys, pid) == dict.fromkeys(
         ("email", "sms", "phone", "push", "messenger"), False
     )
-    assert pid not in await push_members(client, keys)
+    assert pid not in await members(client, keys)
     await audit_ok(client, keys)
 
 
@@ -128,7 +132,7 @@ async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
     pid = back.json()["profile_id"]
     assert uuid.UUID(pid) != uuid.UUID(r.json()["profile_id"])
     assert not any((await contactable(client, keys, pid)).values())
-    assert pid not in await push_members(client, keys)
+    assert pid not in await members(client, keys)
     await audit_ok(client, keys)
 
 
@@ -253,3 +257,87 @@ async def test_the_unsubscribe_link_speaks_the_customers_language_and_answers_pe
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert again.status_code == 200 and again.json() == {"unsubscribed": True, "suppressed": True}
+
+
+ANNA_EMAIL, ANNA_PHONE = "anna.scope@example.com", "+79161239900"
+
+
+async def _one_click(client, keys, platform, pid: str) -> int:  # type: ignore[no-untyped-def]
+    token = unsubscribe_token(platform, pid, ANNA_EMAIL)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = await client.post(
+        f"/v1/unsubscribe/{token}", content="List-Unsubscribe=One-Click", headers=form
+    )
+    return r.status_code
+
+
+async def _sms_stop(client, keys, platform, pid: str) -> int:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/inbound/sms",
+        json={"from": "8 916 123-99-00", "text": " Стоп! "},
+        headers=keys["ingest"],
+    )
+    assert r.json()["stop"] is True
+    return r.status_code
+
+
+async def _api_stop_all(client, keys, platform, pid: str) -> int:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/opt-outs", json={"email": ANNA_EMAIL, "source": "esp"}, headers=keys["ingest"]
+    )
+    return r.status_code
+
+
+async def _centre_stop_all(client, keys, platform, pid: str) -> int:  # type: ignore[no-untyped-def]
+    token = unsubscribe_token(platform, pid, ANNA_EMAIL)
+    r = await client.post(f"/preferences/{token}/opt-out", data={"lang": "ru"})
+    return r.status_code
+
+
+async def _centre_email_off(client, keys, platform, pid: str) -> int:  # type: ignore[no-untyped-def]
+    token = unsubscribe_token(platform, pid, ANNA_EMAIL)
+    shown = ["marketing:email", "marketing:sms", "marketing:push"]
+    form = {"lang": "en", "shown": shown, "allow": ["marketing:sms", "marketing:push"]}
+    r = await client.post(f"/preferences/{token}", data=form)
+    return r.status_code
+
+
+# entry point, its answer, the channels that stop
+SCOPES = {
+    "one-click": (_one_click, 200, {"email"}),
+    "sms stop": (_sms_stop, 200, {"sms"}),
+    "api stop all": (_api_stop_all, 200, {"email", "sms", "push"}),
+    "centre stop all": (_centre_stop_all, 303, {"email", "sms", "push"}),
+    "centre email off": (_centre_email_off, 303, {"email"}),
+}
+
+
+@pytest.mark.parametrize("way", sorted(SCOPES))
+async def test_each_way_to_stop_is_honoured_at_once_as_far_as_its_scope_and_harmless_twice(
+    client, keys, platform, way
+):
+    stop, status, stopped = SCOPES[way]
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": ANNA_EMAIL,
+            "phone": ANNA_PHONE,
+            "country": "RU",
+            "consents": [dated(c, days=1) for c in ("email", "sms", "push")],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    for channel in ("email", "sms", "push"):
+        assert pid in await members(client, keys, channel)
+    events = await count(platform, outbox_events)
+    assert await stop(client, keys, platform, pid) == status
+    assert await count(platform, outbox_events) > events  # the sending tools are told
+    for _ in range(2):  # at once, and a repeat changes nothing
+        for channel in ("email", "sms", "push"):
+            assert (pid in await members(client, keys, channel)) is (channel not in stopped), (
+                channel
+            )
+        assert await stop(client, keys, platform, pid) == status
+    await audit_ok(client, keys)
