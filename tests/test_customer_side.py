@@ -341,3 +341,95 @@ async def test_each_way_to_stop_is_honoured_at_once_as_far_as_its_scope_and_harm
             )
         assert await stop(client, keys, platform, pid) == status
     await audit_ok(client, keys)
+
+
+async def test_nothing_the_customer_does_from_their_links_puts_their_data_in_the_logs(
+    client, keys, platform, caplog
+):
+    from tests.test_pii_in_errors import everything_said
+
+    email, phone, name = "svetlana.logs@example.com", "+79161237788", "Светлана"
+    with everything_said(caplog) as said:
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "email": email,
+                "phone": phone,
+                "first_name": name,
+                "country": "RU",
+                "consents": [dated("email", days=1), dated("sms", days=1)],
+            },
+            headers=keys["ingest"],
+        )
+        pid = r.json()["profile_id"]
+        unsub = unsubscribe_token(platform, pid, email)
+        link = await client.post(
+            "/v1/preference-links", json={"email": email}, headers=keys["ingest"]
+        )
+        manage = link.json()["token"]
+        for token in (unsub, manage, unsub[:-3]):
+            await client.get(f"/v1/unsubscribe/{token}", headers={"Accept": BROWSER})
+            await client.get(f"/preferences/{token}")
+        await client.post(f"/preferences/{manage}", data={"shown": ["marketing:email"]})
+        await client.post(f"/preferences/{unsub}/access")
+        assert (await client.post(f"/preferences/{manage}/access")).status_code == 200
+        await client.post(f"/v1/unsubscribe/{unsub}", headers={"Accept": BROWSER})
+        await client.post(f"/v1/unsubscribe/{unsub}")
+        await client.post(
+            "/v1/inbound/sms", json={"from": phone, "text": "STOP"}, headers=keys["ingest"]
+        )
+        await client.post(f"/preferences/{manage}/opt-out")
+        erase = await client.post(f"/preferences/{manage}/erasure", data={"confirm": "yes"})
+        assert erase.status_code == 202
+        await run_pending(platform)
+        await client.get(f"/preferences/{manage}")
+    secrets = [email, phone, phone.lstrip("+"), name, unsub, manage]
+    assert said
+    assert not [line for line in said for s in secrets if s in line]
+
+
+async def test_after_an_unmerge_the_link_in_a_message_acts_for_whoever_holds_its_address(
+    client, keys, platform
+):
+    """A message went to x@ while her profile was wrongly merged with another customer's; the
+    merge was undone. Her link must show and change her own preferences, not the other
+    customer's: "unsubscribe from everything" used to stop his messages and not hers."""
+    a = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "phone": "+79161110001",
+            "country": "RU",
+            "consents": [dated("sms", days=3)],
+        },
+        headers=keys["ingest"],
+    )
+    c = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "web",
+            "email": "x.unmerged@example.com",
+            "country": "RU",
+            "consents": [dated("email", days=3)],
+        },
+        headers=keys["ingest"],
+    )
+    other, her = a.json()["profile_id"], c.json()["profile_id"]
+    bridge = await client.post(
+        "/v1/profiles",
+        json={"source": "shop", "phone": "+79161110001", "email": "x.unmerged@example.com"},
+        headers=keys["ingest"],
+    )
+    assert bridge.json()["merged_profile_ids"] == [her]
+    token = unsubscribe_token(platform, other, "x.unmerged@example.com")  # as members carried
+    undone = await client.post(f"/v1/profiles/{other}/unmerge", headers=keys["admin"])
+    assert undone.status_code == 200, undone.text
+
+    page = await client.get(f"/preferences/{token}", headers={"Accept-Language": "en"})
+    assert page.status_code == 200
+    assert "x***@example.com" in page.text and "+7********01" not in page.text
+    done = await client.post(f"/preferences/{token}/opt-out", data={"lang": "en"})
+    assert done.status_code == 303
+    assert not any((await contactable(client, keys, her)).values())
+    assert (await contactable(client, keys, other))["sms"] is True

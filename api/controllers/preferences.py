@@ -47,14 +47,13 @@ from cdp.db.tables import identities, profiles
 from cdp.errors import Gone, InvalidInput, NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
-from cdp.profiles.identity import resolve_profile_id
 from consent.dsr import requests as dsr
 from consent.dsr.access import access_export
 from consent.dsr.schemas import identifier_of
 from consent.dsr.worker import run_one
 from consent.optout import claims_from_token
 from consent.policy import GPC_PURPOSE, Policy
-from consent.preference_links import PreferenceLinkIn, manage_link
+from consent.preference_links import PreferenceLinkIn, link_holder, manage_link
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
 from consent.tokens import TokenClaims, TokenError
@@ -359,7 +358,7 @@ def _invalid_input(request: Request, _: Exception) -> Response[Any]:
 async def _open(p: Platform, token: str, request: Request) -> tuple[TokenClaims, Centre]:
     claims = claims_from_token(p, token)
     async with p.db.read() as conn:
-        pid = await resolve_profile_id(conn, claims.profile_id)
+        pid = await link_holder(conn, claims)
         centre = await load_centre(conn, p, pid, claims, request.headers.get("sec-gpc"))
     return claims, centre
 
