@@ -182,6 +182,9 @@ EN: dict[str, str] = {
     "link_invalid_title": "This link is not valid",
     "link_invalid_text": "It may have been copied incompletely. Please use the link from our "
     "most recent message.",
+    "link_expired_title": "This link has expired",
+    "link_expired_text": "For your security, a link to manage your data works for a limited "
+    "time. Sign in to your account with us and open your preferences again.",
     "erased_title": "Your data has been deleted",
     "erased_text": "We no longer hold personal data about you and will not contact you unless "
     "you subscribe again.",
@@ -368,6 +371,9 @@ RU: dict[str, str] = {
     "link_invalid_title": "Ссылка недействительна",
     "link_invalid_text": "Возможно, она скопирована не полностью. Воспользуйтесь ссылкой из "
     "нашего последнего письма или сообщения.",
+    "link_expired_title": "Срок действия ссылки истёк",
+    "link_expired_text": "Ради вашей безопасности ссылка для управления данными действует "
+    "ограниченное время. Войдите в свой аккаунт у нас и снова откройте настройки.",
     "erased_title": "Ваши данные удалены",
     "erased_text": "Мы больше не храним ваших персональных данных и не свяжемся с вами, пока вы "
     "снова не подпишетесь.",

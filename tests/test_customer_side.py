@@ -433,3 +433,32 @@ async def test_after_an_unmerge_the_link_in_a_message_acts_for_whoever_holds_its
     assert done.status_code == 303
     assert not any((await contactable(client, keys, her)).values())
     assert (await contactable(client, keys, other))["sms"] is True
+
+
+async def test_an_expired_manage_link_says_so_and_changes_nothing(client, keys, platform):
+    """It used to say the link "may have been copied incompletely" and to use "the link from
+    our most recent message", which a manage link never came in: the customer signed in."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "late@example.com", "country": "RU"},
+        headers=keys["ingest"],
+    )
+    claims = TokenClaims(
+        uuid.UUID(r.json()["profile_id"]),
+        "email",
+        platform.keys.indexer.email("late@example.com"),
+        "marketing",
+        "email",
+        scope="manage",
+        expires_at=int(utcnow().timestamp()) - 60,
+    )
+    token = issue(platform.keys.token_key, claims)
+    before = await count(platform, consent_ledger)
+    for lang, words in (("ru", "Срок действия ссылки истёк"), ("en", "This link has expired")):
+        page = await client.get(f"/preferences/{token}", headers={"Accept-Language": lang})
+        assert page.status_code == 404 and words in page.text
+        assert "late@" not in page.text and "l***@" not in page.text
+    for path in ("", "/opt-out", "/access", "/erasure"):
+        r = await client.post(f"/preferences/{token}{path}", data={"confirm": "yes"})
+        assert r.status_code == 404 and "This link has expired" in r.text, path
+    assert await count(platform, consent_ledger) == before

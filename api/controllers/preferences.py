@@ -56,7 +56,7 @@ from consent.policy import GPC_PURPOSE, Policy
 from consent.preference_links import PreferenceLinkIn, link_holder, manage_link
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
-from consent.tokens import TokenClaims, TokenError
+from consent.tokens import ExpiredToken, TokenClaims, TokenError
 
 log = structlog.get_logger("api.preferences")
 WORDING_VERSION = "2026-11-v1"
@@ -334,6 +334,10 @@ def _invalid_link(request: Request, _: Exception) -> Response[Any]:
     return message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
 
 
+def _expired_link(request: Request, _: Exception) -> Response[Any]:
+    return message_page(request, 404, "link_expired_title", "link_expired_text")  # type: ignore[return-value]
+
+
 def _erased(request: Request, _: Exception) -> Response[Any]:
     return message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
 
@@ -409,6 +413,7 @@ class PreferenceCentre(Controller):
     response_headers = PAGE_HEADERS
     exception_handlers = {  # noqa: RUF012 (Litestar reads the class attribute)
         TokenError: _invalid_link,
+        ExpiredToken: _expired_link,
         NotFound: _invalid_link,
         Gone: _erased,
         InvalidInput: _invalid_input,
