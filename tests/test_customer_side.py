@@ -99,12 +99,18 @@ async def test_an_undated_push_grant_does_not_undo_stop_all_marketing_from_an_un
     await audit_ok(client, keys)
 
 
-async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
+async def test_a_forgotten_customer_brought_back_by_old_imports_is_never_contacted(
     client, keys, platform
 ):
     r = await client.post(
         "/v1/profiles",
-        json={"source": "crm", "email": "forget.me@example.com", "country": "RU"},
+        json={
+            "source": "crm",
+            "email": "forget.me@example.com",
+            "phone": "+79161234400",
+            "country": "RU",
+            "consents": [dated("email", days=30), dated("sms", days=30)],
+        },
         headers=keys["ingest"],
     )
     link = await client.post(
@@ -118,7 +124,7 @@ async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
     await run_pending(platform)
     gone = await client.get(f"/preferences/{token}", headers={"Accept-Language": "ru"})
     assert gone.status_code == 410 and "не свяжемся с вами" in gone.text
-    back = await client.post(
+    back = await client.post(  # last year's CRM file: undated consents
         "/v1/profiles",
         json={
             "source": "crm",
@@ -131,8 +137,20 @@ async def test_a_forgotten_customer_brought_back_by_an_old_import_gets_no_push(
     assert back.status_code == 201, back.text
     pid = back.json()["profile_id"]
     assert uuid.UUID(pid) != uuid.UUID(r.json()["profile_id"])
+    again = await client.post(  # and the shop's, with the grant she gave a month ago
+        "/v1/profiles",
+        json={
+            "source": "shop",
+            "email": "forget.me@example.com",
+            "phone": "+79161234400",
+            "consents": [dated("email", days=30), dated("sms", days=30)],
+        },
+        headers=keys["ingest"],
+    )
+    assert again.status_code == 200 and again.json()["profile_id"] == pid, again.text
     assert not any((await contactable(client, keys, pid)).values())
-    assert pid not in await members(client, keys)
+    for channel in ("email", "sms", "push", "messenger"):
+        assert pid not in await members(client, keys, channel)
     await audit_ok(client, keys)
 
 
@@ -462,3 +480,34 @@ async def test_an_expired_manage_link_says_so_and_changes_nothing(client, keys, 
         r = await client.post(f"/preferences/{token}{path}", data={"confirm": "yes"})
         assert r.status_code == 404 and "This link has expired" in r.text, path
     assert await count(platform, consent_ledger) == before
+
+
+def test_stop_replies_in_either_language_whatever_the_case_spacing_or_punctuation():
+    from consent.optout import is_stop_message
+
+    for text in (
+        "STOP", "stop", " Stop. ", "stop!", "Stop\n", "СТОП", "стоп", "Стоп!!!", "«Стоп»",
+        "СТОП\u00a0", "ОТПИСКА.", "отписка", "Отписаться от рассылки", "Unsubscribe me",
+    ):  # fmt: skip
+        assert is_stop_message(text), text
+    for text in ("не стоп", "where is my order", "stopwatch", "Отпишите меня от всего этого"):
+        assert not is_stop_message(text), text
+
+
+async def test_a_stop_from_a_number_never_seen_outlives_any_later_import_of_it(client, keys):
+    r = await client.post(
+        "/v1/inbound/sms", json={"from": "+7 916 555-00-11", "text": "стоп"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 200
+    assert r.json() == {"stop": True, "profile_ids": [], "suppressed": True}
+    for consent in (dated("sms", days=2), undated("sms")):
+        back = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "phone": "89165550011", "country": "RU", "consents": [consent]},
+            headers=keys["ingest"],
+        )
+        assert back.status_code in (200, 201), back.text
+        pid = back.json()["profile_id"]
+        assert (await contactable(client, keys, pid))["sms"] is False
+        assert pid not in await members(client, keys, "sms")
+    await audit_ok(client, keys)
