@@ -8,6 +8,7 @@ that names an address also reaches every other address and channel of the custom
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,13 +34,15 @@ from consent.tables import consent_ledger
 # An SMS reply that opts the number out: a stop phrase, any case, alone or followed by at most
 # MAX_TRAILING_WORDS words ("STOP please", "Opt-out now"). FCC 24-24 (47 CFR 64.1200(a)(10))
 # names stop, quit, end, revoke, opt out, cancel and unsubscribe; STOP ALL is the carriers'
-# keyword (STOP followed by one word); СТОП, ОТПИСКА and ОТПИСАТЬСЯ are the Russian replies.
-# Punctuation separates words, so "opt-out" and "OPT OUT!" are the phrase OPT OUT.
+# keyword (STOP followed by one word); СТОП, ОТПИСКА and ОТПИСАТЬСЯ are the Russian replies,
+# and so are ОТПИШИТЕ and ОТПИСАТЬ ("Отпишите меня": unsubscribe me, how people write it).
+# Punctuation separates words, so "opt-out" and "OPT OUT!" are the phrase OPT OUT; the text is
+# read in NFKC, so full-width letters (ＳＴＯＰ) are the same words.
 STOP_PHRASES = frozenset(
     tuple(phrase.split())
     for phrase in (
         "STOP", "STOPALL", "QUIT", "END", "REVOKE", "OPT OUT", "OPTOUT", "CANCEL",
-        "UNSUBSCRIBE", "СТОП", "ОТПИСКА", "ОТПИСАТЬСЯ",
+        "UNSUBSCRIBE", "СТОП", "ОТПИСКА", "ОТПИСАТЬСЯ", "ОТПИШИТЕ", "ОТПИСАТЬ",
     )
 )  # fmt: skip
 MAX_TRAILING_WORDS = 2
@@ -322,5 +325,5 @@ async def sms_stop(p: Platform, ident: Identifier, actor: str) -> OptOutResult:
 
 def is_stop_message(text: str) -> bool:
     """Whether an inbound SMS asks to stop (see STOP_PHRASES)."""
-    words = tuple(w for w in _WORD.split(text.upper()) if w)
+    words = tuple(w for w in _WORD.split(unicodedata.normalize("NFKC", text).upper()) if w)
     return any(words[:n] in STOP_PHRASES and len(words) - n <= MAX_TRAILING_WORDS for n in (1, 2))
