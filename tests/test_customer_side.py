@@ -535,3 +535,73 @@ async def test_a_russian_customer_replying_unsubscribe_me_is_opted_out(client, k
     )
     assert r.status_code == 200 and r.json()["stop"] is True, r.text
     assert (await contactable(client, keys, pid))["sms"] is False
+
+
+async def test_a_token_altered_truncated_moved_or_from_another_deployment_is_refused_quietly(
+    client, keys, platform
+):
+    import os
+
+    from consent.outbox.tables import outbox_events as outbox
+    from consent.tables import suppressions
+
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "quiet@example.com",
+            "first_name": "Тихон",
+            "country": "RU",
+            "consents": [dated("email", days=1)],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    good = unsubscribe_token(platform, pid, "quiet@example.com")
+    body, tag = good.split(".")
+    moved = (
+        issue(  # the same claims for another address, with the genuine tag
+            platform.keys.token_key,
+            TokenClaims(
+                uuid.UUID(pid),
+                "email",
+                platform.keys.indexer.email("other@example.com"),
+                "marketing",
+                "email",
+            ),
+        ).split(".")[0]
+        + "."
+        + tag
+    )
+    foreign = issue(  # another deployment's key
+        os.urandom(32),
+        TokenClaims(
+            uuid.UUID(pid),
+            "email",
+            platform.keys.indexer.email("quiet@example.com"),
+            "marketing",
+            "email",
+        ),
+    )
+    bad = [good[:-1], good[:20], body, f"{body}.", f"{body}.{tag}=", moved, foreign, "x" * 300]
+    tables = (consent_ledger, suppressions, outbox)
+    before = [await count(platform, t) for t in tables]
+    for token in bad:
+        for method, path, accept in (
+            ("GET", f"/v1/unsubscribe/{token}", BROWSER),
+            ("POST", f"/v1/unsubscribe/{token}", BROWSER),
+            ("POST", f"/v1/unsubscribe/{token}", "application/json"),
+            ("GET", f"/preferences/{token}", BROWSER),
+            ("POST", f"/preferences/{token}", BROWSER),
+            ("POST", f"/preferences/{token}/opt-out", BROWSER),
+            ("POST", f"/preferences/{token}/erasure", BROWSER),
+            ("POST", f"/v1/erasure-requests/by-token/{token}", "application/json"),
+        ):
+            r = await client.request(
+                method, path, headers={"Accept": accept}, data={"confirm": "yes"}
+            )
+            assert r.status_code in (400, 404), (token, method, path, r.status_code)
+            for secret in ("quiet@", "q***@", "Тихон", pid):
+                assert secret not in r.text, (token, path)
+    assert [await count(platform, t) for t in tables] == before
+    assert (await contactable(client, keys, pid))["email"] is True
