@@ -126,7 +126,7 @@ async def apply_opt_outs(
             results.append(pid)
             continue
         subjects: list[tuple[str, bytes]] = []
-        if _names_address(p, r):
+        if _names_address(p, r) or _reaches_profile_by_address(p, r):
             assert r.ident.bidx is not None
             subjects.append((r.ident.kind, r.ident.bidx))
         if pid is not None and _whole_profile(p, r):
@@ -136,7 +136,10 @@ async def apply_opt_outs(
         cipher = ciphers.get(pid, p.keys.system) if pid is not None else p.keys.system
         mine = 0
         for kind, subject in subjects:
-            if not expand_channel(p.policy, kind, r.channel):
+            if not expand_channel(p.policy, kind, r.channel) and not (
+                _reaches_profile_by_address(p, r)
+                and (kind, subject) == (r.ident.kind, r.ident.bidx)
+            ):
                 continue
             if kind != "profile":
                 held.append(
@@ -246,6 +249,15 @@ def _whole_profile(p: Platform, r: OptOutRequest) -> bool:
     of another kind than the channel's), or it stops every channel ('*': "stop all marketing"
     said from one address concerns the person, GDPR art. 21(3))."""
     return r.channel == "*" or not _names_address(p, r)
+
+
+def _reaches_profile_by_address(p: Platform, r: OptOutRequest) -> bool:
+    """The request names an email or phone and stops a channel that reaches the profile (push,
+    messenger). The address is suppressed for that channel too (with its ledger entry, which
+    changes no address state): the contactability rule stops a profile's push where any
+    address it holds is suppressed, so the opt-out also holds for an address never seen, once
+    its owner is imported with an older grant. Before, nothing was stored for it."""
+    return r.ident.kind in ("email", "phone") and p.policy.address_kind(r.channel) == "profile"
 
 
 def _names_address(p: Platform, r: OptOutRequest) -> bool:

@@ -605,3 +605,55 @@ async def test_a_token_altered_truncated_moved_or_from_another_deployment_is_ref
                 assert secret not in r.text, (token, path)
     assert [await count(platform, t) for t in tables] == before
     assert (await contactable(client, keys, pid))["email"] is True
+
+
+async def test_stopping_push_or_messenger_named_by_an_address_never_seen_holds_after_its_import(
+    client, keys, platform
+):
+    """The app relays "no more notifications" for its user's email before the CRM knows her:
+    the opt-out stored nothing ("suppressed": false), and importing her with the grant she had
+    given earlier made her contactable by push again."""
+    from consent.outbox.tables import outbox_events as outbox
+
+    events = await count(platform, outbox)
+    for body in (
+        {"email": "app.user@example.com", "channel": "push", "source": "app"},
+        {"phone": "+79160001122", "channel": "messenger", "source": "bot"},
+    ):
+        r = await client.post("/v1/opt-outs", json=body, headers=keys["ingest"])
+        assert r.status_code == 200 and r.json() == {"profile_ids": [], "suppressed": True}
+    assert await count(platform, outbox) > events  # the sending tools are told
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "app.user@example.com",
+            "phone": "+79160001122",
+            "country": "RU",
+            "consents": [dated(c, days=2) for c in ("email", "push", "messenger")],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    assert await contactable(client, keys, pid) == {
+        "email": True, "sms": False, "phone": False, "push": False, "messenger": False
+    }  # fmt: skip
+    assert pid not in await members(client, keys, "push")
+    assert pid not in await members(client, keys, "messenger")
+    assert pid in await members(client, keys, "email")  # the opt-out's scope: push only
+    # a grant she gives afterwards counts
+    again = await client.post(
+        "/v1/consents",
+        json={
+            "email": "app.user@example.com",
+            "purpose": "marketing",
+            "channel": "push",
+            "status": "granted",
+            "source": "app",
+            "evidence": UNDATED,
+        },
+        headers=keys["ingest"],
+    )
+    assert again.status_code == 201, again.text
+    assert pid in await members(client, keys, "push")
+    await audit_ok(client, keys)
