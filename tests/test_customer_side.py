@@ -657,3 +657,45 @@ async def test_stopping_push_or_messenger_named_by_an_address_never_seen_holds_a
     assert again.status_code == 201, again.text
     assert pid in await members(client, keys, "push")
     await audit_ok(client, keys)
+
+
+async def test_a_stop_from_a_number_two_customers_gave_reaches_no_one_by_sms(client, keys):
+    """A family phone: two CRM customers (two external ids of one source, so the guards keep
+    them apart) gave the same number. Whoever replies STOP, the number gets no more ads."""
+    pids = []
+    for ext, email in (("F-1", "mother@example.com"), ("F-2", "son@example.com")):
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "external_id": ext,
+                "email": email,
+                "country": "RU",
+                "consents": [dated("email", days=1)],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        pids.append(r.json()["profile_id"])
+    for ext in ("F-1", "F-2"):  # both give the family phone; the second link is refused
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "external_id": ext,
+                "phone": "+79165557788",
+                "consents": [dated("sms", days=1)],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 200, r.text
+    held = [await client.get(f"/v1/profiles/{pid}", headers=keys["admin"]) for pid in pids]
+    assert [sum(i["kind"] == "phone" for i in h.json()["identities"]) for h in held] == [1, 0]
+    assert (await members(client, keys, "sms")) & set(pids)
+    r = await client.post(
+        "/v1/inbound/sms", json={"from": "+79165557788", "text": "STOP"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 200 and r.json()["stop"] is True
+    assert not (await members(client, keys, "sms")) & set(pids)
+    assert set(pids) <= await members(client, keys, "email")  # only sms stops
+    await audit_ok(client, keys)
