@@ -12,6 +12,7 @@ import pytest
 from cdp.ids import utcnow
 from consent.dsr.worker import run_pending
 from consent.outbox.tables import outbox_events
+from consent.subjects import profile_subject
 from consent.tables import consent_ledger
 from consent.tokens import TokenClaims, issue
 from tests.helpers import count
@@ -699,3 +700,42 @@ async def test_a_stop_from_a_number_two_customers_gave_reaches_no_one_by_sms(cli
     assert not (await members(client, keys, "sms")) & set(pids)
     assert set(pids) <= await members(client, keys, "email")  # only sms stops
     await audit_ok(client, keys)
+
+
+async def test_the_link_in_an_app_notification_of_a_forgotten_customer_answers_with_a_page(
+    client, keys, platform
+):
+    """A push notification's unsubscribe link names the profile. Pressed in a browser after the
+    customer was erased, it answered a JSON problem; it is a page saying the data is gone."""
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "app",
+            "email": "pushed@example.com",
+            "country": "RU",
+            "consents": [dated("push", days=1)],
+        },
+        headers=keys["ingest"],
+    )
+    pid = uuid.UUID(r.json()["profile_id"])
+    claims = TokenClaims(pid, "profile", profile_subject(pid), "marketing", "push")
+    token = issue(platform.keys.token_key, claims)
+    page = await client.get(f"/v1/unsubscribe/{token}", headers={"Accept": BROWSER})
+    assert page.status_code == 200 and "Уведомления в приложении" in page.text
+    erased = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "pushed@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert erased.status_code == 202, erased.text
+    await run_pending(platform)
+    done = await client.post(
+        f"/v1/unsubscribe/{token}",
+        data={"List-Unsubscribe": "One-Click"},
+        headers={"Accept": BROWSER, "Accept-Language": "ru"},
+    )
+    assert done.status_code == 410 and done.headers["content-type"].startswith("text/html")
+    assert "Ваши данные удалены" in done.text
+    mail_client = await client.post(f"/v1/unsubscribe/{token}")
+    assert mail_client.status_code == 410
+    assert mail_client.headers["content-type"] == "application/problem+json"

@@ -19,7 +19,7 @@ from api.customer_pages import message_page, page_language, wants_page
 from api.deps import PlatformDep, PrincipalDep
 from api.i18n import PAGE_HEADERS, channel_label, messages, purpose_label
 from cdp.db.tables import profiles
-from cdp.errors import InvalidInput
+from cdp.errors import Gone, InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
 from consent.optout import claims_from_token, is_stop_message, opt_out, sms_stop, unsubscribe
@@ -220,7 +220,10 @@ async def unsubscribe_now(
         result = await unsubscribe(platform, token)
         return {"unsubscribed": True, "suppressed": result.suppressed}
     claims = await _claims(request, platform, token)
-    await unsubscribe(platform, token)
+    try:
+        await unsubscribe(platform, token)
+    except Gone:  # a link naming the profile (push, messenger) of a customer erased since
+        return message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
     lang = (await request.form()).get("lang")
     return await _unsubscribe_page(platform, request, token, claims, lang)  # type: ignore[return-value]
 
