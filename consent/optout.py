@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
 from cdp.db.tables import profiles
-from cdp.errors import InvalidInput
+from cdp.errors import InvalidInput, NotFound
 from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
@@ -108,6 +108,13 @@ async def apply_opt_outs(
     await lock_keys(conn, [r.ident.bidx or str(r.ident.profile_id) for r in requests])
     # the profiles named, locked: a merge or an erasure of one may have committed meanwhile
     found = await lock_found(conn, lambda: find_profiles(conn, [r.ident for r in requests]))
+    # an email or phone no one holds is suppressed as it is; an external id is not an address
+    found = [
+        NotFound("no customer has this external id")
+        if pid is None and r.ident.kind not in ("email", "phone")
+        else pid
+        for r, pid in zip(requests, found, strict=True)
+    ]
     pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
     # a request that names the profile (not one of its addresses), or every channel ('*'),
     # opts out all its addresses

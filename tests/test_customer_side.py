@@ -739,3 +739,33 @@ async def test_the_link_in_an_app_notification_of_a_forgotten_customer_answers_w
     mail_client = await client.post(f"/v1/unsubscribe/{token}")
     assert mail_client.status_code == 410
     assert mail_client.headers["content-type"] == "application/problem+json"
+
+
+async def test_an_opt_out_naming_an_external_id_nobody_has_is_404_not_a_silent_200(
+    client, keys, platform
+):
+    """The call centre relays "customer C-9 says stop" before the CRM has synced C-9: the
+    answer was 200 with nothing stored, and C-9's import then made them contactable. An
+    external id is not an address that could be suppressed: an unknown one is 404, as an
+    unknown profile id is, so the tool knows to try again."""
+    before = await count(platform, consent_ledger)
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"external_id": "C-9", "id_source": "crm", "source": "callcenter"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"] == "application/problem+json" and "C-9" not in r.text
+    assert await count(platform, consent_ledger) == before
+    known = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "external_id": "C-9", "email": "c9@example.com", "country": "RU"},
+        headers=keys["ingest"],
+    )
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"external_id": "C-9", "id_source": "crm", "source": "callcenter"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"profile_ids": [known.json()["profile_id"]], "suppressed": True}

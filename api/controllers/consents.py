@@ -107,6 +107,11 @@ async def post_consent(
     tags=["consent"],
     status_code=200,
     summary="Opt a customer or an address out, effective before the answer",
+    description=(
+        "An email or phone that no customer holds yet is suppressed as it is, so a later "
+        "import of it with an older grant never makes it contactable. A profile id or an "
+        "external id that no customer has is 404 and stores nothing: it is not an address."
+    ),
 )
 async def post_opt_out(
     data: JSONBody[OptOutIn], platform: PlatformDep, principal: PrincipalDep
