@@ -182,10 +182,19 @@ EN: dict[str, str] = {
     "link_invalid_title": "This link is not valid",
     "link_invalid_text": "It may have been copied incompletely. Please use the link from our "
     "most recent message.",
+    "link_expired_title": "This link has expired",
+    "link_expired_text": "For your security, a link to manage your data works for a limited "
+    "time. Sign in to your account with us and open your preferences again.",
     "erased_title": "Your data has been deleted",
     "erased_text": "We no longer hold personal data about you and will not contact you unless "
     "you subscribe again.",
     "error_title": "Your request could not be processed",
+    "unsub_title": "Unsubscribe",
+    "unsub_question": "Stop these messages?",
+    "unsub_button": "Unsubscribe",
+    "unsub_manage": "Manage all my preferences",
+    "unsub_done_title": "You are unsubscribed",
+    "unsub_done_text": "We will no longer send you these messages:",
     "purpose_service": "Service messages",
     "purpose_service_text": "Order status, payment, delivery and appointment reminders.",
     "purpose_marketing": "Advertising and offers",
@@ -362,10 +371,19 @@ RU: dict[str, str] = {
     "link_invalid_title": "Ссылка недействительна",
     "link_invalid_text": "Возможно, она скопирована не полностью. Воспользуйтесь ссылкой из "
     "нашего последнего письма или сообщения.",
+    "link_expired_title": "Срок действия ссылки истёк",
+    "link_expired_text": "Ради вашей безопасности ссылка для управления данными действует "
+    "ограниченное время. Войдите в свой аккаунт у нас и снова откройте настройки.",
     "erased_title": "Ваши данные удалены",
     "erased_text": "Мы больше не храним ваших персональных данных и не свяжемся с вами, пока вы "
     "снова не подпишетесь.",
     "error_title": "Не удалось выполнить запрос",
+    "unsub_title": "Отписаться от рассылки",
+    "unsub_question": "Больше не присылать вам эти сообщения?",
+    "unsub_button": "Отписаться",
+    "unsub_manage": "Настроить все подписки",
+    "unsub_done_title": "Вы отписались",
+    "unsub_done_text": "Мы больше не будем присылать вам эти сообщения:",
     "purpose_service": "Сервисные сообщения",
     "purpose_service_text": "Статус заказа, оплата, доставка, напоминания о записи.",
     "purpose_marketing": "Реклама и предложения",

@@ -78,6 +78,16 @@ def _errors_of(op: Operation, *, public: bool, names_something: bool) -> list[st
     return [*wanted, "default"]
 
 
+def _document_pages(responses: dict) -> None:
+    """An operation a person reaches from a link (`opt={"pages": True}`) answers a browser that
+    asks for HTML over JSON with a page. Its errors stay problems in the document: only such
+    a browser gets them as pages (said in the operation's description)."""
+    ok = responses.get("200")
+    if isinstance(ok, OpenAPIResponse):
+        page = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+        ok.content = {**(ok.content or {}), "text/html": page}
+
+
 def document_problems(app: Litestar) -> None:
     """Rewrite the app's (cached) OpenAPI document's error responses, once, at creation."""
     openapi = app.openapi_schema
@@ -99,6 +109,8 @@ def document_problems(app: Litestar) -> None:
                 responses = dict(op.responses or {})
                 for status in _errors_of(op, public=public, names_something="{" in route.path):
                     responses[status] = _problem(status)
+                if handler.opt.get("pages"):
+                    _document_pages(responses)
                 op.responses = responses
 
 

@@ -27,11 +27,12 @@ from cdp.db.bulk import bulk_insert, execute_rows
 from cdp.db.tables import identities
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.keyring import SYSTEM_OWNER
+from cdp.profiles.identifiers import profiles_addresses
 from consent.chain import chain_head, entry_hash
 from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
-from consent.subjects import expand_channel
-from consent.suppressions import latest_suppression, suppressed_at
+from consent.subjects import expand_channel, profile_subject
+from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
 from consent.tables import consent_ledger, consent_state
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     }
     state = await load_states(conn, wanted)
     existing = set(state)
-    blocked = await _suppressions(conn, entries)
+    blocked, holders = await _suppressions(conn, entries)
     now = utcnow()
     ledger_rows: list[dict] = []
     changed: dict[tuple[bytes, str, str], dict] = {}
@@ -103,7 +104,11 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
         at = min(e.occurred_at, now)  # the ordering time (see the module's docstring)
         for ch in expand_channel(policy, e.subject_kind, e.channel):
             key = (e.subject, e.purpose, ch)
-            if e.undated and e.status == "granted" and _opted_out(key, state, blocked):
+            if (
+                e.undated
+                and e.status == "granted"
+                and _opted_out(key, state, blocked, holders.get(e.subject))
+            ):
                 continue
             if supersedes(e.status, at, state.get(key)):
                 effective = True
@@ -164,26 +169,37 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
 
 async def _suppressions(
     conn: AsyncConnection, entries: list[Entry]
-) -> dict[tuple[bytes, str, str], datetime]:
-    """The suppressions of the addresses that undated grants name (the only ones that ask)."""
-    bidxs = {
-        e.subject
-        for e in entries
-        if e.undated and e.status == "granted" and e.subject_kind != "profile"
-    }
-    return await suppressed_at(conn, sorted(bidxs)) if bidxs else {}
+) -> tuple[dict[tuple[bytes, str, str], datetime], dict[bytes, list[bytes]]]:
+    """The suppressions that undated grants ask about (the only ones that do): of the address
+    a grant names, and for a profile's channel (push, messenger) of every address the profile
+    holds, with those addresses by profile subject. "Stop all marketing" said from an address,
+    and the suppression an erasure leaves, concern the person: an undated push grant that
+    came back with them in a stale import used to make them contactable again."""
+    undated = [e for e in entries if e.undated and e.status == "granted"]
+    bidxs = {e.subject for e in undated if e.subject_kind != "profile"}
+    pids = {e.profile_id for e in undated if e.subject_kind == "profile" and e.profile_id}
+    holders: dict[bytes, list[bytes]] = {}
+    if pids:
+        for pid, addresses in (await profiles_addresses(conn, pids)).items():
+            holders[profile_subject(pid)] = [bidx for _, bidx in addresses]
+            bidxs.update(holders[profile_subject(pid)])
+    return (await suppressed_at(conn, sorted(bidxs)) if bidxs else {}), holders
 
 
 def _opted_out(
     key: tuple[bytes, str, str],
     state: dict[tuple[bytes, str, str], tuple[str, datetime]],
     blocked: dict[tuple[bytes, str, str], datetime],
+    held: list[bytes] | None = None,
 ) -> bool:
-    """Whether the address has withdrawn or is suppressed for this purpose and channel."""
+    """Whether the subject has withdrawn or is suppressed for this purpose and channel; a
+    profile (push, messenger) is suppressed by a suppression of any address it `held`."""
     current = state.get(key)
     if current is not None and current[0] == "withdrawn":
         return True
     subject, purpose, channel = key
+    if held is not None:
+        return latest_for_profile(blocked, held, purpose, channel) is not None
     return latest_suppression(blocked, subject, purpose, channel) is not None
 
 

@@ -8,6 +8,7 @@ that names an address also reaches every other address and channel of the custom
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,13 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
 from cdp.db.tables import profiles
-from cdp.errors import InvalidInput
+from cdp.errors import InvalidInput, NotFound
 from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
 from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
-from consent.audit.addresses import OPT_OUT_METHODS
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_opt_outs
 from consent.policy import Policy
@@ -34,13 +34,15 @@ from consent.tables import consent_ledger
 # An SMS reply that opts the number out: a stop phrase, any case, alone or followed by at most
 # MAX_TRAILING_WORDS words ("STOP please", "Opt-out now"). FCC 24-24 (47 CFR 64.1200(a)(10))
 # names stop, quit, end, revoke, opt out, cancel and unsubscribe; STOP ALL is the carriers'
-# keyword (STOP followed by one word); СТОП, ОТПИСКА and ОТПИСАТЬСЯ are the Russian replies.
-# Punctuation separates words, so "opt-out" and "OPT OUT!" are the phrase OPT OUT.
+# keyword (STOP followed by one word); СТОП, ОТПИСКА and ОТПИСАТЬСЯ are the Russian replies,
+# and so are ОТПИШИТЕ and ОТПИСАТЬ ("Отпишите меня": unsubscribe me, how people write it).
+# Punctuation separates words, so "opt-out" and "OPT OUT!" are the phrase OPT OUT; the text is
+# read in NFKC, so full-width letters (ＳＴＯＰ) are the same words.
 STOP_PHRASES = frozenset(
     tuple(phrase.split())
     for phrase in (
         "STOP", "STOPALL", "QUIT", "END", "REVOKE", "OPT OUT", "OPTOUT", "CANCEL",
-        "UNSUBSCRIBE", "СТОП", "ОТПИСКА", "ОТПИСАТЬСЯ",
+        "UNSUBSCRIBE", "СТОП", "ОТПИСКА", "ОТПИСАТЬСЯ", "ОТПИШИТЕ", "ОТПИСАТЬ",
     )
 )  # fmt: skip
 MAX_TRAILING_WORDS = 2
@@ -106,6 +108,13 @@ async def apply_opt_outs(
     await lock_keys(conn, [r.ident.bidx or str(r.ident.profile_id) for r in requests])
     # the profiles named, locked: a merge or an erasure of one may have committed meanwhile
     found = await lock_found(conn, lambda: find_profiles(conn, [r.ident for r in requests]))
+    # an email or phone no one holds is suppressed as it is; an external id is not an address
+    found = [
+        NotFound("no customer has this external id")
+        if pid is None and r.ident.kind not in ("email", "phone")
+        else pid
+        for r, pid in zip(requests, found, strict=True)
+    ]
     pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
     # a request that names the profile (not one of its addresses), or every channel ('*'),
     # opts out all its addresses
@@ -124,7 +133,7 @@ async def apply_opt_outs(
             results.append(pid)
             continue
         subjects: list[tuple[str, bytes]] = []
-        if _names_address(p, r):
+        if _names_address(p, r) or _reaches_profile_by_address(p, r):
             assert r.ident.bidx is not None
             subjects.append((r.ident.kind, r.ident.bidx))
         if pid is not None and _whole_profile(p, r):
@@ -134,7 +143,10 @@ async def apply_opt_outs(
         cipher = ciphers.get(pid, p.keys.system) if pid is not None else p.keys.system
         mine = 0
         for kind, subject in subjects:
-            if not expand_channel(p.policy, kind, r.channel):
+            if not expand_channel(p.policy, kind, r.channel) and not (
+                _reaches_profile_by_address(p, r)
+                and (kind, subject) == (r.ident.kind, r.ident.bidx)
+            ):
                 continue
             if kind != "profile":
                 held.append(
@@ -176,6 +188,10 @@ async def carry_person_opt_outs(
 ) -> None:
     """An opt-out for every channel ('*') concerns the person, so it also reaches the emails
     and phones learned to be theirs later: a record that carries one, a profile merged in.
+    So does any withdrawal of every channel: "unsubscribe from everything" in the preference
+    centre (recorded with its evidence, not as an opt-out), a GPC signal, one sent to
+    POST /v1/consents. Before, a phone synced after the customer pressed "unsubscribe from
+    everything", with a grant older than that, made them contactable by SMS again.
     Before, a stale import adding the customer's phone with a grant older than their "stop
     all marketing" made them contactable by SMS again, and so did a merge bringing in such a
     phone. Each such address gets the opt-out as the opt-out itself writes it (a suppression
@@ -201,8 +217,6 @@ async def carry_person_opt_outs(
                 led.profile_id.in_(owners[start : start + 500]),
                 led.channel == "*",
                 led.status == "withdrawn",
-                led.method.in_(OPT_OUT_METHODS),
-                led.evidence.is_(None),
             )
         )
         for pid, purpose, at, source, actor in rows:
@@ -242,6 +256,15 @@ def _whole_profile(p: Platform, r: OptOutRequest) -> bool:
     of another kind than the channel's), or it stops every channel ('*': "stop all marketing"
     said from one address concerns the person, GDPR art. 21(3))."""
     return r.channel == "*" or not _names_address(p, r)
+
+
+def _reaches_profile_by_address(p: Platform, r: OptOutRequest) -> bool:
+    """The request names an email or phone and stops a channel that reaches the profile (push,
+    messenger). The address is suppressed for that channel too (with its ledger entry, which
+    changes no address state): the contactability rule stops a profile's push where any
+    address it holds is suppressed, so the opt-out also holds for an address never seen, once
+    its owner is imported with an older grant. Before, nothing was stored for it."""
+    return r.ident.kind in ("email", "phone") and p.policy.address_kind(r.channel) == "profile"
 
 
 def _names_address(p: Platform, r: OptOutRequest) -> bool:
@@ -321,5 +344,5 @@ async def sms_stop(p: Platform, ident: Identifier, actor: str) -> OptOutResult:
 
 def is_stop_message(text: str) -> bool:
     """Whether an inbound SMS asks to stop (see STOP_PHRASES)."""
-    words = tuple(w for w in _WORD.split(text.upper()) if w)
+    words = tuple(w for w in _WORD.split(unicodedata.normalize("NFKC", text).upper()) if w)
     return any(words[:n] in STOP_PHRASES and len(words) - n <= MAX_TRAILING_WORDS for n in (1, 2))

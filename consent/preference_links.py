@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.errors import NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
+from cdp.profiles.identity import lookup_bidx, resolve_profile_id
 from consent import tokens
 from consent.dsr.schemas import AccessIn
 from consent.subjects import profile_subject
@@ -64,3 +66,17 @@ async def manage_link(p: Platform, ident: Identifier, minutes: int = DEFAULT_MIN
         url=f"{p.settings.public_url}/preferences/{token}",
         expires_at=datetime.fromtimestamp(expires, UTC),
     )
+
+
+async def link_holder(conn: AsyncConnection, claims: tokens.TokenClaims) -> uuid.UUID:
+    """The customer a link (unsubscribe or manage) stands for: whoever holds the address it was
+    sent to, while someone does, else the profile it names (followed through merges; NotFound,
+    Gone once erased). A link names the profile that held the address when it was issued; after
+    an unmerge gave the address back to another customer, the link in her inbox showed and
+    changed the other customer's preferences ("unsubscribe from everything" stopped his
+    messages, not hers)."""
+    if claims.subject_kind in ("email", "phone"):
+        held = await lookup_bidx(conn, [claims.subject])
+        if claims.subject in held:
+            return await resolve_profile_id(conn, held[claims.subject])
+    return await resolve_profile_id(conn, claims.profile_id)

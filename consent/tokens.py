@@ -37,6 +37,10 @@ class TokenError(Exception):
     pass
 
 
+class ExpiredToken(TokenError):
+    """A genuine manage token past its expiry: the customer is told to sign in again."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     profile_id: uuid.UUID
@@ -141,7 +145,7 @@ def verify(key: bytes, token: str, *, now: float | None = None) -> TokenClaims:
             return TokenClaims(uuid.UUID(bytes=pid), kind, subject, purpose, channel)
         if version == MANAGE_VERSION and len(rest) == 1 and type(rest[0]) is int:
             if (time.time() if now is None else now) >= rest[0]:
-                raise TokenError("expired token")
+                raise ExpiredToken("expired token")
             return TokenClaims(
                 uuid.UUID(bytes=pid), kind, subject, purpose, channel, MANAGE, rest[0]
             )

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from html import escape
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.enums import RequestEncodingType
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.response import Template
+from sqlalchemy import select
 
 from api.auth import PUBLIC, roles
+from api.customer_pages import message_page, page_language, wants_page
 from api.deps import PlatformDep, PrincipalDep
-from api.i18n import PAGE_HEADERS
-from cdp.errors import InvalidInput
+from api.i18n import PAGE_HEADERS, channel_label, messages, purpose_label
+from cdp.db.tables import profiles
+from cdp.errors import Gone, InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
 from consent.optout import claims_from_token, is_stop_message, opt_out, sms_stop, unsubscribe
 from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
 from consent.service import record_consent
+from consent.tokens import TokenClaims, TokenError
 
 INGEST = roles("admin", "ingest")
 
@@ -102,6 +107,11 @@ async def post_consent(
     tags=["consent"],
     status_code=200,
     summary="Opt a customer or an address out, effective before the answer",
+    description=(
+        "An email or phone that no customer holds yet is suppressed as it is, so a later "
+        "import of it with an older grant never makes it contactable. A profile id or an "
+        "external id that no customer has is 404 and stores nothing: it is not an address."
+    ),
 )
 async def post_opt_out(
     data: JSONBody[OptOutIn], platform: PlatformDep, principal: PrincipalDep
@@ -119,44 +129,108 @@ async def post_opt_out(
     return {"profile_ids": [str(p) for p in result.profile_ids], "suppressed": result.suppressed}
 
 
+async def _jurisdiction(platform: Platform, profile_id: uuid.UUID) -> str | None:
+    """The token's customer's jurisdiction, which chooses the page's language."""
+    async with platform.db.read() as conn:
+        return (
+            await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == profile_id))
+        ).scalar()
+
+
+class InvalidLinkPage(Exception):
+    """A link that is not valid, asked for by a browser: answered with a page, not a problem."""
+
+
+def invalid_link_page(request: Request, _: Exception) -> Response[Any]:
+    return message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
+
+
+async def _claims(request: Request, platform: Platform, token: str) -> TokenClaims:
+    """The token's claims; a token that is not valid is a 404, as a page where a browser asked
+    for HTML (a customer following the link), else as a problem."""
+    try:
+        return claims_from_token(platform, token)
+    except TokenError:
+        if wants_page(request):
+            raise InvalidLinkPage from None
+        raise
+
+
+async def _unsubscribe_page(
+    platform: Platform, request: Request, token: str, claims: TokenClaims, lang: str | None
+) -> Template:
+    """The page behind the link (`done`: the page the form's POST answers a browser with):
+    what it stops, in the customer's language, and nothing of theirs beyond that."""
+    jurisdiction = await _jurisdiction(platform, claims.profile_id)
+    t = messages(page_language(request, lang, jurisdiction))
+    done = request.method == "POST"
+    return Template(
+        "unsubscribe.html",
+        context={
+            "t": t,
+            "title": t.unsub_done_title if done else t.unsub_title,
+            "lead": t.unsub_done_text if done else t.unsub_question,
+            "purpose": purpose_label(t, claims.purpose),
+            "channel": channel_label(t, claims.channel),
+            "done": done,
+            "action": f"/v1/unsubscribe/{token}",
+            "manage": f"/preferences/{token}",
+        },
+        headers={h.name: h.value for h in PAGE_HEADERS if h.value is not None},
+        media_type=MediaType.HTML,
+    )
+
+
 @get(
     "/v1/unsubscribe/{token:str}",
-    opt=PUBLIC,
+    opt={**PUBLIC, "pages": True},
     tags=["consent"],
     media_type=MediaType.HTML,
     summary="Confirmation page (changes nothing: mail scanners prefetch links)",
+    exception_handlers={InvalidLinkPage: invalid_link_page},
+    description=(
+        "In the customer's language (`?lang=en|ru`, else Accept-Language, else their "
+        "jurisdiction's); its button posts the RFC 8058 form. A link that is not valid is a "
+        "404, as a page where the client asks for HTML over JSON (a browser)."
+    ),
 )
-async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Response[str]:
-    claims = claims_from_token(platform, token)
-    what = "marketing messages" if claims.purpose == "marketing" else f"{claims.purpose} messages"
-    html = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main>
-<h1>Unsubscribe</h1>
-<p>Stop {escape(what)} by {escape(claims.channel)}?</p>
-<form method="post" action="/v1/unsubscribe/{escape(token)}">
-<input type="hidden" name="List-Unsubscribe" value="One-Click">
-<button type="submit">Unsubscribe</button>
-</form>
-<p><a href="/preferences/{escape(token)}">Manage all my preferences</a></p>
-</main></body></html>"""
-    # as every page carrying a token: no framing (the button), no caching, no Referer
-    headers = {h.name: h.value for h in PAGE_HEADERS if h.value is not None}
-    return Response(html, media_type=MediaType.HTML, headers=headers)
+async def unsubscribe_page(
+    token: FromPath[str],
+    platform: PlatformDep,
+    request: Request,
+    lang: FromQuery[str | None] = None,
+) -> Response[str]:
+    claims = await _claims(request, platform, token)
+    return await _unsubscribe_page(platform, request, token, claims, lang)  # type: ignore[return-value]
 
 
 @post(
     "/v1/unsubscribe/{token:str}",
-    opt=PUBLIC,
+    opt={**PUBLIC, "pages": True},
     tags=["consent"],
     status_code=200,
     summary="One-click unsubscribe (RFC 8058)",
+    exception_handlers={InvalidLinkPage: invalid_link_page},
+    description=(
+        "Answers JSON; a browser that asks for HTML over JSON (a person pressing the button "
+        "of the confirmation page) gets a page saying it is done, in their language, and a "
+        "404 page for a link that is not valid."
+    ),
     operation_class=OneClickOperation,
 )
-async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: Request) -> dict:
-    result = await unsubscribe(platform, token)
-    return {"unsubscribed": True, "suppressed": result.suppressed}
+async def unsubscribe_now(
+    token: FromPath[str], platform: PlatformDep, request: Request
+) -> dict[str, Any]:
+    if not wants_page(request):
+        result = await unsubscribe(platform, token)
+        return {"unsubscribed": True, "suppressed": result.suppressed}
+    claims = await _claims(request, platform, token)
+    try:
+        await unsubscribe(platform, token)
+    except Gone:  # a link naming the profile (push, messenger) of a customer erased since
+        return message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
+    lang = (await request.form()).get("lang")
+    return await _unsubscribe_page(platform, request, token, claims, lang)  # type: ignore[return-value]
 
 
 @post(

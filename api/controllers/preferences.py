@@ -31,12 +31,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import PUBLIC, roles
+from api.customer_pages import message_page, page_language
 from api.deps import PlatformDep, PrincipalDep
 from api.i18n import (
     PAGE_HEADERS,
     Messages,
     channel_label,
-    choose_language,
     messages,
     purpose_label,
     purpose_text,
@@ -47,17 +47,16 @@ from cdp.db.tables import identities, profiles
 from cdp.errors import Gone, InvalidInput, NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
-from cdp.profiles.identity import resolve_profile_id
 from consent.dsr import requests as dsr
 from consent.dsr.access import access_export
 from consent.dsr.schemas import identifier_of
 from consent.dsr.worker import run_one
 from consent.optout import claims_from_token
 from consent.policy import GPC_PURPOSE, Policy
-from consent.preference_links import PreferenceLinkIn, manage_link
+from consent.preference_links import PreferenceLinkIn, link_holder, manage_link
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
-from consent.tokens import TokenClaims, TokenError
+from consent.tokens import ExpiredToken, TokenClaims, TokenError
 
 log = structlog.get_logger("api.preferences")
 WORDING_VERSION = "2026-11-v1"
@@ -331,28 +330,16 @@ async def honour_gpc(p: Platform, centre: Centre, evidence: EvidenceIn) -> bool:
 # ----------------------------------------------------------------------------- HTTP
 
 
-def _lang(request: Request, override: str | None, jurisdiction: str | None = None) -> str:
-    fallback = "ru" if jurisdiction == "RU" else "en"
-    return choose_language(request.headers.get("accept-language"), override, fallback)
-
-
-def _message_page(
-    request: Request, status: int, title: str, text: str, back: str | None = None
-) -> Template:
-    t = messages(_lang(request, request.query_params.get("lang")))
-    return Template(
-        "message.html",
-        context={"t": t, "title": t[title], "paragraphs": [t[text]], "back": back},
-        status_code=status,
-    )
-
-
 def _invalid_link(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
+    return message_page(request, 404, "link_invalid_title", "link_invalid_text")  # type: ignore[return-value]
+
+
+def _expired_link(request: Request, _: Exception) -> Response[Any]:
+    return message_page(request, 404, "link_expired_title", "link_expired_text")  # type: ignore[return-value]
 
 
 def _erased(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
+    return message_page(request, 410, "erased_title", "erased_text")  # type: ignore[return-value]
 
 
 class ManageOnly(Exception):
@@ -365,17 +352,17 @@ def _needs_manage(centre: Centre) -> None:
 
 
 def _manage_only(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 403, "manage_only_title", "manage_only_text")  # type: ignore[return-value]
+    return message_page(request, 403, "manage_only_title", "manage_only_text")  # type: ignore[return-value]
 
 
 def _invalid_input(request: Request, _: Exception) -> Response[Any]:
-    return _message_page(request, 400, "error_title", "link_invalid_text")  # type: ignore[return-value]
+    return message_page(request, 400, "error_title", "link_invalid_text")  # type: ignore[return-value]
 
 
 async def _open(p: Platform, token: str, request: Request) -> tuple[TokenClaims, Centre]:
     claims = claims_from_token(p, token)
     async with p.db.read() as conn:
-        pid = await resolve_profile_id(conn, claims.profile_id)
+        pid = await link_holder(conn, claims)
         centre = await load_centre(conn, p, pid, claims, request.headers.get("sec-gpc"))
     return claims, centre
 
@@ -426,6 +413,7 @@ class PreferenceCentre(Controller):
     response_headers = PAGE_HEADERS
     exception_handlers = {  # noqa: RUF012 (Litestar reads the class attribute)
         TokenError: _invalid_link,
+        ExpiredToken: _expired_link,
         NotFound: _invalid_link,
         Gone: _erased,
         InvalidInput: _invalid_input,
@@ -442,7 +430,7 @@ class PreferenceCentre(Controller):
         lang: FromQuery[str | None] = None,
     ) -> Template:
         _, centre = await _open(platform, token, request)
-        t = messages(_lang(request, lang, centre.jurisdiction))
+        t = messages(page_language(request, lang, centre.jurisdiction))
         if centre.gpc:
             recorded = await honour_gpc(
                 platform, centre, evidence_for(request, platform, t.lang, GPC_METHOD)
@@ -458,7 +446,7 @@ class PreferenceCentre(Controller):
     async def save(self, token: FromPath[str], platform: PlatformDep, request: Request) -> Redirect:
         claims, centre = await _open(platform, token, request)
         form = await request.form()
-        lang = _lang(request, form.get("lang"), centre.jurisdiction)
+        lang = page_language(request, form.get("lang"), centre.jurisdiction)
         changes = plan_changes(
             centre.groups,
             set(form.getall("shown")),
@@ -479,7 +467,7 @@ class PreferenceCentre(Controller):
     ) -> Redirect:
         _, centre = await _open(platform, token, request)
         form = await request.form()
-        lang = _lang(request, form.get("lang"), centre.jurisdiction)
+        lang = page_language(request, form.get("lang"), centre.jurisdiction)
         await opt_out_everything(platform, centre, evidence_for(request, platform, lang, METHOD))
         return Redirect(
             f"/preferences/{token}",
@@ -509,7 +497,7 @@ class PreferenceCentre(Controller):
         _, centre = await _open(platform, token, request)
         _needs_manage(centre)
         form = await request.form()
-        t = messages(_lang(request, form.get("lang"), centre.jurisdiction))
+        t = messages(page_language(request, form.get("lang"), centre.jurisdiction))
         if form.get("confirm") != "yes":
             return _page(t, token, centre, status=400, error=t.erase_need_confirm)
         submitted = await dsr.submit_erasure(

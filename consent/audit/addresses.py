@@ -17,7 +17,8 @@ and a repeat keeps the latest time):
 - every opt-out withdrawal in the ledger must still have its suppression, at that time or later.
 Opt-out withdrawals are the ledger entries consent.optout writes: no evidence, and the method of
 an opt-out entry point (below). A withdrawal through POST /v1/consents, an import or the
-preference centre has another method or carries evidence, and suppresses nothing.
+preference centre has another method or carries evidence, and suppresses nothing itself (one
+of every channel gives an address learned later an opt-out entry: consent.optout, carry).
 """
 
 from __future__ import annotations
