@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -24,7 +24,12 @@ from cdp.db.tables import identities
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
-from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
+from consent.dsr.customer import (
+    customer_identities,
+    customer_profile_ids,
+    ledger_entries_of,
+    root_of,
+)
 from consent.ledger import owner_ciphers, read_evidence
 from consent.tables import consent_ledger
 
@@ -39,12 +44,7 @@ class Customer:
     addresses: list[bytes] = field(default_factory=list)  # email and phone blind indexes
 
     def clause(self) -> ColumnElement[bool]:
-        parts: list[ColumnElement[bool]] = []
-        if self.profile_ids:
-            parts.append(led.profile_id.in_(self.profile_ids))
-        if self.addresses:
-            parts.append(led.address_bidx.in_(self.addresses))
-        return or_(*parts) if parts else false()
+        return ledger_entries_of(self.profile_ids, self.addresses)
 
 
 async def resolve_customer(conn: AsyncConnection, ident: Identifier) -> Customer:

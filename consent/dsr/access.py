@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
@@ -25,7 +25,7 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.service import profile_view
 from cdp.segments.membership import segments_containing
-from consent.dsr.customer import customer_profile_ids
+from consent.dsr.customer import customer_profile_ids, ledger_entries_of
 from consent.dsr.requests import summary
 from consent.dsr_tables import dsr_requests
 from consent.ledger import owner_ciphers, read_evidence
@@ -96,9 +96,7 @@ async def _consent_history(
     plain: dict[bytes, str | None],
 ) -> list[dict[str, Any]]:
     led = consent_ledger.c
-    where = led.profile_id.in_(pids)
-    if addresses:
-        where = or_(where, led.address_bidx.in_(addresses))
+    where = ledger_entries_of(pids, addresses)
     rows = (await conn.execute(select(consent_ledger).where(where).order_by(led.seq))).all()
     ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
     out = []

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import identities, profiles
+from consent.tables import consent_ledger
 
 
 async def root_of(conn: AsyncConnection, profile_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
@@ -56,3 +58,22 @@ async def customer_identities(
         )
     )
     return sorted((i, k, b) for i, k, b in rows)
+
+
+def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> ColumnElement[bool]:
+    """The consent ledger entries about one customer: their profiles and addresses.
+
+    An entry on an address is about whoever holds the address: where another customer holds it
+    now (a wrong merge was undone and the address went back to them), an entry recorded on the
+    merged profile is theirs, not this customer's, though it names this customer's profile. An
+    entry naming one of the profiles whose address nobody holds any more (erased, or never
+    kept) stays this customer's, as does every profile-keyed (push, messenger) entry of theirs.
+    `addresses` must hold every email and phone blind index the customer holds."""
+    led = consent_ledger.c
+    parts: list[ColumnElement[bool]] = []
+    if addresses:
+        parts.append(led.address_bidx.in_(addresses))
+    if profile_ids:
+        held = select(identities.c.id).where(identities.c.bidx == led.address_bidx).exists()
+        parts.append(and_(led.profile_id.in_(profile_ids), or_(led.address_bidx.is_(None), ~held)))
+    return or_(*parts) if parts else false()
