@@ -1,6 +1,7 @@
 """The access request: everything held about one customer, decrypted, as JSON.
 
-profile, identities, consent history (ledger entries for the customer's profiles and addresses,
+profile, identities, the sources their data came from (GDPR art. 15(1)(g)), the merges that
+joined their records, consent history (ledger entries for the customer's profiles and addresses,
 with their evidence decrypted where the key still exists), suppressions of their addresses,
 events, segments they are currently in, which keys read their data (the access log), and their
 erasure requests. The export itself is written to the access log.
@@ -12,13 +13,13 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError, FieldCipher
-from cdp.db.tables import access_log, events, identities
+from cdp.db.tables import access_log, events, identities, merges, profile_sources
 from cdp.errors import NotFound
 from cdp.ids import utcnow
 from cdp.platform import Platform
@@ -79,6 +80,8 @@ async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str
             }
             for i in idents
         ],
+        "sources": await _sources(conn, pids),
+        "merges": await _merges(conn, pids),
         "consent_history": await _consent_history(conn, p, pids, addresses, plain),
         "suppressions": await _suppressions(conn, addresses, plain),
         "events": await _events(conn, pids, cipher),
@@ -124,6 +127,42 @@ async def _consent_history(
             }
         )
     return out
+
+
+async def _sources(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """The systems that supplied the customer's data, first seen when (merges move them to the
+    surviving profile)."""
+    ps = profile_sources.c
+    rows = await conn.execute(
+        select(ps.source, func.min(ps.first_seen_at))
+        .where(ps.profile_id.in_(pids))
+        .group_by(ps.source)
+        .order_by(func.min(ps.first_seen_at), ps.source)
+    )
+    return [{"source": source, "first_seen_at": at} for source, at in rows]
+
+
+async def _merges(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """Every merge of one of the customer's profiles, undone ones too (`undone_at`)."""
+    m = merges.c
+    rows = await conn.execute(
+        select(merges)
+        .where(or_(m.survivor_id.in_(pids), m.absorbed_id.in_(pids)))
+        .order_by(m.at, m.id)
+    )
+    return [
+        {
+            "merge_id": str(r.id),
+            "survivor_id": str(r.survivor_id),
+            "absorbed_id": str(r.absorbed_id),
+            "matched_on": r.matched_on,
+            "provenance": r.provenance,
+            "source": r.source,
+            "at": r.at,
+            "undone_at": r.undone_at,
+        }
+        for r in rows
+    ]
 
 
 async def _suppressions(
