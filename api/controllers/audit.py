@@ -25,6 +25,7 @@ from consent.audit.paging import check_period, decode_cursor, encode_cursor
 from consent.audit.signing import signer_for
 from consent.audit.verify import snapshot, verify_ledger
 from consent.dsr.chain import verify_transitions
+from consent.dsr.consistency import check_requests
 
 AUDITORS = roles("admin", "compliance")
 
@@ -58,7 +59,10 @@ class AuditController(Controller):
         "`state_mismatches` counts the disagreements (null when the chain does not verify, so "
         "there is nothing to compare with); `state` breaks them down by kind (`state_differs`, "
         "`state_missing`, `state_extra`, `suppression_unbacked`, `suppression_missing`) with a "
-        "few examples named by ledger seq, never by address. Checkpoints kept outside the "
+        "few examples named by ledger seq, never by address. `dsr_transitions` verifies the "
+        "erasure requests' chained transitions and that each request's status, due date and "
+        "extensions are what its transitions recorded, and a completed one left its customer "
+        "erased (`mismatched_request_ids`: a few of those that are not). Checkpoints kept outside the "
         "database are checked with `cdp audit verify --checkpoints FILE`.",
     )
     async def verify(self, platform: PlatformDep) -> dict[str, Any]:
@@ -69,14 +73,18 @@ class AuditController(Controller):
                 conn, checkpoints, policy=platform.policy, trusted_keys={signer.public_key}
             )
             transitions = await verify_transitions(conn)
+            requests = await check_requests(conn)
         body = report.to_json()
         body["dsr_transitions"] = {
-            "ok": transitions.ok,
+            "ok": transitions.ok and requests.ok,
             "entries": transitions.entries,
             "head_hash": transitions.head_hash,
             "first_invalid_seq": transitions.first_invalid_seq,
+            "requests_checked": requests.checked,
+            "requests_mismatched": requests.mismatched,
+            "mismatched_request_ids": [str(x) for x in requests.examples],
         }
-        body["ok"] = bool(body["ok"]) and transitions.ok
+        body["ok"] = bool(body["ok"]) and transitions.ok and requests.ok
         return body
 
     @get(

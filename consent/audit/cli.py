@@ -19,10 +19,12 @@ def audit() -> None:
 
 
 async def _verify_transitions(p: Any):  # type: ignore[no-untyped-def]
+    from consent.audit.verify import snapshot
     from consent.dsr.chain import verify_transitions
+    from consent.dsr.consistency import check_requests
 
-    async with p.db.read() as conn:
-        return await verify_transitions(conn)
+    async with snapshot(p.db) as conn:
+        return await verify_transitions(conn), await check_requests(conn)
 
 
 @audit.command("verify")
@@ -69,11 +71,17 @@ def audit_verify(checkpoint_file: Path | None, public_keys: tuple[str, ...]) -> 
             return await verify_ledger(conn, stored, policy=p.policy, trusted_keys=keys)
 
     report = run_on_platform(go)
-    transitions = run_on_platform(_verify_transitions)
+    transitions, requests = run_on_platform(_verify_transitions)
     if not transitions.ok:
         click.echo(
             f"FAILED: request transitions break at seq {transitions.first_invalid_seq}: "
             f"{transitions.reason}"
+        )
+        sys.exit(1)
+    if not requests.ok:
+        click.echo(
+            f"FAILED: {requests.mismatched} erasure requests disagree with their transitions: "
+            + ", ".join(str(x) for x in requests.examples)
         )
         sys.exit(1)
     where = f"from {checkpoint_file}" if checkpoint_file else "stored in the database"

@@ -1,0 +1,78 @@
+"""Verification checks the erasure requests that officers read (status, due date, extensions)
+against their hash-chained transitions, and a completed erasure against the customer's profile:
+a request marked completed, or given a later due date, by editing the table is caught."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from cdp.db.tables import profiles
+from consent.dsr.worker import run_pending
+from consent.dsr_tables import dsr_requests
+from tests.test_audit_checkpoints import cli
+from tests.test_dsr_requests import held_request
+from tests.test_erasure import create_anna
+
+
+async def verified(client, keys):  # type: ignore[no-untyped-def]
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_a_request_rewritten_without_a_transition_is_caught(client, keys, platform):
+    await create_anna(client, keys)
+    open_id = await held_request(platform)
+    body = await verified(client, keys)
+    assert body["ok"] is True and body["dsr_transitions"]["requests_mismatched"] == 0
+
+    # an overdue request hidden by moving its due date
+    async with platform.db.write() as conn:
+        due = (
+            await conn.execute(select(dsr_requests.c.due_at).where(dsr_requests.c.id == open_id))
+        ).scalar_one()
+        await conn.execute(
+            update(dsr_requests)
+            .where(dsr_requests.c.id == open_id)
+            .values(due_at=due + timedelta(days=30))
+        )
+    body = await verified(client, keys)
+    assert body["ok"] is False
+    assert body["dsr_transitions"]["requests_mismatched"] == 1
+    assert body["dsr_transitions"]["mismatched_request_ids"] == [str(open_id)]
+    failed = await asyncio.to_thread(cli, platform, "verify")
+    assert failed.returncode == 1 and str(open_id) in failed.stdout
+
+
+async def test_a_request_marked_completed_without_an_erasure_is_caught(client, keys, platform):
+    ids = await create_anna(client, keys)
+    open_id = await held_request(platform)
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(dsr_requests).where(dsr_requests.c.id == open_id).values(status="completed")
+        )
+    body = await verified(client, keys)
+    assert body["ok"] is False
+    assert body["dsr_transitions"]["mismatched_request_ids"] == [str(open_id)]
+
+    # honest: the erasure runs; then a rogue edit brings the profile back
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(dsr_requests).where(dsr_requests.c.id == open_id).values(status="received")
+        )
+    await run_pending(platform)
+    body = await verified(client, keys)
+    assert body["ok"] is True and body["dsr_transitions"]["requests_mismatched"] == 0, body
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.id == uuid.UUID(ids["survivor"]))
+            .values(status="active")
+        )
+    body = await verified(client, keys)
+    assert body["ok"] is False
+    assert body["dsr_transitions"]["mismatched_request_ids"] == [str(open_id)]
