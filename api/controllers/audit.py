@@ -62,8 +62,8 @@ class AuditController(Controller):
         "few examples named by ledger seq, never by address. `dsr_transitions` verifies the "
         "erasure requests' chained transitions and that each request's status, due date and "
         "extensions are what its transitions recorded, and a completed one left its customer "
-        "erased (`mismatched_request_ids`: a few of those that are not). Checkpoints kept outside the "
-        "database are checked with `cdp audit verify --checkpoints FILE`.",
+        "erased (`mismatched_request_ids`: a few of those that are not). Checkpoints kept "
+        "outside the database are checked with `cdp audit verify --checkpoints FILE`.",
     )
     async def verify(self, platform: PlatformDep) -> dict[str, Any]:
         signer = signer_for(platform.settings)
