@@ -66,3 +66,50 @@ async def test_an_unmerged_customers_grant_is_theirs_and_not_in_the_other_half(c
     r = await client.get("/v1/audit/consent-events", params={"phone": OTHER_PHONE}, headers=h)
     [item] = r.json()["items"]
     assert item["subject"]["address"] == OTHER_PHONE and item["evidence"] == OTHER_EVIDENCE
+
+
+async def test_their_proof_survives_the_erasure_of_the_customer_they_were_wrongly_merged_with(
+    client, keys, platform
+):
+    """The grant was recorded while the two were merged, so its evidence was encrypted under the
+    merged profile's key, which the first customer's erasure destroys: the other customer's
+    proof of consent must not be destroyed with it."""
+    from consent.dsr.worker import run_pending
+    from tests.helpers import holds_plaintext, raw_database_bytes
+
+    anna, other = await merged_then_split(client, keys)
+    h = keys["compliance"]
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"profile_id": anna, "requested_by": "customer"},
+        headers=h,
+    )
+    assert r.status_code == 202, r.text
+    await run_pending(platform)
+    assert (await client.get(f"/v1/profiles/{anna}", headers=h)).status_code == 410
+
+    r = await client.get("/v1/audit/consent-events", params={"phone": OTHER_PHONE}, headers=h)
+    [item] = r.json()["items"]
+    assert item["evidence_readable"] is True and item["evidence"] == OTHER_EVIDENCE
+    r = await client.get("/v1/audit/evidence-bundle", params={"phone": OTHER_PHONE}, headers=h)
+    [event] = r.json()["events"]
+    assert event["evidence"] == OTHER_EVIDENCE and event["hash_valid"] is True
+    r = await client.post("/v1/access-requests", json={"profile_id": other}, headers=h)
+    [grant] = [c for c in r.json()["consent_history"] if c["channel"] == "sms"]
+    assert grant["evidence"] == OTHER_EVIDENCE
+    verify = (await client.get("/v1/audit/verify", headers=h)).json()
+    assert verify["ok"] is True, verify
+    raw = await raw_database_bytes(platform)
+    assert not holds_plaintext(raw, "198.51.100.9")  # the copy is encrypted too
+
+    # and when the other customer is erased in turn, their evidence goes with them
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"profile_id": other, "requested_by": "customer"},
+        headers=h,
+    )
+    await run_pending(platform)
+    r = await client.get("/v1/audit/consent-events", params={"phone": OTHER_PHONE}, headers=h)
+    [item] = r.json()["items"]
+    assert item["evidence"] is None and item["evidence_readable"] is False
+    assert (await client.get("/v1/audit/verify", headers=h)).json()["ok"] is True

@@ -24,13 +24,13 @@ from cdp.db.tables import identities
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
+from consent import evidence
 from consent.dsr.customer import (
     customer_identities,
     customer_profile_ids,
     ledger_entries_of,
     root_of,
 )
-from consent.ledger import owner_ciphers, read_evidence
 from consent.tables import consent_ledger
 
 led = consent_ledger.c
@@ -140,11 +140,10 @@ async def all_events(conn: AsyncConnection, p: Platform, f: EventFilter) -> list
 
 
 async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[dict[str, Any]]:
-    ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
+    proofs = await evidence.read(conn, p, rows)
     plain = await addresses_plaintext(conn, p, {r.address_bidx for r in rows if r.address_bidx})
     out = []
-    for r in rows:
-        evidence, readable = read_evidence(r, ciphers)
+    for r, (proof, readable) in zip(rows, proofs, strict=True):
         out.append(
             {
                 "seq": r.seq,
@@ -166,7 +165,7 @@ async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[di
                     "address": plain.get(r.address_bidx) if r.address_bidx else None,
                     "profile_id": str(r.profile_id) if r.profile_id else None,
                 },
-                "evidence": evidence,
+                "evidence": proof,
                 "evidence_readable": readable,
                 "prev_hash": r.prev_hash.hex(),
                 "hash": r.hash.hex(),

@@ -26,10 +26,10 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.service import profile_view
 from cdp.segments.membership import segments_containing
+from consent import evidence
 from consent.dsr.customer import customer_profile_ids, ledger_entries_of
 from consent.dsr.requests import summary
 from consent.dsr_tables import dsr_requests
-from consent.ledger import owner_ciphers, read_evidence
 from consent.tables import consent_ledger, suppressions
 
 
@@ -101,10 +101,9 @@ async def _consent_history(
     led = consent_ledger.c
     where = ledger_entries_of(pids, addresses)
     rows = (await conn.execute(select(consent_ledger).where(where).order_by(led.seq))).all()
-    ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
+    proofs = await evidence.read(conn, p, rows)
     out = []
-    for r in rows:
-        evidence, readable = read_evidence(r, ciphers)
+    for r, (proof, readable) in zip(rows, proofs, strict=True):
         out.append(
             {
                 "seq": r.seq,
@@ -122,7 +121,7 @@ async def _consent_history(
                 "method": r.method,
                 "wording_id": r.wording_id,
                 "policy_version": r.policy_version,
-                "evidence": evidence,
+                "evidence": proof,
                 "evidence_readable": readable,
             }
         )

@@ -52,6 +52,7 @@ from cdp.db.tables import (
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.locks import lock_profiles
+from consent import evidence
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
 from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
@@ -276,6 +277,7 @@ async def erase_customer(
     keys_deleted = (
         await conn.execute(delete(profile_keys).where(profile_keys.c.profile_id.in_(pids)))
     ).rowcount
+    await evidence.forget(conn, pids)  # copies of consent evidence under those keys
 
     for hook in erasure_hooks():
         await hook(conn, pids)
