@@ -112,4 +112,8 @@ async def test_their_proof_survives_the_erasure_of_the_customer_they_were_wrongl
     r = await client.get("/v1/audit/consent-events", params={"phone": OTHER_PHONE}, headers=h)
     [item] = r.json()["items"]
     assert item["evidence"] is None and item["evidence_readable"] is False
+    # the erased number still leads to its own customer, not to the one it was merged with
+    r = await client.get("/v1/audit/evidence-bundle", params={"phone": OTHER_PHONE}, headers=h)
+    customer = r.json()["customer"]
+    assert (customer["profile_id"], customer["status"]) == (other, "erased")
     assert (await client.get("/v1/audit/verify", headers=h)).json()["ok"] is True

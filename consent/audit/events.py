@@ -28,6 +28,7 @@ from consent import evidence
 from consent.dsr.customer import (
     customer_identities,
     customer_profile_ids,
+    erased_holder,
     ledger_entries_of,
     root_of,
 )
@@ -57,7 +58,9 @@ async def resolve_customer(conn: AsyncConnection, ident: Identifier) -> Customer
                 select(identities.c.profile_id).where(identities.c.bidx == ident.bidx)
             )
         ).scalar()
-    if start is None and addresses:  # erased (identity deleted): the ledger still links them
+    if start is None and addresses:  # erased (identity deleted): their erasure names them
+        start = await erased_holder(conn, addresses[0])
+    if start is None and addresses:  # else the ledger still links them
         start = (
             await conn.execute(
                 select(led.profile_id)

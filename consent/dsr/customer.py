@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import identities, profiles
-from consent.tables import consent_ledger
+from consent.dsr_tables import dsr_requests
+from consent.tables import consent_ledger, suppressions
 
 
 async def root_of(conn: AsyncConnection, profile_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
@@ -77,3 +78,19 @@ def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> C
         held = select(identities.c.id).where(identities.c.bidx == led.address_bidx).exists()
         parts.append(and_(led.profile_id.in_(profile_ids), or_(led.address_bidx.is_(None), ~held)))
     return or_(*parts) if parts else false()
+
+
+async def erased_holder(conn: AsyncConnection, bidx: bytes) -> uuid.UUID | None:
+    """The customer whose erasure deleted this address last: its erasure suppression carries the
+    completion time of their request. (The ledger's entries on the address may name another
+    profile: one it was merged with by mistake when they were recorded.)"""
+    s, r = suppressions.c, dsr_requests.c
+    return (
+        await conn.execute(
+            select(r.profile_id)
+            .select_from(suppressions.join(dsr_requests, r.completed_at == s.at))
+            .where(s.bidx == bidx, s.reason == "erasure", r.status == "completed")
+            .order_by(s.at.desc())
+            .limit(1)
+        )
+    ).scalar()
