@@ -76,3 +76,23 @@ async def test_a_request_marked_completed_without_an_erasure_is_caught(client, k
     body = await verified(client, keys)
     assert body["ok"] is False
     assert body["dsr_transitions"]["mismatched_request_ids"] == [str(open_id)]
+
+
+async def test_the_console_shows_what_the_api_reports_about_requests(client, keys, platform):
+    """The officer's console said 'verifies' while GET /v1/audit/verify answered ok: false."""
+    from tests.test_console import EN, signed_in
+
+    await create_anna(client, keys)
+    open_id = await held_request(platform)
+    await signed_in(client, keys)
+    page = await client.get("/console/verify", headers=EN)
+    assert "does NOT verify" not in page.text
+    assert "1 erasure requests agree with their recorded transitions" in page.text
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(dsr_requests).where(dsr_requests.c.id == open_id).values(status="completed")
+        )
+    assert (await verified(client, keys))["ok"] is False
+    page = await client.get("/console/verify", headers=EN)
+    assert "does NOT verify" in page.text
+    assert str(open_id) in page.text

@@ -13,11 +13,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import profiles
+from consent.dsr.chain import verify_transitions
 from consent.dsr_tables import dsr_requests, dsr_transitions
 
 EXAMPLES = 20
@@ -73,3 +75,21 @@ async def check_requests(conn: AsyncConnection) -> RequestCheck:
     for request_id in sorted(recorded):  # transitions of a request whose row is gone
         out.add(request_id)
     return out
+
+
+async def requests_report(conn: AsyncConnection) -> dict[str, Any]:
+    """The erasure requests' part of a verification, as `GET /v1/audit/verify` answers it under
+    `dsr_transitions` (also the CLI's and the console's): their chain of transitions, and the
+    requests checked against it."""
+    transitions = await verify_transitions(conn)
+    requests = await check_requests(conn)
+    return {
+        "ok": transitions.ok and requests.ok,
+        "entries": transitions.entries,
+        "head_hash": transitions.head_hash,
+        "first_invalid_seq": transitions.first_invalid_seq,
+        "reason": transitions.reason,
+        "requests_checked": requests.checked,
+        "requests_mismatched": requests.mismatched,
+        "mismatched_request_ids": [str(x) for x in requests.examples],
+    }
