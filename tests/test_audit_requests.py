@@ -96,3 +96,54 @@ async def test_the_console_shows_what_the_api_reports_about_requests(client, key
     page = await client.get("/console/verify", headers=EN)
     assert "does NOT verify" in page.text
     assert str(open_id) in page.text
+
+
+async def test_every_honest_request_history_verifies(client, keys, platform):
+    """Received, joined by a duplicate, extended, resumed by a worker, completed for a merged
+    customer; another rejected: the API, the CLI and the console all say it verifies."""
+    from consent.dsr.erasure import claim
+    from tests.test_console import EN, signed_in
+
+    await create_anna(client, keys)  # two profiles merged into one
+    first = await held_request(platform, jurisdiction="US-CA")
+    h = keys["compliance"]
+    r = await client.post(
+        f"/v1/erasure-requests/{first}/extend", json={"reason": "backups"}, headers=h
+    )
+    assert r.status_code == 200, r.text
+    assert await claim(platform, first) == "in_progress"
+    assert await claim(platform, first) == "in_progress"  # a worker resumed it
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"phone": "+79161230042", "requested_by": "customer"},
+        headers=h,
+    )
+    assert r.json()["joined_existing"] is True and r.json()["request_id"] == str(first)
+    await run_pending(platform)
+    done = (await client.get(f"/v1/erasure-requests/{first}", headers=h)).json()
+    assert done["status"] == "completed"
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "kept@example.com"}, headers=keys["ingest"]
+    )
+    other = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "kept@example.com", "requested_by": "operator"},
+        headers=h,
+    )
+    # rejected before the background task runs (the ASGI client runs it after the answer)
+    rid = other.json()["request_id"]
+    row = (await client.get(f"/v1/erasure-requests/{rid}", headers=h)).json()
+    if row["status"] == "received":
+        r = await client.post(
+            f"/v1/erasure-requests/{rid}/reject", json={"reason": "not proven"}, headers=h
+        )
+        assert r.status_code == 200
+    body = await verified(client, keys)
+    assert body["ok"] is True, body
+    assert body["dsr_transitions"]["requests_checked"] == 2
+    ok = await asyncio.to_thread(cli, platform, "verify")
+    assert ok.returncode == 0, ok.stdout
+    await signed_in(client, keys)
+    page = await client.get("/console/verify", headers=EN)
+    assert "does NOT verify" not in page.text
+    assert "2 erasure requests agree with their recorded transitions" in page.text
