@@ -54,6 +54,10 @@ async def test_an_unmerged_customers_grant_is_theirs_and_not_in_the_other_half(c
     r = await client.post("/v1/access-requests", json={"email": ANNA["email"]}, headers=h)
     assert r.status_code == 200, r.text
     assert not mentions_other(r.json()), r.json()["consent_history"]
+    assert other not in r.text  # not even the other customer's profile id
+    [undone] = r.json()["merges"]  # the wrong merge is told, the other party is not named
+    assert (undone["survivor_id"], undone["absorbed_id"]) == (anna, None)
+    assert undone["undone_at"] is not None
     r = await client.get("/v1/audit/consent-events", params={"email": ANNA["email"]}, headers=h)
     assert r.status_code == 200 and r.json()["items"] == [], r.json()
     r = await client.get("/v1/audit/evidence-bundle", params={"profile_id": anna}, headers=h)

@@ -142,7 +142,9 @@ async def _sources(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[st
 
 
 async def _merges(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[str, Any]]:
-    """Every merge of one of the customer's profiles, undone ones too (`undone_at`)."""
+    """Every merge of one of the customer's profiles, undone ones too (`undone_at`). A wrong
+    merge with another customer, since undone, does not name the other customer's profile."""
+    mine = set(pids)
     m = merges.c
     rows = await conn.execute(
         select(merges)
@@ -152,8 +154,8 @@ async def _merges(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[str
     return [
         {
             "merge_id": str(r.id),
-            "survivor_id": str(r.survivor_id),
-            "absorbed_id": str(r.absorbed_id),
+            "survivor_id": str(r.survivor_id) if r.survivor_id in mine else None,
+            "absorbed_id": str(r.absorbed_id) if r.absorbed_id in mine else None,
             "matched_on": r.matched_on,
             "provenance": r.provenance,
             "source": r.source,
