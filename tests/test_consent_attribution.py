@@ -121,3 +121,54 @@ async def test_their_proof_survives_the_erasure_of_the_customer_they_were_wrongl
     customer = r.json()["customer"]
     assert (customer["profile_id"], customer["status"]) == (other, "erased")
     assert (await client.get("/v1/audit/verify", headers=h)).json()["ok"] is True
+
+
+async def test_a_reassigned_number_does_not_carry_its_former_owners_consent_record(
+    client, keys, platform
+):
+    """Phone numbers are reassigned: after Anna's erasure the number went to Bob. Anna's grant
+    on it is not Bob's consent: not in Bob's access request, nor in the consent events an
+    officer reads to prove Bob's consent; Anna's record stays provable by her profile id."""
+    from consent.dsr.worker import run_pending
+
+    h = keys["compliance"]
+    anna = (await post(client, keys, "/v1/profiles", {"source": "crm", "phone": OTHER_PHONE}))[
+        "profile_id"
+    ]
+    await post(
+        client,
+        keys,
+        "/v1/consents",
+        {
+            "phone": OTHER_PHONE,
+            "purpose": "marketing",
+            "channel": "sms",
+            "status": "granted",
+            "source": "web_form",
+            "occurred_at": "2026-11-05T09:00:00Z",
+            "evidence": OTHER_EVIDENCE,
+        },
+    )
+    r = await client.post(
+        "/v1/erasure-requests", json={"profile_id": anna, "requested_by": "customer"}, headers=h
+    )
+    await run_pending(platform)
+    bob = (await post(client, keys, "/v1/profiles", {"source": "shop", "phone": OTHER_PHONE}))[
+        "profile_id"
+    ]
+    assert bob != anna
+
+    r = await client.post("/v1/access-requests", json={"phone": OTHER_PHONE}, headers=h)
+    assert r.json()["profile_id"] == bob
+    assert r.json()["consent_history"] == []
+    r = await client.get(
+        "/v1/audit/consent-events",
+        params={"phone": OTHER_PHONE, "purpose": "marketing", "channel": "sms"},
+        headers=h,
+    )
+    assert r.json()["items"] == []
+    r = await client.get("/v1/audit/consent-events", params={"profile_id": anna}, headers=h)
+    [grant] = r.json()["items"]
+    assert grant["wording_id"] == "sms-v2" and grant["evidence_readable"] is False
+    r = await client.get(f"/v1/profiles/{bob}/consents", headers=h)
+    assert r.json()["contactable"]["marketing"]["sms"] is False
