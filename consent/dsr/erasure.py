@@ -17,7 +17,8 @@ into it):
   events, stats, categories and sources; nulls its encrypted fields, traits, city and country;
   marks it "erased" (so every id answers 410 and the contactability rule says "erased");
 - deletes its data keys (crypto-shredding: ciphertext left in backups, replicas, or the consent
-  ledger's evidence can no longer be read);
+  ledger's evidence can no longer be read), and the copies of consent evidence kept under them
+  (consent.evidence);
 - runs the cleanups other modules registered (consent.dsr.hooks).
 The consent ledger is not modified: its entries are pseudonymous, their evidence is ciphertext
 under the destroyed key, and the hash chain still verifies.
