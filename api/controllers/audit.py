@@ -83,7 +83,11 @@ class AuditController(Controller):
         summary="Consent ledger entries in ledger order, filtered by customer, purpose, "
         "channel and time",
         description="Name the customer by at most one of `profile_id`, `email`, `phone`: the "
-        "entries of every profile of theirs and of every address they have. `since` (inclusive) "
+        "entries of every profile of theirs and of every address they have. An entry on an "
+        "address belongs to whoever held it when it was recorded: not to a customer it was "
+        "wrongly merged with (since undone), nor, for an address erased with its customer and "
+        "since given to someone else, to the new holder (name the erased customer by profile "
+        "id). `since` (inclusive) "
         "and `until` (exclusive) filter on `occurred_at`. A channel filter includes withdrawals "
         "from every channel (`*`) of the same address kind. `evidence` is decrypted where the "
         "customer's key still exists, else null. Every read is written to the access log.",
