@@ -303,6 +303,12 @@ EN: dict[str, str] = {
     "c_verify_title": "Consent ledger verification",
     "c_verify_ok": "The consent ledger verifies.",
     "c_verify_bad": "The consent ledger does NOT verify.",
+    "c_requests_check": "Erasure requests",
+    "c_requests_ok": "{n} erasure requests agree with their recorded transitions ({entries} "
+    "transitions, chained).",
+    "c_requests_bad": "{n} erasure requests disagree with their recorded transitions (status, "
+    "due date, extensions) or were marked completed with their customer not erased:",
+    "c_requests_chain_bad": "The chain of request transitions breaks at entry {seq}: {reason}.",
     "c_entries": "Entries",
     "c_head": "Head hash",
     "c_first_invalid": "First invalid entry",
@@ -491,6 +497,12 @@ RU: dict[str, str] = {
     "c_verify_title": "Проверка журнала согласий",
     "c_verify_ok": "Журнал согласий проверен: всё сходится.",
     "c_verify_bad": "Журнал согласий НЕ проходит проверку.",
+    "c_requests_check": "Запросы на удаление",
+    "c_requests_ok": "Запросов на удаление: {n}; все совпадают с записанными переходами "
+    "(переходов в цепочке: {entries}).",
+    "c_requests_bad": "Запросов на удаление, расходящихся с записанными переходами (статус, "
+    "срок, продления) или отмеченных выполненными без удаления клиента: {n}:",
+    "c_requests_chain_bad": "Цепочка переходов запросов нарушена на записи {seq}: {reason}.",
     "c_entries": "Записей",
     "c_head": "Хеш последней записи",
     "c_first_invalid": "Первая неверная запись",

@@ -71,3 +71,19 @@ suppressions = Table(
 )
 
 Index("ix_consent_ledger_occurred", consent_ledger.c.occurred_at)
+
+# A ledger entry's evidence re-encrypted under the data key of the customer it belongs to, where
+# that differs from the key it was recorded under (consent.evidence): an unmerge gives an
+# address back to a customer while the evidence of a grant recorded on the merged profile is
+# under the other customer's key, which that customer's erasure would destroy. The ledger entry
+# itself never changes (its hash covers the original ciphertext).
+consent_evidence_copies = Table(
+    "consent_evidence_copies",
+    metadata,
+    Column("seq", BigInt, primary_key=True, autoincrement=False),
+    Column("owner", String(40), primary_key=True),
+    Column("key_id", Integer, nullable=False),
+    Column("evidence", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_consent_evidence_copies_owner", "owner"),
+)

@@ -118,3 +118,18 @@ async def test_access_request_lists_the_segments_the_customer_is_in(client, keys
     assert r.status_code == 200
     assert [s["name"] for s in r.json()["segments"]] == ["russia"]
     assert r.json()["segments"][0]["id"] == inside.json()["id"]
+
+
+async def test_access_request_names_the_sources_and_the_merges(client, keys):
+    """Where the data came from (GDPR art. 15(1)(g)) and which records were joined into the
+    customer, when and on what."""
+    ids = await create_anna(client, keys)
+    r = await client.post("/v1/access-requests", json={"email": EMAIL}, headers=keys["compliance"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert sorted(s["source"] for s in body["sources"]) == ["callcenter", "crm", "shop"]
+    assert all(s["first_seen_at"] for s in body["sources"])
+    [merge] = body["merges"]
+    assert (merge["survivor_id"], merge["absorbed_id"]) == (ids["survivor"], ids["absorbed"])
+    assert merge["matched_on"] == ["phone"] and merge["source"] == "callcenter"
+    assert merge["provenance"] == "deterministic" and merge["at"] and merge["undone_at"] is None

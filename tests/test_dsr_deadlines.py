@@ -106,12 +106,21 @@ def test_state_machine_allows_only_forward_transitions():
 
 
 def test_one_extension_of_an_open_request_only():
-    states.check_extension("received", 0)
-    states.check_extension("in_progress", 0)
+    due, now = at(2026, 12, 2), at(2026, 12, 1)
+    states.check_extension("received", 0, due, now)
+    states.check_extension("in_progress", 0, due, now)
     with pytest.raises(Conflict):
-        states.check_extension("in_progress", 1)
+        states.check_extension("in_progress", 1, due, now)
     with pytest.raises(Conflict):
-        states.check_extension("completed", 0)
+        states.check_extension("completed", 0, due, now)
+
+
+def test_an_extension_is_taken_before_the_due_date_not_after():
+    """GDPR art. 12(3) and 152-FZ art. 20: the customer is told of the extension within the
+    period; extending a request already overdue would make a missed deadline look kept."""
+    states.check_extension("received", 0, at(2026, 12, 1), at(2026, 12, 1))
+    with pytest.raises(Conflict, match="past its due date"):
+        states.check_extension("received", 0, at(2026, 11, 30), at(2026, 12, 1))
 
 
 def test_only_open_requests_past_their_due_date_are_overdue():

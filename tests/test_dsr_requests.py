@@ -136,6 +136,26 @@ async def test_extension_is_its_own_transition_with_a_reason(client, keys, platf
     assert done.status_code == 409
 
 
+async def test_an_overdue_request_cannot_be_extended_after_the_fact(
+    client, keys, platform, monkeypatch
+):
+    await create_anna(client, keys)
+    rid = await held_request(platform, jurisdiction="EU")
+    row = (await client.get(f"/v1/erasure-requests/{rid}", headers=keys["admin"])).json()
+    late = ts(row["due_at"]) + timedelta(seconds=1)
+    monkeypatch.setattr("consent.dsr.requests.utcnow", lambda: late)
+    r = await client.post(
+        f"/v1/erasure-requests/{rid}/extend",
+        json={"reason": "too busy"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 409, r.text
+    monkeypatch.undo()
+    after = (await client.get(f"/v1/erasure-requests/{rid}", headers=keys["admin"])).json()
+    assert after["due_at"] == row["due_at"] and after["extended"] is False
+    assert [t["event"] for t in after["transitions"]] == ["created"]
+
+
 async def test_a_request_that_has_not_started_can_be_rejected(client, keys, platform):
     ids = await create_anna(client, keys)
     rid = await held_request(platform)

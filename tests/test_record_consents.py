@@ -226,3 +226,35 @@ async def test_the_ledger_and_the_state_still_verify_after_undated_grants_and_op
     body = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
     assert body["ok"] is True, body
     assert body["state_mismatches"] == 0
+
+
+async def test_a_grant_of_a_record_whose_merge_was_refused_does_not_reach_the_other_customer(
+    client, keys
+):
+    """The guards refused to join the record to the customer holding its phone (another CRM
+    customer): the record is stored without that phone, so its sms grant is not Bob's consent
+    and must not make Bob's phone contactable, nor be recorded on it."""
+    alice = await upsert(client, keys, external_id="C-1", email="alice@example.com")
+    bob = await upsert(client, keys, external_id="C-2", phone="+79160000222")
+    r = await client.post(
+        "/v1/profiles",
+        headers=keys["ingest"],
+        json={
+            "source": "shop",
+            "email": "alice@example.com",
+            "phone": "+79160000222",
+            "consents": [MARKETING_SMS],
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["profile_id"] == alice.json()["profile_id"] and body["review_id"]
+    assert {"field": "consents", "message": "a sms grant: its address was not kept"} in [
+        {"field": e["field"], "message": e["message"]} for e in body["ignored"]
+    ]
+    assert (await contactable(client, keys, phone="+79160000222"))["marketing"]["sms"] is False
+    r = await client.get(
+        "/v1/audit/consent-events", params={"phone": "+79160000222"}, headers=keys["compliance"]
+    )
+    assert r.json()["items"] == []
+    assert bob.json()["profile_id"] != body["profile_id"]

@@ -313,3 +313,24 @@ async def test_old_export_records_are_pruned(client, keys, platform):
     assert old not in [e["export_id"] for e in r.json()["items"]]
     assert len(r.json()["items"]) == 1
     assert await count(platform, segment_export_chunks) == 1
+
+
+async def test_an_erasure_completed_during_an_export_is_honoured_by_the_rest_of_it(
+    client, keys, platform
+):
+    """The export selects the next range of customers while it sends one: a customer whose
+    erasure completes meanwhile was in a range already selected, with their data key, and their
+    address and name were still sent after the erasure had completed."""
+    for n in ("a", "b", "c", "d"):
+        await add(client, keys, n)
+    sid = await create(client, keys)
+    _, definition = await service._load(platform, sid)
+    chunks = export_chunks(platform, definition, "ndjson", page_size=1)
+    first = await anext(chunks)
+    assert b"a@ex.com" in first
+    await erase(client, keys, platform, "b")  # in the range selected ahead
+    await erase(client, keys, platform, "d")  # in a range not selected yet
+    rest = b"".join([c async for c in chunks])
+    assert b"c@ex.com" in rest
+    assert b"b@ex.com" not in rest and b'"first_name":"b"' not in rest
+    assert b"d@ex.com" not in rest

@@ -24,7 +24,7 @@ from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_
 from consent.audit.paging import check_period, decode_cursor, encode_cursor
 from consent.audit.signing import signer_for
 from consent.audit.verify import snapshot, verify_ledger
-from consent.dsr.chain import verify_transitions
+from consent.dsr.consistency import requests_report
 
 AUDITORS = roles("admin", "compliance")
 
@@ -58,8 +58,11 @@ class AuditController(Controller):
         "`state_mismatches` counts the disagreements (null when the chain does not verify, so "
         "there is nothing to compare with); `state` breaks them down by kind (`state_differs`, "
         "`state_missing`, `state_extra`, `suppression_unbacked`, `suppression_missing`) with a "
-        "few examples named by ledger seq, never by address. Checkpoints kept outside the "
-        "database are checked with `cdp audit verify --checkpoints FILE`.",
+        "few examples named by ledger seq, never by address. `dsr_transitions` verifies the "
+        "erasure requests' chained transitions and that each request's status, due date and "
+        "extensions are what its transitions recorded, and a completed one left its customer "
+        "erased (`mismatched_request_ids`: a few of those that are not). Checkpoints kept "
+        "outside the database are checked with `cdp audit verify --checkpoints FILE`.",
     )
     async def verify(self, platform: PlatformDep) -> dict[str, Any]:
         signer = signer_for(platform.settings)
@@ -68,15 +71,10 @@ class AuditController(Controller):
             report = await verify_ledger(
                 conn, checkpoints, policy=platform.policy, trusted_keys={signer.public_key}
             )
-            transitions = await verify_transitions(conn)
+            dsr = await requests_report(conn)
         body = report.to_json()
-        body["dsr_transitions"] = {
-            "ok": transitions.ok,
-            "entries": transitions.entries,
-            "head_hash": transitions.head_hash,
-            "first_invalid_seq": transitions.first_invalid_seq,
-        }
-        body["ok"] = bool(body["ok"]) and transitions.ok
+        body["dsr_transitions"] = dsr
+        body["ok"] = bool(body["ok"]) and dsr["ok"]
         return body
 
     @get(
@@ -85,7 +83,11 @@ class AuditController(Controller):
         summary="Consent ledger entries in ledger order, filtered by customer, purpose, "
         "channel and time",
         description="Name the customer by at most one of `profile_id`, `email`, `phone`: the "
-        "entries of every profile of theirs and of every address they have. `since` (inclusive) "
+        "entries of every profile of theirs and of every address they have. An entry on an "
+        "address belongs to whoever held it when it was recorded: not to a customer it was "
+        "wrongly merged with (since undone), nor, for an address erased with its customer and "
+        "since given to someone else, to the new holder (name the erased customer by profile "
+        "id). `since` (inclusive) "
         "and `until` (exclusive) filter on `occurred_at`. A channel filter includes withdrawals "
         "from every channel (`*`) of the same address kind. `evidence` is decrypted where the "
         "customer's key still exists, else null. Every read is written to the access log.",

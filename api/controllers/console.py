@@ -62,6 +62,7 @@ from consent.audit.verify import snapshot, verify_ledger
 from consent.chain import canonical_payload
 from consent.dsr import requests as dsr
 from consent.dsr import states
+from consent.dsr.consistency import requests_report
 from consent.dsr.customer import customer_profile_ids
 from consent.dsr_tables import dsr_requests
 
@@ -639,10 +640,12 @@ class ConsoleController(Controller):
             report = await verify_ledger(
                 conn, checkpoints, policy=platform.policy, trusted_keys={signer.public_key}
             )
+            dsr = await requests_report(conn)
         return page(
             request,
             "console_verify.html",
             section="verify",
             report=report.to_json(),
+            dsr=dsr,
             checked_at=utcnow(),
         )

@@ -181,6 +181,11 @@ class ErasureRequestController(Controller):
     tags=["data subject requests"],
     status_code=200,
     summary="Everything held about a customer (written to the access log)",
+    description="`profile` (as `GET /v1/profiles/{id}`), `identities`, `sources` (the systems "
+    "their data came from), `merges` (undone ones with `undone_at`), `consent_history` (every "
+    "ledger entry about their profiles and addresses, with its evidence), `suppressions`, "
+    "`events`, `segments`, `access_log` and `erasure_requests`. 404 for an unknown customer, "
+    "410 for an erased one.",
 )
 async def post_access_request(
     data: JSONBody[AccessIn], platform: PlatformDep, principal: PrincipalDep

@@ -62,7 +62,7 @@ class Outcome:
     matched_on: list[str]
     merged_profile_ids: list[uuid.UUID]
     ignored: list[FieldError]
-    keys: list[IdentityKey]
+    keys: list[IdentityKey]  # the record's identifiers that its profile holds (kept)
     review_id: uuid.UUID | None = None  # a merge the guards refused, queued for review
     consents_recorded: int = 0  # of the record's consent claims (set by store_prepared_in)
 
@@ -323,7 +323,9 @@ async def ingest(
                 matched_on=matched,
                 merged_profile_ids=merged_ids if n == 0 else [],
                 ignored=ignored,
-                keys=keys[i],
+                # only the identifiers the profile holds: a consent the record carries is for
+                # these, not for one the guards refused (another customer's) or the cap dropped
+                keys=[k for k in keys[i] if k.bidx in w.known],
                 review_id=review_id,
             )
 

@@ -46,6 +46,7 @@ from cdp.platform import Platform
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
+from consent import evidence
 from consent.subjects import profile_subject
 from consent.tables import consent_state
 
@@ -118,6 +119,8 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     )
 
     moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
+    # the proof of consent on the addresses that go back stays readable for their customer
+    await evidence.keep_for(conn, p, [r.bidx for r in moved if r.kind != "external_id"], a_cipher)
     await _move_events(conn, holder, a_id, a_state.event_ids, h_cipher, a_cipher)
     for pid in (holder, a_id):
         await stats.recompute(conn, pid, p.policy.stats_currency)

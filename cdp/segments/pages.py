@@ -16,6 +16,12 @@ needs the GIL for every row it builds, so a second one would only wait), two on 
 whose server works on both at once. A range that holds more than a page of members (the share
 changed, or profiles were stored into it after its bounds were read) is read on: its remainder
 is selected next, before the ranges after it.
+
+A range selected ahead holds each member's data key as it was when selected, so a customer
+whose erasure completed while the page before was sent would still be decrypted and sent: just
+before a page goes out, its members whose profile has been erased since are taken out of it
+(`_without_erased`, one look-up by primary key per page). An erased customer is never sent after
+their erasure has completed.
 """
 
 from __future__ import annotations
@@ -195,4 +201,21 @@ async def member_pages(
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
     async with contextlib.aclosing(rows):
         async for got in rows:
-            yield await render_for_export(p, d, got)
+            page = await render_for_export(p, d, got)
+            yield await _without_erased(p, page) if page.items else page
+
+
+async def _without_erased(p: Platform, page: Page) -> Page:
+    """The page without the members whose erasure completed after their range was selected."""
+    ids = list({pid for pid, _ in page.handed})
+    async with p.db.read() as conn:
+        erased = {
+            pid
+            for (pid,) in await conn.execute(
+                select(profiles.c.id).where(profiles.c.id.in_(ids), profiles.c.status == "erased")
+            )
+        }
+    if not erased:
+        return page
+    kept = [i for i, (pid, _) in enumerate(page.handed) if pid not in erased]
+    return Page([page.items[i] for i in kept], page.next_after, [page.handed[i] for i in kept])

@@ -18,11 +18,12 @@ def audit() -> None:
     """Consent ledger audit: verification and signed checkpoints."""
 
 
-async def _verify_transitions(p: Any):  # type: ignore[no-untyped-def]
-    from consent.dsr.chain import verify_transitions
+async def _verify_requests(p: Any) -> dict[str, Any]:
+    from consent.audit.verify import snapshot
+    from consent.dsr.consistency import requests_report
 
-    async with p.db.read() as conn:
-        return await verify_transitions(conn)
+    async with snapshot(p.db) as conn:
+        return await requests_report(conn)
 
 
 @audit.command("verify")
@@ -69,11 +70,17 @@ def audit_verify(checkpoint_file: Path | None, public_keys: tuple[str, ...]) -> 
             return await verify_ledger(conn, stored, policy=p.policy, trusted_keys=keys)
 
     report = run_on_platform(go)
-    transitions = run_on_platform(_verify_transitions)
-    if not transitions.ok:
+    requests = run_on_platform(_verify_requests)
+    if requests["first_invalid_seq"] is not None:
         click.echo(
-            f"FAILED: request transitions break at seq {transitions.first_invalid_seq}: "
-            f"{transitions.reason}"
+            f"FAILED: request transitions break at seq {requests['first_invalid_seq']}: "
+            f"{requests['reason']}"
+        )
+        sys.exit(1)
+    if not requests["ok"]:
+        click.echo(
+            f"FAILED: {requests['requests_mismatched']} erasure requests disagree with their "
+            "transitions: " + ", ".join(requests["mismatched_request_ids"])
         )
         sys.exit(1)
     where = f"from {checkpoint_file}" if checkpoint_file else "stored in the database"

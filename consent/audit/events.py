@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -24,8 +24,14 @@ from cdp.db.tables import identities
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
-from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
-from consent.ledger import owner_ciphers, read_evidence
+from consent import evidence
+from consent.dsr.customer import (
+    customer_identities,
+    customer_profile_ids,
+    erased_holder,
+    ledger_entries_of,
+    root_of,
+)
 from consent.tables import consent_ledger
 
 led = consent_ledger.c
@@ -39,12 +45,7 @@ class Customer:
     addresses: list[bytes] = field(default_factory=list)  # email and phone blind indexes
 
     def clause(self) -> ColumnElement[bool]:
-        parts: list[ColumnElement[bool]] = []
-        if self.profile_ids:
-            parts.append(led.profile_id.in_(self.profile_ids))
-        if self.addresses:
-            parts.append(led.address_bidx.in_(self.addresses))
-        return or_(*parts) if parts else false()
+        return ledger_entries_of(self.profile_ids, self.addresses)
 
 
 async def resolve_customer(conn: AsyncConnection, ident: Identifier) -> Customer:
@@ -57,7 +58,9 @@ async def resolve_customer(conn: AsyncConnection, ident: Identifier) -> Customer
                 select(identities.c.profile_id).where(identities.c.bidx == ident.bidx)
             )
         ).scalar()
-    if start is None and addresses:  # erased (identity deleted): the ledger still links them
+    if start is None and addresses:  # erased (identity deleted): their erasure names them
+        start = await erased_holder(conn, addresses[0])
+    if start is None and addresses:  # else the ledger still links them
         start = (
             await conn.execute(
                 select(led.profile_id)
@@ -140,11 +143,10 @@ async def all_events(conn: AsyncConnection, p: Platform, f: EventFilter) -> list
 
 
 async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[dict[str, Any]]:
-    ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
+    proofs = await evidence.read(conn, p, rows)
     plain = await addresses_plaintext(conn, p, {r.address_bidx for r in rows if r.address_bidx})
     out = []
-    for r in rows:
-        evidence, readable = read_evidence(r, ciphers)
+    for r, (proof, readable) in zip(rows, proofs, strict=True):
         out.append(
             {
                 "seq": r.seq,
@@ -166,7 +168,7 @@ async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[di
                     "address": plain.get(r.address_bidx) if r.address_bidx else None,
                     "profile_id": str(r.profile_id) if r.profile_id else None,
                 },
-                "evidence": evidence,
+                "evidence": proof,
                 "evidence_readable": readable,
                 "prev_hash": r.prev_hash.hex(),
                 "hash": r.hash.hex(),

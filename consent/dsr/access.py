@@ -1,6 +1,7 @@
 """The access request: everything held about one customer, decrypted, as JSON.
 
-profile, identities, consent history (ledger entries for the customer's profiles and addresses,
+profile, identities, the sources their data came from (GDPR art. 15(1)(g)), the merges that
+joined their records, consent history (ledger entries for the customer's profiles and addresses,
 with their evidence decrypted where the key still exists), suppressions of their addresses,
 events, segments they are currently in, which keys read their data (the access log), and their
 erasure requests. The export itself is written to the access log.
@@ -12,23 +13,23 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError, FieldCipher
-from cdp.db.tables import access_log, events, identities
+from cdp.db.tables import access_log, events, identities, merges, profile_sources
 from cdp.errors import NotFound
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.service import profile_view
 from cdp.segments.membership import segments_containing
-from consent.dsr.customer import customer_profile_ids
+from consent import evidence
+from consent.dsr.customer import customer_profile_ids, ledger_entries_of
 from consent.dsr.requests import summary
 from consent.dsr_tables import dsr_requests
-from consent.ledger import owner_ciphers, read_evidence
 from consent.tables import consent_ledger, suppressions
 
 
@@ -79,6 +80,8 @@ async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str
             }
             for i in idents
         ],
+        "sources": await _sources(conn, pids),
+        "merges": await _merges(conn, pids),
         "consent_history": await _consent_history(conn, p, pids, addresses, plain),
         "suppressions": await _suppressions(conn, addresses, plain),
         "events": await _events(conn, pids, cipher),
@@ -96,14 +99,11 @@ async def _consent_history(
     plain: dict[bytes, str | None],
 ) -> list[dict[str, Any]]:
     led = consent_ledger.c
-    where = led.profile_id.in_(pids)
-    if addresses:
-        where = or_(where, led.address_bidx.in_(addresses))
+    where = ledger_entries_of(pids, addresses)
     rows = (await conn.execute(select(consent_ledger).where(where).order_by(led.seq))).all()
-    ciphers = await owner_ciphers(conn, p, {r.evidence_owner for r in rows if r.evidence_owner})
+    proofs = await evidence.read(conn, p, rows)
     out = []
-    for r in rows:
-        evidence, readable = read_evidence(r, ciphers)
+    for r, (proof, readable) in zip(rows, proofs, strict=True):
         out.append(
             {
                 "seq": r.seq,
@@ -121,11 +121,49 @@ async def _consent_history(
                 "method": r.method,
                 "wording_id": r.wording_id,
                 "policy_version": r.policy_version,
-                "evidence": evidence,
+                "evidence": proof,
                 "evidence_readable": readable,
             }
         )
     return out
+
+
+async def _sources(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """The systems that supplied the customer's data, first seen when (merges move them to the
+    surviving profile)."""
+    ps = profile_sources.c
+    rows = await conn.execute(
+        select(ps.source, func.min(ps.first_seen_at))
+        .where(ps.profile_id.in_(pids))
+        .group_by(ps.source)
+        .order_by(func.min(ps.first_seen_at), ps.source)
+    )
+    return [{"source": source, "first_seen_at": at} for source, at in rows]
+
+
+async def _merges(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """Every merge of one of the customer's profiles, undone ones too (`undone_at`). A wrong
+    merge with another customer, since undone, does not name the other customer's profile."""
+    mine = set(pids)
+    m = merges.c
+    rows = await conn.execute(
+        select(merges)
+        .where(or_(m.survivor_id.in_(pids), m.absorbed_id.in_(pids)))
+        .order_by(m.at, m.id)
+    )
+    return [
+        {
+            "merge_id": str(r.id),
+            "survivor_id": str(r.survivor_id) if r.survivor_id in mine else None,
+            "absorbed_id": str(r.absorbed_id) if r.absorbed_id in mine else None,
+            "matched_on": r.matched_on,
+            "provenance": r.provenance,
+            "source": r.source,
+            "at": r.at,
+            "undone_at": r.undone_at,
+        }
+        for r in rows
+    ]
 
 
 async def _suppressions(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import and_, false, func, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import identities, profiles
+from consent.dsr_tables import dsr_requests
+from consent.tables import consent_ledger, suppressions
 
 
 async def root_of(conn: AsyncConnection, profile_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
@@ -56,3 +59,54 @@ async def customer_identities(
         )
     )
     return sorted((i, k, b) for i, k, b in rows)
+
+
+def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> ColumnElement[bool]:
+    """The consent ledger entries about one customer: their profiles and addresses.
+
+    An entry on an address is about whoever held the address when it was recorded:
+    - where another customer holds it now (a wrong merge was undone and the address went back
+      to them), an entry recorded on the merged profile is theirs, not this customer's, though
+      it names this customer's profile;
+    - an address erased with its customer and since given to someone else (a reassigned phone
+      number) starts afresh: the entries recorded up to its erasure are the erased customer's,
+      not the new holder's consent.
+    An entry naming one of the profiles whose address nobody holds any more (erased, or never
+    kept) stays this customer's, as does every profile-keyed (push, messenger) entry of theirs.
+    `addresses`: the email and phone blind indexes the customer holds, or, for an erased
+    customer, the one they were named by."""
+    led, s = consent_ledger.c, suppressions.c
+    held = select(identities.c.id).where(identities.c.bidx == led.address_bidx).exists()
+    erased_at = (
+        select(func.max(s.at))
+        .where(s.bidx == led.address_bidx, s.reason == "erasure")
+        .scalar_subquery()
+    )
+    before_erasure = and_(erased_at.is_not(None), led.recorded_at <= erased_at)
+    parts: list[ColumnElement[bool]] = []
+    if addresses:
+        parts.append(and_(led.address_bidx.in_(addresses), or_(~held, not_(before_erasure))))
+    if profile_ids:
+        parts.append(
+            and_(
+                led.profile_id.in_(profile_ids),
+                or_(led.address_bidx.is_(None), ~held, before_erasure),
+            )
+        )
+    return or_(*parts) if parts else false()
+
+
+async def erased_holder(conn: AsyncConnection, bidx: bytes) -> uuid.UUID | None:
+    """The customer whose erasure deleted this address last: its erasure suppression carries the
+    completion time of their request. (The ledger's entries on the address may name another
+    profile: one it was merged with by mistake when they were recorded.)"""
+    s, r = suppressions.c, dsr_requests.c
+    return (
+        await conn.execute(
+            select(r.profile_id)
+            .select_from(suppressions.join(dsr_requests, r.completed_at == s.at))
+            .where(s.bidx == bidx, s.reason == "erasure", r.status == "completed")
+            .order_by(s.at.desc())
+            .limit(1)
+        )
+    ).scalar()

@@ -17,7 +17,8 @@ into it):
   events, stats, categories and sources; nulls its encrypted fields, traits, city and country;
   marks it "erased" (so every id answers 410 and the contactability rule says "erased");
 - deletes its data keys (crypto-shredding: ciphertext left in backups, replicas, or the consent
-  ledger's evidence can no longer be read);
+  ledger's evidence can no longer be read), and the copies of consent evidence kept under them
+  (consent.evidence);
 - runs the cleanups other modules registered (consent.dsr.hooks).
 The consent ledger is not modified: its entries are pseudonymous, their evidence is ciphertext
 under the destroyed key, and the hash chain still verifies.
@@ -52,6 +53,7 @@ from cdp.db.tables import (
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.locks import lock_profiles
+from consent import evidence
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
 from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
@@ -276,6 +278,7 @@ async def erase_customer(
     keys_deleted = (
         await conn.execute(delete(profile_keys).where(profile_keys.c.profile_id.in_(pids)))
     ).rowcount
+    await evidence.forget(conn, pids)  # copies of consent evidence under those keys
 
     for hook in erasure_hooks():
         await hook(conn, pids)

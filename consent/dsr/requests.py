@@ -323,12 +323,12 @@ async def extend(p: Platform, request_id: uuid.UUID, reason: str, actor: str) ->
     async with p.db.write() as conn:
         await lock_keys(conn, [request_lock(request_id)])
         row = await load(conn, request_id)
-        states.check_extension(row.status, row.extensions)
+        now = utcnow()
+        states.check_extension(row.status, row.extensions, row.due_at, now)
         deadline = p.policy.deadline(row.jurisdiction, ERASURE)
         if deadline is None or deadline.extension <= 0:
             raise Conflict("the policy of this jurisdiction allows no extension")
         due = deadlines.erasure_due(p.policy, row.jurisdiction, row.received_at, extended=True)
-        now = utcnow()
         await conn.execute(
             update(dsr_requests)
             .where(dsr_requests.c.id == request_id)

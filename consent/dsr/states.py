@@ -29,11 +29,16 @@ def check_transition(current: str, target: str) -> None:
         raise Conflict(f"a request that is {current} cannot become {target}")
 
 
-def check_extension(status: str, extensions: int) -> None:
+def check_extension(status: str, extensions: int, due_at: datetime, now: datetime) -> None:
+    """One extension of an open request, taken within its period: the customer must be told
+    of it before the deadline (GDPR art. 12(3), 152-FZ art. 20), so a request already overdue
+    stays overdue rather than being moved to look on time."""
     if status not in OPEN:
         raise Conflict(f"a request that is {status} cannot be extended")
     if extensions > 0:
         raise Conflict("the policy allows one extension and it was already taken")
+    if due_at < now:
+        raise Conflict("the request is past its due date: an extension must be taken before it")
 
 
 def is_overdue(status: str, due_at: datetime, now: datetime) -> bool:
