@@ -323,3 +323,26 @@ async def test_rules_equal_in_python_but_not_in_json_are_kept_apart(client, keys
     await add(client, keys, "Boris", traits={"flag": 1})
     assert await names(client, keys, leaf("traits.flag", "eq", True)) == {"Anna"}
     assert await names(client, keys, leaf("traits.flag", "eq", 1)) == {"Boris"}
+
+
+async def test_numeric_traits_compare_exactly_on_both_backends(client, keys):
+    """A number rule compares a number trait by its value: `in` with a whole number and a
+    fraction (PostgreSQL read 7.5 as the whole number 7, and 1e300 was a 500), and whole
+    numbers beyond 2^53 (PostgreSQL compared them as doubles, where 2^53 + 1 equals 2^53)."""
+    await add(client, keys, "Anna", traits={"score": 7.5, "card": 9007199254740993})
+    await add(client, keys, "Boris", traits={"score": 7, "card": 9007199254740992})
+    await add(client, keys, "Carl", traits={"score": 3, "card": 2**63 + 1})
+    await add(client, keys, "Dan", traits={"score": 1e300, "card": "9007199254740993"})
+    assert await names(client, keys, leaf("traits.score", "in", [3, 7.5])) == {"Anna", "Carl"}
+    assert await names(client, keys, leaf("traits.score", "in", [7.5, 3])) == {"Anna", "Carl"}
+    assert await names(client, keys, leaf("traits.score", "in", [7, 1e300])) == {"Boris", "Dan"}
+    assert await names(client, keys, leaf("traits.score", "gte", 1e300)) == {"Dan"}
+    assert await names(client, keys, leaf("traits.score", "eq", 7)) == {"Boris"}
+    assert await names(client, keys, leaf("traits.score", "lt", 7.5)) == {"Boris", "Carl"}
+    card = 9007199254740992
+    assert await names(client, keys, leaf("traits.card", "eq", card)) == {"Boris"}
+    assert await names(client, keys, leaf("traits.card", "eq", card + 1)) == {"Anna"}
+    assert await names(client, keys, leaf("traits.card", "gt", card)) == {"Anna", "Carl"}
+    assert await names(client, keys, leaf("traits.card", "in", [card, 5])) == {"Boris"}
+    assert await names(client, keys, leaf("traits.card", "ne", card)) == {"Anna", "Carl", "Dan"}
+    assert await names(client, keys, leaf("traits.card", "gt", 2**63 - 1)) == {"Carl"}
