@@ -24,6 +24,9 @@ from cdp.normalize import clean_text
 MAX_DEPTH = 16
 MAX_NODES = 500
 MAX_LIST = 1000
+# The values of all `in` lists together: each is a parameter of the one SQL query, and
+# PostgreSQL takes at most 32,767 (with 500 parts and their own parameters, this leaves room).
+MAX_VALUES = 10_000
 MAX_DAYS = 100_000
 TRAIT_PREFIX = "traits."  # and a name by cdp.labels.trait_name, the rule ingest applies
 
@@ -107,6 +110,7 @@ class _Parser:
         self.jurisdictions = jurisdictions
         self.errors: list[FieldError] = []
         self.nodes = 0
+        self.values = 0
 
     def node(self, raw: Any, path: str, depth: int) -> Condition | None:
         self.nodes += 1
@@ -131,10 +135,18 @@ class _Parser:
             return self._group(groups[0], raw[groups[0]], f"{path}.{groups[0]}", depth)
         if "field" in raw or "op" in raw:
             try:
-                return _leaf(raw, path, self.jurisdictions)
+                leaf = _leaf(raw, path, self.jurisdictions)
             except _Bad as bad:
                 self.errors.append(bad.error)
                 return None
+            if leaf.op == "in":
+                before, self.values = self.values, self.values + len(leaf.value)
+                if self.values > MAX_VALUES >= before:  # said once, at the part that crosses
+                    message = f"the rules' 'in' lists hold more than {MAX_VALUES} values in all"
+                    self.errors.append(FieldError(f"{path}.value", message))
+                if self.values > MAX_VALUES:
+                    return None
+            return leaf
         self.errors.append(
             FieldError(path, "a condition has 'all', 'any', 'not', or 'field' and 'op'")
         )
