@@ -6,7 +6,8 @@ from what the database holds): text fields compared as ingest stores them (count
 jurisdiction upper-cased; city trimmed, inner spaces collapsed, in NFC, and otherwise exact, as
 docs/segments.md says; categories case-folded), traits typed (a
 string matches strings, a number numbers, a boolean booleans), stats from the purchases and
-refunds sent, "days since" as whole days elapsed, and every condition two-valued (a customer
+refunds sent, "days since" as whole days elapsed (a moment ahead of now, as a client clock
+ahead dates an order, is 0 days ago), and every condition two-valued (a customer
 without the value does not satisfy `eq`, `gt`, `contains`..., and does satisfy `ne` and `not`).
 
 The segment is for `service` by email, so every customer is contactable and the members are
@@ -114,7 +115,7 @@ class Customer:
             "first_order_days": min(self.orders, default=None),
             "last_order_days": max(self.orders, default=None),
         }[name]
-        return None if at is None else (NOW - at) // DAY
+        return None if at is None else max(0, (NOW - at) // DAY)  # ahead of now: today
 
 
 def near_day_boundary(rng: random.Random) -> timedelta:

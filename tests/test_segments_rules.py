@@ -386,3 +386,32 @@ async def test_a_rule_too_large_for_one_query_is_refused_naming_its_part(client,
     adhoc["rules"] = largest
     r = await client.post("/v1/segments/query", json=adhoc, headers=keys["marketing"])
     assert r.status_code == 200 and len(r.json()["items"]) == 1
+
+
+async def test_an_order_dated_slightly_ahead_is_an_order_of_today(client, keys, platform):
+    """A client's clock may run up to 5 minutes ahead (cdp.ids.MAX_AHEAD), so an order can be
+    dated after the moment a segment is read. It was bought 0 days ago: `eq 0` and `gte 0`
+    left it out while `lte 0` took it, and `lt 0` took it too."""
+    from cdp.segments.members import members_page
+    from cdp.segments.service import build_definition
+
+    await add(client, keys, "Anna")
+    await buy(client, keys, "Anna", 1, 0, "10.00", "shoes")  # an hour ago
+    await add(client, keys, "Boris")
+    await buy(client, keys, "Boris", 1, 2, "10.00", "shoes")
+    read_at = NOW - timedelta(hours=1, minutes=3)  # 3 minutes before Anna's order
+
+    async def first_names(rule: dict) -> set[str]:
+        d = build_definition(platform, "service", "email", rule)
+        async with platform.db.read() as conn:
+            page = await members_page(conn, platform, d, after=None, limit=10, now=read_at)
+        return {m.first_name for m in page.items}
+
+    for field in ("last_order_days", "first_order_days"):
+        assert await first_names(leaf(field, "eq", 0)) == {"Anna"}
+        assert await first_names(leaf(field, "gte", 0)) == {"Anna", "Boris"}
+        assert await first_names(leaf(field, "lte", 0)) == {"Anna"}
+        assert await first_names(leaf(field, "lt", 0)) == set()
+        assert await first_names(leaf(field, "ne", 0)) == {"Boris"}
+        assert await first_names(leaf(field, "lt", 1)) == {"Anna"}
+        assert await first_names(leaf(field, "gt", 0)) == {"Boris"}

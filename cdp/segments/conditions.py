@@ -4,7 +4,9 @@ Stats fields read `profile_stats` (the query outer-joins it when `needs_stats`; 
 without stats has 0 orders and 0 spent); `source` and `categories` are EXISTS subqueries.
 "Days since" fields compare timestamps with cutoffs computed here in Python: with d the whole
 days elapsed since the moment, `d >= N` is `at <= now - N days`, `d <= N` is
-`at > now - (N + 1) days`, and so on. Every leaf is definite (never SQL NULL).
+`at > now - (N + 1) days`, and so on. A moment after now (an order dated by a client whose
+clock runs ahead, which cdp.ids.time_problem admits) is 0 days ago, never less. Every leaf is
+definite (never SQL NULL).
 
 Each cutoff is a named bind parameter whose value is computed from `now`; `Compiled.params`
 recomputes them for another moment, so a statement built once can be executed again later
@@ -132,14 +134,18 @@ class _Compiler:
             self.cutoffs.append((key, days))
             return bindparam(key, self.now - timedelta(days=days), type_=col.type)
 
+        def at_least(days: int) -> ColumnElement[bool]:
+            """d >= days; a moment after now (a client clock ahead) is 0 days ago."""
+            return true() if days == 0 else col <= cutoff(days)
+
         n = leaf.value
         within = {  # the moment lies in the window that makes "days since <op> n" true
-            "gte": col <= cutoff(n),
-            "gt": col <= cutoff(n + 1),
+            "gte": at_least(n),
+            "gt": at_least(n + 1),
             "lte": col > cutoff(n + 1),
-            "lt": col > cutoff(n),
-            "eq": and_(col > cutoff(n + 1), col <= cutoff(n)),
-            "ne": and_(col > cutoff(n + 1), col <= cutoff(n)),
+            "lt": false() if n == 0 else col > cutoff(n),
+            "eq": and_(col > cutoff(n + 1), at_least(n)),
+            "ne": and_(col > cutoff(n + 1), at_least(n)),
         }[leaf.op]
         matched = and_(col.is_not(None), within)
         return not_(matched) if leaf.op == "ne" else matched
