@@ -3,8 +3,8 @@ language of API.md describes, on SQLite and on PostgreSQL.
 
 The oracle below is that description in plain Python, written from what the test sent (not
 from what the database holds): text fields compared as ingest stores them (country and
-jurisdiction upper-cased; city trimmed, inner spaces collapsed, in NFC, and otherwise exact, as
-docs/segments.md says; categories case-folded), traits typed (a
+jurisdiction upper-cased; cities and categories trimmed, inner spaces collapsed, case-folded,
+in NFC: "МОСКВА" is "Москва"), traits typed (a
 string matches strings, a number numbers, a boolean booleans), stats from the purchases and
 refunds sent, "days since" as whole days elapsed (a moment ahead of now, as a client clock
 ahead dates an order, is 0 days ago), and every condition two-valued (a customer
@@ -159,7 +159,7 @@ def holds(rule: dict, c: Customer) -> bool:
     f, op, v = rule["field"], rule["op"], rule.get("value", True)
     if f in ("country", "jurisdiction", "city"):
         stored = {"country": c.country, "jurisdiction": c.jurisdiction, "city": c.city}[f]
-        key = (lambda s: s.strip().upper()) if f != "city" else text
+        key = (lambda s: s.strip().upper()) if f != "city" else category  # one folding
         stored = None if stored is None else key(stored)
         if op == "exists":
             return (stored is not None) == v

@@ -415,3 +415,80 @@ async def test_an_order_dated_slightly_ahead_is_an_order_of_today(client, keys, 
         assert await first_names(leaf(field, "ne", 0)) == {"Boris"}
         assert await first_names(leaf(field, "lt", 1)) == {"Anna"}
         assert await first_names(leaf(field, "gt", 0)) == {"Boris"}
+
+
+async def active_ids(platform, rules) -> set[str]:  # type: ignore[no-untyped-def]
+    """The active profiles a rule matches (the filter alone, whatever their consent)."""
+    from sqlalchemy import select
+
+    from cdp.db.tables import profiles
+    from cdp.segments.conditions import compile_condition
+    from cdp.segments.service import build_definition
+
+    d = build_definition(platform, "service", "email", rules)
+    async with platform.db.read() as conn:
+        compiled = compile_condition(d.condition, conn.dialect.name, NOW)
+        query = select(profiles.c.id).where(profiles.c.status == "active", compiled.where)
+        return {str(pid) for pid in (await conn.execute(query)).scalars()}
+
+
+async def test_a_city_is_one_city_in_any_case(client, keys, platform):
+    """Sources spell a city in their own case ("МОСКВА" from a CRM, "Москва" from a shop), as
+    they do categories: a city rule matches it in any case, Cyrillic included, on both
+    backends, whichever way the city reached the profile (a record, a batch, a later record,
+    a merge, an unmerge) and however the rule spells it."""
+    await add(client, keys, "Anna", city="МОСКВА")
+    batch = await client.post(
+        "/v1/profiles/batch",
+        json={
+            "records": [
+                {
+                    "source": "crm",
+                    "email": "boris@ex.com",
+                    "first_name": "Boris",
+                    "city": " москва ",
+                }
+            ]
+        },
+        headers=keys["ingest"],
+    )
+    assert batch.status_code == 200 and "error" not in batch.json()["results"][0]
+    await add(client, keys, "Carl", city="Kazan")
+    await add(client, keys, "Carl", city="Москва")  # moved: the later record wins
+    await add(client, keys, "Dan", city="Straße")
+    await add(client, keys, "Eve", city="Kazan")
+    moscow = {"Anna", "Boris", "Carl"}
+    for spelling in ("Москва", "москва", "МОСКВА", "  мОсКвА "):
+        assert await names(client, keys, leaf("city", "eq", spelling)) == moscow, spelling
+    assert await names(client, keys, leaf("city", "in", ["KAZAN", "москва"])) == moscow | {"Eve"}
+    assert await names(client, keys, leaf("city", "ne", "МОСКВА")) == {"Dan", "Eve"}
+    assert await names(client, keys, leaf("city", "eq", "STRASSE")) == {"Dan"}
+    saved = await client.post(
+        "/v1/segments",
+        json={
+            "name": "m",
+            "purpose": "service",
+            "channel": "email",
+            "rules": leaf("city", "eq", "МОСКВА"),
+        },
+        headers=keys["marketing"],
+    )
+    assert saved.json()["rules"]["value"] == "МОСКВА"  # shown as the user wrote it
+    stats = await client.get(f"/v1/segments/{saved.json()['id']}/stats", headers=keys["marketing"])
+    assert stats.json()["matched"] == 3
+
+    # a merge moves the absorbed profile's city to the survivor; an unmerge moves it back
+    older = await add(client, keys, "Fay")
+    newer = await add(client, keys, "Gus", external_id="G-1", city="KAZAN")
+    joined = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "fay@ex.com", "external_id": "G-1"},
+        headers=keys["ingest"],
+    )
+    assert joined.json()["merged_profile_ids"] == [newer], joined.text
+    kazan = leaf("city", "eq", "kazan")
+    assert older in await active_ids(platform, kazan)
+    r = await client.post(f"/v1/profiles/{older}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    after = await active_ids(platform, kazan)
+    assert newer in after and older not in after

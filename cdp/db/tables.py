@@ -38,6 +38,7 @@ profiles = Table(
     Column("jurisdiction", String(16), nullable=False),
     Column("country", String(2)),
     Column("city", String(120)),
+    Column("city_key", String(360)),  # cdp.labels.city_key(city): what segment rules compare
     Column("traits", JSON, nullable=False),
     Column("key_id", Integer, nullable=False),
     # ciphertext under the profile's data key

@@ -23,13 +23,14 @@ from sqlalchemy import and_, bindparam, exists, false, func, not_, or_, select, 
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import profile_categories, profile_sources, profile_stats, profiles
+from cdp.labels import city_key
 from cdp.segments.rules import AllOf, AnyOf, Condition, Leaf, NotOf
 from cdp.segments.traits import TraitSQL
 
-_TEXT_COLUMNS = {
-    "country": profiles.c.country,
-    "city": profiles.c.city,
-    "jurisdiction": profiles.c.jurisdiction,
+_TEXT_COLUMNS = {  # and how a rule's value is put in the column's form
+    "country": (profiles.c.country, str),
+    "city": (profiles.c.city_key, city_key),  # a city in any case (cdp.labels)
+    "jurisdiction": (profiles.c.jurisdiction, str),
 }
 _DAYS_COLUMNS = {
     "created_days": profiles.c.created_at,
@@ -86,15 +87,15 @@ class _Compiler:
         return getattr(self, "_" + cond.spec.kind)(cond)
 
     def _text(self, leaf: Leaf) -> ColumnElement[bool]:
-        col = _TEXT_COLUMNS[leaf.field]
+        col, form = _TEXT_COLUMNS[leaf.field]
         present = and_(col.is_not(None), col != "")
         if leaf.op == "exists":
             return present if leaf.value else not_(present)
         if leaf.op == "in":
-            return and_(col.is_not(None), col.in_(leaf.value))
+            return and_(col.is_not(None), col.in_(sorted({form(v) for v in leaf.value})))
         if leaf.op == "ne":
-            return or_(col.is_(None), col != leaf.value)
-        return and_(col.is_not(None), col == leaf.value)
+            return or_(col.is_(None), col != form(leaf.value))
+        return and_(col.is_not(None), col == form(leaf.value))
 
     def _source(self, leaf: Leaf) -> ColumnElement[bool]:
         ps = profile_sources.c
