@@ -23,7 +23,7 @@ import random
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -82,6 +82,7 @@ TRAIT_VALUES: list[Any] = [
     None,
 ]
 CATEGORIES = [" Shoes ", "SHOES", "shoes", "обувь", "ОБУВЬ", "Bags", "hats  and caps"]
+ZONES = [UTC, timezone(timedelta(hours=3)), timezone(timedelta(hours=-11, minutes=-30))]
 AMOUNTS = ["0.01", "10.00", "99.99", "100.00", "1999.90", "50000.50", "9999999999999.99"]
 
 
@@ -306,7 +307,7 @@ async def random_customers(client, keys, p, rng: random.Random) -> list[Customer
                 "source": "shop",
                 "event_id": f"{name}-{e}",
                 "type": kind,
-                "occurred_at": at.isoformat(),
+                "occurred_at": at.astimezone(rng.choice(ZONES)).isoformat(),
                 "email": f"p{i}@ex.com",
                 "amount": amount,
                 "currency": currency,
