@@ -348,6 +348,26 @@ async def test_numeric_traits_compare_exactly_on_both_backends(client, keys):
     assert await names(client, keys, leaf("traits.card", "gt", 2**63 - 1)) == {"Carl"}
 
 
+async def test_a_number_trait_beyond_a_double_breaks_no_rule(client, keys):
+    """JSON numbers have no bound, and one customer whose trait is 10^400 (a 401-digit id)
+    made every rule comparing that trait with a fraction a 500 on PostgreSQL (its double
+    overflowed), for the whole segment."""
+    body = b'{"source": "crm", "email": "anna@ex.com", "first_name": "Anna", "traits": {"n": 1'
+    r = await client.post(
+        "/v1/profiles",
+        content=body + b"0" * 400 + b"}}",
+        headers=keys["ingest"] | {"Content-Type": "application/json"},
+    )
+    assert r.status_code == 201, r.text
+    await add(client, keys, "Boris", traits={"n": 5})
+    await add(client, keys, "Carl", traits={"n": -2.5})
+    assert await names(client, keys, leaf("traits.n", "gt", 1.5)) == {"Anna", "Boris"}
+    assert await names(client, keys, leaf("traits.n", "lt", 1e308)) == {"Boris", "Carl"}
+    assert await names(client, keys, leaf("traits.n", "in", [5, -2.5])) == {"Boris", "Carl"}
+    assert await names(client, keys, leaf("traits.n", "ne", 0.5)) == {"Anna", "Boris", "Carl"}
+    assert await names(client, keys, leaf("traits.n", "gt", 2**63 - 1)) == {"Anna"}
+
+
 async def test_a_rule_too_large_for_one_query_is_refused_naming_its_part(client, keys):
     """Every value of an `in` list is a parameter of the one SQL query, and PostgreSQL takes at
     most 32,767: forty lists of 1,000 trait values saved as a segment whose every read was a
