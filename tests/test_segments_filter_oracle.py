@@ -61,6 +61,8 @@ TRAIT_VALUES: list[Any] = [
     "золото",
     "Золото",
     "likes red shoes",
+    'say "hi" \\ 😀 ёлка',
+    unicodedata.normalize("NFD", 'say "hi" \\ 😀 ёлка'),
     "7.5",
     "3",
     "true",
@@ -77,10 +79,15 @@ TRAIT_VALUES: list[Any] = [
     2**53 + 1,
     2**62,
     9_223_372_036_854_775_807,
+    2**64 + 1,
+    -(10**30),
+    10**400,
     True,
     False,
     None,
 ]
+# a rule's whole numbers are 64-bit (cdp.segments.rules); a trait's are not bounded
+RULE_VALUES = [v for v in TRAIT_VALUES if not (isinstance(v, int) and abs(v) >= 2**63)]
 CATEGORIES = [" Shoes ", "SHOES", "shoes", "обувь", "ОБУВЬ", "Bags", "hats  and caps"]
 ZONES = [UTC, timezone(timedelta(hours=3)), timezone(timedelta(hours=-11, minutes=-30))]
 AMOUNTS = ["0.01", "10.00", "99.99", "100.00", "1999.90", "50000.50", "9999999999999.99"]
@@ -243,11 +250,11 @@ def random_leaf(rng: random.Random) -> dict:
         f = "traits." + rng.choice([*TRAIT_NAMES, "missing"])
         op = rng.choice(["eq", "ne", "in", "gt", "gte", "lt", "lte", "contains", "exists"])
         if op in ("gt", "gte", "lt", "lte"):
-            pool = [v for v in TRAIT_VALUES if number(v)] + [7, 2**53 - 1, 5e-324]
+            pool = [v for v in RULE_VALUES if number(v)] + [7, 2**53 - 1, 5e-324, 1e308]
         elif op == "contains":
-            pool = ["red", "RED", "old", "ОЛО", "оло", "7", "gold"]
+            pool = ["red", "RED", "old", "ОЛО", "оло", "7", "gold", '"hi" \\', "😀", "ёлка"]
         else:
-            pool = [v for v in TRAIT_VALUES if v is not None] + [1, 1.0, 2**53 + 2]
+            pool = [v for v in RULE_VALUES if v is not None] + [1, 1.0, 2**53 + 2]
     if op == "exists":
         return {"field": f, "op": op, "value": rng.choice([True, False])}
     if op == "in":
