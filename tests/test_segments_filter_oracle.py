@@ -31,6 +31,7 @@ from sqlalchemy import update
 
 from cdp.db.tables import profiles
 from cdp.segments.members import members_page
+from cdp.segments.rules import to_json
 from cdp.segments.service import build_definition
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -350,6 +351,9 @@ async def test_random_rules_select_what_the_rule_language_says(client, keys, pla
         rule = random_rule(rng)
         expected = {c.name for c in customers if holds(rule, c)}
         got = await members(platform, rule)
+        d = build_definition(platform, "service", "email", rule)
+        saved = json.loads(json.dumps(to_json(d.condition)))  # as stored and shown
+        assert build_definition(platform, "service", "email", saved) == d, rule
         if got != expected:
             failures.append((rule, sorted(expected - got), sorted(got - expected)))
     assert not failures, "\n".join(map(str, failures[:10])) + f"\n{len(failures)} failed"
