@@ -25,8 +25,9 @@ MAX_DEPTH = 16
 MAX_NODES = 500
 MAX_LIST = 1000
 # The values of all `in` lists together: each is a parameter of the one SQL query, and
-# PostgreSQL takes at most 32,767 (with 500 parts and their own parameters, this leaves room).
-MAX_VALUES = 10_000
+# PostgreSQL takes at most 32,767. A part adds at most 8 parameters of its own (a trait's `in`
+# of every kind of value), so 500 parts and 20,000 values stay below ~24,500.
+MAX_VALUES = 20_000
 MAX_DAYS = 100_000
 TRAIT_PREFIX = "traits."  # and a name by cdp.labels.trait_name, the rule ingest applies
 
