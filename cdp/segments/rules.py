@@ -19,7 +19,7 @@ from typing import Any
 
 from cdp.errors import FieldError, InvalidInput
 from cdp.labels import CATEGORY_MAX, TRAIT_NAME_RULE, normalise_category, trait_name
-from cdp.normalize import clean_text
+from cdp.normalize import clean_text, normalise_country
 
 MAX_DEPTH = 16
 MAX_NODES = 500
@@ -212,11 +212,11 @@ def _leaf(raw: dict[str, Any], path: str, jurisdictions: frozenset[str]) -> Leaf
 def _text(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
     if not isinstance(v, str):
         raise _Bad(path, "must be a string")
-    if field == "country":
-        code = v.strip().upper()
-        if len(code) != 2 or not code.isascii() or not code.isalpha():
-            raise _Bad(path, "must be an ISO 3166-1 alpha-2 code")
-        return code
+    if field == "country":  # the codes ingest stores: "UK" would select nobody, unsaid
+        try:
+            return normalise_country(v)
+        except InvalidInput as exc:
+            raise _Bad(path, exc.errors[0].message) from None
     if field == "jurisdiction":
         code = v.strip().upper()
         if code not in jurisdictions:
