@@ -32,7 +32,6 @@ TRAIT_NAME_RULE = (
     "and starts with a letter, digit or '_'"
 )
 CATEGORY_MAX = 120  # events.category and profile_categories.category
-CITY_KEY_MAX = 360  # profiles.city_key: a city has at most 120, and folding at most triples one
 _PUNCTUATION = frozenset("_-. ")
 
 
