@@ -1,4 +1,5 @@
-"""Names that segment rules compare with what ingest stored: trait names and purchase categories.
+"""Names that segment rules compare with what ingest stored: trait names, purchase categories
+and cities.
 
 One rule for each, used on both sides, so that whatever can be ingested can be selected.
 
@@ -10,6 +11,12 @@ which the JSON paths of the trait SQL could not carry (cdp.segments.traits).
 
 A category is compared trimmed, with inner whitespace collapsed and case folded (" Shoes ",
 "SHOES" and "shoes" are one category), in NFC.
+
+A city is shown as its source wrote it (cleaned: trimmed, inner whitespace collapsed, NFC) and
+compared by the same folding, kept beside it in `profiles.city_key`: "МОСКВА", "Москва" and
+" москва " are one city, and so are "Straße" and "STRASSE". Neither database folds case alike
+(SQLite's lower() knows ASCII only, PostgreSQL's follows the server's locale), so the fold is
+done here, in Python, when the city is written.
 """
 
 from __future__ import annotations
@@ -50,9 +57,18 @@ def _trait_name(raw: str) -> str | None:
     return name if all(map(_allowed, name)) else None
 
 
-def normalise_category(raw: str | None) -> str | None:
-    """The form a category is stored and compared in; None when nothing is left of it."""
+def _folded(raw: str | None) -> str | None:
     text = clean_text(raw)
     if text is None:
         return None
     return unicodedata.normalize("NFC", text.casefold())
+
+
+def normalise_category(raw: str | None) -> str | None:
+    """The form a category is stored and compared in; None when nothing is left of it."""
+    return _folded(raw)
+
+
+def city_key(city: str | None) -> str | None:
+    """The form a city is compared in (`profiles.city_key`, and a rule's value); None for none."""
+    return _folded(city)

@@ -15,7 +15,9 @@ from sqlalchemy import insert, select
 
 from cdp.db.engine import Database
 from cdp.db.migrate import alembic_config
-from cdp.db.tables import events, profile_categories, profile_stats
+from cdp.db.tables import events, profile_categories, profile_stats, profiles
+from cdp.db.types import UTCDateTime
+from cdp.labels import city_key
 from tests.conftest import _pg_admin, pg_url
 
 
@@ -145,6 +147,47 @@ async def schema_drift(db: Database) -> list:  # type: ignore[type-arg]
 
     async with db.engine.connect() as conn:
         return await conn.run_sync(run)
+
+
+async def test_0007_gives_every_city_its_key(empty_db):
+    """Profiles stored before 0007 are found by a city rule in any case (cdp.labels.city_key)."""
+    import sqlalchemy as sa
+
+    db = empty_db
+    await upgrade(db, "0006")
+    old = sa.table(
+        "profiles",
+        sa.column("id", sa.Uuid()),
+        *(sa.column(n) for n in ("status", "jurisdiction", "city", "key_id")),
+        sa.column("traits", sa.JSON()),
+        sa.column("created_at", UTCDateTime()),
+        sa.column("updated_at", UTCDateTime()),
+    )
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    cities = ["МОСКВА", "Москва", "Straße", None]
+    ids = [uuid.uuid4() for _ in cities]
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(old),
+            [
+                {
+                    "id": i,
+                    "status": "active",
+                    "jurisdiction": "RU",
+                    "city": c,
+                    "key_id": 1,
+                    "traits": {},
+                    "created_at": at,
+                    "updated_at": at,
+                }
+                for i, c in zip(ids, cities, strict=True)
+            ],
+        )
+    await upgrade(db, "head")
+    async with db.engine.connect() as conn:
+        rows = dict((await conn.execute(select(profiles.c.id, profiles.c.city_key))).all())
+    assert [rows[i] for i in ids] == ["москва", "москва", "strasse", None]
+    assert [city_key(c) for c in cities] == ["москва", "москва", "strasse", None]  # one rule
 
 
 async def table_names(db: Database) -> set[str]:

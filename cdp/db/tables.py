@@ -38,6 +38,9 @@ profiles = Table(
     Column("jurisdiction", String(16), nullable=False),
     Column("country", String(2)),
     Column("city", String(120)),
+    # cdp.labels.city_key(city), what segment rules compare; case folding at most triples a
+    # character ("ﬃ" is "ffi"), so 120 characters of city fold into at most 360
+    Column("city_key", String(360)),
     Column("traits", JSON, nullable=False),
     Column("key_id", Integer, nullable=False),
     # ciphertext under the profile's data key

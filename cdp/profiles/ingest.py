@@ -37,6 +37,7 @@ from cdp.db.tables import ENCRYPTED_PROFILE_FIELDS, identities, profile_keys, pr
 from cdp.db.tables import profiles as profiles_t
 from cdp.errors import FieldError
 from cdp.ids import new_id, utcnow
+from cdp.labels import city_key
 from cdp.matching.tables import merge_reviews
 from cdp.platform import Platform
 from cdp.profiles.guards import junk_reason
@@ -473,6 +474,7 @@ PROFILE_COLUMNS = (
     "jurisdiction",
     "country",
     "city",
+    "city_key",
     "traits",
     "key_id",
     *ENCRYPTED_PROFILE_FIELDS,
@@ -513,6 +515,7 @@ def _profile_row(w: _Working, now: datetime) -> tuple:
         w.jurisdiction,
         w.country,
         w.city,
+        city_key(w.city),
         w.traits,
         w.cipher.key_id,
         *[w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS],
@@ -585,6 +588,7 @@ def _create_alone(
                 rec.jurisdiction or default_jurisdiction,
                 rec.country or None,
                 rec.city or None,
+                city_key(rec.city),
                 dict(rec.traits),
                 key_id,
                 *[enc.get(f) for f in ENCRYPTED_PROFILE_FIELDS],
@@ -635,6 +639,7 @@ async def _write(
                 jurisdiction=bindparam("j"),
                 country=bindparam("c"),
                 city=bindparam("ci"),
+                city_key=bindparam("ck"),
                 traits=bindparam("tr"),
                 updated_at=bindparam("u"),
                 **{f: bindparam(f"e_{f}") for f in ENCRYPTED_PROFILE_FIELDS},
@@ -648,6 +653,7 @@ async def _write(
                     "j": w.jurisdiction,
                     "c": w.country,
                     "ci": w.city,
+                    "ck": city_key(w.city),
                     "tr": w.traits,
                     "u": now,
                     **{f"e_{f}": w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS},

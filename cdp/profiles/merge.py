@@ -34,6 +34,7 @@ from cdp.db.tables import (
 )
 from cdp.db.upsert import insert_ignore
 from cdp.ids import new_id, utcnow
+from cdp.labels import city_key
 from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
 from consent.subjects import profile_subject
@@ -111,6 +112,8 @@ async def merge_profiles(
         if a_val and (not s_val or absorbed_newer):
             values[name] = a_val
             plain_changes[name] = [s_val, a_val]
+    if "city" in values:
+        values["city_key"] = city_key(values["city"])
     # the jurisdiction (the law the customer is under) goes with the country that won
     if "country" in values and a_row.jurisdiction != s_row.jurisdiction:
         values["jurisdiction"] = a_row.jurisdiction

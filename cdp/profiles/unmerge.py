@@ -41,6 +41,7 @@ from cdp.db.tables import (
 from cdp.db.upsert import insert_ignore
 from cdp.errors import Conflict, Gone, NotFound
 from cdp.ids import utcnow
+from cdp.labels import city_key
 from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.identity import resolve_profile_id
@@ -276,6 +277,7 @@ async def _restore_fields(
             traits=a_state.traits,
             country=a_state.country,
             city=a_state.city,
+            city_key=city_key(a_state.city),
             jurisdiction=a_state.jurisdiction,
             updated_at=now,
             **{
@@ -292,6 +294,8 @@ async def _restore_fields(
     for name, (before, after) in s_state.plain.items():
         if getattr(h_row, name) == after:
             values[name] = before
+    if "city" in values:
+        values["city_key"] = city_key(values["city"])
     before_traits, after_traits = s_state.traits
     traits = dict(h_row.traits or {})
     for key in set(before_traits) | set(after_traits):

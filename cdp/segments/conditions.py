@@ -4,7 +4,9 @@ Stats fields read `profile_stats` (the query outer-joins it when `needs_stats`; 
 without stats has 0 orders and 0 spent); `source` and `categories` are EXISTS subqueries.
 "Days since" fields compare timestamps with cutoffs computed here in Python: with d the whole
 days elapsed since the moment, `d >= N` is `at <= now - N days`, `d <= N` is
-`at > now - (N + 1) days`, and so on. Every leaf is definite (never SQL NULL).
+`at > now - (N + 1) days`, and so on. A moment after now (an order dated by a client whose
+clock runs ahead, which cdp.ids.time_problem admits) is 0 days ago, never less. Every leaf is
+definite (never SQL NULL).
 
 Each cutoff is a named bind parameter whose value is computed from `now`; `Compiled.params`
 recomputes them for another moment, so a statement built once can be executed again later
@@ -21,13 +23,14 @@ from sqlalchemy import and_, bindparam, exists, false, func, not_, or_, select, 
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import profile_categories, profile_sources, profile_stats, profiles
+from cdp.labels import city_key
 from cdp.segments.rules import AllOf, AnyOf, Condition, Leaf, NotOf
 from cdp.segments.traits import TraitSQL
 
-_TEXT_COLUMNS = {
-    "country": profiles.c.country,
-    "city": profiles.c.city,
-    "jurisdiction": profiles.c.jurisdiction,
+_TEXT_COLUMNS = {  # and how a rule's value is put in the column's form
+    "country": (profiles.c.country, str),
+    "city": (profiles.c.city_key, city_key),  # a city in any case (cdp.labels)
+    "jurisdiction": (profiles.c.jurisdiction, str),
 }
 _DAYS_COLUMNS = {
     "created_days": profiles.c.created_at,
@@ -84,15 +87,15 @@ class _Compiler:
         return getattr(self, "_" + cond.spec.kind)(cond)
 
     def _text(self, leaf: Leaf) -> ColumnElement[bool]:
-        col = _TEXT_COLUMNS[leaf.field]
+        col, form = _TEXT_COLUMNS[leaf.field]
         present = and_(col.is_not(None), col != "")
         if leaf.op == "exists":
             return present if leaf.value else not_(present)
         if leaf.op == "in":
-            return and_(col.is_not(None), col.in_(leaf.value))
+            return and_(col.is_not(None), col.in_(sorted({form(v) for v in leaf.value})))
         if leaf.op == "ne":
-            return or_(col.is_(None), col != leaf.value)
-        return and_(col.is_not(None), col == leaf.value)
+            return or_(col.is_(None), col != form(leaf.value))
+        return and_(col.is_not(None), col == form(leaf.value))
 
     def _source(self, leaf: Leaf) -> ColumnElement[bool]:
         ps = profile_sources.c
@@ -132,14 +135,18 @@ class _Compiler:
             self.cutoffs.append((key, days))
             return bindparam(key, self.now - timedelta(days=days), type_=col.type)
 
+        def at_least(days: int) -> ColumnElement[bool]:
+            """d >= days; a moment after now (a client clock ahead) is 0 days ago."""
+            return true() if days == 0 else col <= cutoff(days)
+
         n = leaf.value
         within = {  # the moment lies in the window that makes "days since <op> n" true
-            "gte": col <= cutoff(n),
-            "gt": col <= cutoff(n + 1),
+            "gte": at_least(n),
+            "gt": at_least(n + 1),
             "lte": col > cutoff(n + 1),
-            "lt": col > cutoff(n),
-            "eq": and_(col > cutoff(n + 1), col <= cutoff(n)),
-            "ne": and_(col > cutoff(n + 1), col <= cutoff(n)),
+            "lt": false() if n == 0 else col > cutoff(n),
+            "eq": and_(col > cutoff(n + 1), at_least(n)),
+            "ne": and_(col > cutoff(n + 1), at_least(n)),
         }[leaf.op]
         matched = and_(col.is_not(None), within)
         return not_(matched) if leaf.op == "ne" else matched

@@ -19,11 +19,15 @@ from typing import Any
 
 from cdp.errors import FieldError, InvalidInput
 from cdp.labels import CATEGORY_MAX, TRAIT_NAME_RULE, normalise_category, trait_name
-from cdp.normalize import clean_text
+from cdp.normalize import clean_text, normalise_country
 
 MAX_DEPTH = 16
 MAX_NODES = 500
 MAX_LIST = 1000
+# The values of all `in` lists together: each is a parameter of the one SQL query, and
+# PostgreSQL takes at most 32,767. A part adds at most 8 parameters of its own (a trait's `in`
+# of every kind of value), so 500 parts and 20,000 values stay below ~24,500.
+MAX_VALUES = 20_000
 MAX_DAYS = 100_000
 TRAIT_PREFIX = "traits."  # and a name by cdp.labels.trait_name, the rule ingest applies
 
@@ -107,6 +111,7 @@ class _Parser:
         self.jurisdictions = jurisdictions
         self.errors: list[FieldError] = []
         self.nodes = 0
+        self.values = 0
 
     def node(self, raw: Any, path: str, depth: int) -> Condition | None:
         self.nodes += 1
@@ -131,10 +136,18 @@ class _Parser:
             return self._group(groups[0], raw[groups[0]], f"{path}.{groups[0]}", depth)
         if "field" in raw or "op" in raw:
             try:
-                return _leaf(raw, path, self.jurisdictions)
+                leaf = _leaf(raw, path, self.jurisdictions)
             except _Bad as bad:
                 self.errors.append(bad.error)
                 return None
+            if leaf.op == "in":
+                before, self.values = self.values, self.values + len(leaf.value)
+                if self.values > MAX_VALUES >= before:  # said once, at the part that crosses
+                    message = f"the rules' 'in' lists hold more than {MAX_VALUES} values in all"
+                    self.errors.append(FieldError(f"{path}.value", message))
+                if self.values > MAX_VALUES:
+                    return None
+            return leaf
         self.errors.append(
             FieldError(path, "a condition has 'all', 'any', 'not', or 'field' and 'op'")
         )
@@ -199,11 +212,11 @@ def _leaf(raw: dict[str, Any], path: str, jurisdictions: frozenset[str]) -> Leaf
 def _text(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
     if not isinstance(v, str):
         raise _Bad(path, "must be a string")
-    if field == "country":
-        code = v.strip().upper()
-        if len(code) != 2 or not code.isascii() or not code.isalpha():
-            raise _Bad(path, "must be an ISO 3166-1 alpha-2 code")
-        return code
+    if field == "country":  # the codes ingest stores: "UK" would select nobody, unsaid
+        try:
+            return normalise_country(v)
+        except InvalidInput as exc:
+            raise _Bad(path, exc.errors[0].message) from None
     if field == "jurisdiction":
         code = v.strip().upper()
         if code not in jurisdictions:

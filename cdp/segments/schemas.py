@@ -16,7 +16,12 @@ Rules = Annotated[
     Any,
     msgspec.Meta(
         description='A condition: {"all": [...]}, {"any": [...]}, {"not": {...}} or '
-        '{"field", "op", "value"}',
+        '{"field", "op", "value"}. Every condition is true or false: a customer without the '
+        "value does not satisfy eq, in, gt... and does satisfy ne and not. Country, "
+        "jurisdiction, city and categories compare in any case (city and categories also "
+        'in any spacing); trait comparisons are typed (5 is not "5"; gt... only numbers; '
+        "contains only strings, case-sensitive). At most 500 parts, 16 levels deep, 1000 "
+        "values per 'in' and 20,000 in all. See docs/segments.md.",
         examples=[{"all": [{"field": "country", "op": "eq", "value": "RU"}]}],
     ),
 ]

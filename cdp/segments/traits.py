@@ -5,6 +5,15 @@ it names: `eq "5"` does not match the number 5, `gt 3` never matches a string. P
 not promise the evaluation order of AND, so a numeric cast is guarded by CASE and never sees a
 string. Every predicate is definite (never SQL NULL), so `not` is a plain complement.
 
+Numbers compare by value, alike on both backends. SQLite compares a JSON integer (within 64
+bits) with a rule's number exactly and reads any other JSON number as a double. PostgreSQL
+reads the trait as `numeric`, not as a double, where 2^53 + 1 equals 2^53 (card and order
+numbers have 16 digits) and a trait of 10^400 overflowed, a 500 for the whole segment; a
+rule's fraction is bound as the decimal it is written as (`repr`, as JSON writes a trait's
+float), so a fraction equals a trait fraction exactly when they are the same double. Each
+number of a rule is bound with its own type: one `in` list bound as the type of its first
+value read 7.5 as 7 on PostgreSQL (and 1e300 failed).
+
 The trait's name reaches the database as a bound parameter, never as SQL text: PostgreSQL's
 `->`/`->>` take it as a key as it is, SQLite's json_extract as a quoted JSON path label, in
 which '.', ' ' and '[' are plain characters (`$."loyalty tier"`). See sqlite_json_path for
@@ -14,9 +23,10 @@ names beyond ASCII.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, String, case, false, func, literal, not_, or_
+from sqlalchemy import BigInteger, Float, Numeric, String, case, false, func, literal, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import profiles
@@ -60,8 +70,16 @@ class TraitSQL:
 
     def number(self) -> ColumnElement[float]:
         if self.postgres:  # never cast a string
-            return case((self.is_number(), self._text.cast(Float())), else_=None)
+            return case((self.is_number(), self._text.cast(Numeric())), else_=None)
         return self._text
+
+    def bound(self, value: float) -> ColumnElement[Any]:
+        """A rule's number as a parameter of its own type (bool is no number here)."""
+        if not isinstance(value, float):
+            return literal(value, BigInteger())
+        if self.postgres:  # numeric with numeric: never a double that overflows
+            return literal(Decimal(repr(value)), Numeric())
+        return literal(value, Float())
 
     def is_bool(self, value: bool) -> ColumnElement[bool]:
         if self.postgres:
@@ -76,7 +94,7 @@ class TraitSQL:
             return definite(self.is_bool(value))
         if isinstance(value, str):
             return definite(self.is_string() & (self._text == value))
-        return definite(self.is_number() & (self.number() == value))
+        return definite(self.is_number() & (self.number() == self.bound(value)))
 
     def one_of(self, values: tuple[Any, ...]) -> ColumnElement[bool]:
         strings = [v for v in values if isinstance(v, str)]
@@ -84,13 +102,16 @@ class TraitSQL:
         preds = [self.is_bool(v) for v in dict.fromkeys(v for v in values if isinstance(v, bool))]
         if strings:
             preds.append(self.is_string() & self._text.in_(strings))
-        if numbers:
-            preds.append(self.is_number() & self.number().in_(numbers))
+        wholes = [self.bound(v) for v in numbers if isinstance(v, int)]
+        fractions = [self.bound(v) for v in numbers if isinstance(v, float)]
+        for group in (wholes, fractions):  # one type per list: PostgreSQL unifies a list's types
+            if group:
+                preds.append(self.is_number() & self.number().in_(group))
         return definite(or_(*preds))
 
     def compare(self, op: str, value: float) -> ColumnElement[bool]:
-        n = self.number()
-        cmp = {"gt": n > value, "gte": n >= value, "lt": n < value, "lte": n <= value}[op]
+        n, v = self.number(), self.bound(value)
+        cmp = {"gt": n > v, "gte": n >= v, "lt": n < v, "lte": n <= v}[op]
         return definite(self.is_number() & cmp)
 
     def contains(self, text: str) -> ColumnElement[bool]:

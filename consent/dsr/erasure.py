@@ -260,6 +260,7 @@ async def erase_customer(
                 status="erased",
                 traits={},
                 city=None,
+                city_key=None,
                 country=None,
                 updated_at=now,
                 **dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
