@@ -48,6 +48,8 @@ profiles = Table(
     Column("postcode", LargeBinary),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # when each value was given, where not at updated_at (cdp.profiles.freshness)
+    Column("field_times", JSON, nullable=True),
     Index("ix_profiles_status_created", "status", "created_at"),
     # Only merged profiles (few): with every row in it, SQLite's statistics said a key matches
     # a thousand rows, and it scanned the table for `merged_into IN (...)` (migration 0005).

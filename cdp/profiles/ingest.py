@@ -26,7 +26,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -41,6 +41,7 @@ from cdp.errors import FieldError
 from cdp.ids import new_id, utcnow
 from cdp.matching.tables import merge_reviews
 from cdp.platform import Platform
+from cdp.profiles.freshness import pinned, present
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.identity import IdentityKey, record_keys
 from cdp.profiles.locks import lock_profiles
@@ -78,6 +79,8 @@ class _Working:
     city: str | None
     traits: dict[str, Any]
     enc: dict[str, bytes | None]
+    at: datetime | None = None  # when its values not in field_times were given
+    field_times: dict[str, str] | None = None  # (cdp.profiles.freshness)
     touched: bool = False
 
 
@@ -195,6 +198,8 @@ async def ingest(
                 city=r.city,
                 traits=dict(r.traits or {}),
                 enc={f: getattr(r, f) for f in ENCRYPTED_PROFILE_FIELDS},
+                at=r.updated_at,
+                field_times=r.field_times,
             )
         else:
             pid = group.profile_id
@@ -205,7 +210,7 @@ async def ingest(
                 id=pid,
                 is_new=True,
                 cipher=cipher,
-                created_at=now,
+                created_at=_tick(now, batch_records[0]),
                 jurisdiction=first.jurisdiction or p.policy.default_jurisdiction,
                 country=None,
                 city=None,
@@ -234,7 +239,7 @@ async def ingest(
                         step.anchor,
                     )
                 )
-            _apply(w, rec)
+            _apply(w, rec, _tick(now, i))
             sources.add((w.id, rec.source))
             outcomes[i] = Outcome(
                 profile_id=w.id,
@@ -248,7 +253,7 @@ async def ingest(
 
     for w in working.values():
         if w.is_new:
-            rows_out.profiles.append(_profile_row(w, now))
+            rows_out.profiles.append(_profile_row(w))
     if alone:
         _create_alone(p, records, keys, sealed, alone, rows_out, outcomes, now)
     changed = [w for w in working.values() if not w.is_new and w.touched]
@@ -387,12 +392,26 @@ async def _queue_review(
     return review_id
 
 
-def _apply(w: _Working, rec: Record) -> None:
+def _tick(now: datetime, index: int) -> datetime:
+    """The time of the batch's record `index`: a microsecond after the one before, so that
+    the values of a batch's records are ordered as those of single requests would be (the
+    latest wins a later merge) and so are the profiles they start (the oldest survives it)."""
+    return now + timedelta(microseconds=index)
+
+
+def _apply(w: _Working, rec: Record, at: datetime) -> None:
     """Latest non-empty value wins; traits merge key by key. A record that carries only
-    identifiers leaves the profile (and its updated_at) as it was: updated_at says how fresh
-    the profile's values are, which decides a later merge (cdp.profiles.merge)."""
+    identifiers leaves the profile (and its updated_at) as it was: updated_at and field_times
+    say when each value was given (`at`), which decides a later merge (cdp.profiles.freshness)."""
     if not (rec.fields or rec.jurisdiction or rec.country or rec.city or rec.traits):
         return
+    if w.at is not None and w.at != at:  # the values held keep their time
+        held = present({**w.enc, "country": w.country, "city": w.city}, w.traits)
+        w.field_times = pinned(w.field_times, w.at, held) or None
+    w.at = at
+    if w.field_times:  # the values the record gives are from `at`
+        given = present({**rec.fields, "country": rec.country, "city": rec.city}, rec.traits)
+        w.field_times = {n: t for n, t in w.field_times.items() if n not in given} or None
     for name, value in rec.fields.items():
         w.enc[name] = w.cipher.encrypt(f"profiles.{name}", value)
     if rec.jurisdiction:
@@ -419,6 +438,7 @@ PROFILE_COLUMNS = (
     *ENCRYPTED_PROFILE_FIELDS,
     "created_at",
     "updated_at",
+    "field_times",
 )
 IDENTITY_COLUMNS = (
     "id",
@@ -446,7 +466,7 @@ class _Rows:
     sources: set[tuple[uuid.UUID, str]] = field(default_factory=set)  # (profile id, source)
 
 
-def _profile_row(w: _Working, now: datetime) -> tuple:
+def _profile_row(w: _Working) -> tuple:
     return (
         w.id,
         "active",
@@ -458,7 +478,8 @@ def _profile_row(w: _Working, now: datetime) -> tuple:
         w.cipher.key_id,
         *[w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS],
         w.created_at,
-        now,
+        w.at or w.created_at,
+        w.field_times,
     )
 
 
@@ -529,8 +550,9 @@ def _create_alone(
                 dict(rec.traits),
                 key_id,
                 *[enc.get(f) for f in ENCRYPTED_PROFILE_FIELDS],
-                now,
-                now,
+                _tick(now, i),
+                _tick(now, i),
+                None,
             )
         )
         for k, iid, value in zip(ks, iids, values, strict=True):
@@ -577,6 +599,7 @@ async def _write(
                 country=bindparam("c"),
                 city=bindparam("ci"),
                 traits=bindparam("tr"),
+                field_times=bindparam("ft"),
                 updated_at=bindparam("u"),
                 **{f: bindparam(f"e_{f}") for f in ENCRYPTED_PROFILE_FIELDS},
             )
@@ -590,7 +613,8 @@ async def _write(
                     "c": w.country,
                     "ci": w.city,
                     "tr": w.traits,
-                    "u": now,
+                    "ft": w.field_times,
+                    "u": w.at,
                     **{f"e_{f}": w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS},
                 }
                 for w in changed

@@ -32,6 +32,7 @@ from cdp import stats
 from cdp.crypto.fields import FieldCipher
 from cdp.db.engine import lock_keys
 from cdp.db.tables import (
+    ENCRYPTED_PROFILE_FIELDS,
     events,
     identities,
     merges,
@@ -43,6 +44,7 @@ from cdp.errors import Conflict, Gone, NotFound
 from cdp.ids import utcnow
 from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
+from cdp.profiles.freshness import PLAIN_FIELDS, pinned, present, trait_key
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
@@ -274,6 +276,7 @@ async def _restore_fields(
             country=a_state.country,
             city=a_state.city,
             jurisdiction=a_state.jurisdiction,
+            field_times=a_state.times or None,
             updated_at=now,
             **{
                 name: None if value is None else a_cipher.encrypt(f"profiles.{name}", value)
@@ -283,12 +286,16 @@ async def _restore_fields(
     )
     h_row = (await conn.execute(select(profiles).where(profiles.c.id == holder))).one()
     values: dict[str, Any] = {}
+    restored: dict[str, bool] = {}  # timed names put back: whether they hold a value again
     for name, (before, after) in s_state.fields.items():
         if h_cipher.decrypt(f"profiles.{name}", getattr(h_row, name)) == after:
             values[name] = None if before is None else h_cipher.encrypt(f"profiles.{name}", before)
+            restored[name] = before is not None
     for name, (before, after) in s_state.plain.items():
         if getattr(h_row, name) == after:
             values[name] = before
+            if name in PLAIN_FIELDS:
+                restored[name] = before is not None
     before_traits, after_traits = s_state.traits
     traits = dict(h_row.traits or {})
     for key in set(before_traits) | set(after_traits):
@@ -299,9 +306,21 @@ async def _restore_fields(
                 traits.pop(key, None)
             else:
                 traits[key] = old
+            restored[trait_key(key)] = old is not _MISSING
     if traits != (h_row.traits or {}):
         values["traits"] = traits
     if values:
+        # updated_at becomes now: the values kept keep their times, those put back theirs
+        held = present(
+            {n: getattr(h_row, n) for n in (*ENCRYPTED_PROFILE_FIELDS, *PLAIN_FIELDS)},
+            h_row.traits or {},
+        )
+        times = pinned(h_row.field_times, h_row.updated_at, held)
+        for name, back in restored.items():
+            times.pop(name, None)
+            if back:
+                times[name] = s_state.times.get(name) or now.isoformat()
+        values["field_times"] = times or None
         values["updated_at"] = now
         await conn.execute(update(profiles).where(profiles.c.id == holder).values(**values))
 

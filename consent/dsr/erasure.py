@@ -257,6 +257,7 @@ async def erase_customer(
             .values(
                 status="erased",
                 traits={},
+                field_times=None,
                 city=None,
                 country=None,
                 updated_at=now,
