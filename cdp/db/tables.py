@@ -130,6 +130,9 @@ events = Table(
     Column("category", String(120)),
     Column("properties", LargeBinary),  # ciphertext: free-form properties may hold personal data
     Column("key_id", Integer),
+    # the identity that named the event (an unmerge gives the event to the side that has it);
+    # None where a profile id named it
+    Column("identity_id", Uuid, nullable=True),
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
 )
 

@@ -7,8 +7,9 @@ the profile that holds the merge's survivor today (the holder) back into two:
 - identities: those the absorbed profile brought, and any later identity linked through one of
   them (`identities.linked_via`), go back to it, re-encrypted under its key; consent on their
   addresses follows them (it belongs to the address);
-- events the merge moved go back (events recorded after the merge stay: an event does not
-  record which identifier named it); stats and categories of both are recomputed from events;
+- events the merge moved go back, and so do events recorded since that an identity going
+  back named (`events.identity_id`; an event named by a profile id stays with the holder);
+  stats and categories of both are recomputed from events;
 - the absorbed profile's fields, traits, sources, categories and profile-keyed (push, messenger)
   consent states come back from the snapshot; the survivor's values the merge overwrote are
   put back where nothing changed them since. A withdrawal recorded on the merged profile after
@@ -120,7 +121,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     )
 
     moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
-    await _move_events(conn, holder, a_id, a_state.event_ids, h_cipher, a_cipher)
+    event_ids = await _events_named_by(conn, holder, [r.id for r in moved])
+    event_ids = sorted(set(a_state.event_ids) | set(event_ids))
+    await _move_events(conn, holder, a_id, event_ids, h_cipher, a_cipher)
     for pid in (holder, a_id):
         await stats.recompute(conn, pid, p.policy.stats_currency)
     await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
@@ -189,6 +192,22 @@ async def _move_identities(
                 .values(profile_id=a_id)
             )
     return moved
+
+
+async def _events_named_by(
+    conn: AsyncConnection, holder: uuid.UUID, identity_ids: list[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The holder's events named by one of these identities (recorded after the merge: they
+    go back with the identity that named them)."""
+    ec = events.c
+    out: list[uuid.UUID] = []
+    for start in range(0, len(identity_ids), 500):
+        chunk = identity_ids[start : start + 500]
+        rows = await conn.execute(
+            select(ec.id).where(ec.profile_id == holder, ec.identity_id.in_(chunk))
+        )
+        out.extend(eid for (eid,) in rows)
+    return out
 
 
 async def _move_events(
