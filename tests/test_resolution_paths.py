@@ -9,10 +9,13 @@ has the first name and city given last (latest non-empty value wins), however it
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import random
 
+import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import example as case
 from hypothesis import strategies as st
@@ -142,9 +145,20 @@ async def imported(platform, path, records, ns, fmt):  # type: ignore[no-untyped
     assert summary.rejected_rows == 0, summary
 
 
+GUARDS = {
+    "the policy's": {},
+    # a profile holds one identifier of a kind, and a record merges two profiles at most
+    "tight": {"max_identities_per_kind": 1, "max_profiles_per_merge": 2},
+}
+
+
+@pytest.mark.parametrize("guards", list(GUARDS))
 async def test_the_same_records_make_the_same_profiles_whichever_way_they_arrive(
-    platform, client, keys, tmp_path, monkeypatch
+    platform, client, keys, tmp_path, monkeypatch, guards
 ):
+    identity = msgspec.structs.replace(platform.policy.identity, **GUARDS[guards])
+    monkeypatch.setattr(platform, "policy", dataclasses.replace(platform.policy, identity=identity))
+
     def test(run) -> None:  # type: ignore[no-untyped-def]
         @SETTINGS
         @given(
