@@ -24,7 +24,6 @@ from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.normalize import normalise_country
 from cdp.platform import Platform
-from cdp.profiles.guards import junk_reason
 from cdp.profiles.identifiers import parse_identifier
 from cdp.profiles.locks import lock_profile
 from cdp.profiles.schemas import EventIn
@@ -83,10 +82,6 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
         external_id=body.external_id,
         country=body.country,
     )
-    if ident.value is not None and (
-        reason := junk_reason(ident.kind, ident.value, p.policy.identity)
-    ):  # it never names a customer: each such event made a profile nobody could find
-        raise InvalidInput.field(ident.kind, reason)
     async with p.db.write() as conn:
         await lock_keys(
             conn, [f"event|{body.source}|{body.event_id}", *([ident.bidx] if ident.bidx else [])]

@@ -156,35 +156,3 @@ async def test_an_event_naming_no_country_is_400_and_creates_no_customer(client,
     assert r.status_code == 201, r.text
     view = await client.get(f"/v1/profiles/{r.json()['profile_id']}", headers=keys["admin"])
     assert (view.json()["country"], view.json()["jurisdiction"]) == ("KZ", "RU")
-
-
-async def test_an_event_naming_a_placeholder_is_400_and_creates_no_customer(client, keys, platform):
-    """A placeholder address or number never links (the merge guards), so an event naming one
-    made a new profile without an identifier each time: purchases of `test@test.com` became as
-    many customers nobody could look up. It is refused naming the field, with the reason."""
-    from cdp.db.tables import events, profiles
-    from tests.helpers import count
-
-    for n, who in enumerate(
-        [
-            {"email": "test@test.com"},
-            {"email": "NoEmail@shop.ru"},
-            {"phone": "+7 999 999-99-99"},
-            {"external_id": "N/A"},
-        ]
-    ):
-        body = {
-            "source": "shop",
-            "event_id": f"p-{n}",
-            "type": "purchase",
-            "occurred_at": "2026-11-01T12:00:00Z",
-            "amount": "10.00",
-            "currency": "RUB",
-            **who,
-        }
-        r = await client.post("/v1/events", json=body, headers=keys["ingest"])
-        assert r.status_code == 400, r.text
-        assert [e["field"] for e in r.json()["errors"]] == list(who)
-        assert "placeholder" in r.json()["errors"][0]["message"]
-    assert await count(platform, profiles) == 0
-    assert await count(platform, events) == 0
