@@ -18,10 +18,11 @@ from sqlalchemy import insert, select
 
 from cdp import stats
 from cdp.db.engine import lock_keys
-from cdp.db.tables import events
+from cdp.db.tables import events, identities
 from cdp.errors import InvalidInput
 from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
+from cdp.normalize import normalise_country
 from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
 from cdp.profiles.locks import lock_profile
@@ -53,6 +54,8 @@ def normalised(body: EventIn) -> EventIn:
 def check_event(body: EventIn) -> None:
     if (problem := time_problem(body.occurred_at)) is not None:  # a purchase "in 2099"...
         raise InvalidInput.field("occurred_at", problem)
+    if body.country is not None and body.country.strip():
+        normalise_country(body.country)  # the country of a customer it may create: 400 if none
     if body.type in stats.MONEY_EVENTS:
         if body.amount is None:
             raise InvalidInput.field("amount", f"required for a {body.type} event")
@@ -97,6 +100,11 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
             conn, p, ident, source=body.source, actor=actor, country=body.country
         )
         pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
+        identity_id = None
+        if ident.bidx is not None:  # which of the customer's identifiers named it
+            identity_id = (
+                await conn.execute(select(identities.c.id).where(identities.c.bidx == ident.bidx))
+            ).scalar()
         props = None
         key_id = None
         if body.properties:
@@ -117,6 +125,7 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
                 category=body.category,
                 properties=props,
                 key_id=key_id,
+                identity_id=identity_id,
             )
         )
         change = stats.change(body.type, body.amount, body.currency, currency)

@@ -128,3 +128,31 @@ async def test_an_unmerge_recomputes_stats_by_the_same_rule(client, keys):
     assert split.status_code == 200, split.text
     s = await stats(client, keys)
     assert (s["orders_count"], s["total_spent"]) == (2, "1000.00")  # the euros stay out
+
+
+async def test_an_event_naming_no_country_is_400_and_creates_no_customer(client, keys, platform):
+    """An event for an unknown customer creates the profile, with the event's country: one
+    that names no country (ZZ, UK for GB, 1A) is refused naming the field, as a record's is.
+    It used to make a profile of country "ZZ" under the default jurisdiction's law."""
+    from cdp.db.tables import events, profiles
+    from tests.helpers import count
+
+    for country in ("ZZ", "uk", "1A"):
+        body = {
+            "source": "shop",
+            "event_id": f"c-{country}",
+            "type": "page_view",
+            "occurred_at": "2026-11-01T12:00:00Z",
+            "email": f"new.{country}@example.com",
+            "country": country,
+        }
+        r = await client.post("/v1/events", json=body, headers=keys["ingest"])
+        assert r.status_code == 400, r.text
+        assert [e["field"] for e in r.json()["errors"]] == ["country"]
+    assert await count(platform, profiles) == 0
+    assert await count(platform, events) == 0
+    ok = {**body, "event_id": "c-kz", "country": "kz"}
+    r = await client.post("/v1/events", json=ok, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    view = await client.get(f"/v1/profiles/{r.json()['profile_id']}", headers=keys["admin"])
+    assert (view.json()["country"], view.json()["jurisdiction"]) == ("KZ", "RU")

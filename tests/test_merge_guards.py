@@ -164,41 +164,77 @@ async def test_a_profile_holds_at_most_the_cap_of_identifiers_per_kind(client, k
 
 
 async def test_a_merge_of_too_many_profiles_is_refused_and_queued(client, keys, platform):
-    ids = []
-    for n in range(4):
-        ids.append(
-            (await post(client, keys, source="crm", email=f"p{n}@example.com"))["profile_id"]
-        )
+    """The limit is on what one record links (policy.toml: "a record linking more existing
+    profiles than this"), in a batch as in single requests."""
+    with_guards(platform, max_profiles_per_merge=2)
+    ids = [
+        (await post(client, keys, source="crm", email="p0@example.com"))["profile_id"],
+        (await post(client, keys, source="crm", phone="+7 916 555-44-33"))["profile_id"],
+        (await post(client, keys, source="erp", external_id="E-7"))["profile_id"],
+    ]
+    three = {"email": "p0@example.com", "phone": "+7 916 555-44-33", "external_id": "E-7"}
+    phone_only = {"source": "crm", "phone": "+7 916 555-44-33", "first_name": "Bob"}
     batch = await client.post(
         "/v1/profiles/batch",
-        json={
-            "records": [
-                {"source": "shop", "email": f"p{n}@example.com", "phone": "+7 916 555-44-33"}
-                for n in range(4)
-            ]
-        },
+        json={"records": [{"source": "erp", **three}, phone_only]},
         headers=keys["ingest"],
     )
     assert batch.status_code == 200, batch.text
     results = batch.json()["results"]
-    # Stored, in the oldest profile, and nothing was merged.
-    assert {r["profile_id"] for r in results} == {ids[0]}
+    # Stored in the profile its own external id names, and nothing was merged; the next
+    # record, naming only the second customer, is that customer's (it used to be stored with
+    # the first record, its phone not kept).
+    assert [r["profile_id"] for r in results] == [ids[2], ids[1]]
     assert all(r["merged_profile_ids"] == [] for r in results)
-    assert [e["field"] for e in results[1]["ignored"]] == ["email"]
+    assert [e["field"] for e in results[0]["ignored"]] == ["email", "phone"]
+    assert "ignored" not in results[1]
     assert await count(platform, merges) == 0
-    for pid in ids[1:]:
+    for pid in ids:
         assert (await read(client, keys, pid))["profile_id"] == pid  # still their own
-    oldest = await read(client, keys, ids[0])
-    assert {i["value"] for i in oldest["identities"]} == {"p0@example.com", "+79165554433"}
+    assert (await read(client, keys, ids[1]))["first_name"] == "Bob"
 
     listed = await client.get("/v1/merge-reviews", headers=keys["admin"])
     assert listed.status_code == 200
     (review,) = listed.json()["items"]
-    assert review["reason"] == {"code": "too_many_profiles", "profiles": 4, "limit": 3}
-    assert review["profile_ids"] == ids and review["attached_to"] == ids[0]
-    assert review["status"] == "open" and review["source"] == "shop"
+    assert review["reason"] == {"code": "too_many_profiles", "profiles": 3, "limit": 2}
+    assert review["profile_ids"] == [ids[2], ids[0], ids[1]] and review["attached_to"] == ids[2]
+    assert review["status"] == "open" and review["source"] == "erp"
     forbidden = await client.get("/v1/merge-reviews", headers=keys["marketing"])
     assert forbidden.status_code == 403
+
+
+async def test_a_batch_merges_profiles_as_its_records_would_one_after_another(client, keys):
+    """Four customers, and four records each linking one of them to one new phone: one request
+    each merges them two at a time (no record links more than two profiles), and so does one
+    batch of the four. The batch used to count every profile its records connected as one
+    merge, and refused it as a merge of four; a chunk of `cdp import` did the same, so the
+    customers a file made depended on where its chunks began."""
+    for way in ("one by one", "batch"):
+        ids = [
+            (await post(client, keys, source="crm", email=f"p{n}.{way[0]}@example.com"))[
+                "profile_id"
+            ]
+            for n in range(4)
+        ]
+        phone = "+7 916 555-44-3" + ("3" if way == "batch" else "4")
+        links = [
+            {"source": "shop", "email": f"p{n}.{way[0]}@example.com", "phone": phone}
+            for n in range(4)
+        ]
+        if way == "batch":
+            r = await client.post(
+                "/v1/profiles/batch", json={"records": links}, headers=keys["ingest"]
+            )
+            assert r.status_code == 200, r.text
+            results = r.json()["results"]
+        else:
+            results = [await post(client, keys, **body) for body in links]
+        assert {r["profile_id"] for r in results} == {ids[0]}, way
+        assert [r["merged_profile_ids"] for r in results] == [[], *([x] for x in ids[1:])], way
+        assert all("ignored" not in r for r in results), way
+        for pid in ids:
+            assert (await read(client, keys, pid))["profile_id"] == ids[0]
+    assert (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"] == []
 
 
 async def test_profiles_with_different_external_ids_of_one_source_are_not_merged(
@@ -269,3 +305,25 @@ async def test_the_merge_size_limit_comes_from_the_policy(client, keys, platform
     )
     assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
     assert await count(platform, merges) == 0
+
+
+async def test_two_customers_of_one_shop_meeting_in_one_batch_are_not_merged(client, keys):
+    """The shop's customers C-1 and C-2, then a record carrying the email of one and the phone
+    of the other: one request each refuses the merge and queues it for review, and so must a
+    batch (or a chunk of `cdp import`) holding the three, which used to make them one profile."""
+    records = [
+        {"source": "crm", "external_id": "C-1", "email": "olga@example.com"},
+        {"source": "crm", "external_id": "C-2", "phone": "+7 916 111-22-33"},
+        {"source": "shop", "email": "olga@example.com", "phone": "+7 916 111-22-33"},
+    ]
+    r = await client.post("/v1/profiles/batch", json={"records": records}, headers=keys["ingest"])
+    assert r.status_code == 200, r.text
+    first, other, linked = r.json()["results"]
+    assert first["created"] and other["created"]
+    assert first["profile_id"] != other["profile_id"]
+    assert linked["profile_id"] == first["profile_id"] and linked["merged_profile_ids"] == []
+    assert [e["field"] for e in linked["ignored"]] == ["phone"]
+    (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
+    assert review["reason"]["code"] == "conflicting_external_ids"
+    assert review["profile_ids"] == [first["profile_id"], other["profile_id"]]
+    assert review["review_id"] == linked["review_id"]

@@ -477,3 +477,40 @@ async def test_a_birth_date_in_the_future_or_before_1900_is_400(client, keys, pl
     record = {"source": "crm", "email": "born@example.com", "birth_date": "1900-01-01"}
     r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
     assert r.status_code == 201
+
+
+async def test_a_national_number_uses_the_country_else_the_default_jurisdictions_region(
+    client, keys
+):
+    """API.md: a national number uses the record's country, else the default jurisdiction's
+    region, as everywhere a phone names a customer (lookups, events, consents, opt-outs). A
+    record naming only its jurisdiction ("EU") read 8 916 123-45-67 in Germany's plan
+    (+49 89 161234567, a Munich number), so an event or an opt-out naming the same number
+    reached another customer, or none."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "phone": "8 916 123-45-67", "jurisdiction": "EU"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    pid = r.json()["profile_id"]
+    found = await client.get("/v1/profiles?phone=%2B79161234567", headers=keys["admin"])
+    assert found.status_code == 200 and found.json()["profile_id"] == pid
+    event = {
+        "source": "shop",
+        "event_id": "n-1",
+        "type": "page_view",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "phone": "8 916 123-45-67",
+    }
+    r = await client.post("/v1/events", json=event, headers=keys["ingest"])
+    assert r.status_code == 201 and r.json()["profile_id"] == pid, r.text
+    # with its country, the record's own plan
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "phone": "030 1234567", "country": "DE"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    found = await client.get("/v1/profiles?phone=%2B49301234567", headers=keys["admin"])
+    assert found.status_code == 200

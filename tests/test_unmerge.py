@@ -147,6 +147,46 @@ async def test_identifiers_linked_after_the_merge_follow_their_evidence(client, 
     assert found.json()["profile_id"] == other
 
 
+async def test_events_after_the_merge_follow_the_identifier_that_named_them(client, keys):
+    """After a wrong merge, the shop customer buys again, named by their phone (and by an
+    email a later record linked through it); the other customer buys by email; an event
+    named by the profile id stays with the profile that kept the id. The unmerge gives each
+    side its purchases and stats: the shop customer's used to stay with Anna (an event did
+    not record which identifier named it), in her stats and segments."""
+    anna, other = await two_customers(client, keys)
+    before = {pid: (await view(client, keys, pid))["stats"] for pid in (anna, other)}
+    await post(client, keys, "/v1/profiles", WRONG_LINK)
+    await post(
+        client, keys, "/v1/profiles", {"source": "app", "phone": "+79161234567", "email": "p@x.ru"}
+    )
+    await event(client, keys, 4, "purchase", "70.00", "hats", phone="+79161234567")
+    await event(client, keys, 5, "purchase", "5.00", "toys", email="p@x.ru")
+    await event(client, keys, 6, "purchase", "20.00", "socks", email="anna@example.com")
+    await event(client, keys, 7, "page_view", None, profile_id=anna)
+    merged = (await view(client, keys, anna))["stats"]
+    assert (merged["orders_count"], merged["total_spent"]) == (5, "235.00")
+
+    r = await client.post(f"/v1/profiles/{anna}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    theirs = (await view(client, keys, other))["stats"]
+    assert (theirs["orders_count"], theirs["total_spent"]) == (3, "115.00")
+    assert theirs["categories"] == ["bags", "hats", "toys"]
+    assert theirs["first_order_at"] == before[other]["first_order_at"]
+    assert theirs["last_order_at"] == "2026-10-15T12:00:00Z"
+    hers = (await view(client, keys, anna))["stats"]
+    assert (hers["orders_count"], hers["total_spent"]) == (2, "120.00")
+    assert hers["categories"] == ["shoes", "socks"]
+
+    # the events as an access request lists them
+    async def event_ids(email):  # type: ignore[no-untyped-def]
+        r = await client.post("/v1/access-requests", json={"email": email}, headers=keys["admin"])
+        assert r.status_code == 200, r.text
+        return sorted(e["event_id"] for e in r.json()["events"])
+
+    assert await event_ids("anna@example.com") == ["ord-1", "ord-6", "ord-7"]
+    assert await event_ids("p@x.ru") == ["ord-2", "ord-3", "ord-4", "ord-5"]
+
+
 async def test_unmerge_answers_404_409_and_403(client, keys):
     unknown = await client.post(
         "/v1/profiles/0190aaaa-0000-7000-8000-000000000000/unmerge", headers=keys["admin"]

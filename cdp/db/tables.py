@@ -51,6 +51,8 @@ profiles = Table(
     Column("postcode", LargeBinary),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # when each value was given, where not at updated_at (cdp.profiles.freshness)
+    Column("field_times", JSON, nullable=True),
     Index("ix_profiles_status_created", "status", "created_at"),
     # Only merged profiles (few): with every row in it, SQLite's statistics said a key matches
     # a thousand rows, and it scanned the table for `merged_into IN (...)` (migration 0005).
@@ -131,6 +133,9 @@ events = Table(
     Column("category", String(120)),
     Column("properties", LargeBinary),  # ciphertext: free-form properties may hold personal data
     Column("key_id", Integer),
+    # the identity that named the event (an unmerge gives the event to the side that has it);
+    # None where a profile id named it
+    Column("identity_id", Uuid, nullable=True),
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
 )
 

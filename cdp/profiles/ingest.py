@@ -1,17 +1,19 @@
 """Deterministic identity resolution and upsert, batch first.
 
-A batch of normalised records is resolved in one pass: one lookup of every blind index, a
-union-find over records and the profiles they hit, then bulk writes. Records that share an
-identifier join one profile; a record that links several profiles merges them into the oldest.
-The single-record API is a batch of one, so there is one code path.
+A batch of normalised records is resolved in one pass: one lookup of every blind index, the
+records resolved one after another in memory (cdp.profiles.resolution: as many single requests
+would be), then bulk writes. Records that share an identifier join one profile; a record that
+links several profiles merges them into the oldest. The single-record API is a batch of one, so
+there is one code path.
 
 Merge guards (policy `[identity]`): placeholder identifiers never link (they are dropped before
 resolution, see cdp.profiles.guards); a profile holds at most `max_identities_per_kind`
 identifiers of a kind (more are reported in `ignored`, not linked); a merge that would join more
 than `max_profiles_per_merge` profiles, two profiles holding external ids of the same source
 (necessarily different values), or more identifiers of a kind than the cap, is refused and
-queued in `merge_reviews` with its reason. The records are still stored: in the oldest matched
-profile, without the identifiers that belong to the other profiles. The guards cost one grouped
+queued in `merge_reviews` with its reason. The record is still stored: in the profile its own
+external id names, else the oldest it matched, without the identifiers that belong to the other
+profiles. The guards cost one grouped
 query per batch, only for batches that merge or add identifiers to existing profiles.
 
 Every new identity records its provenance (`link_rule`, `linked_via`: the identity the record
@@ -24,7 +26,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -40,20 +42,17 @@ from cdp.ids import new_id, utcnow
 from cdp.labels import city_key
 from cdp.matching.tables import merge_reviews
 from cdp.platform import Platform
+from cdp.profiles.freshness import pinned, present
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.identity import IdentityKey, record_keys
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import merge_profiles
 from cdp.profiles.records import Record
+from cdp.profiles.resolution import REFUSED_MESSAGE, Group, Step, resolve
 from cdp.profiles.sealing import Sealed
 from consent.policy import IdentityGuards
 
 log = structlog.get_logger(__name__)
-
-CAP_MESSAGE = "the profile holds the most identifiers of this kind the policy allows; not linked"
-REFUSED_MESSAGE = (
-    "belongs to another profile; the merge guards refused to merge them (queued for review)"
-)
 
 
 @dataclass(slots=True)
@@ -81,28 +80,9 @@ class _Working:
     city: str | None
     traits: dict[str, Any]
     enc: dict[str, bytes | None]
+    at: datetime | None = None  # when its values not in field_times were given
+    field_times: dict[str, str] | None = None  # (cdp.profiles.freshness)
     touched: bool = False
-    known: dict[bytes, uuid.UUID | None] = field(default_factory=dict)  # bidx -> identity id
-    counts: dict[str, int] = field(default_factory=dict)  # identities per kind
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[Any, Any] = {}
-
-    def find(self, x: Any) -> Any:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: Any, b: Any) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
 
 
 @dataclass(slots=True)
@@ -116,30 +96,6 @@ class _Holdings:
 def usable_keys(keys: list[IdentityKey], guards: IdentityGuards) -> list[IdentityKey]:
     """Drop placeholder identifiers (a second line behind cdp.profiles.records)."""
     return [k for k in keys if junk_reason(k.kind, k.value, guards) is None]
-
-
-def refusal(
-    found: list[uuid.UUID], held: _Holdings, guards: IdentityGuards
-) -> dict[str, Any] | None:
-    """Why merging `found` must wait for review, or None when it may go ahead."""
-    limit = max(2, guards.max_profiles_per_merge)
-    if len(found) > limit:
-        return {"code": "too_many_profiles", "profiles": len(found), "limit": limit}
-    seen: dict[str, int] = defaultdict(int)
-    for pid in found:
-        for source in held.ext_sources.get(pid, ()):
-            seen[source] += 1
-    shared = sorted(s for s, n in seen.items() if n > 1)
-    if shared:
-        return {"code": "conflicting_external_ids", "sources": shared, "profiles": len(found)}
-    totals: dict[str, int] = defaultdict(int)
-    for pid in found:
-        for kind, n in held.counts.get(pid, {}).items():
-            totals[kind] += n
-    over = sorted(k for k, n in totals.items() if n > guards.max_identities_per_kind)
-    if over:
-        return {"code": "identity_cap", "kinds": over, "limit": guards.max_identities_per_kind}
-    return None
 
 
 async def ingest(
@@ -164,21 +120,6 @@ async def ingest(
         by_profile[pid][bidx] = iid
     alone, linked = _split(keys, existing, guards)
 
-    uf = _UnionFind()
-    for i in linked:
-        uf.find(("r", i))
-        for k in keys[i]:
-            uf.union(("r", i), ("k", k.bidx))
-            if k.bidx in existing:
-                uf.union(("r", i), ("p", existing[k.bidx][0]))
-
-    components: dict[Any, list[int]] = {}
-    comp_profiles: dict[Any, set[uuid.UUID]] = {}
-    for i in linked:
-        components.setdefault(uf.find(("r", i)), []).append(i)
-    for pid in by_profile:
-        comp_profiles.setdefault(uf.find(("p", pid)), set()).add(pid)
-
     # Load every existing profile touched by this batch.
     hit = sorted(by_profile)
     rows: dict[uuid.UUID, Any] = {}
@@ -188,61 +129,60 @@ async def ingest(
         )
         rows.update({r.id: r for r in result})
     ciphers = await p.keys.ciphers(conn, hit)
-
-    plans: list[tuple[list[int], list[uuid.UUID]]] = []
-    checked: set[uuid.UUID] = set()
-    for root, members in sorted(components.items(), key=lambda kv: kv[1][0]):
-        found = sorted(comp_profiles.get(root, ()), key=lambda pid: (rows[pid].created_at, pid))
-        plans.append((members, found))
-        if len(found) > 1:
-            checked.update(found)
-        elif found and any(k.bidx not in existing for i in members for k in keys[i]):
-            checked.add(found[0])
-    held = await _holdings(conn, checked)
+    held = await _holdings(conn, _guarded(linked, keys, existing))
+    groups = {
+        pid: Group(
+            age=(0, rows[pid].created_at, pid),
+            profile_id=pid,
+            existing=[pid],
+            counts=dict(held.counts.get(pid, {})),
+            ext_sources=set(held.ext_sources.get(pid, ())),
+        )
+        for pid in by_profile
+    }
+    steps = resolve(linked, keys, existing, groups, guards)
 
     outcomes: list[Outcome | None] = [None] * len(records)
-    working: dict[uuid.UUID, _Working] = {}
     rows_out = _Rows()
     new_keys = rows_out.keys
     new_identities = rows_out.identities
     seen_identities: list[tuple[bytes, datetime]] = []
     sources = rows_out.sources
     reviews: list[dict] = []
+    members: dict[Group, list[int]] = {}  # each profile's records, in the order of the batch
+    for i in linked:
+        members.setdefault(steps[i].group.root(), []).append(i)
+    review_ids = {
+        i: await _queue_review(conn, reviews, steps[i], records[i], actor, now)
+        for i in linked
+        if steps[i].refused is not None
+    }
+    working: dict[uuid.UUID, _Working] = {}
 
-    for members, found in plans:
-        merged_ids: list[uuid.UUID] = []
-        review_id: uuid.UUID | None = None
-        foreign: set[bytes] = set()
+    for group, batch_records in members.items():
+        found = group.existing  # oldest first
         if found:
             survivor_id = found[0]
-            reason = refusal(found, held, guards) if len(found) > 1 else None
-            if reason is not None:
-                survivor_id = _own_profile(members, keys, existing, found)
-                order = [survivor_id, *(pid for pid in found if pid != survivor_id)]
-                review_id = await _queue_review(
-                    conn, reviews, order, reason, members, keys, existing, records, actor, now
+            for absorbed in found[1:]:
+                matched = sorted(
+                    {
+                        k.kind
+                        for i in batch_records
+                        for k in keys[i]
+                        if k.bidx in by_profile[absorbed]
+                    }
                 )
-                for other in order[1:]:
-                    foreign.update(by_profile[other])
-                joined = [survivor_id]
-            else:
-                joined = found
-                for absorbed in found[1:]:
-                    matched = sorted(
-                        {k.kind for i in members for k in keys[i] if k.bidx in by_profile[absorbed]}
-                    )
-                    await merge_profiles(
-                        conn,
-                        p,
-                        survivor_id,
-                        absorbed,
-                        matched_on=matched,
-                        provenance="deterministic",
-                        source=records[members[0]].source,
-                        actor=actor,
-                    )
-                    merged_ids.append(absorbed)
-            if merged_ids:  # the survivor's row changed: reload it
+                await merge_profiles(
+                    conn,
+                    p,
+                    survivor_id,
+                    absorbed,
+                    matched_on=matched,
+                    provenance="deterministic",
+                    source=records[batch_records[0]].source,
+                    actor=actor,
+                )
+            if len(found) > 1:  # the survivor's row changed: reload it
                 r = (
                     await conn.execute(select(profiles_t).where(profiles_t.c.id == survivor_id))
                 ).one()
@@ -259,21 +199,19 @@ async def ingest(
                 city=r.city,
                 traits=dict(r.traits or {}),
                 enc={f: getattr(r, f) for f in ENCRYPTED_PROFILE_FIELDS},
+                at=r.updated_at,
+                field_times=r.field_times,
             )
-            for pid in joined:
-                w.known.update(by_profile[pid])
-                for kind, n in held.counts.get(pid, {}).items():
-                    w.counts[kind] = w.counts.get(kind, 0) + n
         else:
-            pid = new_id()
+            pid = group.profile_id
             cipher, key_row = p.keys.new_profile_key(pid)
             new_keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
-            first = records[members[0]]
+            first = records[batch_records[0]]
             w = _Working(
                 id=pid,
                 is_new=True,
                 cipher=cipher,
-                created_at=now,
+                created_at=_tick(now, batch_records[0]),
                 jurisdiction=first.jurisdiction or p.policy.default_jurisdiction,
                 country=None,
                 city=None,
@@ -282,25 +220,11 @@ async def ingest(
             )
         working[w.id] = w
 
-        for n, i in enumerate(members):
-            rec = records[i]
-            ignored = list(rec.ignored)
-            matched = [k.kind for k in keys[i] if k.bidx in w.known]
-            anchor = next((w.known[k.bidx] for k in keys[i] if k.bidx in w.known), None)
-            rule = "new" if w.is_new and not w.known else "deterministic"
-            for k in keys[i]:
-                if k.bidx in foreign:
-                    ignored.append(FieldError(k.kind, REFUSED_MESSAGE))
-                    continue
-                if k.bidx in w.known:
-                    seen_identities.append((k.bidx, now))
-                    continue
-                if w.counts.get(k.kind, 0) >= guards.max_identities_per_kind:
-                    ignored.append(FieldError(k.kind, CAP_MESSAGE))
-                    continue
-                iid = new_id()
-                w.known[k.bidx] = iid
-                w.counts[k.kind] = w.counts.get(k.kind, 0) + 1
+        for i in batch_records:
+            rec, step = records[i], steps[i]
+            rule = "new" if step.created else "deterministic"
+            seen_identities.extend((bidx, now) for bidx in step.seen)
+            for k, iid in step.new:
                 new_identities.append(
                     (
                         iid,
@@ -313,26 +237,27 @@ async def ingest(
                         now,
                         None,
                         rule,
-                        anchor,
+                        step.anchor,
                     )
                 )
-            _apply(w, rec)
+            _apply(w, rec, _tick(now, i))
             sources.add((w.id, rec.source))
+            kept = {*step.seen, *(k.bidx for k, _ in step.new)}
             outcomes[i] = Outcome(
                 profile_id=w.id,
-                created=w.is_new and n == 0,
-                matched_on=matched,
-                merged_profile_ids=merged_ids if n == 0 else [],
-                ignored=ignored,
+                created=step.created and group.first == i,
+                matched_on=step.matched,
+                merged_profile_ids=step.absorbed,
+                ignored=[*rec.ignored, *step.ignored],
                 # only the identifiers the profile holds: a consent the record carries is for
                 # these, not for one the guards refused (another customer's) or the cap dropped
-                keys=[k for k in keys[i] if k.bidx in w.known],
-                review_id=review_id,
+                keys=[k for k in keys[i] if k.bidx in kept],
+                review_id=review_ids.get(i),
             )
 
     for w in working.values():
         if w.is_new:
-            rows_out.profiles.append(_profile_row(w, now))
+            rows_out.profiles.append(_profile_row(w))
     if alone:
         _create_alone(p, records, keys, sealed, alone, rows_out, outcomes, now)
     changed = [w for w in working.values() if not w.is_new and w.touched]
@@ -384,38 +309,61 @@ async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Hold
     return held
 
 
-def _own_profile(
-    members: list[int],
+def _guarded(
+    linked: list[int],
     keys: list[list[IdentityKey]],
     existing: dict[bytes, tuple[uuid.UUID, uuid.UUID]],
-    found: list[uuid.UUID],
-) -> uuid.UUID:
-    """Where the records of a refused merge are stored: the profile their own (source,
-    external id) names, when they name one, else the oldest they matched. A shop's record for
-    its customer F4 that carries an email another profile holds is F4's record: its name must
-    not overwrite the other customer's."""
-    own = {
-        existing[k.bidx][0]
-        for i in members
-        for k in keys[i]
-        if k.kind == "external_id" and k.bidx in existing
-    }
-    return own.pop() if len(own) == 1 and next(iter(own)) in found else found[0]
+) -> set[uuid.UUID]:
+    """The existing profiles the guards may ask about: those the batch's records connect to
+    another profile, or to an identifier not held yet (a merge, or a new identifier, may
+    follow). A profile the records name by identifiers it holds only is joined as it is."""
+    parent: dict[Any, Any] = {}
+
+    def find(x: Any) -> Any:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in linked:
+        for k in keys[i]:
+            parent[find(("k", k.bidx))] = find(("r", i))
+    profiles_of: dict[Any, set[uuid.UUID]] = defaultdict(set)
+    fresh: set[Any] = set()
+    for i in linked:
+        root = find(("r", i))
+        for k in keys[i]:
+            if k.bidx in existing:
+                profiles_of[root].add(existing[k.bidx][0])
+            else:
+                fresh.add(root)
+    out: set[uuid.UUID] = set()
+    for root, pids in profiles_of.items():
+        if len(pids) > 1 or root in fresh:
+            out |= pids
+    return out
 
 
 async def _queue_review(
     conn: AsyncConnection,
     reviews: list[dict],
-    found: list[uuid.UUID],
-    reason: dict[str, Any],
-    members: list[int],
-    keys: list[list[IdentityKey]],
-    existing: dict[bytes, tuple[uuid.UUID, uuid.UUID]],
-    records: list[Record],
+    step: Step,
+    record: Record,
     actor: str,
     now: datetime,
-) -> uuid.UUID:
-    """The open review for these profiles (one is queued once, however often it recurs)."""
+) -> uuid.UUID | None:
+    """The open review of the merge a record's step refused (one is queued once, however
+    often it recurs); None where the batch merged its profiles after all."""
+    assert step.refused is not None
+    named, reason = step.refused
+    found: list[uuid.UUID] = []
+    for g in named:
+        pid = g.root().profile_id
+        if pid not in found:
+            found.append(pid)
+    if len(found) < 2:
+        return None
     ids = [str(pid) for pid in found]
     for row in reviews:
         if row["profile_ids"] == ids and row["reason"]["code"] == reason["code"]:
@@ -429,7 +377,6 @@ async def _queue_review(
         if pids == ids and why.get("code") == reason["code"]:
             return rid
     review_id = new_id()
-    matched = sorted({k.kind for i in members for k in keys[i] if k.bidx in existing})
     reviews.append(
         {
             "id": review_id,
@@ -437,8 +384,10 @@ async def _queue_review(
             "reason": reason,
             "profile_ids": ids,
             "attached_to": found[0],
-            "matched_on": matched,
-            "source": records[members[0]].source,
+            "matched_on": sorted(
+                {*step.matched, *(e.field for e in step.ignored if e.message == REFUSED_MESSAGE)}
+            ),
+            "source": record.source,
             "actor": actor,
             "created_at": now,
         }
@@ -447,12 +396,26 @@ async def _queue_review(
     return review_id
 
 
-def _apply(w: _Working, rec: Record) -> None:
+def _tick(now: datetime, index: int) -> datetime:
+    """The time of the batch's record `index`: a microsecond after the one before, so that
+    the values of a batch's records are ordered as those of single requests would be (the
+    latest wins a later merge) and so are the profiles they start (the oldest survives it)."""
+    return now + timedelta(microseconds=index)
+
+
+def _apply(w: _Working, rec: Record, at: datetime) -> None:
     """Latest non-empty value wins; traits merge key by key. A record that carries only
-    identifiers leaves the profile (and its updated_at) as it was: updated_at says how fresh
-    the profile's values are, which decides a later merge (cdp.profiles.merge)."""
+    identifiers leaves the profile (and its updated_at) as it was: updated_at and field_times
+    say when each value was given (`at`), which decides a later merge (cdp.profiles.freshness)."""
     if not (rec.fields or rec.jurisdiction or rec.country or rec.city or rec.traits):
         return
+    if w.at is not None and w.at != at:  # the values held keep their time
+        held = present({**w.enc, "country": w.country, "city": w.city}, w.traits)
+        w.field_times = pinned(w.field_times, w.at, held) or None
+    w.at = at
+    if w.field_times:  # the values the record gives are from `at`
+        given = present({**rec.fields, "country": rec.country, "city": rec.city}, rec.traits)
+        w.field_times = {n: t for n, t in w.field_times.items() if n not in given} or None
     for name, value in rec.fields.items():
         w.enc[name] = w.cipher.encrypt(f"profiles.{name}", value)
     if rec.jurisdiction:
@@ -480,6 +443,7 @@ PROFILE_COLUMNS = (
     *ENCRYPTED_PROFILE_FIELDS,
     "created_at",
     "updated_at",
+    "field_times",
 )
 IDENTITY_COLUMNS = (
     "id",
@@ -507,7 +471,7 @@ class _Rows:
     sources: set[tuple[uuid.UUID, str]] = field(default_factory=set)  # (profile id, source)
 
 
-def _profile_row(w: _Working, now: datetime) -> tuple:
+def _profile_row(w: _Working) -> tuple:
     return (
         w.id,
         "active",
@@ -520,7 +484,8 @@ def _profile_row(w: _Working, now: datetime) -> tuple:
         w.cipher.key_id,
         *[w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS],
         w.created_at,
-        now,
+        w.at or w.created_at,
+        w.field_times,
     )
 
 
@@ -592,8 +557,9 @@ def _create_alone(
                 dict(rec.traits),
                 key_id,
                 *[enc.get(f) for f in ENCRYPTED_PROFILE_FIELDS],
-                now,
-                now,
+                _tick(now, i),
+                _tick(now, i),
+                None,
             )
         )
         for k, iid, value in zip(ks, iids, values, strict=True):
@@ -641,6 +607,7 @@ async def _write(
                 city=bindparam("ci"),
                 city_key=bindparam("ck"),
                 traits=bindparam("tr"),
+                field_times=bindparam("ft"),
                 updated_at=bindparam("u"),
                 **{f: bindparam(f"e_{f}") for f in ENCRYPTED_PROFILE_FIELDS},
             )
@@ -655,7 +622,8 @@ async def _write(
                     "ci": w.city,
                     "ck": city_key(w.city),
                     "tr": w.traits,
-                    "u": now,
+                    "ft": w.field_times,
+                    "u": w.at,
                     **{f"e_{f}": w.enc[f] for f in ENCRYPTED_PROFILE_FIELDS},
                 }
                 for w in changed

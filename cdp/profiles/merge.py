@@ -37,6 +37,7 @@ from cdp.ids import new_id, utcnow
 from cdp.labels import city_key
 from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
+from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
 from consent.subjects import profile_subject
 from consent.tables import consent_ledger, consent_state
 
@@ -58,6 +59,7 @@ class AbsorbedState(msgspec.Struct):
     categories: list[str]
     sources: list[tuple[str, str]]  # (source, first_seen_at)
     repointed: list[uuid.UUID]  # profiles merged into it earlier, re-pointed to the survivor
+    times: dict[str, str] = {}  # when each of its values was given (cdp.profiles.freshness)
 
 
 class SurvivorState(msgspec.Struct):
@@ -69,6 +71,7 @@ class SurvivorState(msgspec.Struct):
     consents: dict[str, dict[str, Any]]  # "purpose|channel" -> {"before": row|None, "after": row}
     sources: list[str]  # the survivor's sources before the merge
     ledger_seq: int  # consent ledger head at the merge
+    times: dict[str, str] = {}  # when each of its values before the merge was given
 
 
 async def merge_profiles(
@@ -92,26 +95,31 @@ async def merge_profiles(
     ciphers = await p.keys.ciphers(conn, [survivor_id, absorbed_id])
     s_cipher, a_cipher = ciphers[survivor_id], ciphers[absorbed_id]
 
-    # Fields: the more recently updated profile's non-empty values win; traits key by key.
-    absorbed_newer = a_row.updated_at > s_row.updated_at
+    # Fields and traits: each the value given last (cdp.profiles.freshness), where non-empty.
+    def absorbed_newer(name: str) -> bool:
+        return newer(a_row.field_times, a_row.updated_at, s_row.field_times, s_row.updated_at, name)
+
     a_fields = {
         name: a_cipher.decrypt(f"profiles.{name}", getattr(a_row, name))
         for name in ENCRYPTED_PROFILE_FIELDS
     }
     values: dict = {}
+    taken: set[str] = set()  # the names whose value comes from the absorbed profile
     field_changes: dict[str, list[str | None]] = {}
     for name in ENCRYPTED_PROFILE_FIELDS:
         s_blob, a_value = getattr(s_row, name), a_fields[name]
-        if a_value is not None and (s_blob is None or absorbed_newer):
+        if a_value is not None and (s_blob is None or absorbed_newer(name)):
             before = s_cipher.decrypt(f"profiles.{name}", s_blob)
             values[name] = s_cipher.encrypt(f"profiles.{name}", a_value)
             field_changes[name] = [before, a_value]
+            taken.add(name)
     plain_changes: dict[str, list[str | None]] = {}
-    for name in ("country", "city"):
+    for name in PLAIN_FIELDS:
         a_val, s_val = getattr(a_row, name), getattr(s_row, name)
-        if a_val and (not s_val or absorbed_newer):
+        if a_val and (not s_val or absorbed_newer(name)):
             values[name] = a_val
             plain_changes[name] = [s_val, a_val]
+            taken.add(name)
     if "city" in values:
         values["city_key"] = city_key(values["city"])
     # the jurisdiction (the law the customer is under) goes with the country that won
@@ -120,8 +128,19 @@ async def merge_profiles(
         plain_changes["jurisdiction"] = [s_row.jurisdiction, a_row.jurisdiction]
     s_traits = dict(s_row.traits or {})
     a_traits = dict(a_row.traits or {})
-    traits = {**s_traits, **a_traits} if absorbed_newer else {**a_traits, **s_traits}
-    values.update(traits=traits, updated_at=now)
+    traits = dict(s_traits)
+    for key, value in a_traits.items():
+        if key not in s_traits or absorbed_newer(trait_key(key)):
+            traits[key] = value
+            taken.add(trait_key(key))
+    s_held = present(
+        {n: getattr(s_row, n) for n in (*ENCRYPTED_PROFILE_FIELDS, *PLAIN_FIELDS)}, s_traits
+    )
+    a_held = present({**a_fields, "country": a_row.country, "city": a_row.city}, a_traits)
+    s_times = pinned(s_row.field_times, s_row.updated_at, s_held)
+    a_times = pinned(a_row.field_times, a_row.updated_at, a_held)
+    times = {**s_times, **{n: a_times[n] for n in taken}}  # updated_at becomes now
+    values.update(traits=traits, field_times=times or None, updated_at=now)
     await conn.execute(update(profiles).where(profiles.c.id == survivor_id).values(**values))
 
     # Identities: re-encrypt under the survivor's key and move (their ids stay).
@@ -216,6 +235,7 @@ async def merge_profiles(
             status="merged",
             merged_into=survivor_id,
             traits={},
+            field_times=None,
             updated_at=now,
             **dict.fromkeys(ENCRYPTED_PROFILE_FIELDS),
         )
@@ -250,6 +270,7 @@ async def merge_profiles(
         categories=a_categories,
         sources=a_sources,
         repointed=repointed,
+        times=a_times,
     )
     survivor_state = SurvivorState(
         fields=field_changes,
@@ -258,6 +279,7 @@ async def merge_profiles(
         consents=consent_changes,
         sources=s_sources,
         ledger_seq=ledger_seq,
+        times=s_times,
     )
     await conn.execute(
         insert(merges).values(

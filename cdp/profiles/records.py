@@ -146,7 +146,9 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
         except InvalidInput as exc:
             errors.extend(exc.errors)
     if data.phone is not None and data.phone.strip():
-        region = rec.country or policy.phone_region(rec.jurisdiction)
+        # API.md: the record's country, else the default jurisdiction's region, as every other
+        # path that reads a phone (cdp.profiles.identifiers); not the record's jurisdiction's
+        region = rec.country or policy.phone_region(None)
         try:
             phone = parse_phone(data.phone, region)
             reason = junk_reason(

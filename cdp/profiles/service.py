@@ -14,6 +14,7 @@ from cdp.crypto.master import MasterKey
 from cdp.db.engine import lock_keys
 from cdp.db.tables import identities, merges, profile_categories, profile_stats, profiles
 from cdp.errors import DomainError, FieldError, InvalidInput, NotFound
+from cdp.normalize import normalise_country
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.identity import IdentityKey, record_keys
@@ -196,7 +197,7 @@ async def ensure_profile(
     rec = Record(source=ident.source or source)
     setattr(rec, ident.kind, ident.value)
     if country:
-        rec.country = country.upper()
+        rec.country = normalise_country(country)
         rec.jurisdiction = p.policy.jurisdiction_for_country(rec.country)
     outcome = (await ingest(conn, p, [rec], actor))[0]
     return outcome.profile_id

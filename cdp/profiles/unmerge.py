@@ -7,8 +7,9 @@ the profile that holds the merge's survivor today (the holder) back into two:
 - identities: those the absorbed profile brought, and any later identity linked through one of
   them (`identities.linked_via`), go back to it, re-encrypted under its key; consent on their
   addresses follows them (it belongs to the address);
-- events the merge moved go back (events recorded after the merge stay: an event does not
-  record which identifier named it); stats and categories of both are recomputed from events;
+- events the merge moved go back, and so do events recorded since that an identity going
+  back named (`events.identity_id`; an event named by a profile id stays with the holder);
+  stats and categories of both are recomputed from events;
 - the absorbed profile's fields, traits, sources, categories and profile-keyed (push, messenger)
   consent states come back from the snapshot; the survivor's values the merge overwrote are
   put back where nothing changed them since. A withdrawal recorded on the merged profile after
@@ -32,6 +33,7 @@ from cdp import stats
 from cdp.crypto.fields import FieldCipher
 from cdp.db.engine import lock_keys
 from cdp.db.tables import (
+    ENCRYPTED_PROFILE_FIELDS,
     events,
     identities,
     merges,
@@ -44,6 +46,7 @@ from cdp.ids import utcnow
 from cdp.labels import city_key
 from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
+from cdp.profiles.freshness import PLAIN_FIELDS, pinned, present, trait_key
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
@@ -122,7 +125,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
     # the proof of consent on the addresses that go back stays readable for their customer
     await evidence.keep_for(conn, p, [r.bidx for r in moved if r.kind != "external_id"], a_cipher)
-    await _move_events(conn, holder, a_id, a_state.event_ids, h_cipher, a_cipher)
+    event_ids = await _events_named_by(conn, holder, [r.id for r in moved])
+    event_ids = sorted(set(a_state.event_ids) | set(event_ids))
+    await _move_events(conn, holder, a_id, event_ids, h_cipher, a_cipher)
     for pid in (holder, a_id):
         await stats.recompute(conn, pid, p.policy.stats_currency)
     await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
@@ -191,6 +196,22 @@ async def _move_identities(
                 .values(profile_id=a_id)
             )
     return moved
+
+
+async def _events_named_by(
+    conn: AsyncConnection, holder: uuid.UUID, identity_ids: list[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The holder's events named by one of these identities (recorded after the merge: they
+    go back with the identity that named them)."""
+    ec = events.c
+    out: list[uuid.UUID] = []
+    for start in range(0, len(identity_ids), 500):
+        chunk = identity_ids[start : start + 500]
+        rows = await conn.execute(
+            select(ec.id).where(ec.profile_id == holder, ec.identity_id.in_(chunk))
+        )
+        out.extend(eid for (eid,) in rows)
+    return out
 
 
 async def _move_events(
@@ -279,6 +300,7 @@ async def _restore_fields(
             city=a_state.city,
             city_key=city_key(a_state.city),
             jurisdiction=a_state.jurisdiction,
+            field_times=a_state.times or None,
             updated_at=now,
             **{
                 name: None if value is None else a_cipher.encrypt(f"profiles.{name}", value)
@@ -288,12 +310,16 @@ async def _restore_fields(
     )
     h_row = (await conn.execute(select(profiles).where(profiles.c.id == holder))).one()
     values: dict[str, Any] = {}
+    restored: dict[str, bool] = {}  # timed names put back: whether they hold a value again
     for name, (before, after) in s_state.fields.items():
         if h_cipher.decrypt(f"profiles.{name}", getattr(h_row, name)) == after:
             values[name] = None if before is None else h_cipher.encrypt(f"profiles.{name}", before)
+            restored[name] = before is not None
     for name, (before, after) in s_state.plain.items():
         if getattr(h_row, name) == after:
             values[name] = before
+            if name in PLAIN_FIELDS:
+                restored[name] = before is not None
     if "city" in values:
         values["city_key"] = city_key(values["city"])
     before_traits, after_traits = s_state.traits
@@ -306,9 +332,21 @@ async def _restore_fields(
                 traits.pop(key, None)
             else:
                 traits[key] = old
+            restored[trait_key(key)] = old is not _MISSING
     if traits != (h_row.traits or {}):
         values["traits"] = traits
     if values:
+        # updated_at becomes now: the values kept keep their times, those put back theirs
+        held = present(
+            {n: getattr(h_row, n) for n in (*ENCRYPTED_PROFILE_FIELDS, *PLAIN_FIELDS)},
+            h_row.traits or {},
+        )
+        times = pinned(h_row.field_times, h_row.updated_at, held)
+        for name, back in restored.items():
+            times.pop(name, None)
+            if back:
+                times[name] = s_state.times.get(name) or now.isoformat()
+        values["field_times"] = times or None
         values["updated_at"] = now
         await conn.execute(update(profiles).where(profiles.c.id == holder).values(**values))
 

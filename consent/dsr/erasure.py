@@ -259,6 +259,7 @@ async def erase_customer(
             .values(
                 status="erased",
                 traits={},
+                field_times=None,
                 city=None,
                 city_key=None,
                 country=None,

@@ -1,0 +1,294 @@
+"""Identity resolution as an invariant: the same records, in the same order, end in the same
+profiles whichever way they arrive (one POST /v1/profiles after another, /v1/profiles/batch cut
+anywhere, `cdp import` of CSV or NDJSON with any chunk and transaction sizes), the merge guards
+included; and without the guards in play, in any order. Records are generated (hypothesis) from
+small pools of customers' identifiers, each written in the spellings a user would expect to be
+one identifier (case and spaces of an email, national and E.164 forms of a phone). Each profile
+has the first name and city given last (latest non-empty value wins), however its records came."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import random
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import example as case
+from hypothesis import strategies as st
+
+import cdp.importer as importer
+from cdp.importer import run_import
+from cdp.profiles.identity import lookup_bidx, resolve_profile_ids
+from tests.helpers import hypothesis_on_loop
+
+SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+_spaces = itertools.count(100)  # one namespace of identifiers per run of a path
+
+
+# A record: (email #, spelling), (phone #, spelling), external id #, first name, city
+EMAIL = st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 2)))
+PHONE = st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 3)))
+EXTERNAL = st.one_of(st.none(), st.integers(0, 2))
+NAME = st.sampled_from([None, "Анна", "Olga"])
+CITY = st.sampled_from([None, "Omsk", "Tver"])
+RECORD = st.tuples(EMAIL, PHONE, EXTERNAL, NAME, CITY).filter(
+    lambda r: r[0] is not None or r[1] is not None or r[2] is not None
+)
+RECORDS = st.lists(RECORD, min_size=1, max_size=10)
+
+
+def email(n: int, ns: int, spelling: int = 0) -> str:
+    plain = f"cust{n}.ns{ns}@example.com"
+    return [plain, f"  Cust{n}.NS{ns}@Example.COM ", plain.upper()][spelling]
+
+
+def phone(n: int, ns: int, spelling: int = 0) -> tuple[str, str | None]:
+    """(the number as written, the record's country)"""
+    d = national(n, ns)
+    return [
+        (f"+7 {d[:3]} {d[3:]}", None),
+        (f"8 ({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}", None),  # the default jurisdiction's: RU
+        (f"8{d}", "RU"),
+        (f"+7({d[:3]}){d[3:]}", "KZ"),
+    ][spelling]
+
+
+def national(n: int, ns: int) -> str:
+    return f"9{ns:06d}{n}17"
+
+
+def bodies(records, ns: int, source: str = "crm") -> list[dict]:
+    out = []
+    for e, ph, ext, name, city in records:
+        body: dict = {"source": source}
+        if e is not None:
+            body["email"] = email(e[0], ns, e[1])
+        if ph is not None:
+            body["phone"], country = phone(ph[0], ns, ph[1])
+            if country:
+                body["country"] = country
+        if ext is not None:
+            body["external_id"] = f"C-{ext}-{ns}"
+        if name:
+            body["first_name"] = name
+        if city:
+            body["city"] = city
+        out.append(body)
+    return out
+
+
+async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[no-untyped-def]
+    """Which pooled identifiers share a profile (by the survivor that holds them), and which
+    are held by none; with a client, each profile's first name too (the latest given)."""
+    source = "crm"
+    ix = platform.keys.indexer
+    idents = {
+        **{("email", n): ix.email(email(n, ns).strip().lower()) for n in range(4)},
+        **{("phone", n): ix.phone("+7" + national(n, ns)) for n in range(4)},
+        **{("ext", n): ix.external_id(source, f"C-{n}-{ns}") for n in range(3)},
+    }
+    async with platform.db.read() as conn:
+        held = await lookup_bidx(conn, list(idents.values()))
+        survivors = await resolve_profile_ids(conn, set(held.values()))
+    groups: dict = {}
+    for name, bidx in idents.items():
+        pid = held.get(bidx)
+        groups.setdefault(None if pid is None else survivors[pid], set()).add(name)
+    unheld = groups.pop(None, set())
+    if client is None:
+        return sorted(sorted(g) for g in groups.values()), sorted(unheld)
+    named = []
+    for pid, g in groups.items():
+        r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+        assert r.status_code == 200, r.text
+        named.append((sorted(g), r.json()["first_name"], r.json()["city"]))
+    return sorted(named), sorted(unheld)
+
+
+async def one_by_one(client, keys, all_bodies):  # type: ignore[no-untyped-def]
+    for body in all_bodies:
+        r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+        assert r.status_code in (200, 201), r.text
+
+
+async def in_batches(client, keys, all_bodies, cuts):  # type: ignore[no-untyped-def]
+    edges = sorted({0, len(all_bodies), *(c % (len(all_bodies) + 1) for c in cuts)})
+    for start, end in itertools.pairwise(edges):
+        r = await client.post(
+            "/v1/profiles/batch", json={"records": all_bodies[start:end]}, headers=keys["ingest"]
+        )
+        assert r.status_code == 200, r.text
+        assert all("error" not in x for x in r.json()["results"]), r.text
+
+
+async def imported(platform, path, records, ns, fmt):  # type: ignore[no-untyped-def]
+    rows = bodies(records, ns)
+    if fmt == "csv":
+        columns = ["external_id", "email", "phone", "country", "first_name", "city"]
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(columns)
+            w.writerows([[row.get(c, "") for c in columns] for row in rows])
+    else:
+        text = "\n".join(
+            json.dumps({k: v for k, v in row.items() if k != "source"}, ensure_ascii=False)
+            for row in rows
+        )
+        path.write_text(text + "\n", encoding="utf-8")
+    summary = await run_import(platform, path, "crm", workers=0)
+    assert summary.rejected_rows == 0, summary
+
+
+GUARDS = {
+    "the policy's": {},
+    # a profile holds one identifier of a kind, and a record merges two profiles at most
+    "tight": {"max_identities_per_kind": 1, "max_profiles_per_merge": 2},
+}
+
+
+@pytest.mark.parametrize("guards", list(GUARDS))
+async def test_the_same_records_make_the_same_profiles_whichever_way_they_arrive(
+    platform, client, keys, tmp_path, monkeypatch, guards
+):
+    identity = msgspec.structs.replace(platform.policy.identity, **GUARDS[guards])
+    monkeypatch.setattr(platform, "policy", dataclasses.replace(platform.policy, identity=identity))
+
+    def test(run) -> None:  # type: ignore[no-untyped-def]
+        @SETTINGS
+        @given(
+            RECORDS,
+            st.lists(st.integers(0, 10), max_size=3),
+            st.integers(1, 4),
+            st.integers(1, 6),
+        )
+        # two customers of one shop met in one batch, and were merged without a review
+        @case(
+            [
+                (None, None, 1, None, None),
+                (None, (1, 0), 0, None, None),
+                (None, (1, 0), 1, None, None),
+            ],
+            [],
+            1,
+            1,
+        )
+        # two profiles a chunk made at one time, merged by the next: the city given last lost
+        @case(
+            [
+                (None, (0, 0), None, None, "Omsk"),
+                ((0, 0), None, None, None, "Tver"),
+                ((0, 0), (0, 0), None, None, None),
+            ],
+            [],
+            2,
+            1,
+        )
+        def example(records, cuts, chunk, txn_rows) -> None:  # type: ignore[no-untyped-def]
+            monkeypatch.setattr(importer, "CHUNK", chunk)
+            monkeypatch.setattr(importer, "TXN_ROWS", txn_rows)
+            results = {}
+            ns = next(_spaces)
+            run(one_by_one(client, keys, bodies(records, ns)))
+            results["one by one"] = run(partition(platform, ns, client, keys))
+            ns = next(_spaces)
+            run(in_batches(client, keys, bodies(records, ns), cuts))
+            results["batches"] = run(partition(platform, ns, client, keys))
+            for fmt in ("csv", "ndjson"):
+                ns = next(_spaces)
+                run(imported(platform, tmp_path / f"f{ns}.{fmt}", records, ns, fmt))
+                results[fmt] = run(partition(platform, ns, client, keys))
+            assert all(r == results["one by one"] for r in results.values()), results
+
+        example()
+
+    await hypothesis_on_loop(test)
+
+
+def components(records) -> list[list]:  # type: ignore[no-untyped-def]
+    """What deterministic resolution promises without the guards: connected components of the
+    identifiers records carry together."""
+    parent: dict = {}
+
+    def find(x):  # type: ignore[no-untyped-def]
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for e, ph, ext, *_ in records:
+        names = [
+            *([("email", e[0])] if e else []),
+            *([("phone", ph[0])] if ph else []),
+            *([("ext", ext)] if ext is not None else []),
+        ]
+        for a in names:
+            parent[find(a)] = find(names[0])
+    groups: dict = {}
+    for x in parent:
+        groups.setdefault(find(x), set()).add(x)
+    return sorted(sorted(g) for g in groups.values())
+
+
+async def test_without_the_guards_any_order_gives_the_connected_customers(platform, client, keys):
+    """Each external id from a source of its own (no two customers of one shop) and at most
+    three identifiers a record (no merge of more profiles than the policy allows): the guards
+    never apply, and the profiles are the connected components whatever the order."""
+
+    def test(run) -> None:  # type: ignore[no-untyped-def]
+        @SETTINGS
+        @given(RECORDS, st.randoms(use_true_random=False), st.lists(st.integers(0, 10), max_size=3))
+        def example(records, rnd: random.Random, cuts) -> None:  # type: ignore[no-untyped-def]
+            expected = components(records)
+            shuffled = list(records)
+            rnd.shuffle(shuffled)
+            for order, batched in ((records, False), (shuffled, False), (shuffled, True)):
+                ns = next(_spaces)
+                # the external id C-k comes from source s-k alone
+                sources = [f"s-{r[2]}" if r[2] is not None else "web" for r in order]
+                sent = bodies(order, ns)
+                for body, source in zip(sent, sources, strict=True):
+                    body["source"] = source
+                if batched:
+                    run(in_batches(client, keys, sent, cuts))
+                else:
+                    run(one_by_one(client, keys, sent))
+                got, unheld = run(partition_by_source(platform, ns))
+                assert unheld == [] or set(unheld) <= unused(records), (unheld, records)
+                assert got == expected, (order, got, expected)
+
+        example()
+
+    await hypothesis_on_loop(test)
+
+
+def unused(records) -> set:  # type: ignore[no-untyped-def]
+    used = {("email", r[0][0]) for r in records if r[0]} | {
+        ("phone", r[1][0]) for r in records if r[1]
+    }
+    used |= {("ext", r[2]) for r in records if r[2] is not None}
+    every = {(k, n) for k, top in (("email", 4), ("phone", 4), ("ext", 3)) for n in range(top)}
+    return every - used
+
+
+async def partition_by_source(platform, ns):  # type: ignore[no-untyped-def]
+    ix = platform.keys.indexer
+    idents = {
+        **{("email", n): ix.email(email(n, ns).strip().lower()) for n in range(4)},
+        **{("phone", n): ix.phone("+7" + national(n, ns)) for n in range(4)},
+        **{("ext", n): ix.external_id(f"s-{n}", f"C-{n}-{ns}") for n in range(3)},
+    }
+    async with platform.db.read() as conn:
+        held = await lookup_bidx(conn, list(idents.values()))
+        survivors = await resolve_profile_ids(conn, set(held.values()))
+    groups: dict = {}
+    for name, bidx in idents.items():
+        pid = held.get(bidx)
+        groups.setdefault(None if pid is None else survivors[pid], set()).add(name)
+    unheld = groups.pop(None, set())
+    return sorted(sorted(g) for g in groups.values()), sorted(unheld)
