@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cdp.cli_support import failure, run, with_platform
+from cdp.cli_support import failure, opening_database, run, with_platform
 from cdp.errors import DomainError
 from cdp.logging import configure_logging
 from cdp.matching.cli import match as match_command
@@ -49,6 +49,9 @@ def serve(host: str, port: int) -> None:
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except click.ClickException as exc:  # a policy file or a database that cannot be opened
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -72,7 +75,8 @@ def migrate() -> None:
     async def go() -> None:
         db = Database(Settings.from_env().database_url)
         try:
-            await do_migrate(db)
+            async with opening_database():
+                await do_migrate(db)
         finally:
             await db.dispose()
 
@@ -131,13 +135,18 @@ def keys_rotate_master(new_key_env: str) -> None:
     """Re-wrap every data key under a new master key (field data is not touched)."""
     import os
 
+    from cdp.crypto.fields import CryptoError
     from cdp.crypto.master import MasterKey
     from cdp.keyring import rotate_master_key
 
     new_text = os.environ.get(new_key_env)
     if not new_text:
         raise click.UsageError(f"set {new_key_env} to the new master key")
-    new = MasterKey.from_base64(new_text)
+    try:
+        new = MasterKey.from_base64(new_text)
+    except CryptoError:
+        message = f"{new_key_env} is not a master key (base64 of 32 bytes)"
+        raise click.ClickException(message) from None
 
     async def go() -> int:
         # not through the platform: resuming a rotation, the key ring is under the new key
@@ -152,7 +161,8 @@ def keys_rotate_master(new_key_env: str) -> None:
         )
         db = Database(settings.database_url)
         try:
-            await do_migrate(db)
+            async with opening_database():
+                await do_migrate(db)
             return await rotate_master_key(db, old, new)
         finally:
             await db.dispose()

@@ -45,6 +45,7 @@ import structlog
 
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
+from cdp.db.messages import database_message
 from cdp.errors import DomainError, FieldError
 from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
@@ -117,9 +118,9 @@ def _cause(exc: Exception) -> str:
     hides them), or the message of one of ours."""
     if isinstance(exc, DomainError):
         return exc.detail
-    orig = getattr(exc, "orig", None)
-    first = str(orig if orig is not None else "").strip().splitlines()
-    return f"{type(exc).__name__}: {first[0][:200]}" if first else type(exc).__name__
+    if getattr(exc, "orig", None) is None:
+        return type(exc).__name__
+    return database_message(exc)
 
 
 def _trait_value(text: str) -> Any:
