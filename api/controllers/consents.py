@@ -15,6 +15,7 @@ from litestar.params import FromPath, JSONBody
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
 from api.i18n import PAGE_HEADERS
+from api.openapi import NAMES_A_CUSTOMER
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
@@ -74,7 +75,7 @@ def _identifier(platform: Platform, data: ConsentIn | OptOutIn) -> Identifier:
 
 @post(
     "/v1/consents",
-    opt=INGEST,
+    opt={**INGEST, **NAMES_A_CUSTOMER},
     tags=["consent"],
     status_code=201,
     summary="Append one consent event to the ledger",
@@ -98,7 +99,7 @@ async def post_consent(
 
 @post(
     "/v1/opt-outs",
-    opt=INGEST,
+    opt={**INGEST, **NAMES_A_CUSTOMER},
     tags=["consent"],
     status_code=200,
     summary="Opt a customer or an address out, effective before the answer",
