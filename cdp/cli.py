@@ -236,7 +236,7 @@ def import_cmd(
 
 
 @main.command()
-@click.option("--customers", default=3000, show_default=True, type=int)
+@click.option("--customers", default=3000, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=7, show_default=True, type=int)
 def demo(customers: int, seed: int) -> None:
     """Fill an empty database with a realistic synthetic customer base."""
