@@ -29,8 +29,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8000, show_default=True, type=int, help="port to listen on")
 def serve(host: str, port: int) -> None:
     """Apply pending migrations, then serve the API."""
     import uvicorn
@@ -90,9 +90,12 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="who uses the key (unique; shown in the access log)")
 @click.option(
-    "--role", required=True, type=click.Choice(["admin", "ingest", "marketing", "compliance"])
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "ingest", "marketing", "compliance"]),
+    help="what the key may do (API.md names each endpoint's roles)",
 )
 def keys_create(name: str, role: str) -> None:
     """Create a key; it is printed once, alone on the last line."""
@@ -105,6 +108,7 @@ def keys_create(name: str, role: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
+    """Every key: name, role, prefix, created, and active or revoked (never the key)."""
     from cdp.apikeys import list_keys
 
     rows = run(lambda: with_platform(lambda p: list_keys(p.db)))
@@ -116,6 +120,7 @@ def keys_list() -> None:
 @keys.command("revoke")
 @click.argument("name")
 def keys_revoke(name: str) -> None:
+    """Revoke the active key called NAME; a running service refuses it within seconds."""
     from cdp.apikeys import revoke_key
 
     run(lambda: with_platform(lambda p: revoke_key(p.db, name)))
@@ -178,7 +183,13 @@ DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="the system the file comes from")
-@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="where the rejected rows go (row, field, reason; never a value) "
+    "[default: FILE.rejects.csv]",
+)
 @click.option(
     "--encoding",
     default="utf-8",
@@ -236,8 +247,16 @@ def import_cmd(
 
 
 @main.command()
-@click.option("--customers", default=3000, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=7, show_default=True, type=int)
+@click.option(
+    "--customers",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="how many customers to make",
+)
+@click.option(
+    "--seed", default=7, show_default=True, type=int, help="the same seed makes the same data"
+)
 def demo(customers: int, seed: int) -> None:
     """Fill an empty database with a realistic synthetic customer base."""
     from cdp.demo import fill_demo
