@@ -140,6 +140,9 @@ EN: dict[str, str] = {
     "page_version": "Page version",
     # preference centre
     "pref_title": "Your communication preferences",
+    "unsub_done_title": "You are unsubscribed",
+    "unsub_done": "{purpose} ({channel}) will no longer be sent to this address.",
+    "unsub_manage": "Manage all my preferences",
     "pref_intro": "Choose what we may send you and how. Changes take effect as soon as you save.",
     "pref_addresses": "We hold these addresses for you",
     "pref_save": "Save my choices",
@@ -319,6 +322,9 @@ RU: dict[str, str] = {
     "language": "Язык",
     "page_version": "Версия страницы",
     "pref_title": "Ваши настройки сообщений",
+    "unsub_done_title": "Вы отписаны",
+    "unsub_done": "«{purpose}» ({channel}) больше не будут приходить на этот адрес.",
+    "unsub_manage": "Все мои настройки",
     "pref_intro": "Выберите, что и как мы можем вам отправлять. Изменения вступают в силу "
     "сразу после сохранения.",
     "pref_addresses": "Ваши адреса, которые у нас есть",

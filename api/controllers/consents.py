@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from html import escape
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
 from litestar.params import FromPath, JSONBody
 
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
-from api.i18n import PAGE_HEADERS
+from api.i18n import PAGE_HEADERS, channel_label, choose_language, messages, purpose_label
 from api.openapi import NAMES_A_CUSTOMER
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
@@ -52,6 +59,25 @@ class OneClickOperation(Operation):
             description="The RFC 8058 one-click form; optional",
             content={RequestEncodingType.URL_ENCODED.value: OpenAPIMediaType(schema=form)},
         )
+        done = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["unsubscribed", "suppressed"],
+            properties={
+                "unsubscribed": Schema(type=OpenAPIType.BOOLEAN),
+                "suppressed": Schema(type=OpenAPIType.BOOLEAN),
+            },
+        )
+        self.responses = {
+            **(self.responses or {}),
+            "200": OpenAPIResponse(
+                description="Unsubscribed. A browser (asking for HTML, as the confirmation "
+                "page's button does) gets a page saying so in its language; a mail client JSON",
+                content={
+                    MediaType.JSON.value: OpenAPIMediaType(schema=done),
+                    MediaType.HTML.value: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+                },
+            ),
+        }
 
 
 class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_": "from"}):
@@ -155,9 +181,29 @@ async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Respo
     summary="One-click unsubscribe (RFC 8058)",
     operation_class=OneClickOperation,
 )
-async def unsubscribe_now(token: FromPath[str], platform: PlatformDep, request: Request) -> dict:
+async def unsubscribe_now(
+    token: FromPath[str], platform: PlatformDep, request: Request
+) -> Response[Any]:
     result = await unsubscribe(platform, token)
-    return {"unsubscribed": True, "suppressed": result.suppressed}
+    answer = {"unsubscribed": True, "suppressed": result.suppressed}
+    if request.accept.best_match([MediaType.JSON, MediaType.HTML]) != MediaType.HTML:
+        return Response(answer, media_type=MediaType.JSON)  # a mail client (RFC 8058)
+    # the confirmation page's button, in the customer's browser: a page saying it is done
+    claims = claims_from_token(platform, token)
+    t = messages(choose_language(request.headers.get("accept-language")))
+    done = t["unsub_done"].format(
+        purpose=purpose_label(t, claims.purpose), channel=channel_label(t, claims.channel)
+    )
+    html = f"""<!doctype html>
+<html lang="{t.lang}"><head><meta charset="utf-8"><title>{escape(t["unsub_done_title"])}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main>
+<h1>{escape(t["unsub_done_title"])}</h1>
+<p>{escape(done)}</p>
+<p><a href="/preferences/{escape(token)}">{escape(t["unsub_manage"])}</a></p>
+</main></body></html>"""
+    headers = {h.name: h.value for h in PAGE_HEADERS if h.value is not None}
+    return Response(html, media_type=MediaType.HTML, headers=headers)
 
 
 @post(
