@@ -564,3 +564,34 @@ async def test_the_unsubscribe_button_answers_the_customer_with_a_page_in_their_
     assert (await contactable(client, keys, email="mail@example.com"))["marketing"][
         "email"
     ] is False
+
+
+async def test_the_unsubscribe_confirmation_page_speaks_the_customers_language(
+    platform, client, keys
+):
+    """The first users' customers are in Russia; the page asked 'Stop marketing messages by
+    email?' in English whatever the browser asked for, unlike the preference centre."""
+    import uuid
+
+    from consent.tokens import TokenClaims, issue
+
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "lang@example.com"}, headers=keys["ingest"]
+    )
+    token = issue(
+        platform.keys.token_key,
+        TokenClaims(
+            uuid.UUID(r.json()["profile_id"]),
+            "email",
+            platform.keys.indexer.email("lang@example.com"),
+            "marketing",
+            "email",
+        ),
+    )
+    ru = await client.get(f"/v1/unsubscribe/{token}", headers={"accept-language": "ru,en;q=0.5"})
+    assert ru.status_code == 200
+    assert '<html lang="ru">' in ru.text
+    assert "Реклама и предложения" in ru.text and "Электронная почта" in ru.text
+    assert "Отписаться" in ru.text and "<form" in ru.text
+    en = await client.get(f"/v1/unsubscribe/{token}", headers={"accept-language": "en-GB"})
+    assert '<html lang="en">' in en.text and "Unsubscribe" in en.text

@@ -21,7 +21,14 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
-from api.i18n import PAGE_HEADERS, channel_label, choose_language, messages, purpose_label
+from api.i18n import (
+    PAGE_HEADERS,
+    Messages,
+    channel_label,
+    choose_language,
+    messages,
+    purpose_label,
+)
 from api.openapi import NAMES_A_CUSTOMER
 from cdp.errors import InvalidInput
 from cdp.platform import Platform
@@ -153,22 +160,34 @@ async def post_opt_out(
     media_type=MediaType.HTML,
     summary="Confirmation page (changes nothing: mail scanners prefetch links)",
 )
-async def unsubscribe_page(token: FromPath[str], platform: PlatformDep) -> Response[str]:
+async def unsubscribe_page(
+    token: FromPath[str], platform: PlatformDep, request: Request
+) -> Response[str]:
     claims = claims_from_token(platform, token)
-    what = "marketing messages" if claims.purpose == "marketing" else f"{claims.purpose} messages"
-    html = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main>
-<h1>Unsubscribe</h1>
-<p>Stop {escape(what)} by {escape(claims.channel)}?</p>
+    t = messages(choose_language(request.headers.get("accept-language")))
+    question = t["unsub_question"].format(
+        purpose=purpose_label(t, claims.purpose), channel=channel_label(t, claims.channel)
+    )
+    body = f"""<p>{escape(question)}</p>
 <form method="post" action="/v1/unsubscribe/{escape(token)}">
 <input type="hidden" name="List-Unsubscribe" value="One-Click">
-<button type="submit">Unsubscribe</button>
-</form>
-<p><a href="/preferences/{escape(token)}">Manage all my preferences</a></p>
+<button type="submit">{escape(t["unsub_button"])}</button>
+</form>"""
+    return _token_page(t, t["unsub_title"], body, token)
+
+
+def _token_page(t: Messages, title: str, body: str, token: str) -> Response[str]:
+    """A page of the unsubscribe link, in the customer's language, with the link to the
+    preference centre; as every page carrying a token: no framing (the button), no caching,
+    no Referer."""
+    html = f"""<!doctype html>
+<html lang="{t.lang}"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body><main>
+<h1>{escape(title)}</h1>
+{body}
+<p><a href="/preferences/{escape(token)}">{escape(t["unsub_manage"])}</a></p>
 </main></body></html>"""
-    # as every page carrying a token: no framing (the button), no caching, no Referer
     headers = {h.name: h.value for h in PAGE_HEADERS if h.value is not None}
     return Response(html, media_type=MediaType.HTML, headers=headers)
 
@@ -194,16 +213,7 @@ async def unsubscribe_now(
     done = t["unsub_done"].format(
         purpose=purpose_label(t, claims.purpose), channel=channel_label(t, claims.channel)
     )
-    html = f"""<!doctype html>
-<html lang="{t.lang}"><head><meta charset="utf-8"><title>{escape(t["unsub_done_title"])}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main>
-<h1>{escape(t["unsub_done_title"])}</h1>
-<p>{escape(done)}</p>
-<p><a href="/preferences/{escape(token)}">{escape(t["unsub_manage"])}</a></p>
-</main></body></html>"""
-    headers = {h.name: h.value for h in PAGE_HEADERS if h.value is not None}
-    return Response(html, media_type=MediaType.HTML, headers=headers)
+    return _token_page(t, t["unsub_done_title"], f"<p>{escape(done)}</p>", token)
 
 
 @post(
