@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cdp.cli_support import failure, opening_database, run, with_platform
+from cdp.cli_support import failure, migrate_database, run, with_platform
 from cdp.errors import DomainError
 from cdp.logging import configure_logging
 from cdp.matching.cli import match as match_command
@@ -70,13 +70,12 @@ def served_settings(settings: Settings, env: Mapping[str, str], host: str, port:
 def migrate() -> None:
     """Apply migrations."""
     from cdp.db.engine import Database
-    from cdp.db.migrate import migrate as do_migrate
 
     async def go() -> None:
-        db = Database(Settings.from_env().database_url)
+        settings = Settings.from_env()
+        db = Database(settings.database_url)
         try:
-            async with opening_database():
-                await do_migrate(db)
+            await migrate_database(db, settings)
         finally:
             await db.dispose()
 
@@ -158,7 +157,6 @@ def keys_rotate_master(new_key_env: str) -> None:
         # already and the old one (CDP_MASTER_KEY) would be refused as not this database's
         from cdp.crypto.master import load_master_key
         from cdp.db.engine import Database
-        from cdp.db.migrate import migrate as do_migrate
 
         settings = Settings.from_env()
         old = load_master_key(
@@ -166,8 +164,7 @@ def keys_rotate_master(new_key_env: str) -> None:
         )
         db = Database(settings.database_url)
         try:
-            async with opening_database():
-                await do_migrate(db)
+            await migrate_database(db, settings)
             return await rotate_master_key(db, old, new)
         finally:
             await db.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,10 +17,11 @@ import click
 from sqlalchemy.exc import DBAPIError
 
 from cdp.crypto.fields import CryptoError
+from cdp.db.engine import Database
 from cdp.db.messages import database_message
 from cdp.errors import DomainError
 from cdp.settings import Settings
-from consent.policy import PolicyError
+from consent.policy import PolicyError, load_policy
 
 T = TypeVar("T")
 
@@ -44,7 +46,7 @@ async def opening_database() -> AsyncIterator[None]:
     host, port, name or role, a directory that does not exist) is said in one line."""
     try:
         yield
-    except (DBAPIError, OSError) as exc:
+    except (DBAPIError, ConnectionError, TimeoutError, socket.gaierror) as exc:
         await _settle_driver_threads()
         raise click.ClickException(f"cannot open the database ({database_message(exc)})") from None
 
@@ -57,6 +59,16 @@ async def _settle_driver_threads() -> None:
         if threading.active_count() == 1:
             return
         await asyncio.sleep(0.01)
+
+
+async def migrate_database(db: Database, settings: Settings) -> None:
+    """`cdp migrate` and the key rotation: the policy is checked first, as `cdp serve` does
+    (a migration reads it: 0004 the stats currency)."""
+    from cdp.db.migrate import migrate
+
+    load_policy(settings.policy_dir, settings.default_jurisdiction)
+    async with opening_database():
+        await migrate(db)
 
 
 async def with_platform(fn: Callable[[Any], Awaitable[T]], migrate: bool = True) -> T:

@@ -30,8 +30,9 @@ async def test_a_master_key_that_is_not_base64_is_one_line(platform, tmp_path):
 async def test_a_missing_policy_file_is_one_line_naming_it(platform, tmp_path):
     url = platform.settings.database_url
     missing = tmp_path / "no-policies"
-    result = run_cli(["keys", "list"], url, tmp_path, CDP_POLICY_DIR=str(missing))
-    assert_plain(result, "policy.toml: policy file missing")
+    for command in (["keys", "list"], ["migrate"]):  # a migration reads it (0004)
+        result = run_cli(command, url, tmp_path, CDP_POLICY_DIR=str(missing))
+        assert_plain(result, "policy.toml: policy file missing")
     # `cdp serve` refuses to start with exit status 2, as for a wrong master key
     result = run_cli(["serve", "--port", "1"], url, tmp_path, CDP_POLICY_DIR=str(missing))
     assert_plain(result, "policy.toml: policy file missing", code=2)
@@ -49,6 +50,12 @@ def test_a_new_master_key_that_is_not_base64_is_named(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
     result = run_cli(["keys", "rotate-master"], url, tmp_path, CDP_NEW_MASTER_KEY="not a key")
     assert_plain(result, "CDP_NEW_MASTER_KEY is not a master key")
+
+
+def test_a_database_host_that_does_not_resolve_is_one_line(tmp_path):
+    url = "postgresql://postgres@no-such-host.invalid:5432/cdp"
+    result = run_cli(["keys", "list"], url, tmp_path)
+    assert_plain(result, "cannot open the database")
 
 
 def test_a_database_url_of_another_engine_is_refused_naming_the_setting(tmp_path):
