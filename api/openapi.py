@@ -3,10 +3,11 @@
 Litestar documents only a 400 per operation, as its own `application/json` validation error.
 Every error here is an RFC 9457 problem (`api.errors`, API.md), so each operation gets, under
 `application/problem+json` with one shared `Problem` schema: 400 where it takes parameters or a
-body, 401 and 403 unless it is public, 404 where its path names something, 413 where it takes
-a body, and a `default` for the rest (409, 410, 429, 500, 503). Public operations also say they
-need no key (`security: []`), overriding the document-wide bearer requirement, so that a
-generated client does not send one.
+body, 401 and 403 unless it is public, 404 where its path names something or it names a
+customer by identifier in its body or query (`opt=NAMES_A_CUSTOMER`: an unknown one is a 404),
+413 where it takes a body, and a `default` for the rest (409, 410, 429, 500, 503). Public
+operations also say they need no key (`security: []`), overriding the document-wide bearer
+requirement, so that a generated client does not send one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from litestar.openapi.spec import (
 from litestar.routes import HTTPRoute
 
 from api.errors import PROBLEM
+
+# A handler's opt: it names a customer by identifier in its body or query, and answers 404 for
+# one it does not know (GET /v1/profiles?email=..., POST /v1/consents with a profile_id, ...)
+NAMES_A_CUSTOMER: dict[str, object] = {"names_customer": True}
 
 _PROBLEM_REF = Reference(ref="#/components/schemas/Problem")
 PROBLEM_SCHEMA = Schema(
@@ -52,7 +57,7 @@ _WHY = {
     "400": "Invalid input: `errors` names each bad field; nothing is stored",
     "401": "Missing, unknown or revoked API key",
     "403": "This key's role may not use this endpoint",
-    "404": "Unknown id, or a link that is not (or no longer) valid",
+    "404": "Unknown id or customer, or a link that is not (or no longer) valid",
     "413": "The request body is larger than the limit",
     "default": "Any other error (409 conflict, 410 erased, 429, 500, 503), as a problem",
 }
@@ -107,7 +112,8 @@ def document_problems(app: Litestar) -> None:
                 if public:
                     op.security = []
                 responses = dict(op.responses or {})
-                for status in _errors_of(op, public=public, names_something="{" in route.path):
+                names = "{" in route.path or bool(handler.opt.get("names_customer"))
+                for status in _errors_of(op, public=public, names_something=names):
                     responses[status] = _problem(status)
                 if handler.opt.get("pages"):
                     _document_pages(responses)

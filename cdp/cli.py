@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cdp.cli_support import failure, run, with_platform
+from cdp.cli_support import failure, migrate_database, run, with_platform
 from cdp.errors import DomainError
 from cdp.logging import configure_logging
 from cdp.matching.cli import match as match_command
@@ -29,8 +29,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8000, show_default=True, type=int, help="port to listen on")
 def serve(host: str, port: int) -> None:
     """Apply pending migrations, then serve the API."""
     import uvicorn
@@ -48,6 +48,9 @@ def serve(host: str, port: int) -> None:
         signer_for(settings)
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:  # a policy file or a database that cannot be opened
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
@@ -67,12 +70,12 @@ def served_settings(settings: Settings, env: Mapping[str, str], host: str, port:
 def migrate() -> None:
     """Apply migrations."""
     from cdp.db.engine import Database
-    from cdp.db.migrate import migrate as do_migrate
 
     async def go() -> None:
-        db = Database(Settings.from_env().database_url)
+        settings = Settings.from_env()
+        db = Database(settings.database_url)
         try:
-            await do_migrate(db)
+            await migrate_database(db, settings)
         finally:
             await db.dispose()
 
@@ -86,9 +89,12 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="who uses the key (unique; shown in the access log)")
 @click.option(
-    "--role", required=True, type=click.Choice(["admin", "ingest", "marketing", "compliance"])
+    "--role",
+    required=True,
+    type=click.Choice(["admin", "ingest", "marketing", "compliance"]),
+    help="what the key may do (API.md names each endpoint's roles)",
 )
 def keys_create(name: str, role: str) -> None:
     """Create a key; it is printed once, alone on the last line."""
@@ -101,6 +107,7 @@ def keys_create(name: str, role: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
+    """Every key: name, role, prefix, created, and active or revoked (never the key)."""
     from cdp.apikeys import list_keys
 
     rows = run(lambda: with_platform(lambda p: list_keys(p.db)))
@@ -112,6 +119,7 @@ def keys_list() -> None:
 @keys.command("revoke")
 @click.argument("name")
 def keys_revoke(name: str) -> None:
+    """Revoke the active key called NAME; a running service refuses it within seconds."""
     from cdp.apikeys import revoke_key
 
     run(lambda: with_platform(lambda p: revoke_key(p.db, name)))
@@ -131,20 +139,24 @@ def keys_rotate_master(new_key_env: str) -> None:
     """Re-wrap every data key under a new master key (field data is not touched)."""
     import os
 
+    from cdp.crypto.fields import CryptoError
     from cdp.crypto.master import MasterKey
     from cdp.keyring import rotate_master_key
 
     new_text = os.environ.get(new_key_env)
     if not new_text:
         raise click.UsageError(f"set {new_key_env} to the new master key")
-    new = MasterKey.from_base64(new_text)
+    try:
+        new = MasterKey.from_base64(new_text)
+    except CryptoError:
+        message = f"{new_key_env} is not a master key (base64 of 32 bytes)"
+        raise click.ClickException(message) from None
 
     async def go() -> int:
         # not through the platform: resuming a rotation, the key ring is under the new key
         # already and the old one (CDP_MASTER_KEY) would be refused as not this database's
         from cdp.crypto.master import load_master_key
         from cdp.db.engine import Database
-        from cdp.db.migrate import migrate as do_migrate
 
         settings = Settings.from_env()
         old = load_master_key(
@@ -152,7 +164,7 @@ def keys_rotate_master(new_key_env: str) -> None:
         )
         db = Database(settings.database_url)
         try:
-            await do_migrate(db)
+            await migrate_database(db, settings)
             return await rotate_master_key(db, old, new)
         finally:
             await db.dispose()
@@ -168,7 +180,13 @@ DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="the system the file comes from")
-@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="where the rejected rows go (row, field, reason; never a value) "
+    "[default: FILE.rejects.csv]",
+)
 @click.option(
     "--encoding",
     default="utf-8",
@@ -226,8 +244,16 @@ def import_cmd(
 
 
 @main.command()
-@click.option("--customers", default=3000, show_default=True, type=int)
-@click.option("--seed", default=7, show_default=True, type=int)
+@click.option(
+    "--customers",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="how many customers to make",
+)
+@click.option(
+    "--seed", default=7, show_default=True, type=int, help="the same seed makes the same data"
+)
 def demo(customers: int, seed: int) -> None:
     """Fill an empty database with a realistic synthetic customer base."""
     from cdp.demo import fill_demo

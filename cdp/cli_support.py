@@ -1,17 +1,27 @@
 """What every `cdp` command shares: running a coroutine on a platform opened from the
-environment, and turning a domain error (bad input, a conflict, an unreadable file) into a
-one-line error and exit status 1, as click does for bad options, instead of a traceback."""
+environment, and turning a domain error (bad input, a conflict, an unreadable file) or an
+operator's setting that cannot work (a wrong or malformed master key, a missing or invalid
+policy file, a database that cannot be opened) into a one-line error and exit status 1, as
+click does for bad options, instead of a traceback."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import DBAPIError
 
+from cdp.crypto.fields import CryptoError
+from cdp.db.engine import Database
+from cdp.db.messages import database_message
 from cdp.errors import DomainError
 from cdp.settings import Settings
+from consent.policy import PolicyError, load_policy
 
 T = TypeVar("T")
 
@@ -26,12 +36,46 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(factory())  # type: ignore[arg-type]
     except DomainError as exc:
         raise failure(exc) from None
+    except (CryptoError, PolicyError) as exc:  # their messages name the setting or the file
+        raise click.ClickException(str(exc)) from None
+
+
+@contextlib.asynccontextmanager
+async def opening_database() -> AsyncIterator[None]:
+    """Around the first use of the database: one that cannot be reached or opened (a wrong
+    host, port, name or role, a directory that does not exist) is said in one line."""
+    try:
+        yield
+    except (DBAPIError, ConnectionError, TimeoutError, socket.gaierror) as exc:
+        await _settle_driver_threads()
+        raise click.ClickException(f"cannot open the database ({database_message(exc)})") from None
+
+
+async def _settle_driver_threads() -> None:
+    """aiosqlite stops the thread of a connection that failed to open without awaiting it; if
+    the event loop closes first, that thread prints a traceback of its own. Let it finish (it
+    takes a moment; bounded at a second)."""
+    for _ in range(100):
+        if threading.active_count() == 1:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def migrate_database(db: Database, settings: Settings) -> None:
+    """`cdp migrate` and the key rotation: the policy is checked first, as `cdp serve` does
+    (a migration reads it: 0004 the stats currency)."""
+    from cdp.db.migrate import migrate
+
+    load_policy(settings.policy_dir, settings.default_jurisdiction)
+    async with opening_database():
+        await migrate(db)
 
 
 async def with_platform(fn: Callable[[Any], Awaitable[T]], migrate: bool = True) -> T:
     from cdp.platform import open_platform
 
-    platform = await open_platform(Settings.from_env(), run_migrations=migrate)
+    async with opening_database():
+        platform = await open_platform(Settings.from_env(), run_migrations=migrate)
     try:
         return await fn(platform)
     finally:

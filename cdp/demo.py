@@ -2,6 +2,8 @@
 
 Russian and English names, customers known to several systems (a CRM with emails, a shop with
 phones, a call centre with both), purchases, and consents with evidence on some addresses.
+Customers joined over the last two years (profiles are dated so; their consents and orders
+come after), so the lifecycle segments of docs/segments.md each pick out a part of them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 
-from cdp.db.tables import profiles
+from cdp.db.tables import identities, profiles
 from cdp.errors import Conflict
 from cdp.events import record_event
 from cdp.platform import Platform
@@ -42,6 +44,12 @@ RU_MOBILE = ["903", "905", "906", "909", "910", "915", "916", "917", "925", "926
 US_AREA = ["415", "212", "310", "646", "213"]
 CATEGORIES = ["shoes", "outerwear", "accessories", "sport", "kids"]
 DOMAINS = ["example.com", "example.org", "example.net"]
+JOINED_WITHIN_DAYS = 730
+ORDERS_WITHIN = timedelta(days=400)
+
+
+def _between(rng: random.Random, start: datetime, end: datetime) -> datetime:
+    return start + (end - start) * rng.random()
 
 
 def _customer(rng: random.Random, n: int) -> dict[str, Any]:
@@ -83,8 +91,10 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
     rng = random.Random(seed)
     now = datetime.now(UTC)
     prepared, events = [], []
+    joined_at: list[datetime] = []  # per prepared record, when its customer joined
     for n in range(customers):
         c = _customer(rng, n)
+        joined = now - timedelta(days=rng.randint(0, JOINED_WITHIN_DAYS), hours=rng.randint(0, 23))
         base = {k: c[k] for k in ("first_name", "last_name", "country", "jurisdiction", "city")}
         consents = []
         if rng.random() < 0.55:
@@ -93,7 +103,7 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
                     "purpose": "marketing",
                     "channel": "email",
                     "status": "granted",
-                    "occurred_at": (now - timedelta(days=rng.randint(1, 700))).isoformat(),
+                    "occurred_at": _between(rng, joined, now).isoformat(),
                     "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
                 }
             )
@@ -104,7 +114,7 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
                     "purpose": "marketing",
                     "channel": "sms",
                     "status": "granted",
-                    "occurred_at": (now - timedelta(days=rng.randint(1, 700))).isoformat(),
+                    "occurred_at": _between(rng, joined, now).isoformat(),
                     "evidence": {"wording_id": "sms-promo-v1", "method": "checkbox"},
                 }
             )
@@ -121,6 +131,7 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
             },
         }
         prepared.append(prepare(crm, p))
+        joined_at.append(joined)
         if rng.random() < 0.6:  # also a shop customer, known by phone
             prepared.append(
                 prepare(
@@ -134,25 +145,43 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
                     p,
                 )
             )
+            joined_at.append(joined)
             if rng.random() < 0.3:  # the call centre links phone and email
                 prepared.append(
                     prepare({"source": "callcenter", "phone": c["phone"], "email": c["email"]}, p)
                 )
+                joined_at.append(joined)
             for k in range(rng.choices([0, 1, 2, 4, 8], weights=[30, 30, 20, 15, 5])[0]):
                 events.append(
                     EventIn(
                         source="shop",
                         event_id=f"ord-{n}-{k}",
                         type="purchase",
-                        occurred_at=now - timedelta(days=rng.randint(0, 400)),
+                        occurred_at=_between(rng, max(joined, now - ORDERS_WITHIN), now),
                         external_id=f"S-{n}",
                         amount=Decimal(rng.randint(500, 25000)).quantize(Decimal("1.00")),
                         currency="RUB",
                         category=rng.choice(CATEGORIES),
                     )
                 )
+    created: dict[object, datetime] = {}
     for start in range(0, len(prepared), 1000):
-        await store_prepared(p, prepared[start : start + 1000], "demo")
+        outcomes = await store_prepared(p, prepared[start : start + 1000], "demo")
+        for outcome, joined in zip(outcomes, joined_at[start : start + 1000], strict=True):
+            for pid in (outcome.profile_id, *outcome.merged_profile_ids):
+                created[pid] = min(joined, created.get(pid, joined))
+    await _date_profiles(p, created)
     for ev in events:
         await record_event(p, ev, "demo")
     return {"customers": customers, "records": len(prepared), "purchases": len(events)}
+
+
+async def _date_profiles(p: Platform, created: dict[object, datetime]) -> None:
+    """Each customer's profiles and identities dated when the customer joined."""
+    rows = [{"pid": pid, "at": at} for pid, at in created.items()]
+    if not rows:
+        return
+    async with p.db.write() as conn:
+        for table, key in ((profiles, profiles.c.id), (identities, identities.c.profile_id)):
+            stmt = update(table).where(key == bindparam("pid")).values(created_at=bindparam("at"))
+            await conn.execute(stmt, rows)

@@ -45,6 +45,7 @@ import structlog
 
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
+from cdp.db.messages import database_message
 from cdp.errors import DomainError, FieldError, InvalidInput, repeatable
 from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
@@ -117,9 +118,9 @@ def _cause(exc: Exception) -> str:
     hides them), or the message of one of ours."""
     if isinstance(exc, DomainError):
         return exc.detail
-    orig = getattr(exc, "orig", None)
-    first = str(orig if orig is not None else "").strip().splitlines()
-    return f"{type(exc).__name__}: {first[0][:200]}" if first else type(exc).__name__
+    if getattr(exc, "orig", None) is None:
+        return type(exc).__name__
+    return database_message(exc)
 
 
 def _trait_value(text: str) -> Any:
@@ -297,12 +298,53 @@ def prepare_rows(
                 out.append((n, None, [FieldError("row", _UNNAMED)]))
                 continue
             row = dict(zip(header, row, strict=False))  # a short row leaves the rest empty
+        record: dict[str, Any] = {}
         try:
             record = row_to_record(row, source, from_csv=header is not None)
             prepared = prepare_with(record, policy, indexer, strict_consents=False, master=master)
-            out.append((n, prepared, None))
         except DomainError as exc:
-            out.append((n, None, exc.errors))
+            errors = exc.errors
+            if header is not None:
+                errors = by_column(errors, record.get("consents"))
+            out.append((n, None, errors))
+            continue
+        if header is not None and prepared.rejected_consents:
+            prepared.rejected_consents = by_column(prepared.rejected_consents, record["consents"])
+        out.append((n, prepared, None))
+    return out
+
+
+_CONSENT_FIELD = re.compile(r"consents\[(\d+)\](.*)")
+# the part of a record's consent an error names -> the suffix of its CSV column
+_COLUMN_SUFFIX = {
+    "": "",
+    ".status": "",
+    ".purpose": "",
+    ".channel": "",
+    ".evidence": "",
+    ".evidence.wording_id": ".wording_id",
+    ".evidence.method": ".method",
+    ".occurred_at": ".occurred_at",
+}
+
+
+def by_column(errors: list[FieldError], claims: Any) -> list[FieldError]:
+    """Errors of a CSV row's consents named by its columns (`consent.marketing.sms.method`):
+    the row has no `consents` list, and `consents[0]` was the first consent column it filled,
+    a different one from row to row. A name that could be an address is not repeated."""
+    if not isinstance(claims, list):
+        return errors
+    out = []
+    for e in errors:
+        found = _CONSENT_FIELD.fullmatch(e.field)
+        if found and int(found[1]) < len(claims) and found[2] in _COLUMN_SUFFIX:
+            claim = claims[int(found[1])]
+            column = (
+                f"consent.{claim.get('purpose')}.{claim.get('channel')}{_COLUMN_SUFFIX[found[2]]}"
+            )
+            if repeatable(column):
+                e = FieldError(column, e.message)
+        out.append(e)
     return out
 
 

@@ -46,7 +46,7 @@ class Settings:
             environment=environment(env.get("CDP_ENV")),
             policy_dir=Path(env.get("CDP_POLICY_DIR") or DEFAULT_POLICY_DIR),
             dev_key_dir=Path(env.get("CDP_DEV_KEY_DIR") or ".cdp"),
-            max_body_bytes=int(env.get("CDP_MAX_BODY_BYTES") or DEFAULT_MAX_BODY),
+            max_body_bytes=body_limit(env.get("CDP_MAX_BODY_BYTES")),
             signing_key=env.get("CDP_AUDIT_SIGNING_KEY") or None,
         )
 
@@ -63,10 +63,27 @@ def environment(value: str | None) -> str:
     return name
 
 
+DATABASES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
+
+
 def normalise_database_url(url: str) -> str:
-    """Accept the plain driver names people type and pick the async driver."""
+    """Accept the plain driver names people type and pick the async driver; refuse a database
+    the platform does not run on (SQLite and PostgreSQL only), naming the setting."""
     if url.startswith("sqlite:///"):
         return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if not url.startswith(DATABASES):
+        raise InvalidInput.field(
+            "CDP_DATABASE_URL", "must be a sqlite:///FILE or postgresql://... URL"
+        )
     return url
+
+
+def body_limit(value: str | None) -> int:
+    """CDP_MAX_BODY_BYTES: a whole number of bytes, at least 1 (default 8 MiB)."""
+    if not value:
+        return DEFAULT_MAX_BODY
+    if not value.strip().isdigit() or int(value) < 1:
+        raise InvalidInput.field("CDP_MAX_BODY_BYTES", "must be a whole number of bytes")
+    return int(value)

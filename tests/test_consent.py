@@ -490,3 +490,108 @@ def test_what_a_stop_reply_withdraws_follows_the_senders_jurisdiction():
     assert stop_purposes(policy, "RU") == ["marketing"]
     assert stop_purposes(policy, "EU") == ["marketing"]
     assert stop_purposes(policy, None) == ["service", "marketing"]  # unknown number: fail closed
+
+
+async def test_the_unsubscribe_button_answers_the_customer_with_a_page_in_their_language(
+    platform, client, keys
+):
+    """The confirmation page's button posts its form from the customer's browser, which then
+    showed them `{"unsubscribed":true,"suppressed":true}`. A browser (it asks for HTML) gets a
+    page saying it is done, in its language; a mail client's RFC 8058 post still gets JSON."""
+    import uuid
+
+    from consent.tokens import TokenClaims, issue
+
+    for n, email in enumerate(("ru@example.com", "mail@example.com")):
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "email": email,
+                "consents": [
+                    {
+                        "purpose": "marketing",
+                        "channel": "email",
+                        "status": "granted",
+                        "evidence": GRANT,
+                    }
+                ],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, (n, r.text)
+    tokens = {
+        email: issue(
+            platform.keys.token_key,
+            TokenClaims(
+                uuid.UUID(
+                    (await client.get(f"/v1/profiles?email={email}", headers=keys["admin"])).json()[
+                        "profile_id"
+                    ]
+                ),
+                "email",
+                platform.keys.indexer.email(email),
+                "marketing",
+                "email",
+            ),
+        )
+        for email in ("ru@example.com", "mail@example.com")
+    }
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    browser = {
+        **form,
+        "accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        "accept-language": "ru-RU,ru;q=0.9,en;q=0.8",
+    }
+    page = await client.post(
+        f"/v1/unsubscribe/{tokens['ru@example.com']}",
+        content="List-Unsubscribe=One-Click",
+        headers=browser,
+    )
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Вы отписались" in page.text and "Электронная почта" in page.text
+    assert "ru@example.com" not in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert (await contactable(client, keys, email="ru@example.com"))["marketing"]["email"] is False
+    mail_client = await client.post(
+        f"/v1/unsubscribe/{tokens['mail@example.com']}",
+        content="List-Unsubscribe=One-Click",
+        headers=form,
+    )
+    assert mail_client.status_code == 200
+    assert mail_client.json() == {"unsubscribed": True, "suppressed": True}
+    assert (await contactable(client, keys, email="mail@example.com"))["marketing"][
+        "email"
+    ] is False
+
+
+async def test_the_unsubscribe_confirmation_page_speaks_the_customers_language(
+    platform, client, keys
+):
+    """The first users' customers are in Russia; the page asked 'Stop marketing messages by
+    email?' in English whatever the browser asked for, unlike the preference centre."""
+    import uuid
+
+    from consent.tokens import TokenClaims, issue
+
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "lang@example.com"}, headers=keys["ingest"]
+    )
+    token = issue(
+        platform.keys.token_key,
+        TokenClaims(
+            uuid.UUID(r.json()["profile_id"]),
+            "email",
+            platform.keys.indexer.email("lang@example.com"),
+            "marketing",
+            "email",
+        ),
+    )
+    ru = await client.get(f"/v1/unsubscribe/{token}", headers={"accept-language": "ru,en;q=0.5"})
+    assert ru.status_code == 200
+    assert '<html lang="ru">' in ru.text
+    assert "Реклама и предложения" in ru.text and "Электронная почта" in ru.text
+    assert "Отписаться" in ru.text and "<form" in ru.text
+    en = await client.get(f"/v1/unsubscribe/{token}", headers={"accept-language": "en-GB"})
+    assert '<html lang="en">' in en.text and "Unsubscribe" in en.text

@@ -207,3 +207,59 @@ async def test_the_openapi_document_says_a_batch_holds_profile_records(client):
     assert records["items"] == {"$ref": "#/components/schemas/ProfileIn"}
     assert records["maxItems"] == 1000
     assert "source" in schemas["ProfileIn"]["properties"]
+
+
+async def test_the_openapi_document_lists_the_404_of_a_customer_named_in_the_body_or_query(
+    client, keys
+):
+    """An operation that names a customer by identifier in its body or query answers 404 for
+    an unknown one (API.md: `GET /v1/profiles?email=...`: the body, or 404); the document
+    listed a 404 only where the path names something, so a generated client had no 404 for
+    these, and the `default` it fell to says 409, 410, 429, 500, 503."""
+    from datetime import UTC, datetime, timedelta
+
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    nobody = "01a248b2-029a-772e-ac11-4e2a6039a300"
+    email = "nobody@example.com"
+    when = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    asks = [
+        ("get", "/v1/profiles", "admin", {"params": {"email": email}}),
+        ("get", "/v1/audit/evidence-bundle", "compliance", {"params": {"email": email}}),
+        (
+            "post",
+            "/v1/events",
+            "ingest",
+            {
+                "json": {
+                    "source": "shop",
+                    "event_id": "e1",
+                    "type": "page_view",
+                    "occurred_at": when,
+                    "profile_id": nobody,
+                }
+            },
+        ),
+        (
+            "post",
+            "/v1/consents",
+            "ingest",
+            {"json": {**WITHDRAWAL, "email": None, "profile_id": nobody}},
+        ),
+        ("post", "/v1/opt-outs", "ingest", {"json": {"profile_id": nobody, "source": "x"}}),
+        ("post", "/v1/preference-links", "ingest", {"json": {"profile_id": nobody}}),
+        ("post", "/v1/access-requests", "compliance", {"json": {"email": email}}),
+        (
+            "post",
+            "/v1/erasure-requests",
+            "compliance",
+            {"json": {"email": email, "requested_by": "customer"}},
+        ),
+    ]
+    for method, path, role, sent in asks:
+        r = await client.request(method.upper(), path, headers=keys[role], **sent)
+        assert r.status_code == 404, (path, r.text)
+        documented = paths[path][method]["responses"]
+        assert "404" in documented, path
+        assert documented["404"]["content"][PROBLEM]["schema"] == {
+            "$ref": "#/components/schemas/Problem"
+        }

@@ -73,7 +73,9 @@ async def test_csv_import_with_consents_and_rejects(platform, tmp_path, client, 
     rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
     assert rejects[0] == ["row", "field", "reason"]
     assert ["3", "email", "not a valid email address"] in rejects  # the file's line
-    assert any(r[0] == "4" and r[1].endswith("evidence.wording_id") for r in rejects[1:])
+    # named by its column (by_column), not as consents[0].evidence.wording_id
+    reason = "a grant of this purpose needs its wording"
+    assert ["4", "consent.marketing.sms.wording_id", reason] in rejects
     assert "bad-email" not in summary.rejects_path.read_text()  # reasons, never values
     assert await count(platform, profiles) == 2
     assert await count(platform, consent_ledger) == 1
@@ -449,3 +451,26 @@ async def test_the_lookup_of_merged_profiles_stays_on_its_index_after_an_import(
         platform, f"EXPLAIN QUERY PLAN SELECT id FROM profiles WHERE merged_into IN ({ids})"
     )
     assert any("ix_profiles_merged_into" in str(row) for row in plan), plan
+
+
+async def test_the_rejects_file_names_a_csv_consent_by_its_column(platform, tmp_path):
+    """A CSV has consent columns, not a `consents` list: its rejects named
+    `consents[0].evidence.wording_id`, and `consents[0]` was the first consent column the row
+    filled, a different column from row to row."""
+    src = tmp_path / "crm.csv"
+    src.write_text(
+        "email,consent.marketing.email,consent.marketing.sms,consent.marketing.sms.wording_id,"
+        "consent.marketing.sms.method\n"
+        "a@example.com,granted,,,\n"  # no wording: line 2
+        "b@example.com,,maybe,sms-v1,checkbox\n"  # a status that is not one: line 3
+        "c@example.com,,granted,sms-v1,\n",  # sms, and the record has no phone: line 4
+        encoding="utf-8",
+    )
+    summary = await run_import(platform, src, "crm")
+    rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
+    fields = {(int(r[0]), r[1]) for r in rejects[1:]}
+    assert fields == {
+        (2, "consent.marketing.email.wording_id"),
+        (3, "consent.marketing.sms"),
+        (4, "consent.marketing.sms"),
+    }

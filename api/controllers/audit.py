@@ -12,6 +12,7 @@ from litestar.params import FromQuery
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.openapi import NAMES_A_CUSTOMER
 from api.params import Limit
 from cdp.access_log import log_access
 from cdp.errors import Conflict, InvalidInput, NotFound
@@ -135,7 +136,7 @@ class AuditController(Controller):
 
     @get(
         "/evidence-bundle",
-        opt=AUDITORS,
+        opt={**AUDITORS, **NAMES_A_CUSTOMER},
         summary="Every consent event of one customer with its evidence and chain proof, as JSON "
         "fit to hand to a regulator",
         description="Name the customer by one of `profile_id`, `email`, `phone`. 404 when "

@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Template
 from sqlalchemy import select
@@ -17,7 +24,13 @@ from sqlalchemy import select
 from api.auth import PUBLIC, roles
 from api.customer_pages import message_page, page_language, wants_page
 from api.deps import PlatformDep, PrincipalDep
-from api.i18n import PAGE_HEADERS, channel_label, messages, purpose_label
+from api.i18n import (
+    PAGE_HEADERS,
+    channel_label,
+    messages,
+    purpose_label,
+)
+from api.openapi import NAMES_A_CUSTOMER
 from cdp.db.tables import profiles
 from cdp.errors import Gone, InvalidInput
 from cdp.platform import Platform
@@ -56,6 +69,25 @@ class OneClickOperation(Operation):
             description="The RFC 8058 one-click form; optional",
             content={RequestEncodingType.URL_ENCODED.value: OpenAPIMediaType(schema=form)},
         )
+        done = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["unsubscribed", "suppressed"],
+            properties={
+                "unsubscribed": Schema(type=OpenAPIType.BOOLEAN),
+                "suppressed": Schema(type=OpenAPIType.BOOLEAN),
+            },
+        )
+        self.responses = {
+            **(self.responses or {}),
+            "200": OpenAPIResponse(
+                description="Unsubscribed. A browser (asking for HTML, as the confirmation "
+                "page's button does) gets a page saying so in its language; a mail client JSON",
+                content={
+                    MediaType.JSON.value: OpenAPIMediaType(schema=done),
+                    MediaType.HTML.value: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)),
+                },
+            ),
+        }
 
 
 class InboundSmsIn(msgspec.Struct, forbid_unknown_fields=False, rename={"from_": "from"}):
@@ -79,7 +111,7 @@ def _identifier(platform: Platform, data: ConsentIn | OptOutIn) -> Identifier:
 
 @post(
     "/v1/consents",
-    opt=INGEST,
+    opt={**INGEST, **NAMES_A_CUSTOMER},
     tags=["consent"],
     status_code=201,
     summary="Append one consent event to the ledger",
@@ -103,7 +135,7 @@ async def post_consent(
 
 @post(
     "/v1/opt-outs",
-    opt=INGEST,
+    opt={**INGEST, **NAMES_A_CUSTOMER},
     tags=["consent"],
     status_code=200,
     summary="Opt a customer or an address out, effective before the answer",

@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from api.auth import PUBLIC, roles
 from api.deps import PlatformDep, PrincipalDep
+from api.openapi import NAMES_A_CUSTOMER
 from api.params import Limit
 from cdp.access_log import log_access
 from cdp.platform import Platform
@@ -50,7 +51,7 @@ class ErasureRequestController(Controller):
 
     @post(
         "/",
-        opt=SUBMIT,
+        opt={**SUBMIT, **NAMES_A_CUSTOMER},
         status_code=202,
         summary="Request erasure of a customer",
         description=(
@@ -177,7 +178,7 @@ class ErasureRequestController(Controller):
 
 @post(
     "/v1/access-requests",
-    opt=OFFICERS,
+    opt={**OFFICERS, **NAMES_A_CUSTOMER},
     tags=["data subject requests"],
     status_code=200,
     summary="Everything held about a customer (written to the access log)",

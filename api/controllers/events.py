@@ -6,13 +6,14 @@ from litestar.params import JSONBody
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.openapi import NAMES_A_CUSTOMER
 from cdp.events import record_event
 from cdp.profiles.schemas import EventIn
 
 
 @post(
     "/v1/events",
-    opt=roles("admin", "ingest"),
+    opt={**roles("admin", "ingest"), **NAMES_A_CUSTOMER},
     tags=["events"],
     summary="Record a behavioural event (idempotent on source + event_id)",
     description=(

@@ -42,6 +42,7 @@ from api.i18n import (
     purpose_text,
     when,
 )
+from api.openapi import NAMES_A_CUSTOMER
 from cdp.apikeys import Principal
 from cdp.db.tables import identities, profiles
 from cdp.errors import Gone, InvalidInput, NotFound
@@ -526,7 +527,7 @@ class PreferenceCentre(Controller):
 
 @post(
     "/v1/preference-links",
-    opt=roles("admin", "ingest"),
+    opt={**roles("admin", "ingest"), **NAMES_A_CUSTOMER},
     tags=["consent"],
     status_code=201,
     summary="A manage link to the preference centre, for a customer the operator has signed in",

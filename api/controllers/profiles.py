@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
+from api.openapi import NAMES_A_CUSTOMER
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.errors import DomainError, NotFound
@@ -97,7 +98,11 @@ class ProfileController(Controller):
                 results.append({"index": item.index, "error": error_body(item.error)})
         return {"results": results}
 
-    @get("/", opt=READERS, summary="Find a profile by email, phone, or source + external_id")
+    @get(
+        "/",
+        opt={**READERS, **NAMES_A_CUSTOMER},
+        summary="Find a profile by email, phone, or source + external_id",
+    )
     async def lookup(
         self,
         platform: PlatformDep,

@@ -43,7 +43,11 @@ def dsr_worker(interval: float) -> None:
 
 
 @dsr.command("list")
-@click.option("--status", type=click.Choice(["received", "in_progress", "completed", "rejected"]))
+@click.option(
+    "--status",
+    type=click.Choice(["received", "in_progress", "completed", "rejected"]),
+    help="only requests in this status",
+)
 @click.option("--overdue", is_flag=True, help="only open requests past their due date")
 def dsr_list(status: str | None, overdue: bool) -> None:
     """Erasure requests, oldest first (ids and dates only)."""

@@ -1,0 +1,69 @@
+"""An operator's mistake in the settings is one plain line and exit status 1, never a traceback:
+a wrong or malformed master key, a missing policy file, a database that cannot be opened, a
+database URL of an engine the platform does not run on, a size that is not a number."""
+
+from __future__ import annotations
+
+from cdp.crypto.master import MasterKey
+from tests.test_import import run_cli
+
+
+def assert_plain(result, *words: str, code: int = 1) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    for word in words:
+        assert word in result.stderr, result.stderr[-2000:]
+
+
+async def test_a_master_key_of_another_database_is_one_line(platform, tmp_path):
+    url = platform.settings.database_url
+    result = run_cli(["keys", "list"], url, tmp_path, CDP_MASTER_KEY=MasterKey.generate_base64())
+    assert_plain(result, "CDP_MASTER_KEY does not match this database")
+
+
+async def test_a_master_key_that_is_not_base64_is_one_line(platform, tmp_path):
+    url = platform.settings.database_url
+    result = run_cli(["audit", "verify"], url, tmp_path, CDP_MASTER_KEY="not a key")
+    assert_plain(result, "CDP_MASTER_KEY is not valid base64")
+
+
+async def test_a_missing_policy_file_is_one_line_naming_it(platform, tmp_path):
+    url = platform.settings.database_url
+    missing = tmp_path / "no-policies"
+    for command in (["keys", "list"], ["migrate"]):  # a migration reads it (0004)
+        result = run_cli(command, url, tmp_path, CDP_POLICY_DIR=str(missing))
+        assert_plain(result, "policy.toml: policy file missing")
+    # `cdp serve` refuses to start with exit status 2, as for a wrong master key
+    result = run_cli(["serve", "--port", "1"], url, tmp_path, CDP_POLICY_DIR=str(missing))
+    assert_plain(result, "policy.toml: policy file missing", code=2)
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path):
+    nowhere = f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'cdp.db'}"
+    for command in (["keys", "list"], ["migrate"], ["serve", "--port", "1"]):
+        result = run_cli(command, nowhere, tmp_path)
+        code = 2 if command[0] == "serve" else 1
+        assert_plain(result, "cannot open the database", "unable to open database file", code=code)
+
+
+def test_a_new_master_key_that_is_not_base64_is_named(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    result = run_cli(["keys", "rotate-master"], url, tmp_path, CDP_NEW_MASTER_KEY="not a key")
+    assert_plain(result, "CDP_NEW_MASTER_KEY is not a master key")
+
+
+def test_a_database_host_that_does_not_resolve_is_one_line(tmp_path):
+    url = "postgresql://postgres@no-such-host.invalid:5432/cdp"
+    result = run_cli(["keys", "list"], url, tmp_path)
+    assert_plain(result, "cannot open the database")
+
+
+def test_a_database_url_of_another_engine_is_refused_naming_the_setting(tmp_path):
+    result = run_cli(["keys", "list"], "mysql://user@localhost/cdp", tmp_path)
+    assert_plain(result, "CDP_DATABASE_URL")
+
+
+def test_a_body_limit_that_is_not_a_number_is_refused_naming_the_setting(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    result = run_cli(["keys", "list"], url, tmp_path, CDP_MAX_BODY_BYTES="8MB")
+    assert_plain(result, "CDP_MAX_BODY_BYTES")

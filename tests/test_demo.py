@@ -1,0 +1,51 @@
+"""`cdp demo` is what a newcomer tries the docs' lifecycle segments on (docs/segments.md): each
+should pick out a part of the customer base, as it would in a real one."""
+
+from __future__ import annotations
+
+from cdp.demo import fill_demo
+
+LIFECYCLE = {
+    "new": {"field": "created_days", "op": "lte", "value": 30},
+    "active": {"field": "last_order_days", "op": "lte", "value": 30},
+    "sleeping": {
+        "all": [
+            {"field": "orders_count", "op": "gte", "value": 1},
+            {"field": "last_order_days", "op": "gte", "value": 60},
+        ]
+    },
+    "vip": {
+        "any": [
+            {"field": "total_spent", "op": "gte", "value": "50000"},
+            {"field": "traits.tier", "op": "eq", "value": "gold"},
+        ]
+    },
+}
+
+
+async def stats(client, keys, rules) -> dict:  # type: ignore[no-untyped-def]
+    definition = {"name": "s", "purpose": "marketing", "channel": "email", "rules": rules}
+    made = await client.post("/v1/segments", headers=keys["marketing"], json=definition)
+    assert made.status_code == 201, made.text
+    r = await client.get(f"/v1/segments/{made.json()['id']}/stats", headers=keys["marketing"])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_the_lifecycle_segments_each_pick_out_a_part_of_the_demo_customers(
+    platform, client, keys
+):
+    """Every demo profile was created the moment `cdp demo` ran, so 'New customers (joined in
+    the last 30 days)' was the whole base, customers with orders 400 days old included."""
+    await fill_demo(platform, customers=400, seed=7)
+    everyone = (await stats(client, keys, {"all": []}))["matched"]
+    for name, rules in LIFECYCLE.items():
+        got = await stats(client, keys, rules)
+        assert 0 < got["contactable"] <= got["matched"] < everyone / 2, (name, got, everyone)
+    # nobody ordered or consented before they joined
+    old_orders = {"all": [LIFECYCLE["new"], {"field": "first_order_days", "op": "gt", "value": 30}]}
+    assert (await stats(client, keys, old_orders))["matched"] == 0
+
+
+async def test_a_demo_of_no_customers_stores_nothing_and_says_so(platform):
+    assert await fill_demo(platform, customers=0) == {"customers": 0, "records": 0, "purchases": 0}
