@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal
 
 import msgspec
 from sqlalchemy import insert, select
@@ -64,7 +63,7 @@ def check_event(body: EventIn) -> None:
     if body.amount is not None:
         if not body.amount.is_finite() or body.amount < 0:
             raise InvalidInput.field("amount", "must be a non-negative decimal")
-        if body.amount.as_tuple().exponent < -2 or body.amount >= Decimal("1e16"):
+        if body.amount.as_tuple().exponent < -2 or body.amount >= stats.MONEY_LIMIT:
             raise InvalidInput.field("amount", "at most 16 digits and 2 decimals")
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import events, profile_categories, profile_stats
 from cdp.db.upsert import insert_ignore
+from cdp.errors import InvalidInput
 
 MONEY_EVENTS = {"purchase": 1, "refund": -1}  # the sign of the amount in total_spent
 
@@ -37,6 +38,12 @@ def event_type(raw: str) -> str:
 def counts_in_total(kind: str, currency: str | None, stats_currency: str) -> bool | None:
     """Whether a money event's amount is in total_spent; None for other events."""
     return None if kind not in MONEY_EVENTS else currency == stats_currency
+
+
+# Money (an event's amount, a customer's total_spent) holds 16 digits before the point and 2
+# after; a total beyond them was a numeric overflow on PostgreSQL (a 500), stored on SQLite
+MONEY_LIMIT = Decimal("1e16")
+TOTAL_TOO_LARGE = "would take the customer's total_spent beyond 16 digits"
 
 
 class Change(NamedTuple):
@@ -71,10 +78,10 @@ async def apply(conn: AsyncConnection, pid: uuid.UUID, c: Change, at: datetime) 
             )
         )
         return
-    values = {
-        "orders_count": row.orders_count + c.orders,
-        "total_spent": row.total_spent + c.spent,
-    }
+    total = row.total_spent + c.spent
+    if abs(total) >= MONEY_LIMIT:
+        raise InvalidInput.field("amount", TOTAL_TOO_LARGE)
+    values = {"orders_count": row.orders_count + c.orders, "total_spent": total}
     if c.orders:
         values["first_order_at"] = min(d for d in (row.first_order_at, at) if d is not None)
         values["last_order_at"] = max(d for d in (row.last_order_at, at) if d is not None)

@@ -156,3 +156,33 @@ async def test_an_event_naming_no_country_is_400_and_creates_no_customer(client,
     assert r.status_code == 201, r.text
     view = await client.get(f"/v1/profiles/{r.json()['profile_id']}", headers=keys["admin"])
     assert (view.json()["country"], view.json()["jurisdiction"]) == ("KZ", "RU")
+
+
+async def test_a_purchase_taking_the_total_past_what_is_kept_is_400_and_stores_nothing(
+    client, keys, platform
+):
+    """Each amount may have 16 digits before the point, the customer's total_spent too: a
+    purchase taking the total past them was a 500 on PostgreSQL (numeric overflow) and stored
+    on SQLite."""
+    from cdp.db.tables import events
+    from tests.helpers import count
+
+    await send(client, keys, 1, amount="6000000000000000.00")
+    await send(client, keys, 2, amount="3000000000000000.00")
+    body = {
+        "source": "shop",
+        "event_id": "ord-3",
+        "type": "purchase",
+        "occurred_at": "2026-11-03T12:00:00Z",
+        "email": EMAIL,
+        "amount": "1000000000000000.00",
+        "currency": "RUB",
+    }
+    r = await client.post("/v1/events", json=body, headers=keys["ingest"])
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["field"] == "amount"
+    assert await count(platform, events) == 2
+    assert (await stats(client, keys))["total_spent"] == "9000000000000000.00"
+    refund = {**body, "event_id": "ref-1", "type": "refund", "amount": "1.00"}
+    r = await client.post("/v1/events", json=refund, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
