@@ -69,6 +69,7 @@ def normalise_category(raw: str | None) -> str | None:
     return _folded(raw)
 
 
+@lru_cache(maxsize=4096)  # an import's customers live in a few hundred cities
 def city_key(city: str | None) -> str | None:
     """The form a city is compared in (`profiles.city_key`, and a rule's value); None for none."""
     return _folded(city)

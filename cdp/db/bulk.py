@@ -51,10 +51,18 @@ def _compiled(table: Table, dialect: Dialect, columns: tuple[str, ...], ignore: 
         order = compiled.positiontup or list(columns)
         # bytes go to both drivers as they are; the binary processor only re-wraps them
         plain = {c.name for c in table.columns if isinstance(c.type, LargeBinary)}
+        # columns of one type share one processor, so that `_driver_rows` converts a value
+        # they share (a row's created_at and updated_at) once
+        by_type: dict[str, Callable] = {}
         hit = (
             str(compiled),
             [
-                (columns.index(name), None if name in plain else processors.get(name))
+                (
+                    columns.index(name),
+                    None
+                    if name in plain or processors.get(name) is None
+                    else by_type.setdefault(repr(table.c[name].type), processors[name]),
+                )
                 for name in order
             ],
         )
@@ -66,11 +74,12 @@ def _sqlite_uuid(value: Any) -> Any:
     return None if value is None else value.hex
 
 
-def _convert(values: Sequence[Any], proc: Callable) -> list[Any]:
+def _convert(values: Sequence[Any], proc: Callable, seen: dict[int, Any]) -> list[Any]:
+    """`values` through `proc`; `seen`: what it gave for each value (by identity) so far."""
     if proc is _sqlite_uuid:  # ids are mostly distinct: no point looking for repeats
         return [None if v is None else v.hex for v in values]
-    # rows of a batch share many values (timestamps, sources): convert each once
-    seen: dict[int, Any] = {}
+    # rows of a batch share many values (timestamps, sources), within a column and across
+    # columns (a row's created_at and updated_at): each is converted once
     out = []
     for v in values:
         key = id(v)
@@ -87,7 +96,11 @@ def _driver_rows(rows: Sequence[tuple], order: list[tuple[int, Callable | None]]
     ):
         return rows if isinstance(rows, list) else list(rows)
     by_column = list(zip(*rows, strict=True))
-    out = [by_column[i] if proc is None else _convert(by_column[i], proc) for i, proc in order]
+    seen: dict[Callable, dict[int, Any]] = {}  # the values live as long as `rows` does
+    out = [
+        by_column[i] if proc is None else _convert(by_column[i], proc, seen.setdefault(proc, {}))
+        for i, proc in order
+    ]
     return list(zip(*out, strict=True))
 
 

@@ -529,6 +529,7 @@ def _create_alone(
     for i in alone:
         rec = records[i]
         ks = keys[i]
+        at = _tick(now, i)
         s = sealed[i] if sealed is not None else None
         if s is not None and len(s.values) == len(ks):
             pid = s.profile_id
@@ -557,8 +558,8 @@ def _create_alone(
                 dict(rec.traits),
                 key_id,
                 *[enc.get(f) for f in ENCRYPTED_PROFILE_FIELDS],
-                _tick(now, i),
-                _tick(now, i),
+                at,
+                at,  # one object: converted for the driver once (cdp.db.bulk)
                 None,
             )
         )
