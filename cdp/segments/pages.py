@@ -20,7 +20,8 @@ is selected next, before the ranges after it.
 A range selected ahead holds each member's data key as it was when selected, so a customer
 whose erasure completed while the page before was sent would still be decrypted and sent: just
 before a page goes out, its members whose profile has been erased since are taken out of it
-(`_without_erased`, one look-up by primary key per page). An erased customer is never sent after
+(`_without_erased`, one look-up by primary key per page, once any profile has been erased since
+the export began: until then one count per page tells). An erased customer is never sent after
 their erasure has completed.
 """
 
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from sqlalchemy import Integer, Select, bindparam, literal_column, select
+from sqlalchemy import Integer, Select, bindparam, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
@@ -199,10 +200,28 @@ async def member_pages(
     """Every member of the segment in profile id order, in pages of at most `page_size`
     members (`range_rows`, rendered). A range without members gives an empty page."""
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
+    erased_before = await _erased_profiles(p)  # before the first range is selected
+    recheck = False
     async with contextlib.aclosing(rows):
         async for got in rows:
             page = await render_for_export(p, d, got)
-            yield await _without_erased(p, page) if page.items else page
+            if page.items and not recheck:
+                # an erasure completed since the export began: from now on every page's
+                # members are looked up (a range may have been selected before it)
+                recheck = await _erased_profiles(p) != erased_before
+            yield await _without_erased(p, page) if page.items and recheck else page
+
+
+async def _erased_profiles(p: Platform) -> int:
+    """How many profiles have been erased (an erased profile keeps its row: the count only
+    grows). One index count per page: the members of a page are looked up only once it
+    changes, as it rarely does while an export runs."""
+    async with p.db.read() as conn:
+        return (
+            await conn.execute(
+                select(func.count()).select_from(profiles).where(profiles.c.status == "erased")
+            )
+        ).scalar_one()
 
 
 async def _without_erased(p: Platform, page: Page) -> Page:
