@@ -49,6 +49,7 @@ from cdp.db.messages import database_message
 from cdp.errors import DomainError, FieldError, InvalidInput, repeatable
 from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.platform import Platform
+from cdp.profiles.records import trait_field
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
 from consent.policy import Policy
@@ -170,11 +171,6 @@ def _key_plan(key: str, from_csv: bool) -> tuple:
 _TRAIT_TWICE = "given twice, in traits and as a traits.* key, with different values"
 
 
-def _trait_field(name: str) -> str:
-    """How an error names a trait: by its name where that may be repeated (cdp.errors)."""
-    return f"traits.{name}" if repeatable(name) else "traits"
-
-
 def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b  # 1 and true are two values
 
@@ -196,7 +192,7 @@ def row_to_record(row: dict[str, Any], source: str, *, from_csv: bool) -> dict[s
         elif what == _TRAIT:
             name = plan[1]
             if given is not None and name in traits and not _same(traits[name], value):
-                raise InvalidInput.field(_trait_field(name), _TRAIT_TWICE)
+                raise InvalidInput.field(trait_field(name), _TRAIT_TWICE)
             traits[name] = _trait_value(value) if from_csv else value
         elif what == _CONSENT:
             item = consents.setdefault(plan[1], {})

@@ -95,17 +95,22 @@ def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[Fi
     ]
 
 
+def trait_field(name: str) -> str:
+    """How an error names a trait: `traits.<name>` where the name may be repeated
+    (cdp.errors.repeatable), else `traits`."""
+    return f"traits.{name}" if repeatable(name) else "traits"
+
+
 def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
     """The traits under their stored names (cdp.labels.trait_name), and an error for each name
     that segment rules could not select, or that another name stands for too (`й` written as
     one character and as `и` with a combining breve: one trait in NFC, and one of the two values
-    was lost without a word). The error names `traits.<name>` when the name is `repeatable`,
-    else `traits`."""
+    was lost without a word). The error names the trait as `trait_field` does."""
     named: dict[str, Any] = {}
     errors: list[FieldError] = []
     for key, value in traits.items():
         name = trait_name(key)
-        field = f"traits.{key}" if repeatable(key) else "traits"
+        field = trait_field(key)
         if name is None:
             errors.append(FieldError(field, TRAIT_NAME_RULE))
         elif name in named:
