@@ -190,14 +190,13 @@ async def carry_person_opt_outs(
     and phones learned to be theirs later: a record that carries one, a profile merged in.
     So does any withdrawal of every channel: "unsubscribe from everything" in the preference
     centre (recorded with its evidence, not as an opt-out), a GPC signal, one sent to
-    POST /v1/consents. Before, a phone synced after the customer pressed "unsubscribe from
-    everything", with a grant older than that, made them contactable by SMS again.
-    Before, a stale import adding the customer's phone with a grant older than their "stop
-    all marketing" made them contactable by SMS again, and so did a merge bringing in such a
-    phone. Each such address gets the opt-out as the opt-out itself writes it (a suppression
-    and a ledger withdrawal of the address, dated when the customer asked), so only a grant
-    that occurred after it makes the address contactable. `profile_ids`: surviving profiles
-    that may have gained addresses; their opt-outs include those of profiles merged into them.
+    POST /v1/consents. Before, a phone added by a stale import or a merge, with a grant older
+    than the customer's "stop all marketing" or "unsubscribe from everything", made them
+    contactable by SMS again. Each such address gets the opt-out as the opt-out itself writes
+    it (a suppression and a ledger withdrawal of the address, dated when the customer asked),
+    so only a grant that occurred after it makes the address contactable. `profile_ids`:
+    surviving profiles that may have gained addresses; their opt-outs include those of profiles
+    merged into them.
     """
     if not profile_ids:
         return
