@@ -27,7 +27,7 @@ from cdp.db.bulk import bulk_insert, execute_rows
 from cdp.db.tables import identities
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.keyring import SYSTEM_OWNER
-from cdp.profiles.identifiers import profiles_addresses
+from cdp.profiles.identifiers import profiles_held
 from consent.chain import chain_head, entry_hash
 from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
@@ -171,16 +171,16 @@ async def _suppressions(
     conn: AsyncConnection, entries: list[Entry]
 ) -> tuple[dict[tuple[bytes, str, str], datetime], dict[bytes, list[bytes]]]:
     """The suppressions that undated grants ask about (the only ones that do): of the address
-    a grant names, and for a profile's channel (push, messenger) of every address the profile
-    holds, with those addresses by profile subject. "Stop all marketing" said from an address,
-    and the suppression an erasure leaves, concern the person: an undated push grant that
-    came back with them in a stale import used to make them contactable again."""
+    a grant names, and for a profile's channel (push, messenger) of every identifier the profile
+    holds (external ids too), with those by profile subject. "Stop all marketing" said from an
+    address, and the suppression an erasure leaves, concern the person: an undated push grant
+    that came back with them in a stale import used to make them contactable again."""
     undated = [e for e in entries if e.undated and e.status == "granted"]
     bidxs = {e.subject for e in undated if e.subject_kind != "profile"}
     pids = {e.profile_id for e in undated if e.subject_kind == "profile" and e.profile_id}
     holders: dict[bytes, list[bytes]] = {}
     if pids:
-        for pid, addresses in (await profiles_addresses(conn, pids)).items():
+        for pid, addresses in (await profiles_held(conn, pids)).items():
             holders[profile_subject(pid)] = [bidx for _, bidx in addresses]
             bidxs.update(holders[profile_subject(pid)])
     return (await suppressed_at(conn, sorted(bidxs)) if bidxs else {}), holders

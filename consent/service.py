@@ -15,7 +15,12 @@ from cdp.db.tables import identities, profile_stats, profiles
 from cdp.errors import InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
-from cdp.profiles.identifiers import Identifier, profile_addresses, profiles_addresses
+from cdp.profiles.identifiers import (
+    Identifier,
+    profile_addresses,
+    profiles_addresses,
+    profiles_held,
+)
 from cdp.profiles.locks import lock_profile
 from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
 from consent import ledger
@@ -226,8 +231,8 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         (r.subject, r.purpose, r.channel): r
         for r in (await conn.execute(select(consent_state).where(cs.subject.in_(subjects))))
     }
-    addresses = [b for _, b, _ in idents]
-    supp = await suppressed_at(conn, addresses)
+    held = [b for _, b in (await profiles_held(conn, {profile_id})).get(profile_id, [])]
+    supp = await suppressed_at(conn, held)
     customer = await is_customer(conn, profile_id)
     items = [
         {
@@ -261,7 +266,7 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
                     has_address=subject is not None,
                     state_status=state.status if state else None,
                     state_since=state.since if state else None,
-                    suppressed_at=latest_for_profile(supp, addresses, purpose, channel)
+                    suppressed_at=latest_for_profile(supp, held, purpose, channel)
                     if subject == psubj
                     else latest_suppression(supp, subject, purpose, channel)
                     if subject

@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from cdp.ids import utcnow
 from consent.dsr.worker import run_pending
@@ -152,6 +153,85 @@ async def test_a_forgotten_customer_brought_back_by_old_imports_is_never_contact
     assert not any((await contactable(client, keys, pid)).values())
     for channel in ("email", "sms", "push", "messenger"):
         assert pid not in await members(client, keys, channel)
+    await audit_ok(client, keys)
+
+
+async def test_a_forgotten_customer_brought_back_by_external_id_alone_is_never_contacted(
+    client, keys, platform
+):
+    """A CRM that syncs by its own customer number brings an erased customer back with no email
+    or phone, with last year's push and messenger grants: before, nothing tied the number to the
+    erasure, and the app pushed advertising to someone who had asked to be forgotten."""
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "external_id": "C-9001",
+            "email": "forget.me.too@example.com",
+            "country": "RU",
+            "consents": [dated("email", days=30), dated("push", days=30)],
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    asked = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "forget.me.too@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert asked.status_code == 202, asked.text
+    await run_pending(platform)
+    gone = await client.get(f"/v1/profiles/{r.json()['profile_id']}", headers=keys["admin"])
+    assert gone.status_code == 410
+    async with platform.db.read() as conn:
+        announced = await conn.execute(
+            select(outbox_events.c.address_kind).where(outbox_events.c.kind == "suppression.added")
+        )
+        assert {kind for (kind,) in announced} == {"email", "external_id"}
+    for consents in (
+        [undated("push"), undated("messenger")],  # last year's file, no dates
+        [dated("push", days=30), dated("messenger", days=30)],  # dated before the erasure
+    ):
+        back = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "external_id": "C-9001", "country": "RU", "consents": consents},
+            headers=keys["ingest"],
+        )
+        assert back.status_code in (200, 201), back.text
+        pid = back.json()["profile_id"]
+        assert not any((await contactable(client, keys, pid)).values())
+        for channel in ("push", "messenger"):
+            assert pid not in await members(client, keys, channel)
+    # the same number from another system is another customer number: not the erased customer
+    other = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "shop",
+            "external_id": "C-9001",
+            "country": "RU",
+            "consents": [undated("push")],
+        },
+        headers=keys["ingest"],
+    )
+    assert other.status_code == 201, other.text
+    assert (await contactable(client, keys, other.json()["profile_id"]))["push"] is True
+    # a grant given after the erasure is the customer's new choice
+    fresh = await client.post(
+        "/v1/consents",
+        json={
+            "source": "crm",
+            "external_id": "C-9001",
+            "purpose": "marketing",
+            "channel": "push",
+            "status": "granted",
+            "occurred_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "evidence": {"wording_id": "app-v2", "method": "checkbox"},
+        },
+        headers=keys["ingest"],
+    )
+    assert fresh.status_code == 201, fresh.text
+    assert (await contactable(client, keys, pid))["push"] is True
+    assert pid in await members(client, keys, "push")
     await audit_ok(client, keys)
 
 

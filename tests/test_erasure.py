@@ -226,7 +226,8 @@ async def test_reingesting_the_address_gives_a_fresh_profile_not_contactable_unt
         rows = (await conn.execute(select(suppressions))).all()
     erasure = {(r.purpose, r.channel) for r in rows if r.reason == "erasure"}
     assert erasure == {("marketing", "*")}
-    assert len([r for r in rows if r.reason == "erasure"]) == 2  # the email and the phone
+    # the email, the phone and the CRM's customer number
+    assert len([r for r in rows if r.reason == "erasure"]) == 3
 
     # a stale import carrying the old grant does not make the address contactable again
     again = await client.post(

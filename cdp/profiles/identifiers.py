@@ -100,16 +100,32 @@ async def profiles_addresses(
     conn: AsyncConnection, profile_ids: set[uuid.UUID]
 ) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
     """`profile_addresses` for many profiles in one query per 500."""
+    return await _identifiers(conn, profile_ids, ("email", "phone"))
+
+
+async def profiles_held(
+    conn: AsyncConnection, profile_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
+    """(kind, blind index) of every identifier each profile holds, external ids included: a
+    suppression of any of them concerns a channel addressed by the profile (push, messenger),
+    as cdp.segments.audience reads it. An erasure suppresses the customer's external ids too, so
+    a CRM that brings them back by its customer number alone does not make them contactable."""
+    return await _identifiers(conn, profile_ids, None)
+
+
+async def _identifiers(
+    conn: AsyncConnection, profile_ids: set[uuid.UUID], kinds: tuple[str, ...] | None
+) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
     out: dict[uuid.UUID, list[tuple[str, bytes]]] = {}
     ids = sorted(profile_ids)
     ic = identities.c
     for start in range(0, len(ids), 500):
-        rows = await conn.execute(
-            select(ic.profile_id, ic.kind, ic.bidx).where(
-                ic.profile_id.in_(ids[start : start + 500]), ic.kind.in_(("email", "phone"))
-            )
+        query = select(ic.profile_id, ic.kind, ic.bidx).where(
+            ic.profile_id.in_(ids[start : start + 500])
         )
-        for pid, kind, bidx in rows:
+        if kinds is not None:
+            query = query.where(ic.kind.in_(kinds))
+        for pid, kind, bidx in await conn.execute(query):
             out.setdefault(pid, []).append((kind, bidx))
     return out
 

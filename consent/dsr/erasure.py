@@ -12,7 +12,8 @@ into it):
 - suppresses every email and phone blind index for every advertising purpose, and for every
   purpose the customer granted, on all channels (reason "erasure"); a purpose the customer had
   refused on a channel stays refused on it. Marketing to the addresses stays off until a grant
-  that occurred after the erasure;
+  that occurred after the erasure. Its external ids are suppressed alike: push and messenger
+  stay off for whoever holds one (a CRM that syncs by customer number brings them back);
 - deletes the consent state of its subjects, its identities (and with them the blind indexes),
   events, stats, categories and sources; nulls its encrypted fields, traits, city and country;
   marks it "erased" (so every id answers 410 and the contactability rule says "erased");
@@ -60,7 +61,7 @@ from consent.dsr.requests import customer_lock, load, record_transition, request
 from consent.dsr_tables import dsr_requests
 from consent.outbox.enqueue import enqueue
 from consent.subjects import profile_subject
-from consent.suppressions import suppress
+from consent.suppressions import Suppression, suppress_many
 from consent.tables import consent_ledger, consent_state
 
 log = structlog.get_logger(__name__)
@@ -230,18 +231,24 @@ async def erase_customer(
         }
     refused = {(s, purpose, ch) for s, purpose, ch, status in states if status == "withdrawn"}
 
-    # 1. Suppress the addresses before their identities go.
-    suppressions = 0
-    for bidx in addresses:
-        for purpose in sorted(_advertising(p) | granted):
-            await suppress(conn, bidx, purpose, "*", reason="erasure", source="erasure", at=now)
-            suppressions += 1
-        for subject, purpose, channel in sorted(refused):
-            if subject == bidx:
-                await suppress(
-                    conn, bidx, purpose, channel, reason="erasure", source="erasure", at=now
-                )
-                suppressions += 1
+    # 1. Suppress the addresses before their identities go; the external ids too: a channel
+    # addressed by the profile (push, messenger) honours a suppression of any identifier the
+    # profile holds, so a CRM that brings the customer back by its customer number alone, with
+    # last year's grants, does not make them contactable.
+    purposes = sorted(_advertising(p) | granted)
+    items = [
+        Suppression(bidx, purpose, "*", "erasure", "erasure", now, address_kind=kind)
+        for kind, bidx in sorted({(kind, b) for _, kind, b in idents})
+        for purpose in purposes
+    ]
+    items += [
+        Suppression(bidx, purpose, channel, "erasure", "erasure", now, address_kind=kind)
+        for kind, bidx in sorted({(kind, b) for _, kind, b in idents if b in addresses})
+        for subject, purpose, channel in sorted(refused)
+        if subject == bidx
+    ]
+    await suppress_many(conn, items)
+    suppressions = len(items)
     crash_point("after_suppressions")
 
     # 2. Consent state, identities (blind indexes), the profile rows.

@@ -27,7 +27,7 @@ KINDS = (
     "erasure.completed",
     "suppression.added",
 )
-ADDRESS_KINDS = ("email", "phone", "profile")
+ADDRESS_KINDS = ("email", "phone", "profile", "external_id")  # external_id: erasure
 PROFILE_PREFIX = b"p:"  # as consent.subjects.profile_subject
 
 
