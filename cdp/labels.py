@@ -9,6 +9,10 @@ with a space (`уровень`, `loyalty tier`, `tier_2024`, `crm.segment`). It 
 so the same word typed on two systems is one trait. No name can hold a quote or a backslash,
 which the JSON paths of the trait SQL could not carry (cdp.segments.traits).
 
+A trait's string value is stored, and a rule's string compared with it, in NFC: `й` and `ё` sent
+as a letter and a combining mark (a Mac export, some 1C configurations) are the same value as
+typed in one character. Nothing else about it changes (case and spaces are the source's).
+
 A category is compared trimmed, with inner whitespace collapsed and case folded (" Shoes ",
 "SHOES" and "shoes" are one category), in NFC.
 
@@ -55,6 +59,11 @@ def _trait_name(raw: str) -> str | None:
     if not (first == "_" or first.isdecimal() or unicodedata.category(first)[0] == "L"):
         return None
     return name if all(map(_allowed, name)) else None
+
+
+def trait_value(value: object) -> object:
+    """A trait's value in the form it is stored and compared in (strings in NFC)."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
 
 
 def _folded(raw: str | None) -> str | None:

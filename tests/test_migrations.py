@@ -190,6 +190,62 @@ async def test_0007_gives_every_city_its_key(empty_db):
     assert [city_key(c) for c in cities] == ["москва", "москва", "strasse", None]  # one rule
 
 
+async def test_0010_stores_trait_strings_in_nfc(empty_db):
+    """Profiles stored before 0010 with a decomposed `й` in a trait are found by a rule that
+    spells it in one character (cdp.labels.trait_value); nothing else in a trait changes."""
+    import unicodedata
+
+    import sqlalchemy as sa
+
+    from cdp.labels import trait_value
+
+    db = empty_db
+    await upgrade(db, "0009")
+    old = sa.table(
+        "profiles",
+        sa.column("id", sa.Uuid()),
+        *(sa.column(n) for n in ("status", "jurisdiction", "key_id")),
+        sa.column("traits", sa.JSON()),
+        sa.column("created_at", UTCDateTime()),
+        sa.column("updated_at", UTCDateTime()),
+    )
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    nfd = unicodedata.normalize("NFD", "Серебряный")
+    given = [
+        {"tier": nfd, "score": 7.5, "vip": True, "note": " Ёлка  "},
+        {"tier": "gold", "n": None},
+        {},
+    ]
+    ids = sorted(uuid.uuid4() for _ in range(1500))  # more than one batch of the migration
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(old),
+            [
+                {
+                    "id": pid,
+                    "status": "active",
+                    "jurisdiction": "RU",
+                    "key_id": 1,
+                    "traits": given[n % 3],
+                    "created_at": at,
+                    "updated_at": at,
+                }
+                for n, pid in enumerate(ids)
+            ],
+        )
+    await upgrade(db, "head")
+    async with db.engine.connect() as conn:
+        rows = dict((await conn.execute(select(profiles.c.id, profiles.c.traits))).all())
+    expected = [
+        {"tier": "Серебряный", "score": 7.5, "vip": True, "note": " Ёлка  "},
+        {"tier": "gold", "n": None},
+        {},
+    ]
+    wrong = [n for n, pid in enumerate(ids) if rows[pid] != expected[n % 3]]
+    assert wrong == [], rows[ids[wrong[0]]]
+    assert [{k: trait_value(v) for k, v in t.items()} for t in given] == expected  # one rule
+
+
 async def table_names(db: Database) -> set[str]:
     from sqlalchemy import inspect
 

@@ -4,11 +4,11 @@ language of API.md describes, on SQLite and on PostgreSQL.
 The oracle below is that description in plain Python, written from what the test sent (not
 from what the database holds): text fields compared as ingest stores them (country and
 jurisdiction upper-cased; cities and categories trimmed, inner spaces collapsed, case-folded,
-in NFC: "МОСКВА" is "Москва"), traits typed (a
-string matches strings, a number numbers, a boolean booleans), stats from the purchases and
-refunds sent, "days since" as whole days elapsed (a moment ahead of now, as a client clock
-ahead dates an order, is 0 days ago), and every condition two-valued (a customer
-without the value does not satisfy `eq`, `gt`, `contains`..., and does satisfy `ne` and `not`).
+in NFC: "МОСКВА" is "Москва"), traits typed (a string matches strings, in NFC and in its own
+case, a number numbers, a boolean booleans), stats from the purchases and refunds sent, "days
+since" as whole days elapsed (a moment ahead of now, as a client clock ahead dates an order,
+is 0 days ago), and every condition two-valued (a customer without the value does not satisfy
+`eq`, `gt`, `contains`..., and does satisfy `ne` and `not`).
 
 The segment is for `service` by email, so every customer is contactable and the members are
 exactly the customers the rule matches.
@@ -134,12 +134,16 @@ def near_day_boundary(rng: random.Random) -> timedelta:
 
 
 # the oracle ---------------------------------------------------------------------------------
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
 def same_value(stored: Any, wanted: Any) -> bool:
     """A trait equals a rule value of its own type only (True is not 1, "5" is not 5)."""
     if isinstance(wanted, bool) or isinstance(stored, bool):
         return isinstance(wanted, bool) and isinstance(stored, bool) and stored == wanted
     if isinstance(wanted, str) or isinstance(stored, str):
-        return isinstance(wanted, str) and isinstance(stored, str) and stored == wanted
+        return isinstance(wanted, str) and isinstance(stored, str) and nfc(stored) == nfc(wanted)
     return stored is not None and stored == wanted
 
 
@@ -204,7 +208,7 @@ def holds(rule: dict, c: Customer) -> bool:
     if op == "in":
         return any(same_value(stored, x) for x in v)
     if op == "contains":
-        return isinstance(stored, str) and v in stored
+        return isinstance(stored, str) and nfc(v) in nfc(stored)
     return number(stored) and compare(op, stored, v)
 
 

@@ -515,3 +515,28 @@ async def test_a_city_is_one_city_in_any_case(client, keys, platform):
     assert r.status_code == 200, r.text
     after = await active_ids(platform, kazan)
     assert newer in after and older not in after
+
+
+async def test_a_trait_value_is_one_value_however_unicode_spells_it(client, keys, platform):
+    """`й` and `ё` may arrive as one character or as a letter and a combining mark (exports
+    made on a Mac, some 1C configurations): before, `traits.tier eq "Серебряный"` missed every
+    customer whose CRM had sent the decomposed spelling, and the marketer was not told. Trait
+    strings are stored, and rule strings compared, in NFC."""
+    nfc = "Серебряный"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    anna = await add(client, keys, "Anna", traits={"tier": nfd, "note": "ёлка"})
+    await add(
+        client, keys, "Boris", traits={"tier": nfc, "note": unicodedata.normalize("NFD", "ёж")}
+    )
+    await add(client, keys, "Carl", traits={"tier": "Золотой"})
+    for spelling in (nfc, nfd):
+        assert await names(client, keys, leaf("traits.tier", "eq", spelling)) == {"Anna", "Boris"}
+        assert await names(client, keys, leaf("traits.tier", "in", [spelling])) == {"Anna", "Boris"}
+        assert await names(client, keys, leaf("traits.tier", "ne", spelling)) == {"Carl"}
+    assert await names(client, keys, leaf("traits.note", "contains", "ё")) == {"Anna", "Boris"}
+    assert await names(
+        client, keys, leaf("traits.note", "contains", unicodedata.normalize("NFD", "ёж"))
+    ) == {"Boris"}
+    shown = await client.get(f"/v1/profiles/{anna}", headers=keys["admin"])
+    assert shown.json()["traits"]["tier"] == nfc

@@ -16,7 +16,7 @@ import msgspec
 
 from cdp.errors import FieldError, InvalidInput, decoded_field_error, repeatable
 from cdp.ids import time_problem
-from cdp.labels import TRAIT_NAME_RULE, trait_name
+from cdp.labels import TRAIT_NAME_RULE, trait_name, trait_value
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
@@ -102,7 +102,7 @@ def trait_field(name: str) -> str:
 
 
 def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
-    """The traits under their stored names (cdp.labels.trait_name), and an error for each name
+    """The traits under their stored names and values (cdp.labels), and an error for each name
     that segment rules could not select, or that another name stands for too (`й` written as
     one character and as `и` with a combining breve: one trait in NFC, and one of the two values
     was lost without a word). The error names the trait as `trait_field` does."""
@@ -116,7 +116,7 @@ def _named_traits(traits: dict[str, Any]) -> tuple[dict[str, Any], list[FieldErr
         elif name in named:
             errors.append(FieldError(field, TRAIT_NAMED_TWICE))
         else:
-            named[name] = value
+            named[name] = trait_value(value)
     return named, errors
 
 

@@ -18,7 +18,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cdp.errors import FieldError, InvalidInput
-from cdp.labels import CATEGORY_MAX, TRAIT_NAME_RULE, normalise_category, trait_name
+from cdp.labels import (
+    CATEGORY_MAX,
+    TRAIT_NAME_RULE,
+    normalise_category,
+    trait_name,
+    trait_value,
+)
 from cdp.normalize import clean_text, normalise_country
 
 MAX_DEPTH = 16
@@ -279,11 +285,11 @@ def _trait(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]
     if op == "contains":
         if not isinstance(v, str) or not v:
             raise _Bad(path, "must be a non-empty string for 'contains'")
-        return v
+        return trait_value(v)
     if isinstance(v, str | bool | int | float):  # eq, ne, in
         if isinstance(v, str) and len(v) > 1000:
             raise _Bad(path, "at most 1000 characters")
-        return v
+        return trait_value(v)
     raise _Bad(path, "must be a string, number or boolean")
 
 
