@@ -84,6 +84,19 @@ def _customer(rng: random.Random, n: int) -> dict[str, Any]:
     }
 
 
+def _traits(rng: random.Random) -> dict[str, Any]:
+    """A loyalty tier and the `vip` flag. Gold is the top tier: the few flagged VIP (5%), not
+    a third of the customers (tiers were once drawn evenly, so docs/segments.md's "VIP" took
+    four customers in ten). The draws are as they were, so the rest of the demo is too."""
+    tier = rng.choice(["bronze", "silver", "gold"])
+    vip = rng.random() < 0.05
+    if vip:
+        tier = "gold"
+    elif tier == "gold":
+        tier = "silver"
+    return {"tier": tier, "vip": vip}
+
+
 async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dict[str, int]:
     async with p.db.read() as conn:
         if (await conn.execute(select(func.count()).select_from(profiles))).scalar():
@@ -125,10 +138,7 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
             "email": c["email"],
             "birth_date": c["birth_date"],
             "consents": consents,
-            "traits": {
-                "tier": rng.choice(["bronze", "silver", "gold"]),
-                "vip": rng.random() < 0.05,
-            },
+            "traits": _traits(rng),
         }
         prepared.append(prepare(crm, p))
         joined_at.append(joined)

@@ -49,3 +49,18 @@ async def test_the_lifecycle_segments_each_pick_out_a_part_of_the_demo_customers
 
 async def test_a_demo_of_no_customers_stores_nothing_and_says_so(platform):
     assert await fill_demo(platform, customers=0) == {"customers": 0, "records": 0, "purchases": 0}
+
+
+async def test_vip_is_a_small_part_of_the_demo_customers(platform, client, keys):
+    """'VIP: top spenders' picked out four customers in ten: a third of the demo customers
+    had the gold tier it selects (tiers were drawn evenly), and the `vip` flag disagreed with
+    it. Gold now goes with the flag: a few percent, as a top tier is."""
+    customers = 400
+    await fill_demo(platform, customers=customers, seed=7)
+    vip = await stats(client, keys, LIFECYCLE["vip"])
+    assert 0 < vip["matched"] <= customers / 5, vip
+    gold = {"field": "traits.tier", "op": "eq", "value": "gold"}
+    flagged = {"field": "traits.vip", "op": "eq", "value": True}
+    assert (await stats(client, keys, gold))["matched"] == (await stats(client, keys, flagged))[
+        "matched"
+    ]

@@ -148,3 +148,78 @@ async def test_openapi_documents_the_segment_api(client):
     paths = r.json()["paths"]
     assert "/v1/segments/{segment_id}/members" in paths
     assert "/v1/segments/query" in paths
+
+
+async def test_a_cursor_is_good_only_where_it_was_handed_out(client, keys):
+    """A members cursor holds a keyset position; taken to another segment (a sending tool
+    that mixed up two campaigns' state), to an ad-hoc query of other rules or to another list,
+    it silently skipped every member before that position. Now it is a 400 naming `cursor`."""
+    for n in range(3):
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "email": f"c{n}@ex.com",
+                "country": "RU",
+                "consents": [
+                    {
+                        "purpose": "marketing",
+                        "channel": "email",
+                        "status": "granted",
+                        "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+                    }
+                ],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+    one = (await client.post("/v1/segments", json=body(), headers=keys["marketing"])).json()["id"]
+    other = (
+        await client.post(
+            "/v1/segments", json=body(name="all", rules={"all": []}), headers=keys["marketing"]
+        )
+    ).json()["id"]
+    query = {"purpose": "marketing", "channel": "email", "rules": RULES, "limit": 1}
+
+    r = await client.get(f"/v1/segments/{one}/members?limit=1", headers=keys["marketing"])
+    cursor = r.json()["next_cursor"]
+    r = await client.post("/v1/segments/query", json=query, headers=keys["marketing"])
+    adhoc_cursor = r.json()["next_cursor"]
+    r = await client.get("/v1/segments?limit=1", headers=keys["marketing"])
+    list_cursor = r.json()["next_cursor"]
+    assert cursor and adhoc_cursor and list_cursor
+
+    # where they were handed out, they go on
+    r = await client.get(
+        f"/v1/segments/{one}/members", params={"cursor": cursor}, headers=keys["marketing"]
+    )
+    assert len(r.json()["items"]) == 2
+    r = await client.post(
+        "/v1/segments/query",
+        json=query | {"cursor": adhoc_cursor, "limit": 10},
+        headers=keys["marketing"],
+    )
+    assert len(r.json()["items"]) == 2
+
+    # anywhere else: 400 naming the cursor, never a silently shorter walk
+    elsewhere = [
+        ("GET", f"/v1/segments/{other}/members", {"cursor": cursor}, None),
+        ("GET", f"/v1/segments/{other}/members", {"cursor": adhoc_cursor}, None),
+        ("GET", f"/v1/segments/{one}/members", {"cursor": list_cursor}, None),
+        ("GET", "/v1/segments", {"cursor": cursor}, None),
+        ("POST", "/v1/segments/query", None, query | {"cursor": cursor}),
+        (
+            "POST",
+            "/v1/segments/query",
+            None,
+            query | {"rules": {"all": []}, "cursor": adhoc_cursor},
+        ),
+    ]
+    for method, path, params, payload in elsewhere:
+        r = await client.request(
+            method, path, params=params, json=payload, headers=keys["marketing"]
+        )
+        assert r.status_code == 400, (path, params, payload, r.text)
+        assert r.json()["errors"] == [
+            {"field": "cursor", "message": "not a cursor this endpoint returned"}
+        ]

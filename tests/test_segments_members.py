@@ -505,3 +505,48 @@ async def test_concurrent_member_reads_are_each_logged(client, keys, platform):
         ).all()
     assert sorted(r.rows for r in logged) == sorted(sizes) and len(logged) == 20
     assert platform.db.group_commit("access-log", None).batches < 20  # type: ignore[arg-type]
+
+
+async def test_a_customer_merged_mid_walk_is_not_sent_twice(client, keys, platform):
+    """Two profiles of one customer (say the shop and the CRM sent the new customer at the
+    same moment: each request took its time before the other made its id, so the profile
+    created first has the later id). A sending tool walks the members with a cursor; between
+    its pages a record links the two. The merge went into the profile of the earlier
+    `created_at`, the one with the later id, which is still ahead of the cursor: the
+    customer got the campaign on page 1 under one id and again on page 2 under the other.
+    The survivor is now the profile of the lowest id, so the walk never meets them again."""
+    from uuid import UUID
+
+    from sqlalchemy import update
+
+    from cdp.db.tables import profiles
+
+    first = await add(client, keys, email="lev@shop.ex", country="RU", consents=[grant(50)])
+    second = await add(client, keys, email="lev@crm.ex", country="RU", consents=[grant(40)])
+    assert first < second
+    async with platform.db.write() as conn:  # created a moment before, as above
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.id == UUID(second))
+            .values(created_at=NOW - timedelta(days=1))
+        )
+    sid = await create(client, keys)
+    r = await client.get(f"/v1/segments/{sid}/members?limit=1", headers=keys["marketing"])
+    sent, cursor = r.json()["items"], r.json()["next_cursor"]
+    assert [m["profile_id"] for m in sent] == [first]
+    # between page 1 and page 2: records link the two addresses (one phone)
+    await add(client, keys, email="lev@shop.ex", phone="+7 916 555-01-02")
+    await add(client, keys, email="lev@crm.ex", phone="+7 916 555-01-02")
+    while cursor:
+        params = {"limit": 1, "cursor": cursor}
+        r = await client.get(
+            f"/v1/segments/{sid}/members", params=params, headers=keys["marketing"]
+        )
+        assert r.status_code == 200, r.text
+        sent += r.json()["items"]
+        cursor = r.json()["next_cursor"]
+    customers = []
+    for m in sent:  # a merged-away id answers with the customer's surviving profile
+        r = await client.get(f"/v1/profiles/{m['profile_id']}", headers=keys["admin"])
+        customers.append(r.json()["profile_id"])
+    assert len(customers) == len(set(customers)) == 1, sent

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
-from cdp.db.tables import identities, profiles
+from cdp.db.tables import identities
 from cdp.errors import Conflict
 from cdp.platform import Platform
 from cdp.profiles.identity import resolve_profile_id
@@ -49,13 +49,8 @@ async def merge_reviewed(
     await lock_profiles(conn, current)
     if sorted({await resolve_profile_id(conn, pid) for pid in profile_ids}) != current:
         raise Conflict("these profiles were merged or split meanwhile: review them again")
-    created = {
-        pid: at
-        for pid, at in await conn.execute(
-            select(profiles.c.id, profiles.c.created_at).where(profiles.c.id.in_(current))
-        )
-    }
-    ordered = sorted(current, key=lambda pid: (created[pid], pid))
+    # the lowest id survives, as in ingest (cdp.profiles.resolution: segment walks go by id)
+    ordered = sorted(current)
     survivor = ordered[0]
     for absorbed in ordered[1:]:
         await merge_profiles(

@@ -23,7 +23,8 @@ async def page(
     if status is not None and status not in statuses:
         raise InvalidInput.field("status", "must be one of " + ", ".join(statuses))
     size = check_limit(limit)
-    after = decode_cursor(cursor)
+    scope = f"{table.name}:{status or ''}"
+    after = decode_cursor(cursor, scope=scope)
     query = select(table).order_by(table.c.id).limit(size + 1)
     if status is not None:
         query = query.where(table.c.status == status)
@@ -32,4 +33,4 @@ async def page(
     rows = (await conn.execute(query)).all()
     more = len(rows) > size
     rows = rows[:size]
-    return rows, encode_cursor(rows[-1].id) if more and rows else None
+    return rows, encode_cursor(rows[-1].id, scope=scope) if more and rows else None

@@ -132,7 +132,7 @@ async def ingest(
     held = await _holdings(conn, _guarded(linked, keys, existing))
     groups = {
         pid: Group(
-            age=(0, rows[pid].created_at, pid),
+            age=(0, pid),  # the lowest id survives: see cdp.profiles.resolution
             profile_id=pid,
             existing=[pid],
             counts=dict(held.counts.get(pid, {})),

@@ -4,10 +4,11 @@ A batch is resolved as its records would be one request after another, so that t
 make the same profiles whichever way they arrive: one POST /v1/profiles each, /v1/profiles/batch
 cut anywhere, `cdp import` with any chunk and transaction size. Each record, in order:
 - joins the profile its identifiers name, or starts one when they name none;
-- where they name several, merges them into the oldest (an existing profile is older than any
-  the batch starts), unless the merge guards refuse (`refusal`): then the record is stored in
-  the profile its own (source, external id) names, else the oldest, its identifiers that belong
-  to the others are not kept, and the merge is queued for review;
+- where they name several, merges them into the oldest: an existing profile is older than any
+  the batch starts, and of existing ones the lowest id is the oldest (ids are time-ordered),
+  unless the merge guards refuse (`refusal`): then the record is stored in the profile its own
+  (source, external id) names, else the oldest, its identifiers that belong to the others are
+  not kept, and the merge is queued for review;
 - adds its other identifiers to the profile, up to the policy's cap per kind (one over the cap
   is not kept, so it links nothing later).
 
@@ -16,6 +17,13 @@ about the whole of it: three records each linking two of four customers were ref
 of four profiles" (one request each merged them), two customers of one shop whose records met
 in one batch were merged without a review (one request each: refused), and after a refusal
 every record of the batch that touched either profile was stored in one of them.
+
+The oldest was the earliest `created_at`, which is not always the lowest id (a request that
+took its time before another may make its id after it). Segment members are walked in id
+order with a keyset cursor, so a merge into a profile of a higher id, still ahead of a sending
+tool's cursor, handed the customer out again under the survivor's id. Now the lowest id
+survives (here and in `cdp.matching.decisions`), and a walk never meets a merged customer
+twice.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ class Group:
     """A profile as the batch makes it: an existing one, or one a record of the batch starts,
     with the groups merged into it."""
 
-    age: tuple  # (0, created_at, id) for an existing profile, (1, record index) for a new one
+    age: tuple  # (0, id) for an existing profile, (1, record index) for a new one
     profile_id: uuid.UUID
     existing: list[uuid.UUID]  # the existing profiles in it, oldest first once merged
     counts: dict[str, int] = field(default_factory=dict)  # identifiers per kind

@@ -133,14 +133,14 @@ async def create_segment(
 
 async def list_segments(p: Platform, *, limit: int | None, cursor: str | None) -> SegmentList:
     size = check_limit(limit)
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, scope="segments")
     async with p.db.read() as conn:
         rows = await store.list_segments(conn, after=after, limit=size + 1)
     more = len(rows) > size
     rows = rows[:size]
     return SegmentList(
         items=[segment_body(r) for r in rows],
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
+        next_cursor=encode_cursor(rows[-1].id, scope="segments") if more else None,
     )
 
 
@@ -161,8 +161,8 @@ async def delete_segment(p: Platform, segment_id: str) -> None:
 
 
 # members -----------------------------------------------------------------------------------
-def _page_body(page: Page) -> MembersOut:
-    return MembersOut(items=page.items, next_cursor=encode_cursor(page.next_after))
+def _page_body(page: Page, scope: str) -> MembersOut:
+    return MembersOut(items=page.items, next_cursor=encode_cursor(page.next_after, scope=scope))
 
 
 async def _logged_page(
@@ -176,7 +176,9 @@ async def _logged_page(
     cursor: str | None,
 ) -> MembersOut:
     size = check_limit(limit)
-    after = decode_cursor(cursor)
+    # a members cursor goes on in the walk that handed it out: this segment, or these rules
+    scope = f"{action}:{object_id if object_id != ADHOC else _digest(d)}"
+    after = decode_cursor(cursor, scope=scope)
     async with p.db.read() as conn:
         page = await members_page(conn, p, d, after=after, limit=size)
     await record_access(
@@ -188,7 +190,7 @@ async def _logged_page(
         rows=len(page.items),
         detail=_decided(p, d),
     )
-    return _page_body(page)
+    return _page_body(page, scope)
 
 
 async def segment_members(
@@ -271,8 +273,9 @@ async def list_exports(
     p: Platform, segment_id: str, *, limit: int | None, cursor: str | None
 ) -> ExportList:
     size = check_limit(limit)
-    before = decode_cursor(cursor)
     sid = _segment_id(segment_id)
+    scope = f"exports:{sid}"
+    before = decode_cursor(cursor, scope=scope)
     async with p.db.read() as conn:
         if await store.load_segment(conn, sid) is None:
             raise NotFound("no segment with this id")
@@ -281,7 +284,7 @@ async def list_exports(
     rows = rows[:size]
     return ExportList(
         items=[ExportOut(**_export_fields(r)) for r in rows],
-        next_cursor=encode_cursor(rows[-1].id) if more else None,
+        next_cursor=encode_cursor(rows[-1].id, scope=scope) if more else None,
     )
 
 

@@ -141,7 +141,7 @@ async def get(p: Platform, subscription_id: str) -> SubscriptionOut:
 
 async def list_all(p: Platform, *, limit: int | None, cursor: str | None) -> SubscriptionList:
     n = check_limit(limit)
-    after = decode_cursor(cursor)
+    after = decode_cursor(cursor, scope="webhooks")
     query = select(webhook_subscriptions).where(ws.deleted_at.is_(None))
     if after is not None:
         query = query.where(ws.id > after)
@@ -150,7 +150,8 @@ async def list_all(p: Platform, *, limit: int | None, cursor: str | None) -> Sub
     more = len(rows) > n
     rows = rows[:n]
     return SubscriptionList(
-        items=[_out(r) for r in rows], next_cursor=encode_cursor(rows[-1].id) if more else None
+        items=[_out(r) for r in rows],
+        next_cursor=encode_cursor(rows[-1].id, scope="webhooks") if more else None,
     )
 
 
