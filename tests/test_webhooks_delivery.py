@@ -14,9 +14,10 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from uuid import UUID
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from cdp.ids import utcnow
 from cdp.platform import open_platform
@@ -28,7 +29,7 @@ from consent.outbox.enqueue import enqueue
 from consent.outbox.fanout import fan_out
 from consent.outbox.receiver import Receiver
 from consent.outbox.replay import replay
-from consent.outbox.tables import outbox_events, webhook_deliveries
+from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
 from tests.helpers import count, holds_plaintext, raw_database_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,6 +275,37 @@ async def test_dead_letters_do_not_block_the_customer_and_can_be_replayed(
     assert [r.payload["event_id"] for r in receiver.accepted].count(str(first)) == 1
     r = await client.get(f"/v1/webhooks/{sub['id']}/deliveries", headers=keys["admin"])
     assert {(i["status"], i["replays"]) for i in r.json()["items"]} == {("delivered", 1)}
+
+
+async def test_a_url_the_http_client_refuses_ends_dead_and_visible_not_stuck(
+    client, keys, platform, receiver
+):
+    """A subscription stored before its URL was checked as strictly as now (a port that is
+    not a number): the client raises before any request. Each try is recorded, the delivery
+    ends dead and listed, and other subscriptions get the event."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": "https://esp.example/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    broken = r.json()["id"]
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(webhook_subscriptions.c.id == UUID(broken))
+            .values(url="https://esp.example:abc/hooks")
+        )
+    await opt_out(client, keys, email="unsendable@example.com")
+    cfg = dataclasses.replace(FAST, max_attempts=2)
+    async with open_dispatcher(platform, cfg) as dispatcher:
+        await dispatcher.drain(settle=True, max_seconds=10)
+    assert len(receiver.accepted) == 1
+    r = await client.get(f"/v1/webhooks/{broken}/deliveries?status=dead", headers=keys["admin"])
+    [dead] = r.json()["items"]
+    assert (dead["attempts"], dead["last_status_code"]) == (2, None)
+    assert dead["last_error"] == "InvalidURL"
+    assert [a["error"] for a in dead["history"]] == ["InvalidURL", "InvalidURL"]
 
 
 async def test_events_committed_while_no_dispatcher_ran_are_delivered_after_a_restart(

@@ -199,7 +199,10 @@ async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> O
             size = int(response.headers.get("content-length") or MAX_RESPONSE_READ + 1)
             if size <= MAX_RESPONSE_READ:
                 await response.aread()  # lets the connection be reused
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # whatever the client raises is a failed try:
+        # httpx's own errors, and those it lets through before sending (InvalidURL, an IDNA
+        # error). Unrecorded, the delivery would be leased again and again, never dead, and
+        # hold back its customer's later events for good.
         error = type(exc).__name__[:64]
     if code is not None and not 200 <= code < 300:
         error = f"http {code}"
