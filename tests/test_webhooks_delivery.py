@@ -187,6 +187,35 @@ async def test_an_erasure_request_announces_its_suppressions(client, keys, platf
     assert "marketing" in {r.payload["purpose"] for r in receiver.requests}
 
 
+async def test_an_erasures_suppressions_say_which_kind_of_address_and_whose(
+    client, keys, platform, receiver
+):
+    """`address_kind` is email, phone or profile (docs/webhooks.md): a receiver that keeps
+    email and phone suppressions apart must be able to tell which an index is."""
+    pid = await add_profile(client, keys, email="erase.kind@example.com", phone="+79160000002")
+    await subscribe(client, keys, receiver, kinds=["suppression.added", "erasure.completed"])
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "erase.kind@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await drain(platform)
+    email = platform.keys.indexer.email("erase.kind@example.com").hex()
+    phone = platform.keys.indexer.phone("+79160000002").hex()
+    sent = {
+        (r.payload["kind"], r.payload["address_kind"], r.payload["address_blind_index"])
+        for r in receiver.requests
+    }
+    assert sent == {
+        ("suppression.added", "email", email),
+        ("suppression.added", "phone", phone),
+        ("erasure.completed", "email", email),
+        ("erasure.completed", "phone", phone),
+    }
+    assert {r.payload["profile_id"] for r in receiver.requests} == {pid}
+
+
 async def test_addresses_only_where_allowed_and_never_stored(client, keys, platform, receiver):
     pid = await add_profile(client, keys, email="show.me@example.com", first_name="Ольга")
     plain = Receiver(secret="")

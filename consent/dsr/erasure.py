@@ -132,7 +132,7 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
         if conn.dialect.name == "sqlite":
             await conn.exec_driver_sql("PRAGMA secure_delete=ON")
         pids, idents = await lock_customer(conn, found[0])
-        counts = await erase_customer(conn, p, pids, idents, now)
+        counts = await erase_customer(conn, p, pids, idents, now, found[0])
         if counts["profiles"]:  # tell the sending tools, in this same transaction (outbox)
             await enqueue(
                 conn,
@@ -205,8 +205,12 @@ async def erase_customer(
     pids: list[uuid.UUID],
     idents: list[tuple[uuid.UUID, str, bytes]],
     now: datetime,
+    root: uuid.UUID | None = None,
 ) -> dict[str, Any]:
+    """`root`: the customer's surviving profile, named by the webhook events of this erasure."""
     addresses = sorted({b for _, kind, b in idents if kind in ("email", "phone")})
+    # which kind of address: the suppressions' webhook events name it
+    kinds = {b: kind for _, kind, b in idents if kind in ("email", "phone")}
     subjects = addresses + [profile_subject(pid) for pid in pids]
     cs = consent_state.c
     states = (
@@ -233,15 +237,21 @@ async def erase_customer(
     # 1. Suppress the addresses before their identities go.
     suppressions = 0
     for bidx in addresses:
-        for purpose in sorted(_advertising(p) | granted):
-            await suppress(conn, bidx, purpose, "*", reason="erasure", source="erasure", at=now)
+        wanted = [(purpose, "*") for purpose in sorted(_advertising(p) | granted)]
+        wanted += [(purpose, ch) for subject, purpose, ch in sorted(refused) if subject == bidx]
+        for purpose, channel in wanted:
+            await suppress(
+                conn,
+                bidx,
+                purpose,
+                channel,
+                reason="erasure",
+                source="erasure",
+                at=now,
+                profile_id=root,
+                address_kind=kinds[bidx],
+            )
             suppressions += 1
-        for subject, purpose, channel in sorted(refused):
-            if subject == bidx:
-                await suppress(
-                    conn, bidx, purpose, channel, reason="erasure", source="erasure", at=now
-                )
-                suppressions += 1
     crash_point("after_suppressions")
 
     # 2. Consent state, identities (blind indexes), the profile rows.
