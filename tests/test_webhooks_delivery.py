@@ -479,6 +479,54 @@ async def test_the_in_app_dispatcher_delivers_in_the_background(client, keys, pl
     assert len(accepted) == 1 and accepted[0].payload["kind"] == "opt_out"
 
 
+async def test_a_receiver_that_never_answers_does_not_hold_up_another_subscription(
+    client, keys, platform, receiver
+):
+    """One tool's endpoint hangs (a firewall that drops packets, a stuck server): every request
+    to it takes the whole timeout. The other subscriptions' opt-outs must still go out at once,
+    not wait behind it for the dispatcher's request slots."""
+    release = asyncio.Event()
+    hung: list[bytes] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hung.append(await reader.readuntil(b"\r\n\r\n"))
+            await release.wait()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": f"http://127.0.0.1:{port}/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    assert r.status_code == 201, r.text
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    stop = asyncio.Event()
+    cfg = dataclasses.replace(FAST, concurrency=2, timeout=60.0)
+    task = asyncio.create_task(run_dispatcher(platform, stop, cfg))
+    try:
+        for i in range(4):
+            await opt_out(client, keys, email=f"hang{i}@example.com")
+        accepted = await receiver.wait_for(4, seconds=15)
+        assert len(accepted) == 4, f"{len(accepted)} of 4 delivered; hung requests {len(hung)}"
+        for _ in range(1000):  # the hanging endpoint is tried meanwhile
+            if hung:
+                break
+            await asyncio.sleep(0.01)
+        assert hung
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        server.close()
+        await server.wait_closed()
+
+
 async def test_nothing_is_enqueued_for_a_rejected_or_rolled_back_change(client, keys, platform):
     r = await client.post(
         "/v1/consents",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,15 +107,23 @@ async def claim(p: Platform, cfg: DispatchConfig, limit: int) -> list[Claimed]:
 
 
 async def claim_in(
-    conn: AsyncConnection, cfg: DispatchConfig, limit: int, queued: int = 0
+    conn: AsyncConnection,
+    cfg: DispatchConfig,
+    limit: int,
+    queued: int = 0,
+    busy: Mapping[uuid.UUID, int] | None = None,
 ) -> tuple[list[uuid.UUID], uuid.UUID]:
     """`claim` inside the caller's write transaction: the leased ids and the claim token.
 
+    `busy`: how many deliveries of each subscription this dispatcher holds unanswered. No
+    subscription gets more than `cfg.per_subscription` of them, so a receiver that hangs or
+    answers slowly cannot take every request slot and hold up the other subscriptions.
     The lease covers the time these may wait behind `queued` others for one of `concurrency`
     request slots, each taking up to the timeout, plus `cfg.lease`."""
     token = new_id()
     if limit <= 0:
         return [], token
+    room = {sid: cfg.per_subscription - n for sid, n in (busy or {}).items()}
     now = utcnow()
     earlier = webhook_deliveries.alias("earlier")
     e = earlier.c
@@ -124,10 +133,18 @@ async def claim_in(
         e.status == "pending",
         e.event_seq < d.event_seq,
     )
-    query = select(d.id).where(_due(now), ~blocked).order_by(d.event_seq).limit(limit)
+    query = select(d.id, d.subscription_id).where(_due(now), ~blocked)
+    full = [sid for sid, n in room.items() if n <= 0]
+    if full:
+        query = query.where(d.subscription_id.notin_(full))
+    query = query.order_by(d.event_seq).limit(limit)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=webhook_deliveries)
-    ids = [i for (i,) in await conn.execute(query)]
+    ids = []
+    for i, sid in await conn.execute(query):  # rows left out stay due for the next pass
+        if room.setdefault(sid, cfg.per_subscription) > 0:
+            room[sid] -= 1
+            ids.append(i)
     lease = cfg.lease + (queued + len(ids)) / max(cfg.concurrency, 1) * cfg.timeout
     if ids:
         await conn.execute(
