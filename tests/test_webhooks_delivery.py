@@ -252,6 +252,35 @@ async def test_an_erased_identity_is_sent_as_its_blind_index_only(client, keys, 
     assert body["address_blind_index"] == platform.keys.indexer.email("late@example.com").hex()
 
 
+async def test_an_erased_customers_events_never_name_their_address_even_once_it_is_reused(
+    client, keys, platform, receiver
+):
+    """The address comes back on a new customer (a new sign-up, a reassigned phone number)
+    before the erased customer's events went out: those events name the erased profile, and
+    must not link it to the address in clear (docs/webhooks.md: left out once erased)."""
+    await add_profile(client, keys, email="reused@example.com")
+    await subscribe(
+        client,
+        keys,
+        receiver,
+        kinds=["opt_out", "erasure.completed", "suppression.added"],
+        include_address=True,
+    )
+    await opt_out(client, keys, email="reused@example.com", channel="email")
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "reused@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await add_profile(client, keys, email="reused@example.com")  # someone new, same address
+    await drain(platform)
+    kinds = {r.payload["kind"] for r in receiver.requests}
+    assert {"opt_out", "erasure.completed"} <= kinds
+    assert all(r.valid for r in receiver.requests)
+    assert not [r.payload["kind"] for r in receiver.requests if b"reused@" in r.body]
+
+
 async def test_a_receiver_failing_three_times_gets_it_once_more_with_the_same_id(
     client, keys, platform, receiver
 ):

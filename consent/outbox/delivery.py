@@ -37,7 +37,12 @@ from cdp.ids import new_id, utcnow
 from cdp.platform import Platform
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
-from consent.outbox.payload import event_payload, resolve_addresses, with_address
+from consent.outbox.payload import (
+    erased_profiles,
+    event_payload,
+    resolve_addresses,
+    with_address,
+)
 from consent.outbox.subscriptions import decrypt_secret
 from consent.outbox.tables import (
     outbox_events,
@@ -174,8 +179,11 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 .where(d.id.in_(ids), d.claim_token == token)
             )
         ).all()
-        wanted = [r.address_bidx for r in rows if r.include_address and r.address_bidx]
-        addresses = await resolve_addresses(conn, p, wanted)
+        shown = [r for r in rows if r.include_address and r.address_bidx]
+        gone = await erased_profiles(conn, [r.profile_id for r in shown])
+        shown = [r for r in shown if r.profile_id not in gone]
+        addresses = await resolve_addresses(conn, p, [r.address_bidx for r in shown])
+        shown_ids = {r.delivery_id for r in shown}
     out: list[Claimed] = []
     for r in rows:
         try:
@@ -183,7 +191,7 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         except CryptoError:
             log.error("webhook_secret_unreadable", subscription_id=str(r.subscription_id))
             continue
-        address = addresses.get(r.address_bidx) if r.include_address and r.address_bidx else None
+        address = addresses.get(r.address_bidx) if r.delivery_id in shown_ids else None
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
             Claimed(
