@@ -366,6 +366,36 @@ async def test_a_url_the_http_client_refuses_ends_dead_and_visible_not_stuck(
     assert [a["error"] for a in dead["history"]] == ["InvalidURL", "InvalidURL"]
 
 
+async def test_a_subscription_whose_secret_cannot_be_read_ends_dead_and_visible(
+    client, keys, platform, receiver
+):
+    """Its requests cannot be signed, so none is sent: each try is recorded, the delivery ends
+    dead and listed (not leased again forever, holding back the customer), and the other
+    subscriptions get the event."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": "https://esp.example/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    broken = r.json()["id"]
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(webhook_subscriptions.c.id == UUID(broken))
+            .values(secret=b"\x01" + bytes(60))
+        )
+    await opt_out(client, keys, email="unsigned@example.com")
+    cfg = dataclasses.replace(FAST, max_attempts=2)
+    async with open_dispatcher(platform, cfg) as dispatcher:
+        await dispatcher.drain(settle=True, max_seconds=10)
+    assert len(receiver.accepted) == 1
+    r = await client.get(f"/v1/webhooks/{broken}/deliveries?status=dead", headers=keys["admin"])
+    [dead] = r.json()["items"]
+    assert (dead["attempts"], dead["last_status_code"]) == (2, None)
+    assert dead["last_error"] == "secret unreadable"
+
+
 async def test_events_committed_while_no_dispatcher_ran_are_delivered_after_a_restart(
     client, keys, platform, receiver, tmp_path
 ):

@@ -55,6 +55,7 @@ log = structlog.get_logger(__name__)
 d = webhook_deliveries.c
 USER_AGENT = "cdp-webhooks/1"
 MAX_RESPONSE_READ = 64 * 1024
+SECRET_UNREADABLE = "secret unreadable"
 
 
 @dataclass(slots=True)
@@ -68,6 +69,8 @@ class Claimed:
     key: bytes
     body: bytes
     address_included: bool
+    # why no request can be made (recorded as the try's error), e.g. an unreadable secret
+    unsendable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +189,12 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         shown_ids = {r.delivery_id for r in shown}
     out: list[Claimed] = []
     for r in rows:
+        unsendable = None
         try:
             key = decrypt_secret(p.keys.system, r.subscription_id, r.secret)
-        except CryptoError:
+        except CryptoError:  # a failed try like any other: retried, then dead and listed
             log.error("webhook_secret_unreadable", subscription_id=str(r.subscription_id))
-            continue
+            key, unsendable = b"", SECRET_UNREADABLE
         address = addresses.get(r.address_bidx) if r.delivery_id in shown_ids else None
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
@@ -203,13 +207,16 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 url=r.url,
                 key=key,
                 body=body,
-                address_included=address is not None,
+                address_included=address is not None and unsendable is None,
+                unsendable=unsendable,
             )
         )
     return out
 
 
 async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> Outcome:
+    if item.unsendable is not None:
+        return Outcome(None, item.unsendable, 0)
     headers = signing.headers(item.key, str(item.event_id), item.body)
     headers["content-type"] = "application/json"
     headers["user-agent"] = USER_AGENT
