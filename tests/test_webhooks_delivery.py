@@ -17,7 +17,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from cdp.ids import utcnow
 from cdp.platform import open_platform
@@ -26,7 +26,7 @@ from consent.outbox.config import DispatchConfig
 from consent.outbox.delivery import claim
 from consent.outbox.dispatcher import open_dispatcher, run_dispatcher
 from consent.outbox.enqueue import enqueue
-from consent.outbox.fanout import fan_out
+from consent.outbox.fanout import fan_out, fan_out_in
 from consent.outbox.receiver import Receiver
 from consent.outbox.replay import replay
 from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
@@ -510,6 +510,42 @@ async def test_only_subscriptions_that_existed_get_the_event_and_deleted_ones_no
     async with platform.db.read() as conn:
         statuses = (await conn.execute(select(webhook_deliveries.c.status))).scalars().all()
     assert statuses in ([], ["cancelled"])
+
+
+async def test_a_subscription_deleted_while_its_events_are_fanned_out_gets_nothing(
+    client, keys, platform, receiver
+):
+    """PostgreSQL: the delete commits while a dispatcher's fan-out (which read the
+    subscription as live) has not committed yet. Its deliveries must still end cancelled:
+    a deleted subscription receives nothing more."""
+    if not platform.db.is_postgres:
+        pytest.skip("SQLite runs one writer at a time")
+    sub = await subscribe(client, keys, receiver, kinds=["opt_out"])
+    await opt_out(client, keys, email="raced@example.com")
+    async with platform.db.engine.connect() as conn, conn.begin():
+        assert await fan_out_in(conn) > 0  # not committed yet
+        deleting = asyncio.create_task(
+            client.delete(f"/v1/webhooks/{sub['id']}", headers=keys["admin"])
+        )
+        async with platform.db.engine.connect() as watch:  # done, or waiting for our locks
+            for _ in range(600):
+                waiting = (
+                    await watch.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND datname = current_database()"
+                        )
+                    )
+                ).scalar_one()
+                if deleting.done() or waiting:
+                    break
+                await asyncio.sleep(0.01)
+    assert (await deleting).status_code == 204
+    await drain(platform)
+    assert receiver.requests == []
+    async with platform.db.read() as conn:
+        statuses = (await conn.execute(select(webhook_deliveries.c.status))).scalars().all()
+    assert statuses == ["cancelled"]
 
 
 async def test_two_dispatchers_deliver_each_event_once(client, keys, platform, receiver):
