@@ -80,6 +80,26 @@ async def test_invalid_subscriptions_are_refused_by_field(client, keys):
     assert listed.json()["items"] == []  # a rejected request stores nothing
 
 
+async def test_urls_the_dispatcher_could_never_send_to_are_refused_by_field(client, keys):
+    """A URL that parses loosely but that no HTTP client can send to (a port that is not a
+    number or out of range, an invalid IDNA name, a space in the host, an unclosed IPv6
+    bracket) is a 400 naming `url` at registration, not a subscription that never delivers
+    (or a 500)."""
+    for url in (
+        "http://[::1/consent",
+        "https://hooks.example:abc/consent",
+        "https://hooks.example:99999/consent",
+        "https://hooks.example:0/consent",
+        "https://xn--.example/consent",
+        "http://hooks exam.example/consent",
+    ):
+        r = await create(client, keys, url=url)
+        assert r.status_code == 400, (url, r.status_code, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["url"], r.text
+    listed = await client.get("/v1/webhooks", headers=keys["admin"])
+    assert listed.json()["items"] == []
+
+
 async def test_only_admins_manage_webhooks(client, keys):
     for role in ("ingest", "marketing", "compliance"):
         r = await create(client, {"admin": keys[role]})

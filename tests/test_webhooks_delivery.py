@@ -14,9 +14,10 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from uuid import UUID
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from cdp.ids import utcnow
 from cdp.platform import open_platform
@@ -25,10 +26,10 @@ from consent.outbox.config import DispatchConfig
 from consent.outbox.delivery import claim
 from consent.outbox.dispatcher import open_dispatcher, run_dispatcher
 from consent.outbox.enqueue import enqueue
-from consent.outbox.fanout import fan_out
+from consent.outbox.fanout import fan_out, fan_out_in
 from consent.outbox.receiver import Receiver
 from consent.outbox.replay import replay
-from consent.outbox.tables import outbox_events, webhook_deliveries
+from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
 from tests.helpers import count, holds_plaintext, raw_database_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +187,35 @@ async def test_an_erasure_request_announces_its_suppressions(client, keys, platf
     assert "marketing" in {r.payload["purpose"] for r in receiver.requests}
 
 
+async def test_an_erasures_suppressions_say_which_kind_of_address_and_whose(
+    client, keys, platform, receiver
+):
+    """`address_kind` is email, phone or profile (docs/webhooks.md): a receiver that keeps
+    email and phone suppressions apart must be able to tell which an index is."""
+    pid = await add_profile(client, keys, email="erase.kind@example.com", phone="+79160000002")
+    await subscribe(client, keys, receiver, kinds=["suppression.added", "erasure.completed"])
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "erase.kind@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await drain(platform)
+    email = platform.keys.indexer.email("erase.kind@example.com").hex()
+    phone = platform.keys.indexer.phone("+79160000002").hex()
+    sent = {
+        (r.payload["kind"], r.payload["address_kind"], r.payload["address_blind_index"])
+        for r in receiver.requests
+    }
+    assert sent == {
+        ("suppression.added", "email", email),
+        ("suppression.added", "phone", phone),
+        ("erasure.completed", "email", email),
+        ("erasure.completed", "phone", phone),
+    }
+    assert {r.payload["profile_id"] for r in receiver.requests} == {pid}
+
+
 async def test_addresses_only_where_allowed_and_never_stored(client, keys, platform, receiver):
     pid = await add_profile(client, keys, email="show.me@example.com", first_name="Ольга")
     plain = Receiver(secret="")
@@ -220,6 +250,35 @@ async def test_an_erased_identity_is_sent_as_its_blind_index_only(client, keys, 
     body = only_one_valid(receiver)
     assert "address" not in body
     assert body["address_blind_index"] == platform.keys.indexer.email("late@example.com").hex()
+
+
+async def test_an_erased_customers_events_never_name_their_address_even_once_it_is_reused(
+    client, keys, platform, receiver
+):
+    """The address comes back on a new customer (a new sign-up, a reassigned phone number)
+    before the erased customer's events went out: those events name the erased profile, and
+    must not link it to the address in clear (docs/webhooks.md: left out once erased)."""
+    await add_profile(client, keys, email="reused@example.com")
+    await subscribe(
+        client,
+        keys,
+        receiver,
+        kinds=["opt_out", "erasure.completed", "suppression.added"],
+        include_address=True,
+    )
+    await opt_out(client, keys, email="reused@example.com", channel="email")
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "reused@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await add_profile(client, keys, email="reused@example.com")  # someone new, same address
+    await drain(platform)
+    kinds = {r.payload["kind"] for r in receiver.requests}
+    assert {"opt_out", "erasure.completed"} <= kinds
+    assert all(r.valid for r in receiver.requests)
+    assert not [r.payload["kind"] for r in receiver.requests if b"reused@" in r.body]
 
 
 async def test_a_receiver_failing_three_times_gets_it_once_more_with_the_same_id(
@@ -274,6 +333,67 @@ async def test_dead_letters_do_not_block_the_customer_and_can_be_replayed(
     assert [r.payload["event_id"] for r in receiver.accepted].count(str(first)) == 1
     r = await client.get(f"/v1/webhooks/{sub['id']}/deliveries", headers=keys["admin"])
     assert {(i["status"], i["replays"]) for i in r.json()["items"]} == {("delivered", 1)}
+
+
+async def test_a_url_the_http_client_refuses_ends_dead_and_visible_not_stuck(
+    client, keys, platform, receiver
+):
+    """A subscription stored before its URL was checked as strictly as now (a port that is
+    not a number): the client raises before any request. Each try is recorded, the delivery
+    ends dead and listed, and other subscriptions get the event."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": "https://esp.example/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    broken = r.json()["id"]
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(webhook_subscriptions.c.id == UUID(broken))
+            .values(url="https://esp.example:abc/hooks")
+        )
+    await opt_out(client, keys, email="unsendable@example.com")
+    cfg = dataclasses.replace(FAST, max_attempts=2)
+    async with open_dispatcher(platform, cfg) as dispatcher:
+        await dispatcher.drain(settle=True, max_seconds=10)
+    assert len(receiver.accepted) == 1
+    r = await client.get(f"/v1/webhooks/{broken}/deliveries?status=dead", headers=keys["admin"])
+    [dead] = r.json()["items"]
+    assert (dead["attempts"], dead["last_status_code"]) == (2, None)
+    assert dead["last_error"] == "InvalidURL"
+    assert [a["error"] for a in dead["history"]] == ["InvalidURL", "InvalidURL"]
+
+
+async def test_a_subscription_whose_secret_cannot_be_read_ends_dead_and_visible(
+    client, keys, platform, receiver
+):
+    """Its requests cannot be signed, so none is sent: each try is recorded, the delivery ends
+    dead and listed (not leased again forever, holding back the customer), and the other
+    subscriptions get the event."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": "https://esp.example/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    broken = r.json()["id"]
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(webhook_subscriptions.c.id == UUID(broken))
+            .values(secret=b"\x01" + bytes(60))
+        )
+    await opt_out(client, keys, email="unsigned@example.com")
+    cfg = dataclasses.replace(FAST, max_attempts=2)
+    async with open_dispatcher(platform, cfg) as dispatcher:
+        await dispatcher.drain(settle=True, max_seconds=10)
+    assert len(receiver.accepted) == 1
+    r = await client.get(f"/v1/webhooks/{broken}/deliveries?status=dead", headers=keys["admin"])
+    [dead] = r.json()["items"]
+    assert (dead["attempts"], dead["last_status_code"]) == (2, None)
+    assert dead["last_error"] == "secret unreadable"
 
 
 async def test_events_committed_while_no_dispatcher_ran_are_delivered_after_a_restart(
@@ -392,6 +512,42 @@ async def test_only_subscriptions_that_existed_get_the_event_and_deleted_ones_no
     assert statuses in ([], ["cancelled"])
 
 
+async def test_a_subscription_deleted_while_its_events_are_fanned_out_gets_nothing(
+    client, keys, platform, receiver
+):
+    """PostgreSQL: the delete commits while a dispatcher's fan-out (which read the
+    subscription as live) has not committed yet. Its deliveries must still end cancelled:
+    a deleted subscription receives nothing more."""
+    if not platform.db.is_postgres:
+        pytest.skip("SQLite runs one writer at a time")
+    sub = await subscribe(client, keys, receiver, kinds=["opt_out"])
+    await opt_out(client, keys, email="raced@example.com")
+    async with platform.db.engine.connect() as conn, conn.begin():
+        assert await fan_out_in(conn) > 0  # not committed yet
+        deleting = asyncio.create_task(
+            client.delete(f"/v1/webhooks/{sub['id']}", headers=keys["admin"])
+        )
+        async with platform.db.engine.connect() as watch:  # done, or waiting for our locks
+            for _ in range(600):
+                waiting = (
+                    await watch.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                            " AND datname = current_database()"
+                        )
+                    )
+                ).scalar_one()
+                if deleting.done() or waiting:
+                    break
+                await asyncio.sleep(0.01)
+    assert (await deleting).status_code == 204
+    await drain(platform)
+    assert receiver.requests == []
+    async with platform.db.read() as conn:
+        statuses = (await conn.execute(select(webhook_deliveries.c.status))).scalars().all()
+    assert statuses == ["cancelled"]
+
+
 async def test_two_dispatchers_deliver_each_event_once(client, keys, platform, receiver):
     await subscribe(client, keys, receiver, kinds=["opt_out"])
     for i in range(20):
@@ -416,6 +572,54 @@ async def test_the_in_app_dispatcher_delivers_in_the_background(client, keys, pl
         stop.set()
         await asyncio.wait_for(task, 20)
     assert len(accepted) == 1 and accepted[0].payload["kind"] == "opt_out"
+
+
+async def test_a_receiver_that_never_answers_does_not_hold_up_another_subscription(
+    client, keys, platform, receiver
+):
+    """One tool's endpoint hangs (a firewall that drops packets, a stuck server): every request
+    to it takes the whole timeout. The other subscriptions' opt-outs must still go out at once,
+    not wait behind it for the dispatcher's request slots."""
+    release = asyncio.Event()
+    hung: list[bytes] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hung.append(await reader.readuntil(b"\r\n\r\n"))
+            await release.wait()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": f"http://127.0.0.1:{port}/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    assert r.status_code == 201, r.text
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    stop = asyncio.Event()
+    cfg = dataclasses.replace(FAST, concurrency=2, timeout=60.0)
+    task = asyncio.create_task(run_dispatcher(platform, stop, cfg))
+    try:
+        for i in range(4):
+            await opt_out(client, keys, email=f"hang{i}@example.com")
+        accepted = await receiver.wait_for(4, seconds=15)
+        assert len(accepted) == 4, f"{len(accepted)} of 4 delivered; hung requests {len(hung)}"
+        for _ in range(1000):  # the hanging endpoint is tried meanwhile
+            if hung:
+                break
+            await asyncio.sleep(0.01)
+        assert hung
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        server.close()
+        await server.wait_closed()
 
 
 async def test_nothing_is_enqueued_for_a_rejected_or_rolled_back_change(client, keys, platform):

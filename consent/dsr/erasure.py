@@ -133,7 +133,7 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
         if conn.dialect.name == "sqlite":
             await conn.exec_driver_sql("PRAGMA secure_delete=ON")
         pids, idents = await lock_customer(conn, found[0])
-        counts = await erase_customer(conn, p, pids, idents, now)
+        counts = await erase_customer(conn, p, pids, idents, now, found[0])
         if counts["profiles"]:  # tell the sending tools, in this same transaction (outbox)
             await enqueue(
                 conn,
@@ -206,7 +206,9 @@ async def erase_customer(
     pids: list[uuid.UUID],
     idents: list[tuple[uuid.UUID, str, bytes]],
     now: datetime,
+    root: uuid.UUID | None = None,
 ) -> dict[str, Any]:
+    """`root`: the customer's surviving profile, named by the webhook events of this erasure."""
     addresses = sorted({b for _, kind, b in idents if kind in ("email", "phone")})
     subjects = addresses + [profile_subject(pid) for pid in pids]
     cs = consent_state.c
@@ -237,12 +239,12 @@ async def erase_customer(
     # last year's grants, does not make them contactable.
     purposes = sorted(_advertising(p) | granted)
     items = [
-        Suppression(bidx, purpose, "*", "erasure", "erasure", now, address_kind=kind)
+        Suppression(bidx, purpose, "*", "erasure", "erasure", now, root, kind)
         for kind, bidx in sorted({(kind, b) for _, kind, b in idents})
         for purpose in purposes
     ]
     items += [
-        Suppression(bidx, purpose, channel, "erasure", "erasure", now, address_kind=kind)
+        Suppression(bidx, purpose, channel, "erasure", "erasure", now, root, kind)
         for kind, bidx in sorted({(kind, b) for _, kind, b in idents if b in addresses})
         for subject, purpose, channel in sorted(refused)
         if subject == bidx

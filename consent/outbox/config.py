@@ -6,7 +6,8 @@ CDP_WEBHOOK_RETRY_BASE_MS   first retry delay (default 5000); each next one x4
 CDP_WEBHOOK_RETRY_CAP_MS    longest retry delay (default 6 h)
 CDP_WEBHOOK_TIMEOUT_MS      per request (default 10000)
 CDP_WEBHOOK_POLL_MS         how often an idle dispatcher looks for work (default 200)
-CDP_WEBHOOK_CONCURRENCY     requests in flight per dispatcher (default 8)
+CDP_WEBHOOK_CONCURRENCY     requests in flight per dispatcher (default 8); one subscription
+                            gets at most half of them
 CDP_NATS_URL                e.g. nats://127.0.0.1:4222: also publish to NATS JetStream
 CDP_NATS_STREAM             stream name (default CDP_CONSENT)
 CDP_NATS_SUBJECT_PREFIX     subjects are <prefix>.<kind> (default cdp.consent)
@@ -50,6 +51,12 @@ class DispatchConfig:
     # Whether deliveries may reach private, loopback and link-local addresses; None: only
     # outside production (consent.outbox.targets)
     allow_private: bool | None = None
+
+    @property
+    def per_subscription(self) -> int:
+        """Deliveries of one subscription a dispatcher holds at once (in flight or waiting for
+        a request slot): half the slots, so one hanging receiver leaves the rest to others."""
+        return max(1, self.concurrency // 2)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> DispatchConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,7 +37,12 @@ from cdp.ids import new_id, utcnow
 from cdp.platform import Platform
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
-from consent.outbox.payload import event_payload, resolve_addresses, with_address
+from consent.outbox.payload import (
+    erased_profiles,
+    event_payload,
+    resolve_addresses,
+    with_address,
+)
 from consent.outbox.subscriptions import decrypt_secret
 from consent.outbox.tables import (
     outbox_events,
@@ -49,6 +55,7 @@ log = structlog.get_logger(__name__)
 d = webhook_deliveries.c
 USER_AGENT = "cdp-webhooks/1"
 MAX_RESPONSE_READ = 64 * 1024
+SECRET_UNREADABLE = "secret unreadable"
 
 
 @dataclass(slots=True)
@@ -62,6 +69,8 @@ class Claimed:
     key: bytes
     body: bytes
     address_included: bool
+    # why no request can be made (recorded as the try's error), e.g. an unreadable secret
+    unsendable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +115,23 @@ async def claim(p: Platform, cfg: DispatchConfig, limit: int) -> list[Claimed]:
 
 
 async def claim_in(
-    conn: AsyncConnection, cfg: DispatchConfig, limit: int, queued: int = 0
+    conn: AsyncConnection,
+    cfg: DispatchConfig,
+    limit: int,
+    queued: int = 0,
+    busy: Mapping[uuid.UUID, int] | None = None,
 ) -> tuple[list[uuid.UUID], uuid.UUID]:
     """`claim` inside the caller's write transaction: the leased ids and the claim token.
 
+    `busy`: how many deliveries of each subscription this dispatcher holds unanswered. No
+    subscription gets more than `cfg.per_subscription` of them, so a receiver that hangs or
+    answers slowly cannot take every request slot and hold up the other subscriptions.
     The lease covers the time these may wait behind `queued` others for one of `concurrency`
     request slots, each taking up to the timeout, plus `cfg.lease`."""
     token = new_id()
     if limit <= 0:
         return [], token
+    room = {sid: cfg.per_subscription - n for sid, n in (busy or {}).items()}
     now = utcnow()
     earlier = webhook_deliveries.alias("earlier")
     e = earlier.c
@@ -124,10 +141,18 @@ async def claim_in(
         e.status == "pending",
         e.event_seq < d.event_seq,
     )
-    query = select(d.id).where(_due(now), ~blocked).order_by(d.event_seq).limit(limit)
+    query = select(d.id, d.subscription_id).where(_due(now), ~blocked)
+    full = [sid for sid, n in room.items() if n <= 0]
+    if full:
+        query = query.where(d.subscription_id.notin_(full))
+    query = query.order_by(d.event_seq).limit(limit)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=webhook_deliveries)
-    ids = [i for (i,) in await conn.execute(query)]
+    ids = []
+    for i, sid in await conn.execute(query):  # rows left out stay due for the next pass
+        if room.setdefault(sid, cfg.per_subscription) > 0:
+            room[sid] -= 1
+            ids.append(i)
     lease = cfg.lease + (queued + len(ids)) / max(cfg.concurrency, 1) * cfg.timeout
     if ids:
         await conn.execute(
@@ -157,16 +182,20 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 .where(d.id.in_(ids), d.claim_token == token)
             )
         ).all()
-        wanted = [r.address_bidx for r in rows if r.include_address and r.address_bidx]
-        addresses = await resolve_addresses(conn, p, wanted)
+        shown = [r for r in rows if r.include_address and r.address_bidx]
+        gone = await erased_profiles(conn, [r.profile_id for r in shown])
+        shown = [r for r in shown if r.profile_id not in gone]
+        addresses = await resolve_addresses(conn, p, [r.address_bidx for r in shown])
+        shown_ids = {r.delivery_id for r in shown}
     out: list[Claimed] = []
     for r in rows:
+        unsendable = None
         try:
             key = decrypt_secret(p.keys.system, r.subscription_id, r.secret)
-        except CryptoError:
+        except CryptoError:  # a failed try like any other: retried, then dead and listed
             log.error("webhook_secret_unreadable", subscription_id=str(r.subscription_id))
-            continue
-        address = addresses.get(r.address_bidx) if r.include_address and r.address_bidx else None
+            key, unsendable = b"", SECRET_UNREADABLE
+        address = addresses.get(r.address_bidx) if r.delivery_id in shown_ids else None
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
             Claimed(
@@ -178,13 +207,16 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 url=r.url,
                 key=key,
                 body=body,
-                address_included=address is not None,
+                address_included=address is not None and unsendable is None,
+                unsendable=unsendable,
             )
         )
     return out
 
 
 async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> Outcome:
+    if item.unsendable is not None:
+        return Outcome(None, item.unsendable, 0)
     headers = signing.headers(item.key, str(item.event_id), item.body)
     headers["content-type"] = "application/json"
     headers["user-agent"] = USER_AGENT
@@ -199,7 +231,10 @@ async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> O
             size = int(response.headers.get("content-length") or MAX_RESPONSE_READ + 1)
             if size <= MAX_RESPONSE_READ:
                 await response.aread()  # lets the connection be reused
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # whatever the client raises is a failed try:
+        # httpx's own errors, and those it lets through before sending (InvalidURL, an IDNA
+        # error). Unrecorded, the delivery would be leased again and again, never dead, and
+        # hold back its customer's later events for good.
         error = type(exc).__name__[:64]
     if code is not None and not 200 <= code < 300:
         error = f"http {code}"

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import random
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import httpx
@@ -57,6 +58,7 @@ class Dispatcher:
         self.p, self.cfg, self.http, self.stream = p, cfg, http, stream
         self.rng = rng or random.Random()
         self.inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.busy: Counter[uuid.UUID] = Counter()  # in flight, per subscription
         self.results: list[tuple[Claimed, Outcome]] = []  # sent, to be recorded
         self.wake = asyncio.Event()
         self.sending = asyncio.Semaphore(cfg.concurrency)
@@ -75,12 +77,13 @@ class Dispatcher:
                 async with self.p.db.write() as conn:
                     await record_in(conn, self.cfg, results, self.rng)
                     fanned = await fan_out_in(conn)
-                    ids, token = await claim_in(conn, self.cfg, free, len(self.inflight))
+                    ids, token = await claim_in(conn, self.cfg, free, len(self.inflight), self.busy)
             except Exception:  # the leases of `results` run out; they are sent again
                 log.error("webhook_pass_failed", answers_lost=len(results))
                 raise
         claimed = await prepare(self.p, ids, token) if ids and token else []
         for item in claimed:
+            self.busy[item.subscription_id] += 1
             self.inflight[item.id] = asyncio.create_task(self._deliver(item))
         streamed = 0
         if with_stream and self.stream is not None:
@@ -94,6 +97,9 @@ class Dispatcher:
             self.results.append((item, outcome))
         finally:
             self.inflight.pop(item.id, None)
+            self.busy[item.subscription_id] -= 1
+            if self.busy[item.subscription_id] <= 0:
+                del self.busy[item.subscription_id]
             self.wake.set()
 
     async def _idle(self, stop: asyncio.Event, seconds: float) -> None:

@@ -51,9 +51,12 @@ async def fan_out_in(conn: AsyncConnection, batch: int = BATCH) -> int:
     ).all()
     if not events:
         return 0
-    subs = (
-        await conn.execute(select(ws.id, ws.kinds, ws.created_at).where(ws.deleted_at.is_(None)))
-    ).all()
+    live = select(ws.id, ws.kinds, ws.created_at).where(ws.deleted_at.is_(None))
+    if conn.dialect.name == "postgresql":
+        # a delete waits for this fan-out to commit, and so cancels the deliveries made here
+        # too (else they would stay pending and go to a subscription deleted meanwhile)
+        live = live.with_for_update(read=True)
+    subs = (await conn.execute(live)).all()
     now = utcnow()
     rows = [
         {

@@ -2,11 +2,13 @@
 the address itself only for a subscription allowed to see it. Never other personal data.
 
 The address is never stored in the outbox: it is decrypted from the identity at delivery time.
-If the identity is gone (erased) or its data key destroyed, only the blind index is sent.
+If the identity is gone (erased) or its data key destroyed, or the event's profile was erased,
+only the blind index is sent.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError
-from cdp.db.tables import identities
+from cdp.db.tables import identities, profiles
 from cdp.platform import Platform
 
 
@@ -62,6 +64,26 @@ async def resolve_addresses(
         except CryptoError:
             continue
     return {b: a for b, a in out.items() if a}
+
+
+async def erased_profiles(
+    conn: AsyncConnection, pids: Iterable[uuid.UUID | None]
+) -> set[uuid.UUID]:
+    """Which of these profiles are erased. Their events never carry an address: not even one a
+    new customer has given since (a new sign-up, a reassigned phone number), which would link
+    the erased profile to it in clear."""
+    wanted = list({pid for pid in pids if pid is not None})
+    out: set[uuid.UUID] = set()
+    for start in range(0, len(wanted), 500):
+        out.update(
+            pid
+            for (pid,) in await conn.execute(
+                select(profiles.c.id).where(
+                    profiles.c.id.in_(wanted[start : start + 500]), profiles.c.status == "erased"
+                )
+            )
+        )
+    return out
 
 
 def with_address(body: dict[str, Any], address: str | None) -> dict[str, Any]:

@@ -7,9 +7,10 @@ cancels what was still pending; it receives nothing more.
 
 from __future__ import annotations
 
+import re
 import uuid
-from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,9 +26,11 @@ from consent.outbox.config import DispatchConfig
 from consent.outbox.enqueue import KINDS
 from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
 from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
-from consent.outbox.targets import private_allowed, refuse_private_literal
+from consent.outbox.targets import ip_literal, private_allowed, refuse_private_literal
 
 ws = webhook_subscriptions.c
+# a host name as sent on the wire (international names in their IDNA form)
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 
 
 def secret_place(subscription_id: uuid.UUID) -> str:
@@ -50,16 +53,28 @@ def check_kinds(kinds: list[str] | None) -> list[str]:
 
 
 def check_url(url: str, *, production: bool, allow_private: bool | None = None) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """The URL as given, if the dispatcher's HTTP client can send to it (parsed by that very
+    client, httpx, so a URL that passes here is one a delivery can be attempted on)."""
+    text = url.strip()
+    try:
+        parsed = httpx.Request("POST", text).url  # the Host header too: IDNA is checked here
+        port = parsed.port
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError):  # also an invalid international name (IDNA)
+        raise InvalidInput.field("url", "must be an absolute http or https URL") from None
+    if parsed.scheme not in ("http", "https") or not host:
         raise InvalidInput.field("url", "must be an absolute http or https URL")
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidInput.field("url", "the port must be a number from 1 to 65535")
+    if ip_literal(host) is None and not _HOST_NAME.fullmatch(host):
+        raise InvalidInput.field("url", "the host is not a valid name or address")
     if not private_allowed(allow_private, production=production):
-        refuse_private_literal(parts.hostname)
-    if parts.username or parts.password:
+        refuse_private_literal(host)
+    if parsed.userinfo:
         raise InvalidInput.field("url", "must not carry credentials; receivers check signatures")
-    if production and parts.scheme != "https":
+    if production and parsed.scheme != "https":
         raise InvalidInput.field("url", "must use https in production")
-    return url.strip()
+    return text
 
 
 def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -> SubscriptionOut:  # type: ignore[no-untyped-def]
