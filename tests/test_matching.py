@@ -10,8 +10,9 @@ import sys
 from sqlalchemy import select
 
 from cdp.db.tables import merges
+from cdp.matching import scoring
 from cdp.matching.features import person
-from cdp.matching.suggestions import run_matching
+from cdp.matching.suggestions import find_matches, run_matching
 from cdp.matching.tables import match_suggestions
 from tests.conftest import TEST_MASTER_KEY
 from tests.helpers import count
@@ -229,3 +230,26 @@ async def test_cdp_match_prints_how_many_it_stored(client, keys, platform, tmp_p
     assert done.returncode == 0, done.stderr
     assert "stored 1 new suggestions" in done.stdout
     assert await count(platform, merges) == 0
+
+
+def _score(a: dict, b: dict) -> float | None:
+    """The stored score of the pair, or None when it is not suggested."""
+    import uuid
+
+    people = [person(uuid.uuid4(), **a), person(uuid.uuid4(), **b)]
+    found = find_matches(people, 0.0)
+    return found[0].score if found else None
+
+
+def test_a_common_name_and_a_postcode_are_no_match():
+    """A postcode names a district (101000 is one of Moscow's), as a city names a town: two
+    Александр Ивановы of one postcode, with nothing else on file, scored 1.0."""
+    a = {"first_name": "Александр", "last_name": "Иванов", "postcode": "101000"}
+    b = {"first_name": "Alexander", "last_name": "Ivanov", "postcode": "101000"}
+    english = {"first_name": "John", "last_name": "Smith", "postcode": "SW1A 1AA"}
+    for x, y in [(a, b), (english, {**english, "postcode": "sw1a1aa"})]:
+        score = _score(x, y)
+        assert score is None or score < scoring.THRESHOLD, (x, y, score)
+    # with a birth date that agrees they are suggested
+    born = {"birth_date": "1980-03-04"}
+    assert _score({**a, **born}, {**b, **born}) >= scoring.THRESHOLD

@@ -9,8 +9,8 @@ Similarities (0..1, None where either side lacks the field), with rapidfuzz:
 - postal address: token-set ratio (word order and extra words do not count against it).
 
 The score is a logistic model over the name, birth date and location evidence (postcode, city
-and address are correlated, so they count once, as their weighted mean; a city without an
-address or postcode is no location evidence); a missing field counts neither for nor against.
+and address are correlated, so they count once, as their weighted mean; a city or postcode
+without an address is no location evidence); a missing field counts neither for nor against.
 The weights were fitted on FEBRL2 and the threshold chosen there (`python -m bench.febrl
 --fit`); FEBRL1, 3 and 4 are reported with the same numbers.
 
@@ -86,11 +86,12 @@ def similarities(x: Person, y: Person) -> tuple[dict[str, float | None], bool]:
 
 
 def evidence(sims: dict[str, float | None]) -> dict[str, float | None]:
-    """The model's four inputs: first name, last name, birth date, location. A city alone is no
-    location evidence: the weight was fitted where an address or postcode came with it, and
-    a shop's customers mostly share a few cities, so a first name and a city in common made
-    two strangers a near-certain match."""
-    if sims["postal_address"] is None and sims["postcode"] is None:
+    """The model's four inputs: first name, last name, birth date, location. A city or a
+    postcode without a postal address is no location evidence: the weight was fitted where an
+    address came with them, and both name an area where many customers live (a shop's
+    customers mostly share a few cities; 101000 is a district of Moscow), so a first name and a
+    city in common, or a common name and a postcode, made two strangers a near-certain match."""
+    if sims["postal_address"] is None:
         return {
             "first": sims["first_name"],
             "last": sims["last_name"],
