@@ -39,7 +39,9 @@ class MatchSuggestionController(Controller):
         description=(
             "Items `{suggestion_id, profile_ids: [a, b], score: 0..1, reasons, status}`; "
             "`reasons` holds the per-field similarity (0..1, null where a side lacks the "
-            "field), never values. `status`: open (default), accepted, rejected, stale (one "
+            "field), never values, and the flags `names_swapped` (first and last name swapped) "
+            "and `household_fields_only` (no first name or birth date agrees: at most 0.5). "
+            "`status`: open (default), accepted, rejected, stale (one "
             "of the pair was merged elsewhere)."
         ),
     )

@@ -16,6 +16,11 @@ The weights were fitted on FEBRL2 and the threshold chosen there (`python -m ben
 
 Household guard: two profiles whose first names and birth dates both disagree are different
 people at one address (spouses, parent and child), whatever the rest says: never suggested.
+Where neither a first name nor a birth date agrees (one is missing, the other disagrees or is
+missing too), what agrees is what people of one household share (surname, address), so the
+score is at most HOUSEHOLD_CEILING: listed for review, never as a confident match. A strict
+guard here would cost FEBRL recall: its generator replaces a first name outright in some
+duplicates (`braedon block` / `charlie block`), which is what spouses look like.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ WEIGHTS = {
     "location": (20.27, -7.39),
 }
 THRESHOLD = 0.35  # the default --min-score: the F1-best on FEBRL2
+HOUSEHOLD_CEILING = 0.5  # the most a pair scores when only household fields agree
 
 
 def _names(a: str, b: str) -> float | None:
@@ -115,12 +121,27 @@ def score(sims: dict[str, float | None]) -> float:
         if value is not None:
             weight, offset = WEIGHTS[name]
             logit += weight * value + offset
-    return 1.0 / (1.0 + math.exp(-logit))
+    probability = 1.0 / (1.0 + math.exp(-logit))
+    return probability if personal(sims) else min(probability, HOUSEHOLD_CEILING)
+
+
+def _first_agrees(sims: dict[str, float | None]) -> bool:
+    return sims["first_name"] is not None and sims["first_name"] >= 0.6
+
+
+def _birth_agrees(sims: dict[str, float | None]) -> bool:
+    return sims["birth_date"] is not None and sims["birth_date"] >= 0.5
+
+
+def personal(sims: dict[str, float | None]) -> bool:
+    """Whether a field that tells people of one household apart agrees: first name, birth date."""
+    return _first_agrees(sims) or _birth_agrees(sims)
 
 
 def household(sims: dict[str, float | None]) -> bool:
+    """Both the first names and the birth dates are given and disagree."""
     first, birth = sims["first_name"], sims["birth_date"]
-    return first is not None and first < 0.6 and birth is not None and birth < 0.5
+    return first is not None and birth is not None and not personal(sims)
 
 
 def reasons(sims: dict[str, float | None], swapped: bool) -> dict[str, float | bool | None]:
@@ -129,4 +150,6 @@ def reasons(sims: dict[str, float | None], swapped: bool) -> dict[str, float | b
     }
     if swapped:
         out["names_swapped"] = True
+    if not personal(sims):
+        out["household_fields_only"] = True  # the score is at most HOUSEHOLD_CEILING
     return out
