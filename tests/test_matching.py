@@ -285,3 +285,35 @@ def test_a_household_without_birth_dates_is_not_a_confident_match():
         )
         >= 0.9
     )
+
+
+async def test_a_rejected_pair_stays_rejected_after_one_merges_with_a_third(client, keys, platform):
+    """A steward said Anna (crm) is not Anna (shop). The shop's customer then turned out to
+    have an older web account, which ingest merged with her (the web profile survives): the
+    next `cdp match` asked about Anna (crm) and the web profile, the same two people."""
+    web = await create(client, keys, {"source": "web", "email": "anna.web@example.com"})
+    anna = await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    rejected = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/reject", headers=keys["admin"]
+    )
+    assert rejected.status_code == 200, rejected.text
+    linked = await client.post(
+        "/v1/profiles",
+        json={"source": "web", "email": "anna.web@example.com", "phone": LATIN["phone"]},
+        headers=keys["ingest"],
+    )
+    assert linked.json()["profile_id"] == web and linked.json()["merged_profile_ids"]
+    # the shop's Anna now lives in the web profile, with her name, birth date and address
+    assert (await run_matching(platform)).stored == 0
+    assert await open_suggestions(client, keys) == []
+    # a field changed on either side does not bring the pair back either
+    changed = await client.post(
+        "/v1/profiles",
+        json={**CYRILLIC, "postal_address": "ул. Ленина, 5, кв. 13"},
+        headers=keys["ingest"],
+    )
+    assert changed.json()["profile_id"] == anna
+    assert (await run_matching(platform)).stored == 0

@@ -3,8 +3,9 @@
 The active profiles are decrypted in memory, blocked into candidate pairs, scored, and the pairs
 at or above the minimum score are stored as open suggestions (ids, score and per-field
 similarities: never values). A pair already suggested (whatever its status) is not suggested
-again, so a rejected pair stays rejected. Accepting a suggestion merges the pair with provenance
-"reviewed"; rejecting it closes it. Nothing here merges by itself.
+again, so a rejected pair stays rejected, also once either customer was merged into a third
+profile (the pair is then asked about under that profile's id). Accepting a suggestion
+merges the pair with provenance "reviewed"; rejecting it closes it. Nothing here merges by itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.bulk import bulk_insert
@@ -100,14 +101,39 @@ def find_matches(
     return out
 
 
+async def decided_pairs(conn: AsyncConnection) -> set[tuple[uuid.UUID, uuid.UUID]]:
+    """The pairs a reviewer has decided, named by the profiles that hold them now.
+
+    A rejected pair whose customer was merged into a third profile since is the same two
+    people: asked about again, under the surviving profile's id, it came back after every
+    rejection of it. (An accepted pair is one profile now, never a candidate.)"""
+    sg = match_suggestions.c
+    pa, pb = profiles.alias("pa"), profiles.alias("pb")
+    rows = await conn.execute(
+        select(
+            func.coalesce(pa.c.merged_into, sg.profile_a),
+            func.coalesce(pb.c.merged_into, sg.profile_b),
+        )
+        .select_from(
+            match_suggestions.outerjoin(pa, pa.c.id == sg.profile_a).outerjoin(
+                pb, pb.c.id == sg.profile_b
+            )
+        )
+        .where(sg.status == "rejected")
+    )
+    return {(a, b) if a < b else (b, a) for a, b in rows}
+
+
 async def store_suggestions(p: Platform, matches: list[Match]) -> int:
-    """Store the matches not suggested before; returns how many were stored."""
+    """Store the matches not suggested before, nor rejected under the ids of profiles merged
+    since; returns how many were stored."""
     if not matches:
         return 0
     now = utcnow()
     sg = match_suggestions.c
     async with p.db.write() as conn:
         known = {(a, b) for a, b in await conn.execute(select(sg.profile_a, sg.profile_b))}
+        known |= await decided_pairs(conn)
         rows = [
             {
                 "id": new_id(),
