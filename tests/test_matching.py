@@ -317,3 +317,33 @@ async def test_a_rejected_pair_stays_rejected_after_one_merges_with_a_third(clie
     )
     assert changed.json()["profile_id"] == anna
     assert (await run_matching(platform)).stored == 0
+
+
+async def test_a_pair_set_aside_by_a_merge_is_asked_again_once_the_merge_is_undone(
+    client, keys, platform
+):
+    """A suggestion goes stale when ingest merges one of the pair with someone else. Once
+    that merge was undone the pair was back, still a likely match, but `cdp match` counted
+    it as suggested already: nobody was ever asked about it."""
+    other = await create(client, keys, {"source": "web", "email": "someone@example.com"})
+    anna = await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    wrong = await client.post(
+        "/v1/profiles",
+        json={"source": "web", "email": "someone@example.com", "phone": LATIN["phone"]},
+        headers=keys["ingest"],
+    )
+    assert wrong.json()["profile_id"] == other
+    assert await open_suggestions(client, keys) == []  # stale: one of the pair merged away
+    undone = await client.post(f"/v1/profiles/{other}/unmerge", headers=keys["admin"])
+    assert undone.status_code == 200, undone.text
+    assert (await run_matching(platform)).stored == 1
+    (again,) = await open_suggestions(client, keys)
+    assert again["profile_ids"] == s["profile_ids"] and anna in again["profile_ids"]
+    assert again["decided_at"] is None
+    accepted = await client.post(
+        f"/v1/match-suggestions/{again['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert accepted.status_code == 200, accepted.text

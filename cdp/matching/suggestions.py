@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.bulk import bulk_insert
@@ -126,14 +126,31 @@ async def decided_pairs(conn: AsyncConnection) -> set[tuple[uuid.UUID, uuid.UUID
 
 async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     """Store the matches not suggested before, nor rejected under the ids of profiles merged
-    since; returns how many were stored."""
+    since; returns how many were stored.
+
+    A stale suggestion (one of the pair was merged away before anyone decided) whose pair is
+    back and matches again, its merge undone, is asked again: it is stored anew, with a new id
+    (so it comes after any cursor handed out meanwhile) and this run's score."""
     if not matches:
         return 0
     now = utcnow()
     sg = match_suggestions.c
     async with p.db.write() as conn:
-        known = {(a, b) for a, b in await conn.execute(select(sg.profile_a, sg.profile_b))}
+        known, stale = set(), []
+        for sid, a, b, status in await conn.execute(
+            select(sg.id, sg.profile_a, sg.profile_b, sg.status)
+        ):
+            if status == "stale":
+                stale.append((sid, (a, b)))
+            else:
+                known.add((a, b))
         known |= await decided_pairs(conn)
+        matched = {(m.a, m.b) for m in matches}
+        back = [sid for sid, pair in stale if pair in matched and pair not in known]
+        for start in range(0, len(back), 500):
+            await conn.execute(
+                delete(match_suggestions).where(sg.id.in_(back[start : start + 500]))
+            )
         rows = [
             {
                 "id": new_id(),
