@@ -347,3 +347,19 @@ async def test_a_pair_set_aside_by_a_merge_is_asked_again_once_the_merge_is_undo
         f"/v1/match-suggestions/{again['suggestion_id']}/accept", headers=keys["admin"]
     )
     assert accepted.status_code == 200, accepted.text
+
+
+async def test_a_decision_names_who_made_it(client, keys, platform):
+    """Two stewards share the queue; the answer and the list said when a pair was decided,
+    never by whom (it was stored, and shown nowhere)."""
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    assert s["decided_by"] is None
+    rejected = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/reject", headers=keys["admin"]
+    )
+    assert rejected.json()["decided_by"] == "admin-key"
+    listed = await client.get("/v1/match-suggestions?status=rejected", headers=keys["admin"])
+    assert listed.json()["items"][0]["decided_by"] == "admin-key"

@@ -42,7 +42,8 @@ class MatchSuggestionController(Controller):
             "field), never values, and the flags `names_swapped` (first and last name swapped) "
             "and `household_fields_only` (no first name or birth date agrees: at most 0.5). "
             "`status`: open (default), accepted, rejected, stale (one "
-            "of the pair was merged elsewhere)."
+            "of the pair was merged elsewhere); `decided_at` and `decided_by` (the name of the "
+            "API key that accepted or rejected it)."
         ),
     )
     async def list_suggestions(
@@ -102,7 +103,8 @@ class MergeReviewController(Controller):
         summary="Merges the guards refused, with their reason",
         description=(
             "Items `{review_id, status, reason, profile_ids, attached_to, matched_on, source, "
-            "created_at}`. `reason.code`: `too_many_profiles` (with `profiles`, `limit`), "
+            "created_at, decided_at, decided_by}`. `reason.code`: `too_many_profiles` (with "
+            "`profiles`, `limit`), "
             "`conflicting_external_ids` (with `sources`), `identity_cap` (with `kinds`, "
             "`limit`). The record was stored in `attached_to`: the profile its own external id "
             "names, else the oldest profile it matched. "

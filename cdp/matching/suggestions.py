@@ -191,6 +191,7 @@ def suggestion_body(row: Any) -> dict[str, Any]:
         "status": row.status,
         "created_at": row.created_at,
         "decided_at": row.decided_at,
+        "decided_by": row.decided_by,  # the API key's name
     }
 
 
