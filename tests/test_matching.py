@@ -363,3 +363,29 @@ async def test_a_decision_names_who_made_it(client, keys, platform):
     assert rejected.json()["decided_by"] == "admin-key"
     listed = await client.get("/v1/match-suggestions?status=rejected", headers=keys["admin"])
     assert listed.json()["items"][0]["decided_by"] == "admin-key"
+
+
+async def test_suggestions_are_filtered_by_score(client, keys, platform):
+    """A steward works through the confident pairs first: `min_score` used to be ignored
+    without a word, every suggestion listed whatever it asked for."""
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    spouse = {"first_name": "Иван", "last_name": "Иванов", "email": "ivan@example.com"}
+    await create(client, keys, {**CYRILLIC, **spouse, "birth_date": None})
+    await run_matching(platform)
+    scores = sorted(s["score"] for s in await open_suggestions(client, keys))
+    assert len(scores) >= 2 and scores[0] <= 0.5 < scores[-1]
+    high = await client.get("/v1/match-suggestions?min_score=0.9", headers=keys["admin"])
+    assert high.status_code == 200, high.text
+    assert [s["score"] for s in high.json()["items"]] == [scores[-1]]
+    first = await client.get("/v1/match-suggestions?min_score=0.1&limit=1", headers=keys["admin"])
+    rest = await client.get(
+        f"/v1/match-suggestions?min_score=0.1&cursor={first.json()['next_cursor']}",
+        headers=keys["admin"],
+    )
+    paged = [s["score"] for s in first.json()["items"] + rest.json()["items"]]
+    assert sorted(paged) == [s for s in scores if s >= 0.1]
+    for bad in ("1.5", "-0.1", "nan", "high"):
+        r = await client.get(f"/v1/match-suggestions?min_score={bad}", headers=keys["admin"])
+        assert r.status_code == 400, (bad, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["min_score"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, Parameter
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
@@ -52,7 +52,17 @@ class MatchSuggestionController(Controller):
         status: FromQuery[str] = "open",
         limit: Limit = None,
         cursor: FromQuery[str | None] = None,
+        min_score: Annotated[
+            float | None,
+            Parameter(
+                description="Only suggestions scoring at least this (0..1)",
+                schema_extra={"minimum": 0, "maximum": 1},
+            ),
+        ] = None,
     ) -> dict[str, Any]:
+        where = []
+        if min_score is not None:
+            where.append(match_suggestions.c.score >= suggestions.check_min_score(min_score))
         async with platform.db.read() as conn:
             rows, next_cursor = await page(
                 conn,
@@ -61,6 +71,7 @@ class MatchSuggestionController(Controller):
                 statuses=suggestions.STATUSES,
                 limit=limit,
                 cursor=cursor,
+                where=where,
             )
         return {"items": [suggestions.suggestion_body(r) for r in rows], "next_cursor": next_cursor}
 
