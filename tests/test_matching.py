@@ -389,3 +389,26 @@ async def test_suggestions_are_filtered_by_score(client, keys, platform):
         r = await client.get(f"/v1/match-suggestions?min_score={bad}", headers=keys["admin"])
         assert r.status_code == 400, (bad, r.text)
         assert [e["field"] for e in r.json()["errors"]] == ["min_score"]
+
+
+async def test_a_customer_erased_while_cdp_match_runs_is_not_suggested(client, keys, platform):
+    """`cdp match` reads the profiles, then scores them for a while (minutes on a large base);
+    a customer erased meanwhile was stored in a suggestion after the erasure had removed
+    every suggestion naming them: their id listed again, and accepting it a 410."""
+    from cdp.matching.suggestions import load_people, store_suggestions
+    from consent.dsr.worker import run_pending
+
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    people = await load_people(platform)
+    matches = find_matches(people, scoring.THRESHOLD)
+    assert len(matches) == 1
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": CYRILLIC["email"], "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await run_pending(platform)
+    assert await store_suggestions(platform, matches) == 0
+    assert await count(platform, match_suggestions) == 0

@@ -124,6 +124,21 @@ async def decided_pairs(conn: AsyncConnection) -> set[tuple[uuid.UUID, uuid.UUID
     return {(a, b) if a < b else (b, a) for a, b in rows}
 
 
+async def _active(conn: AsyncConnection, ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    out: set[uuid.UUID] = set()
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 500):
+        out.update(
+            pid
+            for (pid,) in await conn.execute(
+                select(profiles.c.id).where(
+                    profiles.c.id.in_(ordered[start : start + 500]), profiles.c.status == "active"
+                )
+            )
+        )
+    return out
+
+
 async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     """Store the matches not suggested before, nor rejected under the ids of profiles merged
     since; returns how many were stored.
@@ -136,6 +151,8 @@ async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     now = utcnow()
     sg = match_suggestions.c
     async with p.db.write() as conn:
+        # still active now: one erased or merged away while the run scored is left out
+        active = await _active(conn, {pid for m in matches for pid in (m.a, m.b)})
         known, stale = set(), []
         for sid, a, b, status in await conn.execute(
             select(sg.id, sg.profile_a, sg.profile_b, sg.status)
@@ -145,6 +162,7 @@ async def store_suggestions(p: Platform, matches: list[Match]) -> int:
             else:
                 known.add((a, b))
         known |= await decided_pairs(conn)
+        matches = [m for m in matches if m.a in active and m.b in active]
         matched = {(m.a, m.b) for m in matches}
         back = [sid for sid, pair in stale if pair in matched and pair not in known]
         for start in range(0, len(back), 500):
