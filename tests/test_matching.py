@@ -6,12 +6,14 @@ import asyncio
 import os
 import subprocess
 import sys
+import uuid
 
 from sqlalchemy import select
 
 from cdp.db.tables import merges
+from cdp.matching import scoring
 from cdp.matching.features import person
-from cdp.matching.suggestions import run_matching
+from cdp.matching.suggestions import find_matches, run_matching
 from cdp.matching.tables import match_suggestions
 from tests.conftest import TEST_MASTER_KEY
 from tests.helpers import count
@@ -229,3 +231,184 @@ async def test_cdp_match_prints_how_many_it_stored(client, keys, platform, tmp_p
     assert done.returncode == 0, done.stderr
     assert "stored 1 new suggestions" in done.stdout
     assert await count(platform, merges) == 0
+
+
+def _score(a: dict, b: dict) -> float | None:
+    """The stored score of the pair, or None when it is not suggested."""
+    people = [person(uuid.uuid4(), **a), person(uuid.uuid4(), **b)]
+    found = find_matches(people, 0.0)
+    return found[0].score if found else None
+
+
+def test_a_common_name_and_a_postcode_are_no_match():
+    """A postcode names a district (101000 is one of Moscow's), as a city names a town: two
+    Александр Ивановы of one postcode, with nothing else on file, scored 1.0."""
+    a = {"first_name": "Александр", "last_name": "Иванов", "postcode": "101000"}
+    b = {"first_name": "Alexander", "last_name": "Ivanov", "postcode": "101000"}
+    english = {"first_name": "John", "last_name": "Smith", "postcode": "SW1A 1AA"}
+    for x, y in [(a, b), (english, {**english, "postcode": "sw1a1aa"})]:
+        score = _score(x, y)
+        assert score is None or score < scoring.THRESHOLD, (x, y, score)
+    # with a birth date that agrees they are suggested
+    born = {"birth_date": "1980-03-04"}
+    assert _score({**a, **born}, {**b, **born}) >= scoring.THRESHOLD
+
+
+FLAT = {"postal_address": "ул. Ленина, 5, кв. 12", "postcode": "101000", "city": "Москва"}
+
+
+def test_a_household_without_birth_dates_is_not_a_confident_match():
+    """Spouses, a parent and child, flatmates share an address and often a surname; where no
+    birth date is on file, the address outweighed a first name that disagrees: Анна and Иван
+    Ивановы of one flat scored 0.996, two profiles holding only one address 0.996, a surname
+    and an address 1.0. Without a first name or birth date that agrees, a pair is at most
+    as likely as not (still listed, never near the top)."""
+    anna = {"first_name": "Анна", "last_name": "Иванова", **FLAT}
+    ivan = {"first_name": "Иван", "last_name": "Иванов", **FLAT}
+    for a, b in [
+        (anna, ivan),
+        ({"first_name": "John", "last_name": "Smith", **FLAT}, {"first_name": "Mary", **FLAT}),
+        (FLAT, FLAT),
+        ({"last_name": "Иванова", **FLAT}, {"last_name": "Иванов", **FLAT}),
+    ]:
+        score = _score(a, b)
+        assert score is None or score <= 0.5, (a, b, score)
+    # the steward is told why: no first name or birth date agrees
+    (spouses,) = find_matches([person(uuid.uuid4(), **anna), person(uuid.uuid4(), **ivan)], 0.0)
+    assert spouses.reasons["household_fields_only"] is True
+    # the same person, written twice, is still a confident match
+    assert _score(anna, {**anna, "first_name": "Anna", "last_name": "Ivanova"}) >= 0.9
+    assert (
+        _score(
+            {**anna, "birth_date": "1990-05-01"},
+            {"last_name": "Ivanova", **FLAT, "birth_date": "1990-05-01"},
+        )
+        >= 0.9
+    )
+
+
+async def test_a_rejected_pair_stays_rejected_after_one_merges_with_a_third(client, keys, platform):
+    """A steward said Anna (crm) is not Anna (shop). The shop's customer then turned out to
+    have an older web account, which ingest merged with her (the web profile survives): the
+    next `cdp match` asked about Anna (crm) and the web profile, the same two people."""
+    web = await create(client, keys, {"source": "web", "email": "anna.web@example.com"})
+    anna = await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    rejected = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/reject", headers=keys["admin"]
+    )
+    assert rejected.status_code == 200, rejected.text
+    linked = await client.post(
+        "/v1/profiles",
+        json={"source": "web", "email": "anna.web@example.com", "phone": LATIN["phone"]},
+        headers=keys["ingest"],
+    )
+    assert linked.json()["profile_id"] == web and linked.json()["merged_profile_ids"]
+    # the shop's Anna now lives in the web profile, with her name, birth date and address
+    assert (await run_matching(platform)).stored == 0
+    assert await open_suggestions(client, keys) == []
+    # a field changed on either side does not bring the pair back either
+    changed = await client.post(
+        "/v1/profiles",
+        json={**CYRILLIC, "postal_address": "ул. Ленина, 5, кв. 13"},
+        headers=keys["ingest"],
+    )
+    assert changed.json()["profile_id"] == anna
+    assert (await run_matching(platform)).stored == 0
+
+
+async def test_a_pair_set_aside_by_a_merge_is_asked_again_once_the_merge_is_undone(
+    client, keys, platform
+):
+    """A suggestion goes stale when ingest merges one of the pair with someone else. Once
+    that merge was undone the pair was back, still a likely match, but `cdp match` counted
+    it as suggested already: nobody was ever asked about it."""
+    other = await create(client, keys, {"source": "web", "email": "someone@example.com"})
+    anna = await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    wrong = await client.post(
+        "/v1/profiles",
+        json={"source": "web", "email": "someone@example.com", "phone": LATIN["phone"]},
+        headers=keys["ingest"],
+    )
+    assert wrong.json()["profile_id"] == other
+    assert await open_suggestions(client, keys) == []  # stale: one of the pair merged away
+    undone = await client.post(f"/v1/profiles/{other}/unmerge", headers=keys["admin"])
+    assert undone.status_code == 200, undone.text
+    assert (await run_matching(platform)).stored == 1
+    (again,) = await open_suggestions(client, keys)
+    assert again["profile_ids"] == s["profile_ids"] and anna in again["profile_ids"]
+    assert again["decided_at"] is None
+    accepted = await client.post(
+        f"/v1/match-suggestions/{again['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert accepted.status_code == 200, accepted.text
+
+
+async def test_a_decision_names_who_made_it(client, keys, platform):
+    """Two stewards share the queue; the answer and the list said when a pair was decided,
+    never by whom (it was stored, and shown nowhere)."""
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    assert s["decided_by"] is None
+    rejected = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/reject", headers=keys["admin"]
+    )
+    assert rejected.json()["decided_by"] == "admin-key"
+    listed = await client.get("/v1/match-suggestions?status=rejected", headers=keys["admin"])
+    assert listed.json()["items"][0]["decided_by"] == "admin-key"
+
+
+async def test_suggestions_are_filtered_by_score(client, keys, platform):
+    """A steward works through the confident pairs first: `min_score` used to be ignored
+    without a word, every suggestion listed whatever it asked for."""
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    spouse = {"first_name": "Иван", "last_name": "Иванов", "email": "ivan@example.com"}
+    await create(client, keys, {**CYRILLIC, **spouse, "birth_date": None})
+    await run_matching(platform)
+    scores = sorted(s["score"] for s in await open_suggestions(client, keys))
+    assert len(scores) >= 2 and scores[0] <= 0.5 < scores[-1]
+    high = await client.get("/v1/match-suggestions?min_score=0.9", headers=keys["admin"])
+    assert high.status_code == 200, high.text
+    assert [s["score"] for s in high.json()["items"]] == [scores[-1]]
+    first = await client.get("/v1/match-suggestions?min_score=0.1&limit=1", headers=keys["admin"])
+    rest = await client.get(
+        f"/v1/match-suggestions?min_score=0.1&cursor={first.json()['next_cursor']}",
+        headers=keys["admin"],
+    )
+    paged = [s["score"] for s in first.json()["items"] + rest.json()["items"]]
+    assert sorted(paged) == [s for s in scores if s >= 0.1]
+    for bad in ("1.5", "-0.1", "nan", "high"):
+        r = await client.get(f"/v1/match-suggestions?min_score={bad}", headers=keys["admin"])
+        assert r.status_code == 400, (bad, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == ["min_score"]
+
+
+async def test_a_customer_erased_while_cdp_match_runs_is_not_suggested(client, keys, platform):
+    """`cdp match` reads the profiles, then scores them for a while (minutes on a large base);
+    a customer erased meanwhile was stored in a suggestion after the erasure had removed
+    every suggestion naming them: their id listed again, and accepting it a 410."""
+    from cdp.matching.suggestions import load_people, store_suggestions
+    from consent.dsr.worker import run_pending
+
+    await create(client, keys, CYRILLIC)
+    await create(client, keys, LATIN)
+    people = await load_people(platform)
+    matches = find_matches(people, scoring.THRESHOLD)
+    assert len(matches) == 1
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": CYRILLIC["email"], "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await run_pending(platform)
+    assert await store_suggestions(platform, matches) == 0
+    assert await count(platform, match_suggestions) == 0

@@ -304,6 +304,7 @@ async def test_the_merge_size_limit_comes_from_the_policy(client, keys, platform
         f"/v1/merge-reviews/{review['review_id']}/reject", headers=keys["admin"]
     )
     assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    assert rejected.json()["decided_by"] == "admin-key"
     assert await count(platform, merges) == 0
 
 

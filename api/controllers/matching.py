@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, Parameter
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
@@ -39,8 +39,11 @@ class MatchSuggestionController(Controller):
         description=(
             "Items `{suggestion_id, profile_ids: [a, b], score: 0..1, reasons, status}`; "
             "`reasons` holds the per-field similarity (0..1, null where a side lacks the "
-            "field), never values. `status`: open (default), accepted, rejected, stale (one "
-            "of the pair was merged elsewhere)."
+            "field), never values, and the flags `names_swapped` (first and last name swapped) "
+            "and `household_fields_only` (no first name or birth date agrees: at most 0.5). "
+            "`status`: open (default), accepted, rejected, stale (one "
+            "of the pair was merged elsewhere); `decided_at` and `decided_by` (the name of the "
+            "API key that accepted or rejected it)."
         ),
     )
     async def list_suggestions(
@@ -49,7 +52,17 @@ class MatchSuggestionController(Controller):
         status: FromQuery[str] = "open",
         limit: Limit = None,
         cursor: FromQuery[str | None] = None,
+        min_score: Annotated[
+            float | None,
+            Parameter(
+                description="Only suggestions scoring at least this (0..1)",
+                schema_extra={"minimum": 0, "maximum": 1},
+            ),
+        ] = None,
     ) -> dict[str, Any]:
+        where = []
+        if min_score is not None:
+            where.append(match_suggestions.c.score >= suggestions.check_min_score(min_score))
         async with platform.db.read() as conn:
             rows, next_cursor = await page(
                 conn,
@@ -58,6 +71,7 @@ class MatchSuggestionController(Controller):
                 statuses=suggestions.STATUSES,
                 limit=limit,
                 cursor=cursor,
+                where=where,
             )
         return {"items": [suggestions.suggestion_body(r) for r in rows], "next_cursor": next_cursor}
 
@@ -100,7 +114,8 @@ class MergeReviewController(Controller):
         summary="Merges the guards refused, with their reason",
         description=(
             "Items `{review_id, status, reason, profile_ids, attached_to, matched_on, source, "
-            "created_at}`. `reason.code`: `too_many_profiles` (with `profiles`, `limit`), "
+            "created_at, decided_at, decided_by}`. `reason.code`: `too_many_profiles` (with "
+            "`profiles`, `limit`), "
             "`conflicting_external_ids` (with `sources`), `identity_cap` (with `kinds`, "
             "`limit`). The record was stored in `attached_to`: the profile its own external id "
             "names, else the oldest profile it matched. "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import ColumnElement, Table, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.errors import InvalidInput
@@ -19,6 +20,7 @@ async def page(
     statuses: tuple[str, ...],
     limit: int | None,
     cursor: str | None,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> tuple[list[Any], str | None]:
     if status is not None and status not in statuses:
         raise InvalidInput.field("status", "must be one of " + ", ".join(statuses))
@@ -30,6 +32,8 @@ async def page(
         query = query.where(table.c.status == status)
     if after is not None:
         query = query.where(table.c.id > after)
+    for condition in where:
+        query = query.where(condition)
     rows = (await conn.execute(query)).all()
     more = len(rows) > size
     rows = rows[:size]

@@ -29,6 +29,7 @@ def review_body(row: Any) -> dict[str, Any]:
         "source": row.source,
         "created_at": row.created_at,
         "decided_at": row.decided_at,
+        "decided_by": row.decided_by,  # the API key's name
     }
 
 

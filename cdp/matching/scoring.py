@@ -9,13 +9,18 @@ Similarities (0..1, None where either side lacks the field), with rapidfuzz:
 - postal address: token-set ratio (word order and extra words do not count against it).
 
 The score is a logistic model over the name, birth date and location evidence (postcode, city
-and address are correlated, so they count once, as their weighted mean; a city without an
-address or postcode is no location evidence); a missing field counts neither for nor against.
+and address are correlated, so they count once, as their weighted mean; a city or postcode
+without an address is no location evidence); a missing field counts neither for nor against.
 The weights were fitted on FEBRL2 and the threshold chosen there (`python -m bench.febrl
 --fit`); FEBRL1, 3 and 4 are reported with the same numbers.
 
 Household guard: two profiles whose first names and birth dates both disagree are different
 people at one address (spouses, parent and child), whatever the rest says: never suggested.
+Where neither a first name nor a birth date agrees (one is missing, the other disagrees or is
+missing too), what agrees is what people of one household share (surname, address), so the
+score is at most HOUSEHOLD_CEILING: listed for review, never as a confident match. A strict
+guard here would cost FEBRL recall: its generator replaces a first name outright in some
+duplicates (`braedon block` / `charlie block`), which is what spouses look like.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ WEIGHTS = {
     "location": (20.27, -7.39),
 }
 THRESHOLD = 0.35  # the default --min-score: the F1-best on FEBRL2
+HOUSEHOLD_CEILING = 0.5  # the most a pair scores when only household fields agree
 
 
 def _names(a: str, b: str) -> float | None:
@@ -86,11 +92,12 @@ def similarities(x: Person, y: Person) -> tuple[dict[str, float | None], bool]:
 
 
 def evidence(sims: dict[str, float | None]) -> dict[str, float | None]:
-    """The model's four inputs: first name, last name, birth date, location. A city alone is no
-    location evidence: the weight was fitted where an address or postcode came with it, and
-    a shop's customers mostly share a few cities, so a first name and a city in common made
-    two strangers a near-certain match."""
-    if sims["postal_address"] is None and sims["postcode"] is None:
+    """The model's four inputs: first name, last name, birth date, location. A city or a
+    postcode without a postal address is no location evidence: the weight was fitted where an
+    address came with them, and both name an area where many customers live (a shop's
+    customers mostly share a few cities; 101000 is a district of Moscow), so a first name and a
+    city in common, or a common name and a postcode, made two strangers a near-certain match."""
+    if sims["postal_address"] is None:
         return {
             "first": sims["first_name"],
             "last": sims["last_name"],
@@ -114,12 +121,27 @@ def score(sims: dict[str, float | None]) -> float:
         if value is not None:
             weight, offset = WEIGHTS[name]
             logit += weight * value + offset
-    return 1.0 / (1.0 + math.exp(-logit))
+    probability = 1.0 / (1.0 + math.exp(-logit))
+    return probability if personal(sims) else min(probability, HOUSEHOLD_CEILING)
+
+
+def _first_agrees(sims: dict[str, float | None]) -> bool:
+    return sims["first_name"] is not None and sims["first_name"] >= 0.6
+
+
+def _birth_agrees(sims: dict[str, float | None]) -> bool:
+    return sims["birth_date"] is not None and sims["birth_date"] >= 0.5
+
+
+def personal(sims: dict[str, float | None]) -> bool:
+    """Whether a field that tells people of one household apart agrees: first name, birth date."""
+    return _first_agrees(sims) or _birth_agrees(sims)
 
 
 def household(sims: dict[str, float | None]) -> bool:
+    """Both the first names and the birth dates are given and disagree."""
     first, birth = sims["first_name"], sims["birth_date"]
-    return first is not None and first < 0.6 and birth is not None and birth < 0.5
+    return first is not None and birth is not None and not personal(sims)
 
 
 def reasons(sims: dict[str, float | None], swapped: bool) -> dict[str, float | bool | None]:
@@ -128,4 +150,6 @@ def reasons(sims: dict[str, float | None], swapped: bool) -> dict[str, float | b
     }
     if swapped:
         out["names_swapped"] = True
+    if not personal(sims):
+        out["household_fields_only"] = True  # the score is at most HOUSEHOLD_CEILING
     return out

@@ -3,8 +3,9 @@
 The active profiles are decrypted in memory, blocked into candidate pairs, scored, and the pairs
 at or above the minimum score are stored as open suggestions (ids, score and per-field
 similarities: never values). A pair already suggested (whatever its status) is not suggested
-again, so a rejected pair stays rejected. Accepting a suggestion merges the pair with provenance
-"reviewed"; rejecting it closes it. Nothing here merges by itself.
+again, so a rejected pair stays rejected, also once either customer was merged into a third
+profile (the pair is then asked about under that profile's id). Accepting a suggestion
+merges the pair with provenance "reviewed"; rejecting it closes it. Nothing here merges by itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.bulk import bulk_insert
@@ -100,14 +101,74 @@ def find_matches(
     return out
 
 
+async def decided_pairs(conn: AsyncConnection) -> set[tuple[uuid.UUID, uuid.UUID]]:
+    """The pairs a reviewer has decided, named by the profiles that hold them now.
+
+    A rejected pair whose customer was merged into a third profile since is the same two
+    people: asked about again, under the surviving profile's id, it came back after every
+    rejection of it. (An accepted pair is one profile now, never a candidate.)"""
+    sg = match_suggestions.c
+    pa, pb = profiles.alias("pa"), profiles.alias("pb")
+    rows = await conn.execute(
+        select(
+            func.coalesce(pa.c.merged_into, sg.profile_a),
+            func.coalesce(pb.c.merged_into, sg.profile_b),
+        )
+        .select_from(
+            match_suggestions.outerjoin(pa, pa.c.id == sg.profile_a).outerjoin(
+                pb, pb.c.id == sg.profile_b
+            )
+        )
+        .where(sg.status == "rejected")
+    )
+    return {(a, b) if a < b else (b, a) for a, b in rows}
+
+
+async def _active(conn: AsyncConnection, ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    out: set[uuid.UUID] = set()
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 500):
+        out.update(
+            pid
+            for (pid,) in await conn.execute(
+                select(profiles.c.id).where(
+                    profiles.c.id.in_(ordered[start : start + 500]), profiles.c.status == "active"
+                )
+            )
+        )
+    return out
+
+
 async def store_suggestions(p: Platform, matches: list[Match]) -> int:
-    """Store the matches not suggested before; returns how many were stored."""
+    """Store the matches not suggested before, nor rejected under the ids of profiles merged
+    since; returns how many were stored.
+
+    A stale suggestion (one of the pair was merged away before anyone decided) whose pair is
+    back and matches again, its merge undone, is asked again: it is stored anew, with a new id
+    (so it comes after any cursor handed out meanwhile) and this run's score."""
     if not matches:
         return 0
     now = utcnow()
     sg = match_suggestions.c
     async with p.db.write() as conn:
-        known = {(a, b) for a, b in await conn.execute(select(sg.profile_a, sg.profile_b))}
+        # still active now: one erased or merged away while the run scored is left out
+        active = await _active(conn, {pid for m in matches for pid in (m.a, m.b)})
+        known, stale = set(), []
+        for sid, a, b, status in await conn.execute(
+            select(sg.id, sg.profile_a, sg.profile_b, sg.status)
+        ):
+            if status == "stale":
+                stale.append((sid, (a, b)))
+            else:
+                known.add((a, b))
+        known |= await decided_pairs(conn)
+        matches = [m for m in matches if m.a in active and m.b in active]
+        matched = {(m.a, m.b) for m in matches}
+        back = [sid for sid, pair in stale if pair in matched and pair not in known]
+        for start in range(0, len(back), 500):
+            await conn.execute(
+                delete(match_suggestions).where(sg.id.in_(back[start : start + 500]))
+            )
         rows = [
             {
                 "id": new_id(),
@@ -148,6 +209,7 @@ def suggestion_body(row: Any) -> dict[str, Any]:
         "status": row.status,
         "created_at": row.created_at,
         "decided_at": row.decided_at,
+        "decided_by": row.decided_by,  # the API key's name
     }
 
 
