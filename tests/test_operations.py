@@ -1,0 +1,70 @@
+"""What an operator running the service relies on: `/health` tells the truth about whether the
+service can serve, and a service that cannot (its database gone, its master key rotated away)
+says so with a 503 naming why, never a 500, and serves again once the cause is gone."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from cdp.db.engine import make_engine
+from cdp.profiles.service import upsert_one
+from tests.conftest import PG_ADMIN_URL
+
+
+async def _pg_admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def assert_unavailable(r, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert r.status_code == 503, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    for word in words:
+        assert word in r.json()["detail"], r.json()
+
+
+async def test_health_and_requests_answer_503_while_the_database_refuses_connections(
+    platform, client, keys, backend, pg_database
+):
+    """The database stops taking connections (a restart, a failover, maintenance) and every
+    connection the service held is cut: /health and requests say 503, not 500, and the service
+    serves again once the database is back, without a restart."""
+    if backend != "postgres":
+        pytest.skip("a PostgreSQL server going away")
+    await upsert_one(platform, {"source": "crm", "email": "kept@example.com"}, "t")
+    lookup = "/v1/profiles?email=kept@example.com"
+    assert (await client.get("/health")).status_code == 200
+    await _pg_admin(
+        f'ALTER DATABASE "{pg_database}" ALLOW_CONNECTIONS false',
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{pg_database}'",
+    )
+    try:
+        assert_unavailable(await client.get("/health"), "database")
+        assert_unavailable(await client.get(lookup, headers=keys["admin"]), "database")
+        r = await client.post(
+            "/v1/opt-outs",
+            json={"email": "kept@example.com", "source": "t"},
+            headers=keys["ingest"],
+        )
+        assert_unavailable(r, "database")
+    finally:
+        await _pg_admin(f'ALTER DATABASE "{pg_database}" ALLOW_CONNECTIONS true')
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get(lookup, headers=keys["admin"])).status_code == 200
+
+
+async def test_health_answers_503_while_the_database_server_is_down(platform, client):
+    """A server that is stopped refuses the connection itself (ConnectionRefusedError)."""
+    engine = platform.db.engine
+    platform.db.engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/stopped")
+    try:
+        assert_unavailable(await client.get("/health"), "database")
+    finally:
+        await platform.db.engine.dispose()
+        platform.db.engine = engine
+    assert (await client.get("/health")).status_code == 200
