@@ -34,6 +34,12 @@ log = structlog.get_logger(__name__)
 ROOTS = ("index_root", "system_key")
 
 
+MASTER_KEY_ROTATED = (
+    "the master key was rotated: this service's CDP_MASTER_KEY no longer opens the database's "
+    "keys; restart the service with the new CDP_MASTER_KEY"
+)
+
+
 class MasterKeyRotated(DomainError):
     """The key ring moved to another master key while this process runs on the old one."""
 
@@ -143,18 +149,16 @@ class Keyring:
                 self.forget(pid)
         return found
 
-    async def check_current(self, conn: AsyncConnection) -> None:
+    async def check_current(self, conn: AsyncConnection, *, lock: bool = True) -> None:
         """Before this process stores data keys wrapped by its master key: the key ring must
         still be under that key. After `cdp keys rotate-master` a service that kept running on
         the old key would otherwise store keys that the new one cannot unwrap. PostgreSQL: a
         share lock on the key ring's row, so a rotation and this transaction take turns."""
         stmt = select(keyring_table.c.master_key_id).where(keyring_table.c.name == ROOTS[0])
-        if conn.dialect.name == "postgresql":
+        if lock and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(read=True)
         if (await conn.execute(stmt)).scalar_one() != self.master.key_id:
-            raise MasterKeyRotated(
-                "the master key was rotated: restart the service with the new CDP_MASTER_KEY"
-            )
+            raise MasterKeyRotated(MASTER_KEY_ROTATED)
 
     def forget(self, profile_id: uuid.UUID) -> None:
         self._keys.pop(profile_id.int, None)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from cdp.crypto.master import MasterKey
 from cdp.db.engine import make_engine
+from cdp.keyring import rotate_master_key
+from cdp.platform import open_platform
 from cdp.profiles.service import upsert_one
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, make_settings
 
 
 async def _pg_admin(*statements: str) -> None:
@@ -68,3 +71,28 @@ async def test_health_answers_503_while_the_database_server_is_down(platform, cl
         await platform.db.engine.dispose()
         platform.db.engine = engine
     assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_service_left_on_a_rotated_master_key_says_so_and_fails_health(
+    platform, client, keys, tmp_path
+):
+    """`cdp keys rotate-master` while services run: a service still on the old key cannot open
+    the re-wrapped data keys. Every request it cannot serve answers 503 telling the operator to
+    restart it with the new key (before: 500 "internal error" for reads and for records of known
+    customers), and /health fails so that the orchestrator notices."""
+    other = await open_platform(make_settings(platform.settings.database_url, tmp_path))
+    try:  # a customer whose data key this service has not unwrapped yet
+        await upsert_one(other, {"source": "crm", "email": "known@example.com"}, "t")
+    finally:
+        await other.close()
+    assert (await client.get("/health")).status_code == 200
+    new = MasterKey.from_base64(MasterKey.generate_base64())
+    assert await rotate_master_key(platform.db, platform.keys.master, new) == 1
+
+    assert_unavailable(await client.get("/health"), "CDP_MASTER_KEY")
+    lookup = await client.get("/v1/profiles?email=known@example.com", headers=keys["admin"])
+    assert_unavailable(lookup, "CDP_MASTER_KEY", "restart")
+    record = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "known@example.com"}, headers=keys["ingest"]
+    )
+    assert_unavailable(record, "CDP_MASTER_KEY", "restart")

@@ -156,11 +156,6 @@ class Database:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.exec_driver_sql("ANALYZE")
 
-    async def ping(self) -> bool:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
-
     async def dispose(self) -> None:
         await self.engine.dispose()
 
