@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ class Settings:
     dev_key_dir: Path = field(default_factory=lambda: Path(".cdp"))
     max_body_bytes: int = DEFAULT_MAX_BODY
     signing_key: str | None = None
+    checkpoint_interval: float = 300.0  # seconds between signed ledger checkpoints; 0: none
+    statistics_interval: float = 600.0  # seconds between planner-statistics refreshes; 0: none
 
     @property
     def is_production(self) -> bool:
@@ -48,6 +52,8 @@ class Settings:
             dev_key_dir=Path(env.get("CDP_DEV_KEY_DIR") or ".cdp"),
             max_body_bytes=body_limit(env.get("CDP_MAX_BODY_BYTES")),
             signing_key=env.get("CDP_AUDIT_SIGNING_KEY") or None,
+            checkpoint_interval=env_number(env, "CDP_CHECKPOINT_INTERVAL", 300.0),
+            statistics_interval=env_number(env, "CDP_STATISTICS_INTERVAL", 600.0),
         )
 
 
@@ -87,3 +93,37 @@ def body_limit(value: str | None) -> int:
     if not value.strip().isdigit() or int(value) < 1:
         raise InvalidInput.field("CDP_MAX_BODY_BYTES", "must be a whole number of bytes")
     return int(value)
+
+
+def env_number(
+    env: Mapping[str, str], name: str, default: float, *, whole: bool = False, least: float = 0
+) -> float:
+    """A numeric setting: unset or empty is `default`; otherwise a finite number (a whole one
+    where `whole`) of at least `least`, else an error naming the setting (the service used to
+    fail with a traceback once running, or take a value such as 0 workers that cannot work)."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    kind = "a whole number" if whole else "a number"
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < least:
+        raise InvalidInput.field(name, f"must be {kind} of at least {least:g}")
+    return value
+
+
+FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+FLAGS |= {"0": False, "false": False, "no": False, "off": False}
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
+    """A yes/no setting: unset or empty is `default`; an unknown word is refused, not taken for
+    either answer (`CDP_WEBHOOK_DISPATCHER=of` used to leave the dispatcher on)."""
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text not in FLAGS:
+        raise InvalidInput.field(name, "must be on or off (1, true, yes / 0, false, no)")
+    return FLAGS[text]

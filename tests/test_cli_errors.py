@@ -4,6 +4,13 @@ database URL of an engine the platform does not run on, a size that is not a num
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
 from cdp.crypto.master import MasterKey
 from tests.test_import import run_cli
 
@@ -67,3 +74,51 @@ def test_a_body_limit_that_is_not_a_number_is_refused_naming_the_setting(tmp_pat
     url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
     result = run_cli(["keys", "list"], url, tmp_path, CDP_MAX_BODY_BYTES="8MB")
     assert_plain(result, "CDP_MAX_BODY_BYTES")
+
+
+BACKGROUND_SETTINGS_THAT_CANNOT_WORK = [
+    ("CDP_CHECKPOINT_INTERVAL", "5min"),
+    ("CDP_STATISTICS_INTERVAL", "-1"),
+    ("CDP_WEBHOOK_MAX_ATTEMPTS", "eight"),
+    ("CDP_WEBHOOK_TIMEOUT_MS", "10s"),
+    ("CDP_WEBHOOK_POLL_MS", "-5"),
+    ("CDP_WEBHOOK_CONCURRENCY", "0"),
+    ("CDP_RETENTION_INTERVAL_S", "1h"),
+    ("CDP_WEBHOOK_KEEP_DEAD_DAYS", "nan"),
+    ("CDP_WEBHOOK_DISPATCHER", "of"),
+    ("CDP_WEBHOOK_ALLOW_PRIVATE", "yes please"),
+]
+
+
+def test_a_background_setting_that_cannot_work_stops_serve_with_one_line(tmp_path):
+    """`cdp serve` reads the intervals and the webhook settings before it binds its port: one
+    that is not a number, or out of range, is one line naming it and exit status 2 (before, a
+    traceback from the running service, exit status 3, or a value taken silently: a
+    concurrency of 0 delivered nothing, an unknown CDP_WEBHOOK_DISPATCHER meant on)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    for name, value in BACKGROUND_SETTINGS_THAT_CANNOT_WORK:
+        env = {**os.environ, "CDP_DATABASE_URL": url, "CDP_DEV_KEY_DIR": str(tmp_path), name: value}
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "cdp.cli", "serve", "--port", str(free_port())],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name}={value!r} was taken: the service started")
+        assert_plain(result, name, code=2)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_background_setting_that_cannot_work_stops_a_dispatcher_with_one_line(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    result = run_cli(["dispatch", "--once"], url, tmp_path, CDP_WEBHOOK_CONCURRENCY="-2")
+    assert_plain(result, "CDP_WEBHOOK_CONCURRENCY")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
