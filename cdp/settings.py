@@ -29,6 +29,10 @@ class Settings:
     signing_key: str | None = None
     checkpoint_interval: float = 300.0  # seconds between signed ledger checkpoints; 0: none
     statistics_interval: float = 600.0  # seconds between planner-statistics refreshes; 0: none
+    # PostgreSQL connections one process keeps open, and how many more it may open under load:
+    # every service and worker on a server must fit in its max_connections together
+    pool_size: int = 20
+    max_overflow: int = 20
 
     @property
     def is_production(self) -> bool:
@@ -54,6 +58,8 @@ class Settings:
             signing_key=env.get("CDP_AUDIT_SIGNING_KEY") or None,
             checkpoint_interval=env_number(env, "CDP_CHECKPOINT_INTERVAL", 300.0),
             statistics_interval=env_number(env, "CDP_STATISTICS_INTERVAL", 600.0),
+            pool_size=int(env_number(env, "CDP_DATABASE_POOL_SIZE", 20, whole=True, least=1)),
+            max_overflow=int(env_number(env, "CDP_DATABASE_MAX_OVERFLOW", 20, whole=True)),
         )
 
 

@@ -4,14 +4,18 @@ says so with a 503 naming why, never a 500, and serves again once the cause is g
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncpg
 import pytest
 
 from cdp.crypto.master import MasterKey
 from cdp.db.engine import make_engine
+from cdp.errors import InvalidInput
 from cdp.keyring import rotate_master_key
 from cdp.platform import open_platform
 from cdp.profiles.service import upsert_one
+from cdp.settings import Settings
 from tests.conftest import PG_ADMIN_URL, make_settings
 
 
@@ -96,3 +100,27 @@ async def test_a_service_left_on_a_rotated_master_key_says_so_and_fails_health(
         "/v1/profiles", json={"source": "crm", "email": "known@example.com"}, headers=keys["ingest"]
     )
     assert_unavailable(record, "CDP_MASTER_KEY", "restart")
+
+
+async def test_the_connection_pool_follows_its_settings(backend, db_url, tmp_path):
+    """Several services and workers share one PostgreSQL server, whose max_connections (100 by
+    default) bounds them all: three services at the fixed 40 connections each ran it out under
+    load. CDP_DATABASE_POOL_SIZE and CDP_DATABASE_MAX_OVERFLOW size each process's pool."""
+    if backend != "postgres":
+        pytest.skip("SQLite opens a connection per use")
+    env = {"CDP_DATABASE_POOL_SIZE": "3", "CDP_DATABASE_MAX_OVERFLOW": "1"}
+    settings = Settings.from_env(env)
+    assert (settings.pool_size, settings.max_overflow) == (3, 1)
+    p = await open_platform(make_settings(db_url, tmp_path, pool_size=3, max_overflow=1))
+    try:
+        pool = p.db.engine.pool
+        assert pool.size() == 3
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(4):
+                await held.enter_async_context(p.db.engine.connect())
+            assert (pool.checkedout(), pool.overflow()) == (4, 1)
+    finally:
+        await p.close()
+    for name in env:
+        with pytest.raises(InvalidInput, match=name):
+            Settings.from_env({name: "-1"})
