@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from cdp.errors import InvalidInput
 
 DEFAULT_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
@@ -82,14 +85,33 @@ def normalise_database_url(url: str) -> str:
     """Accept the plain driver names people type and pick the async driver; refuse a database
     the platform does not run on (SQLite and PostgreSQL only), naming the setting."""
     if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        url = "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    elif url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+asyncpg://" + url.split("://", 1)[1]
     if not url.startswith(DATABASES):
         raise InvalidInput.field(
             "CDP_DATABASE_URL", "must be a sqlite:///FILE or postgresql://... URL"
         )
-    return url
+    return libpq_sslmode(url)
+
+
+def libpq_sslmode(url: str) -> str:
+    """The URL parsed (one that does not parse is refused without repeating it: it may hold a
+    password), with libpq's `sslmode=` given to asyncpg under its name, `ssl=` (same values:
+    disable, prefer, require, verify-ca, verify-full), as hosted PostgreSQL hands URLs out."""
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 -- a port that is not a number raises here
+    except (ArgumentError, ValueError):
+        raise InvalidInput.field(
+            "CDP_DATABASE_URL", "is not a valid URL (check the host, port and quoting)"
+        ) from None
+    if not url.startswith("postgresql") or "sslmode" not in parsed.query:
+        return url
+    query = dict(parsed.query)
+    mode = query.pop("sslmode")
+    query.setdefault("ssl", mode)
+    return parsed.set(query=query).render_as_string(hide_password=False)
 
 
 def body_limit(value: str | None) -> int:

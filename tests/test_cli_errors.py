@@ -122,3 +122,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_database_url_that_does_not_parse_is_one_line_without_its_password(tmp_path):
+    url = "postgresql://cdp:S3cretPW@db.example:fivefourthreetwo/cdp"
+    result = run_cli(["keys", "list"], url, tmp_path)
+    assert_plain(result, "CDP_DATABASE_URL")
+    assert "S3cretPW" not in result.stderr + result.stdout
+
+
+async def test_a_postgresql_url_with_libpq_sslmode_is_understood(platform, backend, tmp_path):
+    """Hosted PostgreSQL hands out URLs with libpq's `?sslmode=require`, which asyncpg calls
+    `ssl`: the URL used to stop every command with a traceback (TypeError: connect() got an
+    unexpected keyword argument 'sslmode')."""
+    if backend != "postgres":
+        pytest.skip("a PostgreSQL URL")
+    url = platform.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    for mode in ("disable", "prefer"):  # the test server may not offer TLS at all
+        result = run_cli(["keys", "list"], f"{url}?sslmode={mode}", tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
