@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -53,7 +54,7 @@ class Settings:
             database_url=normalise_database_url(url),
             master_key=env.get("CDP_MASTER_KEY") or None,
             default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or "RU",
-            public_url=(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
+            public_url=public_url(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL),
             environment=environment(env.get("CDP_ENV")),
             policy_dir=Path(env.get("CDP_POLICY_DIR") or DEFAULT_POLICY_DIR),
             dev_key_dir=Path(env.get("CDP_DEV_KEY_DIR") or ".cdp"),
@@ -76,6 +77,15 @@ def environment(value: str | None) -> str:
     if name not in ENVIRONMENTS:
         raise InvalidInput.field("CDP_ENV", "must be development or production")
     return name
+
+
+def public_url(value: str) -> str:
+    """CDP_PUBLIC_URL, the base of the links customers are sent: an http(s) URL with a host
+    (`cdp.example.com` without a scheme made links no mail client opens)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput.field("CDP_PUBLIC_URL", "must be an http:// or https:// URL with a host")
+    return value.strip().rstrip("/")
 
 
 DATABASES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")

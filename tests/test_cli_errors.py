@@ -141,3 +141,15 @@ async def test_a_postgresql_url_with_libpq_sslmode_is_understood(platform, backe
     for mode in ("disable", "prefer"):  # the test server may not offer TLS at all
         result = run_cli(["keys", "list"], f"{url}?sslmode={mode}", tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_public_url_without_scheme_or_host_is_refused_naming_the_setting(tmp_path):
+    """CDP_PUBLIC_URL is the base of the manage links customers are sent; `cdp.example.com`
+    (no scheme) used to be taken and made links such as `cdp.example.com/preferences/...` that
+    no mail client opens."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    for value in ("cdp.example.com", "https://", "ftp://cdp.example.com"):
+        result = run_cli(["serve", "--port", str(free_port())], url, tmp_path, CDP_PUBLIC_URL=value)
+        assert_plain(result, "CDP_PUBLIC_URL", code=2)
+    ok = run_cli(["keys", "list"], url, tmp_path, CDP_PUBLIC_URL="https://cdp.example.com/crm/")
+    assert ok.returncode == 0, ok.stderr[-2000:]
