@@ -26,7 +26,7 @@ from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
 from cdp.db.engine import Database
 from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
-from cdp.errors import DomainError
+from cdp.errors import DomainError, InvalidInput
 from cdp.ids import utcnow
 
 log = structlog.get_logger(__name__)
@@ -229,6 +229,8 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
     re-wraps whatever data keys are still under `old` (a service that kept running on the old
     key may have stored some before it noticed: `Keyring.check_current`). On PostgreSQL the key
     ring's rows are updated first, so a service's check waits for the rotation to commit."""
+    if new.key_id == old.key_id:  # it would re-wrap the same keys again, without end
+        raise InvalidInput.field("new master key", "is the master key in use: nothing to rotate")
     rewrapped = 0
     async with db.write() as conn:
         for row in (await conn.execute(select(keyring_table))).mappings().all():
