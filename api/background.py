@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
 import structlog
@@ -36,14 +35,14 @@ async def background_services(p: Platform) -> AsyncIterator[None]:
     from consent.dsr.worker import dsr_worker
     from consent.outbox.dispatcher import dispatcher_running
 
-    interval = float(os.environ.get("CDP_CHECKPOINT_INTERVAL", "300"))
+    interval = p.settings.checkpoint_interval
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(dsr_worker(p))
         await stack.enter_async_context(dispatcher_running(p))  # webhooks (CDP_WEBHOOK_DISPATCHER)
         if interval > 0:
             task = asyncio.create_task(checkpoint_periodically(p, interval), name="checkpoints")
             stack.callback(task.cancel)
-        stats_interval = float(os.environ.get("CDP_STATISTICS_INTERVAL", "600"))
+        stats_interval = p.settings.statistics_interval
         if stats_interval > 0:
             stats = asyncio.create_task(
                 refresh_statistics_periodically(p, stats_interval), name="statistics"

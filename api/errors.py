@@ -11,10 +11,12 @@ from typing import Any
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from sqlalchemy.exc import OperationalError
 
+from cdp.crypto.master import WrongMasterKeyError
+from cdp.db.availability import database_unavailable
 from cdp.db.conflicts import is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
+from cdp.keyring import MASTER_KEY_ROTATED
 from consent.tokens import TokenError
 
 log = structlog.get_logger("api.errors")
@@ -110,9 +112,12 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
             "a concurrent write conflicted with this one; nothing was stored: send it again",
             headers={"Retry-After": "1"},
         )
-    if isinstance(exc, OperationalError):
+    if database_unavailable(exc):  # stopped, restarting, refusing connections: it comes back
         log.error("database_unavailable", route=_route(request), error=type(exc).__name__)
-        return problem(503, "the database is not reachable")
+        return problem(503, "the database is not reachable", headers={"Retry-After": "5"})
+    if isinstance(exc, WrongMasterKeyError):  # `cdp keys rotate-master` ran while this served
+        log.error("master_key_out_of_date", route=_route(request))
+        return problem(503, MASTER_KEY_ROTATED)
     # the type only: exception messages may hold bound parameters (personal data)
     log.error("unhandled_error", route=_route(request), error=type(exc).__name__)
     return problem(500, "internal error")

@@ -38,11 +38,14 @@ def serve(host: str, port: int) -> None:
     from api.app import create_app
     from cdp.crypto.fields import CryptoError
     from consent.audit.signing import signer_for
+    from consent.outbox.config import DispatchConfig
 
-    try:
+    try:  # every setting the service and its background work read, before anything starts
         settings = served_settings(Settings.from_env(), os.environ, host, port)
-    except DomainError as exc:  # e.g. an unknown CDP_ENV
-        raise failure(exc) from None
+        DispatchConfig.from_env()
+    except DomainError as exc:  # e.g. an unknown CDP_ENV, an interval that is not a number
+        click.echo(f"error: {failure(exc).format_message()}", err=True)
+        sys.exit(2)
     try:  # refuse to start on a wrong master key or a missing production key, before binding
         run(lambda: with_platform(lambda p: asyncio.sleep(0)))
         signer_for(settings)

@@ -26,12 +26,18 @@ from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
 from cdp.db.engine import Database
 from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
-from cdp.errors import DomainError
+from cdp.errors import DomainError, InvalidInput
 from cdp.ids import utcnow
 
 log = structlog.get_logger(__name__)
 
 ROOTS = ("index_root", "system_key")
+
+
+MASTER_KEY_ROTATED = (
+    "the master key was rotated: this service's CDP_MASTER_KEY no longer opens the database's "
+    "keys; restart the service with the new CDP_MASTER_KEY"
+)
 
 
 class MasterKeyRotated(DomainError):
@@ -143,18 +149,16 @@ class Keyring:
                 self.forget(pid)
         return found
 
-    async def check_current(self, conn: AsyncConnection) -> None:
+    async def check_current(self, conn: AsyncConnection, *, lock: bool = True) -> None:
         """Before this process stores data keys wrapped by its master key: the key ring must
         still be under that key. After `cdp keys rotate-master` a service that kept running on
         the old key would otherwise store keys that the new one cannot unwrap. PostgreSQL: a
         share lock on the key ring's row, so a rotation and this transaction take turns."""
         stmt = select(keyring_table.c.master_key_id).where(keyring_table.c.name == ROOTS[0])
-        if conn.dialect.name == "postgresql":
+        if lock and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(read=True)
         if (await conn.execute(stmt)).scalar_one() != self.master.key_id:
-            raise MasterKeyRotated(
-                "the master key was rotated: restart the service with the new CDP_MASTER_KEY"
-            )
+            raise MasterKeyRotated(MASTER_KEY_ROTATED)
 
     def forget(self, profile_id: uuid.UUID) -> None:
         self._keys.pop(profile_id.int, None)
@@ -225,6 +229,8 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
     re-wraps whatever data keys are still under `old` (a service that kept running on the old
     key may have stored some before it noticed: `Keyring.check_current`). On PostgreSQL the key
     ring's rows are updated first, so a service's check waits for the rotation to commit."""
+    if new.key_id == old.key_id:  # it would re-wrap the same keys again, without end
+        raise InvalidInput.field("new master key", "is the master key in use: nothing to rotate")
     rewrapped = 0
     async with db.write() as conn:
         for row in (await conn.execute(select(keyring_table))).mappings().all():

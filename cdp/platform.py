@@ -29,7 +29,9 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
     master = load_master_key(
         settings.master_key, production=settings.is_production, dev_dir=settings.dev_key_dir
     )
-    db = Database(settings.database_url)
+    db = Database(
+        settings.database_url, pool_size=settings.pool_size, max_overflow=settings.max_overflow
+    )
     try:
         if run_migrations:
             await migrate(db)

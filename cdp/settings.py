@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cdp.errors import InvalidInput
 
@@ -25,6 +31,12 @@ class Settings:
     dev_key_dir: Path = field(default_factory=lambda: Path(".cdp"))
     max_body_bytes: int = DEFAULT_MAX_BODY
     signing_key: str | None = None
+    checkpoint_interval: float = 300.0  # seconds between signed ledger checkpoints; 0: none
+    statistics_interval: float = 600.0  # seconds between planner-statistics refreshes; 0: none
+    # PostgreSQL connections one process keeps open, and how many more it may open under load:
+    # every service and worker on a server must fit in its max_connections together
+    pool_size: int = 20
+    max_overflow: int = 20
 
     @property
     def is_production(self) -> bool:
@@ -42,12 +54,16 @@ class Settings:
             database_url=normalise_database_url(url),
             master_key=env.get("CDP_MASTER_KEY") or None,
             default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or "RU",
-            public_url=(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
+            public_url=public_url(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL),
             environment=environment(env.get("CDP_ENV")),
             policy_dir=Path(env.get("CDP_POLICY_DIR") or DEFAULT_POLICY_DIR),
             dev_key_dir=Path(env.get("CDP_DEV_KEY_DIR") or ".cdp"),
             max_body_bytes=body_limit(env.get("CDP_MAX_BODY_BYTES")),
             signing_key=env.get("CDP_AUDIT_SIGNING_KEY") or None,
+            checkpoint_interval=env_number(env, "CDP_CHECKPOINT_INTERVAL", 300.0),
+            statistics_interval=env_number(env, "CDP_STATISTICS_INTERVAL", 600.0),
+            pool_size=int(env_number(env, "CDP_DATABASE_POOL_SIZE", 20, whole=True, least=1)),
+            max_overflow=int(env_number(env, "CDP_DATABASE_MAX_OVERFLOW", 20, whole=True)),
         )
 
 
@@ -63,6 +79,15 @@ def environment(value: str | None) -> str:
     return name
 
 
+def public_url(value: str) -> str:
+    """CDP_PUBLIC_URL, the base of the links customers are sent: an http(s) URL with a host
+    (`cdp.example.com` without a scheme made links no mail client opens)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput.field("CDP_PUBLIC_URL", "must be an http:// or https:// URL with a host")
+    return value.strip().rstrip("/")
+
+
 DATABASES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
 
 
@@ -70,14 +95,33 @@ def normalise_database_url(url: str) -> str:
     """Accept the plain driver names people type and pick the async driver; refuse a database
     the platform does not run on (SQLite and PostgreSQL only), naming the setting."""
     if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        url = "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    elif url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+asyncpg://" + url.split("://", 1)[1]
     if not url.startswith(DATABASES):
         raise InvalidInput.field(
             "CDP_DATABASE_URL", "must be a sqlite:///FILE or postgresql://... URL"
         )
-    return url
+    return libpq_sslmode(url)
+
+
+def libpq_sslmode(url: str) -> str:
+    """The URL parsed (one that does not parse is refused without repeating it: it may hold a
+    password), with libpq's `sslmode=` given to asyncpg under its name, `ssl=` (same values:
+    disable, prefer, require, verify-ca, verify-full), as hosted PostgreSQL hands URLs out."""
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 -- a port that is not a number raises here
+    except (ArgumentError, ValueError):
+        raise InvalidInput.field(
+            "CDP_DATABASE_URL", "is not a valid URL (check the host, port and quoting)"
+        ) from None
+    if not url.startswith("postgresql") or "sslmode" not in parsed.query:
+        return url
+    query = dict(parsed.query)
+    mode = query.pop("sslmode")
+    query.setdefault("ssl", mode)
+    return parsed.set(query=query).render_as_string(hide_password=False)
 
 
 def body_limit(value: str | None) -> int:
@@ -87,3 +131,37 @@ def body_limit(value: str | None) -> int:
     if not value.strip().isdigit() or int(value) < 1:
         raise InvalidInput.field("CDP_MAX_BODY_BYTES", "must be a whole number of bytes")
     return int(value)
+
+
+def env_number(
+    env: Mapping[str, str], name: str, default: float, *, whole: bool = False, least: float = 0
+) -> float:
+    """A numeric setting: unset or empty is `default`; otherwise a finite number (a whole one
+    where `whole`) of at least `least`, else an error naming the setting (the service used to
+    fail with a traceback once running, or take a value such as 0 workers that cannot work)."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    kind = "a whole number" if whole else "a number"
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < least:
+        raise InvalidInput.field(name, f"must be {kind} of at least {least:g}")
+    return value
+
+
+FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+FLAGS |= {"0": False, "false": False, "no": False, "off": False}
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool | None) -> bool | None:
+    """A yes/no setting: unset or empty is `default`; an unknown word is refused, not taken for
+    either answer (`CDP_WEBHOOK_DISPATCHER=of` used to leave the dispatcher on)."""
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text not in FLAGS:
+        raise InvalidInput.field(name, "must be on or off (1, true, yes / 0, false, no)")
+    return FLAGS[text]

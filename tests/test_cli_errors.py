@@ -4,6 +4,13 @@ database URL of an engine the platform does not run on, a size that is not a num
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
 from cdp.crypto.master import MasterKey
 from tests.test_import import run_cli
 
@@ -67,3 +74,82 @@ def test_a_body_limit_that_is_not_a_number_is_refused_naming_the_setting(tmp_pat
     url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
     result = run_cli(["keys", "list"], url, tmp_path, CDP_MAX_BODY_BYTES="8MB")
     assert_plain(result, "CDP_MAX_BODY_BYTES")
+
+
+BACKGROUND_SETTINGS_THAT_CANNOT_WORK = [
+    ("CDP_CHECKPOINT_INTERVAL", "5min"),
+    ("CDP_STATISTICS_INTERVAL", "-1"),
+    ("CDP_WEBHOOK_MAX_ATTEMPTS", "eight"),
+    ("CDP_WEBHOOK_TIMEOUT_MS", "10s"),
+    ("CDP_WEBHOOK_POLL_MS", "-5"),
+    ("CDP_WEBHOOK_CONCURRENCY", "0"),
+    ("CDP_RETENTION_INTERVAL_S", "1h"),
+    ("CDP_WEBHOOK_KEEP_DEAD_DAYS", "nan"),
+    ("CDP_WEBHOOK_DISPATCHER", "of"),
+    ("CDP_WEBHOOK_ALLOW_PRIVATE", "yes please"),
+]
+
+
+def test_a_background_setting_that_cannot_work_stops_serve_with_one_line(tmp_path):
+    """`cdp serve` reads the intervals and the webhook settings before it binds its port: one
+    that is not a number, or out of range, is one line naming it and exit status 2 (before, a
+    traceback from the running service, exit status 3, or a value taken silently: a
+    concurrency of 0 delivered nothing, an unknown CDP_WEBHOOK_DISPATCHER meant on)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    for name, value in BACKGROUND_SETTINGS_THAT_CANNOT_WORK:
+        env = {**os.environ, "CDP_DATABASE_URL": url, "CDP_DEV_KEY_DIR": str(tmp_path), name: value}
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "cdp.cli", "serve", "--port", str(free_port())],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name}={value!r} was taken: the service started")
+        assert_plain(result, name, code=2)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_background_setting_that_cannot_work_stops_a_dispatcher_with_one_line(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    result = run_cli(["dispatch", "--once"], url, tmp_path, CDP_WEBHOOK_CONCURRENCY="-2")
+    assert_plain(result, "CDP_WEBHOOK_CONCURRENCY")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_database_url_that_does_not_parse_is_one_line_without_its_password(tmp_path):
+    url = "postgresql://cdp:S3cretPW@db.example:fivefourthreetwo/cdp"
+    result = run_cli(["keys", "list"], url, tmp_path)
+    assert_plain(result, "CDP_DATABASE_URL")
+    assert "S3cretPW" not in result.stderr + result.stdout
+
+
+async def test_a_postgresql_url_with_libpq_sslmode_is_understood(platform, backend, tmp_path):
+    """Hosted PostgreSQL hands out URLs with libpq's `?sslmode=require`, which asyncpg calls
+    `ssl`: the URL used to stop every command with a traceback (TypeError: connect() got an
+    unexpected keyword argument 'sslmode')."""
+    if backend != "postgres":
+        pytest.skip("a PostgreSQL URL")
+    url = platform.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    for mode in ("disable", "prefer"):  # the test server may not offer TLS at all
+        result = run_cli(["keys", "list"], f"{url}?sslmode={mode}", tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_public_url_without_scheme_or_host_is_refused_naming_the_setting(tmp_path):
+    """CDP_PUBLIC_URL is the base of the manage links customers are sent; `cdp.example.com`
+    (no scheme) used to be taken and made links such as `cdp.example.com/preferences/...` that
+    no mail client opens."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    for value in ("cdp.example.com", "https://", "ftp://cdp.example.com"):
+        result = run_cli(["serve", "--port", str(free_port())], url, tmp_path, CDP_PUBLIC_URL=value)
+        assert_plain(result, "CDP_PUBLIC_URL", code=2)
+    ok = run_cli(["keys", "list"], url, tmp_path, CDP_PUBLIC_URL="https://cdp.example.com/crm/")
+    assert ok.returncode == 0, ok.stderr[-2000:]

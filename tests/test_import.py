@@ -169,7 +169,8 @@ async def test_cli_refuses_to_serve_in_production_without_the_audit_signing_key(
     out = run_cli(
         ["serve", "--port", "1"], platform.settings.database_url, tmp_path, CDP_ENV="prod"
     )
-    assert out.returncode == 1 and "CDP_ENV: must be development or production" in out.stderr
+    # as for every setting that cannot work, `cdp serve` exits 2 (README, Settings)
+    assert out.returncode == 2 and "CDP_ENV: must be development or production" in out.stderr
 
 
 async def import_emails(platform, tmp_path, monkeypatch, n: int, at_refresh):  # type: ignore[no-untyped-def]

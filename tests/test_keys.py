@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import uuid
 
@@ -11,6 +12,7 @@ from sqlalchemy import select, update
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.crypto.master import MasterKey, WrongMasterKeyError
 from cdp.db.tables import profile_keys, profiles
+from cdp.errors import InvalidInput
 from cdp.keyring import Keyring, rotate_master_key
 from cdp.platform import open_platform
 from cdp.profiles.service import profile_view, upsert_one
@@ -169,3 +171,12 @@ async def test_the_cli_rotation_can_be_run_again_to_finish(platform, tmp_path, b
         CDP_NEW_MASTER_KEY=MasterKey.generate_base64(),
     )
     assert wrong.returncode == 1 and "does not match this database" in wrong.stderr
+
+
+async def test_rotating_to_the_key_in_use_is_refused_and_changes_nothing(platform):
+    """The new key pasted where the old one was: the rotation used to re-wrap the same keys
+    again and again, in one transaction that never ended."""
+    await upsert_one(platform, {"source": "crm", "email": "same@example.com"}, "t")
+    same = platform.keys.master
+    with pytest.raises(InvalidInput, match="in use"):
+        await asyncio.wait_for(rotate_master_key(platform.db, same, same), timeout=60)

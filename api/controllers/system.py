@@ -22,11 +22,15 @@ def operation_id(get_id: str) -> Any:
     http_method=METHODS,
     opt=PUBLIC,
     tags=["system"],
-    summary="Liveness and database reachability",
+    summary="Readiness: the database answers and the master key is current",
     operation_id=operation_id("HealthHealth"),
 )
 async def health(platform: PlatformDep) -> dict[str, str]:
-    await platform.db.ping()
+    """200 when this service can serve: the database answers and the key ring is still under
+    this service's master key. Otherwise a 503 saying which (`api.errors`): the database is
+    not reachable, or `cdp keys rotate-master` ran and the service needs the new key."""
+    async with platform.db.read() as conn:
+        await platform.keys.check_current(conn, lock=False)  # no wait behind a rotation
     return {"status": "ok"}
 
 

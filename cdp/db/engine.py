@@ -39,13 +39,19 @@ _DEFAULT_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=1000", "PRAGMA cache_size=-
 _BULK_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=32768", "PRAGMA cache_size=-262144")
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
+    """The engine; on PostgreSQL with a pool of `pool_size` connections kept open and up to
+    `max_overflow` more under load (CDP_DATABASE_POOL_SIZE, CDP_DATABASE_MAX_OVERFLOW)."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
-        url, pool_size=20, max_overflow=20, pool_pre_ping=True, hide_parameters=True
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 
@@ -65,9 +71,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20, max_overflow: int = 20) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -155,11 +161,6 @@ class Database:
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.exec_driver_sql("ANALYZE")
-
-    async def ping(self) -> bool:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-        return True
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -24,7 +24,10 @@ CDP_RETENTION_INTERVAL_S         seconds between prunes (default 3600; 0 turns t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from cdp.settings import env_flag, env_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,36 +62,35 @@ class DispatchConfig:
         return max(1, self.concurrency // 2)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> DispatchConfig:
-        e = dict(os.environ if env is None else env)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DispatchConfig:
+        """The settings above; one that cannot work raises InvalidInput naming it."""
+        e = os.environ if env is None else env
+        base = cls()
 
         def ms(name: str, default: float) -> float:
-            return int(e[name]) / 1000 if e.get(name) else default
+            return env_number(e, name, default * 1000, whole=True, least=1) / 1000
 
-        def number(name: str, default: float) -> float:
-            return float(e[name]) if e.get(name) else default
+        def days(name: str, default: float) -> float:
+            return env_number(e, name, default)
 
-        base = cls()
         return cls(
-            max_attempts=int(e.get("CDP_WEBHOOK_MAX_ATTEMPTS") or base.max_attempts),
+            max_attempts=int(
+                env_number(e, "CDP_WEBHOOK_MAX_ATTEMPTS", base.max_attempts, whole=True, least=1)
+            ),
             retry_base=ms("CDP_WEBHOOK_RETRY_BASE_MS", base.retry_base),
             retry_cap=ms("CDP_WEBHOOK_RETRY_CAP_MS", base.retry_cap),
             timeout=ms("CDP_WEBHOOK_TIMEOUT_MS", base.timeout),
             poll_interval=ms("CDP_WEBHOOK_POLL_MS", base.poll_interval),
-            concurrency=int(e.get("CDP_WEBHOOK_CONCURRENCY") or base.concurrency),
+            concurrency=int(
+                env_number(e, "CDP_WEBHOOK_CONCURRENCY", base.concurrency, whole=True, least=1)
+            ),
             nats_url=e.get("CDP_NATS_URL") or None,
             nats_stream=e.get("CDP_NATS_STREAM") or base.nats_stream,
             nats_subject_prefix=e.get("CDP_NATS_SUBJECT_PREFIX") or base.nats_subject_prefix,
-            in_app=(e.get("CDP_WEBHOOK_DISPATCHER") or "on").lower() not in ("off", "0", "false"),
-            keep_delivered_days=number("CDP_WEBHOOK_KEEP_DELIVERED_DAYS", base.keep_delivered_days),
-            keep_dead_days=number("CDP_WEBHOOK_KEEP_DEAD_DAYS", base.keep_dead_days),
-            keep_exports_days=number("CDP_SEGMENT_EXPORT_KEEP_DAYS", base.keep_exports_days),
-            prune_interval=number("CDP_RETENTION_INTERVAL_S", base.prune_interval),
-            allow_private=_flag(e.get("CDP_WEBHOOK_ALLOW_PRIVATE")),
+            in_app=bool(env_flag(e, "CDP_WEBHOOK_DISPATCHER", True)),
+            keep_delivered_days=days("CDP_WEBHOOK_KEEP_DELIVERED_DAYS", base.keep_delivered_days),
+            keep_dead_days=days("CDP_WEBHOOK_KEEP_DEAD_DAYS", base.keep_dead_days),
+            keep_exports_days=days("CDP_SEGMENT_EXPORT_KEEP_DAYS", base.keep_exports_days),
+            prune_interval=env_number(e, "CDP_RETENTION_INTERVAL_S", base.prune_interval),
+            allow_private=env_flag(e, "CDP_WEBHOOK_ALLOW_PRIVATE", None),
         )
-
-
-def _flag(text: str | None) -> bool | None:
-    if not text:
-        return None
-    return text.strip().lower() in ("1", "true", "yes", "on")
