@@ -40,17 +40,31 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def spreadsheet_safe(text: str | None) -> str:
     """A customer-typed value that a spreadsheet would run as a formula gets a leading
-    apostrophe (OWASP CSV injection). Addresses are left exact: an E.164 phone starts with +."""
+    apostrophe (OWASP CSV injection); stripping it gives the value back."""
     if not text:
         return ""
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def spreadsheet_safe_address(address: str) -> str:
+    """An E.164 phone (`+` and digits, a number to a spreadsheet) stays exact; an email whose
+    local part begins with = + - (RFC 5322 allows them, so a sign-up form can send
+    `=cmd|'/c calc'!a0@...`) is defused as a name is."""
+    if address.startswith("+") and address[1:].isdigit():
+        return address
+    return spreadsheet_safe(address)
 
 
 def csv_chunk(items: list[Member]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerows(
-        (m.profile_id, m.address, m.unsubscribe_token, spreadsheet_safe(m.first_name))
+        (
+            m.profile_id,
+            spreadsheet_safe_address(m.address),
+            m.unsubscribe_token,
+            spreadsheet_safe(m.first_name),
+        )
         for m in items
     )
     return out.getvalue().encode()
