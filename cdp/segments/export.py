@@ -19,6 +19,7 @@ import msgspec
 from cdp.platform import Platform
 from cdp.segments.members import MEMBER_FIELDS, Definition, Member, Page
 from cdp.segments.pages import member_pages
+from cdp.spreadsheet import spreadsheet_safe, spreadsheet_safe_address
 
 EXPORT_PAGE = 2000  # rows per page: large enough to amortise a query, small in memory
 # media types; the framework adds "; charset=utf-8" to a text/ type itself
@@ -33,26 +34,6 @@ def ndjson_chunk(items: list[Member]) -> bytes:
 
 def csv_header() -> bytes:
     return (",".join(MEMBER_FIELDS) + "\r\n").encode()
-
-
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text: str | None) -> str:
-    """A customer-typed value that a spreadsheet would run as a formula gets a leading
-    apostrophe (OWASP CSV injection); stripping it gives the value back."""
-    if not text:
-        return ""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
-def spreadsheet_safe_address(address: str) -> str:
-    """An E.164 phone (`+` and digits, a number to a spreadsheet) stays exact; an email whose
-    local part begins with = + - (RFC 5322 allows them, so a sign-up form can send
-    `=cmd|'/c calc'!a0@...`) is defused as a name is."""
-    if address.startswith("+") and address[1:].isdigit():
-        return address
-    return spreadsheet_safe(address)
 
 
 def csv_chunk(items: list[Member]) -> bytes:
