@@ -13,6 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import OperationalError
 
+from cdp.crypto.fields import CryptoError
 from cdp.db.conflicts import is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
 from consent.tokens import TokenError
@@ -113,6 +114,9 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, OperationalError):
         log.error("database_unavailable", route=_route(request), error=type(exc).__name__)
         return problem(503, "the database is not reachable")
+    if isinstance(exc, CryptoError):  # our own message: the place and the profile's id
+        log.error("undecryptable", route=_route(request), error=type(exc).__name__, detail=str(exc))
+        return problem(500, "internal error")
     # the type only: exception messages may hold bound parameters (personal data)
     log.error("unhandled_error", route=_route(request), error=type(exc).__name__)
     return problem(500, "internal error")
