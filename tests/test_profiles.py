@@ -514,3 +514,46 @@ async def test_a_national_number_uses_the_country_else_the_default_jurisdictions
     assert r.status_code == 201, r.text
     found = await client.get("/v1/profiles?phone=%2B49301234567", headers=keys["admin"])
     assert found.status_code == 200
+
+
+async def test_an_email_in_any_plaintext_column_is_refused(client, keys, platform):
+    """Sources, event ids, types and categories, and a consent's wording id and method are
+    stored unencrypted too, and a ledger entry's under its hash: an email put there (an order
+    keyed by the buyer's address, a form named after its owner) was stored in plaintext and
+    outlived the customer's erasure. Each is a 400 naming the field, storing nothing."""
+    from consent.tables import consent_ledger, suppressions
+
+    leaked = "zq.owner@corp.example"
+    event = {"source": "shop", "event_id": "e-1", "type": "view", "email": "anna@example.com"}
+    event["occurred_at"] = "2026-11-01T12:00:00Z"
+    grant = {"purpose": "marketing", "channel": "email", "status": "granted", "source": "web"}
+    grant["evidence"] = {"wording_id": "newsletter-v3", "method": "double_opt_in"}
+    record = {"source": "crm", "email": "anna@example.com"}
+    cases = [
+        ("/v1/events", event | {"event_id": f"order-{leaked}"}, "event_id"),
+        ("/v1/events", event | {"category": leaked}, "category"),
+        ("/v1/events", event | {"type": f"view {leaked}"}, "type"),
+        ("/v1/events", event | {"source": leaked}, "source"),
+        ("/v1/profiles", record | {"source": leaked}, "source"),
+        ("/v1/consents", {"email": "anna@example.com", **grant, "source": leaked}, "source"),
+        (
+            "/v1/consents",
+            {"email": "anna@example.com", **grant, "evidence": {"wording_id": leaked}},
+            "evidence.wording_id",
+        ),
+        (
+            "/v1/profiles",
+            record | {"consents": [grant | {"evidence": {"wording_id": "w", "method": leaked}}]},
+            "consents[0].evidence.method",
+        ),
+        ("/v1/opt-outs", {"email": "bob@example.com", "source": leaked}, "source"),
+    ]
+    for path, body, field in cases:
+        r = await client.post(path, json=body, headers=keys["ingest"])
+        assert r.status_code == 400, (path, field, r.text)
+        assert field in [e["field"] for e in r.json()["errors"]], (path, r.text)
+        assert leaked not in r.text
+    assert await count(platform, profiles) == 0
+    assert await count(platform, consent_ledger) == 0
+    assert await count(platform, suppressions) == 0
+    assert not holds_plaintext(await raw_database_bytes(platform), leaked)
