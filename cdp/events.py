@@ -22,7 +22,6 @@ from cdp.errors import InvalidInput
 from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.normalize import normalise_country
-from cdp.plaintext import refuse_addresses_in_plaintext
 from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
 from cdp.profiles.locks import lock_profile
@@ -54,14 +53,6 @@ def normalised(body: EventIn) -> EventIn:
 def check_event(body: EventIn) -> None:
     if (problem := time_problem(body.occurred_at)) is not None:  # a purchase "in 2099"...
         raise InvalidInput.field("occurred_at", problem)
-    refuse_addresses_in_plaintext(  # stored unencrypted: idempotency, stats, segments
-        [
-            ("source", body.source),
-            ("event_id", body.event_id),
-            ("type", body.type),
-            ("category", body.category),
-        ]
-    )
     if body.country is not None and body.country.strip():
         normalise_country(body.country)  # the country of a customer it may create: 400 if none
     if body.type in stats.MONEY_EVENTS:

@@ -20,7 +20,6 @@ from cdp.db.engine import lock_keys
 from cdp.db.tables import profiles
 from cdp.errors import InvalidInput, NotFound
 from cdp.ids import time_problem, utcnow
-from cdp.plaintext import refuse_addresses_in_plaintext
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
 from cdp.profiles.locks import lock_found
@@ -95,7 +94,6 @@ async def opt_out(
     check_purpose_channel(p, purpose, channel)
     if (problem := time_problem(occurred_at)) is not None:
         raise InvalidInput.field("occurred_at", problem)
-    refuse_addresses_in_plaintext([("source", source)])  # the ledger and suppressions keep it
     request = OptOutRequest(
         ident, purpose, channel, source, actor, method, reason, occurred_at or utcnow()
     )

@@ -157,7 +157,6 @@ async def record_consent(
         body.status,
         body.evidence,
         occurred_at=body.occurred_at,
-        source=body.source,
     )
     if problems:
         raise InvalidInput("the consent is not acceptable under the policy", problems)

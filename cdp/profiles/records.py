@@ -7,6 +7,7 @@ policy separately so that a bulk import can keep the profile and report only the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any
@@ -18,7 +19,6 @@ from cdp.ids import time_problem
 from cdp.labels import TRAIT_NAME_RULE, trait_name
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
-from cdp.plaintext import addresses_in_plaintext
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.schemas import ProfileIn
 from consent.policy import Policy
@@ -78,6 +78,21 @@ def parse_profile(raw: Any, whole: str = "body") -> ProfileIn:
 
 
 TRAIT_NAMED_TWICE = "the same trait as another name of the record (in another Unicode form)"
+# An email address anywhere in a value: something@something.tld
+_EMAIL_IN_TEXT = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+_PLAINTEXT_REFUSAL = "holds an email address, which would be stored unencrypted here"
+
+
+def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[FieldError]:
+    """City and traits are stored unencrypted (segments filter on them in SQL), so an email
+    address put there, by a column mix-up or a trait such as `traits.work_email`, would be
+    personal data in plaintext at rest (DESIGN.md §1.3). Such a value is refused."""
+    values = [("city", city), *((f"traits.{key}", v) for key, v in traits.items())]
+    return [
+        FieldError(name, _PLAINTEXT_REFUSAL)
+        for name, value in values
+        if isinstance(value, str) and "@" in value and _EMAIL_IN_TEXT.search(value)
+    ]
 
 
 def trait_field(name: str) -> str:
@@ -176,15 +191,7 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
     rec.city = clean_text(data.city)
     rec.traits, bad_names = _named_traits(data.traits)
     errors.extend(bad_names)
-    errors.extend(
-        addresses_in_plaintext(
-            [
-                ("source", data.source),
-                ("city", rec.city),
-                *((f"traits.{key}", v) for key, v in rec.traits.items()),
-            ]
-        )
-    )
+    errors.extend(_addresses_in_plaintext(rec.city, rec.traits))
 
     if not errors and not (rec.email or rec.phone or rec.external_id):
         if rec.ignored:
@@ -214,7 +221,6 @@ def validate_consents(
             f"{prefix}[{i}].",
             item.occurred_at,
             default_method=RECORD_METHOD,
-            source=item.source,
         )
         if not problems and item.status == "granted":
             problems = _address_problems(policy, item.channel, rec, f"{prefix}[{i}].channel")
@@ -255,19 +261,12 @@ def consent_problems(
     prefix: str = "",
     occurred_at: datetime | None = None,
     default_method: str | None = None,
-    source: str | None = None,
 ) -> list[FieldError]:
     """The one place that decides whether a consent event is acceptable under the policy.
     One dated in the future or before 1900 (`cdp.ids.time_problem`) is not. A grant that needs
     proof (`Policy.evidence_required`) names its wording and how it was given (method), unless
     the path it came by is its method (`default_method`: a record's consent is an import)."""
-    errors = addresses_in_plaintext(  # the ledger keeps them unencrypted, under its hashes
-        [
-            (f"{prefix}source", source),
-            (f"{prefix}evidence.wording_id", evidence and evidence.wording_id),
-            (f"{prefix}evidence.method", evidence and evidence.method),
-        ]
-    )
+    errors: list[FieldError] = []
     if (problem := time_problem(occurred_at)) is not None:
         errors.append(FieldError(f"{prefix}occurred_at", problem))
     if purpose not in policy.purposes:
