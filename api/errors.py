@@ -12,6 +12,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from cdp.crypto.fields import CryptoError
 from cdp.crypto.master import WrongMasterKeyError
 from cdp.db.availability import database_unavailable
 from cdp.db.conflicts import is_transient_conflict
@@ -118,6 +119,9 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, WrongMasterKeyError):  # `cdp keys rotate-master` ran while this served
         log.error("master_key_out_of_date", route=_route(request))
         return problem(503, MASTER_KEY_ROTATED)
+    if isinstance(exc, CryptoError):  # our own message: the place and the profile's id
+        log.error("undecryptable", route=_route(request), error=type(exc).__name__, detail=str(exc))
+        return problem(500, "internal error")
     # the type only: exception messages may hold bound parameters (personal data)
     log.error("unhandled_error", route=_route(request), error=type(exc).__name__)
     return problem(500, "internal error")

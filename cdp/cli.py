@@ -33,9 +33,8 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int, help="port to listen on")
 def serve(host: str, port: int) -> None:
     """Apply pending migrations, then serve the API."""
-    import uvicorn
-
     from api.app import create_app
+    from api.server import serve as serve_app
     from cdp.crypto.fields import CryptoError
     from consent.audit.signing import signer_for
     from consent.outbox.config import DispatchConfig
@@ -55,7 +54,7 @@ def serve(host: str, port: int) -> None:
     except click.ClickException as exc:  # a policy file or a database that cannot be opened
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    serve_app(create_app(settings), host, port)
 
 
 def served_settings(settings: Settings, env: Mapping[str, str], host: str, port: int) -> Settings:

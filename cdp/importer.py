@@ -52,6 +52,7 @@ from cdp.platform import Platform
 from cdp.profiles.records import trait_field
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
 from cdp.profiles.wire import decode_results, encode_results
+from cdp.spreadsheet import spreadsheet_safe
 from consent.policy import Policy
 
 log = structlog.get_logger(__name__)
@@ -518,7 +519,7 @@ async def run_import(
                 reject(n, o.ignored, row_rejected=False)
         # in the order of the file (a sort keeps each row's lines in their order)
         chunk_lines.sort(key=lambda line: line[0])
-        writer.writerows((n, e.field, e.message) for n, e in chunk_lines)
+        writer.writerows((n, spreadsheet_safe(e.field), e.message) for n, e in chunk_lines)
         chunk_lines.clear()
         if summary.rows >= refresh_at[0]:
             # The tables grow as the import runs: a plan made on the sizes at the start (e.g.

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
-from cdp.crypto.fields import FieldCipher, new_data_key
+from cdp.crypto.fields import CryptoError, FieldCipher, new_data_key
 from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
 from cdp.db.engine import Database
 from cdp.db.tables import keyring as keyring_table
@@ -120,7 +120,14 @@ class Keyring:
         if hit is not None and hit[0] == key_id:
             key = hit[1]
         else:
-            key = self.master.unwrap(wrapped, _dek_context(profile_id, key_id))
+            try:
+                key = self.master.unwrap(wrapped, _dek_context(profile_id, key_id))
+            except WrongMasterKeyError as exc:  # the master key opened the roots at start-up
+                raise CryptoError(
+                    f"the data key of profile {profile_id} (key id {key_id}) does not open "
+                    "under this master key: altered, copied from another profile, or wrapped "
+                    "by another master key"
+                ) from exc
             if remember:
                 self._remember(profile_id, key_id, key)
         return FieldCipher(key, key_id, str(profile_id))
@@ -143,7 +150,11 @@ class Keyring:
                 ).where(profile_keys.c.profile_id.in_(chunk))
             )
             for pid, key_id, wrapped in rows:
-                found[pid] = self.cipher_from_row(pid, key_id, wrapped)
+                try:
+                    found[pid] = self.cipher_from_row(pid, key_id, wrapped)
+                except CryptoError:  # rotated under this process (503), else that row (500)
+                    await self.check_current(conn, lock=False)
+                    raise
         for pid in wanted:
             if pid not in found:
                 self.forget(pid)

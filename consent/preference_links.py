@@ -17,6 +17,8 @@ from typing import Annotated
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.access_log import log_access
+from cdp.apikeys import Principal
 from cdp.errors import NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
@@ -43,14 +45,28 @@ class ManageLink:
     expires_at: datetime
 
 
-async def manage_link(p: Platform, ident: Identifier, minutes: int = DEFAULT_MINUTES) -> ManageLink:
+async def manage_link(
+    p: Platform, ident: Identifier, who: Principal, minutes: int = DEFAULT_MINUTES
+) -> ManageLink:
     """A manage link for the customer the identifier names (NotFound if none, Gone if erased).
     Named by an email or a phone, the link speaks for that address (grants made with it go
-    to it); otherwise for the profile."""
-    async with p.db.read() as conn:
+    to it); otherwise for the profile. Its issue is in the access log under the asking key
+    (`who`): whoever holds the link can download the customer's data, and that download is
+    logged as the customer's."""
+    async with p.db.write() as conn:
         pid = await find_profile(conn, ident)
-    if pid is None:
-        raise NotFound("no profile with this identifier")
+        if pid is None:
+            raise NotFound("no profile with this identifier")
+        await log_access(
+            conn,
+            who,
+            "preference_link.issued",
+            object_type="profile",
+            object_id=str(pid),
+            profile_id=pid,
+            rows=0,
+            detail={"valid_minutes": minutes},
+        )
     if ident.kind in ("email", "phone") and ident.bidx is not None:
         kind, subject = ident.kind, ident.bidx
     else:

@@ -475,3 +475,16 @@ async def test_the_rejects_file_names_a_csv_consent_by_its_column(platform, tmp_
         (3, "consent.marketing.sms"),
         (4, "consent.marketing.sms"),
     }
+
+
+async def test_the_rejects_file_names_no_field_a_spreadsheet_would_run(platform, tmp_path):
+    """The rejects file names an unknown key as the file wrote it; a key written as a formula
+    (`=HYPERLINK(...)`, `-2+3+cmd|...`) ran when the operator opened the rejects in a
+    spreadsheet (OWASP CSV injection). It is named with a leading apostrophe."""
+    src = tmp_path / "crm.ndjson"
+    formula = '=HYPERLINK("http://evil.example","x")'
+    lines = [{"email": "a1@example.com", formula: 1}, {"email": "a2@example.com", "-2+3": 1}]
+    src.write_text("".join(msgspec.json.encode(x).decode() + "\n" for x in lines), "utf-8")
+    summary = await run_import(platform, src, "crm", workers=0)
+    rejects = list(csv.reader(summary.rejects_path.read_text(encoding="utf-8").splitlines()))
+    assert [(r[0], r[1]) for r in rejects[1:]] == [("1", "'" + formula), ("2", "'-2+3")]

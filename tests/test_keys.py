@@ -7,6 +7,7 @@ import gc
 import uuid
 
 import pytest
+import structlog
 from sqlalchemy import select, update
 
 from cdp.crypto.fields import CryptoError, FieldCipher
@@ -180,3 +181,43 @@ async def test_rotating_to_the_key_in_use_is_refused_and_changes_nothing(platfor
     same = platform.keys.master
     with pytest.raises(InvalidInput, match="in use"):
         await asyncio.wait_for(rotate_master_key(platform.db, same, same), timeout=60)
+
+
+async def test_a_moved_ciphertext_or_data_key_fails_closed_naming_the_profile(
+    platform, client, keys
+):
+    """With database access, copy one customer's data key or name over another's: reading
+    answers 500 with nothing of either customer, and the log names the profile whose data no
+    longer opens and what failed (ids only), so an operator can find the row. Before, the log
+    said only `WrongMasterKeyError` (the master key passed its check at start-up) or
+    `CryptoError`, naming no profile."""
+    made = {}
+    for name in ("alice", "bob", "carol"):
+        record = {"source": "crm", "email": f"{name}@example.com", "first_name": name.title()}
+        made[name] = (await upsert_one(platform, record, "t")).profile_id
+    alice, bob, carol = made["alice"], made["bob"], made["carol"]
+    async with platform.db.write() as conn:
+        wrapped = select(profile_keys.c.wrapped).where(profile_keys.c.profile_id == alice)
+        await conn.execute(
+            update(profile_keys)
+            .where(profile_keys.c.profile_id == bob)
+            .values(wrapped=(await conn.execute(wrapped)).scalar_one())
+        )
+        name = select(profiles.c.first_name).where(profiles.c.id == alice)
+        await conn.execute(
+            update(profiles)
+            .where(profiles.c.id == carol)
+            .values(first_name=(await conn.execute(name)).scalar_one())
+        )
+    platform.keys._keys.clear()  # as another process would read it
+    for pid, says in ((bob, "data key"), (carol, "profiles.first_name")):
+        with structlog.testing.capture_logs() as logged:
+            r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+        assert r.status_code == 500
+        assert "Alice" not in r.text and "Bob" not in r.text and "Carol" not in r.text
+        errors = [e for e in logged if e["log_level"] == "error"]
+        assert len(errors) == 1, logged
+        text = repr(errors[0])
+        assert str(pid) in text and says in text, text
+        assert "WrongMasterKey" not in text
+        assert not any(n in text.lower() for n in ("alice", "bob", "carol", "example.com"))

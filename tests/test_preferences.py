@@ -284,6 +284,23 @@ async def test_access_copy_downloads_as_json_and_is_logged(client, keys, platfor
     )
 
 
+async def test_issuing_a_manage_link_is_in_the_access_log_under_the_key(client, keys, platform):
+    """A manage link downloads everything held about the customer, and the key that asked for
+    it (an ingest key can) is who could read it: the access log named only "customer" for the
+    download, so a key holder fetching a link and the data behind it left no trace of its own
+    (only a line in the service's log)."""
+    pid, token = await customer(client, keys, platform, "ida@example.com", manage=True)
+    r = await client.post(f"/preferences/{token}/access", data={"lang": "en"})
+    assert r.status_code == 200
+    log = await client.get(
+        "/v1/audit/access-log", params={"profile_id": str(pid)}, headers=keys["compliance"]
+    )
+    entries = [(e["actor"], e["action"], e["rows"]) for e in log.json()["items"]]
+    assert entries[0] == ("ingest-key", "preference_link.issued", 0), entries
+    assert entries[-1][:2] == ("customer", "access_request.export")
+    assert token not in log.text
+
+
 async def test_erasure_needs_confirmation_then_is_requested_by_the_customer(client, keys, platform):
     pid, token = await customer(client, keys, platform, "ivan@example.com", manage=True)
     r = await client.post(f"/preferences/{token}/erasure", data={"lang": "en"})

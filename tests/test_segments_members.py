@@ -456,6 +456,21 @@ async def test_csv_export_defuses_formulas_in_names_and_keeps_addresses_exact(cl
     assert json.loads(r.text.splitlines()[0])["first_name"] == "+Anna"  # NDJSON is exact
 
 
+async def test_csv_export_defuses_a_formula_in_an_email_address(client, keys):
+    """An email's local part may begin with = + - (RFC 5322 atext, accepted by the API): a
+    sign-up form is enough to put `=cmd|'/C calc'!A0@...` into the export that marketing opens
+    in a spreadsheet. Such an address gets the leading apostrophe too; phones stay exact."""
+    dde = "=cmd|'/ccalc'!a0@ex.com"
+    for email in (dde, "-2+3@ex.com", "+x@ex.com"):
+        await add(client, keys, email=email, country="RU", consents=[grant()])
+    sid = await create(client, keys)
+    r = await client.get(f"/v1/segments/{sid}/export?format=csv", headers=keys["marketing"])
+    addresses = sorted(row["address"] for row in csv.DictReader(io.StringIO(r.text)))
+    assert addresses == sorted(["'" + dde, "'-2+3@ex.com", "'+x@ex.com"])
+    r = await client.get(f"/v1/segments/{sid}/export", headers=keys["marketing"])
+    assert dde in {json.loads(line)["address"] for line in r.text.splitlines()}  # NDJSON exact
+
+
 async def test_sqlite_pages_walk_the_id_index_without_statistics(client, keys, platform):
     """Without ANALYZE statistics SQLite would filter by the status index and sort the whole
     table for every page; a members page must walk profiles in id order and stop early."""

@@ -543,7 +543,7 @@ async def post_preference_link(
     data: JSONBody[PreferenceLinkIn], platform: PlatformDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     ident = identifier_of(data, platform.policy, platform.keys.indexer)
-    link = await manage_link(platform, ident, data.valid_minutes)
+    link = await manage_link(platform, ident, principal, data.valid_minutes)
     log.info("preference_link_issued", profile_id=str(link.profile_id), key=principal.name)
     return {
         "profile_id": str(link.profile_id),

@@ -18,7 +18,8 @@ _HEADER = struct.Struct(">BI")
 
 
 class CryptoError(Exception):
-    """Raised for any failure to encrypt or decrypt. Never carries plaintext."""
+    """Raised for any failure to encrypt or decrypt. Never carries plaintext: its message names
+    places and ids only, so the log of a failed read may repeat it (`api.errors`)."""
 
 
 class FieldCipher:
@@ -65,19 +66,25 @@ class FieldCipher:
 
     def decrypt_bytes(self, place: str, blob: bytes) -> bytes:
         if len(blob) < _HEADER.size + 12 + 16:
-            raise CryptoError(f"ciphertext in {place} is truncated")
+            raise CryptoError(f"ciphertext in {place} of {self.owner} is truncated")
         version, key_id = _HEADER.unpack_from(blob)
         if version != VERSION:
-            raise CryptoError(f"ciphertext in {place} has unknown version {version}")
+            raise CryptoError(
+                f"ciphertext in {place} of {self.owner} has unknown version {version}"
+            )
         if key_id != self.key_id:
-            raise CryptoError(f"ciphertext in {place} was made under key id {key_id}")
+            raise CryptoError(
+                f"ciphertext in {place} of {self.owner} was made under key id {key_id}"
+            )
         nonce = blob[_HEADER.size : _HEADER.size + 12]
         try:
             return self._context().decrypt(
                 nonce, blob[_HEADER.size + 12 :], self._aad(place, key_id)
             )
         except InvalidTag as exc:
-            raise CryptoError(f"ciphertext in {place} failed authentication") from exc
+            raise CryptoError(
+                f"ciphertext in {place} of {self.owner} failed authentication"
+            ) from exc
 
     def decrypt(self, place: str, blob: bytes | None) -> str | None:
         if blob is None:

@@ -19,6 +19,7 @@ import msgspec
 from cdp.platform import Platform
 from cdp.segments.members import MEMBER_FIELDS, Definition, Member, Page
 from cdp.segments.pages import member_pages
+from cdp.spreadsheet import spreadsheet_safe, spreadsheet_safe_address
 
 EXPORT_PAGE = 2000  # rows per page: large enough to amortise a query, small in memory
 # media types; the framework adds "; charset=utf-8" to a text/ type itself
@@ -35,22 +36,16 @@ def csv_header() -> bytes:
     return (",".join(MEMBER_FIELDS) + "\r\n").encode()
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(text: str | None) -> str:
-    """A customer-typed value that a spreadsheet would run as a formula gets a leading
-    apostrophe (OWASP CSV injection). Addresses are left exact: an E.164 phone starts with +."""
-    if not text:
-        return ""
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 def csv_chunk(items: list[Member]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerows(
-        (m.profile_id, m.address, m.unsubscribe_token, spreadsheet_safe(m.first_name))
+        (
+            m.profile_id,
+            spreadsheet_safe_address(m.address),
+            m.unsubscribe_token,
+            spreadsheet_safe(m.first_name),
+        )
         for m in items
     )
     return out.getvalue().encode()
