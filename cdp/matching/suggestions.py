@@ -29,6 +29,7 @@ from cdp.matching.decisions import Merged, merge_reviewed
 from cdp.matching.features import Person, person
 from cdp.matching.tables import match_suggestions
 from cdp.platform import Platform
+from cdp.profiles.identifiers import profiles_in_status
 
 STATUSES = ("open", "accepted", "rejected", "stale")
 _CHUNK = 2000
@@ -124,21 +125,6 @@ async def decided_pairs(conn: AsyncConnection) -> set[tuple[uuid.UUID, uuid.UUID
     return {(a, b) if a < b else (b, a) for a, b in rows}
 
 
-async def _active(conn: AsyncConnection, ids: set[uuid.UUID]) -> set[uuid.UUID]:
-    out: set[uuid.UUID] = set()
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), 500):
-        out.update(
-            pid
-            for (pid,) in await conn.execute(
-                select(profiles.c.id).where(
-                    profiles.c.id.in_(ordered[start : start + 500]), profiles.c.status == "active"
-                )
-            )
-        )
-    return out
-
-
 async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     """Store the matches not suggested before, nor rejected under the ids of profiles merged
     since; returns how many were stored.
@@ -152,7 +138,9 @@ async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     sg = match_suggestions.c
     async with p.db.write() as conn:
         # still active now: one erased or merged away while the run scored is left out
-        active = await _active(conn, {pid for m in matches for pid in (m.a, m.b)})
+        active = await profiles_in_status(
+            conn, {pid for m in matches for pid in (m.a, m.b)}, "active"
+        )
         known, stale = set(), []
         for sid, a, b, status in await conn.execute(
             select(sg.id, sg.profile_a, sg.profile_b, sg.status)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
-from cdp.db.tables import identities
+from cdp.db.tables import identities, profiles
 from cdp.errors import FieldError, InvalidInput
 from cdp.ids import parse_uuid
 from cdp.normalize import clean_text, normalise_country, normalise_email, normalise_phone
@@ -141,3 +141,18 @@ async def find_profiles(
     named = [i.profile_id if i.profile_id is not None else held.get(i.bidx or b"") for i in idents]
     survivors = await resolve_profile_ids(conn, {pid for pid in named if pid is not None})
     return [None if pid is None else survivors[pid] for pid in named]
+
+
+async def profiles_in_status(
+    conn: AsyncConnection, profile_ids: set[uuid.UUID], status: str
+) -> set[uuid.UUID]:
+    """Which of these profiles have this status ("active", "erased", "merged"), one query per
+    500."""
+    ids = sorted(profile_ids)
+    found: set[uuid.UUID] = set()
+    for start in range(0, len(ids), 500):
+        query = select(profiles.c.id).where(
+            profiles.c.id.in_(ids[start : start + 500]), profiles.c.status == status
+        )
+        found.update(pid for (pid,) in await conn.execute(query))
+    return found

@@ -41,6 +41,7 @@ from sqlalchemy.sql.selectable import FromClause
 from cdp.db.tables import profiles
 from cdp.ids import utcnow
 from cdp.platform import Platform
+from cdp.profiles.identifiers import profiles_in_status
 from cdp.segments.audience import FIRST_ID, LAST_ID
 from cdp.segments.members import Definition, Page, PageRows, render_for_export, select_rows
 
@@ -226,14 +227,8 @@ async def _erased_profiles(p: Platform) -> int:
 
 async def _without_erased(p: Platform, page: Page) -> Page:
     """The page without the members whose erasure completed after their range was selected."""
-    ids = list({pid for pid, _ in page.handed})
     async with p.db.read() as conn:
-        erased = {
-            pid
-            for (pid,) in await conn.execute(
-                select(profiles.c.id).where(profiles.c.id.in_(ids), profiles.c.status == "erased")
-            )
-        }
+        erased = await profiles_in_status(conn, {pid for pid, _ in page.handed}, "erased")
     if not erased:
         return page
     kept = [i for i, (pid, _) in enumerate(page.handed) if pid not in erased]

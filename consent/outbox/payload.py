@@ -16,8 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError
-from cdp.db.tables import identities, profiles
+from cdp.db.tables import identities
 from cdp.platform import Platform
+from cdp.profiles.identifiers import profiles_in_status
 
 
 def event_payload(ev: Any) -> dict[str, Any]:
@@ -72,18 +73,7 @@ async def erased_profiles(
     """Which of these profiles are erased. Their events never carry an address: not even one a
     new customer has given since (a new sign-up, a reassigned phone number), which would link
     the erased profile to it in clear."""
-    wanted = list({pid for pid in pids if pid is not None})
-    out: set[uuid.UUID] = set()
-    for start in range(0, len(wanted), 500):
-        out.update(
-            pid
-            for (pid,) in await conn.execute(
-                select(profiles.c.id).where(
-                    profiles.c.id.in_(wanted[start : start + 500]), profiles.c.status == "erased"
-                )
-            )
-        )
-    return out
+    return await profiles_in_status(conn, {pid for pid in pids if pid is not None}, "erased")
 
 
 def with_address(body: dict[str, Any], address: str | None) -> dict[str, Any]:
