@@ -51,6 +51,7 @@ async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterato
 
             admin = await asyncpg.connect(PG_ADMIN)
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
             await admin.close()
 
 

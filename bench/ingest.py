@@ -81,6 +81,8 @@ def make_plain(p: Platform) -> None:
             "master_key_id": "plain",
             "wrapped": b"",
             "created_at": utcnow(),
+            "split": False,  # stored whole: no share in the key store
+            "share": None,
         }
 
     async def ciphers(conn, pids):  # type: ignore[no-untyped-def]

@@ -194,6 +194,7 @@ async def generate(p: Platform, n: int, seed: int = 7) -> float:
     }
     for start in range(0, n, CHUNK):
         rows = _rows(p, start, min(n, start + CHUNK), n, rng, now)
+        await p.keys.store_shares([(k["profile_id"], k.pop("share")) for k in rows["keys"]])
         async with p.db.write() as conn:
             for name, table in tables.items():
                 if rows[name]:

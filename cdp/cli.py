@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import sys
@@ -36,6 +35,7 @@ def serve(host: str, port: int) -> None:
     from api.app import create_app
     from api.server import serve as serve_app
     from cdp.crypto.fields import CryptoError
+    from cdp.keyring import whole_keys_left
     from consent.audit.signing import signer_for
     from consent.outbox.config import DispatchConfig
 
@@ -46,7 +46,7 @@ def serve(host: str, port: int) -> None:
         click.echo(f"error: {failure(exc).format_message()}", err=True)
         sys.exit(2)
     try:  # refuse to start on a wrong master key or a missing production key, before binding
-        run(lambda: with_platform(lambda p: asyncio.sleep(0)))
+        whole = run(lambda: with_platform(lambda p: whole_keys_left(p.db)))
         signer_for(settings)
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -54,7 +54,16 @@ def serve(host: str, port: int) -> None:
     except click.ClickException as exc:  # a policy file or a database that cannot be opened
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
+    if whole:
+        click.echo(WHOLE_KEYS_WARNING, err=True)
     serve_app(create_app(settings), host, port)
+
+
+WHOLE_KEYS_WARNING = (
+    "warning: some data keys are still stored whole in the database (from before the key "
+    "store): a backup taken before such a customer's erasure stays readable. Run "
+    "`cdp keys split` once (README, 'Backups and the key store')."
+)
 
 
 def served_settings(settings: Settings, env: Mapping[str, str], host: str, port: int) -> Settings:
@@ -174,6 +183,20 @@ def keys_rotate_master(new_key_env: str) -> None:
     count = run(go)
     click.echo(f"re-wrapped {count} data keys; new master key id {new.key_id}")
     click.echo("now set CDP_MASTER_KEY to the new key and restart every service")
+
+
+@keys.command("split")
+def keys_split() -> None:
+    """Keep the other half of data keys stored whole (from before the key store) in the key
+    store, so that erasing those customers reaches older backups too. Once, after upgrading;
+    resumable, and safe while the service runs."""
+    from cdp.keyring import split_whole_keys
+
+    async def go(p: Any) -> int:
+        return await split_whole_keys(p.db, p.keys.master, p.keys.store)
+
+    count = run(lambda: with_platform(go))
+    click.echo(f"split {count} data keys; every data key now has its other half in the key store")
 
 
 DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}

@@ -5,6 +5,11 @@ wrapped by the master key, so rotating the master key re-wraps them instead of c
 blind index (suppressions of never-seen addresses could not be recomputed). The blind-index and
 token keys are derived from that root with HKDF and exist only in memory. A master key that
 cannot unwrap the root is refused at start-up.
+
+A profile's data key is split (cdp.key_store): `profile_keys` holds one half wrapped by the
+master key, the key store the other, so that destroying the share in the key store makes every
+copy of the database unreadable for that profile. Keys stored before the key store existed are
+whole (`split` false) until `cdp keys split` moves their other half out.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
+from datetime import datetime
 
 import structlog
 from sqlalchemy import bindparam, insert, select, update
@@ -28,6 +34,7 @@ from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
 from cdp.errors import DomainError, InvalidInput
 from cdp.ids import utcnow
+from cdp.key_store import KeyStore, split_key, xor
 
 log = structlog.get_logger(__name__)
 
@@ -68,15 +75,20 @@ def _dek_context(profile_id: uuid.UUID, key_id: int) -> bytes:
 
 def mint_data_key(
     master: MasterKey, profile_id: uuid.UUID, key_id: int = FIRST_KEY_ID
-) -> tuple[bytes, bytes]:
-    """(data key, the key wrapped by the master key for this profile and key id)."""
+) -> tuple[bytes, bytes, bytes]:
+    """(data key, its database half wrapped by the master key for this profile and key id,
+    its share for the key store)."""
     key = new_data_key()
-    return key, master.wrap(key, _dek_context(profile_id, key_id))
+    half, share = split_key(key)
+    return key, master.wrap(half, _dek_context(profile_id, key_id)), share
 
 
 class Keyring:
-    def __init__(self, master: MasterKey, roots: dict[str, bytes]) -> None:
+    def __init__(
+        self, master: MasterKey, roots: dict[str, bytes], store: KeyStore | None = None
+    ) -> None:
         self.master = master
+        self.store = store
         index_root = roots["index_root"]
         self.indexer = BlindIndexer(hkdf(index_root, b"cdp/blind-index/v1"))
         self.token_key = hkdf(index_root, b"cdp/tokens/v1")
@@ -85,8 +97,10 @@ class Keyring:
 
     # data keys -------------------------------------------------------------------------
     def new_profile_key(self, profile_id: uuid.UUID) -> tuple[FieldCipher, dict]:
+        """A new data key: its cipher, and its `profile_keys` row plus its "share", which
+        `store_shares` keeps in the key store before the row is inserted."""
         key_id = FIRST_KEY_ID
-        key, wrapped = mint_data_key(self.master, profile_id, key_id)
+        key, wrapped, share = mint_data_key(self.master, profile_id, key_id)
         cipher = FieldCipher(key, key_id, str(profile_id))
         self._remember(profile_id, key_id, key)
         row = {
@@ -95,8 +109,33 @@ class Keyring:
             "master_key_id": self.master.key_id,
             "wrapped": wrapped,
             "created_at": utcnow(),
+            "split": True,
+            "share": share,
         }
         return cipher, row
+
+    async def store_shares(self, shares: list[tuple[uuid.UUID, bytes]]) -> None:
+        """Keep new keys' shares in the key store; before their rows are inserted (the key
+        store commits first, so no stored key lacks its share)."""
+        shares = [(pid, share) for pid, share in shares if share is not None]
+        if shares:
+            await self._key_store().put(shares)
+
+    async def tombstone(self, profile_ids: Iterable[uuid.UUID], at: datetime) -> None:
+        """Record in the key store that these profiles are being erased (cdp.key_store)."""
+        await self._key_store().tombstone(profile_ids, at)
+
+    async def destroy_shares(self, profile_ids: Iterable[uuid.UUID]) -> None:
+        """Destroy these profiles' shares in the key store, after their erasure committed."""
+        pids = list(profile_ids)
+        await self._key_store().destroy(pids)
+        for pid in pids:
+            self.forget(pid)
+
+    def _key_store(self) -> KeyStore:
+        if self.store is None:
+            raise CryptoError("no key store is open: data keys cannot be stored or destroyed")
+        return self.store
 
     def adopt(self, profile_id: uuid.UUID, key: bytes, key_id: int = FIRST_KEY_ID) -> FieldCipher:
         """The cipher of a data key minted for a new profile by an import worker (the key's
@@ -111,17 +150,27 @@ class Keyring:
         return self.master.export_kek()
 
     def cipher_from_row(
-        self, profile_id: uuid.UUID, key_id: int, wrapped: bytes, *, remember: bool = True
+        self,
+        profile_id: uuid.UUID,
+        key_id: int,
+        wrapped: bytes,
+        share: bytes | None = None,
+        *,
+        remember: bool = True,
     ) -> FieldCipher:
         """The profile's cipher: from the cache, else unwrapped (and cached, unless the caller
         reads each profile once, as an export does: a scan would only evict the keys others
-        use again)."""
+        use again). `share`: the key store's half of a split key (None: a key stored whole).
+        The caller has checked that a split key's share exists: where it does not, the
+        profile was erased and its data reads as nothing."""
         hit = self._cached_key(profile_id)
         if hit is not None and hit[0] == key_id:
             key = hit[1]
         else:
             try:
                 key = self.master.unwrap(wrapped, _dek_context(profile_id, key_id))
+                if share is not None:
+                    key = xor(key, share)
             except WrongMasterKeyError as exc:  # the master key opened the roots at start-up
                 raise CryptoError(
                     f"the data key of profile {profile_id} (key id {key_id}) does not open "
@@ -142,16 +191,28 @@ class Keyring:
         the moment the erasure commits."""
         wanted = list(set(profile_ids))
         found: dict[uuid.UUID, FieldCipher] = {}
+        pk = profile_keys.c
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            rows = await conn.execute(
-                select(
-                    profile_keys.c.profile_id, profile_keys.c.key_id, profile_keys.c.wrapped
-                ).where(profile_keys.c.profile_id.in_(chunk))
-            )
-            for pid, key_id, wrapped in rows:
+            rows = (
+                await conn.execute(
+                    select(pk.profile_id, pk.key_id, pk.wrapped, pk.split).where(
+                        pk.profile_id.in_(chunk)
+                    )
+                )
+            ).all()
+            # the key store's halves of the keys not cached; a share destroyed by an erasure
+            # that has not committed in the database yet reads as erased
+            unknown = [
+                pid for pid, key_id, _, split in rows if split and not self._has(pid, key_id)
+            ]
+            shares = await self._key_store().get(unknown) if unknown else {}
+            for pid, key_id, wrapped, split in rows:
+                share = shares.get(pid)
+                if split and share is None and pid in unknown:
+                    continue  # shredded
                 try:
-                    found[pid] = self.cipher_from_row(pid, key_id, wrapped)
+                    found[pid] = self.cipher_from_row(pid, key_id, wrapped, share)
                 except CryptoError:  # rotated under this process (503), else that row (500)
                     await self.check_current(conn, lock=False)
                     raise
@@ -170,6 +231,10 @@ class Keyring:
             stmt = stmt.with_for_update(read=True)
         if (await conn.execute(stmt)).scalar_one() != self.master.key_id:
             raise MasterKeyRotated(MASTER_KEY_ROTATED)
+
+    def _has(self, profile_id: uuid.UUID, key_id: int) -> bool:
+        hit = self._cached_key(profile_id)
+        return hit is not None and hit[0] == key_id
 
     def forget(self, profile_id: uuid.UUID) -> None:
         self._keys.pop(profile_id.int, None)
@@ -194,7 +259,7 @@ class Keyring:
             self._keys.popitem(last=False)
 
 
-async def open_keyring(db: Database, master: MasterKey) -> Keyring:
+async def open_keyring(db: Database, master: MasterKey, store: KeyStore | None = None) -> Keyring:
     """Load (or on first use create) the root secrets; refuse a master key that does not fit."""
     async with db.read() as conn:
         rows = (await conn.execute(select(keyring_table))).mappings().all()
@@ -230,7 +295,7 @@ async def open_keyring(db: Database, master: MasterKey) -> Keyring:
                 f"key id {row['master_key_id']}, the configured key has id {master.key_id}"
             )
         roots[name] = master.unwrap(row["wrapped"], name.encode())
-    return Keyring(master, roots)
+    return Keyring(master, roots, store)
 
 
 async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int:
@@ -281,3 +346,56 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
             rewrapped += len(batch)
     log.info("master_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, keys=rewrapped)
     return rewrapped
+
+
+async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> int:
+    """Move the other half of every data key stored whole (before the key store existed) into
+    the key store: `cdp keys split`. Field ciphertext is not touched: the key stays the same,
+    only where its halves are kept changes. In batches; resumable, as each batch's shares
+    commit in the key store before the database's rows say the keys are split (a share
+    written for a row left whole is replaced by the next run). Returns the keys split."""
+    pk = profile_keys.c
+    done = 0
+    while True:
+        async with db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(pk.profile_id, pk.key_id, pk.wrapped)
+                    .where(pk.split.is_(False), pk.master_key_id == master.key_id)
+                    .limit(1000)
+                )
+            ).all()
+        if not rows:
+            break
+        updates, shares = [], []
+        for pid, key_id, wrapped in rows:
+            ctx = _dek_context(pid, key_id)
+            half, share = split_key(master.unwrap(wrapped, ctx))
+            shares.append((pid, share))
+            updates.append({"pid": pid, "kid": key_id, "w": master.wrap(half, ctx)})
+        await store.replace(shares)
+        async with db.write() as conn:
+            await conn.execute(
+                update(profile_keys)
+                .where(  # as read: not if a master-key rotation re-wrapped it meanwhile
+                    pk.profile_id == bindparam("pid"),
+                    pk.key_id == bindparam("kid"),
+                    pk.split.is_(False),
+                    pk.master_key_id == master.key_id,
+                )
+                .values(wrapped=bindparam("w"), split=True),
+                updates,
+            )
+        done += len(updates)
+    log.info("data_keys_split", keys=done)
+    return done
+
+
+async def whole_keys_left(db: Database) -> bool:
+    """Whether any data key is still stored whole (`cdp keys split` has not run since the
+    upgrade): such a customer stays readable in backups after an erasure."""
+    async with db.read() as conn:
+        found = await conn.execute(
+            select(profile_keys.c.profile_id).where(profile_keys.c.split.is_(False)).limit(1)
+        )
+        return found.first() is not None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from cdp.crypto.master import load_master_key
 from cdp.db.engine import Database
 from cdp.db.migrate import migrate
+from cdp.key_store import open_key_store
 from cdp.keyring import Keyring, open_keyring
 from cdp.settings import Settings
 from consent.policy import Policy, load_policy
@@ -20,11 +21,15 @@ class Platform:
     keys: Keyring
 
     async def close(self) -> None:
+        if self.keys.store is not None:
+            await self.keys.store.close()
         await self.db.dispose()
 
 
 async def open_platform(settings: Settings, *, run_migrations: bool = True) -> Platform:
-    """Validate policies, migrate, and open the key ring (refusing a wrong master key)."""
+    """Validate policies, migrate, open the key ring (refusing a wrong master key) and the key
+    store (refusing one that is not the database's), and erase again whoever the key store
+    says was erased after what the database knows of (a database restored from a backup)."""
     policy = load_policy(settings.policy_dir, settings.default_jurisdiction)
     master = load_master_key(
         settings.master_key, production=settings.is_production, dev_dir=settings.dev_key_dir
@@ -35,8 +40,18 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
     try:
         if run_migrations:
             await migrate(db)
-        keys = await open_keyring(db, master)
+        store = await open_key_store(db, settings.key_store_url)
     except BaseException:
         await db.dispose()
         raise
-    return Platform(settings=settings, db=db, policy=policy, keys=keys)
+    try:
+        keys = await open_keyring(db, master, store)
+        platform = Platform(settings=settings, db=db, policy=policy, keys=keys)
+        from consent.dsr.restore import erase_again  # consent builds on the platform
+
+        await erase_again(platform)
+    except BaseException:
+        await store.close()
+        await db.dispose()
+        raise
+    return platform

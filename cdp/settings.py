@@ -24,6 +24,8 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     master_key: str | None = None
+    # where the other half of every data key is kept (cdp.key_store); None: beside the database
+    key_store: str | None = None
     default_jurisdiction: str = "RU"
     public_url: str = DEFAULT_PUBLIC_URL
     environment: str = "development"
@@ -43,6 +45,12 @@ class Settings:
         return self.environment == "production"
 
     @property
+    def key_store_url(self) -> str:
+        from cdp.key_store import default_key_store_url
+
+        return self.key_store or default_key_store_url(self.database_url)
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
@@ -53,6 +61,7 @@ class Settings:
         return cls(
             database_url=normalise_database_url(url),
             master_key=env.get("CDP_MASTER_KEY") or None,
+            key_store=key_store_url(env.get("CDP_KEY_STORE_URL")),
             default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or "RU",
             public_url=public_url(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL),
             environment=environment(env.get("CDP_ENV")),
@@ -91,7 +100,12 @@ def public_url(value: str) -> str:
 DATABASES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
 
 
-def normalise_database_url(url: str) -> str:
+def key_store_url(url: str | None) -> str | None:
+    """CDP_KEY_STORE_URL: a database URL like CDP_DATABASE_URL's, or unset."""
+    return normalise_database_url(url, setting="CDP_KEY_STORE_URL") if url else None
+
+
+def normalise_database_url(url: str, setting: str = "CDP_DATABASE_URL") -> str:
     """Accept the plain driver names people type and pick the async driver; refuse a database
     the platform does not run on (SQLite and PostgreSQL only), naming the setting."""
     if url.startswith("sqlite:///"):
@@ -99,13 +113,11 @@ def normalise_database_url(url: str) -> str:
     elif url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+asyncpg://" + url.split("://", 1)[1]
     if not url.startswith(DATABASES):
-        raise InvalidInput.field(
-            "CDP_DATABASE_URL", "must be a sqlite:///FILE or postgresql://... URL"
-        )
-    return libpq_sslmode(url)
+        raise InvalidInput.field(setting, "must be a sqlite:///FILE or postgresql://... URL")
+    return libpq_sslmode(url, setting)
 
 
-def libpq_sslmode(url: str) -> str:
+def libpq_sslmode(url: str, setting: str = "CDP_DATABASE_URL") -> str:
     """The URL parsed (one that does not parse is refused without repeating it: it may hold a
     password), with libpq's `sslmode=` given to asyncpg under its name, `ssl=` (same values:
     disable, prefer, require, verify-ca, verify-full), as hosted PostgreSQL hands URLs out."""
@@ -114,7 +126,7 @@ def libpq_sslmode(url: str) -> str:
         parsed.port  # noqa: B018 -- a port that is not a number raises here
     except (ArgumentError, ValueError):
         raise InvalidInput.field(
-            "CDP_DATABASE_URL", "is not a valid URL (check the host, port and quoting)"
+            setting, "is not a valid URL (check the host, port and quoting)"
         ) from None
     if not url.startswith("postgresql") or "sslmode" not in parsed.query:
         return url

@@ -69,6 +69,7 @@ async def pg_database() -> AsyncIterator[str | None]:
     await db.dispose()
     yield name
     await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')  # its key store
 
 
 def pg_url(name: str) -> str:
@@ -110,7 +111,22 @@ async def db_url(
         tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
         await conn.execute(text(f"TRUNCATE {tables}"))
     await db.dispose()
+    await _empty_key_store(name)
     return url
+
+
+async def _empty_key_store(name: str) -> None:
+    """The key store that the database's platforms open (cdp.key_store), emptied like it."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(_pg_dsn(f"{name}_keys"), timeout=5)
+    except asyncpg.InvalidCatalogNameError:
+        return  # not created yet: the first platform creates it
+    try:
+        await conn.execute("TRUNCATE key_store_meta, key_shares, erased_profiles")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -97,6 +97,7 @@ async def test_a_service_still_on_the_old_master_key_stores_no_key_after_a_rotat
     # a key some process stored under the old key anyway: the rotation, run again, re-wraps it
     stray = uuid.uuid4()
     _, row = platform.keys.new_profile_key(stray)
+    await platform.keys.store_shares([(stray, row.pop("share"))])
     async with platform.db.write() as conn:
         await conn.execute(profile_keys.insert().values(row))
     assert await rotate_master_key(platform.db, platform.keys.master, new) == 1
@@ -146,7 +147,7 @@ def test_cached_data_keys_open_fields_and_stay_out_of_the_garbage_collectors_way
         cached = ring.cipher_from_row(row["profile_id"], row["key_id"], b"not used: cached")
         assert cached.decrypt("profiles.first_name", blob) == "Анна"
         ring.forget(row["profile_id"])
-        fresh = ring.cipher_from_row(row["profile_id"], row["key_id"], row["wrapped"])
+        fresh = ring.cipher_from_row(row["profile_id"], row["key_id"], row["wrapped"], row["share"])
         assert fresh.decrypt("profiles.first_name", blob) == "Анна"
 
 

@@ -40,6 +40,7 @@ async def empty_db(backend: str, tmp_path: Path) -> AsyncIterator[Database]:
     yield db
     await db.dispose()
     await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
 
 
 async def upgrade(db: Database, target: str) -> None:

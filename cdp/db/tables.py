@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Index,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 
@@ -74,6 +76,24 @@ profile_keys = Table(
     Column("master_key_id", String(16), nullable=False),
     Column("wrapped", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # True: `wrapped` holds one half of the data key, the key store the other (cdp.key_store);
+    # False: a key stored whole, from before the key store (`cdp keys split` converts them)
+    Column("split", Boolean, nullable=False, server_default=false()),
+    Index(
+        "ix_profile_keys_whole",
+        "profile_id",
+        sqlite_where=text("NOT split"),
+        postgresql_where=text("NOT split"),
+    ),
+)
+
+# The key store this database's data keys are split with, and the last of its erasures that
+# this database has honoured (a database restored from a backup has an older number).
+key_store_link = Table(
+    "key_store_link",
+    metadata,
+    Column("store_id", String(64), primary_key=True),
+    Column("reconciled_seq", BigInteger, nullable=False),
 )
 
 identities = Table(

@@ -206,6 +206,7 @@ async def ingest(
             pid = group.profile_id
             cipher, key_row = p.keys.new_profile_key(pid)
             new_keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
+            rows_out.shares.append((pid, key_row["share"]))
             first = records[batch_records[0]]
             w = _Working(
                 id=pid,
@@ -429,7 +430,7 @@ def _apply(w: _Working, rec: Record, at: datetime) -> None:
     w.touched = True
 
 
-KEY_COLUMNS = ("profile_id", "key_id", "master_key_id", "wrapped", "created_at")
+KEY_COLUMNS = ("profile_id", "key_id", "master_key_id", "wrapped", "created_at", "split")
 PROFILE_COLUMNS = (
     "id",
     "status",
@@ -466,6 +467,7 @@ class _Rows:
     """New rows of a batch, as tuples in the *_COLUMNS orders."""
 
     keys: list[tuple] = field(default_factory=list)
+    shares: list[tuple[uuid.UUID, bytes]] = field(default_factory=list)  # for the key store
     profiles: list[tuple] = field(default_factory=list)
     identities: list[tuple] = field(default_factory=list)
     sources: set[tuple[uuid.UUID, str]] = field(default_factory=set)  # (profile id, source)
@@ -534,7 +536,8 @@ def _create_alone(
         if s is not None and len(s.values) == len(ks):
             pid = s.profile_id
             key_id = p.keys.adopt(pid, s.key).key_id
-            out.keys.append((pid, key_id, master_key_id, s.wrapped, now))
+            out.keys.append((pid, key_id, master_key_id, s.wrapped, now, True))
+            out.shares.append((pid, s.share))
             enc = s.fields
             values = s.values
             iids = s.identity_ids
@@ -542,6 +545,7 @@ def _create_alone(
             pid = new_id()
             cipher, key_row = p.keys.new_profile_key(pid)
             out.keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
+            out.shares.append((pid, key_row["share"]))
             key_id = cipher.key_id
             enc = {n: cipher.encrypt(f"profiles.{n}", v) for n, v in rec.fields.items()}
             values = [cipher.encrypt("identities.value", k.value) for k in ks]
@@ -596,6 +600,7 @@ async def _write(
 ) -> None:
     if rows.keys:
         await p.keys.check_current(conn)  # not after a rotation this process missed
+        await p.keys.store_shares(rows.shares)  # the key store commits first
     await bulk_insert_rows(conn, profile_keys, KEY_COLUMNS, rows.keys)
     await bulk_insert_rows(conn, profiles_t, PROFILE_COLUMNS, rows.profiles)
     if changed:

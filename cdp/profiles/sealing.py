@@ -35,7 +35,8 @@ class Sealed:
 
     profile_id: uuid.UUID
     key: bytes = field(repr=False)  # the data key: for the main process of this import only
-    wrapped: bytes  # the data key wrapped for (profile id, FIRST_KEY_ID)
+    wrapped: bytes  # the data key's database half wrapped for (profile id, FIRST_KEY_ID)
+    share: bytes = field(repr=False)  # its other half, for the key store (cdp.key_store)
     fields: dict[str, bytes]  # profile field -> ciphertext
     values: list[bytes]  # identifier value ciphertexts, in the order of the record's keys
     identity_ids: list[uuid.UUID]  # ids for those identities
@@ -43,7 +44,7 @@ class Sealed:
 
 def seal(rec: Record, keys: list[IdentityKey], master: MasterKey) -> Sealed:
     pid = new_id()
-    key, wrapped = mint_data_key(master, pid, FIRST_KEY_ID)
+    key, wrapped, share = mint_data_key(master, pid, FIRST_KEY_ID)
     cipher = FieldCipher(key, FIRST_KEY_ID, str(pid))
     fresh = nonces(len(rec.fields) + len(keys))
     fields = {
@@ -52,4 +53,4 @@ def seal(rec: Record, keys: list[IdentityKey], master: MasterKey) -> Sealed:
     }
     base = len(rec.fields)
     values = [cipher.encrypt(VALUE_PLACE, k.value, fresh[base + i]) for i, k in enumerate(keys)]
-    return Sealed(pid, key, wrapped, fields, values, [new_id() for _ in keys])
+    return Sealed(pid, key, wrapped, share, fields, values, [new_id() for _ in keys])

@@ -80,13 +80,15 @@ class Page:
 @dataclass(slots=True)
 class PageRows:
     """What the database returned for one page: rows (profile id, first name, address bidx,
-    address, identity id, data key id, wrapped data key; the key NULL where it is gone: the
-    profile was erased). Unwrapping the keys is left to rendering, so that an export unwraps
-    one page while the database selects the next."""
+    address, identity id, data key id, wrapped data key half, whether the key is split; the
+    key NULL where it is gone: the profile was erased), and the key store's halves of the
+    split keys (absent where an erasure destroyed them). Unwrapping the keys is left to
+    rendering, so that an export unwraps one page while the database selects the next."""
 
     rows: list[Row]
     kind: str
     next_after: uuid.UUID | None
+    shares: dict[uuid.UUID, bytes]
 
 
 def _with_data_keys(query: Select, dialect: str) -> Select:
@@ -103,14 +105,14 @@ def _with_data_keys(query: Select, dialect: str) -> Select:
     m = members.c
     on = and_(pk.profile_id == m.id, pk.key_id == m.data_key_id)
     if dialect == "postgresql":
-        key = select(pk.key_id, pk.wrapped).where(on).limit(1).lateral("data_key")
+        key = select(pk.key_id, pk.wrapped, pk.split).where(on).limit(1).lateral("data_key")
         source = members.outerjoin(key, true())
-        key_id, wrapped = key.c.key_id, key.c.wrapped
+        key_id, wrapped, split = key.c.key_id, key.c.wrapped, key.c.split
     else:
         source = members.outerjoin(profile_keys, on)
-        key_id, wrapped = pk.key_id, pk.wrapped
+        key_id, wrapped, split = pk.key_id, pk.wrapped, pk.split
     return (
-        select(m.id, m.first_name, m.bidx, m.value, m.identity_id, key_id, wrapped)
+        select(m.id, m.first_name, m.bidx, m.value, m.identity_id, key_id, wrapped, split)
         .select_from(source)
         .order_by(m.id)
     )
@@ -132,7 +134,8 @@ async def select_rows(
     rows = list((await conn.execute(query, params)).all())
     more = len(rows) > limit
     del rows[limit:]
-    return PageRows(rows, kind, rows[-1][0] if more else None)
+    shares = await p.keys.store.get([r[0] for r in rows if r[7]]) if p.keys.store else {}
+    return PageRows(rows, kind, rows[-1][0] if more else None, shares)
 
 
 # Building the members statement (several nested subqueries) cost as much Python time as
@@ -166,10 +169,11 @@ def _statement(
 class _Renderer:
     """Decrypts a page and signs a token per member (pure CPU: no database), in slices."""
 
-    __slots__ = ("_by_profile", "_cipher", "_got", "_sign", "handed", "items")
+    __slots__ = ("_by_profile", "_cipher", "_got", "_shares", "_sign", "handed", "items")
 
     def __init__(self, p: Platform, d: Definition, got: PageRows, *, scan: bool = False) -> None:
         self._got = got
+        self._shares = got.shares
         # the key ring's cache first, else unwrap; a scan (an export) leaves the cache as it was
         self._cipher = partial(p.keys.cipher_from_row, remember=not scan)
         self._sign = TokenSigner(p.keys.token_key, got.kind, d.purpose, d.channel).issue
@@ -179,12 +183,16 @@ class _Renderer:
 
     def rows(self, start: int, stop: int) -> None:
         sign, by_profile, data_key = self._sign, self._by_profile, self._cipher
+        shares = self._shares
         add_item, add_handed = self.items.append, self.handed.append
         for row in self._got.rows[start:stop]:
-            pid, first_name, bidx, value, identity_id, key_id, wrapped = row
+            pid, first_name, bidx, value, identity_id, key_id, wrapped, split = row
             if wrapped is None:  # erased: its data key is gone
                 continue
-            cipher = data_key(pid, key_id, wrapped)
+            share = shares.get(pid) if split else None
+            if split and share is None:  # erased: its share is gone from the key store
+                continue
+            cipher = data_key(pid, key_id, wrapped, share)
             profile_id = str(pid)
             if by_profile:
                 address, subject = profile_id, profile_subject(pid)

@@ -17,9 +17,12 @@ into it):
 - deletes the consent state of its subjects, its identities (and with them the blind indexes),
   events, stats, categories and sources; nulls its encrypted fields, traits, city and country;
   marks it "erased" (so every id answers 410 and the contactability rule says "erased");
-- deletes its data keys (crypto-shredding: ciphertext left in backups, replicas, or the consent
-  ledger's evidence can no longer be read), and the copies of consent evidence kept under them
-  (consent.evidence);
+- deletes its data keys' halves in the database, and the copies of consent evidence kept under
+  them (consent.evidence); once the transaction commits, the other halves in the key store
+  (crypto-shredding, cdp.key_store: ciphertext left in backups, dumps, replicas or the consent
+  ledger's evidence can no longer be read, master key or not). The key store's tombstone of
+  the customer, written before the transaction commits, makes a process that dies between the
+  two commits, or a database restored from a backup, erase them again (consent.dsr.restore);
 - runs the cleanups other modules registered (consent.dsr.hooks).
 The consent ledger is not modified: its entries are pseudonymous, their evidence is ciphertext
 under the destroyed key, and the hash chain still verifies.
@@ -165,6 +168,10 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
         )
     for pid in erased:
         p.keys.forget(pid)
+    if erased:
+        from consent.dsr.restore import erase_again  # it erases through this module
+
+        await erase_again(p)  # destroys the shares, now that the database has no use for them
     if erased and not await p.db.purge_wal():
         log.warning("erasure_wal_not_truncated", request_id=str(request_id))
     return "completed"
@@ -208,7 +215,10 @@ async def erase_customer(
     now: datetime,
     root: uuid.UUID | None = None,
 ) -> dict[str, Any]:
-    """`root`: the customer's surviving profile, named by the webhook events of this erasure."""
+    """`root`: the customer's surviving profile, named by the webhook events of this erasure.
+    The key store's tombstone is written first (and commits at once): whatever becomes of
+    this transaction, the customer is erased in the end."""
+    await p.keys.tombstone(pids, now)
     addresses = sorted({b for _, kind, b in idents if kind in ("email", "phone")})
     subjects = addresses + [profile_subject(pid) for pid in pids]
     cs = consent_state.c

@@ -1,0 +1,355 @@
+"""The key store: the half of every customer's data key that is kept outside the database.
+
+Crypto-shredding only reaches the copies of a database (backups, replicas, a dump an operator
+made) if the key it destroys was never in them. A profile's data key was wrapped by the master
+key and stored in the database: a backup taken before an erasure held it, and restored with the
+same master key it gave the customer back. So the data key K of a profile is split in two:
+
+    K = D xor S
+
+D is wrapped by the master key and stored in the database (`profile_keys`, as before); S, the
+share, is 32 random bytes kept here, in a database of its own (CDP_KEY_STORE_URL) that the main
+database's backups, dumps and replicas do not contain. Either half alone says nothing about K
+(a one-time pad), so S needs no wrapping: a copy of the key store alone reads nothing either.
+An erasure destroys D in the database, then S here (consent.dsr.erasure): every copy of the
+database made before it, which still holds D and the ciphertext, is unreadable from then on.
+
+The key store also keeps a tombstone of every erased profile (its id and time, nothing
+personal), numbered in order, written before the database's erasure commits. A database
+restored from a backup taken before an erasure still holds that customer's rows: at start-up,
+and after each erasure, the platform erases again every profile tombstoned after the last
+number the database has honoured, and destroys their shares (consent.dsr.restore). A share
+left behind by a process that died between the two commits is destroyed the same way.
+
+The key store must outlive the database's backups without being rolled back with them: keep it
+on another disk or server, replicate it, and keep its own backups only as long as an erasure
+may take to honour (README, "Backups and the key store"). Its tables are created here rather
+than by Alembic: three tables of their own, versioned by `key_store_meta`.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Uuid,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from cdp.crypto.fields import CryptoError
+from cdp.db.engine import Database
+from cdp.db.tables import key_store_link
+from cdp.db.types import UTCDateTime
+from cdp.ids import utcnow
+
+log = structlog.get_logger(__name__)
+
+SHARE_BYTES = 32
+SCHEMA_VERSION = "1"
+
+store_metadata = MetaData()
+_SEQ = BigInteger().with_variant(Integer, "sqlite")  # SQLite numbers INTEGER PRIMARY KEY rows
+
+key_store_meta = Table(
+    "key_store_meta",
+    store_metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", String(64), nullable=False),
+)
+
+key_shares = Table(
+    "key_shares",
+    store_metadata,
+    Column("profile_id", Uuid, primary_key=True),
+    Column("share", LargeBinary(SHARE_BYTES), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+erased_profiles = Table(
+    "erased_profiles",
+    store_metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("profile_id", Uuid, nullable=False, unique=True),
+    Column("erased_at", UTCDateTime, nullable=False),
+)
+
+
+class KeyStoreMismatch(CryptoError):
+    """The key store configured is not the one this database's data keys were split with."""
+
+
+def split_key(key: bytes) -> tuple[bytes, bytes]:
+    """(the half stored in the database, the share kept in the key store) of a data key."""
+    share = os.urandom(SHARE_BYTES)
+    return xor(key, share), share
+
+
+def xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def default_key_store_url(database_url: str) -> str:
+    """Beside the database unless CDP_KEY_STORE_URL says where: SQLite `cdp.db` ->
+    `cdp.keys.db` in the same directory; PostgreSQL database `cdp` -> `cdp_keys` on the same
+    server (created on first use). Neither is outside a backup of the whole directory or of
+    the whole server: a production deployment names a store of its own (README)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "cdp.db")
+        keys = path.with_name(f"{path.stem}.keys{path.suffix or '.db'}")
+        return url.set(database=str(keys)).render_as_string(hide_password=False)
+    return url.set(database=f"{url.database}_keys").render_as_string(hide_password=False)
+
+
+async def _create_postgres_database(url: str) -> None:
+    """Create the key store's database on its server, if missing (a CREATEDB role)."""
+    parsed = make_url(url)
+    admin_url = parsed.set(database="postgres").render_as_string(hide_password=False)
+    admin = Database(admin_url, pool_size=1, max_overflow=0)
+    try:
+        async with admin.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            exists = await conn.exec_driver_sql(
+                "SELECT 1 FROM pg_database WHERE datname = $1", (parsed.database,)
+            )
+            if exists.first() is None:
+                name = parsed.database.replace('"', '""')
+                try:
+                    await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+                except DBAPIError as exc:  # another process created it first
+                    if "already exists" not in str(exc):
+                        raise
+    finally:
+        await admin.dispose()
+
+
+def _postgres_missing(exc: BaseException) -> bool:
+    return "does not exist" in str(exc) and "database" in str(exc)
+
+
+class KeyStore:
+    """Shares and tombstones, in their own database."""
+
+    def __init__(self, db: Database, store_id: str) -> None:
+        self.db = db
+        self.store_id = store_id
+
+    async def put(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
+        """Keep the shares of new data keys; committed before the database stores the keys'
+        other halves, so a key is never stored without its share."""
+        rows = [{"profile_id": pid, "share": s, "created_at": utcnow()} for pid, s in shares]
+        if not rows:
+            return
+        async with self.db.write() as conn:
+            await conn.execute(insert(key_shares), rows)
+
+    async def replace(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
+        """Keep these shares, overwriting any the profiles had (`cdp keys split`, resumed)."""
+        rows = list(shares)
+        if not rows:
+            return
+        async with self.db.write() as conn:
+            await conn.execute(
+                delete(key_shares).where(key_shares.c.profile_id.in_([pid for pid, _ in rows]))
+            )
+            now = utcnow()
+            await conn.execute(
+                insert(key_shares),
+                [{"profile_id": pid, "share": s, "created_at": now} for pid, s in rows],
+            )
+
+    async def get(self, profile_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        wanted = list(profile_ids)
+        found: dict[uuid.UUID, bytes] = {}
+        if not wanted:
+            return found
+        async with self.db.read() as conn:
+            for start in range(0, len(wanted), 1000):
+                chunk = wanted[start : start + 1000]
+                rows = await conn.execute(
+                    select(key_shares.c.profile_id, key_shares.c.share).where(
+                        key_shares.c.profile_id.in_(chunk)
+                    )
+                )
+                found.update((pid, share) for pid, share in rows)
+        return found
+
+    async def tombstone(self, profile_ids: Iterable[uuid.UUID], at: datetime) -> None:
+        """Record that these profiles are being erased, before the database's erasure commits:
+        from here on a database that still holds them (the erasure rolled back, or the
+        database was restored from a backup) erases them again (consent.dsr.restore)."""
+        pids = sorted(set(profile_ids))
+        if not pids:
+            return
+        async with self.db.write() as conn:
+            known = set(
+                (
+                    await conn.execute(
+                        select(erased_profiles.c.profile_id).where(
+                            erased_profiles.c.profile_id.in_(pids)
+                        )
+                    )
+                ).scalars()
+            )
+            fresh = [{"profile_id": pid, "erased_at": at} for pid in pids if pid not in known]
+            if fresh:
+                await conn.execute(insert(erased_profiles), fresh)
+
+    async def destroy(self, profile_ids: Iterable[uuid.UUID]) -> None:
+        """Destroy the shares of these profiles, once the database's erasure has committed:
+        from here on no copy of the database can read them, whoever holds the master key."""
+        pids = sorted(set(profile_ids))
+        if not pids:
+            return
+        async with self.db.write() as conn:
+            for start in range(0, len(pids), 1000):
+                chunk = pids[start : start + 1000]
+                await conn.execute(delete(key_shares).where(key_shares.c.profile_id.in_(chunk)))
+
+    async def tombstones_after(self, seq: int, limit: int = 1000) -> list[tuple[int, uuid.UUID]]:
+        """(number, profile id) of erasures after `seq`, in order."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(erased_profiles.c.seq, erased_profiles.c.profile_id)
+                .where(erased_profiles.c.seq > seq)
+                .order_by(erased_profiles.c.seq)
+                .limit(limit)
+            )
+            return [(int(n), pid) for n, pid in rows]
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+async def open_key_store(main: Database, url: str) -> KeyStore:
+    """Open the database's key store, creating it on first use, and check that it is the
+    one the database's keys were split with (a wrong CDP_KEY_STORE_URL, or a store lost or
+    replaced, would read as if every customer had been erased)."""
+    async with main.read() as conn:
+        linked = (await conn.execute(select(key_store_link.c.store_id))).scalar_one_or_none()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not _sqlite_file_ready(
+        Path(parsed.database or ""), create=linked is None
+    ):
+        raise KeyStoreMismatch(_mismatch(linked, "no key store there (the file does not exist)"))
+    db = Database(url, pool_size=2, max_overflow=8)
+    try:
+        store_id = await _open(db, url, create=linked is None)
+        if linked is not None and store_id != linked:
+            raise KeyStoreMismatch(
+                _mismatch(linked, f"key store {store_id}" if store_id else "an empty key store")
+            )
+        if linked is None:
+            await _link(main, store_id)
+    except BaseException:
+        await db.dispose()
+        raise
+    return KeyStore(db, store_id)
+
+
+def _sqlite_file_ready(path: Path, *, create: bool) -> bool:
+    """Whether the key store's file may be opened: it exists, or it is to be created (in a
+    directory made for it). Opening a missing file would create an empty store."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return True
+    return path.exists()
+
+
+def _mismatch(linked: str | None, found: str) -> str:
+    return (
+        f"CDP_KEY_STORE_URL does not lead to this database's key store (id {linked}): found "
+        f"{found}. Without its key store no customer's data can be read; point "
+        "CDP_KEY_STORE_URL at it (README, 'Backups and the key store')"
+    )
+
+
+async def _open(db: Database, url: str, *, create: bool) -> str:
+    """The store's id ('' if it holds no key store and `create` is false)."""
+    try:
+        if create:  # one process at a time (several may start at once)
+            async with db.engine.connect() as conn:
+                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                async with conn.begin():
+                    if conn.dialect.name == "postgresql":
+                        await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306147270213302)")
+                    await conn.run_sync(store_metadata.create_all)
+        async with db.read() as conn:
+            found = await conn.run_sync(lambda c: c.dialect.has_table(c, "key_store_meta"))
+            if not found:
+                return ""
+            store_id = (
+                await conn.execute(
+                    select(key_store_meta.c.value).where(key_store_meta.c.name == "store_id")
+                )
+            ).scalar_one_or_none()
+    except Exception as exc:
+        if not (create and _postgres_missing(exc)):
+            raise
+        await db.dispose()
+        await _create_postgres_database(url)
+        return await _open(db, url, create=create)
+    if store_id is None:
+        if not create:
+            return ""
+        store_id = uuid.uuid4().hex
+        try:
+            async with db.write() as conn:
+                await conn.execute(
+                    insert(key_store_meta),
+                    [
+                        {"name": "store_id", "value": store_id},
+                        {"name": "schema_version", "value": SCHEMA_VERSION},
+                    ],
+                )
+            log.info("key_store_created", store_id=store_id)
+        except IntegrityError:  # another process created it first
+            return await _open(db, url, create=False)
+    return store_id
+
+
+async def _link(main: Database, store_id: str) -> None:
+    try:
+        async with main.write() as conn:
+            linked = (await conn.execute(select(key_store_link.c.store_id))).scalar_one_or_none()
+            if linked is None:
+                row = {"store_id": store_id, "reconciled_seq": 0}
+                await conn.execute(insert(key_store_link).values(row))
+    except IntegrityError:  # another process starting at the same time linked first
+        async with main.read() as conn:
+            linked = (await conn.execute(select(key_store_link.c.store_id))).scalar_one()
+    if linked is not None and linked != store_id:
+        raise KeyStoreMismatch(_mismatch(linked, f"key store {store_id}"))
+
+
+async def reconciled_seq(main: Database) -> int:
+    async with main.read() as conn:
+        return int((await conn.execute(select(key_store_link.c.reconciled_seq))).scalar_one())
+
+
+async def mark_reconciled(main: Database, seq: int) -> None:
+    async with main.write() as conn:
+        await conn.execute(
+            update(key_store_link)
+            .where(key_store_link.c.reconciled_seq < seq)
+            .values(reconciled_seq=seq)
+        )

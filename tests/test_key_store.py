@@ -1,0 +1,316 @@
+"""Crypto-shredding reaches the copies of the database: a backup taken before an erasure cannot
+be read, even with the master key, and restored it erases the customer again before serving.
+
+The data key is split between the database and the key store (cdp.key_store); an erasure
+destroys the key store's half. Keys stored whole by an older release keep working until
+`cdp keys split` moves their other half out; a key store that is not the database's is
+refused at start-up, not taken for a store in which everyone was erased."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from api.app import create_app
+from cdp.crypto.fields import CryptoError
+from cdp.db.engine import Database
+from cdp.db.tables import profile_keys, profiles
+from cdp.key_store import KeyStoreMismatch, default_key_store_url, xor
+from cdp.keyring import _dek_context, split_whole_keys, whole_keys_left
+from cdp.platform import Platform, open_platform
+from cdp.profiles.identifiers import parse_identifier
+from consent.dsr.requests import submit_erasure
+from consent.dsr.restore import erase_again
+from consent.dsr.worker import run_pending
+from consent.tables import suppressions
+from tests.conftest import TEST_MASTER_KEY, _pg_admin, make_settings, pg_url
+from tests.test_erasure import EMAIL, create_anna
+
+ROOT = Path(__file__).resolve().parent.parent
+BORIS = {"source": "crm", "email": "boris.backup@example.com", "first_name": "Борис"}
+
+
+async def take_backup(p: Platform, tmp_path: Path) -> AsyncIterator[str]:
+    """A copy of the database as an operator's backup would hold it; yields its URL."""
+    url = p.settings.database_url
+    if url.startswith("sqlite"):
+        target = tmp_path / "backup" / "cdp.db"
+        target.parent.mkdir()
+        async with p.db.engine.connect() as conn:
+            raw = await conn.get_raw_connection()  # VACUUM INTO: outside a transaction
+            await raw.driver_connection.execute(f"VACUUM INTO '{target}'")
+        yield f"sqlite+aiosqlite:///{target}"
+        return
+    name = f"cdp_restored_{uuid.uuid4().hex[:8]}"
+    parsed = urlparse(url.replace("+asyncpg", ""))
+    server = [
+        "-h",
+        parsed.hostname or "127.0.0.1",
+        "-p",
+        str(parsed.port or 5432),
+        "-U",
+        "postgres",
+    ]
+    dump = subprocess.run(
+        ["pg_dump", *server, parsed.path.lstrip("/")], check=True, capture_output=True
+    )
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        subprocess.run(
+            ["psql", "-q", "-v", "ON_ERROR_STOP=1", *server, name],
+            input=dump.stdout,
+            check=True,
+            capture_output=True,
+        )
+        yield pg_url(name)
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def row_of(url: str, pid: uuid.UUID):  # type: ignore[no-untyped-def]
+    db = Database(url)
+    try:
+        async with db.read() as conn:
+            return (
+                await conn.execute(
+                    select(
+                        profiles.c.status,
+                        profiles.c.first_name,
+                        profile_keys.c.key_id,
+                        profile_keys.c.wrapped,
+                        profile_keys.c.split,
+                    )
+                    .join(profile_keys, profile_keys.c.profile_id == profiles.c.id)
+                    .where(profiles.c.id == pid)
+                )
+            ).one()
+    finally:
+        await db.dispose()
+
+
+async def test_a_backup_from_before_an_erasure_stays_unreadable_and_restored_erases_again(
+    client, keys, platform, tmp_path
+):
+    ids = await create_anna(client, keys)
+    anna = uuid.UUID(ids["survivor"])
+    boris = await client.post("/v1/profiles", json=BORIS, headers=keys["ingest"])
+    assert boris.status_code == 201
+    backups = take_backup(platform, tmp_path)
+    backup_url = await anext(backups)
+    try:
+        ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+        await submit_erasure(platform, ident, requested_by="customer", actor="test")
+        assert (await run_pending(platform)).completed == 1
+
+        # the backup still holds Anna's ciphertext and her data key's database half, which the
+        # master key unwraps: it opens nothing, and the key store's half is gone
+        held = await row_of(backup_url, anna)
+        assert held.status == "active" and held.first_name is not None and held.split
+        platform.keys.forget(anna)
+        half = platform.keys.cipher_from_row(anna, held.key_id, held.wrapped, remember=False)
+        with pytest.raises(CryptoError):
+            half.decrypt("profiles.first_name", held.first_name)
+        assert await platform.keys.store.get([anna, uuid.UUID(ids["absorbed"])]) == {}
+
+        # restored, the database erases Anna again before it serves anything; Boris, stored
+        # before the backup too, is untouched
+        settings = make_settings(backup_url, tmp_path, key_store=platform.settings.key_store_url)
+        restored = await open_platform(settings, run_migrations=False)
+        try:
+            app = create_app(platform=restored)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                r = await c.get("/v1/profiles", params={"email": EMAIL}, headers=keys["admin"])
+                assert r.status_code == 404, r.text
+                for pid in ids.values():
+                    r = await c.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+                    assert r.status_code == 410, r.text
+                r = await c.get(f"/v1/profiles/{boris.json()['profile_id']}", headers=keys["admin"])
+                assert r.status_code == 200 and r.json()["first_name"] == "Борис"
+            async with restored.db.read() as conn:
+                reasons = {
+                    r
+                    for (r,) in await conn.execute(
+                        select(suppressions.c.reason).where(suppressions.c.bidx == ident.bidx)
+                    )
+                }
+            assert reasons == {"erasure"}  # re-ingesting her address is not contactable
+            assert await erase_again(restored) == 0  # done once, for good
+        finally:
+            await restored.close()
+    finally:
+        await backups.aclose()
+
+
+async def test_a_key_store_that_is_not_the_databases_is_refused(platform, tmp_path):
+    if platform.db.is_sqlite:
+        elsewhere = tmp_path / "elsewhere" / "cdp.keys.db"
+        url = f"sqlite+aiosqlite:///{elsewhere}"
+    else:  # a database that holds no key store
+        url = platform.settings.database_url
+    with pytest.raises(KeyStoreMismatch) as refused:
+        await open_platform(
+            make_settings(platform.settings.database_url, tmp_path, key_store=url),
+            run_migrations=False,
+        )
+    assert "CDP_KEY_STORE_URL" in str(refused.value)
+    assert platform.keys.store.store_id in str(refused.value)
+    if platform.db.is_sqlite:
+        assert not elsewhere.exists()  # no empty store was made in its place
+
+
+def test_the_key_store_lies_beside_the_database_unless_configured():
+    assert default_key_store_url("sqlite+aiosqlite:///data/cdp.db") == (
+        "sqlite+aiosqlite:///data/cdp.keys.db"
+    )
+    assert default_key_store_url("postgresql+asyncpg://cdp:s3cret@db:5432/cdp?ssl=require") == (
+        "postgresql+asyncpg://cdp:s3cret@db:5432/cdp_keys?ssl=require"
+    )
+
+
+async def test_the_cli_refuses_a_key_store_that_is_not_the_databases_in_one_line(
+    platform, tmp_path
+):
+    if not platform.db.is_sqlite:
+        return  # the message is the same; one process start is enough
+    env = {
+        **os.environ,
+        "CDP_DATABASE_URL": platform.settings.database_url,
+        "CDP_MASTER_KEY": TEST_MASTER_KEY,
+        "CDP_KEY_STORE_URL": f"sqlite:///{tmp_path / 'moved' / 'keys.db'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cdp.cli", "keys", "list"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "CDP_KEY_STORE_URL does not lead to this database's key store" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_keys_stored_whole_by_an_older_release_are_read_then_split(client, keys, platform):
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "vera@example.com", "first_name": "Вера"},
+        headers=keys["ingest"],
+    )
+    pid = uuid.UUID(r.json()["profile_id"])
+    master, store = platform.keys.master, platform.keys.store
+    # its key as a release before the key store kept it: whole, in the database alone
+    async with platform.db.write() as conn:
+        key_id, wrapped = (
+            await conn.execute(
+                select(profile_keys.c.key_id, profile_keys.c.wrapped).where(
+                    profile_keys.c.profile_id == pid
+                )
+            )
+        ).one()
+        ctx = _dek_context(pid, key_id)
+        key = xor(master.unwrap(wrapped, ctx), (await store.get([pid]))[pid])
+        await conn.execute(
+            update(profile_keys)
+            .where(profile_keys.c.profile_id == pid)
+            .values(wrapped=master.wrap(key, ctx), split=False)
+        )
+    await store.destroy([pid])
+    platform.keys.forget(pid)
+    assert await whole_keys_left(platform.db)
+    r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+    assert r.status_code == 200 and r.json()["first_name"] == "Вера"
+
+    assert await split_whole_keys(platform.db, master, store) == 1
+    assert not await whole_keys_left(platform.db)
+    assert pid in await store.get([pid])
+    platform.keys.forget(pid)
+    r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+    assert r.status_code == 200 and r.json()["first_name"] == "Вера"
+    assert await split_whole_keys(platform.db, master, store) == 0
+
+
+async def test_an_erasure_that_failed_midway_is_finished_when_a_process_next_starts(
+    client, keys, platform, tmp_path, monkeypatch
+):
+    """The key store's tombstone is written before the database's erasure commits: a run that
+    fails after it leaves the customer readable (nothing half-done), and the next process to
+    start erases them, whether or not a worker picks the request up again."""
+    import consent.dsr.erasure as erasure
+
+    ids = await create_anna(client, keys)
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+    await submit_erasure(platform, ident, requested_by="customer", actor="test")
+
+    def boom(name: str) -> None:
+        if name == "before_commit":
+            raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(erasure, "crash_point", boom)
+    assert (await run_pending(platform)).failed == 1
+    r = await client.get(f"/v1/profiles/{ids['survivor']}", headers=keys["admin"])
+    assert r.status_code == 200 and r.json()["first_name"] == "Анна"
+    monkeypatch.undo()
+
+    started = await open_platform(
+        make_settings(platform.settings.database_url, tmp_path), run_migrations=False
+    )
+    await started.close()
+    r = await client.get(f"/v1/profiles/{ids['survivor']}", headers=keys["admin"])
+    assert r.status_code == 410, r.text
+    assert await platform.keys.store.get([uuid.UUID(x) for x in ids.values()]) == {}
+    assert (await run_pending(platform)).completed == 1  # the request closes: nothing left
+
+
+async def test_a_member_whose_key_share_is_gone_is_never_handed_out(client, keys, platform):
+    """Fail closed: a profile whose share the key store no longer holds (destroyed by an
+    erasure the database has not caught up with) is left out of members and exports."""
+    made = {}
+    for name in ("kept", "gone"):
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "email": f"{name}@example.com", "first_name": name},
+            headers=keys["ingest"],
+        )
+        made[name] = r.json()["profile_id"]
+        r = await client.post(
+            "/v1/consents",
+            json={
+                "email": f"{name}@example.com",
+                "purpose": "marketing",
+                "channel": "email",
+                "status": "granted",
+                "source": "web_form",
+                "evidence": {"wording_id": "nl-1", "method": "double_opt_in"},
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+    definition = {
+        "purpose": "marketing",
+        "channel": "email",
+        "rules": {"field": "jurisdiction", "op": "eq", "value": "RU"},
+    }
+    seg = await client.post(
+        "/v1/segments", json={"name": "all RU", **definition}, headers=keys["marketing"]
+    )
+    sid = seg.json()["id"]
+    await platform.keys.store.destroy([uuid.UUID(made["gone"])])
+    members = await client.get(f"/v1/segments/{sid}/members", headers=keys["marketing"])
+    assert [m["profile_id"] for m in members.json()["items"]] == [made["kept"]]
+    export = await client.get(
+        f"/v1/segments/{sid}/export", params={"format": "ndjson"}, headers=keys["marketing"]
+    )
+    assert b"kept@example.com" in export.content and b"gone@example.com" not in export.content
+    query = await client.post("/v1/segments/query", json=definition, headers=keys["marketing"])
+    assert [m["profile_id"] for m in query.json()["items"]] == [made["kept"]]
