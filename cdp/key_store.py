@@ -54,6 +54,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cdp.crypto.fields import CryptoError
+from cdp.db.bulk import bulk_insert_rows
 from cdp.db.engine import Database
 from cdp.db.tables import key_store_link
 from cdp.db.types import UTCDateTime
@@ -81,6 +82,8 @@ key_shares = Table(
     Column("share", LargeBinary(SHARE_BYTES), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+SHARE_COLUMNS = ("profile_id", "share", "created_at")
 
 erased_profiles = Table(
     "erased_profiles",
@@ -156,11 +159,12 @@ class KeyStore:
     async def put(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
         """Keep the shares of new data keys; committed before the database stores the keys'
         other halves, so a key is never stored without its share."""
-        rows = [{"profile_id": pid, "share": s, "created_at": utcnow()} for pid, s in shares]
+        now = utcnow()
+        rows = [(pid, share, now) for pid, share in shares]
         if not rows:
             return
-        async with self.db.write() as conn:
-            await conn.execute(insert(key_shares), rows)
+        async with self.db.write() as conn:  # at driver speed: an import stores thousands
+            await bulk_insert_rows(conn, key_shares, SHARE_COLUMNS, rows)
 
     async def replace(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
         """Keep these shares, overwriting any the profiles had (`cdp keys split`, resumed)."""
