@@ -84,6 +84,15 @@ key_shares = Table(
 )
 
 SHARE_COLUMNS = ("profile_id", "share", "created_at")
+# PostgreSQL: the shares of an array of profile ids as ONE bytea of (id, share) pairs, with a
+# join on the array rather than "= ANY($1)" (the generic plan of a prepared statement may scan
+# the table for an array parameter). A row per share cost a segment export about 2 µs of
+# Python per member; this about 0.5.
+_SHARES_OF_ARRAY = (
+    "SELECT string_agg(uuid_send(k.profile_id) || k.share, ''::bytea) "
+    "FROM unnest($1::uuid[]) AS wanted(id) JOIN key_shares AS k ON k.profile_id = wanted.id"
+)
+_PAIR = 16 + SHARE_BYTES
 
 erased_profiles = Table(
     "erased_profiles",
@@ -182,19 +191,33 @@ class KeyStore:
             )
 
     async def get(self, profile_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        """The shares of these profiles that the store holds. At driver level, in one
+        statement without a transaction: a segment export asks for every page's members, and
+        through SQLAlchemy's IN (4.5 µs of CPU a profile) it halved the export's speed."""
         wanted = list(profile_ids)
         found: dict[uuid.UUID, bytes] = {}
         if not wanted:
             return found
-        async with self.db.read() as conn:
-            for start in range(0, len(wanted), 1000):
-                chunk = wanted[start : start + 1000]
-                rows = await conn.execute(
-                    select(key_shares.c.profile_id, key_shares.c.share).where(
-                        key_shares.c.profile_id.in_(chunk)
+        async with self.db.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if conn.dialect.name == "postgresql":
+                raw = (await conn.get_raw_connection()).driver_connection
+                blob = await raw.fetchval(_SHARES_OF_ARRAY, wanted)
+                if blob:  # (16-byte profile id, 32-byte share) after one another
+                    by_bytes = {pid.bytes: pid for pid in wanted}
+                    found.update(
+                        (by_bytes[blob[i : i + 16]], blob[i + 16 : i + _PAIR])
+                        for i in range(0, len(blob), _PAIR)
                     )
+                return found
+            for start in range(0, len(wanted), 500):
+                by_hex = {pid.hex: pid for pid in wanted[start : start + 500]}
+                marks = ", ".join("?" * len(by_hex))
+                result = await conn.exec_driver_sql(
+                    f"SELECT profile_id, share FROM key_shares WHERE profile_id IN ({marks})",
+                    tuple(by_hex),
                 )
-                found.update((pid, share) for pid, share in rows)
+                found.update((by_hex[h], share) for h, share in result)
         return found
 
     async def tombstone(self, profile_ids: Iterable[uuid.UUID], at: datetime) -> None:
