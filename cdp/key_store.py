@@ -55,7 +55,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cdp.crypto.fields import CryptoError
 from cdp.db.bulk import bulk_insert_rows
-from cdp.db.engine import Database
+from cdp.db.engine import DEFAULT_CONNECT_TIMEOUT, Database
 from cdp.db.tables import key_store_link
 from cdp.db.types import UTCDateTime
 from cdp.ids import utcnow
@@ -267,7 +267,9 @@ class KeyStore:
         await self.db.dispose()
 
 
-async def open_key_store(main: Database, url: str) -> KeyStore:
+async def open_key_store(
+    main: Database, url: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> KeyStore:
     """Open the database's key store, creating it on first use, and check that it is the
     one the database's keys were split with (a wrong CDP_KEY_STORE_URL, or a store lost or
     replaced, would read as if every customer had been erased)."""
@@ -278,7 +280,7 @@ async def open_key_store(main: Database, url: str) -> KeyStore:
         Path(parsed.database or ""), create=linked is None
     ):
         raise KeyStoreMismatch(_mismatch(linked, "no key store there (the file does not exist)"))
-    db = Database(url, pool_size=2, max_overflow=8)
+    db = Database(url, pool_size=2, max_overflow=8, connect_timeout=connect_timeout)
     try:
         store_id = await _open(db, url, create=linked is None)
         if linked is not None and store_id != linked:

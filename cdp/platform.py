@@ -35,12 +35,15 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
         settings.master_key, production=settings.is_production, dev_dir=settings.dev_key_dir
     )
     db = Database(
-        settings.database_url, pool_size=settings.pool_size, max_overflow=settings.max_overflow
+        settings.database_url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        connect_timeout=settings.connect_timeout,
     )
     try:
         if run_migrations:
             await migrate(db)
-        store = await open_key_store(db, settings.key_store_url)
+        store = await open_key_store(db, settings.key_store_url, settings.connect_timeout)
     except BaseException:
         await db.dispose()
         raise

@@ -39,6 +39,7 @@ class Settings:
     # every service and worker on a server must fit in its max_connections together
     pool_size: int = 20
     max_overflow: int = 20
+    connect_timeout: float = 10.0  # seconds to open a PostgreSQL connection before giving up
 
     @property
     def is_production(self) -> bool:
@@ -73,6 +74,7 @@ class Settings:
             statistics_interval=env_number(env, "CDP_STATISTICS_INTERVAL", 600.0),
             pool_size=int(env_number(env, "CDP_DATABASE_POOL_SIZE", 20, whole=True, least=1)),
             max_overflow=int(env_number(env, "CDP_DATABASE_MAX_OVERFLOW", 20, whole=True)),
+            connect_timeout=env_number(env, "CDP_DATABASE_CONNECT_TIMEOUT", 10.0, least=0.1),
         )
 
 

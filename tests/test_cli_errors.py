@@ -153,3 +153,40 @@ def test_a_public_url_without_scheme_or_host_is_refused_naming_the_setting(tmp_p
         assert_plain(result, "CDP_PUBLIC_URL", code=2)
     ok = run_cli(["keys", "list"], url, tmp_path, CDP_PUBLIC_URL="https://cdp.example.com/crm/")
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_a_database_server_that_never_answers_is_given_up_after_the_connect_timeout(tmp_path):
+    """A server that accepts the connection and then says nothing (packets dropped after a
+    failover, a hung host) held every command, request and `/health` for asyncpg's 60 s."""
+    import threading
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])  # and never answer
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/cdp"
+        started = time.monotonic()
+        result = run_cli(["keys", "list"], url, tmp_path, CDP_DATABASE_CONNECT_TIMEOUT="1")
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        silent.close()
+    assert_plain(result, "cannot open the database", "TimeoutError")
+    assert took < 30, took  # interpreter start-up and imports included; not 60 s and more

@@ -39,9 +39,20 @@ _DEFAULT_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=1000", "PRAGMA cache_size=-
 _BULK_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=32768", "PRAGMA cache_size=-262144")
 
 
-def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20) -> AsyncEngine:
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    max_overflow: int = 20,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> AsyncEngine:
     """The engine; on PostgreSQL with a pool of `pool_size` connections kept open and up to
-    `max_overflow` more under load (CDP_DATABASE_POOL_SIZE, CDP_DATABASE_MAX_OVERFLOW)."""
+    `max_overflow` more under load (CDP_DATABASE_POOL_SIZE, CDP_DATABASE_MAX_OVERFLOW), each
+    given up after `connect_timeout` seconds (CDP_DATABASE_CONNECT_TIMEOUT): a server that
+    drops packets held every request, `/health` and `cdp` command for asyncpg's 60 s."""
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _configure_sqlite(engine)
@@ -52,6 +63,7 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 20) -> Asy
         max_overflow=max_overflow,
         pool_pre_ping=True,
         hide_parameters=True,
+        connect_args={"timeout": connect_timeout},
     )
 
 
@@ -71,9 +83,18 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 20, max_overflow: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        max_overflow: int = 20,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        self.engine = make_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, connect_timeout=connect_timeout
+        )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
