@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from cdp.db.tables import ENCRYPTED_PROFILE_FIELDS, profiles
 from cdp.errors import Conflict, InvalidInput, NotFound
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.matching import scoring
-from cdp.matching.blocking import candidate_pairs
+from cdp.matching.blocking import iter_candidate_pairs
 from cdp.matching.decisions import Merged, merge_reviewed
 from cdp.matching.features import Person, person
 from cdp.matching.tables import match_suggestions
@@ -84,11 +85,11 @@ async def load_people(p: Platform) -> list[Person]:
 
 
 def find_matches(
-    people: list[Person], min_score: float, pairs: set[tuple[int, int]] | None = None
+    people: list[Person], min_score: float, pairs: Iterable[tuple[int, int]] | None = None
 ) -> list[Match]:
     """Score candidate pairs (pure: no database); the matches at or above `min_score`."""
     if pairs is None:
-        pairs = candidate_pairs(people)
+        pairs = iter_candidate_pairs(people)
     out: list[Match] = []
     for i, j in pairs:
         x, y = people[i], people[j]
@@ -180,9 +181,15 @@ async def run_matching(p: Platform, min_score: float | None = None) -> MatchRun:
     started = time.perf_counter()
     run = MatchRun()
     people = await load_people(p)
-    pairs = candidate_pairs(people)
-    matches = find_matches(people, threshold, pairs)
-    run.profiles, run.candidates, run.matches = len(people), len(pairs), len(matches)
+    scored = [0]
+
+    def counted() -> Iterator[tuple[int, int]]:
+        for pair in iter_candidate_pairs(people):
+            scored[0] += 1
+            yield pair
+
+    matches = find_matches(people, threshold, counted())
+    run.profiles, run.candidates, run.matches = len(people), scored[0], len(matches)
     run.stored = await store_suggestions(p, matches)
     run.seconds = time.perf_counter() - started
     return run
