@@ -175,20 +175,23 @@ class KeyStore:
         async with self.db.write() as conn:  # at driver speed: an import stores thousands
             await bulk_insert_rows(conn, key_shares, SHARE_COLUMNS, rows)
 
-    async def replace(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
-        """Keep these shares, overwriting any the profiles had (`cdp keys split`, resumed)."""
-        rows = list(shares)
-        if not rows:
-            return
+    async def keep_first(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> dict[uuid.UUID, bytes]:
+        """Keep these shares for the profiles that have none yet, and return the share each
+        profile has in the store afterwards (`cdp keys split`): a share once kept is never
+        replaced, so that two runs at once, or a run resumed after one that was interrupted,
+        derive the database's half from the same share."""
+        offered = dict(shares)
+        if not offered:
+            return {}
+        now = utcnow()
+        rows = [{"profile_id": pid, "share": s, "created_at": now} for pid, s in offered.items()]
         async with self.db.write() as conn:
-            await conn.execute(
-                delete(key_shares).where(key_shares.c.profile_id.in_([pid for pid, _ in rows]))
-            )
-            now = utcnow()
-            await conn.execute(
-                insert(key_shares),
-                [{"profile_id": pid, "share": s, "created_at": now} for pid, s in rows],
-            )
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+            await conn.execute(upsert(key_shares).on_conflict_do_nothing(), rows)
+        return await self.get(offered)
 
     async def get(self, profile_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
         """The shares of these profiles that the store holds. At driver level, in one

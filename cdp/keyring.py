@@ -353,7 +353,8 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
     the key store: `cdp keys split`. Field ciphertext is not touched: the key stays the same,
     only where its halves are kept changes. In batches; resumable, as each batch's shares
     commit in the key store before the database's rows say the keys are split (a share
-    written for a row left whole is replaced by the next run). Returns the keys split."""
+    written for a row left whole is used by the next run), and safe to run twice at once: a
+    share once kept is never replaced. Returns the keys split."""
     pk = profile_keys.c
     done = 0
     while True:
@@ -367,13 +368,24 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
             ).all()
         if not rows:
             break
-        updates, shares = [], []
+        offered, halves = [], {}
         for pid, key_id, wrapped in rows:
             ctx = _dek_context(pid, key_id)
-            half, share = split_key(master.unwrap(wrapped, ctx))
-            shares.append((pid, share))
-            updates.append({"pid": pid, "kid": key_id, "w": master.wrap(half, ctx)})
-        await store.replace(shares)
+            key = master.unwrap(wrapped, ctx)
+            offered.append((pid, split_key(key)[1]))
+            halves[pid] = (key_id, key)
+        # the share already kept for a profile, if any (another run, or an interrupted one,
+        # kept it), else the one offered: the database's half must pair with the stored one
+        kept = await store.keep_first(offered)
+        updates = []
+        for pid, (key_id, key) in halves.items():
+            share = kept.get(pid)
+            if share is None:  # destroyed meanwhile: the profile is being erased
+                continue
+            ctx = _dek_context(pid, key_id)
+            updates.append({"pid": pid, "kid": key_id, "w": master.wrap(xor(key, share), ctx)})
+        if not updates:
+            break
         async with db.write() as conn:
             await conn.execute(
                 update(profile_keys)
