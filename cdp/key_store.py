@@ -46,6 +46,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     delete,
+    func,
     insert,
     select,
     update,
@@ -292,10 +293,30 @@ async def open_key_store(
             )
         if linked is None:
             await _link(main, store_id)
+        else:
+            await _refuse_an_older_store(main, db, store_id)
     except BaseException:
         await db.dispose()
         raise
     return KeyStore(db, store_id)
+
+
+async def _refuse_an_older_store(main: Database, db: Database, store_id: str) -> None:
+    """A key store restored from a copy older than the database has fewer erasures than the
+    database has honoured: it holds again the shares of customers erased since (a backup of
+    the database taken before their erasure would read them again), lacks those of customers
+    created since, and would number its next erasures with numbers the database has passed."""
+    async with db.read() as conn:
+        last = (await conn.execute(select(func.max(erased_profiles.c.seq)))).scalar_one() or 0
+    honoured = await reconciled_seq(main)
+    if last < honoured:
+        raise KeyStoreMismatch(
+            f"the key store {store_id} is older than the database: its last erasure is number "
+            f"{last}, the database has honoured erasures up to number {honoured}. It was "
+            "restored from an older copy, which gives back the data keys of customers erased "
+            "since; put back the key store's latest state, or point CDP_KEY_STORE_URL at it "
+            "(README, 'Backups and the key store')"
+        )
 
 
 def _sqlite_file_ready(path: Path, *, create: bool) -> bool:

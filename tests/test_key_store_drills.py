@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import delete, insert, select, update
 
 from cdp.db.tables import profile_keys
-from cdp.key_store import xor
+from cdp.key_store import KeyStoreMismatch, store_metadata, xor
 from cdp.keyring import _dek_context, split_whole_keys
-from cdp.platform import Platform
+from cdp.platform import Platform, open_platform
+from cdp.profiles.identifiers import parse_identifier
+from consent.dsr.requests import submit_erasure
+from consent.dsr.worker import run_pending
+from tests.conftest import make_settings
+from tests.test_erasure import EMAIL, create_anna
 
 
 async def create_profile(client, keys, name: str) -> uuid.UUID:  # type: ignore[no-untyped-def]
@@ -86,3 +92,50 @@ async def test_two_key_splits_at_once_leave_every_customer_readable(client, keys
         r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
         assert r.status_code == 200, r.text
         assert r.json()["first_name"] == name
+
+
+async def snapshot_key_store(store) -> dict[str, list]:  # type: ignore[no-untyped-def]
+    """The key store's rows, as a copy of it taken now would hold them."""
+    async with store.db.read() as conn:
+        return {
+            t.name: [dict(r) for r in (await conn.execute(select(t))).mappings()]
+            for t in store_metadata.sorted_tables
+        }
+
+
+async def restore_key_store(store, copy: dict[str, list]) -> None:  # type: ignore[no-untyped-def]
+    """The key store put back from that copy (its numbering too, as a restore does)."""
+    async with store.db.write() as conn:
+        for t in reversed(store_metadata.sorted_tables):
+            await conn.execute(delete(t))
+        for t in store_metadata.sorted_tables:
+            if copy[t.name]:
+                await conn.execute(insert(t), copy[t.name])
+        if conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('erased_profiles', 'seq'),"
+                " coalesce((SELECT max(seq) FROM erased_profiles), 0) + 1, false)"
+            )
+
+
+async def test_a_key_store_restored_from_before_an_erasure_is_refused_at_start(
+    client, keys, platform, tmp_path
+):
+    """Restored from an older copy, the key store holds again the shares of customers erased
+    since (a backup of the database from before their erasure reads them again) and numbers
+    its next erasures with numbers the database has honoured already. The platform must say
+    so and stop, not serve on as if nothing happened."""
+    ids = await create_anna(client, keys)
+    copy = await snapshot_key_store(platform.keys.store)
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+    await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    assert (await run_pending(platform)).completed == 1
+    await restore_key_store(platform.keys.store, copy)
+    assert await platform.keys.store.get([uuid.UUID(ids["survivor"])])  # her share is back
+
+    with pytest.raises(KeyStoreMismatch) as refused:
+        await open_platform(
+            make_settings(platform.settings.database_url, tmp_path), run_migrations=False
+        )
+    assert "older than the database" in str(refused.value)
+    assert "CDP_KEY_STORE_URL" in str(refused.value)
