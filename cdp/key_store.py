@@ -232,6 +232,9 @@ class KeyStore:
         if not pids:
             return
         async with self.db.write() as conn:
+            if conn.dialect.name == "postgresql":  # numbers commit in their order: a process
+                # reconciling meanwhile never passes a number that commits after it
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306147270213303)")
             known = set(
                 (
                     await conn.execute(

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from cdp.db.tables import profile_keys
+from cdp.db.tables import key_store_link, profile_keys
 from cdp.key_store import KeyStoreMismatch, store_metadata, xor
 from cdp.keyring import _dek_context, split_whole_keys
 from cdp.platform import Platform, open_platform
@@ -139,3 +139,19 @@ async def test_a_key_store_restored_from_before_an_erasure_is_refused_at_start(
         )
     assert "older than the database" in str(refused.value)
     assert "CDP_KEY_STORE_URL" in str(refused.value)
+
+
+async def test_an_erasure_destroys_its_shares_whatever_number_its_tombstone_got(
+    client, keys, platform
+):
+    """On PostgreSQL two erasures' tombstones may commit out of their numbers' order (a
+    sequence hands numbers out before commit): a process that reconciles in between moves the
+    database's number past the one not yet committed. That erasure's shares must still be
+    destroyed when it commits, or every backup from before it reads the customer again."""
+    ids = await create_anna(client, keys)
+    async with platform.db.write() as conn:  # another process reconciled past our number
+        await conn.execute(update(key_store_link).values(reconciled_seq=1000))
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+    await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    assert (await run_pending(platform)).completed == 1
+    assert await platform.keys.store.get([uuid.UUID(x) for x in ids.values()]) == {}
