@@ -339,10 +339,21 @@ def _mismatch(linked: str | None, found: str) -> str:
     )
 
 
+IN_THE_DATABASE = (
+    "CDP_KEY_STORE_URL leads to a database of the platform's own (CDP_DATABASE_URL's, or "
+    "another platform database): the key store must be a database apart, or a backup of the "
+    "database holds both halves of every data key and an erasure reaches none of them "
+    "(README, 'Backups and the key store')"
+)
+
+
 async def _open(db: Database, url: str, *, create: bool) -> str:
     """The store's id ('' if it holds no key store and `create` is false)."""
     try:
         if create:  # one process at a time (several may start at once)
+            async with db.read() as conn:
+                if await conn.run_sync(lambda c: c.dialect.has_table(c, key_store_link.name)):
+                    raise KeyStoreMismatch(IN_THE_DATABASE)
             async with db.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                 async with conn.begin():

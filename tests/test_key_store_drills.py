@@ -9,6 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, insert, select, update
 
+from cdp.db.engine import Database
 from cdp.db.tables import key_store_link, profile_keys
 from cdp.key_store import KeyStoreMismatch, store_metadata, xor
 from cdp.keyring import _dek_context, split_whole_keys
@@ -155,3 +156,20 @@ async def test_an_erasure_destroys_its_shares_whatever_number_its_tombstone_got(
     await submit_erasure(platform, ident, requested_by="customer", actor="test")
     assert (await run_pending(platform)).completed == 1
     assert await platform.keys.store.get([uuid.UUID(x) for x in ids.values()]) == {}
+
+
+async def test_a_key_store_in_the_database_itself_is_refused(db_url, tmp_path):
+    """CDP_KEY_STORE_URL set to the database's own URL (copied from CDP_DATABASE_URL): the
+    shares would lie in every backup of the database beside the other halves, and an erasure
+    would reach none of them. A first start must refuse it, not create the store there."""
+    with pytest.raises(KeyStoreMismatch) as refused:
+        await open_platform(make_settings(db_url, tmp_path, key_store=db_url), run_migrations=False)
+    assert "CDP_KEY_STORE_URL" in str(refused.value)
+    db = Database(db_url)
+    try:
+        async with db.read() as conn:
+            made = await conn.run_sync(lambda c: c.dialect.has_table(c, "key_shares"))
+            linked = (await conn.execute(select(key_store_link))).all()
+    finally:
+        await db.dispose()
+    assert not made and linked == []
