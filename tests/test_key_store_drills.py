@@ -9,7 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, insert, select, update
 
-from cdp.db.engine import Database
+from cdp.db.engine import Database, make_engine
 from cdp.db.tables import key_store_link, profile_keys
 from cdp.key_store import KeyStoreMismatch, store_metadata, xor
 from cdp.keyring import _dek_context, split_whole_keys
@@ -173,3 +173,24 @@ async def test_a_key_store_in_the_database_itself_is_refused(db_url, tmp_path):
     finally:
         await db.dispose()
     assert not made and linked == []
+
+
+async def test_health_answers_503_while_the_key_store_is_down(client, keys, platform):
+    """Without its key store the service can read and store no customer (every such request
+    answers 503): /health must say so too, or a load balancer keeps sending it traffic."""
+    pid = await create_profile(client, keys, "vera")
+    platform.keys.forget(pid)
+    store = platform.keys.store
+    engine = store.db.engine
+    store.db.engine = make_engine("postgresql+asyncpg://postgres@127.0.0.1:1/stopped")
+    try:
+        r = await client.get("/health")
+        assert r.status_code == 503, r.text
+        assert "key store" in r.json()["detail"] and r.headers["retry-after"]
+        r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+        assert r.status_code == 503, r.text
+    finally:
+        await store.db.engine.dispose()
+        store.db.engine = engine
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])).status_code == 200
