@@ -149,10 +149,17 @@ async def _create_postgres_database(url: str) -> None:
                 try:
                     await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
                 except DBAPIError as exc:  # another process created it first
-                    if "already exists" not in str(exc):
+                    if not _created_meanwhile(exc):
                         raise
     finally:
         await admin.dispose()
+
+
+def _created_meanwhile(exc: DBAPIError) -> bool:
+    """CREATE DATABASE lost a race: 42P04 (it exists), or 23505 on pg_database's name index
+    (both created it at once, and the other committed first)."""
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return state in ("42P04", "23505") or "already exists" in str(exc)
 
 
 def _postgres_missing(exc: BaseException) -> bool:

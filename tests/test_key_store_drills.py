@@ -17,7 +17,7 @@ from cdp.platform import Platform, open_platform
 from cdp.profiles.identifiers import parse_identifier
 from consent.dsr.requests import submit_erasure
 from consent.dsr.worker import run_pending
-from tests.conftest import make_settings
+from tests.conftest import _pg_admin, make_settings, pg_url
 from tests.test_erasure import EMAIL, create_anna
 
 
@@ -194,3 +194,32 @@ async def test_health_answers_503_while_the_key_store_is_down(client, keys, plat
         store.db.engine = engine
     assert (await client.get("/health")).json() == {"status": "ok"}
     assert (await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])).status_code == 200
+
+
+async def test_processes_starting_at_once_on_a_fresh_setup_share_one_key_store(
+    db_url, backend, tmp_path
+):
+    """The API and a worker started together on a new deployment (docker compose up): each
+    finds no key store and makes one. All must start, on the same store; on PostgreSQL the
+    ones that lose the race to create its database saw `duplicate key value violates unique
+    constraint "pg_database_datname_index"` and exited."""
+    if backend == "sqlite":
+        store_url = f"sqlite+aiosqlite:///{tmp_path / 'keys' / 'cdp.keys.db'}"
+    else:
+        store_url = pg_url(f"cdp_keys_race_{uuid.uuid4().hex[:8]}")
+    settings = make_settings(db_url, tmp_path, key_store=store_url)
+    try:
+        opened = await asyncio.gather(
+            *[open_platform(settings, run_migrations=False) for _ in range(4)],
+            return_exceptions=True,
+        )
+        failed = [type(p).__name__ for p in opened if isinstance(p, BaseException)]
+        for p in opened:
+            if not isinstance(p, BaseException):
+                await p.close()
+        assert failed == []
+        assert len({p.keys.store.store_id for p in opened}) == 1  # type: ignore[union-attr]
+    finally:
+        if backend != "sqlite":
+            name = store_url.rsplit("/", 1)[1]
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
