@@ -30,6 +30,7 @@ than by Alembic: three tables of their own, versioned by `key_store_meta`.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -57,6 +58,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from cdp.crypto.fields import CryptoError
 from cdp.db.bulk import bulk_insert_rows
 from cdp.db.engine import DEFAULT_CONNECT_TIMEOUT, Database
+from cdp.db.messages import database_message
 from cdp.db.tables import key_store_link
 from cdp.db.types import UTCDateTime
 from cdp.ids import utcnow
@@ -108,6 +110,11 @@ erased_profiles = Table(
 
 class KeyStoreMismatch(CryptoError):
     """The key store configured is not the one this database's data keys were split with."""
+
+
+class KeyStoreUnavailable(CryptoError):
+    """The key store's database could not be reached at start-up (its message names the
+    setting: the main database opened fine)."""
 
 
 def split_key(key: bytes) -> tuple[bytes, bytes]:
@@ -297,6 +304,10 @@ async def open_key_store(
     db = Database(url, pool_size=2, max_overflow=8, connect_timeout=connect_timeout)
     try:
         store_id = await _open(db, url, create=linked is None)
+        if store_id is None:
+            raise KeyStoreMismatch(
+                _mismatch(linked, "no key store there (the database does not exist)")
+            )
         if linked is not None and store_id != linked:
             raise KeyStoreMismatch(
                 _mismatch(linked, f"key store {store_id}" if store_id else "an empty key store")
@@ -354,8 +365,9 @@ IN_THE_DATABASE = (
 )
 
 
-async def _open(db: Database, url: str, *, create: bool) -> str:
-    """The store's id ('' if it holds no key store and `create` is false)."""
+async def _open(db: Database, url: str, *, create: bool) -> str | None:
+    """The store's id ('' if it holds no key store and `create` is false; None if its
+    PostgreSQL database does not exist)."""
     try:
         if create:  # one process at a time (several may start at once)
             async with db.read() as conn:
@@ -376,8 +388,16 @@ async def _open(db: Database, url: str, *, create: bool) -> str:
                     select(key_store_meta.c.value).where(key_store_meta.c.name == "store_id")
                 )
             ).scalar_one_or_none()
+    except KeyStoreMismatch:
+        raise
     except Exception as exc:
-        if not (create and _postgres_missing(exc)):
+        if not create and _postgres_missing(exc):
+            return None  # no key store there: the caller names the setting
+        if not _postgres_missing(exc):
+            if isinstance(exc, (DBAPIError, ConnectionError, TimeoutError, socket.gaierror)):
+                raise KeyStoreUnavailable(
+                    f"cannot open the key store (CDP_KEY_STORE_URL): {database_message(exc)}"
+                ) from None
             raise
         await db.dispose()
         await _create_postgres_database(url)

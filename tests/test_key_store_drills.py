@@ -9,6 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, insert, select, update
 
+from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database, make_engine
 from cdp.db.tables import key_store_link, profile_keys
 from cdp.key_store import KeyStoreMismatch, store_metadata, xor
@@ -223,3 +224,24 @@ async def test_processes_starting_at_once_on_a_fresh_setup_share_one_key_store(
         if backend != "sqlite":
             name = store_url.rsplit("/", 1)[1]
             await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_key_store_that_cannot_be_opened_is_named_at_start(platform, tmp_path):
+    """A restore drill on a new server that forgot the key store: its PostgreSQL database does
+    not exist, or its server does not answer. The refusal names CDP_KEY_STORE_URL, not 'the
+    database' (which opened fine), as the SQLite store's missing file already did."""
+    missing = pg_url(f"cdp_keys_missing_{uuid.uuid4().hex[:8]}")
+    with pytest.raises(KeyStoreMismatch) as refused:
+        await open_platform(
+            make_settings(platform.settings.database_url, tmp_path, key_store=missing),
+            run_migrations=False,
+        )
+    assert "CDP_KEY_STORE_URL" in str(refused.value) and "does not exist" in str(refused.value)
+    down = "postgresql+asyncpg://postgres@127.0.0.1:1/cdp_keys"
+    with pytest.raises(CryptoError) as refused:
+        await open_platform(
+            make_settings(platform.settings.database_url, tmp_path, key_store=down),
+            run_migrations=False,
+        )
+    assert "cannot open the key store" in str(refused.value)
+    assert "CDP_KEY_STORE_URL" in str(refused.value)
