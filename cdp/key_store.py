@@ -269,9 +269,14 @@ class KeyStore:
         if not pids:
             return
         async with self.db.write() as conn:
+            if conn.dialect.name == "sqlite":  # overwrite the rows' bytes, not only free them
+                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
             for start in range(0, len(pids), 1000):
                 chunk = pids[start : start + 1000]
                 await conn.execute(delete(key_shares).where(key_shares.c.profile_id.in_(chunk)))
+        # and no older version of their pages left in SQLite's -wal (tried again next time)
+        if not await self.db.purge_wal():
+            log.warning("key_store_wal_not_truncated")
 
     async def tombstones_after(self, seq: int, limit: int = 1000) -> list[tuple[int, uuid.UUID]]:
         """(number, profile id) of erasures after `seq`, in order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, insert, select, update
@@ -245,3 +246,25 @@ async def test_a_key_store_that_cannot_be_opened_is_named_at_start(platform, tmp
         )
     assert "cannot open the key store" in str(refused.value)
     assert "CDP_KEY_STORE_URL" in str(refused.value)
+
+
+async def test_a_destroyed_share_is_gone_from_the_key_store_files(client, keys, platform):
+    """SQLite: an erased customer's share is destroyed, not only deleted. A DELETE leaves the
+    row's bytes in the file's free pages and in its -wal until a checkpoint: a copy of the key
+    store's files taken after the erasure (the README allows keeping its backups a while) still
+    held the share, and with a database backup from before the erasure, the customer."""
+    if not platform.db.is_sqlite:
+        return  # PostgreSQL's files are the server's; nothing a copy of a file would hold
+    ids = await create_anna(client, keys)
+    pids = [uuid.UUID(x) for x in ids.values()]
+    shares = await platform.keys.store.get(pids)
+    assert len(shares) == 2
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+    await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    assert (await run_pending(platform)).completed == 1
+    path = Path(platform.keys.store.db.engine.url.database or "")
+    held = b"".join(
+        f.read_bytes() for f in (path, path.with_name(path.name + "-wal")) if f.exists()
+    )
+    assert held, path
+    assert [pid for pid, share in shares.items() if share in held] == []
