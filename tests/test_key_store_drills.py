@@ -19,6 +19,7 @@ from cdp.platform import Platform, open_platform
 from cdp.profiles.identifiers import parse_identifier
 from consent.dsr.requests import submit_erasure
 from consent.dsr.worker import run_pending
+from consent.tables import consent_ledger
 from tests.conftest import _pg_admin, make_settings, pg_url
 from tests.test_erasure import EMAIL, create_anna
 
@@ -268,3 +269,41 @@ async def test_a_destroyed_share_is_gone_from_the_key_store_files(client, keys, 
     )
     assert held, path
     assert [pid for pid, share in shares.items() if share in held] == []
+
+
+async def test_consent_evidence_is_never_kept_under_the_system_key_for_a_profile_with_a_key(
+    client, keys, platform
+):
+    """A profile whose data key's share is missing from the key store (a key store put back
+    from an older copy) cannot encrypt its consent evidence. It was stored under the system
+    key instead, which no erasure destroys: the IP address and page of a consent outlived the
+    customer's erasure in the ledger and in every backup. Fail closed: nothing is recorded."""
+    pid = await create_profile(client, keys, "vera")
+    await platform.keys.store.destroy([pid])
+    platform.keys.forget(pid)
+    consent = {
+        "email": "vera@example.com",
+        "purpose": "marketing",
+        "channel": "email",
+        "status": "granted",
+        "source": "web_form",
+        "evidence": {"wording_id": "nl-1", "method": "double_opt_in", "ip": "203.0.113.7"},
+    }
+    r = await client.post("/v1/consents", json=consent, headers=keys["ingest"])
+    assert r.status_code == 500, r.text
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"email": "vera@example.com", "purpose": "marketing", "channel": "*", "source": "t"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 500, r.text
+    claim = {k: v for k, v in consent.items() if k != "email"}
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "vera@example.com", "consents": [claim]},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 500, r.text
+    async with platform.db.read() as conn:
+        entries = (await conn.execute(select(consent_ledger.c.seq))).all()
+    assert entries == []
