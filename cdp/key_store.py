@@ -59,7 +59,7 @@ from cdp.crypto.fields import CryptoError
 from cdp.db.bulk import bulk_insert_rows
 from cdp.db.engine import DEFAULT_CONNECT_TIMEOUT, Database
 from cdp.db.messages import database_message
-from cdp.db.tables import key_store_link
+from cdp.db.tables import key_store_link, profile_keys
 from cdp.db.types import UTCDateTime
 from cdp.ids import utcnow
 
@@ -335,6 +335,14 @@ async def _refuse_an_older_store(main: Database, db: Database, store_id: str) ->
     async with db.read() as conn:
         last = (await conn.execute(select(func.max(erased_profiles.c.seq)))).scalar_one() or 0
     honoured = await reconciled_seq(main)
+    missing = await _newest_keys_without_share(main, db)
+    if missing is not None:
+        raise KeyStoreMismatch(
+            f"the key store {store_id} is older than the database: it holds no share of the "
+            f"data key of profile {missing}, one of the newest. It was restored from an older "
+            "copy, without the customers created since; put back the key store's latest "
+            "state, or point CDP_KEY_STORE_URL at it (README, 'Backups and the key store')"
+        )
     if last < honoured:
         raise KeyStoreMismatch(
             f"the key store {store_id} is older than the database: its last erasure is number "
@@ -343,6 +351,56 @@ async def _refuse_an_older_store(main: Database, db: Database, store_id: str) ->
             "since; put back the key store's latest state, or point CDP_KEY_STORE_URL at it "
             "(README, 'Backups and the key store')"
         )
+
+
+NEWEST_CHECKED = 100
+
+
+async def _newest_keys_without_share(main: Database, db: Database) -> uuid.UUID | None:
+    """A profile among the newest split data keys whose share the store lacks and that it
+    has not tombstoned (read again in the database after the store: an erasure committing
+    meanwhile destroys both), or None."""
+    pk = profile_keys.c
+    async with main.read() as conn:
+        newest = list(
+            (
+                await conn.execute(
+                    select(pk.profile_id)
+                    .where(pk.split.is_(True))
+                    .order_by(pk.created_at.desc())
+                    .limit(NEWEST_CHECKED)
+                )
+            ).scalars()
+        )
+    if not newest:
+        return None
+    async with db.read() as conn:
+        held = set(
+            (
+                await conn.execute(
+                    select(key_shares.c.profile_id).where(key_shares.c.profile_id.in_(newest))
+                )
+            ).scalars()
+        )
+        held |= set(  # erased since the database's copy was taken: erased again at start
+            (
+                await conn.execute(
+                    select(erased_profiles.c.profile_id).where(
+                        erased_profiles.c.profile_id.in_(newest)
+                    )
+                )
+            ).scalars()
+        )
+    lacking = [pid for pid in newest if pid not in held]
+    if not lacking:
+        return None
+    async with main.read() as conn:
+        still = (
+            await conn.execute(
+                select(pk.profile_id).where(pk.profile_id.in_(lacking), pk.split.is_(True))
+            )
+        ).scalars()
+        return min(still, default=None)
 
 
 def _sqlite_file_ready(path: Path, *, create: bool) -> bool:

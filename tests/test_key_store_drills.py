@@ -307,3 +307,24 @@ async def test_consent_evidence_is_never_kept_under_the_system_key_for_a_profile
     async with platform.db.read() as conn:
         entries = (await conn.execute(select(consent_ledger.c.seq))).all()
     assert entries == []
+
+
+async def test_a_key_store_restored_from_before_a_customer_existed_is_refused_at_start(
+    client, keys, platform, tmp_path
+):
+    """No erasure since the key store's copy was taken, so its numbers agree with the
+    database's; but customers created since have no share there. Served on, they silently
+    dropped out of every segment and export and their profiles answered 500: the platform
+    must refuse the store at start, naming no customer data (ids only)."""
+    await create_profile(client, keys, "vera")
+    copy = await snapshot_key_store(platform.keys.store)
+    gleb = await create_profile(client, keys, "gleb")
+    await restore_key_store(platform.keys.store, copy)
+    with pytest.raises(KeyStoreMismatch) as refused:
+        await open_platform(
+            make_settings(platform.settings.database_url, tmp_path), run_migrations=False
+        )
+    assert "older than the database" in str(refused.value)
+    assert str(gleb) in str(refused.value) and "gleb" not in str(refused.value).replace(
+        str(gleb), ""
+    )
