@@ -30,6 +30,7 @@ than by Alembic: three tables of their own, versioned by `key_store_meta`.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -46,6 +47,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     delete,
+    func,
     insert,
     select,
     update,
@@ -56,7 +58,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from cdp.crypto.fields import CryptoError
 from cdp.db.bulk import bulk_insert_rows
 from cdp.db.engine import DEFAULT_CONNECT_TIMEOUT, Database
-from cdp.db.tables import key_store_link
+from cdp.db.messages import database_message
+from cdp.db.tables import key_store_link, profile_keys
 from cdp.db.types import UTCDateTime
 from cdp.ids import utcnow
 
@@ -109,6 +112,11 @@ class KeyStoreMismatch(CryptoError):
     """The key store configured is not the one this database's data keys were split with."""
 
 
+class KeyStoreUnavailable(CryptoError):
+    """The key store's database could not be reached at start-up (its message names the
+    setting: the main database opened fine)."""
+
+
 def split_key(key: bytes) -> tuple[bytes, bytes]:
     """(the half stored in the database, the share kept in the key store) of a data key."""
     share = os.urandom(SHARE_BYTES)
@@ -148,10 +156,17 @@ async def _create_postgres_database(url: str) -> None:
                 try:
                     await conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
                 except DBAPIError as exc:  # another process created it first
-                    if "already exists" not in str(exc):
+                    if not _created_meanwhile(exc):
                         raise
     finally:
         await admin.dispose()
+
+
+def _created_meanwhile(exc: DBAPIError) -> bool:
+    """CREATE DATABASE lost a race: 42P04 (it exists), or 23505 on pg_database's name index
+    (both created it at once, and the other committed first)."""
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return state in ("42P04", "23505") or "already exists" in str(exc)
 
 
 def _postgres_missing(exc: BaseException) -> bool:
@@ -175,20 +190,23 @@ class KeyStore:
         async with self.db.write() as conn:  # at driver speed: an import stores thousands
             await bulk_insert_rows(conn, key_shares, SHARE_COLUMNS, rows)
 
-    async def replace(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
-        """Keep these shares, overwriting any the profiles had (`cdp keys split`, resumed)."""
-        rows = list(shares)
-        if not rows:
-            return
+    async def keep_first(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> dict[uuid.UUID, bytes]:
+        """Keep these shares for the profiles that have none yet, and return the share each
+        profile has in the store afterwards (`cdp keys split`): a share once kept is never
+        replaced, so that two runs at once, or a run resumed after one that was interrupted,
+        derive the database's half from the same share."""
+        offered = dict(shares)
+        if not offered:
+            return {}
+        now = utcnow()
+        rows = [{"profile_id": pid, "share": s, "created_at": now} for pid, s in offered.items()]
         async with self.db.write() as conn:
-            await conn.execute(
-                delete(key_shares).where(key_shares.c.profile_id.in_([pid for pid, _ in rows]))
-            )
-            now = utcnow()
-            await conn.execute(
-                insert(key_shares),
-                [{"profile_id": pid, "share": s, "created_at": now} for pid, s in rows],
-            )
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as upsert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+            await conn.execute(upsert(key_shares).on_conflict_do_nothing(), rows)
+        return await self.get(offered)
 
     async def get(self, profile_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
         """The shares of these profiles that the store holds. At driver level, in one
@@ -228,6 +246,9 @@ class KeyStore:
         if not pids:
             return
         async with self.db.write() as conn:
+            if conn.dialect.name == "postgresql":  # numbers commit in their order: a process
+                # reconciling meanwhile never passes a number that commits after it
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306147270213303)")
             known = set(
                 (
                     await conn.execute(
@@ -248,9 +269,14 @@ class KeyStore:
         if not pids:
             return
         async with self.db.write() as conn:
+            if conn.dialect.name == "sqlite":  # overwrite the rows' bytes, not only free them
+                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
             for start in range(0, len(pids), 1000):
                 chunk = pids[start : start + 1000]
                 await conn.execute(delete(key_shares).where(key_shares.c.profile_id.in_(chunk)))
+        # and no older version of their pages left in SQLite's -wal (tried again next time)
+        if not await self.db.purge_wal():
+            log.warning("key_store_wal_not_truncated")
 
     async def tombstones_after(self, seq: int, limit: int = 1000) -> list[tuple[int, uuid.UUID]]:
         """(number, profile id) of erasures after `seq`, in order."""
@@ -283,16 +309,98 @@ async def open_key_store(
     db = Database(url, pool_size=2, max_overflow=8, connect_timeout=connect_timeout)
     try:
         store_id = await _open(db, url, create=linked is None)
+        if store_id is None:
+            raise KeyStoreMismatch(
+                _mismatch(linked, "no key store there (the database does not exist)")
+            )
         if linked is not None and store_id != linked:
             raise KeyStoreMismatch(
                 _mismatch(linked, f"key store {store_id}" if store_id else "an empty key store")
             )
         if linked is None:
             await _link(main, store_id)
+        else:
+            await _refuse_an_older_store(main, db, store_id)
     except BaseException:
         await db.dispose()
         raise
     return KeyStore(db, store_id)
+
+
+async def _refuse_an_older_store(main: Database, db: Database, store_id: str) -> None:
+    """A key store restored from a copy older than the database has fewer erasures than the
+    database has honoured: it holds again the shares of customers erased since (a backup of
+    the database taken before their erasure would read them again), lacks those of customers
+    created since, and would number its next erasures with numbers the database has passed."""
+    async with db.read() as conn:
+        last = (await conn.execute(select(func.max(erased_profiles.c.seq)))).scalar_one() or 0
+    honoured = await reconciled_seq(main)
+    missing = await _newest_keys_without_share(main, db)
+    if missing is not None:
+        raise KeyStoreMismatch(
+            f"the key store {store_id} is older than the database: it holds no share of the "
+            f"data key of profile {missing}, one of the newest. It was restored from an older "
+            "copy, without the customers created since; put back the key store's latest "
+            "state, or point CDP_KEY_STORE_URL at it (README, 'Backups and the key store')"
+        )
+    if last < honoured:
+        raise KeyStoreMismatch(
+            f"the key store {store_id} is older than the database: its last erasure is number "
+            f"{last}, the database has honoured erasures up to number {honoured}. It was "
+            "restored from an older copy, which gives back the data keys of customers erased "
+            "since; put back the key store's latest state, or point CDP_KEY_STORE_URL at it "
+            "(README, 'Backups and the key store')"
+        )
+
+
+NEWEST_CHECKED = 100
+
+
+async def _newest_keys_without_share(main: Database, db: Database) -> uuid.UUID | None:
+    """A profile among the newest split data keys whose share the store lacks and that it
+    has not tombstoned (read again in the database after the store: an erasure committing
+    meanwhile destroys both), or None."""
+    pk = profile_keys.c
+    async with main.read() as conn:
+        newest = list(
+            (
+                await conn.execute(
+                    select(pk.profile_id)
+                    .where(pk.split.is_(True))
+                    .order_by(pk.created_at.desc())
+                    .limit(NEWEST_CHECKED)
+                )
+            ).scalars()
+        )
+    if not newest:
+        return None
+    async with db.read() as conn:
+        held = set(
+            (
+                await conn.execute(
+                    select(key_shares.c.profile_id).where(key_shares.c.profile_id.in_(newest))
+                )
+            ).scalars()
+        )
+        held |= set(  # erased since the database's copy was taken: erased again at start
+            (
+                await conn.execute(
+                    select(erased_profiles.c.profile_id).where(
+                        erased_profiles.c.profile_id.in_(newest)
+                    )
+                )
+            ).scalars()
+        )
+    lacking = [pid for pid in newest if pid not in held]
+    if not lacking:
+        return None
+    async with main.read() as conn:
+        still = (
+            await conn.execute(
+                select(pk.profile_id).where(pk.profile_id.in_(lacking), pk.split.is_(True))
+            )
+        ).scalars()
+        return min(still, default=None)
 
 
 def _sqlite_file_ready(path: Path, *, create: bool) -> bool:
@@ -312,10 +420,22 @@ def _mismatch(linked: str | None, found: str) -> str:
     )
 
 
-async def _open(db: Database, url: str, *, create: bool) -> str:
-    """The store's id ('' if it holds no key store and `create` is false)."""
+IN_THE_DATABASE = (
+    "CDP_KEY_STORE_URL leads to a database of the platform's own (CDP_DATABASE_URL's, or "
+    "another platform database): the key store must be a database apart, or a backup of the "
+    "database holds both halves of every data key and an erasure reaches none of them "
+    "(README, 'Backups and the key store')"
+)
+
+
+async def _open(db: Database, url: str, *, create: bool) -> str | None:
+    """The store's id ('' if it holds no key store and `create` is false; None if its
+    PostgreSQL database does not exist)."""
     try:
         if create:  # one process at a time (several may start at once)
+            async with db.read() as conn:
+                if await conn.run_sync(lambda c: c.dialect.has_table(c, key_store_link.name)):
+                    raise KeyStoreMismatch(IN_THE_DATABASE)
             async with db.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                 async with conn.begin():
@@ -331,8 +451,16 @@ async def _open(db: Database, url: str, *, create: bool) -> str:
                     select(key_store_meta.c.value).where(key_store_meta.c.name == "store_id")
                 )
             ).scalar_one_or_none()
+    except KeyStoreMismatch:
+        raise
     except Exception as exc:
-        if not (create and _postgres_missing(exc)):
+        if not create and _postgres_missing(exc):
+            return None  # no key store there: the caller names the setting
+        if not _postgres_missing(exc):
+            if isinstance(exc, (DBAPIError, ConnectionError, TimeoutError, socket.gaierror)):
+                raise KeyStoreUnavailable(
+                    f"cannot open the key store (CDP_KEY_STORE_URL): {database_message(exc)}"
+                ) from None
             raise
         await db.dispose()
         await _create_postgres_database(url)

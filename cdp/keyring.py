@@ -73,6 +73,10 @@ def _dek_context(profile_id: uuid.UUID, key_id: int) -> bytes:
     return b"dek|%s|%d" % (str(profile_id).encode(), key_id)
 
 
+class KeyShareMissing(CryptoError):
+    """A live profile's data key has its database half but no share in the key store."""
+
+
 def mint_data_key(
     master: MasterKey, profile_id: uuid.UUID, key_id: int = FIRST_KEY_ID
 ) -> tuple[bytes, bytes, bytes]:
@@ -182,13 +186,18 @@ class Keyring:
         return FieldCipher(key, key_id, str(profile_id))
 
     async def ciphers(
-        self, conn: AsyncConnection, profile_ids: Iterable[uuid.UUID]
+        self, conn: AsyncConnection, profile_ids: Iterable[uuid.UUID], *, strict: bool = False
     ) -> dict[uuid.UUID, FieldCipher]:
         """Data keys of these profiles as the database holds them now: a profile whose key was
         destroyed is absent, whichever process destroyed it (an erasure by `cdp dsr run` or by
         another API process), and leaves the cache. The cache only saves the unwrapping; it
         never stands in for the key's row, so an erased customer's data is unreadable here from
-        the moment the erasure commits."""
+        the moment the erasure commits.
+
+        `strict`: for writers, which hold the profiles' locks (no erasure can be under way):
+        a profile whose key row is there but whose share the key store lacks (a key store
+        put back from an older copy) raises instead of reading as erased, so that nothing
+        of it is stored under another key (the system key's ciphertext outlives erasure)."""
         wanted = list(set(profile_ids))
         found: dict[uuid.UUID, FieldCipher] = {}
         pk = profile_keys.c
@@ -210,6 +219,12 @@ class Keyring:
             for pid, key_id, wrapped, split in rows:
                 share = shares.get(pid)
                 if split and share is None and pid in unknown:
+                    if strict:
+                        raise KeyShareMissing(
+                            f"the key store holds no share of the data key of profile {pid}, "
+                            "whose key the database still holds: was the key store put back "
+                            "from an older copy? (README, 'Backups and the key store')"
+                        )
                     continue  # shredded
                 try:
                     found[pid] = self.cipher_from_row(pid, key_id, wrapped, share)
@@ -353,7 +368,8 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
     the key store: `cdp keys split`. Field ciphertext is not touched: the key stays the same,
     only where its halves are kept changes. In batches; resumable, as each batch's shares
     commit in the key store before the database's rows say the keys are split (a share
-    written for a row left whole is replaced by the next run). Returns the keys split."""
+    written for a row left whole is used by the next run), and safe to run twice at once: a
+    share once kept is never replaced. Returns the keys split."""
     pk = profile_keys.c
     done = 0
     while True:
@@ -367,13 +383,24 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
             ).all()
         if not rows:
             break
-        updates, shares = [], []
+        offered, halves = [], {}
         for pid, key_id, wrapped in rows:
             ctx = _dek_context(pid, key_id)
-            half, share = split_key(master.unwrap(wrapped, ctx))
-            shares.append((pid, share))
-            updates.append({"pid": pid, "kid": key_id, "w": master.wrap(half, ctx)})
-        await store.replace(shares)
+            key = master.unwrap(wrapped, ctx)
+            offered.append((pid, split_key(key)[1]))
+            halves[pid] = (key_id, key)
+        # the share already kept for a profile, if any (another run, or an interrupted one,
+        # kept it), else the one offered: the database's half must pair with the stored one
+        kept = await store.keep_first(offered)
+        updates = []
+        for pid, (key_id, key) in halves.items():
+            share = kept.get(pid)
+            if share is None:  # destroyed meanwhile: the profile is being erased
+                continue
+            ctx = _dek_context(pid, key_id)
+            updates.append({"pid": pid, "kid": key_id, "w": master.wrap(xor(key, share), ctx)})
+        if not updates:
+            break
         async with db.write() as conn:
             await conn.execute(
                 update(profile_keys)

@@ -124,7 +124,7 @@ async def apply_opt_outs(
         if isinstance(pid, uuid.UUID) and _whole_profile(p, r)
     }
     addresses = await profiles_addresses(conn, whole)
-    ciphers = await p.keys.ciphers(conn, sorted(pids))
+    ciphers = await p.keys.ciphers(conn, sorted(pids), strict=True)
     results: list[OptOutResult | Exception] = []
     held: list[Suppression] = []
     entries: list[Entry] = []

@@ -83,7 +83,8 @@ async def cipher_for(
 ) -> FieldCipher:
     if profile_id is None:
         return p.keys.system
-    return (await p.keys.ciphers(conn, [profile_id])).get(profile_id, p.keys.system)
+    ciphers = await p.keys.ciphers(conn, [profile_id], strict=True)
+    return ciphers.get(profile_id, p.keys.system)
 
 
 async def record_claims(
@@ -106,7 +107,7 @@ async def record_claims(
     kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
     channels = list(p.policy.channels)
     now = utcnow()
-    ciphers = await p.keys.ciphers(conn, {pid for pid, _, _ in items})
+    ciphers = await p.keys.ciphers(conn, {pid for pid, _, _ in items}, strict=True)
     # The profile's other addresses matter only to withdrawals naming none of the kind.
     need = {
         pid

@@ -2,10 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import route
+import structlog
+from litestar import Response, route
 
 from api.auth import PUBLIC
 from api.deps import PlatformDep
+from api.errors import problem
+from cdp.db.availability import database_unavailable
+
+log = structlog.get_logger(__name__)
 
 # HEAD as well: uptime monitors often probe with it (it was a 405). The server sends HEAD's
 # answer without the body, with GET's headers (Content-Length included, RFC 9110 §9.3.2).
@@ -25,13 +30,26 @@ def operation_id(get_id: str) -> Any:
     summary="Readiness: the database answers and the master key is current",
     operation_id=operation_id("HealthHealth"),
 )
-async def health(platform: PlatformDep) -> dict[str, str]:
-    """200 when this service can serve: the database answers and the key ring is still under
-    this service's master key. Otherwise a 503 saying which (`api.errors`): the database is
-    not reachable, or `cdp keys rotate-master` ran and the service needs the new key."""
+async def health(platform: PlatformDep) -> Response[dict[str, Any]] | dict[str, str]:
+    """200 when this service can serve: the database and the key store answer and the key
+    ring is still under this service's master key. Otherwise a 503 saying which
+    (`api.errors`): the database or the key store is not reachable, or `cdp keys
+    rotate-master` ran and the service needs the new key."""
     async with platform.db.read() as conn:
         await platform.keys.check_current(conn, lock=False)  # no wait behind a rotation
+    if platform.keys.store is not None:  # without it no customer can be read or stored
+        try:
+            async with platform.keys.store.db.read() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.error("key_store_unavailable", error=type(exc).__name__)
+            return problem(503, KEY_STORE_DOWN, headers={"Retry-After": "5"})
     return {"status": "ok"}
+
+
+KEY_STORE_DOWN = "the key store is not reachable (CDP_KEY_STORE_URL)"
 
 
 @route(

@@ -128,7 +128,7 @@ async def ingest(
             select(profiles_t).where(profiles_t.c.id.in_(hit[start : start + 500]))
         )
         rows.update({r.id: r for r in result})
-    ciphers = await p.keys.ciphers(conn, hit)
+    ciphers = await p.keys.ciphers(conn, hit, strict=True)  # locked: writes follow
     held = await _holdings(conn, _guarded(linked, keys, existing))
     groups = {
         pid: Group(

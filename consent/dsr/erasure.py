@@ -171,7 +171,11 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
     if erased:
         from consent.dsr.restore import erase_again  # it erases through this module
 
-        await erase_again(p)  # destroys the shares, now that the database has no use for them
+        # the shares, now that the database has no use for them: these by name (the
+        # tombstone's number may be one the database has passed already), then those of any
+        # erasure whose process died between its two commits
+        await p.keys.destroy_shares(erased)
+        await erase_again(p)
     if erased and not await p.db.purge_wal():
         log.warning("erasure_wal_not_truncated", request_id=str(request_id))
     return "completed"
