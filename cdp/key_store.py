@@ -367,7 +367,9 @@ async def _newest_keys_without_share(main: Database, db: Database) -> uuid.UUID 
                 await conn.execute(
                     select(pk.profile_id)
                     .where(pk.split.is_(True))
-                    .order_by(pk.created_at.desc())
+                    # ids are UUIDv7, in the order profiles were made: the primary key's
+                    # index read backwards, not a sort of every key by created_at
+                    .order_by(pk.profile_id.desc())
                     .limit(NEWEST_CHECKED)
                 )
             ).scalars()
