@@ -29,6 +29,7 @@ than by Alembic: three tables of their own, versioned by `key_store_meta`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -308,7 +309,7 @@ async def open_key_store(
         raise KeyStoreMismatch(_mismatch(linked, "no key store there (the file does not exist)"))
     db = Database(url, pool_size=2, max_overflow=8, connect_timeout=connect_timeout)
     try:
-        store_id = await _open(db, url, create=linked is None)
+        store_id = await _opened(db, url, create=linked is None)
         if store_id is None:
             raise KeyStoreMismatch(
                 _mismatch(linked, "no key store there (the database does not exist)")
@@ -428,6 +429,21 @@ IN_THE_DATABASE = (
     "database holds both halves of every data key and an erasure reaches none of them "
     "(README, 'Backups and the key store')"
 )
+
+
+async def _opened(db: Database, url: str, *, create: bool) -> str | None:
+    """`_open`, tried again a few times on SQLite: processes that make a new key store file at
+    the same moment (a fresh deployment's service and worker) can find it locked for a moment
+    (seen once, four at once in one full test run on a busy machine; not reproduced alone)."""
+    for attempt in range(5):
+        try:
+            return await _open(db, url, create=create)
+        except KeyStoreUnavailable:
+            if not db.is_sqlite or attempt == 4:
+                raise
+            await db.dispose()
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def _open(db: Database, url: str, *, create: bool) -> str | None:

@@ -216,7 +216,7 @@ async def test_processes_starting_at_once_on_a_fresh_setup_share_one_key_store(
             *[open_platform(settings, run_migrations=False) for _ in range(4)],
             return_exceptions=True,
         )
-        failed = [type(p).__name__ for p in opened if isinstance(p, BaseException)]
+        failed = [f"{type(p).__name__}: {p}" for p in opened if isinstance(p, BaseException)]
         for p in opened:
             if not isinstance(p, BaseException):
                 await p.close()
