@@ -97,6 +97,29 @@ async def row_of(url: str, pid: uuid.UUID):  # type: ignore[no-untyped-def]
         await db.dispose()
 
 
+async def store_whole(platform: Platform, pid: uuid.UUID) -> None:
+    """The profile's data key as a release before the key store kept it: whole, in the
+    database alone."""
+    master, store = platform.keys.master, platform.keys.store
+    async with platform.db.write() as conn:
+        key_id, wrapped = (
+            await conn.execute(
+                select(profile_keys.c.key_id, profile_keys.c.wrapped).where(
+                    profile_keys.c.profile_id == pid
+                )
+            )
+        ).one()
+        ctx = _dek_context(pid, key_id)
+        key = xor(master.unwrap(wrapped, ctx), (await store.get([pid]))[pid])
+        await conn.execute(
+            update(profile_keys)
+            .where(profile_keys.c.profile_id == pid)
+            .values(wrapped=master.wrap(key, ctx), split=False)
+        )
+    await store.destroy([pid])
+    platform.keys.forget(pid)
+
+
 async def test_a_backup_from_before_an_erasure_stays_unreadable_and_restored_erases_again(
     client, keys, platform, tmp_path
 ):
@@ -209,24 +232,7 @@ async def test_keys_stored_whole_by_an_older_release_are_read_then_split(client,
     )
     pid = uuid.UUID(r.json()["profile_id"])
     master, store = platform.keys.master, platform.keys.store
-    # its key as a release before the key store kept it: whole, in the database alone
-    async with platform.db.write() as conn:
-        key_id, wrapped = (
-            await conn.execute(
-                select(profile_keys.c.key_id, profile_keys.c.wrapped).where(
-                    profile_keys.c.profile_id == pid
-                )
-            )
-        ).one()
-        ctx = _dek_context(pid, key_id)
-        key = xor(master.unwrap(wrapped, ctx), (await store.get([pid]))[pid])
-        await conn.execute(
-            update(profile_keys)
-            .where(profile_keys.c.profile_id == pid)
-            .values(wrapped=master.wrap(key, ctx), split=False)
-        )
-    await store.destroy([pid])
-    platform.keys.forget(pid)
+    await store_whole(platform, pid)
     assert await whole_keys_left(platform.db)
     r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
     assert r.status_code == 200 and r.json()["first_name"] == "Вера"

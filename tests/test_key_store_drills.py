@@ -12,16 +12,17 @@ from sqlalchemy import delete, insert, select, update
 
 from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database, make_engine
-from cdp.db.tables import key_store_link, profile_keys
-from cdp.key_store import KeyStoreMismatch, store_metadata, xor
-from cdp.keyring import _dek_context, split_whole_keys
-from cdp.platform import Platform, open_platform
+from cdp.db.tables import key_store_link
+from cdp.key_store import KeyStoreMismatch, store_metadata
+from cdp.keyring import split_whole_keys
+from cdp.platform import open_platform
 from cdp.profiles.identifiers import parse_identifier
 from consent.dsr.requests import submit_erasure
 from consent.dsr.worker import run_pending
 from consent.tables import consent_ledger
 from tests.conftest import _pg_admin, make_settings, pg_url
 from tests.test_erasure import EMAIL, create_anna
+from tests.test_key_store import store_whole
 
 
 async def create_profile(client, keys, name: str) -> uuid.UUID:  # type: ignore[no-untyped-def]
@@ -32,29 +33,6 @@ async def create_profile(client, keys, name: str) -> uuid.UUID:  # type: ignore[
     )
     assert r.status_code == 201, r.text
     return uuid.UUID(r.json()["profile_id"])
-
-
-async def store_whole(platform: Platform, pid: uuid.UUID) -> None:
-    """The profile's data key as a release before the key store kept it: whole, in the
-    database alone."""
-    master, store = platform.keys.master, platform.keys.store
-    async with platform.db.write() as conn:
-        key_id, wrapped = (
-            await conn.execute(
-                select(profile_keys.c.key_id, profile_keys.c.wrapped).where(
-                    profile_keys.c.profile_id == pid
-                )
-            )
-        ).one()
-        ctx = _dek_context(pid, key_id)
-        key = xor(master.unwrap(wrapped, ctx), (await store.get([pid]))[pid])
-        await conn.execute(
-            update(profile_keys)
-            .where(profile_keys.c.profile_id == pid)
-            .values(wrapped=master.wrap(key, ctx), split=False)
-        )
-    await store.destroy([pid])
-    platform.keys.forget(pid)
 
 
 class GatedStore:
