@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from cdp.crypto.master import load_master_key
 from cdp.db.engine import Database
 from cdp.db.migrate import migrate
-from cdp.key_store import open_key_store
+from cdp.key_store_open import open_key_store
 from cdp.keyring import Keyring, open_keyring
 from cdp.settings import Settings
 from consent.policy import Policy, load_policy

@@ -47,7 +47,7 @@ class Settings:
 
     @property
     def key_store_url(self) -> str:
-        from cdp.key_store import default_key_store_url
+        from cdp.key_store_open import default_key_store_url
 
         return self.key_store or default_key_store_url(self.database_url)
 

@@ -24,7 +24,8 @@ from api.app import create_app
 from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database
 from cdp.db.tables import profile_keys, profiles
-from cdp.key_store import KeyStoreMismatch, default_key_store_url, xor
+from cdp.key_store import xor
+from cdp.key_store_open import KeyStoreMismatch, default_key_store_url
 from cdp.keyring import _dek_context, split_whole_keys, whole_keys_left
 from cdp.platform import Platform, open_platform
 from cdp.profiles.identifiers import parse_identifier

@@ -13,7 +13,8 @@ from sqlalchemy import delete, insert, select, update
 from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database, make_engine
 from cdp.db.tables import key_store_link
-from cdp.key_store import KeyStoreMismatch, store_metadata
+from cdp.key_store import store_metadata
+from cdp.key_store_open import KeyStoreMismatch
 from cdp.keyring import split_whole_keys
 from cdp.platform import open_platform
 from cdp.profiles.identifiers import parse_identifier

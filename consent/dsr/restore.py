@@ -21,7 +21,7 @@ import uuid
 import structlog
 
 from cdp.ids import utcnow
-from cdp.key_store import mark_reconciled, reconciled_seq
+from cdp.key_store_open import mark_reconciled, reconciled_seq
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
 from consent.dsr.customer import root_of
