@@ -57,8 +57,6 @@ from cdp.ids import utcnow
 
 log = structlog.get_logger(__name__)
 
-log = structlog.get_logger(__name__)
-
 SHARE_BYTES = 32
 SCHEMA_VERSION = "1"
 
@@ -94,17 +92,19 @@ _PAIR = 16 + SHARE_BYTES
 erased_profiles = Table(
     "erased_profiles",
     store_metadata,
-    Column(
-        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
     Column("profile_id", Uuid, nullable=False, unique=True),
     Column("erased_at", UTCDateTime, nullable=False),
 )
 
 
+def new_share() -> bytes:
+    return os.urandom(SHARE_BYTES)
+
+
 def split_key(key: bytes) -> tuple[bytes, bytes]:
     """(the half stored in the database, the share kept in the key store) of a data key."""
-    share = os.urandom(SHARE_BYTES)
+    share = new_share()
     return xor(key, share), share
 
 
@@ -138,13 +138,9 @@ class KeyStore:
         if not offered:
             return {}
         now = utcnow()
-        rows = [{"profile_id": pid, "share": s, "created_at": now} for pid, s in offered.items()]
+        rows = [(pid, share, now) for pid, share in offered.items()]
         async with self.db.write() as conn:
-            if conn.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as upsert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-            await conn.execute(upsert(key_shares).on_conflict_do_nothing(), rows)
+            await bulk_insert_rows(conn, key_shares, SHARE_COLUMNS, rows, ignore_conflicts=True)
         return await self.get(offered)
 
     async def get(self, profile_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:

@@ -16,12 +16,7 @@ import uuid
 from pathlib import Path
 
 import structlog
-from sqlalchemy import (
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -37,8 +32,6 @@ from cdp.key_store import (
     key_store_meta,
     store_metadata,
 )
-
-log = structlog.get_logger(__name__)
 
 log = structlog.get_logger(__name__)
 

@@ -34,7 +34,7 @@ from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
 from cdp.errors import DomainError, InvalidInput
 from cdp.ids import utcnow
-from cdp.key_store import KeyStore, split_key, xor
+from cdp.key_store import KeyStore, new_share, split_key, xor
 
 log = structlog.get_logger(__name__)
 
@@ -387,7 +387,7 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
         for pid, key_id, wrapped in rows:
             ctx = _dek_context(pid, key_id)
             key = master.unwrap(wrapped, ctx)
-            offered.append((pid, split_key(key)[1]))
+            offered.append((pid, new_share()))
             halves[pid] = (key_id, key)
         # the share already kept for a profile, if any (another run, or an interrupted one,
         # kept it), else the one offered: the database's half must pair with the stored one
