@@ -133,10 +133,7 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
                 completed_at=now,
             )
             return "rejected"
-        if conn.dialect.name == "sqlite":
-            await conn.exec_driver_sql("PRAGMA secure_delete=ON")
-        pids, idents = await lock_customer(conn, found[0])
-        counts = await erase_customer(conn, p, pids, idents, now, found[0])
+        pids, idents, counts = await erase_locked(conn, p, found[0], now)
         if counts["profiles"]:  # tell the sending tools, in this same transaction (outbox)
             await enqueue(
                 conn,
@@ -179,6 +176,18 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
     if erased and not await p.db.purge_wal():
         log.warning("erasure_wal_not_truncated", request_id=str(request_id))
     return "completed"
+
+
+async def erase_locked(
+    conn: AsyncConnection, p: Platform, root: uuid.UUID, now: datetime
+) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str, bytes]], dict[str, Any]]:
+    """Lock the customer whose surviving profile is `root` and erase them, in the caller's
+    write transaction: (their profiles, their identifiers, what was erased). On SQLite the
+    deleted rows are overwritten on disk (`secure_delete`)."""
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+    pids, idents = await lock_customer(conn, root)
+    return pids, idents, await erase_customer(conn, p, pids, idents, now, root)
 
 
 async def lock_customer(

@@ -55,16 +55,12 @@ async def erase_again(p: Platform) -> int:
 
 
 async def _erase_customer_of(p: Platform, pid: uuid.UUID) -> int:
-    from consent.dsr.erasure import erase_customer, lock_customer
+    from consent.dsr.erasure import erase_locked
 
-    now = utcnow()
     async with p.db.write() as conn:
         found = await root_of(conn, pid)
         if found is None or found[1] == "erased":
             return 0
-        if conn.dialect.name == "sqlite":
-            await conn.exec_driver_sql("PRAGMA secure_delete=ON")
-        pids, idents = await lock_customer(conn, found[0])
-        counts = await erase_customer(conn, p, pids, idents, now, found[0])
+        pids, _, counts = await erase_locked(conn, p, found[0], utcnow())
     await p.keys.destroy_shares(pids)
     return int(counts["profiles"])
