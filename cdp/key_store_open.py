@@ -45,19 +45,6 @@ class KeyStoreUnavailable(CryptoError):
     setting: the main database opened fine)."""
 
 
-def default_key_store_url(database_url: str) -> str:
-    """Beside the database unless CDP_KEY_STORE_URL says where: SQLite `cdp.db` ->
-    `cdp.keys.db` in the same directory; PostgreSQL database `cdp` -> `cdp_keys` on the same
-    server (created on first use). Neither is outside a backup of the whole directory or of
-    the whole server: a production deployment names a store of its own (README)."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        path = Path(url.database or "cdp.db")
-        keys = path.with_name(f"{path.stem}.keys{path.suffix or '.db'}")
-        return url.set(database=str(keys)).render_as_string(hide_password=False)
-    return url.set(database=f"{url.database}_keys").render_as_string(hide_password=False)
-
-
 async def _create_postgres_database(url: str) -> None:
     """Create the key store's database on its server, if missing (a CREATEDB role)."""
     parsed = make_url(url)

@@ -47,8 +47,6 @@ class Settings:
 
     @property
     def key_store_url(self) -> str:
-        from cdp.key_store_open import default_key_store_url
-
         return self.key_store or default_key_store_url(self.database_url)
 
     @property
@@ -105,6 +103,19 @@ DATABASES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
 def key_store_url(url: str | None) -> str | None:
     """CDP_KEY_STORE_URL: a database URL like CDP_DATABASE_URL's, or unset."""
     return normalise_database_url(url, setting="CDP_KEY_STORE_URL") if url else None
+
+
+def default_key_store_url(database_url: str) -> str:
+    """Beside the database unless CDP_KEY_STORE_URL says where: SQLite `cdp.db` ->
+    `cdp.keys.db` in the same directory; PostgreSQL database `cdp` -> `cdp_keys` on the same
+    server (created on first use). Neither is outside a backup of the whole directory or of
+    the whole server: a production deployment names a store of its own (README)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or "cdp.db")
+        keys = path.with_name(f"{path.stem}.keys{path.suffix or '.db'}")
+        return url.set(database=str(keys)).render_as_string(hide_password=False)
+    return url.set(database=f"{url.database}_keys").render_as_string(hide_password=False)
 
 
 def normalise_database_url(url: str, setting: str = "CDP_DATABASE_URL") -> str:

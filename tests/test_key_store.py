@@ -25,10 +25,11 @@ from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database
 from cdp.db.tables import profile_keys, profiles
 from cdp.key_store import xor
-from cdp.key_store_open import KeyStoreMismatch, default_key_store_url
+from cdp.key_store_open import KeyStoreMismatch
 from cdp.keyring import _dek_context, split_whole_keys, whole_keys_left
 from cdp.platform import Platform, open_platform
 from cdp.profiles.identifiers import parse_identifier
+from cdp.settings import default_key_store_url
 from consent.dsr.requests import submit_erasure
 from consent.dsr.restore import erase_again
 from consent.dsr.worker import run_pending
