@@ -335,32 +335,47 @@ async def test_dead_letters_do_not_block_the_customer_and_can_be_replayed(
     assert {(i["status"], i["replays"]) for i in r.json()["items"]} == {("delivered", 1)}
 
 
-async def test_a_url_the_http_client_refuses_ends_dead_and_visible_not_stuck(
-    client, keys, platform, receiver
-):
-    """A subscription stored before its URL was checked as strictly as now (a port that is
-    not a number): the client raises before any request. Each try is recorded, the delivery
-    ends dead and listed, and other subscriptions get the event."""
+async def dead_beside_a_working_one(client, keys, platform, receiver, email: str, **broken):  # type: ignore[no-untyped-def]
+    """A working subscription and one whose row is then given `broken` values; an opt-out of
+    `email`, dispatched with two tries at most. The working one gets the event; returns the
+    broken one's dead delivery, as listed."""
     await subscribe(client, keys, receiver, kinds=["opt_out"])
     r = await client.post(
         "/v1/webhooks",
         json={"url": "https://esp.example/hooks", "kinds": ["opt_out"]},
         headers=keys["admin"],
     )
-    broken = r.json()["id"]
+    sid = r.json()["id"]
     async with platform.db.write() as conn:
         await conn.execute(
             update(webhook_subscriptions)
-            .where(webhook_subscriptions.c.id == UUID(broken))
-            .values(url="https://esp.example:abc/hooks")
+            .where(webhook_subscriptions.c.id == UUID(sid))
+            .values(**broken)
         )
-    await opt_out(client, keys, email="unsendable@example.com")
+    await opt_out(client, keys, email=email)
     cfg = dataclasses.replace(FAST, max_attempts=2)
     async with open_dispatcher(platform, cfg) as dispatcher:
         await dispatcher.drain(settle=True, max_seconds=10)
     assert len(receiver.accepted) == 1
-    r = await client.get(f"/v1/webhooks/{broken}/deliveries?status=dead", headers=keys["admin"])
+    r = await client.get(f"/v1/webhooks/{sid}/deliveries?status=dead", headers=keys["admin"])
     [dead] = r.json()["items"]
+    return dead
+
+
+async def test_a_url_the_http_client_refuses_ends_dead_and_visible_not_stuck(
+    client, keys, platform, receiver
+):
+    """A subscription stored before its URL was checked as strictly as now (a port that is
+    not a number): the client raises before any request. Each try is recorded, the delivery
+    ends dead and listed, and other subscriptions get the event."""
+    dead = await dead_beside_a_working_one(
+        client,
+        keys,
+        platform,
+        receiver,
+        "unsendable@example.com",
+        url="https://esp.example:abc/hooks",
+    )
     assert (dead["attempts"], dead["last_status_code"]) == (2, None)
     assert dead["last_error"] == "InvalidURL"
     assert [a["error"] for a in dead["history"]] == ["InvalidURL", "InvalidURL"]
@@ -372,26 +387,9 @@ async def test_a_subscription_whose_secret_cannot_be_read_ends_dead_and_visible(
     """Its requests cannot be signed, so none is sent: each try is recorded, the delivery ends
     dead and listed (not leased again forever, holding back the customer), and the other
     subscriptions get the event."""
-    await subscribe(client, keys, receiver, kinds=["opt_out"])
-    r = await client.post(
-        "/v1/webhooks",
-        json={"url": "https://esp.example/hooks", "kinds": ["opt_out"]},
-        headers=keys["admin"],
+    dead = await dead_beside_a_working_one(
+        client, keys, platform, receiver, "unsigned@example.com", secret=b"\x01" + bytes(60)
     )
-    broken = r.json()["id"]
-    async with platform.db.write() as conn:
-        await conn.execute(
-            update(webhook_subscriptions)
-            .where(webhook_subscriptions.c.id == UUID(broken))
-            .values(secret=b"\x01" + bytes(60))
-        )
-    await opt_out(client, keys, email="unsigned@example.com")
-    cfg = dataclasses.replace(FAST, max_attempts=2)
-    async with open_dispatcher(platform, cfg) as dispatcher:
-        await dispatcher.drain(settle=True, max_seconds=10)
-    assert len(receiver.accepted) == 1
-    r = await client.get(f"/v1/webhooks/{broken}/deliveries?status=dead", headers=keys["admin"])
-    [dead] = r.json()["items"]
     assert (dead["attempts"], dead["last_status_code"]) == (2, None)
     assert dead["last_error"] == "secret unreadable"
 
