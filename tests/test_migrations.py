@@ -150,12 +150,11 @@ async def schema_drift(db: Database) -> list:  # type: ignore[type-arg]
         return await conn.run_sync(run)
 
 
-async def test_0007_gives_every_city_its_key(empty_db):
-    """Profiles stored before 0007 are found by a city rule in any case (cdp.labels.city_key)."""
+async def insert_profiles(db: Database, rows: list[dict]) -> None:
+    """Active RU profiles as a revision before 0007 stored them (the columns every revision
+    since has), with what each row gives (its id; a city, traits)."""
     import sqlalchemy as sa
 
-    db = empty_db
-    await upgrade(db, "0006")
     old = sa.table(
         "profiles",
         sa.column("id", sa.Uuid()),
@@ -165,25 +164,20 @@ async def test_0007_gives_every_city_its_key(empty_db):
         sa.column("updated_at", UTCDateTime()),
     )
     at = datetime(2026, 11, 1, tzinfo=UTC)
-    cities = ["МОСКВА", "Москва", "Straße", None]
-    ids = [uuid.uuid4() for _ in cities]
+    base = {"status": "active", "jurisdiction": "RU", "city": None, "key_id": 1, "traits": {}}
     async with db.engine.begin() as conn:
         await conn.execute(
-            insert(old),
-            [
-                {
-                    "id": i,
-                    "status": "active",
-                    "jurisdiction": "RU",
-                    "city": c,
-                    "key_id": 1,
-                    "traits": {},
-                    "created_at": at,
-                    "updated_at": at,
-                }
-                for i, c in zip(ids, cities, strict=True)
-            ],
+            insert(old), [{**base, "created_at": at, "updated_at": at, **r} for r in rows]
         )
+
+
+async def test_0007_gives_every_city_its_key(empty_db):
+    """Profiles stored before 0007 are found by a city rule in any case (cdp.labels.city_key)."""
+    db = empty_db
+    await upgrade(db, "0006")
+    cities = ["МОСКВА", "Москва", "Straße", None]
+    ids = [uuid.uuid4() for _ in cities]
+    await insert_profiles(db, [{"id": i, "city": c} for i, c in zip(ids, cities, strict=True)])
     await upgrade(db, "head")
     async with db.engine.connect() as conn:
         rows = dict((await conn.execute(select(profiles.c.id, profiles.c.city_key))).all())
@@ -196,21 +190,10 @@ async def test_0010_stores_trait_strings_in_nfc(empty_db):
     spells it in one character (cdp.labels.trait_value); nothing else in a trait changes."""
     import unicodedata
 
-    import sqlalchemy as sa
-
     from cdp.labels import trait_value
 
     db = empty_db
     await upgrade(db, "0009")
-    old = sa.table(
-        "profiles",
-        sa.column("id", sa.Uuid()),
-        *(sa.column(n) for n in ("status", "jurisdiction", "key_id")),
-        sa.column("traits", sa.JSON()),
-        sa.column("created_at", UTCDateTime()),
-        sa.column("updated_at", UTCDateTime()),
-    )
-    at = datetime(2026, 11, 1, tzinfo=UTC)
     nfd = unicodedata.normalize("NFD", "Серебряный")
     given = [
         {"tier": nfd, "score": 7.5, "vip": True, "note": " Ёлка  "},
@@ -218,22 +201,7 @@ async def test_0010_stores_trait_strings_in_nfc(empty_db):
         {},
     ]
     ids = sorted(uuid.uuid4() for _ in range(1500))  # more than one batch of the migration
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            insert(old),
-            [
-                {
-                    "id": pid,
-                    "status": "active",
-                    "jurisdiction": "RU",
-                    "key_id": 1,
-                    "traits": given[n % 3],
-                    "created_at": at,
-                    "updated_at": at,
-                }
-                for n, pid in enumerate(ids)
-            ],
-        )
+    await insert_profiles(db, [{"id": pid, "traits": given[n % 3]} for n, pid in enumerate(ids)])
     await upgrade(db, "head")
     async with db.engine.connect() as conn:
         rows = dict((await conn.execute(select(profiles.c.id, profiles.c.traits))).all())
