@@ -35,6 +35,7 @@ def serve(host: str, port: int) -> None:
     from api.app import create_app
     from api.server import serve as serve_app
     from cdp.crypto.fields import CryptoError
+    from cdp.event_ids import plain_ids_left
     from cdp.keyring import whole_keys_left
     from consent.audit.signing import signer_for
     from consent.outbox.config import DispatchConfig
@@ -45,8 +46,12 @@ def serve(host: str, port: int) -> None:
     except DomainError as exc:  # e.g. an unknown CDP_ENV, an interval that is not a number
         click.echo(f"error: {failure(exc).format_message()}", err=True)
         sys.exit(2)
+
+    async def leftovers(p: Any) -> tuple[bool, bool]:
+        return await whole_keys_left(p.db), await plain_ids_left(p.db)
+
     try:  # refuse to start on a wrong master key or a missing production key, before binding
-        whole = run(lambda: with_platform(lambda p: whole_keys_left(p.db)))
+        whole, plain_ids = run(lambda: with_platform(leftovers))
         signer_for(settings)
     except CryptoError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -56,6 +61,8 @@ def serve(host: str, port: int) -> None:
         sys.exit(2)
     if whole:
         click.echo(WHOLE_KEYS_WARNING, err=True)
+    if plain_ids:
+        click.echo(PLAIN_EVENT_IDS_WARNING, err=True)
     serve_app(create_app(settings), host, port)
 
 
@@ -63,6 +70,12 @@ WHOLE_KEYS_WARNING = (
     "warning: some data keys are still stored whole in the database (from before the key "
     "store): a backup taken before such a customer's erasure stays readable. Run "
     "`cdp keys split` once (README, 'Backups and the key store')."
+)
+
+PLAIN_EVENT_IDS_WARNING = (
+    "warning: some events recorded before this release keep the sender's event id in plain "
+    "text (senders often build them from an email or a phone). Run `cdp events seal` once "
+    "(README, 'Backups and the key store')."
 )
 
 
@@ -197,6 +210,29 @@ def keys_split() -> None:
 
     count = run(lambda: with_platform(go))
     click.echo(f"split {count} data keys; every data key now has its other half in the key store")
+
+
+@main.group("events")
+def events_commands() -> None:
+    """Behavioural events."""
+
+
+@events_commands.command("seal")
+def events_seal() -> None:
+    """Seal the event ids of events recorded before this release (kept as their senders sent
+    them): a blind index for idempotency and ciphertext under the customer's data key, so
+    that an erasure reaches them. Once, after upgrading; resumable, and safe while the
+    service runs."""
+    from cdp.event_ids import plain_ids_left, seal_plain_ids
+
+    async def go(p: Any) -> tuple[int, bool]:
+        return await seal_plain_ids(p.db, p.keys), await plain_ids_left(p.db)
+
+    count, left = run(lambda: with_platform(go))
+    click.echo(f"sealed {count} event ids")
+    if left:  # their customer's data key is gone: an erasure under way deletes them
+        click.echo("some remain, of customers being erased: run it again once they are")
+        sys.exit(1)
 
 
 DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}

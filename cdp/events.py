@@ -1,4 +1,5 @@
 """Behavioural events, idempotent on (source, event_id), keeping per-profile stats on write.
+The sender's event id is stored sealed (`cdp.event_ids`): senders put emails in them.
 
 An event is stored normalised (`normalised`): its type trimmed and lower-cased ("Purchase" is a
 purchase), its category trimmed, inner whitespace collapsed and case-folded (" Shoes " and
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 from sqlalchemy import insert, select
 
-from cdp import stats
+from cdp import event_ids, stats
 from cdp.db.engine import lock_keys
 from cdp.db.tables import events, identities
 from cdp.errors import InvalidInput
@@ -81,14 +82,13 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
         external_id=body.external_id,
         country=body.country,
     )
+    key = event_ids.event_key(p.keys.indexer, body.source, body.event_id)
     async with p.db.write() as conn:
-        await lock_keys(
-            conn, [f"event|{body.source}|{body.event_id}", *([ident.bidx] if ident.bidx else [])]
-        )
+        await lock_keys(conn, [key, *([ident.bidx] if ident.bidx else [])])
         existing = (
             await conn.execute(
                 select(events.c.profile_id, events.c.type, events.c.currency).where(
-                    events.c.source == body.source, events.c.event_id == body.event_id
+                    event_ids.same_event(body.source, key, body.event_id)
                 )
             )
         ).first()
@@ -104,18 +104,17 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
             identity_id = (
                 await conn.execute(select(identities.c.id).where(identities.c.bidx == ident.bidx))
             ).scalar()
+        cipher = (await p.keys.ciphers(conn, [pid], strict=True))[pid]
         props = None
-        key_id = None
         if body.properties:
-            cipher = (await p.keys.ciphers(conn, [pid]))[pid]
-            props = cipher.encrypt("events.properties", msgspec.json.encode(body.properties))
-            key_id = cipher.key_id
+            props = cipher.encrypt(event_ids.PROPERTIES, msgspec.json.encode(body.properties))
         await conn.execute(
             insert(events).values(
                 id=new_id(),
                 profile_id=pid,
                 source=body.source,
-                event_id=body.event_id,
+                event_key=key,
+                event_ref=event_ids.seal(cipher, body.event_id),
                 type=body.type,
                 occurred_at=body.occurred_at,
                 recorded_at=utcnow(),
@@ -123,7 +122,7 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
                 currency=body.currency,
                 category=body.category,
                 properties=props,
-                key_id=key_id,
+                key_id=cipher.key_id,
                 identity_id=identity_id,
             )
         )

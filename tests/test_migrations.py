@@ -215,6 +215,28 @@ async def test_0010_stores_trait_strings_in_nfc(empty_db):
     assert [{k: trait_value(v) for k, v in t.items()} for t in given] == expected  # one rule
 
 
+async def test_0012_keeps_plain_event_ids_until_sealed_and_refuses_to_drop_sealed_ones(empty_db):
+    """Events stored before 0012 keep their id (a repeat still finds them; `cdp events seal`
+    seals them, tests/test_event_ids.py); a downgrade would leave sealed events without an id,
+    so it is refused while one exists."""
+    db = empty_db
+    await upgrade(db, "0011")
+    pid = uuid.uuid4()
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(events), [event(pid, 1, "purchase", "10.00", "RUB", None)])
+    await upgrade(db, "head")
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(select(events.c.event_id, events.c.event_key))).one()
+    assert tuple(row) == ("e1", None)
+    await downgrade(db, "0011")  # nothing sealed yet: nothing lost
+    await upgrade(db, "head")
+    sealed = {**event(pid, 2, "page_view", None, "RUB", None), "event_id": None}
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(events), [{**sealed, "event_key": b"k" * 32}])
+    with pytest.raises(RuntimeError, match="sealed"):
+        await downgrade(db, "0011")
+
+
 async def table_names(db: Database) -> set[str]:
     from sqlalchemy import inspect
 

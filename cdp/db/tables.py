@@ -144,7 +144,13 @@ events = Table(
     Column("id", Uuid, primary_key=True),
     Column("profile_id", Uuid, nullable=False, index=True),
     Column("source", String(64), nullable=False),
-    Column("event_id", String(200), nullable=False),
+    # The sender's event id is sealed (cdp.event_ids): a blind index for idempotency and
+    # ciphertext under the profile's data key, as senders put emails in them ("o-{email}").
+    # `event_id` holds the plain id of rows recorded before revision 0012 until `cdp events
+    # seal` seals them; NULL otherwise.
+    Column("event_id", String(200), nullable=True),
+    Column("event_key", LargeBinary(32), nullable=True),
+    Column("event_ref", LargeBinary, nullable=True),
     Column("type", String(64), nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
@@ -152,11 +158,18 @@ events = Table(
     Column("currency", String(3)),
     Column("category", String(120)),
     Column("properties", LargeBinary),  # ciphertext: free-form properties may hold personal data
-    Column("key_id", Integer),
+    Column("key_id", Integer),  # the data key of event_ref and properties
     # the identity that named the event (an unmerge gives the event to the side that has it);
     # None where a profile id named it
     Column("identity_id", Uuid, nullable=True),
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
+    UniqueConstraint("source", "event_key", name="uq_events_source_event_key"),
+    Index(
+        "ix_events_plain_id",
+        "id",
+        sqlite_where=text("event_id IS NOT NULL"),
+        postgresql_where=text("event_id IS NOT NULL"),
+    ),
 )
 
 profile_stats = Table(

@@ -33,6 +33,7 @@ from cdp.db.tables import (
     profiles,
 )
 from cdp.db.upsert import insert_ignore
+from cdp.event_ids import reseal_statement, resealed
 from cdp.ids import new_id, utcnow
 from cdp.labels import city_key
 from cdp.matching.tables import match_suggestions, merge_snapshots
@@ -168,29 +169,16 @@ async def merge_profiles(
             moved,
         )
 
-    # Events: move, re-encrypting free-form properties.
+    # Events: move, re-encrypting their sealed ids and free-form properties.
+    ec = events.c
     a_events = (
         await conn.execute(
-            select(events.c.id, events.c.properties).where(events.c.profile_id == absorbed_id)
+            select(ec.id, ec.properties, ec.event_ref).where(ec.profile_id == absorbed_id)
         )
     ).all()
-    ev_props = [
-        {
-            "eid": eid,
-            "pr": s_cipher.encrypt(
-                "events.properties", a_cipher.decrypt_bytes("events.properties", blob)
-            ),
-        }
-        for eid, blob in a_events
-        if blob is not None
-    ]
-    if ev_props:
-        await conn.execute(
-            update(events)
-            .where(events.c.id == bindparam("eid"))
-            .values(properties=bindparam("pr"), key_id=s_cipher.key_id),
-            ev_props,
-        )
+    sealed = resealed(a_events, a_cipher, s_cipher)
+    if sealed:
+        await conn.execute(reseal_statement(s_cipher), sealed)
     await conn.execute(
         update(events).where(events.c.profile_id == absorbed_id).values(profile_id=survivor_id)
     )
@@ -265,7 +253,7 @@ async def merge_profiles(
         city=a_row.city,
         jurisdiction=a_row.jurisdiction,
         identity_ids=[iid for iid, _ in a_idents],
-        event_ids=[eid for eid, _ in a_events],
+        event_ids=[r.id for r in a_events],
         consents=consents_before[0],
         categories=a_categories,
         sources=a_sources,

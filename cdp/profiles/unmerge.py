@@ -42,6 +42,7 @@ from cdp.db.tables import (
 )
 from cdp.db.upsert import insert_ignore
 from cdp.errors import Conflict, Gone, NotFound
+from cdp.event_ids import reseal_statement, resealed
 from cdp.ids import utcnow
 from cdp.labels import city_key
 from cdp.matching.tables import merge_snapshots
@@ -225,26 +226,14 @@ async def _move_events(
     ec = events.c
     for start in range(0, len(event_ids), 500):
         chunk = event_ids[start : start + 500]
-        props = [
-            {
-                "eid": eid,
-                "pr": a_cipher.encrypt(
-                    "events.properties", h_cipher.decrypt_bytes("events.properties", blob)
-                ),
-            }
-            for eid, blob in await conn.execute(
-                select(ec.id, ec.properties).where(
-                    ec.id.in_(chunk), ec.profile_id == holder, ec.properties.is_not(None)
-                )
+        rows = await conn.execute(
+            select(ec.id, ec.properties, ec.event_ref).where(
+                ec.id.in_(chunk), ec.profile_id == holder
             )
-        ]
-        if props:
-            await conn.execute(
-                update(events)
-                .where(ec.id == bindparam("eid"))
-                .values(properties=bindparam("pr"), key_id=a_cipher.key_id),
-                props,
-            )
+        )
+        sealed = resealed(rows, h_cipher, a_cipher)  # sealed ids and properties
+        if sealed:
+            await conn.execute(reseal_statement(a_cipher), sealed)
         await conn.execute(
             update(events).where(ec.id.in_(chunk), ec.profile_id == holder).values(profile_id=a_id)
         )

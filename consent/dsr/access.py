@@ -21,6 +21,7 @@ from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.db.tables import access_log, events, identities, merges, profile_sources
 from cdp.errors import NotFound
+from cdp.event_ids import opened
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
@@ -206,7 +207,7 @@ async def _events(
         out.append(
             {
                 "source": r.source,
-                "event_id": r.event_id,
+                "event_id": opened(r, cipher),
                 "type": r.type,
                 "occurred_at": r.occurred_at,
                 "recorded_at": r.recorded_at,
