@@ -147,6 +147,7 @@ EN: dict[str, str] = {
     "pref_nothing_changed": "Nothing was changed.",
     "pref_no_choices": "There is nothing we send you that you can choose here.",
     "pref_contract_note": "Needed to fulfil your orders; you may refuse a channel.",
+    "pref_advertiser": "Advertiser: {}.",
     "pref_optout_title": "Unsubscribe from everything",
     "pref_optout_text": "Stops all advertising and the sale or sharing of your personal "
     "information, on every channel. Messages about your orders continue.",
@@ -341,6 +342,7 @@ RU: dict[str, str] = {
     "pref_saved": "Ваш выбор сохранён.",
     "pref_nothing_changed": "Ничего не изменилось.",
     "pref_no_choices": "Здесь нет сообщений, которые вы можете настроить.",
+    "pref_advertiser": "Рекламодатель: {}.",
     "pref_contract_note": "Нужны для выполнения ваших заказов; от отдельного канала можно "
     "отказаться.",
     "pref_optout_title": "Отписаться от всего",

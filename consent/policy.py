@@ -32,6 +32,10 @@ class Purpose(msgspec.Struct, forbid_unknown_fields=True):
     description: str
     advertising: bool = False
     evidence_required: bool = False
+    # The advertiser whose advertising this purpose's consent allows (38-FZ art. 18: consent to
+    # advertising is given per advertiser): one purpose per advertiser. A grant's evidence
+    # records it, and one naming another advertiser is refused (consent_problems).
+    advertiser: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 class Channel(msgspec.Struct, forbid_unknown_fields=True):
@@ -215,6 +219,13 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
             raise PolicyError(f"policy.toml: channels.{name} is required")
     if "*" in platform.channels or "*" in platform.purposes:
         raise PolicyError("policy.toml: '*' is reserved and cannot name a purpose or channel")
+    for name, purpose in platform.purposes.items():
+        if purpose.advertiser is not None and not purpose.advertising:
+            raise PolicyError(
+                f"policy.toml: purposes.{name}.advertiser is only for an advertising purpose"
+            )
+        if purpose.advertiser is not None and not purpose.advertiser.strip():
+            raise PolicyError(f"policy.toml: purposes.{name}.advertiser must not be blank")
 
     jurisdictions: dict[str, JurisdictionFile] = {}
     country_file: dict[str, str] = {}

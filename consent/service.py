@@ -25,11 +25,23 @@ from cdp.profiles.locks import lock_profile
 from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
+from consent.policy import Policy
 from consent.rule import Facts, decide, suppression_outranks
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.subjects import profile_subject
 from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
 from consent.tables import consent_state
+
+
+def recorded_evidence(
+    policy: Policy, purpose: str, status: str, evidence: EvidenceIn | None
+) -> dict[str, Any] | None:
+    """The evidence a ledger entry keeps: as given, and for a grant of a purpose that names its
+    advertiser, that advertiser (in the policy's spelling): the proof says whose advertising
+    the customer agreed to (38-FZ art. 18), whether or not the sender said it."""
+    p = policy.purposes.get(purpose)
+    advertiser = p.advertiser if p is not None and status == "granted" else None
+    return evidence_dict(evidence, advertiser=advertiser)
 
 
 def evidence_dict(evidence: EvidenceIn | None, **extra: Any) -> dict[str, Any] | None:
@@ -143,7 +155,9 @@ async def record_claims(
                     actor=actor,
                     method=(claim.evidence.method if claim.evidence else None) or RECORD_METHOD,
                     wording_id=claim.evidence.wording_id if claim.evidence else None,
-                    evidence=evidence_dict(claim.evidence),
+                    evidence=recorded_evidence(
+                        p.policy, claim.purpose, claim.status, claim.evidence
+                    ),
                     cipher=ciphers.get(pid, p.keys.system),
                     undated=claim.occurred_at is None,
                 )
@@ -195,7 +209,7 @@ async def record_consent(
                 actor=actor,
                 method=(body.evidence.method if body.evidence else None) or "api",
                 wording_id=body.evidence.wording_id if body.evidence else None,
-                evidence=evidence_dict(body.evidence),
+                evidence=recorded_evidence(p.policy, body.purpose, body.status, body.evidence),
                 cipher=cipher,
             )
             for kind, subject in subjects

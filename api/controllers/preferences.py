@@ -127,6 +127,7 @@ class Group:
     purpose: str
     contract: bool  # every shown channel is on the contract basis (service messages)
     choices: tuple[Choice, ...]
+    advertiser: str | None = None  # whose advertising a grant allows (38-FZ art. 18)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ def build_groups(
                 )
                 for c in channels
             )
-        groups.append(Group(purpose, contract, choices))
+        groups.append(Group(purpose, contract, choices, policy.purposes[purpose].advertiser))
     return groups
 
 
@@ -375,7 +376,14 @@ def _page(
         {
             "purpose": g.purpose,
             "label": purpose_label(t, g.purpose),
-            "text": purpose_text(t, g.purpose, ""),
+            "text": " ".join(
+                part
+                for part in (
+                    purpose_text(t, g.purpose, ""),
+                    t.pref_advertiser.format(g.advertiser) if g.advertiser else "",
+                )
+                if part
+            ),
             "contract": g.contract,
             "choices": [
                 {

@@ -265,7 +265,8 @@ def consent_problems(
     """The one place that decides whether a consent event is acceptable under the policy.
     One dated in the future or before 1900 (`cdp.ids.time_problem`) is not. A grant that needs
     proof (`Policy.evidence_required`) names its wording and how it was given (method), unless
-    the path it came by is its method (`default_method`: a record's consent is an import)."""
+    the path it came by is its method (`default_method`: a record's consent is an import).
+    A grant of a purpose that names its advertiser (38-FZ art. 18) may not name another."""
     errors: list[FieldError] = []
     if (problem := time_problem(occurred_at)) is not None:
         errors.append(FieldError(f"{prefix}occurred_at", problem))
@@ -293,4 +294,24 @@ def consent_problems(
             errors.append(
                 FieldError(f"{prefix}evidence.method", "a grant of this purpose needs its method")
             )
+    advertiser = policy.purposes[purpose].advertiser if purpose in policy.purposes else None
+    if (
+        status == "granted"
+        and advertiser is not None
+        and evidence is not None
+        and evidence.advertiser is not None
+        and not same_advertiser(evidence.advertiser, advertiser)
+    ):
+        errors.append(
+            FieldError(
+                f"{prefix}evidence.advertiser",
+                "names another advertiser than this purpose's (policy): record consent to "
+                "another advertiser's advertising under that advertiser's purpose",
+            )
+        )
     return errors
+
+
+def same_advertiser(a: str, b: str) -> bool:
+    """Advertiser names compared as people read them: case and spacing aside."""
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
