@@ -44,10 +44,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
 from cdp.db.tables import identities, profile_stats, profiles
-from cdp.segments.conditions import Compiled
+from cdp.segments.conditions import Compiled, ConsentScope
+from cdp.segments.subject_sql import profile_subject_is
 from consent.policy import Policy
 from consent.rule import RuleColumns, contactable_sql, reason_sql
-from consent.subjects import PROFILE_PREFIX
 from consent.tables import consent_state, suppressions
 
 FIRST_ID = uuid.UUID(int=0)  # sorts before every profile id, on both backends
@@ -69,6 +69,11 @@ class Audience:
         if kind is None:
             raise ValueError("the channel is not in the policy")
         return kind
+
+    @property
+    def scope(self) -> ConsentScope:
+        """What a rule's `consent_days` reads: consent for this purpose on this channel."""
+        return ConsentScope(self.purpose, self.channel, self.kind)
 
 
 async def tune(conn: AsyncConnection) -> None:
@@ -176,18 +181,7 @@ class _ProfileFacts:
 def _profile_facts(a: Audience) -> _ProfileFacts:
     """Consent keyed by the profile itself: subject = b"p:" + the profile id's 16 bytes."""
     ps = consent_state.alias("pstate")
-    if a.dialect == "postgresql":
-        prefix = literal(PROFILE_PREFIX, LargeBinary())
-        subject = prefix.op("||", return_type=LargeBinary())(func.uuid_send(profiles.c.id))
-        exact = ps.c.subject == subject
-    else:
-        # SQLite stores UUIDs as 32 hex digits and (3.40) has no unhex(): reach the row by the
-        # indexed profile_id (the ledger and merges write it together with the subject) and
-        # still compare the subject exactly, in hex.
-        hex_subject = literal(PROFILE_PREFIX.hex().upper(), String()) + func.upper(
-            type_coerce(profiles.c.id, String())
-        )
-        exact = and_(ps.c.profile_id == profiles.c.id, func.hex(ps.c.subject) == hex_subject)
+    exact = profile_subject_is(ps, a.dialect)
     return _ProfileFacts(
         state=ps,
         on_state=and_(exact, ps.c.purpose == a.purpose, ps.c.channel == a.channel),

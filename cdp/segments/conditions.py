@@ -2,11 +2,13 @@
 
 Stats fields read `profile_stats` (the query outer-joins it when `needs_stats`; a customer
 without stats has 0 orders and 0 spent); `source` and `categories` are EXISTS subqueries.
-"Days since" fields compare timestamps with cutoffs computed here in Python: with d the whole
-days elapsed since the moment, `d >= N` is `at <= now - N days`, `d <= N` is
-`at > now - (N + 1) days`, and so on. A moment after now (an order dated by a client whose
-clock runs ahead, which cdp.ids.time_problem admits) is 0 days ago, never less. Every leaf is
-definite (never SQL NULL).
+`consent_days` reads the customer's consent for the segment's purpose and channel
+(`ConsentScope`): the newest `since` of their granted consent_state rows on the channel's
+addresses, a correlated subquery. "Days since" fields compare timestamps with cutoffs
+computed here in Python: with d the whole days elapsed since the moment, `d >= N` is
+`at <= now - N days`, `d <= N` is `at > now - (N + 1) days`, and so on. A moment after now
+(an order dated by a client whose clock runs ahead, which cdp.ids.time_problem admits) is 0
+days ago, never less. Every leaf is definite (never SQL NULL).
 
 Each cutoff is a named bind parameter whose value is computed from `now`; `Compiled.params`
 recomputes them for another moment, so a statement built once can be executed again later
@@ -22,10 +24,18 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
-from cdp.db.tables import profile_categories, profile_sources, profile_stats, profiles
+from cdp.db.tables import (
+    identities,
+    profile_categories,
+    profile_sources,
+    profile_stats,
+    profiles,
+)
 from cdp.labels import city_key
 from cdp.segments.rules import AllOf, AnyOf, Condition, Leaf, NotOf
+from cdp.segments.subject_sql import profile_subject_is
 from cdp.segments.traits import TraitSQL
+from consent.tables import consent_state
 
 _TEXT_COLUMNS = {  # and how a rule's value is put in the column's form
     "country": (profiles.c.country, str),
@@ -44,6 +54,16 @@ _STATS_COLUMNS = {
 
 
 @dataclass(frozen=True, slots=True)
+class ConsentScope:
+    """The segment's purpose and channel, and the kind of address the channel reaches (email,
+    phone, or the profile itself): what `consent_days` reads."""
+
+    purpose: str
+    channel: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class Compiled:
     where: ColumnElement[bool]
     needs_stats: bool  # the query must LEFT OUTER JOIN profile_stats
@@ -54,8 +74,11 @@ class Compiled:
         return {key: now - timedelta(days=days) for key, days in self.cutoffs}
 
 
-def compile_condition(cond: Condition, dialect: str, now: datetime) -> Compiled:
-    c = _Compiler(dialect, now)
+def compile_condition(
+    cond: Condition, dialect: str, now: datetime, scope: ConsentScope | None = None
+) -> Compiled:
+    """`scope`: the segment's consent, required by a rule that reads `consent_days`."""
+    c = _Compiler(dialect, now, scope)
     return Compiled(c.expr(cond), c.needs_stats, tuple(c.cutoffs))
 
 
@@ -71,9 +94,10 @@ def _compare(col: Any, op: str, value: Any) -> ColumnElement[bool]:
 
 
 class _Compiler:
-    def __init__(self, dialect: str, now: datetime) -> None:
+    def __init__(self, dialect: str, now: datetime, scope: ConsentScope | None) -> None:
         self.dialect = dialect
         self.now = now
+        self.scope = scope
         self.needs_stats = False
         self.cutoffs: list[tuple[str, int]] = []
 
@@ -123,17 +147,46 @@ class _Compiler:
     _count = _stat
     _money = _stat
 
+    def _granted_since(self) -> ColumnElement:
+        """The newest `since` of the customer's grants in scope (NULL: none in force)."""
+        if self.scope is None:
+            raise ValueError("consent_days needs the segment's purpose and channel")
+        scope = self.scope
+        cs = consent_state.alias("consent_days_state")
+        of_scope = and_(
+            cs.c.purpose == scope.purpose,
+            cs.c.channel == scope.channel,
+            cs.c.status == "granted",
+        )
+        if scope.kind == "profile":
+            query = select(func.max(cs.c.since)).where(
+                profile_subject_is(cs, self.dialect), of_scope
+            )
+        else:
+            i = identities.alias("consent_days_address")
+            query = (
+                select(func.max(cs.c.since))
+                .select_from(i.join(cs, cs.c.subject == i.c.bidx))
+                .where(i.c.profile_id == profiles.c.id, i.c.kind == scope.kind, of_scope)
+            )
+        return query.correlate(profiles).scalar_subquery()
+
     def _days(self, leaf: Leaf) -> ColumnElement[bool]:
-        col = _DAYS_COLUMNS[leaf.field]
-        if col.table is profile_stats:
-            self.needs_stats = True
+        if leaf.field == "consent_days":
+            col: Any = self._granted_since()
+            col_type = consent_state.c.since.type
+        else:
+            col = _DAYS_COLUMNS[leaf.field]
+            col_type = col.type
+            if col.table is profile_stats:
+                self.needs_stats = True
         if leaf.op == "exists":
             return col.is_not(None) if leaf.value else col.is_(None)
 
         def cutoff(days: int) -> ColumnElement:
             key = f"cutoff_{len(self.cutoffs)}"
             self.cutoffs.append((key, days))
-            return bindparam(key, self.now - timedelta(days=days), type_=col.type)
+            return bindparam(key, self.now - timedelta(days=days), type_=col_type)
 
         def at_least(days: int) -> ColumnElement[bool]:
             """d >= days; a moment after now (a client clock ahead) is 0 days ago."""

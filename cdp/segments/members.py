@@ -158,7 +158,7 @@ def _statement(
         _STATEMENTS.move_to_end(key)
         return hit[:3]
     audience = Audience(policy, d.purpose, d.channel, dialect)
-    compiled = compile_condition(d.condition, dialect, utcnow())
+    compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
     query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit), dialect)
     _STATEMENTS[key] = (query, compiled, audience.kind, policy)
     if len(_STATEMENTS) > _STATEMENTS_KEPT:

@@ -58,6 +58,10 @@ FIELDS: dict[str, FieldSpec] = {
     "last_order_days": _DAYS,
     "first_order_days": _DAYS,
     "created_days": FieldSpec("days", COMPARE),
+    # days since the customer's newest grant for the segment's purpose on its channel (on any
+    # of their addresses of the channel's kind): a welcome series (lte 7), a re-permission
+    # campaign (gte 730); `exists` false: no grant in force
+    "consent_days": _DAYS,
     "categories": FieldSpec("categories", frozenset({"contains", "in", "exists"})),
 }
 TRAIT = FieldSpec("trait", COMPARE | {"in", "contains", "exists"})

@@ -223,8 +223,9 @@ async def definition_stats(p: Platform, d: Definition) -> StatsOut:
     async with p.db.read() as conn:
         await tune(conn)
         dialect = conn.dialect.name
-        compiled = compile_condition(d.condition, dialect, utcnow())
-        query = stats_query(Audience(p.policy, d.purpose, d.channel, dialect), compiled)
+        audience = Audience(p.policy, d.purpose, d.channel, dialect)
+        compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
+        query = stats_query(audience, compiled)
         counts = {reason: n for reason, n in await conn.execute(query)}
     contactable = counts.pop(None, 0)
     excluded = dict.fromkeys(REASONS, 0) | counts
