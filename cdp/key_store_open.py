@@ -32,12 +32,32 @@ from cdp.key_store import (
     key_store_meta,
     store_metadata,
 )
+from cdp.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 class KeyStoreMismatch(CryptoError):
     """The key store configured is not the one this database's data keys were split with."""
+
+
+class KeyStoreSettingMissing(CryptoError):
+    """Production without CDP_KEY_STORE_URL: the default key store lies beside the database."""
+
+
+def key_store_url(settings: Settings) -> str:
+    """Where the key store is. In production it must be named: the default lies beside the
+    database (the same directory, the same PostgreSQL server), and a backup of the whole
+    directory or server then holds both halves of every data key, which no erasure reaches
+    (as CDP_MASTER_KEY, which production never invents either)."""
+    if settings.is_production and settings.key_store is None:
+        here = make_url(settings.key_store_url).render_as_string(hide_password=True)
+        raise KeyStoreSettingMissing(
+            "CDP_KEY_STORE_URL must be set in production: keep the key store out of the "
+            "database's backups, or an erasure does not reach them (README, 'Backups and the "
+            f"key store'); to keep the store where it is now, set CDP_KEY_STORE_URL={here}"
+        )
+    return settings.key_store_url
 
 
 class KeyStoreUnavailable(CryptoError):

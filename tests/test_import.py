@@ -162,7 +162,11 @@ async def test_cli_refuses_to_serve_in_production_without_the_audit_signing_key(
 ):
     if backend != "sqlite":
         return
-    env = {"CDP_MASTER_KEY": platform.settings.master_key or "", "CDP_ENV": "production"}
+    env = {
+        "CDP_MASTER_KEY": platform.settings.master_key or "",
+        "CDP_ENV": "production",
+        "CDP_KEY_STORE_URL": platform.settings.key_store_url,
+    }
     out = run_cli(["serve", "--port", "1"], platform.settings.database_url, tmp_path, **env)
     assert out.returncode == 2
     assert "CDP_AUDIT_SIGNING_KEY must be set in production" in out.stderr

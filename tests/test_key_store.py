@@ -8,6 +8,7 @@ refused at start-up, not taken for a store in which everyone was erased."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,13 +20,14 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 
 from api.app import create_app
 from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database
 from cdp.db.tables import profile_keys, profiles
 from cdp.key_store import xor
-from cdp.key_store_open import KeyStoreMismatch
+from cdp.key_store_open import KeyStoreMismatch, KeyStoreSettingMissing
 from cdp.keyring import _dek_context, split_whole_keys, whole_keys_left
 from cdp.platform import Platform, open_platform
 from cdp.profiles.identifiers import parse_identifier
@@ -200,6 +202,22 @@ def test_the_key_store_lies_beside_the_database_unless_configured():
     assert default_key_store_url("postgresql+asyncpg://cdp:s3cret@db:5432/cdp?ssl=require") == (
         "postgresql+asyncpg://cdp:s3cret@db:5432/cdp_keys?ssl=require"
     )
+
+
+async def test_production_names_its_key_store_or_does_not_start(platform, tmp_path):
+    """The default key store lies beside the database, inside a backup of the whole directory
+    or server: production must name one, as it must name its master key. The refusal says
+    which setting, and what to set to keep today's store; nothing is touched before it."""
+    settings = dataclasses.replace(platform.settings, environment="production")
+    with pytest.raises(KeyStoreSettingMissing) as refused:
+        await open_platform(settings)
+    message = str(refused.value)
+    assert "CDP_KEY_STORE_URL must be set in production" in message
+    here = make_url(platform.settings.key_store_url).render_as_string(hide_password=True)
+    assert f"CDP_KEY_STORE_URL={here}" in message
+    named = dataclasses.replace(settings, key_store=platform.settings.key_store_url)
+    opened = await open_platform(named, run_migrations=False)
+    await opened.close()
 
 
 async def test_the_cli_refuses_a_key_store_that_is_not_the_databases_in_one_line(
