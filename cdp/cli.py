@@ -304,6 +304,73 @@ def import_cmd(
         click.echo(f"  {n}\t{reason}")
 
 
+@events_commands.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--source",
+    required=True,
+    help="the system the events come from (a repeated event id of it is recognised)",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="where the rejected rows go (row, field, reason; never a value) "
+    "[default: FILE.rejects.csv]",
+)
+@click.option(
+    "--encoding",
+    default="utf-8",
+    show_default=True,
+    help="the file's text encoding, e.g. cp1251 for a Russian Excel CSV",
+)
+@click.option(
+    "--delimiter",
+    type=click.Choice(sorted(DELIMITER_NAMES)),
+    default=None,
+    help="the CSV's column separator [default: read off the header]",
+)
+def events_import(
+    file: Path, source: str, rejects: Path | None, encoding: str, delimiter: str | None
+) -> None:
+    """Import events (an order history) from a CSV (header row) or NDJSON file: each row a
+    POST /v1/events body without source. Running it again is safe."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from cdp.events_import import run_event_import
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("importing events", total=None)
+
+        async def go(p: Any):  # type: ignore[no-untyped-def]
+            return await run_event_import(
+                p,
+                file,
+                source,
+                rejects_path=rejects,
+                on_progress=lambda n: bar.update(task, completed=n),
+                on_total=lambda n: bar.update(task, total=n),
+                encoding=encoding,
+                delimiter=DELIMITER_NAMES[delimiter] if delimiter else None,
+            )
+
+        summary = run(lambda: with_platform(go))
+    click.echo(
+        f"rows: {summary.rows}  recorded: {summary.recorded}  "
+        f"already recorded: {summary.repeated}  rejected rows: {summary.rejected_rows}"
+    )
+    click.echo(f"rejects: {summary.rejects_path}")
+    for reason, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {n}\t{reason}")
+
+
 @main.command()
 @click.option(
     "--customers",

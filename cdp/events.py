@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import event_ids, stats
 from cdp.db.engine import lock_keys
@@ -24,7 +25,7 @@ from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.normalize import normalise_country
 from cdp.platform import Platform
-from cdp.profiles.identifiers import parse_identifier
+from cdp.profiles.identifiers import Identifier, parse_identifier
 from cdp.profiles.locks import lock_profile
 from cdp.profiles.schemas import EventIn
 from cdp.profiles.service import ensure_profile
@@ -68,10 +69,19 @@ def check_event(body: EventIn) -> None:
             raise InvalidInput.field("amount", "at most 16 digits and 2 decimals")
 
 
-async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
+@dataclass(frozen=True, slots=True)
+class CheckedEvent:
+    """An event as it is stored, and the customer it names: what `checked` made of a body."""
+
+    body: EventIn
+    ident: Identifier
+
+
+def checked(p: Platform, body: EventIn) -> CheckedEvent:
+    """The event normalised and checked, its identifier parsed; raises InvalidInput naming
+    the field. Nothing is read or stored."""
     body = normalised(body)
     check_event(body)
-    currency = p.policy.stats_currency
     ident = parse_identifier(
         p.policy,
         p.keys.indexer,
@@ -82,54 +92,69 @@ async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
         external_id=body.external_id,
         country=body.country,
     )
-    key = event_ids.event_key(p.keys.indexer, body.source, body.event_id)
+    return CheckedEvent(body, ident)
+
+
+async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
+    event = checked(p, body)
     async with p.db.write() as conn:
-        await lock_keys(conn, [key, *([ident.bidx] if ident.bidx else [])])
-        existing = (
-            await conn.execute(
-                select(events.c.profile_id, events.c.type, events.c.currency).where(
-                    event_ids.same_event(body.source, key, body.event_id)
-                )
-            )
-        ).first()
-        if existing is not None:
-            counted = stats.counts_in_total(existing.type, existing.currency, currency)
-            return EventResult(body.event_id, existing.profile_id, False, counted)
-        pid = await ensure_profile(
-            conn, p, ident, source=body.source, actor=actor, country=body.country
-        )
-        pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
-        identity_id = None
-        if ident.bidx is not None:  # which of the customer's identifiers named it
-            identity_id = (
-                await conn.execute(select(identities.c.id).where(identities.c.bidx == ident.bidx))
-            ).scalar()
-        cipher = (await p.keys.ciphers(conn, [pid], strict=True))[pid]
-        props = None
-        if body.properties:
-            props = cipher.encrypt(event_ids.PROPERTIES, msgspec.json.encode(body.properties))
+        return await store_event(conn, p, event, actor)
+
+
+async def store_event(
+    conn: AsyncConnection, p: Platform, event: CheckedEvent, actor: str
+) -> EventResult:
+    """Store a checked event in the caller's write transaction (`cdp events import` stores a
+    chunk of them in one). Raises Gone, before writing anything, for an erased customer."""
+    body, ident = event.body, event.ident
+    currency = p.policy.stats_currency
+    key = event_ids.event_key(p.keys.indexer, body.source, body.event_id)
+    await lock_keys(conn, [key, *([ident.bidx] if ident.bidx else [])])
+    existing = (
         await conn.execute(
-            insert(events).values(
-                id=new_id(),
-                profile_id=pid,
-                source=body.source,
-                event_key=key,
-                event_ref=event_ids.seal(cipher, body.event_id),
-                type=body.type,
-                occurred_at=body.occurred_at,
-                recorded_at=utcnow(),
-                amount=body.amount,
-                currency=body.currency,
-                category=body.category,
-                properties=props,
-                key_id=cipher.key_id,
-                identity_id=identity_id,
+            select(events.c.profile_id, events.c.type, events.c.currency).where(
+                event_ids.same_event(body.source, key, body.event_id)
             )
         )
-        change = stats.change(body.type, body.amount, body.currency, currency)
-        if change is not None:
-            await stats.apply(conn, pid, change, body.occurred_at)
-        if body.category and body.type == "purchase":
-            await stats.add_category(conn, pid, body.category)
-        counted = stats.counts_in_total(body.type, body.currency, currency)
-        return EventResult(body.event_id, pid, True, counted)
+    ).first()
+    if existing is not None:
+        counted = stats.counts_in_total(existing.type, existing.currency, currency)
+        return EventResult(body.event_id, existing.profile_id, False, counted)
+    pid = await ensure_profile(
+        conn, p, ident, source=body.source, actor=actor, country=body.country
+    )
+    pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
+    identity_id = None
+    if ident.bidx is not None:  # which of the customer's identifiers named it
+        identity_id = (
+            await conn.execute(select(identities.c.id).where(identities.c.bidx == ident.bidx))
+        ).scalar()
+    cipher = (await p.keys.ciphers(conn, [pid], strict=True))[pid]
+    props = None
+    if body.properties:
+        props = cipher.encrypt(event_ids.PROPERTIES, msgspec.json.encode(body.properties))
+    await conn.execute(
+        insert(events).values(
+            id=new_id(),
+            profile_id=pid,
+            source=body.source,
+            event_key=key,
+            event_ref=event_ids.seal(cipher, body.event_id),
+            type=body.type,
+            occurred_at=body.occurred_at,
+            recorded_at=utcnow(),
+            amount=body.amount,
+            currency=body.currency,
+            category=body.category,
+            properties=props,
+            key_id=cipher.key_id,
+            identity_id=identity_id,
+        )
+    )
+    change = stats.change(body.type, body.amount, body.currency, currency)
+    if change is not None:
+        await stats.apply(conn, pid, change, body.occurred_at)
+    if body.category and body.type == "purchase":
+        await stats.add_category(conn, pid, body.category)
+    counted = stats.counts_in_total(body.type, body.currency, currency)
+    return EventResult(body.event_id, pid, True, counted)

@@ -29,7 +29,8 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ DELIMITERS = (",", ";", "\t", "|")
 _PLAIN_COLUMNS = frozenset(ProfileIn.__struct_fields__) - {"traits", "consents"}
 CONSENT_PARTS = ("wording_id", "method", "occurred_at")
 COLUMNS_HELP = (
-    "Columns are the POST /v1/profiles fields, traits.<name> and consent.<purpose>.<channel> "
-    "(with .wording_id, .method, .occurred_at)"
+    "Columns are the POST /v1/profiles fields, traits.<name> (name a trait so) and "
+    "consent.<purpose>.<channel> (with .wording_id, .method, .occurred_at)"
 )
 _CHECK_BLOCK = 1 << 20
 # The first bytes of a zip file (an .xlsx) and of an OLE compound file (an .xls)
@@ -64,6 +65,16 @@ class ImportFileError(DomainError):
     title = "Unreadable file"
 
 
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """What a kind of file may hold: the key each CSV column stands for (None: unknown), the
+    command that reads it (for messages) and the help naming its columns."""
+
+    key: Callable[[str], str | None]
+    command: str
+    help: str
+
+
 def is_json_lines(path: Path) -> bool:
     return path.suffix.lower() in (".ndjson", ".jsonl", ".json")
 
@@ -78,7 +89,9 @@ def python_encoding(encoding: str) -> str:
     return "utf-8-sig" if name == "utf-8" else name
 
 
-def check_file(path: Path, encoding: str, delimiter: str | None = None) -> int:
+def check_file(
+    path: Path, encoding: str, delimiter: str | None = None, columns: Columns | None = None
+) -> int:
     """The file's lines; raises ImportFileError, before anything is imported, for a file that
     cannot be read as given: an Excel workbook, not in its encoding (`check_encoding`), a CSV
     whose header `csv_header` refuses, or a JSON array where JSON lines are read (a
@@ -89,14 +102,14 @@ def check_file(path: Path, encoding: str, delimiter: str | None = None) -> int:
     lines = check_encoding(path, encoding)
     with path.open("r", encoding=python_encoding(encoding), newline="") as fh:
         if not is_json_lines(path):
-            csv_header(fh, delimiter)
+            csv_header(fh, delimiter, columns)
             return lines
         for line in fh:
             if line.strip():
                 if line.lstrip().startswith("["):
                     raise ImportFileError(
-                        "the file is a JSON array; cdp import reads JSON lines (NDJSON): "
-                        "one object per line"
+                        f"the file is a JSON array; {(columns or PROFILE_COLUMNS).command} "
+                        "reads JSON lines (NDJSON): one object per line"
                     )
                 break
     return lines
@@ -140,11 +153,15 @@ def column_key(name: str) -> str | None:
     return None
 
 
-def header_delimiter(header_line: str) -> str:
+PROFILE_COLUMNS = Columns(column_key, "cdp import", COLUMNS_HELP)
+
+
+def header_delimiter(header_line: str, columns: Columns | None = None) -> str:
     """The delimiter that splits the header into the most known columns (`,` on a tie)."""
+    key = (columns or PROFILE_COLUMNS).key
     best, best_known = ",", 0
     for delimiter in DELIMITERS:
-        known = sum(1 for name in _split(header_line, delimiter) if column_key(name))
+        known = sum(1 for name in _split(header_line, delimiter) if key(name))
         if known > best_known:
             best, best_known = delimiter, known
     return best
@@ -154,22 +171,25 @@ def _split(line: str, delimiter: str) -> list[str]:
     return next(csv.reader([line], delimiter=delimiter), [])
 
 
-def csv_header(fh: Any, delimiter: str | None) -> tuple[Any, list[str]] | None:
+def csv_header(
+    fh: Any, delimiter: str | None, columns: Columns | None = None
+) -> tuple[Any, list[str]] | None:
     """A csv.reader over the open file, and its header as the keys its columns stand for
     (`column_key`), read with `delimiter` (None: `header_delimiter`); None for an empty file.
     Raises ImportFileError for a header that names no known column, names a column the import
     does not know, or names one twice. A column without a name is allowed (Excel writes a
     delimiter at the end of each line); a row with a value under it is rejected."""
+    cols = columns or PROFILE_COLUMNS
     first = fh.readline()
     if not first:
         return None
-    chosen = delimiter or header_delimiter(first)
+    chosen = delimiter or header_delimiter(first, cols)
     reader = csv.reader(itertools.chain([first], fh), delimiter=chosen, strict=True)
     try:
         names = next(reader)
     except csv.Error as exc:
         raise ImportFileError(f"the header (line 1) is not valid CSV: {exc}") from None
-    keys = [column_key(name) if name.strip() else "" for name in names]
+    keys = [cols.key(name) if name.strip() else "" for name in names]
     if not any(keys):
         if delimiter:
             tried = f"the delimiter {_shown(chosen)} of --delimiter"
@@ -178,16 +198,16 @@ def csv_header(fh: Any, delimiter: str | None) -> tuple[Any, list[str]] | None:
             chosen = max(DELIMITERS, key=lambda d: len(_split(first, d)))  # the most telling
             names = _split(first, chosen)
         raise ImportFileError(
-            f"the header names no column cdp import knows ({tried}); {_found(names, chosen)}. "
-            f"Is line 1 a header row? {COLUMNS_HELP}"
+            f"the header names no column {cols.command} knows ({tried}); "
+            f"{_found(names, chosen)}. Is line 1 a header row? {cols.help}"
         )
     unknown = [name.strip() for name, key in zip(names, keys, strict=True) if key is None]
     if unknown:
         shown = [repr(name) if repeatable(name) else "(one not repeated)" for name in unknown]
         raise ImportFileError(
-            f"the header names {_columns(len(unknown))} cdp import does not know: "
-            f"{', '.join(shown[:20])}. Remove {'it' if len(unknown) == 1 else 'them'}"
-            f", or name a trait traits.<name>. {COLUMNS_HELP}"
+            f"the header names {_columns(len(unknown))} {cols.command} does not know: "
+            f"{', '.join(shown[:20])}. Remove {'it' if len(unknown) == 1 else 'them'}. "
+            f"{cols.help}"
         )
     header = [key or "" for key in keys]
     seen: set[str] = set()
@@ -218,7 +238,12 @@ def _found(names: list[str], delimiter: str) -> str:
 
 
 def read_chunks(
-    path: Path, size: int, *, encoding: str = "utf-8", delimiter: str | None = None
+    path: Path,
+    size: int,
+    *,
+    encoding: str = "utf-8",
+    delimiter: str | None = None,
+    columns: Columns | None = None,
 ) -> Iterator[Chunk]:
     """The file in chunks of `size` rows, each numbered by the line of the file where it starts
     (blank lines skipped). Call `check_file` first: a decoding error here would stop the
@@ -231,7 +256,7 @@ def read_chunks(
                 (n, _json_object(line)) for n, line in enumerate(fh, start=1) if line.strip()
             )
         else:
-            opened = csv_header(fh, delimiter)
+            opened = csv_header(fh, delimiter, columns)
             if opened is None:
                 return
             reader, header = opened
