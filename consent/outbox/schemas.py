@@ -18,7 +18,8 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
             list[Kind],
             msgspec.Meta(
                 description="consent.withdrawn, consent.granted, opt_out, erasure.completed, "
-                "suppression.added (default: all)",
+                "suppression.added (default: these five, the consent changes); "
+                "profile.merged, profile.unmerged (ids only: only when named here)",
                 max_length=10,
             ),
         ]

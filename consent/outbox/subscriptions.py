@@ -23,7 +23,7 @@ from cdp.platform import Platform
 from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
-from consent.outbox.enqueue import KINDS
+from consent.outbox.enqueue import DEFAULT_KINDS, KINDS
 from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
 from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
 from consent.outbox.targets import ip_literal, private_allowed, refuse_private_literal
@@ -43,7 +43,7 @@ def decrypt_secret(system: FieldCipher, subscription_id: uuid.UUID, blob: bytes)
 
 def check_kinds(kinds: list[str] | None) -> list[str]:
     if kinds is None:
-        return list(KINDS)
+        return list(DEFAULT_KINDS)
     if not kinds:
         raise InvalidInput.field("kinds", "name at least one event kind")
     unknown = [k for k in kinds if k not in KINDS]

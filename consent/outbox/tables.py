@@ -47,6 +47,8 @@ outbox_events = Table(
     # blind index, else the profile subject ("p:" + profile id).
     Column("order_key", LargeBinary(48), nullable=False),
     Column("profile_id", Uuid),
+    # profile.merged / profile.unmerged: the profile merged into (split out of) `profile_id`
+    Column("absorbed_profile_id", Uuid),
     Column("address_kind", String(16)),  # email | phone | profile | external_id (erasure)
     Column("address_bidx", LargeBinary(32)),
     Column("purpose", String(64)),
