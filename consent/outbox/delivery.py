@@ -43,6 +43,7 @@ from consent.outbox.payload import (
     resolve_addresses,
     with_address,
 )
+from consent.outbox.sealed import forget_sent, unseal
 from consent.outbox.subscriptions import decrypt_secret
 from consent.outbox.tables import (
     outbox_events,
@@ -69,6 +70,8 @@ class Claimed:
     key: bytes
     body: bytes
     address_included: bool
+    # the event carries a sealed address (consent.outbox.sealed), forgotten once sent
+    sealed: bool = False
     # why no request can be made (recorded as the try's error), e.g. an unreadable secret
     unsendable: str | None = None
 
@@ -195,7 +198,9 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         except CryptoError:  # a failed try like any other: retried, then dead and listed
             log.error("webhook_secret_unreadable", subscription_id=str(r.subscription_id))
             key, unsendable = b"", SECRET_UNREADABLE
-        address = addresses.get(r.address_bidx) if r.delivery_id in shown_ids else None
+        address = None
+        if r.delivery_id in shown_ids:
+            address = addresses.get(r.address_bidx) or unseal(p.keys.system, r.id, r.address_sealed)
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
             Claimed(
@@ -208,6 +213,7 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 key=key,
                 body=body,
                 address_included=address is not None and unsendable is None,
+                sealed=r.address_sealed is not None,
                 unsendable=unsendable,
             )
         )
@@ -334,6 +340,9 @@ async def record_in(
             for item, outcome, _state, _values in planned
         ],
     )
+    sealed = [item.event_id for item, _outcome, _state, _values in planned if item.sealed]
+    if sealed:
+        await forget_sent(conn, event_ids=sealed)
     for item, outcome, _state, _values in planned:
         if item.address_included:  # an address left the platform: a disclosure
             await log_access(

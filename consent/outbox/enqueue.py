@@ -10,15 +10,18 @@ then commits, or rolls back, with the change. Nothing here talks to the network.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.bulk import bulk_insert
 from cdp.ids import new_id, utcnow
 from consent.outbox.tables import outbox_events
+
+if TYPE_CHECKING:
+    from cdp.crypto.fields import FieldCipher
 
 # The consent changes: what a subscription created without `kinds` gets. Kinds added later
 # are asked for by name, so that a receiver written before them never meets one it may refuse
@@ -77,6 +80,7 @@ def event_row(
         "absorbed_profile_id": absorbed_profile_id,
         "address_kind": address_kind,
         "address_bidx": address_bidx,
+        "address_sealed": None,
         "purpose": purpose,
         "channel": channel,
         "source": source,
@@ -143,12 +147,25 @@ def ledger_event_row(entry: Any, recorded_at: datetime) -> dict[str, Any]:
     )
 
 
-async def enqueue_opt_outs(conn: AsyncConnection, entries: Sequence[Any]) -> list[uuid.UUID]:
-    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects)."""
+async def enqueue_opt_outs(
+    conn: AsyncConnection,
+    entries: Sequence[Any],
+    unseen: Mapping[bytes, str] | None = None,
+    system: FieldCipher | None = None,
+) -> list[uuid.UUID]:
+    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects).
+
+    `unseen`: blind index -> address, for the addresses no customer held; their events carry
+    the address sealed under the `system` key (consent.outbox.sealed)."""
+    from consent.outbox.sealed import seal
+
     rows = []
     for e in entries:
         row = ledger_event_row(e, utcnow())
         row["kind"] = "opt_out"
+        address = (unseen or {}).get(row["address_bidx"]) if e.profile_id is None else None
+        if address is not None and system is not None:
+            row["address_sealed"] = seal(system, row["id"], address)
         rows.append(row)
     return await write_rows(conn, rows)
 

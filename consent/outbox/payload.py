@@ -1,9 +1,9 @@
 """What a receiver gets: ids, kind, times, purpose, channel, the address's blind index, and
 the address itself only for a subscription allowed to see it. Never other personal data.
 
-The address is never stored in the outbox: it is decrypted from the identity at delivery time.
-If the identity is gone (erased) or its data key destroyed, or the event's profile was erased,
-only the blind index is sent.
+The address is decrypted from the identity at delivery time. If the identity is gone (erased)
+or its data key destroyed, or the event's profile was erased, only the blind index is sent. An
+opt-out of an address no customer held carries it sealed instead (consent.outbox.sealed).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
         bool,
         msgspec.Meta(
             description="send the email or phone itself (decrypted at delivery) next to its "
-            "blind index; off by default"
+            "blind index, also for an opt-out of an address no customer held; off by default"
         ),
     ] = False
     description: Annotated[str, msgspec.Meta(max_length=200)] | None = None

@@ -25,6 +25,7 @@ from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
 from consent.outbox.enqueue import DEFAULT_KINDS, KINDS
 from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
+from consent.outbox.sealed import forget_sent
 from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
 from consent.outbox.targets import ip_literal, private_allowed, refuse_private_literal
 
@@ -182,6 +183,8 @@ async def delete(p: Platform, who: Principal, subscription_id: str) -> None:
             .where(d.subscription_id == row.id, d.status == "pending")
             .values(status="cancelled", lease_until=None, claim_token=None)
         )
+        if row.include_address:  # what only it still had to be sent
+            await forget_sent(conn)
         await log_access(
             conn, who, "webhook_unsubscribe", object_type="webhook", object_id=str(row.id), rows=0
         )

@@ -1,7 +1,8 @@
 """Tables of webhook subscriptions, the outbox, and deliveries with their attempts.
 
-The outbox holds ids and blind indexes only, never an address: where a subscription may see
-addresses, they are decrypted from the identity at delivery time.
+The outbox holds ids and blind indexes, never an address in plaintext: where a subscription
+may see addresses, they are decrypted from the identity at delivery time, or, for an opt-out
+of an address no customer held, from `address_sealed` (consent.outbox.sealed).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ outbox_events = Table(
     Column("absorbed_profile_id", Uuid),
     Column("address_kind", String(16)),  # email | phone | profile | external_id (erasure)
     Column("address_bidx", LargeBinary(32)),
+    # an opt-out's address no customer held: encrypted under the system key until sent
+    Column("address_sealed", LargeBinary),
     Column("purpose", String(64)),
     Column("channel", String(16)),
     Column("source", String(64)),
@@ -107,6 +110,12 @@ Index(
     sqlite_where=text("streamed_at IS NULL"),
 )
 Index("ix_outbox_events_recorded", outbox_events.c.recorded_at)
+Index(
+    "ix_outbox_events_sealed",
+    outbox_events.c.seq,
+    postgresql_where=text("address_sealed IS NOT NULL"),
+    sqlite_where=text("address_sealed IS NOT NULL"),
+)
 Index(
     "ix_webhook_deliveries_due",
     webhook_deliveries.c.next_attempt_at,
