@@ -44,7 +44,7 @@ from consent.outbox.payload import (
     with_address,
 )
 from consent.outbox.sealed import forget_sent, unseal
-from consent.outbox.subscriptions import decrypt_secret
+from consent.outbox.subscriptions import decrypt_secret, previous_key
 from consent.outbox.tables import (
     outbox_events,
     webhook_attempts,
@@ -70,6 +70,8 @@ class Claimed:
     key: bytes
     body: bytes
     address_included: bool
+    # a rotated secret's key, signing beside `key` while its overlap lasts
+    old_key: bytes | None = None
     # the event carries a sealed address (consent.outbox.sealed), forgotten once sent
     sealed: bool = False
     # why no request can be made (recorded as the try's error), e.g. an unreadable secret
@@ -177,6 +179,8 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                     d.subscription_id,
                     ws.url,
                     ws.secret,
+                    ws.previous_secret,
+                    ws.previous_secret_until,
                     ws.include_address,
                     *outbox_events.c,
                 )
@@ -198,6 +202,9 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         except CryptoError:  # a failed try like any other: retried, then dead and listed
             log.error("webhook_secret_unreadable", subscription_id=str(r.subscription_id))
             key, unsendable = b"", SECRET_UNREADABLE
+        old_key = previous_key(
+            p.keys.system, r.subscription_id, r.previous_secret, r.previous_secret_until
+        )
         address = None
         if r.delivery_id in shown_ids:
             address = addresses.get(r.address_bidx) or unseal(p.keys.system, r.id, r.address_sealed)
@@ -212,6 +219,7 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 url=r.url,
                 key=key,
                 body=body,
+                old_key=old_key,
                 address_included=address is not None and unsendable is None,
                 sealed=r.address_sealed is not None,
                 unsendable=unsendable,
@@ -223,7 +231,8 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
 async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> Outcome:
     if item.unsendable is not None:
         return Outcome(None, item.unsendable, 0)
-    headers = signing.headers(item.key, str(item.event_id), item.body)
+    also = () if item.old_key is None else (item.old_key,)
+    headers = signing.headers(item.key, str(item.event_id), item.body, also=also)
     headers["content-type"] = "application/json"
     headers["user-agent"] = USER_AGENT
     started = time.perf_counter()

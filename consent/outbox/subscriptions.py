@@ -1,22 +1,26 @@
-"""Webhook subscriptions: create (the secret is shown once), list, read, delete.
+"""Webhook subscriptions: create (the secret is shown once), list, read, rotate, delete.
 
 The signing secret is stored encrypted under the system key, bound to the subscription's id;
-the dispatcher decrypts it to sign. Deleting a subscription keeps its delivery history but
-cancels what was still pending; it receives nothing more.
+the dispatcher decrypts it to sign. A rotation replaces it (the new one is shown once) and
+keeps the replaced one, encrypted the same way, signing beside it until the overlap ends;
+housekeeping then forgets it (`forget_expired_secrets`). Deleting a subscription keeps its
+delivery history but cancels what was still pending; it receives nothing more.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime, timedelta
 
 import httpx
+import structlog
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
-from cdp.crypto.fields import FieldCipher
+from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.errors import InvalidInput, NotFound
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.platform import Platform
@@ -24,11 +28,18 @@ from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
 from consent.outbox.enqueue import DEFAULT_KINDS, KINDS
-from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
+from consent.outbox.schemas import (
+    DeliveryCounts,
+    RotateIn,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
 from consent.outbox.sealed import forget_sent
 from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
 from consent.outbox.targets import ip_literal, private_allowed, refuse_private_literal
 
+log = structlog.get_logger(__name__)
 ws = webhook_subscriptions.c
 # a host name as sent on the wire (international names in their IDNA form)
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
@@ -38,8 +49,29 @@ def secret_place(subscription_id: uuid.UUID) -> str:
     return f"webhook_subscriptions.secret|{subscription_id}"
 
 
+def previous_place(subscription_id: uuid.UUID) -> str:
+    return f"webhook_subscriptions.previous_secret|{subscription_id}"
+
+
 def decrypt_secret(system: FieldCipher, subscription_id: uuid.UUID, blob: bytes) -> bytes:
     return system.decrypt_bytes(secret_place(subscription_id), blob)
+
+
+def previous_key(
+    system: FieldCipher,
+    subscription_id: uuid.UUID,
+    blob: bytes | None,
+    until: datetime | None,
+    now: datetime | None = None,
+) -> bytes | None:
+    """The replaced secret's key while its overlap lasts (None after it, or unreadable)."""
+    if blob is None or until is None or until <= (now or utcnow()):
+        return None
+    try:
+        return system.decrypt_bytes(previous_place(subscription_id), blob)
+    except CryptoError:
+        log.error("webhook_previous_secret_unreadable", subscription_id=str(subscription_id))
+        return None
 
 
 def check_kinds(kinds: list[str] | None) -> list[str]:
@@ -79,6 +111,7 @@ def check_url(url: str, *, production: bool, allow_private: bool | None = None) 
 
 
 def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -> SubscriptionOut:  # type: ignore[no-untyped-def]
+    until = row.previous_secret_until
     return SubscriptionOut(
         id=str(row.id),
         url=row.url,
@@ -89,6 +122,7 @@ def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -
         created_by=row.created_by,
         secret=secret,
         deliveries=counts,
+        previous_secret_expires_at=until if until is not None and until > utcnow() else None,
     )
 
 
@@ -168,6 +202,55 @@ async def list_all(p: Platform, *, limit: int | None, cursor: str | None) -> Sub
     return SubscriptionList(
         items=[_out(r) for r in rows],
         next_cursor=encode_cursor(rows[-1].id, scope="webhooks") if more else None,
+    )
+
+
+async def rotate(
+    p: Platform, who: Principal, subscription_id: str, body: RotateIn | None
+) -> SubscriptionOut:
+    """A new secret (returned once); the replaced one signs too for `overlap_seconds`. A
+    rotation during an overlap keeps only the secret it replaces: at most two ever sign."""
+    overlap = (body or RotateIn()).overlap_seconds
+    secret = signing.new_secret()
+    now = utcnow()
+    async with p.db.write() as conn:
+        row = await load(conn, subscription_id)
+        previous, until = None, None
+        if overlap > 0:
+            try:
+                key = decrypt_secret(p.keys.system, row.id, row.secret)
+                previous = p.keys.system.encrypt(previous_place(row.id), key)
+                until = now + timedelta(seconds=overlap)
+            except CryptoError:  # nothing to overlap with: it could not sign anyway
+                log.error("webhook_secret_unreadable", subscription_id=str(row.id))
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(ws.id == row.id)
+            .values(
+                secret=p.keys.system.encrypt(secret_place(row.id), signing.secret_key(secret)),
+                previous_secret=previous,
+                previous_secret_until=until,
+            )
+        )
+        await log_access(
+            conn,
+            who,
+            "webhook_rotate_secret",
+            object_type="webhook",
+            object_id=str(row.id),
+            rows=0,
+            detail={"overlap_seconds": overlap if previous is not None else 0},
+        )
+        stored = (await conn.execute(select(webhook_subscriptions).where(ws.id == row.id))).one()
+        return _out(stored, await counts(conn, row.id), secret)
+
+
+async def forget_expired_secrets(conn: AsyncConnection, now: datetime | None = None) -> None:
+    """Drop the replaced secrets whose overlap has ended (housekeeping)."""
+    await conn.execute(
+        update(webhook_subscriptions)
+        .where(ws.previous_secret_until <= (now or utcnow()))
+        .values(previous_secret=None, previous_secret_until=None)
     )
 
 

@@ -33,6 +33,9 @@ webhook_subscriptions = Table(
     Column("include_address", Boolean, nullable=False),
     Column("description", String(200)),
     Column("secret", LargeBinary, nullable=False),  # ciphertext under the system key
+    # the secret replaced by a rotation, signing too until `previous_secret_until`
+    Column("previous_secret", LargeBinary),  # ciphertext under the system key
+    Column("previous_secret_until", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("created_by", String(64), nullable=False),
     Column("deleted_at", UTCDateTime),
