@@ -128,6 +128,13 @@ async def apply_opt_outs(
     results: list[OptOutResult | Exception] = []
     held: list[Suppression] = []
     entries: list[Entry] = []
+    # addresses no customer holds: their opt_out events carry them, sealed, to the
+    # subscriptions allowed to see addresses (no identity to decrypt them from at delivery)
+    unseen = {
+        r.ident.bidx: r.ident.value
+        for r, pid in zip(requests, found, strict=True)
+        if pid is None and r.ident.bidx is not None and r.ident.value
+    }
     for r, pid in zip(requests, found, strict=True):
         if isinstance(pid, Exception):
             results.append(pid)
@@ -169,18 +176,22 @@ async def apply_opt_outs(
             )
             mine += 1
         results.append(OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(mine)))
-    await _write(conn, p, held, entries)
+    await _write(conn, p, held, entries, unseen)
     return results
 
 
 async def _write(
-    conn: AsyncConnection, p: Platform, held: list[Suppression], entries: list[Entry]
+    conn: AsyncConnection,
+    p: Platform,
+    held: list[Suppression],
+    entries: list[Entry],
+    unseen: dict[bytes, str] | None = None,
 ) -> None:
     """What an opt-out writes, in the caller's transaction: the suppressions, the withdrawals
     in the ledger, and their events in the webhook outbox."""
     await suppress_many(conn, held)
     await ledger.append(conn, p.policy, entries)
-    await enqueue_opt_outs(conn, entries)
+    await enqueue_opt_outs(conn, entries, unseen, p.keys.system)
 
 
 async def carry_person_opt_outs(

@@ -252,3 +252,22 @@ async def test_upgrade_downgrade_upgrade_round_trip_matches_the_models(empty_db)
     assert await table_names(db) <= {"alembic_version"}
     await upgrade(db, "head")
     assert await schema_drift(db) == []
+
+
+async def test_0013_0014_keep_the_outbox_events_stored_before_them(empty_db):
+    """An event waiting in the outbox across the upgrade is still there, still deliverable,
+    names no absorbed profile (only merge events do) and holds no sealed address."""
+    from consent.outbox.enqueue import event_row
+    from consent.outbox.tables import outbox_events
+
+    db = empty_db
+    await upgrade(db, "0011")
+    row = event_row("opt_out", occurred_at=datetime(2026, 11, 22, tzinfo=UTC), source="crm")
+    row = {k: v for k, v in row.items() if k not in ("absorbed_profile_id", "address_sealed")}
+    async with db.engine.begin() as conn:  # the columns 0011 has
+        await conn.execute(insert(outbox_events).values(**row))
+    await upgrade(db, "head")
+    async with db.engine.connect() as conn:
+        (got,) = (await conn.execute(select(outbox_events))).all()
+    assert (got.id, got.kind, got.fanned_out) == (row["id"], "opt_out", False)
+    assert (got.absorbed_profile_id, got.address_sealed) == (None, None)

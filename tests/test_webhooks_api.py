@@ -25,7 +25,7 @@ async def test_subscribe_list_read_and_delete(client, keys):
     assert sub["kinds"] == ["consent.withdrawn", "opt_out"]
     assert sub["include_address"] is False and sub["description"] == "ESP"
 
-    everything = await create(client, keys)  # kinds default to all of them
+    everything = await create(client, keys)  # kinds default to the consent kinds
     assert everything.json()["kinds"] == [
         "consent.withdrawn",
         "consent.granted",

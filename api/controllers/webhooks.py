@@ -10,7 +10,13 @@ from api.deps import PlatformDep, PrincipalDep
 from api.params import Limit
 from consent.outbox import status as delivery_status
 from consent.outbox import subscriptions
-from consent.outbox.schemas import DeliveryList, SubscriptionIn, SubscriptionList, SubscriptionOut
+from consent.outbox.schemas import (
+    DeliveryList,
+    RotateIn,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
 
 ADMIN = roles("admin")
 
@@ -42,6 +48,29 @@ class WebhookController(Controller):
     @get("/{webhook_id:str}", opt=ADMIN, summary="One subscription with delivery counts")
     async def read(self, webhook_id: FromPath[str], platform: PlatformDep) -> SubscriptionOut:
         return await subscriptions.get(platform, webhook_id)
+
+    @post(
+        "/{webhook_id:str}/rotate-secret",
+        opt=ADMIN,
+        status_code=200,
+        summary="Replace the signing secret; the new one is shown only here",
+        description=(
+            "Answers the subscription with its new `secret` (shown only in this answer) and "
+            "`previous_secret_expires_at`. For `overlap_seconds` (default 86400, at most "
+            "604800; 0: none) every request is signed with both secrets, space-separated in "
+            "`webhook-signature` (Standard Webhooks), so a receiver holding either accepts it; "
+            "after that only the new one signs and the old one is forgotten. Rotating again "
+            "during an overlap drops the oldest secret at once. 404 unknown or deleted id."
+        ),
+    )
+    async def rotate_secret(
+        self,
+        webhook_id: FromPath[str],
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        data: JSONBody[RotateIn | None] = None,
+    ) -> SubscriptionOut:
+        return await subscriptions.rotate(platform, principal, webhook_id, data)
 
     @delete(
         "/{webhook_id:str}",

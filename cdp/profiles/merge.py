@@ -39,6 +39,7 @@ from cdp.labels import city_key
 from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
+from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
 from consent.tables import consent_ledger, consent_state
 
@@ -280,6 +281,9 @@ async def merge_profiles(
             actor=actor,
             at=now,
         )
+    )
+    await enqueue_merge(  # in this transaction: announced exactly when the merge commits
+        conn, "profile.merged", survivor_id=survivor_id, absorbed_id=absorbed_id, source=provenance
     )
     await conn.execute(
         insert(merge_snapshots).values(

@@ -52,6 +52,7 @@ from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from consent import evidence
+from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
 from consent.tables import consent_state
 
@@ -145,6 +146,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
         update(merges).where(merges.c.id == m.id).values(undone_at=now, undone_by=actor)
     )
     await conn.execute(delete(merge_snapshots).where(merge_snapshots.c.merge_id == m.id))
+    await enqueue_merge(
+        conn, "profile.unmerged", survivor_id=holder, absorbed_id=a_id, source="unmerge"
+    )
     log.info("merge_undone", merge_id=str(m.id), holder=str(holder), absorbed=str(a_id))
     return holder
 

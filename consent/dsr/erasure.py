@@ -63,6 +63,7 @@ from consent.dsr.hooks import erasure_hooks
 from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
 from consent.dsr_tables import dsr_requests
 from consent.outbox.enqueue import enqueue
+from consent.outbox.sealed import forget_addresses
 from consent.subjects import profile_subject
 from consent.suppressions import Suppression, suppress_many
 from consent.tables import consent_ledger, consent_state
@@ -283,6 +284,7 @@ async def erase_customer(
     idents_deleted = (
         await conn.execute(delete(identities).where(identities.c.profile_id.in_(pids)))
     ).rowcount
+    await forget_addresses(conn, addresses)  # an opt-out's copy from before they held them
     crash_point("after_identities")
     erased_profiles = (
         await conn.execute(

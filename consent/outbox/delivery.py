@@ -43,7 +43,8 @@ from consent.outbox.payload import (
     resolve_addresses,
     with_address,
 )
-from consent.outbox.subscriptions import decrypt_secret
+from consent.outbox.sealed import forget_sent, unseal
+from consent.outbox.subscriptions import decrypt_secret, previous_key
 from consent.outbox.tables import (
     outbox_events,
     webhook_attempts,
@@ -69,6 +70,10 @@ class Claimed:
     key: bytes
     body: bytes
     address_included: bool
+    # a rotated secret's key, signing beside `key` while its overlap lasts
+    old_key: bytes | None = None
+    # the event carries a sealed address (consent.outbox.sealed), forgotten once sent
+    sealed: bool = False
     # why no request can be made (recorded as the try's error), e.g. an unreadable secret
     unsendable: str | None = None
 
@@ -174,6 +179,8 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                     d.subscription_id,
                     ws.url,
                     ws.secret,
+                    ws.previous_secret,
+                    ws.previous_secret_until,
                     ws.include_address,
                     *outbox_events.c,
                 )
@@ -195,7 +202,12 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         except CryptoError:  # a failed try like any other: retried, then dead and listed
             log.error("webhook_secret_unreadable", subscription_id=str(r.subscription_id))
             key, unsendable = b"", SECRET_UNREADABLE
-        address = addresses.get(r.address_bidx) if r.delivery_id in shown_ids else None
+        old_key = previous_key(
+            p.keys.system, r.subscription_id, r.previous_secret, r.previous_secret_until
+        )
+        address = None
+        if r.delivery_id in shown_ids:
+            address = addresses.get(r.address_bidx) or unseal(p.keys.system, r.id, r.address_sealed)
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
             Claimed(
@@ -207,7 +219,9 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 url=r.url,
                 key=key,
                 body=body,
+                old_key=old_key,
                 address_included=address is not None and unsendable is None,
+                sealed=r.address_sealed is not None,
                 unsendable=unsendable,
             )
         )
@@ -217,7 +231,8 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
 async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> Outcome:
     if item.unsendable is not None:
         return Outcome(None, item.unsendable, 0)
-    headers = signing.headers(item.key, str(item.event_id), item.body)
+    also = () if item.old_key is None else (item.old_key,)
+    headers = signing.headers(item.key, str(item.event_id), item.body, also=also)
     headers["content-type"] = "application/json"
     headers["user-agent"] = USER_AGENT
     started = time.perf_counter()
@@ -334,6 +349,9 @@ async def record_in(
             for item, outcome, _state, _values in planned
         ],
     )
+    sealed = [item.event_id for item, _outcome, _state, _values in planned if item.sealed]
+    if sealed:
+        await forget_sent(conn, event_ids=sealed)
     for item, outcome, _state, _values in planned:
         if item.address_included:  # an address left the platform: a disclosure
             await log_access(

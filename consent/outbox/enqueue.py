@@ -10,9 +10,9 @@ then commits, or rolls back, with the change. Nothing here talks to the network.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -20,13 +20,21 @@ from cdp.db.bulk import bulk_insert
 from cdp.ids import new_id, utcnow
 from consent.outbox.tables import outbox_events
 
-KINDS = (
+if TYPE_CHECKING:
+    from cdp.crypto.fields import FieldCipher
+
+# The consent changes: what a subscription created without `kinds` gets. Kinds added later
+# are asked for by name, so that a receiver written before them never meets one it may refuse
+# (a refused delivery holds back that customer's later events until it is dead).
+DEFAULT_KINDS = (
     "consent.withdrawn",
     "consent.granted",
     "opt_out",
     "erasure.completed",
     "suppression.added",
 )
+MERGE_KINDS = ("profile.merged", "profile.unmerged")
+KINDS = DEFAULT_KINDS + MERGE_KINDS
 ADDRESS_KINDS = ("email", "phone", "profile", "external_id")  # external_id: erasure
 PROFILE_PREFIX = b"p:"  # as consent.subjects.profile_subject
 
@@ -56,6 +64,7 @@ def event_row(
     source: str | None = None,
     subject: bytes | None = None,
     recorded_at: datetime | None = None,
+    absorbed_profile_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"unknown outbox event kind {kind!r}")
@@ -68,8 +77,10 @@ def event_row(
         "kind": kind,
         "order_key": order_key(profile_id, address_bidx, subject),
         "profile_id": profile_id,
+        "absorbed_profile_id": absorbed_profile_id,
         "address_kind": address_kind,
         "address_bidx": address_bidx,
+        "address_sealed": None,
         "purpose": purpose,
         "channel": channel,
         "source": source,
@@ -136,11 +147,49 @@ def ledger_event_row(entry: Any, recorded_at: datetime) -> dict[str, Any]:
     )
 
 
-async def enqueue_opt_outs(conn: AsyncConnection, entries: Sequence[Any]) -> list[uuid.UUID]:
-    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects)."""
+async def enqueue_opt_outs(
+    conn: AsyncConnection,
+    entries: Sequence[Any],
+    unseen: Mapping[bytes, str] | None = None,
+    system: FieldCipher | None = None,
+) -> list[uuid.UUID]:
+    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects).
+
+    `unseen`: blind index -> address, for the addresses no customer held; their events carry
+    the address sealed under the `system` key (consent.outbox.sealed)."""
+    from consent.outbox.sealed import seal
+
     rows = []
     for e in entries:
         row = ledger_event_row(e, utcnow())
         row["kind"] = "opt_out"
+        address = (unseen or {}).get(row["address_bidx"]) if e.profile_id is None else None
+        if address is not None and system is not None:
+            row["address_sealed"] = seal(system, row["id"], address)
         rows.append(row)
     return await write_rows(conn, rows)
+
+
+async def enqueue_merge(
+    conn: AsyncConnection,
+    kind: str,
+    *,
+    survivor_id: uuid.UUID,
+    absorbed_id: uuid.UUID,
+    source: str,
+) -> uuid.UUID:
+    """profile.merged (absorbed into survivor) or profile.unmerged (absorbed split back out of
+    survivor). Ordered with the absorbed profile's own events: a receiver hears that B became A
+    after everything said about B before, and that B is B again before anything said after."""
+    if kind not in MERGE_KINDS:
+        raise ValueError(f"not a merge event kind {kind!r}")
+    row = event_row(
+        kind,
+        occurred_at=utcnow(),
+        profile_id=survivor_id,
+        absorbed_profile_id=absorbed_id,
+        subject=PROFILE_PREFIX + absorbed_id.bytes,
+        source=source,
+    )
+    (event_id,) = await write_rows(conn, [row])
+    return event_id

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.db.upsert import insert_ignore
 from cdp.ids import new_id, utcnow
 from cdp.platform import Platform
+from consent.outbox.sealed import forget_sent
 from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
 
 FANOUT_LOCK = 5_147_010_001
@@ -43,7 +44,14 @@ async def fan_out_in(conn: AsyncConnection, batch: int = BATCH) -> int:
         return 0
     events = (
         await conn.execute(
-            select(oe.seq, oe.id, oe.kind, oe.order_key, oe.recorded_at)
+            select(
+                oe.seq,
+                oe.id,
+                oe.kind,
+                oe.order_key,
+                oe.recorded_at,
+                oe.address_sealed.is_not(None).label("sealed"),
+            )
             .where(oe.fanned_out.is_(False))
             .order_by(oe.seq)
             .limit(batch)
@@ -83,4 +91,7 @@ async def fan_out_in(conn: AsyncConnection, batch: int = BATCH) -> int:
         .where(oe.seq.in_([ev.seq for ev in events]))  # exactly these: not one that
         .values(fanned_out=True)  # committed meanwhile inside their range (PostgreSQL)
     )
+    sealed = [ev.seq for ev in events if ev.sealed]
+    if sealed:  # nobody allowed to see it wants it: forgotten at once
+        await forget_sent(conn, seqs=sealed)
     return len(events)

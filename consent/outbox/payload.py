@@ -1,9 +1,9 @@
 """What a receiver gets: ids, kind, times, purpose, channel, the address's blind index, and
 the address itself only for a subscription allowed to see it. Never other personal data.
 
-The address is never stored in the outbox: it is decrypted from the identity at delivery time.
-If the identity is gone (erased) or its data key destroyed, or the event's profile was erased,
-only the blind index is sent.
+The address is decrypted from the identity at delivery time. If the identity is gone (erased)
+or its data key destroyed, or the event's profile was erased, only the blind index is sent. An
+opt-out of an address no customer held carries it sealed instead (consent.outbox.sealed).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from cdp.crypto.fields import CryptoError
 from cdp.db.tables import identities
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
+from consent.outbox.enqueue import MERGE_KINDS
 
 
 def event_payload(ev: Any) -> dict[str, Any]:
     """The body of an event without any address (also the NATS message)."""
-    return {
+    body = {
         "event_id": str(ev.id),
         "kind": ev.kind,
         "occurred_at": ev.occurred_at,
@@ -35,6 +36,10 @@ def event_payload(ev: Any) -> dict[str, Any]:
         "address_kind": ev.address_kind,
         "address_blind_index": ev.address_bidx.hex() if ev.address_bidx else None,
     }
+    if ev.kind in MERGE_KINDS:  # ids only, whatever the subscription may see
+        body["survivor_profile_id"] = body["profile_id"]
+        body["absorbed_profile_id"] = str(ev.absorbed_profile_id)
+    return body
 
 
 async def resolve_addresses(

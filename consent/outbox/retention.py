@@ -31,6 +31,8 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
 from consent.outbox.fanout import try_lock
+from consent.outbox.sealed import forget_sent
+from consent.outbox.subscriptions import forget_expired_secrets
 from consent.outbox.tables import (
     outbox_events,
     webhook_attempts,
@@ -162,6 +164,9 @@ async def prune_outbox(
         p, now - delivered, published=cfg.nats_url is not None, batch=batch
     )
     out.subscriptions = await _prune_subscriptions(p, now - dead, batch)
+    async with p.db.write() as conn:
+        await forget_sent(conn)  # sealed addresses nobody may be sent any more
+        await forget_expired_secrets(conn, now)  # rotated secrets past their overlap
     return out
 
 

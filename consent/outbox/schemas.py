@@ -18,7 +18,8 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
             list[Kind],
             msgspec.Meta(
                 description="consent.withdrawn, consent.granted, opt_out, erasure.completed, "
-                "suppression.added (default: all)",
+                "suppression.added (default: these five, the consent changes); "
+                "profile.merged, profile.unmerged (ids only: only when named here)",
                 max_length=10,
             ),
         ]
@@ -28,7 +29,7 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
         bool,
         msgspec.Meta(
             description="send the email or phone itself (decrypted at delivery) next to its "
-            "blind index; off by default"
+            "blind index, also for an opt-out of an address no customer held; off by default"
         ),
     ] = False
     description: Annotated[str, msgspec.Meta(max_length=200)] | None = None
@@ -49,8 +50,30 @@ class SubscriptionOut(msgspec.Struct, omit_defaults=True):
     description: str | None
     created_at: datetime
     created_by: str
-    secret: str | None = None  # only in the answer to POST, never again
+    secret: str | None = None  # only in the answer to POST (or a rotation), never again
     deliveries: DeliveryCounts | None = None
+    previous_secret_expires_at: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="after a rotation: until when the replaced secret signs too (absent "
+            "once it has stopped)"
+        ),
+    ] = None
+
+
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+
+
+class RotateIn(msgspec.Struct, forbid_unknown_fields=True):
+    overlap_seconds: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            le=MAX_OVERLAP_SECONDS,
+            description="how long the replaced secret goes on signing beside the new one "
+            "(default 86400: a day; at most 604800: a week; 0: stop at once)",
+        ),
+    ] = 24 * 3600
 
 
 class SubscriptionList(msgspec.Struct):

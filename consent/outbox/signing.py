@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 PREFIX = "whsec_"
 TOLERANCE_SECONDS = 300
@@ -45,12 +45,20 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def headers(key: bytes, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+def headers(
+    key: bytes,
+    msg_id: str,
+    body: bytes,
+    timestamp: int | None = None,
+    also: Sequence[bytes] = (),
+) -> dict[str, str]:
+    """`also`: further keys that sign too (a rotated secret during its overlap); their
+    signatures follow the first, space-separated."""
     ts = int(time.time()) if timestamp is None else timestamp
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),
-        "webhook-signature": sign(key, msg_id, ts, body),
+        "webhook-signature": " ".join(sign(k, msg_id, ts, body) for k in (key, *also)),
     }
 
 

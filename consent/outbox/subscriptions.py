@@ -1,33 +1,45 @@
-"""Webhook subscriptions: create (the secret is shown once), list, read, delete.
+"""Webhook subscriptions: create (the secret is shown once), list, read, rotate, delete.
 
 The signing secret is stored encrypted under the system key, bound to the subscription's id;
-the dispatcher decrypts it to sign. Deleting a subscription keeps its delivery history but
-cancels what was still pending; it receives nothing more.
+the dispatcher decrypts it to sign. A rotation replaces it (the new one is shown once) and
+keeps the replaced one, encrypted the same way, signing beside it until the overlap ends;
+housekeeping then forgets it (`forget_expired_secrets`). Deleting a subscription keeps its
+delivery history but cancels what was still pending; it receives nothing more.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime, timedelta
 
 import httpx
+import structlog
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
-from cdp.crypto.fields import FieldCipher
+from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.errors import InvalidInput, NotFound
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.platform import Platform
 from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
-from consent.outbox.enqueue import KINDS
-from consent.outbox.schemas import DeliveryCounts, SubscriptionIn, SubscriptionList, SubscriptionOut
+from consent.outbox.enqueue import DEFAULT_KINDS, KINDS
+from consent.outbox.schemas import (
+    DeliveryCounts,
+    RotateIn,
+    SubscriptionIn,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from consent.outbox.sealed import forget_sent
 from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
 from consent.outbox.targets import ip_literal, private_allowed, refuse_private_literal
 
+log = structlog.get_logger(__name__)
 ws = webhook_subscriptions.c
 # a host name as sent on the wire (international names in their IDNA form)
 _HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
@@ -37,13 +49,34 @@ def secret_place(subscription_id: uuid.UUID) -> str:
     return f"webhook_subscriptions.secret|{subscription_id}"
 
 
+def previous_place(subscription_id: uuid.UUID) -> str:
+    return f"webhook_subscriptions.previous_secret|{subscription_id}"
+
+
 def decrypt_secret(system: FieldCipher, subscription_id: uuid.UUID, blob: bytes) -> bytes:
     return system.decrypt_bytes(secret_place(subscription_id), blob)
 
 
+def previous_key(
+    system: FieldCipher,
+    subscription_id: uuid.UUID,
+    blob: bytes | None,
+    until: datetime | None,
+    now: datetime | None = None,
+) -> bytes | None:
+    """The replaced secret's key while its overlap lasts (None after it, or unreadable)."""
+    if blob is None or until is None or until <= (now or utcnow()):
+        return None
+    try:
+        return system.decrypt_bytes(previous_place(subscription_id), blob)
+    except CryptoError:
+        log.error("webhook_previous_secret_unreadable", subscription_id=str(subscription_id))
+        return None
+
+
 def check_kinds(kinds: list[str] | None) -> list[str]:
     if kinds is None:
-        return list(KINDS)
+        return list(DEFAULT_KINDS)
     if not kinds:
         raise InvalidInput.field("kinds", "name at least one event kind")
     unknown = [k for k in kinds if k not in KINDS]
@@ -78,6 +111,7 @@ def check_url(url: str, *, production: bool, allow_private: bool | None = None) 
 
 
 def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -> SubscriptionOut:  # type: ignore[no-untyped-def]
+    until = row.previous_secret_until
     return SubscriptionOut(
         id=str(row.id),
         url=row.url,
@@ -88,6 +122,7 @@ def _out(row, counts: DeliveryCounts | None = None, secret: str | None = None) -
         created_by=row.created_by,
         secret=secret,
         deliveries=counts,
+        previous_secret_expires_at=until if until is not None and until > utcnow() else None,
     )
 
 
@@ -170,6 +205,55 @@ async def list_all(p: Platform, *, limit: int | None, cursor: str | None) -> Sub
     )
 
 
+async def rotate(
+    p: Platform, who: Principal, subscription_id: str, body: RotateIn | None
+) -> SubscriptionOut:
+    """A new secret (returned once); the replaced one signs too for `overlap_seconds`. A
+    rotation during an overlap keeps only the secret it replaces: at most two ever sign."""
+    overlap = (body or RotateIn()).overlap_seconds
+    secret = signing.new_secret()
+    now = utcnow()
+    async with p.db.write() as conn:
+        row = await load(conn, subscription_id)
+        previous, until = None, None
+        if overlap > 0:
+            try:
+                key = decrypt_secret(p.keys.system, row.id, row.secret)
+                previous = p.keys.system.encrypt(previous_place(row.id), key)
+                until = now + timedelta(seconds=overlap)
+            except CryptoError:  # nothing to overlap with: it could not sign anyway
+                log.error("webhook_secret_unreadable", subscription_id=str(row.id))
+        await conn.execute(
+            update(webhook_subscriptions)
+            .where(ws.id == row.id)
+            .values(
+                secret=p.keys.system.encrypt(secret_place(row.id), signing.secret_key(secret)),
+                previous_secret=previous,
+                previous_secret_until=until,
+            )
+        )
+        await log_access(
+            conn,
+            who,
+            "webhook_rotate_secret",
+            object_type="webhook",
+            object_id=str(row.id),
+            rows=0,
+            detail={"overlap_seconds": overlap if previous is not None else 0},
+        )
+        stored = (await conn.execute(select(webhook_subscriptions).where(ws.id == row.id))).one()
+        return _out(stored, await counts(conn, row.id), secret)
+
+
+async def forget_expired_secrets(conn: AsyncConnection, now: datetime | None = None) -> None:
+    """Drop the replaced secrets whose overlap has ended (housekeeping)."""
+    await conn.execute(
+        update(webhook_subscriptions)
+        .where(ws.previous_secret_until <= (now or utcnow()))
+        .values(previous_secret=None, previous_secret_until=None)
+    )
+
+
 async def delete(p: Platform, who: Principal, subscription_id: str) -> None:
     d = webhook_deliveries.c
     async with p.db.write() as conn:
@@ -182,6 +266,8 @@ async def delete(p: Platform, who: Principal, subscription_id: str) -> None:
             .where(d.subscription_id == row.id, d.status == "pending")
             .values(status="cancelled", lease_until=None, claim_token=None)
         )
+        if row.include_address:  # what only it still had to be sent
+            await forget_sent(conn)
         await log_access(
             conn, who, "webhook_unsubscribe", object_type="webhook", object_id=str(row.id), rows=0
         )

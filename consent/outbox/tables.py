@@ -1,7 +1,8 @@
 """Tables of webhook subscriptions, the outbox, and deliveries with their attempts.
 
-The outbox holds ids and blind indexes only, never an address: where a subscription may see
-addresses, they are decrypted from the identity at delivery time.
+The outbox holds ids and blind indexes, never an address in plaintext: where a subscription
+may see addresses, they are decrypted from the identity at delivery time, or, for an opt-out
+of an address no customer held, from `address_sealed` (consent.outbox.sealed).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ webhook_subscriptions = Table(
     Column("include_address", Boolean, nullable=False),
     Column("description", String(200)),
     Column("secret", LargeBinary, nullable=False),  # ciphertext under the system key
+    # the secret replaced by a rotation, signing too until `previous_secret_until`
+    Column("previous_secret", LargeBinary),  # ciphertext under the system key
+    Column("previous_secret_until", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("created_by", String(64), nullable=False),
     Column("deleted_at", UTCDateTime),
@@ -47,8 +51,12 @@ outbox_events = Table(
     # blind index, else the profile subject ("p:" + profile id).
     Column("order_key", LargeBinary(48), nullable=False),
     Column("profile_id", Uuid),
+    # profile.merged / profile.unmerged: the profile merged into (split out of) `profile_id`
+    Column("absorbed_profile_id", Uuid),
     Column("address_kind", String(16)),  # email | phone | profile | external_id (erasure)
     Column("address_bidx", LargeBinary(32)),
+    # an opt-out's address no customer held: encrypted under the system key until sent
+    Column("address_sealed", LargeBinary),
     Column("purpose", String(64)),
     Column("channel", String(16)),
     Column("source", String(64)),
@@ -105,6 +113,12 @@ Index(
     sqlite_where=text("streamed_at IS NULL"),
 )
 Index("ix_outbox_events_recorded", outbox_events.c.recorded_at)
+Index(
+    "ix_outbox_events_sealed",
+    outbox_events.c.seq,
+    postgresql_where=text("address_sealed IS NOT NULL"),
+    sqlite_where=text("address_sealed IS NOT NULL"),
+)
 Index(
     "ix_webhook_deliveries_due",
     webhook_deliveries.c.next_attempt_at,
