@@ -1,14 +1,12 @@
 """Merge and unmerge events in the webhook outbox
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-06 08:40:00.000000
 
 `profile.merged` and `profile.unmerged` name two profiles: the survivor in `profile_id`, the
 absorbed one in the new nullable `absorbed_profile_id` (null for every other kind, and for
 every event stored before this revision). Kinds are strings: no other change.
-
-(Written beside 0012 of another branch: re-chain `down_revision` to "0012" when merging.)
 """
 
 from collections.abc import Sequence
@@ -17,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0011"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
