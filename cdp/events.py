@@ -12,23 +12,25 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import msgspec
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import event_ids, stats
 from cdp.db.engine import lock_keys
 from cdp.db.tables import events, identities
-from cdp.errors import InvalidInput
+from cdp.errors import DomainError, Gone, InvalidInput
 from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.normalize import normalise_country
 from cdp.platform import Platform
-from cdp.profiles.identifiers import Identifier, parse_identifier
-from cdp.profiles.locks import lock_profile
+from cdp.profiles.identifiers import Identifier, find_profiles, parse_identifier
+from cdp.profiles.ingest import ingest
+from cdp.profiles.locks import lock_found
 from cdp.profiles.schemas import EventIn
-from cdp.profiles.service import ensure_profile
+from cdp.profiles.service import record_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,63 +100,177 @@ def checked(p: Platform, body: EventIn) -> CheckedEvent:
 async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
     event = checked(p, body)
     async with p.db.write() as conn:
-        return await store_event(conn, p, event, actor)
+        (result,) = await store_events(conn, p, [event], actor)
+        if isinstance(result, DomainError):
+            raise result  # and the transaction rolls back: a refused request stores nothing
+    return result
 
 
-async def store_event(
-    conn: AsyncConnection, p: Platform, event: CheckedEvent, actor: str
-) -> EventResult:
-    """Store a checked event in the caller's write transaction (`cdp events import` stores a
-    chunk of them in one). Raises Gone, before writing anything, for an erased customer."""
-    body, ident = event.body, event.ident
+Stored = EventResult | DomainError  # what became of one event of a batch
+
+
+async def store_events(
+    conn: AsyncConnection, p: Platform, batch: list[CheckedEvent], actor: str
+) -> list[Stored]:
+    """Store checked events in the caller's write transaction, each as if alone and in
+    order: `POST /v1/events` stores one, `cdp events import` a chunk. For each, its result,
+    or the error that kept it out (nothing of it written): NotFound or Gone for a profile id
+    that names no customer or an erased one, InvalidInput where the customer's total_spent
+    would outgrow what is kept. In a few statements for the whole batch:
+    - an event already recorded (the same source and event id; `cdp.event_ids`) changes
+      nothing; one repeated within the batch is recognised as the first;
+    - the customers named: the surviving profile of each identifier; an unknown email, phone
+      or external id creates one (the batch's unknown identifiers in one `ingest`);
+    - their locks (PostgreSQL), then the customers found again under them (a merge or an
+      erasure may have committed meanwhile), as `cdp.profiles.locks` says;
+    - the events, sealed under their profile's data key, and the stats they move."""
+    idx = p.keys.indexer
+    keys = [event_ids.event_key(idx, e.body.source, e.body.event_id) for e in batch]
+    await lock_keys(conn, [*keys, *(e.ident.bidx for e in batch if e.ident.bidx)])
+    results: list[Stored | None] = [None] * len(batch)
+    recorded = await _recorded(conn, batch, keys)
+    fresh: list[int] = []
+    again: list[int] = []  # the same event as one before it in the batch
+    first: set[bytes] = set()
+    for i, key in enumerate(keys):
+        if key in recorded:
+            results[i] = _repeated(p, batch[i], recorded[key])
+        elif key in first:
+            again.append(i)
+        else:
+            first.add(key)
+            fresh.append(i)
+    if fresh:
+        await _store_fresh(conn, p, batch, keys, fresh, results, actor)
+    if again:  # now that the first of each is stored (or refused), as if sent after it
+        for i, stored in zip(
+            again, await store_events(conn, p, [batch[i] for i in again], actor), strict=True
+        ):
+            results[i] = stored
+    return [r for r in results if r is not None]
+
+
+class _Recorded(NamedTuple):
+    profile_id: uuid.UUID
+    type: str
+    currency: str | None
+
+
+def _repeated(p: Platform, event: CheckedEvent, row: _Recorded) -> EventResult:
+    counted = stats.counts_in_total(row.type, row.currency, p.policy.stats_currency)
+    return EventResult(event.body.event_id, row.profile_id, False, counted)
+
+
+async def _recorded(
+    conn: AsyncConnection, batch: list[CheckedEvent], keys: list[bytes]
+) -> dict[bytes, _Recorded]:
+    """The events of the batch already stored, by event key: sealed ones by their key, those
+    recorded before sealing (migration 0012) by their plain id."""
+    e = events.c
+    found: dict[bytes, _Recorded] = {}
+    by_source: dict[str, list[int]] = {}
+    for i, event in enumerate(batch):
+        by_source.setdefault(event.body.source, []).append(i)
+    for source, members in by_source.items():
+        for start in range(0, len(members), 500):
+            part = members[start : start + 500]
+            plain = {batch[i].body.event_id: keys[i] for i in part}
+            rows = await conn.execute(
+                select(e.event_key, e.event_id, e.profile_id, e.type, e.currency).where(
+                    e.source == source,
+                    or_(e.event_key.in_([keys[i] for i in part]), e.event_id.in_(list(plain))),
+                )
+            )
+            for key, plain_id, pid, kind, currency in rows:
+                found[key if key is not None else plain[plain_id]] = _Recorded(pid, kind, currency)
+    return found
+
+
+async def _store_fresh(
+    conn: AsyncConnection,
+    p: Platform,
+    batch: list[CheckedEvent],
+    keys: list[bytes],
+    fresh: list[int],
+    results: list[Stored | None],
+    actor: str,
+) -> None:
+    idents = [batch[i].ident for i in fresh]
+    found = await find_profiles(conn, idents)
+    unknown = [j for j, pid in enumerate(found) if pid is None]
+    targets = list(idents)
+    if unknown:  # an email, phone or external id no profile holds: the customer is created
+        records = [
+            record_for(p, idents[j], batch[fresh[j]].body.source, batch[fresh[j]].body.country)
+            for j in unknown
+        ]
+        for j, outcome in zip(unknown, await ingest(conn, p, records, actor), strict=True):
+            # by the profile made (a placeholder identifier is not kept: its profile is)
+            targets[j] = Identifier("profile_id", profile_id=outcome.profile_id)
+    found = await lock_found(conn, lambda: find_profiles(conn, targets))
+    pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
+    ciphers = await p.keys.ciphers(conn, pids, strict=True)
+    named_by = await _identity_ids(conn, [i.bidx for i in idents if i.bidx is not None])
+    before = await stats.load(conn, pids)
+    after = dict(before)
     currency = p.policy.stats_currency
-    key = event_ids.event_key(p.keys.indexer, body.source, body.event_id)
-    await lock_keys(conn, [key, *([ident.bidx] if ident.bidx else [])])
-    existing = (
-        await conn.execute(
-            select(events.c.profile_id, events.c.type, events.c.currency).where(
-                event_ids.same_event(body.source, key, body.event_id)
+    rows, categories, now = [], [], utcnow()
+    for j, i in enumerate(fresh):
+        pid, body = found[j], batch[i].body
+        if isinstance(pid, Exception):
+            results[i] = pid if isinstance(pid, DomainError) else Gone("the customer is gone")
+            continue
+        assert pid is not None  # every unknown customer was created above
+        change = stats.change(body.type, body.amount, body.currency, currency)
+        if change is not None:
+            try:
+                after[pid] = stats.folded(after.get(pid, stats.NO_TOTALS), change, body.occurred_at)
+            except InvalidInput as exc:
+                results[i] = exc
+                continue
+        if body.category and body.type == "purchase":
+            categories.append((pid, body.category))
+        cipher = ciphers[pid]
+        rows.append(
+            {
+                "id": new_id(),
+                "profile_id": pid,
+                "source": body.source,
+                "event_key": keys[i],
+                "event_ref": event_ids.seal(cipher, body.event_id),
+                "type": body.type,
+                "occurred_at": body.occurred_at,
+                "recorded_at": now,
+                "amount": body.amount,
+                "currency": body.currency,
+                "category": body.category,
+                "properties": cipher.encrypt(
+                    event_ids.PROPERTIES, msgspec.json.encode(body.properties)
+                )
+                if body.properties
+                else None,
+                "key_id": cipher.key_id,
+                "identity_id": named_by.get(idents[j].bidx) if idents[j].bidx else None,
+            }
+        )
+        counted = stats.counts_in_total(body.type, body.currency, currency)
+        results[i] = EventResult(body.event_id, pid, True, counted)
+    if rows:
+        await conn.execute(insert(events), rows)
+    await stats.save(conn, before, after)
+    await stats.add_categories(conn, categories)
+
+
+async def _identity_ids(conn: AsyncConnection, bidxs: list[bytes]) -> dict[bytes, uuid.UUID]:
+    """The identity holding each of these blind indexes: which of the customer's identifiers
+    named an event (an unmerge gives the event to the side that has it)."""
+    wanted = sorted(set(bidxs))
+    found: dict[bytes, uuid.UUID] = {}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(identities.c.bidx, identities.c.id).where(
+                identities.c.bidx.in_(wanted[start : start + 500])
             )
         )
-    ).first()
-    if existing is not None:
-        counted = stats.counts_in_total(existing.type, existing.currency, currency)
-        return EventResult(body.event_id, existing.profile_id, False, counted)
-    pid = await ensure_profile(
-        conn, p, ident, source=body.source, actor=actor, country=body.country
-    )
-    pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
-    identity_id = None
-    if ident.bidx is not None:  # which of the customer's identifiers named it
-        identity_id = (
-            await conn.execute(select(identities.c.id).where(identities.c.bidx == ident.bidx))
-        ).scalar()
-    cipher = (await p.keys.ciphers(conn, [pid], strict=True))[pid]
-    props = None
-    if body.properties:
-        props = cipher.encrypt(event_ids.PROPERTIES, msgspec.json.encode(body.properties))
-    await conn.execute(
-        insert(events).values(
-            id=new_id(),
-            profile_id=pid,
-            source=body.source,
-            event_key=key,
-            event_ref=event_ids.seal(cipher, body.event_id),
-            type=body.type,
-            occurred_at=body.occurred_at,
-            recorded_at=utcnow(),
-            amount=body.amount,
-            currency=body.currency,
-            category=body.category,
-            properties=props,
-            key_id=cipher.key_id,
-            identity_id=identity_id,
-        )
-    )
-    change = stats.change(body.type, body.amount, body.currency, currency)
-    if change is not None:
-        await stats.apply(conn, pid, change, body.occurred_at)
-    if body.category and body.type == "purchase":
-        await stats.add_category(conn, pid, body.category)
-    counted = stats.counts_in_total(body.type, body.currency, currency)
-    return EventResult(body.event_id, pid, True, counted)
+        found.update((bidx, iid) for bidx, iid in rows)
+    return found

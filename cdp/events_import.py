@@ -7,7 +7,8 @@ also what a repeated event is recognised by): `event_id`, `type`, `occurred_at`,
 identifier (`email`, `phone`, `external_id` or `profile_id`), `amount`, `currency`,
 `category`, `country`; `properties.<name>` columns (or an NDJSON row's `properties` object)
 become the event's properties. Rows are checked as the API checks a body (`cdp.events`), then
-stored in chunks, each in one transaction, exactly as the API stores them: an event already
+stored in chunks of 500, each in one transaction by the function that stores the API's
+events (`cdp.events.store_events`, in a few statements per chunk): an event already
 recorded is counted as repeated and changes nothing, so running the same file again is safe;
 an unknown customer is created. Every rejected row goes to the rejects file with its line and
 reason (never a value). The file is read as `cdp import` reads one (`cdp.import_file`:
@@ -27,7 +28,7 @@ import msgspec
 import structlog
 
 from cdp.errors import DomainError, FieldError, InvalidInput
-from cdp.events import CheckedEvent, checked, store_event
+from cdp.events import CheckedEvent, checked, store_events
 from cdp.import_file import Columns, ImportFileError, check_file, is_json_lines, read_chunks
 from cdp.nul_text import refuse_nul
 from cdp.platform import Platform
@@ -177,16 +178,15 @@ async def run_event_import(
                     reject(n, exc.errors or [FieldError("row", exc.detail)])
             try:
                 async with p.db.write() as conn:
-                    for n, event in good:
-                        try:
-                            result = await store_event(conn, p, event, actor)
-                        except DomainError as exc:  # an erased profile's id: nothing written
-                            reject(n, exc.errors or [FieldError("row", exc.detail)])
-                            continue
-                        summary.recorded += result.created
-                        summary.repeated += not result.created
+                    stored = await store_events(conn, p, [event for _, event in good], actor)
             except Exception as exc:
                 raise EventImportStopped.after(exc, summary, stored_through) from exc
+            for (n, _), result in zip(good, stored, strict=True):
+                if isinstance(result, DomainError):  # e.g. an erased profile's id
+                    reject(n, result.errors or [FieldError("row", result.detail)])
+                else:
+                    summary.recorded += result.created
+                    summary.repeated += not result.created
             stored_through = rows[-1][0]
             if on_progress:
                 on_progress(summary.rows)

@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import NamedTuple
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import events, profile_categories, profile_stats
@@ -62,39 +63,91 @@ def change(
     return Change(1 if sign > 0 else 0, spent)
 
 
-async def apply(conn: AsyncConnection, pid: uuid.UUID, c: Change, at: datetime) -> None:
-    """Add one event's change to the profile's stats row (the caller holds the profile's lock)."""
-    row = (
-        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == pid))
-    ).first()
-    if row is None:
-        await conn.execute(
-            insert(profile_stats).values(
-                profile_id=pid,
-                orders_count=c.orders,
-                total_spent=c.spent,
-                first_order_at=at if c.orders else None,
-                last_order_at=at if c.orders else None,
-            )
-        )
-        return
-    total = row.total_spent + c.spent
+class Totals(NamedTuple):
+    """A profile's stats row."""
+
+    orders: int
+    spent: Decimal
+    first_order_at: datetime | None
+    last_order_at: datetime | None
+
+
+NO_TOTALS = Totals(0, Decimal(0), None, None)
+
+
+def folded(t: Totals, c: Change, at: datetime) -> Totals:
+    """The stats after one more event's change. Raises InvalidInput (on `amount`) where
+    total_spent would grow beyond what is kept: that event is not stored."""
+    total = t.spent + c.spent
     if abs(total) >= MONEY_LIMIT:
         raise InvalidInput.field("amount", TOTAL_TOO_LARGE)
-    values = {"orders_count": row.orders_count + c.orders, "total_spent": total}
-    if c.orders:
-        values["first_order_at"] = min(d for d in (row.first_order_at, at) if d is not None)
-        values["last_order_at"] = max(d for d in (row.last_order_at, at) if d is not None)
-    await conn.execute(
-        update(profile_stats).where(profile_stats.c.profile_id == pid).values(**values)
-    )
+    if not c.orders:
+        return t._replace(spent=total)
+    first = min(d for d in (t.first_order_at, at) if d is not None)
+    last = max(d for d in (t.last_order_at, at) if d is not None)
+    return Totals(t.orders + c.orders, total, first, last)
 
 
-async def add_category(conn: AsyncConnection, pid: uuid.UUID, category: str) -> None:
-    """`category` as normalise_category gives it."""
-    await conn.execute(
-        insert_ignore(conn, profile_categories).values(profile_id=pid, category=category)
-    )
+async def load(conn: AsyncConnection, pids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Totals]:
+    """The stats rows of these profiles (the caller holds their locks); absent: none yet."""
+    ps = profile_stats.c
+    wanted = sorted(set(pids))
+    found: dict[uuid.UUID, Totals] = {}
+    for start in range(0, len(wanted), 500):
+        rows = await conn.execute(
+            select(
+                ps.profile_id, ps.orders_count, ps.total_spent, ps.first_order_at, ps.last_order_at
+            ).where(ps.profile_id.in_(wanted[start : start + 500]))
+        )
+        found.update((r[0], Totals(*r[1:])) for r in rows)
+    return found
+
+
+async def save(
+    conn: AsyncConnection, before: dict[uuid.UUID, Totals], after: dict[uuid.UUID, Totals]
+) -> None:
+    """Write the stats in `after` that differ from `before` (`load`'s answer)."""
+    ps = profile_stats.c
+    rows = [
+        {"pid": pid, "o": t.orders, "s": t.spent, "f": t.first_order_at, "l": t.last_order_at}
+        for pid, t in after.items()
+        if before.get(pid) != t
+    ]
+    new = [r for r in rows if r["pid"] not in before]
+    old = [r for r in rows if r["pid"] in before]
+    if new:
+        await conn.execute(
+            insert(profile_stats),
+            [
+                {
+                    "profile_id": r["pid"],
+                    "orders_count": r["o"],
+                    "total_spent": r["s"],
+                    "first_order_at": r["f"],
+                    "last_order_at": r["l"],
+                }
+                for r in new
+            ],
+        )
+    if old:
+        await conn.execute(
+            update(profile_stats)
+            .where(ps.profile_id == bindparam("pid"))
+            .values(
+                orders_count=bindparam("o"),
+                total_spent=bindparam("s"),
+                first_order_at=bindparam("f"),
+                last_order_at=bindparam("l"),
+            ),
+            old,
+        )
+
+
+async def add_categories(conn: AsyncConnection, pairs: Iterable[tuple[uuid.UUID, str]]) -> None:
+    """(profile, category as normalise_category gives it) pairs a purchase brought."""
+    rows = [{"profile_id": pid, "category": c} for pid, c in sorted(set(pairs))]
+    if rows:
+        await conn.execute(insert_ignore(conn, profile_categories), rows)
 
 
 async def recompute(conn: AsyncConnection, profile_id: uuid.UUID, stats_currency: str) -> None:

@@ -177,3 +177,28 @@ async def test_the_command_prints_a_summary(platform, tmp_path, backend):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rows: 6  recorded: 4  already recorded: 0  rejected rows: 2" in done.stdout
     assert f"rejects: {path}.rejects.csv" in done.stdout
+
+
+async def test_within_a_file_an_event_sent_twice_is_one_and_a_new_customer_is_one(
+    client, keys, platform, tmp_path
+):
+    """Rows of one chunk are stored as if sent one after another: the second copy of an
+    event is recognised, two orders of one new customer make one profile with two orders, and
+    an order taking a total beyond what is kept is refused on its own."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "event_id,type,occurred_at,email,amount,currency\n"
+        "n-1,purchase,2026-11-01T10:00:00Z,new@example.com,10.00,RUB\n"
+        "n-1,purchase,2026-11-01T10:00:00Z,new@example.com,10.00,RUB\n"
+        "n-2,purchase,2026-11-02T10:00:00Z,NEW@example.com,15.00,RUB\n"
+        "n-3,purchase,2026-11-03T10:00:00Z,new@example.com,9999999999999999.00,RUB\n"
+        "n-4,purchase,2026-11-04T10:00:00Z,new@example.com,1.00,RUB\n",
+        encoding="utf-8",
+    )
+    summary = await run_event_import(platform, path, "shop")
+    assert (summary.recorded, summary.repeated, summary.rejected_rows) == (3, 1, 1)
+    rejects = summary.rejects_path.read_text(encoding="utf-8").splitlines()[1:]
+    assert [line.split(",")[:2] for line in rejects] == [["5", "amount"]]
+    stats = (await profile_of(client, keys, email="new@example.com"))["stats"]
+    assert (stats["orders_count"], stats["total_spent"]) == (3, "26.00")
+    assert stats["last_order_at"] == "2026-11-04T10:00:00Z"

@@ -194,13 +194,19 @@ async def ensure_profile(
         return pid
     if ident.kind == "profile_id":
         raise NotFound("no profile with this id")
+    outcome = (await ingest(conn, p, [record_for(p, ident, source, country)], actor))[0]
+    return outcome.profile_id
+
+
+def record_for(p: Platform, ident: Identifier, source: str, country: str | None) -> Record:
+    """The record of a customer an email, phone or external id names and no profile holds
+    (an event or a consent creates them)."""
     rec = Record(source=ident.source or source)
     setattr(rec, ident.kind, ident.value)
     if country:
         rec.country = normalise_country(country)
         rec.jurisdiction = p.policy.jurisdiction_for_country(rec.country)
-    outcome = (await ingest(conn, p, [rec], actor))[0]
-    return outcome.profile_id
+    return rec
 
 
 async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> dict[str, Any]:
