@@ -9,7 +9,8 @@ An event row keeps instead:
 - `event_ref`: the id encrypted under the profile's data key, for the customer's access
   request; an erasure deletes the row and destroys the key.
 Rows recorded before migration 0012 keep their plain `event_id` until `cdp events seal`
-(`seal_plain_ids`) seals them; meanwhile a repeated event still finds them (`same_event`).
+(`seal_plain_ids`) seals them; meanwhile a repeated event still finds them by their plain id
+(`cdp.events.store_events`).
 A merge or an unmerge that moves events re-encrypts both ciphertexts (`resealed`).
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, bindparam, or_, select, update
+from sqlalchemy import bindparam, select, update
 
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.fields import CryptoError, FieldCipher
@@ -38,12 +39,6 @@ _BATCH = 500
 
 def event_key(indexer: BlindIndexer, source: str, event_id: str) -> bytes:
     return indexer.index("event", f"{source}\x1f{event_id}")
-
-
-def same_event(source: str, key: bytes, event_id: str) -> ColumnElement[bool]:
-    """The row of this (source, event id): sealed, or recorded before sealing."""
-    e = events.c
-    return and_(e.source == source, or_(e.event_key == key, e.event_id == event_id))
 
 
 def seal(cipher: FieldCipher, event_id: str) -> bytes:
