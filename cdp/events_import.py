@@ -30,6 +30,7 @@ import structlog
 from cdp.errors import DomainError, FieldError, InvalidInput
 from cdp.events import CheckedEvent, checked, store_events
 from cdp.import_file import Columns, ImportFileError, check_file, is_json_lines, read_chunks
+from cdp.importer import STATISTICS_AFTER
 from cdp.nul_text import refuse_nul
 from cdp.platform import Platform
 from cdp.profiles.records import decode_errors
@@ -167,6 +168,7 @@ async def run_event_import(
                 summary.reasons[e.message] = summary.reasons.get(e.message, 0) + 1
 
         stored_through = 0
+        refresh_at = STATISTICS_AFTER
         chunks = read_chunks(path, CHUNK, encoding=encoding, delimiter=delimiter, columns=COLUMNS)
         for header, rows in chunks:
             good: list[tuple[int, CheckedEvent]] = []
@@ -188,8 +190,15 @@ async def run_event_import(
                     summary.recorded += result.created
                     summary.repeated += not result.created
             stored_through = rows[-1][0]
+            if summary.rows >= refresh_at:
+                # as `cdp import` does: plans made on the sizes at the start (an empty events
+                # table) look a batch's events up by source alone, slower with every chunk
+                await p.db.refresh_statistics()
+                refresh_at *= 2
             if on_progress:
                 on_progress(summary.rows)
+    if summary.rows >= STATISTICS_AFTER:
+        await p.db.refresh_statistics()  # later queries planned on the final sizes
     log.info(
         "events_imported",
         rows=summary.rows,
