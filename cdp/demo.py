@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from cdp.db.tables import identities, profiles
 from cdp.errors import Conflict
-from cdp.events import record_event
+from cdp.events import checked, store_events
 from cdp.platform import Platform
 from cdp.profiles.schemas import EventIn
 from cdp.profiles.service import prepare, store_prepared
@@ -181,8 +181,12 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
             for pid in (outcome.profile_id, *outcome.merged_profile_ids):
                 created[pid] = min(joined, created.get(pid, joined))
     await _date_profiles(p, created)
-    for ev in events:
-        await record_event(p, ev, "demo")
+    checked_events = [checked(p, ev) for ev in events]
+    for start in range(0, len(checked_events), 500):
+        async with p.db.write() as conn:
+            for result in await store_events(conn, p, checked_events[start : start + 500], "demo"):
+                if isinstance(result, Exception):  # the demo's own data: never refused
+                    raise result
     return {"customers": customers, "records": len(prepared), "purchases": len(events)}
 
 
