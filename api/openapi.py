@@ -7,10 +7,13 @@ body, 401 and 403 unless it is public, 404 where its path names something or it 
 customer by identifier in its body or query (`opt=NAMES_A_CUSTOMER`: an unknown one is a 404),
 413 where it takes a body, and a `default` for the rest (409, 410, 429, 500, 503). Public
 operations also say they need no key (`security: []`), overriding the document-wide bearer
-requirement, so that a generated client does not send one.
+requirement, so that a generated client does not send one. A union is `anyOf`
+(`document_unions`).
 """
 
 from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
 
 from litestar import Litestar
 from litestar.openapi.spec import (
@@ -131,3 +134,25 @@ def document_batch_records(app: Litestar) -> None:
         if isinstance(records, Schema):
             records.items = Reference(ref="#/components/schemas/ProfileIn")
             records.description = "Each a record as POST /v1/profiles takes it"
+
+
+def document_unions(app: Litestar) -> None:
+    """Litestar writes a union as `oneOf`, which JSON Schema reads as exactly one branch: an
+    integer trait (integer and number) and the health answer (`Any` or a dict) matched two,
+    and a validating client refused them. A union is any of its branches: `anyOf`."""
+    _any_of(app.openapi_schema, set())
+
+
+def _any_of(node: object, seen: set[int]) -> None:
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            _any_of(item, seen)
+    elif isinstance(node, dict):
+        for item in node.values():
+            _any_of(item, seen)
+    elif is_dataclass(node) and not isinstance(node, type) and id(node) not in seen:
+        seen.add(id(node))  # a schema object shared by several places is rewritten once
+        if isinstance(node, Schema) and node.one_of and not node.any_of:
+            node.any_of, node.one_of = node.one_of, None
+        for field in fields(node):
+            _any_of(getattr(node, field.name), seen)

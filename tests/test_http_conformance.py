@@ -4,6 +4,8 @@ the service really sends."""
 
 from __future__ import annotations
 
+import jsonschema_rs
+
 from consent.tables import consent_ledger
 from tests.helpers import count
 
@@ -197,6 +199,28 @@ async def test_the_openapi_document_bounds_every_page_size(client):
     assert len(limits) >= 10
     for path, schema in limits:
         assert (schema["minimum"], schema["maximum"], schema["default"]) == (1, 1000, 100), path
+
+
+def valid_under(document: dict, schema: dict, value: object) -> bool:
+    """Whether `value` is valid under `schema`, a part of the served `document` (its $refs
+    resolved there), as a generated client's JSON Schema validator reads it."""
+    return jsonschema_rs.Draft202012Validator(
+        {**schema, "components": document["components"]}
+    ).is_valid(value)
+
+
+async def test_what_the_api_takes_and_sends_is_valid_under_its_document(client, keys):
+    """Litestar documents a union as `oneOf`, which needs exactly one branch to match: an
+    integer trait (`{"visits": 3}` is an integer and a number) and the health answer (`Any` or
+    a dict) were invalid under the document, so a validating client refused them."""
+    document = (await client.get("/schema/openapi.json")).json()
+    body = {"source": "crm", "email": "doc.union@example.com", "traits": {"visits": 3}}
+    r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    assert valid_under(document, {"$ref": "#/components/schemas/ProfileIn"}, body)
+    health = document["paths"]["/health"]["get"]["responses"]["200"]["content"]
+    answer = (await client.get("/health")).json()
+    assert valid_under(document, health["application/json"]["schema"], answer)
 
 
 async def test_the_openapi_document_says_a_batch_holds_profile_records(client):
