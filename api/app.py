@@ -34,7 +34,12 @@ from api.deps import provide_platform, provide_principal
 from api.errors import EXCEPTION_HANDLERS
 from api.i18n import template_config
 from api.nul_guard import refuse_nul_text
-from api.openapi import document_batch_records, document_problems
+from api.openapi import (
+    document_batch_records,
+    document_closed_bodies,
+    document_problems,
+    document_unions,
+)
 from api.options import answer_options
 from api.query_params import refuse_repeated_query
 from api.requests import ApiRequest
@@ -116,4 +121,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     document_problems(app)
     document_batch_records(app)
+    document_unions(app)
+    document_closed_bodies(app)
     return app

@@ -20,7 +20,7 @@ async def refuse_nul_text(request: Request) -> None:
     for name, value in request.query_params.multi_items():
         if NUL in name:
             raise InvalidInput.field("query", MESSAGE)
-        refuse_nul(value, name)
+        refuse_nul({name: value}, whole="query")
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     if request.route_handler.opt.get("records_report_errors"):
@@ -35,7 +35,7 @@ async def refuse_nul_text(request: Request) -> None:
             if NUL in name:
                 raise InvalidInput.field("body", MESSAGE)
             if isinstance(value, str):
-                refuse_nul(value, name)
+                refuse_nul({name: value})
         return
     if b"\\u0000" not in body:  # JSON can only carry a NUL escaped
         return

@@ -7,11 +7,16 @@ body, 401 and 403 unless it is public, 404 where its path names something or it 
 customer by identifier in its body or query (`opt=NAMES_A_CUSTOMER`: an unknown one is a 404),
 413 where it takes a body, and a `default` for the rest (409, 410, 429, 500, 503). Public
 operations also say they need no key (`security: []`), overriding the document-wide bearer
-requirement, so that a generated client does not send one.
+requirement, so that a generated client does not send one. A union is `anyOf`
+(`document_unions`), and a body that refuses fields it does not name says so
+(`document_closed_bodies`).
 """
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
+
+import msgspec.inspect
 from litestar import Litestar
 from litestar.openapi.spec import (
     OpenAPIMediaType,
@@ -131,3 +136,59 @@ def document_batch_records(app: Litestar) -> None:
         if isinstance(records, Schema):
             records.items = Reference(ref="#/components/schemas/ProfileIn")
             records.description = "Each a record as POST /v1/profiles takes it"
+
+
+def document_unions(app: Litestar) -> None:
+    """Litestar writes a union as `oneOf`, which JSON Schema reads as exactly one branch: an
+    integer trait (integer and number) and the health answer (`Any` or a dict) matched two,
+    and a validating client refused them. A union is any of its branches: `anyOf`."""
+    _any_of(app.openapi_schema, set())
+
+
+def _any_of(node: object, seen: set[int]) -> None:
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            _any_of(item, seen)
+    elif isinstance(node, dict):
+        for item in node.values():
+            _any_of(item, seen)
+    elif is_dataclass(node) and not isinstance(node, type) and id(node) not in seen:
+        seen.add(id(node))  # a schema object shared by several places is rewritten once
+        if isinstance(node, Schema) and node.one_of and not node.any_of:
+            node.any_of, node.one_of = node.one_of, None
+        for field in fields(node):
+            _any_of(getattr(node, field.name), seen)
+
+
+def document_closed_bodies(app: Litestar) -> None:
+    """A request body (and each object in it) that refuses a field it does not name, with a
+    400 naming it (`forbid_unknown_fields`), says so: `additionalProperties: false`. The
+    document allowed any, so a client that checks against it sent them."""
+    schemas = app.openapi_schema.components.schemas or {}
+    bodies = [
+        data.annotation
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+        for handler in route.route_handlers
+        if (data := handler.parsed_fn_signature.parameters.get("data")) is not None
+    ]
+    for struct in _closed_structs(msgspec.inspect.multi_type_info(bodies), set()):
+        schema = schemas.get(struct.__name__)
+        if isinstance(schema, Schema):
+            schema.additional_properties = False
+
+
+def _closed_structs(node: object, seen: set[int]) -> list[type]:
+    """The Structs refusing unknown fields in a `msgspec.inspect` type tree (its types and
+    their fields)."""
+    if isinstance(node, (list, tuple)):
+        return [s for item in node for s in _closed_structs(item, seen)]
+    if not isinstance(node, msgspec.Struct) or id(node) in seen:  # a Type, or a Field
+        return []
+    seen.add(id(node))
+    found = []
+    if isinstance(node, msgspec.inspect.StructType) and node.forbid_unknown_fields:
+        found.append(node.cls)
+    for field in msgspec.structs.fields(node):
+        found += _closed_structs(getattr(node, field.name), seen)
+    return found

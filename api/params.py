@@ -1,5 +1,5 @@
 """Query parameters many endpoints share, documented once (the checks live in
-`cdp.segments.cursor.check_limit` and each list's cursor decoder)."""
+`cdp.segments.cursor.check_limit`, each list's cursor decoder and `consent.audit.paging.period`)."""
 
 from __future__ import annotations
 
@@ -13,5 +13,15 @@ Limit = Annotated[
     Parameter(
         description="Items per page: 1 to 1000 (100 when not given)",
         schema_extra={"minimum": 1, "maximum": 1000, "default": 100},
+    ),
+]
+
+# A time filter (`since`, `until`): RFC 3339 text, read by `consent.audit.paging.period`. Not a
+# datetime here: the framework's conversion took a number for a Unix time.
+Moment = Annotated[
+    str | None,
+    Parameter(
+        description="An RFC 3339 time with its zone (2026-11-22T10:00:00Z)",
+        schema_extra={"format": "date-time"},
     ),
 ]

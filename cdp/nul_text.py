@@ -16,25 +16,27 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import TOO_DEEP, InvalidInput
+from cdp.errors import TOO_DEEP, InvalidInput, repeatable
 
 NUL = "\x00"
 MESSAGE = "must not contain a NUL character"
 _json = msgspec.json.Encoder()
 
 
-def nul_field(value: Any, path: str = "") -> str | None:
+def nul_field(value: Any, path: str = "", whole: str = "body") -> str | None:
     """The path ("city", "traits.tier", "consents[0].source") of the first string in `value`
-    that holds a NUL, or of the mapping whose key holds one; None when there is none."""
+    that holds a NUL, or of the mapping whose key holds one; None when there is none. A key
+    that is not `repeatable` (an object keyed by email address) is not named: its mapping is,
+    or `whole` (the body, the query) for the top level."""
     if isinstance(value, str):
-        return (path or "body") if NUL in value else None
+        return (path or whole) if NUL in value else None
     if isinstance(value, msgspec.Struct):
         items: Any = ((name, getattr(value, name)) for name in value.__struct_fields__)
     elif isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            found = nul_field(item, f"{path}[{i}]")
+            found = nul_field(item, f"{path}[{i}]", whole)
             if found is not None:
                 return found
         return None
@@ -42,21 +44,24 @@ def nul_field(value: Any, path: str = "") -> str | None:
         return None
     for key, item in items:
         if isinstance(key, str) and NUL in key:
-            return path or "body"  # the key itself is not echoed
-        found = nul_field(item, f"{path}.{key}" if path else str(key))
+            return path or whole  # the key itself is not echoed
+        if not repeatable(str(key)):  # keyed by an address, say: the mapping is named
+            found = (path or whole) if nul_field(item) is not None else None
+        else:
+            found = nul_field(item, f"{path}.{key}" if path else str(key), whole)
         if found is not None:
             return found
     return None
 
 
-def refuse_nul(value: Any, path: str = "") -> None:
+def refuse_nul(value: Any, path: str = "", whole: str = "body") -> None:
     """Raise InvalidInput naming the field when `value` holds a NUL anywhere. Encoding the
     value as JSON, which writes a NUL as the escape \\u0000, is the quick test (about 1 µs for
     a record; walking it in Python took 8); the walk only names the field."""
     try:
-        found = None if _encodes_without_nul(value) else nul_field(value, path)
+        found = None if _encodes_without_nul(value) else nul_field(value, path, whole)
     except RecursionError:
-        raise InvalidInput.field(path or "body", TOO_DEEP) from None
+        raise InvalidInput.field(path or whole, TOO_DEEP) from None
     if found is not None:
         raise InvalidInput.field(found, MESSAGE)
 

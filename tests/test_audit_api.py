@@ -119,6 +119,24 @@ async def test_bad_audit_queries_are_400(client, keys):
     assert r.status_code == 400
 
 
+async def test_a_number_is_not_a_time_in_an_audit_filter(client, keys):
+    """`until=2026` (a year) was read as 2026 seconds after 1970 and answered an empty page,
+    and `since=1700000000` as a Unix time: a filter is an RFC 3339 time or a 400 naming it."""
+    await seed_ledger(client, keys)
+    h = keys["compliance"]
+    for path in ("/v1/audit/consent-events", "/v1/audit/access-log"):
+        for params, field in [
+            ({"until": "2026"}, "until"),
+            ({"since": "1700000000"}, "since"),
+            ({"since": "-5"}, "since"),
+            ({"until": "0.5"}, "until"),
+        ]:
+            r = await client.get(path, headers=h, params=params)
+            assert r.status_code == 400, (path, params, r.text)
+            assert [e["field"] for e in r.json()["errors"]] == [field], (path, params)
+    assert (await events(client, keys, until="2026-12-01T00:00:00+03:00"))["items"]
+
+
 async def test_an_evidence_bundle_can_be_checked_without_our_software(client, keys):
     ids = await seed_ledger(client, keys)
     r = await client.post("/v1/audit/checkpoints", headers=keys["compliance"])

@@ -4,6 +4,8 @@ the service really sends."""
 
 from __future__ import annotations
 
+import jsonschema_rs
+
 from consent.tables import consent_ledger
 from tests.helpers import count
 
@@ -197,6 +199,60 @@ async def test_the_openapi_document_bounds_every_page_size(client):
     assert len(limits) >= 10
     for path, schema in limits:
         assert (schema["minimum"], schema["maximum"], schema["default"]) == (1, 1000, 100), path
+
+
+def valid_under(document: dict, schema: dict, value: object) -> bool:
+    """Whether `value` is valid under `schema`, a part of the served `document` (its $refs
+    resolved there), as a generated client's JSON Schema validator reads it."""
+    return jsonschema_rs.Draft202012Validator(
+        {**schema, "components": document["components"]}
+    ).is_valid(value)
+
+
+async def test_what_the_api_takes_and_sends_is_valid_under_its_document(client, keys):
+    """Litestar documents a union as `oneOf`, which needs exactly one branch to match: an
+    integer trait (`{"visits": 3}` is an integer and a number) and the health answer (`Any` or
+    a dict) were invalid under the document, so a validating client refused them."""
+    document = (await client.get("/schema/openapi.json")).json()
+    body = {"source": "crm", "email": "doc.union@example.com", "traits": {"visits": 3}}
+    r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    assert valid_under(document, {"$ref": "#/components/schemas/ProfileIn"}, body)
+    health = document["paths"]["/health"]["get"]["responses"]["200"]["content"]
+    answer = (await client.get("/health")).json()
+    assert valid_under(document, health["application/json"]["schema"], answer)
+
+
+async def test_the_document_says_a_body_takes_no_field_it_does_not_name(client, keys):
+    """A body with a field it does not know is a 400 naming it (a typo must not be dropped in
+    silence); the document allowed any extra field, so a client checking against it sent one."""
+    document = (await client.get("/schema/openapi.json")).json()
+    grant = {**WITHDRAWAL, "status": "granted", "evidence": {"wording_id": "w-1", "colour": 1}}
+    segment = {"name": "s", "purpose": "marketing", "channel": "email", "rules": {"all": []}}
+    for path, component, body, field in [
+        ("/v1/consents", "ConsentIn", {**WITHDRAWAL, "colour": 1}, "colour"),
+        ("/v1/consents", "ConsentIn", grant, "evidence.colour"),
+        ("/v1/segments", "SegmentIn", {**segment, "colour": 1}, "colour"),
+    ]:
+        r = await client.post(path, json=body, headers=keys["admin"])
+        assert r.status_code == 400, (path, r.text)
+        assert [e["field"] for e in r.json()["errors"]] == [field], path
+        assert not valid_under(document, {"$ref": f"#/components/schemas/{component}"}, body)
+    bodies = [
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        for item in document["paths"].values()
+        for op in item.values()
+        if isinstance(op, dict)
+        and "application/json" in op.get("requestBody", {}).get("content", {})
+    ]
+    assert len(bodies) >= 14
+    schemas = document["components"]["schemas"]
+    for name in [*bodies, "ConsentItemIn", "EvidenceIn", "IdentifierIn"]:
+        if name != "InboundSmsIn":  # an SMS gateway's payload carries fields of its own
+            assert schemas[name].get("additionalProperties") is False, name
+    sms = {"from": "+79161234567", "text": "hello", "gateway_id": "g-1"}
+    assert (await client.post("/v1/inbound/sms", json=sms, headers=keys["ingest"])).is_success
+    assert valid_under(document, {"$ref": "#/components/schemas/InboundSmsIn"}, sms)
 
 
 async def test_the_openapi_document_says_a_batch_holds_profile_records(client):

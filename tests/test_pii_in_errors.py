@@ -88,6 +88,8 @@ def probes(p: Person) -> list[tuple[str, str, Any]]:
         ("POST", "/v1/profiles", {**record, p.email: p.last_name}),  # an object keyed by address
         ("POST", "/v1/profiles", {**record, "consents": [{p.phone: "granted"}]}),
         ("POST", "/v1/profiles", {**record, "traits": {"note": {"x": p.last_name}}}),
+        ("POST", "/v1/profiles", {**record, "traits": {p.email: "\x00"}}),  # a NUL: a 400 too
+        ("POST", "/v1/profiles/batch", {"records": [{**record, "traits": {p.phone: "\x00"}}]}),
         ("POST", "/v1/profiles", {**record, "birth_date": p.last_name}),
         ("POST", "/v1/profiles", {**record, "jurisdiction": p.last_name}),
         ("POST", "/v1/profiles", {**record, "last_name": p.last_name * 40}),
@@ -119,6 +121,12 @@ def probes(p: Person) -> list[tuple[str, str, Any]]:
             {"source": "shop", "event_id": f"e-{n}", "type": "view", "email": p.local}
             | {"occurred_at": "2026-11-01T12:00:00Z"},
         ),
+        (
+            "POST",
+            "/v1/events",
+            {"source": "shop", "event_id": f"e-{n}", "type": "view", "email": p.email}
+            | {"occurred_at": "2026-11-01T12:00:00Z", "properties": {p.email: "\x00"}},
+        ),
         ("POST", "/v1/opt-outs", {"email": f"{p.local}@", "source": "crm"}),
         ("POST", "/v1/opt-outs", {"phone": p.phone, "source": "crm", "channel": p.last_name}),
         ("POST", "/v1/erasure-requests", {"email": p.email, "requested_by": p.first_name}),
@@ -143,6 +151,7 @@ def probes(p: Person) -> list[tuple[str, str, Any]]:
         ("GET", "/v1/profiles", {"email": p.email, "phone": p.phone}),
         ("GET", f"/v1/profiles/{p.email}", {}),
         ("GET", "/v1/audit/consent-events", {"email": p.email, "since": p.last_name}),
+        ("GET", "/v1/audit/access-log", {p.email: "\x00"}),
         ("GET", f"/v1/unsubscribe/{p.email}", {}),
         ("POST", f"/v1/unsubscribe/{p.email}", {}),
         ("GET", f"/preferences/{p.local}", {}),

@@ -13,7 +13,7 @@ from litestar.params import FromQuery
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from api.openapi import NAMES_A_CUSTOMER
-from api.params import Limit
+from api.params import Limit, Moment
 from cdp.access_log import log_access
 from cdp.errors import Conflict, InvalidInput, NotFound
 from cdp.platform import Platform
@@ -22,7 +22,7 @@ from cdp.segments.cursor import check_limit
 from consent.audit import access, events
 from consent.audit.bundle import evidence_bundle
 from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_checkpoints
-from consent.audit.paging import check_period, decode_cursor, encode_cursor
+from consent.audit.paging import decode_cursor, encode_cursor, period
 from consent.audit.signing import signer_for
 from consent.audit.verify import snapshot, verify_ledger
 from consent.dsr.consistency import requests_report
@@ -102,13 +102,13 @@ class AuditController(Controller):
         phone: FromQuery[str | None] = None,
         purpose: FromQuery[str | None] = None,
         channel: FromQuery[str | None] = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        since: Moment = None,
+        until: Moment = None,
         limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         size = check_limit(limit)
-        check_period(since, until)
+        start, end = period(since, until)
         events.check_filter(platform, purpose, channel)
         position = decode_cursor(cursor, 1)
         after = position[0] if position else 0
@@ -117,7 +117,7 @@ class AuditController(Controller):
         ident = _customer_ident(platform, profile_id, email, phone)
         async with platform.db.write() as conn:
             customer = await events.resolve_customer(conn, ident) if ident else None
-            f = events.EventFilter(customer, purpose, channel, since, until)
+            f = events.EventFilter(customer, purpose, channel, start, end)
             items, next_seq = await events.page(conn, platform, f, after, size)
             await log_access(
                 conn,
@@ -182,13 +182,13 @@ class AuditController(Controller):
         platform: PlatformDep,
         profile_id: FromQuery[str | None] = None,
         actor: FromQuery[str | None] = None,
-        since: FromQuery[datetime | None] = None,
-        until: FromQuery[datetime | None] = None,
+        since: Moment = None,
+        until: Moment = None,
         limit: Limit = None,
         cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         size = check_limit(limit)
-        check_period(since, until)
+        start, end = period(since, until)
         after = _access_position(decode_cursor(cursor, 2))
         async with platform.db.read() as conn:
             pids = None
@@ -197,7 +197,7 @@ class AuditController(Controller):
                     platform.policy, platform.keys.indexer, profile_id=profile_id
                 )
                 pids = (await events.resolve_customer(conn, ident)).profile_ids
-            f = access.AccessFilter(pids, actor, since, until)
+            f = access.AccessFilter(pids, actor, start, end)
             items, last = await access.page(conn, f, after, size)
         next_cursor = encode_cursor([last[0].isoformat(), str(last[1])]) if last else None
         return {"items": items, "next_cursor": next_cursor}
