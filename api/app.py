@@ -25,6 +25,7 @@ from api.controllers.console import ConsoleController, with_console_sessions
 from api.controllers.dsr import ErasureRequestController, post_access_request
 from api.controllers.events import post_event
 from api.controllers.matching import MATCHING_ROUTES
+from api.controllers.metrics import PROMETHEUS, metrics
 from api.controllers.preferences import PreferenceCentre, post_preference_link
 from api.controllers.profiles import ProfileController
 from api.controllers.segments import SegmentController
@@ -50,6 +51,7 @@ ROUTES = [
     AuditController,
     health,
     live,
+    metrics,
     ProfileController,
     post_event,
     post_consent,
@@ -108,6 +110,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         before_request=before_request,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body,
+        middleware=[PROMETHEUS.middleware],
         openapi_config=OpenAPIConfig(
             title="Consent and customer data platform",
             version="1.0.0",

@@ -24,6 +24,11 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cdp"'}
 async def auth_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     if handler.opt.get("public") or is_framework_options(handler):
         return
+    if handler.opt.get("metrics"):  # its own token, not an API key (api.controllers.metrics)
+        from api.controllers.metrics import check_metrics_token
+
+        check_metrics_token(connection)
+        return
     if connection.url.path.startswith("/schema"):
         return
     header = connection.headers.get("authorization", "")

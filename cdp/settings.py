@@ -40,6 +40,8 @@ class Settings:
     pool_size: int = 20
     max_overflow: int = 20
     connect_timeout: float = 10.0  # seconds to open a PostgreSQL connection before giving up
+    # the bearer token of GET /metrics (Prometheus); None: the endpoint is off (404)
+    metrics_token: str | None = None
 
     @property
     def is_production(self) -> bool:
@@ -73,6 +75,7 @@ class Settings:
             pool_size=int(env_number(env, "CDP_DATABASE_POOL_SIZE", 20, whole=True, least=1)),
             max_overflow=int(env_number(env, "CDP_DATABASE_MAX_OVERFLOW", 20, whole=True)),
             connect_timeout=env_number(env, "CDP_DATABASE_CONNECT_TIMEOUT", 10.0, least=0.1),
+            metrics_token=metrics_token(env.get("CDP_METRICS_TOKEN")),
         )
 
 
@@ -98,6 +101,18 @@ def public_url(value: str) -> str:
 
 
 DATABASES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
+
+
+def metrics_token(token: str | None) -> str | None:
+    """CDP_METRICS_TOKEN: at least 16 characters (a scraper's secret, not a password to
+    guess), or unset."""
+    if not token:
+        return None
+    if len(token.strip()) < 16 or token != token.strip():
+        raise InvalidInput.field(
+            "CDP_METRICS_TOKEN", "must be at least 16 characters, without surrounding spaces"
+        )
+    return token
 
 
 def key_store_url(url: str | None) -> str | None:

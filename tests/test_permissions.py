@@ -54,9 +54,14 @@ def concrete(path: str) -> str:
     return PARAM.sub(lambda m: "openapi.json" if m.group(1) == "path" else UNKNOWN_ID, path)
 
 
+def is_scraped(opt: dict[str, Any]) -> bool:
+    """GET /metrics: its own token, never an API key (api.controllers.metrics)."""
+    return bool(opt.get("metrics"))
+
+
 APP = create_app(Settings())
 ENDPOINTS = endpoints(APP)
-PRIVATE = [(m, p, o) for m, p, o in ENDPOINTS if not is_public(p, o)]
+PRIVATE = [(m, p, o) for m, p, o in ENDPOINTS if not is_public(p, o) and not is_scraped(o)]
 DOCUMENT = APP.openapi_schema.to_schema()
 
 
@@ -112,6 +117,10 @@ def test_every_private_route_declares_known_roles_and_admin_reaches_it():
         assert roles, f"{method} {path} declares no roles"
         assert roles <= set(ROLES), f"{method} {path}: unknown roles {roles - set(ROLES)}"
         assert "admin" in roles, f"{method} {path}: admin cannot use it"
+
+
+def test_only_the_metrics_route_takes_a_token_of_its_own():
+    assert [(m, p) for m, p, o in ENDPOINTS if is_scraped(o)] == [("GET", "/metrics")]
 
 
 def test_public_routes_are_only_health_schema_and_token_links():
@@ -173,7 +182,9 @@ async def test_every_route_answers_each_role_as_declared(platform, client, keys)
             body = {} if method in ("POST", "PUT", "PATCH") else None
             r = await client.request(method, url, headers=headers, json=body)
             allowed = is_public(path, opt) or (who in ROLES and who in declared(opt))
-            if allowed:
+            if is_scraped(opt):  # off without CDP_METRICS_TOKEN; no API key ever scrapes
+                expected, good = "404", r.status_code == 404
+            elif allowed:
                 expected, good = "not 401/403", r.status_code not in (401, 403)
             elif who in ROLES:
                 expected, good = "403", r.status_code == 403
