@@ -17,7 +17,7 @@ TOKEN = "scraper-secret-0123456789"
 
 
 @pytest.fixture
-def metrics_on(platform):
+def metrics_on(platform):  # before `client`: the app counts requests only with a token set
     platform.settings = dataclasses.replace(platform.settings, metrics_token=TOKEN)
     return platform
 
@@ -39,7 +39,7 @@ async def test_off_without_a_token_and_an_api_key_is_not_a_scraper(client, keys)
     assert r.status_code == 404  # off until CDP_METRICS_TOKEN is set
 
 
-async def test_only_the_metrics_token_scrapes(client, keys, metrics_on):
+async def test_only_the_metrics_token_scrapes(metrics_on, client, keys):
     for headers in ({}, keys["admin"], scrape_headers("scraper-secret-wrong-value")):
         r = await client.get("/metrics", headers=headers)
         assert r.status_code == 401, headers
@@ -48,7 +48,7 @@ async def test_only_the_metrics_token_scrapes(client, keys, metrics_on):
     assert r.headers["content-type"].startswith("text/plain")
 
 
-async def test_an_overdue_erasure_and_the_webhook_backlog_show(client, keys, metrics_on):
+async def test_an_overdue_erasure_and_the_webhook_backlog_show(metrics_on, client, keys):
     email = "anna.metrics@example.com"
     await client.post(
         "/v1/profiles", json={"source": "crm", "email": email}, headers=keys["ingest"]
@@ -89,7 +89,7 @@ async def test_an_overdue_erasure_and_the_webhook_backlog_show(client, keys, met
     assert email not in text
 
 
-async def test_request_figures_name_routes_not_paths(client, keys, metrics_on):
+async def test_request_figures_name_routes_not_paths(metrics_on, client, keys):
     """A path can hold a link's token (a manage link lets its holder download the customer's
     data): the figures are labelled by the route template."""
     await client.post(
