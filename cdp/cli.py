@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -238,107 +238,50 @@ def events_seal() -> None:
 DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
 
 
-@main.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--source", required=True, help="the system the file comes from")
-@click.option(
-    "--rejects",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="where the rejected rows go (row, field, reason; never a value) "
-    "[default: FILE.rejects.csv]",
-)
-@click.option(
-    "--encoding",
-    default="utf-8",
-    show_default=True,
-    help="the file's text encoding, e.g. cp1251 for a Russian Excel CSV",
-)
-@click.option(
-    "--delimiter",
-    type=click.Choice(sorted(DELIMITER_NAMES)),
-    default=None,
-    help="the CSV's column separator [default: read off the header]",
-)
-def import_cmd(
-    file: Path, source: str, rejects: Path | None, encoding: str, delimiter: str | None
-) -> None:
-    """Bulk upsert a CSV (header row) or NDJSON file."""
+def file_options(command: Callable[..., None]) -> Callable[..., None]:
+    """FILE, --rejects, --encoding and --delimiter: how `cdp import` and `cdp events import`
+    read a file (`cdp.import_file`)."""
+    for option in reversed(
+        (
+            click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+            click.option(
+                "--rejects",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="where the rejected rows go (row, field, reason; never a value) "
+                "[default: FILE.rejects.csv]",
+            ),
+            click.option(
+                "--encoding",
+                default="utf-8",
+                show_default=True,
+                help="the file's text encoding, e.g. cp1251 for a Russian Excel CSV",
+            ),
+            click.option(
+                "--delimiter",
+                type=click.Choice(sorted(DELIMITER_NAMES)),
+                default=None,
+                help="the CSV's column separator [default: read off the header]",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def run_file_import(
+    description: str,
+    runner: Callable[..., Awaitable[Any]],
+    file: Path,
+    source: str,
+    rejects: Path | None,
+    encoding: str,
+    delimiter: str | None,
+) -> Any:
+    """`runner(p, file, source, ...)` on the platform, with a progress bar on stderr; its
+    summary."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from cdp.importer import run_import
-
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task("importing", total=None)
-
-        async def go(p: Any):  # type: ignore[no-untyped-def]
-            return await run_import(
-                p,
-                file,
-                source,
-                rejects_path=rejects,
-                on_progress=lambda n: bar.update(task, completed=n),
-                on_total=lambda n: bar.update(task, total=n),
-                encoding=encoding,
-                delimiter=DELIMITER_NAMES[delimiter] if delimiter else None,
-            )
-
-        summary = run(lambda: with_platform(go))
-    click.echo(
-        f"rows: {summary.rows}  created: {summary.created}  joined existing: {summary.joined}  "
-        f"merged: {summary.merged}  rejected rows: {summary.rejected_rows}  "
-        f"consents recorded: {summary.consents_recorded}  "
-        f"consents rejected: {summary.consents_rejected}  "
-        f"identifiers ignored: {summary.identifiers_ignored}"
-    )
-    click.echo(f"rejects: {summary.rejects_path}")
-    for reason, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {n}\t{reason}")
-
-
-@events_commands.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--source",
-    required=True,
-    help="the system the events come from (a repeated event id of it is recognised)",
-)
-@click.option(
-    "--rejects",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="where the rejected rows go (row, field, reason; never a value) "
-    "[default: FILE.rejects.csv]",
-)
-@click.option(
-    "--encoding",
-    default="utf-8",
-    show_default=True,
-    help="the file's text encoding, e.g. cp1251 for a Russian Excel CSV",
-)
-@click.option(
-    "--delimiter",
-    type=click.Choice(sorted(DELIMITER_NAMES)),
-    default=None,
-    help="the CSV's column separator [default: read off the header]",
-)
-def events_import(
-    file: Path, source: str, rejects: Path | None, encoding: str, delimiter: str | None
-) -> None:
-    """Import events (an order history) from a CSV (header row) or NDJSON file: each row a
-    POST /v1/events body without source. Running it again is safe."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    from cdp.events_import import run_event_import
 
     with Progress(
         "[progress.description]{task.description}",
@@ -347,10 +290,10 @@ def events_import(
         TimeRemainingColumn(),
         console=Console(stderr=True),
     ) as bar:
-        task = bar.add_task("importing events", total=None)
+        task = bar.add_task(description, total=None)
 
-        async def go(p: Any):  # type: ignore[no-untyped-def]
-            return await run_event_import(
+        async def go(p: Any) -> Any:
+            return await runner(
                 p,
                 file,
                 source,
@@ -361,14 +304,57 @@ def events_import(
                 delimiter=DELIMITER_NAMES[delimiter] if delimiter else None,
             )
 
-        summary = run(lambda: with_platform(go))
+        return run(lambda: with_platform(go))
+
+
+def echo_rejects(summary: Any) -> None:
+    click.echo(f"rejects: {summary.rejects_path}")
+    for reason, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {n}\t{reason}")
+
+
+@main.command("import")
+@click.option("--source", required=True, help="the system the file comes from")
+@file_options
+def import_cmd(
+    file: Path, source: str, rejects: Path | None, encoding: str, delimiter: str | None
+) -> None:
+    """Bulk upsert a CSV (header row) or NDJSON file."""
+    from cdp.importer import run_import
+
+    summary = run_file_import("importing", run_import, file, source, rejects, encoding, delimiter)
+    click.echo(
+        f"rows: {summary.rows}  created: {summary.created}  joined existing: {summary.joined}  "
+        f"merged: {summary.merged}  rejected rows: {summary.rejected_rows}  "
+        f"consents recorded: {summary.consents_recorded}  "
+        f"consents rejected: {summary.consents_rejected}  "
+        f"identifiers ignored: {summary.identifiers_ignored}"
+    )
+    echo_rejects(summary)
+
+
+@events_commands.command("import")
+@click.option(
+    "--source",
+    required=True,
+    help="the system the events come from (a repeated event id of it is recognised)",
+)
+@file_options
+def events_import(
+    file: Path, source: str, rejects: Path | None, encoding: str, delimiter: str | None
+) -> None:
+    """Import events (an order history) from a CSV (header row) or NDJSON file: each row a
+    POST /v1/events body without source. Running it again is safe."""
+    from cdp.events_import import run_event_import
+
+    summary = run_file_import(
+        "importing events", run_event_import, file, source, rejects, encoding, delimiter
+    )
     click.echo(
         f"rows: {summary.rows}  recorded: {summary.recorded}  "
         f"already recorded: {summary.repeated}  rejected rows: {summary.rejected_rows}"
     )
-    click.echo(f"rejects: {summary.rejects_path}")
-    for reason, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
-        click.echo(f"  {n}\t{reason}")
+    echo_rejects(summary)
 
 
 @main.command()
