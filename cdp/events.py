@@ -19,6 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import event_ids, stats
+from cdp.db.conflicts import write_retried
 from cdp.db.engine import lock_keys
 from cdp.db.tables import events, identities
 from cdp.errors import DomainError, Gone, InvalidInput
@@ -99,11 +100,15 @@ def checked(p: Platform, body: EventIn) -> CheckedEvent:
 
 async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
     event = checked(p, body)
-    async with p.db.write() as conn:
+
+    async def store(conn: AsyncConnection) -> EventResult:
         (result,) = await store_events(conn, p, [event], actor)
         if isinstance(result, DomainError):
             raise result  # and the transaction rolls back: a refused request stores nothing
-    return result
+        return result
+
+    # lost a deadlock to a writer of the same customer (an import's chunk): run again
+    return await write_retried(p.db, store, name="events")
 
 
 Stored = EventResult | DomainError  # what became of one event of a batch

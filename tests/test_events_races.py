@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import text
 
@@ -60,29 +61,62 @@ async def stats_of(client, keys, email: str) -> tuple[int, str]:  # type: ignore
     return s["orders_count"], s["total_spent"]
 
 
+async def deadlocked(platform, pid: uuid.UUID, email: str, start: Callable[[], Awaitable]):  # type: ignore[no-untyped-def]
+    """Run `start()` (a write that locks the address `email`, then the profile `pid`) into a
+    deadlock with a writer that holds the profile, then asks for the address (an erasure
+    whose customer gained an address meanwhile locks it after the profiles; a writer whose
+    customer was merged away locks the survivor after the others). That writer waits longer
+    before it looks for deadlocks, so PostgreSQL aborts the other one."""
+    async with platform.db.write() as other:
+        await other.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+        await lock_profiles(other, [pid])
+        task = asyncio.ensure_future(start())
+        for _ in range(2000):  # until the write, holding the address, waits for the profile
+            if task.done() or await waiting_for_a_lock(platform):
+                break
+            await asyncio.sleep(0.005)
+        address = lock_key(platform.keys.indexer.email(email))
+        await other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": address})
+    return await task
+
+
 async def test_an_import_chunk_that_loses_a_deadlock_is_run_again_and_the_import_goes_on(
     client, keys, platform, tmp_path
 ):
-    """A chunk holds its addresses' locks, then waits for its customers' profiles. A writer
-    that holds one of those profiles and then asks for one of the addresses (an erasure
-    whose customer gained an address meanwhile locks it after the profiles; a writer whose
-    customer was merged away locks the survivor after the others) closes a cycle, and
-    PostgreSQL aborts one of the two. The import stopped there ("Import stopped
-    (DBAPIError)"), hours into a large file, for a chunk that a second run stores at once."""
+    """The import stopped there ("Import stopped (DBAPIError)"), hours into a large file,
+    for a chunk that a second run stores at once."""
     if not platform.db.is_postgres:
         return
     pid = await customer(client, keys, ANNA)
     path = orders(tmp_path, ("o-1", ANNA, "100.00"), ("o-2", ANNA, "50.00"))
-    async with platform.db.write() as other:
-        await other.execute(text("SET LOCAL deadlock_timeout = '10s'"))  # the chunk loses
-        await lock_profiles(other, [pid])  # a writer holds the customer's profile...
-        task = asyncio.ensure_future(run_event_import(platform, path, "shop"))
-        for _ in range(2000):  # ...while the chunk, holding the address, waits for it
-            if task.done() or await waiting_for_a_lock(platform):
-                break
-            await asyncio.sleep(0.005)
-        address = lock_key(platform.keys.indexer.email(ANNA))
-        await other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": address})
-    summary = await task
+    summary = await deadlocked(
+        platform, pid, ANNA, lambda: run_event_import(platform, path, "shop")
+    )
     assert (summary.recorded, summary.repeated, summary.rejected_rows) == (2, 0, 0)
     assert await stats_of(client, keys, ANNA) == (2, "150.00")
+
+
+async def test_an_event_that_loses_a_deadlock_is_run_again_and_answered(client, keys, platform):
+    """It was a 503 the shop had to send again, while profile writes and opt-outs losing the
+    same deadlock are run again; an event is idempotent, its transaction all it writes."""
+    if not platform.db.is_postgres:
+        return
+    pid = await customer(client, keys, ANNA)
+    event = {
+        "source": "shop",
+        "event_id": "o-1",
+        "type": "purchase",
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "email": ANNA,
+        "amount": "100.00",
+        "currency": "RUB",
+    }
+    r = await deadlocked(
+        platform,
+        pid,
+        ANNA,
+        lambda: client.post("/v1/events", json=event, headers=keys["ingest"]),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["profile_id"] == str(pid)
+    assert await stats_of(client, keys, ANNA) == (1, "100.00")
