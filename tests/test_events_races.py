@@ -120,3 +120,57 @@ async def test_an_event_that_loses_a_deadlock_is_run_again_and_answered(client, 
     assert r.status_code == 201, r.text
     assert r.json()["profile_id"] == str(pid)
     assert await stats_of(client, keys, ANNA) == (1, "100.00")
+
+
+async def test_an_event_recorded_before_sealing_is_recognised_while_cdp_events_seal_runs(
+    client, keys, platform
+):
+    """A batch looks its events up by sealed key, then by the plain id of rows recorded
+    before sealing (migration 0012), in two statements. `cdp events seal` committing between
+    the two moved a row from where the second looks to where the first had looked: the event
+    was taken for new and its insert broke the unique key, a 500 (an import stopped there).
+    Here the seal runs, for real, right after the batch's first look-up, whichever it is."""
+    if not platform.db.is_postgres:
+        return
+    from sqlalchemy import event as sa_event
+    from sqlalchemy import update
+    from sqlalchemy.util import await_only
+
+    from cdp.db.tables import events
+    from cdp.event_ids import event_key, seal_plain_ids
+
+    pid = await customer(client, keys, ANNA)
+    order = {
+        "source": "shop",
+        "event_id": "o-1",
+        "type": "purchase",
+        "occurred_at": "2026-11-01T10:00:00Z",
+        "email": ANNA,
+        "amount": "100.00",
+        "currency": "RUB",
+    }
+    r = await client.post("/v1/events", json=order, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    async with platform.db.write() as conn:  # as a release before 0012 stored it
+        await conn.execute(
+            update(events)
+            .where(events.c.event_key == event_key(platform.keys.indexer, "shop", "o-1"))
+            .values(event_id="o-1", event_key=None, event_ref=None, key_id=None)
+        )
+    sealed: list[int] = []
+
+    def seal_now(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        looks_up = "event_key IN" in statement or "event_id IN" in statement
+        if not sealed and "FROM events" in statement and looks_up:  # the first look-up
+            sealed.append(await_only(seal_plain_ids(platform.db, platform.keys)))
+
+    engine = platform.db.engine.sync_engine
+    sa_event.listen(engine, "after_cursor_execute", seal_now)
+    try:
+        r = await client.post("/v1/events", json=order, headers=keys["ingest"])
+    finally:
+        sa_event.remove(engine, "after_cursor_execute", seal_now)
+    assert sealed == [1]  # the seal ran in between
+    assert r.status_code == 200, r.text
+    assert r.json()["profile_id"] == str(pid)
+    assert await stats_of(client, keys, ANNA) == (1, "100.00")
