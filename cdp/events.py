@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgspec
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import event_ids, stats
+from cdp.db.conflicts import write_retried
 from cdp.db.engine import lock_keys
 from cdp.db.tables import events, identities
 from cdp.errors import DomainError, Gone, InvalidInput
@@ -99,11 +100,15 @@ def checked(p: Platform, body: EventIn) -> CheckedEvent:
 
 async def record_event(p: Platform, body: EventIn, actor: str) -> EventResult:
     event = checked(p, body)
-    async with p.db.write() as conn:
+
+    async def store(conn: AsyncConnection) -> EventResult:
         (result,) = await store_events(conn, p, [event], actor)
         if isinstance(result, DomainError):
             raise result  # and the transaction rolls back: a refused request stores nothing
-    return result
+        return result
+
+    # lost a deadlock to a writer of the same customer (an import's chunk): run again
+    return await write_retried(p.db, store, name="events")
 
 
 Stored = EventResult | DomainError  # what became of one event of a batch
@@ -165,32 +170,32 @@ async def _recorded(
     conn: AsyncConnection, batch: list[CheckedEvent], keys: list[bytes]
 ) -> dict[bytes, _Recorded]:
     """The events of the batch already stored, by event key: sealed ones by their key, those
-    recorded before sealing (migration 0012) by their plain id. Two look-ups, each on its
-    unique index (source, key) or (source, id): as one query with OR, PostgreSQL (its
-    statistics lagging behind an import) scanned every event of the source for each batch."""
+    recorded before sealing (migration 0012) by their plain id. One statement, a UNION ALL of
+    two look-ups, each on its unique index (source, key) or (source, id): as one query with OR,
+    PostgreSQL (its statistics lagging behind an import) scanned every event of the source for
+    each batch; as two statements, `cdp events seal` committing between them moved a row from
+    where the second looked to where the first had looked, the repeat was taken for new and
+    its insert broke the unique key (a 500). One statement reads one snapshot."""
     e = events.c
     found: dict[bytes, _Recorded] = {}
     by_source: dict[str, list[int]] = {}
     for i, event in enumerate(batch):
         by_source.setdefault(event.body.source, []).append(i)
-    columns = (e.profile_id, e.type, e.currency)
+    columns = (e.event_key, e.event_id, e.profile_id, e.type, e.currency)
     for source, members in by_source.items():
         for start in range(0, len(members), 500):
             part = members[start : start + 500]
-            sealed = await conn.execute(
-                select(e.event_key, *columns).where(
-                    e.source == source, e.event_key.in_([keys[i] for i in part])
+            plain = {batch[i].body.event_id: keys[i] for i in part}
+            rows = await conn.execute(
+                union_all(
+                    select(*columns).where(
+                        e.source == source, e.event_key.in_([keys[i] for i in part])
+                    ),
+                    select(*columns).where(e.source == source, e.event_id.in_(list(plain))),
                 )
             )
-            found.update((key, _Recorded(*rest)) for key, *rest in sealed)
-            plain = {batch[i].body.event_id: keys[i] for i in part if keys[i] not in found}
-            if plain:
-                older = await conn.execute(
-                    select(e.event_id, *columns).where(
-                        e.source == source, e.event_id.in_(list(plain))
-                    )
-                )
-                found.update((plain[plain_id], _Recorded(*rest)) for plain_id, *rest in older)
+            for key, plain_id, *rest in rows:
+                found[key if key is not None else plain[plain_id]] = _Recorded(*rest)
     return found
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from cdp.db.conflicts import write_retried
 from cdp.errors import DomainError, FieldError, InvalidInput
 from cdp.events import CheckedEvent, checked, store_events
 from cdp.import_file import Columns, ImportFileError, check_file, is_json_lines, read_chunks
@@ -178,9 +179,12 @@ async def run_event_import(
                     good.append((n, prepared(p, header, row, source)))
                 except DomainError as exc:
                     reject(n, exc.errors or [FieldError("row", exc.detail)])
-            try:
-                async with p.db.write() as conn:
-                    stored = await store_events(conn, p, [event for _, event in good], actor)
+            try:  # a chunk that lost a deadlock to a writer of the same customers: run again
+                stored = await write_retried(
+                    p.db,
+                    lambda conn, batch=[e for _, e in good]: store_events(conn, p, batch, actor),
+                    name="events-import",
+                )
             except Exception as exc:
                 raise EventImportStopped.after(exc, summary, stored_through) from exc
             for (n, _), result in zip(good, stored, strict=True):

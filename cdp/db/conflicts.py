@@ -3,12 +3,29 @@
 PostgreSQL aborts one of two transactions that wait for each other's locks (deadlock, SQLSTATE
 40P01) and a transaction a serializable snapshot cannot order (40001). The aborted transaction
 changed nothing; run again, it succeeds. SQLite never reports either: its writers queue behind
-one write lock.
+one write lock. `write_retried` runs a write transaction again when it lost one (group commits,
+`cdp events import`'s chunks); a request that does not is answered 503 (api.errors).
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+if TYPE_CHECKING:
+    from cdp.db.engine import Database
+
+R = TypeVar("R")
+
+log = structlog.get_logger(__name__)
+
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+RETRIES = 3  # runs of a transaction that lost a deadlock, after the first
 
 
 def is_transient_conflict(exc: BaseException) -> bool:
@@ -18,3 +35,21 @@ def is_transient_conflict(exc: BaseException) -> bool:
         if getattr(err, "sqlstate", None) in TRANSIENT_SQLSTATES:
             return True
     return False
+
+
+async def write_retried(
+    db: Database, work: Callable[[AsyncConnection], Awaitable[R]], *, name: str
+) -> R:
+    """`work` in a write transaction, run again (up to RETRIES times, after a short random
+    pause) when PostgreSQL aborted it to break a deadlock. `work` must make nothing outside
+    the transaction that a second run would make twice."""
+    for attempt in range(RETRIES + 1):
+        try:
+            async with db.write() as conn:
+                return await work(conn)
+        except Exception as exc:
+            if attempt == RETRIES or not is_transient_conflict(exc):
+                raise
+            log.info("write_conflict_retried", name=name, attempt=attempt + 1)
+            await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
+    raise AssertionError("unreachable")

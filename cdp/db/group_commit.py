@@ -9,24 +9,23 @@ committed. Batches form only when callers arrive faster than transactions finish
 
 `apply(conn, items)` runs inside the transaction and returns one result per item, in order; a
 result that is an exception is raised to that item's caller alone (e.g. one opt-out names an
-erased profile). A transaction PostgreSQL aborts to break a deadlock (cdp.db.conflicts) is run
-again, up to RETRIES times, after a short random pause: its callers get their answers, not a
-500. If the transaction fails otherwise, every item of the batch is retried in its own
-transaction, so one bad item never fails the others. A caller that goes away (cancelled request)
-does not withdraw its item: a write that was asked for is made.
+erased profile). A transaction PostgreSQL aborts to break a deadlock is run again, up to
+RETRIES times, after a short random pause (cdp.db.conflicts.write_retried): its callers get
+their answers, not a 500. If the transaction fails otherwise, every item of the batch is retried
+in its own transaction, so one bad item never fails the others. A caller that goes away
+(cancelled request) does not withdraw its item: a write that was asked for is made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.db.conflicts import is_transient_conflict
+from cdp.db.conflicts import write_retried
 
 if TYPE_CHECKING:
     from cdp.db.engine import Database
@@ -35,8 +34,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 log = structlog.get_logger(__name__)
-
-RETRIES = 3  # runs of a transaction that lost a deadlock, after the first
 
 Apply = Callable[[AsyncConnection, list[T]], Awaitable[Sequence["R | Exception"]]]
 
@@ -91,16 +88,9 @@ class GroupCommit(Generic[T, R]):
 
     async def _run(self, items: list[T]) -> Sequence[R | Exception]:
         """`apply` in a write transaction, run again when it lost a deadlock."""
-        for attempt in range(RETRIES + 1):
-            try:
-                async with self._db.write() as conn:
-                    return await self._apply(conn, items)
-            except Exception as exc:
-                if attempt == RETRIES or not is_transient_conflict(exc):
-                    raise
-                log.info("group_commit_conflict_retried", name=self._name, attempt=attempt + 1)
-                await asyncio.sleep(random.uniform(0.005, 0.02) * (attempt + 1))
-        raise AssertionError("unreachable")
+        return await write_retried(
+            self._db, lambda conn: self._apply(conn, items), name=f"group-commit:{self._name}"
+        )
 
 
 def _settle(future: asyncio.Future, result: object) -> None:
