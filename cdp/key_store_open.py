@@ -51,13 +51,26 @@ def key_store_url(settings: Settings) -> str:
     directory or server then holds both halves of every data key, which no erasure reaches
     (as CDP_MASTER_KEY, which production never invents either)."""
     if settings.is_production and settings.key_store is None:
-        here = make_url(settings.key_store_url).render_as_string(hide_password=True)
         raise KeyStoreSettingMissing(
             "CDP_KEY_STORE_URL must be set in production: keep the key store out of the "
             "database's backups, or an erasure does not reach them (README, 'Backups and the "
-            f"key store'); to keep the store where it is now, set CDP_KEY_STORE_URL={here}"
+            f"key store'); to keep the store where it is now, {_keep_where_it_is(settings)}"
         )
     return settings.key_store_url
+
+
+def _keep_where_it_is(settings: Settings) -> str:
+    """How to name today's default store, without repeating a password of CDP_DATABASE_URL
+    (before the host or in `?password=`): a SQLite file by its URL, a PostgreSQL store as the
+    database URL naming the store's database (a masked URL would not work if copied)."""
+    store = make_url(settings.key_store_url)
+    if store.get_backend_name() == "sqlite":
+        return f"set CDP_KEY_STORE_URL={store.set(query={}).render_as_string()}"
+    database = make_url(settings.database_url).database
+    return (
+        f"set CDP_KEY_STORE_URL to CDP_DATABASE_URL with the database name {store.database} "
+        f"in place of {database}"
+    )
 
 
 class KeyStoreUnavailable(CryptoError):

@@ -107,7 +107,10 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
             if (
                 e.undated
                 and e.status == "granted"
-                and _opted_out(key, state, blocked, holders.get(e.subject))
+                and (
+                    _already_granted(key, state)
+                    or _opted_out(key, state, blocked, holders.get(e.subject))
+                )
             ):
                 continue
             if supersedes(e.status, at, state.get(key)):
@@ -184,6 +187,17 @@ async def _suppressions(
             holders[profile_subject(pid)] = [bidx for _, bidx in addresses]
             bidxs.update(holders[profile_subject(pid)])
     return (await suppressed_at(conn, sorted(bidxs)) if bidxs else {}), holders
+
+
+def _already_granted(
+    key: tuple[bytes, str, str], state: dict[tuple[bytes, str, str], tuple[str, datetime]]
+) -> bool:
+    """An undated grant of what is granted already (a nightly sync repeating every
+    subscriber's consent column) says nothing new: taking its recorded time would make an old
+    subscription look new (`consent_days`, the address's confirmation, a consent.granted
+    webhook each night)."""
+    current = state.get(key)
+    return current is not None and current[0] == "granted"
 
 
 def _opted_out(

@@ -165,3 +165,40 @@ def test_an_advertiser_only_names_an_advertising_purpose(tmp_path):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(PolicyError, match=r"purposes.service.advertiser"):
         load_policy(target)
+
+
+async def test_a_partners_consent_is_not_taken_for_a_purpose_naming_no_advertiser(
+    client, keys, platform, tmp_path
+):
+    """An operator who named the partner's purpose but not their own: a grant to the partner's
+    advertising, sent under the operator's purpose, is a 400 naming evidence.advertiser,
+    rather than a consent to the partner making the customer reachable for the operator's own
+    advertising. Naming no advertiser, or one no purpose names, is accepted as before."""
+    target = policies_with_partner(tmp_path)
+    path = target / "policy.toml"
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(f'advertiser = "{SHOP}"\n', "", 1),
+        encoding="utf-8",
+    )
+    platform.policy = load_policy(target)
+    assert platform.policy.purposes["marketing"].advertiser is None
+    h = keys["ingest"]
+    await client.post("/v1/profiles", json={"source": "shop", "email": ANNA}, headers=h)
+    before = await count(platform, consent_ledger)
+    body = {"email": ANNA, **grant("marketing", advertiser=" partner brands LLC ")}
+    r = await client.post("/v1/consents", json=body, headers=h)
+    assert r.status_code == 400, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["evidence.advertiser"]
+    record = {"source": "shop", "email": ANNA, "consents": [grant("marketing", advertiser=PARTNER)]}
+    r = await client.post("/v1/profiles", json=record, headers=h)
+    assert r.status_code == 400, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["consents[0].evidence.advertiser"]
+    assert await count(platform, consent_ledger) == before
+    assert await reachable(client, keys, "marketing") == set()
+
+    for advertiser in ({}, {"advertiser": SHOP}):
+        r = await client.post(
+            "/v1/consents", json={"email": ANNA, **grant("marketing", **advertiser)}, headers=h
+        )
+        assert r.status_code == 201, r.text
+    assert await reachable(client, keys, "marketing") == {ANNA}

@@ -38,6 +38,7 @@ from consent.dsr.worker import run_pending
 from consent.tables import suppressions
 from tests.conftest import TEST_MASTER_KEY, _pg_admin, make_settings, pg_url
 from tests.test_erasure import EMAIL, create_anna
+from tests.test_import import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BORIS = {"source": "crm", "email": "boris.backup@example.com", "first_name": "Борис"}
@@ -213,8 +214,11 @@ async def test_production_names_its_key_store_or_does_not_start(platform, tmp_pa
         await open_platform(settings)
     message = str(refused.value)
     assert "CDP_KEY_STORE_URL must be set in production" in message
-    here = make_url(platform.settings.key_store_url).render_as_string(hide_password=True)
-    assert f"CDP_KEY_STORE_URL={here}" in message
+    store = make_url(platform.settings.key_store_url)
+    if platform.db.is_sqlite:
+        assert f"CDP_KEY_STORE_URL={store.render_as_string()}" in message
+    else:  # a password it may hold is not repeated (test_..._repeats_no_password)
+        assert f"with the database name {store.database} in place of" in message
     named = dataclasses.replace(settings, key_store=platform.settings.key_store_url)
     opened = await open_platform(named, run_migrations=False)
     await opened.close()
@@ -340,3 +344,23 @@ async def test_a_member_whose_key_share_is_gone_is_never_handed_out(client, keys
     assert b"kept@example.com" in export.content and b"gone@example.com" not in export.content
     query = await client.post("/v1/segments/query", json=definition, headers=keys["marketing"])
     assert [m["profile_id"] for m in query.json()["items"]] == [made["kept"]]
+
+
+@pytest.mark.parametrize("where", ["user", "query"])
+def test_the_refusal_without_a_key_store_repeats_no_password(tmp_path, where):
+    """An operator upgrading production without CDP_KEY_STORE_URL is told what to set; the
+    refusal (on stderr, in the service's logs) repeats no password of CDP_DATABASE_URL, whether
+    the URL carries it before the host or as `?password=` (asyncpg takes both), and suggests no
+    value with a masked password in it, which would not work if copied. Nothing is connected
+    to before the refusal: the same on either backend."""
+    url = (
+        "postgresql://cdp:s3cret-pw@db.internal:5432/cdp"
+        if where == "user"
+        else "postgresql://cdp@db.internal:5432/cdp?password=s3cret-pw&sslmode=require"
+    )
+    refused = run_cli(["keys", "list"], url, tmp_path, CDP_ENV="production")
+    assert refused.returncode == 1, refused.stderr
+    assert "CDP_KEY_STORE_URL must be set in production" in refused.stderr
+    assert "s3cret" not in refused.stderr + refused.stdout
+    assert "***" not in refused.stderr  # not a value to copy
+    assert "cdp_keys" in refused.stderr  # where today's store is: the database's name

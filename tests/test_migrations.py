@@ -271,3 +271,21 @@ async def test_0013_0014_keep_the_outbox_events_stored_before_them(empty_db):
         (got,) = (await conn.execute(select(outbox_events))).all()
     assert (got.id, got.kind, got.fanned_out) == (row["id"], "opt_out", False)
     assert (got.absorbed_profile_id, got.address_sealed) == (None, None)
+
+
+async def test_production_without_a_key_store_is_refused_before_any_migration(empty_db, tmp_path):
+    """An upgrade of production runs `cdp migrate` first: without CDP_KEY_STORE_URL it is
+    refused as every other command is, before the schema is touched, rather than leaving a
+    database migrated for a service that then refuses to start. So is the master key
+    rotation, which migrates too."""
+    import base64
+
+    from tests.test_import import run_cli
+
+    url = empty_db.engine.url.render_as_string(hide_password=False)
+    new_key = base64.b64encode(b"\x07" * 32).decode()
+    for args in (["migrate"], ["keys", "rotate-master"]):
+        refused = run_cli(args, url, tmp_path, CDP_ENV="production", CDP_NEW_MASTER_KEY=new_key)
+        assert refused.returncode == 1, (args, refused.stdout, refused.stderr[-2000:])
+        assert "CDP_KEY_STORE_URL must be set in production" in refused.stderr, args
+        assert await table_names(empty_db) == set(), args

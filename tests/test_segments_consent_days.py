@@ -137,3 +137,34 @@ async def test_an_op_that_does_not_fit_is_a_400_naming_it(client, keys):
     )
     assert r.status_code == 400, r.text
     assert [e["field"] for e in r.json()["errors"]] == ["rules.op"]
+
+
+async def test_a_nightly_sync_repeating_a_grant_without_its_date_does_not_make_it_new(client, keys):
+    """A CRM sync sends every subscriber's consent column again, undated (when it was given is
+    unknown): it says nothing new about when the customer subscribed, so it neither puts old
+    subscribers in the welcome series nor keeps them out of a re-permission campaign."""
+    pid = await customer(client, keys, email="loyal@example.com")
+    await consent(client, keys, "granted", 800, email="loyal@example.com")
+    assert await members(client, keys, days("gte", 730)) == {pid}
+    synced = {
+        "source": "crm",
+        "email": "loyal@example.com",
+        "consents": [
+            {
+                "purpose": "marketing",
+                "channel": "email",
+                "status": "granted",
+                "evidence": {"wording_id": "news-v1"},
+            }
+        ],
+    }
+    for _night in range(2):
+        r = await client.post("/v1/profiles", json=synced, headers=keys["ingest"])
+        assert r.status_code in (200, 201), r.text
+        assert r.json()["profile_id"] == pid
+    assert await members(client, keys, days("lte", 7)) == set()
+    assert await members(client, keys, days("gte", 730)) == {pid}
+    # a new customer's undated grant is their first known one: welcome
+    new = {**synced, "email": "newcomer@example.com"}
+    r = await client.post("/v1/profiles", json=new, headers=keys["ingest"])
+    assert await members(client, keys, days("lte", 7)) == {r.json()["profile_id"]}

@@ -7,11 +7,13 @@ and the old one is forgotten.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from cdp.db.tables import access_log
 from cdp.ids import utcnow
@@ -124,3 +126,48 @@ async def test_bad_overlap_unknown_id_and_roles(client, keys, platform, receiver
         assert r.status_code == 403
     await client.delete(f"/v1/webhooks/{sub['id']}", headers=keys["admin"])
     assert (await rotate(client, keys, sub["id"])).status_code == 404
+
+
+async def lock_waits(platform) -> int:  # type: ignore[no-untyped-def]
+    async with platform.db.engine.connect() as conn:
+        return await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE NOT l.granted AND a.datname = current_database()"
+            )
+        )
+
+
+async def test_two_rotations_at_once_keep_the_secret_each_answered(
+    client, keys, platform, receiver
+):
+    """Two rotations of one subscription at the same time (an admin and a secrets manager's
+    schedule): each answers a secret, and each answered secret signs; the second replaces the
+    first, it does not write over it as if the first had never happened. SQLite runs one
+    writer at a time, so there the two cannot interleave."""
+    if not platform.db.is_postgres:
+        return
+    sub = await subscribe(client, keys, receiver, kinds=["opt_out"])
+    async with platform.db.write() as held:  # someone else is writing the subscription
+        await held.execute(
+            select(webhook_subscriptions.c.id)
+            .where(webhook_subscriptions.c.id == uuid.UUID(sub["id"]))
+            .with_for_update()
+        )
+        first = asyncio.ensure_future(rotate(client, keys, sub["id"], overlap_seconds=3600))
+        for _ in range(2000):
+            if first.done() or await lock_waits(platform) >= 1:
+                break
+            await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(rotate(client, keys, sub["id"], overlap_seconds=3600))
+        for _ in range(2000):
+            if second.done() or await lock_waits(platform) >= 2:
+                break
+            await asyncio.sleep(0.005)
+    answered = [(await task).json()["secret"] for task in (first, second)]
+    receiver.secret = answered[0]
+    await opt_out(client, keys, email="both@example.com")
+    await drain(platform)
+    req = receiver.requests[0]
+    assert [accepts(secret, req) for secret in answered] == [True, True]
+    assert not accepts(sub["secret"], req)  # at most two sign: the original is replaced

@@ -294,22 +294,38 @@ def consent_problems(
             errors.append(
                 FieldError(f"{prefix}evidence.method", "a grant of this purpose needs its method")
             )
-    advertiser = policy.purposes[purpose].advertiser if purpose in policy.purposes else None
-    if (
-        status == "granted"
-        and advertiser is not None
-        and evidence is not None
-        and evidence.advertiser is not None
-        and not same_advertiser(evidence.advertiser, advertiser)
-    ):
-        errors.append(
-            FieldError(
-                f"{prefix}evidence.advertiser",
-                "names another advertiser than this purpose's (policy): record consent to "
-                "another advertiser's advertising under that advertiser's purpose",
-            )
-        )
+    named = evidence.advertiser if evidence is not None else None
+    problem = None
+    if status == "granted" and named is not None:
+        problem = advertiser_problem(policy, purpose, named)
+    if problem is not None:
+        errors.append(FieldError(f"{prefix}evidence.advertiser", problem))
     return errors
+
+
+def advertiser_problem(policy: Policy, purpose: str, named: str) -> str | None:
+    """Why a grant of `purpose` naming the advertiser `named` is refused, or None: it names
+    another advertiser than the purpose's own, or (a purpose naming none) the advertiser of
+    another purpose, whose consent would otherwise make the customer reachable for this one."""
+    own = policy.purposes[purpose].advertiser if purpose in policy.purposes else None
+    if own is not None:
+        if same_advertiser(named, own):
+            return None
+        return (
+            "names another advertiser than this purpose's (policy): record consent to "
+            "another advertiser's advertising under that advertiser's purpose"
+        )
+    theirs = sorted(
+        name
+        for name, p in policy.purposes.items()
+        if name != purpose and p.advertiser is not None and same_advertiser(named, p.advertiser)
+    )
+    if theirs:
+        return (
+            f"names the advertiser of the purpose {theirs[0]} (policy): record consent to "
+            "that advertiser's advertising under that purpose"
+        )
+    return None
 
 
 def same_advertiser(a: str, b: str) -> bool:

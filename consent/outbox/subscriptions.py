@@ -161,15 +161,18 @@ async def create(p: Platform, who: Principal, body: SubscriptionIn) -> Subscript
     return _out(stored, DeliveryCounts(), secret)
 
 
-async def load(conn: AsyncConnection, subscription_id: str | uuid.UUID):  # type: ignore[no-untyped-def]
+async def load(
+    conn: AsyncConnection, subscription_id: str | uuid.UUID, *, for_update: bool = False
+):  # type: ignore[no-untyped-def]
+    """The live subscription; `for_update`: its row locked until the commit (PostgreSQL), for
+    a change computed from what it holds."""
     sid = subscription_id if isinstance(subscription_id, uuid.UUID) else parse_uuid(subscription_id)
     row = None
     if sid is not None:
-        row = (
-            await conn.execute(
-                select(webhook_subscriptions).where(ws.id == sid, ws.deleted_at.is_(None))
-            )
-        ).first()
+        query = select(webhook_subscriptions).where(ws.id == sid, ws.deleted_at.is_(None))
+        if for_update:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
     if row is None:
         raise NotFound("no such webhook subscription")
     return row
@@ -214,7 +217,8 @@ async def rotate(
     secret = signing.new_secret()
     now = utcnow()
     async with p.db.write() as conn:
-        row = await load(conn, subscription_id)
+        # locked: a rotation at the same time replaces this one's secret, not the one it read
+        row = await load(conn, subscription_id, for_update=True)
         previous, until = None, None
         if overlap > 0:
             try:
