@@ -25,6 +25,7 @@ from cdp.db.metadata import metadata
 from cdp.db.migrate import migrate
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
+from consent.outbox.receiver import Receiver
 
 TEST_MASTER_KEY = MasterKey.generate_base64()
 PG_ADMIN_URL = os.environ.get("CDP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -153,3 +154,13 @@ async def keys(platform: Platform) -> dict[str, dict[str, str]]:
         key = await create_key(platform.db, f"{role}-key", role)
         out[role] = {"Authorization": f"Bearer {key}"}
     return out
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback (consent/outbox/receiver.py) that accepts any signature;
+    tests give a subscription its URL and read what it was sent."""
+    r = Receiver(secret="")
+    await r.start()
+    yield r
+    await r.stop()

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
@@ -48,14 +47,6 @@ PAYLOAD_KEYS = {
     "address_kind",
     "address_blind_index",
 }
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver(secret="")
-    await r.start()
-    yield r
-    await r.stop()
 
 
 async def subscribe(client, keys, receiver: Receiver, **body) -> dict:  # type: ignore[no-untyped-def]

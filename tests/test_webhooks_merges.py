@@ -7,27 +7,15 @@ accepted match suggestion; and `POST /v1/profiles/{id}/unmerge`. Ids only, never
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from sqlalchemy import select
 
 from cdp.importer import run_import
 from cdp.matching.suggestions import run_matching
-from consent.outbox.receiver import Receiver
 from consent.outbox.tables import outbox_events
 from tests.test_matching import CYRILLIC, LATIN
 from tests.test_webhooks_delivery import PAYLOAD_KEYS, add_profile, drain, subscribe
 
 MERGE_KEYS = PAYLOAD_KEYS | {"survivor_profile_id", "absorbed_profile_id"}
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver(secret="")
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def merge_events(receiver) -> list[dict]:  # type: ignore[no-untyped-def]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select, text, update
 
 from cdp.db.tables import access_log
@@ -23,14 +21,6 @@ from consent.outbox.retention import housekeeping
 from consent.outbox.tables import webhook_subscriptions
 from tests.helpers import holds_plaintext, raw_database_bytes
 from tests.test_webhooks_delivery import drain, opt_out, subscribe
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver(secret="")
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def accepts(secret: str, request) -> bool:  # type: ignore[no-untyped-def]

@@ -23,14 +23,6 @@ from tests.test_webhooks_delivery import PAYLOAD_KEYS, drain, opt_out, subscribe
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver(secret="")
-    await r.start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 async def plain() -> AsyncIterator[Receiver]:
     r = Receiver(secret="")
     await r.start()
