@@ -101,3 +101,41 @@ def cpu_use() -> Iterator[list[CpuUse]]:
             thread=time.thread_time() - thread,
         )
     )
+
+
+async def raw_csv_insert(p: Platform, path: Path, table: str) -> float:
+    """Seconds to insert the CSV's rows as they are (text columns named after its header)
+    with executemany in batches of 5,000: the database's own ceiling, a benchmark's raw
+    baseline."""
+    import csv
+
+    from sqlalchemy import Column, MetaData, String, Table
+
+    with path.open(encoding="utf-8") as fh:
+        header = next(csv.reader(fh))
+    names = [h.replace(".", "_") for h in header]
+    md = MetaData()
+    Table(table, md, *[Column(n, String) for n in names])
+    async with p.db.engine.begin() as conn:
+        await conn.run_sync(md.create_all)
+    marks = (
+        ", ".join(["?"] * len(names))
+        if p.db.is_sqlite
+        else ", ".join(f"${i + 1}" for i in range(len(names)))
+    )
+    sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})"
+    t = time.perf_counter()
+    with path.open(encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        batch: list[tuple] = []
+        for row in reader:
+            batch.append(tuple(row))
+            if len(batch) >= 5000:
+                async with p.db.write() as conn:
+                    await conn.exec_driver_sql(sql, batch)
+                batch = []
+        if batch:
+            async with p.db.write() as conn:
+                await conn.exec_driver_sql(sql, batch)
+    return time.perf_counter() - t

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import msgspec
-from sqlalchemy import Column, MetaData, String, Table
 
-from bench.common import peak_rss_mb, scratch_platform
+from bench.common import peak_rss_mb, raw_csv_insert, scratch_platform
 from cdp.events import record_event
 from cdp.events_import import run_event_import
 from cdp.profiles.schemas import EventIn
@@ -55,34 +54,6 @@ def write_orders(path: Path, orders: int, seed: int = 7) -> Path:
     return path
 
 
-async def raw_insert(p, path: Path) -> float:  # type: ignore[no-untyped-def]
-    md = MetaData()
-    Table("raw_orders", md, *[Column(h, String) for h in HEADER])
-    async with p.db.engine.begin() as conn:
-        await conn.run_sync(md.create_all)
-    marks = (
-        ", ".join(["?"] * len(HEADER))
-        if p.db.is_sqlite
-        else ", ".join(f"${i + 1}" for i in range(len(HEADER)))
-    )
-    sql = f"INSERT INTO raw_orders ({', '.join(HEADER)}) VALUES ({marks})"
-    t = time.perf_counter()
-    with path.open(encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        batch: list[tuple] = []
-        for row in reader:
-            batch.append(tuple(row))
-            if len(batch) >= 5000:
-                async with p.db.write() as conn:
-                    await conn.exec_driver_sql(sql, batch)
-                batch = []
-        if batch:
-            async with p.db.write() as conn:
-                await conn.exec_driver_sql(sql, batch)
-    return time.perf_counter() - t
-
-
 async def one_by_one(p, path: Path, n: int) -> float:  # type: ignore[no-untyped-def]
     with path.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))[:n]
@@ -109,7 +80,7 @@ async def run(orders: int, single: int, dbs: list[str]) -> list[str]:
             n = min(single, orders)
             each = n / await one_by_one(p, path, n)
         async with scratch_platform(db) as p:
-            raw = orders / await raw_insert(p, path)
+            raw = orders / await raw_csv_insert(p, path, "raw_orders")
         lines.append(
             f"| {db} | {orders:,} | {imported:,.0f} | {repeated:,.0f} | {each:,.0f} | "
             f"{imported / each:.1f}x | {raw:,.0f} | {imported / raw:.3f}x | "

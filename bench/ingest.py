@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import Column, MetaData, String, Table
 
 from api.app import create_app
-from bench.common import CpuUse, cpu_use, peak_rss_mb, scratch_platform
-from bench.data import HEADER, write_customers
+from bench.common import CpuUse, cpu_use, peak_rss_mb, raw_csv_insert, scratch_platform
+from bench.data import write_customers
 from cdp.apikeys import create_key
 from cdp.importer import run_import
 from cdp.platform import Platform
@@ -85,7 +83,7 @@ def make_plain(p: Platform) -> None:
             "share": None,
         }
 
-    async def ciphers(conn, pids):  # type: ignore[no-untyped-def]
+    async def ciphers(conn, pids, strict=False):  # type: ignore[no-untyped-def]
         return {pid: cipher for pid in pids}
 
     keys.new_profile_key = new_profile_key  # type: ignore[method-assign]
@@ -111,32 +109,7 @@ async def measured_import(
 
 
 async def raw_insert(p: Platform, path: Path) -> float:
-    md = MetaData()
-    table = Table("raw_rows", md, *[Column(h.replace(".", "_"), String) for h in HEADER])
-    async with p.db.engine.begin() as conn:
-        await conn.run_sync(md.create_all)
-    t = time.perf_counter()
-    with path.open(encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        batch: list[tuple] = []
-        cols = ", ".join(c.name for c in table.columns)
-        marks = (
-            ", ".join(["?"] * len(HEADER))
-            if p.db.is_sqlite
-            else ", ".join(f"${i + 1}" for i in range(len(HEADER)))
-        )
-        sql = f"INSERT INTO raw_rows ({cols}) VALUES ({marks})"
-        for row in reader:
-            batch.append(tuple(row))
-            if len(batch) >= 5000:
-                async with p.db.write() as conn:
-                    await conn.exec_driver_sql(sql, batch)
-                batch = []
-        if batch:
-            async with p.db.write() as conn:
-                await conn.exec_driver_sql(sql, batch)
-    return time.perf_counter() - t
+    return await raw_csv_insert(p, path, "raw_rows")
 
 
 async def api_ingest(p: Platform, n: int) -> tuple[float, float]:
