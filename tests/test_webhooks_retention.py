@@ -26,7 +26,6 @@ from consent.outbox.tables import (
 )
 from tests.helpers import count
 from tests.test_webhooks_delivery import FAST, ROOT, drain, opt_out, subscribe
-from tests.test_webhooks_delivery import receiver as receiver  # the fixture
 
 d = webhook_deliveries.c
 oe = outbox_events.c
