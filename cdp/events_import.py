@@ -30,7 +30,14 @@ import structlog
 from cdp.db.conflicts import write_retried
 from cdp.errors import DomainError, FieldError, InvalidInput
 from cdp.events import CheckedEvent, checked, store_events
-from cdp.import_file import Columns, ImportFileError, check_file, is_json_lines, read_chunks
+from cdp.import_file import (
+    REJECTS_HEADER,
+    Columns,
+    check_file,
+    read_chunks,
+    rejects_file,
+    rows_at_most,
+)
 from cdp.importer import STATISTICS_AFTER
 from cdp.nul_text import refuse_nul
 from cdp.platform import Platform
@@ -152,15 +159,12 @@ async def run_event_import(
     stored, for a file that cannot be read as given."""
     lines = check_file(path, encoding, delimiter, COLUMNS)
     if on_total:
-        on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
+        on_total(rows_at_most(path, lines))
     summary = EventImportSummary()
-    rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
-    if rejects_path.exists() and rejects_path.samefile(path):
-        raise ImportFileError("the rejects file is the file to import: name another one")
-    summary.rejects_path = rejects_path
+    summary.rejects_path = rejects_path = rejects_file(path, rejects_path)
     with open(rejects_path, "w", encoding="utf-8", newline="") as out:  # noqa: ASYNC230
         writer = csv.writer(out)
-        writer.writerow(["row", "field", "reason"])
+        writer.writerow(REJECTS_HEADER)
 
         def reject(n: int, errors: list[FieldError]) -> None:
             summary.rejected_rows += 1

@@ -79,6 +79,24 @@ def is_json_lines(path: Path) -> bool:
     return path.suffix.lower() in (".ndjson", ".jsonl", ".json")
 
 
+def rows_at_most(path: Path, lines: int) -> int:
+    """How many rows a checked file of `lines` lines holds at most (less a CSV's header)."""
+    return max(lines - (0 if is_json_lines(path) else 1), 0)
+
+
+REJECTS_HEADER = ("row", "field", "reason")
+
+
+def rejects_file(path: Path, rejects_path: Path | None) -> Path:
+    """Where the rejected rows of an import of `path` go: `rejects_path`, else FILE.rejects.csv.
+    Raises ImportFileError for the file to import itself: opened for writing, it would be
+    emptied before a row was read, and the customer file lost."""
+    rejects = rejects_path or path.with_name(path.name + ".rejects.csv")
+    if rejects.exists() and rejects.samefile(path):
+        raise ImportFileError("the rejects file is the file to import: name another one")
+    return rejects
+
+
 def python_encoding(encoding: str) -> str:
     """The codec to read with: UTF-8 skips a byte order mark. Raises ImportFileError for a
     name Python does not know."""

@@ -47,7 +47,15 @@ from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.db.messages import database_message
 from cdp.errors import DomainError, FieldError, InvalidInput, repeatable
-from cdp.import_file import Chunk, ImportFileError, check_file, is_json_lines, read_chunks
+from cdp.import_file import (
+    REJECTS_HEADER,
+    Chunk,
+    ImportFileError,
+    check_file,
+    read_chunks,
+    rejects_file,
+    rows_at_most,
+)
 from cdp.platform import Platform
 from cdp.profiles.records import trait_field
 from cdp.profiles.service import Prepared, prepare_with, store_prepared_in
@@ -464,13 +472,9 @@ async def run_import(
     lines, less a CSV's header)."""
     lines = check_file(path, encoding, delimiter)
     if on_total:
-        on_total(max(lines - (0 if is_json_lines(path) else 1), 0))
+        on_total(rows_at_most(path, lines))
     summary = ImportSummary()
-    rejects_path = rejects_path or path.with_name(path.name + ".rejects.csv")
-    if rejects_path.exists() and rejects_path.samefile(path):
-        # opened for writing, it was emptied before a row was read: the customer file lost
-        raise ImportFileError("the rejects file is the file to import: name another one")
-    summary.rejects_path = rejects_path
+    summary.rejects_path = rejects_path = rejects_file(path, rejects_path)
     if workers is None:
         big = path.stat().st_size > 2_000_000  # noqa: ASYNC240
         workers = max(1, (os.cpu_count() or 2) - 1) if big else 0
@@ -478,7 +482,7 @@ async def run_import(
     # The rejects file is written as rows are read (constant memory); a CLI may block on it.
     out = open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: ASYNC230, SIM115
     writer = csv.writer(out)
-    writer.writerow(["row", "field", "reason"])
+    writer.writerow(REJECTS_HEADER)
 
     chunk_lines: list[tuple[int, FieldError]] = []  # the chunk's, written once it is stored
 
