@@ -19,6 +19,7 @@ from sqlalchemy import insert, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import event_ids, stats
+from cdp.db.bulk import rows_where_in
 from cdp.db.conflicts import write_retried
 from cdp.db.engine import lock_keys
 from cdp.db.tables import events, identities
@@ -277,13 +278,5 @@ async def _store_fresh(
 async def _identity_ids(conn: AsyncConnection, bidxs: list[bytes]) -> dict[bytes, uuid.UUID]:
     """The identity holding each of these blind indexes: which of the customer's identifiers
     named an event (an unmerge gives the event to the side that has it)."""
-    wanted = sorted(set(bidxs))
-    found: dict[bytes, uuid.UUID] = {}
-    for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(identities.c.bidx, identities.c.id).where(
-                identities.c.bidx.in_(wanted[start : start + 500])
-            )
-        )
-        found.update((bidx, iid) for bidx, iid in rows)
-    return found
+    rows = await rows_where_in(conn, identities, ("bidx", "id"), "bidx", sorted(set(bidxs)))
+    return dict(rows)
