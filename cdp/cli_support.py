@@ -64,12 +64,12 @@ async def _settle_driver_threads() -> None:
 async def migrate_database(db: Database, settings: Settings) -> None:
     """`cdp migrate` and the key rotation: the policy is checked first, as `cdp serve` does
     (a migration reads it: 0004 the stats currency), and production's key store setting, as
-    every command does (`key_store_url`): an upgrade refused there touches no schema."""
+    every command does (`required_key_store_url`): an upgrade refused there touches no schema."""
     from cdp.db.migrate import migrate
-    from cdp.key_store_open import key_store_url
+    from cdp.key_store_open import required_key_store_url
 
     load_policy(settings.policy_dir, settings.default_jurisdiction)
-    key_store_url(settings)
+    required_key_store_url(settings)
     async with opening_database():
         await migrate(db)
 

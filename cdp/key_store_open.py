@@ -45,7 +45,7 @@ class KeyStoreSettingMissing(CryptoError):
     """Production without CDP_KEY_STORE_URL: the default key store lies beside the database."""
 
 
-def key_store_url(settings: Settings) -> str:
+def required_key_store_url(settings: Settings) -> str:
     """Where the key store is. In production it must be named: the default lies beside the
     database (the same directory, the same PostgreSQL server), and a backup of the whole
     directory or server then holds both halves of every data key, which no erasure reaches

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from cdp.crypto.master import load_master_key
 from cdp.db.engine import Database
 from cdp.db.migrate import migrate
-from cdp.key_store_open import key_store_url, open_key_store
+from cdp.key_store_open import open_key_store, required_key_store_url
 from cdp.keyring import Keyring, open_keyring
 from cdp.settings import Settings
 from consent.policy import Policy, load_policy
@@ -34,7 +34,7 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
     master = load_master_key(
         settings.master_key, production=settings.is_production, dev_dir=settings.dev_key_dir
     )
-    store_url = key_store_url(settings)  # production names it, before anything is touched
+    store_url = required_key_store_url(settings)  # production names it, before anything is touched
     db = Database(
         settings.database_url,
         pool_size=settings.pool_size,
