@@ -119,6 +119,11 @@ class KeyStore:
         self.db = db
         self.store_id = store_id
 
+    async def ping(self) -> None:
+        """Raises unless the key store's database answers (/health, GET /metrics)."""
+        async with self.db.read() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
     async def put(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
         """Keep the shares of new data keys; committed before the database stores the keys'
         other halves, so a key is never stored without its share."""

@@ -121,8 +121,7 @@ async def _key_store_up(p: Platform) -> int:
     if p.keys.store is None:
         return 0
     try:
-        async with p.keys.store.db.read() as conn:
-            await conn.exec_driver_sql("SELECT 1")
+        await p.keys.store.ping()
     except Exception:  # any failure: it does not answer
         return 0
     return 1

@@ -39,8 +39,7 @@ async def health(platform: PlatformDep) -> Response[dict[str, Any]] | dict[str, 
         await platform.keys.check_current(conn, lock=False)  # no wait behind a rotation
     if platform.keys.store is not None:  # without it no customer can be read or stored
         try:
-            async with platform.keys.store.db.read() as conn:
-                await conn.exec_driver_sql("SELECT 1")
+            await platform.keys.store.ping()
         except Exception as exc:
             if not database_unavailable(exc):
                 raise
