@@ -60,6 +60,25 @@ def grant(purpose: str, channel: str = "email", **evidence: str) -> dict:
     }
 
 
+async def refused_as_consent_and_in_a_record(  # type: ignore[no-untyped-def]
+    client, keys, platform, as_consent: dict, in_a_record: dict
+) -> None:
+    """Anna exists; the grant `as_consent` (POST /v1/consents) and the grant `in_a_record`
+    (a record's consents) are each a 400 on the evidence's advertiser, and the ledger keeps
+    nothing of either."""
+    h = keys["ingest"]
+    await client.post("/v1/profiles", json={"source": "shop", "email": ANNA}, headers=h)
+    before = await count(platform, consent_ledger)
+    r = await client.post("/v1/consents", json={"email": ANNA, **as_consent}, headers=h)
+    assert r.status_code == 400, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["evidence.advertiser"]
+    record = {"source": "shop", "email": ANNA, "consents": [in_a_record]}
+    r = await client.post("/v1/profiles", json=record, headers=h)
+    assert r.status_code == 400, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["consents[0].evidence.advertiser"]
+    assert await count(platform, consent_ledger) == before
+
+
 async def reachable(client, keys, purpose: str, channel: str = "email") -> set[str]:
     r = await client.post(
         "/v1/segments/query",
@@ -109,17 +128,13 @@ async def test_a_grant_naming_another_advertiser_is_refused_and_stores_nothing(
     client, keys, platform, partner_policy
 ):
     h = keys["ingest"]
-    await client.post("/v1/profiles", json={"source": "shop", "email": ANNA}, headers=h)
-    before = await count(platform, consent_ledger)
-    body = {"email": ANNA, **grant("marketing_partner", advertiser=SHOP)}
-    r = await client.post("/v1/consents", json=body, headers=h)
-    assert r.status_code == 400, r.text
-    assert [e["field"] for e in r.json()["errors"]] == ["evidence.advertiser"]
-    record = {"source": "shop", "email": ANNA, "consents": [grant("marketing", advertiser=PARTNER)]}
-    r = await client.post("/v1/profiles", json=record, headers=h)
-    assert r.status_code == 400, r.text
-    assert [e["field"] for e in r.json()["errors"]] == ["consents[0].evidence.advertiser"]
-    assert await count(platform, consent_ledger) == before
+    await refused_as_consent_and_in_a_record(
+        client,
+        keys,
+        platform,
+        grant("marketing_partner", advertiser=SHOP),
+        grant("marketing", advertiser=PARTNER),
+    )
     # the same advertiser, spelt in another case and spacing, is the same advertiser
     body = {"email": ANNA, **grant("marketing_partner", advertiser=" partner  brands llc")}
     r = await client.post("/v1/consents", json=body, headers=h)
@@ -183,17 +198,13 @@ async def test_a_partners_consent_is_not_taken_for_a_purpose_naming_no_advertise
     platform.policy = load_policy(target)
     assert platform.policy.purposes["marketing"].advertiser is None
     h = keys["ingest"]
-    await client.post("/v1/profiles", json={"source": "shop", "email": ANNA}, headers=h)
-    before = await count(platform, consent_ledger)
-    body = {"email": ANNA, **grant("marketing", advertiser=" partner brands LLC ")}
-    r = await client.post("/v1/consents", json=body, headers=h)
-    assert r.status_code == 400, r.text
-    assert [e["field"] for e in r.json()["errors"]] == ["evidence.advertiser"]
-    record = {"source": "shop", "email": ANNA, "consents": [grant("marketing", advertiser=PARTNER)]}
-    r = await client.post("/v1/profiles", json=record, headers=h)
-    assert r.status_code == 400, r.text
-    assert [e["field"] for e in r.json()["errors"]] == ["consents[0].evidence.advertiser"]
-    assert await count(platform, consent_ledger) == before
+    await refused_as_consent_and_in_a_record(
+        client,
+        keys,
+        platform,
+        grant("marketing", advertiser=" partner brands LLC "),
+        grant("marketing", advertiser=PARTNER),
+    )
     assert await reachable(client, keys, "marketing") == set()
 
     for advertiser in ({}, {"advertiser": SHOP}):

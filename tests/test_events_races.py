@@ -21,6 +21,15 @@ from cdp.profiles.locks import lock_profiles
 from tests.test_erasure_races import waiting_for_a_lock
 
 ANNA = "anna.race@example.com"
+ORDER = {  # Anna's order of 100.00 through POST /v1/events
+    "source": "shop",
+    "event_id": "o-1",
+    "type": "purchase",
+    "occurred_at": "2026-11-01T10:00:00Z",
+    "email": ANNA,
+    "amount": "100.00",
+    "currency": "RUB",
+}
 
 
 async def customer(client, keys, email: str) -> uuid.UUID:  # type: ignore[no-untyped-def]
@@ -102,20 +111,11 @@ async def test_an_event_that_loses_a_deadlock_is_run_again_and_answered(client, 
     if not platform.db.is_postgres:
         return
     pid = await customer(client, keys, ANNA)
-    event = {
-        "source": "shop",
-        "event_id": "o-1",
-        "type": "purchase",
-        "occurred_at": "2026-11-01T10:00:00Z",
-        "email": ANNA,
-        "amount": "100.00",
-        "currency": "RUB",
-    }
     r = await deadlocked(
         platform,
         pid,
         ANNA,
-        lambda: client.post("/v1/events", json=event, headers=keys["ingest"]),
+        lambda: client.post("/v1/events", json=ORDER, headers=keys["ingest"]),
     )
     assert r.status_code == 201, r.text
     assert r.json()["profile_id"] == str(pid)
@@ -140,16 +140,7 @@ async def test_an_event_recorded_before_sealing_is_recognised_while_cdp_events_s
     from cdp.event_ids import event_key, seal_plain_ids
 
     pid = await customer(client, keys, ANNA)
-    order = {
-        "source": "shop",
-        "event_id": "o-1",
-        "type": "purchase",
-        "occurred_at": "2026-11-01T10:00:00Z",
-        "email": ANNA,
-        "amount": "100.00",
-        "currency": "RUB",
-    }
-    r = await client.post("/v1/events", json=order, headers=keys["ingest"])
+    r = await client.post("/v1/events", json=ORDER, headers=keys["ingest"])
     assert r.status_code == 201, r.text
     async with platform.db.write() as conn:  # as a release before 0012 stored it
         await conn.execute(
@@ -167,7 +158,7 @@ async def test_an_event_recorded_before_sealing_is_recognised_while_cdp_events_s
     engine = platform.db.engine.sync_engine
     sa_event.listen(engine, "after_cursor_execute", seal_now)
     try:
-        r = await client.post("/v1/events", json=order, headers=keys["ingest"])
+        r = await client.post("/v1/events", json=ORDER, headers=keys["ingest"])
     finally:
         sa_event.remove(engine, "after_cursor_execute", seal_now)
     assert sealed == [1]  # the seal ran in between
