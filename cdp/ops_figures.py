@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from cdp.db.tables import events, profile_keys
+from cdp.event_ids import plain_ids_left
 from cdp.ids import utcnow
+from cdp.keyring import whole_keys_left
 from cdp.platform import Platform
 from consent.dsr import states
 from consent.dsr_tables import dsr_requests
@@ -69,8 +70,6 @@ async def figures(p: Platform) -> list[Figure]:
             )
         ).scalar_one()
         ledger = (await conn.execute(select(func.max(consent_ledger.c.seq)))).scalar_one() or 0
-        whole = await _any(conn, select(profile_keys.c.profile_id).where(~profile_keys.c.split))
-        plain = await _any(conn, select(events.c.id).where(events.c.event_id.is_not(None)))
     for status in states.OPEN:
         out.append(
             Figure(
@@ -100,7 +99,12 @@ async def figures(p: Platform) -> list[Figure]:
         )
     )
     out.append(Figure("cdp_consent_ledger_entries", "Entries in the consent ledger", ledger))
-    for step, pending in (("keys_split", whole), ("events_seal", plain)):
+    # the checks `cdp serve` warns by (cdp.keyring, cdp.event_ids)
+    steps = (
+        ("keys_split", await whole_keys_left(p.db)),
+        ("events_seal", await plain_ids_left(p.db)),
+    )
+    for step, pending in steps:
         out.append(
             Figure(
                 "cdp_upgrade_step_pending",
@@ -111,10 +115,6 @@ async def figures(p: Platform) -> list[Figure]:
         )
     out.append(Figure("cdp_key_store_up", "1 when the key store answers", await _key_store_up(p)))
     return out
-
-
-async def _any(conn, query) -> bool:  # type: ignore[no-untyped-def]
-    return (await conn.execute(query.limit(1))).first() is not None
 
 
 async def _key_store_up(p: Platform) -> int:
