@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 
 from cdp.db.bulk import bulk_insert_rows
-from cdp.db.tables import profile_sources
+from cdp.db.tables import identities, profile_sources
 from cdp.ids import new_id
 from cdp.platform import Platform
 
@@ -42,3 +42,69 @@ async def test_ignored_conflicts_skip_only_the_repeated_keys(platform: Platform)
     async with platform.db.write() as conn:
         await bulk_insert_rows(conn, profile_sources, COLUMNS, batch, ignore_conflicts=True)
     assert await _stored(platform) == set(first)  # the repeats kept their first_seen_at
+
+
+IDENTITY_COLUMNS = (
+    "id",
+    "profile_id",
+    "kind",
+    "bidx",
+    "value",
+    "source",
+    "created_at",
+    "last_seen_at",
+    "confirmed_at",
+    "link_rule",
+    "linked_via",
+)
+
+
+async def test_binary_and_empty_columns_are_stored_as_given(platform: Platform) -> None:
+    """Blobs, a column empty in every row (written as NULL in the statement on SQLite) and
+    one empty in some rows only come back as they were given, batch after batch."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    pid = new_id()
+    batches = [
+        [  # confirmed_at and linked_via empty in every row
+            (
+                new_id(),
+                pid,
+                "email",
+                bytes([i]) * 32,
+                b"\x00sealed" * i,
+                "crm",
+                at,
+                at,
+                None,
+                "new",
+                None,
+            )
+            for i in range(1, 6)
+        ],
+        [  # empty in some rows only
+            (
+                new_id(),
+                pid,
+                "phone",
+                bytes([100 + i]) * 32,
+                b"v%d" % i,
+                "shop",
+                at,
+                at,
+                at + timedelta(days=i) if i % 2 else None,
+                None,
+                pid if i % 2 else None,
+            )
+            for i in range(4)
+        ],
+    ]
+    for batch in batches:
+        async with platform.db.write() as conn:
+            await bulk_insert_rows(conn, identities, IDENTITY_COLUMNS, batch)
+    async with platform.db.read() as conn:
+        stored = {
+            tuple(r)
+            for r in await conn.execute(select(*[identities.c[c] for c in IDENTITY_COLUMNS]))
+        }
+    assert stored == {row for batch in batches for row in batch}
+    assert all(isinstance(row[3], bytes) and isinstance(row[4], bytes) for row in stored)
