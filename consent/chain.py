@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,7 +56,15 @@ HASHED_FIELDS = (
 _encoder = msgspec.json.Encoder()
 
 
+_AS_THEY_ARE = frozenset({str, int, bool, type(None), bytes})  # msgspec: bytes as base64
+
+
 def _canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind in _AS_THEY_ARE:
+        return value
+    if kind is uuid.UUID:
+        return str(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, datetime) and value.tzinfo is not None:

@@ -22,7 +22,7 @@ import msgspec
 from sqlalchemy import Update, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.crypto.fields import CryptoError, FieldCipher
+from cdp.crypto.fields import CryptoError, FieldCipher, nonces
 from cdp.db.bulk import bulk_insert, execute_rows
 from cdp.db.tables import identities
 from cdp.ids import new_id, parse_uuid, utcnow
@@ -84,10 +84,9 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
         return []
     seq, prev = await chain_head(conn, consent_ledger, LEDGER_LOCK)
 
+    expanded = [expand_channel(policy, e.subject_kind, e.channel) for e in entries]
     wanted = {
-        (e.subject, e.purpose, ch)
-        for e in entries
-        for ch in expand_channel(policy, e.subject_kind, e.channel)
+        (e.subject, e.purpose, ch) for e, chs in zip(entries, expanded, strict=True) for ch in chs
     }
     state = await load_states(conn, wanted)
     existing = set(state)
@@ -98,11 +97,12 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
     confirmed: list[tuple[bytes, datetime]] = []
     results: list[Appended] = []
     outbox_rows: list[dict] = []
-    for e in entries:
+    fresh = iter(nonces(sum(1 for e in entries if e.evidence and e.cipher is not None)))
+    for e, chs in zip(entries, expanded, strict=True):
         seq += 1
         effective = False
         at = min(e.occurred_at, now)  # the ordering time (see the module's docstring)
-        for ch in expand_channel(policy, e.subject_kind, e.channel):
+        for ch in chs:
             key = (e.subject, e.purpose, ch)
             if (
                 e.undated
@@ -131,7 +131,7 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
         evidence_blob = owner = key_id = None
         if e.evidence and e.cipher is not None:
             evidence_blob = e.cipher.encrypt(
-                "consent_ledger.evidence", msgspec.json.encode(e.evidence)
+                "consent_ledger.evidence", msgspec.json.encode(e.evidence), next(fresh)
             )
             owner, key_id = e.cipher.owner, e.cipher.key_id
         row = {

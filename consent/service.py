@@ -104,6 +104,7 @@ async def record_claims(
     p: Platform,
     items: list[tuple[uuid.UUID, list[tuple[str, bytes]], ConsentClaim]],
     actor: str,
+    held: dict[uuid.UUID, FieldCipher] | None = None,
 ) -> list[bool]:
     """Consents carried by ingested records (API or import), inside the ingest transaction.
     For each item, whether it was recorded.
@@ -119,7 +120,10 @@ async def record_claims(
     kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
     channels = list(p.policy.channels)
     now = utcnow()
-    ciphers = await p.keys.ciphers(conn, {pid for pid, _, _ in items}, strict=True)
+    ciphers = dict(held or {})  # the data keys the caller holds in this transaction
+    wanted = {pid for pid, _, _ in items if pid not in ciphers}
+    if wanted:
+        ciphers.update(await p.keys.ciphers(conn, wanted, strict=True))
     # The profile's other addresses matter only to withdrawals naming none of the kind.
     need = {
         pid

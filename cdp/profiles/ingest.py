@@ -65,6 +65,8 @@ class Outcome:
     keys: list[IdentityKey]  # the record's identifiers that its profile holds (kept)
     review_id: uuid.UUID | None = None  # a merge the guards refused, queued for review
     consents_recorded: int = 0  # of the record's consent claims (set by store_prepared_in)
+    # the profile's data key as this transaction holds it (the consents it carries use it)
+    cipher: FieldCipher | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -254,6 +256,7 @@ async def ingest(
                 # these, not for one the guards refused (another customer's) or the cap dropped
                 keys=[k for k in keys[i] if k.bidx in kept],
                 review_id=review_ids.get(i),
+                cipher=w.cipher,
             )
 
     for w in working.values():
@@ -535,7 +538,8 @@ def _create_alone(
         s = sealed[i] if sealed is not None else None
         if s is not None and len(s.values) == len(ks):
             pid = s.profile_id
-            key_id = p.keys.adopt(pid, s.key).key_id
+            cipher = p.keys.adopt(pid, s.key)
+            key_id = cipher.key_id
             out.keys.append((pid, key_id, master_key_id, s.wrapped, now, True))
             out.shares.append((pid, s.share))
             enc = s.fields
@@ -579,6 +583,7 @@ def _create_alone(
             merged_profile_ids=[],
             ignored=list(rec.ignored),
             keys=ks,
+            cipher=cipher,
         )
 
 

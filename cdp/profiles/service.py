@@ -112,6 +112,15 @@ async def _store_by_actor(
     # a customer who opted out of everything: so are the addresses their records bring
     joined = {o.profile_id for outcomes in resolved for o in outcomes if not o.created}
     await carry_person_opt_outs(conn, p, joined)
+    # the data keys ingest holds, of the profiles that still stand (a later group may merge
+    # one that an earlier group's record joined)
+    absorbed = {m for outcomes in resolved for o in outcomes for m in o.merged_profile_ids}
+    held = {
+        o.profile_id: o.cipher
+        for outcomes in resolved
+        for o in outcomes
+        if o.cipher is not None and o.profile_id not in absorbed
+    }
     for (prepared, actor), outcomes in zip(groups, resolved, strict=True):
         items = []
         owners: list[Outcome] = []
@@ -119,7 +128,7 @@ async def _store_by_actor(
             named = [(k.kind, k.bidx) for k in o.keys if k.kind in ("email", "phone")]
             items.extend((o.profile_id, named, claim) for claim in x.claims)
             owners.extend(o for _ in x.claims)
-        recorded = await record_claims(conn, p, items, actor)
+        recorded = await record_claims(conn, p, items, actor, held)
         for o, (_, _, claim), done in zip(owners, items, recorded, strict=True):
             if done:
                 o.consents_recorded += 1
