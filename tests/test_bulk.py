@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import sqlite
 
-from cdp.db.bulk import bulk_insert_rows
+from cdp.db.bulk import _compiled, bulk_insert_rows
 from cdp.db.tables import identities, profile_sources
 from cdp.ids import new_id
 from cdp.platform import Platform
@@ -108,3 +113,35 @@ async def test_binary_and_empty_columns_are_stored_as_given(platform: Platform) 
         }
     assert stored == {row for batch in batches for row in batch}
     assert all(isinstance(row[3], bytes) and isinstance(row[4], bytes) for row in stored)
+
+
+def _created_at_conversions() -> tuple[Callable, Callable]:
+    """(SQLAlchemy's bind processor of identities.created_at on SQLite, the bulk path's)."""
+    dialect = sqlite.dialect()
+    compiled = insert(identities).values(dict.fromkeys(IDENTITY_COLUMNS)).compile(dialect=dialect)
+    order = _compiled(identities, dialect, IDENTITY_COLUMNS, False)[1]
+    created_at = IDENTITY_COLUMNS.index("created_at")
+    bulk = next(proc for i, proc in order if i == created_at)
+    assert bulk is not None
+    return compiled._bind_processors["created_at"], bulk
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    at=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+    )
+)
+def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them(at: datetime) -> None:
+    """The SQLite bulk path's own conversion of a UTCDateTime gives the text SQLAlchemy's
+    bind processors give, whatever the time zone (the text is what SQLite compares)."""
+    sqlalchemy_does, bulk_does = _created_at_conversions()
+    assert bulk_does(at) == sqlalchemy_does(at)
+    assert isinstance(bulk_does(at), str)
+
+
+def test_sqlite_refuses_naive_datetimes_as_sqlalchemy_does() -> None:
+    sqlalchemy_does, bulk_does = _created_at_conversions()
+    for convert in (sqlalchemy_does, bulk_does):
+        with pytest.raises(ValueError, match="naive"):
+            convert(datetime(2026, 1, 1))

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Executable, LargeBinary, Table, Uuid, insert, null
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.db.types import UTCDateTime
 
 _Compiled = tuple[str, list[tuple[int, Callable | None]]]
 _cache: dict[tuple[str, str, tuple[str, ...], bool, tuple[str, ...]], _Compiled] = {}
@@ -26,11 +29,12 @@ def _fast(
     types: dict[str, Any], dialect: Dialect, processors: dict[str, Callable]
 ) -> dict[str, Callable]:
     """The bind processors SQLAlchemy applies on execute (`types`: each parameter's type), with
-    two replaced on SQLite by equivalents that `_convert` runs inline: a Uuid's (the 32 hex
-    digits, `value.hex`), and a binary column's, which hands the driver `bytearray`s. The
-    sqlite3 module binds a str, int, float or bytearray at once, but passes bytes (and
-    SQLAlchemy's memoryview) through its adapter registry first, with the GIL held: three
-    times the cost of binding the same value as a bytearray, stored as the same BLOB."""
+    three replaced on SQLite by equivalents: a Uuid's (the 32 hex digits, `value.hex`, which
+    `_convert` runs inline), a UTCDateTime's (`_sqlite_utc`), and a binary column's, which
+    hands the driver `bytearray`s. The sqlite3 module binds a str, int, float or bytearray at
+    once, but passes bytes (and SQLAlchemy's memoryview) through its adapter registry first,
+    with the GIL held: three times the cost of binding the same value as a bytearray, stored
+    as the same BLOB."""
     if dialect.name != "sqlite":
         return processors
     out = dict(processors)
@@ -39,6 +43,8 @@ def _fast(
             out[name] = _sqlite_uuid
         elif isinstance(type_, LargeBinary):
             out[name] = _sqlite_blob
+        elif isinstance(type_, UTCDateTime):
+            out[name] = _sqlite_utc
     return out
 
 
@@ -98,6 +104,18 @@ def _sqlite_uuid(value: Any) -> Any:
 
 def _sqlite_blob(value: Any) -> Any:
     return None if value is None else bytearray(value)
+
+
+def _sqlite_utc(value: datetime | None) -> str | None:
+    """What UTCDateTime and SQLite's DATETIME make of a datetime (UTC, naive, microseconds
+    always written: "2026-01-01 07:00:00.000005"), at a third of the cost."""
+    if value is None:
+        return None
+    if value.tzinfo is UTC:
+        return value.isoformat(" ", "microseconds")[:-6]  # less "+00:00"
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _convert(values: Sequence[Any], proc: Callable, seen: dict[int, Any]) -> list[Any]:
