@@ -65,6 +65,8 @@ def _canonical(value: Any) -> Any:
         return value
     if kind is uuid.UUID:
         return str(value)
+    if kind is datetime and value.tzinfo is UTC:
+        return value.isoformat()  # as astimezone(UTC) below would give it
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     if isinstance(value, datetime) and value.tzinfo is not None:

@@ -4,17 +4,22 @@ an erasure is not an edit; concurrent writers never leave gaps."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 
 from cdp.db.tables import profile_keys
 from cdp.platform import Platform
 from consent import ledger
-from consent.chain import entry_hash, verify_chain
+from consent.chain import HASHED_FIELDS, canonical_payload, entry_hash, verify_chain
 from consent.dsr.worker import run_pending
 from consent.ledger import Entry
 from consent.tables import consent_ledger
@@ -320,3 +325,41 @@ async def test_request_transitions_are_hash_chained(client, keys, platform):
     bad = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
     assert bad["ok"] is False
     assert bad["dsr_transitions"]["first_invalid_seq"] == 1
+
+
+_HASHED_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**62), max_value=2**62),
+    st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "Zs"))),
+    st.binary(max_size=64),
+    st.uuids(),
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(_HASHED_VALUES, min_size=len(HASHED_FIELDS), max_size=len(HASHED_FIELDS)))
+def test_the_canonical_encoding_is_the_documented_one(values: list[Any]) -> None:
+    """What an auditor re-implements from consent.chain's docstring: a compact JSON array of
+    the fields in order, bytes as standard base64, datetimes in UTC with +00:00, UUIDs dashed
+    and lower-case, the rest as itself. Any other encoding would make the published hashes
+    unverifiable outside this code."""
+
+    def documented(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return base64.b64encode(v).decode()
+        if isinstance(v, datetime):
+            return v.astimezone(UTC).isoformat()
+        if isinstance(v, uuid.UUID):
+            return str(v).lower()
+        return v
+
+    row = dict(zip(HASHED_FIELDS, values, strict=True))
+    expected = json.dumps(
+        [documented(v) for v in values], separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    assert canonical_payload(row) == expected
+    assert entry_hash(bytes(32), row) == hashlib.sha256(bytes(32) + expected).digest()
