@@ -40,7 +40,7 @@ class PlainCipher:
     key_id = 1
     owner = "plain"
 
-    def encrypt(self, place: str, plaintext: str | bytes) -> bytes:
+    def encrypt(self, place: str, plaintext: str | bytes, nonce: bytes | None = None) -> bytes:
         return plaintext.encode() if isinstance(plaintext, str) else plaintext
 
     def decrypt(self, place: str, blob: bytes | None) -> str | None:

@@ -14,6 +14,10 @@ database's backups, dumps and replicas do not contain. Either half alone says no
 An erasure destroys D in the database, then S here (consent.dsr.erasure): every copy of the
 database made before it, which still holds D and the ciphertext, is unreadable from then on.
 
+The same table keeps, under an outbox event's id, the share of the key that seals the address
+of an opt-out no customer held (consent.outbox.sealed): destroyed when that address is
+forgotten, so that copies of the database taken while it waited are unreadable too.
+
 The key store also keeps a tombstone of every erased profile (its id and time, nothing
 personal), numbered in order, written before the database's erasure commits. A database
 restored from a backup taken before an erasure still holds that customer's rows: at start-up,

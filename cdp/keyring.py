@@ -97,6 +97,7 @@ class Keyring:
         self.indexer = BlindIndexer(hkdf(index_root, b"cdp/blind-index/v1"))
         self.token_key = hkdf(index_root, b"cdp/tokens/v1")
         self.system = FieldCipher(roots["system_key"], 1, SYSTEM_OWNER)
+        self._system_key = roots["system_key"]
         self._keys: OrderedDict[int, tuple[float, int, bytes]] = OrderedDict()
 
     # data keys -------------------------------------------------------------------------
@@ -135,6 +136,19 @@ class Keyring:
         await self._key_store().destroy(pids)
         for pid in pids:
             self.forget(pid)
+
+    # keys of one sealed value each (consent.outbox.sealed) ------------------------------
+    def sealing_cipher(self, sealed_id: uuid.UUID, share: bytes) -> FieldCipher:
+        """The cipher of one value sealed under a key of its own: derived from the system key
+        and a share kept in the key store under `sealed_id`. Destroying the share (with
+        `destroy_shares`) makes every copy of the sealed value unreadable, which the system
+        key alone, never destroyed, could not."""
+        key = hkdf(self._system_key + share, b"cdp/sealed/v1|" + sealed_id.bytes)
+        return FieldCipher(key, 1, f"sealed:{sealed_id}")
+
+    async def shares_of(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
+        """The shares the key store holds under these ids."""
+        return await self._key_store().get(ids)
 
     def _key_store(self) -> KeyStore:
         if self.store is None:

@@ -191,7 +191,7 @@ async def _write(
     in the ledger, and their events in the webhook outbox."""
     await suppress_many(conn, held)
     await ledger.append(conn, p.policy, entries)
-    await enqueue_opt_outs(conn, entries, unseen, p.keys.system)
+    await enqueue_opt_outs(conn, entries, unseen, p.keys)
 
 
 async def carry_person_opt_outs(

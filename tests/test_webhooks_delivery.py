@@ -512,7 +512,7 @@ async def test_a_subscription_deleted_while_its_events_are_fanned_out_gets_nothi
     sub = await subscribe(client, keys, receiver, kinds=["opt_out"])
     await opt_out(client, keys, email="raced@example.com")
     async with platform.db.engine.connect() as conn, conn.begin():
-        assert await fan_out_in(conn) > 0  # not committed yet
+        assert await fan_out_in(conn, platform.keys) > 0  # not committed yet
         deleting = asyncio.create_task(
             client.delete(f"/v1/webhooks/{sub['id']}", headers=keys["admin"])
         )

@@ -1,7 +1,8 @@
 """An opt-out of an address the platform has never seen reaches `include_address` subscribers
 with the address: the sending tool does not hold the blind index key, and must stop mailing it.
 
-The address waits in the outbox encrypted under the system key, never in plaintext; it is sent
+The address waits in the outbox encrypted under a key of its own, whose share is kept in the key
+store (destroyed when the address is forgotten), never in plaintext; it is sent
 only to subscriptions allowed to see addresses, each such delivery is in the access log, and it
 is forgotten once every such subscription has it (or the customer who takes it is erased).
 """
@@ -9,17 +10,20 @@ is forgotten once every such subscription has it (or the customer who takes it i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from cdp.crypto.fields import CryptoError
 from cdp.db.tables import access_log
 from consent.outbox.receiver import Receiver
 from consent.outbox.replay import replay
+from consent.outbox.retention import prune_outbox
+from consent.outbox.sealed import unseal_addresses
 from consent.outbox.tables import outbox_events
-from tests.helpers import holds_plaintext, raw_database_bytes
-from tests.test_webhooks_delivery import PAYLOAD_KEYS, drain, opt_out, subscribe
+from tests.helpers import count, holds_plaintext, raw_database_bytes
+from tests.test_webhooks_delivery import FAST, PAYLOAD_KEYS, drain, opt_out, subscribe
 
 
 @pytest.fixture
@@ -135,3 +139,105 @@ async def test_an_erasure_of_whoever_takes_the_address_forgets_it(client, keys, 
     assert await sealed(platform) == [None]
     raw = await raw_database_bytes(platform)
     assert not holds_plaintext(raw, "taken.later@example.com")
+
+
+async def sealed_rows(platform) -> list:  # type: ignore[no-untyped-def]
+    """(event id, sealed address) of the opt_out events: what a backup of the database holds."""
+    oe = outbox_events.c
+    async with platform.db.read() as conn:
+        return (
+            await conn.execute(
+                select(oe.id, oe.address_sealed).where(oe.address_sealed.is_not(None))
+            )
+        ).all()
+
+
+async def test_a_copy_taken_while_it_waited_cannot_read_it_once_it_is_delivered(
+    client, keys, platform, receiver
+):
+    """A backup of the database made while the opt-out waited for its delivery holds the
+    sealed address; once it has been delivered (and forgotten), nothing the platform holds
+    opens that copy any more: its key's share is destroyed in the key store."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"], include_address=True)
+    await opt_out(client, keys, email="backed.up@example.com")
+    (backup,) = await sealed_rows(platform)
+    assert await unseal_addresses(platform.keys, [backup]) == {backup.id: "backed.up@example.com"}
+    await drain(platform)
+    assert [r.payload["address"] for r in receiver.accepted] == ["backed.up@example.com"]
+    assert await sealed_rows(platform) == []
+    assert await unseal_addresses(platform.keys, [backup]) == {}
+    with pytest.raises(CryptoError):  # nor does the system key, which no erasure destroys
+        platform.keys.system.decrypt(f"outbox_events.address_sealed|{backup.id}", backup[1])
+
+
+async def test_a_copy_taken_while_it_waited_cannot_read_it_after_the_erasure(
+    client, keys, platform, receiver
+):
+    """The same for an erasure of the customer who later takes the address, while the
+    opt-out's delivery is still failing."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"], include_address=True)
+    receiver.respond = lambda _: 503
+    await opt_out(client, keys, email="erased.later@example.com")
+    await drain(platform)
+    (backup,) = await sealed_rows(platform)
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "erased.later@example.com"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "erased.later@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    assert await sealed_rows(platform) == []
+    assert await unseal_addresses(platform.keys, [backup]) == {}
+    with pytest.raises(CryptoError):  # nor does the system key, which no erasure destroys
+        platform.keys.system.decrypt(f"outbox_events.address_sealed|{backup.id}", backup[1])
+
+
+async def test_a_dead_letter_pruned_by_retention_takes_its_key_with_it(
+    client, keys, platform, receiver
+):
+    """A dead letter keeps its sealed address for a replay until retention deletes the event:
+    the key's share goes with it, not left behind in the key store."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"], include_address=True)
+    receiver.respond = lambda _: 503
+    await opt_out(client, keys, email="dead.letter@example.com")
+    await drain(platform)
+    (backup,) = await sealed_rows(platform)
+    assert await platform.keys.shares_of([backup.id])  # kept while a replay may want it
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    await prune_outbox(platform, FAST, now=later, keep_delivered_days=0, keep_dead_days=0)
+    assert await count(platform, outbox_events) == 0  # the event went by retention
+    assert await platform.keys.shares_of([backup.id]) == {}
+    assert await unseal_addresses(platform.keys, [backup]) == {}
+
+
+async def test_an_address_sealed_under_the_system_key_before_is_still_delivered(
+    client, keys, platform, receiver
+):
+    """Events written before the keys of their own (sealed under the system key, no share in
+    the key store) are still sent with their address, then forgotten."""
+    await subscribe(client, keys, receiver, kinds=["opt_out"], include_address=True)
+    receiver.respond = lambda _: 503
+    await opt_out(client, keys, email="sealed.before@example.com")
+    await drain(platform)
+    ((event_id, _),) = await sealed_rows(platform)
+    await platform.keys.destroy_shares([event_id])
+    older = platform.keys.system.encrypt(
+        f"outbox_events.address_sealed|{event_id}", "sealed.before@example.com"
+    )
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(outbox_events).where(outbox_events.c.id == event_id).values(address_sealed=older)
+        )
+    receiver.respond = None
+    since = receiver.requests[0].at - 60
+    await replay(platform, since=datetime.fromtimestamp(since, UTC))
+    await drain(platform)
+    (got,) = [r.payload for r in receiver.accepted]
+    assert got["address"] == "sealed.before@example.com"
+    assert await sealed_rows(platform) == []

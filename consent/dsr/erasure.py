@@ -284,7 +284,7 @@ async def erase_customer(
     idents_deleted = (
         await conn.execute(delete(identities).where(identities.c.profile_id.in_(pids)))
     ).rowcount
-    await forget_addresses(conn, addresses)  # an opt-out's copy from before they held them
+    await forget_addresses(conn, p.keys, addresses)  # an opt-out's copy from before they held them
     crash_point("after_identities")
     erased_profiles = (
         await conn.execute(

@@ -34,6 +34,7 @@ from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError
 from cdp.db.types import UTCDateTime
 from cdp.ids import new_id, utcnow
+from cdp.keyring import Keyring
 from cdp.platform import Platform
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
@@ -43,7 +44,7 @@ from consent.outbox.payload import (
     resolve_addresses,
     with_address,
 )
-from consent.outbox.sealed import forget_sent, unseal
+from consent.outbox.sealed import forget_sent, unseal_addresses
 from consent.outbox.subscriptions import decrypt_secret, previous_key
 from consent.outbox.tables import (
     outbox_events,
@@ -194,6 +195,9 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         shown = [r for r in shown if r.profile_id not in gone]
         addresses = await resolve_addresses(conn, p, [r.address_bidx for r in shown])
         shown_ids = {r.delivery_id for r in shown}
+    unsealed = await unseal_addresses(
+        p.keys, [(r.id, r.address_sealed) for r in shown if r.address_bidx not in addresses]
+    )
     out: list[Claimed] = []
     for r in rows:
         unsendable = None
@@ -207,7 +211,7 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         )
         address = None
         if r.delivery_id in shown_ids:
-            address = addresses.get(r.address_bidx) or unseal(p.keys.system, r.id, r.address_sealed)
+            address = addresses.get(r.address_bidx) or unsealed.get(r.id)
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
             Claimed(
@@ -291,16 +295,18 @@ async def record(
     if not results:
         return []
     async with p.db.write() as conn:
-        return await record_in(conn, cfg, results, rng)
+        return await record_in(conn, p.keys, cfg, results, rng)
 
 
 async def record_in(
     conn: AsyncConnection,
+    keys: Keyring,
     cfg: DispatchConfig,
     results: list[tuple[Claimed, Outcome]],
     rng: random.Random | None = None,
 ) -> list[str]:
-    """`record` inside the caller's write transaction."""
+    """`record` inside the caller's write transaction (`keys` forgets the sealed addresses
+    sent to everyone allowed to see them)."""
     if not results:
         return []
     now = utcnow()
@@ -351,7 +357,7 @@ async def record_in(
     )
     sealed = [item.event_id for item, _outcome, _state, _values in planned if item.sealed]
     if sealed:
-        await forget_sent(conn, event_ids=sealed)
+        await forget_sent(conn, keys, event_ids=sealed)
     for item, outcome, _state, _values in planned:
         if item.address_included:  # an address left the platform: a disclosure
             await log_access(

@@ -75,8 +75,8 @@ class Dispatcher:
         if results or await work_waiting(self.p):
             try:
                 async with self.p.db.write() as conn:
-                    await record_in(conn, self.cfg, results, self.rng)
-                    fanned = await fan_out_in(conn)
+                    await record_in(conn, self.p.keys, self.cfg, results, self.rng)
+                    fanned = await fan_out_in(conn, self.p.keys)
                     ids, token = await claim_in(conn, self.cfg, free, len(self.inflight), self.busy)
             except Exception:  # the leases of `results` run out; they are sent again
                 log.error("webhook_pass_failed", answers_lost=len(results))
@@ -176,7 +176,7 @@ class Dispatcher:
         if self.results:
             try:
                 async with self.p.db.write() as conn:
-                    await record_in(conn, self.cfg, self.results, self.rng)
+                    await record_in(conn, self.p.keys, self.cfg, self.results, self.rng)
                 self.results = []
             except Exception as exc:
                 log.error("dispatcher_final_record_failed", error=type(exc).__name__)

@@ -21,7 +21,7 @@ from cdp.ids import new_id, utcnow
 from consent.outbox.tables import outbox_events
 
 if TYPE_CHECKING:
-    from cdp.crypto.fields import FieldCipher
+    from cdp.keyring import Keyring
 
 # The consent changes: what a subscription created without `kinds` gets. Kinds added later
 # are asked for by name, so that a receiver written before them never meets one it may refuse
@@ -151,22 +151,28 @@ async def enqueue_opt_outs(
     conn: AsyncConnection,
     entries: Sequence[Any],
     unseen: Mapping[bytes, str] | None = None,
-    system: FieldCipher | None = None,
+    keys: Keyring | None = None,
 ) -> list[uuid.UUID]:
     """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects).
 
     `unseen`: blind index -> address, for the addresses no customer held; their events carry
-    the address sealed under the `system` key (consent.outbox.sealed)."""
-    from consent.outbox.sealed import seal
+    the address sealed under a key of its own, kept by `keys` (consent.outbox.sealed)."""
+    from consent.outbox.sealed import seal_addresses
 
     rows = []
+    addresses: dict[uuid.UUID, str] = {}
     for e in entries:
         row = ledger_event_row(e, utcnow())
         row["kind"] = "opt_out"
         address = (unseen or {}).get(row["address_bidx"]) if e.profile_id is None else None
-        if address is not None and system is not None:
-            row["address_sealed"] = seal(system, row["id"], address)
+        if address is not None and keys is not None:
+            addresses[row["id"]] = address
         rows.append(row)
+    if addresses:
+        assert keys is not None
+        sealed = await seal_addresses(keys, addresses)
+        for row in rows:
+            row["address_sealed"] = sealed.get(row["id"])
     return await write_rows(conn, rows)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.upsert import insert_ignore
 from cdp.ids import new_id, utcnow
+from cdp.keyring import Keyring
 from cdp.platform import Platform
 from consent.outbox.sealed import forget_sent
 from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
@@ -35,11 +36,12 @@ async def try_lock(conn: AsyncConnection, key: int) -> bool:
 async def fan_out(p: Platform, batch: int = BATCH) -> int:
     """Create the deliveries of up to `batch` events; returns how many events it handled."""
     async with p.db.write() as conn:
-        return await fan_out_in(conn, batch)
+        return await fan_out_in(conn, p.keys, batch)
 
 
-async def fan_out_in(conn: AsyncConnection, batch: int = BATCH) -> int:
-    """`fan_out` inside the caller's write transaction (the dispatcher's pass)."""
+async def fan_out_in(conn: AsyncConnection, keys: Keyring, batch: int = BATCH) -> int:
+    """`fan_out` inside the caller's write transaction (the dispatcher's pass); `keys` forgets
+    the sealed addresses nobody allowed to see them wants."""
     if not await try_lock(conn, FANOUT_LOCK):
         return 0
     events = (
@@ -93,5 +95,5 @@ async def fan_out_in(conn: AsyncConnection, batch: int = BATCH) -> int:
     )
     sealed = [ev.seq for ev in events if ev.sealed]
     if sealed:  # nobody allowed to see it wants it: forgotten at once
-        await forget_sent(conn, seqs=sealed)
+        await forget_sent(conn, keys, seqs=sealed)
     return len(events)

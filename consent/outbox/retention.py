@@ -31,7 +31,7 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
 from consent.outbox.fanout import try_lock
-from consent.outbox.sealed import forget_sent
+from consent.outbox.sealed import destroy_keys, forget_sent
 from consent.outbox.subscriptions import forget_expired_secrets
 from consent.outbox.tables import (
     outbox_events,
@@ -121,7 +121,16 @@ async def _prune_events(p: Platform, before: datetime, *, published: bool, batch
                 ]
                 if published:
                     unused.append(oe.streamed_at.is_not(None))
-                total += (await conn.execute(delete(outbox_events).where(*unused))).rowcount
+                gone = (
+                    await conn.execute(
+                        delete(outbox_events)
+                        .where(*unused)
+                        .returning(oe.id, oe.address_sealed.is_not(None))
+                    )
+                ).all()
+                # a dead letter past retention took its sealed address with it
+                await destroy_keys(p.keys, [event_id for event_id, sealed in gone if sealed])
+                total += len(gone)
         if len(seqs) < batch:
             return total
         after = seqs[-1]
@@ -165,7 +174,7 @@ async def prune_outbox(
     )
     out.subscriptions = await _prune_subscriptions(p, now - dead, batch)
     async with p.db.write() as conn:
-        await forget_sent(conn)  # sealed addresses nobody may be sent any more
+        await forget_sent(conn, p.keys)  # sealed addresses nobody may be sent any more
         await forget_expired_secrets(conn, now)  # rotated secrets past their overlap
     return out
 

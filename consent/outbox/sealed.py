@@ -3,26 +3,39 @@
 An opt-out may name an email or phone the platform has never seen: there is no identity to
 decrypt the address from at delivery, and the blind index alone means nothing to a sending tool
 (it does not hold the index key). Such an `opt_out` event carries the address in
-`address_sealed`, encrypted under the system key and bound to the event's id; the dispatcher
-decrypts it only for subscriptions with `include_address` (each such delivery goes to the access
-log, as for every address). The column is nulled:
+`address_sealed`, encrypted under a key of its own (`Keyring.sealing_cipher`: derived from the
+system key and a share kept in the key store under the event's id) and bound to the event's id;
+the dispatcher decrypts it only for subscriptions with `include_address` (each such delivery
+goes to the access log, as for every address). The column is nulled, and the key's share
+destroyed in the key store first, so that no copy of the database taken while the address
+waited (a backup, a replica) can read it any more:
 
 - once no subscription allowed to see addresses still has a delivery of the event pending or
   dead (a dead letter keeps it, so a replay within retention still carries it);
 - when the customer who holds the address by then is erased (`forget_addresses`);
-- with the event itself, by retention.
+- with the event itself, by retention (`destroy_keys` of the events it deletes).
+
+Until 2026-12-06 the address was sealed under the system key itself, which no erasure
+destroys; such an event is still opened with it (`unseal_addresses`) until it is forgotten.
+If the database's transaction fails after a share was destroyed, its event keeps a value that
+nothing opens: it is sent with the blind index alone, never with a wrong address.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.crypto.fields import CryptoError, FieldCipher
+from cdp.crypto.fields import CryptoError
+from cdp.key_store import new_share
 from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
+
+if TYPE_CHECKING:
+    from cdp.keyring import Keyring
 
 oe = outbox_events.c
 WANTING = ("pending", "dead")  # a delivery that may still be sent (dead: by a replay)
@@ -32,21 +45,54 @@ def _place(event_id: uuid.UUID) -> str:
     return f"outbox_events.address_sealed|{event_id}"
 
 
-def seal(system: FieldCipher, event_id: uuid.UUID, address: str) -> bytes:
-    return system.encrypt(_place(event_id), address)
+async def seal_addresses(
+    keys: Keyring, addresses: Mapping[uuid.UUID, str]
+) -> dict[uuid.UUID, bytes]:
+    """Each event's address sealed under a key of its own; the keys' shares are kept in the
+    key store first (it commits before the events are written)."""
+    shares = [(event_id, new_share()) for event_id in addresses]
+    await keys.store_shares(shares)
+    return {
+        event_id: keys.sealing_cipher(event_id, share).encrypt(
+            _place(event_id), addresses[event_id]
+        )
+        for event_id, share in shares
+    }
 
 
-def unseal(system: FieldCipher, event_id: uuid.UUID, blob: bytes | None) -> str | None:
-    if blob is None:
-        return None
-    try:
-        return system.decrypt(_place(event_id), blob) or None
-    except CryptoError:  # sent as its blind index only
-        return None
+async def unseal_addresses(
+    keys: Keyring, sealed: Iterable[tuple[uuid.UUID, bytes | None]]
+) -> dict[uuid.UUID, str]:
+    """The addresses that can still be opened, by event id; one whose key's share is gone
+    (forgotten) is absent: it is sent as its blind index only."""
+    rows = [(event_id, blob) for event_id, blob in sealed if blob is not None]
+    shares = await keys.shares_of([event_id for event_id, _ in rows]) if rows else {}
+    out: dict[uuid.UUID, str] = {}
+    for event_id, blob in rows:
+        share = shares.get(event_id)
+        # no share: sealed under the system key before 2026-12-06, or forgotten (then the
+        # system key does not open it either)
+        cipher = keys.system if share is None else keys.sealing_cipher(event_id, share)
+        try:
+            address = cipher.decrypt(_place(event_id), blob)
+        except CryptoError:
+            continue
+        if address:
+            out[event_id] = address
+    return out
+
+
+async def destroy_keys(keys: Keyring, event_ids: Iterable[uuid.UUID]) -> None:
+    """Destroy the key shares of these events' sealed addresses (their values are being
+    nulled or deleted in the caller's transaction)."""
+    ids = list(event_ids)
+    if ids:
+        await keys.destroy_shares(ids)
 
 
 async def forget_sent(
     conn: AsyncConnection,
+    keys: Keyring,
     *,
     seqs: Iterable[int] | None = None,
     event_ids: Iterable[uuid.UUID] | None = None,
@@ -73,15 +119,23 @@ async def forget_sent(
         stmt = stmt.where(oe.seq.in_(list(seqs)))
     if event_ids is not None:
         stmt = stmt.where(oe.id.in_(list(event_ids)))
-    await conn.execute(stmt.values(address_sealed=None))
+    nulled = (await conn.execute(stmt.values(address_sealed=None).returning(oe.id))).scalars()
+    await destroy_keys(keys, nulled)
 
 
-async def forget_addresses(conn: AsyncConnection, bidxs: Iterable[bytes]) -> None:
+async def forget_addresses(conn: AsyncConnection, keys: Keyring, bidxs: Iterable[bytes]) -> None:
     """Null every sealed copy of these addresses (an erasure of the customer holding them)."""
     wanted = sorted(set(bidxs))
     for start in range(0, len(wanted), 500):
-        await conn.execute(
-            update(outbox_events)
-            .where(oe.address_bidx.in_(wanted[start : start + 500]), oe.address_sealed.is_not(None))
-            .values(address_sealed=None)
-        )
+        nulled = (
+            await conn.execute(
+                update(outbox_events)
+                .where(
+                    oe.address_bidx.in_(wanted[start : start + 500]),
+                    oe.address_sealed.is_not(None),
+                )
+                .values(address_sealed=None)
+                .returning(oe.id)
+            )
+        ).scalars()
+        await destroy_keys(keys, nulled)

@@ -271,7 +271,7 @@ async def delete(p: Platform, who: Principal, subscription_id: str) -> None:
             .values(status="cancelled", lease_until=None, claim_token=None)
         )
         if row.include_address:  # what only it still had to be sent
-            await forget_sent(conn)
+            await forget_sent(conn, p.keys)
         await log_access(
             conn, who, "webhook_unsubscribe", object_type="webhook", object_id=str(row.id), rows=0
         )
