@@ -15,6 +15,7 @@ from cdp.db.bulk import _compiled, bulk_insert_rows
 from cdp.db.tables import identities, profile_sources
 from cdp.ids import new_id
 from cdp.platform import Platform
+from cdp.profiles.ingest import IDENTITY_COLUMNS
 
 COLUMNS = ("profile_id", "source", "first_seen_at")
 
@@ -47,21 +48,6 @@ async def test_ignored_conflicts_skip_only_the_repeated_keys(platform: Platform)
     async with platform.db.write() as conn:
         await bulk_insert_rows(conn, profile_sources, COLUMNS, batch, ignore_conflicts=True)
     assert await _stored(platform) == set(first)  # the repeats kept their first_seen_at
-
-
-IDENTITY_COLUMNS = (
-    "id",
-    "profile_id",
-    "kind",
-    "bidx",
-    "value",
-    "source",
-    "created_at",
-    "last_seen_at",
-    "confirmed_at",
-    "link_rule",
-    "linked_via",
-)
 
 
 async def test_binary_and_empty_columns_are_stored_as_given(platform: Platform) -> None:

@@ -50,6 +50,38 @@ async def deliveries_logged(platform) -> list:  # type: ignore[no-untyped-def]
         ).all()
 
 
+async def nothing_opens(platform, backup) -> None:  # type: ignore[no-untyped-def]
+    """Neither the sealed address's own key (its share is gone) nor the system key, which no
+    erasure destroys, opens the copy a backup kept."""
+    assert await unseal_addresses(platform.keys, [backup]) == {}
+    with pytest.raises(CryptoError):
+        platform.keys.system.decrypt(f"outbox_events.address_sealed|{backup.id}", backup[1])
+
+
+async def take_and_erase(client, keys, email: str) -> None:  # type: ignore[no-untyped-def]
+    """A customer takes the address, then asks for erasure."""
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": email}, headers=keys["ingest"]
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": email, "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+
+
+async def replayed(platform, receiver) -> dict:  # type: ignore[no-untyped-def]
+    """The receiver answers again: what it missed, replayed and delivered once."""
+    receiver.respond = None
+    since = receiver.requests[0].at - 60
+    await replay(platform, since=datetime.fromtimestamp(since, UTC))
+    await drain(platform)
+    (got,) = [r.payload for r in receiver.accepted]
+    return got
+
+
 async def test_an_unseen_email_opted_out_reaches_the_subscription_allowed_to_see_it(
     client, keys, platform, receiver, plain
 ):
@@ -109,11 +141,7 @@ async def test_a_dead_letter_keeps_it_so_that_a_replay_still_carries_it(
     await drain(platform)
     assert receiver.requests and not receiver.accepted  # dead after its tries
     assert [x is not None for x in await sealed(platform)] == [True]
-    receiver.respond = None
-    since = receiver.requests[0].at - 60
-    await replay(platform, since=datetime.fromtimestamp(since, UTC))
-    await drain(platform)
-    (got,) = [r.payload for r in receiver.accepted]
+    got = await replayed(platform, receiver)
     assert got["address"] == "later.erased@example.com"
     assert await sealed(platform) == [None]
 
@@ -124,18 +152,7 @@ async def test_an_erasure_of_whoever_takes_the_address_forgets_it(client, keys, 
     await opt_out(client, keys, email="taken.later@example.com")
     await drain(platform)
     assert [x is not None for x in await sealed(platform)] == [True]
-    r = await client.post(
-        "/v1/profiles",
-        json={"source": "crm", "email": "taken.later@example.com"},
-        headers=keys["ingest"],
-    )
-    assert r.status_code == 201, r.text
-    r = await client.post(
-        "/v1/erasure-requests",
-        json={"email": "taken.later@example.com", "requested_by": "customer"},
-        headers=keys["compliance"],
-    )
-    assert r.status_code == 202, r.text
+    await take_and_erase(client, keys, "taken.later@example.com")
     assert await sealed(platform) == [None]
     raw = await raw_database_bytes(platform)
     assert not holds_plaintext(raw, "taken.later@example.com")
@@ -165,9 +182,7 @@ async def test_a_copy_taken_while_it_waited_cannot_read_it_once_it_is_delivered(
     await drain(platform)
     assert [r.payload["address"] for r in receiver.accepted] == ["backed.up@example.com"]
     assert await sealed_rows(platform) == []
-    assert await unseal_addresses(platform.keys, [backup]) == {}
-    with pytest.raises(CryptoError):  # nor does the system key, which no erasure destroys
-        platform.keys.system.decrypt(f"outbox_events.address_sealed|{backup.id}", backup[1])
+    await nothing_opens(platform, backup)
 
 
 async def test_a_copy_taken_while_it_waited_cannot_read_it_after_the_erasure(
@@ -180,22 +195,9 @@ async def test_a_copy_taken_while_it_waited_cannot_read_it_after_the_erasure(
     await opt_out(client, keys, email="erased.later@example.com")
     await drain(platform)
     (backup,) = await sealed_rows(platform)
-    r = await client.post(
-        "/v1/profiles",
-        json={"source": "crm", "email": "erased.later@example.com"},
-        headers=keys["ingest"],
-    )
-    assert r.status_code == 201, r.text
-    r = await client.post(
-        "/v1/erasure-requests",
-        json={"email": "erased.later@example.com", "requested_by": "customer"},
-        headers=keys["compliance"],
-    )
-    assert r.status_code == 202, r.text
+    await take_and_erase(client, keys, "erased.later@example.com")
     assert await sealed_rows(platform) == []
-    assert await unseal_addresses(platform.keys, [backup]) == {}
-    with pytest.raises(CryptoError):  # nor does the system key, which no erasure destroys
-        platform.keys.system.decrypt(f"outbox_events.address_sealed|{backup.id}", backup[1])
+    await nothing_opens(platform, backup)
 
 
 async def test_a_dead_letter_pruned_by_retention_takes_its_key_with_it(
@@ -234,10 +236,6 @@ async def test_an_address_sealed_under_the_system_key_before_is_still_delivered(
         await conn.execute(
             update(outbox_events).where(outbox_events.c.id == event_id).values(address_sealed=older)
         )
-    receiver.respond = None
-    since = receiver.requests[0].at - 60
-    await replay(platform, since=datetime.fromtimestamp(since, UTC))
-    await drain(platform)
-    (got,) = [r.payload for r in receiver.accepted]
+    got = await replayed(platform, receiver)
     assert got["address"] == "sealed.before@example.com"
     assert await sealed_rows(platform) == []
