@@ -35,6 +35,7 @@ not the database's), not by Alembic; `key_store_meta` keeps their version.
 from __future__ import annotations
 
 import os
+import struct
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -83,15 +84,17 @@ key_shares = Table(
 )
 
 SHARE_COLUMNS = ("profile_id", "share", "created_at")
-# PostgreSQL: the shares of an array of profile ids as ONE bytea of (id, share) pairs, with a
-# join on the array rather than "= ANY($1)" (the generic plan of a prepared statement may scan
-# the table for an array parameter). A row per share cost a segment export about 2 µs of
-# Python per member; this about 0.5.
+# PostgreSQL: the shares of an array of profile ids as ONE bytea of (position in the array,
+# share) pairs, with a join on the array rather than "= ANY($1)" (the generic plan of a
+# prepared statement may scan the table for an array parameter). A row per share cost a segment
+# export about 2 µs of Python per member; (id, share) pairs about 1.2, looking each id up by
+# its bytes; (position, share) pairs, read with struct, 0.6.
 _SHARES_OF_ARRAY = (
-    "SELECT string_agg(uuid_send(k.profile_id) || k.share, ''::bytea) "
-    "FROM unnest($1::uuid[]) AS wanted(id) JOIN key_shares AS k ON k.profile_id = wanted.id"
+    "SELECT string_agg(int4send(wanted.n::int4) || k.share, ''::bytea) "
+    "FROM unnest($1::uuid[]) WITH ORDINALITY AS wanted(id, n) "
+    "JOIN key_shares AS k ON k.profile_id = wanted.id"
 )
-_PAIR = 16 + SHARE_BYTES
+_POSITION_AND_SHARE = struct.Struct(f">I{SHARE_BYTES}s")
 
 erased_profiles = Table(
     "erased_profiles",
@@ -165,11 +168,9 @@ class KeyStore:
             if conn.dialect.name == "postgresql":
                 raw = (await conn.get_raw_connection()).driver_connection
                 blob = await raw.fetchval(_SHARES_OF_ARRAY, wanted)
-                if blob:  # (16-byte profile id, 32-byte share) after one another
-                    by_bytes = {pid.bytes: pid for pid in wanted}
+                if blob:  # (position in `wanted` from 1, share) after one another
                     found.update(
-                        (by_bytes[blob[i : i + 16]], blob[i + 16 : i + _PAIR])
-                        for i in range(0, len(blob), _PAIR)
+                        (wanted[n - 1], share) for n, share in _POSITION_AND_SHARE.iter_unpack(blob)
                     )
                 return found
             for start in range(0, len(wanted), 500):

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
@@ -80,8 +81,9 @@ def _canonical(value: Any) -> Any:
 
 def canonical_payload(row: Any, fields: Sequence[str] = HASHED_FIELDS) -> bytes:
     """The canonical JSON of `fields` of an entry (a mapping, or an object with attributes)."""
-    get = row.__getitem__ if isinstance(row, dict) else lambda k: getattr(row, k)
-    return _encoder.encode([_canonical(get(name)) for name in fields])
+    get = (itemgetter if isinstance(row, dict) else attrgetter)(*fields)
+    values = get(row) if len(fields) > 1 else (get(row),)
+    return _encoder.encode([_canonical(v) for v in values])
 
 
 def entry_hash(prev_hash: bytes, row: Any, fields: Sequence[str] = HASHED_FIELDS) -> bytes:

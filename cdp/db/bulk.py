@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Executable, LargeBinary, Table, Uuid, insert, null
@@ -208,7 +209,12 @@ async def bulk_insert(conn: AsyncConnection, table: Table, rows: Sequence[dict[s
     if not rows:
         return
     columns = tuple(rows[0])
-    await bulk_insert_rows(conn, table, columns, [tuple(r[c] for c in columns) for r in rows])
+    if len(columns) == 1:
+        (column,) = columns
+        await bulk_insert_rows(conn, table, columns, [(r[column],) for r in rows])
+        return
+    values = itemgetter(*columns)  # a row's values as a tuple, in C
+    await bulk_insert_rows(conn, table, columns, [values(r) for r in rows])
 
 
 def _as_uuid(value: Any) -> uuid.UUID | None:
