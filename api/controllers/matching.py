@@ -117,8 +117,10 @@ class MergeReviewController(Controller):
             "created_at, decided_at, decided_by}`. `reason.code`: `too_many_profiles` (with "
             "`profiles`, `limit`), "
             "`conflicting_external_ids` (with `sources`), `identity_cap` (with `kinds`, "
-            "`limit`). The record was stored in `attached_to`: the profile its own external id "
-            "names, else the oldest profile it matched. "
+            "`limit`), `totals_too_large` (with `profiles`: their order totals together "
+            "exceed the 16 digits total_spent keeps; accepting it is a 409). The record was "
+            "stored in `attached_to`: the profile its own external id names, else the oldest "
+            "profile it matched. "
             "`status`: open (default), accepted, rejected."
         ),
     )

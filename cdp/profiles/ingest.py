@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -35,7 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
 from cdp.db.bulk import bulk_insert, bulk_insert_rows, execute_rows, rows_where_in
-from cdp.db.tables import ENCRYPTED_PROFILE_FIELDS, identities, profile_keys, profile_sources
+from cdp.db.tables import (
+    ENCRYPTED_PROFILE_FIELDS,
+    identities,
+    profile_keys,
+    profile_sources,
+    profile_stats,
+)
 from cdp.db.tables import profiles as profiles_t
 from cdp.errors import FieldError
 from cdp.ids import new_id, utcnow
@@ -93,6 +100,7 @@ class _Holdings:
 
     counts: dict[uuid.UUID, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
     ext_sources: dict[uuid.UUID, set[str]] = field(default_factory=lambda: defaultdict(set))
+    spent: dict[uuid.UUID, Decimal] = field(default_factory=dict)  # their total_spent
 
 
 def usable_keys(keys: list[IdentityKey], guards: IdentityGuards) -> list[IdentityKey]:
@@ -139,6 +147,7 @@ async def ingest(
             existing=[pid],
             counts=dict(held.counts.get(pid, {})),
             ext_sources=set(held.ext_sources.get(pid, ())),
+            spent=held.spent.get(pid, Decimal(0)),
         )
         for pid in by_profile
     }
@@ -310,6 +319,11 @@ async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Hold
             held.counts[pid][kind] = held.counts[pid].get(kind, 0) + n
             if kind == "external_id":
                 held.ext_sources[pid].add(source)
+        ps = profile_stats.c
+        spent = await conn.execute(
+            select(ps.profile_id, ps.total_spent).where(ps.profile_id.in_(ids[start : start + 500]))
+        )
+        held.spent.update((pid, total) for pid, total in spent)
     return held
 
 

@@ -33,12 +33,14 @@ from cdp.db.tables import (
     profiles,
 )
 from cdp.db.upsert import insert_ignore
+from cdp.errors import Conflict
 from cdp.event_ids import reseal_statement, resealed
 from cdp.ids import new_id, utcnow
 from cdp.labels import city_key
 from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
+from cdp.stats import MONEY_LIMIT
 from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
 from consent.tables import consent_ledger, consent_state
@@ -341,6 +343,10 @@ async def _merge_stats(conn: AsyncConnection, survivor_id: uuid.UUID, absorbed_i
             .values(profile_id=survivor_id)
         )
         return
+    if abs(s.total_spent + a.total_spent) >= MONEY_LIMIT:  # the guard in resolution, for reviews
+        raise Conflict(
+            "merging these profiles would take the customer's total_spent beyond 16 digits"
+        )
     firsts = [d for d in (s.first_order_at, a.first_order_at) if d is not None]
     lasts = [d for d in (s.last_order_at, a.last_order_at) if d is not None]
     await conn.execute(

@@ -31,11 +31,13 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from cdp.errors import FieldError
 from cdp.ids import new_id
 from cdp.profiles.identity import IdentityKey
+from cdp.stats import MONEY_LIMIT
 from consent.policy import IdentityGuards
 
 CAP_MESSAGE = "the profile holds the most identifiers of this kind the policy allows; not linked"
@@ -54,6 +56,7 @@ class Group:
     existing: list[uuid.UUID]  # the existing profiles in it, oldest first once merged
     counts: dict[str, int] = field(default_factory=dict)  # identifiers per kind
     ext_sources: set[str] = field(default_factory=set)  # sources of its external ids
+    spent: Decimal = Decimal(0)  # the total_spent of its existing profiles
     first: int | None = None  # the record that started it (a new profile)
     into: Group | None = None  # the group it was merged into
 
@@ -98,6 +101,8 @@ def refusal(found: list[Group], guards: IdentityGuards) -> dict[str, Any] | None
     over = sorted(k for k, n in totals.items() if n > guards.max_identities_per_kind)
     if over:
         return {"code": "identity_cap", "kinds": over, "limit": guards.max_identities_per_kind}
+    if abs(sum(g.spent for g in found)) >= MONEY_LIMIT:  # more than total_spent keeps
+        return {"code": "totals_too_large", "profiles": len(found)}
     return None
 
 
@@ -110,8 +115,8 @@ def resolve(
 ) -> dict[int, Step]:
     """The step of each record in `order` (ascending indexes into `keys`). `existing`: bidx ->
     (profile id, identity id) of identifiers already held; `groups`: a Group for each of those
-    profiles, with what it holds (counts and external id sources) wherever a merge or a new
-    identifier may need the guards."""
+    profiles, with what it holds (counts, external id sources, total spent) wherever a merge or
+    a new identifier may need the guards."""
     group_of: dict[bytes, Group] = {bidx: groups[pid] for bidx, (pid, _) in existing.items()}
     identity_of: dict[bytes, uuid.UUID] = {bidx: iid for bidx, (_, iid) in existing.items()}
     steps: dict[int, Step] = {}
@@ -147,6 +152,7 @@ def resolve(
                     g.existing.extend(other.existing)
                     step.absorbed.extend(other.existing)
                     g.ext_sources |= other.ext_sources
+                    g.spent += other.spent
                     for kind, n in other.counts.items():
                         g.counts[kind] = g.counts.get(kind, 0) + n
         for k in ks:
