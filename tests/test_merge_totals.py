@@ -37,16 +37,22 @@ async def two_big_spenders(client, keys) -> tuple[str, str]:  # type: ignore[no-
     return a, b
 
 
-async def test_a_record_linking_two_big_spenders_is_stored_and_the_merge_queued(client, keys):
-    a, b = await two_big_spenders(client, keys)
+async def link_them(client, keys) -> dict:  # type: ignore[no-untyped-def]
+    """A record naming both customers' identifiers (the one merge there could be)."""
     r = await client.post(
         "/v1/profiles",
         json={"source": "crm", "email": "big.a@example.com", "phone": "+79160001122"},
         headers=keys["ingest"],
     )
     assert r.status_code == 200, r.text
-    assert r.json()["profile_id"] == a  # the oldest it matched
-    assert [e["field"] for e in r.json()["ignored"]] == ["phone"]
+    return r.json()
+
+
+async def test_a_record_linking_two_big_spenders_is_stored_and_the_merge_queued(client, keys):
+    a, b = await two_big_spenders(client, keys)
+    linked = await link_them(client, keys)
+    assert linked["profile_id"] == a  # the oldest it matched
+    assert [e["field"] for e in linked["ignored"]] == ["phone"]
     assert (await total(client, keys, a), await total(client, keys, b)) == (
         Decimal(BIG),
         Decimal(BIG),
@@ -58,12 +64,7 @@ async def test_a_record_linking_two_big_spenders_is_stored_and_the_merge_queued(
 
 async def test_accepting_that_review_is_a_conflict_that_merges_nothing(client, keys):
     a, b = await two_big_spenders(client, keys)
-    r = await client.post(
-        "/v1/profiles",
-        json={"source": "crm", "email": "big.a@example.com", "phone": "+79160001122"},
-        headers=keys["ingest"],
-    )
-    assert r.status_code == 200, r.text
+    await link_them(client, keys)
     (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
     r = await client.post(f"/v1/merge-reviews/{review['review_id']}/accept", headers=keys["admin"])
     assert r.status_code == 409, r.text
