@@ -47,6 +47,11 @@ MONEY_LIMIT = Decimal("1e16")
 TOTAL_TOO_LARGE = "would take the customer's total_spent beyond 16 digits"
 
 
+def beyond_kept(total: Decimal) -> bool:
+    """Whether a total_spent (an event's, or two merged customers') is more than is kept."""
+    return abs(total) >= MONEY_LIMIT
+
+
 class Change(NamedTuple):
     orders: int  # 1 for a purchase
     spent: Decimal  # what total_spent moves by
@@ -79,7 +84,7 @@ def folded(t: Totals, c: Change, at: datetime) -> Totals:
     """The stats after one more event's change. Raises InvalidInput (on `amount`) where
     total_spent would grow beyond what is kept: that event is not stored."""
     total = t.spent + c.spent
-    if abs(total) >= MONEY_LIMIT:
+    if beyond_kept(total):
         raise InvalidInput.field("amount", TOTAL_TOO_LARGE)
     if not c.orders:
         return t._replace(spent=total)

@@ -37,7 +37,7 @@ from typing import Any
 from cdp.errors import FieldError
 from cdp.ids import new_id
 from cdp.profiles.identity import IdentityKey
-from cdp.stats import MONEY_LIMIT
+from cdp.stats import beyond_kept
 from consent.policy import IdentityGuards
 
 CAP_MESSAGE = "the profile holds the most identifiers of this kind the policy allows; not linked"
@@ -101,7 +101,7 @@ def refusal(found: list[Group], guards: IdentityGuards) -> dict[str, Any] | None
     over = sorted(k for k, n in totals.items() if n > guards.max_identities_per_kind)
     if over:
         return {"code": "identity_cap", "kinds": over, "limit": guards.max_identities_per_kind}
-    if abs(sum(g.spent for g in found)) >= MONEY_LIMIT:  # more than total_spent keeps
+    if beyond_kept(sum(g.spent for g in found)):
         return {"code": "totals_too_large", "profiles": len(found)}
     return None
 
