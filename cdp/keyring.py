@@ -131,8 +131,11 @@ class Keyring:
         await self._key_store().tombstone(profile_ids, at)
 
     async def destroy_shares(self, profile_ids: Iterable[uuid.UUID]) -> None:
-        """Destroy these profiles' shares in the key store, after their erasure committed."""
+        """Destroy these shares in the key store: profiles', after their erasure committed;
+        sealed values' (`sealing_cipher`), as their values are nulled or deleted."""
         pids = list(profile_ids)
+        if not pids:
+            return
         await self._key_store().destroy(pids)
         for pid in pids:
             self.forget(pid)

@@ -31,7 +31,7 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
 from consent.outbox.fanout import try_lock
-from consent.outbox.sealed import destroy_keys, forget_sent
+from consent.outbox.sealed import forget_sent
 from consent.outbox.subscriptions import forget_expired_secrets
 from consent.outbox.tables import (
     outbox_events,
@@ -129,7 +129,7 @@ async def _prune_events(p: Platform, before: datetime, *, published: bool, batch
                     )
                 ).all()
                 # a dead letter past retention took its sealed address with it
-                await destroy_keys(p.keys, [event_id for event_id, sealed in gone if sealed])
+                await p.keys.destroy_shares(event_id for event_id, sealed in gone if sealed)
                 total += len(gone)
         if len(seqs) < batch:
             return total

@@ -13,7 +13,7 @@ waited (a backup, a replica) can read it any more:
 - once no subscription allowed to see addresses still has a delivery of the event pending or
   dead (a dead letter keeps it, so a replay within retention still carries it);
 - when the customer who holds the address by then is erased (`forget_addresses`);
-- with the event itself, by retention (`destroy_keys` of the events it deletes).
+- with the event itself, by retention (which destroys the shares of the events it deletes).
 
 Until 2026-12-06 the address was sealed under the system key itself, which no erasure
 destroys; such an event is still opened with it (`unseal_addresses`) until it is forgotten.
@@ -82,14 +82,6 @@ async def unseal_addresses(
     return out
 
 
-async def destroy_keys(keys: Keyring, event_ids: Iterable[uuid.UUID]) -> None:
-    """Destroy the key shares of these events' sealed addresses (their values are being
-    nulled or deleted in the caller's transaction)."""
-    ids = list(event_ids)
-    if ids:
-        await keys.destroy_shares(ids)
-
-
 async def forget_sent(
     conn: AsyncConnection,
     keys: Keyring,
@@ -120,7 +112,7 @@ async def forget_sent(
     if event_ids is not None:
         stmt = stmt.where(oe.id.in_(list(event_ids)))
     nulled = (await conn.execute(stmt.values(address_sealed=None).returning(oe.id))).scalars()
-    await destroy_keys(keys, nulled)
+    await keys.destroy_shares(nulled)
 
 
 async def forget_addresses(conn: AsyncConnection, keys: Keyring, bidxs: Iterable[bytes]) -> None:
@@ -138,4 +130,4 @@ async def forget_addresses(conn: AsyncConnection, keys: Keyring, bidxs: Iterable
                 .returning(oe.id)
             )
         ).scalars()
-        await destroy_keys(keys, nulled)
+        await keys.destroy_shares(nulled)
