@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import re
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +48,7 @@ from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.db.messages import database_message
 from cdp.errors import DomainError, FieldError, InvalidInput, repeatable
+from cdp.ids import new_id
 from cdp.import_file import (
     REJECTS_HEADER,
     Chunk,
@@ -265,10 +267,21 @@ def _init_worker(
     )
 
 
-def _prepare_chunk(chunk: Chunk) -> bytes:
+def _prepare_chunk(chunk: Chunk, ids: bytes) -> bytes:
+    """`prepare_rows` in a worker; `ids`: the profile ids, 16 bytes each (cheaper to send than
+    UUID objects)."""
     w = _worker
-    results = prepare_rows(chunk, w["policy"], w["indexer"], w["source"], master=w["master"])
+    pids = [uuid.UUID(bytes=ids[i : i + 16]) for i in range(0, len(ids), 16)]
+    results = prepare_rows(chunk, w["policy"], w["indexer"], w["source"], pids, master=w["master"])
     return encode_results(results)  # type: ignore[arg-type]
+
+
+def draw_profile_ids(chunk: Chunk) -> list[uuid.UUID]:
+    """An id for the profile each row of the chunk would start, drawn in this process as the
+    file is read, in its order: a worker seals the row for it, and the lowest id is the oldest
+    profile (cdp.profiles.resolution). Drawn by the workers, a row's id could sort before an
+    earlier row's (two workers at once, or an id drawn at resolution after a sealed one)."""
+    return [new_id() for _ in chunk[1]]
 
 
 def _too_many(values: int, columns: int) -> str:
@@ -283,15 +296,17 @@ def prepare_rows(
     policy: Policy,
     indexer: BlindIndexer,
     source: str,
+    ids: list[uuid.UUID],
     *,
     master: MasterKey | None = None,
 ) -> list[tuple]:
-    """(line number, Prepared | None, errors) for each row of a chunk. With `master`, each
-    record is sealed for the new profile it would create."""
+    """(line number, Prepared | None, errors) for each row of a chunk; `ids`: the id of the
+    profile each row would start (`draw_profile_ids`). With `master`, each record is sealed for
+    that profile."""
     header, rows = chunk
     unnamed = [i for i, key in enumerate(header or ()) if not key]
     out: list[tuple] = []
-    for n, row in rows:
+    for (n, row), pid in zip(rows, ids, strict=True):
         if isinstance(row, str):  # the line could not be read as a row: the reason
             out.append((n, None, [FieldError("row", row)]))
             continue
@@ -306,7 +321,9 @@ def prepare_rows(
         record: dict[str, Any] = {}
         try:
             record = row_to_record(row, source, from_csv=header is not None)
-            prepared = prepare_with(record, policy, indexer, strict_consents=False, master=master)
+            prepared = prepare_with(
+                record, policy, indexer, strict_consents=False, master=master, profile_id=pid
+            )
         except DomainError as exc:
             errors = exc.errors
             if header is not None:
@@ -410,7 +427,7 @@ async def _prepared_chunks(
     `workers` processes (0: here, unsealed). `on_wait` runs before waiting for a worker."""
     if workers == 0:
         for chunk in chunks:
-            yield prepare_rows(chunk, p.policy, p.keys.indexer, source)
+            yield prepare_rows(chunk, p.policy, p.keys.indexer, source, draw_profile_ids(chunk))
         return
     loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context("forkserver")
@@ -431,7 +448,8 @@ async def _prepared_chunks(
                 if chunk is None:
                     more = False
                 else:
-                    pending.append(loop.run_in_executor(pool, _prepare_chunk, chunk))
+                    ids = b"".join([pid.bytes for pid in draw_profile_ids(chunk)])
+                    pending.append(loop.run_in_executor(pool, _prepare_chunk, chunk, ids))
                     in_pool += 1
             head = pending[0]
             if isinstance(head, list):
@@ -442,7 +460,8 @@ async def _prepared_chunks(
                 if chunk is None:
                     more = False
                 else:
-                    pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source))
+                    ids = draw_profile_ids(chunk)
+                    pending.append(prepare_rows(chunk, p.policy, p.keys.indexer, source, ids))
                 continue
             pending.popleft()
             in_pool -= 1

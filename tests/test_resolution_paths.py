@@ -127,7 +127,7 @@ async def in_batches(client, keys, all_bodies, cuts):  # type: ignore[no-untyped
         assert all("error" not in x for x in r.json()["results"]), r.text
 
 
-async def imported(platform, path, records, ns, fmt):  # type: ignore[no-untyped-def]
+async def imported(platform, path, records, ns, fmt, workers=0):  # type: ignore[no-untyped-def]
     rows = bodies(records, ns)
     if fmt == "csv":
         columns = ["external_id", "email", "phone", "country", "first_name", "city"]
@@ -141,7 +141,7 @@ async def imported(platform, path, records, ns, fmt):  # type: ignore[no-untyped
             for row in rows
         )
         path.write_text(text + "\n", encoding="utf-8")
-    summary = await run_import(platform, path, "crm", workers=0)
+    summary = await run_import(platform, path, "crm", workers=workers)
     assert summary.rejected_rows == 0, summary
 
 
@@ -189,6 +189,20 @@ async def test_the_same_records_make_the_same_profiles_whichever_way_they_arrive
             2,
             1,
         )
+        # a chunk's record that started a profile of its own was given an id after the profile
+        # another record of the chunk started: the next chunk's record linking the two was
+        # stored in the later one (the lowest id is the oldest)
+        @case(
+            [
+                (None, (1, 0), 0, None, None),
+                ((3, 0), None, 1, None, None),
+                (None, None, 1, None, None),
+                ((3, 0), (1, 0), None, None, "Omsk"),
+            ],
+            [],
+            3,
+            1,
+        )
         def example(records, cuts, chunk, txn_rows) -> None:  # type: ignore[no-untyped-def]
             monkeypatch.setattr(importer, "CHUNK", chunk)
             monkeypatch.setattr(importer, "TXN_ROWS", txn_rows)
@@ -208,6 +222,29 @@ async def test_the_same_records_make_the_same_profiles_whichever_way_they_arrive
         example()
 
     await hypothesis_on_loop(test)
+
+
+async def test_worker_processes_keep_the_records_order_in_the_profiles_ids(
+    platform, client, keys, tmp_path, monkeypatch
+):
+    """A worker seals each record for the profile it would start, with its id: a record that
+    starts a profile of its own must not get a lower id (the oldest) than the profile an earlier
+    record of its chunk started. Here the third record's profile was older than the first's,
+    and the last record, linking the two, was stored in it."""
+    records = [
+        ((3, 0), None, 1, None, None),
+        (None, None, 1, None, None),
+        (None, (1, 0), 0, None, None),
+        ((3, 0), (1, 0), None, None, "Omsk"),
+    ]
+    monkeypatch.setattr(importer, "CHUNK", 3)
+    ns = next(_spaces)
+    await one_by_one(client, keys, bodies(records, ns))
+    expected = await partition(platform, ns, client, keys)
+    assert ([("email", 3), ("ext", 1)], None, "Omsk") in expected[0]
+    ns = next(_spaces)
+    await imported(platform, tmp_path / "w.csv", records, ns, "csv", workers=1)
+    assert await partition(platform, ns, client, keys) == expected
 
 
 def components(records) -> list[list]:  # type: ignore[no-untyped-def]

@@ -115,12 +115,17 @@ async def ingest(
     actor: str,
     keys: list[list[IdentityKey]] | None = None,
     sealed: Sequence[Sealed | None] | None = None,
+    new_ids: Sequence[uuid.UUID] | None = None,
 ) -> list[Outcome]:
     """Resolve and upsert `records` inside the caller's write transaction.
 
-    `sealed`: for each record, what an import worker encrypted for the new profile it would
-    create (cdp.profiles.sealing), used when the record does create a profile of its own."""
+    `new_ids`: for each record, the id of the profile it starts if it starts one, drawn in
+    the order the records arrived (default: drawn now, in the batch's order); the lowest id is
+    the oldest (cdp.profiles.resolution). `sealed`: for each record, what an import worker
+    encrypted for that profile (cdp.profiles.sealing), used when the record does start it."""
     now = utcnow()
+    if new_ids is None:
+        new_ids = [new_id() for _ in records]
     guards = p.policy.identity
     if keys is None:
         keys = [usable_keys(record_keys(p.keys.indexer, r), guards) for r in records]
@@ -151,7 +156,7 @@ async def ingest(
         )
         for pid in by_profile
     }
-    steps = resolve(linked, keys, existing, groups, guards)
+    steps = resolve(linked, keys, existing, groups, guards, new_ids)
 
     outcomes: list[Outcome | None] = [None] * len(records)
     rows_out = _Rows()
@@ -272,7 +277,7 @@ async def ingest(
         if w.is_new:
             rows_out.profiles.append(_profile_row(w))
     if alone:
-        _create_alone(p, records, keys, sealed, alone, rows_out, outcomes, now)
+        _create_alone(p, records, keys, new_ids, sealed, alone, rows_out, outcomes, now)
     changed = [w for w in working.values() if not w.is_new and w.touched]
     await _write(conn, p, rows_out, changed, seen_identities, now)
     if reviews:
@@ -535,6 +540,7 @@ def _create_alone(
     p: Platform,
     records: list[Record],
     keys: list[list[IdentityKey]],
+    new_ids: Sequence[uuid.UUID],
     sealed: Sequence[Sealed | None] | None,
     alone: list[int],
     out: _Rows,
@@ -550,8 +556,8 @@ def _create_alone(
         ks = keys[i]
         at = _tick(now, i)
         s = sealed[i] if sealed is not None else None
-        if s is not None and len(s.values) == len(ks):
-            pid = s.profile_id
+        pid = new_ids[i]
+        if s is not None and len(s.values) == len(ks) and s.profile_id == pid:
             cipher = p.keys.adopt(pid, s.key)
             key_id = cipher.key_id
             out.keys.append((pid, key_id, master_key_id, s.wrapped, now, True))
@@ -560,7 +566,6 @@ def _create_alone(
             values = s.values
             iids = s.identity_ids
         else:
-            pid = new_id()
             cipher, key_row = p.keys.new_profile_key(pid)
             out.keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
             out.shares.append((pid, key_row["share"]))

@@ -5,7 +5,9 @@ make the same profiles whichever way they arrive: one POST /v1/profiles each, /v
 cut anywhere, `cdp import` with any chunk and transaction size. Each record, in order:
 - joins the profile its identifiers name, or starts one when they name none;
 - where they name several, merges them into the oldest: an existing profile is older than any
-  the batch starts, and of existing ones the lowest id is the oldest (ids are time-ordered),
+  the batch starts, and of existing ones the lowest id is the oldest (ids are time-ordered,
+  each drawn as its record arrived: an import draws them as it reads the file, before a
+  worker seals the record, so a record's profile is never older than an earlier record's),
   unless the merge guards refuse (`refusal`): then the record is stored in the profile its own
   (source, external id) names, else the oldest, its identifiers that belong to the others are
   not kept, and the merge is queued for review;
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -112,8 +115,10 @@ def resolve(
     existing: dict[bytes, tuple[uuid.UUID, uuid.UUID]],
     groups: dict[uuid.UUID, Group],
     guards: IdentityGuards,
+    new_ids: Sequence[uuid.UUID],
 ) -> dict[int, Step]:
-    """The step of each record in `order` (ascending indexes into `keys`). `existing`: bidx ->
+    """The step of each record in `order` (ascending indexes into `keys`); `new_ids[i]` is the
+    id of the profile record i starts, if it starts one. `existing`: bidx ->
     (profile id, identity id) of identifiers already held; `groups`: a Group for each of those
     profiles, with what it holds (counts, external id sources, total spent) wherever a merge or
     a new identifier may need the guards."""
@@ -129,7 +134,7 @@ def resolve(
                 hits.append(g)
         foreign: set[bytes] = set()
         if not hits:
-            g = Group(age=(1, i), profile_id=new_id(), existing=[], first=i)
+            g = Group(age=(1, i), profile_id=new_ids[i], existing=[], first=i)
             step = Step(g, created=True)
         elif len(hits) == 1:
             g = hits[0]

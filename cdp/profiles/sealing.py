@@ -1,9 +1,10 @@
 """Speculative encryption of a record in an import worker process.
 
 Most imported records create a profile of their own. A worker, which knows nothing of the
-database, bets on that: it gives the record a new profile id and a new data key (wrapped by the
-key-encryption key, as `Keyring.new_profile_key` does), and encrypts the record's fields and
-identifier values under that key, each bound by its associated data to the new profile id. The
+database, bets on that: it takes the profile id the main process drew for the record when it
+read it (`Prepared.profile_id`), makes a new data key (wrapped by the key-encryption key, as
+`Keyring.new_profile_key` does), and encrypts the record's fields and identifier values under
+that key, each bound by its associated data to that profile id. The
 main process uses these ciphertexts as they are when the record does create a profile of its
 own (cdp.profiles.ingest), and drops them otherwise: a record that joins an existing profile,
 or shares an identifier with another record of its batch, is encrypted under the surviving
@@ -42,8 +43,7 @@ class Sealed:
     identity_ids: list[uuid.UUID]  # ids for those identities
 
 
-def seal(rec: Record, keys: list[IdentityKey], master: MasterKey) -> Sealed:
-    pid = new_id()
+def seal(rec: Record, keys: list[IdentityKey], master: MasterKey, pid: uuid.UUID) -> Sealed:
     key, wrapped, share = mint_data_key(master, pid, FIRST_KEY_ID)
     cipher = FieldCipher(key, FIRST_KEY_ID, str(pid))
     fresh = nonces(len(rec.fields) + len(keys))

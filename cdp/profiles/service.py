@@ -14,6 +14,7 @@ from cdp.crypto.master import MasterKey
 from cdp.db.engine import lock_keys
 from cdp.db.tables import identities, merges, profile_categories, profile_stats, profiles
 from cdp.errors import DomainError, FieldError, InvalidInput, NotFound
+from cdp.ids import new_id
 from cdp.normalize import normalise_country
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
@@ -37,6 +38,9 @@ class Prepared:
     record: Record
     claims: list[ConsentClaim]
     keys: list[IdentityKey]
+    # the id of the profile the record starts, if it starts one: drawn as the record arrives,
+    # so that profiles' ids follow their records' order (cdp.profiles.resolution)
+    profile_id: uuid.UUID
     rejected_consents: list[FieldError] = field(default_factory=list)
     sealed: Sealed | None = None  # encrypted for a new profile of its own (import workers)
 
@@ -49,9 +53,12 @@ def prepare_with(
     strict_consents: bool = True,
     master: MasterKey | None = None,
     whole: str = "body",
+    profile_id: uuid.UUID | None = None,
 ) -> Prepared:
     """Validate one raw record (pure: safe to run in a worker process). `whole` names the
-    record in an error about the record itself (not an object).
+    record in an error about the record itself (not an object). `profile_id`: the id of the
+    profile the record would start, drawn when it was read (an import's worker gets it from the
+    main process); by default a new one.
 
     With strict_consents a bad consent rejects the whole record (the API); without, the record
     is kept and the bad consent reported (bulk import). With `master` (an import worker) the
@@ -62,7 +69,9 @@ def prepare_with(
     if errors and strict_consents:
         raise InvalidInput("the record carries an invalid consent", errors)
     keys = record_keys(indexer, rec)
-    return Prepared(rec, claims, keys, errors, seal(rec, keys, master) if master else None)
+    pid = profile_id or new_id()
+    sealed = seal(rec, keys, master, pid) if master else None
+    return Prepared(rec, claims, keys, pid, errors, sealed)
 
 
 def prepare(
@@ -105,6 +114,7 @@ async def _store_by_actor(
             [x.record for x in prepared],
             actor,
             keys=[x.keys for x in prepared],
+            new_ids=[x.profile_id for x in prepared],
             sealed=[x.sealed for x in prepared],
         )
         for prepared, actor in groups
