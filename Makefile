@@ -19,8 +19,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# On every core, at most four: each worker has its own PostgreSQL database and SQLite files.
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4
 
 demo: install
 	$(BIN)/cdp demo
