@@ -4,7 +4,8 @@ anywhere, `cdp import` of CSV or NDJSON with any chunk and transaction sizes), t
 included; and without the guards in play, in any order. Records are generated (hypothesis) from
 small pools of customers' identifiers, each written in the spellings a user would expect to be
 one identifier (case and spaces of an email, national and E.164 forms of a phone). Each profile
-has the first name and city given last (latest non-empty value wins), however its records came."""
+has the first name and city given last (latest non-empty value wins), and a segment sends to
+its email and its phone seen last, however its records came."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import dataclasses
 import itertools
 import json
 import random
+import uuid
 
 import msgspec
 import pytest
@@ -23,6 +25,8 @@ from hypothesis import strategies as st
 import cdp.importer as importer
 from cdp.importer import run_import
 from cdp.profiles.identity import lookup_bidx, resolve_profile_ids
+from cdp.segments.members import members_page, select_rows
+from cdp.segments.service import build_definition
 from tests.helpers import hypothesis_on_loop
 
 SETTINGS = settings(
@@ -85,7 +89,8 @@ def bodies(records, ns: int, source: str = "crm") -> list[dict]:
 
 async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[no-untyped-def]
     """Which pooled identifiers share a profile (by the survivor that holds them), and which
-    are held by none; with a client, each profile's first name too (the latest given)."""
+    are held by none; with a client, each profile's first name and city too (the latest
+    given), and the email and phone a segment sends it to."""
     source = "crm"
     ix = platform.keys.indexer
     idents = {
@@ -107,8 +112,25 @@ async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[
     for pid, g in groups.items():
         r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
         assert r.status_code == 200, r.text
-        named.append((sorted(g), r.json()["first_name"], r.json()["city"]))
+        sends_to = await member_addresses(platform, pid, idents)
+        named.append((sorted(g), r.json()["first_name"], r.json()["city"], sends_to))
     return sorted(named), sorted(unheld)
+
+
+async def member_addresses(platform, pid, idents) -> list:  # type: ignore[no-untyped-def]
+    """Which of its pooled identifiers a segment sends this customer to, by email and by sms
+    (for `service`, which every address may receive): the address seen last."""
+    names = {bidx: name for name, bidx in idents.items()}
+    out = []
+    for channel in ("email", "sms"):
+        d = build_definition(platform, "service", channel, {"all": []})
+        just_before = uuid.UUID(int=pid.int - 1)
+        async with platform.db.read() as conn:
+            got = await select_rows(
+                conn, platform, d, after=just_before, until=pid, limit=1, now=None
+            )
+        out.append(names.get(got.rows[0][2]) if got.rows else None)
+    return out
 
 
 async def one_by_one(client, keys, all_bodies):  # type: ignore[no-untyped-def]
@@ -241,10 +263,48 @@ async def test_worker_processes_keep_the_records_order_in_the_profiles_ids(
     ns = next(_spaces)
     await one_by_one(client, keys, bodies(records, ns))
     expected = await partition(platform, ns, client, keys)
-    assert ([("email", 3), ("ext", 1)], None, "Omsk") in expected[0]
+    assert ([("email", 3), ("ext", 1)], None, "Omsk", [("email", 3), None]) in expected[0]
     ns = next(_spaces)
     await imported(platform, tmp_path / "w.csv", records, ns, "csv", workers=1)
     assert await partition(platform, ns, client, keys) == expected
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["known before", "new in the batch"])
+async def test_the_address_a_segment_sends_to_is_the_same_whichever_way_records_arrive(
+    platform, client, keys, tmp_path, known
+):
+    """A customer's member address is their address seen last: a record that brings a new
+    email and, after it, a record repeating the first one leave the first one as the address
+    seen last, one request each, in one batch or in one chunk of an import, whether the first
+    was stored before or by an earlier record of the batch. (In a batch all were stamped with
+    the batch's time, and the new email won as the one created later.)"""
+    d = build_definition(platform, "service", "email", {"all": []})
+    chosen = {}
+    for path in ("one by one", "batch", "import"):
+        ns = next(_spaces)
+        first, second = email(0, ns), email(1, ns)
+        records = [
+            {"source": "crm", "external_id": f"C-{ns}", "email": first},
+            {"source": "crm", "external_id": f"C-{ns}", "email": second},
+            {"source": "crm", "email": first},
+        ]
+        if known:
+            await one_by_one(client, keys, records[:1])
+            records = records[1:]
+        if path == "one by one":
+            await one_by_one(client, keys, records)
+        elif path == "batch":
+            await in_batches(client, keys, records, [])
+        else:
+            src = tmp_path / f"records{ns}.csv"
+            lines = [f"{r.get('external_id', '')},{r['email']}" for r in records]
+            src.write_text("\n".join(["external_id,email", *lines]) + "\n", encoding="utf-8")
+            assert (await run_import(platform, src, "crm", workers=0)).rejected_rows == 0
+        async with platform.db.read() as conn:
+            page = await members_page(conn, platform, d, after=None, limit=1000)
+        (address,) = [m.address for m in page.items if m.address in (first, second)]
+        chosen[path] = "first" if address == first else "second"
+    assert chosen == dict.fromkeys(("one by one", "batch", "import"), "first")
 
 
 def components(records) -> list[list]:  # type: ignore[no-untyped-def]

@@ -240,7 +240,8 @@ async def ingest(
         for i in batch_records:
             rec, step = records[i], steps[i]
             rule = "new" if step.created else "deterministic"
-            seen_identities.extend((bidx, now) for bidx in step.seen)
+            at = _tick(now, i)
+            seen_identities.extend((bidx, at) for bidx in step.seen)
             for k, iid in step.new:
                 new_identities.append(
                     (
@@ -250,14 +251,14 @@ async def ingest(
                         k.bidx,
                         w.cipher.encrypt("identities.value", k.value),
                         k.source,
-                        now,
-                        now,
+                        at,
+                        at,
                         None,
                         rule,
                         step.anchor,
                     )
                 )
-            _apply(w, rec, _tick(now, i))
+            _apply(w, rec, at)
             sources.add((w.id, rec.source))
             kept = {*step.seen, *(k.bidx for k, _ in step.new)}
             outcomes[i] = Outcome(
@@ -422,7 +423,8 @@ async def _queue_review(
 def _tick(now: datetime, index: int) -> datetime:
     """The time of the batch's record `index`: a microsecond after the one before, so that
     the values of a batch's records are ordered as those of single requests would be (the
-    latest wins a later merge) and so are the profiles they start (the oldest survives it)."""
+    latest wins a later merge), and so are the identifiers they bring or repeat (a segment
+    sends to the address seen last) and the profiles they start."""
     return now + timedelta(microseconds=index)
 
 
@@ -592,7 +594,7 @@ def _create_alone(
         )
         for k, iid, value in zip(ks, iids, values, strict=True):
             out.identities.append(
-                (iid, pid, k.kind, k.bidx, value, k.source, now, now, None, "new", None)
+                (iid, pid, k.kind, k.bidx, value, k.source, at, at, None, "new", None)
             )
         out.sources.add((pid, rec.source))
         outcomes[i] = Outcome(
