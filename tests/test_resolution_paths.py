@@ -4,8 +4,9 @@ anywhere, `cdp import` of CSV or NDJSON with any chunk and transaction sizes), t
 included; and without the guards in play, in any order. Records are generated (hypothesis) from
 small pools of customers' identifiers, each written in the spellings a user would expect to be
 one identifier (case and spaces of an email, national and E.164 forms of a phone). Each profile
-has the first name and city given last (latest non-empty value wins), and a segment sends to
-its email and its phone seen last, however its records came."""
+has the first name and city given last (latest non-empty value wins), a segment sends to its
+email and its phone seen last, and advertising by email only where the consents its records
+carried (granted or withdrawn, dated or not) allow it, however its records came."""
 
 from __future__ import annotations
 
@@ -35,13 +36,21 @@ SETTINGS = settings(
 _spaces = itertools.count(100)  # one namespace of identifiers per run of a path
 
 
-# A record: (email #, spelling), (phone #, spelling), external id #, first name, city
+# A record: (email #, spelling), (phone #, spelling), external id #, first name, city, and
+# optionally a consent to advertising by email (status, occurred_at or None) for its email
 EMAIL = st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 2)))
 PHONE = st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 3)))
 EXTERNAL = st.one_of(st.none(), st.integers(0, 2))
 NAME = st.sampled_from([None, "Анна", "Olga"])
 CITY = st.sampled_from([None, "Omsk", "Tver"])
-RECORD = st.tuples(EMAIL, PHONE, EXTERNAL, NAME, CITY).filter(
+CONSENT = st.one_of(
+    st.none(),
+    st.tuples(
+        st.sampled_from(["granted", "withdrawn"]),
+        st.sampled_from([None, "2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z"]),
+    ),
+)
+RECORD = st.tuples(EMAIL, PHONE, EXTERNAL, NAME, CITY, CONSENT).filter(
     lambda r: r[0] is not None or r[1] is not None or r[2] is not None
 )
 RECORDS = st.lists(RECORD, min_size=1, max_size=10)
@@ -69,10 +78,12 @@ def national(n: int, ns: int) -> str:
 
 def bodies(records, ns: int, source: str = "crm") -> list[dict]:
     out = []
-    for e, ph, ext, name, city in records:
+    for e, ph, ext, name, city, *consent in records:
         body: dict = {"source": source}
         if e is not None:
             body["email"] = email(e[0], ns, e[1])
+            if consent and consent[0]:
+                body["consents"] = [marketing_email(*consent[0])]
         if ph is not None:
             body["phone"], country = phone(ph[0], ns, ph[1])
             if country:
@@ -87,10 +98,19 @@ def bodies(records, ns: int, source: str = "crm") -> list[dict]:
     return out
 
 
+def marketing_email(status: str, occurred_at: str | None) -> dict:
+    evidence = {"wording_id": "w-1", "method": "checkbox"}
+    consent = {"purpose": "marketing", "channel": "email", "status": status, "evidence": evidence}
+    if occurred_at:
+        consent["occurred_at"] = occurred_at
+    return consent
+
+
 async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[no-untyped-def]
     """Which pooled identifiers share a profile (by the survivor that holds them), and which
     are held by none; with a client, each profile's first name and city too (the latest
-    given), and the email and phone a segment sends it to."""
+    given), and the email and phone a segment sends it to (for service, and for advertising by
+    email: where the consents its records carried allow it)."""
     source = "crm"
     ix = platform.keys.indexer
     idents = {
@@ -118,12 +138,13 @@ async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[
 
 
 async def member_addresses(platform, pid, idents) -> list:  # type: ignore[no-untyped-def]
-    """Which of its pooled identifiers a segment sends this customer to, by email and by sms
-    (for `service`, which every address may receive): the address seen last."""
+    """Which of its pooled identifiers a segment sends this customer to: for `service` by
+    email and by sms (every address may receive them: the one seen last), and for advertising
+    by email (an address whose consent allows it), or None."""
     names = {bidx: name for name, bidx in idents.items()}
     out = []
-    for channel in ("email", "sms"):
-        d = build_definition(platform, "service", channel, {"all": []})
+    for purpose, channel in (("service", "email"), ("service", "sms"), ("marketing", "email")):
+        d = build_definition(platform, purpose, channel, {"all": []})
         just_before = uuid.UUID(int=pid.int - 1)
         async with platform.db.read() as conn:
             got = await select_rows(
@@ -153,10 +174,19 @@ async def imported(platform, path, records, ns, fmt, workers=0):  # type: ignore
     rows = bodies(records, ns)
     if fmt == "csv":
         columns = ["external_id", "email", "phone", "country", "first_name", "city"]
+        consent = "consent.marketing.email"
+        parts = {"": "status", ".wording_id": "wording_id", ".method": "method"}
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(columns)
-            w.writerows([[row.get(c, "") for c in columns] for row in rows])
+            w.writerow([*columns, *(consent + part for part in parts), consent + ".occurred_at"])
+            for row in rows:
+                c = (row.get("consents") or [{}])[0]
+                given = {**c, **c.get("evidence", {})}
+                w.writerow(
+                    [row.get(k, "") for k in columns]
+                    + [given.get(k, "") for k in parts.values()]
+                    + [c.get("occurred_at", "")]
+                )
     else:
         text = "\n".join(
             json.dumps({k: v for k, v in row.items() if k != "source"}, ensure_ascii=False)
@@ -263,7 +293,7 @@ async def test_worker_processes_keep_the_records_order_in_the_profiles_ids(
     ns = next(_spaces)
     await one_by_one(client, keys, bodies(records, ns))
     expected = await partition(platform, ns, client, keys)
-    assert ([("email", 3), ("ext", 1)], None, "Omsk", [("email", 3), None]) in expected[0]
+    assert ([("email", 3), ("ext", 1)], None, "Omsk", [("email", 3), None, None]) in expected[0]
     ns = next(_spaces)
     await imported(platform, tmp_path / "w.csv", records, ns, "csv", workers=1)
     assert await partition(platform, ns, client, keys) == expected
