@@ -4,9 +4,9 @@ anywhere, `cdp import` of CSV or NDJSON with any chunk and transaction sizes), t
 included; and without the guards in play, in any order. Records are generated (hypothesis) from
 small pools of customers' identifiers, each written in the spellings a user would expect to be
 one identifier (case and spaces of an email, national and E.164 forms of a phone). Each profile
-has the first name and city given last (latest non-empty value wins), a segment sends to its
-email and its phone seen last, and advertising by email only where the consents its records
-carried (granted or withdrawn, dated or not) allow it, however its records came."""
+has the first name, city and trait given last (latest non-empty value wins), a segment sends
+to its email and its phone seen last, and advertising by email only where the consents its
+records carried (granted or withdrawn, dated or not) allow it, however its records came."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ _spaces = itertools.count(100)  # one namespace of identifiers per run of a path
 
 
 # A record: (email #, spelling), (phone #, spelling), external id #, first name, city, and
-# optionally a consent to advertising by email (status, occurred_at or None) for its email
+# optionally a consent to advertising by email (status, occurred_at or None) for its email and
+# a trait `tier`
 EMAIL = st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 2)))
 PHONE = st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 3)))
 EXTERNAL = st.one_of(st.none(), st.integers(0, 2))
@@ -50,7 +51,8 @@ CONSENT = st.one_of(
         st.sampled_from([None, "2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z"]),
     ),
 )
-RECORD = st.tuples(EMAIL, PHONE, EXTERNAL, NAME, CITY, CONSENT).filter(
+TIER = st.sampled_from([None, "gold", "silver"])
+RECORD = st.tuples(EMAIL, PHONE, EXTERNAL, NAME, CITY, CONSENT, TIER).filter(
     lambda r: r[0] is not None or r[1] is not None or r[2] is not None
 )
 RECORDS = st.lists(RECORD, min_size=1, max_size=10)
@@ -78,12 +80,13 @@ def national(n: int, ns: int) -> str:
 
 def bodies(records, ns: int, source: str = "crm") -> list[dict]:
     out = []
-    for e, ph, ext, name, city, *consent in records:
+    for e, ph, ext, name, city, *more in records:
+        consent, tier = [*more, None, None][:2]
         body: dict = {"source": source}
         if e is not None:
             body["email"] = email(e[0], ns, e[1])
-            if consent and consent[0]:
-                body["consents"] = [marketing_email(*consent[0])]
+            if consent:
+                body["consents"] = [marketing_email(*consent)]
         if ph is not None:
             body["phone"], country = phone(ph[0], ns, ph[1])
             if country:
@@ -94,6 +97,8 @@ def bodies(records, ns: int, source: str = "crm") -> list[dict]:
             body["first_name"] = name
         if city:
             body["city"] = city
+        if tier:
+            body["traits"] = {"tier": tier}
         out.append(body)
     return out
 
@@ -108,9 +113,9 @@ def marketing_email(status: str, occurred_at: str | None) -> dict:
 
 async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[no-untyped-def]
     """Which pooled identifiers share a profile (by the survivor that holds them), and which
-    are held by none; with a client, each profile's first name and city too (the latest
-    given), and the email and phone a segment sends it to (for service, and for advertising by
-    email: where the consents its records carried allow it)."""
+    are held by none; with a client, each profile's first name, city and traits too (the
+    latest given), and the email and phone a segment sends it to (for service, and for
+    advertising by email: where the consents its records carried allow it)."""
     source = "crm"
     ix = platform.keys.indexer
     idents = {
@@ -133,7 +138,8 @@ async def partition(platform, ns: int, client=None, keys=None):  # type: ignore[
         r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
         assert r.status_code == 200, r.text
         sends_to = await member_addresses(platform, pid, idents)
-        named.append((sorted(g), r.json()["first_name"], r.json()["city"], sends_to))
+        view = r.json()
+        named.append((sorted(g), view["first_name"], view["city"], view["traits"], sends_to))
     return sorted(named), sorted(unheld)
 
 
@@ -178,14 +184,21 @@ async def imported(platform, path, records, ns, fmt, workers=0):  # type: ignore
         parts = {"": "status", ".wording_id": "wording_id", ".method": "method"}
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow([*columns, *(consent + part for part in parts), consent + ".occurred_at"])
+            w.writerow(
+                [
+                    *columns,
+                    *(consent + part for part in parts),
+                    consent + ".occurred_at",
+                    "traits.tier",
+                ]
+            )
             for row in rows:
                 c = (row.get("consents") or [{}])[0]
                 given = {**c, **c.get("evidence", {})}
                 w.writerow(
                     [row.get(k, "") for k in columns]
                     + [given.get(k, "") for k in parts.values()]
-                    + [c.get("occurred_at", "")]
+                    + [c.get("occurred_at", ""), row.get("traits", {}).get("tier", "")]
                 )
     else:
         text = "\n".join(
@@ -293,7 +306,8 @@ async def test_worker_processes_keep_the_records_order_in_the_profiles_ids(
     ns = next(_spaces)
     await one_by_one(client, keys, bodies(records, ns))
     expected = await partition(platform, ns, client, keys)
-    assert ([("email", 3), ("ext", 1)], None, "Omsk", [("email", 3), None, None]) in expected[0]
+    sends_to = [("email", 3), None, None]  # service email, service sms, advertising email
+    assert ([("email", 3), ("ext", 1)], None, "Omsk", {}, sends_to) in expected[0]
     ns = next(_spaces)
     await imported(platform, tmp_path / "w.csv", records, ns, "csv", workers=1)
     assert await partition(platform, ns, client, keys) == expected
