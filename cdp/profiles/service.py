@@ -238,7 +238,7 @@ async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         await conn.execute(
             select(identities.c.kind, identities.c.value, identities.c.source)
             .where(identities.c.profile_id == profile_id)
-            .order_by(identities.c.created_at)
+            .order_by(identities.c.created_at, identities.c.id)  # one record's: in its order
         )
     ).all()
     stats = (
