@@ -40,7 +40,7 @@ from cdp.labels import city_key
 from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
-from cdp.stats import beyond_kept
+from cdp.stats import TOTAL_TOO_LARGE, beyond_kept
 from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
 from consent.tables import consent_ledger, consent_state
@@ -344,9 +344,7 @@ async def _merge_stats(conn: AsyncConnection, survivor_id: uuid.UUID, absorbed_i
         )
         return
     if beyond_kept(s.total_spent + a.total_spent):  # resolution's guard, for reviewed merges
-        raise Conflict(
-            "merging these profiles would take the customer's total_spent beyond 16 digits"
-        )
+        raise Conflict(f"merging these profiles {TOTAL_TOO_LARGE}")
     firsts = [d for d in (s.first_order_at, a.first_order_at) if d is not None]
     lasts = [d for d in (s.last_order_at, a.last_order_at) if d is not None]
     await conn.execute(

@@ -69,7 +69,7 @@ def prepare_with(
     if errors and strict_consents:
         raise InvalidInput("the record carries an invalid consent", errors)
     keys = record_keys(indexer, rec)
-    pid = profile_id or new_id()
+    pid = profile_id if profile_id is not None else new_id()
     sealed = seal(rec, keys, master, pid) if master else None
     return Prepared(rec, claims, keys, pid, errors, sealed)
 
