@@ -188,3 +188,62 @@ async def test_an_erasure_made_while_an_import_brings_the_customer_again_is_not_
         else:
             assert now.status_code == 404, now.text
     await audit_ok(client, keys)
+
+
+def phone(i: int) -> str:
+    return f"+7925{i:07d}"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_records_posted_while_an_import_runs_join_its_customers_as_one_after_another(
+    client, keys, platform, tmp_path, monkeypatch, seed
+):
+    """The import brings each customer's email. Beside it, the shop posts some customers' email
+    with their phone, and the call centre a phone with another customer's email, which links
+    the two. Whatever the interleaving, the profiles are the connected customers."""
+    at = two_days_ago()
+    src = tmp_path / "crm.ndjson"
+    src.write_text("".join(grant_row(i, at, first_name="Анна") + "\n" for i in range(ROWS)))
+    rng = random.Random(seed)
+    picked = rng.sample(range(ROWS), ROWS // 2)
+    shop = picked[: ROWS // 4]
+    pairs = list(zip(picked[ROWS // 4 :: 2], picked[ROWS // 4 + 1 :: 2], strict=False))
+    bodies = [{"source": "shop", "email": address(i), "phone": phone(i)} for i in shop]
+    bodies += [{"source": "call", "phone": phone(i), "email": address(j)} for i, j in pairs]
+    rows = [i for i in shop] + [max(i, j) for i, j in pairs]
+
+    async def post(n: int) -> None:
+        r = await client.post("/v1/profiles", json=bodies[n], headers=keys["ingest"])
+        assert r.status_code in (200, 201), r.text
+        assert not r.json().get("ignored"), r.text
+
+    # `send` takes the body's number; its position is around the customer's row
+    due = [(pos, n) for n, (pos, _) in enumerate(around(rng, rows, ROWS))]
+    await import_while(platform, monkeypatch, src, due, post)
+
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def find(x: tuple[str, int]) -> tuple[str, int]:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for i in range(ROWS):
+        find(("email", i))
+    for body in bodies:
+        e = ("email", int(body["email"][4:].split("@")[0]))
+        p = ("phone", int(body["phone"][5:]))
+        parent[find(p)] = find(e)
+    expected: dict[tuple[str, int], set[tuple[str, int]]] = {}
+    for x in list(parent):
+        expected.setdefault(find(x), set()).add(x)
+
+    got: dict[str, set[tuple[str, int]]] = {}
+    for kind, n in parent:
+        value = address(n) if kind == "email" else phone(n)
+        r = await client.get("/v1/profiles", params={kind: value}, headers=keys["admin"])
+        assert r.status_code == 200, r.text
+        got.setdefault(r.json()["profile_id"], set()).add((kind, n))
+    assert sorted(map(sorted, got.values())) == sorted(map(sorted, expected.values()))
+    await audit_ok(client, keys)
