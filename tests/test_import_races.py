@@ -210,7 +210,7 @@ async def test_records_posted_while_an_import_runs_join_its_customers_as_one_aft
     pairs = list(zip(picked[ROWS // 4 :: 2], picked[ROWS // 4 + 1 :: 2], strict=False))
     bodies = [{"source": "shop", "email": address(i), "phone": phone(i)} for i in shop]
     bodies += [{"source": "call", "phone": phone(i), "email": address(j)} for i, j in pairs]
-    rows = [i for i in shop] + [max(i, j) for i, j in pairs]
+    rows = [*shop, *(max(i, j) for i, j in pairs)]
 
     async def post(n: int) -> None:
         r = await client.post("/v1/profiles", json=bodies[n], headers=keys["ingest"])

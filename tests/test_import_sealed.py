@@ -89,10 +89,16 @@ async def test_sealed_records_keep_their_ciphertexts_and_joiners_are_reencrypted
         )
     # records that joined a profile: their speculative keys are not stored
     assert joiner.profile_id not in wrapped and twin2.profile_id not in wrapped
-    # the twins' profile has the id drawn for the first twin (their order), and a key of its
-    # own: the first twin's ciphertexts were made for that record alone
+    # the twins' profile has the id drawn for the first twin (their order) and the key the
+    # worker sealed it with, but not its ciphertexts, made for that record alone: its fields
+    # are encrypted again from both records
     assert outcomes[2].profile_id == outcomes[3].profile_id == twin1.profile_id
-    assert twin1.sealed is not None and wrapped[twin1.profile_id] != twin1.sealed.wrapped
+    assert twin1.sealed is not None and wrapped[twin1.profile_id] == twin1.sealed.wrapped
+    async with platform.db.read() as conn:
+        twins_row = (
+            await conn.execute(select(profiles).where(profiles.c.id == twin1.profile_id))
+        ).one()
+    assert twins_row.first_name not in (None, twin1.sealed.fields["first_name"])
     assert str(outcomes[1].profile_id) == old_id and not outcomes[1].created
     assert await count(platform, profile_keys) == await count(platform, profiles) == 3
 
@@ -102,6 +108,7 @@ async def test_sealed_records_keep_their_ciphertexts_and_joiners_are_reencrypted
     assert sorted(i["value"] for i in fresh["identities"]) == ["+79161112233", "new@example.com"]
     joined = await _view(client, keys, "old@example.com")
     assert (joined["first_name"], joined["last_name"]) == ("Ольга", "Старова")
+    platform.keys._keys.clear()  # read the twins' key back from its two stored halves
     twins = await _view(client, keys, "twin@example.com")
     assert (twins["first_name"], twins["last_name"]) == ("Тимур", "Двойнев")
     assert sorted(i["value"] for i in twins["identities"]) == ["T1", "T2", "twin@example.com"]

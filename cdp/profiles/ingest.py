@@ -160,7 +160,6 @@ async def ingest(
 
     outcomes: list[Outcome | None] = [None] * len(records)
     rows_out = _Rows()
-    new_keys = rows_out.keys
     new_identities = rows_out.identities
     seen_identities: list[tuple[bytes, datetime]] = []
     sources = rows_out.sources
@@ -220,9 +219,8 @@ async def ingest(
             )
         else:
             pid = group.profile_id
-            cipher, key_row = p.keys.new_profile_key(pid)
-            new_keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
-            rows_out.shares.append((pid, key_row["share"]))
+            s = sealed[group.first] if sealed is not None and group.first is not None else None
+            cipher = _new_key(p, pid, s, rows_out, now)
             first = records[batch_records[0]]
             w = _Working(
                 id=pid,
@@ -538,6 +536,23 @@ def _split(
     return alone, linked
 
 
+def _new_key(
+    p: Platform, pid: uuid.UUID, s: Sealed | None, out: _Rows, now: datetime
+) -> FieldCipher:
+    """The data key of a new profile, its row and its share added to `out`: the key an import
+    worker sealed the profile's first record with (`s`, when sealed for this id), else a new
+    one."""
+    if s is not None and s.profile_id == pid:
+        cipher = p.keys.adopt(pid, s.key)
+        out.keys.append((pid, cipher.key_id, p.keys.master.key_id, s.wrapped, now, True))
+        out.shares.append((pid, s.share))
+        return cipher
+    cipher, key_row = p.keys.new_profile_key(pid)
+    out.keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
+    out.shares.append((pid, key_row["share"]))
+    return cipher
+
+
 def _create_alone(
     p: Platform,
     records: list[Record],
@@ -552,26 +567,19 @@ def _create_alone(
     """A new profile for each record in `alone`: what `ingest` does for a component of one
     record and no profile, with the worker's ciphertexts when it sealed the record."""
     default_jurisdiction = p.policy.default_jurisdiction
-    master_key_id = p.keys.master.key_id
     for i in alone:
         rec = records[i]
         ks = keys[i]
         at = _tick(now, i)
         s = sealed[i] if sealed is not None else None
         pid = new_ids[i]
-        if s is not None and len(s.values) == len(ks) and s.profile_id == pid:
-            cipher = p.keys.adopt(pid, s.key)
-            key_id = cipher.key_id
-            out.keys.append((pid, key_id, master_key_id, s.wrapped, now, True))
-            out.shares.append((pid, s.share))
+        cipher = _new_key(p, pid, s, out, now)
+        key_id = cipher.key_id
+        if s is not None and s.profile_id == pid and len(s.values) == len(ks):
             enc = s.fields
             values = s.values
             iids = s.identity_ids
         else:
-            cipher, key_row = p.keys.new_profile_key(pid)
-            out.keys.append(tuple(key_row[c] for c in KEY_COLUMNS))
-            out.shares.append((pid, key_row["share"]))
-            key_id = cipher.key_id
             enc = {n: cipher.encrypt(f"profiles.{n}", v) for n, v in rec.fields.items()}
             values = [cipher.encrypt("identities.value", k.value) for k in ks]
             iids = [new_id() for _ in ks]
