@@ -221,6 +221,51 @@ async def test_records_posted_while_an_import_runs_join_its_customers_as_one_aft
     due = [(pos, n) for n, (pos, _) in enumerate(around(rng, rows, ROWS))]
     await import_while(platform, monkeypatch, src, due, post)
 
+    links = [
+        (("phone", int(b["phone"][5:])), ("email", int(b["email"][4:].split("@")[0])))
+        for b in bodies
+    ]
+    await assert_connected(client, keys, links)
+    await audit_ok(client, keys)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_two_imports_at_once_that_share_customers_both_finish_with_them_joined(
+    client, keys, platform, tmp_path, monkeypatch, seed
+):
+    """The CRM and the shop import at the same time, in their own orders; the shop's rows
+    bring some CRM customers' phones, and some phones with another customer's email. Both
+    imports store every row (neither fails on the other's locks), and the profiles are the
+    connected customers."""
+    monkeypatch.setattr("cdp.importer.CHUNK", CHUNK)
+    monkeypatch.setattr("cdp.importer.TXN_ROWS", 3 * CHUNK)
+    rng = random.Random(seed)
+    at = two_days_ago()
+    crm = [grant_row(i, at, first_name="Анна") for i in range(ROWS)]
+    rng.shuffle(crm)
+    picked = rng.sample(range(ROWS), ROWS // 2)
+    pairs = [(i, i) for i in picked[: ROWS // 4]] + list(
+        zip(picked[ROWS // 4 :: 2], picked[ROWS // 4 + 1 :: 2], strict=False)
+    )
+    rng.shuffle(pairs)
+    shop = [json.dumps({"phone": phone(i), "email": address(j)}) for i, j in pairs]
+    (tmp_path / "crm.ndjson").write_text("".join(line + "\n" for line in crm), "utf-8")
+    (tmp_path / "shop.ndjson").write_text("".join(line + "\n" for line in shop), "utf-8")
+
+    a, b = await asyncio.gather(
+        run_import(platform, tmp_path / "crm.ndjson", "crm", workers=0),
+        run_import(platform, tmp_path / "shop.ndjson", "shop", workers=0),
+    )
+    assert (a.rows, a.rejected_rows, a.identifiers_ignored) == (ROWS, 0, 0)
+    assert (b.rows, b.rejected_rows, b.identifiers_ignored) == (len(pairs), 0, 0)
+    links = [(("phone", i), ("email", j)) for i, j in pairs]
+    await assert_connected(client, keys, links)
+    await audit_ok(client, keys)
+
+
+async def assert_connected(client, keys, links: list[tuple[tuple[str, int], tuple[str, int]]]):  # type: ignore[no-untyped-def]
+    """Every customer's email, and the phones `links` join to emails, are held by one profile
+    per connected group."""
     parent: dict[tuple[str, int], tuple[str, int]] = {}
 
     def find(x: tuple[str, int]) -> tuple[str, int]:
@@ -231,10 +276,8 @@ async def test_records_posted_while_an_import_runs_join_its_customers_as_one_aft
 
     for i in range(ROWS):
         find(("email", i))
-    for body in bodies:
-        e = ("email", int(body["email"][4:].split("@")[0]))
-        p = ("phone", int(body["phone"][5:]))
-        parent[find(p)] = find(e)
+    for x, y in links:
+        parent[find(x)] = find(y)
     expected: dict[tuple[str, int], set[tuple[str, int]]] = {}
     for x in list(parent):
         expected.setdefault(find(x), set()).add(x)
@@ -246,4 +289,3 @@ async def test_records_posted_while_an_import_runs_join_its_customers_as_one_aft
         assert r.status_code == 200, r.text
         got.setdefault(r.json()["profile_id"], set()).add((kind, n))
     assert sorted(map(sorted, got.values())) == sorted(map(sorted, expected.values()))
-    await audit_ok(client, keys)
