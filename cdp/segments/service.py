@@ -105,7 +105,11 @@ def _segment_id(segment_id: str) -> uuid.UUID:
 async def _load(p: Platform, segment_id: str) -> tuple[Row, Definition]:
     sid = _segment_id(segment_id)
     async with p.db.read() as conn:
-        row = await store.load_segment(conn, sid)
+        return await _load_in(conn, p, sid)
+
+
+async def _load_in(conn: AsyncConnection, p: Platform, sid: uuid.UUID) -> tuple[Row, Definition]:
+    row = await store.load_segment(conn, sid)
     if row is None:
         raise NotFound("no segment with this id")
     try:
@@ -168,18 +172,22 @@ def _page_body(page: Page, scope: str) -> MembersOut:
 async def _logged_page(
     p: Platform,
     who: Principal,
-    d: Definition,
+    d: Definition | uuid.UUID,
     *,
     action: str,
     object_id: str,
     limit: int | None,
     cursor: str | None,
 ) -> MembersOut:
+    """A members page of a definition, or of the saved segment with this id (loaded in the
+    page's own read transaction: one transaction a page)."""
     size = check_limit(limit)
     # a members cursor goes on in the walk that handed it out: this segment, or these rules
-    scope = f"{action}:{object_id if object_id != ADHOC else _digest(d)}"
+    scope = f"{action}:{_digest(d) if isinstance(d, Definition) else object_id}"
     after = decode_cursor(cursor, scope=scope)
     async with p.db.read() as conn:
+        if not isinstance(d, Definition):
+            _, d = await _load_in(conn, p, d)
         page = await members_page(conn, p, d, after=after, limit=size)
     await record_access(
         p.db,
@@ -196,9 +204,9 @@ async def _logged_page(
 async def segment_members(
     p: Platform, who: Principal, segment_id: str, *, limit: int | None, cursor: str | None
 ) -> MembersOut:
-    row, d = await _load(p, segment_id)
+    sid = _segment_id(segment_id)
     return await _logged_page(
-        p, who, d, action="segment.members", object_id=str(row.id), limit=limit, cursor=cursor
+        p, who, sid, action="segment.members", object_id=str(sid), limit=limit, cursor=cursor
     )
 
 
