@@ -124,7 +124,10 @@ async def open_key_store(
         Path(parsed.database or ""), create=linked is None
     ):
         raise KeyStoreMismatch(_mismatch(linked, "no key store there (the file does not exist)"))
-    db = Database(url, pool_size=2, max_overflow=8, connect_timeout=connect_timeout)
+    # ten connections kept, none beyond: an overflow connection is closed when it is given
+    # back, and under load the key store opened one for every eighth members page (a
+    # PostgreSQL backend, authentication and asyncpg's type introspection each time)
+    db = Database(url, pool_size=10, max_overflow=0, connect_timeout=connect_timeout)
     try:
         store_id = await _opened(db, url, create=linked is None)
         if store_id is None:
