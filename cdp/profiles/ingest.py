@@ -219,8 +219,7 @@ async def ingest(
             )
         else:
             pid = group.profile_id
-            s = sealed[group.first] if sealed is not None and group.first is not None else None
-            cipher = _new_key(p, pid, s, rows_out, now)
+            cipher = _new_key(p, pid, _sealed_for(sealed, group.first, pid), rows_out, now)
             first = records[batch_records[0]]
             w = _Working(
                 id=pid,
@@ -536,13 +535,20 @@ def _split(
     return alone, linked
 
 
+def _sealed_for(
+    sealed: Sequence[Sealed | None] | None, i: int | None, pid: uuid.UUID
+) -> Sealed | None:
+    """What an import worker sealed record `i` with, if it sealed it for profile `pid`."""
+    s = sealed[i] if sealed is not None and i is not None else None
+    return s if s is not None and s.profile_id == pid else None
+
+
 def _new_key(
     p: Platform, pid: uuid.UUID, s: Sealed | None, out: _Rows, now: datetime
 ) -> FieldCipher:
     """The data key of a new profile, its row and its share added to `out`: the key an import
-    worker sealed the profile's first record with (`s`, when sealed for this id), else a new
-    one."""
-    if s is not None and s.profile_id == pid:
+    worker sealed the profile's first record with (`s`, from `_sealed_for`), else a new one."""
+    if s is not None:
         cipher = p.keys.adopt(pid, s.key)
         out.keys.append((pid, cipher.key_id, p.keys.master.key_id, s.wrapped, now, True))
         out.shares.append((pid, s.share))
@@ -571,11 +577,11 @@ def _create_alone(
         rec = records[i]
         ks = keys[i]
         at = _tick(now, i)
-        s = sealed[i] if sealed is not None else None
         pid = new_ids[i]
+        s = _sealed_for(sealed, i, pid)
         cipher = _new_key(p, pid, s, out, now)
         key_id = cipher.key_id
-        if s is not None and s.profile_id == pid and len(s.values) == len(ks):
+        if s is not None and len(s.values) == len(ks):
             enc = s.fields
             values = s.values
             iids = s.identity_ids
