@@ -16,6 +16,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cdp.db.group_commit import Apply, GroupCommit
+from cdp.db.sqlite_driver import one_hop_dbapi
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -54,7 +55,9 @@ def make_engine(
     given up after `connect_timeout` seconds (CDP_DATABASE_CONNECT_TIMEOUT): a server that
     drops packets held every request, `/health` and `cdp` command for asyncpg's 60 s."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        engine = create_async_engine(
+            url, module=one_hop_dbapi(), connect_args={"timeout": 30}, hide_parameters=True
+        )
         _configure_sqlite(engine)
         return engine
     return create_async_engine(
