@@ -228,20 +228,38 @@ def _confirm() -> Update:
     )
 
 
+_cs = consent_state.c
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_STATES = select(_cs.subject, _cs.purpose, _cs.channel, _cs.status, _cs.since).where(
+    _cs.subject.in_(bindparam("subjects", expanding=True))
+)
+_STATE_CHANGE = (
+    update(consent_state)
+    .where(
+        and_(
+            _cs.subject == bindparam("n_subject"),
+            _cs.purpose == bindparam("n_purpose"),
+            _cs.channel == bindparam("n_channel"),
+        )
+    )
+    .values(
+        profile_id=bindparam("n_profile_id"),
+        status=bindparam("n_status"),
+        since=bindparam("n_since"),
+        seq=bindparam("n_seq"),
+        source=bindparam("n_source"),
+    )
+)
+
+
 async def load_states(
     conn: AsyncConnection, keys: set[tuple[bytes, str, str]]
 ) -> dict[tuple[bytes, str, str], tuple[str, datetime]]:
     out: dict[tuple[bytes, str, str], tuple[str, datetime]] = {}
     items = list(keys)
-    cs = consent_state.c
     for start in range(0, len(items), 300):
         chunk = items[start : start + 300]
-        subjects = list({k[0] for k in chunk})
-        rows = await conn.execute(
-            select(cs.subject, cs.purpose, cs.channel, cs.status, cs.since).where(
-                cs.subject.in_(subjects)
-            )
-        )
+        rows = await conn.execute(_STATES, {"subjects": list({k[0] for k in chunk})})
         wanted = set(chunk)
         for subject, purpose, channel, status, since in rows:
             if (subject, purpose, channel) in wanted:
@@ -258,25 +276,7 @@ async def _write_states(
     ]
     await bulk_insert(conn, consent_state, inserts)
     if updates:
-        cs = consent_state.c
-        await conn.execute(
-            update(consent_state)
-            .where(
-                and_(
-                    cs.subject == bindparam("n_subject"),
-                    cs.purpose == bindparam("n_purpose"),
-                    cs.channel == bindparam("n_channel"),
-                )
-            )
-            .values(
-                profile_id=bindparam("n_profile_id"),
-                status=bindparam("n_status"),
-                since=bindparam("n_since"),
-                seq=bindparam("n_seq"),
-                source=bindparam("n_source"),
-            ),
-            updates,
-        )
+        await conn.execute(_STATE_CHANGE, updates)
 
 
 # Reading evidence back: the one place that decrypts what `append` encrypted. -----------

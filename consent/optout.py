@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
@@ -194,6 +194,20 @@ async def _write(
     await enqueue_opt_outs(conn, entries, unseen, p.keys)
 
 
+_pc, _led = profiles.c, consent_ledger.c
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_MERGED_INTO = select(_pc.id, _pc.merged_into).where(
+    _pc.merged_into.in_(bindparam("ids", expanding=True))
+)
+_WITHDRAWN_ALL = select(
+    _led.profile_id, _led.purpose, _led.occurred_at, _led.source, _led.actor
+).where(
+    _led.profile_id.in_(bindparam("ids", expanding=True)),
+    _led.channel == "*",
+    _led.status == "withdrawn",
+)
+
+
 async def carry_person_opt_outs(
     conn: AsyncConnection, p: Platform, profile_ids: set[uuid.UUID]
 ) -> None:
@@ -213,22 +227,13 @@ async def carry_person_opt_outs(
         return
     survivor = {pid: pid for pid in profile_ids}
     ids = sorted(profile_ids)
-    pc, led = profiles.c, consent_ledger.c
     for start in range(0, len(ids), 500):  # a merge re-points what was merged into the absorbed
-        rows = await conn.execute(
-            select(pc.id, pc.merged_into).where(pc.merged_into.in_(ids[start : start + 500]))
-        )
+        rows = await conn.execute(_MERGED_INTO, {"ids": ids[start : start + 500]})
         survivor.update({pid: into for pid, into in rows})
     owners = sorted(survivor)
     latest: dict[tuple[uuid.UUID, str], tuple[datetime, str, str]] = {}
     for start in range(0, len(owners), 500):
-        rows = await conn.execute(
-            select(led.profile_id, led.purpose, led.occurred_at, led.source, led.actor).where(
-                led.profile_id.in_(owners[start : start + 500]),
-                led.channel == "*",
-                led.status == "withdrawn",
-            )
-        )
+        rows = await conn.execute(_WITHDRAWN_ALL, {"ids": owners[start : start + 500]})
         for pid, purpose, at, source, actor in rows:
             key = (survivor[pid], purpose)
             if key not in latest or at > latest[key][0]:

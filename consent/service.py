@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import FieldCipher
@@ -227,28 +227,30 @@ class ConsentView:
     contactable: dict[str, dict[str, bool]]
 
 
+# consent_view's statements, built once: building one per call cost more than running it
+_STANDING = select(profiles.c.status, profiles.c.jurisdiction).where(
+    profiles.c.id == bindparam("pid")
+)
+_ADDRESSES = select(identities.c.kind, identities.c.bidx, identities.c.value).where(
+    identities.c.profile_id == bindparam("pid"), identities.c.kind.in_(("email", "phone"))
+)
+_STATES_OF = select(consent_state).where(
+    consent_state.c.subject.in_(bindparam("subjects", expanding=True))
+)
+_ORDERS = select(profile_stats.c.orders_count).where(profile_stats.c.profile_id == bindparam("pid"))
+
+
 async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> ConsentView:
     """Current consent per address and the contactable matrix of a (surviving) profile."""
-    prof = (
-        await conn.execute(
-            select(profiles.c.status, profiles.c.jurisdiction).where(profiles.c.id == profile_id)
-        )
-    ).one()
+    prof = (await conn.execute(_STANDING, {"pid": profile_id})).one()
     cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
-    idents = (
-        await conn.execute(
-            select(identities.c.kind, identities.c.bidx, identities.c.value).where(
-                identities.c.profile_id == profile_id, identities.c.kind.in_(("email", "phone"))
-            )
-        )
-    ).all()
+    idents = (await conn.execute(_ADDRESSES, {"pid": profile_id})).all()
     plain = {b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents}
     psubj = profile_subject(profile_id)
     subjects = [b for _, b, _ in idents] + [psubj]
-    cs = consent_state.c
     states = {
         (r.subject, r.purpose, r.channel): r
-        for r in (await conn.execute(select(consent_state).where(cs.subject.in_(subjects))))
+        for r in (await conn.execute(_STATES_OF, {"subjects": subjects}))
     }
     held = [b for _, b in (await profiles_held(conn, {profile_id})).get(profile_id, [])]
     supp = await suppressed_at(conn, held)
@@ -334,9 +336,5 @@ async def address_decision(
 
 async def is_customer(conn: AsyncConnection, profile_id: uuid.UUID) -> bool:
     """Whether the profile has bought (the contactability rule's soft opt-in condition)."""
-    orders = (
-        await conn.execute(
-            select(profile_stats.c.orders_count).where(profile_stats.c.profile_id == profile_id)
-        )
-    ).scalar()
+    orders = (await conn.execute(_ORDERS, {"pid": profile_id})).scalar()
     return bool(orders)

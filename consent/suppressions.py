@@ -48,12 +48,28 @@ async def suppress(
     )
 
 
+_s = suppressions.c
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_SUPPRESSED = select(_s.bidx, _s.purpose, _s.channel, _s.at).where(
+    _s.bidx.in_(bindparam("bidxs", expanding=True))
+)
+_LATER = (
+    update(suppressions)
+    .where(
+        _s.bidx == bindparam("b"),
+        _s.purpose == bindparam("p"),
+        _s.channel == bindparam("c"),
+        _s.at < bindparam("t"),
+    )
+    .values(at=bindparam("t"), reason=bindparam("r"), source=bindparam("s"))
+)
+
+
 async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None:
     """Add or refresh suppressions: a new one is announced to the webhook outbox (in this
     transaction); an existing one keeps the latest time, reason and source."""
     if not items:
         return
-    s = suppressions.c
     current = await suppressed_at(conn, sorted({i.bidx for i in items}))
     added: dict[tuple[bytes, str, str], Suppression] = {}  # new rows, announced
     later: dict[tuple[bytes, str, str], Suppression] = {}
@@ -106,14 +122,7 @@ async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None
     refresh = [*added.values(), *later.values()]
     if refresh:
         await conn.execute(
-            update(suppressions)
-            .where(
-                s.bidx == bindparam("b"),
-                s.purpose == bindparam("p"),
-                s.channel == bindparam("c"),
-                s.at < bindparam("t"),
-            )
-            .values(at=bindparam("t"), reason=bindparam("r"), source=bindparam("s")),
+            _LATER,
             [
                 {
                     "b": i.bidx,
@@ -132,12 +141,9 @@ async def suppressed_at(
     conn: AsyncConnection, bidxs: list[bytes]
 ) -> dict[tuple[bytes, str, str], datetime]:
     """(bidx, purpose, channel-or-*) -> time, for these addresses."""
-    s = suppressions.c
     out: dict[tuple[bytes, str, str], datetime] = {}
     for start in range(0, len(bidxs), 500):
-        rows = await conn.execute(
-            select(s.bidx, s.purpose, s.channel, s.at).where(s.bidx.in_(bidxs[start : start + 500]))
-        )
+        rows = await conn.execute(_SUPPRESSED, {"bidxs": bidxs[start : start + 500]})
         out.update({(b, p, c): at for b, p, c, at in rows})
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -9,6 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 def insert_ignore(conn: AsyncConnection, table: Table):  # type: ignore[no-untyped-def]
     """INSERT that silently skips rows whose key already exists."""
-    if conn.dialect.name == "postgresql":
+    return _insert_ignore(conn.dialect.name, table)
+
+
+@cache  # built once per table: SQLAlchemy then reuses its compiled form without rebuilding it
+def _insert_ignore(dialect: str, table: Table):  # type: ignore[no-untyped-def]
+    if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()

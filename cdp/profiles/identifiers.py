@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
@@ -113,19 +113,23 @@ async def profiles_held(
     return await _identifiers(conn, profile_ids, None)
 
 
+_ic = identities.c
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_HELD = select(_ic.profile_id, _ic.kind, _ic.bidx).where(
+    _ic.profile_id.in_(bindparam("ids", expanding=True))
+)
+_HELD_OF_KINDS = _HELD.where(_ic.kind.in_(bindparam("kinds", expanding=True)))
+
+
 async def _identifiers(
     conn: AsyncConnection, profile_ids: set[uuid.UUID], kinds: tuple[str, ...] | None
 ) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
     out: dict[uuid.UUID, list[tuple[str, bytes]]] = {}
     ids = sorted(profile_ids)
-    ic = identities.c
+    query, params = (_HELD, {}) if kinds is None else (_HELD_OF_KINDS, {"kinds": list(kinds)})
     for start in range(0, len(ids), 500):
-        query = select(ic.profile_id, ic.kind, ic.bidx).where(
-            ic.profile_id.in_(ids[start : start + 500])
-        )
-        if kinds is not None:
-            query = query.where(ic.kind.in_(kinds))
-        for pid, kind, bidx in await conn.execute(query):
+        params["ids"] = ids[start : start + 500]
+        for pid, kind, bidx in await conn.execute(query, params):
             out.setdefault(pid, []).append((kind, bidx))
     return out
 

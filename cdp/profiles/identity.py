@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
@@ -39,13 +39,19 @@ def record_keys(indexer: BlindIndexer, rec) -> list[IdentityKey]:  # type: ignor
     return keys
 
 
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_HOLDERS = select(identities.c.bidx, identities.c.profile_id).where(
+    identities.c.bidx.in_(bindparam("bidxs", expanding=True))
+)
+_STATUSES = select(profiles.c.id, profiles.c.status, profiles.c.merged_into).where(
+    profiles.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
 async def lookup_bidx(conn: AsyncConnection, bidxs: list[bytes]) -> dict[bytes, uuid.UUID]:
     found: dict[bytes, uuid.UUID] = {}
     for start in range(0, len(bidxs), 500):
-        chunk = bidxs[start : start + 500]
-        rows = await conn.execute(
-            select(identities.c.bidx, identities.c.profile_id).where(identities.c.bidx.in_(chunk))
-        )
+        rows = await conn.execute(_HOLDERS, {"bidxs": bidxs[start : start + 500]})
         found.update({bidx: pid for bidx, pid in rows})
     return found
 
@@ -68,11 +74,7 @@ async def resolve_profile_ids(
         batch = sorted(wanted)
         wanted = set()
         for start in range(0, len(batch), 500):
-            found = await conn.execute(
-                select(profiles.c.id, profiles.c.status, profiles.c.merged_into).where(
-                    profiles.c.id.in_(batch[start : start + 500])
-                )
-            )
+            found = await conn.execute(_STATUSES, {"ids": batch[start : start + 500]})
             for pid, status, merged_into in found:
                 rows[pid] = (status, merged_into)
                 if status == "merged" and merged_into is not None and merged_into not in rows:

@@ -108,6 +108,33 @@ def usable_keys(keys: list[IdentityKey], guards: IdentityGuards) -> list[Identit
     return [k for k in keys if junk_reason(k.kind, k.value, guards) is None]
 
 
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_PROFILES = select(profiles_t).where(profiles_t.c.id.in_(bindparam("ids", expanding=True)))
+_ic, _ps = identities.c, profile_stats.c
+_HELD_COUNTS = (
+    select(_ic.profile_id, _ic.kind, _ic.source, func.count())
+    .where(_ic.profile_id.in_(bindparam("ids", expanding=True)))
+    .group_by(_ic.profile_id, _ic.kind, _ic.source)
+)
+_SPENT = select(_ps.profile_id, _ps.total_spent).where(
+    _ps.profile_id.in_(bindparam("ids", expanding=True))
+)
+_CHANGE_PROFILE = (
+    update(profiles_t)
+    .where(profiles_t.c.id == bindparam("pid"))
+    .values(
+        jurisdiction=bindparam("j"),
+        country=bindparam("c"),
+        city=bindparam("ci"),
+        city_key=bindparam("ck"),
+        traits=bindparam("tr"),
+        field_times=bindparam("ft"),
+        updated_at=bindparam("u"),
+        **{f: bindparam(f"e_{f}") for f in ENCRYPTED_PROFILE_FIELDS},
+    )
+)
+
+
 async def ingest(
     conn: AsyncConnection,
     p: Platform,
@@ -139,9 +166,7 @@ async def ingest(
     hit = sorted(by_profile)
     rows: dict[uuid.UUID, Any] = {}
     for start in range(0, len(hit), 500):
-        result = await conn.execute(
-            select(profiles_t).where(profiles_t.c.id.in_(hit[start : start + 500]))
-        )
+        result = await conn.execute(_PROFILES, {"ids": hit[start : start + 500]})
         rows.update({r.id: r for r in result})
     ciphers = await p.keys.ciphers(conn, hit, strict=True)  # locked: writes follow
     held = await _holdings(conn, _guarded(linked, keys, existing))
@@ -311,21 +336,13 @@ async def _lookup_locked(
 async def _holdings(conn: AsyncConnection, profile_ids: set[uuid.UUID]) -> _Holdings:
     held = _Holdings()
     ids = sorted(profile_ids)
-    ic = identities.c
     for start in range(0, len(ids), 500):
-        rows = await conn.execute(
-            select(ic.profile_id, ic.kind, ic.source, func.count())
-            .where(ic.profile_id.in_(ids[start : start + 500]))
-            .group_by(ic.profile_id, ic.kind, ic.source)
-        )
-        for pid, kind, source, n in rows:
+        chunk = {"ids": ids[start : start + 500]}
+        for pid, kind, source, n in await conn.execute(_HELD_COUNTS, chunk):
             held.counts[pid][kind] = held.counts[pid].get(kind, 0) + n
             if kind == "external_id":
                 held.ext_sources[pid].add(source)
-        ps = profile_stats.c
-        spent = await conn.execute(
-            select(ps.profile_id, ps.total_spent).where(ps.profile_id.in_(ids[start : start + 500]))
-        )
+        spent = await conn.execute(_SPENT, chunk)
         held.spent.update((pid, total) for pid, total in spent)
     return held
 
@@ -644,22 +661,8 @@ async def _write(
     await bulk_insert_rows(conn, profile_keys, KEY_COLUMNS, rows.keys)
     await bulk_insert_rows(conn, profiles_t, PROFILE_COLUMNS, rows.profiles)
     if changed:
-        stmt = (
-            update(profiles_t)
-            .where(profiles_t.c.id == bindparam("pid"))
-            .values(
-                jurisdiction=bindparam("j"),
-                country=bindparam("c"),
-                city=bindparam("ci"),
-                city_key=bindparam("ck"),
-                traits=bindparam("tr"),
-                field_times=bindparam("ft"),
-                updated_at=bindparam("u"),
-                **{f: bindparam(f"e_{f}") for f in ENCRYPTED_PROFILE_FIELDS},
-            )
-        )
         await conn.execute(
-            stmt,
+            _CHANGE_PROFILE,
             [
                 {
                     "pid": w.id,

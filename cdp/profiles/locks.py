@@ -20,11 +20,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import profiles
 from cdp.profiles.identity import resolve_profile_id
+
+_LOCK = (  # built once: building one per call cost more than the driver's round trip
+    select(profiles.c.id)
+    .where(profiles.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(profiles.c.id)
+    .with_for_update()
+)
 
 
 async def lock_profiles(conn: AsyncConnection, profile_ids: Iterable[uuid.UUID]) -> None:
@@ -33,12 +40,7 @@ async def lock_profiles(conn: AsyncConnection, profile_ids: Iterable[uuid.UUID])
         return
     ids = sorted(set(profile_ids))
     for start in range(0, len(ids), 500):
-        await conn.execute(
-            select(profiles.c.id)
-            .where(profiles.c.id.in_(ids[start : start + 500]))
-            .order_by(profiles.c.id)
-            .with_for_update()
-        )
+        await conn.execute(_LOCK, {"ids": ids[start : start + 500]})
 
 
 async def lock_profile(conn: AsyncConnection, profile_id: uuid.UUID) -> uuid.UUID:

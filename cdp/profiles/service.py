@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.blind_index import BlindIndexer
@@ -228,38 +228,35 @@ def record_for(p: Platform, ident: Identifier, source: str, country: str | None)
     return rec
 
 
+# The view's statements, built once: building one per call cost more than running it.
+_VIEW_PROFILE = select(profiles).where(profiles.c.id == bindparam("pid"))
+_VIEW_IDENTITIES = (
+    select(identities.c.kind, identities.c.value, identities.c.source)
+    .where(identities.c.profile_id == bindparam("pid"))
+    .order_by(identities.c.created_at, identities.c.id)  # one record's: in its order
+)
+_VIEW_STATS = select(profile_stats).where(profile_stats.c.profile_id == bindparam("pid"))
+_VIEW_CATEGORIES = select(profile_categories.c.category).where(
+    profile_categories.c.profile_id == bindparam("pid")
+)
+_VIEW_MERGED_FROM = (
+    select(merges.c.absorbed_id)
+    .where(merges.c.survivor_id == bindparam("pid"), merges.c.undone_at.is_(None))
+    .order_by(merges.c.at)
+)
+
+
 async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> dict[str, Any]:
     """The decrypted profile (the id must be a surviving, active profile)."""
     from consent.service import consent_view
 
-    row = (await conn.execute(select(profiles).where(profiles.c.id == profile_id))).one()
+    one = {"pid": profile_id}
+    row = (await conn.execute(_VIEW_PROFILE, one)).one()
     cipher = (await p.keys.ciphers(conn, [profile_id]))[profile_id]
-    idents = (
-        await conn.execute(
-            select(identities.c.kind, identities.c.value, identities.c.source)
-            .where(identities.c.profile_id == profile_id)
-            .order_by(identities.c.created_at, identities.c.id)  # one record's: in its order
-        )
-    ).all()
-    stats = (
-        await conn.execute(select(profile_stats).where(profile_stats.c.profile_id == profile_id))
-    ).first()
-    categories = sorted(
-        c
-        for (c,) in await conn.execute(
-            select(profile_categories.c.category).where(
-                profile_categories.c.profile_id == profile_id
-            )
-        )
-    )
-    merged_from = [
-        str(a)
-        for (a,) in await conn.execute(
-            select(merges.c.absorbed_id)
-            .where(merges.c.survivor_id == profile_id, merges.c.undone_at.is_(None))
-            .order_by(merges.c.at)
-        )
-    ]
+    idents = (await conn.execute(_VIEW_IDENTITIES, one)).all()
+    stats = (await conn.execute(_VIEW_STATS, one)).first()
+    categories = sorted(c for (c,) in await conn.execute(_VIEW_CATEGORIES, one))
+    merged_from = [str(a) for (a,) in await conn.execute(_VIEW_MERGED_FROM, one)]
     consents = await consent_view(conn, p, profile_id)
     return {
         "profile_id": str(profile_id),
