@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import msgspec
-from sqlalchemy import insert, select, union_all
+from sqlalchemy import bindparam, insert, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import event_ids, stats
@@ -156,6 +156,19 @@ async def store_events(
     return [r for r in results if r is not None]
 
 
+_e = events.c
+_RECORDED_COLUMNS = (_e.event_key, _e.event_id, _e.profile_id, _e.type, _e.currency)
+# built once: building it per call cost more than the driver's whole round trip
+_RECORDED = union_all(
+    select(*_RECORDED_COLUMNS).where(
+        _e.source == bindparam("source"), _e.event_key.in_(bindparam("keys", expanding=True))
+    ),
+    select(*_RECORDED_COLUMNS).where(
+        _e.source == bindparam("source"), _e.event_id.in_(bindparam("ids", expanding=True))
+    ),
+)
+
+
 class _Recorded(NamedTuple):
     profile_id: uuid.UUID
     type: str
@@ -177,23 +190,17 @@ async def _recorded(
     each batch; as two statements, `cdp events seal` committing between them moved a row from
     where the second looked to where the first had looked, the repeat was taken for new and
     its insert broke the unique key (a 500). One statement reads one snapshot."""
-    e = events.c
     found: dict[bytes, _Recorded] = {}
     by_source: dict[str, list[int]] = {}
     for i, event in enumerate(batch):
         by_source.setdefault(event.body.source, []).append(i)
-    columns = (e.event_key, e.event_id, e.profile_id, e.type, e.currency)
     for source, members in by_source.items():
         for start in range(0, len(members), 500):
             part = members[start : start + 500]
             plain = {batch[i].body.event_id: keys[i] for i in part}
             rows = await conn.execute(
-                union_all(
-                    select(*columns).where(
-                        e.source == source, e.event_key.in_([keys[i] for i in part])
-                    ),
-                    select(*columns).where(e.source == source, e.event_id.in_(list(plain))),
-                )
+                _RECORDED,
+                {"source": source, "keys": [keys[i] for i in part], "ids": list(plain)},
             )
             for key, plain_id, *rest in rows:
                 found[key if key is not None else plain[plain_id]] = _Recorded(*rest)

@@ -93,17 +93,29 @@ def folded(t: Totals, c: Change, at: datetime) -> Totals:
     return Totals(t.orders + c.orders, total, first, last)
 
 
+_ps = profile_stats.c
+# Statements built once: building one per call cost more than the driver's whole round trip.
+_TOTALS = select(
+    _ps.profile_id, _ps.orders_count, _ps.total_spent, _ps.first_order_at, _ps.last_order_at
+).where(_ps.profile_id.in_(bindparam("ids", expanding=True)))
+_CHANGE_TOTALS = (
+    update(profile_stats)
+    .where(_ps.profile_id == bindparam("pid"))
+    .values(
+        orders_count=bindparam("o"),
+        total_spent=bindparam("s"),
+        first_order_at=bindparam("f"),
+        last_order_at=bindparam("l"),
+    )
+)
+
+
 async def load(conn: AsyncConnection, pids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Totals]:
     """The stats rows of these profiles (the caller holds their locks); absent: none yet."""
-    ps = profile_stats.c
     wanted = sorted(set(pids))
     found: dict[uuid.UUID, Totals] = {}
     for start in range(0, len(wanted), 500):
-        rows = await conn.execute(
-            select(
-                ps.profile_id, ps.orders_count, ps.total_spent, ps.first_order_at, ps.last_order_at
-            ).where(ps.profile_id.in_(wanted[start : start + 500]))
-        )
+        rows = await conn.execute(_TOTALS, {"ids": wanted[start : start + 500]})
         found.update((r[0], Totals(*r[1:])) for r in rows)
     return found
 
@@ -112,7 +124,6 @@ async def save(
     conn: AsyncConnection, before: dict[uuid.UUID, Totals], after: dict[uuid.UUID, Totals]
 ) -> None:
     """Write the stats in `after` that differ from `before` (`load`'s answer)."""
-    ps = profile_stats.c
     rows = [
         {"pid": pid, "o": t.orders, "s": t.spent, "f": t.first_order_at, "l": t.last_order_at}
         for pid, t in after.items()
@@ -135,17 +146,7 @@ async def save(
             ],
         )
     if old:
-        await conn.execute(
-            update(profile_stats)
-            .where(ps.profile_id == bindparam("pid"))
-            .values(
-                orders_count=bindparam("o"),
-                total_spent=bindparam("s"),
-                first_order_at=bindparam("f"),
-                last_order_at=bindparam("l"),
-            ),
-            old,
-        )
+        await conn.execute(_CHANGE_TOTALS, old)
 
 
 async def add_categories(conn: AsyncConnection, pairs: Iterable[tuple[uuid.UUID, str]]) -> None:
