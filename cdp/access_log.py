@@ -48,13 +48,16 @@ def _entry(
     }
 
 
+_INSERT = insert(access_log)  # built once: building it per call cost more than running it
+
+
 async def log_access(conn: AsyncConnection, who: Principal, action: str, **what: Any) -> None:
     """An entry inside the caller's transaction; `what` as `_entry` takes it."""
-    await conn.execute(insert(access_log).values(**_entry(who, action, **what)))
+    await conn.execute(_INSERT, _entry(who, action, **what))
 
 
 async def _insert_entries(conn: AsyncConnection, entries: list[dict[str, Any]]) -> list[None]:
-    await conn.execute(insert(access_log), entries)
+    await conn.execute(_INSERT, entries)
     return [None] * len(entries)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -36,10 +36,12 @@ async def insert_segment(
     return await load_segment(conn, values["id"])  # type: ignore[return-value]
 
 
+# built once: building it per call (every members page) cost more than running it
+_LIVE = select(segments).where(segments.c.id == bindparam("id"), segments.c.deleted.is_(False))
+
+
 async def load_segment(conn: AsyncConnection, segment_id: uuid.UUID) -> Row | None:
-    s = segments.c
-    query = select(segments).where(s.id == segment_id, s.deleted.is_(False))
-    return (await conn.execute(query)).first()
+    return (await conn.execute(_LIVE, {"id": segment_id})).first()
 
 
 async def list_segments(conn: AsyncConnection, *, after: uuid.UUID | None, limit: int) -> list[Row]:
