@@ -103,14 +103,35 @@ request = function()
   return wrk.format("POST", "/v1/opt-outs", nil, body)
 end
 """,
+    "lookups": """
+request = function()
+  local path = "/v1/profiles?email=user" .. KNOWN[math.random(1, #KNOWN)] .. "%40example.com"
+  return wrk.format("GET", path)
+end
+""",
 }
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+def known_customers(path: Path) -> list[int]:
+    """The n of each user{n}@example.com the base file holds (bench.data: a row that repeats
+    an earlier customer's email brings no address of its own)."""
+    with path.open(encoding="utf-8") as fh:
+        return [int(line[1 : line.index(",")]) for line in fh if line.startswith("C")]
+
+
 def wrk_load(
-    base: str, path: str, key: str | None, script: str | None, seconds: float, scale: int, run: str
+    base: str,
+    path: str,
+    key: str | None,
+    script: str | None,
+    seconds: float,
+    scale: int,
+    run: str,
+    known: list[int] = (),  # type: ignore[assignment]
 ) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from wrk with CLIENTS connections."""
+    """(requests/s, p50 ms, p99 ms, errors) from wrk with CLIENTS connections; `known`: the
+    customers a script may name (KNOWN)."""
     args = ["wrk", "-t2", f"-c{CLIENTS}", f"-d{max(1, int(seconds))}s", "--latency"]
     if key:
         args += ["-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json"]
@@ -118,6 +139,10 @@ def wrk_load(
         lua = Path(tempfile.mkdtemp(prefix="cdp-wrk-")) / "load.lua"
         lua.write_text(
             f"RUN = '{run}'\nSCALE = {scale}\nmath.randomseed({random.randrange(1 << 30)})\n"
+            # one string, split in Lua: a table constructor of 100,000 numbers is too many
+            # constants for LuaJIT
+            + f'KNOWN = {{}}\nfor n in string.gmatch("{" ".join(map(str, known or [0]))}", "%d+")'
+            + " do KNOWN[#KNOWN + 1] = n end\n"
             + WRK_SCRIPTS[script]
         )
         args += ["-s", str(lua)]
@@ -145,11 +170,12 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
     tmp = Path(tempfile.mkdtemp(prefix="cdp-api-"))
     rows = []
     async with scratch_platform(db, tmp) as p:
-        await run_import(
-            p, write_customers(tmp / "base.csv", scale), "crm", rejects_path=tmp / "rej.csv"
-        )
+        base_file = write_customers(tmp / "base.csv", scale)
+        await run_import(p, base_file, "crm", rejects_path=tmp / "rej.csv")
+        known = known_customers(base_file)
         ingest = await create_key(p.db, "bench-ingest", "ingest")
         marketing = await create_key(p.db, "bench-marketing", "marketing")
+        support = await create_key(p.db, "bench-support", "compliance")  # reads profiles
         env = {
             **os.environ,
             "CDP_DATABASE_URL": p.settings.database_url,
@@ -175,6 +201,7 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
                         await asyncio.sleep(0.2)
                 hi = {"Authorization": f"Bearer {ingest}"}
                 hm = {"Authorization": f"Bearer {marketing}"}
+                hs = {"Authorization": f"Bearer {support}"}
                 seg = await client.post(
                     "/v1/segments",
                     headers=hm,
@@ -218,6 +245,14 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
                         f"/v1/segments/{seg_id}/members?limit=100",
                         {"headers": hm},
                     ),
+                    "GET /v1/profiles?email=": lambda w, i: (
+                        "GET",
+                        "/v1/profiles",
+                        {
+                            "headers": hs,
+                            "params": {"email": f"user{random.choice(known)}@example.com"},
+                        },
+                    ),
                 }
                 ceiling = None
                 wrk_cases = {
@@ -229,12 +264,13 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
                         marketing,
                         None,
                     ),
+                    "GET /v1/profiles?email=": ("/v1/profiles", support, "lookups"),
                 }
                 for name, make in cases.items():
                     if generator == "wrk":
                         path, key, script = wrk_cases[name]
                         rps, p50, p99, errors = await asyncio.to_thread(
-                            wrk_load, base, path, key, script, seconds, scale, run_id
+                            wrk_load, base, path, key, script, seconds, scale, run_id, known
                         )
                     else:
                         rps, lat, errors = await load(client, make, seconds)
