@@ -240,11 +240,35 @@ _STATES_OF = select(consent_state).where(
 _ORDERS = select(profile_stats.c.orders_count).where(profile_stats.c.profile_id == bindparam("pid"))
 
 
-async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> ConsentView:
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What a caller read of the profile already, in the same transaction (a profile read):
+    `identities` all of them, as (kind, blind index, encrypted value)."""
+
+    status: str
+    jurisdiction: str
+    cipher: FieldCipher | None
+    identities: list[tuple[str, bytes, bytes]]
+    orders_count: int
+
+
+async def consent_view(
+    conn: AsyncConnection, p: Platform, profile_id: uuid.UUID, loaded: Loaded | None = None
+) -> ConsentView:
     """Current consent per address and the contactable matrix of a (surviving) profile."""
-    prof = (await conn.execute(_STANDING, {"pid": profile_id})).one()
-    cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
-    idents = (await conn.execute(_ADDRESSES, {"pid": profile_id})).all()
+    if loaded is None:
+        prof = (await conn.execute(_STANDING, {"pid": profile_id})).one()
+        cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
+        idents = list((await conn.execute(_ADDRESSES, {"pid": profile_id})).all())
+        held = [b for _, b in (await profiles_held(conn, {profile_id})).get(profile_id, [])]
+        status, jurisdiction = prof.status, prof.jurisdiction
+        customer = await is_customer(conn, profile_id)
+    else:
+        cipher = loaded.cipher
+        idents = [i for i in loaded.identities if i[0] in ("email", "phone")]
+        held = [b for _, b, _ in loaded.identities]
+        status, jurisdiction = loaded.status, loaded.jurisdiction
+        customer = loaded.orders_count > 0
     plain = {b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents}
     psubj = profile_subject(profile_id)
     subjects = [b for _, b, _ in idents] + [psubj]
@@ -252,9 +276,7 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
         (r.subject, r.purpose, r.channel): r
         for r in (await conn.execute(_STATES_OF, {"subjects": subjects}))
     }
-    held = [b for _, b in (await profiles_held(conn, {profile_id})).get(profile_id, [])]
     supp = await suppressed_at(conn, held)
-    customer = await is_customer(conn, profile_id)
     items = [
         {
             "purpose": r.purpose,
@@ -282,8 +304,8 @@ async def consent_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
             for subject in candidates or [None]:
                 state = states.get((subject, purpose, channel)) if subject else None
                 facts = Facts(
-                    profile_status=prof.status,
-                    jurisdiction=prof.jurisdiction,
+                    profile_status=status,
+                    jurisdiction=jurisdiction,
                     has_address=subject is not None,
                     state_status=state.status if state else None,
                     state_since=state.since if state else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Controller, Response, get, post
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from api.openapi import NAMES_A_CUSTOMER
-from cdp.access_log import log_access
+from cdp.access_log import record_access
 from cdp.apikeys import Principal
 from cdp.errors import DomainError, NotFound
 from cdp.ids import parse_uuid
@@ -52,12 +53,23 @@ def error_body(exc: DomainError) -> dict[str, Any]:
 
 
 async def _view_logged(
-    conn: AsyncConnection, platform: Platform, principal: Principal, pid: uuid.UUID
+    platform: Platform,
+    principal: Principal,
+    find: Callable[[AsyncConnection], Awaitable[uuid.UUID]],
 ) -> dict[str, Any]:
-    """The decrypted profile; every read of a profile is written to the access log."""
-    body = await profile_view(conn, platform, pid)
-    await log_access(
-        conn, principal, "profile.read", object_type="profile", object_id=str(pid), profile_id=pid
+    """The decrypted profile `find` names. Every read of a profile is written to the access
+    log, and committed there before the answer leaves. The read itself takes no write lock
+    (on SQLite, writes would wait behind it); its entry joins those being committed."""
+    async with platform.db.read() as conn:
+        pid = await find(conn)
+        body = await profile_view(conn, platform, pid)
+    await record_access(
+        platform.db,
+        principal,
+        "profile.read",
+        object_type="profile",
+        object_id=str(pid),
+        profile_id=pid,
     )
     return body
 
@@ -120,11 +132,14 @@ class ProfileController(Controller):
             source=source,
             external_id=external_id,
         )
-        async with platform.db.write() as conn:
+
+        async def find(conn: AsyncConnection) -> uuid.UUID:
             pid = await find_profile(conn, ident)
             if pid is None:
                 raise NotFound("no profile has this identifier")
-            return await _view_logged(conn, platform, principal, pid)
+            return pid
+
+        return await _view_logged(platform, principal, find)
 
     @get("/{profile_id:str}", opt=READERS, summary="The decrypted profile")
     async def read(
@@ -133,9 +148,7 @@ class ProfileController(Controller):
         pid = parse_uuid(profile_id)
         if pid is None:
             raise NotFound("no profile with this id")
-        async with platform.db.write() as conn:
-            survivor = await resolve_profile_id(conn, pid)
-            return await _view_logged(conn, platform, principal, survivor)
+        return await _view_logged(platform, principal, lambda conn: resolve_profile_id(conn, pid))
 
     @get("/{profile_id:str}/consents", opt=READERS, summary="Consent state and contactability")
     async def consents(
@@ -144,15 +157,15 @@ class ProfileController(Controller):
         pid = parse_uuid(profile_id)
         if pid is None:
             raise NotFound("no profile with this id")
-        async with platform.db.write() as conn:
+        async with platform.db.read() as conn:
             survivor = await resolve_profile_id(conn, pid)
             view = await consent_view(conn, platform, survivor)
-            await log_access(
-                conn,
-                principal,
-                "profile.consents",
-                object_type="profile",
-                object_id=str(survivor),
-                profile_id=survivor,
-            )
+        await record_access(  # committed before the answer leaves, as for a profile read
+            platform.db,
+            principal,
+            "profile.consents",
+            object_type="profile",
+            object_id=str(survivor),
+            profile_id=survivor,
+        )
         return {"profile_id": str(survivor), "items": view.items, "contactable": view.contactable}

@@ -231,7 +231,7 @@ def record_for(p: Platform, ident: Identifier, source: str, country: str | None)
 # The view's statements, built once: building one per call cost more than running it.
 _VIEW_PROFILE = select(profiles).where(profiles.c.id == bindparam("pid"))
 _VIEW_IDENTITIES = (
-    select(identities.c.kind, identities.c.value, identities.c.source)
+    select(identities.c.kind, identities.c.bidx, identities.c.value, identities.c.source)
     .where(identities.c.profile_id == bindparam("pid"))
     .order_by(identities.c.created_at, identities.c.id)  # one record's: in its order
 )
@@ -248,7 +248,7 @@ _VIEW_MERGED_FROM = (
 
 async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> dict[str, Any]:
     """The decrypted profile (the id must be a surviving, active profile)."""
-    from consent.service import consent_view
+    from consent.service import Loaded, consent_view
 
     one = {"pid": profile_id}
     row = (await conn.execute(_VIEW_PROFILE, one)).one()
@@ -257,12 +257,19 @@ async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
     stats = (await conn.execute(_VIEW_STATS, one)).first()
     categories = sorted(c for (c,) in await conn.execute(_VIEW_CATEGORIES, one))
     merged_from = [str(a) for (a,) in await conn.execute(_VIEW_MERGED_FROM, one)]
-    consents = await consent_view(conn, p, profile_id)
+    loaded = Loaded(
+        status=row.status,
+        jurisdiction=row.jurisdiction,
+        cipher=cipher,
+        identities=[(k, b, v) for k, b, v, _ in idents],
+        orders_count=stats.orders_count if stats else 0,
+    )
+    consents = await consent_view(conn, p, profile_id, loaded)
     return {
         "profile_id": str(profile_id),
         "identities": [
             {"kind": k, "value": cipher.decrypt("identities.value", v), "source": s}
-            for k, v, s in idents
+            for k, _, v, s in idents
         ],
         "first_name": cipher.decrypt("profiles.first_name", row.first_name),
         "last_name": cipher.decrypt("profiles.last_name", row.last_name),
