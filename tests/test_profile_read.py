@@ -4,6 +4,8 @@ Both must say the same for customers in every state the contactability rule look
 
 from __future__ import annotations
 
+import uuid
+
 from tests.test_rule import with_soft_opt_in
 
 GRANT = {
@@ -75,3 +77,25 @@ async def _compare(client, keys, email: str) -> dict:  # type: ignore[no-untyped
     expected = {k: alone.json()[k] for k in ("items", "contactable")}
     assert body["consents"] == expected, email
     return expected["contactable"]
+
+
+async def test_a_read_that_meets_an_erasure_answers_410(platform, client, keys) -> None:
+    """An erasure destroys the customer's key in the key store once its database transaction
+    has committed; a read whose snapshot still holds the profile's rows then finds the key
+    gone. That read answers as for an erased profile, never with a server error."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "shop", "email": "anna@example.ru", "first_name": "Анна"},
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    await platform.keys.destroy_shares([uuid.UUID(pid)])  # as the erasure does, after commit
+    platform.keys.forget(uuid.UUID(pid))
+    for path in (f"/v1/profiles/{pid}", "/v1/profiles?email=anna@example.ru"):
+        r = await client.get(path, headers=keys["admin"])
+        assert r.status_code == 410, (path, r.status_code, r.text)
+        assert "Анна" not in r.text and "anna@" not in r.text
+    r = await client.post(
+        "/v1/access-requests", json={"email": "anna@example.ru"}, headers=keys["compliance"]
+    )
+    assert r.status_code == 410, r.text
