@@ -56,6 +56,7 @@ def suites(scale: int, dbs: list[str]) -> list[tuple[str, list[str]]]:
             + (["--plain-db", "sqlite"] if scale >= 500_000 else []),
         ),
         *per_db,
+        ("CPU per request, one client", ["bench.requests", *db_args]),
         (
             "API under 100 concurrent clients",
             ["bench.api", "--scale", str(min(scale, 100_000)), *db_args],

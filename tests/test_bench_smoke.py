@@ -40,3 +40,16 @@ async def test_the_segments_benchmark_runs(backend, capsys):
     await bench_segments.main(300, "sqlite", 1, memory=False)
     out = capsys.readouterr().out
     assert "export" in out and "rows/s" in out and "first page" in out
+
+
+@pytest.mark.slow
+async def test_the_requests_benchmark_runs(backend):
+    if backend != "sqlite":
+        return
+    from bench import requests as bench_requests
+
+    lines = await bench_requests.run("sqlite", customers=40, requests=3)
+    assert len(lines) == 8  # GET /health/live and seven requests of the API
+    for line in lines:
+        cells = table_row(line, "sqlite")
+        assert all(NUMBER.search(c) for c in cells[2:]), line
