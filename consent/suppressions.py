@@ -9,11 +9,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Insert, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.db.upsert import insert_ignore
 from cdp.ids import utcnow
 from consent.outbox.enqueue import event_row, write_rows
 from consent.tables import suppressions
@@ -53,16 +54,21 @@ _s = suppressions.c
 _SUPPRESSED = select(_s.bidx, _s.purpose, _s.channel, _s.at).where(
     _s.bidx.in_(bindparam("bidxs", expanding=True))
 )
-_LATER = (
-    update(suppressions)
-    .where(
-        _s.bidx == bindparam("b"),
-        _s.purpose == bindparam("p"),
-        _s.channel == bindparam("c"),
-        _s.at < bindparam("t"),
+
+
+@cache  # built once per dialect: SQLAlchemy then reuses its compiled form
+def _upsert(dialect: str) -> Insert:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(suppressions)
+    return stmt.on_conflict_do_update(
+        index_elements=[_s.bidx, _s.purpose, _s.channel],
+        set_={
+            "at": stmt.excluded.at,
+            "reason": stmt.excluded.reason,
+            "source": stmt.excluded.source,
+        },
+        where=_s.at < stmt.excluded.at,
     )
-    .values(at=bindparam("t"), reason=bindparam("r"), source=bindparam("s"))
-)
 
 
 async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None:
@@ -85,22 +91,23 @@ async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None
             else:
                 later[key] = item
     now = utcnow()
+    # one statement: a new row is inserted; an existing one (`later`, or a row another process
+    # inserted meanwhile) takes this time, reason and source if they are later than its own
+    rows = [
+        {
+            "bidx": i.bidx,
+            "purpose": i.purpose,
+            "channel": i.channel,
+            "reason": i.reason,
+            "source": i.source,
+            "at": i.at,
+            "created_at": now,
+        }
+        for i in (*added.values(), *later.values())
+    ]
+    if rows:
+        await conn.execute(_upsert(conn.dialect.name), rows)
     if added:
-        await conn.execute(
-            insert_ignore(conn, suppressions),
-            [
-                {
-                    "bidx": i.bidx,
-                    "purpose": i.purpose,
-                    "channel": i.channel,
-                    "reason": i.reason,
-                    "source": i.source,
-                    "at": i.at,
-                    "created_at": now,
-                }
-                for i in added.values()
-            ],
-        )
         await write_rows(
             conn,
             [
@@ -116,23 +123,6 @@ async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None
                     recorded_at=now,
                 )
                 for i in added.values()
-            ],
-        )
-    # `added` too: a row another process inserted meanwhile still gets the latest time
-    refresh = [*added.values(), *later.values()]
-    if refresh:
-        await conn.execute(
-            _LATER,
-            [
-                {
-                    "b": i.bidx,
-                    "p": i.purpose,
-                    "c": i.channel,
-                    "t": i.at,
-                    "r": i.reason,
-                    "s": i.source,
-                }
-                for i in refresh
             ],
         )
 
