@@ -23,11 +23,12 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import Select, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.tables import consent_ledger
@@ -92,14 +93,18 @@ def entry_hash(prev_hash: bytes, row: Any, fields: Sequence[str] = HASHED_FIELDS
     return hashlib.sha256(prev_hash + canonical_payload(row, fields)).digest()
 
 
+@cache  # built once per table: building it per append cost more than running it
+def _head_of(table: Table) -> Select:
+    return select(table.c.seq, table.c.hash).order_by(table.c.seq.desc()).limit(1)
+
+
 async def chain_head(conn: AsyncConnection, table: Table, lock: int) -> tuple[int, bytes]:
     """(last seq, last hash) of a chained table, locked for appending until the transaction
     ends: a PostgreSQL advisory lock `lock` (on SQLite the write transaction is the lock), so
     appends get consecutive seqs and each links to the one before."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SELECT pg_advisory_xact_lock({int(lock)})"))
-    c = table.c
-    head = (await conn.execute(select(c.seq, c.hash).order_by(c.seq.desc()).limit(1))).first()
+        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(lock)})")
+    head = (await conn.execute(_head_of(table))).first()
     return (head.seq, head.hash) if head else (0, GENESIS)
 
 

@@ -197,6 +197,9 @@ def lock_key(value: bytes | str) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+
+
 async def lock_keys(conn: AsyncConnection, values: Iterable[bytes | str]) -> None:
     """Serialise transactions that touch the same identifiers (PostgreSQL advisory locks).
 
@@ -208,7 +211,4 @@ async def lock_keys(conn: AsyncConnection, values: Iterable[bytes | str]) -> Non
     keys = sorted({lock_key(v) for v in values})
     if not keys:
         return
-    await conn.execute(
-        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-        {"keys": keys},
-    )
+    await conn.execute(_LOCK_KEYS, {"keys": keys})
