@@ -79,7 +79,16 @@ def supersedes(status: str, at: datetime, current: tuple[str, datetime] | None) 
     return status == "withdrawn" and cur_status != "withdrawn"
 
 
-async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) -> list[Appended]:
+async def append(
+    conn: AsyncConnection,
+    policy: Policy,
+    entries: list[Entry],
+    *,
+    outbox: list[dict] | None = None,
+) -> list[Appended]:
+    """Append `entries` to the ledger and bring the consent state up to date; each effective
+    one's event goes to the webhook outbox, or onto `outbox` for the caller to write with its
+    own events (one insert for all)."""
     if not entries:
         return []
     seq, prev = await chain_head(conn, consent_ledger, LEDGER_LOCK)
@@ -164,7 +173,10 @@ async def append(conn: AsyncConnection, policy: Policy, entries: list[Entry]) ->
             outbox_rows.append(ledger_event_row(e, now))
 
     await bulk_insert(conn, consent_ledger, ledger_rows)
-    await write_rows(conn, outbox_rows)
+    if outbox is None:
+        await write_rows(conn, outbox_rows)
+    else:
+        outbox.extend(outbox_rows)
     await _write_states(conn, changed, existing)
     await execute_rows(conn, "ledger.confirm", _confirm, ("b", "t"), confirmed)
     return results

@@ -25,7 +25,7 @@ from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, pr
 from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
 from consent.ledger import Entry
-from consent.outbox.enqueue import enqueue_opt_outs
+from consent.outbox.enqueue import opt_out_rows, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
 from consent.suppressions import Suppression, suppress_many, suppressed_at
@@ -189,9 +189,11 @@ async def _write(
 ) -> None:
     """What an opt-out writes, in the caller's transaction: the suppressions, the withdrawals
     in the ledger, and their events in the webhook outbox."""
-    await suppress_many(conn, held)
-    await ledger.append(conn, p.policy, entries)
-    await enqueue_opt_outs(conn, entries, unseen, p.keys)
+    outbox: list[dict] = []  # the three kinds of event, in this order, in one insert
+    await suppress_many(conn, held, outbox=outbox)
+    await ledger.append(conn, p.policy, entries, outbox=outbox)
+    outbox += await opt_out_rows(entries, unseen, p.keys)
+    await write_rows(conn, outbox)
 
 
 _pc, _led = profiles.c, consent_ledger.c

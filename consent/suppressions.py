@@ -71,9 +71,12 @@ def _upsert(dialect: str) -> Insert:
     )
 
 
-async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None:
+async def suppress_many(
+    conn: AsyncConnection, items: list[Suppression], *, outbox: list[dict] | None = None
+) -> None:
     """Add or refresh suppressions: a new one is announced to the webhook outbox (in this
-    transaction); an existing one keeps the latest time, reason and source."""
+    transaction; or onto `outbox`, for the caller to write with its own events); an existing
+    one keeps the latest time, reason and source."""
     if not items:
         return
     current = await suppressed_at(conn, sorted({i.bidx for i in items}))
@@ -107,24 +110,24 @@ async def suppress_many(conn: AsyncConnection, items: list[Suppression]) -> None
     ]
     if rows:
         await conn.execute(_upsert(conn.dialect.name), rows)
-    if added:
-        await write_rows(
-            conn,
-            [
-                event_row(
-                    "suppression.added",
-                    occurred_at=i.at,
-                    profile_id=i.profile_id,
-                    address_kind=i.address_kind,
-                    address_bidx=i.bidx,
-                    purpose=i.purpose,
-                    channel=i.channel,
-                    source=i.source,
-                    recorded_at=now,
-                )
-                for i in added.values()
-            ],
+    announced = [
+        event_row(
+            "suppression.added",
+            occurred_at=i.at,
+            profile_id=i.profile_id,
+            address_kind=i.address_kind,
+            address_bidx=i.bidx,
+            purpose=i.purpose,
+            channel=i.channel,
+            source=i.source,
+            recorded_at=now,
         )
+        for i in added.values()
+    ]
+    if outbox is not None:
+        outbox.extend(announced)
+    elif announced:
+        await write_rows(conn, announced)
 
 
 async def suppressed_at(

@@ -147,13 +147,13 @@ def ledger_event_row(entry: Any, recorded_at: datetime) -> dict[str, Any]:
     )
 
 
-async def enqueue_opt_outs(
-    conn: AsyncConnection,
+async def opt_out_rows(
     entries: Sequence[Any],
     unseen: Mapping[bytes, str] | None = None,
     keys: Keyring | None = None,
-) -> list[uuid.UUID]:
-    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects).
+) -> list[dict[str, Any]]:
+    """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects), as
+    outbox rows for the caller to write.
 
     `unseen`: blind index -> address, for the addresses no customer held; their events carry
     the address sealed under a key of its own, kept by `keys` (consent.outbox.sealed)."""
@@ -173,7 +173,7 @@ async def enqueue_opt_outs(
         sealed = await seal_addresses(keys, addresses)
         for row in rows:
             row["address_sealed"] = sealed.get(row["id"])
-    return await write_rows(conn, rows)
+    return rows
 
 
 async def enqueue_merge(
