@@ -19,7 +19,6 @@ from cdp.profiles.identifiers import (
     Identifier,
     profile_addresses,
     profiles_addresses,
-    profiles_held,
 )
 from cdp.profiles.locks import lock_profile
 from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
@@ -231,8 +230,8 @@ class ConsentView:
 _STANDING = select(profiles.c.status, profiles.c.jurisdiction).where(
     profiles.c.id == bindparam("pid")
 )
-_ADDRESSES = select(identities.c.kind, identities.c.bidx, identities.c.value).where(
-    identities.c.profile_id == bindparam("pid"), identities.c.kind.in_(("email", "phone"))
+_IDENTITIES = select(identities.c.kind, identities.c.bidx, identities.c.value).where(
+    identities.c.profile_id == bindparam("pid")
 )
 _STATES_OF = select(consent_state).where(
     consent_state.c.subject.in_(bindparam("subjects", expanding=True))
@@ -242,8 +241,9 @@ _ORDERS = select(profile_stats.c.orders_count).where(profile_stats.c.profile_id 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What a caller read of the profile already, in the same transaction (a profile read):
-    `identities` all of them, as (kind, blind index, encrypted value)."""
+    """What the consent view reads of the profile, unless a caller read it already in the
+    same transaction (a profile read): `identities` all of them, as (kind, blind index,
+    encrypted value)."""
 
     status: str
     jurisdiction: str
@@ -252,23 +252,27 @@ class Loaded:
     orders_count: int
 
 
+async def _load(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> Loaded:
+    one = {"pid": profile_id}
+    prof = (await conn.execute(_STANDING, one)).one()
+    return Loaded(
+        status=prof.status,
+        jurisdiction=prof.jurisdiction,
+        cipher=(await p.keys.ciphers(conn, [profile_id])).get(profile_id),
+        identities=[(k, b, v) for k, b, v in await conn.execute(_IDENTITIES, one)],
+        orders_count=(await conn.execute(_ORDERS, one)).scalar() or 0,
+    )
+
+
 async def consent_view(
     conn: AsyncConnection, p: Platform, profile_id: uuid.UUID, loaded: Loaded | None = None
 ) -> ConsentView:
     """Current consent per address and the contactable matrix of a (surviving) profile."""
     if loaded is None:
-        prof = (await conn.execute(_STANDING, {"pid": profile_id})).one()
-        cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
-        idents = list((await conn.execute(_ADDRESSES, {"pid": profile_id})).all())
-        held = [b for _, b in (await profiles_held(conn, {profile_id})).get(profile_id, [])]
-        status, jurisdiction = prof.status, prof.jurisdiction
-        customer = await is_customer(conn, profile_id)
-    else:
-        cipher = loaded.cipher
-        idents = [i for i in loaded.identities if i[0] in ("email", "phone")]
-        held = [b for _, b, _ in loaded.identities]
-        status, jurisdiction = loaded.status, loaded.jurisdiction
-        customer = loaded.orders_count > 0
+        loaded = await _load(conn, p, profile_id)
+    cipher = loaded.cipher
+    idents = [i for i in loaded.identities if i[0] in ("email", "phone")]
+    held = [b for _, b, _ in loaded.identities]  # external ids too (cdp.profiles.identifiers)
     plain = {b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents}
     psubj = profile_subject(profile_id)
     subjects = [b for _, b, _ in idents] + [psubj]
@@ -304,8 +308,8 @@ async def consent_view(
             for subject in candidates or [None]:
                 state = states.get((subject, purpose, channel)) if subject else None
                 facts = Facts(
-                    profile_status=status,
-                    jurisdiction=jurisdiction,
+                    profile_status=loaded.status,
+                    jurisdiction=loaded.jurisdiction,
                     has_address=subject is not None,
                     state_status=state.status if state else None,
                     state_since=state.since if state else None,
@@ -314,7 +318,7 @@ async def consent_view(
                     else latest_suppression(supp, subject, purpose, channel)
                     if subject
                     else None,
-                    is_customer=customer,
+                    is_customer=loaded.orders_count > 0,
                 )
                 if decide(p.policy, purpose, channel, facts) is None:
                     ok = True
