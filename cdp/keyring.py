@@ -32,7 +32,7 @@ from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
 from cdp.db.engine import Database
 from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
-from cdp.errors import DomainError, InvalidInput
+from cdp.errors import DomainError, Gone, InvalidInput
 from cdp.ids import utcnow
 from cdp.key_store import KeyStore, new_share, split_key, xor
 
@@ -251,6 +251,15 @@ class Keyring:
             if pid not in found:
                 self.forget(pid)
         return found
+
+    async def reader_cipher(self, conn: AsyncConnection, profile_id: uuid.UUID) -> FieldCipher:
+        """The data key of one profile a reader has found standing. Its transaction may have
+        begun before an erasure committed and destroyed the key since: Gone, as for a profile
+        found erased."""
+        cipher = (await self.ciphers(conn, [profile_id])).get(profile_id)
+        if cipher is None:
+            raise Gone("this profile was erased")
+        return cipher
 
     async def check_current(self, conn: AsyncConnection, *, lock: bool = True) -> None:
         """Before this process stores data keys wrapped by its master key: the key ring must

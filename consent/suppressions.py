@@ -12,9 +12,9 @@ from datetime import datetime
 from functools import cache
 
 from sqlalchemy import Insert, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.upsert import dialect_insert
 from cdp.ids import utcnow
 from consent.outbox.enqueue import event_row, write_rows
 from consent.tables import suppressions
@@ -58,8 +58,7 @@ _SUPPRESSED = select(_s.bidx, _s.purpose, _s.channel, _s.at).where(
 
 @cache  # built once per dialect: SQLAlchemy then reuses its compiled form
 def _upsert(dialect: str) -> Insert:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(suppressions)
+    stmt = dialect_insert(dialect, suppressions)
     return stmt.on_conflict_do_update(
         index_elements=[_s.bidx, _s.purpose, _s.channel],
         set_={

@@ -16,6 +16,11 @@ def insert_ignore(conn: AsyncConnection, table: Table):  # type: ignore[no-untyp
 
 @cache  # built once per table: SQLAlchemy then reuses its compiled form without rebuilding it
 def _insert_ignore(dialect: str, table: Table):  # type: ignore[no-untyped-def]
+    return dialect_insert(dialect, table).on_conflict_do_nothing()
+
+
+def dialect_insert(dialect: str, table: Table):  # type: ignore[no-untyped-def]
+    """The dialect's own INSERT (`conn.dialect.name`), which has ON CONFLICT clauses."""
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -79,14 +79,11 @@ def parse_identifier(
     return Identifier("external_id", bidx=indexer.external_id(src, ext), value=ext, source=src)
 
 
-_HOLDER = select(identities.c.profile_id).where(identities.c.bidx == bindparam("bidx"))
-
-
 async def find_profile(conn: AsyncConnection, ident: Identifier) -> uuid.UUID | None:
     """The surviving profile this identifier names, or None. Raises Gone for an erased one."""
     if ident.profile_id is not None:
         return await resolve_profile_id(conn, ident.profile_id)
-    pid = (await conn.execute(_HOLDER, {"bidx": ident.bidx})).scalar()
+    pid = (await lookup_bidx(conn, [ident.bidx])).get(ident.bidx)  # type: ignore[list-item]
     return None if pid is None else await resolve_profile_id(conn, pid)
 
 

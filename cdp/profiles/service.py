@@ -13,7 +13,7 @@ from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
 from cdp.db.engine import lock_keys
 from cdp.db.tables import identities, merges, profile_categories, profile_stats, profiles
-from cdp.errors import DomainError, FieldError, Gone, InvalidInput, NotFound
+from cdp.errors import DomainError, FieldError, InvalidInput, NotFound
 from cdp.ids import new_id
 from cdp.normalize import normalise_country
 from cdp.platform import Platform
@@ -252,9 +252,7 @@ async def profile_view(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
 
     one = {"pid": profile_id}
     row = (await conn.execute(_VIEW_PROFILE, one)).one()
-    cipher = (await p.keys.ciphers(conn, [profile_id])).get(profile_id)
-    if cipher is None:  # an erasure destroyed the key since this transaction began
-        raise Gone("this profile was erased")
+    cipher = await p.keys.reader_cipher(conn, profile_id)
     idents = (await conn.execute(_VIEW_IDENTITIES, one)).all()
     stats = (await conn.execute(_VIEW_STATS, one)).first()
     categories = sorted(c for (c,) in await conn.execute(_VIEW_CATEGORIES, one))

@@ -20,7 +20,7 @@ from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.db.tables import access_log, events, identities, merges, profile_sources
-from cdp.errors import Gone, NotFound
+from cdp.errors import NotFound
 from cdp.event_ids import opened
 from cdp.ids import utcnow
 from cdp.platform import Platform
@@ -55,9 +55,7 @@ async def access_export(p: Platform, ident: Identifier, principal: Principal) ->
 
 async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str, Any]:
     pids = await customer_profile_ids(conn, pid)
-    cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
-    if cipher is None:  # an erasure destroyed the key since this transaction began
-        raise Gone("this customer was erased")
+    cipher = await p.keys.reader_cipher(conn, pid)
     idents = (
         await conn.execute(
             select(identities)
