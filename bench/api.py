@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -128,7 +129,7 @@ def wrk_load(
     seconds: float,
     scale: int,
     run: str,
-    known: list[int] = (),  # type: ignore[assignment]
+    known: Sequence[int] = (),
 ) -> tuple[float, float, float, int]:
     """(requests/s, p50 ms, p99 ms, errors) from wrk with CLIENTS connections; `known`: the
     customers a script may name (KNOWN)."""
