@@ -80,20 +80,28 @@ async def before_request(request: Request) -> Response | None:
     return answer
 
 
-def create_app(settings: Settings | None = None, platform: Platform | None = None) -> Litestar:
-    """An app over `platform` (tests pass one) or one opened from `settings` at start-up."""
+def create_app(
+    settings: Settings | None = None, platform: Platform | None = None, *, worker: bool = False
+) -> Litestar:
+    """An app over `platform` (tests pass one) or one opened from `settings` at start-up.
+    `worker`: one of the processes of `cdp serve --workers N` (`api.workers`), whose supervisor
+    has applied the migrations and runs the background services."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if platform is not None:  # owned by the caller (tests, benchmarks)
             yield
             return
-        app.state.platform = await open_platform(settings or Settings.from_env())
+        p = await open_platform(settings or Settings.from_env(), run_migrations=not worker)
+        app.state.platform = p
         try:
-            async with background_services(app.state.platform):
+            if worker:
                 yield
+            else:
+                async with background_services(p):
+                    yield
         finally:
-            await app.state.platform.close()
+            await p.close()
 
     configured = platform.settings if platform else settings or Settings.from_env()
     max_body = configured.max_body_bytes

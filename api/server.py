@@ -98,7 +98,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
 
 
-def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def server_config(app: Any, host: str, port: int, **more: Any) -> uvicorn.Config:
+    """`more`: further uvicorn settings (`api.workers`: a factory, the number of workers)."""
     return uvicorn.Config(
         app,
         host=host,
@@ -107,6 +108,7 @@ def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
         access_log=False,
         http=BoundedHttpToolsProtocol,
         loop="auto",
+        **more,
     )
 
 

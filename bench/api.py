@@ -47,7 +47,17 @@ def free_port() -> int:
 
 
 def _peak_rss_of(pid: int) -> float:
-    """Peak resident set (VmHWM) of a running process in MB, or NaN where /proc has none."""
+    """Peak resident set (VmHWM) of a running process and of its children (the workers of
+    `cdp serve --workers`), in MB, or NaN where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except OSError:
+        children = []
+    return _own_peak_rss(pid) + sum(_own_peak_rss(c) for c in children)
+
+
+def _own_peak_rss(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -165,11 +175,14 @@ def wrk_load(
     return rps, lat.get("50", 0.0), lat.get("99", 0.0), errors
 
 
-async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tuple[list[str], str]:
+async def run(
+    scale: int, db: str, seconds: float, generator: str = "wrk", workers: int = 1
+) -> tuple[list[str], str]:
     """(the table's rows for `db`, a line with the peak memory of the server and of this
-    process), the rows printed as they are measured."""
+    process), the rows printed as they are measured. `workers`: `cdp serve --workers`."""
     tmp = Path(tempfile.mkdtemp(prefix="cdp-api-"))
     rows = []
+    label = db if workers == 1 else f"{db}, {workers} workers"
     async with scratch_platform(db, tmp) as p:
         base_file = write_customers(tmp / "base.csv", scale)
         await run_import(p, base_file, "crm", rejects_path=tmp / "rej.csv")
@@ -185,7 +198,8 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
         }
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, "-m", "cdp.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "cdp.cli", "serve", "--port", str(port)]
+            + (["--workers", str(workers)] if workers > 1 else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -278,7 +292,7 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
                         p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
                     ceiling = ceiling or rps
                     rows.append(
-                        f"| {db} | {name} | {rps:,.0f} | {rps / ceiling:.2f}x | "
+                        f"| {label} | {name} | {rps:,.0f} | {rps / ceiling:.2f}x | "
                         f"{p50:.1f} | {p99:.1f} | {errors} | {generator} |"
                     )
                     print(rows[-1], flush=True)
@@ -287,7 +301,7 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
             async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
                 leaked = await race(client, hi, hm, seg_id, seconds)
             rows.append(
-                f"| {db} | contacts handed out after an opt-out's answer | {leaked} "
+                f"| {label} | contacts handed out after an opt-out's answer | {leaked} "
                 "| | | | | python |"
             )
             print(rows[-1], flush=True)
@@ -296,7 +310,7 @@ async def run(scale: int, db: str, seconds: float, generator: str = "wrk") -> tu
             server.terminate()
             server.wait(timeout=30)
     peak = (
-        f"peak RSS on {db}: server (`cdp serve`) {server_peak:,.0f} MB, "
+        f"peak RSS on {label}: server (`cdp serve`, its workers included) {server_peak:,.0f} MB, "
         f"load generator and scenario set-up {peak_rss_mb():,.0f} MB"
     )
     return rows, peak
@@ -345,12 +359,20 @@ def main() -> None:
     ap.add_argument(
         "--generator", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python"
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`cdp serve --workers N` (PostgreSQL only); the table's first column says N",
+    )
     args = ap.parse_args()
+    if args.workers > 1 and "sqlite" in (args.db or ["sqlite"]):
+        ap.error("--workers needs --db postgres alone (cdp serve refuses several on SQLite)")
     print("| db | endpoint | req/s | vs ceiling | p50 ms | p99 ms | errors | load generator |")
     print("|---|---|---|---|---|---|---|---|")
     # the peak memory lines go after the table: a line inside it would end the table there
     peaks = [
-        asyncio.run(run(args.scale, db, args.seconds, args.generator))[1]
+        asyncio.run(run(args.scale, db, args.seconds, args.generator, args.workers))[1]
         for db in args.db or ["sqlite"]
     ]
     print()

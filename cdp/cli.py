@@ -30,7 +30,15 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8000, show_default=True, type=int, help="port to listen on")
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="processes answering requests (PostgreSQL only; the database connections are "
+    "shared out among them)",
+)
+def serve(host: str, port: int, workers: int) -> None:
     """Apply pending migrations, then serve the API."""
     from api.app import create_app
     from api.server import serve as serve_app
@@ -45,6 +53,9 @@ def serve(host: str, port: int) -> None:
         DispatchConfig.from_env()
     except DomainError as exc:  # e.g. an unknown CDP_ENV, an interval that is not a number
         click.echo(f"error: {failure(exc).format_message()}", err=True)
+        sys.exit(2)
+    if workers > 1 and settings.is_sqlite:
+        click.echo(f"error: --workers: {SQLITE_WORKERS}", err=True)
         sys.exit(2)
 
     async def leftovers(p: Any) -> tuple[bool, bool]:
@@ -63,7 +74,17 @@ def serve(host: str, port: int) -> None:
         click.echo(WHOLE_KEYS_WARNING, err=True)
     if plain_ids:
         click.echo(PLAIN_EVENT_IDS_WARNING, err=True)
+    if workers > 1:
+        from api.workers import serve_workers
+
+        sys.exit(serve_workers(settings, host, port, workers))
     serve_app(create_app(settings), host, port)
+
+
+SQLITE_WORKERS = (
+    "several workers need PostgreSQL (CDP_DATABASE_URL): SQLite has one writer at a time, "
+    "and workers in separate processes would queue for it"
+)
 
 
 WHOLE_KEYS_WARNING = (

@@ -112,7 +112,10 @@ def _postgres_missing(exc: BaseException) -> bool:
 
 
 async def open_key_store(
-    main: Database, url: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    main: Database,
+    url: str,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    pool_size: int = 10,
 ) -> KeyStore:
     """Open the database's key store, creating it on first use, and check that it is the
     one the database's keys were split with (a wrong CDP_KEY_STORE_URL, or a store lost or
@@ -124,10 +127,11 @@ async def open_key_store(
         Path(parsed.database or ""), create=linked is None
     ):
         raise KeyStoreMismatch(_mismatch(linked, "no key store there (the file does not exist)"))
-    # ten connections kept, none beyond: an overflow connection is closed when it is given
-    # back, and under load the key store opened one for every eighth members page (a
-    # PostgreSQL backend, authentication and asyncpg's type introspection each time)
-    db = Database(url, pool_size=10, max_overflow=0, connect_timeout=connect_timeout)
+    # `pool_size` connections kept (ten unless shared out), none beyond: an overflow
+    # connection is closed when it is given back, and under load the key store opened one
+    # for every eighth members page (a PostgreSQL backend, authentication and asyncpg's type
+    # introspection each time)
+    db = Database(url, pool_size=pool_size, max_overflow=0, connect_timeout=connect_timeout)
     try:
         store_id = await _opened(db, url, create=linked is None)
         if store_id is None:

@@ -44,7 +44,9 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
     try:
         if run_migrations:
             await migrate(db)
-        store = await open_key_store(db, store_url, settings.connect_timeout)
+        store = await open_key_store(
+            db, store_url, settings.connect_timeout, settings.key_store_pool_size
+        )
     except BaseException:
         await db.dispose()
         raise

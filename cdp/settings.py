@@ -37,8 +37,10 @@ class Settings:
     statistics_interval: float = 600.0  # seconds between planner-statistics refreshes; 0: none
     # PostgreSQL connections one process keeps open, and how many more it may open under load:
     # every service and worker on a server must fit in its max_connections together
+    # (`cdp serve --workers N` shares them out among its workers: api.workers)
     pool_size: int = 20
     max_overflow: int = 20
+    key_store_pool_size: int = 10  # the key store's connections, all kept open (cdp.key_store_open)
     connect_timeout: float = 10.0  # seconds to open a PostgreSQL connection before giving up
     # the bearer token of GET /metrics (Prometheus); None: the endpoint is off (404)
     metrics_token: str | None = None

@@ -12,6 +12,7 @@ admin or compliance key could read every customer. The text holds:
 from __future__ import annotations
 
 import hmac
+import os
 
 from litestar import Response, get
 from litestar.connection import ASGIConnection
@@ -19,12 +20,14 @@ from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.plugins.prometheus import PrometheusConfig
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from api.auth import CHALLENGE
 from api.deps import PlatformDep
 from cdp.ops_figures import figures
 
 METRICS: dict[str, object] = {"metrics": True}
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 
 # HTTP figures by route template (group_path): "/preferences/{token:str}", never the token
 PROMETHEUS = PrometheusConfig(app_name="cdp", prefix="cdp", group_path=True, exclude=["^/metrics$"])
@@ -53,5 +56,15 @@ async def metrics(platform: PlatformDep) -> Response[bytes]:
                 f.name, f.help, [k for k, _ in f.labels], registry=registry
             )
         (gauge.labels(*(v for _, v in f.labels)) if f.labels else gauge).set(f.value)
-    body = generate_latest(REGISTRY) + generate_latest(registry)
+    body = generate_latest(http_figures()) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def http_figures() -> CollectorRegistry:
+    """This process's HTTP figures, or under `cdp serve --workers N` (`api.workers`) those of
+    every worker added up: the workers write them to files in PROMETHEUS_MULTIPROC_DIR."""
+    if not os.environ.get(METRICS_DIR_ENV):
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
