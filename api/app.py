@@ -44,6 +44,7 @@ from api.openapi import (
 from api.options import answer_options
 from api.query_params import refuse_repeated_query
 from api.requests import ApiRequest
+from api.workers import open_worker_platform
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 
@@ -92,7 +93,10 @@ def create_app(
         if platform is not None:  # owned by the caller (tests, benchmarks)
             yield
             return
-        p = await open_platform(settings or Settings.from_env(), run_migrations=not worker)
+        if worker:
+            p = await open_worker_platform(settings or Settings.from_env())
+        else:
+            p = await open_platform(settings or Settings.from_env())
         app.state.platform = p
         try:
             if worker:

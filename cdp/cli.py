@@ -54,7 +54,7 @@ def serve(host: str, port: int, workers: int) -> None:
     except DomainError as exc:  # e.g. an unknown CDP_ENV, an interval that is not a number
         click.echo(f"error: {failure(exc).format_message()}", err=True)
         sys.exit(2)
-    if workers > 1 and settings.is_sqlite:
+    if workers > 1 and (settings.is_sqlite or settings.key_store_url.startswith("sqlite")):
         click.echo(f"error: --workers: {SQLITE_WORKERS}", err=True)
         sys.exit(2)
 
@@ -82,8 +82,8 @@ def serve(host: str, port: int, workers: int) -> None:
 
 
 SQLITE_WORKERS = (
-    "several workers need PostgreSQL (CDP_DATABASE_URL): SQLite has one writer at a time, "
-    "and workers in separate processes would queue for it"
+    "several workers need PostgreSQL (CDP_DATABASE_URL, and CDP_KEY_STORE_URL if set): SQLite "
+    "has one writer at a time, and workers in separate processes would queue for it"
 )
 
 

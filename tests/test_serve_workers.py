@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +16,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from api.workers import worker_share
+from api.workers import (
+    RETRY_SECONDS,
+    BackgroundThread,
+    background_share,
+    open_worker_platform,
+    worker_share,
+)
 from cdp.settings import Settings
-from tests.conftest import TEST_MASTER_KEY
+from tests.conftest import TEST_MASTER_KEY, pg_url
 
 METRICS_TOKEN = "scrape-me-please-0123"
 
@@ -29,13 +38,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_each_worker_keeps_its_share_of_the_connections():
+def test_the_workers_and_their_supervisor_hold_no_more_connections_than_one_process():
     settings = Settings(pool_size=20, max_overflow=20, key_store_pool_size=10)
-    assert worker_share(settings, 1) == settings
-    four = worker_share(settings, 4)
-    assert (four.pool_size, four.max_overflow, four.key_store_pool_size) == (5, 5, 3)
-    three = worker_share(settings, 3)  # rounded up: 7 + 7 + 7 kept, as 20 would be
-    assert (three.pool_size, three.max_overflow, three.key_store_pool_size) == (7, 7, 4)
+    kept = background_share(settings)
+    assert (kept.pool_size, kept.max_overflow, kept.key_store_pool_size) == (4, 4, 2)
+    for workers, share in ((2, (8, 8, 4)), (3, (5, 5, 2)), (4, (4, 4, 2)), (8, (2, 2, 1))):
+        each = worker_share(settings, workers)
+        assert (each.pool_size, each.max_overflow, each.key_store_pool_size) == share
+        every = [each] * workers + [kept]
+        assert sum(s.pool_size + s.max_overflow for s in every) <= 40
+        assert sum(s.key_store_pool_size for s in every) <= 10
     tiny = worker_share(Settings(pool_size=1, max_overflow=0, key_store_pool_size=1), 8)
     assert (tiny.pool_size, tiny.max_overflow, tiny.key_store_pool_size) == (1, 0, 1)
 
@@ -57,10 +69,20 @@ def _serve(args: list[str], url: str, tmp_path: Path, **env: str) -> subprocess.
     )
 
 
-@pytest.mark.parametrize("workers", ["2", "0"])
-def test_several_workers_on_sqlite_or_none_are_refused_in_one_line(tmp_path, workers):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
-    server = _serve(["--port", str(free_port()), "--workers", workers], url, tmp_path)
+@pytest.mark.parametrize(
+    ("workers", "key_store"), [("2", None), ("2", "sqlite:///{tmp}/keys.db"), ("0", None)]
+)
+def test_several_workers_on_sqlite_or_none_are_refused_in_one_line(
+    tmp_path, workers, key_store, pg_database
+):
+    if key_store:  # the database on PostgreSQL, its key store on SQLite
+        if pg_database is None:
+            pytest.skip("PostgreSQL is not reachable")
+        url = pg_url(pg_database)
+        env = {"CDP_KEY_STORE_URL": key_store.format(tmp=tmp_path)}
+    else:
+        url, env = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}", {}
+    server = _serve(["--port", str(free_port()), "--workers", workers], url, tmp_path, **env)
     try:
         _, err = server.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -157,10 +179,14 @@ async def test_two_workers_serve_one_port_with_shared_figures_and_one_set_of_bac
                     assert link.status_code == 201, link.text
                     assert link.json()["url"].startswith(f"{base}/preferences/"), link.text
 
-            # the figures of both workers, added up, whichever worker is scraped
-            for _ in range(30):
-                async with httpx.AsyncClient(base_url=base, timeout=30) as one:
-                    assert (await one.get("/health/live")).status_code == 200
+            # the figures of both workers, added up, whichever worker is scraped: requests
+            # until each worker has answered some (by its own figures' file), then scrapes
+            metrics_dir = _environ(workers[0])["PROMETHEUS_MULTIPROC_DIR"]
+            sent, deadline = 0, time.monotonic() + 60
+            while min(_health_checks(metrics_dir, w, tmp_path) for w in workers) == 0:
+                assert time.monotonic() < deadline, "one worker answered no request"
+                await asyncio.gather(*(_live(base) for _ in range(10)))
+                sent += 10
             for _ in range(4):
                 async with httpx.AsyncClient(base_url=base, timeout=30) as one:
                     scraped = await one.get(
@@ -174,7 +200,24 @@ async def test_two_workers_serve_one_port_with_shared_figures_and_one_set_of_bac
                     and 'path="/health/live"' in line
                     and 'status_code="200"' in line
                 ]
-                assert len(counted) == 1 and counted[0].endswith(" 30.0"), counted
+                assert len(counted) == 1 and counted[0].endswith(f" {sent}.0"), (sent, counted)
+                helps = [line for line in scraped.text.splitlines() if line.startswith("# HELP")]
+                assert len(helps) == len(set(helps)), "a family is shown twice"
+                assert "cdp_key_store_up" in scraped.text  # the operator's figures are there
+
+        # a worker that dies is replaced, and the port keeps answering meanwhile
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            now = [c for c in _children(server.pid) if _is_worker(c)]
+            if len(now) == 2 and workers[0] not in now:
+                break
+            assert time.monotonic() < deadline, f"the killed worker was not replaced: {now}"
+            await _live(base)
+            await asyncio.sleep(0.2)
+        for _ in range(10):
+            await _live(base)
+        workers = now
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -195,6 +238,40 @@ async def test_two_workers_serve_one_port_with_shared_figures_and_one_set_of_bac
     assert email not in err  # logs carry ids only
 
 
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        pairs = (item.partition(b"=") for item in fh.read().split(b"\0") if item)
+        return {k.decode(): v.decode() for k, _, v in pairs}
+
+
+def _health_checks(metrics_dir: str, pid: int, tmp_path: Path) -> float:
+    """GET /health/live answered 200 by one worker, read from its own figures' file alone."""
+    own = tmp_path / f"figures-{pid}"
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir()
+    source = Path(metrics_dir) / f"counter_{pid}.db"
+    if not source.exists():
+        return 0.0
+    shutil.copy(source, own)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(own))
+    for family in registry.collect():
+        for sample in family.samples:
+            if (
+                sample.name == "cdp_requests_total"
+                and sample.labels.get("path") == "/health/live"
+                and sample.labels.get("status_code") == "200"
+            ):
+                return sample.value
+    return 0.0
+
+
+async def _live(base: str) -> None:
+    """GET /health/live on a connection of its own."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as one:
+        assert (await one.get("/health/live")).status_code == 200
+
+
 async def _contactable_everywhere(base: str, pid: str, keys: dict) -> set[bool]:
     """Whether the customer may be sent marketing email, as each of six new connections
     (spread over the workers) answers."""
@@ -213,3 +290,43 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+
+def test_the_background_services_wait_for_a_database_that_is_down_and_stop_when_told(tmp_path):
+    """A supervisor whose database is unreachable keeps serving and trying again; it does not
+    lose its background services for good, nor hang on SIGTERM."""
+    settings = Settings(
+        database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere",
+        master_key=TEST_MASTER_KEY,
+        dev_key_dir=tmp_path / "keys",
+        connect_timeout=1.0,
+    )
+    background = BackgroundThread(settings)
+    background.start()
+    time.sleep(1.5)  # the first attempt has failed by now
+    assert background.alive
+    started = time.monotonic()
+    background.stop()
+    assert not background.alive
+    assert time.monotonic() - started < RETRY_SECONDS
+
+
+async def test_a_worker_waits_for_a_database_that_is_briefly_down_and_not_for_a_wrong_setting():
+    """A worker started again while PostgreSQL restarts must not fail its start (uvicorn's
+    supervisor would then stop every worker); a fault that waiting cannot mend is raised."""
+    calls: list[bool] = []
+
+    async def restarting(settings: Settings, run_migrations: bool) -> str:
+        calls.append(run_migrations)
+        if len(calls) < 3:
+            raise ConnectionRefusedError(111, "refused")
+        return "opened"
+
+    assert await open_worker_platform(Settings(), restarting) == "opened"  # type: ignore[arg-type]
+    assert calls == [False, False, False]  # and never migrates: the supervisor has
+
+    async def misconfigured(settings: Settings, run_migrations: bool) -> str:
+        raise ValueError("not a database fault")
+
+    with pytest.raises(ValueError):
+        await open_worker_platform(Settings(), misconfigured)  # type: ignore[arg-type]

@@ -12,22 +12,24 @@ admin or compliance key could read every customer. The text holds:
 from __future__ import annotations
 
 import hmac
-import os
+from collections.abc import Iterator
 
 from litestar import Response, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.plugins.prometheus import PrometheusConfig
-from prometheus_client import REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from api.auth import CHALLENGE
 from api.deps import PlatformDep
-from cdp.ops_figures import figures
+from api.workers import multiprocess_metrics_dir
+from cdp.ops_figures import Figure, figures
 
 METRICS: dict[str, object] = {"metrics": True}
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 
 # HTTP figures by route template (group_path): "/preferences/{token:str}", never the token
 PROMETHEUS = PrometheusConfig(app_name="cdp", prefix="cdp", group_path=True, exclude=["^/metrics$"])
@@ -48,22 +50,35 @@ def check_metrics_token(connection: ASGIConnection) -> None:
 @get("/metrics", opt=METRICS, include_in_schema=False)
 async def metrics(platform: PlatformDep) -> Response[bytes]:
     registry = CollectorRegistry()
-    gauges: dict[str, Gauge] = {}
-    for f in await figures(platform):
-        gauge = gauges.get(f.name)
-        if gauge is None:
-            gauge = gauges[f.name] = Gauge(
-                f.name, f.help, [k for k, _ in f.labels], registry=registry
-            )
-        (gauge.labels(*(v for _, v in f.labels)) if f.labels else gauge).set(f.value)
+    registry.register(_Figures(await figures(platform)))
     body = generate_latest(http_figures()) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+class _Figures(Collector):
+    """The operator's figures read for one scrape, as gauge families. Not `Gauge` objects:
+    under `cdp serve --workers N` those would also be written to the workers' shared figures
+    and each family shown twice, once per worker pid."""
+
+    def __init__(self, read: list[Figure]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        for f in self._read:
+            family = families.get(f.name)
+            if family is None:
+                family = families[f.name] = GaugeMetricFamily(
+                    f.name, f.help, labels=[k for k, _ in f.labels]
+                )
+            family.add_metric([v for _, v in f.labels], f.value)
+        yield from families.values()
+
+
 def http_figures() -> CollectorRegistry:
-    """This process's HTTP figures, or under `cdp serve --workers N` (`api.workers`) those of
-    every worker added up: the workers write them to files in PROMETHEUS_MULTIPROC_DIR."""
-    if not os.environ.get(METRICS_DIR_ENV):
+    """This process's HTTP figures, or in a worker of `cdp serve --workers N` those of every
+    worker added up (the workers write them to files in a directory of their supervisor's)."""
+    if multiprocess_metrics_dir() is None:
         return REGISTRY
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
