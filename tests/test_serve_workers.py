@@ -330,3 +330,26 @@ async def test_a_worker_waits_for_a_database_that_is_briefly_down_and_not_for_a_
 
     with pytest.raises(ValueError):
         await open_worker_platform(Settings(), misconfigured)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_workers_end_when_their_supervisor_is_killed(backend, platform, tmp_path):
+    """Otherwise they would go on answering on the port without background services, and the
+    next `cdp serve` could not bind it."""
+    port = free_port()
+    server = _serve(
+        ["--port", str(port), "--workers", "2"], platform.settings.database_url, tmp_path
+    )
+    try:
+        await _started(f"http://127.0.0.1:{port}", server)
+        workers = [c for c in _children(server.pid) if _is_worker(c)]
+        assert len(workers) == 2, workers
+    finally:
+        server.kill()
+        server.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "a worker outlived its killed supervisor"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # the port is free again
