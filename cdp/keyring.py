@@ -210,7 +210,12 @@ class Keyring:
         return FieldCipher(key, key_id, str(profile_id))
 
     async def ciphers(
-        self, conn: AsyncConnection, profile_ids: Iterable[uuid.UUID], *, strict: bool = False
+        self,
+        conn: AsyncConnection,
+        profile_ids: Iterable[uuid.UUID],
+        *,
+        strict: bool = False,
+        fresh: bool = False,
     ) -> dict[uuid.UUID, FieldCipher]:
         """Data keys of these profiles as the database holds them now: a profile whose key was
         destroyed is absent, whichever process destroyed it (an erasure by `cdp dsr run` or by
@@ -221,7 +226,10 @@ class Keyring:
         `strict`: for writers, which hold the profiles' locks (no erasure can be under way):
         a profile whose key row is there but whose share the key store lacks (a key store
         put back from an older copy) raises instead of reading as erased, so that nothing
-        of it is stored under another key (the system key's ciphertext outlives erasure)."""
+        of it is stored under another key (the system key's ciphertext outlives erasure).
+
+        `fresh`: the key store is asked for the share of every split key, cached or not (a
+        cached key then only saves the unwrapping)."""
         wanted = list(set(profile_ids))
         found: dict[uuid.UUID, FieldCipher] = {}
         for start in range(0, len(wanted), 500):
@@ -229,7 +237,9 @@ class Keyring:
             # the key store's halves of the keys not cached; a share destroyed by an erasure
             # that has not committed in the database yet reads as erased
             unknown = [
-                pid for pid, key_id, _, split in rows if split and not self._has(pid, key_id)
+                pid
+                for pid, key_id, _, split in rows
+                if split and (fresh or not self._has(pid, key_id))
             ]
             shares = await self._key_store().get(unknown) if unknown else {}
             for pid, key_id, wrapped, split in rows:
@@ -255,8 +265,11 @@ class Keyring:
     async def reader_cipher(self, conn: AsyncConnection, profile_id: uuid.UUID) -> FieldCipher:
         """The data key of one profile a reader has found standing. Its transaction may have
         begun before an erasure committed and destroyed the key since: Gone, as for a profile
-        found erased."""
-        cipher = (await self.ciphers(conn, [profile_id])).get(profile_id)
+        found erased. The key store is asked for the key's share even when this process
+        caches the key (`fresh`): on SQLite the reader's snapshot still holds the key's row,
+        and the cache (filled before the erasure, or by a process that did not erase) would
+        hand the key out for up to a minute."""
+        cipher = (await self.ciphers(conn, [profile_id], fresh=True)).get(profile_id)
         if cipher is None:
             raise Gone("this profile was erased")
         return cipher

@@ -258,7 +258,7 @@ async def _load(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> Lo
     return Loaded(
         status=prof.status,
         jurisdiction=prof.jurisdiction,
-        cipher=(await p.keys.ciphers(conn, [profile_id])).get(profile_id),
+        cipher=await p.keys.reader_cipher(conn, profile_id),
         identities=[(k, b, v) for k, b, v in await conn.execute(_IDENTITIES, one)],
         orders_count=(await conn.execute(_ORDERS, one)).scalar() or 0,
     )

@@ -93,3 +93,23 @@ async def test_a_statement_is_one_hop(db: Database, monkeypatch: pytest.MonkeyPa
         await conn.execute(insert(things), [{"name": "a"}, {"name": "b"}])
         await conn.execute(update(things).values(name=things.c.name + "!"))
         assert hops == 3  # the stock adapter: 10
+
+
+async def test_a_cursor_whose_statement_failed_reports_nothing_of_the_one_before(
+    db: Database,
+) -> None:
+    """As sqlite3 at each execute: a reused cursor (the connection's PRAGMAs use one) whose
+    statement failed holds no columns, rows or count of the statement before it."""
+    async with db.engine.connect() as conn:
+
+        def reuse(sync_conn):  # type: ignore[no-untyped-def]
+            cursor = sync_conn.connection.dbapi_connection.cursor()
+            cursor.execute("INSERT INTO things (name) VALUES ('once')")
+            cursor.execute("SELECT id, name FROM things")
+            assert cursor.description is not None
+            with pytest.raises(Exception, match="UNIQUE"):
+                cursor.execute("INSERT INTO things (name) VALUES ('once')")
+            return cursor.description, cursor.rowcount, cursor.fetchall()
+
+        assert await conn.run_sync(reuse) == (None, -1, [])
+        await conn.rollback()

@@ -94,6 +94,9 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         await self._hop(operation, seq_of_parameters, many=True)
 
     async def _hop(self, sql: str, params: Any, *, many: bool) -> None:
+        # as sqlite3 does at each execute: a statement that fails leaves nothing of the last
+        self._description, self._rowcount = None, -1
+        self._rows = collections.deque()
         async with self._adapt_connection._execute_mutex:
             conn = self._connection
             description, rows, rowcount, lastrowid = await conn._execute(
