@@ -9,7 +9,7 @@ from __future__ import annotations
 from litestar import MediaType, Request
 from litestar.response import Template
 
-from api.i18n import PAGE_HEADERS, choose_language, messages
+from api.i18n import PAGE_HEADER_VALUES, choose_language, messages
 
 
 def page_language(request: Request, override: str | None, jurisdiction: str | None = None) -> str:
@@ -34,7 +34,7 @@ def message_page(
         context={"t": t, "title": t[title], "paragraphs": [t[text]], "back": back},
         status_code=status,
         media_type=MediaType.HTML,
-        headers={h.name: h.value for h in PAGE_HEADERS if h.value is not None},
+        headers=PAGE_HEADER_VALUES,
     )
 
 

@@ -39,6 +39,9 @@ PAGE_HEADERS = [
     ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
     ResponseHeader(name="Cache-Control", value="no-store"),
 ]
+# the same, for a response built by hand (an exception handler's page: route headers do not
+# reach it)
+PAGE_HEADER_VALUES = {h.name: h.value for h in PAGE_HEADERS if h.value is not None}
 
 
 def choose_language(

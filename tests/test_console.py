@@ -331,3 +331,26 @@ def test_sign_in_returns_only_to_console_pages():
         None,
     ):
         assert safe_next(bad) == "/console", bad
+
+
+async def test_the_consoles_error_pages_and_sign_in_carry_every_pages_headers(client, keys):
+    """Pages answered by an exception handler (the sign-in form when no session is there, a
+    404, a refused form) used to go out without them: a sign-in form that could be framed,
+    pages holding the session's form token that could be cached."""
+
+    def protected(r) -> None:  # type: ignore[no-untyped-def]
+        assert "frame-ancestors 'none'" in r.headers.get("content-security-policy", ""), r.headers
+        assert r.headers.get("cache-control") == "no-store", r.headers
+        assert r.headers.get("referrer-policy") == "no-referrer"
+        assert r.headers.get("x-content-type-options") == "nosniff"
+
+    r = await client.get(f"/console/customers/{uuid.uuid4()}")
+    assert r.status_code == 401 and 'name="api_key"' in r.text
+    protected(r)
+    await signed_in(client, keys)
+    r = await client.get(f"/console/customers/{uuid.uuid4()}")
+    assert r.status_code == 404
+    protected(r)
+    r = await client.post("/console/search", data={"query": "x@example.com", "csrf_token": "bad"})
+    assert r.status_code == 403
+    protected(r)

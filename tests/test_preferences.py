@@ -466,3 +466,21 @@ def test_stylesheet_colours_meet_wcag_aa_contrast():
         assert contrast(colours[fg], colours[bg]) >= 4.5, (fg, bg)
     assert contrast(colours["focus"], colours["paper"]) >= 3  # the focus ring (non-text)
     assert ":focus-visible" in STYLESHEET
+
+
+async def test_unticking_every_switch_and_saving_withdraws_everything(client, keys, platform):
+    """A browser sends no "allow" field at all when every box is unticked: the most natural
+    way to withdraw everything (as easy as granting, GDPR art. 7(3)) used to be a 500 that
+    recorded nothing."""
+    pid, token = await customer(client, keys, platform, "olga.none@example.com")
+    assert (await contactable(client, keys, pid))["marketing"]["email"] is True
+    page = await client.get(f"/preferences/{token}", headers=RU_EN)
+    form = form_for(page.text, set())
+    assert form["shown"] and not form["allow"]
+    r = await client.post(f"/preferences/{token}", data={"lang": "en", "shown": form["shown"]})
+    assert r.status_code == 303, r.text
+    assert (await contactable(client, keys, pid))["marketing"]["email"] is False
+    # a form with no switch at all (every choice locked) changes nothing, without an error
+    r = await client.post(f"/preferences/{token}", data={"lang": "en"})
+    assert r.status_code == 303, r.text
+    assert "done=unchanged" in r.headers["location"]

@@ -25,7 +25,7 @@ from api.auth import PUBLIC, roles
 from api.customer_pages import message_page, page_language, wants_page
 from api.deps import PlatformDep, PrincipalDep
 from api.i18n import (
-    PAGE_HEADERS,
+    PAGE_HEADER_VALUES,
     channel_label,
     messages,
     purpose_label,
@@ -208,7 +208,7 @@ async def _unsubscribe_page(
             "action": f"/v1/unsubscribe/{token}",
             "manage": f"/preferences/{token}",
         },
-        headers={h.name: h.value for h in PAGE_HEADERS if h.value is not None},
+        headers=PAGE_HEADER_VALUES,
         media_type=MediaType.HTML,
     )
 

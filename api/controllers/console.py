@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
-from api.i18n import PAGE_HEADERS, Messages, choose_language, messages
+from api.i18n import PAGE_HEADER_VALUES, PAGE_HEADERS, Messages, choose_language, messages
 from cdp.access_log import log_access
 from cdp.apikeys import Principal, authenticate
 from cdp.crypto.master import hkdf
@@ -293,6 +293,7 @@ def page(
             **context,
         },
         status_code=status,
+        headers=PAGE_HEADER_VALUES,  # also when an exception handler answers with this page
     )
 
 
@@ -319,6 +320,7 @@ def login_page(
         },
         status_code=status,
         cookies=cookies,
+        headers=PAGE_HEADER_VALUES,
     )
 
 

@@ -458,8 +458,10 @@ class PreferenceCentre(Controller):
         lang = page_language(request, form.get("lang"), centre.jurisdiction)
         changes = plan_changes(
             centre.groups,
-            set(form.getall("shown")),
-            set(form.getall("allow")),
+            # a browser sends no "allow" when every box is unticked (withdraw everything),
+            # and no "shown" when every choice is locked
+            set(form.getall("shown", [])),
+            set(form.getall("allow", [])),
             can_grant=centre.can_manage,
         )
         if changes:
