@@ -11,6 +11,7 @@ import sys
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from cdp.db.tables import segment_exports
@@ -245,3 +246,44 @@ async def test_a_deleted_subscription_is_pruned_once_its_deliveries_are(
     pruned = await prune_outbox(platform, FAST)
     assert (pruned.deliveries, pruned.subscriptions) == (1, 1)
     assert await subscriptions() == {live["id"], recent["id"]}  # deleted today: kept
+
+
+async def test_a_delivery_replayed_while_pruning_runs_is_sent_or_said_not_to_be(
+    client, keys, platform, receiver
+):
+    """Pruning selects old delivered deliveries, then deletes them. A replay committing in
+    between (PostgreSQL: READ COMMITTED) made one pending again, and pruning then deleted it:
+    the replay said "requeued 1" and nothing was sent. Now the replay waits for the pruning
+    and requeues what is left: what it reports is what stays pending."""
+    from consent.outbox import retention
+
+    if platform.db.is_sqlite:
+        pytest.skip("SQLite has one writer: the replay cannot commit inside the pruning")
+    await subscribe(client, keys, receiver, kinds=["opt_out"])
+    await opt_out(client, keys, email="old@example.com")
+    await drain(platform)
+    old = utcnow() - timedelta(days=40)
+    async with platform.db.write() as conn:  # delivered 40 days ago
+        await conn.execute(update(webhook_deliveries).values(delivered_at=old))
+        await conn.execute(update(outbox_events).values(recorded_at=old))
+    real = retention._delete_deliveries
+    racing: list[asyncio.Task] = []
+
+    async def replay_between(conn, ids):  # type: ignore[no-untyped-def]
+        racing.append(asyncio.create_task(replay(platform, old - timedelta(days=1))))
+        await asyncio.sleep(0.5)  # the replay commits now, unless it waits for this pruning
+        await real(conn, ids)
+
+    retention._delete_deliveries = replay_between
+    try:
+        await prune_outbox(platform, FAST)
+    finally:
+        retention._delete_deliveries = real
+    requeued = (await racing[0]).deliveries
+    async with platform.db.read() as conn:
+        pending = (
+            await conn.execute(
+                select(webhook_deliveries.c.id).where(webhook_deliveries.c.status == "pending")
+            )
+        ).all()
+    assert len(pending) == requeued

@@ -187,7 +187,12 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 )
                 .join(outbox_events, oe.seq == d.event_seq)
                 .join(webhook_subscriptions, ws.id == d.subscription_id)
-                .where(d.id.in_(ids), d.claim_token == token)
+                .where(
+                    d.id.in_(ids),
+                    d.claim_token == token,  # a deleted subscription's are cleared
+                    d.status == "pending",
+                    ws.deleted_at.is_(None),
+                )
             )
         ).all()
         shown = [r for r in rows if r.include_address and r.address_bidx]

@@ -92,7 +92,13 @@ class Dispatcher:
 
     async def _deliver(self, item: Claimed) -> None:
         try:
+            waited = self.sending.locked()
             async with self.sending:  # at most `concurrency` requests on the wire
+                if waited:
+                    ready = await self._prepared_again(item)
+                    if ready is None:
+                        return
+                    item = ready
                 outcome = await send(self.http, self.cfg, item)
             self.results.append((item, outcome))
         finally:
@@ -101,6 +107,19 @@ class Dispatcher:
             if self.busy[item.subscription_id] <= 0:
                 del self.busy[item.subscription_id]
             self.wake.set()
+
+    async def _prepared_again(self, item: Claimed) -> Claimed | None:
+        """A delivery that waited for a request slot (slow receivers hold them all, for up to
+        minutes) is prepared again once it has one, as `prepare` would now: an erasure that
+        completed meanwhile leaves the address out, a rotated secret signs it, and one whose
+        subscription was deleted (or whose lease ran out to another dispatcher) is not sent
+        (None)."""
+        try:
+            again = await prepare(self.p, [item.id], item.token)
+        except Exception as exc:  # as an unanswered send: the lease runs out, sent again
+            log.error("webhook_prepare_failed", error=type(exc).__name__)
+            return None
+        return again[0] if again else None
 
     async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]

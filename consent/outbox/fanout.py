@@ -33,6 +33,13 @@ async def try_lock(conn: AsyncConnection, key: int) -> bool:
     return bool((await conn.execute(text(f"SELECT pg_try_advisory_xact_lock({key})"))).scalar())
 
 
+async def hold_fan_out(conn: AsyncConnection) -> None:
+    """Until the caller's transaction ends, no fan-out runs (PostgreSQL; on SQLite the
+    caller's write transaction already keeps every other writer out)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({FANOUT_LOCK})"))
+
+
 async def fan_out(p: Platform, batch: int = BATCH) -> int:
     """Create the deliveries of up to `batch` events; returns how many events it handled."""
     async with p.db.write() as conn:

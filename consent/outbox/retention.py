@@ -79,7 +79,13 @@ async def _prune_batches(
         async with p.db.write() as conn:
             if not await try_lock(conn, PRUNE_LOCK):
                 return total
-            ids = [i for (i,) in await conn.execute(oldest.limit(batch))]
+            query = oldest.limit(batch)
+            if conn.dialect.name == "postgresql":
+                # locked until deleted: a row another transaction is changing (a replay making
+                # a delivered delivery pending again) is passed over, and one it changed since
+                # this statement began is judged again on its new values, not deleted
+                query = query.with_for_update(skip_locked=True)
+            ids = [i for (i,) in await conn.execute(query)]
             if ids:
                 await remove(conn, ids)
         total += len(ids)

@@ -59,6 +59,14 @@ class SubscriptionOut(msgspec.Struct, omit_defaults=True):
             "once it has stopped)"
         ),
     ] = None
+    unqueued_since: Annotated[
+        datetime | None,
+        msgspec.Meta(
+            description="when the oldest event not yet queued for the subscriptions was "
+            "recorded (the dispatcher queues each event for the subscriptions live then); "
+            "absent when every event is queued. Shown by GET /v1/webhooks/{id}"
+        ),
+    ] = None
 
 
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600

@@ -28,6 +28,7 @@ from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from consent.outbox import signing
 from consent.outbox.config import DispatchConfig
 from consent.outbox.enqueue import DEFAULT_KINDS, KINDS
+from consent.outbox.fanout import hold_fan_out
 from consent.outbox.schemas import (
     DeliveryCounts,
     RotateIn,
@@ -36,7 +37,7 @@ from consent.outbox.schemas import (
     SubscriptionOut,
 )
 from consent.outbox.sealed import forget_sent
-from consent.outbox.tables import webhook_deliveries, webhook_subscriptions
+from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
 from consent.outbox.targets import ip_literal, private_allowed, refuse_private_literal
 
 log = structlog.get_logger(__name__)
@@ -142,11 +143,15 @@ async def create(p: Platform, who: Principal, body: SubscriptionIn) -> Subscript
         "include_address": body.include_address,
         "description": body.description,
         "secret": p.keys.system.encrypt(secret_place(sid), signing.secret_key(secret)),
-        "created_at": utcnow(),
         "created_by": who.name,
         "deleted_at": None,
     }
     async with p.db.write() as conn:
+        # The subscription gets the events recorded from its creation on. Its time is taken
+        # with fan-out held off until it commits: taken before, a fan-out could pass an event
+        # recorded after it while the subscription was not yet visible, and it was missed.
+        await hold_fan_out(conn)
+        row["created_at"] = utcnow()
         await conn.execute(insert(webhook_subscriptions).values(**row))
         await log_access(
             conn,
@@ -189,7 +194,15 @@ async def counts(conn: AsyncConnection, sid: uuid.UUID) -> DeliveryCounts:
 async def get(p: Platform, subscription_id: str) -> SubscriptionOut:
     async with p.db.read() as conn:
         row = await load(conn, subscription_id)
-        return _out(row, await counts(conn, row.id))
+        out = _out(row, await counts(conn, row.id))
+        out.unqueued_since = (await conn.execute(_OLDEST_UNQUEUED)).scalar()
+        return out
+
+
+# events the fan-out has not queued yet: their subscriptions cannot list them yet
+_OLDEST_UNQUEUED = select(func.min(outbox_events.c.recorded_at)).where(
+    outbox_events.c.fanned_out.is_(False)
+)
 
 
 async def list_all(p: Platform, *, limit: int | None, cursor: str | None) -> SubscriptionList:
@@ -261,6 +274,10 @@ async def forget_expired_secrets(conn: AsyncConnection, now: datetime | None = N
 async def delete(p: Platform, who: Principal, subscription_id: str) -> None:
     d = webhook_deliveries.c
     async with p.db.write() as conn:
+        # no fan-out meanwhile: one that ran beside it locked the deliveries (recording their
+        # answers), then waited for the subscription's row this holds, while this waited for
+        # those deliveries (PostgreSQL: a deadlock, one of the two undone)
+        await hold_fan_out(conn)
         row = await load(conn, subscription_id)
         await conn.execute(
             update(webhook_subscriptions).where(ws.id == row.id).values(deleted_at=utcnow())
