@@ -489,3 +489,21 @@ async def test_an_erasure_by_another_process_is_honoured_at_once_by_this_one(
     )
     assert "203.0.113.77" not in r.text and "AnnaBrowser" not in r.text
     await assert_erased(client, keys, platform, ids, [])
+
+
+def test_every_process_that_erases_runs_the_matching_cleanup():
+    """The cleanup of match suggestions, merge reviews and snapshots registered itself when
+    something imported `cdp.matching`: a worker importing only the erasure worker (as its
+    docstring shows) erased customers and left their suggestions, with per-field scores."""
+    import subprocess
+    import sys
+
+    code = (
+        "import consent.dsr.worker\n"
+        "from consent.dsr.hooks import erasure_hooks\n"
+        "print(sorted(h.__module__ for h in erasure_hooks()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "cdp.matching.erasure" in out, out

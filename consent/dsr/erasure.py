@@ -43,6 +43,7 @@ import structlog
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import cdp.matching  # noqa: F401  (registers its cleanup: every erasure must run it)
 from cdp.db.engine import lock_keys
 from cdp.db.tables import (
     ENCRYPTED_PROFILE_FIELDS,
