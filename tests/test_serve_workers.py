@@ -28,6 +28,7 @@ from api.workers import (
 )
 from cdp.settings import Settings
 from tests.conftest import TEST_MASTER_KEY, pg_url
+from tests.test_audit_checkpoints import grant
 
 METRICS_TOKEN = "scrape-me-please-0123"
 
@@ -150,19 +151,7 @@ async def test_two_workers_serve_one_port_with_shared_figures_and_one_set_of_bac
             )
             assert created.status_code == 201, created.text
             pid = created.json()["profile_id"]
-            granted = await client.post(
-                "/v1/consents",
-                headers=keys["ingest"],
-                json={
-                    "email": email,
-                    "purpose": "marketing",
-                    "channel": "email",
-                    "status": "granted",
-                    "source": "web_form",
-                    "evidence": {"wording_id": "newsletter-v3", "method": "checkbox"},
-                },
-            )
-            assert granted.status_code == 201, granted.text
+            await grant(client, keys, email)
             assert await _contactable_everywhere(base, pid, keys) == {True}
             out = await client.post(
                 "/v1/opt-outs", headers=keys["ingest"], json={"email": email, "source": "esp"}
