@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import delete, func, insert, select, update
 
 from cdp.ids import utcnow
@@ -477,3 +479,66 @@ async def test_a_busy_legitimate_history_verifies(client, keys, platform):
     async with snapshot(platform.db) as conn:
         small = await check_state(conn, platform.policy, chunk=2)
     assert small.to_json() == body["state"]
+
+
+async def _withdrawn_anna(client, keys, platform):  # type: ignore[no-untyped-def]
+    email = "anna.g@example.com"
+    anna = await profile(client, keys, email=email, country="RU")
+    await consent(client, keys, email=email, channel="email", occurred_at="2025-01-10T09:00:00Z")
+    await consent(
+        client, keys, "withdrawn", email=email, channel="email", occurred_at="2025-01-10T10:00:00Z"
+    )
+    assert (await verified(client, keys))["ok"] is True
+    assert anna not in await members(client, keys)
+    return anna, platform.keys.indexer.email(email)
+
+
+async def test_a_grant_written_outside_the_chain_is_tampering(client, keys, platform):
+    """A row numbered below the chain's first entry was never hashed by the scan, yet the state
+    check read it: a forged grant with the state set to match verified as ok."""
+    anna, bidx = await _withdrawn_anna(client, keys, platform)
+    async with platform.db.write() as conn:
+        grant = (
+            await conn.execute(select(consent_ledger).where(consent_ledger.c.status == "granted"))
+        ).one()
+        at = utcnow() - timedelta(minutes=1)  # a grant newer than the withdrawal
+        forged = dict(grant._mapping) | {
+            "seq": -7,
+            "event_id": uuid.uuid4(),
+            "occurred_at": at,
+            "recorded_at": at,
+        }
+        await conn.execute(insert(consent_ledger).values(**forged))
+        await conn.execute(
+            update(consent_state)
+            .where(consent_state.c.subject == bidx)
+            .values(status="granted", since=at, seq=-7)
+        )
+    assert anna in await members(client, keys)  # the forgery took effect
+    report = await verified(client, keys)
+    assert report["ok"] is False, report
+
+
+async def test_another_spelling_of_a_stored_time_is_tampering(client, keys, platform):
+    """SQLite keeps times as text. A grant's time respelled ("T" for the space) hashed as
+    before, but as text it sorted after the withdrawal: made current, it verified as ok."""
+    if not platform.db.is_sqlite:
+        pytest.skip("PostgreSQL keeps times typed")
+    anna, bidx = await _withdrawn_anna(client, keys, platform)
+    [(seq, at)] = await sql(
+        platform, "SELECT seq, occurred_at FROM consent_ledger WHERE status = 'granted'"
+    )
+    respelled = at.replace(" ", "T")
+    await sql(
+        platform, "UPDATE consent_ledger SET occurred_at = :t WHERE seq = :s", t=respelled, s=seq
+    )
+    await sql(
+        platform,
+        "UPDATE consent_state SET status = 'granted', since = :t, seq = :s WHERE subject = :b",
+        t=respelled,
+        s=seq,
+        b=bidx,
+    )
+    assert anna in await members(client, keys)  # the respelled grant took effect
+    report = await verified(client, keys)
+    assert report["ok"] is False, report
