@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
@@ -93,17 +93,11 @@ def create_app(
         if platform is not None:  # owned by the caller (tests, benchmarks)
             yield
             return
-        if worker:
-            p = await open_worker_platform(settings or Settings.from_env())
-        else:
-            p = await open_platform(settings or Settings.from_env())
-        app.state.platform = p
+        opener = open_worker_platform if worker else open_platform
+        app.state.platform = p = await opener(settings or Settings.from_env())
         try:
-            if worker:
+            async with nullcontext() if worker else background_services(p):
                 yield
-            else:
-                async with background_services(p):
-                    yield
         finally:
             await p.close()
 
