@@ -247,7 +247,7 @@ class Loaded:
 
     status: str
     jurisdiction: str
-    cipher: FieldCipher | None
+    cipher: FieldCipher  # `Keyring.reader_cipher`: Gone where the key was destroyed
     identities: list[tuple[str, bytes, bytes]]
     orders_count: int
 
@@ -273,7 +273,7 @@ async def consent_view(
     cipher = loaded.cipher
     idents = [i for i in loaded.identities if i[0] in ("email", "phone")]
     held = [b for _, b, _ in loaded.identities]  # external ids too (cdp.profiles.identifiers)
-    plain = {b: (cipher.decrypt("identities.value", v) if cipher else None) for _, b, v in idents}
+    plain = {b: cipher.decrypt("identities.value", v) for _, b, v in idents}
     psubj = profile_subject(profile_id)
     subjects = [b for _, b, _ in idents] + [psubj]
     states = {
