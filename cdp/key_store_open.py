@@ -115,7 +115,8 @@ async def open_key_store(
     main: Database,
     url: str,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    pool_size: int = 10,
+    *,
+    pool_size: int,
 ) -> KeyStore:
     """Open the database's key store, creating it on first use, and check that it is the
     one the database's keys were split with (a wrong CDP_KEY_STORE_URL, or a store lost or
@@ -127,7 +128,7 @@ async def open_key_store(
         Path(parsed.database or ""), create=linked is None
     ):
         raise KeyStoreMismatch(_mismatch(linked, "no key store there (the file does not exist)"))
-    # `pool_size` connections kept (ten unless shared out), none beyond: an overflow
+    # `pool_size` connections kept (Settings.key_store_pool_size), none beyond: an overflow
     # connection is closed when it is given back, and under load the key store opened one
     # for every eighth members page (a PostgreSQL backend, authentication and asyncpg's type
     # introspection each time)

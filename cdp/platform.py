@@ -45,7 +45,7 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
         if run_migrations:
             await migrate(db)
         store = await open_key_store(
-            db, store_url, settings.connect_timeout, settings.key_store_pool_size
+            db, store_url, settings.connect_timeout, pool_size=settings.key_store_pool_size
         )
     except BaseException:
         await db.dispose()
