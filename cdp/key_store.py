@@ -56,7 +56,7 @@ from sqlalchemy import (
 )
 
 from cdp.db.bulk import bulk_insert_rows
-from cdp.db.engine import Database
+from cdp.db.engine import Database, xact_lock
 from cdp.db.types import UTCDateTime
 from cdp.ids import utcnow
 
@@ -191,9 +191,9 @@ class KeyStore:
         if not pids:
             return
         async with self.db.write() as conn:
-            if conn.dialect.name == "postgresql":  # numbers commit in their order: a process
-                # reconciling meanwhile never passes a number that commits after it
-                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306147270213303)")
+            # numbers commit in their order: a process reconciling meanwhile never passes a
+            # number that commits after it
+            await xact_lock(conn, 7306147270213303)
             known = set(
                 (
                     await conn.execute(

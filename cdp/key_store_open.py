@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cdp.crypto.fields import CryptoError
-from cdp.db.engine import DEFAULT_CONNECT_TIMEOUT, Database
+from cdp.db.engine import DEFAULT_CONNECT_TIMEOUT, Database, xact_lock
 from cdp.db.messages import database_message
 from cdp.db.tables import key_store_link, profile_keys
 from cdp.key_store import (
@@ -282,8 +282,7 @@ async def _open(db: Database, url: str, *, create: bool) -> str | None:
             async with db.engine.connect() as conn:
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                 async with conn.begin():
-                    if conn.dialect.name == "postgresql":
-                        await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7306147270213302)")
+                    await xact_lock(conn, 7306147270213302)
                     await conn.run_sync(store_metadata.create_all)
         async with db.read() as conn:
             found = await conn.run_sync(lambda c: c.dialect.has_table(c, "key_store_meta"))

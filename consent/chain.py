@@ -31,6 +31,7 @@ import msgspec
 from sqlalchemy import Select, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.engine import xact_lock
 from consent.tables import consent_ledger
 
 GENESIS = bytes(32)
@@ -102,8 +103,7 @@ async def chain_head(conn: AsyncConnection, table: Table, lock: int) -> tuple[in
     """(last seq, last hash) of a chained table, locked for appending until the transaction
     ends: a PostgreSQL advisory lock `lock` (on SQLite the write transaction is the lock), so
     appends get consecutive seqs and each links to the one before."""
-    if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(lock)})")
+    await xact_lock(conn, lock)
     head = (await conn.execute(_head_of(table))).first()
     return (head.seq, head.hash) if head else (0, GENESIS)
 

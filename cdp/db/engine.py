@@ -197,6 +197,14 @@ def lock_key(value: bytes | str) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
+async def xact_lock(conn: AsyncConnection, key: int) -> None:
+    """A PostgreSQL advisory lock on `key` until the transaction ends: transactions taking it
+    run one after the other. On SQLite the write transaction already excludes every other
+    writer, so this does nothing."""
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(key)})")
+
+
 _LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.engine import xact_lock
 from cdp.db.upsert import insert_ignore
 from cdp.ids import new_id, utcnow
 from cdp.keyring import Keyring
@@ -36,8 +37,7 @@ async def try_lock(conn: AsyncConnection, key: int) -> bool:
 async def hold_fan_out(conn: AsyncConnection) -> None:
     """Until the caller's transaction ends, no fan-out runs (PostgreSQL; on SQLite the
     caller's write transaction already keeps every other writer out)."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text(f"SELECT pg_advisory_xact_lock({FANOUT_LOCK})"))
+    await xact_lock(conn, FANOUT_LOCK)
 
 
 async def fan_out(p: Platform, batch: int = BATCH) -> int:
