@@ -273,11 +273,12 @@ async def verify_chain(
     are recomputed, and the entry at that size must still carry that hash. `upto`: the last
     seq to verify (default: the last one this transaction sees).
     """
+    seq = consent_ledger.c.seq
+    lowest, highest = (await conn.execute(select(func.min(seq), func.max(seq)))).one()
     if upto is None:
-        upto = (await conn.execute(select(func.max(consent_ledger.c.seq)))).scalar() or 0
+        upto = highest or 0
     # the chain numbers its entries from 1: a row below (written by hand) is outside what the
     # scan hashes, yet the state check would read it
-    lowest = (await conn.execute(select(func.min(consent_ledger.c.seq)))).scalar()
     if lowest is not None and lowest < 1:
         return Verification(False, 0, None, lowest, "entry outside the chain")
     start_seq, prev = after if after is not None else (0, GENESIS)
