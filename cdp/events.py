@@ -272,6 +272,9 @@ async def _store_fresh(
                 else None,
                 "key_id": cipher.key_id,
                 "identity_id": named_by.get(idents[j].bidx) if idents[j].bidx else None,
+                "named_profile_id": idents[j].profile_id
+                if idents[j].kind == "profile_id"
+                else None,
             }
         )
         counted = stats.counts_in_total(body.type, body.currency, currency)

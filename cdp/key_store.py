@@ -105,6 +105,21 @@ erased_profiles = Table(
 )
 
 
+FIRST_KEY_ID = 1  # a profile's first data key; an unmerge gives its holder the next
+_LATER_SHARES = uuid.UUID("6b1f3a52-2f7e-4c1b-9a57-0c4d1e8f2a10")
+
+
+def share_id(profile_id: uuid.UUID, key_id: int) -> uuid.UUID:
+    """Where the store keeps the share of a profile's data key: its first key's under the
+    profile's own id; a later key's under an id derived from (profile id, key id), so that the
+    share of the key an unmerge replaces is still there until the database commits the new one
+    (cdp.profiles.rekey). A share not under its profile's id is destroyed by way of
+    `key_share_owners` (consent.dsr.shares)."""
+    if key_id == FIRST_KEY_ID:
+        return profile_id
+    return uuid.uuid5(_LATER_SHARES, f"{profile_id}/{key_id}")
+
+
 def new_share() -> bytes:
     return os.urandom(SHARE_BYTES)
 

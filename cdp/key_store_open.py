@@ -30,6 +30,7 @@ from cdp.key_store import (
     erased_profiles,
     key_shares,
     key_store_meta,
+    share_id,
     store_metadata,
 )
 from cdp.settings import Settings
@@ -188,28 +189,29 @@ async def _newest_keys_without_share(main: Database, db: Database) -> uuid.UUID 
     meanwhile destroys both), or None."""
     pk = profile_keys.c
     async with main.read() as conn:
-        newest = list(
-            (
-                await conn.execute(
-                    select(pk.profile_id)
-                    .where(pk.split.is_(True))
-                    # ids are UUIDv7, in the order profiles were made: the primary key's
-                    # index read backwards, not a sort of every key by created_at
-                    .order_by(pk.profile_id.desc())
-                    .limit(NEWEST_CHECKED)
-                )
-            ).scalars()
-        )
-    if not newest:
+        newest_keys = (
+            await conn.execute(
+                select(pk.profile_id, pk.key_id)
+                .where(pk.split.is_(True))
+                # ids are UUIDv7, in the order profiles were made: the primary key's
+                # index read backwards, not a sort of every key by created_at
+                .order_by(pk.profile_id.desc())
+                .limit(NEWEST_CHECKED)
+            )
+        ).all()
+    if not newest_keys:
         return None
+    newest = [pid for pid, _ in newest_keys]
+    shares = {share_id(pid, key_id): pid for pid, key_id in newest_keys}
     async with db.read() as conn:
-        held = set(
-            (
+        held = {
+            shares[sid]
+            for sid in (
                 await conn.execute(
-                    select(key_shares.c.profile_id).where(key_shares.c.profile_id.in_(newest))
+                    select(key_shares.c.profile_id).where(key_shares.c.profile_id.in_(shares))
                 )
             ).scalars()
-        )
+        }
         held |= set(  # erased since the database's copy was taken: erased again at start
             (
                 await conn.execute(

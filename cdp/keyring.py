@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import structlog
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -34,7 +34,7 @@ from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
 from cdp.errors import DomainError, Gone, InvalidInput
 from cdp.ids import utcnow
-from cdp.key_store import KeyStore, new_share, split_key, xor
+from cdp.key_store import FIRST_KEY_ID, KeyStore, new_share, share_id, split_key, xor
 
 log = structlog.get_logger(__name__)
 
@@ -64,9 +64,6 @@ CACHE_TTL = 60.0
 # which the garbage collector stops tracking, so it never walks the cache. Kept as UUID keys
 # and (expiry, FieldCipher) values, a full cache was 600,000 objects that every full collection
 # walked: a third of a 1,000,000-profile export's CPU.
-
-
-FIRST_KEY_ID = 1  # a profile's first data key; erasure destroys keys, rotation re-wraps them
 
 
 def _dek_context(profile_id: uuid.UUID, key_id: int) -> bytes:
@@ -132,6 +129,43 @@ class Keyring:
         shares = [(pid, share) for pid, share in shares if share is not None]
         if shares:
             await self._key_store().put(shares)
+
+    async def next_key(
+        self, conn: AsyncConnection, profile_id: uuid.UUID, old: FieldCipher
+    ) -> tuple[FieldCipher, bool]:
+        """A new data key for a profile (key id one up), in the caller's write transaction,
+        which holds the profile's lock: (its cipher, whether the old key was split). Its share
+        is kept in the key store first, under an id of its own (`share_id`), and commits at
+        once: the old key's share is still there should this transaction roll back, and a
+        share left by an attempt that rolled back is used again. Its row replaces the old
+        key's; the caller re-encrypts what was under `old` (cdp.profiles.rekey)."""
+        await self.check_current(conn)
+        pk = profile_keys.c
+        old_split = (
+            await conn.execute(
+                select(pk.split).where(pk.profile_id == profile_id, pk.key_id == old.key_id)
+            )
+        ).scalar_one()
+        key_id = old.key_id + 1
+        sid = share_id(profile_id, key_id)
+        share = (await self._key_store().keep_first([(sid, new_share())])).get(sid)
+        if share is None:  # only an erasure destroys a share, and it waits for our lock
+            raise CryptoError(f"the key store lost the new share of profile {profile_id}")
+        key = new_data_key()
+        wrapped = self.master.wrap(xor(key, share), _dek_context(profile_id, key_id))
+        await conn.execute(delete(profile_keys).where(pk.profile_id == profile_id))
+        await conn.execute(
+            insert(profile_keys).values(
+                profile_id=profile_id,
+                key_id=key_id,
+                master_key_id=self.master.key_id,
+                wrapped=wrapped,
+                created_at=utcnow(),
+                split=True,
+            )
+        )
+        self.forget(profile_id)
+        return FieldCipher(key, key_id, str(profile_id)), old_split
 
     async def tombstone(self, profile_ids: Iterable[uuid.UUID], at: datetime) -> None:
         """Record in the key store that these profiles are being erased (cdp.key_store)."""
@@ -236,15 +270,16 @@ class Keyring:
             rows = (await conn.execute(_KEY_ROWS, {"ids": wanted[start : start + 500]})).all()
             # the key store's halves of the keys not cached; a share destroyed by an erasure
             # that has not committed in the database yet reads as erased
-            unknown = [
-                pid
+            unknown = {
+                share_id(pid, key_id): pid
                 for pid, key_id, _, split in rows
                 if split and (fresh or not self._has(pid, key_id))
-            ]
+            }
             shares = await self._key_store().get(unknown) if unknown else {}
             for pid, key_id, wrapped, split in rows:
-                share = shares.get(pid)
-                if split and share is None and pid in unknown:
+                sid = share_id(pid, key_id) if split else None
+                share = shares.get(sid) if split else None
+                if split and share is None and sid in unknown:
                     if strict:
                         raise KeyShareMissing(
                             f"the key store holds no share of the data key of profile {pid}, "
@@ -425,14 +460,14 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
         for pid, key_id, wrapped in rows:
             ctx = _dek_context(pid, key_id)
             key = master.unwrap(wrapped, ctx)
-            offered.append((pid, new_share()))
+            offered.append((share_id(pid, key_id), new_share()))
             halves[pid] = (key_id, key)
         # the share already kept for a profile, if any (another run, or an interrupted one,
         # kept it), else the one offered: the database's half must pair with the stored one
         kept = await store.keep_first(offered)
         updates = []
         for pid, (key_id, key) in halves.items():
-            share = kept.get(pid)
+            share = kept.get(share_id(pid, key_id))
             if share is None:  # destroyed meanwhile: the profile is being erased
                 continue
             ctx = _dek_context(pid, key_id)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError, FieldCipher
@@ -75,6 +75,72 @@ async def keep_for(
                 "created_at": now,
             }
         )
+    if copies:
+        await conn.execute(insert_ignore(conn, consent_evidence_copies), copies)
+    return len(copies)
+
+
+async def rekey(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    addresses: Sequence[bytes],
+    old: FieldCipher,
+    new: FieldCipher,
+) -> int:
+    """The holder of an undone merge has a new data key (cdp.profiles.rekey): its copies are
+    encrypted again under it, and the entries recorded under its old key that are its own (on
+    an address it holds, or on the profile itself) get a copy under it. The other entries under
+    the old key are about the customer the merge gave back, who has a copy of them
+    (`keep_for`): the holder's new key does not read them. Returns the entries copied."""
+    c = consent_evidence_copies.c
+    mine = await conn.execute(
+        select(c.seq, c.evidence).where(c.owner == old.owner, c.key_id == old.key_id)
+    )
+    again = [
+        {"s": seq, "e": new.encrypt(_place(seq), old.decrypt_bytes(_place(seq), blob))}
+        for seq, blob in mine
+    ]
+    if again:
+        await conn.execute(
+            update(consent_evidence_copies)
+            .where(c.seq == bindparam("s"), c.owner == old.owner)
+            .values(evidence=bindparam("e"), key_id=new.key_id),
+            again,
+        )
+    led = consent_ledger.c
+    under_old = (
+        led.evidence.is_not(None),
+        led.evidence_owner == old.owner,
+        led.evidence_key_id == old.key_id,
+    )
+    rows = (
+        await conn.execute(
+            select(led.seq, led.evidence).where(
+                *under_old, led.address_bidx.is_(None), led.profile_id == holder
+            )
+        )
+    ).all()
+    for start in range(0, len(addresses), 500):
+        rows += (
+            await conn.execute(
+                select(led.seq, led.evidence).where(
+                    *under_old, led.address_bidx.in_(addresses[start : start + 500])
+                )
+            )
+        ).all()
+    now = utcnow()
+    copies = [
+        {
+            "seq": seq,
+            "owner": new.owner,
+            "key_id": new.key_id,
+            "evidence": new.encrypt(
+                _place(seq), old.decrypt_bytes("consent_ledger.evidence", blob)
+            ),
+            "created_at": now,
+        }
+        for seq, blob in rows
+    ]
     if copies:
         await conn.execute(insert_ignore(conn, consent_evidence_copies), copies)
     return len(copies)

@@ -1,19 +1,25 @@
-"""Known gaps, found by review on 2026-12-06 and not fixed yet: a customer merged into another
-by mistake, unmerged, then erased. While merged, what was recorded for her (consent evidence,
-an order naming her profile id, merge snapshots of later merges) was encrypted under the
-survivor's data key, which the unmerge keeps and the erasure does not destroy. These tests
-fail until that is mended (strict: an unexpected pass fails the suite, so the mark is removed
-with the fix). The likely mend: give the holder a new data key at the unmerge (re-encrypting
-its rows, copying its own ledger evidence), and scrub later snapshots of what the undone merge
-brought in."""
+"""A customer merged into another by mistake, unmerged, then erased (found by review on
+2026-12-06). While merged, what was recorded for her (consent evidence, an order naming her
+profile id, merge snapshots of later merges, every backup taken meanwhile) was under the
+survivor's data key. The unmerge gives her data back under her own key and the survivor (the
+holder) a new key (cdp.profiles.rekey); the holder's old key's share stays in the key store
+until she (or the holder) is erased, and is destroyed then."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
-import pytest
+from sqlalchemy import select
 
+from cdp.db.tables import key_share_owners, profile_keys
 from cdp.ids import utcnow
+from cdp.key_store import share_id
+from cdp.platform import open_platform
+from cdp.profiles.merge import SurvivorState
+from cdp.profiles.unmerge import rebased
+from consent.tables import consent_ledger
+from tests.test_key_store import row_of, take_backup
 
 A_EMAIL, A_PHONE = "anna.f@example.com", "+79161230055"
 B_EMAIL, C_PHONE = "boris.f@example.com", "+79160000055"
@@ -23,7 +29,13 @@ EVIDENCE = {
     "ip": "198.51.100.23",
     "user_agent": "AnnaUA/3.0",
 }
-GAP = "the survivor keeps the data key the merge encrypted her data under (README, Erasure)"
+BORIS_EVIDENCE = {
+    "wording_id": "w",
+    "method": "double_opt_in",
+    "ip": "203.0.113.77",
+    "user_agent": "BorisUA/1.0",
+}
+HERS = ("198.51.100.23", "AnnaUA/3.0", A_EMAIL, A_PHONE, "for Анна", "Анна")
 
 
 async def post(client, keys, path, body, role="ingest"):  # type: ignore[no-untyped-def]
@@ -32,9 +44,18 @@ async def post(client, keys, path, body, role="ingest"):  # type: ignore[no-unty
     return r.json()
 
 
-async def wrong_merge_undone_then_erased(client, keys, *, carl: bool = False):  # type: ignore[no-untyped-def]
+async def wrong_merge_undone(  # type: ignore[no-untyped-def]
+    client, keys, *, carl: bool = False, while_merged=None
+):
+    """Boris, with a grant and an order of his own; Anna merged into him by a wrong record,
+    granting and ordering (by her profile id) while merged; then the merge undone."""
     crm = {"source": "crm"}
     boris = (await post(client, keys, "/v1/profiles", {**crm, "email": B_EMAIL}))["profile_id"]
+    grant = {"purpose": "marketing", "channel": "email", "status": "granted", "source": "web"}
+    await post(
+        client, keys, "/v1/consents", {**grant, "email": B_EMAIL, "evidence": BORIS_EVIDENCE}
+    )
+    await post(client, keys, "/v1/events", order("o-boris", B_EMAIL, {"note": "Boris's order"}))
     anna = (
         await post(
             client,
@@ -48,19 +69,9 @@ async def wrong_merge_undone_then_erased(client, keys, *, carl: bool = False):  
         client, keys, "/v1/profiles", {"source": "wrong", "email": B_EMAIL, "phone": A_PHONE}
     )
     # while merged: Anna grants on her own email; a shop sends an order naming her profile id
-    grant = {"email": A_EMAIL, "purpose": "marketing", "channel": "email", "status": "granted"}
-    await post(client, keys, "/v1/consents", {**grant, "source": "web_form", "evidence": EVIDENCE})
-    order = {
-        "source": "shop",
-        "event_id": f"o-{A_EMAIL}",
-        "type": "purchase",
-        "occurred_at": (utcnow() - timedelta(hours=1)).isoformat(),
-        "profile_id": anna,
-        "amount": "10.00",
-        "currency": "RUB",
-        "properties": {"gift": "for Анна"},
-    }
-    await post(client, keys, "/v1/events", order)
+    await post(client, keys, "/v1/consents", {**grant, "email": A_EMAIL, "evidence": EVIDENCE})
+    by_id = order(f"o-{A_EMAIL}", None, {"gift": "for Анна"})
+    await post(client, keys, "/v1/events", {**by_id, "profile_id": anna})
     carl_id = None
     if carl:  # a third customer joins Boris while Anna is merged in
         carl_id = (
@@ -71,28 +82,217 @@ async def wrong_merge_undone_then_erased(client, keys, *, carl: bool = False):  
         await post(
             client, keys, "/v1/profiles", {"source": "wrong2", "email": B_EMAIL, "phone": C_PHONE}
         )
+    if while_merged is not None:
+        await while_merged(boris, anna)
     r = await client.post(f"/v1/profiles/{anna}/unmerge", headers=keys["admin"])
     assert r.status_code == 200, r.text
-    erase = {"email": A_EMAIL, "requested_by": "customer"}
-    await post(client, keys, "/v1/erasure-requests", erase, role="compliance")
-    assert (await client.get(f"/v1/profiles/{anna}", headers=keys["admin"])).status_code == 410
-    return boris, anna, carl_id
+    return uuid.UUID(boris), uuid.UUID(anna), carl_id
 
 
-@pytest.mark.xfail(strict=True, reason=GAP)
+def order(event_id: str, email: str | None, properties: dict) -> dict:
+    body = {
+        "source": "shop",
+        "event_id": event_id,
+        "type": "purchase",
+        "occurred_at": (utcnow() - timedelta(hours=1)).isoformat(),
+        "amount": "10.00",
+        "currency": "RUB",
+        "properties": properties,
+    }
+    return {**body, "email": email} if email else body
+
+
+async def erase(client, keys, email: str) -> None:  # type: ignore[no-untyped-def]
+    await post(
+        client,
+        keys,
+        "/v1/erasure-requests",
+        {"email": email, "requested_by": "customer"},
+        role="compliance",
+    )
+
+
+async def access_export(client, keys, email: str) -> str:  # type: ignore[no-untyped-def]
+    return str(await post(client, keys, "/v1/access-requests", {"email": email}, "compliance"))
+
+
+async def shares_held(platform, *ids: uuid.UUID) -> set[uuid.UUID]:  # type: ignore[no-untyped-def]
+    return set(await platform.keys.store.get(ids))
+
+
 async def test_her_evidence_and_order_are_not_in_another_customers_access_export(
     client, keys, platform
 ):
-    await wrong_merge_undone_then_erased(client, keys)
-    export = await post(client, keys, "/v1/access-requests", {"email": B_EMAIL}, "compliance")
-    text = str(export)
-    assert [s for s in ("198.51.100.23", "AnnaUA/3.0", A_EMAIL, "for Анна") if s in text] == []
+    _, anna, _ = await wrong_merge_undone(client, keys)
+    await erase(client, keys, A_EMAIL)
+    assert (await client.get(f"/v1/profiles/{anna}", headers=keys["admin"])).status_code == 410
+    text = await access_export(client, keys, B_EMAIL)
+    assert [s for s in HERS if s in text] == []
+    # what is Boris's own is all there, read under his new key
+    assert all(s in text for s in ("203.0.113.77", "BorisUA/1.0", "Boris's order", B_EMAIL))
 
 
-@pytest.mark.xfail(strict=True, reason=GAP)
 async def test_undoing_a_later_merge_does_not_give_her_name_back(client, keys, platform):
-    boris, _, carl = await wrong_merge_undone_then_erased(client, keys, carl=True)
+    boris, _, carl = await wrong_merge_undone(client, keys, carl=True)
+    await erase(client, keys, A_EMAIL)
     r = await client.post(f"/v1/profiles/{carl}/unmerge", headers=keys["admin"])
     assert r.status_code == 200, r.text
     body = (await client.get(f"/v1/profiles/{boris}", headers=keys["admin"])).json()
-    assert body["first_name"] != "Анна"
+    assert body["first_name"] is None  # neither Carl's name nor hers: Boris never gave one
+    carl_body = (await client.get(f"/v1/profiles/{carl}", headers=keys["admin"])).json()
+    assert carl_body["first_name"] == "Карл"
+
+
+async def test_the_unmerge_gives_each_their_own_under_their_own_key(client, keys, platform):
+    """Before any erasure: Boris reads as before under a new key, in every process (another
+    one holding his old key in its cache too), in his access export and in a segment; Anna's
+    grant and order are hers."""
+    other = await open_platform(platform.settings, run_migrations=False)
+    try:
+
+        async def cache_his_key(boris: str, anna: str) -> None:
+            async with other.db.read() as conn:
+                assert uuid.UUID(boris) in await other.keys.ciphers(conn, [uuid.UUID(boris)])
+
+        boris, _, _ = await wrong_merge_undone(client, keys, while_merged=cache_his_key)
+        async with platform.db.read() as conn:
+            (key_id,) = (
+                await conn.execute(
+                    select(profile_keys.c.key_id).where(profile_keys.c.profile_id == boris)
+                )
+            ).one()
+            for p in (platform, other):
+                cipher = (await p.keys.ciphers(conn, [boris]))[boris]
+                assert cipher.key_id == key_id == 2
+        assert await shares_held(platform, share_id(boris, 1), share_id(boris, 2)) == {
+            share_id(boris, 1),
+            share_id(boris, 2),
+        }  # the old one too: a backup from before the unmerge can still be restored
+
+        r = await client.get(f"/v1/profiles/{boris}", headers=keys["admin"])
+        assert r.status_code == 200, r.text
+        assert [i["value"] for i in r.json()["identities"] if i["kind"] == "email"] == [B_EMAIL]
+        his = await access_export(client, keys, B_EMAIL)
+        assert "203.0.113.77" in his and "Boris's order" in his
+        assert [s for s in HERS if s in his] == []
+        hers = await access_export(client, keys, A_EMAIL)
+        assert all(s in hers for s in ("198.51.100.23", "AnnaUA/3.0", "for Анна", "Анна"))
+        platform.keys.forget(boris)  # the page reads his key from its row and share
+        r = await client.post(
+            "/v1/segments/query",
+            json={"purpose": "marketing", "channel": "email", "rules": {"all": []}, "limit": 10},
+            headers=keys["marketing"],
+        )
+        assert r.status_code == 200, r.text
+        assert sorted(m["address"] for m in r.json()["items"]) == sorted([A_EMAIL, B_EMAIL])
+        verify = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+        assert verify["ok"] is True, verify
+    finally:
+        await other.close()
+
+
+async def test_a_backup_taken_while_merged_reads_nothing_of_hers_once_she_is_erased(
+    client, keys, platform, tmp_path
+):
+    backups: list = []
+
+    async def back_up(boris: str, anna: str) -> None:
+        backups.append(take_backup(platform, tmp_path))
+        backups.append(await anext(backups[0]))
+
+    boris, _, _ = await wrong_merge_undone(client, keys, while_merged=back_up)
+    generator, backup_url = backups
+    try:
+        held = await row_of(backup_url, boris)
+        assert held.key_id == 1 and held.split
+        # until she is erased the backup can be restored: its half and the store's open it
+        share = (await platform.keys.store.get([boris]))[boris]
+        platform.keys.forget(boris)
+        old = platform.keys.cipher_from_row(boris, 1, held.wrapped, share, remember=False)
+        assert old.decrypt("profiles.first_name", held.first_name) == "Анна"  # hers, merged
+        await erase(client, keys, A_EMAIL)
+        # then the store's half of Boris's old key is gone: the backup opens nothing of it
+        assert await shares_held(platform, share_id(boris, 1)) == set()
+        assert await shares_held(platform, share_id(boris, 2)) == {share_id(boris, 2)}
+        # her grant's evidence, recorded under his old key, reads nowhere now
+        async with platform.db.read() as conn:
+            owners = {
+                r.evidence_owner
+                for r in await conn.execute(
+                    select(consent_ledger.c.evidence_owner).where(
+                        consent_ledger.c.evidence.is_not(None)
+                    )
+                )
+            }
+        assert str(boris) in owners
+        text = await access_export(client, keys, B_EMAIL)
+        assert "203.0.113.77" in text and [s for s in HERS if s in text] == []
+    finally:
+        await generator.aclose()
+
+
+async def test_erasing_the_holder_destroys_its_old_and_new_shares(client, keys, platform):
+    boris, _, _ = await wrong_merge_undone(client, keys)
+    await erase(client, keys, B_EMAIL)
+    assert (await client.get(f"/v1/profiles/{boris}", headers=keys["admin"])).status_code == 410
+    assert await shares_held(platform, share_id(boris, 1), share_id(boris, 2)) == set()
+    async with platform.db.read() as conn:
+        left = (await conn.execute(select(key_share_owners.c.share_id))).all()
+    assert left == []
+    # Anna keeps hers: her grant's proof and her order
+    hers = await access_export(client, keys, A_EMAIL)
+    assert "198.51.100.23" in hers and "for Анна" in hers
+
+
+async def test_a_holder_unmerged_twice_merges_and_reads_again(client, keys, platform):
+    boris, anna, _ = await wrong_merge_undone(client, keys)
+    # the wrong record again, and again undone: a third key, the second retired
+    await post(
+        client, keys, "/v1/profiles", {"source": "wrong", "email": B_EMAIL, "phone": A_PHONE}
+    )
+    r = await client.get(f"/v1/profiles/{anna}", headers=keys["admin"])
+    assert r.json()["profile_id"] == str(boris) and r.json()["first_name"] == "Анна"
+    r = await client.post(f"/v1/profiles/{anna}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    async with platform.db.read() as conn:
+        assert (await platform.keys.ciphers(conn, [boris]))[boris].key_id == 3
+    held = {share_id(boris, k) for k in (1, 2, 3)}
+    assert await shares_held(platform, *held) == held
+    await erase(client, keys, A_EMAIL)
+    assert await shares_held(platform, *held) == {share_id(boris, 3)}
+    # a process starting now finds the share of his newest key (under its own id)
+    again = await open_platform(platform.settings, run_migrations=False)
+    await again.close()
+    text = await access_export(client, keys, B_EMAIL)
+    assert "203.0.113.77" in text and "Boris's order" in text
+    assert [s for s in HERS if s in text] == []
+
+
+def test_a_later_snapshot_is_rebased_past_the_undone_merge() -> None:
+    """What a later merge recorded as the holder's values before it, where the undone merge had
+    brought them in, becomes what the holder had before the undone merge (plain Python)."""
+    undone = SurvivorState(
+        fields={"first_name": [None, "Анна"], "last_name": ["Фёдоров", "Фёдоров"]},
+        plain={"city": ["Moscow", "Kazan"]},
+        traits=[{"tier": "silver"}, {"tier": "gold", "pet": "cat"}],
+        consents={},
+        sources=[],
+        ledger_seq=0,
+        times={"city": "2026-01-01T00:00:00+00:00"},
+    )
+    later = SurvivorState(
+        fields={"first_name": ["Анна", "Карл"], "last_name": ["Фёдоров", "Smith"]},
+        plain={"city": ["Kazan", "Omsk"]},
+        traits=[{"tier": "gold", "pet": "cat"}, {"tier": "platinum", "pet": "cat"}],
+        consents={},
+        sources=[],
+        ledger_seq=0,
+        times={"first_name": "2026-02-01T00:00:00+00:00", "city": "2026-02-01T00:00:00+00:00"},
+    )
+    assert rebased(later, undone)
+    assert later.fields == {"first_name": [None, "Карл"], "last_name": ["Фёдоров", "Smith"]}
+    assert later.plain == {"city": ["Moscow", "Omsk"]}
+    # "pet" was hers and the later merge left it: gone from both sides; "tier" was changed
+    assert later.traits == [{"tier": "silver"}, {"tier": "platinum"}]
+    assert later.times == {"city": "2026-01-01T00:00:00+00:00"}
+    assert not rebased(later, undone)  # nothing of hers left to rewrite

@@ -87,6 +87,20 @@ profile_keys = Table(
     ),
 )
 
+# A share in the key store that is not kept under its profile's own id (a data key after the
+# first: an unmerge gives the holder a new one, cdp.profiles.rekey), and each profile whose
+# erasure destroys it (consent.dsr.shares): the holder's current key goes with the holder; a key
+# retired by an unmerge goes with any customer who was ever merged into the holder, since what
+# was recorded for them while merged is under it in the database's older copies.
+key_share_owners = Table(
+    "key_share_owners",
+    metadata,
+    Column("share_id", Uuid, primary_key=True),
+    Column("profile_id", Uuid, primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_key_share_owners_profile_id", "profile_id"),
+)
+
 # The key store this database's data keys are split with, and the last of its erasures that
 # this database has honoured (a database restored from a backup has an older number).
 key_store_link = Table(
@@ -162,6 +176,9 @@ events = Table(
     # the identity that named the event (an unmerge gives the event to the side that has it);
     # None where a profile id named it
     Column("identity_id", Uuid, nullable=True),
+    # the profile id that named the event, where a profile id did (an unmerge gives the event
+    # back to that profile); None where an identifier named it
+    Column("named_profile_id", Uuid, nullable=True),
     UniqueConstraint("source", "event_id", name="uq_events_source_event_id"),
     UniqueConstraint("source", "event_key", name="uq_events_source_event_key"),
     Index(

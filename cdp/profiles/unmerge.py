@@ -8,13 +8,16 @@ the profile that holds the merge's survivor today (the holder) back into two:
   them (`identities.linked_via`), go back to it, re-encrypted under its key; consent on their
   addresses follows them (it belongs to the address);
 - events the merge moved go back, and so do events recorded since that an identity going
-  back named (`events.identity_id`; an event named by a profile id stays with the holder);
-  stats and categories of both are recomputed from events;
+  back named (`events.identity_id`) or that named the absorbed profile by its id
+  (`events.named_profile_id`); stats and categories of both are recomputed from events;
 - the absorbed profile's fields, traits, sources, categories and profile-keyed (push, messenger)
   consent states come back from the snapshot; the survivor's values the merge overwrote are
   put back where nothing changed them since. A withdrawal recorded on the merged profile after
   the merge applies to both halves (fail closed);
-- the absorbed profile is active again, and the merges row is marked undone.
+- the absorbed profile is active again, and the merges row is marked undone;
+- snapshots of later merges into the holder are rewritten as if this merge had never been
+  (`rebased`), and the holder gets a new data key (cdp.profiles.rekey): what was recorded for
+  the absorbed customer while merged is under the old one, which her erasure destroys.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp import stats
@@ -51,6 +54,7 @@ from cdp.profiles.freshness import PLAIN_FIELDS, pinned, present, trait_key
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
+from cdp.profiles.rekey import rekey
 from consent import evidence
 from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
@@ -127,7 +131,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
     # the proof of consent on the addresses that go back stays readable for their customer
     await evidence.keep_for(conn, p, [r.bidx for r in moved if r.kind != "external_id"], a_cipher)
-    event_ids = await _events_named_by(conn, holder, [r.id for r in moved])
+    event_ids = await _events_named_by(
+        conn, holder, [r.id for r in moved], [a_id, *a_state.repointed]
+    )
     event_ids = sorted(set(a_state.event_ids) | set(event_ids))
     await _move_events(conn, holder, a_id, event_ids, h_cipher, a_cipher)
     for pid in (holder, a_id):
@@ -135,6 +141,8 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
     await _restore_fields(conn, holder, a_id, a_state, s_state, h_cipher, a_cipher, now)
     await _restore_profile_consents(conn, holder, a_id, a_state, s_state)
+
+    await _rebase_later_snapshots(conn, holder, m, s_state, h_cipher)
 
     if a_state.repointed:
         await conn.execute(
@@ -146,6 +154,8 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
         update(merges).where(merges.c.id == m.id).values(undone_at=now, undone_by=actor)
     )
     await conn.execute(delete(merge_snapshots).where(merge_snapshots.c.merge_id == m.id))
+    # what was recorded for the absorbed customer while merged is under the holder's key
+    await rekey(conn, p, holder, h_cipher)
     await enqueue_merge(
         conn, "profile.unmerged", survivor_id=holder, absorbed_id=a_id, source="unmerge"
     )
@@ -204,18 +214,23 @@ async def _move_identities(
 
 
 async def _events_named_by(
-    conn: AsyncConnection, holder: uuid.UUID, identity_ids: list[uuid.UUID]
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    identity_ids: list[uuid.UUID],
+    profile_ids: list[uuid.UUID],
 ) -> list[uuid.UUID]:
-    """The holder's events named by one of these identities (recorded after the merge: they
-    go back with the identity that named them)."""
+    """The holder's events named by one of these identities or by one of these profile ids
+    (the absorbed profile's, and those merged into it before): recorded after the merge, they
+    go back with what named them."""
     ec = events.c
     out: list[uuid.UUID] = []
-    for start in range(0, len(identity_ids), 500):
-        chunk = identity_ids[start : start + 500]
-        rows = await conn.execute(
-            select(ec.id).where(ec.profile_id == holder, ec.identity_id.in_(chunk))
-        )
-        out.extend(eid for (eid,) in rows)
+    for column, ids in ((ec.identity_id, identity_ids), (ec.named_profile_id, profile_ids)):
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await conn.execute(
+                select(ec.id).where(ec.profile_id == holder, column.in_(chunk))
+            )
+            out.extend(eid for (eid,) in rows)
     return out
 
 
@@ -393,6 +408,73 @@ async def _restore_profile_consents(
                     source=before["source"],
                 )
             )
+
+
+async def _rebase_later_snapshots(
+    conn: AsyncConnection,
+    holder: uuid.UUID,
+    m: Any,
+    undone: SurvivorState,
+    cipher: FieldCipher,
+) -> None:
+    """A merge into the holder made after the undone one recorded, as the holder's values
+    before it, those the undone merge brought in: undoing it later would write the absorbed
+    customer's values back into the holder, and its snapshot would keep them. Its snapshot
+    says instead what the holder had before the undone merge."""
+    sc, mc = merge_snapshots.c, merges.c
+    rows = await conn.execute(
+        select(sc.merge_id, sc.survivor_state)
+        .join(merges, mc.id == sc.merge_id)
+        .where(
+            sc.survivor_id == holder,
+            sc.survivor_key_id == cipher.key_id,
+            mc.undone_at.is_(None),
+            mc.id != m.id,
+            or_(mc.at > m.at, and_(mc.at == m.at, mc.id > m.id)),
+        )
+    )
+    for merge_id, blob in rows.all():
+        later = msgspec.json.decode(cipher.decrypt_bytes(SURVIVOR_PLACE, blob), type=SurvivorState)
+        if rebased(later, undone):
+            await conn.execute(
+                update(merge_snapshots)
+                .where(sc.merge_id == merge_id)
+                .values(survivor_state=cipher.encrypt(SURVIVOR_PLACE, msgspec.json.encode(later)))
+            )
+
+
+def rebased(later: SurvivorState, undone: SurvivorState) -> bool:
+    """Rewrite `later` (a later merge's changes to the same survivor) as if the `undone` merge
+    had never been: where it found a value the undone merge had set, it found the value from
+    before that merge. Whether anything changed."""
+    changed = False
+
+    def found_before(name: str) -> None:
+        nonlocal changed
+        changed = True
+        if name in undone.times:
+            later.times[name] = undone.times[name]
+        else:
+            later.times.pop(name, None)
+
+    for mine, theirs in ((later.fields, undone.fields), (later.plain, undone.plain)):
+        for name, (before, after) in theirs.items():
+            if before != after and name in mine and mine[name][0] == after:
+                mine[name][0] = before
+                found_before(name)
+    (old_before, old_after), (new_before, new_after) = undone.traits, later.traits
+    for key in set(old_before) | set(old_after):
+        was, brought = old_before.get(key, _MISSING), old_after.get(key, _MISSING)
+        if was == brought or new_before.get(key, _MISSING) != brought:
+            continue
+        kept = new_after.get(key, _MISSING) == brought  # the later merge left it as it was
+        for traits in (new_before, new_after) if kept else (new_before,):
+            if was is _MISSING:
+                traits.pop(key, None)
+            else:
+                traits[key] = was
+        found_before(trait_key(key))
+    return changed
 
 
 def _state_row(r: dict[str, Any], subject: bytes, profile_id: uuid.UUID) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import profile_keys, profiles
 from cdp.ids import utcnow
+from cdp.key_store import FIRST_KEY_ID, share_id
 from cdp.platform import Platform
 from cdp.segments.audience import (
     AFTER,
@@ -134,7 +135,10 @@ async def select_rows(
     rows = list((await conn.execute(query, params)).all())
     more = len(rows) > limit
     del rows[limit:]
-    shares = await p.keys.store.get([r[0] for r in rows if r[7]]) if p.keys.store else {}
+    # each split key's share by profile (a later key's is kept under an id of its own)
+    asked = {r[0] if r[5] == FIRST_KEY_ID else share_id(r[0], r[5]): r[0] for r in rows if r[7]}
+    got = await p.keys.store.get(asked) if asked and p.keys.store else {}
+    shares = {asked[sid]: share for sid, share in got.items()}
     return PageRows(rows, kind, rows[-1][0] if more else None, shares)
 
 

@@ -25,6 +25,7 @@ from cdp.key_store_open import mark_reconciled, reconciled_seq
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
 from consent.dsr.customer import root_of
+from consent.dsr.shares import destroy_owned
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,7 @@ async def erase_again(p: Platform) -> int:
         await p.keys.destroy_shares(pids)
         seq = batch[-1][0]
         await mark_reconciled(p.db, seq)
+    await destroy_owned(p)  # shares not under their profile's id (consent.dsr.shares)
     if erased:
         log.warning("erasures_applied_again", profiles=erased, through=seq)
         if not await p.db.purge_wal():
