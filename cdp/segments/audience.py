@@ -313,12 +313,12 @@ def members_query(
     )
 
 
-def handed_out_query(a: Audience, handed: FromClause) -> Select:
-    """Rows (reason, members) for members an export handed out, judged now by the same rule:
+def judged_query(a: Audience, handed: FromClause) -> Select:
+    """Rows (pid, iid, reason) for members an export handed out, judged now by the same rule:
     `handed` has columns (pid, iid), the profile id and the id of the identity whose address
     was sent. The identity is followed wherever merges moved it (and is gone once its customer
     was erased); for push and messenger, a merged-away profile is judged as its survivor.
-    Reason NULL counts the members still contactable.
+    reason NULL: still contactable.
 
     The reason is a correlated subquery per handed row, so both planners look each member up
     by primary keys (a join lets PostgreSQL hash whole tables for a page of ids)."""
@@ -344,7 +344,13 @@ def handed_out_query(a: Audience, handed: FromClause) -> Select:
         .correlate(handed)
         .scalar_subquery()
     )
-    per_member = select(reason.label("reason")).select_from(handed).subquery("per_member")
+    return select(handed.c.pid, handed.c.iid, reason.label("reason")).select_from(handed)
+
+
+def handed_out_query(a: Audience, handed: FromClause) -> Select:
+    """Rows (reason, members) of `judged_query`: reason NULL counts the members still
+    contactable."""
+    per_member = judged_query(a, handed).subquery("per_member")
     return select(per_member.c.reason, func.count()).group_by(per_member.c.reason)
 
 

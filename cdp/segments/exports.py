@@ -147,8 +147,8 @@ async def latest_export(conn: AsyncConnection, segment_id: uuid.UUID) -> Row | N
     return rows[0] if rows else None
 
 
-def _handed(dialect: str) -> FromClause:
-    """One chunk's members as a table (pid, iid), from the parameters of `_handed_params`."""
+def handed_table(dialect: str) -> FromClause:
+    """One chunk's members as a table (pid, iid), from the parameters of `handed_params`."""
     if dialect == "postgresql":
         sql = text(
             "SELECT h.pid, h.iid FROM unnest(CAST(:pids AS uuid[]), CAST(:iids AS uuid[]))"
@@ -162,7 +162,7 @@ def _handed(dialect: str) -> FromClause:
     return sql.columns(column("pid", Uuid), column("iid", Uuid)).subquery("handed")
 
 
-def _handed_params(dialect: str, members: bytes) -> dict[str, Any]:
+def handed_params(dialect: str, members: bytes) -> dict[str, Any]:
     """Hex strings, no UUID objects: parsing them is the database's job."""
     hexed, step = members.hex(), 2 * RECORD
     starts = range(0, len(hexed), step)
@@ -180,7 +180,7 @@ async def opted_out_since(p: Platform, export: Row) -> dict[str, int]:
     counts = dict.fromkeys(OPT_OUT_REASONS, 0)
     dialect = p.db.engine.dialect.name
     query = handed_out_query(
-        Audience(p.policy, export.purpose, export.channel, dialect), _handed(dialect)
+        Audience(p.policy, export.purpose, export.channel, dialect), handed_table(dialect)
     )
     seq = -1
     while True:
@@ -197,7 +197,7 @@ async def opted_out_since(p: Platform, export: Row) -> dict[str, int]:
                 return counts
             seq = chunk.seq
             await tune(conn)
-            for reason, n in await conn.execute(query, _handed_params(dialect, chunk.members)):
+            for reason, n in await conn.execute(query, handed_params(dialect, chunk.members)):
                 if reason in counts:
                     counts[reason] += n
 

@@ -90,6 +90,9 @@ class PageRows:
     kind: str
     next_after: uuid.UUID | None
     shares: dict[uuid.UUID, bytes]
+    # the consent ledger's head when the rows were selected, where the caller read it (an
+    # export, which may send them later: cdp.segments.pages)
+    ledger_seq: int | None = None
 
 
 def _with_data_keys(query: Select, dialect: str) -> Select:

@@ -7,8 +7,7 @@ read so far (a page's size at least, 32 pages' at most), so a segment of a tenth
 customers is read in as few queries as the whole base. Each range is selected by the members
 query (`members.select_rows` with the range's upper bound) in its own read transaction, exactly as
 a members page is, so the export holds the same members in the same order as the members pages
-a client walks with the cursor, and an opt-out made during an export removes the customer from
-every range selected after it.
+a client walks with the cursor.
 
 A keyset page's successor is known only once the page has returned; ranges are known ahead, so
 the next ranges are selected while a page is decrypted: one ahead on SQLite (its reader thread
@@ -23,6 +22,13 @@ before a page goes out, its members whose profile has been erased since are take
 (`_without_erased`, one look-up by primary key per page, once any profile has been erased since
 the export began: until then one count per page tells). An erased customer is never sent after
 their erasure has completed.
+
+In the same way, a range selected before a withdrawal or opt-out was recorded may be sent after
+its answer (a slow client can keep a range selected ahead waiting for as long as it reads): the
+ledger's head is read with each range, and when it has moved by the time the page goes out,
+the page's members that a later ledger entry names (by address or by profile) are judged again
+by the rule, and those no longer contactable are taken out (`_without_withdrawn`). No customer
+is handed out by an export after their opt-out has been answered.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from cdp.db.tables import profiles
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
-from cdp.segments.audience import FIRST_ID, LAST_ID
+from cdp.segments.audience import FIRST_ID, LAST_ID, Audience, judged_query, tune
+from cdp.segments.exports import handed_params, handed_table, pack
 from cdp.segments.members import Definition, Page, PageRows, render_for_export, select_rows
+from consent.tables import consent_ledger
 
 AHEAD = {"postgresql": 2}  # ranges selected ahead of the page being decrypted; else 1
 BOUNDS_BATCH = 8  # ranges whose bounds one read of the primary key gives
@@ -160,7 +168,10 @@ async def range_rows(
         after: uuid.UUID, until: uuid.UUID, profiles_in: int | None
     ) -> tuple[PageRows, uuid.UUID, int | None]:
         async with p.db.read() as conn:
+            # the ledger's head first: a withdrawal after it may or may not be in the rows
+            seq = (await conn.execute(_LEDGER_HEAD)).scalar_one()
             got = await select_rows(conn, p, d, after=after, until=until, limit=page_size, now=now)
+        got.ledger_seq = seq
         return got, until, profiles_in
 
     async def fill() -> None:
@@ -199,30 +210,44 @@ async def member_pages(
     span: int | None = None,
 ) -> AsyncIterator[Page]:
     """Every member of the segment in profile id order, in pages of at most `page_size`
-    members (`range_rows`, rendered). A range without members gives an empty page."""
+    members (`range_rows`, rendered). A range without members gives an empty page. Just before
+    a page goes out, what changed since its range was selected is checked (`_since`)."""
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
-    erased_before = await _erased_profiles(p)  # before the first range is selected
+    _, erased_before = await _changes(p)  # before the first range is selected
     recheck = False
+    audience = Audience(p.policy, d.purpose, d.channel, p.db.engine.dialect.name)
     async with contextlib.aclosing(rows):
         async for got in rows:
             page = await render_for_export(p, d, got)
-            if page.items and not recheck:
+            if page.items:
+                seq, erased = await _changes(p)
                 # an erasure completed since the export began: from now on every page's
                 # members are looked up (a range may have been selected before it)
-                recheck = await _erased_profiles(p) != erased_before
-            yield await _without_erased(p, page) if page.items and recheck else page
+                recheck = recheck or erased != erased_before
+                if recheck:
+                    page = await _without_erased(p, page)
+                if got.ledger_seq is not None and seq > got.ledger_seq:
+                    page = await _without_withdrawn(p, audience, got, page)
+            yield page
 
 
-async def _erased_profiles(p: Platform) -> int:
-    """How many profiles have been erased (an erased profile keeps its row: the count only
-    grows). One index count per page: the members of a page are looked up only once it
-    changes, as it rarely does while an export runs."""
+_LEDGER_HEAD = select(func.coalesce(func.max(consent_ledger.c.seq), 0))
+_CHANGES = select(
+    _LEDGER_HEAD.scalar_subquery(),
+    select(func.count())
+    .select_from(profiles)
+    .where(profiles.c.status == "erased")
+    .scalar_subquery(),
+)
+
+
+async def _changes(p: Platform) -> tuple[int, int]:
+    """(the consent ledger's head, how many profiles have been erased): one statement per
+    page, two index look-ups. An erased profile keeps its row, so the count only grows; every
+    withdrawal and opt-out is a ledger entry, so the head moves with each."""
     async with p.db.read() as conn:
-        return (
-            await conn.execute(
-                select(func.count()).select_from(profiles).where(profiles.c.status == "erased")
-            )
-        ).scalar_one()
+        seq, erased = (await conn.execute(_CHANGES)).one()
+        return int(seq), int(erased)
 
 
 async def _without_erased(p: Platform, page: Page) -> Page:
@@ -232,4 +257,42 @@ async def _without_erased(p: Platform, page: Page) -> Page:
     if not erased:
         return page
     kept = [i for i, (pid, _) in enumerate(page.handed) if pid not in erased]
+    return Page([page.items[i] for i in kept], page.next_after, [page.handed[i] for i in kept])
+
+
+_led = consent_ledger.c
+_LEDGER_SINCE = select(_led.address_bidx, _led.profile_id).where(_led.seq > bindparam("seq"))
+
+
+async def _without_withdrawn(p: Platform, audience: Audience, got: PageRows, page: Page) -> Page:
+    """The page without the members a withdrawal or opt-out recorded after their range was
+    selected has made uncontactable: an opt-out is honoured from its answer on, and a range
+    selected ahead of a slow client may wait long before it is sent. Only the members whose
+    address or profile one of those ledger entries names are judged again, by the same rule
+    (`audience.judged_query`), in one statement."""
+    async with p.db.read() as conn:
+        touched: set = set()
+        for bidx, pid in await conn.execute(_LEDGER_SINCE, {"seq": got.ledger_seq}):
+            touched.add(bidx)
+            touched.add(pid)
+        touched.discard(None)
+        bidx_of = {row[4]: row[2] for row in got.rows}  # identity id -> address blind index
+        named = [
+            i
+            for i, (pid, iid) in enumerate(page.handed)
+            if pid in touched or bidx_of.get(iid) in touched
+        ]
+        if not named:
+            return page
+        dialect = conn.dialect.name
+        await tune(conn)
+        judged = await conn.execute(
+            judged_query(audience, handed_table(dialect)),
+            handed_params(dialect, pack([page.handed[i] for i in named])),
+        )
+        out = {pack([(pid, iid)]) for pid, iid, reason in judged if reason is not None}
+    if not out:
+        return page
+    gone = {i for i in named if pack([page.handed[i]]) in out}
+    kept = [i for i in range(len(page.handed)) if i not in gone]
     return Page([page.items[i] for i in kept], page.next_after, [page.handed[i] for i in kept])
