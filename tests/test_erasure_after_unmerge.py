@@ -296,3 +296,72 @@ def test_a_later_snapshot_is_rebased_past_the_undone_merge() -> None:
     assert later.traits == [{"tier": "silver"}, {"tier": "platinum"}]
     assert later.times == {"city": "2026-01-01T00:00:00+00:00"}
     assert not rebased(later, undone)  # nothing of hers left to rewrite
+
+
+async def test_a_merge_whose_survivor_was_merged_on_is_undone_after_that_merge(
+    client, keys, platform
+):
+    """Anna merged into Boris, Boris then merged into Xenia: Anna's merge is undone only once
+    Boris's is (409 naming it): Boris's key and that merge's snapshot hold what she brought."""
+    crm = {"source": "crm"}
+    xenia = await post(client, keys, "/v1/profiles", {**crm, "email": "x.r@example.com"})
+    boris = (await post(client, keys, "/v1/profiles", {**crm, "email": B_EMAIL}))["profile_id"]
+    anna = await post(
+        client,
+        keys,
+        "/v1/profiles",
+        {**crm, "email": A_EMAIL, "phone": A_PHONE, "first_name": "Анна"},
+    )
+    wrong = {"source": "wrong", "email": B_EMAIL, "phone": A_PHONE}
+    await post(client, keys, "/v1/profiles", wrong)
+    await post(
+        client, keys, "/v1/profiles", {"source": "w3", "email": "x.r@example.com", "phone": C_PHONE}
+    )
+    await post(client, keys, "/v1/profiles", {"source": "w4", "email": B_EMAIL, "phone": C_PHONE})
+    got = (await client.get(f"/v1/profiles/{boris}", headers=keys["admin"])).json()
+    assert got["profile_id"] == xenia["profile_id"] and got["first_name"] == "Анна"
+
+    r = await client.post(f"/v1/profiles/{anna['profile_id']}/unmerge", headers=keys["admin"])
+    assert r.status_code == 409 and f"/v1/profiles/{boris}/unmerge" in r.text, r.text
+    r = await client.post(f"/v1/profiles/{boris}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    r = await client.post(f"/v1/profiles/{anna['profile_id']}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    await erase(client, keys, A_EMAIL)
+    for who in (boris, xenia["profile_id"]):
+        body = (await client.get(f"/v1/profiles/{who}", headers=keys["admin"])).json()
+        assert body["first_name"] is None, body
+    for email in (B_EMAIL, "x.r@example.com"):
+        text = await access_export(client, keys, email)
+        assert [s for s in HERS if s in text] == []
+
+
+async def test_a_read_of_the_holder_racing_its_unmerge_answers_as_before_or_after(
+    client, keys, platform
+):
+    """PostgreSQL: the profile's row read before the unmerge commits, its key after (found by
+    review): the read is one snapshot, so it answers the customer as one or the other."""
+    from cdp.profiles.unmerge import unmerge
+
+    boris, anna, _ = await wrong_merge_undone(client, keys)
+    await post(
+        client, keys, "/v1/profiles", {"source": "wrong", "email": B_EMAIL, "phone": A_PHONE}
+    )
+    original = platform.keys.reader_cipher
+    raced = []
+
+    async def racing(conn, pid):  # type: ignore[no-untyped-def]
+        if pid == boris and not raced:
+            raced.append(pid)
+            async with platform.db.write() as other:
+                await unmerge(other, platform, anna, "test")
+        return await original(conn, pid)
+
+    platform.keys.reader_cipher = racing  # type: ignore[method-assign]
+    try:
+        r = await client.get(f"/v1/profiles/{boris}", headers=keys["admin"])
+        assert raced and r.status_code == 200, r.text
+        r = await client.get(f"/v1/profiles/{boris}", headers=keys["admin"])
+        assert r.status_code == 200 and r.json()["first_name"] is None, r.text
+    finally:
+        platform.keys.reader_cipher = original  # type: ignore[method-assign]

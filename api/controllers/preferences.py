@@ -363,7 +363,7 @@ def _invalid_input(request: Request, _: Exception) -> Response[Any]:
 
 async def _open(p: Platform, token: str, request: Request) -> tuple[TokenClaims, Centre]:
     claims = claims_from_token(p, token)
-    async with p.db.read() as conn:
+    async with p.db.read(snapshot=True) as conn:
         pid = await link_holder(conn, claims)
         centre = await load_centre(conn, p, pid, claims, request.headers.get("sec-gpc"))
     return claims, centre

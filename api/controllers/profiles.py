@@ -60,7 +60,7 @@ async def _view_logged(
     """The decrypted profile `find` names. Every read of a profile is written to the access
     log, and committed there before the answer leaves. The read itself takes no write lock
     (on SQLite, writes would wait behind it); its entry joins those being committed."""
-    async with platform.db.read() as conn:
+    async with platform.db.read(snapshot=True) as conn:
         pid = await find(conn)
         body = await profile_view(conn, platform, pid)
     await record_access(
@@ -157,7 +157,7 @@ class ProfileController(Controller):
         pid = parse_uuid(profile_id)
         if pid is None:
             raise NotFound("no profile with this id")
-        async with platform.db.read() as conn:
+        async with platform.db.read(snapshot=True) as conn:
             survivor = await resolve_profile_id(conn, pid)
             view = await consent_view(conn, platform, survivor)
         await record_access(  # committed before the answer leaves, as for a profile read

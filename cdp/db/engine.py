@@ -112,9 +112,16 @@ class Database:
         return group
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+    async def read(self, *, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A read transaction. `snapshot`: every statement sees the database as of the first
+        (PostgreSQL's REPEATABLE READ; a SQLite read transaction always does): for a reader
+        that decrypts rows with a data key read in another statement, which an unmerge may
+        replace, and the rows with it, between the two (cdp.profiles.rekey)."""
+        async with self.engine.connect() as conn:
+            if snapshot and conn.dialect.name == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

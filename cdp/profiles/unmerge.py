@@ -105,6 +105,13 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     if snap is None:
         raise Conflict("this merge has no snapshot to undo it from")
     holder = await resolve_profile_id(conn, m.survivor_id)
+    if holder != m.survivor_id:
+        # the survivor was merged on since: that merge's snapshot and the survivor's own key
+        # hold what this merge brought in, which only undoing that merge first takes back
+        raise Conflict(
+            f"profile {m.survivor_id}, which absorbed this one, has since been merged into "
+            f"profile {holder}: undo that merge first (POST /v1/profiles/{m.survivor_id}/unmerge)"
+        )
     a_id = m.absorbed_id
     bidxs = [
         b

@@ -25,6 +25,7 @@ from cdp.event_ids import opened
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
+from cdp.profiles.locks import lock_profile
 from cdp.profiles.service import profile_view
 from cdp.segments.membership import segments_containing
 from consent import evidence
@@ -40,6 +41,8 @@ async def access_export(p: Platform, ident: Identifier, principal: Principal) ->
         pid = await find_profile(conn, ident)
         if pid is None:
             raise NotFound("no customer has this identifier")
+        # its rows and its data key as one unmerge left them, not one before and one after
+        pid = await lock_profile(conn, pid)
         body = await export(conn, p, pid)
         await log_access(
             conn,

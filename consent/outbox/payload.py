@@ -47,8 +47,21 @@ async def resolve_addresses(
 ) -> dict[bytes, str]:
     """Blind index -> address, for the identities that still exist and can be decrypted."""
     wanted = list(set(bidxs))
-    if not wanted:
-        return {}
+    out: dict[bytes, str] = {}
+    # twice at most: an unmerge that gave a holder a new key (cdp.profiles.rekey) may commit
+    # between the statement reading an identity and the one reading its key
+    for _ in range(2):
+        failed = await _decrypted(conn, p, wanted, out)
+        if not failed:
+            break
+        wanted = failed
+    return {b: a for b, a in out.items() if a}
+
+
+async def _decrypted(
+    conn: AsyncConnection, p: Platform, wanted: list[bytes], out: dict[bytes, str]
+) -> list[bytes]:
+    """Decrypt these addresses into `out`; returns those whose ciphertext did not open."""
     i = identities.c
     rows = []
     for start in range(0, len(wanted), 500):
@@ -60,7 +73,7 @@ async def resolve_addresses(
             )
         ).all()
     ciphers = await p.keys.ciphers(conn, {pid for _, pid, _ in rows})
-    out: dict[bytes, str] = {}
+    failed = []
     for bidx, pid, value in rows:
         cipher = ciphers.get(pid)
         if cipher is None:
@@ -68,8 +81,8 @@ async def resolve_addresses(
         try:
             out[bidx] = cipher.decrypt("identities.value", value) or ""
         except CryptoError:
-            continue
-    return {b: a for b, a in out.items() if a}
+            failed.append(bidx)
+    return failed
 
 
 async def erased_profiles(
