@@ -153,7 +153,13 @@ EN: dict[str, str] = {
     "pref_advertiser": "Advertiser: {}.",
     "pref_optout_title": "Unsubscribe from everything",
     "pref_optout_text": "Stops all advertising and the sale or sharing of your personal "
-    "information, on every channel. Messages about your orders continue.",
+    "information, on every channel.",
+    # what follows pref_optout_text, from what the button withdraws in the customer's jurisdiction
+    "pref_optout_orders_continue": "Messages about your orders continue.",
+    "pref_optout_orders_except": "Messages about your orders continue, except by {}: those "
+    "need your separate consent, which this withdraws too.",
+    "pref_optout_orders_stop": "Messages about your orders stop too: they need your separate "
+    "consent, which this withdraws too.",
     "pref_optout_button": "Unsubscribe from everything",
     "pref_opted_out": "You are unsubscribed from all advertising on every channel.",
     "gpc_recorded": "Your browser sent a Global Privacy Control signal. We have recorded it as "
@@ -350,7 +356,12 @@ RU: dict[str, str] = {
     "отказаться.",
     "pref_optout_title": "Отписаться от всего",
     "pref_optout_text": "Прекращает всю рекламу, а также продажу и передачу ваших персональных "
-    "данных, по всем каналам. Сообщения о ваших заказах продолжат приходить.",
+    "данных, по всем каналам.",
+    "pref_optout_orders_continue": "Сообщения о ваших заказах продолжат приходить.",
+    "pref_optout_orders_except": "Сообщения о ваших заказах продолжат приходить, кроме "
+    "сообщений по каналам: {}. На них нужно отдельное согласие, и оно тоже будет отозвано.",
+    "pref_optout_orders_stop": "Сообщения о ваших заказах тоже прекратятся: на них нужно "
+    "отдельное согласие, и оно тоже будет отозвано.",
     "pref_optout_button": "Отписаться от всего",
     "pref_opted_out": "Вы отписаны от всей рекламы по всем каналам.",
     "gpc_recorded": "Ваш браузер передал сигнал Global Privacy Control. Мы записали его как ваш "

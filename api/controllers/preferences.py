@@ -19,6 +19,7 @@ the latter takes no evidence; a withdrawal is effective in the ledger state at o
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ GPC_METHOD = "gpc"
 CUSTOMER = Principal("customer", "customer")
 # Purposes about the customer's data rather than a message channel: one switch for all channels.
 WHOLE_PURPOSES = frozenset({"sale_share", "profiling"})
+SERVICE = "service"  # messages about the customer's orders (a purpose every policy has)
 DONE_NOTICES = {
     "saved": "pref_saved",
     "unchanged": "pref_nothing_changed",
@@ -201,16 +203,47 @@ def plan_changes(
     return out
 
 
-def opt_out_purposes(policy: Policy, jurisdiction: str | None) -> list[str]:
-    """ "Unsubscribe from everything": every purpose not resting on the contract alone."""
-    return [
-        purpose
-        for purpose in policy.purposes
-        if any(
-            policy.basis(jurisdiction or "", purpose, c) not in (None, "contract")
-            for c in policy.channels
-        )
-    ]
+def opt_out_plan(
+    policy: Policy, jurisdiction: str | None, address_kinds: Iterable[str]
+) -> list[tuple[str, str]]:
+    """ "Unsubscribe from everything": the withdrawals it records, as (purpose, channel).
+
+    An advertising purpose stops on every channel. Any other purpose stops on each channel
+    whose basis is not the contract alone, so that messages about orders continue where they
+    rest on the contract: a US federal customer's service email, calls, push and messenger go
+    on, while the consent that automated service texts need (TCPA: opt-in) is withdrawn. A
+    purpose none of whose channels goes on is withdrawn once, on `*`, which also reaches an
+    address learned later; otherwise once per channel to stop on which the customer has an
+    address (`address_kinds`: "email", "phone"; push and messenger reach the profile)."""
+    held = {*address_kinds, "profile"}
+    out: list[tuple[str, str]] = []
+    for purpose, spec in policy.purposes.items():
+        bases = {c: policy.basis(jurisdiction or "", purpose, c) for c in policy.channels}
+        stop = [
+            c
+            for c, basis in bases.items()
+            if basis is not None and (spec.advertising or basis != "contract")
+        ]
+        if not stop:
+            continue
+        if len(stop) == sum(basis is not None for basis in bases.values()):
+            out.append((purpose, "*"))
+        else:
+            out.extend((purpose, c) for c in stop if policy.address_kind(c) in held)
+    return out
+
+
+def opt_out_text(t: Messages, plan: Iterable[tuple[str, str]]) -> str:
+    """What the button says it does, from what it will withdraw: whether messages about the
+    customer's orders (the `service` purpose) continue, and on which channels they stop."""
+    service = [channel for purpose, channel in plan if purpose == SERVICE]
+    if not service:
+        orders = t.pref_optout_orders_continue
+    elif "*" in service:
+        orders = t.pref_optout_orders_stop
+    else:
+        orders = t.pref_optout_orders_except.format(", ".join(channel_label(t, c) for c in service))
+    return f"{t.pref_optout_text} {orders}"
 
 
 # ----------------------------------------------------------------------------- use cases
@@ -223,6 +256,7 @@ class Centre:
     groups: list[Group]
     addresses: list[str]  # masked, every email and phone of the customer
     contactable: dict[str, dict[str, bool]]
+    opt_out: list[tuple[str, str]]  # what "unsubscribe from everything" withdraws (opt_out_plan)
     gpc: bool = False
     token_address_owned: bool = False  # the token's address still belongs to this profile
     can_manage: bool = False  # a manage link: grants, data download and erasure
@@ -260,6 +294,7 @@ async def load_centre(
         groups=build_groups(p.policy, jurisdiction, view.contactable, by_kind, gpc),
         addresses=[a for kind in ("email", "phone") for a in by_kind.get(kind, [])],
         contactable=view.contactable,
+        opt_out=opt_out_plan(p.policy, jurisdiction, by_kind),
         gpc=gpc,
         token_address_owned=any(b == claims.subject for _, b, _ in rows),
         can_manage=claims.can_manage,
@@ -316,8 +351,8 @@ async def apply_changes(
 
 async def opt_out_everything(p: Platform, centre: Centre, evidence: EvidenceIn) -> None:
     whole = Identifier("profile_id", profile_id=centre.profile_id)
-    for purpose in opt_out_purposes(p.policy, centre.jurisdiction):
-        await record(p, whole, purpose, "*", "withdrawn", evidence)
+    for purpose, channel in centre.opt_out:
+        await record(p, whole, purpose, channel, "withdrawn", evidence)
 
 
 async def honour_gpc(p: Platform, centre: Centre, evidence: EvidenceIn) -> bool:
@@ -410,6 +445,7 @@ def _page(
             "error": error,
             "wording_id": wording_id(t.lang),
             "manage": centre.can_manage,
+            "optout_text": opt_out_text(t, centre.opt_out),
         },
         status_code=status,
     )
