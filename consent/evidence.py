@@ -86,12 +86,15 @@ async def rekey(
     addresses: Sequence[bytes],
     old: FieldCipher,
     new: FieldCipher,
+    merged_since: int,
 ) -> int:
     """The holder of an undone merge has a new data key (cdp.profiles.rekey): its copies are
     encrypted again under it, and the entries recorded under its old key that are its own (on
-    an address it holds, or on the profile itself) get a copy under it. The other entries under
-    the old key are about the customer the merge gave back, who has a copy of them
-    (`keep_for`): the holder's new key does not read them. Returns the entries copied."""
+    an address it holds, or on the profile itself before the merge, `merged_since`: after it,
+    a sender naming the other customer's profile id reached the holder) get a copy under it.
+    The other entries under the old key are about the customer the merge gave back, who has a
+    copy of those on her addresses (`keep_for`): the holder's new key does not read them.
+    Returns the entries copied."""
     c = consent_evidence_copies.c
     mine = await conn.execute(
         select(c.seq, c.evidence).where(c.owner == old.owner, c.key_id == old.key_id)
@@ -116,7 +119,10 @@ async def rekey(
     rows = (
         await conn.execute(
             select(led.seq, led.evidence).where(
-                *under_old, led.address_bidx.is_(None), led.profile_id == holder
+                *under_old,
+                led.address_bidx.is_(None),
+                led.profile_id == holder,
+                led.seq <= merged_since,
             )
         )
     ).all()

@@ -365,3 +365,44 @@ async def test_a_read_of_the_holder_racing_its_unmerge_answers_as_before_or_afte
         assert r.status_code == 200 and r.json()["first_name"] is None, r.text
     finally:
         platform.keys.reader_cipher = original  # type: ignore[method-assign]
+
+
+async def test_a_push_grant_given_by_her_profile_id_while_merged_counts_for_neither(
+    client, keys, platform
+):
+    """Push consent is the profile's: a grant naming her profile id while merged reached the
+    holder (found by review). After the unmerge it counts for neither customer (a withdrawal
+    from the unmerge stands in the ledger), and her proof is not copied for him."""
+    push = {
+        "profile_id": None,
+        "purpose": "marketing",
+        "channel": "push",
+        "status": "granted",
+        "source": "app",
+        "evidence": EVIDENCE,
+    }
+
+    async def her_push_grant(boris: str, anna: str) -> None:
+        await post(client, keys, "/v1/consents", {**push, "profile_id": anna})
+        r = await client.get(f"/v1/profiles/{boris}/consents", headers=keys["admin"])
+        assert r.json()["contactable"]["marketing"]["push"] is True  # merged: one customer
+
+    boris, anna, _ = await wrong_merge_undone(client, keys, while_merged=her_push_grant)
+    for who in (boris, anna):
+        r = await client.get(f"/v1/profiles/{who}/consents", headers=keys["admin"])
+        assert r.json()["contactable"]["marketing"]["push"] is False, r.json()
+    r = await client.post(
+        "/v1/segments/query",
+        json={"purpose": "marketing", "channel": "push", "rules": {"all": []}},
+        headers=keys["marketing"],
+    )
+    assert r.json()["items"] == []
+    verify = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+    assert verify["ok"] is True, verify
+    await erase(client, keys, A_EMAIL)
+    text = await access_export(client, keys, B_EMAIL)
+    assert [s for s in HERS if s in text] == [] and "203.0.113.77" in text
+    # a new grant of his own makes him contactable again
+    await post(client, keys, "/v1/consents", {**push, "profile_id": str(boris)})
+    r = await client.get(f"/v1/profiles/{boris}/consents", headers=keys["admin"])
+    assert r.json()["contactable"]["marketing"]["push"] is True

@@ -53,17 +53,24 @@ _CHUNK = 500
 
 
 async def rekey(
-    conn: AsyncConnection, p: Platform, holder: uuid.UUID, old: FieldCipher
+    conn: AsyncConnection,
+    p: Platform,
+    holder: uuid.UUID,
+    old: FieldCipher,
+    *,
+    merged_since: int,
 ) -> FieldCipher:
     """Give `holder` (locked by the caller) a new data key and encrypt what it has under `old`
-    again under it; returns the new key's cipher."""
+    again under it; returns the new key's cipher. `merged_since`: the ledger's head when the
+    undone merge was made (consent given on the profile itself after it may have been the
+    other customer's: its evidence is not copied)."""
     new, old_split = await p.keys.next_key(conn, holder, old)
     await _profile(conn, holder, old, new)
     addresses = await _identities(conn, holder, old, new)
     await _events(conn, holder, old, new)
     await _snapshots(conn, holder, old, new)
     await _notes(conn, holder, old, new)
-    copied = await evidence.rekey(conn, holder, addresses, old, new)
+    copied = await evidence.rekey(conn, holder, addresses, old, new, merged_since)
     await _owners(conn, holder, old.key_id if old_split else None, new.key_id)
     log.info("data_key_replaced", profile_id=str(holder), key_id=new.key_id, evidence=copied)
     return new

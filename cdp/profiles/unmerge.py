@@ -55,7 +55,8 @@ from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from cdp.profiles.rekey import rekey
-from consent import evidence
+from consent import evidence, ledger
+from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
 from consent.tables import consent_state
@@ -148,6 +149,7 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
     await _restore_fields(conn, holder, a_id, a_state, s_state, h_cipher, a_cipher, now)
     await _restore_profile_consents(conn, holder, a_id, a_state, s_state)
+    await _grants_while_merged_count_for_neither(conn, p, holder, s_state, actor, now, h_cipher)
 
     await _rebase_later_snapshots(conn, holder, m, s_state, h_cipher)
 
@@ -162,7 +164,7 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     )
     await conn.execute(delete(merge_snapshots).where(merge_snapshots.c.merge_id == m.id))
     # what was recorded for the absorbed customer while merged is under the holder's key
-    await rekey(conn, p, holder, h_cipher)
+    await rekey(conn, p, holder, h_cipher, merged_since=s_state.ledger_seq)
     await enqueue_merge(
         conn, "profile.unmerged", survivor_id=holder, absorbed_id=a_id, source="unmerge"
     )
@@ -482,6 +484,52 @@ def rebased(later: SurvivorState, undone: SurvivorState) -> bool:
                 traits[key] = was
         found_before(trait_key(key))
     return changed
+
+
+async def _grants_while_merged_count_for_neither(
+    conn: AsyncConnection,
+    p: Platform,
+    holder: uuid.UUID,
+    s_state: SurvivorState,
+    actor: str,
+    now: datetime,
+    cipher: FieldCipher,
+) -> None:
+    """A grant of push or messenger (consent kept by the profile) recorded on the merged
+    profile while the merge stood may have been either customer's: a sender naming the absorbed
+    profile's id reached the holder. It counts for neither (DESIGN §1.1: conflicting data means
+    no): the absorbed profile gets its states from before the merge, and the holder a
+    withdrawal in the ledger (source and method "unmerge"), so the state stays what the ledger
+    implies. A new grant makes either contactable again."""
+    cs = consent_state.c
+    granted = (
+        await conn.execute(
+            select(cs.purpose, cs.channel).where(
+                cs.subject == profile_subject(holder),
+                cs.seq > s_state.ledger_seq,
+                cs.status == "granted",
+            )
+        )
+    ).all()
+    if not granted:
+        return
+    entries = [
+        Entry(
+            profile_id=holder,
+            subject_kind="profile",
+            subject=profile_subject(holder),
+            purpose=purpose,
+            channel=channel,
+            status="withdrawn",
+            occurred_at=now,
+            source="unmerge",
+            actor=actor,
+            method="unmerge",
+            cipher=cipher,
+        )
+        for purpose, channel in granted
+    ]
+    await ledger.append(conn, p.policy, entries)
 
 
 def _state_row(r: dict[str, Any], subject: bytes, profile_id: uuid.UUID) -> dict[str, Any]:
