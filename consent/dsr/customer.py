@@ -71,11 +71,17 @@ def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> C
     - an address erased with its customer and since given to someone else (a reassigned phone
       number) starts afresh: the entries recorded up to its erasure are the erased customer's,
       not the new holder's consent.
-    An entry naming one of the profiles whose address nobody holds any more (erased, or never
-    kept) stays this customer's, as does every profile-keyed (push, messenger) entry of theirs.
+    An entry recorded on an address before the address's (last) erasure is this customer's by
+    the profile id it names only when that erasure was this customer's: the completed erasure
+    request whose completion time the erasure suppression carries names one of `profile_ids`.
+    Otherwise it is whoever's was erased: after a wrong merge was undone and the other customer
+    erased, his grant recorded on the merged profile is not hers (it used to come back to her).
+    An entry naming one of the profiles on an address nobody holds any more and that was never
+    erased since (never kept) stays this customer's, as does every profile-keyed (push,
+    messenger) entry of theirs.
     `addresses`: the email and phone blind indexes the customer holds, or, for an erased
     customer, the one they were named by."""
-    led, s = consent_ledger.c, suppressions.c
+    led, s, r = consent_ledger.c, suppressions.c, dsr_requests.c
     held = select(identities.c.id).where(identities.c.bidx == led.address_bidx).exists()
     erased_at = (
         select(func.max(s.at))
@@ -87,10 +93,24 @@ def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> C
     if addresses:
         parts.append(and_(led.address_bidx.in_(addresses), or_(~held, not_(before_erasure))))
     if profile_ids:
+        erased_by_them = (
+            select(r.id)
+            .where(
+                r.kind == "erasure",
+                r.status == "completed",
+                r.completed_at == erased_at,
+                r.profile_id.in_(profile_ids),
+            )
+            .exists()
+        )
         parts.append(
             and_(
                 led.profile_id.in_(profile_ids),
-                or_(led.address_bidx.is_(None), ~held, before_erasure),
+                or_(
+                    led.address_bidx.is_(None),
+                    and_(~held, not_(before_erasure)),
+                    and_(before_erasure, erased_by_them),
+                ),
             )
         )
     return or_(*parts) if parts else false()
