@@ -1,7 +1,8 @@
 """Tables of data subject requests (erasure) and their recorded transitions.
 
-No personal data in plaintext: a request names its customer by profile id; the optional note
-is ciphertext under the customer's data key, so it is destroyed with the customer's data.
+No personal data in plaintext: a request names its customer by profile id; the optional note,
+and an officer's free-text reason for an extension or a rejection, are ciphertext under the
+customer's data key, so they are destroyed with the customer's data.
 """
 
 from __future__ import annotations
@@ -46,8 +47,19 @@ dsr_transitions = Table(
     Column("to_status", String(16), nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Column("actor", String(64), nullable=False),
+    # a fixed system text; for an officer's free-text reason (since migration 0017) only
+    # SEALED_REASON, the reason itself being sealed below
     Column("reason", String(500), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),  # the due date after this transition
+    # an officer's reason: ciphertext under the data key of the request's profile (owner, key
+    # id), bound to this transition's id; hashed with the transition (consent/dsr/chain.py)
+    Column("reason_sealed", LargeBinary),
+    Column("reason_owner", Uuid),
+    Column("reason_key_id", Integer),
+    # the same reason under the owner's later key (an unmerge gives the holder a new key): not
+    # hashed, rewritten at each new key (consent.dsr.requests.rekey_reasons)
+    Column("reason_copy", LargeBinary),
+    Column("reason_copy_key_id", Integer),
     # hash chain over every transition (consent/dsr/chain.py), like the consent ledger
     Column("seq", BigInt, nullable=False, unique=True),
     Column("prev_hash", LargeBinary(32), nullable=False),

@@ -289,3 +289,52 @@ async def test_production_without_a_key_store_is_refused_before_any_migration(em
         assert refused.returncode == 1, (args, refused.stdout, refused.stderr[-2000:])
         assert "CDP_KEY_STORE_URL must be set in production" in refused.stderr, args
         assert await table_names(empty_db) == set(), args
+
+
+async def test_0017_keeps_the_plain_reasons_and_hashes_of_older_transitions(empty_db):
+    """Transitions recorded before 0017 keep their reason as written: their hash covers it, so
+    the chain verifies after the upgrade, and goes on verifying with sealed reasons after them.
+    A downgrade would drop sealed reasons that their hashes cover: refused while one exists."""
+    from consent.dsr.chain import append_transition, verify_transitions
+    from consent.dsr_tables import dsr_transitions
+
+    db = empty_db
+    await upgrade(db, "0016")
+    rid = uuid.uuid4()
+
+    def transition(reason: str, **sealed: object) -> dict:  # type: ignore[type-arg]
+        at = datetime(2026, 11, 20, 9, tzinfo=UTC)
+        return {
+            "id": uuid.uuid4(),
+            "request_id": rid,
+            "event": "status",
+            "from_status": "received",
+            "to_status": "rejected",
+            "at": at,
+            "actor": "compliance-key",
+            "reason": reason,
+            "due_at": at,
+            **sealed,
+        }
+
+    async with db.engine.begin() as conn:  # the columns 0016 has
+        await append_transition(conn, transition("created"))
+        await append_transition(conn, transition("an officer's words, before 0017"))
+    await upgrade(db, "head")
+    async with db.engine.begin() as conn:
+        assert (await verify_transitions(conn)).entries == 2
+        reasons = (await conn.execute(select(dsr_transitions.c.reason))).scalars().all()
+        assert sorted(reasons) == ["an officer's words, before 0017", "created"]
+        await append_transition(
+            conn,
+            transition(
+                "sealed",
+                reason_sealed=b"\x01ciphertext",
+                reason_owner=uuid.uuid4(),
+                reason_key_id=1,
+            ),
+        )
+        result = await verify_transitions(conn)
+    assert (result.ok, result.entries) == (True, 3)
+    with pytest.raises(RuntimeError, match="sealed reason"):
+        await downgrade(db, "0016")

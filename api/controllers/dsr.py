@@ -121,14 +121,26 @@ class ErasureRequestController(Controller):
                 conn, status=status, overdue=overdue, limit=limit, cursor=cursor
             )
 
-    @get("/{request_id:str}", opt=OFFICERS, summary="An erasure request and its transitions")
+    @get(
+        "/{request_id:str}",
+        opt=OFFICERS,
+        summary="An erasure request and its transitions",
+        description=(
+            "An officer's reason for an extension or a rejection may name the customer: it is "
+            "stored encrypted under the customer's data key (`reason_encrypted: true`) and "
+            "shown while that key exists; after the customer's erasure it is null with "
+            "`reason_readable: false`, and the request's history still verifies. Reading a "
+            "note or such a reason is written to the access log."
+        ),
+    )
     async def read(
         self, request_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
     ) -> dict[str, Any]:
         rid = dsr.parse_request_id(request_id)
         async with platform.db.write() as conn:
             body = await dsr.detail(conn, platform, rid)
-            if body["note"] is not None:
+            reasons = [t for t in body["transitions"] if t["reason_encrypted"]]
+            if body["note"] is not None or any(t["reason_readable"] for t in reasons):
                 await log_access(
                     conn,
                     principal,

@@ -4,6 +4,13 @@ Every transition (created, status change, extension, joined, resumed) is chained
 the consent ledger: hash = SHA-256(prev_hash || canonical JSON of its fields), appended under a
 lock so there are no gaps, so a rewritten request history is detected by `GET /v1/audit/verify`
 and `cdp audit verify`.
+
+An officer's free-text reason (an extension's, a rejection's) may name the customer, so it is
+stored encrypted under the customer's data key (consent.dsr.requests) and the hash covers its
+ciphertext, owner and key id (`SEALED`), as the consent ledger's covers its evidence: after the
+customer's erasure destroys the key, the reason is unreadable and the chain still verifies.
+A transition without a sealed reason (a fixed system text, and every transition recorded before
+migration 0017) is hashed over `HASHED` alone, as it always was.
 """
 
 from __future__ import annotations
@@ -28,11 +35,22 @@ HASHED = (
     "reason",
     "due_at",
 )
+# a transition whose reason is sealed: its ciphertext, owner and key id are hashed too (the copy
+# an unmerge keeps under the owner's next key, `reason_copy`, is not: it changes)
+SEALED = (*HASHED, "reason_sealed", "reason_owner", "reason_key_id")
 DSR_CHAIN_LOCK = 5_147_001_002
 
 
+def _get(row: Any, name: str) -> Any:
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
+
+
+def is_sealed(row: Any) -> bool:
+    return any(_get(row, name) is not None for name in SEALED[len(HASHED) :])
+
+
 def transition_hash(prev: bytes, row: Any) -> bytes:
-    return entry_hash(prev, row, HASHED)
+    return entry_hash(prev, row, SEALED if is_sealed(row) else HASHED)
 
 
 async def append_transition(conn: AsyncConnection, values: dict[str, Any]) -> None:

@@ -2,6 +2,16 @@
 
 Every change of a request is recorded in `dsr_transitions` (from, to, at, actor, reason) in the
 same transaction as the change itself.
+
+The reasons the platform writes are fixed texts ("erasure started", "customer erased", "erasure
+requested by the customer", ...). An officer's reason for an extension or a rejection is free
+text that may name the customer (`caller could not confirm anna@...`): it is sealed, as the
+request's note is, under the data key of the request's profile, bound to its transition's id,
+and `reason` holds only `SEALED_REASON`. The chain hashes the ciphertext (consent/dsr/chain.py),
+so once the customer's erasure destroys the key the reason is unreadable and the history still
+verifies. `detail` shows it while the key exists, and `reason_readable: false` after.
+Transitions recorded before migration 0017 keep their reason as it was written (their hash
+covers it: encrypting it would break the chain).
 """
 
 from __future__ import annotations
@@ -12,10 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.crypto.fields import CryptoError
+from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.db.engine import lock_keys
 from cdp.db.tables import profiles
 from cdp.errors import Conflict, InvalidInput, NotFound
@@ -24,12 +34,41 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.segments.cursor import check_limit
 from consent.dsr import deadlines, states
-from consent.dsr.chain import append_transition
+from consent.dsr.chain import append_transition, is_sealed
 from consent.dsr.customer import customer_profile_ids
 from consent.dsr_tables import dsr_requests, dsr_transitions
 
 ERASURE = deadlines.ERASURE
 NOTE_PLACE = "dsr_requests.note"
+REASON_PLACE = "dsr_transitions.reason"
+REASON_COPY_PLACE = "dsr_transitions.reason_copy"
+SEALED_REASON = "officer's reason, encrypted under the customer's data key"
+
+
+def reason_place(transition_id: uuid.UUID) -> str:
+    """A sealed reason is bound to its transition: moved to another one it fails
+    authentication (the key binds it to its owner and key id)."""
+    return f"{REASON_PLACE}.{transition_id}"
+
+
+def reason_copy_place(transition_id: uuid.UUID) -> str:
+    return f"{REASON_COPY_PLACE}.{transition_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """Whose data key seals an officer's reason: the request's profile, and its cipher (None:
+    the key is gone, the customer erased; the reason is then kept by no one)."""
+
+    owner: uuid.UUID
+    cipher: FieldCipher | None
+
+
+async def seal_for(p: Platform, conn: AsyncConnection, row: Any) -> Seal:
+    """The seal of an officer's reason about request `row`: the data key of the profile it
+    names (kept while that profile is merged into another, destroyed with the customer)."""
+    pid = row.profile_id
+    return Seal(pid, (await p.keys.ciphers(conn, [pid], strict=True)).get(pid))
 
 
 def request_lock(request_id: uuid.UUID) -> str:
@@ -51,27 +90,47 @@ async def record_transition(
     reason: str,
     due_at: datetime,
     at: datetime | None = None,
+    seal: Seal | None = None,
 ) -> None:
-    await append_transition(
-        conn,
-        {
-            "id": new_id(),
-            "request_id": request_id,
-            "event": event,
-            "from_status": from_status,
-            "to_status": to_status,
-            "at": at or utcnow(),
-            "actor": actor,
-            "reason": reason,
-            "due_at": due_at,
-        },
-    )
+    """`reason`: a fixed text, kept as it is; with `seal`, an officer's free text, kept only
+    encrypted under the seal's key."""
+    transition_id = new_id()
+    values: dict[str, Any] = {
+        "id": transition_id,
+        "request_id": request_id,
+        "event": event,
+        "from_status": from_status,
+        "to_status": to_status,
+        "at": at or utcnow(),
+        "actor": actor,
+        "reason": reason,
+        "due_at": due_at,
+    }
+    if seal is not None:
+        cipher = seal.cipher
+        values |= {
+            "reason": SEALED_REASON,
+            "reason_sealed": None
+            if cipher is None
+            else cipher.encrypt(reason_place(transition_id), reason),
+            "reason_owner": seal.owner,
+            "reason_key_id": None if cipher is None else cipher.key_id,
+        }
+    await append_transition(conn, values)
 
 
 async def set_status(
-    conn: AsyncConnection, row: Any, target: str, *, actor: str, reason: str, **values: Any
+    conn: AsyncConnection,
+    row: Any,
+    target: str,
+    *,
+    actor: str,
+    reason: str,
+    seal: Seal | None = None,
+    **values: Any,
 ) -> None:
-    """Move a request along the state machine and record the transition."""
+    """Move a request along the state machine and record the transition (`seal`: as
+    `record_transition`)."""
     states.check_transition(row.status, target)
     now = utcnow()
     await conn.execute(
@@ -89,6 +148,7 @@ async def set_status(
         reason=reason,
         due_at=row.due_at,
         at=now,
+        seal=seal,
     )
 
 
@@ -235,24 +295,64 @@ def parse_request_id(value: str) -> uuid.UUID:
     return rid
 
 
+def _open_reason(x: Any, cipher: FieldCipher | None) -> str | None:
+    """A sealed reason, from the transition or from its copy under the owner's later key."""
+    if cipher is None:
+        return None
+    for blob, key_id, place in (
+        (x.reason_sealed, x.reason_key_id, reason_place(x.id)),
+        (x.reason_copy, x.reason_copy_key_id, reason_copy_place(x.id)),
+    ):
+        if blob is not None and key_id == cipher.key_id:
+            try:
+                return cipher.decrypt(place, blob)
+            except CryptoError:
+                return None
+    return None
+
+
+async def transitions_of(
+    conn: AsyncConnection, p: Platform, request_id: uuid.UUID
+) -> list[dict[str, Any]]:
+    """A request's transitions, oldest first. An officer's reason (`reason_encrypted`) is shown
+    while its customer's data key exists; after their erasure it is null, with
+    `reason_readable: false`."""
+    t = dsr_transitions.c
+    rows = (
+        await conn.execute(
+            select(dsr_transitions).where(t.request_id == request_id).order_by(t.at, t.id)
+        )
+    ).all()
+    owners = {x.reason_owner for x in rows if x.reason_owner is not None}
+    ciphers = await p.keys.ciphers(conn, owners, fresh=True) if owners else {}
+    out = []
+    for x in rows:
+        sealed = is_sealed(x)
+        reason = (
+            _open_reason(x, ciphers.get(x.reason_owner) if x.reason_owner else None)
+            if sealed
+            else x.reason
+        )
+        out.append(
+            {
+                "event": x.event,
+                "from": x.from_status,
+                "to": x.to_status,
+                "at": x.at,
+                "actor": x.actor,
+                "reason": reason,
+                "reason_encrypted": sealed,
+                "reason_readable": reason is not None,
+                "due_at": x.due_at,
+            }
+        )
+    return out
+
+
 async def detail(conn: AsyncConnection, p: Platform, request_id: uuid.UUID) -> dict[str, Any]:
     """The request, its transitions, what was erased, and the note while it is readable."""
     row = await load(conn, request_id)
-    t = dsr_transitions.c
-    transitions = [
-        {
-            "event": x.event,
-            "from": x.from_status,
-            "to": x.to_status,
-            "at": x.at,
-            "actor": x.actor,
-            "reason": x.reason,
-            "due_at": x.due_at,
-        }
-        for x in await conn.execute(
-            select(dsr_transitions).where(t.request_id == request_id).order_by(t.at, t.id)
-        )
-    ]
+    transitions = await transitions_of(conn, p, request_id)
     note = None
     if row.note is not None and row.note_owner is not None:
         cipher = (await p.keys.ciphers(conn, [row.note_owner])).get(row.note_owner)
@@ -329,6 +429,7 @@ async def extend(p: Platform, request_id: uuid.UUID, reason: str, actor: str) ->
         if deadline is None or deadline.extension <= 0:
             raise Conflict("the policy of this jurisdiction allows no extension")
         due = deadlines.erasure_due(p.policy, row.jurisdiction, row.received_at, extended=True)
+        seal = await seal_for(p, conn, row)
         await conn.execute(
             update(dsr_requests)
             .where(dsr_requests.c.id == request_id)
@@ -344,6 +445,7 @@ async def extend(p: Platform, request_id: uuid.UUID, reason: str, actor: str) ->
             reason=reason,
             due_at=due,
             at=now,
+            seal=seal,
         )
 
 
@@ -354,4 +456,51 @@ async def reject(p: Platform, request_id: uuid.UUID, reason: str, actor: str) ->
         row = await load(conn, request_id)
         if row.status != "received":
             raise Conflict(f"a request that is {row.status} cannot be rejected")
-        await set_status(conn, row, "rejected", actor=actor, reason=reason, completed_at=utcnow())
+        seal = await seal_for(p, conn, row)
+        await set_status(
+            conn, row, "rejected", actor=actor, reason=reason, seal=seal, completed_at=utcnow()
+        )
+
+
+async def rekey_reasons(
+    conn: AsyncConnection, holder: uuid.UUID, old: FieldCipher, new: FieldCipher
+) -> int:
+    """The holder of an undone merge has a new data key (cdp.profiles.rekey): the officers'
+    reasons sealed under its old key, or copied under it, get a copy under the new one. The
+    sealed reason itself never changes (the chain hashes it), and the old key no longer
+    opens it for readers (they hold the current key), nor at all once destroyed. Returns how
+    many were copied."""
+    t = dsr_transitions.c
+    rows = (
+        await conn.execute(
+            select(
+                t.id, t.reason_sealed, t.reason_key_id, t.reason_copy, t.reason_copy_key_id
+            ).where(
+                t.reason_owner == holder,
+                or_(
+                    and_(t.reason_copy.is_not(None), t.reason_copy_key_id == old.key_id),
+                    and_(
+                        t.reason_copy.is_(None),
+                        t.reason_sealed.is_not(None),
+                        t.reason_key_id == old.key_id,
+                    ),
+                ),
+            )
+        )
+    ).all()
+    again = []
+    for x in rows:
+        plain = (
+            old.decrypt_bytes(reason_copy_place(x.id), x.reason_copy)
+            if x.reason_copy is not None
+            else old.decrypt_bytes(reason_place(x.id), x.reason_sealed)
+        )
+        again.append({"tid": x.id, "c": new.encrypt(reason_copy_place(x.id), plain)})
+    if again:
+        await conn.execute(
+            update(dsr_transitions)
+            .where(t.id == bindparam("tid"))
+            .values(reason_copy=bindparam("c"), reason_copy_key_id=new.key_id),
+            again,
+        )
+    return len(again)
