@@ -208,25 +208,12 @@ async def test_transitions_recorded_before_0017_keep_their_plain_reason_and_veri
 
 
 async def test_the_holders_reasons_survive_an_unmerge_and_the_erasure_of_the_other_customer(
-    client, keys, platform, monkeypatch
+    client, keys, platform
 ):
     """An unmerge gives the holder a new data key (cdp.profiles.rekey), and the erasure of the
     customer given back destroys the old one: a reason sealed under the old key stays readable
     from its copy under the new key (`rekey_reasons`), and the chain is untouched."""
-    import inspect
-
-    import cdp.profiles.rekey as rekey
-    from consent.dsr.requests import rekey_reasons
     from tests.test_unmerge import ANNA, OTHER, WRONG_LINK, post
-
-    if "rekey_reasons" not in inspect.getsource(rekey):  # until rekey.py calls it itself
-        notes = rekey._notes
-
-        async def notes_and_reasons(conn, holder, old, new):  # type: ignore[no-untyped-def]
-            await notes(conn, holder, old, new)
-            await rekey_reasons(conn, holder, old, new)
-
-        monkeypatch.setattr(rekey, "_notes", notes_and_reasons)
 
     anna = (await post(client, keys, "/v1/profiles", ANNA))["profile_id"]
     other = (await post(client, keys, "/v1/profiles", OTHER))["profile_id"]

@@ -8,7 +8,8 @@ only her key, and the holder's would still read what stayed under it.
 
 So the unmerge gives the holder a new key (`rekey`), in its transaction:
 - everything the holder has under the old key is encrypted again under the new one: its fields,
-  identifiers, events, merge snapshots and request notes; its own consent evidence gets a copy
+  identifiers, events, merge snapshots and request notes (an officer's reasons, which the
+  request history's hashes cover, get a copy under it instead); its own consent evidence gets a copy
   under the new key (consent.evidence.rekey), the evidence of the customer given back does not;
 - the old key's share stays in the key store, so that a backup taken before the unmerge can
   still be restored, until the holder or any customer ever merged into it is erased: then it is
@@ -44,7 +45,7 @@ from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.merge import SURVIVOR_PLACE
 from consent import evidence
-from consent.dsr.requests import NOTE_PLACE
+from consent.dsr.requests import NOTE_PLACE, rekey_reasons
 from consent.dsr_tables import dsr_requests
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,7 @@ async def rekey(
     await _events(conn, holder, old, new)
     await _snapshots(conn, holder, old, new)
     await _notes(conn, holder, old, new)
+    await rekey_reasons(conn, holder, old, new)  # copies: the sealed reasons are hashed
     copied = await evidence.rekey(conn, holder, addresses, old, new, merged_since)
     await _owners(conn, holder, old.key_id if old_split else None, new.key_id)
     log.info("data_key_replaced", profile_id=str(holder), key_id=new.key_id, evidence=copied)
