@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -82,6 +83,8 @@ class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
     countries: list[str] = []
     gpc: Literal["ignore", "opt_out_sale"] = "ignore"
     soft_opt_in: bool = False
+    # the calendar deadlines are counted in (an IANA name, e.g. "Europe/Moscow"); UTC if unset
+    timezone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,14 @@ def _convert(raw: object, kind: type, name: str, at: str) -> msgspec.Struct:
         raise PolicyError(f"{name}: {message}") from exc
 
 
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory ("Europe")
+        return False
+    return True
+
+
 def _table(raw: dict, key: str) -> dict:
     """A table of the file, or nothing to check entry by entry (msgspec names what is wrong)."""
     value = raw.get(key)
@@ -243,6 +254,11 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
                     raise PolicyError(
                         f"{path.name}: rules.{purpose}.{channel} names an unknown channel"
                     )
+        if j.timezone is not None and not _known_zone(j.timezone):
+            raise PolicyError(
+                f"{path.name}: timezone {j.timezone!r} is not a known time zone (an IANA name "
+                "such as 'Europe/Moscow'; the tzdata package has them where the system has none)"
+            )
         for kind in ("access", "erasure"):
             if kind not in j.deadlines:
                 raise PolicyError(f"{path.name}: deadlines.{kind} is required")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -142,3 +143,46 @@ def test_ru_erasure_is_never_due_later_than_30_days_after_the_request():
     for day in range(730):
         r = at(2026, 1, 1) + timedelta(days=day)
         assert erasure_extended("RU", r) <= r + timedelta(days=30)
+
+
+MOSCOW = ZoneInfo("Europe/Moscow")
+
+
+def test_ru_erasure_due_date_counts_moscow_working_days():
+    """Friday 4 December 2026 22:30 UTC is Saturday 5 December 01:30 in Moscow: the request
+    was received on a day off. Counted on UTC dates it was due 18 December 22:30 UTC, 01:30 on
+    Saturday in Moscow, after the legal end (the end of Friday 18 December, Moscow time)."""
+    received = datetime(2026, 12, 4, 22, 30, tzinfo=UTC)
+    # 10 working days counted from Monday 7 December (Moscow) end on Friday 18 December
+    legal_end = datetime(2026, 12, 18, 21, 0, tzinfo=UTC)  # 24:00 Moscow
+    due = erasure_due("RU", received)
+    assert due <= legal_end
+    assert due == datetime(2026, 12, 17, 22, 30, tzinfo=UTC)  # Friday 18 December, 01:30 Moscow
+    assert due.astimezone(MOSCOW).date() == date(2026, 12, 18)
+    # a minute before Moscow's midnight it is still Friday there: counted from Friday
+    friday_late = datetime(2026, 12, 4, 20, 59, tzinfo=UTC)
+    assert erasure_due("RU", friday_late) == datetime(2026, 12, 18, 20, 59, tzinfo=UTC)
+
+
+def test_ru_due_dates_are_the_last_moscow_working_day_at_any_hour_of_receipt():
+    """Every hour of two years: the due instant falls on the 10th Moscow working day after the
+    Moscow day of receipt (or sooner, at the 30-day limit), never after it ends."""
+    start = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+    for hour in range(0, 2 * 365 * 24, 5):
+        received = start + timedelta(hours=hour)
+        local_day = received.astimezone(MOSCOW).date()
+        last_day = deadlines.add_working_days(local_day, 10, "RU")
+        due = erasure_due("RU", received)
+        assert due.astimezone(MOSCOW).date() <= last_day, received
+        assert due <= received + timedelta(days=30)
+        if due < received + timedelta(days=30):
+            assert due.astimezone(MOSCOW).date() == last_day, received
+
+
+def test_jurisdictions_without_a_timezone_keep_counting_on_utc_dates():
+    assert deadlines.zone_of(POLICY, "RU") == MOSCOW
+    for code in ("EU", "US-CA", "US"):
+        assert deadlines.zone_of(POLICY, code) is None
+    late = datetime(2027, 1, 31, 23, 30, tzinfo=UTC)  # 1 February in Berlin, 31 January in UTC
+    assert erasure_due("EU", late) == datetime(2027, 2, 28, 23, 30, tzinfo=UTC)
+    assert erasure_due("US-CA", late) == late + timedelta(days=45)

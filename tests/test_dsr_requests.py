@@ -93,7 +93,12 @@ async def test_due_date_follows_the_jurisdiction(client, keys, platform):
     body = r.json()
     assert body["jurisdiction"] == "RU"  # the customer's own
     received, due = ts(body["received_at"]), ts(body["due_at"])
-    assert due == deadlines.due_at(received, platform.policy.deadline("RU", "erasure"), "RU")
+    # counted on Moscow's calendar (policies/jurisdictions/RU.toml `timezone`)
+    moscow = deadlines.zone_of(platform.policy, "RU")
+    assert moscow is not None
+    assert due == deadlines.due_at(
+        received, platform.policy.deadline("RU", "erasure"), "RU", moscow
+    )
     assert (due - received).days >= 12  # ten working days
 
 

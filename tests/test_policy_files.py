@@ -100,3 +100,16 @@ def test_a_bad_purpose_or_channel_entry_names_it(policies):
     edit(policies / "policy.toml", r'^address = "phone"', 'address = "fax"')
     message = refused(policies)
     assert "policy.toml" in message and "channels.sms.address" in message
+
+
+@pytest.mark.parametrize("zone", ["Moscow", "Europe", "europe/moscow", "../etc/passwd", ""])
+def test_a_timezone_that_is_not_a_known_zone_names_the_file(policies, zone):
+    edit(policies / "jurisdictions/RU.toml", r'^timezone = ".*"', f'timezone = "{zone}"')
+    message = refused(policies)
+    assert "RU.toml" in message and "timezone" in message
+
+
+def test_deadlines_are_counted_in_the_timezone_the_policy_names(policies):
+    assert load_policy(policies).jurisdictions["RU"].timezone == "Europe/Moscow"
+    edit(policies / "jurisdictions/RU.toml", r'^timezone = ".*"', 'timezone = "Asia/Vladivostok"')
+    assert load_policy(policies).jurisdictions["RU"].timezone == "Asia/Vladivostok"

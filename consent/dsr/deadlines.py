@@ -7,7 +7,12 @@ Units (policies/jurisdictions/*.toml, `deadlines.<kind>`):
   the government makes working days); counting starts the day after receipt;
 - `months`: calendar months, clamped to the month's end (31 January + 1 month = end of
   February).
-The due instant keeps the time of day of receipt; dates are taken in UTC.
+Days are the jurisdiction's local days: the receipt, and every date above, are taken in its
+`timezone` (policies/jurisdictions/*.toml; RU: Europe/Moscow), in UTC where it names none. The
+due instant keeps the local time of day of receipt, on the last local day, so it is never later
+than the end of that day there. (Counting on UTC dates, a request received on Friday at 22:30
+UTC, 01:30 on Saturday in Moscow, was counted from a working Friday and came due at 01:30 on the
+day after the last Moscow day.)
 
 An extension counts from the receipt as one longer period when its unit matches (EU: 1 + 2
 months = 3 months from receipt, so 31 January extends to 30 April, not 28 April), otherwise
@@ -18,8 +23,9 @@ a withdrawal of consent (`erasure_due`).
 from __future__ import annotations
 
 import calendar
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import holidays
 
@@ -71,30 +77,53 @@ def add_months(day: date, n: int) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
-def add_period(start: datetime, amount: int, unit: str, jurisdiction: str) -> datetime:
+@lru_cache(maxsize=32)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def zone_of(policy: Policy, jurisdiction: str) -> tzinfo | None:
+    """The time zone the jurisdiction's days are counted in (None: UTC)."""
+    j = policy.jurisdictions.get(jurisdiction)
+    return None if j is None or j.timezone is None else _zone(j.timezone)
+
+
+def add_period(
+    start: datetime, amount: int, unit: str, jurisdiction: str, tz: tzinfo | None = None
+) -> datetime:
+    """`start` plus the period, on the calendar of `tz` (None: UTC dates, and `days` as
+    24-hour days). The result is in `start`'s zone."""
+    local = start if tz is None else start.astimezone(tz)
     if unit == "days":
-        return start + timedelta(days=amount)
-    if unit == "working_days":
-        day = add_working_days(start.date(), amount, jurisdiction)
+        if tz is None:
+            return start + timedelta(days=amount)
+        day = local.date() + timedelta(days=amount)
+    elif unit == "working_days":
+        day = add_working_days(local.date(), amount, jurisdiction)
     elif unit == "months":
-        day = add_months(start.date(), amount)
+        day = add_months(local.date(), amount)
     else:
         raise ValueError(f"unknown period unit {unit!r}")
-    return datetime.combine(day, start.timetz())
+    due = datetime.combine(day, local.timetz())  # the same local time, on the last local day
+    return due if tz is None else due.astimezone(start.tzinfo)
 
 
-def due_at(received_at: datetime, deadline: Deadline, jurisdiction: str) -> datetime:
-    return add_period(received_at, deadline.period, deadline.unit, jurisdiction)
+def due_at(
+    received_at: datetime, deadline: Deadline, jurisdiction: str, tz: tzinfo | None = None
+) -> datetime:
+    return add_period(received_at, deadline.period, deadline.unit, jurisdiction, tz)
 
 
-def extended_due_at(received_at: datetime, deadline: Deadline, jurisdiction: str) -> datetime:
+def extended_due_at(
+    received_at: datetime, deadline: Deadline, jurisdiction: str, tz: tzinfo | None = None
+) -> datetime:
     """The due date after the policy's one extension."""
     if deadline.extension_unit == deadline.unit:
         return add_period(
-            received_at, deadline.period + deadline.extension, deadline.unit, jurisdiction
+            received_at, deadline.period + deadline.extension, deadline.unit, jurisdiction, tz
         )
-    base = due_at(received_at, deadline, jurisdiction)
-    return add_period(base, deadline.extension, deadline.extension_unit, jurisdiction)
+    base = due_at(received_at, deadline, jurisdiction, tz)
+    return add_period(base, deadline.extension, deadline.extension_unit, jurisdiction, tz)
 
 
 def erasure_due(
@@ -107,9 +136,10 @@ def erasure_due(
     deadline = policy.deadline(jurisdiction, ERASURE)
     if deadline is None:
         raise ValueError("the jurisdiction has no erasure deadline")
+    tz = zone_of(policy, jurisdiction)
     if extended:
-        due = extended_due_at(received_at, deadline, jurisdiction)
+        due = extended_due_at(received_at, deadline, jurisdiction, tz)
     else:
-        due = due_at(received_at, deadline, jurisdiction)
+        due = due_at(received_at, deadline, jurisdiction, tz)
     limit = policy.deadline(jurisdiction, AFTER_WITHDRAWAL)
-    return due if limit is None else min(due, due_at(received_at, limit, jurisdiction))
+    return due if limit is None else min(due, due_at(received_at, limit, jurisdiction, tz))
