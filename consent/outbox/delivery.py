@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError
+from cdp.db.tables import identities
 from cdp.db.types import UTCDateTime
 from cdp.ids import new_id, utcnow
 from cdp.keyring import Keyring
@@ -77,6 +78,9 @@ class Claimed:
     sealed: bool = False
     # why no request can be made (recorded as the try's error), e.g. an unreadable secret
     unsendable: str | None = None
+    # whose address the body carries: the profile holding it when the body was made (else
+    # the event's), so the access log can tell the customer who received it
+    profile_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,7 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         gone = await erased_profiles(conn, [r.profile_id for r in shown])
         shown = [r for r in shown if r.profile_id not in gone]
         addresses = await resolve_addresses(conn, p, [r.address_bidx for r in shown])
+        holders = await _holders(conn, list(addresses))
         shown_ids = {r.delivery_id for r in shown}
     unsealed = await unseal_addresses(
         p.keys, [(r.id, r.address_sealed) for r in shown if r.address_bidx not in addresses]
@@ -217,6 +222,7 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
         address = None
         if r.delivery_id in shown_ids:
             address = addresses.get(r.address_bidx) or unsealed.get(r.id)
+        holder = holders.get(r.address_bidx) if address is not None else None
         body = msgspec.json.encode(with_address(event_payload(r), address))
         out.append(
             Claimed(
@@ -232,8 +238,23 @@ async def prepare(p: Platform, ids: list[uuid.UUID], token: uuid.UUID) -> list[C
                 address_included=address is not None and unsendable is None,
                 sealed=r.address_sealed is not None,
                 unsendable=unsendable,
+                profile_id=holder or r.profile_id,
             )
         )
+    return out
+
+
+async def _holders(conn: AsyncConnection, bidxs: list[bytes]) -> dict[bytes, uuid.UUID]:
+    """Blind index -> the profile holding that address now (one indexed query per 500)."""
+    i = identities.c
+    out: dict[bytes, uuid.UUID] = {}
+    for start in range(0, len(bidxs), 500):
+        rows = await conn.execute(
+            select(i.bidx, i.profile_id).where(
+                i.bidx.in_(bidxs[start : start + 500]), i.kind.in_(("email", "phone"))
+            )
+        )
+        out.update({bidx: pid for bidx, pid in rows})
     return out
 
 
@@ -371,6 +392,7 @@ async def record_in(
                 "webhook_delivery",
                 object_type="webhook",
                 object_id=str(item.subscription_id),
+                profile_id=item.profile_id,  # whose address: her access request lists it
                 rows=1,
                 detail={"event_id": str(item.event_id), "status_code": outcome.status_code},
             )
