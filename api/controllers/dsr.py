@@ -195,9 +195,14 @@ class ErasureRequestController(Controller):
     status_code=200,
     summary="Everything held about a customer (written to the access log)",
     description="`profile` (as `GET /v1/profiles/{id}`), `identities`, `sources` (the systems "
-    "their data came from), `merges` (undone ones with `undone_at`), `consent_history` (every "
-    "ledger entry about their profiles and addresses, with its evidence), `suppressions`, "
-    "`events`, `segments`, `access_log` and `erasure_requests`. 404 for an unknown customer, "
+    "their data came from), `merges` (undone ones with `undone_at`), `merge_snapshots` (the "
+    "values a merge keeps for an unmerge: as survivor, theirs from before it; as absorbed, what "
+    "their profile brought), `match_suggestions` and `merge_reviews` naming their profiles "
+    "(only their own profile ids), `consent_history` (every ledger entry about their profiles "
+    "and addresses, with its evidence), `suppressions`, `events`, `segments`, `recipients` "
+    "(`segment_exports` that handed them out, `webhook_deliveries` that carried their "
+    "address), `access_log` and `erasure_requests` (as `GET /v1/erasure-requests/{id}`: note "
+    "and transitions). Nothing in it names another customer. 404 for an unknown customer, "
     "410 for an erased one.",
 )
 async def post_access_request(
