@@ -1,6 +1,6 @@
 """How long the access export's search of the segment export records takes (not a test).
 
-    .venv/bin/python -m tests.measure_access_export_scan --chunks 3000 [--db sqlite|postgres]
+    .venv/bin/python -m bench.access_scan --chunks 3000 [--db sqlite|postgres]
 
 Fills a new database with `--chunks` export chunks of 2,000 members each (64 KB, as
 `cdp.segments.exports` writes them; 100 chunks an export), puts one customer in one chunk
