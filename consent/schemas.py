@@ -34,7 +34,13 @@ class ConsentItemIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ConsentIn(msgspec.Struct, forbid_unknown_fields=True):
-    """POST /v1/consents: one consent event for a customer named by one identifier."""
+    """POST /v1/consents: one consent event for a customer named by one identifier.
+
+    Consent to email, sms and phone belongs to the address: a grant naming an email or phone is
+    for that address alone, and one naming an address of the other kind than the channel's (an
+    email granting sms) is a 400 on `channel`. Push and messenger reach the profile that holds
+    the address named. A grant naming the profile (or an external id), and any withdrawal not
+    naming an address of the channel's kind, concern every address the profile has on it."""
 
     purpose: Name64
     channel: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.crypto.fields import FieldCipher
 from cdp.db.engine import lock_keys
 from cdp.db.tables import identities, profile_stats, profiles
-from cdp.errors import InvalidInput
+from cdp.errors import FieldError, InvalidInput
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import (
@@ -70,12 +70,19 @@ def targets_for(
     named: list[tuple[str, bytes]],
     all_addresses: list[tuple[str, bytes]],
     channel: str,
+    *,
+    grant: bool,
+    names_address: bool,
 ) -> list[tuple[str, bytes]]:
-    """The addresses a consent on `channel` concerns.
+    """The addresses a consent on `channel` concerns: the one rule for where a consent lands.
 
-    The address the event names, where it is of the channel's kind; where the event names the
-    profile only (or an address of another kind), every address the profile has on that channel.
-    Profile-keyed channels (push, messenger) concern the profile itself.
+    `named`: the addresses the event names (a record: its own); `names_address`: whether it
+    names any (false where it names the profile only, by id or external id). For each address
+    kind the channel uses, the named address of that kind. Where none is named: a withdrawal,
+    or an event naming the profile only, concerns every address the profile has of that kind
+    (`all_addresses`); a grant naming an address reaches no other (consent belongs to the
+    address: an email cannot agree to texts on the customer's phones). Profile-keyed channels
+    (push, messenger) concern the profile itself.
     """
     kinds = {kind_of[c] for c in policy_channels} if channel == "*" else {kind_of[channel]}
     out: list[tuple[str, bytes]] = []
@@ -85,8 +92,26 @@ def targets_for(
                 out.append(("profile", profile_subject(profile_id)))
             continue
         mine = [s for s in named if s[0] == kind]
-        out.extend(mine or [s for s in all_addresses if s[0] == kind])
+        if mine:
+            out.extend(mine)
+        elif not grant or not names_address:
+            out.extend(s for s in all_addresses if s[0] == kind)
     return out
+
+
+def address_kind_problem(
+    policy: Policy, ident: Identifier, channel: str, status: str
+) -> str | None:
+    """Why a grant naming an email or phone cannot be for `channel`: the channel goes to an
+    address of the other kind (an email granting sms, a phone granting email). Consent belongs
+    to the address, and the address named is not the one that would be contacted. None where
+    it can (the channel's own kind, or push and messenger, which reach the profile)."""
+    if status != "granted" or ident.kind not in ("email", "phone"):
+        return None
+    kind = policy.address_kind(channel)
+    if kind in ("email", "phone") and kind != ident.kind:
+        return f"a grant on this channel must name a {kind} or the profile: consent is per address"
+    return None
 
 
 async def cipher_for(
@@ -141,8 +166,16 @@ async def record_claims(
     entries: list[Entry] = []
     recorded: list[bool] = []
     for pid, named, claim in items:
-        others = [] if claim.status == "granted" else addresses.get(pid, [])
-        targets = targets_for(channels, kind_of, pid, named, others, claim.channel)
+        targets = targets_for(
+            channels,
+            kind_of,
+            pid,
+            named,
+            addresses.get(pid, []),
+            claim.channel,
+            grant=claim.status == "granted",
+            names_address=True,  # a record's consent is for the record's own addresses
+        )
         recorded.append(bool(targets))
         for kind, subject in targets:
             entries.append(
@@ -181,6 +214,8 @@ async def record_consent(
         body.evidence,
         occurred_at=body.occurred_at,
     )
+    if (wrong := address_kind_problem(p.policy, ident, body.channel, body.status)) is not None:
+        problems.append(FieldError("channel", wrong))
     if problems:
         raise InvalidInput("the consent is not acceptable under the policy", problems)
     from cdp.profiles.service import ensure_profile
@@ -195,7 +230,16 @@ async def record_consent(
         named = [(ident.kind, ident.bidx)] if ident.kind in ("email", "phone") else []
         kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
         all_addr = await profile_addresses(conn, pid)
-        subjects = targets_for(list(p.policy.channels), kind_of, pid, named, all_addr, body.channel)
+        subjects = targets_for(
+            list(p.policy.channels),
+            kind_of,
+            pid,
+            named,
+            all_addr,
+            body.channel,
+            grant=body.status == "granted",
+            names_address=bool(named),
+        )
         if not subjects:
             raise InvalidInput.field("channel", "the customer has no address on this channel")
         cipher = await cipher_for(conn, p, pid)
