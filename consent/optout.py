@@ -13,23 +13,25 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, not_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.bulk import rows_where_in
 from cdp.db.engine import lock_keys
-from cdp.db.tables import profiles
+from cdp.db.tables import identities, profiles
 from cdp.errors import InvalidInput, NotFound
 from cdp.ids import time_problem, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
 from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
+from consent.dsr.customer import recorded_before_erasure
 from consent.ledger import Entry
 from consent.outbox.enqueue import opt_out_rows, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
 from consent.suppressions import Suppression, suppress_many, suppressed_at
-from consent.tables import consent_ledger
+from consent.tables import consent_ledger, suppressions
 
 # An SMS reply that opts the number out: a stop phrase, any case, alone or followed by at most
 # MAX_TRAILING_WORDS words ("STOP please", "Opt-out now"). FCC 24-24 (47 CFR 64.1200(a)(10))
@@ -196,7 +198,7 @@ async def _write(
     await write_rows(conn, outbox)
 
 
-_pc, _led = profiles.c, consent_ledger.c
+_pc, _led, _ic, _sc = profiles.c, consent_ledger.c, identities.c, suppressions.c
 # Statements built once: building one per call cost more than the driver's whole round trip.
 _MERGED_INTO = select(_pc.id, _pc.merged_into).where(
     _pc.merged_into.in_(bindparam("ids", expanding=True))
@@ -208,10 +210,38 @@ _WITHDRAWN_ALL = select(
     _led.channel == "*",
     _led.status == "withdrawn",
 )
+# The emails and phones of these profiles that someone opted out of every channel (an erasure
+# suppresses every channel too, but is not the customer's "stop").
+_HELD_OPTED_OUT = (
+    select(_ic.profile_id, _ic.bidx)
+    .select_from(identities.join(suppressions, _sc.bidx == _ic.bidx))
+    .where(
+        _ic.profile_id.in_(bindparam("ids", expanding=True)),
+        _ic.kind.in_(("email", "phone")),
+        _sc.channel == "*",
+        _sc.reason != "erasure",
+    )
+)
+# The withdrawals of every channel on these addresses, whoever they name ("stop all marketing"
+# from an address we had never seen names no profile); one recorded up to the address's erasure
+# was its erased holder's, not the customer's who holds it since.
+_WITHDRAWN_ALL_ON = select(
+    _led.address_bidx, _led.purpose, _led.occurred_at, _led.source, _led.actor
+).where(
+    _led.address_bidx.in_(bindparam("bidxs", expanding=True)),
+    _led.channel == "*",
+    _led.status == "withdrawn",
+    not_(recorded_before_erasure()),
+)
 
 
 async def carry_person_opt_outs(
-    conn: AsyncConnection, p: Platform, profile_ids: set[uuid.UUID]
+    conn: AsyncConnection,
+    p: Platform,
+    profile_ids: set[uuid.UUID],
+    *,
+    gained: set[uuid.UUID] | None = None,
+    new: dict[uuid.UUID, list[tuple[str, bytes]]] | None = None,
 ) -> None:
     """An opt-out for every channel ('*') concerns the person, so it also reaches the emails
     and phones learned to be theirs later: a record that carries one, a profile merged in.
@@ -221,25 +251,60 @@ async def carry_person_opt_outs(
     than the customer's "stop all marketing" or "unsubscribe from everything", made them
     contactable by SMS again. Each such address gets the opt-out as the opt-out itself writes
     it (a suppression and a ledger withdrawal of the address, dated when the customer asked),
-    so only a grant that occurred after it makes the address contactable. `profile_ids`:
-    surviving profiles that may have gained addresses; their opt-outs include those of profiles
-    merged into them.
+    so only a grant that occurred after it makes the address contactable.
+
+    The withdrawals carried are those naming the profile (or one merged into it), and the
+    opt-outs of every channel of any email or phone it holds, whoever they name: "stop all
+    marketing" from an address we had never seen names no profile, yet reaches the phone its
+    owner is imported with, or that joins them later. The latter are found by the addresses'
+    suppressions, and read from the ledger only for the few addresses that have one.
+
+    `profile_ids`: surviving profiles that existed and may have gained addresses; their
+    opt-outs include those of profiles merged into them. `gained`: those of them (by default
+    all) that gained an email or phone, or a merged profile: the opt-outs of their addresses
+    are looked up too. `new`: profiles this transaction created, with their emails and phones
+    (the caller passes those with two or more: with one there is nowhere to carry to); nothing
+    names them yet, so only their addresses are looked up, by blind index at the driver's speed
+    (the ingest hot path: one statement per 500 addresses).
     """
-    if not profile_ids:
+    new = new or {}
+    if not profile_ids and not new:
         return
     survivor = {pid: pid for pid in profile_ids}
     ids = sorted(profile_ids)
     for start in range(0, len(ids), 500):  # a merge re-points what was merged into the absorbed
         rows = await conn.execute(_MERGED_INTO, {"ids": ids[start : start + 500]})
         survivor.update({pid: into for pid, into in rows})
-    owners = sorted(survivor)
     latest: dict[tuple[uuid.UUID, str], tuple[datetime, str, str]] = {}
+
+    def keep(pid: uuid.UUID, purpose: str, at: datetime, source: str, actor: str) -> None:
+        key = (survivor.get(pid, pid), purpose)
+        if key not in latest or at > latest[key][0]:
+            latest[key] = (at, source, actor)
+
+    owners = sorted(survivor)
     for start in range(0, len(owners), 500):
-        rows = await conn.execute(_WITHDRAWN_ALL, {"ids": owners[start : start + 500]})
-        for pid, purpose, at, source, actor in rows:
-            key = (survivor[pid], purpose)
-            if key not in latest or at > latest[key][0]:
-                latest[key] = (at, source, actor)
+        for row in await conn.execute(_WITHDRAWN_ALL, {"ids": owners[start : start + 500]}):
+            keep(*row)
+    # the opt-outs of every channel of the addresses these customers hold, whoever they name
+    look = set(profile_ids if gained is None else gained)
+    if new:  # most new customers' addresses have none: ask for the profiles of those that do
+        of = {b: pid for pid, addresses in new.items() for _, b in addresses}
+        found = await rows_where_in(
+            conn, suppressions, ("bidx", "channel", "reason"), "bidx", sorted(of)
+        )
+        look |= {of[b] for b, channel, reason in found if channel == "*" and reason != "erasure"}
+    holder: dict[bytes, uuid.UUID] = {}
+    ordered = sorted(look)
+    for start in range(0, len(ordered), 500):
+        rows = await conn.execute(_HELD_OPTED_OUT, {"ids": ordered[start : start + 500]})
+        holder.update({bidx: pid for pid, bidx in rows})
+    opted = sorted(holder)
+    for start in range(0, len(opted), 500):
+        for bidx, *row in await conn.execute(
+            _WITHDRAWN_ALL_ON, {"bidxs": opted[start : start + 500]}
+        ):
+            keep(holder[bidx], *row)
     if not latest:
         return
     addresses = await profiles_addresses(conn, {pid for pid, _ in latest})

@@ -59,6 +59,8 @@ from cdp.profiles.resolution import REFUSED_MESSAGE, Group, Step, resolve
 from cdp.profiles.sealing import Sealed
 from consent.policy import IdentityGuards
 
+ADDRESS_KINDS = ("email", "phone")  # the identifiers messages go to
+
 log = structlog.get_logger(__name__)
 
 
@@ -71,6 +73,8 @@ class Outcome:
     ignored: list[FieldError]
     keys: list[IdentityKey]  # the record's identifiers that its profile holds (kept)
     review_id: uuid.UUID | None = None  # a merge the guards refused, queued for review
+    # the record gave its profile an email or phone the profile did not hold before
+    gained_address: bool = False
     consents_recorded: int = 0  # of the record's consent claims (set by store_prepared_in)
     # the profile's data key as this transaction holds it (the consents it carries use it)
     cipher: FieldCipher | None = field(default=None, repr=False, compare=False)
@@ -293,6 +297,7 @@ async def ingest(
                 # these, not for one the guards refused (another customer's) or the cap dropped
                 keys=[k for k in keys[i] if k.bidx in kept],
                 review_id=review_ids.get(i),
+                gained_address=any(k.kind in ADDRESS_KINDS for k, _ in step.new),
                 cipher=w.cipher,
             )
 
@@ -635,6 +640,7 @@ def _create_alone(
             merged_profile_ids=[],
             ignored=list(rec.ignored),
             keys=ks,
+            gained_address=any(k.kind in ADDRESS_KINDS for k in ks),
             cipher=cipher,
         )
 

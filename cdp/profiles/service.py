@@ -19,7 +19,7 @@ from cdp.normalize import normalise_country
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.identity import IdentityKey, record_keys
-from cdp.profiles.ingest import Outcome, ingest
+from cdp.profiles.ingest import ADDRESS_KINDS, Outcome, ingest
 from cdp.profiles.records import (
     ConsentClaim,
     Record,
@@ -119,12 +119,18 @@ async def _store_by_actor(
         )
         for prepared, actor in groups
     ]
-    # a customer who opted out of everything: so are the addresses their records bring
-    joined = {o.profile_id for outcomes in resolved for o in outcomes if not o.created}
-    await carry_person_opt_outs(conn, p, joined)
-    # the data keys ingest holds, of the profiles that still stand (a later group may merge
-    # one that an earlier group's record joined)
+    # the profiles that still stand (a later group may merge one that an earlier group's
+    # record joined or created)
     absorbed = {m for outcomes in resolved for o in outcomes for m in o.merged_profile_ids}
+    # a customer who opted out of everything: so are the addresses their records bring, also
+    # where "stop all" came from an address before anyone held it (a new customer's too)
+    outs = [o for outcomes in resolved for o in outcomes if o.profile_id not in absorbed]
+    joined = {o.profile_id for o in outs if not o.created}
+    gained = {
+        o.profile_id for o in outs if not o.created and (o.gained_address or o.merged_profile_ids)
+    }
+    await carry_person_opt_outs(conn, p, joined, gained=gained, new=_new_customers(outs, joined))
+    # the data keys ingest holds, of the profiles that still stand
     held = {
         o.profile_id: o.cipher
         for outcomes in resolved
@@ -147,6 +153,20 @@ async def _store_by_actor(
                     FieldError("consents", f"a {claim.channel} grant: its address was not kept")
                 )
     return resolved
+
+
+def _new_customers(
+    outcomes: list[Outcome], joined: set[uuid.UUID]
+) -> dict[uuid.UUID, list[tuple[str, bytes]]]:
+    """The emails and phones of the profiles the batch created (and no later record of it
+    joined), where they are two or more: with one there is nowhere to carry a "stop all
+    marketing" of that address to (consent.optout.carry_person_opt_outs)."""
+    held = {
+        o.profile_id: [(k.kind, k.bidx) for k in o.keys if k.kind in ADDRESS_KINDS]
+        for o in outcomes
+        if o.created and o.profile_id not in joined
+    }
+    return {pid: a for pid, a in held.items() if len(a) >= 2}
 
 
 async def upsert_one(p: Platform, raw: Any, actor: str) -> Outcome:

@@ -81,14 +81,10 @@ def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> C
     messenger) entry of theirs.
     `addresses`: the email and phone blind indexes the customer holds, or, for an erased
     customer, the one they were named by."""
-    led, s, r = consent_ledger.c, suppressions.c, dsr_requests.c
+    led, r = consent_ledger.c, dsr_requests.c
     held = select(identities.c.id).where(identities.c.bidx == led.address_bidx).exists()
-    erased_at = (
-        select(func.max(s.at))
-        .where(s.bidx == led.address_bidx, s.reason == "erasure")
-        .scalar_subquery()
-    )
-    before_erasure = and_(erased_at.is_not(None), led.recorded_at <= erased_at)
+    erased_at = _address_erased_at()
+    before_erasure = recorded_before_erasure()
     parts: list[ColumnElement[bool]] = []
     if addresses:
         parts.append(and_(led.address_bidx.in_(addresses), or_(~held, not_(before_erasure))))
@@ -114,6 +110,23 @@ def ledger_entries_of(profile_ids: list[uuid.UUID], addresses: list[bytes]) -> C
             )
         )
     return or_(*parts) if parts else false()
+
+
+def recorded_before_erasure() -> ColumnElement[bool]:
+    """The ledger entry on an address was recorded up to the address's last erasure: it is the
+    erased customer's, not that of whoever holds the address since (a reassigned number)."""
+    erased_at = _address_erased_at()
+    return and_(erased_at.is_not(None), consent_ledger.c.recorded_at <= erased_at)
+
+
+def _address_erased_at() -> ColumnElement:
+    """When the ledger entry's address was last erased (its erasure suppression), or NULL."""
+    s = suppressions.c
+    return (
+        select(func.max(s.at))
+        .where(s.bidx == consent_ledger.c.address_bidx, s.reason == "erasure")
+        .scalar_subquery()
+    )
 
 
 async def erased_holder(conn: AsyncConnection, bidx: bytes) -> uuid.UUID | None:
