@@ -25,8 +25,9 @@ from __future__ import annotations
 import uuid
 
 import structlog
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Column, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.crypto.fields import FieldCipher
 from cdp.db.tables import (
@@ -144,22 +145,10 @@ async def _snapshots(
 ) -> None:
     """What later merges into the holder changed on it (merge snapshots, under its key)."""
     sc = merge_snapshots.c
-    rows = await conn.execute(
-        select(sc.merge_id, sc.survivor_state).where(
-            sc.survivor_id == holder, sc.survivor_key_id == old.key_id
-        )
+    where = (sc.survivor_id == holder,)
+    await _again(
+        conn, sc.merge_id, sc.survivor_state, sc.survivor_key_id, SURVIVOR_PLACE, where, old, new
     )
-    again = [
-        {"mid": mid, "st": new.encrypt(SURVIVOR_PLACE, old.decrypt_bytes(SURVIVOR_PLACE, blob))}
-        for mid, blob in rows
-    ]
-    if again:
-        await conn.execute(
-            update(merge_snapshots)
-            .where(sc.merge_id == bindparam("mid"))
-            .values(survivor_state=bindparam("st"), survivor_key_id=new.key_id),
-            again,
-        )
 
 
 async def _notes(
@@ -167,20 +156,29 @@ async def _notes(
 ) -> None:
     """Notes of requests about the holder (consent.dsr.requests), under its key."""
     dc = dsr_requests.c
-    rows = await conn.execute(
-        select(dc.id, dc.note).where(
-            dc.note_owner == holder, dc.note_key_id == old.key_id, dc.note.is_not(None)
-        )
-    )
-    again = [
-        {"rid": rid, "n": new.encrypt(NOTE_PLACE, old.decrypt_bytes(NOTE_PLACE, note))}
-        for rid, note in rows
-    ]
+    where = (dc.note_owner == holder, dc.note.is_not(None))
+    await _again(conn, dc.id, dc.note, dc.note_key_id, NOTE_PLACE, where, old, new)
+
+
+async def _again(
+    conn: AsyncConnection,
+    key: Column,
+    blob: Column,
+    key_id: Column,
+    place: str,
+    where: tuple[ColumnElement[bool], ...],
+    old: FieldCipher,
+    new: FieldCipher,
+) -> None:
+    """Encrypt `blob` again under `new` in the rows `where` selects that are under `old`, and
+    record the new key id: one column, whose place does not depend on the row."""
+    rows = await conn.execute(select(key, blob).where(key_id == old.key_id, *where))
+    again = [{"k": k, "b": new.encrypt(place, old.decrypt_bytes(place, b))} for k, b in rows]
     if again:
         await conn.execute(
-            update(dsr_requests)
-            .where(dc.id == bindparam("rid"))
-            .values(note=bindparam("n"), note_key_id=new.key_id),
+            update(key.table)
+            .where(key == bindparam("k"))
+            .values({blob.name: bindparam("b"), key_id.name: new.key_id}),
             again,
         )
 

@@ -256,7 +256,11 @@ async def _without_erased(p: Platform, page: Page) -> Page:
         erased = await profiles_in_status(conn, {pid for pid, _ in page.handed}, "erased")
     if not erased:
         return page
-    kept = [i for i, (pid, _) in enumerate(page.handed) if pid not in erased]
+    return _keeping(page, [i for i, (pid, _) in enumerate(page.handed) if pid not in erased])
+
+
+def _keeping(page: Page, kept: list[int]) -> Page:
+    """The page with only its members at these positions."""
     return Page([page.items[i] for i in kept], page.next_after, [page.handed[i] for i in kept])
 
 
@@ -276,7 +280,8 @@ async def _without_withdrawn(p: Platform, audience: Audience, got: PageRows, pag
             touched.add(bidx)
             touched.add(pid)
         touched.discard(None)
-        bidx_of = {row[4]: row[2] for row in got.rows}  # identity id -> address blind index
+        # identity id -> address blind index (push and messenger members have no identity)
+        bidx_of = {row[4]: row[2] for row in got.rows if row[4] is not None}
         named = [
             i
             for i, (pid, iid) in enumerate(page.handed)
@@ -294,5 +299,4 @@ async def _without_withdrawn(p: Platform, audience: Audience, got: PageRows, pag
     if not out:
         return page
     gone = {i for i in named if pack([page.handed[i]]) in out}
-    kept = [i for i in range(len(page.handed)) if i not in gone]
-    return Page([page.items[i] for i in kept], page.next_after, [page.handed[i] for i in kept])
+    return _keeping(page, [i for i in range(len(page.handed)) if i not in gone])
