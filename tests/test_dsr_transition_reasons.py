@@ -21,10 +21,14 @@ from tests.test_erasure import EMAIL, PHONE, create_anna
 NAMING_HER = f"caller could not confirm {EMAIL} / {PHONE}, Анна Стирающаяся"
 
 
-async def held_request(platform, email: str = EMAIL) -> uuid.UUID:  # type: ignore[no-untyped-def]
+async def held_request(  # type: ignore[no-untyped-def]
+    platform, email: str = EMAIL, note: str | None = None
+) -> uuid.UUID:
     """A request that stays open (no worker has run yet)."""
     ident = parse_identifier(platform.policy, platform.keys.indexer, email=email)
-    submitted = await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    submitted = await submit_erasure(
+        platform, ident, requested_by="customer", actor="test", note=note
+    )
     return submitted.request_id
 
 
@@ -218,7 +222,7 @@ async def test_the_holders_reasons_survive_an_unmerge_and_the_erasure_of_the_oth
     anna = (await post(client, keys, "/v1/profiles", ANNA))["profile_id"]
     other = (await post(client, keys, "/v1/profiles", OTHER))["profile_id"]
     assert (await post(client, keys, "/v1/profiles", WRONG_LINK))["merged_profile_ids"] == [other]
-    rid = await held_request(platform, ANNA["email"])
+    rid = await held_request(platform, ANNA["email"], note="asked by phone, Анна")
     r = await client.post(
         f"/v1/erasure-requests/{rid}/reject",
         json={"reason": "Анна could not prove it was her"},
@@ -236,6 +240,7 @@ async def test_the_holders_reasons_survive_an_unmerge_and_the_erasure_of_the_oth
     await run_pending(platform)
     body = (await client.get(f"/v1/erasure-requests/{rid}", headers=keys["admin"])).json()
     assert body["transitions"][-1]["reason"] == "Анна could not prove it was her"
+    assert body["note"] == "asked by phone, Анна"  # re-encrypted under her new key
     assert (await verified(client, keys))["ok"] is True
     # and with her own erasure it goes
     r = await client.post(
