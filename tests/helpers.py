@@ -87,3 +87,21 @@ async def hypothesis_on_loop(test: Callable[[Callable[[Awaitable[T]], T]], None]
         return asyncio.run_coroutine_threadsafe(wrapped(), loop).result()
 
     await asyncio.to_thread(test, run)
+
+
+async def contactable(client, keys, pid: str) -> dict:  # type: ignore[no-untyped-def]
+    """The customer's contactability matrix (purpose -> channel -> bool), as the API says it."""
+    r = await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    return r.json()["contactable"]
+
+
+async def segment_members(client, keys, purpose: str, channel: str) -> list:  # type: ignore[no-untyped-def]
+    """Every member of an ad-hoc segment of the whole base, for a purpose and channel."""
+    r = await client.post(
+        "/v1/segments/query",
+        json={"purpose": purpose, "channel": channel, "rules": {"all": []}},
+        headers=keys["marketing"],
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["items"]

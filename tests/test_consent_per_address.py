@@ -9,27 +9,11 @@ from __future__ import annotations
 
 from cdp.db.tables import profiles
 from consent.tables import consent_ledger, consent_state, suppressions
-from tests.helpers import count
+from tests.helpers import contactable, count, segment_members
 
 EV = {"wording_id": "w-v1", "method": "checkbox"}
 EMAIL = "a@example.com"
 PHONE = "+79161234567"
-
-
-async def matrix(client, keys, pid):  # type: ignore[no-untyped-def]
-    r = await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])
-    assert r.status_code == 200, r.text
-    return r.json()["contactable"]
-
-
-async def members(client, keys, purpose, channel):  # type: ignore[no-untyped-def]
-    r = await client.post(
-        "/v1/segments/query",
-        json={"purpose": purpose, "channel": channel, "rules": {"all": []}},
-        headers=keys["marketing"],
-    )
-    assert r.status_code == 200, r.text
-    return r.json()["items"]
 
 
 async def customer(client, keys) -> str:  # type: ignore[no-untyped-def]
@@ -62,12 +46,12 @@ async def test_grant_naming_an_email_does_not_reach_the_customers_phone(client, 
     assert [e["field"] for e in r.json()["errors"]] == ["channel"]
     assert EMAIL not in r.text and PHONE not in r.text
     assert await count(platform, consent_ledger) == before
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is False
-    assert (await matrix(client, keys, pid))["marketing"]["phone"] is False
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is False
+    assert (await contactable(client, keys, pid))["marketing"]["phone"] is False
     r = await client.post("/v1/consents", json=grant("phone", email=EMAIL), headers=keys["ingest"])
     assert r.status_code == 400, r.text
-    assert await members(client, keys, "marketing", "sms") == []
-    assert await members(client, keys, "marketing", "phone") == []
+    assert await segment_members(client, keys, "marketing", "sms") == []
+    assert await segment_members(client, keys, "marketing", "phone") == []
 
 
 async def test_grant_naming_a_phone_does_not_reach_the_customers_email(client, keys, platform):
@@ -77,8 +61,8 @@ async def test_grant_naming_a_phone_does_not_reach_the_customers_email(client, k
     assert r.status_code == 400, r.text
     assert [e["field"] for e in r.json()["errors"]] == ["channel"]
     assert await count(platform, consent_ledger) == before
-    assert (await matrix(client, keys, pid))["marketing"]["email"] is False
-    assert await members(client, keys, "marketing", "email") == []
+    assert (await contactable(client, keys, pid))["marketing"]["email"] is False
+    assert await segment_members(client, keys, "marketing", "email") == []
 
 
 async def test_a_refused_grant_for_an_unseen_address_creates_no_customer(client, keys, platform):
@@ -102,7 +86,7 @@ async def test_a_grant_naming_an_address_reaches_that_address_only(client, keys)
     r = await client.post("/v1/consents", json=grant("sms", phone=PHONE), headers=keys["ingest"])
     assert r.status_code == 201, r.text
     assert len(r.json()["events"]) == 1
-    got = await members(client, keys, "marketing", "sms")
+    got = await segment_members(client, keys, "marketing", "sms")
     assert [m["address"] for m in got] == [PHONE]
     view = (await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])).json()
     granted = {(i["channel"], i["address"]) for i in view["items"] if i["status"] == "granted"}
@@ -113,7 +97,7 @@ async def test_a_push_grant_naming_an_email_reaches_the_profile(client, keys):
     pid = await customer(client, keys)
     r = await client.post("/v1/consents", json=grant("push", email=EMAIL), headers=keys["ingest"])
     assert r.status_code == 201, r.text
-    m = (await matrix(client, keys, pid))["marketing"]
+    m = (await contactable(client, keys, pid))["marketing"]
     assert m["push"] is True
     assert m["email"] is False and m["sms"] is False
 
@@ -122,7 +106,7 @@ async def test_a_grant_naming_the_profile_reaches_its_addresses_of_the_kind(clie
     pid = await customer(client, keys)
     r = await client.post("/v1/consents", json=grant("sms", profile_id=pid), headers=keys["ingest"])
     assert r.status_code == 201, r.text
-    m = (await matrix(client, keys, pid))["marketing"]
+    m = (await contactable(client, keys, pid))["marketing"]
     assert m["sms"] is True and m["email"] is False
 
 
@@ -130,10 +114,10 @@ async def test_a_withdrawal_naming_an_email_still_stops_the_customers_phones(cli
     pid = await customer(client, keys)
     r = await client.post("/v1/consents", json=grant("sms", phone=PHONE), headers=keys["ingest"])
     assert r.status_code == 201, r.text
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is True
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is True
     withdrawal = {**grant("sms", email=EMAIL), "status": "withdrawn"}
     del withdrawal["evidence"]
     r = await client.post("/v1/consents", json=withdrawal, headers=keys["ingest"])
     assert r.status_code == 201, r.text  # stopping more than asked is the safe side
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is False
-    assert await members(client, keys, "marketing", "sms") == []
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is False
+    assert await segment_members(client, keys, "marketing", "sms") == []

@@ -10,32 +10,17 @@ import csv
 
 from cdp.importer import run_import
 from consent.dsr.worker import run_pending
+from tests.helpers import contactable, segment_members
 
 EV = {"wording_id": "w-v1", "method": "checkbox"}
 OLD = "2026-01-01T00:00:00Z"  # a stale CRM export, older than the opt-out
 STOP_AT = "2026-06-01T00:00:00Z"
 
 
-async def matrix(client, keys, pid):  # type: ignore[no-untyped-def]
-    r = await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])
-    assert r.status_code == 200, r.text
-    return r.json()["contactable"]
-
-
 async def profile_id(client, keys, **query: str) -> str:  # type: ignore[no-untyped-def]
     r = await client.get("/v1/profiles", params=query, headers=keys["admin"])
     assert r.status_code == 200, r.text
     return r.json()["profile_id"]
-
-
-async def members(client, keys, purpose, channel):  # type: ignore[no-untyped-def]
-    r = await client.post(
-        "/v1/segments/query",
-        json={"purpose": purpose, "channel": channel, "rules": {"all": []}},
-        headers=keys["marketing"],
-    )
-    assert r.status_code == 200, r.text
-    return r.json()["items"]
 
 
 async def stop_all(client, keys, **ident: str) -> None:  # type: ignore[no-untyped-def]
@@ -81,10 +66,10 @@ async def test_stop_all_marketing_from_an_unseen_email_reaches_the_phone_importe
         headers=keys["ingest"],
     )
     assert r.status_code == 201, r.text
-    m = (await matrix(client, keys, r.json()["profile_id"]))["marketing"]
+    m = (await contactable(client, keys, r.json()["profile_id"]))["marketing"]
     assert m["email"] is False and m["push"] is False  # holds (README)
     assert m["sms"] is False  # the phone of the same person
-    assert await members(client, keys, "marketing", "sms") == []
+    assert await segment_members(client, keys, "marketing", "sms") == []
     await audit_ok(client, keys)
 
 
@@ -108,11 +93,13 @@ async def test_stop_all_marketing_from_an_unseen_phone_reaches_the_email_in_an_i
         w.writerow(["other@example.com", "+79161230002", "RU", *grants])
     summary = await run_import(platform, src, "crm")
     assert summary.consents_recorded == 4
-    m = await matrix(client, keys, await profile_id(client, keys, email="p@example.com"))
+    m = await contactable(client, keys, await profile_id(client, keys, email="p@example.com"))
     assert m["marketing"]["sms"] is False and m["marketing"]["email"] is False
-    other = await matrix(client, keys, await profile_id(client, keys, email="other@example.com"))
+    other = await contactable(
+        client, keys, await profile_id(client, keys, email="other@example.com")
+    )
     assert other["marketing"]["sms"] is True and other["marketing"]["email"] is True
-    assert [i["address"] for i in await members(client, keys, "marketing", "email")] == [
+    assert [i["address"] for i in await segment_members(client, keys, "marketing", "email")] == [
         "other@example.com"
     ]
     await audit_ok(client, keys)
@@ -141,7 +128,7 @@ async def test_stop_all_from_an_unseen_email_reaches_a_phone_that_joins_its_cust
         headers=keys["ingest"],
     )
     assert r.status_code == 200 and r.json()["profile_id"] == pid, r.text
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is False
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is False
     # a merge brings it too: the phone's own profile, merged in by a record naming both
     r = await client.post(
         "/v1/profiles",
@@ -155,8 +142,8 @@ async def test_stop_all_from_an_unseen_email_reaches_a_phone_that_joins_its_cust
         headers=keys["ingest"],
     )
     assert r.json()["profile_id"] == pid, r.text
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is False
-    assert await members(client, keys, "marketing", "sms") == []
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is False
+    assert await segment_members(client, keys, "marketing", "sms") == []
     # only a grant that occurred after the opt-out makes a phone contactable again
     r = await client.post(
         "/v1/profiles",
@@ -168,7 +155,7 @@ async def test_stop_all_from_an_unseen_email_reaches_a_phone_that_joins_its_cust
         headers=keys["ingest"],
     )
     assert r.status_code == 200, r.text
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is True
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is True
     await audit_ok(client, keys)
 
 
@@ -211,7 +198,7 @@ async def test_an_erased_holders_stop_all_does_not_follow_their_number_to_its_ne
         headers=keys["ingest"],
     )
     assert r.status_code == 201, r.text
-    m = await matrix(client, keys, r.json()["profile_id"])
+    m = await contactable(client, keys, r.json()["profile_id"])
     assert m["marketing"]["email"] is True and m["service"]["email"] is True
     assert m["marketing"]["sms"] is False
     await audit_ok(client, keys)
@@ -246,6 +233,6 @@ async def test_stop_all_from_an_unseen_email_reaches_a_phone_a_reviewed_merge_br
     (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
     r = await client.post(f"/v1/merge-reviews/{review['review_id']}/accept", headers=keys["admin"])
     assert r.status_code == 200, r.text
-    assert (await matrix(client, keys, pid))["marketing"]["sms"] is False
-    assert await members(client, keys, "marketing", "sms") == []
+    assert (await contactable(client, keys, pid))["marketing"]["sms"] is False
+    assert await segment_members(client, keys, "marketing", "sms") == []
     await audit_ok(client, keys)

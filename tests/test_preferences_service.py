@@ -15,6 +15,7 @@ from api.controllers.preferences import opt_out_plan, opt_out_text
 from api.i18n import messages
 from cdp.settings import DEFAULT_POLICY_DIR
 from consent.policy import load_policy
+from tests.helpers import segment_members
 from tests.test_preferences import contactable, events
 
 EV = {"wording_id": "w-v1", "method": "checkbox"}
@@ -30,19 +31,9 @@ async def us_customer(client, keys, email, phone=None):  # type: ignore[no-untyp
     return r.json()["profile_id"]
 
 
-async def members(client, keys, purpose, channel):  # type: ignore[no-untyped-def]
-    r = await client.post(
-        "/v1/segments/query",
-        json={"purpose": purpose, "channel": channel, "rules": {"all": []}},
-        headers=keys["marketing"],
-    )
-    assert r.status_code == 200, r.text
-    return r.json()["items"]
-
-
 async def token_of(client, keys, pid):  # type: ignore[no-untyped-def]
     [member] = [
-        m for m in await members(client, keys, "service", "email") if m["profile_id"] == pid
+        m for m in await segment_members(client, keys, "service", "email") if m["profile_id"] == pid
     ]
     return member["unsubscribe_token"]
 
@@ -71,7 +62,7 @@ async def test_unsubscribe_from_everything_keeps_order_messages_for_a_us_custome
     after = (await contactable(client, keys, pid))["service"]
     # service rests on the contract for email, phone, push, messenger (POLICIES.md, US.toml)
     assert after == before, after
-    assert pid in {m["profile_id"] for m in await members(client, keys, "service", "email")}
+    assert pid in {m["profile_id"] for m in await segment_members(client, keys, "service", "email")}
 
 
 async def test_unsubscribe_from_everything_withdraws_a_us_customers_service_sms_opt_in(
@@ -120,8 +111,8 @@ async def test_unsubscribe_from_everything_withdraws_a_us_customers_service_sms_
         ("marketing", "*")
     }
     assert all(e["method"] == "preference_centre" for e in mine)
-    assert await members(client, keys, "service", "sms") == []
-    assert pid in {m["profile_id"] for m in await members(client, keys, "service", "email")}
+    assert await segment_members(client, keys, "service", "sms") == []
+    assert pid in {m["profile_id"] for m in await segment_members(client, keys, "service", "email")}
 
 
 async def test_unsubscribe_from_everything_for_a_us_customer_without_a_phone(client, keys):
@@ -183,7 +174,7 @@ async def test_unsubscribe_from_everything_stops_all_advertising_and_keeps_servi
         ("sale_share", "*"),
     }
     for channel in ("email", "sms"):
-        assert await members(client, keys, "marketing", channel) == []
+        assert await segment_members(client, keys, "marketing", channel) == []
 
 
 # ----------------------------------------------------------------------------- plain rules
