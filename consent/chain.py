@@ -4,8 +4,10 @@ hash = SHA-256(prev_hash || canonical JSON of the entry's fields). The evidence 
 ciphertext, so destroying a data key (erasure) leaves every hash valid.
 
 Canonical JSON: a compact JSON array (msgspec, UTF-8, no whitespace) of the HASHED_FIELDS values
-in that order: bytes as standard base64, datetimes as ISO 8601 in UTC (`+00:00`), UUIDs in their
-dashed lower-case form, booleans, integers, strings and null as themselves.
+in that order, followed by `via_profile` where the entry has one (entries recorded since
+migration 0018 on an address; those before it keep the hash they were given): bytes as standard
+base64, datetimes as ISO 8601 in UTC (`+00:00`), UUIDs in their dashed lower-case form,
+booleans, integers, strings and null as themselves.
 
 Verification reads the rows through the database driver (no ORM row processing) in batches and
 recomputes every hash in a worker thread while the next batch is fetched: about a million
@@ -56,6 +58,10 @@ HASHED_FIELDS = (
     "evidence_key_id",
     "effective",
 )
+# Hashed after HASHED_FIELDS where set (not null): a field added later leaves the hashes of
+# the entries recorded before it as they were.
+TRAILING_FIELDS = ("via_profile",)
+WITH_TRAILING = (*HASHED_FIELDS, *TRAILING_FIELDS)
 _encoder = msgspec.json.Encoder()
 
 
@@ -81,14 +87,23 @@ def _canonical(value: Any) -> Any:
     return str(value)
 
 
-def canonical_payload(row: Any, fields: Sequence[str] = HASHED_FIELDS) -> bytes:
-    """The canonical JSON of `fields` of an entry (a mapping, or an object with attributes)."""
+def ledger_fields(row: Any) -> tuple[str, ...]:
+    """The fields a consent ledger entry's hash covers (see the module's docstring)."""
+    value = row.get("via_profile") if isinstance(row, dict) else getattr(row, "via_profile", None)
+    return HASHED_FIELDS if value is None else WITH_TRAILING
+
+
+def canonical_payload(row: Any, fields: Sequence[str] | None = None) -> bytes:
+    """The canonical JSON of `fields` of an entry (a mapping, or an object with attributes);
+    by default those of a consent ledger entry."""
+    if fields is None:
+        fields = ledger_fields(row)
     get = (itemgetter if isinstance(row, dict) else attrgetter)(*fields)
     values = get(row) if len(fields) > 1 else (get(row),)
     return _encoder.encode([_canonical(v) for v in values])
 
 
-def entry_hash(prev_hash: bytes, row: Any, fields: Sequence[str] = HASHED_FIELDS) -> bytes:
+def entry_hash(prev_hash: bytes, row: Any, fields: Sequence[str] | None = None) -> bytes:
     """SHA-256(prev_hash || canonical JSON): the link of any chained table (the consent
     ledger by default; data-subject-request transitions pass their own fields)."""
     return hashlib.sha256(prev_hash + canonical_payload(row, fields)).digest()
@@ -143,7 +158,7 @@ def _utc_text(s: str) -> str:  # "2026-11-20 09:00:00.000000" (UTC) -> isoformat
 
 
 def _sqlite_payload(r: Sequence[Any]) -> list[Any]:
-    return [
+    out = [
         r[0],
         _uuid_hex(r[1]),
         _uuid_hex(r[2]),
@@ -164,10 +179,15 @@ def _sqlite_payload(r: Sequence[Any]) -> list[Any]:
         r[17],
         _BOOL[r[18]],
     ]
+    if r[_VIA] is not None:
+        out.append(_BOOL[r[_VIA]])
+    return out
 
 
 def _pg_payload(r: Sequence[Any]) -> Sequence[Any]:  # already canonical (_PG_COLUMNS)
-    return r[:_PREV]
+    if r[_VIA] is None:
+        return r[:_PREV]
+    return [*r[:_PREV], r[_VIA]]
 
 
 def _pg_time(column: str) -> str:
@@ -182,8 +202,8 @@ _FAST_PAYLOAD: dict[str, Callable[[Sequence[Any]], Sequence[Any]]] = {
     "sqlite": _sqlite_payload,
     "postgresql": _pg_payload,
 }
-_COLUMNS = [*HASHED_FIELDS, "prev_hash", "hash"]
-_PREV, _HASH = len(HASHED_FIELDS), len(HASHED_FIELDS) + 1
+_COLUMNS = [*HASHED_FIELDS, "prev_hash", "hash", *TRAILING_FIELDS]
+_PREV, _HASH, _VIA = len(HASHED_FIELDS), len(HASHED_FIELDS) + 1, len(HASHED_FIELDS) + 2
 _PG_COLUMNS = {
     "event_id": "event_id::text",
     "profile_id": "profile_id::text",

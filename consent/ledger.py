@@ -60,6 +60,9 @@ class Entry:
     # given is unknown, so as a grant it cannot outrank a withdrawal or an opt-out. Re-importing
     # last year's CRM export must not resubscribe whoever opted out since.
     undated: bool = False
+    # On an address: whether the request reached it through the profile rather than naming it
+    # (consent_ledger.via_profile); None on the profile's own entries.
+    via_profile: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,7 @@ async def append(
             "evidence_key_id": key_id,
             "effective": effective,
             "prev_hash": prev,
+            "via_profile": None if e.subject_kind == "profile" else e.via_profile,
         }
         row["hash"] = entry_hash(prev, row)
         prev = row["hash"]

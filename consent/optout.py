@@ -29,7 +29,7 @@ from consent.dsr.customer import recorded_before_erasure
 from consent.ledger import Entry
 from consent.outbox.enqueue import opt_out_rows, write_rows
 from consent.policy import Policy
-from consent.subjects import expand_channel, profile_subject
+from consent.subjects import expand_channel, profile_subject, via_profile
 from consent.suppressions import Suppression, suppress_many, suppressed_at
 from consent.tables import consent_ledger, suppressions
 
@@ -145,6 +145,7 @@ async def apply_opt_outs(
         if _names_address(p, r) or _reaches_profile_by_address(p, r):
             assert r.ident.bidx is not None
             subjects.append((r.ident.kind, r.ident.bidx))
+        named = list(subjects)
         if pid is not None and _whole_profile(p, r):
             for subject in [*addresses.get(pid, []), ("profile", profile_subject(pid))]:
                 if subject not in subjects:
@@ -174,6 +175,7 @@ async def apply_opt_outs(
                     actor=r.actor,
                     method=r.method,
                     cipher=cipher,
+                    via_profile=via_profile((kind, subject), named),
                 )
             )
             mine += 1
@@ -328,6 +330,7 @@ async def carry_person_opt_outs(
                     source=source,
                     actor=actor,
                     method="opt_out",
+                    via_profile=True,  # carried from another address of the customer
                 )
             )
     await _write(conn, p, carried, entries)

@@ -27,7 +27,7 @@ from consent.ledger import Appended, Entry
 from consent.policy import Policy
 from consent.rule import Facts, decide, suppression_outranks
 from consent.schemas import ConsentIn, EvidenceIn
-from consent.subjects import profile_subject
+from consent.subjects import profile_subject, via_profile
 from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
 from consent.tables import consent_state
 
@@ -196,6 +196,7 @@ async def record_claims(
                     ),
                     cipher=ciphers.get(pid, p.keys.system),
                     undated=claim.occurred_at is None,
+                    via_profile=via_profile((kind, subject), named),
                 )
             )
     await ledger.append(conn, p.policy, entries)
@@ -258,6 +259,7 @@ async def record_consent(
                 wording_id=body.evidence.wording_id if body.evidence else None,
                 evidence=recorded_evidence(p.policy, body.purpose, body.status, body.evidence),
                 cipher=cipher,
+                via_profile=via_profile((kind, subject), named),
             )
             for kind, subject in subjects
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 
 from consent.policy import Policy
 
@@ -22,3 +23,12 @@ def expand_channel(policy: Policy, kind: str, channel: str) -> list[str]:
     if channel == "*":
         return channels_for(policy, kind)
     return [channel] if policy.address_kind(channel) == kind else []
+
+
+def via_profile(subject: tuple[str, bytes], named: Collection[tuple[str, bytes]]) -> bool | None:
+    """Whether a request reached this address through its customer rather than naming it
+    (consent_ledger.via_profile): it is not among the addresses the request `named`. None for
+    the profile's own subject (push, messenger)."""
+    if subject[0] == "profile":
+        return None
+    return subject not in named

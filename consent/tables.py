@@ -40,6 +40,13 @@ consent_ledger = Table(
     Column("effective", Boolean, nullable=False),
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False),
+    # An entry on an address: false where the request named the address, true where it reached
+    # the address as one of the addresses of a customer it named otherwise (by profile id,
+    # external id, another address, or every channel). NULL on a profile's own entries (push,
+    # messenger) and on entries recorded before migration 0018 (not known). Hashed where set
+    # (consent.chain). An unmerge treats what reached an address through the merged profile
+    # as possibly the other customer's (cdp.profiles.unmerge).
+    Column("via_profile", Boolean),
 )
 
 # The derived current state: one row per (subject, purpose, channel). For email, sms and phone

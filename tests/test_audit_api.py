@@ -30,7 +30,12 @@ async def test_consent_events_of_a_customer_by_any_identifier(client, keys):
     assert [e["seq"] for e in by_email["items"]] == [1, 2, 4, 5]
     assert by_phone["items"] == by_email["items"] == by_id["items"]
     first = by_email["items"][0]
-    assert first["subject"] == {"kind": "email", "address": ANNA, "profile_id": ids["anna"]}
+    assert first["subject"] == {
+        "kind": "email",
+        "address": ANNA,
+        "profile_id": ids["anna"],
+        "via_profile": False,  # the grant named this address
+    }
     assert first["evidence"] == EVIDENCE and first["evidence_readable"] is True
     assert (first["purpose"], first["channel"], first["status"]) == (
         "marketing",
@@ -158,11 +163,17 @@ async def test_an_evidence_bundle_can_be_checked_without_our_software(client, ke
         ).hexdigest()
         assert digest == event["hash"] and event["hash_valid"] is True
         names, values = bundle["chain"]["hashed_fields"], json.loads(event["canonical"])
+        if event["subject"]["via_profile"] is not None:  # hashed last where recorded
+            names = [*names, *bundle["chain"]["trailing_fields"]]
         fields = dict(zip(names, values, strict=True))
+        assert fields.get("via_profile") == event["subject"]["via_profile"]
         assert fields["seq"] == event["seq"] and fields["status"] == event["status"]
         assert fields["wording_id"] == event["wording_id"]
         assert fields["policy_version"] == event["policy_version"]
     assert bundle["events"][0]["evidence"]["ip"] == "203.0.113.7"
+    # the grants and the opt-out named her addresses; push is her profile's own
+    reached = [(e["subject"]["kind"], e["subject"]["via_profile"]) for e in bundle["events"]]
+    assert reached == [("email", False), ("phone", False), ("email", False), ("profile", None)]
 
     cp = bundle["checkpoint"]  # step 5: the signed statement
     assert cp["entries"] == 6 and cp["covers_all_events"] is True

@@ -113,9 +113,13 @@ def altered(name: str, value: Any) -> Any:
     if name == "seq":
         return value + 1000
     if value is None:
-        return {"profile_id": uuid.uuid4(), "address_bidx": bytes(32), "evidence": b"x"}.get(
-            name, 1 if name == "evidence_key_id" else "x"
-        )
+        return {
+            "profile_id": uuid.uuid4(),
+            "address_bidx": bytes(32),
+            "evidence": b"x",
+            "evidence_key_id": 1,
+            "via_profile": True,  # a profile's own entry (push), or one from before 0018
+        }.get(name, "x")
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):

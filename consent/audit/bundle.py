@@ -21,7 +21,7 @@ from consent.audit.checkpoints import list_checkpoints
 from consent.audit.events import Customer, EventFilter, all_events, render
 from consent.audit.signing import signer_for
 from consent.audit.verify import OK, verify_ledger
-from consent.chain import HASHED_FIELDS, canonical_payload
+from consent.chain import HASHED_FIELDS, TRAILING_FIELDS, canonical_payload
 
 FORMAT = "cdp-evidence-bundle/v1"
 
@@ -37,7 +37,9 @@ def how_to_verify(fields: tuple[str, ...]) -> list[str]:
         "`canonical` text. The result, in hex, must equal `hash`.",
         "3. `canonical` is a JSON array of the recorded fields in this order: "
         + ", ".join(fields)
-        + ". Compare it with the event: bytes appear in base64 and times in UTC. The evidence "
+        + "; then, where the event's subject has a `via_profile` (true or false, recorded "
+        "since 2026-12-07), that value as a last element. Compare it with the event: bytes "
+        "appear in base64 and times in UTC. The evidence "
         "and the address appear only in protected form (encrypted evidence, keyed address "
         "index), so the record stays provable after the customer's personal data is erased.",
         "4. The events belong to one ledger of all customers: each entry's prev_hash is the "
@@ -91,6 +93,7 @@ async def evidence_bundle(
             "algorithm": "SHA-256 over prev_hash || canonical JSON; genesis prev_hash is 32 zero "
             "bytes",
             "hashed_fields": list(HASHED_FIELDS),
+            "trailing_fields": list(TRAILING_FIELDS),  # hashed after the others where set
             **report.to_json(),
         },
         "checkpoint": None

@@ -167,6 +167,9 @@ async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[di
                     "kind": r.subject_kind,
                     "address": plain.get(r.address_bidx) if r.address_bidx else None,
                     "profile_id": str(r.profile_id) if r.profile_id else None,
+                    # true: the request named the customer otherwise and reached this address
+                    # as one of theirs; false: it named the address; null: not recorded
+                    "via_profile": r.via_profile,
                 },
                 "evidence": proof,
                 "evidence_readable": readable,
