@@ -8,6 +8,12 @@ of consent. `keep_for` (called by the unmerge) stores a copy of such evidence un
 of the customer the address went back to; the ledger entry itself never changes, so its hash
 still verifies. `read` decrypts an entry's evidence from the entry, else from a copy; a copy
 goes with its owner's erasure (`forget`), as its key does.
+
+An entry recorded while the merge stood that reached an address through the merged profile
+(`consent_ledger.via_profile`: a withdrawal from either customer's manage link, a grant naming
+a profile id) may be the other customer's act: its copy keeps only the proof of what was agreed
+to or withdrawn (`PROOF_FIELDS`), not who did it from where (IP address, browser, page), which
+may be the other customer's personal data and would outlive her erasure under this key.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ if TYPE_CHECKING:
     from cdp.platform import Platform
 
 _PLACE = "consent_evidence_copies.evidence"
+# What a copy of an entry that reached the address through a merged profile keeps.
+PROOF_FIELDS = ("wording_id", "method", "advertiser", "text")
+
+
+def proof_only(evidence: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in evidence.items() if k in PROOF_FIELDS}
+
+
+def _doubtful(row: Any, merged_since: int) -> bool:
+    """Recorded while the merge stood, and reached its address through the merged profile."""
+    return bool(row.via_profile) and row.seq > merged_since
 
 
 def _place(seq: int) -> str:
@@ -39,16 +56,28 @@ def _place(seq: int) -> str:
 
 
 async def keep_for(
-    conn: AsyncConnection, p: Platform, addresses: Sequence[bytes], cipher: FieldCipher
+    conn: AsyncConnection,
+    p: Platform,
+    addresses: Sequence[bytes],
+    cipher: FieldCipher,
+    merged_since: int,
 ) -> int:
     """Copy the evidence of every entry on these addresses that is under another key than
-    `cipher`'s (the customer they now belong to) and can still be read. Returns how many."""
+    `cipher`'s (the customer they now belong to) and can still be read; of an entry recorded
+    after `merged_since` (the ledger's head at the undone merge) that reached its address
+    through the merged profile, only its proof fields. Returns how many."""
     led = consent_ledger.c
     rows = []
     for start in range(0, len(addresses), 500):
         rows += (
             await conn.execute(
-                select(led.seq, led.evidence, led.evidence_owner, led.evidence_key_id).where(
+                select(
+                    led.seq,
+                    led.evidence,
+                    led.evidence_owner,
+                    led.evidence_key_id,
+                    led.via_profile,
+                ).where(
                     led.address_bidx.in_(addresses[start : start + 500]),
                     led.evidence.is_not(None),
                     led.evidence_owner.is_not(None),
@@ -65,6 +94,8 @@ async def keep_for(
         evidence, readable = read_evidence(r, ciphers)
         if evidence is None or not readable:
             continue
+        if _doubtful(r, merged_since):
+            evidence = proof_only(evidence)
         blob = cipher.encrypt(_place(r.seq), msgspec.json.encode(evidence))
         copies.append(
             {
@@ -93,8 +124,9 @@ async def rekey(
     an address it holds, or on the profile itself before the merge, `merged_since`: after it,
     a sender naming the other customer's profile id reached the holder) get a copy under it.
     The other entries under the old key are about the customer the merge gave back, who has a
-    copy of those on her addresses (`keep_for`): the holder's new key does not read them.
-    Returns the entries copied."""
+    copy of those on her addresses (`keep_for`): the holder's new key does not read them. An
+    entry on its address recorded after `merged_since` that reached it through the merged
+    profile is copied with its proof fields only. Returns the entries copied."""
     c = consent_evidence_copies.c
     mine = await conn.execute(
         select(c.seq, c.evidence).where(c.owner == old.owner, c.key_id == old.key_id)
@@ -116,9 +148,10 @@ async def rekey(
         led.evidence_owner == old.owner,
         led.evidence_key_id == old.key_id,
     )
+    columns = (led.seq, led.evidence, led.via_profile)
     rows = (
         await conn.execute(
-            select(led.seq, led.evidence).where(
+            select(*columns).where(
                 *under_old,
                 led.address_bidx.is_(None),
                 led.profile_id == holder,
@@ -129,24 +162,26 @@ async def rekey(
     for start in range(0, len(addresses), 500):
         rows += (
             await conn.execute(
-                select(led.seq, led.evidence).where(
+                select(*columns).where(
                     *under_old, led.address_bidx.in_(addresses[start : start + 500])
                 )
             )
         ).all()
     now = utcnow()
-    copies = [
-        {
-            "seq": seq,
-            "owner": new.owner,
-            "key_id": new.key_id,
-            "evidence": new.encrypt(
-                _place(seq), old.decrypt_bytes("consent_ledger.evidence", blob)
-            ),
-            "created_at": now,
-        }
-        for seq, blob in rows
-    ]
+    copies = []
+    for r in rows:
+        plain = old.decrypt_bytes("consent_ledger.evidence", r.evidence)
+        if _doubtful(r, merged_since):
+            plain = msgspec.json.encode(proof_only(msgspec.json.decode(plain)))
+        copies.append(
+            {
+                "seq": r.seq,
+                "owner": new.owner,
+                "key_id": new.key_id,
+                "evidence": new.encrypt(_place(r.seq), plain),
+                "created_at": now,
+            }
+        )
     if copies:
         await conn.execute(insert_ignore(conn, consent_evidence_copies), copies)
     return len(copies)

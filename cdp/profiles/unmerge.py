@@ -13,7 +13,9 @@ the profile that holds the merge's survivor today (the holder) back into two:
 - the absorbed profile's fields, traits, sources, categories and profile-keyed (push, messenger)
   consent states come back from the snapshot; the survivor's values the merge overwrote are
   put back where nothing changed them since. A withdrawal recorded on the merged profile after
-  the merge applies to both halves (fail closed);
+  the merge applies to both halves (fail closed); a grant recorded on it counts for neither,
+  push and messenger (`_grants_while_merged_count_for_neither`) and an address's grant that
+  reached it through the merged profile (consent.merged_grants);
 - the absorbed profile is active again, and the merges row is marked undone;
 - snapshots of later merges into the holder are rewritten as if this merge had never been
   (`rebased`), and the holder gets a new data key (cdp.profiles.rekey): what was recorded for
@@ -51,11 +53,12 @@ from cdp.labels import city_key
 from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, pinned, present, trait_key
+from cdp.profiles.identifiers import profiles_addresses
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from cdp.profiles.rekey import rekey
-from consent import evidence, ledger
+from consent import evidence, ledger, merged_grants
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_merge
 from consent.subjects import profile_subject
@@ -138,7 +141,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
 
     moved = await _move_identities(conn, holder, a_id, a_state, h_cipher, a_cipher)
     # the proof of consent on the addresses that go back stays readable for their customer
-    await evidence.keep_for(conn, p, [r.bidx for r in moved if r.kind != "external_id"], a_cipher)
+    await evidence.keep_for(
+        conn, p, [r.bidx for r in moved if r.kind != "external_id"], a_cipher, s_state.ledger_seq
+    )
     event_ids = await _events_named_by(
         conn, holder, [r.id for r in moved], [a_id, *a_state.repointed]
     )
@@ -150,6 +155,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     await _restore_fields(conn, holder, a_id, a_state, s_state, h_cipher, a_cipher, now)
     await _restore_profile_consents(conn, holder, a_id, a_state, s_state)
     await _grants_while_merged_count_for_neither(conn, p, holder, s_state, actor, now, h_cipher)
+    await merged_grants.withdraw_doubtful(
+        conn, p, s_state.ledger_seq, await profiles_addresses(conn, {holder, a_id}), actor, now
+    )
 
     await _rebase_later_snapshots(conn, holder, m, s_state, h_cipher)
 

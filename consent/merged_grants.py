@@ -1,0 +1,183 @@
+"""Grants that reached an address through a merged profile, when the merge is undone.
+
+While a wrong merge stands, a grant naming the merged customer otherwise than by an address
+(a profile id, an external id, the preference centre's choice for every address of a kind)
+reaches every address of both customers on the channel (`consent_ledger.via_profile`). It may
+have been either customer's, and after the unmerge it counts for neither (DESIGN §1.1:
+conflicting data means no), as a push grant does (cdp.profiles.unmerge):
+
+- where such a grant holds an address's state, the address's own entries are read again
+  without the grants of that kind recorded while the merge stood (`granted_without`);
+- if they leave the address granted (the customer's own grant, made before the merge or since
+  by naming the address), the state stays as it is;
+- otherwise the unmerge records a withdrawal for the address (source and method "unmerge",
+  no evidence), so the state stays what the ledger implies and the audit still verifies. A new
+  grant makes the address contactable again.
+
+Withdrawals reaching addresses through the merged profile bind both customers (fail closed)
+and are left as they are; their evidence is copied without who made them (consent.evidence).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cdp.platform import Platform
+from consent import ledger
+from consent.ledger import Entry, supersedes
+from consent.policy import Policy
+from consent.subjects import expand_channel
+from consent.tables import consent_ledger, consent_state, suppressions
+
+SOURCE = METHOD = "unmerge"
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """A ledger entry on one address, as `granted_without` reads it."""
+
+    seq: int
+    kind: str
+    purpose: str
+    channel: str  # as recorded: a channel or "*"
+    status: str
+    occurred_at: datetime
+    recorded_at: datetime
+    via_profile: bool | None
+    effective: bool
+
+
+def granted_without(
+    policy: Policy,
+    facts: Iterable[Fact],
+    purpose: str,
+    channel: str,
+    merged_since: int,
+    erased_at: datetime | None = None,
+) -> bool:
+    """Whether the address's entries (in seq order) leave it granted for `purpose` on `channel`
+    without the grants that reached it through the merged profile after `merged_since`.
+
+    The state is derived as consent.ledger.append derives it (ordered by min(occurred_at,
+    recorded_at), a withdrawal winning a tie), from the entries recorded after the address's
+    last erasure (`erased_at`: what came before was another customer's, and was erased). A grant
+    that was not effective is left out, as the audit's replay leaves it out: where leaving it
+    out makes the answer "not granted", that is the safe side."""
+    state: tuple[str, datetime] | None = None
+    for f in facts:
+        if f.purpose != purpose or channel not in expand_channel(policy, f.kind, f.channel):
+            continue
+        if erased_at is not None and f.recorded_at <= erased_at:
+            continue
+        if f.status == "granted" and (not f.effective or (f.via_profile and f.seq > merged_since)):
+            continue
+        at = min(f.occurred_at, f.recorded_at)
+        if supersedes(f.status, at, state):
+            state = (f.status, at)
+    return state is not None and state[0] == "granted"
+
+
+async def withdraw_doubtful(
+    conn: AsyncConnection,
+    p: Platform,
+    merged_since: int,
+    addresses: dict[uuid.UUID, list[tuple[str, bytes]]],
+    actor: str,
+    now: datetime,
+) -> int:
+    """For the addresses of both customers of an undone merge (profile id -> (kind, blind
+    index)), withdraw what only a grant through the merged profile granted (see the module's
+    docstring). `merged_since`: the ledger's head when the merge was made. Returns how many
+    withdrawals were recorded."""
+    owner = {bidx: (pid, kind) for pid, held in addresses.items() for kind, bidx in held}
+    cs = consent_state.c
+    granted = await _rows(
+        conn,
+        select(cs.subject, cs.purpose, cs.channel, cs.seq).where(
+            cs.status == "granted", cs.seq > merged_since
+        ),
+        cs.subject,
+        list(owner),
+    )
+    if not granted:
+        return 0
+    led = consent_ledger.c
+    through = {
+        seq
+        for seq, via in await _rows(
+            conn,
+            select(led.seq, led.via_profile),
+            led.seq,
+            sorted({r.seq for r in granted}),
+        )
+        if via
+    }
+    doubtful = [r for r in granted if r.seq in through]
+    if not doubtful:
+        return 0
+    subjects = sorted({r.subject for r in doubtful})
+    facts: dict[bytes, list[Fact]] = {}
+    for r in await _rows(
+        conn,
+        select(
+            led.address_bidx,
+            led.seq,
+            led.subject_kind,
+            led.purpose,
+            led.channel,
+            led.status,
+            led.occurred_at,
+            led.recorded_at,
+            led.via_profile,
+            led.effective,
+        ).order_by(led.seq),
+        led.address_bidx,
+        subjects,
+    ):
+        facts.setdefault(r.address_bidx, []).append(Fact(*r[1:]))
+    sc = suppressions.c
+    erased: dict[bytes, datetime] = {}
+    for bidx, at in await _rows(
+        conn, select(sc.bidx, sc.at).where(sc.reason == "erasure"), sc.bidx, subjects
+    ):
+        erased[bidx] = max(at, erased.get(bidx, at))
+    entries = []
+    for r in doubtful:
+        mine = facts.get(r.subject, [])  # in seq order: each address is read in one chunk
+        if granted_without(
+            p.policy, mine, r.purpose, r.channel, merged_since, erased.get(r.subject)
+        ):
+            continue
+        pid, kind = owner[r.subject]
+        entries.append(
+            Entry(
+                profile_id=pid,
+                subject_kind=kind,
+                subject=r.subject,
+                purpose=r.purpose,
+                channel=r.channel,
+                status="withdrawn",
+                occurred_at=now,
+                source=SOURCE,
+                actor=actor,
+                method=METHOD,
+                via_profile=False,
+            )
+        )
+    await ledger.append(conn, p.policy, entries)
+    return len(entries)
+
+
+async def _rows(conn: AsyncConnection, query: Any, column: Any, values: Sequence[Any]) -> list:
+    out: list = []
+    for start in range(0, len(values), _CHUNK):
+        out += (await conn.execute(query.where(column.in_(values[start : start + _CHUNK])))).all()
+    return out
