@@ -38,6 +38,9 @@ profiles = Table(
     Column("status", String(16), nullable=False),  # active | merged | erased
     Column("merged_into", Uuid, nullable=True),
     Column("jurisdiction", String(16), nullable=False),
+    # whether a record gave the jurisdiction (true), or it came from a country or the default;
+    # a country changes only a jurisdiction no record gave (migration 0019; NULL: not known)
+    Column("jurisdiction_given", Boolean),
     Column("country", String(2)),
     Column("city", String(120)),
     # cdp.labels.city_key(city), what segment rules compare; case folding at most triples a

@@ -89,6 +89,7 @@ class _Working:
     cipher: FieldCipher
     created_at: datetime
     jurisdiction: str
+    jurisdiction_given: bool
     country: str | None
     city: str | None
     traits: dict[str, Any]
@@ -128,6 +129,7 @@ _CHANGE_PROFILE = (
     .where(profiles_t.c.id == bindparam("pid"))
     .values(
         jurisdiction=bindparam("j"),
+        jurisdiction_given=bindparam("jg"),
         country=bindparam("c"),
         city=bindparam("ci"),
         city_key=bindparam("ck"),
@@ -239,6 +241,7 @@ async def ingest(
                 cipher=ciphers[survivor_id],
                 created_at=r.created_at,
                 jurisdiction=r.jurisdiction,
+                jurisdiction_given=bool(r.jurisdiction_given),
                 country=r.country,
                 city=r.city,
                 traits=dict(r.traits or {}),
@@ -256,6 +259,7 @@ async def ingest(
                 cipher=cipher,
                 created_at=_tick(now, batch_records[0]),
                 jurisdiction=first.jurisdiction or p.policy.default_jurisdiction,
+                jurisdiction_given=first.jurisdiction_given,
                 country=None,
                 city=None,
                 traits={},
@@ -462,8 +466,9 @@ def _apply(w: _Working, rec: Record, at: datetime) -> None:
         w.field_times = {n: t for n, t in w.field_times.items() if n not in given} or None
     for name, value in rec.fields.items():
         w.enc[name] = w.cipher.encrypt(f"profiles.{name}", value)
-    if rec.jurisdiction:
-        w.jurisdiction = rec.jurisdiction
+    if rec.jurisdiction_given or (rec.jurisdiction and not w.jurisdiction_given):
+        w.jurisdiction = rec.jurisdiction  # a country changes only a jurisdiction not given
+        w.jurisdiction_given = w.jurisdiction_given or rec.jurisdiction_given
     if rec.country:
         w.country = rec.country
     if rec.city:
@@ -479,6 +484,7 @@ PROFILE_COLUMNS = (
     "status",
     "merged_into",
     "jurisdiction",
+    "jurisdiction_given",
     "country",
     "city",
     "city_key",
@@ -522,6 +528,7 @@ def _profile_row(w: _Working) -> tuple:
         "active",
         None,
         w.jurisdiction,
+        w.jurisdiction_given,
         w.country,
         w.city,
         city_key(w.city),
@@ -617,6 +624,7 @@ def _create_alone(
                 "active",
                 None,
                 rec.jurisdiction or default_jurisdiction,
+                rec.jurisdiction_given,
                 rec.country or None,
                 rec.city or None,
                 city_key(rec.city),
@@ -673,6 +681,7 @@ async def _write(
                 {
                     "pid": w.id,
                     "j": w.jurisdiction,
+                    "jg": w.jurisdiction_given,
                     "c": w.country,
                     "ci": w.city,
                     "ck": city_key(w.city),

@@ -49,6 +49,16 @@ ABSORBED_PLACE = "merge_snapshots.absorbed_state"
 SURVIVOR_PLACE = "merge_snapshots.survivor_state"
 
 
+def takes_jurisdiction(absorbed_given: bool, survivor_given: bool, country_taken: bool) -> bool:
+    """Whether a merge takes the absorbed profile's jurisdiction: a jurisdiction a record gave
+    outranks one that came from a country (a shop's delivery country does not relax the law a
+    CRM said the customer is under); between two of the same kind, the one that goes with the
+    country that won."""
+    if absorbed_given != survivor_given:
+        return absorbed_given
+    return country_taken
+
+
 class AbsorbedState(msgspec.Struct):
     """What the absorbed profile brought into the merge."""
 
@@ -64,13 +74,14 @@ class AbsorbedState(msgspec.Struct):
     sources: list[tuple[str, str]]  # (source, first_seen_at)
     repointed: list[uuid.UUID]  # profiles merged into it earlier, re-pointed to the survivor
     times: dict[str, str] = {}  # when each of its values was given (cdp.profiles.freshness)
+    jurisdiction_given: bool | None = None  # (profiles.jurisdiction_given)
 
 
 class SurvivorState(msgspec.Struct):
     """What the merge changed on the survivor: [before, after] per value."""
 
     fields: dict[str, list[str | None]]
-    plain: dict[str, list[str | None]]  # country, city, jurisdiction
+    plain: dict[str, list[str | bool | None]]  # country, city, jurisdiction(_given)
     traits: list[dict[str, Any]]
     consents: dict[str, dict[str, Any]]  # "purpose|channel" -> {"before": row|None, "after": row}
     sources: list[str]  # the survivor's sources before the merge
@@ -117,7 +128,7 @@ async def merge_profiles(
             values[name] = s_cipher.encrypt(f"profiles.{name}", a_value)
             field_changes[name] = [before, a_value]
             taken.add(name)
-    plain_changes: dict[str, list[str | None]] = {}
+    plain_changes: dict[str, list[str | bool | None]] = {}
     for name in PLAIN_FIELDS:
         a_val, s_val = getattr(a_row, name), getattr(s_row, name)
         if a_val and (not s_val or absorbed_newer(name)):
@@ -126,10 +137,20 @@ async def merge_profiles(
             taken.add(name)
     if "city" in values:
         values["city_key"] = city_key(values["city"])
-    # the jurisdiction (the law the customer is under) goes with the country that won
-    if "country" in values and a_row.jurisdiction != s_row.jurisdiction:
-        values["jurisdiction"] = a_row.jurisdiction
-        plain_changes["jurisdiction"] = [s_row.jurisdiction, a_row.jurisdiction]
+    # the jurisdiction (the law the customer is under): one a record gave, else the one that
+    # goes with the country that won
+    if takes_jurisdiction(
+        bool(a_row.jurisdiction_given), bool(s_row.jurisdiction_given), "country" in values
+    ):
+        if a_row.jurisdiction != s_row.jurisdiction:
+            values["jurisdiction"] = a_row.jurisdiction
+            plain_changes["jurisdiction"] = [s_row.jurisdiction, a_row.jurisdiction]
+        if bool(a_row.jurisdiction_given) != bool(s_row.jurisdiction_given):
+            values["jurisdiction_given"] = a_row.jurisdiction_given
+            plain_changes["jurisdiction_given"] = [
+                s_row.jurisdiction_given,
+                a_row.jurisdiction_given,
+            ]
     s_traits = dict(s_row.traits or {})
     a_traits = dict(a_row.traits or {})
     traits = dict(s_traits)
@@ -255,6 +276,7 @@ async def merge_profiles(
         country=a_row.country,
         city=a_row.city,
         jurisdiction=a_row.jurisdiction,
+        jurisdiction_given=a_row.jurisdiction_given,
         identity_ids=[iid for iid, _ in a_idents],
         event_ids=[r.id for r in a_events],
         consents=consents_before[0],

@@ -49,6 +49,7 @@ class Record:
     city: str | None = None
     country: str | None = None
     jurisdiction: str | None = None  # explicit, or inferred from country
+    jurisdiction_given: bool = False  # explicit (cdp.profiles.ingest keeps it over a country's)
     traits: dict[str, Any] = field(default_factory=dict)
     consents: list[ConsentClaim] = field(default_factory=list)
     ignored: list[FieldError] = field(default_factory=list)  # identifiers never used to link
@@ -137,6 +138,7 @@ def validate_record(data: ProfileIn, policy: Policy) -> Record:
         if code not in policy.jurisdictions:
             errors.append(FieldError("jurisdiction", "unknown jurisdiction"))
         rec.jurisdiction = code
+        rec.jurisdiction_given = True
     elif rec.country:
         rec.jurisdiction = policy.jurisdiction_for_country(rec.country)
 

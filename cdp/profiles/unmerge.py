@@ -325,6 +325,7 @@ async def _restore_fields(
             city=a_state.city,
             city_key=city_key(a_state.city),
             jurisdiction=a_state.jurisdiction,
+            jurisdiction_given=a_state.jurisdiction_given,
             field_times=a_state.times or None,
             updated_at=now,
             **{
