@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import Empty
 
 from cdp.crypto.fields import CryptoError
 from cdp.crypto.master import WrongMasterKeyError
@@ -18,6 +19,7 @@ from cdp.db.availability import database_unavailable
 from cdp.db.conflicts import is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
 from cdp.keyring import MASTER_KEY_ROTATED
+from cdp.validation import every_error
 from consent.tokens import TokenError
 
 log = structlog.get_logger("api.errors")
@@ -75,12 +77,27 @@ def _error_of(item: dict[str, Any]) -> FieldError:
     return decoded_field_error(message, key)
 
 
-def on_validation(_: Request, exc: ValidationException) -> Response:
-    errors = [
-        _error_of(item)
-        for item in (exc.extra if isinstance(exc.extra, list) else [])
-        if isinstance(item, dict)
+def _body_errors(request: Request) -> list[FieldError]:
+    """Every bad field of the request's JSON body (cdp.validation), where Litestar's
+    conversion names the first only; none where the body was not read as JSON."""
+    handler = request.scope.get("route_handler")
+    data = getattr(handler, "parsed_data_field", None)
+    body = request._connection_state.json  # what Request.json() decoded, kept for the scope
+    if data is None or body is Empty:
+        return []
+    # as Litestar converts: its signature model is lax (strict=False)
+    return [
+        decoded_field_error(message, path)
+        for message, path in every_error(body, data.annotation, strict=False)
     ]
+
+
+def on_validation(request: Request, exc: ValidationException) -> Response:
+    items = [i for i in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(i, dict)]
+    in_body = [i for i in items if i.get("source") == "body"]
+    errors = [_error_of(i) for i in items if i.get("source") != "body"]
+    if in_body:
+        errors += _body_errors(request) or [_error_of(i) for i in in_body]
     if not errors:
         errors.append(FieldError("body", "not valid JSON for this endpoint"))
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)

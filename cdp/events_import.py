@@ -41,9 +41,9 @@ from cdp.import_file import (
 from cdp.importer import STATISTICS_AFTER
 from cdp.nul_text import refuse_nul
 from cdp.platform import Platform
-from cdp.profiles.records import decode_errors
 from cdp.profiles.schemas import EventIn
 from cdp.spreadsheet import spreadsheet_safe
+from cdp.validation import invalid
 
 log = structlog.get_logger(__name__)
 
@@ -138,8 +138,8 @@ def prepared(p: Platform, header: list[str] | None, row: Any, source: str) -> Ch
     refuse_nul(body)
     try:
         event = msgspec.convert(body, EventIn, strict=header is None)
-    except msgspec.ValidationError as exc:
-        raise decode_errors(exc, whole="row") from None
+    except msgspec.ValidationError:
+        raise invalid(body, EventIn, strict=header is None, whole="row") from None
     return checked(p, event)
 
 

@@ -229,6 +229,9 @@ async def test_a_key_that_is_an_address_is_not_repeated(platform, client, keys, 
     summary = await run_import(platform, src, "crm")
     rejects = summary.rejects_path.read_text("utf-8")
     assert rejects.splitlines()[1:] == [
+        "1,consents[0].purpose,required",
+        "1,consents[0].channel,required",
+        "1,consents[0].status,required",
         "1,consents[0],unknown field",
         "2,row,names a key twice (one of its values would be lost)",
     ]

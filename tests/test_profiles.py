@@ -346,7 +346,7 @@ async def test_unknown_and_missing_fields_are_named_where_they_are(client, keys,
     single = {"source": "crm", "email": "named@example.com", "consents": [consent]}
     r = await client.post("/v1/profiles", json=single, headers=keys["ingest"])
     assert r.status_code == 400
-    assert r.json()["errors"][0]["field"] in ("consents[0].purpose", "consents[0].foo")
+    assert [e["field"] for e in r.json()["errors"]] == ["consents[0].purpose", "consents[0].foo"]
     records = [
         {"email": "a@example.com"},
         {"source": "crm", "emial": "b@example.com"},
@@ -357,7 +357,10 @@ async def test_unknown_and_missing_fields_are_named_where_they_are(client, keys,
     assert errors == [
         [{"field": "source", "message": "required"}],
         [{"field": "emial", "message": "unknown field"}],
-        [{"field": "consents[0].purpose", "message": "required"}],
+        [  # each missing field of the consent, not only the first
+            {"field": "consents[0].purpose", "message": "required"},
+            {"field": "consents[0].status", "message": "required"},
+        ],
     ]
     assert await count(platform, profiles) == 0
 

@@ -14,13 +14,14 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import FieldError, InvalidInput, decoded_field_error, repeatable
+from cdp.errors import FieldError, InvalidInput, repeatable
 from cdp.ids import time_problem
 from cdp.labels import TRAIT_NAME_RULE, trait_name, trait_value
 from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
 from cdp.nul_text import refuse_nul
 from cdp.profiles.guards import junk_reason
 from cdp.profiles.schemas import ProfileIn
+from cdp.validation import invalid
 from consent.policy import Policy
 from consent.schemas import ConsentItemIn, EvidenceIn
 
@@ -55,17 +56,6 @@ class Record:
     ignored: list[FieldError] = field(default_factory=list)  # identifiers never used to link
 
 
-def decode_errors(
-    exc: msgspec.ValidationError, prefix: str = "", whole: str = "body"
-) -> InvalidInput:
-    """Turn a msgspec error ("... - at `$.consents[0].status`") into a field error."""
-    message, at, path = str(exc).rpartition(" - at `")
-    if not at:  # an error at the top level has no path
-        message, path = str(exc), ""
-    error = decoded_field_error(message, path, prefix, whole)
-    return InvalidInput.field(error.field, error.message)
-
-
 def parse_profile(raw: Any, whole: str = "body") -> ProfileIn:
     """`raw` as a profile record; `whole` names it in an error about the record itself (not an
     object): the body of POST /v1/profiles, a `record` of a batch."""
@@ -74,8 +64,8 @@ def parse_profile(raw: Any, whole: str = "body") -> ProfileIn:
         return raw
     try:
         return msgspec.convert(raw, ProfileIn)
-    except msgspec.ValidationError as exc:
-        raise decode_errors(exc, whole=whole) from None
+    except msgspec.ValidationError:
+        raise invalid(raw, ProfileIn, whole=whole) from None
 
 
 TRAIT_NAMED_TWICE = "the same trait as another name of the record (in another Unicode form)"
