@@ -70,7 +70,9 @@ def check_event(body: EventIn) -> None:
         if not body.amount.is_finite() or body.amount < 0:
             raise InvalidInput.field("amount", "must be a non-negative decimal")
         if body.amount.as_tuple().exponent < -2 or body.amount >= stats.MONEY_LIMIT:
-            raise InvalidInput.field("amount", "at most 16 digits and 2 decimals")
+            raise InvalidInput.field(
+                "amount", f"at most {stats.MONEY_DIGITS} digits and 2 decimals"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,10 +41,13 @@ def counts_in_total(kind: str, currency: str | None, stats_currency: str) -> boo
     return None if kind not in MONEY_EVENTS else currency == stats_currency
 
 
-# Money (an event's amount, a customer's total_spent) holds 16 digits before the point and 2
-# after; a total beyond them was a numeric overflow on PostgreSQL (a 500), stored on SQLite
-MONEY_LIMIT = Decimal("1e16")
-TOTAL_TOO_LARGE = "would take the customer's total_spent beyond 16 digits"
+# Money (an event's amount, a customer's total_spent) holds 13 digits before the point and 2
+# after: what both databases keep exactly. SQLite keeps a number as a double, which holds 15
+# significant digits: an amount of 16 digits and 2 decimals read back a cent less (found by
+# review on 2026-12-07); a total beyond PostgreSQL's numeric(18, 2) was an overflow (a 500).
+MONEY_DIGITS = 13
+MONEY_LIMIT = Decimal(10) ** MONEY_DIGITS
+TOTAL_TOO_LARGE = f"would take the customer's total_spent beyond {MONEY_DIGITS} digits"
 
 
 def beyond_kept(total: Decimal) -> bool:

@@ -161,28 +161,49 @@ async def test_an_event_naming_no_country_is_400_and_creates_no_customer(client,
 async def test_a_purchase_taking_the_total_past_what_is_kept_is_400_and_stores_nothing(
     client, keys, platform
 ):
-    """Each amount may have 16 digits before the point, the customer's total_spent too: a
+    """Each amount may have 13 digits before the point, the customer's total_spent too: a
     purchase taking the total past them was a 500 on PostgreSQL (numeric overflow) and stored
     on SQLite."""
     from cdp.db.tables import events
     from tests.helpers import count
 
-    await send(client, keys, 1, amount="6000000000000000.00")
-    await send(client, keys, 2, amount="3000000000000000.00")
+    await send(client, keys, 1, amount="6000000000000.00")
+    await send(client, keys, 2, amount="3000000000000.00")
     body = {
         "source": "shop",
         "event_id": "ord-3",
         "type": "purchase",
         "occurred_at": "2026-11-03T12:00:00Z",
         "email": EMAIL,
-        "amount": "1000000000000000.00",
+        "amount": "1000000000000.00",
         "currency": "RUB",
     }
     r = await client.post("/v1/events", json=body, headers=keys["ingest"])
     assert r.status_code == 400, r.text
     assert r.json()["errors"][0]["field"] == "amount"
     assert await count(platform, events) == 2
-    assert (await stats(client, keys))["total_spent"] == "9000000000000000.00"
+    assert (await stats(client, keys))["total_spent"] == "9000000000000.00"
     refund = {**body, "event_id": "ref-1", "type": "refund", "amount": "1.00"}
     r = await client.post("/v1/events", json=refund, headers=keys["ingest"])
     assert r.status_code == 201, r.text
+
+
+async def test_the_largest_amount_is_kept_to_the_cent_and_a_larger_one_refused(client, keys):
+    """SQLite keeps a number as a double (15 significant digits): an amount of 16 digits and 2
+    decimals, accepted before, read back a cent less (found by review on 2026-12-07)."""
+    await send(client, keys, 1, amount="9999999999999.99")
+    assert (await stats(client, keys))["total_spent"] == "9999999999999.99"
+    body = {
+        "source": "shop",
+        "event_id": "ord-big",
+        "type": "purchase",
+        "occurred_at": "2026-11-02T12:00:00Z",
+        "email": "other.big@example.com",
+        "amount": "99999999999999.99",
+        "currency": "RUB",
+    }
+    r = await client.post("/v1/events", json=body, headers=keys["ingest"])
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"] == [
+        {"field": "amount", "message": "at most 13 digits and 2 decimals"}
+    ]

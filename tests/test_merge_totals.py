@@ -1,4 +1,4 @@
-"""Two customers' order totals that together exceed what is kept (16 digits before the point):
+"""Two customers' order totals that together exceed what is kept (13 digits before the point):
 linking them is refused and queued for review, as the other merge guards are, instead of a 500
 (PostgreSQL: numeric overflow) or, on SQLite, a total that no event could have made."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-BIG = "6000000000000000.00"  # 6 * 10^15: each is allowed, their sum is not
+BIG = "6000000000000.00"  # 6 * 10^12: each is allowed, their sum is not
 
 
 async def purchase(client, keys, event_id: str, **who) -> str:  # type: ignore[no-untyped-def]

@@ -91,7 +91,7 @@ TRAIT_VALUES: list[Any] = [
 RULE_VALUES = [v for v in TRAIT_VALUES if not (isinstance(v, int) and abs(v) >= 2**63)]
 CATEGORIES = [" Shoes ", "SHOES", "shoes", "обувь", "ОБУВЬ", "Bags", "hats  and caps"]
 ZONES = [UTC, timezone(timedelta(hours=3)), timezone(timedelta(hours=-11, minutes=-30))]
-AMOUNTS = ["0.01", "10.00", "99.99", "100.00", "1999.90", "50000.50", "9999999999999.99"]
+AMOUNTS = ["0.01", "10.00", "99.99", "100.00", "1999.90", "50000.50", "99999999999.99"]
 
 
 def text(value: str | None) -> str | None:

@@ -118,7 +118,7 @@ class MergeReviewController(Controller):
             "`profiles`, `limit`), "
             "`conflicting_external_ids` (with `sources`), `identity_cap` (with `kinds`, "
             "`limit`), `totals_too_large` (with `profiles`: their order totals together "
-            "exceed the 16 digits total_spent keeps; accepting it is a 409). The record was "
+            "exceed the 13 digits total_spent keeps; accepting it is a 409). The record was "
             "stored in `attached_to`: the profile its own external id names, else the oldest "
             "profile it matched. "
             "`status`: open (default), accepted, rejected."
