@@ -338,3 +338,60 @@ async def test_0017_keeps_the_plain_reasons_and_hashes_of_older_transitions(empt
     assert (result.ok, result.entries) == (True, 3)
     with pytest.raises(RuntimeError, match="sealed reason"):
         await downgrade(db, "0016")
+
+
+async def test_0018_keeps_the_hashes_of_older_ledger_entries(empty_db):
+    """Ledger entries recorded before 0018 have no via_profile: their hash covers the fields
+    before it, and the chain verifies after the upgrade, and with entries that record it after
+    them. A downgrade would drop what later hashes cover: refused while one records it."""
+    from consent.chain import GENESIS, entry_hash, verify_chain
+    from consent.tables import consent_ledger
+
+    db = empty_db
+    await upgrade(db, "0017")
+
+    def entry(seq: int, prev: bytes, **more: object) -> dict:  # type: ignore[type-arg]
+        at = datetime(2026, 11, 20, 9, seq, tzinfo=UTC)
+        row = {
+            "seq": seq,
+            "event_id": uuid.uuid4(),
+            "profile_id": uuid.uuid4(),
+            "subject_kind": "email",
+            "address_bidx": bytes([seq]) * 32,
+            "purpose": "marketing",
+            "channel": "email",
+            "status": "granted",
+            "occurred_at": at,
+            "recorded_at": at,
+            "source": "crm",
+            "actor": "crm-sync",
+            "method": "checkbox",
+            "wording_id": "w1",
+            "policy_version": "p1",
+            "evidence": None,
+            "evidence_owner": None,
+            "evidence_key_id": None,
+            "effective": True,
+            "prev_hash": prev,
+            **more,
+        }
+        row["hash"] = entry_hash(prev, row)
+        return row
+
+    first = entry(1, GENESIS)
+    second = entry(2, first["hash"])
+    async with db.engine.begin() as conn:  # the columns 0017 has
+        await conn.execute(insert(consent_ledger), [first, second])
+    await upgrade(db, "head")
+    async with db.engine.begin() as conn:
+        assert (await verify_chain(conn)).ok
+        await conn.execute(insert(consent_ledger), [entry(3, second["hash"], via_profile=True)])
+        result = await verify_chain(conn)
+        assert (result.ok, result.entries) == (True, 3)
+        # the value is hashed: flipping it breaks the chain at that entry
+        await conn.execute(
+            consent_ledger.update().where(consent_ledger.c.seq == 3).values(via_profile=False)
+        )
+        assert (await verify_chain(conn)).first_invalid_seq == 3
+    with pytest.raises(RuntimeError, match="via_profile"):
+        await downgrade(db, "0017")
