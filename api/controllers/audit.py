@@ -88,7 +88,10 @@ class AuditController(Controller):
         "address belongs to whoever held it when it was recorded: not to a customer it was "
         "wrongly merged with (since undone), nor, for an address erased with its customer and "
         "since given to someone else, to the new holder (name the erased customer by profile "
-        "id). `since` (inclusive) "
+        "id). `subject.address` is the address as whoever holds it now has it, and null where "
+        "nobody does or where the entry was recorded up to the address's erasure: an erased "
+        "customer's entries never show the address, even once someone holds it again. "
+        "`since` (inclusive) "
         "and `until` (exclusive) filter on `occurred_at`. A channel filter includes withdrawals "
         "from every channel (`*`) of the same address kind. `evidence` is decrypted where the "
         "customer's key still exists, else null. Every read is written to the access log.",

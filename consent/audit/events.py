@@ -5,17 +5,19 @@ into it) and every address they have; a ledger row belongs to them when it names
 profiles or one of those addresses (an opt-out of an address recorded before it was linked to
 the profile counts too). Erased customers keep their ledger rows: an address whose identity was
 deleted still leads to its profile through the ledger, the evidence reads null (its key is
-destroyed) and the hashes still verify.
+destroyed) and the hashes still verify. Their address reads null too, also once someone holds
+it again (`entry_addresses`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -30,6 +32,7 @@ from consent.dsr.customer import (
     customer_profile_ids,
     erased_holder,
     ledger_entries_of,
+    recorded_before_erasure,
     root_of,
 )
 from consent.tables import consent_ledger
@@ -144,7 +147,7 @@ async def all_events(conn: AsyncConnection, p: Platform, f: EventFilter) -> list
 
 async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[dict[str, Any]]:
     proofs = await evidence.read(conn, p, rows)
-    plain = await addresses_plaintext(conn, p, {r.address_bidx for r in rows if r.address_bidx})
+    shown = await entry_addresses(conn, p, rows)
     out = []
     for r, (proof, readable) in zip(rows, proofs, strict=True):
         out.append(
@@ -165,7 +168,7 @@ async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[di
                 "policy_version": r.policy_version,
                 "subject": {
                     "kind": r.subject_kind,
-                    "address": plain.get(r.address_bidx) if r.address_bidx else None,
+                    "address": shown.get(r.seq),
                     "profile_id": str(r.profile_id) if r.profile_id else None,
                     # true: the request named the customer otherwise and reached this address
                     # as one of theirs; false: it named the address; null: not recorded
@@ -180,25 +183,39 @@ async def render(conn: AsyncConnection, p: Platform, rows: list[Any]) -> list[di
     return out
 
 
-async def addresses_plaintext(
-    conn: AsyncConnection, p: Platform, bidxs: set[bytes]
-) -> dict[bytes, str | None]:
-    """The address behind each blind index, where an identity still holds it."""
-    if not bidxs:
-        return {}
-    rows = (
-        await conn.execute(
-            select(identities.c.bidx, identities.c.profile_id, identities.c.value).where(
-                identities.c.bidx.in_(list(bidxs))
-            )
-        )
-    ).all()
-    ciphers = await p.keys.ciphers(conn, {pid for _, pid, _ in rows})
-    out: dict[bytes, str | None] = {}
-    for bidx, pid, value in rows:
-        cipher = ciphers.get(pid)
-        try:
-            out[bidx] = cipher.decrypt("identities.value", value) if cipher else None
-        except CryptoError:
-            out[bidx] = None
+async def entry_addresses(
+    conn: AsyncConnection, p: Platform, rows: Sequence[Any]
+) -> dict[int, str | None]:
+    """The address of each of these ledger entries, by seq, as whoever holds it now has it;
+    absent where nobody holds it, or where the entry was recorded up to the address's last
+    erasure (`consent.dsr.customer.recorded_before_erasure`): such an entry is the erased
+    customer's, whose address went with them, and whoever holds the address since (a new
+    customer, or the same person registering again) must not be shown for it. Shown, it tied
+    the erased customer's consent history to the address once anyone brought it back.
+    The one place where an entry's address is read: audit events, evidence bundles, the
+    console's history and the access export."""
+    seqs = sorted({r.seq for r in rows if r.address_bidx is not None})
+    found: list[Any] = []
+    for start in range(0, len(seqs), 500):
+        found += (await conn.execute(_HELD, {"seqs": seqs[start : start + 500]})).all()
+    ciphers = await p.keys.ciphers(conn, {pid for _, pid, _ in found})
+    plain: dict[tuple[uuid.UUID, bytes], str | None] = {}  # each address decrypted once
+    out: dict[int, str | None] = {}
+    for seq, pid, value in found:
+        if (pid, value) not in plain:
+            cipher = ciphers.get(pid)
+            try:
+                plain[pid, value] = cipher.decrypt("identities.value", value) if cipher else None
+            except CryptoError:
+                plain[pid, value] = None
+        out[seq] = plain[pid, value]
     return out
+
+
+# (seq, holder, encrypted value) of the entries whose address someone holds, recorded after the
+# address's last erasure
+_HELD = (
+    select(led.seq, identities.c.profile_id, identities.c.value)
+    .select_from(consent_ledger.join(identities, identities.c.bidx == led.address_bidx))
+    .where(led.seq.in_(bindparam("seqs", expanding=True)), not_(recorded_before_erasure()))
+)

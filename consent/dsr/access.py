@@ -72,6 +72,7 @@ from cdp.profiles.service import profile_view
 from cdp.segments.exports import RECORD
 from cdp.segments.membership import segments_containing
 from consent import evidence
+from consent.audit.events import entry_addresses
 from consent.dsr.customer import customer_profile_ids, ledger_entries_of
 from consent.dsr.requests import ERASURE, detail, summary
 from consent.dsr_tables import dsr_requests
@@ -141,7 +142,7 @@ async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str
         "merge_snapshots": await _merge_snapshots(conn, p, pids),
         "match_suggestions": await _suggestions(conn, pids),
         "merge_reviews": await _reviews(conn, pids),
-        "consent_history": await _consent_history(conn, p, pids, addresses, plain),
+        "consent_history": await _consent_history(conn, p, pids, addresses),
         "suppressions": await _suppressions(conn, addresses, plain),
         "events": await _events(conn, pids, cipher),
         "segments": await segments_containing(conn, p, pid),
@@ -159,12 +160,12 @@ async def _consent_history(
     p: Platform,
     pids: list[uuid.UUID],
     addresses: list[bytes],
-    plain: dict[bytes, str | None],
 ) -> list[dict[str, Any]]:
     led = consent_ledger.c
     where = ledger_entries_of(pids, addresses)
     rows = (await conn.execute(select(consent_ledger).where(where).order_by(led.seq))).all()
     proofs = await evidence.read(conn, p, rows)
+    shown = await entry_addresses(conn, p, rows)
     out = []
     for r, (proof, readable) in zip(rows, proofs, strict=True):
         out.append(
@@ -178,7 +179,7 @@ async def _consent_history(
                 "status": r.status,
                 "effective": r.effective,
                 "subject_kind": r.subject_kind,
-                "address": plain.get(r.address_bidx) if r.address_bidx else None,
+                "address": shown.get(r.seq),
                 "source": r.source,
                 "actor": r.actor,
                 "method": r.method,
