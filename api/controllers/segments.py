@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from litestar import Controller, delete, get, post
 from litestar.datastructures import ResponseHeader
@@ -14,6 +14,7 @@ from litestar.response import Stream
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from api.params import Limit
+from cdp.errors import InvalidInput
 from cdp.ids import parse_uuid
 from cdp.segments import service
 from cdp.segments.export import FORMATS
@@ -28,6 +29,7 @@ from cdp.segments.schemas import (
     StatsOut,
 )
 
+T = TypeVar("T")
 MARKETING = roles("admin", "marketing")
 EXPORT_ID = ResponseHeader(
     name="X-Export-Id",
@@ -50,6 +52,15 @@ class ExportOperation(Operation):
                 "row; fields profile_id, address, unsubscribe_token, first_name"
             )
             ok.content = {media: rows for media in FORMATS.values()}
+
+
+def given_once(name: str, in_body: T | None, in_query: T | None) -> T | None:
+    """A paging parameter of the ad-hoc query, given in the body or the query string (API.md:
+    "?limit= and ?cursor="; the query string used to be ignored, and a client following
+    `next_cursor` there got the first page forever). Both, differing: a 400 naming it."""
+    if in_body is not None and in_query is not None and in_body != in_query:
+        raise InvalidInput.field(name, "given in the query string and in the body, differently")
+    return in_query if in_body is None else in_body
 
 
 class SegmentController(Controller):
@@ -83,9 +94,16 @@ class SegmentController(Controller):
         opt=MARKETING,
         status_code=200,
         summary="Contactable members of an unsaved definition (access-logged)",
+        description="`limit` and `cursor` are taken from the query string, as on every list, "
+        "or from the body; given in both, they must agree (else a 400 naming the field).",
     )
     async def query(
-        self, data: JSONBody[QueryIn], platform: PlatformDep, principal: PrincipalDep
+        self,
+        data: JSONBody[QueryIn],
+        platform: PlatformDep,
+        principal: PrincipalDep,
+        limit: Limit = None,
+        cursor: FromQuery[str | None] = None,
     ) -> MembersOut:
         return await service.query_members(
             platform,
@@ -93,8 +111,8 @@ class SegmentController(Controller):
             purpose=data.purpose,
             channel=data.channel,
             rules=data.rules,
-            limit=data.limit,
-            cursor=data.cursor,
+            limit=given_once("limit", data.limit, limit),
+            cursor=given_once("cursor", data.cursor, cursor),
         )
 
     @get("/{segment_id:str}", opt=MARKETING, summary="One saved segment")

@@ -12,6 +12,10 @@ from cdp.segments.members import Member
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Purpose = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+# as every list's `?limit=` (api.params.Limit; cdp.segments.cursor.check_limit)
+PageLimit = Annotated[
+    int, msgspec.Meta(ge=1, le=1000, description="Items per page: 1 to 1000 (100 when not given)")
+]
 Rules = Annotated[
     Any,
     msgspec.Meta(
@@ -35,10 +39,12 @@ class SegmentIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class QueryIn(msgspec.Struct, forbid_unknown_fields=True):
+    """`limit` and `cursor` may come here or, as on every list, in the query string."""
+
     purpose: Purpose
     channel: Channel
     rules: Rules
-    limit: int | None = None
+    limit: PageLimit | None = None
     cursor: Annotated[str, msgspec.Meta(max_length=100)] | None = None
 
 
