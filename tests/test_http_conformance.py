@@ -323,3 +323,61 @@ async def test_the_openapi_document_lists_the_404_of_a_customer_named_in_the_bod
         assert documented["404"]["content"][PROBLEM]["schema"] == {
             "$ref": "#/components/schemas/Problem"
         }
+
+
+def examples_in(node: object, path: str = "") -> list[tuple[str, object]]:
+    """(where, value) of every example in a part of the OpenAPI document."""
+    found: list[tuple[str, object]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("example", "examples"):
+                found.append((f"{path}/{key}", value))
+            found += examples_in(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += examples_in(value, f"{path}[{i}]")
+    return found
+
+
+async def test_the_documents_examples_are_what_the_api_sends(client, keys):
+    """Litestar made up examples for the 200 answers of POST /v1/profiles and POST /v1/events
+    (`{"DwEkQQHiBrmXZcSFtoJx": "34"}`); a client or a reader of the browsable document took
+    them for the answer. Every example in the document is now one written for it."""
+    document = (await client.get("/schema/openapi.json")).json()
+    where = sorted(w for w, _ in examples_in(document))
+    assert where == [
+        "/components/schemas/QueryIn/properties/rules/examples",
+        "/components/schemas/SegmentIn/properties/rules/examples",
+        "/paths//v1/events/post/responses/200/content/application/json/examples",
+        "/paths//v1/profiles/post/responses/200/content/application/json/examples",
+    ]
+
+    def example_of(path: str) -> dict:
+        ok = document["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]
+        (example,) = ok["examples"].values()
+        return example["value"]
+
+    record = {"source": "crm", "email": "example@example.com"}
+    assert (
+        await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+    ).status_code == 201
+    r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+    assert r.status_code == 200, r.text
+    assert example_of("/v1/profiles").keys() == r.json().keys()
+    order = {
+        "source": "shop",
+        "event_id": "ord-77",
+        "type": "purchase",
+        "occurred_at": "2026-11-01T12:00:00Z",
+        "email": "example@example.com",
+        "amount": "4500.00",
+        "currency": "RUB",
+    }
+    assert (await client.post("/v1/events", json=order, headers=keys["ingest"])).status_code == 201
+    r = await client.post("/v1/events", json=order, headers=keys["ingest"])
+    assert r.status_code == 200, r.text
+    assert example_of("/v1/events") == {
+        **r.json(),
+        "profile_id": example_of("/v1/events")["profile_id"],
+    }
+

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from litestar import Response, post
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import JSONBody
 
 from api.auth import roles
@@ -9,6 +10,15 @@ from api.deps import PlatformDep, PrincipalDep
 from api.openapi import NAMES_A_CUSTOMER
 from cdp.events import record_event
 from cdp.profiles.schemas import EventIn
+
+# what a purchase sent again answers (200), for the OpenAPI document
+RECORDED = {
+    "event_id": "ord-77",
+    "profile_id": "0193a5f2-7c1e-7b3a-9d2e-5f0a1b2c3d4e",
+    "created": False,
+    "stats_currency": "RUB",
+    "in_total_spent": True,
+}
 
 
 @post(
@@ -24,7 +34,15 @@ from cdp.profiles.schemas import EventIn
         " gives `stats_currency` and `in_total_spent`: false when the event's currency is"
         " another one, whose amount is stored with the event but not added."
     ),
-    responses={200: ResponseSpec(dict, description="The event was already recorded")},
+    response_description="The event is new",
+    responses={
+        200: ResponseSpec(
+            dict,
+            description="The event was already recorded",
+            generate_examples=False,  # Litestar's were random keys and values
+            examples=[Example(id="sent_again", summary="A purchase sent again", value=RECORDED)],
+        )
+    },
 )
 async def post_event(
     data: JSONBody[EventIn], platform: PlatformDep, principal: PrincipalDep

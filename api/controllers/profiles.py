@@ -8,6 +8,7 @@ from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,6 +29,15 @@ from consent.service import consent_view
 
 INGEST = roles("admin", "ingest")
 READERS = roles("admin", "compliance")
+
+
+# what POST /v1/profiles answers with 200 (outcome_body), for the OpenAPI document
+JOINED = {
+    "profile_id": "0193a5f2-7c1e-7b3a-9d2e-5f0a1b2c3d4e",
+    "created": False,
+    "matched_on": ["email"],
+    "merged_profile_ids": [],
+}
 
 
 def outcome_body(o: Outcome) -> dict[str, Any]:
@@ -83,7 +93,17 @@ class ProfileController(Controller):
         opt=INGEST,
         summary="Upsert one customer record and resolve its identity",
         description="201 when a new profile was created, 200 when the record joined one.",
-        responses={200: ResponseSpec(dict[str, Any], description="The record joined a profile")},
+        response_description="A new profile was created",
+        responses={
+            200: ResponseSpec(
+                dict[str, Any],
+                description="The record joined a profile",
+                generate_examples=False,  # Litestar's were random keys and values
+                examples=[
+                    Example(id="joined", summary="The record joined a profile", value=JOINED)
+                ],
+            )
+        },
     )
     async def upsert(
         self, data: JSONBody[ProfileIn], platform: PlatformDep, principal: PrincipalDep
