@@ -381,3 +381,39 @@ async def test_the_documents_examples_are_what_the_api_sends(client, keys):
         "profile_id": example_of("/v1/events")["profile_id"],
     }
 
+
+async def test_a_request_naming_no_customer_is_told_what_this_endpoint_takes(client, keys):
+    """GET /v1/profiles takes email, phone or source + external_id (a profile id goes in the
+    path), and `?profile_id=` answered 400 asking for "one of profile_id, email, ..."; the
+    audit queries, which take no external id, asked for one."""
+    some_id = "0193a5f2-7c1e-7b3a-9d2e-5f0a1b2c3d4e"
+    r = await client.get("/v1/profiles", params={"profile_id": some_id}, headers=keys["admin"])
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"] == [
+        {"field": "email", "message": "one of email, phone, source + external_id is required"}
+    ]
+    h = keys["compliance"]
+    for path, params in [
+        ("/v1/audit/evidence-bundle", {}),
+        ("/v1/audit/evidence-bundle", {"email": " "}),
+        ("/v1/audit/consent-events", {"phone": " "}),
+    ]:
+        r = await client.get(path, params=params, headers=h)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["errors"] == [
+            {"field": "email", "message": "one of profile_id, email, phone is required"}
+        ], path
+    r = await client.get("/v1/audit/access-log", params={"profile_id": " "}, headers=h)
+    assert r.json()["errors"] == [{"field": "profile_id", "message": "profile_id is required"}]
+    r = await client.post(
+        "/v1/inbound/sms", json={"from": " ", "text": "STOP"}, headers=keys["ingest"]
+    )
+    assert r.json()["errors"] == [{"field": "from", "message": "phone is required"}]
+    # where every identifier is taken, every one is named, as before
+    r = await client.post("/v1/access-requests", json={"email": " "}, headers=keys["compliance"])
+    assert r.json()["errors"] == [
+        {
+            "field": "email",
+            "message": "one of profile_id, email, phone, source + external_id is required",
+        }
+    ]

@@ -28,6 +28,8 @@ from consent.audit.verify import snapshot, verify_ledger
 from consent.dsr.consistency import requests_report
 
 AUDITORS = roles("admin", "compliance")
+CUSTOMER = ("profile_id", "email", "phone")  # the identifiers the audit queries take
+PID = ("profile_id",)
 
 
 def _customer_ident(
@@ -36,7 +38,12 @@ def _customer_ident(
     if profile_id is None and email is None and phone is None:
         return None
     return parse_identifier(
-        platform.policy, platform.keys.indexer, profile_id=profile_id, email=email, phone=phone
+        platform.policy,
+        platform.keys.indexer,
+        profile_id=profile_id,
+        email=email,
+        phone=phone,
+        accepted=CUSTOMER,
     )
 
 
@@ -154,7 +161,12 @@ class AuditController(Controller):
         phone: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         ident = parse_identifier(
-            platform.policy, platform.keys.indexer, profile_id=profile_id, email=email, phone=phone
+            platform.policy,
+            platform.keys.indexer,
+            profile_id=profile_id,
+            email=email,
+            phone=phone,
+            accepted=CUSTOMER,
         )
         async with platform.db.write() as conn:
             customer = await events.resolve_customer(conn, ident)
@@ -197,7 +209,7 @@ class AuditController(Controller):
             pids = None
             if profile_id is not None:
                 ident = parse_identifier(
-                    platform.policy, platform.keys.indexer, profile_id=profile_id
+                    platform.policy, platform.keys.indexer, profile_id=profile_id, accepted=PID
                 )
                 pids = (await events.resolve_customer(conn, ident)).profile_ids
             f = access.AccessFilter(pids, actor, start, end)

@@ -281,7 +281,9 @@ async def inbound_sms(
     if not is_stop_message(data.text):
         return {"stop": False}
     try:
-        ident = parse_identifier(platform.policy, platform.keys.indexer, phone=data.from_)
+        ident = parse_identifier(
+            platform.policy, platform.keys.indexer, phone=data.from_, accepted=("phone",)
+        )
     except InvalidInput as exc:
         raise InvalidInput.field("from", exc.errors[0].message) from None
     result = await sms_stop(platform, ident, principal.name)

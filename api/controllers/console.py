@@ -409,11 +409,14 @@ def checkpoint_view(cp: Checkpoint | None) -> dict[str, Any] | None:
     return {"entries": cp.entries, "created_at": cp.created_at, "key_id": cp.key_id}
 
 
+SEARCHED = ("email", "phone")  # what the console's search takes
+
+
 def search_identifier(p: Platform, query: str) -> Identifier:
     """An email when it has an @, else a phone number (InvalidInput when neither parses)."""
     if "@" in query:
-        return parse_identifier(p.policy, p.keys.indexer, email=query)
-    return parse_identifier(p.policy, p.keys.indexer, phone=query)
+        return parse_identifier(p.policy, p.keys.indexer, email=query, accepted=SEARCHED)
+    return parse_identifier(p.policy, p.keys.indexer, phone=query, accepted=SEARCHED)
 
 
 # ----------------------------------------------------------------------------- pages

@@ -151,6 +151,7 @@ class ProfileController(Controller):
             phone=phone,
             source=source,
             external_id=external_id,
+            accepted=("email", "phone", "external_id"),  # a profile id goes in the path
         )
 
         async def find(conn: AsyncConnection) -> uuid.UUID:

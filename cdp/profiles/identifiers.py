@@ -27,6 +27,9 @@ class Identifier:
     source: str | None = None
 
 
+IDENTIFIERS = ("profile_id", "email", "phone", "external_id")
+
+
 def parse_identifier(
     policy: Policy,
     indexer: BlindIndexer,
@@ -37,7 +40,10 @@ def parse_identifier(
     source: str | None = None,
     external_id: str | None = None,
     country: str | None = None,
+    accepted: tuple[str, ...] = IDENTIFIERS,
 ) -> Identifier:
+    """`accepted`: the identifiers the caller's endpoint takes, which a 400 for none names
+    (GET /v1/profiles takes no profile_id, and its 400 used to ask for one)."""
     given = [
         name
         for name, v in (
@@ -51,7 +57,7 @@ def parse_identifier(
     if not given:
         raise InvalidInput(
             "name the customer by one identifier",
-            [FieldError("email", "one of profile_id, email, phone, external_id is required")],
+            [FieldError("email" if "email" in accepted else accepted[0], _required(accepted))],
         )
     if len(given) > 1:
         raise InvalidInput(
@@ -77,6 +83,13 @@ def parse_identifier(
     ext = clean_text(external_id)
     assert ext is not None
     return Identifier("external_id", bidx=indexer.external_id(src, ext), value=ext, source=src)
+
+
+def _required(accepted: tuple[str, ...]) -> str:
+    names = [n if n != "external_id" else "source + external_id" for n in accepted]
+    if len(names) == 1:
+        return f"{names[0]} is required"
+    return f"one of {', '.join(names)} is required"
 
 
 async def find_profile(conn: AsyncConnection, ident: Identifier) -> uuid.UUID | None:
