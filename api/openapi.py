@@ -15,6 +15,7 @@ requirement, so that a generated client does not send one. A union is `anyOf`
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
+from typing import Any
 
 import msgspec.inspect
 from litestar import Litestar
@@ -29,6 +30,16 @@ from litestar.openapi.spec import (
 from litestar.routes import HTTPRoute
 
 from api.errors import PROBLEM
+
+# A page or probe answered to HEAD as to GET: the server sends HEAD's answer without the body,
+# with GET's headers (Content-Length included, RFC 9110 §9.3.2).
+GET_AND_HEAD = ["GET", "HEAD"]
+
+
+def operation_id(get_id: str) -> Any:
+    """GET keeps the operationId it had before HEAD was added; HEAD's ends in Head."""
+    return lambda _handler, method, _path: get_id if method == "GET" else f"{get_id}Head"
+
 
 # A handler's opt: it names a customer by identifier in its body or query, and answers 404 for
 # one it does not know (GET /v1/profiles?email=..., POST /v1/consents with a profile_id, ...)

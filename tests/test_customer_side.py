@@ -358,6 +358,40 @@ async def test_the_unsubscribe_link_speaks_the_customers_language_and_answers_pe
     assert again.status_code == 200 and again.json() == {"unsubscribed": True, "suppressed": True}
 
 
+async def test_a_mail_scanners_head_on_the_unsubscribe_link_is_answered_and_changes_nothing(
+    client, keys, platform
+):
+    """Mail scanners send HEAD before they follow a link; it was a 405 (the link looked
+    broken). It answers as GET, without the body, and like GET it changes nothing."""
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "head.scan@example.com",
+            "country": "RU",
+            "consents": [dated("email", days=1)],
+        },
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    token = unsubscribe_token(platform, pid, "head.scan@example.com")
+    before = await count(platform, consent_ledger), await count(platform, outbox_events)
+    for headers in ({}, {"Accept": BROWSER}):
+        head = await client.head(f"/v1/unsubscribe/{token}", headers=headers)
+        got = await client.get(f"/v1/unsubscribe/{token}", headers=headers)
+        assert head.status_code == got.status_code == 200, head.text
+        assert head.content == b""
+        for name in ("content-type", "content-length", "cache-control"):
+            assert head.headers[name] == got.headers[name], name
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    bad = await client.head(f"/v1/unsubscribe/{forged}", headers={"Accept": BROWSER})
+    assert bad.status_code == 404 and bad.content == b""
+    assert (await count(platform, consent_ledger), await count(platform, outbox_events)) == before
+    assert (await contactable(client, keys, pid))["email"] is True
+    allowed = (await client.options(f"/v1/unsubscribe/{token}")).headers["allow"].split(", ")
+    assert "HEAD" in allowed
+
+
 ANNA_EMAIL, ANNA_PHONE = "anna.scope@example.com", "+79161239900"
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from litestar import MediaType, Request, Response, get, post
+from litestar import MediaType, Request, Response, post, route
 from litestar.enums import RequestEncodingType
 from litestar.openapi.spec import (
     OpenAPIMediaType,
@@ -30,7 +30,7 @@ from api.i18n import (
     messages,
     purpose_label,
 )
-from api.openapi import NAMES_A_CUSTOMER
+from api.openapi import GET_AND_HEAD, NAMES_A_CUSTOMER, operation_id
 from cdp.db.tables import profiles
 from cdp.errors import Gone, InvalidInput
 from cdp.platform import Platform
@@ -213,8 +213,9 @@ async def _unsubscribe_page(
     )
 
 
-@get(
+@route(
     "/v1/unsubscribe/{token:str}",
+    http_method=GET_AND_HEAD,  # mail scanners send HEAD before they follow a link (was a 405)
     opt={**PUBLIC, "pages": True},
     tags=["consent"],
     media_type=MediaType.HTML,
@@ -223,8 +224,10 @@ async def _unsubscribe_page(
     description=(
         "In the customer's language (`?lang=en|ru`, else Accept-Language, else their "
         "jurisdiction's); its button posts the RFC 8058 form. A link that is not valid is a "
-        "404, as a page where the client asks for HTML over JSON (a browser)."
+        "404, as a page where the client asks for HTML over JSON (a browser). HEAD answers "
+        "as GET does, without the body, and changes nothing either."
     ),
+    operation_id=operation_id("V1UnsubscribeTokenUnsubscribePage"),
 )
 async def unsubscribe_page(
     token: FromPath[str],

@@ -8,18 +8,13 @@ from litestar import Response, route
 from api.auth import PUBLIC
 from api.deps import PlatformDep
 from api.errors import problem
+from api.openapi import GET_AND_HEAD, operation_id
 from cdp.db.availability import database_unavailable
 
 log = structlog.get_logger(__name__)
 
-# HEAD as well: uptime monitors often probe with it (it was a 405). The server sends HEAD's
-# answer without the body, with GET's headers (Content-Length included, RFC 9110 §9.3.2).
-METHODS = ["GET", "HEAD"]
-
-
-def operation_id(get_id: str) -> Any:
-    """GET keeps the operationId it had before HEAD was added; HEAD's ends in Head."""
-    return lambda _handler, method, _path: get_id if method == "GET" else f"{get_id}Head"
+# HEAD as well: uptime monitors often probe with it (it was a 405).
+METHODS = GET_AND_HEAD
 
 
 @route(
