@@ -1,8 +1,8 @@
 """What every `cdp` command shares: running a coroutine on a platform opened from the
 environment, and turning a domain error (bad input, a conflict, an unreadable file) or an
 operator's setting that cannot work (a wrong or malformed master key, a missing or invalid
-policy file, a database that cannot be opened) into a one-line error and exit status 1, as
-click does for bad options, instead of a traceback."""
+policy file, a database that cannot be opened, or one migrated by a newer release) into a
+one-line error and exit status 1, as click does for bad options, instead of a traceback."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from cdp.crypto.fields import CryptoError
 from cdp.db.engine import Database
 from cdp.db.messages import database_message
+from cdp.db.migrate import SchemaFromNewerRelease
 from cdp.errors import DomainError
 from cdp.settings import Settings
 from consent.policy import PolicyError, load_policy
@@ -36,7 +37,8 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(factory())  # type: ignore[arg-type]
     except DomainError as exc:
         raise failure(exc) from None
-    except (CryptoError, PolicyError) as exc:  # their messages name the setting or the file
+    except (CryptoError, PolicyError, SchemaFromNewerRelease) as exc:
+        # their messages name the setting, the file, or the release the database needs
         raise click.ClickException(str(exc)) from None
 
 

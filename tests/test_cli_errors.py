@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from cdp.crypto.master import MasterKey
+from tests.helpers import sql
 from tests.test_import import run_cli
 
 
@@ -51,6 +52,26 @@ def test_a_database_that_cannot_be_opened_is_one_line(tmp_path):
         result = run_cli(command, nowhere, tmp_path)
         code = 2 if command[0] == "serve" else 1
         assert_plain(result, "cannot open the database", "unable to open database file", code=code)
+
+
+async def test_a_database_migrated_by_a_newer_release_is_one_line(platform, tmp_path):
+    """After the software was downgraded, every command printed alembic's traceback (111
+    lines: "Can't locate revision identified by ..."). One line says what happened and what to
+    do; nothing is migrated, and `cdp serve` exits 2 before it binds its port."""
+    url = platform.settings.database_url
+    (known,) = (await sql(platform, "SELECT version_num FROM alembic_version"))[0]
+    await sql(platform, "UPDATE alembic_version SET version_num = '0999'")
+    try:
+        commands = (["keys", "list"], ["migrate"], ["audit", "verify"], ["serve", "--port", "1"])
+        for command in commands:
+            result = run_cli(command, url, tmp_path)
+            code = 2 if command[0] == "serve" else 1
+            assert_plain(result, "revision 0999", "a newer release migrated it", code=code)
+            said = [line for line in result.stderr.splitlines() if "0999" in line]
+            assert len(said) == 1, result.stderr
+        assert await sql(platform, "SELECT version_num FROM alembic_version") == [("0999",)]
+    finally:
+        await sql(platform, "UPDATE alembic_version SET version_num = :v", v=known)
 
 
 def test_a_new_master_key_that_is_not_base64_is_named(tmp_path):
