@@ -34,7 +34,7 @@ from consent import ledger
 from consent.ledger import Entry, supersedes
 from consent.policy import Policy
 from consent.subjects import expand_channel
-from consent.tables import consent_ledger, consent_state, suppressions
+from consent.tables import address_erasures, consent_ledger, consent_state
 
 SOURCE = METHOD = "unmerge"
 _CHUNK = 500
@@ -143,11 +143,9 @@ async def withdraw_doubtful(
         subjects,
     ):
         facts.setdefault(r.address_bidx, []).append(Fact(*r[1:]))
-    sc = suppressions.c
+    ec = address_erasures.c
     erased: dict[bytes, datetime] = {}
-    for bidx, at in await _rows(
-        conn, select(sc.bidx, sc.at).where(sc.reason == "erasure"), sc.bidx, subjects
-    ):
+    for bidx, at in await _rows(conn, select(ec.bidx, ec.at), ec.bidx, subjects):
         erased[bidx] = max(at, erased.get(bidx, at))
     entries = []
     for r in doubtful:

@@ -79,6 +79,18 @@ suppressions = Table(
 
 Index("ix_consent_ledger_occurred", consent_ledger.c.occurred_at)
 
+# When an address (or external id) was erased with its customer: the completion time of the
+# erasure request. What was recorded on the address up to then was the erased customer's, not
+# whoever holds the address since (a reassigned phone number: consent.dsr.customer). Kept apart
+# from the erasure's suppression, which a later opt-out of the address overwrites (a
+# suppression keeps its latest time and reason). Nothing deletes a row.
+address_erasures = Table(
+    "address_erasures",
+    metadata,
+    Column("bidx", LargeBinary(48), primary_key=True),
+    Column("at", UTCDateTime, primary_key=True),
+)
+
 # A ledger entry's evidence re-encrypted under the data key of the customer it belongs to, where
 # that differs from the key it was recorded under (consent.evidence): an unmerge gives an
 # address back to a customer while the evidence of a grant recorded on the merged profile is

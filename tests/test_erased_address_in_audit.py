@@ -94,3 +94,31 @@ async def test_the_consoles_history_of_the_erased_customer_shows_no_address(clie
     assert page.status_code == 200, page.text
     assert 'data-seq="1"' in page.text  # the erased customer's entry is there ...
     assert EMAIL not in page.text  # ... without the address someone else holds now
+
+
+async def test_the_new_holders_opt_out_of_everything_leaves_the_erased_history_theirs(
+    client, keys, platform
+):
+    """The erasure's suppression dated the erasure, and the new holder's opt-out of every
+    channel overwrote it (a suppression keeps its latest time): the erased customer's grant
+    then counted as the new holder's, in their access export with their address, and vanished
+    from the erased customer's audit (found by review on 2026-12-07). When an address was
+    erased is kept apart (address_erasures)."""
+    old, _ = await erased_then_back(client, keys, platform)
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"email": EMAIL, "purpose": "marketing", "channel": "*", "source": "web"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+    h = keys["compliance"]
+    r = await client.get("/v1/audit/consent-events", params={"profile_id": old}, headers=h)
+    assert [(e["occurred_at"], e["subject"]["address"]) for e in r.json()["items"]] == [
+        ("2026-11-01T09:00:00Z", None)
+    ]
+    r = await client.post("/v1/access-requests", json={"email": EMAIL}, headers=h)
+    assert r.status_code == 200, r.text
+    assert "2026-11-01T09:00:00" not in r.text  # the erased customer's grant is not theirs
+    assert "2026-12-01T09:00:00" in r.text
+    verify = (await client.get("/v1/audit/verify", headers=h)).json()
+    assert verify["ok"] is True, verify

@@ -395,3 +395,73 @@ async def test_0018_keeps_the_hashes_of_older_ledger_entries(empty_db):
         assert (await verify_chain(conn)).first_invalid_seq == 3
     with pytest.raises(RuntimeError, match="via_profile"):
         await downgrade(db, "0017")
+
+
+async def test_0020_dates_each_erased_address_also_where_an_opt_out_overwrote_it(empty_db):
+    """An address whose erasure suppression is still there, and one whose suppression a later
+    opt-out overwrote: both are dated by the erasure request's completion. An address the
+    erased customer's entries name but that nothing suppressed since (it went to someone else
+    before the erasure) is not."""
+    from consent.dsr_tables import dsr_requests
+    from consent.tables import address_erasures, consent_ledger, suppressions
+
+    db = empty_db
+    await upgrade(db, "0019")
+    pid = uuid.uuid4()
+    t = [datetime(2026, 11, d, 9, tzinfo=UTC) for d in (1, 2, 3, 4)]
+    kept, overwritten, moved = b"k" * 32, b"o" * 32, b"m" * 32
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(dsr_requests),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "kind": "erasure",
+                    "status": "completed",
+                    "profile_id": pid,
+                    "identifier_kind": "profile_id",
+                    "jurisdiction": "RU",
+                    "requested_by": "customer",
+                    "actor": "compliance-key",
+                    "received_at": t[1],
+                    "due_at": t[3],
+                    "extensions": 0,
+                    "completed_at": t[2],
+                    "updated_at": t[2],
+                    "attempts": 1,
+                }
+            ],
+        )
+        for seq, bidx in enumerate((kept, overwritten, moved), start=1):
+            await conn.execute(
+                insert(consent_ledger).values(
+                    seq=seq,
+                    event_id=uuid.uuid4(),
+                    profile_id=pid,
+                    subject_kind="email",
+                    address_bidx=bidx,
+                    purpose="marketing",
+                    channel="email",
+                    status="granted",
+                    occurred_at=t[0],
+                    recorded_at=t[0],
+                    source="crm",
+                    actor="crm",
+                    policy_version="p",
+                    effective=True,
+                    prev_hash=bytes(32),
+                    hash=bytes(32),
+                )
+            )
+        sup = {"purpose": "marketing", "channel": "*", "source": "x", "created_at": t[3]}
+        await conn.execute(
+            insert(suppressions),
+            [
+                {**sup, "bidx": kept, "reason": "erasure", "at": t[2]},
+                {**sup, "bidx": overwritten, "reason": "opt_out", "at": t[3]},
+            ],
+        )
+    await upgrade(db, "head")
+    async with db.engine.begin() as conn:
+        rows = (await conn.execute(select(address_erasures))).all()
+    assert sorted((bytes(b), at) for b, at in rows) == [(kept, t[2]), (overwritten, t[2])]

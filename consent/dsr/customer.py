@@ -10,7 +10,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import identities, profiles
 from consent.dsr_tables import dsr_requests
-from consent.tables import consent_ledger, suppressions
+from consent.tables import address_erasures, consent_ledger
 
 
 async def root_of(conn: AsyncConnection, profile_id: uuid.UUID) -> tuple[uuid.UUID, str] | None:
@@ -120,26 +120,22 @@ def recorded_before_erasure() -> ColumnElement[bool]:
 
 
 def _address_erased_at() -> ColumnElement:
-    """When the ledger entry's address was last erased (its erasure suppression), or NULL."""
-    s = suppressions.c
-    return (
-        select(func.max(s.at))
-        .where(s.bidx == consent_ledger.c.address_bidx, s.reason == "erasure")
-        .scalar_subquery()
-    )
+    """When the ledger entry's address was last erased (address_erasures), or NULL."""
+    e = address_erasures.c
+    return select(func.max(e.at)).where(e.bidx == consent_ledger.c.address_bidx).scalar_subquery()
 
 
 async def erased_holder(conn: AsyncConnection, bidx: bytes) -> uuid.UUID | None:
-    """The customer whose erasure deleted this address last: its erasure suppression carries the
-    completion time of their request. (The ledger's entries on the address may name another
+    """The customer whose erasure deleted this address last: the address's erasure is dated by
+    the completion time of their request. (The ledger's entries on the address may name another
     profile: one it was merged with by mistake when they were recorded.)"""
-    s, r = suppressions.c, dsr_requests.c
+    e, r = address_erasures.c, dsr_requests.c
     return (
         await conn.execute(
             select(r.profile_id)
-            .select_from(suppressions.join(dsr_requests, r.completed_at == s.at))
-            .where(s.bidx == bidx, s.reason == "erasure", r.status == "completed")
-            .order_by(s.at.desc())
+            .select_from(address_erasures.join(dsr_requests, r.completed_at == e.at))
+            .where(e.bidx == bidx, r.kind == "erasure", r.status == "completed")
+            .order_by(e.at.desc())
             .limit(1)
         )
     ).scalar()

@@ -55,6 +55,7 @@ from cdp.db.tables import (
     profile_stats,
     profiles,
 )
+from cdp.db.upsert import insert_ignore
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.locks import lock_profiles
@@ -67,7 +68,7 @@ from consent.outbox.enqueue import enqueue
 from consent.outbox.sealed import forget_addresses
 from consent.subjects import profile_subject
 from consent.suppressions import Suppression, suppress_many
-from consent.tables import consent_ledger, consent_state
+from consent.tables import address_erasures, consent_ledger, consent_state
 
 log = structlog.get_logger(__name__)
 
@@ -276,6 +277,13 @@ async def erase_customer(
     ]
     await suppress_many(conn, items)
     suppressions = len(items)
+    # when each went: what was recorded on them up to now was this customer's (a later opt-out
+    # of the address overwrites its erasure suppression, so that does not keep the time)
+    erased = sorted({b for _, _, b in idents})
+    if erased:
+        await conn.execute(
+            insert_ignore(conn, address_erasures), [{"bidx": b, "at": now} for b in erased]
+        )
     crash_point("after_suppressions")
 
     # 2. Consent state, identities (blind indexes), the profile rows.
