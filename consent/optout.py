@@ -3,6 +3,9 @@
 An opt-out suppresses the address (also one never seen before) and appends a withdrawal to the
 ledger, in one transaction that commits before the answer returns. One for every channel ('*')
 that names an address also reaches every other address and channel of the customer holding it.
+One that concerns the person (every channel; or one channel, naming the customer or an address
+of another kind than the channel's) also reaches the addresses they gain later
+(`carry_person_opt_outs`), and is recorded even where they have no address of the channel yet.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, not_, select
+from sqlalchemy import and_, bindparam, not_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.bulk import rows_where_in
@@ -25,12 +28,18 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile, find_profiles, profiles_addresses
 from cdp.profiles.locks import lock_found
 from consent import ledger, tokens
+from consent.audit.addresses import OPT_OUT_METHODS
 from consent.dsr.customer import recorded_before_erasure
 from consent.ledger import Entry
 from consent.outbox.enqueue import opt_out_rows, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject, via_profile
-from consent.suppressions import Suppression, suppress_many, suppressed_at
+from consent.suppressions import (
+    Suppression,
+    latest_suppression,
+    suppress_many,
+    suppressed_at,
+)
 from consent.tables import consent_ledger, suppressions
 
 # An SMS reply that opts the number out: a stop phrase, any case, alone or followed by at most
@@ -141,23 +150,27 @@ async def apply_opt_outs(
         if isinstance(pid, Exception):
             results.append(pid)
             continue
-        subjects: list[tuple[str, bytes]] = []
-        if _names_address(p, r) or _reaches_profile_by_address(p, r):
+        named: list[tuple[str, bytes]] = []
+        if r.ident.kind in ("email", "phone"):
             assert r.ident.bidx is not None
-            subjects.append((r.ident.kind, r.ident.bidx))
-        named = list(subjects)
+            named.append((r.ident.kind, r.ident.bidx))
+        # the address named is recorded and suppressed for the channel even where the channel
+        # does not send to it (push naming an email, sms naming an email; its entry changes no
+        # address state), also where no one holds it yet: the contactability rule stops a
+        # profile's push where any address it holds is suppressed, and carry_person_opt_outs
+        # gives an sms opt-out to the phones of whoever holds the email, now or later
+        subjects = list(named)
         if pid is not None and _whole_profile(p, r):
             for subject in [*addresses.get(pid, []), ("profile", profile_subject(pid))]:
-                if subject not in subjects:
+                if subject not in subjects and expand_channel(p.policy, subject[0], r.channel):
                     subjects.append(subject)
+            if not subjects:
+                # one channel the customer has no address of yet: the record, on the customer,
+                # that they opted out of it (carry_person_opt_outs gives it to the addresses
+                # of that channel they gain later)
+                subjects.append(("profile", profile_subject(pid)))
         cipher = ciphers.get(pid, p.keys.system) if pid is not None else p.keys.system
-        mine = 0
         for kind, subject in subjects:
-            if not expand_channel(p.policy, kind, r.channel) and not (
-                _reaches_profile_by_address(p, r)
-                and (kind, subject) == (r.ident.kind, r.ident.bidx)
-            ):
-                continue
             if kind != "profile":
                 held.append(
                     Suppression(subject, r.purpose, r.channel, r.reason, r.source, r.at, pid, kind)
@@ -178,8 +191,9 @@ async def apply_opt_outs(
                     via_profile=via_profile((kind, subject), named),
                 )
             )
-            mine += 1
-        results.append(OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(mine)))
+        # in force: recorded, so no address of the channel that they hold or gain is
+        # contactable until a grant that occurred after it (every accepted request records one)
+        results.append(OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(subjects)))
     await _write(conn, p, held, entries, unseen)
     return results
 
@@ -205,34 +219,50 @@ _pc, _led, _ic, _sc = profiles.c, consent_ledger.c, identities.c, suppressions.c
 _MERGED_INTO = select(_pc.id, _pc.merged_into).where(
     _pc.merged_into.in_(bindparam("ids", expanding=True))
 )
-_WITHDRAWN_ALL = select(
-    _led.profile_id, _led.purpose, _led.occurred_at, _led.source, _led.actor
-).where(
-    _led.profile_id.in_(bindparam("ids", expanding=True)),
-    _led.channel == "*",
+# The withdrawals that may concern the person (`_concerns_person` keeps those that do): of every
+# channel, however recorded; of one channel, the opt-outs (an opt-out of one channel that named
+# the customer or an address of another kind; one naming an address of the channel is that
+# address's only).
+_MAY_CONCERN_PERSON = and_(
     _led.status == "withdrawn",
+    or_(_led.channel == "*", and_(_led.method.in_(OPT_OUT_METHODS), _led.evidence.is_(None))),
 )
-# The emails and phones of these profiles that someone opted out of every channel (an erasure
-# suppresses every channel too, but is not the customer's "stop").
+_WITHDRAWN_BY = select(
+    _led.profile_id,
+    _led.subject_kind,
+    _led.channel,
+    _led.via_profile,
+    _led.purpose,
+    _led.occurred_at,
+    _led.source,
+    _led.actor,
+).where(_led.profile_id.in_(bindparam("ids", expanding=True)), _MAY_CONCERN_PERSON)
+# The suppressions of these profiles' emails and phones (`_concerns_person` keeps the opt-outs
+# of every channel, and of a channel of another kind of address: an erasure suppresses every
+# channel too, but is not the customer's "stop").
 _HELD_OPTED_OUT = (
-    select(_ic.profile_id, _ic.bidx)
+    select(_ic.profile_id, _ic.bidx, _ic.kind, _sc.channel)
     .select_from(identities.join(suppressions, _sc.bidx == _ic.bidx))
     .where(
         _ic.profile_id.in_(bindparam("ids", expanding=True)),
         _ic.kind.in_(("email", "phone")),
-        _sc.channel == "*",
         _sc.reason != "erasure",
     )
 )
-# The withdrawals of every channel on these addresses, whoever they name ("stop all marketing"
-# from an address we had never seen names no profile); one recorded up to the address's erasure
-# was its erased holder's, not the customer's who holds it since.
-_WITHDRAWN_ALL_ON = select(
-    _led.address_bidx, _led.purpose, _led.occurred_at, _led.source, _led.actor
+# The withdrawals on these addresses that may concern the person, whoever they name ("stop all
+# marketing" from an address we had never seen names no profile); one recorded up to the
+# address's erasure was its erased holder's, not the customer's who holds it since.
+_WITHDRAWN_ON = select(
+    _led.address_bidx,
+    _led.subject_kind,
+    _led.channel,
+    _led.purpose,
+    _led.occurred_at,
+    _led.source,
+    _led.actor,
 ).where(
     _led.address_bidx.in_(bindparam("bidxs", expanding=True)),
-    _led.channel == "*",
-    _led.status == "withdrawn",
+    _MAY_CONCERN_PERSON,
     not_(recorded_before_erasure()),
 )
 
@@ -255,11 +285,19 @@ async def carry_person_opt_outs(
     it (a suppression and a ledger withdrawal of the address, dated when the customer asked),
     so only a grant that occurred after it makes the address contactable.
 
+    So does an opt-out of one channel that concerns the person: one that named the customer
+    (profile id, external id) or an address of another kind than the channel's (sms, naming
+    the email), recorded even where they had no address of the channel yet. It reaches the
+    addresses of that channel's kind they gain later; one naming an address of the channel
+    (a STOP reply, a one-click unsubscribe) stays that address's. Before, an sms opt-out of a
+    customer without a phone recorded nothing, and the phone a stale import brought later was
+    contactable with its older grant.
+
     The withdrawals carried are those naming the profile (or one merged into it), and the
-    opt-outs of every channel of any email or phone it holds, whoever they name: "stop all
-    marketing" from an address we had never seen names no profile, yet reaches the phone its
-    owner is imported with, or that joins them later. The latter are found by the addresses'
-    suppressions, and read from the ledger only for the few addresses that have one.
+    opt-outs of any email or phone it holds that concern the person, whoever they name: "stop
+    all marketing" from an address we had never seen names no profile, yet reaches the phone
+    its owner is imported with, or that joins them later. The latter are found by the
+    addresses' suppressions, and read from the ledger only for the few addresses that have one.
 
     `profile_ids`: surviving profiles that existed and may have gained addresses; their
     opt-outs include those of profiles merged into them. `gained`: those of them (by default
@@ -272,59 +310,76 @@ async def carry_person_opt_outs(
     new = new or {}
     if not profile_ids and not new:
         return
+    policy = p.policy
     survivor = {pid: pid for pid in profile_ids}
     ids = sorted(profile_ids)
     for start in range(0, len(ids), 500):  # a merge re-points what was merged into the absorbed
         rows = await conn.execute(_MERGED_INTO, {"ids": ids[start : start + 500]})
         survivor.update({pid: into for pid, into in rows})
-    latest: dict[tuple[uuid.UUID, str], tuple[datetime, str, str]] = {}
+    # (customer, purpose, channel or "*") -> the latest such withdrawal's (time, source, actor)
+    latest: dict[tuple[uuid.UUID, str, str], tuple[datetime, str, str]] = {}
 
-    def keep(pid: uuid.UUID, purpose: str, at: datetime, source: str, actor: str) -> None:
-        key = (survivor.get(pid, pid), purpose)
+    def keep(
+        pid: uuid.UUID, purpose: str, channel: str, at: datetime, source: str, actor: str
+    ) -> None:
+        key = (survivor.get(pid, pid), purpose, channel)
         if key not in latest or at > latest[key][0]:
             latest[key] = (at, source, actor)
 
     owners = sorted(survivor)
     for start in range(0, len(owners), 500):
-        for row in await conn.execute(_WITHDRAWN_ALL, {"ids": owners[start : start + 500]}):
-            keep(*row)
-    # the opt-outs of every channel of the addresses these customers hold, whoever they name
+        for pid, kind, channel, via, *row in await conn.execute(
+            _WITHDRAWN_BY, {"ids": owners[start : start + 500]}
+        ):
+            if _concerns_person(policy, kind, channel, via):
+                keep(pid, row[0], channel, *row[1:])
+    # the opt-outs of the addresses these customers hold that concern the person, whoever
+    # they name
     look = set(profile_ids if gained is None else gained)
     if new:  # most new customers' addresses have none: ask for the profiles of those that do
-        of = {b: pid for pid, addresses in new.items() for _, b in addresses}
+        of = {b: (pid, kind) for pid, addresses in new.items() for kind, b in addresses}
         found = await rows_where_in(
             conn, suppressions, ("bidx", "channel", "reason"), "bidx", sorted(of)
         )
-        look |= {of[b] for b, channel, reason in found if channel == "*" and reason != "erasure"}
+        look |= {
+            of[b][0]
+            for b, channel, reason in found
+            if reason != "erasure" and _concerns_person(policy, of[b][1], channel)
+        }
     holder: dict[bytes, uuid.UUID] = {}
     ordered = sorted(look)
     for start in range(0, len(ordered), 500):
         rows = await conn.execute(_HELD_OPTED_OUT, {"ids": ordered[start : start + 500]})
-        holder.update({bidx: pid for pid, bidx in rows})
+        holder.update(
+            {bidx: pid for pid, bidx, kind, ch in rows if _concerns_person(policy, kind, ch)}
+        )
     opted = sorted(holder)
     for start in range(0, len(opted), 500):
-        for bidx, *row in await conn.execute(
-            _WITHDRAWN_ALL_ON, {"bidxs": opted[start : start + 500]}
+        for bidx, kind, channel, *row in await conn.execute(
+            _WITHDRAWN_ON, {"bidxs": opted[start : start + 500]}
         ):
-            keep(holder[bidx], *row)
+            if _concerns_person(policy, kind, channel):
+                keep(holder[bidx], row[0], channel, *row[1:])
     if not latest:
         return
-    addresses = await profiles_addresses(conn, {pid for pid, _ in latest})
+    addresses = await profiles_addresses(conn, {pid for pid, _, _ in latest})
     held = await suppressed_at(conn, sorted({b for a in addresses.values() for _, b in a}))
     carried: list[Suppression] = []
     entries: list[Entry] = []
-    for (pid, purpose), (at, source, actor) in sorted(latest.items()):
+    for (pid, purpose, channel), (at, source, actor) in sorted(latest.items()):
         for kind, bidx in addresses.get(pid, []):
-            if (t := held.get((bidx, purpose, "*"))) is not None and t >= at:
+            if not expand_channel(policy, kind, channel):
+                continue  # one channel, of another kind of address
+            if (t := latest_suppression(held, bidx, purpose, channel)) is not None and t >= at:
                 continue  # opted out already (this opt-out, or a later one)
-            carried.append(Suppression(bidx, purpose, "*", "opt_out", source, at, pid, kind))
+            carried.append(Suppression(bidx, purpose, channel, "opt_out", source, at, pid, kind))
             entries.append(
                 Entry(
                     profile_id=pid,
                     subject_kind=kind,
                     subject=bidx,
                     purpose=purpose,
-                    channel="*",
+                    channel=channel,
                     status="withdrawn",
                     occurred_at=at,
                     source=source,
@@ -336,20 +391,25 @@ async def carry_person_opt_outs(
     await _write(conn, p, carried, entries)
 
 
+def _concerns_person(policy: Policy, kind: str, channel: str, via: bool | None = False) -> bool:
+    """Whether a withdrawal (or its suppression) recorded on `kind` (email, phone, profile)
+    for `channel` reaches the customer's addresses learned later: every channel ('*') does;
+    one channel sent to an email or phone does where it was recorded on the customer, on an
+    address of another kind, or on an address it reached through the customer (`via`, which
+    consent_ledger.via_profile holds). Push and messenger go to the profile, whose own state
+    and addresses' suppressions already stop them: nothing to carry."""
+    if channel == "*":
+        return True
+    target = policy.address_kind(channel)
+    return target in ("email", "phone") and (kind != target or bool(via))
+
+
 def _whole_profile(p: Platform, r: OptOutRequest) -> bool:
-    """The opt-out reaches every address of the customer: it names the profile (or an address
+    """The opt-out concerns the person, not one address: it names the profile (or an address
     of another kind than the channel's), or it stops every channel ('*': "stop all marketing"
-    said from one address concerns the person, GDPR art. 21(3))."""
+    said from one address concerns the person, GDPR art. 21(3)). It reaches every address of
+    the customer on the channel, and those they gain later (carry_person_opt_outs)."""
     return r.channel == "*" or not _names_address(p, r)
-
-
-def _reaches_profile_by_address(p: Platform, r: OptOutRequest) -> bool:
-    """The request names an email or phone and stops a channel that reaches the profile (push,
-    messenger). The address is suppressed for that channel too (with its ledger entry, which
-    changes no address state): the contactability rule stops a profile's push where any
-    address it holds is suppressed, so the opt-out also holds for an address never seen, once
-    its owner is imported with an older grant. Before, nothing was stored for it."""
-    return r.ident.kind in ("email", "phone") and p.policy.address_kind(r.channel) == "profile"
 
 
 def _names_address(p: Platform, r: OptOutRequest) -> bool:

@@ -142,7 +142,17 @@ async def post_consent(
     description=(
         "An email or phone that no customer holds yet is suppressed as it is, so a later "
         "import of it with an older grant never makes it contactable. A profile id or an "
-        "external id that no customer has is 404 and stores nothing: it is not an address."
+        "external id that no customer has is 404 and stores nothing: it is not an address. "
+        "An opt-out of one channel that names the customer (profile id, external id) or an "
+        "address of another kind (sms, naming the email) concerns the person: it reaches "
+        "their addresses of that channel, also those they gain later (an import, a merge), "
+        "and holds even where they have none yet (or where no one holds the address named: "
+        "for its holder, once known). `suppressed` is true when the opt-out is recorded and "
+        "in force: what it covers (an address of the channel's own kind that it names; "
+        "otherwise the customer's addresses of the channel, now and gained later) is not "
+        "contactable for the purpose until a grant that occurred after it. Every accepted "
+        "opt-out answers true; before, one that reached no address answered false and "
+        "recorded nothing."
     ),
 )
 async def post_opt_out(

@@ -18,7 +18,9 @@ and a repeat keeps the latest time):
 Opt-out withdrawals are the ledger entries consent.optout writes: no evidence, and the method of
 an opt-out entry point (below). A withdrawal through POST /v1/consents, an import or the
 preference centre has another method or carries evidence, and suppresses nothing itself (one
-of every channel gives an address learned later an opt-out entry: consent.optout, carry).
+of every channel gives an address learned later an opt-out entry: consent.optout, carry; so
+does an opt-out of one channel that named the customer or an address of another kind, whose
+entry on that address, sms on an email, implies no state and has its suppression).
 """
 
 from __future__ import annotations
