@@ -219,11 +219,11 @@ _pc, _led, _ic, _sc = profiles.c, consent_ledger.c, identities.c, suppressions.c
 _MERGED_INTO = select(_pc.id, _pc.merged_into).where(
     _pc.merged_into.in_(bindparam("ids", expanding=True))
 )
-# The withdrawals that may concern the person (`_concerns_person` keeps those that do): of every
+# The withdrawals that may concern the person (`concerns_person` keeps those that do): of every
 # channel, however recorded; of one channel, the opt-outs (an opt-out of one channel that named
 # the customer or an address of another kind; one naming an address of the channel is that
 # address's only).
-_MAY_CONCERN_PERSON = and_(
+MAY_CONCERN_PERSON = and_(
     _led.status == "withdrawn",
     or_(_led.channel == "*", and_(_led.method.in_(OPT_OUT_METHODS), _led.evidence.is_(None))),
 )
@@ -236,8 +236,8 @@ _WITHDRAWN_BY = select(
     _led.occurred_at,
     _led.source,
     _led.actor,
-).where(_led.profile_id.in_(bindparam("ids", expanding=True)), _MAY_CONCERN_PERSON)
-# The suppressions of these profiles' emails and phones (`_concerns_person` keeps the opt-outs
+).where(_led.profile_id.in_(bindparam("ids", expanding=True)), MAY_CONCERN_PERSON)
+# The suppressions of these profiles' emails and phones (`concerns_person` keeps the opt-outs
 # of every channel, and of a channel of another kind of address: an erasure suppresses every
 # channel too, but is not the customer's "stop").
 _HELD_OPTED_OUT = (
@@ -262,7 +262,7 @@ _WITHDRAWN_ON = select(
     _led.actor,
 ).where(
     _led.address_bidx.in_(bindparam("bidxs", expanding=True)),
-    _MAY_CONCERN_PERSON,
+    MAY_CONCERN_PERSON,
     not_(recorded_before_erasure()),
 )
 
@@ -331,7 +331,7 @@ async def carry_person_opt_outs(
         for pid, kind, channel, via, *row in await conn.execute(
             _WITHDRAWN_BY, {"ids": owners[start : start + 500]}
         ):
-            if _concerns_person(policy, kind, channel, via):
+            if concerns_person(policy, kind, channel, via):
                 keep(pid, row[0], channel, *row[1:])
     # the opt-outs of the addresses these customers hold that concern the person, whoever
     # they name
@@ -344,21 +344,21 @@ async def carry_person_opt_outs(
         look |= {
             of[b][0]
             for b, channel, reason in found
-            if reason != "erasure" and _concerns_person(policy, of[b][1], channel)
+            if reason != "erasure" and concerns_person(policy, of[b][1], channel)
         }
     holder: dict[bytes, uuid.UUID] = {}
     ordered = sorted(look)
     for start in range(0, len(ordered), 500):
         rows = await conn.execute(_HELD_OPTED_OUT, {"ids": ordered[start : start + 500]})
         holder.update(
-            {bidx: pid for pid, bidx, kind, ch in rows if _concerns_person(policy, kind, ch)}
+            {bidx: pid for pid, bidx, kind, ch in rows if concerns_person(policy, kind, ch)}
         )
     opted = sorted(holder)
     for start in range(0, len(opted), 500):
         for bidx, kind, channel, *row in await conn.execute(
             _WITHDRAWN_ON, {"bidxs": opted[start : start + 500]}
         ):
-            if _concerns_person(policy, kind, channel):
+            if concerns_person(policy, kind, channel):
                 keep(holder[bidx], row[0], channel, *row[1:])
     if not latest:
         return
@@ -391,7 +391,7 @@ async def carry_person_opt_outs(
     await _write(conn, p, carried, entries)
 
 
-def _concerns_person(policy: Policy, kind: str, channel: str, via: bool | None = False) -> bool:
+def concerns_person(policy: Policy, kind: str, channel: str, via: bool | None = False) -> bool:
     """Whether a withdrawal (or its suppression) recorded on `kind` (email, phone, profile)
     for `channel` reaches the customer's addresses learned later: every channel ('*') does;
     one channel sent to an email or phone does where it was recorded on the customer, on an

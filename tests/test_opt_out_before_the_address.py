@@ -16,7 +16,7 @@ import csv
 
 from cdp.importer import run_import
 from cdp.settings import DEFAULT_POLICY_DIR
-from consent.optout import _concerns_person
+from consent.optout import concerns_person
 from consent.policy import load_policy
 from tests.helpers import contactable, segment_members
 
@@ -278,14 +278,14 @@ async def test_an_opt_out_of_one_phone_stays_that_phones(client, keys):
 
 
 def test_which_opt_outs_of_one_channel_concern_the_person() -> None:
-    """The plain rule (consent.optout._concerns_person): recorded on the customer, on an
+    """The plain rule (consent.optout.concerns_person): recorded on the customer, on an
     address of another kind, or on an address reached through the customer."""
     policy = load_policy(DEFAULT_POLICY_DIR)
-    assert _concerns_person(policy, "phone", "*")
-    assert _concerns_person(policy, "profile", "sms")
-    assert _concerns_person(policy, "email", "sms")
-    assert _concerns_person(policy, "phone", "email")
-    assert _concerns_person(policy, "phone", "sms", via=True)
-    assert not _concerns_person(policy, "phone", "sms")  # a STOP reply: that number's
-    assert not _concerns_person(policy, "email", "email", via=None)  # one-click: that email's
-    assert not _concerns_person(policy, "email", "push")  # the profile's: nothing to carry
+    assert concerns_person(policy, "phone", "*")
+    assert concerns_person(policy, "profile", "sms")
+    assert concerns_person(policy, "email", "sms")
+    assert concerns_person(policy, "phone", "email")
+    assert concerns_person(policy, "phone", "sms", via=True)
+    assert not concerns_person(policy, "phone", "sms")  # a STOP reply: that number's
+    assert not concerns_person(policy, "email", "email", via=None)  # one-click: that email's
+    assert not concerns_person(policy, "email", "push")  # the profile's: nothing to carry

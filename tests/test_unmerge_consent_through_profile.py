@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from consent.merged_grants import Fact, granted_without
+from consent.merged_consent import Fact, granted_without
 from consent.policy import load_policy
 from tests.helpers import contactable, segment_members
 from tests.test_erasure_after_unmerge import access_export, erase, post

@@ -15,7 +15,7 @@ the profile that holds the merge's survivor today (the holder) back into two:
   put back where nothing changed them since. A withdrawal recorded on the merged profile after
   the merge applies to both halves (fail closed); a grant recorded on it counts for neither,
   push and messenger (`_grants_while_merged_count_for_neither`) and an address's grant that
-  reached it through the merged profile (consent.merged_grants);
+  reached it through the merged profile (consent.merged_consent);
 - the absorbed profile is active again, and the merges row is marked undone;
 - snapshots of later merges into the holder are rewritten as if this merge had never been
   (`rebased`), and the holder gets a new data key (cdp.profiles.rekey): what was recorded for
@@ -58,11 +58,12 @@ from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from cdp.profiles.rekey import rekey
-from consent import evidence, ledger, merged_grants
+from consent import evidence, ledger, merged_consent
 from consent.ledger import Entry
 from consent.outbox.enqueue import enqueue_merge
-from consent.subjects import profile_subject
-from consent.tables import consent_state
+from consent.policy import Policy
+from consent.subjects import expand_channel, profile_subject
+from consent.tables import consent_ledger, consent_state
 
 log = structlog.get_logger(__name__)
 _MISSING = object()
@@ -153,11 +154,12 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
         await stats.recompute(conn, pid, p.policy.stats_currency)
     await _restore_sources(conn, holder, m, a_id, a_state, s_state, moved)
     await _restore_fields(conn, holder, a_id, a_state, s_state, h_cipher, a_cipher, now)
-    await _restore_profile_consents(conn, holder, a_id, a_state, s_state)
+    await _restore_profile_consents(conn, p.policy, holder, a_id, a_state, s_state)
     await _grants_while_merged_count_for_neither(conn, p, holder, s_state, actor, now, h_cipher)
-    await merged_grants.withdraw_doubtful(
+    await merged_consent.withdraw_doubtful(
         conn, p, s_state.ledger_seq, await profiles_addresses(conn, {holder, a_id}), actor, now
     )
+    await merged_consent.hand_over_withdrawals(conn, p, holder, a_id, s_state.ledger_seq, actor)
 
     await _rebase_later_snapshots(conn, holder, m, s_state, h_cipher)
 
@@ -379,6 +381,7 @@ async def _restore_fields(
 
 async def _restore_profile_consents(
     conn: AsyncConnection,
+    policy: Policy,
     holder: uuid.UUID,
     a_id: uuid.UUID,
     a_state: AbsorbedState,
@@ -391,15 +394,33 @@ async def _restore_profile_consents(
         for r in (await conn.execute(select(consent_state).where(cs.subject == h_subj))).all()
     }
     theirs = {(r["purpose"], r["channel"]): _state_row(r, a_subj, a_id) for r in a_state.consents}
-    # A withdrawal recorded on the merged profile after the merge binds both halves.
-    for key, r in mine.items():
-        if r.seq > s_state.ledger_seq and r.status == "withdrawn":
-            current = theirs.get(key)
+    # A withdrawal recorded on the merged profile after the merge binds both halves: read from
+    # the ledger, not the current state, where a later grant while merged (which counts for
+    # neither) hides it (found by a model-based test).
+    led = consent_ledger.c
+    withdrawn = await conn.execute(
+        select(led.seq, led.purpose, led.channel, led.occurred_at, led.recorded_at, led.source)
+        .where(
+            led.subject_kind == "profile",
+            led.profile_id == holder,
+            led.seq > s_state.ledger_seq,
+            led.status == "withdrawn",
+        )
+        .order_by(led.seq)
+    )
+    for w in withdrawn:
+        for channel in expand_channel(policy, "profile", w.channel):
+            current = theirs.get((w.purpose, channel))
             if current is None or current["status"] != "withdrawn":
-                theirs[key] = {
-                    **r._asdict(),
+                theirs[(w.purpose, channel)] = {
                     "subject": a_subj,
+                    "purpose": w.purpose,
+                    "channel": channel,
                     "profile_id": a_id,
+                    "status": "withdrawn",
+                    "since": min(w.occurred_at, w.recorded_at),  # as the ledger orders it
+                    "seq": w.seq,
+                    "source": w.source,
                 }
     await conn.execute(delete(consent_state).where(cs.subject == a_subj))
     if theirs:

@@ -1,4 +1,6 @@
-"""Grants that reached an address through a merged profile, when the merge is undone.
+"""Consent recorded on a merged profile, when the merge is undone.
+
+**Grants** that reached an address through the merged profile (`withdraw_doubtful`):
 
 While a wrong merge stands, a grant naming the merged customer otherwise than by an address
 (a profile id, an external id, the preference centre's choice for every address of a kind)
@@ -14,8 +16,15 @@ conflicting data means no), as a push grant does (cdp.profiles.unmerge):
   no evidence), so the state stays what the ledger implies and the audit still verifies. A new
   grant makes the address contactable again.
 
-Withdrawals reaching addresses through the merged profile bind both customers (fail closed)
-and are left as they are; their evidence is copied without who made them (consent.evidence).
+**Withdrawals** recorded on the merged profile bind both customers (fail closed): those that
+reached addresses stay on them, their evidence copied without who made them
+(consent.evidence). One that concerns the person ("unsubscribe from everything", an opt-out of
+one channel naming the customer: consent.optout.concerns_person) also reaches the addresses
+the customer gains later (consent.optout.carry_person_opt_outs), which finds it by the profile
+its entry names: the holder's. `hand_over_withdrawals` records each for the absorbed customer
+too, on her profile, with its time, so it reaches the addresses she gains after the unmerge
+(found by a model-based test on 2026-12-07: a CRM record brought her later email with an older
+grant and she was handed out for advertising).
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.platform import Platform
 from consent import ledger
 from consent.ledger import Entry, supersedes
+from consent.optout import MAY_CONCERN_PERSON, concerns_person
 from consent.policy import Policy
-from consent.subjects import expand_channel
+from consent.subjects import expand_channel, profile_subject
 from consent.tables import address_erasures, consent_ledger, consent_state
 
 SOURCE = METHOD = "unmerge"
@@ -170,6 +180,55 @@ async def withdraw_doubtful(
                 via_profile=False,
             )
         )
+    await ledger.append(conn, p.policy, entries)
+    return len(entries)
+
+
+async def hand_over_withdrawals(
+    conn: AsyncConnection,
+    p: Platform,
+    holder: uuid.UUID,
+    absorbed: uuid.UUID,
+    merged_since: int,
+    actor: str,
+) -> int:
+    """Record for `absorbed`, on her profile, each withdrawal concerning the person that was
+    recorded on `holder` after `merged_since` (the latest per purpose and channel), with its
+    time, method and source. Returns how many."""
+    led = consent_ledger.c
+    latest: dict[tuple[str, str], Any] = {}
+    for r in await conn.execute(
+        select(
+            led.purpose,
+            led.channel,
+            led.subject_kind,
+            led.via_profile,
+            led.occurred_at,
+            led.method,
+            led.source,
+        )
+        .where(led.profile_id == holder, led.seq > merged_since, MAY_CONCERN_PERSON)
+        .order_by(led.seq)
+    ):
+        if concerns_person(p.policy, r.subject_kind, r.channel, r.via_profile):
+            key = (r.purpose, r.channel)
+            if key not in latest or r.occurred_at >= latest[key].occurred_at:
+                latest[key] = r
+    entries = [
+        Entry(
+            profile_id=absorbed,
+            subject_kind="profile",
+            subject=profile_subject(absorbed),
+            purpose=r.purpose,
+            channel=r.channel,
+            status="withdrawn",
+            occurred_at=r.occurred_at,
+            source=r.source,
+            actor=actor,
+            method=r.method,  # an opt-out stays one (carry_person_opt_outs reads the method)
+        )
+        for r in latest.values()
+    ]
     await ledger.append(conn, p.policy, entries)
     return len(entries)
 
