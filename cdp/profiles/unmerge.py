@@ -67,6 +67,7 @@ from consent.tables import consent_ledger, consent_state
 
 log = structlog.get_logger(__name__)
 _MISSING = object()
+UNMERGE = merged_consent.SOURCE  # source and method of the withdrawals an unmerge records
 
 
 @dataclass(slots=True)
@@ -396,7 +397,8 @@ async def _restore_profile_consents(
     theirs = {(r["purpose"], r["channel"]): _state_row(r, a_subj, a_id) for r in a_state.consents}
     # A withdrawal recorded on the merged profile after the merge binds both halves: read from
     # the ledger, not the current state, where a later grant while merged (which counts for
-    # neither) hides it (found by a model-based test).
+    # neither) hides it (found by a model-based test). Not an unmerge's own (undoing a later
+    # merge in the same unmerge withdrew a grant that counted for neither: not a customer's).
     led = consent_ledger.c
     withdrawn = await conn.execute(
         select(led.seq, led.purpose, led.channel, led.occurred_at, led.recorded_at, led.source)
@@ -405,6 +407,7 @@ async def _restore_profile_consents(
             led.profile_id == holder,
             led.seq > s_state.ledger_seq,
             led.status == "withdrawn",
+            or_(led.method.is_(None), led.method != UNMERGE),
         )
         .order_by(led.seq)
     )
@@ -552,9 +555,9 @@ async def _grants_while_merged_count_for_neither(
             channel=channel,
             status="withdrawn",
             occurred_at=now,
-            source="unmerge",
+            source=UNMERGE,
             actor=actor,
-            method="unmerge",
+            method=UNMERGE,
             cipher=cipher,
         )
         for purpose, channel in granted
