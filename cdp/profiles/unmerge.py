@@ -59,7 +59,7 @@ from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from cdp.profiles.rekey import rekey
 from consent import evidence, ledger, merged_consent
-from consent.ledger import Entry
+from consent.ledger import Entry, supersedes
 from consent.outbox.enqueue import enqueue_merge
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
@@ -412,16 +412,18 @@ async def _restore_profile_consents(
         .order_by(led.seq)
     )
     for w in withdrawn:
+        since = min(w.occurred_at, w.recorded_at)  # as the ledger orders it
         for channel in expand_channel(policy, "profile", w.channel):
             current = theirs.get((w.purpose, channel))
-            if current is None or current["status"] != "withdrawn":
+            # as consent.ledger.append would have applied it to her state
+            if current is None or supersedes("withdrawn", since, _ordered(current)):
                 theirs[(w.purpose, channel)] = {
                     "subject": a_subj,
                     "purpose": w.purpose,
                     "channel": channel,
                     "profile_id": a_id,
                     "status": "withdrawn",
-                    "since": min(w.occurred_at, w.recorded_at),  # as the ledger orders it
+                    "since": since,
                     "seq": w.seq,
                     "source": w.source,
                 }
@@ -563,6 +565,10 @@ async def _grants_while_merged_count_for_neither(
         for purpose, channel in granted
     ]
     await ledger.append(conn, p.policy, entries)
+
+
+def _ordered(row: dict[str, Any]) -> tuple[str, datetime]:
+    return row["status"], row["since"]
 
 
 def _state_row(r: dict[str, Any], subject: bytes, profile_id: uuid.UUID) -> dict[str, Any]:
