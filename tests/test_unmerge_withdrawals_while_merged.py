@@ -21,27 +21,13 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import parse_identifier
 from cdp.profiles.service import upsert_one
 from cdp.profiles.unmerge import unmerge
-from cdp.segments.members import members_page
-from cdp.segments.service import build_definition
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import address_decision, consent_view, record_consent
+from tests.test_consent_model_merges import members
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 EVIDENCE = EvidenceIn(wording_id="nl-v1", method="checkbox")
 _ns = itertools.count(1)
-
-
-async def members(p: Platform, channel: str) -> list:  # type: ignore[type-arg]
-    """Every member of the whole base's segment for marketing on `channel`, page by page."""
-    d = build_definition(p, "marketing", channel, {"all": []})
-    out, after = [], None
-    async with p.db.read() as conn:
-        while True:
-            page = await members_page(conn, p, d, after=after, limit=1000)
-            out.extend(page.items)
-            if page.next_after is None:
-                return out
-            after = page.next_after
 
 
 def _at(minute: int) -> datetime:
