@@ -252,6 +252,32 @@ async def test_gpc_changes_nothing_where_the_policy_ignores_it(client, keys, pla
     assert await count(platform, consent_ledger) == before
 
 
+async def test_a_mail_scanners_head_on_a_preference_link_is_answered_and_changes_nothing(
+    client, keys, platform
+):
+    """Operators mail preference links; mail scanners send HEAD before they follow one, and it
+    was a 405 (the link looked broken). HEAD answers as GET without the body, and records
+    nothing: not even the GPC opt-out that a GET with the signal records."""
+    email = "hanna.head@example.com"
+    pid, token = await customer(client, keys, platform, email, jurisdiction="US-CA", grant=False)
+    before = await count(platform, consent_ledger)
+    head = await client.head(f"/preferences/{token}", headers=RU_EN)
+    got = await client.get(f"/preferences/{token}", headers=RU_EN)
+    assert head.status_code == got.status_code == 200, head.text
+    assert head.content == b""
+    for name in ("content-type", "content-length", "cache-control"):
+        assert head.headers[name] == got.headers[name], name
+    body, tag = token.split(".")
+    forged = body + "." + ("A" if tag[0] != "A" else "B") + tag[1:]
+    bad = await client.head(f"/preferences/{forged}", headers=RU_EN)
+    assert bad.status_code == 404 and bad.content == b""
+    with_signal = await client.head(f"/preferences/{token}", headers={"Sec-GPC": "1"})
+    assert with_signal.status_code == 200
+    assert await count(platform, consent_ledger) == before
+    assert await events(client, keys, email, "sale_share") == []
+    assert (await contactable(client, keys, pid))["sale_share"]["email"] is True
+
+
 async def test_a_forged_link_shows_an_error_and_changes_nothing(client, keys, platform):
     _, token = await customer(client, keys, platform, "galina@example.com")
     body, tag = token.split(".")

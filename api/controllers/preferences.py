@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, post, route
 from litestar.background_tasks import BackgroundTask
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
@@ -43,7 +43,7 @@ from api.i18n import (
     purpose_text,
     when,
 )
-from api.openapi import NAMES_A_CUSTOMER
+from api.openapi import GET_AND_HEAD, NAMES_A_CUSTOMER
 from cdp.apikeys import Principal
 from cdp.db.tables import identities, profiles
 from cdp.errors import Gone, InvalidInput, NotFound
@@ -465,7 +465,11 @@ class PreferenceCentre(Controller):
         ManageOnly: _manage_only,
     }
 
-    @get("/{token:str}", summary="The preference centre (records a GPC opt-out where it applies)")
+    @route(
+        "/{token:str}",
+        http_method=GET_AND_HEAD,  # mail scanners send HEAD before they follow a link (was a 405)
+        summary="The preference centre (GET records a GPC opt-out where it applies)",
+    )
     async def show(
         self,
         token: FromPath[str],
@@ -476,7 +480,7 @@ class PreferenceCentre(Controller):
     ) -> Template:
         _, centre = await _open(platform, token, request)
         t = messages(page_language(request, lang, centre.jurisdiction))
-        if centre.gpc:
+        if centre.gpc and request.method == "GET":  # HEAD changes nothing
             recorded = await honour_gpc(
                 platform, centre, evidence_for(request, platform, t.lang, GPC_METHOD)
             )
