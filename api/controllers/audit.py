@@ -71,6 +71,10 @@ class AuditController(Controller):
         "extensions are what its transitions recorded, and a completed one left its customer "
         "erased (`mismatched_request_ids`: a few of those that are not). Checkpoints kept "
         "outside the database are checked with `cdp audit verify --checkpoints FILE`.",
+        response_description=(
+            "The verification: `ok`, `entries`, `head_hash`, `first_invalid_seq` (null when ok), "
+            "and the checks of checkpoints, state and erasure requests"
+        ),
     )
     async def verify(self, platform: PlatformDep) -> dict[str, Any]:
         signer = signer_for(platform.settings)
@@ -102,6 +106,10 @@ class AuditController(Controller):
         "and `until` (exclusive) filter on `occurred_at`. A channel filter includes withdrawals "
         "from every channel (`*`) of the same address kind. `evidence` is decrypted where the "
         "customer's key still exists, else null. Every read is written to the access log.",
+        response_description=(
+            "A page of ledger entries in ascending `seq`: subject, purpose, channel, status, "
+            "evidence (null once erased) and hashes"
+        ),
     )
     async def consent_events(
         self,
@@ -151,6 +159,10 @@ class AuditController(Controller):
         "fit to hand to a regulator",
         description="Name the customer by one of `profile_id`, `email`, `phone`. 404 when "
         "nothing is known about them. Each read is written to the access log.",
+        response_description=(
+            "The customer's consent events with their evidence and the chain proof an outside "
+            "verifier recomputes"
+        ),
     )
     async def bundle(
         self,
@@ -191,6 +203,10 @@ class AuditController(Controller):
         summary="Who read or exported personal data, when, and how much (oldest first)",
         description="`profile_id` covers every profile of that customer; `actor` is an API key "
         "name; `since` (inclusive) and `until` (exclusive) filter on the time of access.",
+        response_description=(
+            "A page of access-log entries: who (key name), what was read or exported, when, how "
+            "many rows"
+        ),
     )
     async def access_log(
         self,
@@ -217,7 +233,14 @@ class AuditController(Controller):
         next_cursor = encode_cursor([last[0].isoformat(), str(last[1])]) if last else None
         return {"items": items, "next_cursor": next_cursor}
 
-    @get("/checkpoints", opt=AUDITORS, summary="Signed checkpoints stored in the database")
+    @get(
+        "/checkpoints",
+        opt=AUDITORS,
+        summary="Signed checkpoints stored in the database",
+        response_description=(
+            "The stored checkpoints, each with its seq, head hash, time and signing key"
+        ),
+    )
     async def checkpoints(self, platform: PlatformDep) -> dict[str, Any]:
         signer = signer_for(platform.settings)
         async with platform.db.read() as conn:
@@ -234,6 +257,7 @@ class AuditController(Controller):
         status_code=201,
         summary="Verify the entries since the last checkpoint, then sign and store the head",
         description="409 when the ledger does not verify (nothing is signed).",
+        response_description="The new checkpoint: the seq and head hash it vouches for, signed",
     )
     async def checkpoint(self, platform: PlatformDep) -> dict[str, Any]:
         try:

@@ -115,6 +115,10 @@ def _identifier(platform: Platform, data: ConsentIn | OptOutIn) -> Identifier:
     tags=["consent"],
     status_code=201,
     summary="Append one consent event to the ledger",
+    response_description=(
+        "The event was appended: `event_id`, `seq`, and `effective` (false when an event that "
+        "occurred later already decides the state)"
+    ),
 )
 async def post_consent(
     data: JSONBody[ConsentIn], platform: PlatformDep, principal: PrincipalDep
@@ -154,6 +158,7 @@ async def post_consent(
         "opt-out answers true; before, one that reached no address answered false and "
         "recorded nothing."
     ),
+    response_description="The opt-out is in force: `profile_ids` it reached and `suppressed`",
 )
 async def post_opt_out(
     data: JSONBody[OptOutIn], platform: PlatformDep, principal: PrincipalDep
@@ -238,6 +243,7 @@ async def _unsubscribe_page(
         "as GET does, without the body, and changes nothing either."
     ),
     operation_id=operation_id("V1UnsubscribeTokenUnsubscribePage"),
+    response_description="The confirmation page, in the customer's language (nothing changed)",
 )
 async def unsubscribe_page(
     token: FromPath[str],
@@ -286,6 +292,10 @@ async def unsubscribe_now(
     summary=(
         "Inbound SMS: stop keywords opt the number out of marketing by sms (and of service "
         "texts where they need consent: US federal)"
+    ),
+    response_description=(
+        "`stop`: whether the text was a stop keyword; if so, the `profile_ids` it reached and "
+        "`suppressed`"
     ),
 )
 async def inbound_sms(

@@ -62,6 +62,10 @@ class ErasureRequestController(Controller):
             "erasure starts right after the answer. `note` is stored encrypted under the "
             "customer's data key and is destroyed with it."
         ),
+        response_description=(
+            "The request was accepted (or joined the open one): `request_id`, `status`, "
+            "`received_at`, `due_at`"
+        ),
     )
     async def submit(
         self, data: JSONBody[ErasureIn], platform: PlatformDep, principal: PrincipalDep
@@ -82,6 +86,9 @@ class ErasureRequestController(Controller):
         opt=PUBLIC,
         status_code=202,
         summary="Customer-side erasure request, proven by a manage link's token",
+        response_description=(
+            "The customer's request was accepted (or joined the open one), with its due date"
+        ),
     )
     async def submit_by_token(
         self, token: FromPath[str], platform: PlatformDep
@@ -107,6 +114,7 @@ class ErasureRequestController(Controller):
         opt=OFFICERS,
         summary="List erasure requests, oldest first",
         description="Open requests past their due date carry `overdue: true`.",
+        response_description="A page of erasure requests with their status and due date",
     )
     async def list_requests(
         self,
@@ -132,6 +140,7 @@ class ErasureRequestController(Controller):
             "`reason_readable: false`, and the request's history still verifies. Reading a "
             "note or such a reason is written to the access log."
         ),
+        response_description="The request, its status, due date and chained transitions",
     )
     async def read(
         self, request_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
@@ -156,6 +165,7 @@ class ErasureRequestController(Controller):
         opt=OFFICERS,
         status_code=200,
         summary="Take the policy's one extension (a reason is required); moves due_at",
+        response_description="The request with its new `due_at`",
     )
     async def extend(
         self,
@@ -174,6 +184,7 @@ class ErasureRequestController(Controller):
         opt=OFFICERS,
         status_code=200,
         summary="Reject a request that has not started (a reason is required)",
+        response_description="The request, now `rejected`",
     )
     async def reject(
         self,
@@ -204,6 +215,9 @@ class ErasureRequestController(Controller):
     "address), `access_log` and `erasure_requests` (as `GET /v1/erasure-requests/{id}`: note "
     "and transitions). Nothing in it names another customer. 404 for an unknown customer, "
     "410 for an erased one.",
+    response_description=(
+        "Everything held about the customer, with its consent history and evidence"
+    ),
 )
 async def post_access_request(
     data: JSONBody[AccessIn], platform: PlatformDep, principal: PrincipalDep

@@ -45,6 +45,7 @@ class MatchSuggestionController(Controller):
             "of the pair was merged elsewhere); `decided_at` and `decided_by` (the name of the "
             "API key that accepted or rejected it)."
         ),
+        response_description="A page of match suggestions",
     )
     async def list_suggestions(
         self,
@@ -84,6 +85,10 @@ class MatchSuggestionController(Controller):
         "(accepted, rejected, or stale: one of the pair was merged since); 404 once one of the "
         "pair was erased (an erasure removes every suggestion naming them), 410 when the "
         "erasure runs while the suggestion is accepted.",
+        response_description=(
+            "The suggestion, now `accepted`, with the surviving `profile_id` and "
+            "`merged_profile_ids`"
+        ),
     )
     async def accept(
         self, suggestion_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
@@ -96,6 +101,7 @@ class MatchSuggestionController(Controller):
         opt=ADMIN,
         status_code=200,
         summary="Close the suggestion; the pair is not suggested again",
+        response_description="The suggestion, now `rejected`",
     )
     async def reject(
         self, suggestion_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
@@ -123,6 +129,7 @@ class MergeReviewController(Controller):
             "profile it matched. "
             "`status`: open (default), accepted, rejected."
         ),
+        response_description="A page of merges the guards refused",
     )
     async def list_reviews(
         self,
@@ -147,6 +154,9 @@ class MergeReviewController(Controller):
         opt=ADMIN,
         status_code=200,
         summary="Override the guard: merge the profiles (provenance reviewed)",
+        response_description=(
+            "The review, now `accepted`, with the surviving `profile_id` and `merged_profile_ids`"
+        ),
     )
     async def accept(
         self, review_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
@@ -159,6 +169,7 @@ class MergeReviewController(Controller):
         opt=ADMIN,
         status_code=200,
         summary="Keep the profiles apart",
+        response_description="The review, now `rejected`",
     )
     async def reject(
         self, review_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
@@ -177,6 +188,7 @@ class MergeReviewController(Controller):
         "id, undoes the merge that absorbed it. Answers `{profile_ids: [survivor, restored...], "
         "undone_merges: [...]}`. 404 unknown id, 410 erased, 409 nothing to undo."
     ),
+    response_description="The resulting profiles and the merges undone",
 )
 async def post_unmerge(
     profile_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep

@@ -588,6 +588,7 @@ class PreferenceCentre(Controller):
         "(default 60, at most 10080). The unsubscribe token of segment members can only stop "
         "messages."
     ),
+    response_description="The link: `profile_id`, `url`, `token` and `expires_at`",
 )
 async def post_preference_link(
     data: JSONBody[PreferenceLinkIn], platform: PlatformDep, principal: PrincipalDep

@@ -116,6 +116,10 @@ class ProfileController(Controller):
         opt={**INGEST, "records_report_errors": True},  # api.nul_guard leaves them to each record
         status_code=200,
         summary="Upsert up to 1000 records",
+        response_description=(
+            "One result per record, in order: its profile or its error (a bad record does not stop"
+            " the others)"
+        ),
     )
     async def batch(
         self, data: JSONBody[BatchIn], platform: PlatformDep, principal: PrincipalDep
@@ -134,6 +138,9 @@ class ProfileController(Controller):
         "/",
         opt={**READERS, **NAMES_A_CUSTOMER},
         summary="Find a profile by email, phone, or source + external_id",
+        response_description=(
+            "The decrypted profile holding that identifier (as `GET /v1/profiles/{profile_id}`)"
+        ),
     )
     async def lookup(
         self,
@@ -162,7 +169,15 @@ class ProfileController(Controller):
 
         return await _view_logged(platform, principal, find)
 
-    @get("/{profile_id:str}", opt=READERS, summary="The decrypted profile")
+    @get(
+        "/{profile_id:str}",
+        opt=READERS,
+        summary="The decrypted profile",
+        response_description=(
+            "The decrypted profile: identities, fields, traits, stats, consents and merged ids (a "
+            "merged-away id answers with the survivor)"
+        ),
+    )
     async def read(
         self, profile_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
     ) -> dict:
@@ -171,7 +186,15 @@ class ProfileController(Controller):
             raise NotFound("no profile with this id")
         return await _view_logged(platform, principal, lambda conn: resolve_profile_id(conn, pid))
 
-    @get("/{profile_id:str}/consents", opt=READERS, summary="Consent state and contactability")
+    @get(
+        "/{profile_id:str}/consents",
+        opt=READERS,
+        summary="Consent state and contactability",
+        response_description=(
+            "The consent state of each address and whether the customer is contactable, by purpose"
+            " and channel"
+        ),
+    )
     async def consents(
         self, profile_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
     ) -> dict:

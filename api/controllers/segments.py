@@ -67,7 +67,13 @@ class SegmentController(Controller):
     path = "/v1/segments"
     tags = ("segments",)
 
-    @post("/", opt=MARKETING, status_code=201, summary="Save a segment definition")
+    @post(
+        "/",
+        opt=MARKETING,
+        status_code=201,
+        summary="Save a segment definition",
+        response_description="The saved segment with its `id`",
+    )
     async def create(
         self, data: JSONBody[SegmentIn], platform: PlatformDep, principal: PrincipalDep
     ) -> SegmentOut:
@@ -80,7 +86,12 @@ class SegmentController(Controller):
             rules=data.rules,
         )
 
-    @get("/", opt=MARKETING, summary="Saved segments, oldest first (cursor-paginated)")
+    @get(
+        "/",
+        opt=MARKETING,
+        summary="Saved segments, oldest first (cursor-paginated)",
+        response_description="A page of saved segments",
+    )
     async def list_all(
         self,
         platform: PlatformDep,
@@ -96,6 +107,7 @@ class SegmentController(Controller):
         summary="Contactable members of an unsaved definition (access-logged)",
         description="`limit` and `cursor` are taken from the query string, as on every list, "
         "or from the body; given in both, they must agree (else a 400 naming the field).",
+        response_description="A page of contactable members of the definition, one address each",
     )
     async def query(
         self,
@@ -115,11 +127,21 @@ class SegmentController(Controller):
             cursor=given_once("cursor", data.cursor, cursor),
         )
 
-    @get("/{segment_id:str}", opt=MARKETING, summary="One saved segment")
+    @get(
+        "/{segment_id:str}",
+        opt=MARKETING,
+        summary="One saved segment",
+        response_description="The saved segment",
+    )
     async def read(self, segment_id: FromPath[str], platform: PlatformDep) -> SegmentOut:
         return await service.get_segment(platform, segment_id)
 
-    @delete("/{segment_id:str}", opt=MARKETING, summary="Delete a segment (404 afterwards)")
+    @delete(
+        "/{segment_id:str}",
+        opt=MARKETING,
+        summary="Delete a segment (404 afterwards)",
+        response_description="The segment was deleted",
+    )
     async def remove(self, segment_id: FromPath[str], platform: PlatformDep) -> None:
         await service.delete_segment(platform, segment_id)
 
@@ -127,6 +149,9 @@ class SegmentController(Controller):
         "/{segment_id:str}/members",
         opt=MARKETING,
         summary="Customers who may be contacted now, one address each (access-logged)",
+        response_description=(
+            "A page of contactable members, one address each, with an unsubscribe token"
+        ),
     )
     async def members(
         self,
@@ -144,6 +169,10 @@ class SegmentController(Controller):
         "/{segment_id:str}/stats",
         opt=MARKETING,
         summary="Matched, contactable, and why not; the latest export's opted-out count",
+        response_description=(
+            "`matched`, `contactable`, and the excluded by reason (summing to matched - "
+            "contactable)"
+        ),
     )
     async def stats(self, segment_id: FromPath[str], platform: PlatformDep) -> StatsOut:
         return await service.segment_stats(platform, segment_id)
@@ -177,6 +206,7 @@ class SegmentController(Controller):
         "/{segment_id:str}/exports",
         opt=MARKETING,
         summary="The segment's exports, newest first: who, when, how many rows",
+        response_description="A page of the segment's exports, newest first",
     )
     async def exports(
         self,
@@ -191,6 +221,7 @@ class SegmentController(Controller):
         "/{segment_id:str}/exports/{export_id:str}",
         opt=MARKETING,
         summary="One export, with how many of its members have opted out since",
+        response_description="The export and how many of its members have opted out since",
     )
     async def export_record(
         self, segment_id: FromPath[str], export_id: FromPath[str], platform: PlatformDep

@@ -24,6 +24,7 @@ METHODS = GET_AND_HEAD
     tags=["system"],
     summary="Readiness: the database answers and the master key is current",
     operation_id=operation_id("HealthHealth"),
+    response_description='The service is ready: `{"status": "ok"}`',
 )
 async def health(platform: PlatformDep) -> Response[dict[str, Any]] | dict[str, str]:
     """200 when this service can serve: the database and the key store answer and the key
@@ -53,6 +54,7 @@ KEY_STORE_DOWN = "the key store is not reachable (CDP_KEY_STORE_URL)"
     tags=["system"],
     summary="Liveness only (no database)",
     operation_id=operation_id("HealthLiveLive"),
+    response_description='The process is alive: `{"status": "ok"}`',
 )
 async def live() -> dict[str, str]:
     return {"status": "ok"}

@@ -30,13 +30,19 @@ class WebhookController(Controller):
         opt=ADMIN,
         status_code=201,
         summary="Subscribe a URL to consent events; the signing secret is shown only here",
+        response_description="The subscription with its signing `secret` (shown only here)",
     )
     async def create(
         self, data: JSONBody[SubscriptionIn], platform: PlatformDep, principal: PrincipalDep
     ) -> SubscriptionOut:
         return await subscriptions.create(platform, principal, data)
 
-    @get("/", opt=ADMIN, summary="Live subscriptions, oldest first (cursor-paginated)")
+    @get(
+        "/",
+        opt=ADMIN,
+        summary="Live subscriptions, oldest first (cursor-paginated)",
+        response_description="A page of live subscriptions",
+    )
     async def list_all(
         self,
         platform: PlatformDep,
@@ -45,7 +51,12 @@ class WebhookController(Controller):
     ) -> SubscriptionList:
         return await subscriptions.list_all(platform, limit=limit, cursor=cursor)
 
-    @get("/{webhook_id:str}", opt=ADMIN, summary="One subscription with delivery counts")
+    @get(
+        "/{webhook_id:str}",
+        opt=ADMIN,
+        summary="One subscription with delivery counts",
+        response_description="The subscription with its delivery counts",
+    )
     async def read(self, webhook_id: FromPath[str], platform: PlatformDep) -> SubscriptionOut:
         return await subscriptions.get(platform, webhook_id)
 
@@ -62,6 +73,10 @@ class WebhookController(Controller):
             "after that only the new one signs and the old one is forgotten. Rotating again "
             "during an overlap drops the oldest secret at once. 404 unknown or deleted id."
         ),
+        response_description=(
+            "The subscription with its new `secret` (shown only here) and when the previous one "
+            "stops signing"
+        ),
     )
     async def rotate_secret(
         self,
@@ -76,6 +91,7 @@ class WebhookController(Controller):
         "/{webhook_id:str}",
         opt=ADMIN,
         summary="Unsubscribe: pending deliveries are cancelled, history is kept",
+        response_description="The subscription was deleted",
     )
     async def remove(
         self, webhook_id: FromPath[str], platform: PlatformDep, principal: PrincipalDep
@@ -86,6 +102,7 @@ class WebhookController(Controller):
         "/{webhook_id:str}/deliveries",
         opt=ADMIN,
         summary="Deliveries, newest event first: attempts, response codes, lag",
+        response_description="A page of deliveries with their attempts, response codes and lag",
     )
     async def deliveries(
         self,
