@@ -238,7 +238,8 @@ class AuditController(Controller):
         opt=AUDITORS,
         summary="Signed checkpoints stored in the database",
         response_description=(
-            "The stored checkpoints, each with its seq, head hash, time and signing key"
+            "The stored checkpoints: how many entries each vouches for, the head hash, when, "
+            "and its Ed25519 signature"
         ),
     )
     async def checkpoints(self, platform: PlatformDep) -> dict[str, Any]:
@@ -257,7 +258,7 @@ class AuditController(Controller):
         status_code=201,
         summary="Verify the entries since the last checkpoint, then sign and store the head",
         description="409 when the ledger does not verify (nothing is signed).",
-        response_description="The new checkpoint: the seq and head hash it vouches for, signed",
+        response_description="The new checkpoint: the entries and head hash it vouches for, signed",
     )
     async def checkpoint(self, platform: PlatformDep) -> dict[str, Any]:
         try:
