@@ -465,3 +465,49 @@ async def test_0020_dates_each_erased_address_also_where_an_opt_out_overwrote_it
     async with db.engine.begin() as conn:
         rows = (await conn.execute(select(address_erasures))).all()
     assert sorted((bytes(b), at) for b, at in rows) == [(kept, t[2]), (overwritten, t[2])]
+
+
+async def test_0023_seals_event_ids_where_a_review_branch_stamped_0013_without_0012(empty_db):
+    """Commit 3e4c7af (review-webhooks) shipped 0013 on top of 0011; 0012 landed beside it, and
+    the merge re-chained 0013 after 0012. A database that branch migrated is stamped 0013, so
+    Alembic took 0012 for applied and never ran it: events had no event_key, and every
+    POST /v1/events and access export answered 503 "the database is not reachable" after the
+    upgrade (found upgrading a database written by that commit's own code). 0023 applies what
+    0012 would have, where it is missing."""
+    from consent.outbox.enqueue import event_row
+    from consent.outbox.tables import outbox_events
+
+    db = empty_db
+    await upgrade(db, "0011")
+    pid = uuid.uuid4()
+
+    def branch_0013(connection):  # type: ignore[no-untyped-def]
+        from alembic.operations import Operations
+        from alembic.runtime.migration import MigrationContext
+        from sqlalchemy import Uuid, text
+
+        ops = Operations(MigrationContext.configure(connection))
+        with ops.batch_alter_table("outbox_events") as batch:
+            batch.add_column(sa_column("absorbed_profile_id", Uuid()))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0013'"))
+
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(events), [event(pid, 1, "purchase", "10.00", "RUB", None)])
+        await conn.run_sync(branch_0013)
+    row = event_row("opt_out", occurred_at=datetime(2026, 11, 22, tzinfo=UTC), source="crm")
+    row = {k: v for k, v in row.items() if k != "address_sealed"}
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(outbox_events).values(**row))
+    await upgrade(db, "head")
+    assert await schema_drift(db) == []
+    async with db.engine.connect() as conn:
+        got = (await conn.execute(select(events.c.event_id, events.c.event_key))).one()
+        (waiting,) = (await conn.execute(select(outbox_events.c.id))).all()
+    assert tuple(got) == ("e1", None)  # kept, plain until `cdp events seal`, as 0012 keeps it
+    assert waiting.id == row["id"]
+
+
+def sa_column(name: str, type_):  # type: ignore[no-untyped-def]
+    import sqlalchemy as sa
+
+    return sa.Column(name, type_, nullable=True)
