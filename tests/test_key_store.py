@@ -179,6 +179,45 @@ async def test_a_backup_from_before_an_erasure_stays_unreadable_and_restored_era
         await backups.aclose()
 
 
+@pytest.mark.parametrize("held_open", [False, True], ids=["after", "open-in-backup"])
+async def test_a_restored_database_that_erased_again_still_verifies(
+    client, keys, platform, tmp_path, held_open
+):
+    """Restored from a backup taken before an erasure (as an operator rolling an upgrade back
+    does), the database erased the customer again, but `audit verify` then failed: the erasure's
+    suppressions carried a time no completed request in that database had, so the verifier
+    called them unbacked and the deleted consent state missing (found by review on
+    2026-12-07, restoring a pre-upgrade backup). The database records the erasure it did again
+    as a completed request, and verifies; a request the backup held open is completed by it."""
+    await create_anna(client, keys)
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=EMAIL)
+    if held_open:  # the backup holds her request, received
+        await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    backups = take_backup(platform, tmp_path)
+    backup_url = await anext(backups)
+    try:
+        if not held_open:
+            await submit_erasure(platform, ident, requested_by="customer", actor="test")
+        assert (await run_pending(platform)).completed == 1
+        settings = make_settings(backup_url, tmp_path, key_store=platform.settings.key_store_url)
+        restored = await open_platform(settings, run_migrations=False)
+        try:
+            app = create_app(platform=restored)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                h = keys["compliance"]
+                r = await c.get("/v1/profiles", params={"email": EMAIL}, headers=h)
+                assert r.status_code == 404, r.text
+                verify = (await c.get("/v1/audit/verify", headers=h)).json()
+                assert verify["ok"] is True, verify
+                r = await c.get("/v1/erasure-requests", headers=h)
+                assert [i["status"] for i in r.json()["items"]] == ["completed"], r.text
+        finally:
+            await restored.close()
+    finally:
+        await backups.aclose()
+
+
 async def test_a_key_store_that_is_not_the_databases_is_refused(platform, tmp_path):
     if platform.db.is_sqlite:
         elsewhere = tmp_path / "elsewhere" / "cdp.keys.db"
@@ -299,7 +338,13 @@ async def test_an_erasure_that_failed_midway_is_finished_when_a_process_next_sta
     r = await client.get(f"/v1/profiles/{ids['survivor']}", headers=keys["admin"])
     assert r.status_code == 410, r.text
     assert await platform.keys.store.get([uuid.UUID(x) for x in ids.values()]) == {}
-    assert (await run_pending(platform)).completed == 1  # the request closes: nothing left
+    # the start-up completed her request with the erasure it did (consent.dsr.restore): the
+    # worker finds nothing to do, and the suppressions carry the request's completion time
+    assert (await run_pending(platform)).completed == 0
+    r = await client.get("/v1/erasure-requests", headers=keys["compliance"])
+    assert [i["status"] for i in r.json()["items"]] == ["completed"], r.text
+    verify = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+    assert verify["ok"] is True, verify
 
 
 async def test_a_member_whose_key_share_is_gone_is_never_handed_out(client, keys, platform):

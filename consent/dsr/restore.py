@@ -12,22 +12,41 @@ two commits).
 
 A tombstone whose erasure rolled back (a failed or killed run: its request stays in progress)
 is honoured too: the customer asked, and the next run would erase them anyway.
+
+An erasure done again is on record in the database like any other, in the same transaction:
+the customer's erasure request that the database holds open is completed by it, and where it
+holds none (the request came after the backup) a completed one is recorded, by the key store
+(`KEY_STORE`), with its transitions. `audit verify` requires that: an erasure suppression must
+carry the completion time of a completed request, or the deleted state and the suppressions
+count as mismatches (they did, after every restore).
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any
 
 import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.ids import utcnow
+from cdp.db.engine import lock_keys
+from cdp.db.tables import profiles
+from cdp.ids import new_id, utcnow
 from cdp.key_store_open import mark_reconciled, reconciled_seq
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
-from consent.dsr.customer import root_of
+from consent.dsr import deadlines, states
+from consent.dsr.customer import customer_profile_ids, root_of
+from consent.dsr.requests import record_transition, request_lock
 from consent.dsr.shares import destroy_owned
+from consent.dsr_tables import dsr_requests
 
 log = structlog.get_logger(__name__)
+
+KEY_STORE = "key-store"  # the actor of an erasure done again
+REASON = "erased again: the key store says the customer was erased after this copy was made"
 
 
 async def erase_again(p: Platform) -> int:
@@ -63,6 +82,96 @@ async def _erase_customer_of(p: Platform, pid: uuid.UUID) -> int:
         found = await root_of(conn, pid)
         if found is None or found[1] == "erased":
             return 0
-        pids, _, counts = await erase_locked(conn, p, found[0], utcnow())
+        jurisdiction = (
+            await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == found[0]))
+        ).scalar_one()
+        # the customer's open requests locked first, as the worker locks them (request, then
+        # customer): a worker running one waits, and then finds it completed
+        held = await _open_requests(conn, await customer_profile_ids(conn, found[0]))
+        await lock_keys(conn, [request_lock(row.id) for row in held])
+        now = utcnow()
+        pids, _, counts = await erase_locked(conn, p, found[0], now)
+        if counts["profiles"]:  # else someone erased them meanwhile, on record already
+            await _on_record(conn, p, found[0], pids, jurisdiction, now, counts)
     await p.keys.destroy_shares(pids)
     return int(counts["profiles"])
+
+
+async def _on_record(
+    conn: AsyncConnection,
+    p: Platform,
+    root: uuid.UUID,
+    pids: list[uuid.UUID],
+    jurisdiction: str,
+    now: datetime,
+    counts: dict[str, Any],
+) -> None:
+    """The erasure done at `now` as a completed request: the customer's open ones completed,
+    or one recorded (module docstring)."""
+    r = dsr_requests.c
+    open_rows = await _open_requests(conn, pids)
+    done = {"status": "completed", "completed_at": now, "updated_at": now, "result": counts}
+    for row in open_rows:
+        await conn.execute(update(dsr_requests).where(r.id == row.id).values(**done))
+        path = ["in_progress", "completed"] if row.status == "received" else ["completed"]
+        await _transitions(conn, row.id, row.status, path, row.due_at, now)
+    if open_rows:
+        return
+    if jurisdiction not in p.policy.jurisdictions:
+        jurisdiction = p.policy.default_jurisdiction
+    due = deadlines.erasure_due(p.policy, jurisdiction, now)
+    request_id = new_id()
+    await conn.execute(
+        insert(dsr_requests).values(
+            id=request_id,
+            kind="erasure",
+            profile_id=root,
+            identifier_kind="profile_id",
+            jurisdiction=jurisdiction,
+            requested_by="operator",
+            actor=KEY_STORE,
+            received_at=now,
+            due_at=due,
+            extensions=0,
+            attempts=1,
+            last_error=None,
+            note=None,
+            note_owner=None,
+            note_key_id=None,
+            **done,
+        )
+    )
+    await _transitions(conn, request_id, None, ["received", "in_progress", "completed"], due, now)
+
+
+async def _open_requests(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[Any]:
+    r = dsr_requests.c
+    query = (
+        select(dsr_requests)
+        .where(r.kind == "erasure", r.status.in_(states.OPEN), r.profile_id.in_(pids))
+        .order_by(r.received_at)
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def _transitions(
+    conn: AsyncConnection,
+    request_id: uuid.UUID,
+    current: str | None,
+    path: list[str],
+    due_at: datetime,
+    now: datetime,
+) -> None:
+    for target in path:
+        await record_transition(
+            conn,
+            request_id,
+            event="created" if current is None else "status",
+            from_status=current,
+            to_status=target,
+            actor=KEY_STORE,
+            reason=REASON,
+            due_at=due_at,
+            at=now,
+        )
+        current = target
