@@ -111,6 +111,8 @@ async def _on_record(
     r = dsr_requests.c
     open_rows = await _open_requests(conn, pids)
     done = {"status": "completed", "completed_at": now, "updated_at": now, "result": counts}
+    # as erase() completes one: no note (its key is gone) and no error
+    done |= {"note": None, "note_owner": None, "note_key_id": None, "last_error": None}
     for row in open_rows:
         await conn.execute(update(dsr_requests).where(r.id == row.id).values(**done))
         path = ["in_progress", "completed"] if row.status == "received" else ["completed"]
@@ -134,10 +136,6 @@ async def _on_record(
             due_at=due,
             extensions=0,
             attempts=1,
-            last_error=None,
-            note=None,
-            note_owner=None,
-            note_key_id=None,
             **done,
         )
     )
