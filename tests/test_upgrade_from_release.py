@@ -2,21 +2,24 @@
 
 tests/test_migrations.py inserts rows at the revision before each data migration; this file
 starts from what release a0d1fb6 (schema 0004, before the key store) actually wrote through its
-API: tests/upgrade_fixtures/release-0004.sql, made by tests/upgrade_fixtures/make.py, with what
-that release answered in release-0004.json. After `migrate` the platform must answer as the old
-release did (but for the behaviour later commits changed on purpose, each named below), keep
-every opt-out and erasure, and take new writes. SQLite only: the fixture is a SQLite database
-(PostgreSQL upgrades from old releases were checked by hand, see the commit adding this file).
+API, on each database: tests/upgrade_fixtures/release-0004.sql (SQLite) and release-0004.pg.sql
+(PostgreSQL), made by tests/upgrade_fixtures/make.py, with what that release answered in
+release-0004.<backend>.json. After `migrate` the platform must answer as the old release did
+(but for the behaviour later commits changed on purpose, each named below), keep every opt-out
+and erasure, and take new writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,40 +31,72 @@ from cdp.db.engine import Database
 from cdp.db.migrate import migrate
 from cdp.db.tables import events, profile_keys, profiles
 from cdp.platform import Platform, open_platform
-from tests.conftest import make_settings
+from tests.conftest import _pg_admin, _pg_dsn, make_settings, pg_url
 from tests.helpers import contactable
 from tests.upgrade_fixtures.make import MASTER_KEY, NAME
 
 FIXTURES = Path(__file__).parent / "upgrade_fixtures"
-STORY = json.loads((FIXTURES / f"{NAME}.json").read_text(encoding="utf-8"))
-OLD = STORY["old"]
-PEOPLE = STORY["people"]
-EMAILS = STORY["emails"]
+
+
+def story(backend: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{NAME}.{backend}.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture
-async def upgraded(tmp_path: Path) -> AsyncIterator[tuple[Platform, httpx.AsyncClient, dict]]:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
-        conn.executescript((FIXTURES / f"{NAME}.sql").read_text(encoding="utf-8"))
-    url = f"sqlite+aiosqlite:///{path}"
-    db = Database(url)
-    await migrate(db)
-    await db.dispose()
-    p = await open_platform(
-        make_settings(url, tmp_path, master_key=MASTER_KEY), run_migrations=False
-    )
-    keys = {}
-    for role in ("admin", "ingest", "marketing", "compliance"):
-        keys[role] = {"Authorization": f"Bearer {await create_key(p.db, f'{role}-key', role)}"}
-    transport = httpx.ASGITransport(app=create_app(platform=p))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield p, c, keys
-    await p.close()
+async def upgraded(
+    backend: str, tmp_path: Path
+) -> AsyncIterator[tuple[Platform, httpx.AsyncClient, dict, dict]]:
+    """The old release's database, loaded, migrated by this code and opened; with API keys
+    and what the old release answered about it."""
+    async with loaded(backend, tmp_path) as url:
+        db = Database(url)
+        await migrate(db)
+        await db.dispose()
+        settings = make_settings(url, tmp_path, master_key=MASTER_KEY)
+        p = await open_platform(settings, run_migrations=False)
+        keys = {}
+        for role in ("admin", "ingest", "marketing", "compliance"):
+            keys[role] = {"Authorization": f"Bearer {await create_key(p.db, f'{role}-k', role)}"}
+        transport = httpx.ASGITransport(app=create_app(platform=p))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                yield p, c, keys, story(backend)
+        finally:
+            await p.close()
 
 
-async def members(c: httpx.AsyncClient, keys: dict, name: str) -> list[list[str]]:
-    sid = STORY["segments"][name]
+@asynccontextmanager
+async def loaded(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A database holding the fixture as the old release left it; yields its URL."""
+    if backend == "sqlite":
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as conn:
+            conn.executescript((FIXTURES / f"{NAME}.sql").read_text(encoding="utf-8"))
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    import asyncpg
+
+    name = f"cdp_upgrade_{uuid.uuid4().hex[:8]}"
+    try:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
+        pytest.skip("PostgreSQL is not reachable")
+    try:
+        conn = await asyncpg.connect(_pg_dsn(name), timeout=5)
+        try:
+            await conn.execute((FIXTURES / f"{NAME}.pg.sql").read_text(encoding="utf-8"))
+        finally:
+            await conn.close()
+        yield pg_url(name)
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
+
+
+async def members(c: httpx.AsyncClient, keys: dict, st: dict, name: str) -> list[list[str]]:
+    sid = st["segments"][name]
     r = await c.get(
         f"/v1/segments/{sid}/members", params={"limit": 1000}, headers=keys["marketing"]
     )
@@ -71,7 +106,8 @@ async def members(c: httpx.AsyncClient, keys: dict, name: str) -> list[list[str]
 
 
 async def test_the_upgraded_database_answers_as_the_old_release_did(upgraded):
-    p, c, keys = upgraded
+    p, c, keys, st = upgraded
+    OLD, PEOPLE, EMAILS = st["old"], st["people"], st["emails"]
     h = keys["compliance"]
     verify = (await c.get("/v1/audit/verify", headers=h)).json()
     assert verify["ok"] is True, verify
@@ -81,7 +117,7 @@ async def test_the_upgraded_database_answers_as_the_old_release_did(upgraded):
     )
     anna = [PEOPLE["anna"], EMAILS["anna"]]
     for name, before in OLD["segments"].items():
-        after = await members(c, keys, name)
+        after = await members(c, keys, st, name)
         if name == "moscow_silver":
             # city eq "Москва" now matches "МОСКВА" (cb2bbbd, migration 0007) and traits.tier
             # eq "Серебряный" a decomposed й (cad3afa, migration 0010): Anna, who granted
@@ -97,7 +133,7 @@ async def test_the_upgraded_database_answers_as_the_old_release_did(upgraded):
             if who == "anna":  # stored in NFC since cad3afa (migration 0010)
                 body["traits"]["tier"] = unicodedata.normalize("NFC", body["traits"]["tier"])
             assert got == body, who
-    for kind, address, channel in STORY["opted_out"]:
+    for kind, address, channel in st["opted_out"]:
         r = await c.get("/v1/profiles", params={kind: address}, headers=h)
         if r.status_code == 404:
             continue  # nobody holds it (ghost)
@@ -128,7 +164,7 @@ async def test_the_upgraded_database_answers_as_the_old_release_did(upgraded):
     # out of everything: migration 0020 dates the erasure apart (e17fa2a)
     r = await c.post("/v1/access-requests", json={"profile_id": PEOPLE["nadia"]}, headers=h)
     assert r.status_code == 200, r.text
-    assert (OLD["nadia_export_has_dmitry_grant"], STORY["dmitry_grant_day"] in r.text) == (
+    assert (OLD["nadia_export_has_dmitry_grant"], st["dmitry_grant_day"] in r.text) == (
         True,
         False,
     )
@@ -141,7 +177,8 @@ async def test_new_writes_work_on_the_upgraded_database(upgraded):
     from cdp.keyring import split_whole_keys
     from consent.dsr.worker import run_pending
 
-    p, c, keys = upgraded
+    p, c, keys, st = upgraded
+    PEOPLE, EMAILS = st["people"], st["emails"]
     ing, h = keys["ingest"], keys["compliance"]
     assert await split_whole_keys(p.db, p.keys.master, p.keys.store) > 30
     r = await c.get(f"/v1/profiles/{PEOPLE['anna']}", headers=h)
@@ -171,7 +208,7 @@ async def test_new_writes_work_on_the_upgraded_database(upgraded):
     assert (await c.post("/v1/events", json=event, headers=ing)).status_code == 200
     r = await c.post("/v1/opt-outs", json={"email": EMAILS["anna"], "source": "web"}, headers=ing)
     assert r.status_code == 200, r.text
-    assert [PEOPLE["anna"], EMAILS["anna"]] not in await members(c, keys, "mkt_email")
+    assert [PEOPLE["anna"], EMAILS["anna"]] not in await members(c, keys, st, "mkt_email")
     r = await c.post(f"/v1/profiles/{PEOPLE['anna']}/unmerge", json={}, headers=keys["admin"])
     assert r.status_code == 200, r.text
     body = {"email": EMAILS["boris"], "requested_by": "customer"}

@@ -10,9 +10,11 @@ It checks COMMIT out in a temporary worktree, runs that release's `cdp migrate` 
 types and categories, grants with evidence, a withdrawal, opt-outs including one of an address
 nobody holds, an unsubscribe link, an SMS STOP, a completed erasure whose address someone else
 takes and opts out of, a merge undone, saved segments) and records the old answers. The result
-is tests/upgrade_fixtures/release-0004.sql (the database as SQL, from sqlite3's iterdump) and
-release-0004.json (the names of the story's people and the old answers). In --build mode this
-file imports only what the old release has.
+is, for SQLite, tests/upgrade_fixtures/release-0004.sql (the database as SQL, from sqlite3's
+iterdump) and release-0004.sqlite.json (the names of the story's people and the old answers);
+for PostgreSQL (a scratch database on 127.0.0.1, user postgres, dropped afterwards),
+release-0004.pg.sql (pg_dump --inserts, less what only psql reads) and release-0004.postgres.json.
+In --build mode this file imports only what the old release has.
 
 The master key below is the fixture's alone: a test key, nothing real is under it.
 """
@@ -62,25 +64,64 @@ def make(commit: str) -> None:
         )
         try:
             db = Path(tmp) / "cdp.db"
-            env = {
-                **os.environ,
-                "PYTHONPATH": str(old),
-                "CDP_DATABASE_URL": f"sqlite+aiosqlite:///{db}",
-                "CDP_MASTER_KEY": MASTER_KEY,
-                "CDP_DEV_KEY_DIR": str(Path(tmp) / "keys"),
-                "UPGRADE_FIXTURE_OUT": str(HERE / f"{NAME}.json"),
-            }
-            run = [sys.executable, "-m", "cdp.cli"]
-            subprocess.run([*run, "migrate"], env=env, cwd=tmp, check=True)
-            subprocess.run([*run, "demo", "--customers", "30"], env=env, cwd=tmp, check=True)
-            subprocess.run([sys.executable, __file__, "--build"], env=env, cwd=tmp, check=True)
+            _story(old, tmp, f"sqlite+aiosqlite:///{db}", "sqlite")
             with sqlite3.connect(db) as conn:
                 conn.execute("DELETE FROM api_keys")  # the build's own keys: the test makes its own
                 conn.commit()
                 sql = "\n".join(conn.iterdump())
             (HERE / f"{NAME}.sql").write_text(sql + "\n", encoding="utf-8")
+            name = f"upgrade_fixture_{os.getpid()}"
+            _pg(f"CREATE DATABASE {name}")
+            try:
+                _story(old, tmp, f"postgresql+asyncpg://{PG_SERVER}/{name}", "postgres")
+                _pg("DELETE FROM api_keys", name)
+                dump = subprocess.run(
+                    [*PG_DUMP, "-h", PG_HOST, "-U", "postgres", name],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                (HERE / f"{NAME}.pg.sql").write_text(pg_statements(dump), encoding="utf-8")
+            finally:
+                _pg(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO)
+
+
+PG_DUMP = ("pg_dump", "--inserts", "--no-owner", "--no-privileges", "--no-comments")
+PG_HOST = "127.0.0.1"
+PG_SERVER = f"postgres@{PG_HOST}:5432"
+
+
+def _pg(sql: str, db: str = "postgres") -> None:
+    subprocess.run(["psql", "-q", "-h", PG_HOST, "-U", "postgres", "-c", sql, db], check=True)
+
+
+def _story(old: Path, tmp: str, url: str, backend: str) -> None:
+    """The old release's own migrate, demo and the story (`--build`), on one database."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(old),
+        "CDP_DATABASE_URL": url,
+        "CDP_MASTER_KEY": MASTER_KEY,
+        "CDP_DEV_KEY_DIR": str(Path(tmp) / "keys"),
+        "UPGRADE_FIXTURE_OUT": str(HERE / f"{NAME}.{backend}.json"),
+    }
+    run = [sys.executable, "-m", "cdp.cli"]
+    subprocess.run([*run, "migrate"], env=env, cwd=tmp, check=True)
+    subprocess.run([*run, "demo", "--customers", "30"], env=env, cwd=tmp, check=True)
+    subprocess.run([sys.executable, __file__, "--build"], env=env, cwd=tmp, check=True)
+
+
+def pg_statements(dump: str) -> str:
+    """pg_dump's SQL without what only psql or a newer server reads (SET lines, psql's
+    backslash commands, comments): what one asyncpg `execute` runs on any supported server."""
+    kept = [
+        line
+        for line in dump.splitlines()
+        if line and not line.startswith(("--", "\\", "SET ", "SELECT pg_catalog.set_config("))
+    ]
+    return "\n".join(kept) + "\n"
 
 
 # ---- --build: runs with the OLD release first on PYTHONPATH
