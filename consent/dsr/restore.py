@@ -13,6 +13,9 @@ two commits).
 A tombstone whose erasure rolled back (a failed or killed run: its request stays in progress)
 is honoured too: the customer asked, and the next run would erase them anyway.
 
+Every pass of the erasure worker runs `destroy_erased_shares`: the shares of an erasure that
+committed without destroying them (its request reads completed) do not wait for a restart.
+
 An erasure done again is on record in the database like any other, in the same transaction:
 the customer's erasure request that the database holds open is completed by it, and where it
 holds none (the request came after the backup) a completed one is recorded, by the key store
@@ -73,6 +76,29 @@ async def erase_again(p: Platform) -> int:
         if not await p.db.purge_wal():
             log.warning("erasure_wal_not_truncated")
     return erased
+
+
+async def destroy_erased_shares(p: Platform) -> int:
+    """Destroy the shares of the tombstoned profiles that the database holds erased: those of
+    an erasure that committed without destroying them (the key store refused, or the process
+    lost its answer, after the database's commit). Unlike `erase_again` it erases nobody (a
+    tombstone whose erasure rolled back waits for its request) and leaves the number alone.
+    Run by every pass of the erasure worker; the number of shares destroyed."""
+    store = p.keys.store
+    if store is None:
+        return 0
+    seq = await reconciled_seq(p.db)
+    destroyed = 0
+    while batch := await store.tombstones_after(seq):
+        pids = {pid for _, pid in batch}
+        async with p.db.read() as conn:
+            erased = await profiles_in_status(conn, pids, "erased")
+        left = set(await store.get(erased))
+        if left:
+            await p.keys.destroy_shares(left)
+            destroyed += len(left)
+        seq = batch[-1][0]
+    return destroyed + await destroy_owned(p)
 
 
 async def _erase_customer_of(p: Platform, pid: uuid.UUID) -> int:

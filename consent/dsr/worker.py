@@ -8,8 +8,9 @@ Run it once (`cdp dsr run`), as a loop (`cdp dsr worker`), or inside the API pro
         yield
 
 Because an erasure is one transaction and requests stay in_progress until it commits, a killed
-process leaves work that the next pass (of any worker) completes. Several workers may run at
-once: a request is locked while it is processed, and a finished one is skipped.
+process leaves work that the next pass (of any worker) completes; each pass then destroys the
+key shares of erasures that committed without destroying them (consent.dsr.restore). Several
+workers may run at once: a request is locked while it is processed, and a finished one is skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cdp.platform import Platform
 from consent.dsr import states
 from consent.dsr.erasure import WORKER, process
 from consent.dsr.requests import ERASURE
+from consent.dsr.restore import destroy_erased_shares
 from consent.dsr_tables import dsr_requests
 
 log = structlog.get_logger(__name__)
@@ -65,7 +67,9 @@ async def run_one(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> st
 
 
 async def run_pending(p: Platform, actor: str = WORKER) -> RunSummary:
-    """One pass over the open requests, oldest first."""
+    """One pass over the open requests, oldest first; then the key shares of erasures that
+    committed without destroying them (the key store refused, or the process lost its answer,
+    after the database's commit: the request reads completed) are destroyed."""
     summary = RunSummary()
     for request_id in await pending(p):
         status = await run_one(p, request_id, actor)
@@ -76,6 +80,10 @@ async def run_pending(p: Platform, actor: str = WORKER) -> RunSummary:
         elif status is None:
             summary.failed += 1
             summary.failed_ids.append(request_id)
+    try:
+        await destroy_erased_shares(p)
+    except Exception as exc:  # the key store down: the next pass destroys them
+        log.error("dsr_share_destruction_failed", error=type(exc).__name__)
     return summary
 
 
