@@ -149,10 +149,11 @@ async def sweep(
     *,
     optional: bool = False,
 ) -> list[int]:
-    """Run `prepare(n)` (no fault), then `op(n)` with `counter` failing its n-th event, for the sampled n, then `check(n,
-    outcome, fired)`: outcome is op's return value, or the exception it raised. n = 0 is the
-    dry run that counts the events (nothing fails). Returns the n tried. `optional`: the
-    operation may make no event of that kind (a merge does not touch the key store)."""
+    """Run `prepare(n)` (no fault), then `op(n)` with `counter` failing its n-th event, for
+    the sampled n, then `check(n, outcome, fired)`: outcome is op's return value, or the
+    exception it raised. n = 0 is the dry run that counts the events (nothing fails). Returns
+    the n tried. `optional`: the operation may make no event of that kind (a merge does not
+    touch the key store)."""
     if prepare is not None:
         await prepare(0)
     counter.arm(None)
@@ -167,14 +168,14 @@ async def sweep(
         return tried
     assert tried, "the operation made no event of the kind injected: nothing was tested"
     if os.environ.get("CDP_FAULTS_VERBOSE") == "1":
-        print(f"\n{total} events: {counter.notes}")  # noqa: T201
+        print(f"\n{total} events: {counter.notes}")
     for n in tried:
         if prepare is not None:
             await prepare(n)
         counter.arm(n)
         try:
             outcome = await op(n)
-        except Exception as exc:  # noqa: BLE001  (the check judges it)
+        except Exception as exc:  # the check judges it
             outcome = exc
         finally:
             counter.disarm()

@@ -41,3 +41,53 @@ async def test_an_erasure_whose_shares_were_not_destroyed_is_finished_by_the_nex
     monkeypatch.setattr(type(store), "destroy", destroy)  # it is back
     await run_pending(platform)  # the worker's next pass
     assert await store.get([pid]) == {}
+
+
+async def test_an_erasure_redone_from_its_tombstone_leaves_the_audit_verifying(
+    client, keys, platform, tmp_path
+):
+    """An erasure run that failed after the key store's tombstone (a statement refused, the
+        connection lost) is redone by the next process to start (consent.dsr.restore), and the
+        request then closes as "nothing left to erase". `GET /v1/audit/verify` answered ok: false
+        from then on ("suppression_unbacked", "state_missing"): the erasure's suppressions carried
+        the time the customer was erased again, which no completed request accounted for (fixed on
+    main by a367029: the erasure done again completes the open request)."""
+    import consent.dsr.erasure as erasure
+    from cdp.platform import open_platform
+    from tests.conftest import make_settings
+
+    r = await client.post(
+        "/v1/consents",
+        json={
+            "email": "redo@example.com",
+            "purpose": "marketing",
+            "channel": "email",
+            "status": "granted",
+            "source": "web",
+            "evidence": {"wording_id": "newsletter-v3", "method": "checkbox"},
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email="redo@example.com")
+    submitted = await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    original = erasure.crash_point
+
+    def connection_lost(name: str) -> None:
+        if name == "after_suppressions":
+            raise InjectedFault("connection lost")
+
+    erasure.crash_point = connection_lost
+    try:
+        assert (await run_pending(platform)).failed == 1
+    finally:
+        erasure.crash_point = original
+    started = await open_platform(
+        make_settings(platform.settings.database_url, tmp_path), run_migrations=False
+    )
+    await started.close()
+    await run_pending(platform)
+    r = await client.get(f"/v1/erasure-requests/{submitted.request_id}", headers=keys["admin"])
+    assert r.json()["status"] == "completed"
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.json()["ok"] is True, r.text
