@@ -184,8 +184,11 @@ def keys_rotate_master(new_key_env: str) -> None:
     """Re-wrap every data key under a new master key (field data is not touched)."""
     import os
 
+    from sqlalchemy.exc import DBAPIError
+
     from cdp.crypto.fields import CryptoError
     from cdp.crypto.master import MasterKey
+    from cdp.db.messages import database_message
     from cdp.keyring import rotate_master_key
 
     new_text = os.environ.get(new_key_env)
@@ -211,6 +214,11 @@ def keys_rotate_master(new_key_env: str) -> None:
         try:
             await migrate_database(db, settings)
             return await rotate_master_key(db, old, new)
+        except DBAPIError as exc:  # one transaction: rolled back, or committed unanswered
+            raise click.ClickException(
+                f"the rotation stopped ({database_message(exc)}): run the same command again "
+                "to finish it (it re-wraps whatever is still under the old key)"
+            ) from None
         finally:
             await db.dispose()
 

@@ -91,3 +91,48 @@ async def test_an_erasure_redone_from_its_tombstone_leaves_the_audit_verifying(
     assert r.json()["status"] == "completed"
     r = await client.get("/v1/audit/verify", headers=keys["compliance"])
     assert r.json()["ok"] is True, r.text
+
+
+async def test_a_master_key_rotation_the_database_stops_exits_1_with_one_line(
+    client, keys, platform, tmp_path, monkeypatch
+):
+    """`cdp keys rotate-master` whose UPDATE the database refused (disk full, connection
+    lost): the operator got a Python traceback ending in SQLAlchemy's text, and nothing that
+    said whether the keys were touched or what to do."""
+    import asyncio
+
+    from click.testing import CliRunner
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.exc import OperationalError
+
+    from cdp.cli import main
+    from cdp.crypto.master import MasterKey
+
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "rot@example.com"}, headers=keys["ingest"]
+    )
+    assert r.status_code == 201, r.text
+
+    def disk_full(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("UPDATE PROFILE_KEYS"):
+            raise OperationalError(statement, None, InjectedFault("database or disk is full"))
+
+    env = {
+        "CDP_DATABASE_URL": platform.settings.database_url,
+        "CDP_MASTER_KEY": platform.settings.master_key or "",
+        "CDP_NEW_MASTER_KEY": MasterKey.generate_base64(),
+        "CDP_DEV_KEY_DIR": str(tmp_path / "keys"),
+    }
+    event.listen(Engine, "before_cursor_execute", disk_full)
+    try:
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["keys", "rotate-master"], env=env
+        )
+    finally:
+        event.remove(Engine, "before_cursor_execute", disk_full)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "database or disk is full" in result.output
+    assert "run the same command again" in result.output
+    assert "Traceback" not in result.output and "UPDATE" not in result.output
