@@ -1,8 +1,9 @@
 """What every `cdp` command shares: running a coroutine on a platform opened from the
 environment, and turning a domain error (bad input, a conflict, an unreadable file) or an
 operator's setting that cannot work (a wrong or malformed master key, a missing or invalid
-policy file, a database that cannot be opened, or one migrated by a newer release) into a
-one-line error and exit status 1, as click does for bad options, instead of a traceback."""
+policy file, a database that cannot be opened, or one migrated by a newer release) or a
+database error midway into a one-line error and exit status 1, as click does for bad options,
+instead of a traceback."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
     except (CryptoError, PolicyError, SchemaFromNewerRelease) as exc:
         # their messages name the setting, the file, or the release the database needs
         raise click.ClickException(str(exc)) from None
+    except DBAPIError as exc:  # a write refused, the connection lost: its first line only
+        raise click.ClickException(f"the database failed: {database_message(exc)}") from None
 
 
 @contextlib.asynccontextmanager

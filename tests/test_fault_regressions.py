@@ -136,3 +136,37 @@ async def test_a_master_key_rotation_the_database_stops_exits_1_with_one_line(
     assert "database or disk is full" in result.output
     assert "run the same command again" in result.output
     assert "Traceback" not in result.output and "UPDATE" not in result.output
+
+
+async def test_a_cli_command_the_database_stops_midway_exits_1_with_one_line(platform, tmp_path):
+    """`cdp keys create` whose INSERT the database refused: a Python traceback, where every
+    other failure of a `cdp` command is one line and exit status 1."""
+    import asyncio
+
+    from click.testing import CliRunner
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.exc import OperationalError
+
+    from cdp.cli import main
+
+    def disk_full(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO API_KEYS"):
+            raise OperationalError(statement, None, InjectedFault("database or disk is full"))
+
+    env = {
+        "CDP_DATABASE_URL": platform.settings.database_url,
+        "CDP_MASTER_KEY": platform.settings.master_key or "",
+        "CDP_DEV_KEY_DIR": str(tmp_path / "keys"),
+    }
+    event.listen(Engine, "before_cursor_execute", disk_full)
+    try:
+        result = await asyncio.to_thread(
+            CliRunner().invoke, main, ["keys", "create", "--name", "n", "--role", "admin"], env=env
+        )
+    finally:
+        event.remove(Engine, "before_cursor_execute", disk_full)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "the database failed" in result.output and "disk is full" in result.output
+    assert "Traceback" not in result.output and "INSERT" not in result.output
