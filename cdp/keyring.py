@@ -123,12 +123,31 @@ class Keyring:
         }
         return cipher, row
 
-    async def store_shares(self, shares: list[tuple[uuid.UUID, bytes]]) -> None:
+    async def store_shares(self, shares: list[tuple[uuid.UUID, bytes]]) -> dict[uuid.UUID, bytes]:
         """Keep new keys' shares in the key store; before their rows are inserted (the key
-        store commits first, so no stored key lacks its share)."""
+        store commits first, so no stored key lacks its share). A share the store holds
+        already under an id is kept, never replaced: one left by a run of the same write that
+        rolled back (a transaction run again keeps the ids it drew, cdp.db.group_commit), or
+        the share of a key that did commit. Returns those, by id, where they differ from the
+        share offered: the caller pairs its key with the kept share (`paired_half`)."""
         shares = [(pid, share) for pid, share in shares if share is not None]
-        if shares:
+        if not shares:
+            return {}
+        try:
             await self._key_store().put(shares)
+            return {}
+        except IntegrityError:
+            kept = await self._key_store().keep_first(shares)
+        return {pid: kept[pid] for pid, share in shares if kept.get(pid, share) != share}
+
+    def paired_half(
+        self, profile_id: uuid.UUID, key_id: int, wrapped: bytes, offered: bytes, kept: bytes
+    ) -> bytes:
+        """The wrapped database half of a data key drawn with share `offered` (`wrapped`),
+        made to pair with share `kept` instead: the same key, split the other way."""
+        ctx = _dek_context(profile_id, key_id)
+        half = self.master.unwrap(wrapped, ctx)
+        return self.master.wrap(xor(half, xor(offered, kept)), ctx)
 
     async def next_key(
         self, conn: AsyncConnection, profile_id: uuid.UUID, old: FieldCipher

@@ -661,6 +661,16 @@ def _seen() -> Update:
     )
 
 
+def _paired(p: Platform, row: tuple, offered: dict[uuid.UUID, bytes], kept: dict) -> tuple:
+    """A `profile_keys` row (KEY_COLUMNS) whose database half pairs with the share the key
+    store kept for it, where that is not the one drawn with the key (`offered`)."""
+    pid, key_id, wrapped = row[0], row[1], row[3]
+    if pid not in kept:
+        return row
+    wrapped = p.keys.paired_half(pid, key_id, wrapped, offered[pid], kept[pid])
+    return (*row[:3], wrapped, *row[4:])
+
+
 async def _write(
     conn: AsyncConnection,
     p: Platform,
@@ -671,7 +681,10 @@ async def _write(
 ) -> None:
     if rows.keys:
         await p.keys.check_current(conn)  # not after a rotation this process missed
-        await p.keys.store_shares(rows.shares)  # the key store commits first
+        kept = await p.keys.store_shares(rows.shares)  # the key store commits first
+        if kept:  # shares a run of this write that rolled back had kept: pair the keys with them
+            offered = dict(rows.shares)
+            rows.keys = [_paired(p, row, offered, kept) for row in rows.keys]
     await bulk_insert_rows(conn, profile_keys, KEY_COLUMNS, rows.keys)
     await bulk_insert_rows(conn, profiles_t, PROFILE_COLUMNS, rows.profiles)
     if changed:

@@ -51,7 +51,8 @@ async def seal_addresses(
     """Each event's address sealed under a key of its own; the keys' shares are kept in the
     key store first (it commits before the events are written)."""
     shares = [(event_id, new_share()) for event_id in addresses]
-    await keys.store_shares(shares)
+    kept = await keys.store_shares(shares)  # a run of this write that rolled back kept some
+    shares = [(event_id, kept.get(event_id, share)) for event_id, share in shares]
     return {
         event_id: keys.sealing_cipher(event_id, share).encrypt(
             _place(event_id), addresses[event_id]
