@@ -10,8 +10,8 @@ is an `InjectedFault` (a plain Exception, as an unexpected driver error would be
 `after_commit` the database commits first and the caller still sees the error (a connection
 lost before the answer came back).
 
-CDP_FAULTS_EXHAUSTIVE=1 runs every N; otherwise N is sampled (every N up to `SAMPLE_ALL`,
-then spread over the rest, and the last few).
+CDP_FAULTS_EXHAUSTIVE=1 runs every N (and every place of the fault for every form of a
+request); otherwise N is sampled (`sample`), CDP_FAULTS_SEED=k choosing other N in between.
 """
 
 from __future__ import annotations
@@ -25,12 +25,19 @@ from typing import Any
 from sqlalchemy import event
 
 EXHAUSTIVE = os.environ.get("CDP_FAULTS_EXHAUSTIVE") == "1"
-SAMPLE_ALL = 8
-SAMPLE_SPREAD = 6
+SAMPLE_SPREAD = 1  # N tried between the first and the last
+SEED = int(os.environ.get("CDP_FAULTS_SEED", "0"))  # shifts the spread ones
 
 
 class InjectedFault(Exception):
     """The failure a test injected."""
+
+
+class InjectedDeadlock(InjectedFault):
+    """What PostgreSQL raises in the transaction it aborts to break a deadlock (SQLSTATE
+    40P01): cdp.db.conflicts runs such a transaction again."""
+
+    sqlstate = "40P01"
 
 
 @dataclass
@@ -71,6 +78,7 @@ class EngineFaults:
         self.statements = Counter()
         self.commits = Counter()
         self.after_commit = False
+        self.fault: type[InjectedFault] = InjectedFault  # what a failing statement raises
         event.listen(self.sync, "before_cursor_execute", self._on_statement)
         dialect = self.sync.dialect
         original = dialect.do_commit
@@ -86,20 +94,21 @@ class EngineFaults:
 
     def _on_statement(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         if self.statements.hit(" ".join(statement.split()[:3])):
-            raise InjectedFault(f"statement {self.statements.seen}")
+            raise self.fault(f"statement {self.statements.seen}")
 
     def close(self) -> None:
         event.remove(self.sync, "before_cursor_execute", self._on_statement)
 
 
 def sample(total: int) -> list[int]:
-    """Which N to try when an operation makes `total` events of the kind injected."""
-    if EXHAUSTIVE or total <= SAMPLE_ALL + SAMPLE_SPREAD + 3:
+    """Which N to try when an operation makes `total` events of the kind injected: the first,
+    the last, and SAMPLE_SPREAD between them (shifted by CDP_FAULTS_SEED); all of them with
+    CDP_FAULTS_EXHAUSTIVE=1."""
+    if EXHAUSTIVE or total <= SAMPLE_SPREAD + 2:
         return list(range(1, total + 1))
-    picked = set(range(1, SAMPLE_ALL + 1)) | {total - 2, total - 1, total}
-    step = max(1, (total - SAMPLE_ALL) // (SAMPLE_SPREAD + 1))
-    picked |= set(range(SAMPLE_ALL + step, total - 2, step))
-    return sorted(n for n in picked if 1 <= n <= total)
+    step = (total - 1) / (SAMPLE_SPREAD + 1)
+    inside = {2 + (round(step * k) + SEED) % (total - 2) for k in range(1, SAMPLE_SPREAD + 1)}
+    return sorted({1, total} | inside)
 
 
 @contextmanager
