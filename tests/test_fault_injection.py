@@ -988,3 +988,73 @@ async def test_writes_arriving_together_failing_anywhere_each_answer_true(
         await assert_invariants(platform, client, keys, f"together n={n} sent again")
 
     await sweep(counter, op, check, prepare)
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+async def test_a_webhook_dispatch_failing_at_any_statement_still_delivers_every_event(
+    client, keys, platform, faults, receiver
+):
+    """The dispatcher stopped by a database error (fanning out, claiming, recording): the next
+    run delivers every event, at least once and always under its own id, and leaves nothing
+    pending."""
+    import dataclasses
+
+    from consent.outbox.config import DispatchConfig
+    from consent.outbox.dispatcher import open_dispatcher, outstanding
+
+    cfg = DispatchConfig(
+        retry_base=0.001, retry_cap=0.005, poll_interval=0.01, min_interval=0.001, timeout=5.0
+    )
+    cfg = dataclasses.replace(cfg, lease=0.3)  # a send the failed run left leased: soon again
+    r = await client.post(
+        "/v1/webhooks", json={"url": receiver.url, "kinds": ["opt_out"]}, headers=keys["admin"]
+    )
+    assert r.status_code == 201, r.text
+    receiver.secret = r.json()["secret"]
+    counter = faults.main.statements
+    expected: set[str] = set()
+
+    async def prepare(n: int) -> None:
+        await create(client, keys, email=f"hook-{n}@example.com")
+        for who in ({"email": f"hook-{n}@example.com"}, {"email": f"unseen-hook-{n}@example.com"}):
+            r = await client.post(
+                "/v1/opt-outs", json={"source": "esp", **who}, headers=keys["ingest"]
+            )
+            assert r.status_code == 200, r.text
+
+    async def op(n: int) -> None:
+        async with open_dispatcher(platform, cfg) as dispatcher:
+            try:
+                await dispatcher.drain(settle=True, max_seconds=30)
+            finally:  # sends already under way end (`cdp dispatch --once` leaves them leased)
+                await dispatcher.finish()
+
+    async def check(n: int, outcome: Any, fired: bool) -> None:
+        if not fired:
+            assert outcome is None, outcome
+        else:
+            import asyncio
+
+            await asyncio.sleep(cfg.lease)
+            await op(n)  # the next run
+        assert await outstanding(platform) == 0
+        async with platform.db.read() as conn:
+            from sqlalchemy import select
+
+            from consent.outbox.tables import outbox_events
+
+            ids = {
+                str(i)
+                for (i,) in await conn.execute(
+                    select(outbox_events.c.id).where(outbox_events.c.kind == "opt_out")
+                )
+            }
+        got = {req.payload["event_id"] for req in receiver.requests if req.valid}
+        expected.update(ids)
+        assert expected <= got, f"n={n}: never delivered: {expected - got}"
+        assert all(req.valid for req in receiver.requests)
+        await assert_invariants(platform, client, keys, f"webhooks n={n}")
+
+    await sweep(counter, op, check, prepare)
