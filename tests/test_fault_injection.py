@@ -1058,3 +1058,57 @@ async def test_a_webhook_dispatch_failing_at_any_statement_still_delivers_every_
         await assert_invariants(platform, client, keys, f"webhooks n={n}")
 
     await sweep(counter, op, check, prepare)
+
+
+@pytest.mark.parametrize("entry", ["one-click", "sms-stop"])
+async def test_an_unsubscribe_link_or_sms_stop_failing_anywhere_is_all_or_nothing(
+    client, keys, platform, faults, entry
+):
+    """The public one-click unsubscribe and an inbound STOP: an error leaves the address
+    contactable or not, never half; an answer of 200 is in force; sent again, in force."""
+    channel = "email" if entry == "one-click" else "sms"
+
+    async def one(where: str) -> None:
+        counter = pick(faults, where)
+        tokens: dict[int, str] = {}
+
+        def address(n: int) -> str:
+            if channel == "email":
+                return f"{entry}-{where}-{n}@example.com"
+            return phone_for(40, where, n)
+
+        async def prepare(n: int) -> None:
+            who = {channel if channel == "email" else "phone": address(n)}
+            await create(client, keys, **who)
+            r = await client.post(
+                "/v1/consents", json=grant(channel=channel, **who), headers=keys["ingest"]
+            )
+            assert r.status_code == 201, r.text
+            members = await segment_members(client, keys, "marketing", channel)
+            tokens[n] = next(m for m in members if m["address"] == address(n))["unsubscribe_token"]
+
+        async def op(n: int) -> httpx.Response:
+            if entry == "one-click":
+                return await client.post(f"/v1/unsubscribe/{tokens[n]}")
+            body = {"from": address(n), "text": "STOP"}
+            return await client.post("/v1/inbound/sms", json=body, headers=keys["ingest"])
+
+        async def contactable(n: int) -> bool:
+            members = await segment_members(client, keys, "marketing", channel)
+            return address(n) in {m["address"] for m in members}
+
+        async def check(n: int, r: Any, fired: bool) -> None:
+            if fired:
+                assert_failed_cleanly(r, address(n), tokens[n])
+            else:
+                assert r.status_code == 200, r.text
+                assert not await contactable(n)
+            await assert_invariants(platform, client, keys, f"{entry} {where} n={n}")
+            again = await op(n)
+            assert again.status_code == 200, again.text
+            assert not await contactable(n), f"{entry} {where} n={n}"
+            await assert_invariants(platform, client, keys, f"{entry} {where} n={n} again")
+
+        await sweep(counter, op, check, prepare, optional=where.startswith("store"))
+
+    await every_where(faults, one, ("main-statement", "main-commit-lost-answer"))
