@@ -72,13 +72,18 @@ def phone_for(prefix: int, where: str, n: int) -> str:
     return f"+79{prefix}{WHERE.index(where)}{digits:06d}"
 
 
-async def every_where(faults: Faults, one: Any, only: tuple[str, ...] | None = None) -> None:
+# the places tried by default: a failed commit rolls back as a failure of the commit's last
+# statement does, which the statement sweeps end with (CDP_FAULTS_EXHAUSTIVE=1 tries them too)
+DEFAULT_WHERE = ("main-statement", "main-commit-lost-answer", "store-statement")
+
+
+async def every_where(faults: Faults, one: Any, only: tuple[str, ...] = DEFAULT_WHERE) -> None:
     """`one(where)` for each place a fault is injected (WHERE), on the same platform; `only`
     those unless CDP_FAULTS_EXHAUSTIVE=1."""
     for where in WHERE:
         if where.startswith("store") and faults.store is None:
             continue
-        if only is not None and where not in only and not EXHAUSTIVE:
+        if where not in only and not EXHAUSTIVE:
             continue
         await one(where)
 
@@ -550,7 +555,7 @@ async def _opt_out_sweep(client, keys, platform, faults, form):
         await sweep(counter, op, check, prepare, optional=where.startswith("store"))
 
     # every place for an email; the statements alone for the other forms (all: exhaustive)
-    await every_where(faults, one, None if form == "email" else ("main-statement",))
+    await every_where(faults, one, DEFAULT_WHERE if form == "email" else ("main-statement",))
 
 
 async def test_an_opt_out_failing_anywhere_is_in_force_wholly_or_not_at_all(
