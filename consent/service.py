@@ -276,8 +276,10 @@ class ConsentView:
 _STANDING = select(profiles.c.status, profiles.c.jurisdiction).where(
     profiles.c.id == bindparam("pid")
 )
-_IDENTITIES = select(identities.c.kind, identities.c.bidx, identities.c.value).where(
-    identities.c.profile_id == bindparam("pid")
+_IDENTITIES = (  # in the order the profile lists them (cdp.profiles.service)
+    select(identities.c.kind, identities.c.bidx, identities.c.value)
+    .where(identities.c.profile_id == bindparam("pid"))
+    .order_by(identities.c.created_at, identities.c.id)
 )
 _STATES_OF = select(consent_state).where(
     consent_state.c.subject.in_(bindparam("subjects", expanding=True))
@@ -326,6 +328,10 @@ async def consent_view(
         (r.subject, r.purpose, r.channel): r
         for r in (await conn.execute(_STATES_OF, {"subjects": subjects}))
     }
+    # ties (one opt-out withdrawing every address at once) in the profile's order of its
+    # addresses, the profile's own state last: the databases return the rows in orders of
+    # their own (SQLite by blind index, PostgreSQL by where a row lies)
+    position = {subject: n for n, subject in enumerate(subjects)}
     supp = await suppressed_at(conn, held)
     items = [
         {
@@ -340,7 +346,9 @@ async def consent_view(
                 r.status, r.since, latest_suppression(supp, r.subject, r.purpose, r.channel)
             ),
         }
-        for r in sorted(states.values(), key=lambda r: (r.purpose, r.channel, r.since))
+        for r in sorted(
+            states.values(), key=lambda r: (r.purpose, r.channel, r.since, position[r.subject])
+        )
     ]
     matrix: dict[str, dict[str, bool]] = {}
     for purpose in p.policy.purposes:
