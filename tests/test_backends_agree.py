@@ -44,3 +44,31 @@ async def test_a_customers_consents_list_their_addresses_in_the_profiles_order(c
         if (i["purpose"], i["channel"]) == ("marketing", "email")
     ]
     assert in_profile == EMAILS
+
+
+async def test_an_access_request_lists_suppressions_of_one_moment_in_the_profiles_order(
+    client, keys
+):
+    """The suppressions one opt-out wrote for each of the customer's addresses come in the
+    order the access request lists the identities, on both databases (they came by blind
+    index, or by heap position)."""
+    for email in EMAILS:
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "external_id": "C-8", "email": email},
+            headers=keys["ingest"],
+        )
+        assert r.status_code in (200, 201), r.text
+    pid = r.json()["profile_id"]
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"profile_id": pid, "channel": "*", "source": "api"},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+
+    r = await client.post("/v1/access-requests", json={"profile_id": pid}, headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    suppressed = [s["address"] for s in body["suppressions"] if s["address"] in EMAILS]
+    assert suppressed == EMAILS

@@ -235,9 +235,13 @@ async def _suppressions(
 ) -> list[dict[str, Any]]:
     if not addresses:
         return []
-    s = suppressions.c
-    rows = await conn.execute(
-        select(suppressions).where(s.bidx.in_(addresses)).order_by(s.at, s.purpose, s.channel)
+    # by time, then purpose and channel (by code point, as every database agrees), then the
+    # customer's order of the addresses: one opt-out suppresses each of them at one moment,
+    # and the databases return such ties in orders of their own
+    position = {bidx: n for n, bidx in enumerate(addresses)}
+    rows = sorted(
+        await conn.execute(select(suppressions).where(suppressions.c.bidx.in_(addresses))),
+        key=lambda r: (r.at, r.purpose, r.channel, position[r.bidx], r.reason, r.source or ""),
     )
     return [
         {
