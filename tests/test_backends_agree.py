@@ -72,3 +72,43 @@ async def test_an_access_request_lists_suppressions_of_one_moment_in_the_profile
     body = r.json()
     suppressed = [s["address"] for s in body["suppressions"] if s["address"] in EMAILS]
     assert suppressed == EMAILS
+
+
+async def test_an_access_request_names_the_merged_profiles_oldest_first(client, keys):
+    """Three profiles (created a, b, c) merged into the oldest, c before b: the access
+    request's `profile_ids` is the surviving one, then the merged ones oldest first, on both
+    databases. Before, they came as the database returned them: by rowid on SQLite (a, b, c),
+    by where the merge's update left each row on PostgreSQL (a, c, b)."""
+    made = []
+    for n in range(3):
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "email": f"merged{n}@example.com"},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        made.append(r.json()["profile_id"])
+    for n in (2, 1):  # c first, then b
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "email": "merged0@example.com", "phone": f"+7916123456{n}"},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "email": f"merged{n}@example.com",
+                "phone": f"+7916123456{n}",
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["merged_profile_ids"] == [made[n]], r.text
+
+    r = await client.post(
+        "/v1/access-requests", json={"profile_id": made[0]}, headers=keys["admin"]
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["profile_ids"] == made

@@ -37,7 +37,8 @@ async def root_of(conn: AsyncConnection, profile_id: uuid.UUID) -> tuple[uuid.UU
 
 
 async def customer_profile_ids(conn: AsyncConnection, root: uuid.UUID) -> list[uuid.UUID]:
-    """The root and every profile merged into it, directly or through a chain."""
+    """The root, then every profile merged into it, directly or through a chain, oldest first
+    (ids are time-ordered; the databases return the rows of one level in orders of their own)."""
     found = [root]
     seen = {root}
     frontier = [root]
@@ -46,7 +47,7 @@ async def customer_profile_ids(conn: AsyncConnection, root: uuid.UUID) -> list[u
         frontier = [pid for (pid,) in rows if pid not in seen]
         seen.update(frontier)
         found.extend(frontier)
-    return found
+    return [root, *sorted(found[1:])]
 
 
 async def customer_identities(
