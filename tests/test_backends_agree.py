@@ -112,3 +112,43 @@ async def test_an_access_request_names_the_merged_profiles_oldest_first(client, 
     )
     assert r.status_code == 200, r.text
     assert r.json()["profile_ids"] == made
+
+
+async def test_an_access_requests_merge_snapshots_list_sources_alike(client, keys):
+    """What a merge kept of each side, as the access request shows it, lists the sources in
+    one order on both databases: the survivor's by name (only names are kept), the absorbed
+    profile's by when each first sent them, as the request's own `sources` are. Before, each
+    came in the database's row order: by name on SQLite (the key), by insertion on
+    PostgreSQL."""
+    for source in ("shop", "crm"):
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": source, "email": "a@example.com"},
+            headers=keys["ingest"],
+        )
+        assert r.status_code in (200, 201), r.text
+    survivor = r.json()["profile_id"]
+    for source in ("web", "app"):
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": source, "email": "b@example.com"},
+            headers=keys["ingest"],
+        )
+        assert r.status_code in (200, 201), r.text
+    absorbed = r.json()["profile_id"]
+    for email in ("a@example.com", "b@example.com"):
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "shop", "email": email, "phone": "+79160000001"},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 200, r.text
+    assert r.json()["merged_profile_ids"] == [absorbed]
+
+    r = await client.post(
+        "/v1/access-requests", json={"profile_id": survivor}, headers=keys["admin"]
+    )
+    assert r.status_code == 200, r.text
+    sides = {s["as"]: s["values"] for s in r.json()["merge_snapshots"]}
+    assert [s["source"] for s in sides["survivor"]["sources"]] == ["crm", "shop"]
+    assert [s["source"] for s in sides["absorbed"]["sources"]] == ["web", "app"]

@@ -36,7 +36,7 @@ Members pages and ad-hoc segment queries hand out customers too, but only how ma
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -322,6 +322,14 @@ async def _requests(
 
 
 # merge snapshots, match suggestions, merge reviews --------------------------------------------
+# A snapshot keeps its lists in the order the database returned the rows when the merge was
+# made (sources: by name on SQLite, by insertion on PostgreSQL): shown in one order, the
+# absorbed side's sources by when first seen, as the request's `sources` are; the survivor's
+# by name (their times are not kept); categories by name, as the profile shows them.
+def _by_purpose(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (str(r.get("purpose")), str(r.get("channel"))))
+
+
 def _survivor_values(state: SurvivorState) -> dict[str, Any]:
     """The survivor's values from before the merge (each change is [before, after]; the after
     side came from the absorbed profile and is in its own snapshot side)."""
@@ -333,8 +341,8 @@ def _survivor_values(state: SurvivorState) -> dict[str, Any]:
     return {
         "fields": fields,
         "traits": state.traits[0] if state.traits else {},
-        "consents": [c["before"] for c in state.consents.values() if c.get("before")],
-        "sources": [{"source": s} for s in state.sources],
+        "consents": _by_purpose(c["before"] for c in state.consents.values() if c.get("before")),
+        "sources": [{"source": s} for s in sorted(state.sources)],
         "given_at": state.times,
     }
 
@@ -349,9 +357,12 @@ def _absorbed_values(state: AbsorbedState) -> dict[str, Any]:
     return {
         "fields": fields,
         "traits": state.traits,
-        "consents": state.consents,
-        "categories": state.categories,
-        "sources": [{"source": s, "first_seen_at": at} for s, at in state.sources],
+        "consents": _by_purpose(state.consents),
+        "categories": sorted(state.categories),
+        "sources": [
+            {"source": s, "first_seen_at": at}
+            for s, at in sorted(state.sources, key=lambda x: (datetime.fromisoformat(x[1]), x[0]))
+        ],
         "given_at": state.times,
     }
 
