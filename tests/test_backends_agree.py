@@ -152,3 +152,41 @@ async def test_an_access_requests_merge_snapshots_list_sources_alike(client, key
     sides = {s["as"]: s["values"] for s in r.json()["merge_snapshots"]}
     assert [s["source"] for s in sides["survivor"]["sources"]] == ["crm", "shop"]
     assert [s["source"] for s in sides["absorbed"]["sources"]] == ["web", "app"]
+
+
+async def test_a_number_trait_beyond_64_bits_is_compared_exactly_on_both_databases(client, keys):
+    """A trait of 2^64 - 1 (a 20-digit card number sent as a number) was below the rule's
+    number 18446744073709551616.0 on PostgreSQL, which compares the exact integer, and equal
+    to it on SQLite, which read the trait as the nearest double (2^64): the customer was in
+    the segment on one database only. A rule's number is the decimal it is written as, on
+    both."""
+    cards = {"a": 2**64 - 1, "b": 2**64, "c": 2**63, "d": -(2**64), "e": 10**20, "f": 5}
+    for name, card in cards.items():
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "email": f"{name}@example.com", "traits": {"card": card}},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+
+    async def selected(op: str, value: object) -> set[str]:
+        rule = {"field": "traits.card", "op": op, "value": value}
+        r = await client.post(
+            "/v1/segments/query",
+            json={"purpose": "service", "channel": "email", "rules": rule},
+            headers=keys["marketing"],
+        )
+        assert r.status_code == 200, r.text
+        return {i["address"].split("@")[0] for i in r.json()["items"]}
+
+    two_64 = 18446744073709551616.0  # written 1.8446744073709552e+19: 18446744073709552000
+    assert await selected("lt", two_64) == {"a", "b", "c", "d", "f"}
+    assert await selected("eq", two_64) == set()
+    assert await selected("gte", two_64) == {"e"}
+    assert await selected("eq", 1e20) == {"e"}
+    assert await selected("in", [1e20, 5]) == {"e", "f"}
+    assert await selected("in", [9.223372036854776e18]) == set()  # 9223372036854776000
+    assert await selected("gt", 2**63 - 1) == {"a", "b", "c", "e"}
+    assert await selected("lt", -1.8446744073709552e19) == set()  # -2^64 is above it
+    assert await selected("lt", -1.8e19) == {"d"}
+    assert await selected("ne", 1e20) == {"a", "b", "c", "d", "f"}

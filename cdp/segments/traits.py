@@ -6,8 +6,13 @@ not promise the evaluation order of AND, so a numeric cast is guarded by CASE an
 string. Every predicate is definite (never SQL NULL), so `not` is a plain complement.
 
 Numbers compare by value, alike on both backends. SQLite compares a JSON integer (within 64
-bits) with a rule's number exactly and reads any other JSON number as a double. PostgreSQL
-reads the trait as `numeric`, not as a double, where 2^53 + 1 equals 2^53 (card and order
+bits) with a rule's number exactly and reads any other JSON number as a double. A JSON integer
+beyond 64 bits (a 20-digit card number) it also reads as a double, the nearest one: 2^64 - 1
+was 2^64 there, below `2^64` as a rule's number on PostgreSQL and not on SQLite, so a customer
+was in a segment on one database only (found by the differential test). On SQLite such an
+integer is compared by its JSON text (`->`, SQLite 3.38 or later): its sign, then its number of
+digits, then its digits, with the rule's number as the decimal it is written as (below).
+PostgreSQL reads the trait as `numeric`, not as a double, where 2^53 + 1 equals 2^53 (card and order
 numbers have 16 digits) and a trait of 10^400 overflowed, a 500 for the whole segment; a
 rule's fraction is bound as the decimal it is written as (`repr`, as JSON writes a trait's
 float), so a fraction equals a trait fraction exactly when they are the same double. Each
@@ -30,6 +35,8 @@ from sqlalchemy import BigInteger, Float, Numeric, String, case, false, func, li
 from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.tables import profiles
+
+INT64 = 2**63  # a JSON integer SQLite reads as an integer lies within ±INT64
 
 
 def sqlite_json_path(name: str) -> str:
@@ -59,6 +66,7 @@ class TraitSQL:
             path = literal(sqlite_json_path(name), String())
             self._type = func.json_type(col, path)
             self._text = func.json_extract(col, path)
+            self._json = col.op("->", return_type=String())(path)  # the number as written
 
     def is_string(self) -> ColumnElement[bool]:
         return self._type == ("string" if self.postgres else "text")
@@ -81,6 +89,42 @@ class TraitSQL:
             return literal(Decimal(repr(value)), Numeric())
         return literal(value, Float())
 
+    def _beyond_64_bits(self) -> ColumnElement[bool]:
+        """SQLite: an integer trait that json_extract reads as a double."""
+        return (self._type == "integer") & (func.typeof(self._text) == "real")
+
+    def _versus(self, value: float) -> ColumnElement[int]:
+        """SQLite, for a trait beyond 64 bits: -1, 0 or 1 as it is below, equal to or above
+        the rule's number, exactly."""
+        text = self._json
+        negative = func.substr(text, 1, 1) == "-"
+        if abs(value) < INT64:  # every trait beyond 64 bits is further from zero
+            return case((negative, -1), else_=1)
+        rule = int(Decimal(repr(value)))  # as PostgreSQL binds it (`bound`): whole, this large
+        digits = case((negative, func.substr(text, 2)), else_=text)
+        wanted = str(abs(rule))
+        size = func.length(digits)
+        magnitude = case(
+            (size > len(wanted), 1),
+            (size < len(wanted), -1),
+            (digits > wanted, 1),  # as many digits: compared as text, byte by byte
+            (digits < wanted, -1),
+            else_=0,
+        )
+        if rule < 0:
+            return case((negative, -magnitude), else_=1)
+        return case((negative, -1), else_=magnitude)
+
+    def _exact(self, op: str, value: float) -> ColumnElement[bool]:
+        """The number trait `op` the rule's number, by value (op: eq, gt, gte, lt, lte)."""
+        n, v = self.number(), self.bound(value)
+        plain = {"eq": n == v, "gt": n > v, "gte": n >= v, "lt": n < v, "lte": n <= v}[op]
+        if self.postgres:
+            return plain
+        c = self._versus(value)
+        beyond = {"eq": c == 0, "gt": c > 0, "gte": c >= 0, "lt": c < 0, "lte": c <= 0}[op]
+        return case((self._beyond_64_bits(), beyond), else_=plain)
+
     def is_bool(self, value: bool) -> ColumnElement[bool]:
         if self.postgres:
             return (self._type == "boolean") & (self._text == ("true" if value else "false"))
@@ -94,7 +138,7 @@ class TraitSQL:
             return definite(self.is_bool(value))
         if isinstance(value, str):
             return definite(self.is_string() & (self._text == value))
-        return definite(self.is_number() & (self.number() == self.bound(value)))
+        return definite(self.is_number() & self._exact("eq", value))
 
     def one_of(self, values: tuple[Any, ...]) -> ColumnElement[bool]:
         strings = [v for v in values if isinstance(v, str)]
@@ -102,17 +146,20 @@ class TraitSQL:
         preds = [self.is_bool(v) for v in dict.fromkeys(v for v in values if isinstance(v, bool))]
         if strings:
             preds.append(self.is_string() & self._text.in_(strings))
-        wholes = [self.bound(v) for v in numbers if isinstance(v, int)]
-        fractions = [self.bound(v) for v in numbers if isinstance(v, float)]
+        wholes = [v for v in numbers if isinstance(v, int)]
+        fractions = [v for v in numbers if isinstance(v, float)]
         for group in (wholes, fractions):  # one type per list: PostgreSQL unifies a list's types
             if group:
-                preds.append(self.is_number() & self.number().in_(group))
+                inside = self.number().in_([self.bound(v) for v in group])
+                if not self.postgres:  # beyond 64 bits: equal to one of the large doubles
+                    found = [self._versus(v) == 0 for v in group if abs(v) >= INT64]
+                    beyond = or_(*found) if found else false()
+                    inside = case((self._beyond_64_bits(), beyond), else_=inside)
+                preds.append(self.is_number() & inside)
         return definite(or_(*preds))
 
     def compare(self, op: str, value: float) -> ColumnElement[bool]:
-        n, v = self.number(), self.bound(value)
-        cmp = {"gt": n > v, "gte": n >= v, "lt": n < v, "lte": n <= v}[op]
-        return definite(self.is_number() & cmp)
+        return definite(self.is_number() & self._exact(op, value))
 
     def contains(self, text: str) -> ColumnElement[bool]:
         where = func.strpos(self._text, text) if self.postgres else func.instr(self._text, text)
