@@ -378,17 +378,19 @@ async def call(side: Side, method: str, url: str, role: str, **kw: Any) -> Answe
     r = await side.client.request(method, url, headers=side.keys[role], **kw)
     ctype = r.headers.get("content-type", "").split(";")[0]
     if "ndjson" in ctype:
-        body: Any = [json.loads(line) for line in r.text.splitlines() if line]
+        body: Any = {"items": [json.loads(line) for line in r.text.splitlines() if line]}
     elif ctype.endswith("json"):
         body = r.json()
     elif ctype == "text/csv":
-        rows = list(csv.reader(io.StringIO(r.text)))  # bytes checked: the same rows, quoted alike
-        body = {
-            "header": rows[:1],
-            "rows": [dict(zip(rows[0], row, strict=True)) for row in rows[1:]],
-        }
+        rows = list(csv.reader(io.StringIO(r.text)))
+        body = {"header": rows[:1], "items": [dict(zip(rows[0], x, strict=True)) for x in rows[1:]]}
     else:
         body = r.text
+    if ctype == "text/csv" or "ndjson" in ctype:  # the bytes too: quoting, number forms, order
+        raw = r.text
+        for item in body["items"]:
+            raw = raw.replace(item.get("unsubscribe_token") or "\0", "<masked>")
+        body["bytes"] = raw
     if isinstance(body, dict) and "items" in body:
         for item in body["items"]:
             if isinstance(item, dict) and "unsubscribe_token" in item:
