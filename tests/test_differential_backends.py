@@ -415,6 +415,8 @@ class Diff:
         a, b = answers
         assert (a.status, a.content_type) == (b.status, b.content_type), (what, a, b)
         assert a.body == b.body, (what, a.status, _first_difference(a.body, b.body))
+        # the keys of each object in one order too (a client may print or hash the answer)
+        assert json.dumps(a.body) == json.dumps(b.body), (what, "key order", a.body, b.body)
         return a, b
 
     # -- reads ---------------------------------------------------------------------------------
