@@ -759,10 +759,14 @@ async def pg_name(pg_database: str | None) -> AsyncIterator[str]:
         yield pg_database
         return
     name = f"{pg_database}_icu"
-    await _pg_admin(
-        f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
-        f"ICU_LOCALE '{PG_LOCALE}' LOCALE 'C.UTF-8'"
-    )
+    try:
+        await _pg_admin(
+            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+            f"ICU_LOCALE '{PG_LOCALE}' LOCALE 'C.UTF-8'"
+        )
+    except Exception:  # a server before 15, or built without ICU: its default collation
+        yield pg_database
+        return
     db = Database(pg_url(name))
     await migrate(db)
     await db.dispose()
@@ -778,7 +782,7 @@ async def pg_name(pg_database: str | None) -> AsyncIterator[str]:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-@given(ops=st.lists(op, min_size=4, max_size=18))
+@given(ops=st.lists(op, min_size=4, max_size=30 if HUNT else 18))
 @pytest.mark.slow
 async def test_sqlite_and_postgres_answer_alike(sqlite_template, pg_name, ops):
     try:
