@@ -4,6 +4,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
+from cdp.segments.traits import SQLITE_JSON_TEXT
+
 EMAILS = [f"shopper{i}@example.com" for i in range(6)]
 
 
@@ -154,12 +160,17 @@ async def test_an_access_requests_merge_snapshots_list_sources_alike(client, key
     assert [s["source"] for s in sides["absorbed"]["sources"]] == ["web", "app"]
 
 
-async def test_a_number_trait_beyond_64_bits_is_compared_exactly_on_both_databases(client, keys):
+async def test_a_number_trait_beyond_64_bits_is_compared_exactly_on_both_databases(
+    client, keys, backend
+):
     """A trait of 2^64 - 1 (a 20-digit card number sent as a number) was below the rule's
     number 18446744073709551616.0 on PostgreSQL, which compares the exact integer, and equal
     to it on SQLite, which read the trait as the nearest double (2^64): the customer was in
     the segment on one database only. A rule's number is the decimal it is written as, on
-    both."""
+    both. (SQLite before 3.38 has no `->` to read the integer as written: there it stays the
+    nearest double, as cdp.segments.traits says.)"""
+    if backend == "sqlite" and not SQLITE_JSON_TEXT:
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} reads such an integer as a double")
     cards = {"a": 2**64 - 1, "b": 2**64, "c": 2**63, "d": -(2**64), "e": 10**20, "f": 5}
     for name, card in cards.items():
         r = await client.post(

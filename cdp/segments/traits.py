@@ -11,7 +11,8 @@ beyond 64 bits (a 20-digit card number) it also reads as a double, the nearest o
 was 2^64 there, below `2^64` as a rule's number on PostgreSQL and not on SQLite, so a customer
 was in a segment on one database only (found by the differential test). On SQLite such an
 integer is compared by its JSON text (`->`, SQLite 3.38 or later): its sign, then its number of
-digits, then its digits, with the rule's number as the decimal it is written as (below).
+digits, then its digits, with the rule's number as the decimal it is written as (below). An
+older SQLite has no `->`: there such an integer still compares as the nearest double.
 PostgreSQL reads the trait as `numeric`, not as a double, where 2^53 + 1 equals 2^53 (card and order
 numbers have 16 digits) and a trait of 10^400 overflowed, a 500 for the whole segment; a
 rule's fraction is bound as the decimal it is written as (`repr`, as JSON writes a trait's
@@ -28,6 +29,7 @@ names beyond ASCII.
 from __future__ import annotations
 
 import json
+import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -37,6 +39,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from cdp.db.tables import profiles
 
 INT64 = 2**63  # a JSON integer SQLite reads as an integer lies within ±INT64
+# whether this SQLite reads a JSON value as written (`->`, 3.38): compares beyond 64 bits exactly
+SQLITE_JSON_TEXT = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 
 def sqlite_json_path(name: str) -> str:
@@ -66,7 +70,7 @@ class TraitSQL:
             path = literal(sqlite_json_path(name), String())
             self._type = func.json_type(col, path)
             self._text = func.json_extract(col, path)
-            self._json = col.op("->", return_type=String())(path)  # the number as written
+            self._json = col.op("->", return_type=String())(path)  # as written (SQLITE_JSON_TEXT)
 
     def is_string(self) -> ColumnElement[bool]:
         return self._type == ("string" if self.postgres else "text")
@@ -119,7 +123,7 @@ class TraitSQL:
         """The number trait `op` the rule's number, by value (op: eq, gt, gte, lt, lte)."""
         n, v = self.number(), self.bound(value)
         plain = {"eq": n == v, "gt": n > v, "gte": n >= v, "lt": n < v, "lte": n <= v}[op]
-        if self.postgres:
+        if self.postgres or not SQLITE_JSON_TEXT:
             return plain
         c = self._versus(value)
         beyond = {"eq": c == 0, "gt": c > 0, "gte": c >= 0, "lt": c < 0, "lte": c <= 0}[op]
@@ -151,7 +155,7 @@ class TraitSQL:
         for group in (wholes, fractions):  # one type per list: PostgreSQL unifies a list's types
             if group:
                 inside = self.number().in_([self.bound(v) for v in group])
-                if not self.postgres:  # beyond 64 bits: equal to one of the large doubles
+                if not self.postgres and SQLITE_JSON_TEXT:  # beyond 64 bits: exactly
                     found = [self._versus(v) == 0 for v in group if abs(v) >= INT64]
                     beyond = or_(*found) if found else false()
                     inside = case((self._beyond_64_bits(), beyond), else_=inside)
