@@ -467,12 +467,12 @@ async def test_0020_dates_each_erased_address_also_where_an_opt_out_overwrote_it
     assert sorted((bytes(b), at) for b, at in rows) == [(kept, t[2]), (overwritten, t[2])]
 
 
-async def test_0023_seals_event_ids_where_a_review_branch_stamped_0013_without_0012(empty_db):
+async def test_0021_seals_event_ids_where_a_review_branch_stamped_0013_without_0012(empty_db):
     """Commit 3e4c7af (review-webhooks) shipped 0013 on top of 0011; 0012 landed beside it, and
     the merge re-chained 0013 after 0012. A database that branch migrated is stamped 0013, so
     Alembic took 0012 for applied and never ran it: events had no event_key, and every
     POST /v1/events and access export answered 503 "the database is not reachable" after the
-    upgrade (found upgrading a database written by that commit's own code). 0023 applies what
+    upgrade (found upgrading a database written by that commit's own code). 0021 applies what
     0012 would have, where it is missing."""
     from consent.outbox.enqueue import event_row
     from consent.outbox.tables import outbox_events
