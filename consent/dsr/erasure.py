@@ -62,7 +62,14 @@ from cdp.profiles.locks import lock_profiles
 from consent import evidence
 from consent.dsr.customer import customer_identities, customer_profile_ids, root_of
 from consent.dsr.hooks import erasure_hooks
-from consent.dsr.requests import customer_lock, load, record_transition, request_lock, set_status
+from consent.dsr.requests import (
+    completed_values,
+    customer_lock,
+    load,
+    record_transition,
+    request_lock,
+    set_status,
+)
 from consent.dsr_tables import dsr_requests
 from consent.outbox.enqueue import enqueue
 from consent.outbox.sealed import forget_addresses
@@ -159,12 +166,7 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
             "completed",
             actor=actor,
             reason=reason,
-            completed_at=now,
-            result=counts,
-            note=None,
-            note_owner=None,
-            note_key_id=None,
-            last_error=None,
+            **completed_values(now, counts),
         )
     for pid in erased:
         p.keys.forget(pid)

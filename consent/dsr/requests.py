@@ -152,6 +152,19 @@ async def set_status(
     )
 
 
+def completed_values(now: datetime, result: dict[str, Any]) -> dict[str, Any]:
+    """The columns an erasure completes its request with (`set_status`): when, its counts, and
+    neither note (sealed under the customer's data key, destroyed with it) nor error."""
+    return {
+        "completed_at": now,
+        "result": result,
+        "note": None,
+        "note_owner": None,
+        "note_key_id": None,
+        "last_error": None,
+    }
+
+
 def check_jurisdiction(p: Platform, jurisdiction: str | None) -> None:
     if jurisdiction is not None and jurisdiction not in p.policy.jurisdictions:
         raise InvalidInput.field("jurisdiction", "not a jurisdiction of the loaded policies")

@@ -27,11 +27,12 @@ count as mismatches (they did, after every restore).
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import lock_keys
@@ -42,7 +43,13 @@ from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
 from consent.dsr import deadlines, states
 from consent.dsr.customer import customer_profile_ids, root_of
-from consent.dsr.requests import record_transition, request_lock
+from consent.dsr.requests import (
+    completed_values,
+    load,
+    record_transition,
+    request_lock,
+    set_status,
+)
 from consent.dsr.shares import destroy_owned
 from consent.dsr_tables import dsr_requests
 
@@ -55,20 +62,16 @@ REASON = "erased again: the key store says the customer was erased after this co
 async def erase_again(p: Platform) -> int:
     """Erase every customer the key store tombstoned after the database's number and destroy
     the tombstoned shares; the number of profiles erased here (0 but after a restore)."""
-    store = p.keys.store
-    if store is None:
+    if p.keys.store is None:
         return 0
-    seq = await reconciled_seq(p.db)
-    erased = 0
-    while batch := await store.tombstones_after(seq):
-        pids = {pid for _, pid in batch}
+    erased, seq = 0, None
+    async for seq, pids in _tombstoned(p):
         async with p.db.read() as conn:
             held = await profiles_in_status(conn, pids, "active")
             held |= await profiles_in_status(conn, pids, "merged")
         for pid in sorted(held):
             erased += await _erase_customer_of(p, pid)
         await p.keys.destroy_shares(pids)
-        seq = batch[-1][0]
         await mark_reconciled(p.db, seq)
     await destroy_owned(p)  # shares not under their profile's id (consent.dsr.shares)
     if erased:
@@ -87,18 +90,24 @@ async def destroy_erased_shares(p: Platform) -> int:
     store = p.keys.store
     if store is None:
         return 0
-    seq = await reconciled_seq(p.db)
     destroyed = 0
-    while batch := await store.tombstones_after(seq):
-        pids = {pid for _, pid in batch}
+    async for _, pids in _tombstoned(p):
         async with p.db.read() as conn:
             erased = await profiles_in_status(conn, pids, "erased")
         left = set(await store.get(erased))
         if left:
             await p.keys.destroy_shares(left)
             destroyed += len(left)
-        seq = batch[-1][0]
     return destroyed + await destroy_owned(p)
+
+
+async def _tombstoned(p: Platform) -> AsyncIterator[tuple[int, set[uuid.UUID]]]:
+    """The profiles the key store tombstoned after the database's number, a batch at a time,
+    each with the number of its last tombstone."""
+    seq = await reconciled_seq(p.db)
+    while batch := await p.keys.store.tombstones_after(seq):
+        seq = batch[-1][0]
+        yield seq, {pid for _, pid in batch}
 
 
 async def _erase_customer_of(p: Platform, pid: uuid.UUID) -> int:
@@ -134,15 +143,13 @@ async def _on_record(
 ) -> None:
     """The erasure done at `now` as a completed request: the customer's open ones completed,
     or one recorded (module docstring)."""
-    r = dsr_requests.c
     open_rows = await _open_requests(conn, pids)
-    done = {"status": "completed", "completed_at": now, "updated_at": now, "result": counts}
-    # as erase() completes one: no note (its key is gone) and no error
-    done |= {"note": None, "note_owner": None, "note_key_id": None, "last_error": None}
     for row in open_rows:
-        await conn.execute(update(dsr_requests).where(r.id == row.id).values(**done))
-        path = ["in_progress", "completed"] if row.status == "received" else ["completed"]
-        await _transitions(conn, row.id, row.status, path, row.due_at, now)
+        if row.status == "received":
+            await set_status(conn, row, "in_progress", actor=KEY_STORE, reason=REASON)
+            row = await load(conn, row.id)
+        completed = completed_values(now, counts)
+        await set_status(conn, row, "completed", actor=KEY_STORE, reason=REASON, **completed)
     if open_rows:
         return
     if jurisdiction not in p.policy.jurisdictions:
@@ -162,10 +169,25 @@ async def _on_record(
             due_at=due,
             extensions=0,
             attempts=1,
-            **done,
+            status="completed",
+            updated_at=now,
+            **completed_values(now, counts),
         )
     )
-    await _transitions(conn, request_id, None, ["received", "in_progress", "completed"], due, now)
+    previous = None
+    for target in ("received", "in_progress", "completed"):
+        await record_transition(
+            conn,
+            request_id,
+            event="created" if previous is None else "status",
+            from_status=previous,
+            to_status=target,
+            actor=KEY_STORE,
+            reason=REASON,
+            due_at=due,
+            at=now,
+        )
+        previous = target
 
 
 async def _open_requests(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[Any]:
@@ -176,26 +198,3 @@ async def _open_requests(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[A
         .order_by(r.received_at)
     )
     return list((await conn.execute(query)).all())
-
-
-async def _transitions(
-    conn: AsyncConnection,
-    request_id: uuid.UUID,
-    current: str | None,
-    path: list[str],
-    due_at: datetime,
-    now: datetime,
-) -> None:
-    for target in path:
-        await record_transition(
-            conn,
-            request_id,
-            event="created" if current is None else "status",
-            from_status=current,
-            to_status=target,
-            actor=KEY_STORE,
-            reason=REASON,
-            due_at=due_at,
-            at=now,
-        )
-        current = target
