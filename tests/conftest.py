@@ -103,9 +103,14 @@ async def db_url(
         target = tmp_path / "cdp.db"
         shutil.copy(sqlite_template, target)
         return f"sqlite+aiosqlite:///{target}"
-    name = pg_database
-    if name is None:
+    if pg_database is None:
         pytest.skip("PostgreSQL is not reachable")
+    return await empty_postgres(pg_database)
+
+
+async def empty_postgres(name: str) -> str:
+    """The URL of the migrated PostgreSQL database `name`, every table and its key store
+    emptied."""
     url = pg_url(name)
     db = Database(url)
     async with db.engine.begin() as conn:
@@ -149,9 +154,14 @@ async def client(platform: Platform) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def keys(platform: Platform) -> dict[str, dict[str, str]]:
     """Authorization headers for one key of each role."""
+    return await role_keys(platform)
+
+
+async def role_keys(p: Platform) -> dict[str, dict[str, str]]:
+    """A new key of each role on `p` (named `<role>-key`), as Authorization headers by role."""
     out = {}
     for role in ("admin", "ingest", "marketing", "compliance"):
-        key = await create_key(platform.db, f"{role}-key", role)
+        key = await create_key(p.db, f"{role}-key", role)
         out[role] = {"Authorization": f"Bearer {key}"}
     return out
 

@@ -42,15 +42,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
 
 from api.app import create_app
-from cdp.apikeys import create_key
 from cdp.db.engine import Database
-from cdp.db.metadata import metadata
 from cdp.db.migrate import migrate
 from cdp.platform import Platform, open_platform
-from tests.conftest import _empty_key_store, _pg_admin, make_settings, pg_url
+from tests.conftest import _pg_admin, empty_postgres, make_settings, pg_url, role_keys
 
 HUNT = int(os.environ.get("CDP_DIFF_EXAMPLES", "0"))
 PG_LOCALE = os.environ.get("CDP_DIFF_PG_LOCALE", "ru-RU")
@@ -708,25 +705,11 @@ def _first_difference(a: Any, b: Any, path: str = "$") -> str:
 # two empty platforms
 async def _side(name: str, url: str, tmp: Path) -> Side:
     p = await open_platform(make_settings(url, tmp), run_migrations=False)
-    keys = {}
-    for role in ("admin", "ingest", "marketing", "compliance"):
-        key = await create_key(p.db, f"{role}-key", role)
-        keys[role] = {"Authorization": f"Bearer {key}"}
+    keys = await role_keys(p)
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(platform=p)), base_url="http://testserver"
     )
     return Side(name, p, client, keys)
-
-
-async def _empty_postgres(name: str) -> str:
-    url = pg_url(name)
-    db = Database(url)
-    async with db.engine.begin() as conn:
-        tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-        await conn.execute(text(f"TRUNCATE {tables}"))
-    await db.dispose()
-    await _empty_key_store(name)
-    return url
 
 
 async def run_ops(sqlite_template: Path, pg_name: str, ops: list[tuple]) -> Diff:
@@ -735,7 +718,7 @@ async def run_ops(sqlite_template: Path, pg_name: str, ops: list[tuple]) -> Diff
     try:
         shutil.copy(sqlite_template, tmp / "cdp.db")
         sides.append(await _side("sqlite", f"sqlite+aiosqlite:///{tmp / 'cdp.db'}", tmp))
-        sides.append(await _side("postgres", await _empty_postgres(pg_name), tmp / "pg"))
+        sides.append(await _side("postgres", await empty_postgres(pg_name), tmp / "pg"))
         diff = Diff(*sides)
         for o in ops:
             await diff.apply(o)

@@ -26,12 +26,11 @@ import pytest
 from sqlalchemy import select
 
 from api.app import create_app
-from cdp.apikeys import create_key
 from cdp.db.engine import Database
 from cdp.db.migrate import migrate
 from cdp.db.tables import events, profile_keys, profiles
 from cdp.platform import Platform, open_platform
-from tests.conftest import _pg_admin, _pg_dsn, make_settings, pg_url
+from tests.conftest import _pg_admin, _pg_dsn, make_settings, pg_url, role_keys
 from tests.helpers import contactable
 from tests.upgrade_fixtures.make import MASTER_KEY, NAME
 
@@ -54,9 +53,7 @@ async def upgraded(
         await db.dispose()
         settings = make_settings(url, tmp_path, master_key=MASTER_KEY)
         p = await open_platform(settings, run_migrations=False)
-        keys = {}
-        for role in ("admin", "ingest", "marketing", "compliance"):
-            keys[role] = {"Authorization": f"Bearer {await create_key(p.db, f'{role}-k', role)}"}
+        keys = await role_keys(p)
         transport = httpx.ASGITransport(app=create_app(platform=p))
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
