@@ -73,6 +73,12 @@ class Appended:
     profile_id: uuid.UUID | None
 
 
+def ordering_time(occurred_at: datetime, recorded_at: datetime) -> datetime:
+    """When an entry counts as having happened, for the order of the consent state: the time
+    it reports, never later than when it was recorded (see the module's docstring)."""
+    return min(occurred_at, recorded_at)
+
+
 def supersedes(status: str, at: datetime, current: tuple[str, datetime] | None) -> bool:
     if current is None:
         return True
@@ -113,7 +119,7 @@ async def append(
     for e, chs in zip(entries, expanded, strict=True):
         seq += 1
         effective = False
-        at = min(e.occurred_at, now)  # the ordering time (see the module's docstring)
+        at = ordering_time(e.occurred_at, now)
         for ch in chs:
             key = (e.subject, e.purpose, ch)
             if (

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.platform import Platform
 from consent import ledger
-from consent.ledger import Entry, supersedes
+from consent.ledger import Entry, ordering_time, supersedes
 from consent.optout import MAY_CONCERN_PERSON, concerns_person
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
@@ -89,7 +89,7 @@ def granted_without(
             continue
         if f.status == "granted" and (not f.effective or (f.via_profile and f.seq > merged_since)):
             continue
-        at = min(f.occurred_at, f.recorded_at)
+        at = ordering_time(f.occurred_at, f.recorded_at)
         if supersedes(f.status, at, state):
             state = (f.status, at)
     return state is not None and state[0] == "granted"

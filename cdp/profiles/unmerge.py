@@ -59,7 +59,7 @@ from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from cdp.profiles.rekey import rekey
 from consent import evidence, ledger, merged_consent
-from consent.ledger import Entry, supersedes
+from consent.ledger import Entry, ordering_time, supersedes
 from consent.outbox.enqueue import enqueue_merge
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
@@ -412,7 +412,7 @@ async def _restore_profile_consents(
         .order_by(led.seq)
     )
     for w in withdrawn:
-        since = min(w.occurred_at, w.recorded_at)  # as the ledger orders it
+        since = ordering_time(w.occurred_at, w.recorded_at)
         for channel in expand_channel(policy, "profile", w.channel):
             current = theirs.get((w.purpose, channel))
             # as consent.ledger.append would have applied it to her state
