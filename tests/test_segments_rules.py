@@ -271,6 +271,9 @@ def test_parse_normalises_and_round_trips():
         ),
         ({"field": "total_spent", "op": "gt", "value": "1e-20000"}, "rules.value", "whole cents"),
         ({"field": "total_spent", "op": "gt", "value": "1e16"}, "rules.value", "below 10^16"),
+        # beyond the decimal context's exponent range: abs() raised decimal.Overflow, a 500
+        ({"field": "total_spent", "op": "gt", "value": "1e999999999"}, "rules.value", "10^16"),
+        ({"field": "total_spent", "op": "gt", "value": "-1e999999999"}, "rules.value", "10^16"),
         ({"field": "country", "op": "eq", "value": "RUS"}, "rules.value", "alpha-2"),
         # ingest refuses these codes, so the rule selected nobody without a word
         ({"field": "country", "op": "eq", "value": "uk"}, "rules.value", "United Kingdom is GB"),

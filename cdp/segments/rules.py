@@ -296,7 +296,9 @@ def _money(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]
         raise _Bad(path, 'must be a number or a decimal string such as "1999.90"') from None
     # amounts are stored to the cent (PostgreSQL NUMERIC(18, 2)): a finer one was rounded
     # there and not on SQLite, and one that rounded up to 10^16 overflowed (a 500)
-    if not amount.is_finite() or abs(amount) >= Decimal("1e16"):
+    # copy_abs, not abs(): abs rounds in the decimal context, and an exponent beyond its range
+    # ("1e999999999") raised decimal.Overflow (a 500)
+    if not amount.is_finite() or amount.copy_abs() >= Decimal("1e16"):
         raise _Bad(path, "must be a finite amount below 10^16")
     if amount.as_tuple().exponent < -2:  # type: ignore[operator]
         raise _Bad(path, 'must be an amount in whole cents at most, such as "1999.90"')
