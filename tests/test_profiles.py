@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cdp.db.tables import identities, profiles
+from cdp.profiles.records import holds_email_address
 from tests.helpers import count, holds_plaintext, raw_database_bytes
 
 ANNA = {
@@ -394,6 +401,33 @@ async def test_an_email_in_a_plaintext_field_is_refused(client, keys, platform):
     fine = {"source": "crm", "email": "anna@example.com", "traits": {"handle": "@anna"}}
     assert (await client.post("/v1/profiles", json=fine, headers=keys["ingest"])).status_code == 201
     assert not holds_plaintext(await raw_database_bytes(platform), "anna@corp.example")
+
+
+async def test_a_long_plaintext_value_is_checked_for_an_address_in_linear_time(
+    client, keys, platform
+):
+    """The check for an address in a trait was a regular expression that backtracked
+    quadratically: a trait of 60,000 characters (`a@bbb...`) held the event loop, so every
+    request of the server, for 9 s; one filling the 8 MiB body limit, for days."""
+    long = "a@" + "b" * 400_000  # no dot: no address
+    started = time.perf_counter()
+    assert not holds_email_address(long)
+    assert not holds_email_address(("x@" + "y" * 1000 + " ") * 300)
+    assert time.perf_counter() - started < 1.0  # was minutes
+    body = {"source": "crm", "email": "anna@example.com", "traits": {"note": long}}
+    r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+    assert r.status_code == 201, r.text[:300]
+    body = {"source": "crm", "email": "anna@example.com", "traits": {"note": long + ".ru"}}
+    r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+    assert r.status_code == 400 and r.json()["errors"][0]["field"] == "traits.note"
+
+
+_EMAIL_IN_TEXT = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")  # what the check was
+
+
+@given(st.text(alphabet=st.sampled_from("ab.@ \t\u00a0\u2028\u0436"), max_size=30))
+def test_the_address_check_finds_what_the_regular_expression_found(text):
+    assert holds_email_address(text) == bool(_EMAIL_IN_TEXT.search(text))
 
 
 def _longest(schema: type, name: str) -> int:

@@ -7,9 +7,9 @@ policy separately so that a bulk import can keep the profile and report only the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
+from itertools import pairwise
 from typing import Any
 
 import msgspec
@@ -69,9 +69,22 @@ def parse_profile(raw: Any, whole: str = "body") -> ProfileIn:
 
 
 TRAIT_NAMED_TWICE = "the same trait as another name of the record (in another Unicode form)"
-# An email address anywhere in a value: something@something.tld
-_EMAIL_IN_TEXT = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 _PLAINTEXT_REFUSAL = "holds an email address, which would be stored unencrypted here"
+
+
+def holds_email_address(text: str) -> bool:
+    """Whether an email address is anywhere in `text`: something@something.tld, each part a
+    run of characters that are neither whitespace nor '@'. In time linear in the text: the
+    regular expression this was (`[^\\s@]+@[^\\s@]+\\.[^\\s@]+`, searched) backtracked
+    quadratically on a long run without a dot, and a trait of 60,000 characters (`a@bbb...`)
+    held the server's only event loop for 9 s, one of 8 MiB for days."""
+    for word in text.split():  # the same whitespace as the regex's \s
+        parts = word.split("@")
+        for before, after in pairwise(parts):
+            # a character before the '@'; after it, a dot with a character on each side
+            if before and "." in after[1:-1]:
+                return True
+    return False
 
 
 def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[FieldError]:
@@ -82,7 +95,7 @@ def _addresses_in_plaintext(city: str | None, traits: dict[str, Any]) -> list[Fi
     return [
         FieldError(name, _PLAINTEXT_REFUSAL)
         for name, value in values
-        if isinstance(value, str) and "@" in value and _EMAIL_IN_TEXT.search(value)
+        if isinstance(value, str) and "@" in value and holds_email_address(value)
     ]
 
 
