@@ -366,8 +366,16 @@ class Keyring:
             self._keys.popitem(last=False)
 
 
-async def open_keyring(db: Database, master: MasterKey, store: KeyStore | None = None) -> Keyring:
-    """Load (or on first use create) the root secrets; refuse a master key that does not fit."""
+async def open_keyring(
+    db: Database,
+    master: MasterKey,
+    store: KeyStore | None = None,
+    *,
+    master_name: str = "CDP_MASTER_KEY",
+    advice: str = "",
+) -> Keyring:
+    """Load (or on first use create) the root secrets; refuse a master key that does not fit,
+    naming it `master_name` (and saying `advice`)."""
     async with db.read() as conn:
         rows = (await conn.execute(select(keyring_table))).mappings().all()
     if not rows:
@@ -398,8 +406,9 @@ async def open_keyring(db: Database, master: MasterKey, store: KeyStore | None =
             raise WrongMasterKeyError(f"keyring entry {name!r} is missing from the database")
         if row["master_key_id"] != master.key_id:
             raise WrongMasterKeyError(
-                "CDP_MASTER_KEY does not match this database: it was initialised with master "
-                f"key id {row['master_key_id']}, the configured key has id {master.key_id}"
+                f"{master_name} does not match this database: it was initialised with master "
+                f"key id {row['master_key_id']}, this key has id {master.key_id}"
+                + (f"; {advice}" if advice else "")
             )
         roots[name] = master.unwrap(row["wrapped"], name.encode())
     return Keyring(master, roots, store)

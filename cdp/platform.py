@@ -51,7 +51,7 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
         await db.dispose()
         raise
     try:
-        keys = await open_keyring(db, master, store)
+        keys = await open_keyring(db, master, store, **master_key_name(settings))
         platform = Platform(settings=settings, db=db, policy=policy, keys=keys)
         from consent.dsr.restore import erase_again  # consent builds on the platform
 
@@ -61,3 +61,18 @@ async def open_platform(settings: Settings, *, run_migrations: bool = True) -> P
         await db.dispose()
         raise
     return platform
+
+
+def master_key_name(settings: Settings) -> dict[str, str]:
+    """How a refusal names the master key in use: the setting, or, where it is not set, the
+    development key file (kept in `./.cdp` of the directory a command runs from, so a command
+    run from another directory makes and uses a key of its own)."""
+    if settings.master_key:
+        return {"master_name": "CDP_MASTER_KEY"}
+    path = settings.dev_key_dir / "master.key"
+    return {
+        "master_name": f"CDP_MASTER_KEY is not set, and the development master key {path}",
+        "advice": "set CDP_MASTER_KEY to the database's key (the new one after `cdp keys "
+        "rotate-master`), or CDP_DEV_KEY_DIR to the directory holding its development key "
+        "(`.cdp` where it was first used)",
+    }

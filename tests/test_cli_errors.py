@@ -29,6 +29,24 @@ async def test_a_master_key_of_another_database_is_one_line(platform, tmp_path):
     assert_plain(result, "CDP_MASTER_KEY does not match this database")
 
 
+def test_a_development_key_of_another_directory_is_named_not_cdp_master_key(tmp_path):
+    """Without CDP_MASTER_KEY the key is the development key of `./.cdp` (CDP_DEV_KEY_DIR), so
+    a command run from another directory against the same database makes a key of its own
+    there. The refusal said "CDP_MASTER_KEY does not match this database" to an operator who
+    had never set it; it names the development key file and the two ways out."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    first = run_cli(["keys", "list"], url, tmp_path, CDP_MASTER_KEY="")
+    assert first.returncode == 0, first.stderr
+    elsewhere = tmp_path / "elsewhere" / ".cdp"
+    result = run_cli(
+        ["keys", "list"], url, tmp_path, CDP_MASTER_KEY="", CDP_DEV_KEY_DIR=str(elsewhere)
+    )
+    assert_plain(result, f"development master key {elsewhere / 'master.key'}", "CDP_DEV_KEY_DIR")
+    assert "CDP_MASTER_KEY does not match" not in result.stderr, result.stderr
+    said = [line for line in result.stderr.splitlines() if "does not match" in line]
+    assert len(said) == 1 and "CDP_MASTER_KEY is not set" in said[0], result.stderr
+
+
 async def test_a_master_key_that_is_not_base64_is_one_line(platform, tmp_path):
     url = platform.settings.database_url
     result = run_cli(["audit", "verify"], url, tmp_path, CDP_MASTER_KEY="not a key")
