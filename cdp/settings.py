@@ -26,7 +26,7 @@ class Settings:
     master_key: str | None = None
     # where the other half of every data key is kept (cdp.key_store); None: beside the database
     key_store: str | None = None
-    default_jurisdiction: str = "RU"
+    default_jurisdiction: str | None = None  # None: policy.toml's (RU as shipped)
     public_url: str = DEFAULT_PUBLIC_URL
     environment: str = "development"
     policy_dir: Path = DEFAULT_POLICY_DIR
@@ -65,7 +65,7 @@ class Settings:
             database_url=normalise_database_url(url),
             master_key=env.get("CDP_MASTER_KEY") or None,
             key_store=key_store_url(env.get("CDP_KEY_STORE_URL")),
-            default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or "RU",
+            default_jurisdiction=env.get("CDP_DEFAULT_JURISDICTION") or None,
             public_url=public_url(env.get("CDP_PUBLIC_URL") or DEFAULT_PUBLIC_URL),
             environment=environment(env.get("CDP_ENV")),
             policy_dir=Path(env.get("CDP_POLICY_DIR") or DEFAULT_POLICY_DIR),

@@ -277,7 +277,12 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
 
     default = default_jurisdiction or platform.default_jurisdiction
     if default not in jurisdictions:
-        raise PolicyError(f"default jurisdiction {default!r} has no file in jurisdictions/")
+        said = (
+            "CDP_DEFAULT_JURISDICTION:"
+            if default_jurisdiction
+            else "policy.toml: default_jurisdiction"
+        )
+        raise PolicyError(f"{said} {default!r} has no file in {directory / 'jurisdictions'}/")
     return Policy(
         version=f"{platform.version}+{digest.hexdigest()[:12]}",
         default_jurisdiction=default,

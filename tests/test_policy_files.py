@@ -113,3 +113,22 @@ def test_deadlines_are_counted_in_the_timezone_the_policy_names(policies):
     assert load_policy(policies).jurisdictions["RU"].timezone == "Europe/Moscow"
     edit(policies / "jurisdictions/RU.toml", r'^timezone = ".*"', 'timezone = "Asia/Vladivostok"')
     assert load_policy(policies).jurisdictions["RU"].timezone == "Asia/Vladivostok"
+
+
+def test_the_default_jurisdiction_of_policy_toml_holds_unless_the_setting_names_one(policies):
+    """`default_jurisdiction` in policy.toml had no effect: CDP_DEFAULT_JURISDICTION, when
+    unset, stood for RU, and an operator's EU there was never used."""
+    from cdp.settings import Settings
+
+    edit(policies / "policy.toml", r'^default_jurisdiction = "RU"', 'default_jurisdiction = "EU"')
+    unset = Settings.from_env({"CDP_POLICY_DIR": str(policies)})
+    assert load_policy(unset.policy_dir, unset.default_jurisdiction).default_jurisdiction == "EU"
+    named = Settings.from_env({"CDP_POLICY_DIR": str(policies), "CDP_DEFAULT_JURISDICTION": "US"})
+    assert load_policy(named.policy_dir, named.default_jurisdiction).default_jurisdiction == "US"
+
+
+def test_a_default_jurisdiction_without_a_file_names_where_it_was_set(policies):
+    with pytest.raises(PolicyError, match="CDP_DEFAULT_JURISDICTION: 'XX' has no file"):
+        load_policy(policies, "XX")
+    edit(policies / "policy.toml", r'^default_jurisdiction = "RU"', 'default_jurisdiction = "XX"')
+    assert "policy.toml: default_jurisdiction 'XX' has no file" in refused(policies)
