@@ -210,6 +210,11 @@ def keys_rotate_master(new_key_env: str) -> None:
         old = load_master_key(
             settings.master_key, production=settings.is_production, dev_dir=settings.dev_key_dir
         )
+        if new.key_id == old.key_id:
+            in_use = "CDP_MASTER_KEY" if settings.master_key else "the development master key"
+            raise click.ClickException(
+                f"{new_key_env} is the master key in use ({in_use}): nothing to rotate"
+            )
         db = Database(settings.database_url)
         try:
             await migrate_database(db, settings)

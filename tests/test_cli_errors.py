@@ -98,6 +98,16 @@ def test_a_new_master_key_that_is_not_base64_is_named(tmp_path):
     assert_plain(result, "CDP_NEW_MASTER_KEY is not a master key")
 
 
+def test_a_new_master_key_that_is_the_one_in_use_is_named(tmp_path):
+    """It said "new master key: is the master key in use: nothing to rotate", naming neither
+    setting."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    same = MasterKey.generate_base64()
+    env = {"CDP_MASTER_KEY": same, "CDP_NEW_MASTER_KEY": same}
+    result = run_cli(["keys", "rotate-master"], url, tmp_path, **env)
+    assert_plain(result, "CDP_NEW_MASTER_KEY is the master key in use (CDP_MASTER_KEY)")
+
+
 def test_a_database_host_that_does_not_resolve_is_one_line(tmp_path):
     url = "postgresql://postgres@no-such-host.invalid:5432/cdp"
     result = run_cli(["keys", "list"], url, tmp_path)
