@@ -2,8 +2,9 @@
 
 Russian and English names, customers known to several systems (a CRM with emails, a shop with
 phones, a call centre with both), purchases, and consents with evidence on some addresses.
-Customers joined over the last two years (profiles are dated so; their consents and orders
-come after), so the lifecycle segments of docs/segments.md each pick out a part of them.
+Customers joined over the last three years (profiles are dated so; their consents and orders
+come after), so the lifecycle segments of docs/segments.md each pick out a part of them, the
+re-permission one (consent two years old or more) too.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ RU_MOBILE = ["903", "905", "906", "909", "910", "915", "916", "917", "925", "926
 US_AREA = ["415", "212", "310", "646", "213"]
 CATEGORIES = ["shoes", "outerwear", "accessories", "sport", "kids"]
 DOMAINS = ["example.com", "example.org", "example.net"]
-JOINED_WITHIN_DAYS = 730
+JOINED_WITHIN_DAYS = 1095  # three years: over two, some consents are two years old
+JOINED_DRAW = 730  # the draw of a joining day, as when they joined within two years (below)
 ORDERS_WITHIN = timedelta(days=400)
 
 
@@ -107,7 +109,11 @@ async def fill_demo(p: Platform, *, customers: int = 3000, seed: int = 7) -> dic
     joined_at: list[datetime] = []  # per prepared record, when its customer joined
     for n in range(customers):
         c = _customer(rng, n)
-        joined = now - timedelta(days=rng.randint(0, JOINED_WITHIN_DAYS), hours=rng.randint(0, 23))
+        # drawn as it was and stretched, so the rest of the demo (names, orders, the matches of
+        # `cdp match`) stays as it was for a seed; within two years no consent was old enough
+        # for docs/segments.md's "Re-permission"
+        days = rng.randint(0, JOINED_DRAW) * JOINED_WITHIN_DAYS / JOINED_DRAW
+        joined = now - timedelta(days=days, hours=rng.randint(0, 23))
         base = {k: c[k] for k in ("first_name", "last_name", "country", "jurisdiction", "city")}
         consents = []
         if rng.random() < 0.55:
