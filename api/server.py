@@ -11,6 +11,7 @@ h11, has a bound of its own: 16 KiB.)
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import uvicorn
@@ -112,5 +113,20 @@ def server_config(app: Any, host: str, port: int, **more: Any) -> uvicorn.Config
     )
 
 
+def announce(host: str, port: int, workers: int = 1) -> None:
+    """One line on stderr once the port is bound: uvicorn's own runs at log level warning, and
+    `make run` said nothing after its warnings, so a newcomer could not tell it was up."""
+    shown = f"[{host}]" if ":" in host else host
+    with_workers = f" with {workers} workers" if workers > 1 else ""
+    print(f"serving on http://{shown}:{port}{with_workers} (Ctrl+C stops it)", file=sys.stderr)
+
+
+class _AnnouncingServer(uvicorn.Server):
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # bound (a port in use ends uvicorn before it gets here)
+            announce(self.config.host, self.config.port)
+
+
 def serve(app: Any, host: str, port: int) -> None:
-    uvicorn.Server(server_config(app, host, port)).run()
+    _AnnouncingServer(server_config(app, host, port)).run()

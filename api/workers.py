@@ -44,7 +44,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from api.background import background_services
-from api.server import server_config
+from api.server import announce, server_config
 from cdp.db.availability import database_unavailable
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
@@ -252,6 +252,7 @@ def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int
     config = server_config("api.workers:app", host, port, factory=True, workers=workers)
     with _worker_environment(settings, workers):
         sock = config.bind_socket()
+        announce(host, port, workers)
         supervisor = _Supervisor(config, sockets=[sock])  # handles SIGINT and SIGTERM from here
         background = BackgroundThread(settings)
         background.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -225,6 +226,7 @@ async def test_two_workers_serve_one_port_with_shared_figures_and_one_set_of_bac
     assert [e["pid"] for e in started] == [server.pid], started
     assert sum(e.get("event") == "dispatcher_started" for e in events) == 1, events
     assert email not in err  # logs carry ids only
+    assert err.count(f"serving on {base} with 2 workers") == 1, err[-3000:]
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -342,3 +344,43 @@ async def test_workers_end_when_their_supervisor_is_killed(backend, platform, tm
     assert not any(_alive(w) for w in workers), "a worker outlived its killed supervisor"
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # the port is free again
+
+
+def _stderr_until(server: subprocess.Popen, words: str, seconds: float = 60) -> str:
+    """What the server wrote to stderr, up to the line holding `words` (or its end)."""
+    assert server.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as sel:
+        sel.register(server.stderr, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=1):
+                continue
+            line = server.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if words in line:
+                break
+    return "".join(seen)
+
+
+def test_serve_says_where_it_listens_once_it_is_bound_and_not_when_it_cannot_bind(tmp_path):
+    """A newcomer running `make run` sees where the service answers (uvicorn's own line is
+    below its log level): printed once the port is bound, so the address answers at once."""
+    port = free_port()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    server = _serve(["--port", str(port)], url, tmp_path)
+    try:
+        err = _stderr_until(server, "serving on")
+        assert f"serving on http://127.0.0.1:{port} (Ctrl+C stops it)" in err, err
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert health.status_code == 200
+        # a second service on the same port cannot bind: it says so, and never "serving on"
+        second = _serve(["--port", str(port)], url, tmp_path / "second")
+        _, second_err = second.communicate(timeout=60)
+        assert second.returncode != 0
+        assert "serving on" not in second_err and "address already in use" in second_err.lower()
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
