@@ -37,6 +37,10 @@ class Purpose(msgspec.Struct, forbid_unknown_fields=True):
     # advertising is given per advertiser): one purpose per advertiser. A grant's evidence
     # records it, and one naming another advertiser is refused (consent_problems).
     advertiser: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    # Whether a jurisdiction's soft opt-in may cover this purpose: ePrivacy art. 13(2) lets a
+    # seller advertise *its own* similar products to its customers by email, never another
+    # advertiser's. Only an advertising purpose of the operator's own products may set it.
+    soft_opt_in: bool = False
 
 
 class Channel(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,7 +114,9 @@ class Policy:
     def soft_opt_in(self, jurisdiction: str, purpose: str, channel: str) -> bool:
         """Whether an existing customer (one who has bought) may get this purpose's email
         without a grant: ePrivacy art. 13(2), where the operator enables it for a jurisdiction
-        (`soft_opt_in = true`), for advertising by email only, and never after an opt-out."""
+        (`soft_opt_in = true` in its file), for the advertising of the operator's own products
+        (`soft_opt_in = true` on the purpose: never a partner's), by email only, and never
+        after an opt-out."""
         j = self.jurisdictions.get(jurisdiction)
         p = self.purposes.get(purpose)
         return (
@@ -118,6 +124,7 @@ class Policy:
             and j.soft_opt_in
             and p is not None
             and p.advertising
+            and p.soft_opt_in
             and channel == "email"
             and self.basis(jurisdiction, purpose, channel) == "opt_in"
         )
@@ -237,6 +244,10 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
             )
         if purpose.advertiser is not None and not purpose.advertiser.strip():
             raise PolicyError(f"policy.toml: purposes.{name}.advertiser must not be blank")
+        if purpose.soft_opt_in and not purpose.advertising:
+            raise PolicyError(
+                f"policy.toml: purposes.{name}.soft_opt_in is only for an advertising purpose"
+            )
 
     jurisdictions: dict[str, JurisdictionFile] = {}
     country_file: dict[str, str] = {}
@@ -269,6 +280,12 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
                     f"{country_file[country]} lists too: a country has one jurisdiction"
                 )
             country_file[country] = path.name
+        if j.soft_opt_in and not any(p.soft_opt_in for p in platform.purposes.values()):
+            raise PolicyError(
+                f"{path.name}: soft_opt_in = true, but no purpose in policy.toml allows it: set "
+                "soft_opt_in = true on the purpose advertising your own products (never a "
+                "partner's)"
+            )
         if j.gpc == "opt_out_sale" and GPC_PURPOSE not in platform.purposes:
             raise PolicyError(
                 f"{path.name}: gpc = 'opt_out_sale' needs purposes.{GPC_PURPOSE} in policy.toml"

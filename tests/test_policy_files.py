@@ -86,6 +86,21 @@ def test_gpc_as_an_opt_out_of_sale_needs_the_sale_share_purpose(policies):
     assert "US-CA.toml" in message and "gpc" in message and "sale_share" in message
 
 
+def test_soft_opt_in_covers_only_a_purpose_advertising_the_operators_own_products(policies):
+    # ePrivacy art. 13(2): the seller's own similar products. A jurisdiction enabling it while
+    # no purpose allows it would do nothing without a word; a purpose that is not advertising
+    # cannot allow it.
+    edit(policies / "jurisdictions/EU.toml", r"^soft_opt_in = false", "soft_opt_in = true")
+    assert load_policy(policies).soft_opt_in("EU", "marketing", "email")
+    edit(policies / "policy.toml", r"^soft_opt_in = true", "soft_opt_in = false")
+    message = refused(policies)
+    assert "EU.toml" in message and "soft_opt_in" in message and "policy.toml" in message
+    edit(policies / "policy.toml", r"^soft_opt_in = false", "soft_opt_in = true")
+    edit(policies / "policy.toml", r"^advertising = true", "advertising = false")
+    message = refused(policies)
+    assert "purposes.marketing.soft_opt_in" in message
+
+
 def test_an_unknown_key_is_named(policies):
     edit(policies / "jurisdictions/EU.toml", r"^soft_opt_in = false", "soft_optin = true")
     message = refused(policies)

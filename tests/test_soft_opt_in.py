@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from consent.policy import load_policy
+from tests.test_advertisers import policies_with_partner
 from tests.test_rule import with_soft_opt_in
 
 ALL = {"field": "jurisdiction", "op": "eq", "value": "EU"}
@@ -34,10 +36,10 @@ async def add(client, keys, email, *, bought: bool):  # type: ignore[no-untyped-
         assert r.status_code == 201, r.text
 
 
-async def members(client, keys) -> set[str]:  # type: ignore[no-untyped-def]
+async def members(client, keys, purpose: str = "marketing") -> set[str]:  # type: ignore[no-untyped-def]
     r = await client.post(
         "/v1/segments/query",
-        json={"purpose": "marketing", "channel": "email", "rules": ALL, "limit": 100},
+        json={"purpose": purpose, "channel": "email", "rules": ALL, "limit": 100},
         headers=keys["marketing"],
     )
     assert r.status_code == 200, r.text
@@ -74,3 +76,24 @@ async def test_existing_customers_get_advertising_email_only_where_enabled(
     assert (body["matched"], body["contactable"]) == (3, 1 if enabled else 0)
     assert body["excluded"].get("no_consent") == (1 if enabled else 2)
     assert sum(body["excluded"].values()) == body["matched"] - body["contactable"]
+
+
+async def test_soft_opt_in_never_reaches_a_partners_advertising(client, keys, platform, tmp_path):
+    """ePrivacy art. 13(2) lets the seller advertise *its own* similar products to its customer
+    by email: never another advertiser's. With EU soft opt-in on and a partner's advertising as
+    a purpose of its own (policies/policy.toml's template), a buyer gets the shop's advertising
+    email without a grant, and the partner's only with one."""
+    directory = policies_with_partner(tmp_path)
+    eu = directory / "jurisdictions" / "EU.toml"
+    text = eu.read_text(encoding="utf-8")
+    assert "soft_opt_in = false" in text
+    eu.write_text(text.replace("soft_opt_in = false", "soft_opt_in = true", 1), encoding="utf-8")
+    platform.policy = load_policy(directory)
+    await add(client, keys, "buyer@example.de", bought=True)
+
+    r = await client.get("/v1/profiles?email=buyer@example.de", headers=keys["admin"])
+    contactable = r.json()["consents"]["contactable"]
+    assert contactable["marketing"]["email"] is True
+    assert contactable["marketing_partner"]["email"] is False
+    assert await members(client, keys) == {"buyer@example.de"}
+    assert await members(client, keys, purpose="marketing_partner") == set()
