@@ -15,6 +15,9 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
+import phonenumbers
+
+from cdp.normalize import COUNTRIES
 
 Basis = Literal["contract", "opt_in", "opt_out"]
 AddressKind = Literal["email", "phone", "profile"]
@@ -269,6 +272,18 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
             raise PolicyError(
                 f"{path.name}: timezone {j.timezone!r} is not a known time zone (an IANA name "
                 "such as 'Europe/Moscow'; the tzdata package has them where the system has none)"
+            )
+        for country in j.countries:
+            if country not in COUNTRIES:
+                hint = " (the United Kingdom is GB)" if country.upper() == "UK" else ""
+                raise PolicyError(
+                    f"{path.name}: countries lists {country!r}, which is not an ISO 3166-1 "
+                    f"alpha-2 code in capitals{hint}: no record's country would ever match it"
+                )
+        if j.phone_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise PolicyError(
+                f"{path.name}: phone_region {j.phone_region!r} is not a region whose national "
+                "numbers can be read (an ISO 3166-1 alpha-2 code in capitals, such as 'DE')"
             )
         for kind in ("access", "erasure"):
             if kind not in j.deadlines:

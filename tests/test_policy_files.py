@@ -77,6 +77,24 @@ def test_a_country_claimed_by_two_jurisdictions_is_refused(policies):
     assert "US.toml" in message and "RU.toml" in message and "countries" in message
 
 
+@pytest.mark.parametrize("country", ["de", "UK", "XX", "DEU"])
+def test_a_country_that_no_record_can_name_is_refused(policies, country):
+    # Records' countries are ISO 3166-1 alpha-2 codes, upper case (cdp.normalize): a file
+    # listing "de" or "UK" loaded, and those customers fell under the default jurisdiction's
+    # law without a word.
+    edit(policies / "jurisdictions/EU.toml", r'"AT", ', f'"{country}", ')
+    message = refused(policies)
+    assert "EU.toml" in message and "countries" in message and country in message
+
+
+@pytest.mark.parametrize("region", ["de", "EU", "XX"])
+def test_a_phone_region_that_parses_no_number_is_refused(policies, region):
+    # before: loaded, and every national number of the jurisdiction was refused as invalid
+    edit(policies / "jurisdictions/EU.toml", r'^phone_region = "DE"', f'phone_region = "{region}"')
+    message = refused(policies)
+    assert "EU.toml" in message and "phone_region" in message
+
+
 def test_gpc_as_an_opt_out_of_sale_needs_the_sale_share_purpose(policies):
     # before: loaded, and the browser's GPC signal was silently never honoured
     edit(policies / "policy.toml", r"^\[purposes\.sale_share\]", "[purposes.resale]")
