@@ -210,7 +210,7 @@ async def fill_baseline_rows(p: Platform, d: Definition) -> int:
     async with p.db.engine.begin() as conn:
         await conn.run_sync(bench_rows.metadata.create_all)
     dialect = p.db.engine.dialect.name
-    audience = Audience(p.policy, d.purpose, d.channel, dialect)
+    audience = Audience(p.policy, d.purpose, d.channel, dialect, d.automated)
     compiled = compile_condition(d.condition, dialect, datetime.now(UTC), audience.scope)
     after, total = None, 0
     while True:

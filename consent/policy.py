@@ -90,6 +90,10 @@ class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
     countries: list[str] = []
     gpc: Literal["ignore", "opt_out_sale"] = "ignore"
     soft_opt_in: bool = False
+    # Channels on which advertising may not be sent by automatic dialling or mailing, without a
+    # person choosing and calling each number (38-FZ art. 18(2)): a segment that declares it is
+    # sent so (`automated`) holds none of this jurisdiction's customers on them.
+    no_automated_advertising: list[str] = []
     # the calendar deadlines are counted in (an IANA name, e.g. "Europe/Moscow"); UTC if unset
     timezone: str | None = None
 
@@ -104,13 +108,23 @@ class Policy:
     jurisdictions: dict[str, JurisdictionFile]
     stats_currency: str = "RUB"
 
-    def basis(self, jurisdiction: str, purpose: str, channel: str) -> Basis | None:
-        """The legal basis, or None where the policy says nothing (which means: not allowed)."""
+    def basis(
+        self, jurisdiction: str, purpose: str, channel: str, *, automated: bool = False
+    ) -> Basis | None:
+        """The legal basis, or None where the policy says nothing or forbids it (which means:
+        not allowed). `automated`: the messages are sent by automatic dialling or mailing,
+        which a jurisdiction may forbid for advertising on a channel."""
         j = self.jurisdictions.get(jurisdiction)
         if j is None or channel not in self.channels:
             return None
         rules = j.rules.get(purpose)
         if rules is None:
+            return None
+        if (
+            automated
+            and channel in j.no_automated_advertising
+            and self.purposes[purpose].advertising
+        ):
             return None
         return rules.get(channel) or rules.get("default")
 
@@ -268,6 +282,11 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
                     raise PolicyError(
                         f"{path.name}: rules.{purpose}.{channel} names an unknown channel"
                     )
+        for channel in j.no_automated_advertising:
+            if channel not in platform.channels:
+                raise PolicyError(
+                    f"{path.name}: no_automated_advertising names an unknown channel {channel!r}"
+                )
         if j.timezone is not None and not _known_zone(j.timezone):
             raise PolicyError(
                 f"{path.name}: timezone {j.timezone!r} is not a known time zone (an IANA name "

@@ -7,7 +7,9 @@ the profile's jurisdiction is satisfied by the address's consent state:
              jurisdiction, advertising email to an existing customer: one who has bought);
   opt_out  - allowed unless withdrawn;
   contract - allowed unless the customer refused the channel (withdrawn).
-A purpose or channel the policy says nothing about is "no" (fail closed).
+A purpose or channel the policy says nothing about is "no" (fail closed), and so is advertising
+sent by automatic dialling or mailing (`automated`) on a channel where the jurisdiction forbids
+it (38-FZ art. 18(2)).
 
 `decide` is the rule in plain Python; `contactable_sql` and `reason_sql` are the same rule as
 SQL expressions for segment queries. Tests check that the two always agree.
@@ -37,8 +39,11 @@ class Facts:
     is_customer: bool = False  # has bought (orders_count > 0): soft opt-in's condition
 
 
-def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
-    """None when contactable, else the reason it is not."""
+def decide(
+    policy: Policy, purpose: str, channel: str, f: Facts, *, automated: bool = False
+) -> str | None:
+    """None when contactable, else the reason it is not. `automated`: sent by automatic
+    dialling or mailing, which a jurisdiction may forbid for advertising (not_allowed)."""
     if f.profile_status is None:
         return "no_address"  # nobody holds this address
     if f.profile_status == "erased":
@@ -47,7 +52,7 @@ def decide(policy: Policy, purpose: str, channel: str, f: Facts) -> str | None:
         return "merged" if f.profile_status == "merged" else "erased"
     if not f.has_address:
         return "no_address"
-    basis = policy.basis(f.jurisdiction or "", purpose, channel)
+    basis = policy.basis(f.jurisdiction or "", purpose, channel, automated=automated)
     if basis is None:
         return "not_allowed"
     if suppression_outranks(f.state_status, f.state_since, f.suppressed_at):
@@ -69,12 +74,14 @@ def suppression_outranks(
     )
 
 
-def _jurisdictions_by_basis(policy: Policy, purpose: str, channel: str) -> dict[str, list[str]]:
+def _jurisdictions_by_basis(
+    policy: Policy, purpose: str, channel: str, automated: bool
+) -> dict[str, list[str]]:
     """Jurisdiction codes by basis; "soft_opt_in" are the opt_in ones that take an existing
     customer without a grant (listed under "opt_in" too)."""
     groups: dict[str, list[str]] = {"opt_in": [], "opt_out": [], "contract": [], "soft_opt_in": []}
     for code in sorted(policy.jurisdictions):
-        basis = policy.basis(code, purpose, channel)
+        basis = policy.basis(code, purpose, channel, automated=automated)
         if basis is not None:
             groups[basis].append(code)
             if policy.soft_opt_in(code, purpose, channel):
@@ -96,8 +103,8 @@ class RuleColumns:
     is_customer: ColumnElement[bool] | None = None
 
 
-def _conditions(policy: Policy, purpose: str, channel: str, c: RuleColumns):
-    groups = _jurisdictions_by_basis(policy, purpose, channel)
+def _conditions(policy: Policy, purpose: str, channel: str, c: RuleColumns, automated: bool):
+    groups = _jurisdictions_by_basis(policy, purpose, channel, automated)
     allowed_j = groups["opt_in"] + groups["opt_out"] + groups["contract"]
     # NULL-safe throughout: a NULL comparison inside CASE would silently fall through.
     status = func.coalesce(c.state_status, "")
@@ -125,12 +132,14 @@ def _conditions(policy: Policy, purpose: str, channel: str, c: RuleColumns):
     ]
 
 
-def reason_sql(policy: Policy, purpose: str, channel: str, c: RuleColumns) -> ColumnElement:
+def reason_sql(
+    policy: Policy, purpose: str, channel: str, c: RuleColumns, *, automated: bool = False
+) -> ColumnElement:
     """NULL when contactable, else the first reason that excludes the row (as `decide`)."""
-    return case(*_conditions(policy, purpose, channel, c), else_=None)
+    return case(*_conditions(policy, purpose, channel, c, automated), else_=None)
 
 
 def contactable_sql(
-    policy: Policy, purpose: str, channel: str, c: RuleColumns
+    policy: Policy, purpose: str, channel: str, c: RuleColumns, *, automated: bool = False
 ) -> ColumnElement[bool]:
-    return reason_sql(policy, purpose, channel, c).is_(None)
+    return reason_sql(policy, purpose, channel, c, automated=automated).is_(None)

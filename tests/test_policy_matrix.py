@@ -183,8 +183,8 @@ async def build(p, situation: str) -> dict[tuple[str, str, str], uuid.UUID]:  # 
     return pids
 
 
-async def members(p, purpose: str, channel: str) -> set[uuid.UUID]:  # type: ignore[no-untyped-def]
-    d = Definition(purpose, channel, AllOf(()))
+async def members(p, purpose: str, channel: str, *, automated: bool = False) -> set[uuid.UUID]:  # type: ignore[no-untyped-def]
+    d = Definition(purpose, channel, AllOf(()), automated)
     got: set[uuid.UUID] = set()
     after = None
     while True:
@@ -235,3 +235,36 @@ async def test_decision_matrix(platform, situation):
 async def test_decision_matrix_with_eu_soft_opt_in(platform):
     platform.policy = with_soft_opt_in(platform.policy)
     await check(platform, "customer", soft=True)
+
+
+# POLICIES.md, RU: "no automated dialling for ads" (38-FZ art. 18(2): automatic dialling and
+# automatic mailing): advertising by phone or sms sent without a person choosing each number.
+NO_AUTOMATED_ADVERTISING = {("RU", "marketing", "phone"), ("RU", "marketing", "sms")}
+
+
+@pytest.mark.parametrize("situation", ["granted", "none"])
+async def test_a_segment_sent_by_automatic_dialling_or_mailing(platform, situation):
+    """A segment declared `automated` holds no Russian customer for advertising by phone or
+    sms, whatever their consent (stats: not_allowed); every other cell of the matrix, service
+    messages in Russia included, answers as for a person dialling."""
+    pids = await build(platform, situation)
+    wrong = []
+    for purpose in PURPOSES:
+        for channel in CHANNELS:
+            sent = await members(platform, purpose, channel, automated=True)
+            d = Definition(purpose, channel, AllOf(()), automated=True)
+            stats = await definition_stats(platform, d)
+            assert stats.contactable == len(sent), (purpose, channel)
+            forbidden = 0
+            for (j, pu, ch), pid in pids.items():
+                if (pu, ch) != (purpose, channel):
+                    continue
+                want = expected(j, purpose, channel, situation)
+                if (j, purpose, channel) in NO_AUTOMATED_ADVERTISING:
+                    forbidden += 1
+                    want = False
+                if (pid in sent) != want:
+                    wrong.append(f"{j} {purpose}/{channel}: automated {pid in sent}, want {want}")
+            if forbidden:
+                assert stats.excluded["not_allowed"] >= forbidden, (purpose, channel, stats)
+    assert not wrong, f"{situation}:\n" + "\n".join(sorted(wrong))

@@ -44,8 +44,9 @@ def with_soft_opt_in(policy: Policy) -> Policy:
     purpose=st.sampled_from(["service", "marketing", "sale_share"]),
     channel=st.sampled_from(["email", "sms", "phone", "push", "messenger"]),
     soft=st.booleans(),
+    automated=st.booleans(),
 )
-async def test_sql_rule_equals_python_rule(platform, f, purpose, channel, soft):
+async def test_sql_rule_equals_python_rule(platform, f, purpose, channel, soft, automated):
     policy = with_soft_opt_in(platform.policy) if soft else platform.policy
     cols = RuleColumns(
         profile_status=lit(f.profile_status, String()),
@@ -57,9 +58,11 @@ async def test_sql_rule_equals_python_rule(platform, f, purpose, channel, soft):
         is_customer=literal(f.is_customer, Boolean()),
     )
     async with platform.db.read() as conn:
-        got = await conn.execute(select(reason_sql(policy, purpose, channel, cols)))
+        got = await conn.execute(
+            select(reason_sql(policy, purpose, channel, cols, automated=automated))
+        )
         sql_reason = got.scalar()
-    assert sql_reason == decide(policy, purpose, channel, f)
+    assert sql_reason == decide(policy, purpose, channel, f, automated=automated)
 
 
 def test_soft_opt_in_takes_existing_customers_for_advertising_email_only():
@@ -115,3 +118,22 @@ def test_fail_closed_cases():  # plain Python: no database needed
         decide(policy, "marketing", "sms", Facts("active", "US", True, None, None, None))
         == "no_consent"
     )
+
+
+def test_advertising_by_automatic_dialling_or_mailing_is_not_allowed_in_russia():
+    """38-FZ art. 18(2), as RU.toml encodes it: a grant does not make a Russian customer
+    contactable for advertising sent by automatic dialling or mailing on phone or sms."""
+    from pathlib import Path
+
+    from consent.policy import load_policy
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "policies")
+    ru = Facts("active", "RU", True, "granted", T0, None)
+    for channel in ("phone", "sms"):
+        assert decide(policy, "marketing", channel, ru) is None  # a person dialling
+        assert decide(policy, "marketing", channel, ru, automated=True) == "not_allowed"
+        # order messages are not advertising; another jurisdiction asks for consent only
+        assert decide(policy, "service", channel, ru, automated=True) is None
+        eu = dataclasses.replace(ru, jurisdiction="EU")
+        assert decide(policy, "marketing", channel, eu, automated=True) is None
+    assert decide(policy, "marketing", "email", ru, automated=True) is None

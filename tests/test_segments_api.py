@@ -223,3 +223,81 @@ async def test_a_cursor_is_good_only_where_it_was_handed_out(client, keys):
         assert r.json()["errors"] == [
             {"field": "cursor", "message": "not a cursor this endpoint returned"}
         ]
+
+
+def sms_customer(email: str, phone: str, country: str) -> dict:
+    """A customer with an evidenced grant of advertising by sms."""
+    return {
+        "source": "crm",
+        "email": email,
+        "phone": phone,
+        "first_name": "Ирина",
+        "country": country,
+        "consents": [
+            {
+                "purpose": "marketing",
+                "channel": "sms",
+                "status": "granted",
+                "source": "crm",
+                "evidence": {"wording_id": "sms-v1", "method": "checkbox"},
+            }
+        ],
+    }
+
+
+async def test_a_segment_sent_by_automatic_dialling_holds_no_russian_customer(client, keys):
+    """38-FZ art. 18(2): advertising may not be sent in Russia by automatic dialling or
+    mailing. A segment declared `automated` is saved so and answers without its Russian
+    customers, their consent notwithstanding (stats: not_allowed), in members, export, the
+    ad-hoc query and a customer's access request; one sent by a person keeps them."""
+    made = {}
+    for name, phone, country in (("ru", "+79161234567", "RU"), ("de", "+4915112345678", "DE")):
+        r = await client.post(
+            "/v1/profiles",
+            json=sms_customer(f"{name}.sms@example.com", phone, country),
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+        made[country] = r.json()["profile_id"]
+    everyone = {"all": []}
+    manual = body(name="by hand", channel="sms", rules=everyone)
+    robot = body(name="robot", channel="sms", rules=everyone, automated=True)
+    r = await client.post("/v1/segments", json=manual, headers=keys["marketing"])
+    assert r.json()["automated"] is False
+    by_hand = r.json()["id"]
+    r = await client.post("/v1/segments", json=robot, headers=keys["marketing"])
+    assert r.status_code == 201, r.text
+    assert r.json()["automated"] is True
+    auto = r.json()["id"]
+    r = await client.get(f"/v1/segments/{auto}", headers=keys["marketing"])
+    assert r.json()["automated"] is True
+
+    async def members(sid: str) -> set[str]:
+        r = await client.get(f"/v1/segments/{sid}/members", headers=keys["marketing"])
+        return {m["profile_id"] for m in r.json()["items"]}
+
+    assert await members(by_hand) == {made["RU"], made["DE"]}
+    assert await members(auto) == {made["DE"]}
+    r = await client.get(f"/v1/segments/{auto}/stats", headers=keys["marketing"])
+    assert r.json()["contactable"] == 1 and r.json()["excluded"]["not_allowed"] == 1
+    r = await client.get(f"/v1/segments/{auto}/export?format=ndjson", headers=keys["marketing"])
+    assert [line for line in r.text.splitlines() if made["RU"] in line] == []
+    assert made["DE"] in r.text
+    query = {k: v for k, v in robot.items() if k != "name"}
+    r = await client.post("/v1/segments/query", json=query, headers=keys["marketing"])
+    assert {m["profile_id"] for m in r.json()["items"]} == {made["DE"]}
+    # service texts (order status) are not advertising: an automated one still reaches both
+    service = query | {"purpose": "service"}
+    r = await client.post("/v1/segments/query", json=service, headers=keys["marketing"])
+    assert {m["profile_id"] for m in r.json()["items"]} == {made["RU"], made["DE"]}
+
+    r = await client.post(
+        "/v1/access-requests", json={"profile_id": made["RU"]}, headers=keys["compliance"]
+    )
+    assert [s["id"] for s in r.json()["segments"]] == [by_hand]
+    r = await client.get("/v1/audit/access-log", headers=keys["compliance"])
+    logged = [e for e in r.json()["items"] if e.get("object_id") == auto]
+    assert logged and all(e["detail"]["automated"] is True for e in logged), logged
+
+    r = await client.post("/v1/segments", json=body(automated="yes"), headers=keys["marketing"])
+    assert r.status_code == 400 and [e["field"] for e in r.json()["errors"]] == ["automated"]

@@ -84,6 +84,7 @@ class SegmentController(Controller):
             purpose=data.purpose,
             channel=data.channel,
             rules=data.rules,
+            automated=data.automated,
         )
 
     @get(
@@ -123,6 +124,7 @@ class SegmentController(Controller):
             purpose=data.purpose,
             channel=data.channel,
             rules=data.rules,
+            automated=data.automated,
             limit=given_once("limit", data.limit, limit),
             cursor=given_once("cursor", data.cursor, cursor),
         )

@@ -248,6 +248,8 @@ segments = Table(
     Column("created_by", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False),
+    # sent by automatic dialling or mailing (38-FZ art. 18(2); consent.rule): migration 0022
+    Column("automated", Boolean, nullable=False, server_default=false()),
 )
 
 # A record of every segment export: who, which segment, when, how many rows (kept while the

@@ -62,6 +62,7 @@ class Audience:
     purpose: str
     channel: str
     dialect: str
+    automated: bool = False  # sent by automatic dialling or mailing (consent.rule)
 
     @property
     def kind(self) -> str:
@@ -251,7 +252,7 @@ def members_query(
     ]
     if a.kind == "profile":
         f = _profile_facts(a)
-        ok = contactable_sql(a.policy, a.purpose, a.channel, f.columns)
+        ok = contactable_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated)
         columns = (
             profiles.c.id,
             profiles.c.first_name,
@@ -282,7 +283,7 @@ def members_query(
         .where(
             i.c.profile_id == profiles.c.id,
             i.c.kind == a.kind,
-            contactable_sql(a.policy, a.purpose, a.channel, f.columns),
+            contactable_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated),
         )
         .order_by(*address_order(i))
         .limit(1)
@@ -338,7 +339,7 @@ def judged_query(a: Audience, handed: FromClause) -> Select:
         )
         columns = af.columns
     reason = (
-        select(reason_sql(a.policy, a.purpose, a.channel, columns))
+        select(reason_sql(a.policy, a.purpose, a.channel, columns, automated=a.automated))
         .select_from(source)
         .where(sent.c.id == handed.c.pid)
         .correlate(handed)
@@ -360,7 +361,11 @@ def stats_query(a: Audience, compiled: Compiled) -> Select:
     if a.kind == "profile":
         f = _profile_facts(a)
         per_customer = (
-            select(reason_sql(a.policy, a.purpose, a.channel, f.columns).label("reason"))
+            select(
+                reason_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated).label(
+                    "reason"
+                )
+            )
             .select_from(base.outerjoin(f.state, f.on_state))
             .where(_matched(compiled))
             .subquery("per_customer")
@@ -371,7 +376,9 @@ def stats_query(a: Audience, compiled: Compiled) -> Select:
     rows = (
         select(
             profiles.c.id.label("pid"),
-            reason_sql(a.policy, a.purpose, a.channel, f.columns).label("reason"),
+            reason_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated).label(
+                "reason"
+            ),
             i.c.confirmed_at,
             i.c.last_seen_at,
             i.c.created_at,

@@ -179,6 +179,8 @@ async def opted_out_since(p: Platform, export: Row) -> dict[str, int]:
     One chunk (one page of the export) per read transaction."""
     counts = dict.fromkeys(OPT_OUT_REASONS, 0)
     dialect = p.db.engine.dialect.name
+    # read as not automated (segments.automated): an automated export handed out no one its
+    # jurisdiction forbade, and what is counted here is opting out, not a change of jurisdiction
     query = handed_out_query(
         Audience(p.policy, export.purpose, export.channel, dialect), handed_table(dialect)
     )

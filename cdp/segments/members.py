@@ -51,12 +51,15 @@ class Definition:
     purpose: str
     channel: str
     condition: Condition
+    automated: bool = False  # sent by automatic dialling or mailing (consent.rule)
 
     def canonical(self) -> bytes:
-        """The definition as canonical JSON: equal bytes, the same audience."""
-        return msgspec.json.encode(
-            [self.purpose, self.channel, to_json(self.condition)], order="sorted"
-        )
+        """The definition as canonical JSON: equal bytes, the same audience. (`automated` is
+        added only where set: a definition saved before it keeps its digest.)"""
+        parts: list[Any] = [self.purpose, self.channel, to_json(self.condition)]
+        if self.automated:
+            parts.append("automated")
+        return msgspec.json.encode(parts, order="sorted")
 
 
 class Member(msgspec.Struct, gc=False):  # strings only: nothing for the collector to walk
@@ -164,7 +167,7 @@ def _statement(
     if hit is not None and hit[3] is policy:
         _STATEMENTS.move_to_end(key)
         return hit[:3]
-    audience = Audience(policy, d.purpose, d.channel, dialect)
+    audience = Audience(policy, d.purpose, d.channel, dialect, d.automated)
     compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
     query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit), dialect)
     _STATEMENTS[key] = (query, compiled, audience.kind, policy)

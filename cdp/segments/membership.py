@@ -21,7 +21,7 @@ from cdp.segments.members import members_page
 async def segments_containing(
     conn: AsyncConnection, p: Platform, profile_id: uuid.UUID
 ) -> list[dict[str, Any]]:
-    from cdp.segments.service import build_definition
+    from cdp.segments.service import saved_definition
 
     rows = (
         await conn.execute(
@@ -32,7 +32,7 @@ async def segments_containing(
     found = []
     for row in rows:
         try:
-            d = build_definition(p, row.purpose, row.channel, row.rules)
+            d = saved_definition(p, row)
         except InvalidInput:
             continue  # no longer fits the policy: it returns nobody
         page = await members_page(conn, p, d, after=before, limit=1)

@@ -215,7 +215,7 @@ async def member_pages(
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
     _, erased_before = await _changes(p)  # before the first range is selected
     recheck = False
-    audience = Audience(p.policy, d.purpose, d.channel, p.db.engine.dialect.name)
+    audience = Audience(p.policy, d.purpose, d.channel, p.db.engine.dialect.name, d.automated)
     async with contextlib.aclosing(rows):
         async for got in rows:
             page = await render_for_export(p, d, got)

@@ -31,11 +31,28 @@ Rules = Annotated[
 ]
 
 
+# Declared by the sending tool: its messages are sent by automatic dialling or mailing, without a
+# person choosing each number. Where a jurisdiction forbids advertising sent so on the channel
+# (38-FZ art. 18(2): phone and SMS in Russia), the segment holds none of its customers.
+Automated = Annotated[
+    bool,
+    msgspec.Meta(
+        description=(
+            "true when the messages are sent by automatic dialling or mailing (robocalls, "
+            "automated texts): advertising sent so is excluded where the customer's "
+            "jurisdiction forbids it on the channel (38-FZ art. 18(2): phone and sms in "
+            "Russia), as not_allowed"
+        )
+    ),
+]
+
+
 class SegmentIn(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     purpose: Purpose
     channel: Channel
     rules: Rules
+    automated: Automated = False
 
 
 class QueryIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,6 +61,7 @@ class QueryIn(msgspec.Struct, forbid_unknown_fields=True):
     purpose: Purpose
     channel: Channel
     rules: Rules
+    automated: Automated = False
     limit: PageLimit | None = None
     cursor: Annotated[str, msgspec.Meta(max_length=100)] | None = None
 
@@ -56,6 +74,7 @@ class SegmentOut(msgspec.Struct):
     rules: dict[str, Any]
     created_by: str
     created_at: datetime
+    automated: bool = False
 
 
 class SegmentList(msgspec.Struct):

@@ -49,7 +49,13 @@ ADHOC = "adhoc"
 
 
 def build_definition(
-    p: Platform, purpose: str, channel: str, rules: Any, *, name: str | None = None
+    p: Platform,
+    purpose: str,
+    channel: str,
+    rules: Any,
+    *,
+    name: str | None = None,
+    automated: bool = False,
 ) -> Definition:
     """Validate a definition against the policy; 400 naming every bad field and rule part."""
     errors: list[FieldError] = []
@@ -65,22 +71,30 @@ def build_definition(
         errors.extend(exc.errors)
     if errors:
         raise InvalidInput("the segment definition is not valid", errors)
-    return Definition(purpose, channel, condition)
+    return Definition(purpose, channel, condition, automated)
+
+
+def saved_definition(p: Platform, row: Row) -> Definition:
+    """A saved segment's definition (a 400 where it no longer fits the loaded policy)."""
+    return build_definition(p, row.purpose, row.channel, row.rules, automated=row.automated)
 
 
 def _digest(d: Definition) -> str:
     return hashlib.sha256(d.canonical()).hexdigest()
 
 
-def _decided(p: Platform, d: Definition) -> dict[str, str]:
+def _decided(p: Platform, d: Definition) -> dict[str, Any]:
     """What decided who was handed out, for the access log: the definition and the policy
     version in force (POLICIES.md: we record which policy version decided what)."""
-    return {
+    decided: dict[str, Any] = {
         "purpose": d.purpose,
         "channel": d.channel,
         "definition": _digest(d),
         "policy_version": p.policy.version,
     }
+    if d.automated:
+        decided["automated"] = True
+    return decided
 
 
 def segment_body(row: Row) -> SegmentOut:
@@ -92,6 +106,7 @@ def segment_body(row: Row) -> SegmentOut:
         rules=row.rules,
         created_by=row.created_by,
         created_at=row.created_at,
+        automated=row.automated,
     )
 
 
@@ -113,16 +128,23 @@ async def _load_in(conn: AsyncConnection, p: Platform, sid: uuid.UUID) -> tuple[
     if row is None:
         raise NotFound("no segment with this id")
     try:
-        return row, build_definition(p, row.purpose, row.channel, row.rules)
+        return row, saved_definition(p, row)
     except InvalidInput:
         raise Conflict("the saved segment no longer fits the loaded policy") from None
 
 
 # definitions -------------------------------------------------------------------------------
 async def create_segment(
-    p: Platform, who: Principal, *, name: str, purpose: str, channel: str, rules: Any
+    p: Platform,
+    who: Principal,
+    *,
+    name: str,
+    purpose: str,
+    channel: str,
+    rules: Any,
+    automated: bool = False,
 ) -> SegmentOut:
-    d = build_definition(p, purpose, channel, rules, name=name)
+    d = build_definition(p, purpose, channel, rules, name=name, automated=automated)
     async with p.db.write() as conn:
         row = await store.insert_segment(
             conn,
@@ -131,6 +153,7 @@ async def create_segment(
             channel=channel,
             rules=to_json(d.condition),
             created_by=who.name,
+            automated=automated,
         )
     return segment_body(row)
 
@@ -219,8 +242,9 @@ async def query_members(
     rules: Any,
     limit: int | None,
     cursor: str | None,
+    automated: bool = False,
 ) -> MembersOut:
-    d = build_definition(p, purpose, channel, rules)
+    d = build_definition(p, purpose, channel, rules, automated=automated)
     return await _logged_page(
         p, who, d, action="segment.query", object_id=ADHOC, limit=limit, cursor=cursor
     )
@@ -231,7 +255,7 @@ async def definition_stats(p: Platform, d: Definition) -> StatsOut:
     async with p.db.read() as conn:
         await tune(conn)
         dialect = conn.dialect.name
-        audience = Audience(p.policy, d.purpose, d.channel, dialect)
+        audience = Audience(p.policy, d.purpose, d.channel, dialect, d.automated)
         compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
         query = stats_query(audience, compiled)
         counts = {reason: n for reason, n in await conn.execute(query)}

@@ -21,6 +21,7 @@ async def insert_segment(
     channel: str,
     rules: dict[str, Any],
     created_by: str,
+    automated: bool = False,
 ) -> Row:
     values = {
         "id": new_id(),
@@ -31,6 +32,7 @@ async def insert_segment(
         "created_by": created_by,
         "created_at": utcnow(),
         "deleted": False,
+        "automated": automated,
     }
     await conn.execute(insert(segments).values(**values))
     return await load_segment(conn, values["id"])  # type: ignore[return-value]
