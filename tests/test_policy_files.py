@@ -95,6 +95,17 @@ def test_a_phone_region_that_parses_no_number_is_refused(policies, region):
     assert "EU.toml" in message and "phone_region" in message
 
 
+def test_a_channel_closed_to_automated_advertising_must_be_a_channel(policies):
+    # a misspelt one ("calls") would leave robocalls allowed without a word
+    edit(
+        policies / "jurisdictions/RU.toml",
+        r'^no_automated_advertising = \["phone", "sms"\]',
+        'no_automated_advertising = ["calls", "sms"]',
+    )
+    message = refused(policies)
+    assert "RU.toml" in message and "no_automated_advertising" in message and "calls" in message
+
+
 def test_gpc_as_an_opt_out_of_sale_needs_the_sale_share_purpose(policies):
     # before: loaded, and the browser's GPC signal was silently never honoured
     edit(policies / "policy.toml", r"^\[purposes\.sale_share\]", "[purposes.resale]")
