@@ -409,3 +409,17 @@ def test_the_refusal_without_a_key_store_repeats_no_password(tmp_path, where):
     assert "s3cret" not in refused.stderr + refused.stdout
     assert "***" not in refused.stderr  # not a value to copy
     assert "cdp_keys" in refused.stderr  # where today's store is: the database's name
+
+
+async def test_every_sqlite_commit_is_on_disk_before_it_returns(platform, backend):
+    """An opt-out answered 200, and the share an erasure destroyed, must survive a power loss
+    or an OS crash, not only a killed process: the database and the key store sync each commit
+    (synchronous=FULL; NORMAL lost the WAL's last commits in a power loss). Checked on a read
+    connection and inside a write transaction of each, as the service opens them."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL syncs its WAL at every commit (synchronous_commit=on)")
+    for db in (platform.db, platform.keys.store.db):
+        for transaction in (db.read, db.write):
+            async with transaction() as conn:
+                mode = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+            assert mode == 2, (db, transaction, mode)  # 2: FULL
