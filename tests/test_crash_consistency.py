@@ -322,22 +322,26 @@ def stream_requests(r: random.Random, customers: int) -> list[tuple[str, int]]:
     return merged
 
 
+def grant_body(channel: str, who: dict) -> dict:
+    """An evidenced grant of advertising on `channel` to the address `who` names."""
+    return {
+        "purpose": "marketing",
+        "channel": channel,
+        "status": "granted",
+        "source": "web",
+        "occurred_at": "2026-11-20T09:00:00Z",
+        "evidence": GRANT_EVIDENCE,
+        **who,
+    }
+
+
 async def send(c: httpx.AsyncClient, keys: dict, kind: str, n: int) -> httpx.Response:
     if kind == "create":
         body = {"source": "crm", "email": email(n), "phone": phone(n), "first_name": f"Клиент{n}"}
         return await c.post("/v1/profiles", json=body, headers=keys["ingest"])
     if kind == "grant":  # a profile's grant reaches its email; sms by its phone
         for channel, who in (("email", {"email": email(n)}), ("sms", {"phone": phone(n)})):
-            body = {
-                "purpose": "marketing",
-                "channel": channel,
-                "status": "granted",
-                "source": "web",
-                "occurred_at": "2026-11-20T09:00:00Z",
-                "evidence": GRANT_EVIDENCE,
-                **who,
-            }
-            r = await c.post("/v1/consents", json=body, headers=keys["ingest"])
+            r = await c.post("/v1/consents", json=grant_body(channel, who), headers=keys["ingest"])
             if r.status_code != 201:
                 return r
         return r
@@ -522,15 +526,7 @@ async def seed_customers(site: Site, count: int, tag: str) -> list[str]:
                 ("email", {"email": f"{tag}{n}@example.com"}),
                 ("sms", {"phone": f"+7918{n:07d}"}),
             ):
-                body = {
-                    "purpose": "marketing",
-                    "channel": channel,
-                    "status": "granted",
-                    "source": "web",
-                    "occurred_at": "2026-11-20T09:00:00Z",
-                    "evidence": GRANT_EVIDENCE,
-                    **who,
-                }
+                body = grant_body(channel, who)
                 r = await client.post("/v1/consents", json=body, headers=keys["ingest"])
                 assert r.status_code == 201, r.text
             event = {
