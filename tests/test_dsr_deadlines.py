@@ -11,7 +11,7 @@ import pytest
 from cdp.errors import Conflict
 from cdp.settings import DEFAULT_POLICY_DIR
 from consent.dsr import deadlines, states
-from consent.policy import load_policy
+from consent.policy import Deadline, load_policy
 
 POLICY = load_policy(Path(DEFAULT_POLICY_DIR))
 
@@ -186,3 +186,58 @@ def test_jurisdictions_without_a_timezone_keep_counting_on_utc_dates():
     late = datetime(2027, 1, 31, 23, 30, tzinfo=UTC)  # 1 February in Berlin, 31 January in UTC
     assert erasure_due("EU", late) == datetime(2027, 2, 28, 23, 30, tzinfo=UTC)
     assert erasure_due("US-CA", late) == late + timedelta(days=45)
+
+
+def test_working_days_follow_the_calendar_of_the_jurisdiction_named():
+    """A policy may count working days anywhere: "US-CA" uses the US calendar with California's
+    holidays, and a code the holidays package has no country for ("EU") skips weekends only."""
+    cesar_chavez_day = date(2026, 3, 31)  # a Tuesday: a California holiday, not a federal one
+    assert not deadlines.is_working_day(cesar_chavez_day, "US-CA")
+    assert deadlines.is_working_day(cesar_chavez_day, "US")
+    assert deadlines.add_working_days(date(2026, 3, 30), 1, "US-CA") == date(2026, 4, 1)
+    # EU: Monday 14 .. Friday 18 December 2026 work, the weekend does not; 25 December (no
+    # calendar: no holidays) does
+    assert [deadlines.is_working_day(date(2026, 12, d), "EU") for d in range(14, 21)] == [
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert deadlines.is_working_day(date(2026, 12, 25), "EU")
+    assert deadlines.add_working_days(date(2026, 12, 18), 1, "EU") == date(2026, 12, 21)
+
+
+def test_working_days_out_of_range_are_refused():
+    """A negative count would never end, a huge one would count for minutes: both are refused,
+    the bounds themselves are counted (0: the day itself)."""
+    friday = date(2026, 11, 20)
+    assert deadlines.add_working_days(friday, 0, "RU") == friday
+    assert deadlines.add_working_days(friday, 3660, "EU") > friday + timedelta(days=5000)
+    for n in (-1, 3661):
+        with pytest.raises(ValueError, match="out of range"):
+            deadlines.add_working_days(friday, n, "RU")
+
+
+def test_calendar_days_in_a_time_zone_keep_the_local_time_across_a_clock_change():
+    """`days` counted in a zone with daylight saving time: 30 local days from 10:30 in Berlin
+    before the clock goes forward end at 10:30 in Berlin (an hour less than 30 × 24 hours), in
+    the receipt's zone."""
+    berlin = ZoneInfo("Europe/Berlin")
+    received = datetime(2026, 3, 15, 9, 30, tzinfo=UTC)  # 10:30 CET
+    due = deadlines.add_period(received, 30, "days", "EU", berlin)
+    assert due == datetime(2026, 4, 14, 8, 30, tzinfo=UTC)  # 10:30 CEST
+    assert due.astimezone(berlin).hour == 10
+    assert due.utcoffset() == timedelta(0)
+    assert deadlines.add_period(received, 30, "days", "EU") == received + timedelta(days=30)
+
+
+def test_an_extension_in_another_unit_counts_from_the_first_due_date():
+    """1 month, extended by 10 days: from the end of February (31 January + 1 month, clamped),
+    not from 31 January + 10 days."""
+    deadline = Deadline(period=1, unit="months", extension=10, extension_unit="days")
+    received = at(2027, 1, 31)
+    assert deadlines.due_at(received, deadline, "EU") == at(2027, 2, 28)
+    assert deadlines.extended_due_at(received, deadline, "EU") == at(2027, 3, 10)
