@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cdp.errors import InvalidInput
+from cdp.labels import CATEGORY_MAX
 from cdp.segments.rules import AllOf, Leaf, NotOf, parse_rules, to_json
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -285,6 +286,33 @@ def test_parse_normalises_and_round_trips():
         ({"field": "country", "op": "eq", "value": "RU", "x": 1}, "rules.x", "unknown key"),
         ({"not": {"all": [{"any": "x"}]}}, "rules.not.all[0].any", "list"),
         ({"nothing": 1}, "rules", "a condition has"),
+        ({"all": [5]}, "rules.all[0]", "must be an object"),
+        ({"field": "", "op": "eq", "value": 1}, "rules.field", "required"),
+        ({"field": 5, "op": "eq", "value": 1}, "rules.field", "required"),
+        ({"field": "country", "op": "like", "value": "RU"}, "rules.op", "must be one of"),
+        ({"field": "jurisdiction", "op": "eq", "value": "XX"}, "rules.value", "unknown"),
+        ({"field": "city", "op": "eq", "value": "  "}, "rules.value", "1 to 120"),
+        ({"field": "city", "op": "eq", "value": "x" * 121}, "rules.value", "1 to 120"),
+        ({"field": "source", "op": "eq", "value": " "}, "rules.value", "1 to 120"),
+        ({"field": "source", "op": "eq", "value": "x" * 121}, "rules.value", "1 to 120"),
+        ({"field": "source", "op": "in", "value": "crm"}, "rules.value", "list of 1"),
+        ({"field": "source", "op": "eq", "value": 5}, "rules.value", "string"),
+        ({"field": "city", "op": "lt", "value": "x"}, "rules.op", "use one of eq, ne, in, exists"),
+        ({"field": "categories", "op": "contains", "value": 5}, "rules.value", "string"),
+        (
+            {"field": "categories", "op": "contains", "value": "x" * (CATEGORY_MAX + 1)},
+            "rules.value",
+            "characters",
+        ),
+        ({"field": "orders_count", "op": "eq", "value": True}, "rules.value", "whole number"),
+        ({"field": "orders_count", "op": "eq", "value": 2**31}, "rules.value", "whole number"),
+        ({"field": "last_order_days", "op": "gte", "value": -1}, "rules.value", "days"),
+        ({"field": "last_order_days", "op": "gte", "value": 100_001}, "rules.value", "days"),
+        ({"field": "last_order_days", "op": "gte", "value": 1.5}, "rules.value", "days"),
+        ({"field": "traits.x", "op": "eq", "value": 2**63}, "rules.value", "2^63"),
+        ({"field": "traits.x", "op": "contains", "value": ""}, "rules.value", "non-empty"),
+        ({"field": "traits.x", "op": "contains", "value": 5}, "rules.value", "non-empty"),
+        ({"field": "traits.x", "op": "eq", "value": "x" * 1001}, "rules.value", "1000"),
     ],
 )
 def test_parse_errors_name_the_part(raw, field, message):
@@ -342,6 +370,68 @@ def test_parse_reports_every_bad_part_and_bounds_the_size():
     wide = {"any": [{"field": "city", "op": "exists"}] * 600}
     with pytest.raises(InvalidInput, match="more than 500"):
         parse_rules(wide, jurisdictions=J)
+
+
+def test_parse_takes_every_value_up_to_its_bounds():
+    for raw, value in [
+        ({"field": "orders_count", "op": "eq", "value": 0}, 0),
+        ({"field": "orders_count", "op": "eq", "value": 2**31 - 1}, 2**31 - 1),
+        ({"field": "last_order_days", "op": "lte", "value": 0}, 0),
+        ({"field": "last_order_days", "op": "lte", "value": 100_000}, 100_000),
+        ({"field": "traits.x", "op": "eq", "value": 2**63 - 1}, 2**63 - 1),
+        ({"field": "traits.x", "op": "eq", "value": -(2**63)}, -(2**63)),
+        ({"field": "traits.x", "op": "eq", "value": "x" * 1000}, "x" * 1000),
+        ({"field": "city", "op": "eq", "value": "  Nizhny   Novgorod "}, "Nizhny Novgorod"),
+        ({"field": "city", "op": "eq", "value": "x" * 120}, "x" * 120),
+        ({"field": "source", "op": "eq", "value": " crm "}, "crm"),
+        ({"field": "source", "op": "eq", "value": "x" * 120}, "x" * 120),
+        (
+            {"field": "categories", "op": "contains", "value": "x" * CATEGORY_MAX},
+            "x" * CATEGORY_MAX,
+        ),
+        ({"field": "jurisdiction", "op": "eq", "value": " us-ca "}, "US-CA"),
+        ({"field": "source", "op": "in", "value": ["crm"]}, ("crm",)),
+        ({"field": "orders_count", "op": "in", "value": list(range(1000))}, tuple(range(1000))),
+    ]:
+        assert parse_rules(raw, jurisdictions=J) == Leaf(raw["field"], raw["op"], value), raw
+    with pytest.raises(InvalidInput, match="list of 1 to 1000"):
+        parse_rules(
+            {"field": "orders_count", "op": "in", "value": list(range(1001))}, jurisdictions=J
+        )
+    cond = parse_rules({"any": [{"field": "city", "op": "exists"}]}, jurisdictions=J)
+    assert parse_rules(to_json(cond), jurisdictions=J) == cond
+
+
+def test_the_size_bounds_take_the_bound_and_refuse_one_more_once():
+    """16 levels, 500 parts and 20,000 `in` values in all are taken; one more is refused with
+    one error, at the part that crosses."""
+    deep: dict = {"field": "city", "op": "exists"}
+    for _ in range(15):
+        deep = {"not": deep}
+    parse_rules(deep, jurisdictions=J)  # 16 levels
+    with pytest.raises(InvalidInput, match="nest deeper than 16") as info:
+        parse_rules({"not": deep}, jurisdictions=J)
+    assert [e.field for e in info.value.errors] == ["rules" + ".not" * 16]
+    listed: dict = {"field": "city", "op": "exists"}
+    for n in range(16):
+        if n == 15:
+            parse_rules(listed, jurisdictions=J)  # 16 levels of lists
+        listed = {"all": [{"field": "city", "op": "exists"}, listed]}
+    with pytest.raises(InvalidInput, match="nest deeper than 16"):
+        parse_rules(listed, jurisdictions=J)
+
+    part = {"field": "city", "op": "exists"}
+    parse_rules({"any": [part] * 499}, jurisdictions=J)  # 500 parts with the "any"
+    with pytest.raises(InvalidInput, match="more than 500 parts") as info:
+        parse_rules({"any": [part] * 502}, jurisdictions=J)
+    assert [e.field for e in info.value.errors] == ["rules.any[499]"]
+
+    thousand = {"field": "orders_count", "op": "in", "value": list(range(1000))}
+    parse_rules({"any": [thousand] * 20}, jurisdictions=J)  # 20,000 values
+    one = {"field": "orders_count", "op": "in", "value": [1]}
+    with pytest.raises(InvalidInput, match="more than 20000 values") as info:
+        parse_rules({"any": [*[thousand] * 20, one, one]}, jurisdictions=J)
+    assert [e.field for e in info.value.errors] == ["rules.any[20].value"]
 
 
 async def test_days_since_rules_are_judged_at_each_read(client, keys, platform):
