@@ -82,6 +82,8 @@ def ours(raw: str) -> str | None:
 @example("x@" + ".".join(["a" * 60] * 4) + ".com")
 @example("y" * 240 + "@example.com")
 @example("y" * 241 + "@example.com")
+@example("y" * 242 + "@example.com")  # 254 characters: the longest address
+@example("y" * 243 + "@example.com")
 @example("Анна@пример.рф")
 @example("INFO@Example.COM")
 def test_email_fast_path_matches_email_validator(raw: str) -> None:
@@ -91,6 +93,9 @@ def test_email_fast_path_matches_email_validator(raw: str) -> None:
 def test_plain_addresses_take_the_fast_path() -> None:
     assert plain_email("Anna.Ivanova+news@Example.com") == "anna.ivanova+news@example.com"
     assert plain_email("o'brien@mail-1.example.org") == "o'brien@mail-1.example.org"
+    # up to the limits: 254 characters in all, 63 in a label
+    for raw in ("y" * 242 + "@example.com", "x@" + "a" * 63 + ".com"):
+        assert plain_email(raw) == raw
     # left to email-validator: non-ASCII, Punycode, special-use names, numeric TLDs
     for raw in ("анна@example.com", "a@xn--80akhbyknj4f.com", "a@host.test", "a@example.123"):
         assert plain_email(raw) is None
@@ -130,6 +135,13 @@ def test_placeholder_numbers_are_caught_on_the_fast_path() -> None:
         e164, national, _ = parse_phone(raw, "RU")
         assert national is not None
         assert junk_reason("phone", e164, GUARDS, national=national) is not None
+    # the shortest national numbers caught: six digits (Andorra's numbers are six long)
+    for raw in ("+376111111", "+376123456"):
+        e164, national, _ = parse_phone(raw, "AD")
+        assert national is not None and len(national) == 6
+        assert junk_reason("phone", e164, GUARDS, national=national) is not None
+        assert junk_reason("phone", e164, GUARDS) is not None
+    assert junk_reason("phone", parse_phone("+376312345", "AD").e164, GUARDS) is None
 
 
 def test_a_country_code_must_name_a_country() -> None:
@@ -146,3 +158,26 @@ def test_a_country_code_must_name_a_country() -> None:
             assert exc.errors[0].field == "country" and says in exc.errors[0].message
         else:
             raise AssertionError(f"{bad} was accepted")
+
+
+def test_what_the_slow_paths_accept_and_refuse() -> None:
+    """The libraries' answers themselves, which the fast-path tests compare with and so do not
+    pin: an internationalised address is taken, a bad address or number is a field error."""
+    from cdp.normalize import normalise_phone
+
+    assert normalise_email(" Анна@Пример.рф ") == "анна@пример.рф"
+    for raw in ("anna", "anna@", "an na@example.com"):
+        try:
+            normalise_email(raw, "contact_email")
+        except InvalidInput as exc:
+            assert exc.errors[0].field == "contact_email"
+        else:
+            raise AssertionError(f"{raw!r} was accepted")
+    assert normalise_phone("8 (916) 123-45-67", "RU") == "+79161234567"
+    for raw in ("+7 000 000", "call me"):
+        try:
+            parse_phone(raw, "RU")
+        except InvalidInput as exc:
+            assert exc.errors[0].field == "phone"
+        else:
+            raise AssertionError(f"{raw!r} was accepted")
