@@ -454,6 +454,24 @@ async def test_days_since_rules_are_judged_at_each_read(client, keys, platform):
     assert await first_names(now) == {"Anna"}
 
 
+async def test_stats_of_a_days_since_rule_count_its_members(client, keys, base):
+    """Stats run the rule's statement with the cutoffs it was built with (members recompute
+    them at each read): both must count the same customers."""
+    for rules, expected in [
+        (leaf("last_order_days", "gte", 60), {"Boris"}),
+        (leaf("last_order_days", "lt", 30), {"Anna", "Carl"}),
+        (leaf("first_order_days", "gt", 99), {"Anna"}),
+    ]:
+        body = {"name": f"days {rules}", "purpose": "service", "channel": "email", "rules": rules}
+        r = await client.post("/v1/segments", json=body, headers=keys["marketing"])
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        members = await client.get(f"/v1/segments/{sid}/members", headers=keys["marketing"])
+        assert {m["first_name"] for m in members.json()["items"]} == expected
+        stats = await client.get(f"/v1/segments/{sid}/stats", headers=keys["marketing"])
+        assert stats.json()["matched"] == len(expected), rules
+
+
 async def test_rules_equal_in_python_but_not_in_json_are_kept_apart(client, keys):
     """True == 1 in Python, but a trait that is true and a trait that is 1 are different
     values: kept statements are told apart by the rule's canonical JSON."""
