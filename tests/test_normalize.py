@@ -142,6 +142,11 @@ def test_placeholder_numbers_are_caught_on_the_fast_path() -> None:
         assert junk_reason("phone", e164, GUARDS, national=national) is not None
         assert junk_reason("phone", e164, GUARDS) is not None
     assert junk_reason("phone", parse_phone("+376312345", "AD").e164, GUARDS) is None
+    # a number the operator lists (the shop's own line, typed for customers without one)
+    shop = "+74951234567"
+    assert junk_reason("phone", shop, GUARDS) is None
+    listed = IdentityGuards(junk_phones=[f" {shop} "])
+    assert junk_reason("phone", shop, listed) == "placeholder number, not used to link profiles"
 
 
 def test_a_country_code_must_name_a_country() -> None:
