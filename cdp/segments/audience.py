@@ -71,6 +71,13 @@ class Audience:
             raise ValueError("the channel is not in the policy")
         return kind
 
+    def reason(self, c: RuleColumns) -> ColumnElement:
+        """The contactability rule's reason for these facts (NULL: contactable)."""
+        return reason_sql(self.policy, self.purpose, self.channel, c, automated=self.automated)
+
+    def contactable(self, c: RuleColumns) -> ColumnElement[bool]:
+        return contactable_sql(self.policy, self.purpose, self.channel, c, automated=self.automated)
+
     @property
     def scope(self) -> ConsentScope:
         """What a rule's `consent_days` reads: consent for this purpose on this channel."""
@@ -252,7 +259,7 @@ def members_query(
     ]
     if a.kind == "profile":
         f = _profile_facts(a)
-        ok = contactable_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated)
+        ok = a.contactable(f.columns)
         columns = (
             profiles.c.id,
             profiles.c.first_name,
@@ -283,7 +290,7 @@ def members_query(
         .where(
             i.c.profile_id == profiles.c.id,
             i.c.kind == a.kind,
-            contactable_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated),
+            a.contactable(f.columns),
         )
         .order_by(*address_order(i))
         .limit(1)
@@ -339,7 +346,7 @@ def judged_query(a: Audience, handed: FromClause) -> Select:
         )
         columns = af.columns
     reason = (
-        select(reason_sql(a.policy, a.purpose, a.channel, columns, automated=a.automated))
+        select(a.reason(columns))
         .select_from(source)
         .where(sent.c.id == handed.c.pid)
         .correlate(handed)
@@ -361,11 +368,7 @@ def stats_query(a: Audience, compiled: Compiled) -> Select:
     if a.kind == "profile":
         f = _profile_facts(a)
         per_customer = (
-            select(
-                reason_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated).label(
-                    "reason"
-                )
-            )
+            select(a.reason(f.columns).label("reason"))
             .select_from(base.outerjoin(f.state, f.on_state))
             .where(_matched(compiled))
             .subquery("per_customer")
@@ -376,9 +379,7 @@ def stats_query(a: Audience, compiled: Compiled) -> Select:
     rows = (
         select(
             profiles.c.id.label("pid"),
-            reason_sql(a.policy, a.purpose, a.channel, f.columns, automated=a.automated).label(
-                "reason"
-            ),
+            a.reason(f.columns).label("reason"),
             i.c.confirmed_at,
             i.c.last_seen_at,
             i.c.created_at,
