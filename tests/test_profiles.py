@@ -410,10 +410,13 @@ async def test_a_long_plaintext_value_is_checked_for_an_address_in_linear_time(
     quadratically: a trait of 60,000 characters (`a@bbb...`) held the event loop, so every
     request of the server, for 9 s; one filling the 8 MiB body limit, for days."""
     long = "a@" + "b" * 400_000  # no dot: no address
-    started = time.perf_counter()
+    # Not a measurement: a bound on this process's own CPU (other processes' load does not
+    # count) that the linear scan meets a thousand times over (~1 ms) and the old expression
+    # missed by hours, so a return of backtracking fails here instead of hanging the suite.
+    started = time.process_time()
     assert not holds_email_address(long)
     assert not holds_email_address(("x@" + "y" * 1000 + " ") * 300)
-    assert time.perf_counter() - started < 1.0  # was minutes
+    assert time.process_time() - started < 5.0
     body = {"source": "crm", "email": "anna@example.com", "traits": {"note": long}}
     r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
     assert r.status_code == 201, r.text[:300]
