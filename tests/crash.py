@@ -15,7 +15,8 @@ the work after the kill.
 
 CDP_CRASH_ROUNDS=N tries N seeded kill points per scenario and database instead of the one or
 two the suite runs; CDP_CRASH_SEED=k picks other ones; CDP_CRASH_IMPORT_ROWS=N sizes the
-import's file (400 in the suite).
+import's file (400 in the suite); CDP_CRASH_PG_PREFIX names the PostgreSQL databases it makes
+(crash_review_ and a random suffix, each dropped after).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tests.conftest import PG_ADMIN_URL, TEST_MASTER_KEY, _pg_admin, _pg_dsn, ma
 
 ROUNDS = int(os.environ.get("CDP_CRASH_ROUNDS", "0"))  # 0: the suite's few fixed points
 SEED = int(os.environ.get("CDP_CRASH_SEED", "0"))
+PG_PREFIX = os.environ.get("CDP_CRASH_PG_PREFIX", "crash_review_")  # the databases it makes
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -79,7 +81,7 @@ class Site:
         tmp.mkdir(parents=True, exist_ok=True)
         if backend == "sqlite":
             return cls(backend, tmp, f"sqlite+aiosqlite:///{tmp / 'cdp.db'}", extra_env=env)
-        name = f"crash_review_{uuid.uuid4().hex[:10]}"
+        name = f"{PG_PREFIX}{uuid.uuid4().hex[:10]}"
         await _pg_admin(f'CREATE DATABASE "{name}"')
         return cls(backend, tmp, pg_url(name), pg_name=name, extra_env=env)
 

@@ -1,0 +1,534 @@
+"""Crash consistency of the webhook outbox and of `cdp events import` (tests/crash.py).
+
+- `cdp dispatch` killed with SIGKILL while requests are in flight to two real receivers on
+  loopback (subscriptions with and without `include_address`; signatures checked as
+  docs/webhooks.md says), consent changes committed while it is down, then a dispatcher again
+  until the queue is empty: every committed change of a kind the subscription wants is
+  delivered at least once (a copy only under the same `webhook-id`, with the same body),
+  nothing is delivered that is not in the outbox, each address's (else profile's) events
+  arrive in the order they committed, every signature verifies, no body carries a name or
+  evidence, only the `include_address` one an address (never an erased customer's), and it
+  gets the address of every opt-out of an address no customer had, whose sealed copy is then
+  forgotten.
+- `cdp events import` killed midway, then run again: per-profile stats and categories equal
+  those of one clean run of the same file, no event stored twice, and the fault invariants
+  hold (tests/fault_invariants.py).
+- `cdp serve --workers 2` (PostgreSQL), its dispatchers on, killed as a whole session under a
+  stream of creations, grants, opt-outs and erasures: every answered opt-out is in force after
+  the restart and its `opt_out` event delivered, with the outbox checks above.
+
+A killed dispatcher's leases (2 minutes) are made to run out rather than waited for. A few
+derandomised kill points per database; CDP_CRASH_ROUNDS=N tries N per scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import functools
+import hashlib
+import os
+import random
+import socket
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from cdp.db.tables import events, profiles
+from cdp.profiles.identifiers import parse_identifier
+from consent.outbox.receiver import Receiver
+from consent.outbox.tables import outbox_events, webhook_deliveries
+from tests.crash import Site, kill, pg_reachable, rng, rounds
+from tests.fault_invariants import violations
+from tests.test_crash_consistency import (
+    GRANT_EVIDENCE,
+    Sent,
+    answered,
+    check_after_serve_crash,
+    email,
+    run_stream,
+    stream_requests,
+)
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres" and not await pg_reachable():
+        pytest.skip("PostgreSQL is not reachable")
+    return request.param
+
+
+@pytest.fixture
+async def sites(backend: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[Site] = []
+
+    async def make(name: str, **env: str) -> Site:
+        site = await Site.fresh(backend, tmp_path / name, **env)
+        made.append(site)
+        return site
+
+    yield make
+    for site in made:
+        await site.drop()
+
+
+def free_port(r: random.Random) -> int:
+    for _ in range(200):
+        port = r.randrange(8400, 8500)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port in 8400-8499")
+
+
+# --------------------------------------------------------------------------- webhooks
+
+KINDS = [
+    "opt_out",
+    "consent.withdrawn",
+    "consent.granted",
+    "suppression.added",
+    "erasure.completed",
+]
+PAYLOAD_KEYS = {
+    "event_id",
+    "kind",
+    "occurred_at",
+    "recorded_at",
+    "purpose",
+    "channel",
+    "source",
+    "profile_id",
+    "address_kind",
+    "address_blind_index",
+}
+
+
+class SlowReceiver(Receiver):
+    """The reference receiver (records and dedupes each request as it arrives), answering
+    each request `delay` seconds after processing it, so that a kill finds requests processed
+    but unanswered; the first try of some events is answered 503 (retried)."""
+
+    delay: float = 0.03
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                headers = {}
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    if ":" in line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                body = await reader.readexactly(length) if length else b""
+                item = self.handle(headers, body)
+                await asyncio.sleep(self.delay)
+                writer.write(
+                    f"HTTP/1.1 {item.status} X\r\ncontent-length: 2\r\n"
+                    "content-type: application/json\r\n\r\n{}".encode()
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+
+def receiving(r: random.Random) -> SlowReceiver:
+    """A receiver answering 503 to the first try of one event in eight (by its id)."""
+    receiver = SlowReceiver(secret="")
+
+    def flaky(item: Any) -> int:
+        wid = item.headers.get("webhook-id", "")
+        first = not any(x.headers.get("webhook-id") == wid for x in receiver.requests)
+        return 503 if first and hashlib.sha256(wid.encode()).digest()[0] < 32 else 200
+
+    receiver.respond = flaky
+    return receiver
+
+
+async def subscribe(client: Any, keys: dict, receiver: Receiver, include_address: bool) -> None:
+    body = {"url": receiver.url, "kinds": KINDS, "include_address": include_address}
+    got = await client.post("/v1/webhooks", json=body, headers=keys["admin"])
+    assert got.status_code == 201, got.text
+    receiver.secret = got.json()["secret"]
+
+
+def who(tag: str, n: int) -> tuple[str, str]:
+    return f"{tag}{n}@example.com", f"+7919{n:07d}"
+
+
+def unseen(tag: str, n: int) -> str:
+    """An address no customer has: its opt-out carries it, sealed until sent."""
+    return f"{tag}{n}@unseen.example"
+
+
+async def consent_changes(client: Any, keys: dict, tag: str, plan: list[tuple[str, int]]) -> None:
+    """Each step committed through the API (answered 2xx) before the next."""
+    for step, n in plan:
+        mail, tel = who(tag, n)
+        if step == "create":
+            body = {"source": "crm", "email": mail, "phone": tel, "first_name": f"Имя{n}"}
+            r = await client.post("/v1/profiles", json=body, headers=keys["ingest"])
+            assert r.status_code in (200, 201), r.text
+        elif step == "grant":
+            for channel, ident in (("email", {"email": mail}), ("sms", {"phone": tel})):
+                body = {
+                    "purpose": "marketing",
+                    "channel": channel,
+                    "status": "granted",
+                    "source": "web",
+                    "occurred_at": "2026-11-20T09:00:00Z",
+                    "evidence": GRANT_EVIDENCE,
+                    **ident,
+                }
+                r = await client.post("/v1/consents", json=body, headers=keys["ingest"])
+                assert r.status_code == 201, r.text
+        elif step in ("opt_out", "unseen_opt_out"):
+            body = {"source": "esp", "email": mail if step == "opt_out" else unseen(tag, n)}
+            r = await client.post("/v1/opt-outs", json=body, headers=keys["ingest"])
+            assert r.status_code in (200, 201), r.text
+        elif step == "erase":
+            body = {"email": mail, "requested_by": "customer"}
+            r = await client.post("/v1/erasure-requests", json=body, headers=keys["compliance"])
+            assert r.status_code == 202, r.text
+            rid = r.json()["request_id"]
+            for _ in range(500):
+                got = await client.get(f"/v1/erasure-requests/{rid}", headers=keys["compliance"])
+                if got.json().get("status") == "completed":
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"erasure of {n} not completed: {got.text}")
+        else:
+            raise AssertionError(step)
+
+
+def change_plan(r: random.Random, customers: range) -> list[tuple[str, int]]:
+    plan = []
+    for n in customers:
+        plan += [("create", n), ("grant", n)]
+        fate = r.random()
+        if fate < 0.1:
+            plan.append(("unseen_opt_out", n))
+        elif fate < 0.4:
+            plan.append(("opt_out", n))
+        elif fate < 0.55:
+            plan.append(("erase", n))
+    return plan
+
+
+async def leases_run_out(site: Site) -> None:
+    """What the 2 minutes after a kill do: the deliveries it held leased are due again (a
+    dispatcher after the lease takes them)."""
+    async with site.opened() as (p, _, _), p.db.write() as conn:
+        await conn.execute(
+            update(webhook_deliveries)
+            .where(webhook_deliveries.c.lease_until.is_not(None))
+            .values(lease_until=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+
+
+async def drained(site: Site) -> bool:
+    return (
+        await site.count("outbox_events", "WHERE fanned_out = false") == 0
+        and await site.count("webhook_deliveries", "WHERE status = 'pending'") == 0
+    )
+
+
+async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_keeps_each_address_in_order(
+    backend, sites
+):
+    """`cdp dispatch` killed while requests are in flight (some processed by the receiver but
+    unanswered), changes committed while it is down, a dispatcher again until drained."""
+    for n in range(rounds(1)):
+        r = rng("webhooks", backend, n)
+        site = await sites(f"wh-{n}")
+        receiver, shown = receiving(r), receiving(r)  # shown: include_address
+        await receiver.start(port=free_port(r))
+        await shown.start(port=free_port(r))
+        tag = f"wh{n}-"
+        try:
+            async with site.opened() as (_, client, keys):
+                await subscribe(client, keys, receiver, include_address=False)
+                await subscribe(client, keys, shown, include_address=True)
+                plan = change_plan(r, range(0, 16))
+                await consent_changes(client, keys, tag, plan)
+            env = {
+                "CDP_WEBHOOK_POLL_MS": "20",
+                "CDP_WEBHOOK_RETRY_BASE_MS": "50",
+                "CDP_WEBHOOK_RETRY_CAP_MS": "200",
+                "CDP_WEBHOOK_CONCURRENCY": "8",
+            }
+            proc = site.spawn("dispatch", **env)
+            goal = r.randrange(1, 50)
+
+            async def ready(goal: int = goal, receiver: Any = receiver, shown: Any = shown) -> bool:
+                return len(receiver.requests) + len(shown.requests) >= goal
+
+            killed = await site.kill_when(proc, ready, extra=r.random() * 0.08)
+            context = f"{backend} n={n}: dispatch killed={killed} after {goal} requests"
+            await leases_run_out(site)
+            async with site.opened() as (_, client, keys):
+                later = [(s, k) for s, k in change_plan(r, range(16, 20))]
+                later += [("opt_out", k) for k in range(0, 16, 5)]  # again, or after a grant
+                later += [("grant", k) for k in range(1, 16, 7)]  # back after an opt-out
+                later += [("unseen_opt_out", k) for k in range(2, 16, 6)]
+                await consent_changes(client, keys, tag, later)
+            proc = site.spawn("dispatch", **env)
+            await site.kill_when(proc, functools.partial(drained, site), limit=90)
+            await asyncio.sleep(0.2)  # the last answers
+            kinds = await check_deliveries(site, receiver, context)
+            assert {"opt_out", "consent.granted", "consent.withdrawn"} <= set(kinds), kinds
+            await check_deliveries(site, shown, context, include_address=True)
+            assert await site.count("outbox_events", "WHERE address_sealed IS NOT NULL") == 0
+            unseen_sent = {
+                x.payload.get("address") for x in shown.accepted if x.payload["kind"] == "opt_out"
+            }
+            for step, k in plan + later:
+                if step == "unseen_opt_out":
+                    assert unseen(tag, k) in unseen_sent, f"{context}: unseen opt-out {k}"
+        finally:
+            await receiver.stop()
+            await shown.stop()
+
+
+async def check_deliveries(
+    site: Site, receiver: Receiver, context: str, *, include_address: bool = False
+) -> list[str]:
+    """The kinds delivered (each event once), after checking what the module says."""
+    async with site.opened() as (p, client, keys):
+        found = await violations(p, client, keys)
+        assert not found, f"{context}: " + "; ".join(found)
+        async with p.db.read() as conn:
+            outbox = {
+                str(row.id): (row.seq, row.order_key, row.kind)
+                for row in await conn.execute(select(outbox_events))
+                if row.kind in KINDS
+            }
+            statuses = {
+                row.status
+                for row in await conn.execute(select(webhook_deliveries.c.status).distinct())
+            }
+    assert statuses == {"delivered"}, f"{context}: deliveries {statuses}"
+    invalid = [x for x in receiver.requests if not x.valid]
+    assert not invalid, f"{context}: {len(invalid)} requests with a bad signature"
+    first: dict[str, int] = {}  # event id -> position of its first accepted arrival
+    bodies: dict[str, dict] = {}
+    for i, x in enumerate(receiver.requests):
+        wid = x.headers["webhook-id"]
+        payload = x.payload
+        assert payload["event_id"] == wid, context
+        text = x.body.decode()
+        assert "Имя" not in text and "Клиент" not in text and "203.0.113" not in text, text
+        if include_address:  # the address only, and never an erased customer's
+            assert set(payload) <= PAYLOAD_KEYS | {"address"}, f"{context}: {sorted(payload)}"
+            if payload["kind"] == "erasure.completed":
+                assert "address" not in payload, f"{context}: {text}"
+        else:
+            assert set(payload) <= PAYLOAD_KEYS, f"{context}: {sorted(payload)}"
+            assert "@" not in text and "+79" not in text, f"{context}: {text}"
+        if wid in bodies:
+            assert bodies[wid] == payload, f"{context}: {wid} sent with two bodies"
+        bodies[wid] = payload
+        if 200 <= x.status < 300:
+            first.setdefault(wid, i)
+    lost = set(outbox) - set(first)
+    extra = set(bodies) - set(outbox)
+    assert not lost, f"{context}: {len(lost)} committed events never delivered: {lost}"
+    assert not extra, f"{context}: {len(extra)} delivered events not in the outbox"
+    by_key: dict[bytes, list[tuple[int, int, str]]] = {}
+    for wid, (seq, key, kind) in outbox.items():
+        by_key.setdefault(key, []).append((seq, first[wid], kind))
+    for key, evs in by_key.items():
+        evs.sort()
+        arrivals = [a for _, a, _ in evs]
+        assert arrivals == sorted(arrivals), f"{context}: order of {key.hex()}: {evs}"
+    return [bodies[w]["kind"] for w in first]
+
+
+# --------------------------------------------------------------------------- cdp events import
+
+EVENT_ROWS = int(os.environ.get("CDP_CRASH_EVENT_ROWS", "1000"))  # 500 a chunk
+EVENT_HEADER = ["event_id", "type", "occurred_at", "email", "phone", "amount", "currency"]
+
+
+def orders_file(path: Path, rows: int = EVENT_ROWS) -> Path:
+    """Purchases and refunds of rows/6 customers, by email or phone (some a new customer),
+    some in another currency, a few rejected; some event ids repeated later in the file."""
+    r = rng("orders", rows)
+    people = rows // 6
+    written: list[list[str]] = []
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*EVENT_HEADER, "category"])
+        for i in range(rows):
+            if written and r.random() < 0.03:
+                w.writerow(r.choice(written))  # the same event again
+                continue
+            c = r.randrange(people)
+            mail, tel = (f"buyer{c}@example.com", "") if c % 4 else ("", f"+7920{c:07d}")
+            kind = "refund" if r.random() < 0.05 else "purchase"
+            amount = f"{r.randrange(100, 100000) / 100:.2f}"
+            currency = "USD" if r.random() < 0.05 else "RUB"
+            day = f"2026-{1 + r.randrange(11):02d}-{1 + r.randrange(28):02d}"
+            when = f"{day}T1{r.randrange(10)}:00:00Z"
+            if r.random() < 0.01:
+                amount = "abc"  # rejected
+            row = [f"ord-{i}", kind, when, mail, tel, amount, currency, f"cat{r.randrange(6)}"]
+            written.append(row)
+            w.writerow(row)
+    return path
+
+
+async def stats_by_customer(site: Site) -> dict:
+    """Each active customer's stats (with categories) by their identifiers, as the API shows
+    them; the number of events stored, none twice."""
+    async with site.opened() as (p, client, keys):
+        found = await violations(p, client, keys)
+        assert not found, f"{site.backend}: " + "; ".join(found)
+        async with p.db.read() as conn:
+            active = list(
+                (
+                    await conn.execute(select(profiles.c.id).where(profiles.c.status == "active"))
+                ).scalars()
+            )
+            ids = [
+                tuple(x) for x in await conn.execute(select(events.c.source, events.c.event_key))
+            ]
+        stats = {}
+        for pid in active:
+            r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+            assert r.status_code == 200, r.text
+            view = r.json()
+            who = frozenset((i["kind"], i["value"]) for i in view.get("identities", []))
+            stats[who] = view.get("stats")
+    assert len(ids) == len(set(ids)), f"{site.backend}: an event stored twice"
+    return {"stats": stats, "events": len(ids), "customers": len(active)}
+
+
+async def test_an_events_import_killed_midway_and_run_again_counts_each_order_once(
+    backend, sites, tmp_path
+):
+    data = orders_file(tmp_path / "orders.csv")
+    clean = await sites("clean")
+    rejects = tmp_path / "clean.rejects.csv"
+    done = clean.cli("events", "import", str(data), "--source", "shop", "--rejects", str(rejects))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rejected = rejects.read_text()
+    assert rejected.count("\n") > 3, rejected
+    want = await stats_by_customer(clean)
+    assert want["events"] > EVENT_ROWS * 0.9, want["events"]
+    for n in range(rounds(1)):
+        r = rng("events-import", backend, n)
+        site = await sites(f"events-{n}")
+        proc = site.spawn("events", "import", str(data), "--source", "shop")
+        goal = r.randrange(0, EVENT_ROWS // 2)  # then into the next chunk's transaction
+
+        async def ready(site: Site = site, goal: int = goal) -> bool:
+            return await site.count("events") >= goal
+
+        killed = await site.kill_when(proc, ready, extra=r.random() * 0.6)
+        context = f"{backend} n={n}: events import killed={killed} after {goal} events"
+        rejects = tmp_path / f"again-{n}.rejects.csv"
+        again = site.cli(
+            "events", "import", str(data), "--source", "shop", "--rejects", str(rejects)
+        )
+        assert again.returncode == 0, f"{context}: {again.stderr[-2000:]}"
+        assert rejects.read_text() == rejected, f"{context}: the rejects differ"
+        got = await stats_by_customer(site)
+        for part in ("events", "customers", "stats"):
+            assert got[part] == want[part], f"{context}: {part} differ"
+
+
+# --------------------------------------------------------------------------- cdp serve --workers
+
+
+async def serving_workers(site: Site, port: int, **env: str) -> subprocess.Popen:
+    proc = site.spawn("serve", "--port", str(port), "--workers", "2", **env)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+        for _ in range(900):
+            if proc.poll() is not None:
+                raise AssertionError(f"cdp serve ended: {proc.communicate()[1][-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await c.get("/health")).status_code == 200:
+                    return proc
+            await asyncio.sleep(0.05)
+    kill(proc)
+    raise AssertionError("cdp serve --workers 2 did not answer within 45 s")
+
+
+async def test_serve_with_two_workers_killed_whole_under_opt_outs_keeps_and_sends_each_answered(
+    sites, backend
+):
+    """PostgreSQL: `cdp serve --workers 2` (its dispatchers on, sending to a receiver) killed
+    as a whole session under creations, grants, opt-outs and erasures: every answered opt-out
+    is in force after the restart and its `opt_out` event delivered, nothing lost or out of
+    order (check_deliveries)."""
+    if backend != "postgres":
+        pytest.skip("several workers need PostgreSQL")
+    for n in range(rounds(1)):
+        r = rng("serve-workers", backend, n)
+        site = await sites(f"workers-{n}")
+        receiver = receiving(r)
+        await receiver.start(port=free_port(r))
+        try:
+            async with site.opened() as (_, client, keys):
+                await subscribe(client, keys, receiver, include_address=False)
+            env = {
+                "CDP_WEBHOOK_DISPATCHER": "on",
+                "CDP_WEBHOOK_POLL_MS": "20",
+                "CDP_WEBHOOK_RETRY_BASE_MS": "50",
+                "CDP_WEBHOOK_RETRY_CAP_MS": "200",
+            }
+            port = free_port(r)
+            base = f"http://127.0.0.1:{port}"
+            plan = stream_requests(r, 30)
+            done: list[Sent] = []
+            server = await serving_workers(site, port, **env)
+            answers = r.randrange(10, len(plan) * 3 // 4)
+            stream = asyncio.ensure_future(run_stream(base, keys, plan, 6, done))
+
+            async def ready(
+                done: list = done, answers: int = answers, stream: Any = stream
+            ) -> bool:
+                return answered(done) >= answers or stream.done()
+
+            killed = await site.kill_when(server, ready, extra=r.random() * 0.05)
+            await stream
+            context = f"{backend} n={n}: killed={killed} after {answered(done)} answers"
+            await leases_run_out(site)
+            server = await serving_workers(site, port, **env)  # the restart
+            try:
+                await check_after_serve_crash(site, base, keys, done, context)
+                await site.kill_when(server, functools.partial(drained, site), limit=90)
+            finally:
+                kill(server)
+            await asyncio.sleep(0.2)
+            await check_deliveries(site, receiver, context)
+            opted = {s.n for s in done if s.kind == "opt_out" and s.status is not None}
+            async with site.opened() as (p, _, _):
+                sent = {
+                    bytes.fromhex(x.payload["address_blind_index"])
+                    for x in receiver.accepted
+                    if x.payload["kind"] == "opt_out" and x.payload["address_blind_index"]
+                }
+                for c in opted:
+                    ident = parse_identifier(p.policy, p.keys.indexer, email=email(c))
+                    assert ident.bidx in sent, f"{context}: the opt-out of {c} was not sent"
+        finally:
+            await receiver.stop()
