@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,6 +134,26 @@ async def _empty_key_store(name: str) -> None:
         await conn.execute("TRUNCATE key_store_meta, key_shares, erased_profiles")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def sites(backend: str, pg_database: str | None, tmp_path: Path) -> AsyncIterator[Any]:
+    """`make(name, **env)`: a new, empty database and key store of the backend (tests/crash.py's
+    Site), each dropped afterwards. PostgreSQL missing: skipped, a failure in CI (pg_database)."""
+    from tests.crash import Site
+
+    if backend == "postgres" and pg_database is None:
+        pytest.skip("PostgreSQL is not reachable")
+    made: list[Site] = []
+
+    async def make(name: str, **env: str) -> Site:
+        site = await Site.fresh(backend, tmp_path / name, **env)
+        made.append(site)
+        return site
+
+    yield make
+    for site in made:
+        await site.drop()
 
 
 @pytest.fixture

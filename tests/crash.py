@@ -57,14 +57,6 @@ def rng(*parts: object) -> random.Random:
     return random.Random(f"{SEED}/" + "/".join(map(str, parts)))
 
 
-async def pg_reachable() -> bool:
-    try:
-        await _pg_admin("SELECT 1")
-    except Exception:
-        return False
-    return True
-
-
 @dataclass
 class Site:
     """One platform's database and key store, and the environment its commands run in."""
@@ -253,4 +245,4 @@ async def walk_members(client: httpx.AsyncClient, keys: dict, purpose: str, chan
             return found
 
 
-__all__ = ["PG_ADMIN_URL", "Site", "kill", "pg_reachable", "rng", "rounds", "walk_members"]
+__all__ = ["PG_ADMIN_URL", "Site", "kill", "rng", "rounds", "walk_members"]

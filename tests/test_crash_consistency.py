@@ -28,37 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from cdp.db.tables import identities, profiles
 from consent.dsr_tables import dsr_requests
-from tests.crash import Site, kill, pg_reachable, rng, rounds, walk_members
+from tests.crash import Site, kill, rng, rounds, walk_members
 from tests.fault_invariants import violations
-
-BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres" and not await pg_reachable():
-        pytest.skip("PostgreSQL is not reachable")
-    return request.param
-
-
-@pytest.fixture
-async def sites(backend: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    made: list[Site] = []
-
-    async def make(name: str, **env: str) -> Site:
-        site = await Site.fresh(backend, tmp_path / name, **env)
-        made.append(site)
-        return site
-
-    yield make
-    for site in made:
-        await site.drop()
-
 
 # --------------------------------------------------------------------------- cdp import
 

@@ -48,7 +48,7 @@ from cdp.db.tables import events, profiles
 from cdp.profiles.identifiers import parse_identifier
 from consent.outbox.receiver import Receiver
 from consent.outbox.tables import outbox_events, webhook_deliveries
-from tests.crash import ROUNDS, Site, kill, pg_reachable, rng, rounds
+from tests.crash import ROUNDS, Site, kill, rng, rounds
 from tests.fault_invariants import violations
 from tests.test_crash_consistency import (
     GRANT_EVIDENCE,
@@ -59,29 +59,7 @@ from tests.test_crash_consistency import (
     run_stream,
     stream_requests,
 )
-
-BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres" and not await pg_reachable():
-        pytest.skip("PostgreSQL is not reachable")
-    return request.param
-
-
-@pytest.fixture
-async def sites(backend: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    made: list[Site] = []
-
-    async def make(name: str, **env: str) -> Site:
-        site = await Site.fresh(backend, tmp_path / name, **env)
-        made.append(site)
-        return site
-
-    yield make
-    for site in made:
-        await site.drop()
+from tests.test_webhooks_delivery import PAYLOAD_KEYS
 
 
 def free_port(r: random.Random) -> int:
@@ -105,18 +83,6 @@ KINDS = [
     "suppression.added",
     "erasure.completed",
 ]
-PAYLOAD_KEYS = {
-    "event_id",
-    "kind",
-    "occurred_at",
-    "recorded_at",
-    "purpose",
-    "channel",
-    "source",
-    "profile_id",
-    "address_kind",
-    "address_blind_index",
-}
 
 
 class SlowReceiver(Receiver):
@@ -427,7 +393,9 @@ async def check_deliveries(
         }
         query = select(profiles.c.id).where(profiles.c.status == "erased")
         erased = {str(pid) for pid in (await conn.execute(query)).scalars()}
-    assert statuses == {"delivered"}, f"{context}: deliveries {statuses}"
+    # none at all where no consent changed before the kill (creations only): what had to be
+    # sent is checked below, event by event, against what the receiver accepted
+    assert statuses <= {"delivered"}, f"{context}: deliveries {statuses}"
     invalid = [x for x in receiver.requests if not x.valid]
     assert not invalid, f"{context}: {len(invalid)} requests with a bad signature"
     first: dict[str, int] = {}  # event id -> position of its first accepted arrival
