@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -245,4 +246,42 @@ async def walk_members(client: httpx.AsyncClient, keys: dict, purpose: str, chan
             return found
 
 
-__all__ = ["PG_ADMIN_URL", "Site", "kill", "rng", "rounds", "walk_members"]
+def free_port(r: random.Random, low: int, high: int) -> int:
+    """A port in [low, high) that nothing listens on, drawn with `r` (ports of their own for
+    each test file, so files running side by side do not draw the same)."""
+    for _ in range(200):
+        port = r.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {low}-{high - 1}")
+
+
+async def serving(site: Site, port: int, *args: str, **env: str) -> subprocess.Popen:
+    """`cdp serve --port port *args` of the site, once it answers `/health` (45 s at most)."""
+    proc = site.spawn("serve", "--port", str(port), *args, **env)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+        for _ in range(900):
+            if proc.poll() is not None:
+                raise AssertionError(f"cdp serve ended: {proc.communicate()[1][-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if (await c.get("/health")).status_code == 200:
+                    return proc
+            await asyncio.sleep(0.05)
+    kill(proc)
+    raise AssertionError("cdp serve did not answer within 45 s")
+
+
+__all__ = [
+    "PG_ADMIN_URL",
+    "Site",
+    "free_port",
+    "kill",
+    "rng",
+    "rounds",
+    "serving",
+    "walk_members",
+]

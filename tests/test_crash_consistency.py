@@ -17,12 +17,9 @@ scenario (CDP_CRASH_SEED=k other ones).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import os
 import random
-import socket
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ from sqlalchemy import func, select
 
 from cdp.db.tables import identities, profiles
 from consent.dsr_tables import dsr_requests
-from tests.crash import Site, kill, rng, rounds, walk_members
+from tests.crash import Site, free_port, kill, rng, rounds, serving, walk_members
 from tests.fault_invariants import violations
 
 # --------------------------------------------------------------------------- cdp import
@@ -234,32 +231,6 @@ async def _always() -> bool:
 GRANT_EVIDENCE = {"wording_id": "newsletter-v3", "method": "checkbox", "ip": "203.0.113.7"}
 
 
-def free_port(r: random.Random) -> int:
-    for _ in range(200):
-        port = r.randrange(8300, 8400)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 8300-8399")
-
-
-async def serving(site: Site, port: int) -> subprocess.Popen:
-    proc = site.spawn("serve", "--port", str(port))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise AssertionError(f"cdp serve ended: {proc.communicate()[1][-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await c.get("/health")).status_code == 200:
-                    return proc
-            await asyncio.sleep(0.05)
-    kill(proc)
-    raise AssertionError("cdp serve did not answer within 30 s")
-
-
 def email(n: int) -> str:
     return f"stream{n}@example.com"
 
@@ -383,7 +354,7 @@ async def test_serve_killed_under_writes_keeps_every_answered_opt_out_and_erasur
         site = await sites(f"serve-{n}")
         async with site.opened() as (_, _, keys):
             pass  # migrated, the key store made, keys to send with
-        port = free_port(r)
+        port = free_port(r, 8300, 8400)
         base = f"http://127.0.0.1:{port}"
         customers = 40
         plan = stream_requests(r, customers)

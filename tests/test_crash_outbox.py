@@ -33,14 +33,12 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select, update
 
@@ -48,7 +46,7 @@ from cdp.db.tables import events, profiles
 from cdp.profiles.identifiers import parse_identifier
 from consent.outbox.receiver import Receiver
 from consent.outbox.tables import outbox_events, webhook_deliveries
-from tests.crash import ROUNDS, Site, kill, rng, rounds
+from tests.crash import ROUNDS, Site, free_port, kill, rng, rounds, serving
 from tests.fault_invariants import violations
 from tests.test_crash_consistency import (
     GRANT_EVIDENCE,
@@ -60,19 +58,6 @@ from tests.test_crash_consistency import (
     stream_requests,
 )
 from tests.test_webhooks_delivery import PAYLOAD_KEYS
-
-
-def free_port(r: random.Random) -> int:
-    for _ in range(200):
-        port = r.randrange(8400, 8500)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port in 8400-8499")
-
 
 # --------------------------------------------------------------------------- webhooks
 
@@ -231,7 +216,7 @@ async def nats_server(r: random.Random, tmp: Path) -> AsyncIterator[str | None]:
         return
     import nats
 
-    port = free_port(r)
+    port = free_port(r, 8400, 8500)
     proc = subprocess.Popen(
         [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp / "nats")],
         stdout=subprocess.DEVNULL,
@@ -279,8 +264,8 @@ async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_keeps_each_add
         r = rng("webhooks", backend, n)
         site = await sites(f"wh-{n}")
         receiver, shown = receiving(r), receiving(r)  # shown: include_address
-        await receiver.start(port=free_port(r))
-        await shown.start(port=free_port(r))
+        await receiver.start(port=free_port(r, 8400, 8500))
+        await shown.start(port=free_port(r, 8400, 8500))
         tag = f"wh{n}-"
         stack = contextlib.AsyncExitStack()
         try:
@@ -529,20 +514,9 @@ async def test_an_events_import_killed_midway_and_run_again_counts_each_order_on
 # --------------------------------------------------------------------------- cdp serve
 
 
-async def serving(site: Site, port: int, **env: str) -> subprocess.Popen:
-    """`cdp serve`, with two workers on PostgreSQL (one process on SQLite), until it answers."""
-    workers = ("--workers", "2") if site.backend == "postgres" else ()
-    proc = site.spawn("serve", "--port", str(port), *workers, **env)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-        for _ in range(900):
-            if proc.poll() is not None:
-                raise AssertionError(f"cdp serve ended: {proc.communicate()[1][-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await c.get("/health")).status_code == 200:
-                    return proc
-            await asyncio.sleep(0.05)
-    kill(proc)
-    raise AssertionError("cdp serve did not answer within 45 s")
+def workers(site: Site) -> tuple[str, ...]:
+    """Two workers on PostgreSQL, the one process on SQLite."""
+    return ("--workers", "2") if site.backend == "postgres" else ()
 
 
 async def test_serve_killed_whole_under_opt_outs_keeps_and_sends_each_answered(sites, backend):
@@ -556,7 +530,7 @@ async def test_serve_killed_whole_under_opt_outs_keeps_and_sends_each_answered(s
         r = rng("serve-workers", backend, n)
         site = await sites(f"workers-{n}")
         receiver = receiving(r)
-        await receiver.start(port=free_port(r))
+        await receiver.start(port=free_port(r, 8400, 8500))
         try:
             async with site.opened() as (_, client, keys):
                 await subscribe(client, keys, receiver, include_address=False)
@@ -566,11 +540,11 @@ async def test_serve_killed_whole_under_opt_outs_keeps_and_sends_each_answered(s
                 "CDP_WEBHOOK_RETRY_BASE_MS": "50",
                 "CDP_WEBHOOK_RETRY_CAP_MS": "200",
             }
-            port = free_port(r)
+            port = free_port(r, 8400, 8500)
             base = f"http://127.0.0.1:{port}"
             plan = stream_requests(r, 16)
             done: list[Sent] = []
-            server = await serving(site, port, **env)
+            server = await serving(site, port, *workers(site), **env)
             answers = r.randrange(10, len(plan) * 3 // 4)
             stream = asyncio.ensure_future(run_stream(base, keys, plan, 6, done))
 
@@ -584,7 +558,7 @@ async def test_serve_killed_whole_under_opt_outs_keeps_and_sends_each_answered(s
             context = f"{backend} n={n}: killed={killed} after {answered(done)} answers"
             async with site.opened() as (p, _, _):
                 await leases_run_out(p)
-            server = await serving(site, port, **env)  # the restart
+            server = await serving(site, port, *workers(site), **env)  # the restart
             try:  # drained first: on SQLite the check's writes wait for no dispatcher
                 for _ in range(900):
                     if await drained(site):
