@@ -17,6 +17,7 @@ from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import (
     Identifier,
+    find_profile,
     profile_addresses,
     profiles_addresses,
 )
@@ -24,6 +25,7 @@ from cdp.profiles.locks import lock_profile
 from cdp.profiles.records import RECORD_METHOD, ConsentClaim, consent_problems
 from consent import ledger
 from consent.ledger import Appended, Entry
+from consent.outbox.enqueue import seal_unseen, write_rows
 from consent.policy import Policy
 from consent.rule import Facts, decide, suppression_outranks
 from consent.schemas import ConsentIn, EvidenceIn
@@ -206,7 +208,10 @@ async def record_claims(
 async def record_consent(
     p: Platform, body: ConsentIn, ident: Identifier, actor: str
 ) -> list[Appended]:
-    """POST /v1/consents. An unknown email, phone or external id creates the profile."""
+    """POST /v1/consents. An unknown email, phone or external id creates the profile, except
+    where a withdrawal names an email or phone no one holds: that is recorded on the address
+    alone, as an opt-out of an unseen address is (a withdrawal is no reason to keep the address
+    of someone we do not know, least of all after their erasure)."""
     problems = consent_problems(
         p.policy,
         body.purpose,
@@ -224,22 +229,31 @@ async def record_consent(
     occurred = body.occurred_at or utcnow()
     async with p.db.write() as conn:
         await lock_keys(conn, [ident.bidx] if ident.bidx else [])
-        pid = await ensure_profile(
-            conn, p, ident, source=body.source, actor=actor, country=body.country
-        )
-        pid = await lock_profile(conn, pid)  # an erasure or merge may have committed meanwhile
         named = [(ident.kind, ident.bidx)] if ident.kind in ("email", "phone") else []
+        pid: uuid.UUID | None
+        if named and body.status == "withdrawn":
+            pid = await find_profile(conn, ident)
+        else:
+            pid = await ensure_profile(
+                conn, p, ident, source=body.source, actor=actor, country=body.country
+            )
+        if pid is not None:
+            pid = await lock_profile(conn, pid)  # an erasure or merge may have committed
         kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
-        all_addr = await profile_addresses(conn, pid)
-        subjects = targets_for(
-            list(p.policy.channels),
-            kind_of,
-            pid,
-            named,
-            all_addr,
-            body.channel,
-            grant=body.status == "granted",
-            names_address=bool(named),
+        all_addr = await profile_addresses(conn, pid) if pid is not None else []
+        subjects = (
+            named  # unheld: the address named, whatever the channel (as an opt-out records it)
+            if pid is None
+            else targets_for(
+                list(p.policy.channels),
+                kind_of,
+                pid,
+                named,
+                all_addr,
+                body.channel,
+                grant=body.status == "granted",
+                names_address=bool(named),
+            )
         )
         if not subjects:
             raise InvalidInput.field("channel", "the customer has no address on this channel")
@@ -263,7 +277,13 @@ async def record_consent(
             )
             for kind, subject in subjects
         ]
-        return await ledger.append(conn, p.policy, entries)
+        if pid is not None:
+            return await ledger.append(conn, p.policy, entries)
+        outbox: list[dict] = []
+        appended = await ledger.append(conn, p.policy, entries, outbox=outbox)
+        await seal_unseen(outbox, {ident.bidx: ident.value}, p.keys)  # type: ignore[dict-item]
+        await write_rows(conn, outbox)
+        return appended
 
 
 @dataclass(slots=True)

@@ -594,12 +594,18 @@ async def apply(w: World, step: tuple) -> None:  # type: ignore[type-arg]
             m.merge(survivor, absorbed)
             m.carry(survivor, person=True, addresses=True)  # "a stop all of either reaches both"
         event("merged")
-    elif kind in ("consent", "push"):  # naming an address (an unknown one makes its customer)
-        _, a, status, t = step
+    elif kind in ("consent", "push"):  # naming an address (a grant of an unknown one makes its
+        _, a, status, t = step  # customer; a withdrawal is recorded on the address alone)
         at = at_of(t)
         channel = CHANNEL[KIND[a]] if kind == "consent" else "push"
         got = await consent(w, w.ident(a), channel, status, at)
         pid = got[0].profile_id
+        if a not in m0.holder and status == "withdrawn":
+            assert pid is None, "a withdrawal of an address no one holds made a customer"
+            if kind == "consent":
+                for m in w.models:
+                    m.event(a, at, status)
+            return  # push: no customer, so no push to withdraw
         for m in w.models:
             if a not in m.holder:
                 m.attach(a, m.new_profile(pid), None)  # type: ignore[arg-type]

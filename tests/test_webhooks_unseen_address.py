@@ -35,7 +35,7 @@ async def plain() -> AsyncIterator[Receiver]:
 
 
 async def sealed(platform) -> list:  # type: ignore[no-untyped-def]
-    """The sealed addresses of the opt_out events (no other kind ever holds one)."""
+    """The sealed addresses of the opt_out events (no other kind holds one in these tests)."""
     oe = outbox_events.c
     async with platform.db.read() as conn:
         rows = (await conn.execute(select(oe.kind, oe.address_sealed).order_by(oe.seq))).all()

@@ -153,27 +153,34 @@ async def opt_out_rows(
     keys: Keyring | None = None,
 ) -> list[dict[str, Any]]:
     """One opt_out event per subject an opt-out withdrew (consent.ledger.Entry objects), as
-    outbox rows for the caller to write.
-
-    `unseen`: blind index -> address, for the addresses no customer held; their events carry
-    the address sealed under a key of its own, kept by `keys` (consent.outbox.sealed)."""
-    from consent.outbox.sealed import seal_addresses
-
+    outbox rows for the caller to write; those of `unseen` addresses sealed (`seal_unseen`)."""
     rows = []
-    addresses: dict[uuid.UUID, str] = {}
     for e in entries:
         row = ledger_event_row(e, utcnow())
         row["kind"] = "opt_out"
-        address = (unseen or {}).get(row["address_bidx"]) if e.profile_id is None else None
-        if address is not None and keys is not None:
-            addresses[row["id"]] = address
         rows.append(row)
+    if unseen and keys is not None:
+        await seal_unseen(rows, unseen, keys)
+    return rows
+
+
+async def seal_unseen(
+    rows: list[dict[str, Any]], unseen: Mapping[bytes, str], keys: Keyring
+) -> None:
+    """`unseen`: blind index -> address, for the addresses no customer held. Their events (the
+    outbox `rows` of no profile) carry the address sealed under a key of its own, kept by
+    `keys` (consent.outbox.sealed): there is no identity to decrypt it from at delivery."""
+    from consent.outbox.sealed import seal_addresses
+
+    addresses = {
+        row["id"]: unseen[row["address_bidx"]]
+        for row in rows
+        if row["profile_id"] is None and row["address_bidx"] in unseen
+    }
     if addresses:
-        assert keys is not None
         sealed = await seal_addresses(keys, addresses)
         for row in rows:
-            row["address_sealed"] = sealed.get(row["id"])
-    return rows
+            row["address_sealed"] = sealed.get(row["id"], row["address_sealed"])
 
 
 async def enqueue_merge(

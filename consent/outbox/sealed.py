@@ -1,8 +1,9 @@
 """The address of an opt-out that no customer holds, kept in its event until it is sent.
 
-An opt-out may name an email or phone the platform has never seen: there is no identity to
-decrypt the address from at delivery, and the blind index alone means nothing to a sending tool
-(it does not hold the index key). Such an `opt_out` event carries the address in
+An opt-out (or a withdrawal through POST /v1/consents) may name an email or phone the platform
+has never seen: there is no identity to decrypt the address from at delivery, and the blind
+index alone means nothing to a sending tool (it does not hold the index key). Such an `opt_out`
+(or `consent.withdrawn`) event carries the address in
 `address_sealed`, encrypted under a key of its own (`Keyring.sealing_cipher`: derived from the
 system key and a share kept in the key store under the event's id) and bound to the event's id;
 the dispatcher decrypts it only for subscriptions with `include_address` (each such delivery
