@@ -20,7 +20,10 @@ dsr_requests = Table(
     Column("status", String(16), nullable=False),  # received | in_progress | completed | rejected
     Column("profile_id", Uuid, nullable=False, index=True),  # the customer, as named at receipt
     Column("identifier_kind", String(16), nullable=False),  # profile_id | email | phone | ...
-    Column("jurisdiction", String(16), nullable=False),
+    Column("jurisdiction", String(16), nullable=False),  # as named (else the customer's own)
+    # of the named and the customer's own, the one whose deadline comes first (migration 0023)
+    Column("deadline_jurisdiction", String(16), nullable=False),
+    Column("policy_version", String(64)),  # the policy that set due_at (null before 0023)
     Column("requested_by", String(16), nullable=False),  # customer | operator
     Column("actor", String(64), nullable=False),  # the key (or "customer") that submitted it
     Column("received_at", UTCDateTime, nullable=False),

@@ -241,3 +241,12 @@ def test_an_extension_in_another_unit_counts_from_the_first_due_date():
     received = at(2027, 1, 31)
     assert deadlines.due_at(received, deadline, "EU") == at(2027, 2, 28)
     assert deadlines.extended_due_at(received, deadline, "EU") == at(2027, 3, 10)
+
+
+def test_the_binding_jurisdiction_is_the_one_whose_deadline_comes_first():
+    """An erasure request naming a laxer law than the customer's own stays due by their own."""
+    at = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    assert deadlines.binding_jurisdiction(POLICY, "US-CA", "RU", at) == "RU"
+    assert deadlines.binding_jurisdiction(POLICY, "RU", "US-CA", at) == "RU"
+    assert deadlines.binding_jurisdiction(POLICY, "EU", "US-CA", at) == "EU"
+    assert deadlines.binding_jurisdiction(POLICY, "US", "US-CA", at) == "US"  # a tie: as named

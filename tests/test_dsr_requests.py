@@ -69,8 +69,19 @@ async def test_a_duplicate_request_joins_the_open_one(client, keys, platform):
     assert r.status_code == 410
 
 
+async def move_anna(client, keys, jurisdiction: str) -> None:  # type: ignore[no-untyped-def]
+    """Anna's profile comes to say she is under `jurisdiction` (RU until then)."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": EMAIL, "jurisdiction": jurisdiction},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+
+
 async def test_due_date_follows_the_jurisdiction(client, keys, platform):
     await create_anna(client, keys)
+    await move_anna(client, keys, "EU")
     eu = await held_request(platform, jurisdiction="EU")
     async with platform.db.read() as conn:
         row = (await conn.execute(select(dsr_requests).where(dsr_requests.c.id == eu))).one()
@@ -104,6 +115,7 @@ async def test_due_date_follows_the_jurisdiction(client, keys, platform):
 
 async def test_extension_is_its_own_transition_with_a_reason(client, keys, platform):
     await create_anna(client, keys)
+    await move_anna(client, keys, "US-CA")
     rid = await held_request(platform, jurisdiction="US-CA")
     before = (await client.get(f"/v1/erasure-requests/{rid}", headers=keys["admin"])).json()
     assert ts(before["due_at"]) - ts(before["received_at"]) == timedelta(days=45)
@@ -139,6 +151,40 @@ async def test_extension_is_its_own_transition_with_a_reason(client, keys, platf
         f"/v1/erasure-requests/{rid}/extend", json={"reason": "late"}, headers=keys["admin"]
     )
     assert done.status_code == 409
+
+
+async def test_naming_a_laxer_jurisdiction_does_not_put_off_the_customers_own_deadline(
+    client, keys, platform
+):
+    """A Russian customer's request named as under US-CA (45 days + 45) is still due by Russian
+    law (10 working days + 5, within 30 days); the request keeps the jurisdiction it names, and
+    says which one binds its dates and under which policy version."""
+    await create_anna(client, keys)
+    rid = await held_request(platform, jurisdiction="US-CA")
+    got = (await client.get(f"/v1/erasure-requests/{rid}", headers=keys["compliance"])).json()
+    received = ts(got["received_at"])
+    moscow = deadlines.zone_of(platform.policy, "RU")
+    ru = platform.policy.deadline("RU", "erasure")
+    assert ts(got["due_at"]) == deadlines.due_at(received, ru, "RU", moscow)
+    assert (got["jurisdiction"], got["deadline_jurisdiction"]) == ("US-CA", "RU")
+    assert got["policy_version"] == platform.policy.version
+
+    r = await client.post(
+        f"/v1/erasure-requests/{rid}/extend", json={"reason": "backups"}, headers=keys["admin"]
+    )
+    assert r.status_code == 200, r.text
+    extended = ts(r.json()["due_at"])
+    assert extended == deadlines.erasure_due(platform.policy, "RU", received, extended=True)
+    assert extended - received <= timedelta(days=30)  # 152-FZ art. 21(5), not US-CA's 90 days
+
+
+async def test_naming_a_stricter_jurisdiction_binds_its_dates(client, keys, platform):
+    await create_anna(client, keys)
+    await move_anna(client, keys, "US-CA")
+    rid = await held_request(platform, jurisdiction="RU")
+    got = (await client.get(f"/v1/erasure-requests/{rid}", headers=keys["compliance"])).json()
+    assert (got["jurisdiction"], got["deadline_jurisdiction"]) == ("RU", "RU")
+    assert ts(got["due_at"]) - ts(got["received_at"]) < timedelta(days=45)
 
 
 async def test_an_overdue_request_cannot_be_extended_after_the_fact(

@@ -511,3 +511,37 @@ def sa_column(name: str, type_):  # type: ignore[no-untyped-def]
     import sqlalchemy as sa
 
     return sa.Column(name, type_, nullable=True)
+
+
+async def test_0023_binds_older_erasure_requests_by_the_jurisdiction_they_name(empty_db):
+    """Requests recorded before 0023 were due by the jurisdiction they name: that one binds
+    their dates (an extension after the upgrade follows it); their policy version is unknown."""
+    from consent.dsr_tables import dsr_requests
+
+    db = empty_db
+    await upgrade(db, "0022")
+    t = datetime(2026, 11, 2, 9, tzinfo=UTC)
+    request = {
+        "id": uuid.uuid4(),
+        "kind": "erasure",
+        "status": "received",
+        "profile_id": uuid.uuid4(),
+        "identifier_kind": "email",
+        "jurisdiction": "EU",
+        "requested_by": "customer",
+        "actor": "compliance-key",
+        "received_at": t,
+        "due_at": t,
+        "extensions": 0,
+        "updated_at": t,
+        "attempts": 0,
+    }
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(dsr_requests), [request])
+    await upgrade(db, "0023")
+    rc = dsr_requests.c
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(select(rc.deadline_jurisdiction, rc.policy_version))).one()
+    assert tuple(row) == ("EU", None)
+    await downgrade(db, "0022")
+    await upgrade(db, "head")

@@ -58,7 +58,8 @@ class ErasureRequestController(Controller):
             "Names the customer by one identifier (top level or in `identifier`). Answers 202 "
             "with the request; a duplicate while one is open for the customer joins it and "
             "answers with the open request (`joined_existing: true`). `due_at` follows the "
-            "jurisdiction's policy (the request's `jurisdiction`, else the customer's). The "
+            "jurisdiction's policy (the request's `jurisdiction`, else the customer's; never "
+            "later than the customer's own, see `deadline_jurisdiction`). The "
             "erasure starts right after the answer. `note` is stored encrypted under the "
             "customer's data key and is destroyed with it."
         ),

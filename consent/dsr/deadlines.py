@@ -143,3 +143,13 @@ def erasure_due(
         due = due_at(received_at, deadline, jurisdiction, tz)
     limit = policy.deadline(jurisdiction, AFTER_WITHDRAWAL)
     return due if limit is None else min(due, due_at(received_at, limit, jurisdiction, tz))
+
+
+def binding_jurisdiction(policy: Policy, named: str, own: str, received_at: datetime) -> str:
+    """Of the jurisdiction an erasure request names and the customer's own, the one whose
+    deadline comes first: naming a laxer law (a Russian customer's request under US-CA, 45
+    days) does not release the operator from the customer's own (10 working days). The due
+    date and the extension follow it. On a tie, the one named."""
+    if named == own:
+        return named
+    return min((named, own), key=lambda j: erasure_due(policy, j, received_at))

@@ -221,10 +221,10 @@ async def submit_erasure(
         profile_j = (
             await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == pid))
         ).scalar_one()
-        j = jurisdiction or (
-            profile_j if profile_j in p.policy.jurisdictions else p.policy.default_jurisdiction
-        )
-        due = deadlines.erasure_due(p.policy, j, now)  # the loader requires a deadline
+        own = profile_j if profile_j in p.policy.jurisdictions else p.policy.default_jurisdiction
+        j = jurisdiction or own
+        bound = deadlines.binding_jurisdiction(p.policy, j, own, now)
+        due = deadlines.erasure_due(p.policy, bound, now)  # the loader requires a deadline
         note_blob = note_key = note_owner = None
         if note:
             cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
@@ -243,6 +243,8 @@ async def submit_erasure(
                 profile_id=pid,
                 identifier_kind=ident.kind,
                 jurisdiction=j,
+                deadline_jurisdiction=bound,
+                policy_version=p.policy.version,
                 requested_by=requested_by,
                 actor=actor,
                 received_at=now,
@@ -279,6 +281,8 @@ def summary(row: Any, now: datetime) -> dict[str, Any]:
         "status": row.status,
         "profile_id": str(row.profile_id),
         "jurisdiction": row.jurisdiction,
+        "deadline_jurisdiction": row.deadline_jurisdiction,
+        "policy_version": row.policy_version,
         "requested_by": row.requested_by,
         "received_at": row.received_at,
         "due_at": row.due_at,
@@ -438,15 +442,21 @@ async def extend(p: Platform, request_id: uuid.UUID, reason: str, actor: str) ->
         row = await load(conn, request_id)
         now = utcnow()
         states.check_extension(row.status, row.extensions, row.due_at, now)
-        deadline = p.policy.deadline(row.jurisdiction, ERASURE)
+        bound = row.deadline_jurisdiction
+        deadline = p.policy.deadline(bound, ERASURE)
         if deadline is None or deadline.extension <= 0:
             raise Conflict("the policy of this jurisdiction allows no extension")
-        due = deadlines.erasure_due(p.policy, row.jurisdiction, row.received_at, extended=True)
+        due = deadlines.erasure_due(p.policy, bound, row.received_at, extended=True)
         seal = await seal_for(p, conn, row)
         await conn.execute(
             update(dsr_requests)
             .where(dsr_requests.c.id == request_id)
-            .values(due_at=due, extensions=row.extensions + 1, updated_at=now)
+            .values(
+                due_at=due,
+                extensions=row.extensions + 1,
+                updated_at=now,
+                policy_version=p.policy.version,
+            )
         )
         await record_transition(
             conn,

@@ -163,6 +163,8 @@ async def _on_record(
             profile_id=root,
             identifier_kind="profile_id",
             jurisdiction=jurisdiction,
+            deadline_jurisdiction=jurisdiction,
+            policy_version=p.policy.version,
             requested_by="operator",
             actor=KEY_STORE,
             received_at=now,
