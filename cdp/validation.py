@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from cdp.errors import InvalidInput, decoded_field_error
+from cdp.errors import InvalidInput, decoded_field_error, repeatable
 
 Found = tuple[str, str]  # (msgspec's message, its path: "$", "$.traits", "$.consents[0]")
 
@@ -40,6 +40,13 @@ def every_error(value: Any, kind: Any, *, strict: bool = True, path: str = "$") 
         (item,) = typing.get_args(inner) or (Any,)
         for i, v in enumerate(value):
             found += every_error(v, item, strict=strict, path=f"{path}[{i}]")
+    elif typing.get_origin(inner) is dict and isinstance(value, dict):
+        # msgspec names a bad value of a mapping `traits[...]`: name it by its key where the
+        # key may be repeated (`traits.note`), else the mapping (`traits`)
+        _, item = typing.get_args(inner) or (Any, Any)
+        for k, v in value.items():
+            where = f"{path}.{k}" if isinstance(k, str) and repeatable(k) else path
+            found += every_error(v, item, strict=strict, path=where)
     return found or [first]
 
 

@@ -11,7 +11,11 @@ import msgspec
 from consent.schemas import AwareDatetime, ConsentItemIn, Name64, Short
 
 Text = Annotated[str, msgspec.Meta(max_length=200)]
-TraitValue = str | int | float | bool | None
+# Traits are stored in plain text, in every profile's row, for segments to filter on: a value is
+# a label (a tier, a store, a score), not a document. 1,000 characters holds any label and keeps
+# a client from filling a row (and every backup) with a megabyte per customer.
+TRAIT_TEXT_MAX = 1000
+TraitValue = Annotated[str, msgspec.Meta(max_length=TRAIT_TEXT_MAX)] | int | float | bool | None
 
 
 class ProfileIn(msgspec.Struct, forbid_unknown_fields=True):
