@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,21 @@ async def pg_database() -> AsyncIterator[str | None]:
             pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
         yield None
         return
-    db = Database(pg_url(name))
-    await migrate(db)
-    await db.dispose()
-    yield name
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')  # its key store
+    async with migrated_pg(name):
+        yield name
+
+
+@asynccontextmanager
+async def migrated_pg(name: str) -> AsyncIterator[None]:
+    """The created PostgreSQL database `name`, migrated; dropped afterwards with its key store."""
+    try:
+        db = Database(pg_url(name))
+        await migrate(db)
+        await db.dispose()
+        yield
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')  # its key store
 
 
 def pg_url(name: str) -> str:

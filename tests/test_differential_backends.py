@@ -44,10 +44,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from api.app import create_app
-from cdp.db.engine import Database
-from cdp.db.migrate import migrate
 from cdp.platform import Platform, open_platform
-from tests.conftest import _pg_admin, empty_postgres, make_settings, pg_url, role_keys
+from tests.conftest import _pg_admin, empty_postgres, make_settings, migrated_pg, role_keys
 
 HUNT = int(os.environ.get("CDP_DIFF_EXAMPLES", "0"))
 PG_LOCALE = os.environ.get("CDP_DIFF_PG_LOCALE", "ru-RU")
@@ -750,12 +748,8 @@ async def pg_name(pg_database: str | None) -> AsyncIterator[str]:
     except Exception:  # a server before 15, or built without ICU: its default collation
         yield pg_database
         return
-    db = Database(pg_url(name))
-    await migrate(db)
-    await db.dispose()
-    yield name
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
+    async with migrated_pg(name):
+        yield name
 
 
 @settings(
