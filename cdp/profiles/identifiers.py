@@ -126,8 +126,12 @@ async def profiles_held(
 
 _ic = identities.c
 # Statements built once: building one per call cost more than the driver's whole round trip.
-_HELD = select(_ic.profile_id, _ic.kind, _ic.bidx).where(
-    _ic.profile_id.in_(bindparam("ids", expanding=True))
+# In the order the profile lists them (cdp.profiles.service), the same on both databases: the
+# ledger entries a withdrawal of every address appends come in this order.
+_HELD = (
+    select(_ic.profile_id, _ic.kind, _ic.bidx)
+    .where(_ic.profile_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_ic.created_at, _ic.id)
 )
 _HELD_OF_KINDS = _HELD.where(_ic.kind.in_(bindparam("kinds", expanding=True)))
 
