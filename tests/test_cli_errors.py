@@ -167,6 +167,14 @@ def test_a_background_setting_that_cannot_work_stops_a_dispatcher_with_one_line(
     assert_plain(result, "CDP_WEBHOOK_CONCURRENCY")
 
 
+def test_a_webhook_setting_that_cannot_work_stops_a_prune_with_one_line(tmp_path):
+    """`cdp webhooks prune` reads the webhook settings too (README: one line, exit status 1);
+    it printed a traceback of InvalidInput (found by running the docs' commands)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    result = run_cli(["webhooks", "prune"], url, tmp_path, CDP_WEBHOOK_POLL_MS="x")
+    assert_plain(result, "CDP_WEBHOOK_POLL_MS")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -106,11 +106,15 @@ def prune_cmd(older_than: float | None, dead_older_than: float | None) -> None:
 
     Pending deliveries are never deleted. The dispatcher does this every hour by itself; this
     runs it now. Pruned deliveries can no longer be replayed."""
-    from cdp.cli_support import run, with_platform
+    from cdp.cli_support import failure, run, with_platform
+    from cdp.errors import DomainError
     from consent.outbox.config import DispatchConfig
     from consent.outbox.retention import prune_outbox
 
-    cfg = DispatchConfig.from_env()
+    try:
+        cfg = DispatchConfig.from_env()
+    except DomainError as exc:  # a setting that cannot work: one line, as `run` says its own
+        raise failure(exc) from None
     result = run(
         lambda: with_platform(
             lambda p: prune_outbox(
