@@ -37,6 +37,7 @@ import pytest
 
 from cdp.cli import main as cdp_cli
 from tests.crash import Site, free_port, serving
+from tests.test_crash_outbox import nats_server
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "docs/segments.md", "docs/webhooks.md")
@@ -55,7 +56,20 @@ LIFECYCLE = tuple(
 )
 EXPORT_RECORD = ("docs/segments.md", "GET /v1/segments/{id}/exports/{export_id}")
 ONE_CLICK = ("docs/segments.md", "List-Unsubscribe: <https://cdp.example/v1/unsubscribe/TOKEN>")
-RUN = {TRY_IT, SUBSCRIBE, ROTATE, PAYLOAD, MERGE_PAYLOAD, VERIFY, EXPORT_RECORD, ONE_CLICK}
+NATS_SETTING = ("docs/webhooks.md", "CDP_NATS_URL=nats://127.0.0.1:4222")
+CONSUMER = ("docs/webhooks.md", "import json, nats")
+RUN = {
+    NATS_SETTING,
+    CONSUMER,
+    TRY_IT,
+    SUBSCRIBE,
+    ROTATE,
+    PAYLOAD,
+    MERGE_PAYLOAD,
+    VERIFY,
+    EXPORT_RECORD,
+    ONE_CLICK,
+}
 RUN |= set(LIFECYCLE)
 
 # The blocks not run, each with its reason.
@@ -66,10 +80,6 @@ NOT_RUN = {
     ("docs/segments.md", "POST   /v1/segments"): "a table of routes, not a command; the tests "
     "below call them",
     ("docs/segments.md", '{"all": [ ... ]}'): "the grammar of rules, not a value",
-    ("docs/webhooks.md", "CDP_NATS_URL=nats://127.0.0.1:4222"): "a setting, not a command "
-    "(tests/test_webhooks_nats.py and tests/test_crash_outbox.py publish to JetStream)",
-    ("docs/webhooks.md", "import json, nats"): "a consumer loop that never ends, calling the "
-    "reader's own `apply`; needs a JetStream server (tests/test_webhooks_nats.py)",
 }
 
 # Commands named in prose that are run here, with what each must print (placeholders filled in
@@ -523,6 +533,71 @@ async def test_webhooks_doc_subscribe_rotate_deliver_and_verify(backend, sites, 
         assert len(signatures) == 2
         verify(rotated.json()["secret"], merged.headers, merged.body)
         verify(secret, merged.headers, merged.body)
+
+
+class _Consumed(Exception):
+    pass
+
+
+async def test_webhooks_doc_nats_consumer_as_written(sites, tmp_path):
+    """The JetStream setting and the documented consumer, its URL aside, with the reader's
+    `apply` (which ends the loop once it has the opt-out's events): the stream CDP_CONSENT holds
+    them under `cdp.consent.>`, each the payload above, never with the address. Skipped where
+    nats-server is not installed (tests/test_crash_outbox.py's server)."""
+    setting = block(NATS_SETTING).text.split("#")[0].strip()
+    name, documented_url = setting.split("=", 1)
+    async with nats_server(random.Random(uuid.uuid4().int), tmp_path) as url:
+        if url is None:
+            pytest.skip("nats-server or the nats client is not installed")
+        site = await sites("nats")
+        port = ports()
+        await serving(
+            site, port, CDP_WEBHOOK_DISPATCHER="on", CDP_WEBHOOK_POLL_MS="20", **{name: url}
+        )
+        ingest = bearer(key_of(site, "nats-ingest", "ingest"))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            r = await c.post(
+                "/v1/opt-outs",
+                json={"email": "nats.one@example.org", "source": "web"},
+                headers=ingest,
+            )
+            assert r.status_code == 200, r.text
+
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+
+            async def published() -> int:
+                try:
+                    return (await js.stream_info("CDP_CONSENT")).state.messages
+                except Exception:
+                    return 0
+
+            for _ in range(1200):
+                if await published() >= 3:  # opt_out, consent.withdrawn, suppression.added
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("nothing was published to CDP_CONSENT")
+        finally:
+            await nc.close()
+
+        applied: list[dict] = []
+
+        def apply(event: dict) -> None:
+            applied.append(event)
+            if {e["kind"] for e in applied} >= {"opt_out", "consent.withdrawn"}:
+                raise _Consumed
+
+        scope: dict[str, Any] = {"apply": apply}
+        code = block(CONSUMER).text.replace(documented_url, url)
+        exec(compile(code, "docs/webhooks.md", "exec"), scope)
+        with pytest.raises(_Consumed):
+            await asyncio.wait_for(scope["consume"](), 60)
+    opt_out = next(e for e in applied if e["kind"] == "opt_out")
+    assert set(opt_out) == documented_keys(PAYLOAD) and "address" not in opt_out
 
 
 # -- docs/segments.md ------------------------------------------------------------------------
