@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -213,8 +212,9 @@ async def until(check: Callable[[], Any], what: str, limit: float = 60.0) -> Non
     raise AssertionError(f"never happened: {what}")
 
 
-def ports() -> int:
-    return free_port(random.Random(uuid.uuid4().int), *PORTS)
+def port_for(test: str) -> int:
+    """A free port of this file's range, drawn the same way each run for the same test."""
+    return free_port(random.Random(f"docs/{test}"), *PORTS)
 
 
 @pytest.fixture
@@ -321,7 +321,7 @@ def test_the_makefile_has_the_targets_the_docs_name():
 
 async def test_readme_try_it_as_written(backend, sites):
     site = await sites("try-it")
-    port = ports()
+    port = port_for("try-it")
     base = f"http://127.0.0.1:{port}"
     await serving(site, port)
     example = block(TRY_IT).text
@@ -338,6 +338,11 @@ async def test_readme_try_it_as_written(backend, sites):
     assert ("email", "anna.ivanova@example.com") in identities  # trimmed and lower-cased
     assert ("phone", "+79161234567") in identities  # E.164
     assert ("external_id", "C-1001") in identities
+    api_md = {"profile_id", "identities", "first_name", "last_name", "birth_date"}
+    api_md |= {"postal_address", "postcode", "city", "country", "jurisdiction", "traits"}
+    api_md |= {"stats", "consents", "merged_from"}  # API.md, GET /v1/profiles?email=
+    assert api_md <= set(profile), api_md - set(profile)
+    assert {"items", "contactable"} <= set(profile["consents"])
     assert (profile["first_name"], profile["last_name"], profile["country"]) == (
         "Анна",
         "Иванова",
@@ -447,7 +452,7 @@ def documented_keys(key: tuple[str, str]) -> set[str]:
 
 async def test_webhooks_doc_subscribe_rotate_deliver_and_verify(backend, sites, receiver):
     site = await sites("webhooks", CDP_WEBHOOK_ALLOW_PRIVATE="1")
-    port = ports()
+    port = port_for("webhooks")
     base = f"http://127.0.0.1:{port}"
     await serving(site, port, CDP_WEBHOOK_DISPATCHER="on", CDP_WEBHOOK_POLL_MS="20")
     admin = key_of(site, "wh-admin", "admin")
@@ -546,11 +551,11 @@ async def test_webhooks_doc_nats_consumer_as_written(sites, tmp_path):
     nats-server is not installed (tests/test_crash_outbox.py's server)."""
     setting = block(NATS_SETTING).text.split("#")[0].strip()
     name, documented_url = setting.split("=", 1)
-    async with nats_server(random.Random(uuid.uuid4().int), tmp_path) as url:
+    async with nats_server(random.Random("docs/nats-server"), tmp_path) as url:
         if url is None:
             pytest.skip("nats-server or the nats client is not installed")
         site = await sites("nats")
-        port = ports()
+        port = port_for("nats")
         await serving(
             site, port, CDP_WEBHOOK_DISPATCHER="on", CDP_WEBHOOK_POLL_MS="20", **{name: url}
         )
@@ -619,7 +624,7 @@ async def test_segments_doc_recipes_on_the_demo_base(backend, sites):
     demo = site.cli("demo")
     assert demo.returncode == 0, demo.stderr[-2000:]
     assert re.search(r"customers: 3000\b", demo.stdout), demo.stdout
-    port = ports()
+    port = port_for("segments")
     base = f"http://127.0.0.1:{port}"
     await serving(site, port)
     marketing = bearer(key_of(site, "seg-marketing", "marketing"))
