@@ -21,6 +21,7 @@ import re
 import runpy
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -319,14 +320,18 @@ def test_the_makefile_has_the_targets_the_docs_name():
 # -- README: Try it --------------------------------------------------------------------------
 
 
+# A new user's settings: none (the database ./cdp.db, a development key made in ./.cdp/).
+NEW_USER = {"CDP_DATABASE_URL": "", "CDP_MASTER_KEY": "", "CDP_DEV_KEY_DIR": ""}
+
+
 async def test_readme_try_it_as_written(backend, sites):
     site = await sites("try-it")
     port = port_for("try-it")
     base = f"http://127.0.0.1:{port}"
-    await serving(site, port)
+    server = await serving(site, port, **NEW_USER)
     example = block(TRY_IT).text
 
-    done = run_shell(site, example, base)
+    done = run_shell(site, example, base, **NEW_USER)
     assert done.returncode == 0, done.stderr[-3000:]
     ingest_key = (site.tmp / "ingest.key").read_text().strip()
     admin_key = (site.tmp / "admin.key").read_text().strip()
@@ -351,17 +356,17 @@ async def test_readme_try_it_as_written(backend, sites):
 
     # "run again, `cdp keys create` refuses the name on stderr, exits 1, and the `tail -1`
     # above writes an empty file ... `cdp keys list` shows the names taken"
-    again = site.cli("keys", "create", "--name", "crm-sync", "--role", "ingest")
+    again = site.cli("keys", "create", "--name", "crm-sync", "--role", "ingest", **NEW_USER)
     assert again.returncode == 1 and again.stdout == "" and "exists" in again.stderr
-    rerun = run_shell(site, example, base)
+    rerun = run_shell(site, example, base, **NEW_USER)
     assert (site.tmp / "ingest.key").read_text() == ""
     assert [status for status, _ in answers(rerun.stdout)] == [401, 401]
-    listed = site.cli("keys", "list")
+    listed = site.cli("keys", "list", **NEW_USER)
     assert {"crm-sync", "me"} <= {line.split()[0] for line in listed.stdout.splitlines()}
 
     # "`cdp demo` ... fills only an empty database and refuses one that holds a profile, such
     # as Anna's"
-    demo = site.cli("demo")
+    demo = site.cli("demo", **NEW_USER)
     assert demo.returncode == 1 and "not empty" in demo.stderr
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
         # "`cdp serve --port 8001` serves on another port; the links it hands out follow it"
@@ -386,6 +391,14 @@ async def test_readme_try_it_as_written(backend, sites):
         assert options.status_code in (200, 204) and "POST" in options.headers["allow"]
         assert (await c.head("/health")).status_code == 200
         assert (await c.get("/health")).json() == {"status": "ok"}
+
+    # "creates a development master key in ./.cdp/ with a warning, applies migrations, serves
+    # on http://127.0.0.1:8000 and says so once it answers"; Ctrl+C stops it.
+    assert (site.tmp / ".cdp" / "master.key").is_file() and (site.tmp / "cdp.db").is_file()
+    server.send_signal(signal.SIGINT)
+    _, said = server.communicate(timeout=60)  # it ends (click says "Aborted!": left alone)
+    assert "Traceback" not in said, said[-3000:]
+    assert "dev_master_key_created" in said and f"serving on {base}" in said, said[-3000:]
 
 
 async def test_the_cli_commands_named_in_the_prose_run(sites, tmp_path):
