@@ -551,6 +551,16 @@ async def test_webhooks_doc_subscribe_rotate_deliver_and_verify(backend, sites, 
         verify(rotated.json()["secret"], merged.headers, merged.body)
         verify(secret, merged.headers, merged.body)
 
+        # "newest first: status, attempts with status codes, `lag_ms`"; then DELETE: 204, and
+        # the API no longer shows the subscription or its deliveries.
+        path = f"/v1/webhooks/{made.json()['id']}"
+        listed = (await c.get(f"{path}/deliveries", headers=bearer(admin))).json()["items"]
+        assert listed[0]["kind"] == "profile.merged"
+        assert {"status", "attempts", "lag_ms", "history"} <= set(listed[0])
+        assert (await c.delete(path, headers=bearer(admin))).status_code == 204
+        assert (await c.get(path, headers=bearer(admin))).status_code == 404
+        assert (await c.get(f"{path}/deliveries", headers=bearer(admin))).status_code == 404
+
 
 class _Consumed(Exception):
     pass
