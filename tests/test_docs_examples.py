@@ -4,10 +4,10 @@ crash.py's Site and `serving`), and held to what the text says of them: status c
 messages, counts. A change to the product or to the docs that breaks an example fails here.
 
 Every example block of the three files is either run here (RUN) or named in NOT_RUN with the
-reason, and every `cdp ...` or `python -m bench...` command written in their prose must name a
-command and options that exist: a new block or a renamed option fails
-`test_every_example_is_run_or_skipped_for_a_stated_reason` and
-`test_every_command_in_the_prose_exists_with_its_options` until it is run or explained.
+reason; every `cdp ...` or `python -m bench...` command written in their prose is either run
+(PROSE_RUN) or named in PROSE_NOT_RUN with the reason, and must name a command and options that
+exist. A new example, or a renamed command or option, fails the inventory tests until it is run
+or explained. The examples run on SQLite, in a directory of their own.
 """
 
 from __future__ import annotations
@@ -103,6 +103,26 @@ PROSE_RUN = {
     "cdp webhooks prune [--older-than DAYS] [--dead-older-than DAYS]": r"deleted \d+ deliveries",
 }
 
+# Commands named in prose that are not run by `test_the_cli_commands_named_in_the_prose_run`
+# (by what they start with), each with its reason. Their options are checked all the same.
+PROSE_NOT_RUN = {
+    "cdp": "the command itself, run by every test here",
+    "cdp serve": "started by each test here that serves (--port: the Try it test)",
+    "cdp serve --workers": "PostgreSQL only: tests/test_serve_workers.py starts two workers",
+    "cdp demo": "run by the segments test (3,000 customers)",
+    "cdp demo --customers": "tens of thousands of customers: minutes",
+    "cdp keys create": "run by the Try it block",
+    "cdp keys rotate-master": "needs a new master key and every service restarted: "
+    "tests/test_keys.py and tests/test_crash_consistency.py run it",
+    "cdp import": "its files, encodings and rejects: tests/test_import*.py",
+    "cdp events import": "run with its FILE and --source above",
+    "cdp dispatch": "runs until stopped; `cdp dispatch --once` is run",
+    "cdp webhooks replay": "run with --since above",
+    "cdp webhooks prune": "run above",
+    "python -m bench": "benchmarks: minutes to hours, and their figures are measurements, "
+    "not claims a test can hold; tests/test_bench_smoke.py runs some at a tiny scale",
+}
+
 
 @dataclass(frozen=True)
 class Block:
@@ -110,6 +130,7 @@ class Block:
     line: int  # where it starts, 1-based
     lang: str  # "" for an indented block
     text: str
+    span: range  # the file's lines it takes, fences included (0-based)
 
     @property
     def first(self) -> str:
@@ -125,7 +146,8 @@ def blocks(doc: str) -> list[Block]:
         line = lines[i]
         if line.startswith("```"):
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-            found.append(Block(doc, i + 2, line[3:].strip(), "\n".join(lines[i + 1 : end])))
+            text = "\n".join(lines[i + 1 : end])
+            found.append(Block(doc, i + 2, line[3:].strip(), text, range(i, end + 1)))
             i = end + 1
             continue
         if line.startswith("    ") and line.strip() and (i == 0 or not lines[i - 1].strip()):
@@ -133,7 +155,7 @@ def blocks(doc: str) -> list[Block]:
             while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
                 end += 1
             text = textwrap.dedent("\n".join(lines[i:end])).strip("\n")
-            found.append(Block(doc, i + 1, "", text))
+            found.append(Block(doc, i + 1, "", text, range(i, end)))
             i = end
             continue
         i += 1
@@ -149,10 +171,12 @@ def block(key: tuple[str, str]) -> Block:
 
 def prose_commands(doc: str) -> list[tuple[int, str]]:
     """`cdp ...` and `python -m bench...` written in the prose (code spans, outside blocks)."""
-    text = (REPO / doc).read_text(encoding="utf-8")
+    lines = (REPO / doc).read_text(encoding="utf-8").split("\n")
     for b in blocks(doc):  # blank the blocks out, keeping line numbers
-        text = text.replace(b.text, "\n" * b.text.count("\n"), 1)
-    text = re.sub(r"^```.*$", "", text, flags=re.M)
+        for i in b.span:
+            lines[i] = ""
+    text = "\n".join(lines)
+    text = re.sub(r"``.+?``", lambda m: "\n" * m.group().count("\n"), text, flags=re.S)
     out = []
     for m in re.finditer(r"`([^`]+)`", text):
         span = " ".join(m.group(1).split())
@@ -244,6 +268,23 @@ def test_every_example_is_run_or_skipped_for_a_stated_reason():
     for key in named:
         block(key)  # each still in the docs, once
     assert all(reason.strip() for reason in NOT_RUN.values())
+
+
+def test_every_command_in_the_prose_is_run_or_skipped_for_a_stated_reason():
+    def skipped(span: str) -> bool:
+        # a key names the command and what it starts with; `cdp` alone only itself
+        return any(
+            span == k or (k != "cdp" and span.startswith((k + " ", k + "."))) for k in PROSE_NOT_RUN
+        )
+
+    spans = {(doc, line, span) for doc in DOCS for line, span in prose_commands(doc)}
+    unaccounted = [
+        f"{d}:{n}: {s}" for d, n, s in sorted(spans) if s not in PROSE_RUN and not skipped(s)
+    ]
+    assert not unaccounted, "commands neither run nor skipped with a reason:\n" + "\n".join(
+        unaccounted
+    )
+    assert len(spans) > 40, "prose_commands reads too few commands: has the markdown changed?"
 
 
 def click_command(words: list[str]) -> tuple[click.Command, list[str]]:
