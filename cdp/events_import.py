@@ -34,6 +34,7 @@ from cdp.import_file import (
     REJECTS_HEADER,
     Columns,
     check_file,
+    open_rejects,
     read_chunks,
     rejects_file,
     rows_at_most,
@@ -162,7 +163,7 @@ async def run_event_import(
         on_total(rows_at_most(path, lines))
     summary = EventImportSummary()
     summary.rejects_path = rejects_path = rejects_file(path, rejects_path)
-    with open(rejects_path, "w", encoding="utf-8", newline="") as out:  # noqa: ASYNC230
+    with open_rejects(rejects_path) as out:
         writer = csv.writer(out)
         writer.writerow(REJECTS_HEADER)
 

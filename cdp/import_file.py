@@ -29,10 +29,12 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
+import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -95,6 +97,21 @@ def rejects_file(path: Path, rejects_path: Path | None) -> Path:
     if rejects.exists() and rejects.samefile(path):
         raise ImportFileError("the rejects file is the file to import: name another one")
     return rejects
+
+
+def open_rejects(rejects: Path) -> IO[str]:
+    """The rejects file, emptied and opened for writing, readable and writable by its owner
+    only (0600) whatever the umask, and made so where it already existed: it lies beside a
+    customer file and says which of its lines were refused and why. Not a regular file (such
+    as `--rejects /dev/stdout` or `/dev/null`): left as it is."""
+    fd = os.open(rejects, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+        return open(fd, "w", encoding="utf-8", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def python_encoding(encoding: str) -> str:

@@ -54,6 +54,7 @@ from cdp.import_file import (
     Chunk,
     ImportFileError,
     check_file,
+    open_rejects,
     read_chunks,
     rejects_file,
     rows_at_most,
@@ -507,7 +508,7 @@ async def run_import(
         workers = max(1, (os.cpu_count() or 2) - 1) if big else 0
 
     # The rejects file is written as rows are read (constant memory); a CLI may block on it.
-    out = open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: ASYNC230, SIM115
+    out = open_rejects(rejects_path)
     writer = csv.writer(out)
     writer.writerow(REJECTS_HEADER)
 

@@ -1,0 +1,52 @@
+"""Canary taint review: unique canary values planted as every kind of personal data, through
+the ways data enters, then searched for in the channels where they must not turn up."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cdp.events_import import run_event_import
+from cdp.importer import run_import
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def owner_only(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+
+@pytest.mark.parametrize("existing", [False, True])
+async def test_the_rejects_files_are_owner_only(platform, tmp_path, existing):
+    """The rejects file sits beside a customer file and says which of its lines were refused
+    and why: it is created (or, named again, made) readable by its owner only, whatever the
+    umask, as the customer file should be."""
+    people = tmp_path / "people.csv"
+    people.write_text("email,birth_date\nqz.rejected@example.org,1937-13-45\n")
+    events = tmp_path / "events.csv"
+    events.write_text("event_id,type,occurred_at,email\ne1,purchase,bad,qz.rejected@example.org\n")
+    for path in (people, events):
+        rejects = path.with_name(path.name + ".rejects.csv")
+        if existing:
+            rejects.write_text("old\n")
+            rejects.chmod(0o644)
+    with umask(0o022):
+        profiles = await run_import(platform, people, "crm", workers=0)
+        orders = await run_event_import(platform, events, "shop")
+    for summary in (profiles, orders):
+        assert summary.rejects_path is not None
+        text = summary.rejects_path.read_text()
+        assert "qz.rejected" not in text and "1937-13-45" not in text and "old" not in text
+        assert owner_only(summary.rejects_path), oct(summary.rejects_path.stat().st_mode)
