@@ -50,3 +50,27 @@ async def test_the_rejects_files_are_owner_only(platform, tmp_path, existing):
         text = summary.rejects_path.read_text()
         assert "qz.rejected" not in text and "1937-13-45" not in text and "old" not in text
         assert owner_only(summary.rejects_path), oct(summary.rejects_path.stat().st_mode)
+
+
+async def test_a_new_sqlite_database_and_key_store_are_owner_only(tmp_path):
+    """The SQLite database (city, traits and every ciphertext, the wrapped half of every data
+    key) and its key store (the other half) are created readable by their owner only, with
+    their -wal and -shm files (SQLite gives them the database's mode), whatever the umask:
+    with 0644 any local account could copy both halves of every customer's key."""
+    from cdp.platform import open_platform
+    from tests.conftest import make_settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    with umask(0o022):
+        p = await open_platform(make_settings(url, tmp_path))
+        try:
+            await p.db.purge_wal()  # the WAL's file is there, with the database open
+            files = sorted(tmp_path.glob("cdp*.db*"))
+            names = {f.name for f in files}
+            assert {"cdp.db", "cdp.db-wal", "cdp.keys.db"} <= names, names
+            loose = {
+                f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files if not owner_only(f)
+            }
+            assert not loose
+        finally:
+            await p.close()

@@ -9,10 +9,12 @@ identifier takes transaction-scoped advisory locks with `lock_keys`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cdp.db.group_commit import Apply, GroupCommit
@@ -76,6 +78,22 @@ def make_engine(
     )
 
 
+def create_owner_only(url: str) -> None:
+    """A SQLite database file that does not exist yet is created empty (a valid database)
+    readable and writable by its owner only (0600), whatever the umask, before SQLite opens
+    it: SQLite would create it 0644, and gives the -wal and -shm files the database's mode.
+    The database and the key store each hold half of every data key, and the database the
+    plaintext city and traits, so no other local account may read them. A file that exists
+    is left as its owner set it; an in-memory or read-only (`mode=ro`) URL, or a directory
+    that cannot be written, is left to SQLite."""
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if not path or path == ":memory:" or path.startswith("file:") or "mode" in parsed.query:
+        return
+    with contextlib.suppress(OSError):  # there already, or SQLite's to report
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -101,6 +119,8 @@ class Database:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.url = url
+        if url.startswith("sqlite"):
+            create_owner_only(url)
         self.engine = make_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, connect_timeout=connect_timeout
         )
