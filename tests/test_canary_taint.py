@@ -13,6 +13,7 @@ import pytest
 
 from cdp.events_import import run_event_import
 from cdp.importer import run_import
+from tests.test_pii_in_errors import everything_said
 
 
 @contextlib.contextmanager
@@ -74,3 +75,14 @@ async def test_a_new_sqlite_database_and_key_store_are_owner_only(tmp_path):
             assert not loose
         finally:
             await p.close()
+
+
+async def test_no_driver_log_repeats_a_bound_value_even_at_debug(platform, client, keys, caplog):
+    """SQLAlchemy hides bound values (`hide_parameters`), but aiosqlite's own logger wrote
+    every statement with its parameters at DEBUG (the plaintext city and traits, ciphertexts,
+    blind indexes): a root logger set to DEBUG, to look into anything, spilled them."""
+    record = {"source": "crm", "email": "qz.driver@example.org", "city": "Qzdrivercity"}
+    with everything_said(caplog) as said:
+        r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+        assert r.status_code == 201, r.text
+    assert not [text for text in said if "Qzdrivercity" in text or "qz.driver" in text]

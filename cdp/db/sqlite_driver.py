@@ -17,6 +17,7 @@ isolation level; pyproject.toml pins the aiosqlite versions they were read from.
 from __future__ import annotations
 
 import collections
+import logging
 from typing import Any
 
 import aiosqlite
@@ -25,6 +26,12 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+
+# aiosqlite's own logger writes, at DEBUG, every call it runs with its arguments: a statement's
+# bound values (the plaintext city and traits, ciphertexts, blind indexes) and the exception
+# of a failed one. SQLAlchemy's `hide_parameters` does not reach it, so it is held at INFO
+# whatever level the root logger is given (a DEBUG root logger used to print them all).
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def _run(connection: aiosqlite.Connection, sql: str, params: Any, many: bool) -> tuple:
