@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from sqlalchemy import func, select, text
 
+from cdp.db.engine import Database
 from cdp.platform import Platform
 
 T = TypeVar("T")
@@ -24,9 +25,14 @@ async def count(p: Platform, table) -> int:  # type: ignore[no-untyped-def]
 
 async def raw_database_bytes(p: Platform) -> bytes:
     """Everything the database holds on disk (SQLite file) or in a dump (PostgreSQL)."""
-    url = p.settings.database_url
+    return await raw_bytes_of(p.db, p.settings.database_url)
+
+
+async def raw_bytes_of(db: Database, url: str) -> bytes:
+    """Everything the database `db` at `url` (the platform's, or its key store) holds on disk
+    (SQLite file and -wal) or in a dump (PostgreSQL)."""
     if url.startswith("sqlite"):
-        async with p.db.engine.connect() as conn:
+        async with db.engine.connect() as conn:
             await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         path = Path(url.split(":///", 1)[1])
         data = path.read_bytes()

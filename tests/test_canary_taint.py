@@ -4,16 +4,29 @@ the ways data enters, then searched for in the channels where they must not turn
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy import select
 
+from cdp.crypto.master import MasterKey
 from cdp.events_import import run_event_import
 from cdp.importer import run_import
+from cdp.keyring import rotate_master_key
+from cdp.platform import Platform
+from consent.dsr.worker import run_pending
+from tests.helpers import raw_bytes_of, raw_database_bytes
+from tests.test_erasure import wrapped_keys
 from tests.test_pii_in_errors import everything_said
+from tests.test_webhooks_delivery import drain, subscribe
 
 
 @contextlib.contextmanager
@@ -86,3 +99,344 @@ async def test_no_driver_log_repeats_a_bound_value_even_at_debug(platform, clien
         r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
         assert r.status_code == 201, r.text
     assert not [text for text in said if "Qzdrivercity" in text or "qz.driver" in text]
+
+
+@dataclass(frozen=True)
+class Canary:
+    """One customer's personal data, each value unique to this file, and every form in which
+    it must not turn up (as written, normalised, E.164 and national digits)."""
+
+    tag: str  # a letter: no two canaries share a value
+    cyrillic: bool
+
+    @property
+    def email(self) -> str:
+        return f"Qz{self.tag}Canary.Mail@Example.org"
+
+    @property
+    def digits(self) -> str:  # national, 10 digits
+        return "91655" + str(ord(self.tag) % 100).zfill(2) + "731"
+
+    def phone(self, style: int) -> str:
+        d = self.digits
+        return [
+            f"+7 {d[:3]} {d[3:6]}-{d[6:8]}-{d[8:]}",
+            f"8 ({d[:3]}) {d[3:6]}-{d[6:8]}-{d[8:]}",
+            f"+7{d}",
+            f"8{d}",
+        ][style % 4]
+
+    @property
+    def first_name(self) -> str:
+        return ("Жкзщ" if self.cyrillic else "Qzfirst") + self.tag
+
+    @property
+    def last_name(self) -> str:
+        return ("Щывкова" if self.cyrillic else "Qzlast") + self.tag
+
+    @property
+    def birth_date(self) -> str:
+        return f"1937-02-{10 + ord(self.tag) % 18}"
+
+    @property
+    def address(self) -> str:
+        return f"ул. Канарейкина {self.tag}, {ord(self.tag)}"
+
+    @property
+    def postcode(self) -> str:
+        return f"98{ord(self.tag):04d}"
+
+    @property
+    def city(self) -> str:
+        return f"Qzcity{self.tag}"
+
+    @property
+    def external_id(self) -> str:
+        return f"QZEXT-{self.tag}-777"
+
+    @property
+    def ip(self) -> str:
+        return f"198.51.100.{100 + ord(self.tag) % 100}"
+
+    @property
+    def user_agent(self) -> str:
+        return f"QzAgent/{self.tag}.7"
+
+    @property
+    def trait(self) -> str:
+        return f"Qztrait{self.tag}"
+
+    def record(self, style: int = 0, **more: Any) -> dict[str, Any]:
+        return {
+            "source": "crm",
+            "external_id": self.external_id,
+            "email": self.email,
+            "phone": self.phone(style),
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "birth_date": self.birth_date,
+            "postal_address": self.address,
+            "postcode": self.postcode,
+            "city": self.city,
+            "country": "RU",
+            "traits": {"tier": self.trait},
+            "consents": [
+                {
+                    "purpose": "marketing",
+                    "channel": "email",
+                    "status": "granted",
+                    "evidence": self.evidence(),
+                }
+            ],
+            **more,
+        }
+
+    def evidence(self) -> dict[str, str]:
+        return {
+            "wording_id": "nl-v3",
+            "method": "double_opt_in",
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+            "page_url": f"https://shop.example/s?u={self.email.lower()}",
+        }
+
+    def forms(self) -> dict[str, str]:
+        """What must not be found where personal data must not be (the city and traits aside:
+        stored plainly for segments, `plain`)."""
+        return {
+            "email": self.email.split("@")[0].lower(),
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "phone": self.digits[3:],  # in E.164 and national forms alike
+            "birth_date": self.birth_date,
+            "address": f"Канарейкина {self.tag}",
+            "postcode": self.postcode,
+            "external_id": self.external_id,
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+        }
+
+    def plain(self) -> dict[str, str]:
+        return {"city": self.city, "trait": self.trait}
+
+
+def found(blob: bytes | str, values: dict[str, str]) -> list[str]:
+    """The names of the values that `blob` holds, in any case, as UTF-8 or hex (pg_dump)."""
+    raw = (blob.encode() if isinstance(blob, str) else blob).lower()
+    return [
+        name
+        for name, value in values.items()
+        if value.lower().encode() in raw or value.encode().hex().encode() in raw
+    ]
+
+
+async def raw_key_store_bytes(p: Platform) -> bytes:
+    """Everything the key store holds on disk (SQLite file and -wal) or in a dump."""
+    return await raw_bytes_of(p.keys.store.db, p.settings.key_store_url)  # type: ignore[union-attr]
+
+
+async def key_shares_of(p: Platform, pids: list[str]) -> list[bytes]:
+    from cdp.key_store import key_shares
+
+    async with p.keys.store.db.read() as conn:  # type: ignore[union-attr]
+        rows = await conn.execute(
+            select(key_shares.c.share).where(
+                key_shares.c.profile_id.in_([uuid.UUID(x) for x in pids])
+            )
+        )
+        return [bytes(s) for (s,) in rows]
+
+
+KEPT, ERASED, IMPORTED, REFUSED, UNSEEN = (
+    Canary("K", False),
+    Canary("E", True),
+    Canary("I", True),
+    Canary("R", False),
+    Canary("U", True),
+)
+
+
+async def test_canaries_planted_everywhere_turn_up_only_where_they_may(
+    platform, client, keys, receiver, caplog, tmp_path
+):
+    """Every kind of personal data, through every way in (a record, a batch with a refused
+    record, events, consents with evidence, opt-outs, an SMS stop, a DSR with a note, a manage
+    link, `cdp import` CSV and NDJSON with refused rows, `cdp events import`), then merges, an
+    unmerge, an erasure, an access export, webhook dispatch and a master key rotation: no
+    canary in any log line, error answer or header, webhook payload without include_address,
+    rejects file, the raw database or key store (city and traits aside, stored plainly for
+    segments); and of the erased customer nothing at all, nor their data key's halves."""
+    await subscribe(client, keys, receiver)  # include_address false
+    errors: list[str] = []  # error answers and every answer's headers
+
+    async def call(method: str, path: str, role: str = "admin", **kw: Any) -> httpx.Response:
+        headers = {**keys[role], **kw.pop("headers", {})}
+        r = await client.request(method, path, headers=headers, **kw)
+        assert r.status_code < 500, (path, r.text)
+        errors.append(repr(dict(r.headers)))
+        if r.status_code >= 400:
+            errors.append(r.text)
+        return r
+
+    with everything_said(caplog) as said:
+        kept = (await call("POST", "/v1/profiles", "ingest", json=KEPT.record(0))).json()
+        bad = ERASED.record(1, birth_date=ERASED.birth_date + "x", phone=ERASED.phone(1) + "99")
+        r = await call(
+            "POST",
+            "/v1/profiles/batch",
+            "ingest",
+            json={"records": [ERASED.record(1), bad]},
+        )
+        errors.extend(repr(x["error"]) for x in r.json()["results"] if "error" in x)
+        erased = r.json()["results"][0]["profile_id"]
+        # a second profile of the erased customer, by a new email, then linked: a merge
+        other = {"source": "shop", "email": "qze2." + ERASED.email, "first_name": ERASED.first_name}
+        await call("POST", "/v1/profiles", "ingest", json=other)
+        r = await call(
+            "POST",
+            "/v1/profiles",
+            "ingest",
+            json={"source": "shop", "email": other["email"], "phone": ERASED.phone(2)},
+        )
+        assert r.json()["merged_profile_ids"], r.text
+        await call("POST", f"/v1/profiles/{erased}/unmerge")
+        event = {"source": "shop", "type": "purchase", "occurred_at": "2026-11-01T12:00:00Z"}
+        event |= {"amount": "10.00", "currency": "RUB", "category": "shoes"}
+        await call(
+            "POST",
+            "/v1/events",
+            "ingest",
+            json=event
+            | {"event_id": f"o-{ERASED.email}", "phone": ERASED.phone(3)}
+            | {"properties": {"gift_for": ERASED.last_name, "ship_to": ERASED.address}},
+        )
+        await call(
+            "POST",
+            "/v1/events",
+            "ingest",
+            json=event | {"event_id": "o-2", "external_id": KEPT.external_id, "source": "crm"},
+        )
+        consent = {"purpose": "marketing", "channel": "email", "status": "granted"}
+        consent |= {"source": "web", "occurred_at": "2026-11-20T09:00:00Z"}
+        await call(
+            "POST",
+            "/v1/consents",
+            "ingest",
+            json=consent | {"email": ERASED.email, "evidence": ERASED.evidence()},
+        )
+        await call(
+            "POST",
+            "/v1/consents",
+            "ingest",
+            json=consent | {"email": KEPT.email, "purpose": "nope", "evidence": KEPT.evidence()},
+        )
+        await call("POST", "/v1/opt-outs", "ingest", json={"email": KEPT.email, "source": "crm"})
+        await call("POST", "/v1/opt-outs", "ingest", json={"email": UNSEEN.email, "source": "crm"})
+        await call(
+            "POST",
+            "/v1/opt-outs",
+            "ingest",
+            json={"phone": UNSEEN.phone(1), "source": "crm", "channel": "sms"},
+        )
+        sms = {"from": ERASED.phone(2), "text": f"STOP {ERASED.first_name}"}
+        await call("POST", "/v1/inbound/sms", "ingest", json=sms)
+        for query in (
+            {"email": KEPT.email},
+            {"phone": KEPT.phone(3)},
+            {"source": "crm", "external_id": KEPT.external_id},
+            {"email": REFUSED.email},  # 404
+            {"email": REFUSED.email + "@"},  # 400
+        ):
+            await call("GET", "/v1/profiles", params=query)
+        await call("GET", "/v1/audit/consent-events", "compliance", params={"email": KEPT.email})
+        link = await call("POST", "/v1/preference-links", "ingest", json={"email": KEPT.email})
+        token = link.json()["token"]
+        errors.append(repr(dict((await client.get(f"/preferences/{token}")).headers)))
+        await call("POST", "/v1/access-requests", "compliance", json={"email": KEPT.email})
+        halves = await wrapped_keys(platform, [erased]) + await key_shares_of(platform, [erased])
+        assert len(halves) == 2
+        note = f"{ERASED.first_name} {ERASED.last_name} phoned from {ERASED.phone(0)}"
+        await call(
+            "POST",
+            "/v1/erasure-requests",
+            "compliance",
+            json={"email": ERASED.email, "requested_by": "customer", "note": note},
+        )
+        await call(
+            "POST",
+            "/v1/erasure-requests",
+            "compliance",
+            json={"email": REFUSED.email, "requested_by": "customer", "note": REFUSED.last_name},
+        )
+        await call("POST", "/v1/profiles", "marketing", json=REFUSED.record())  # 403
+        await call("POST", "/v1/profiles", "ingest", json=REFUSED.record(country="ZZ"))
+        await call(
+            "POST",
+            "/v1/profiles",
+            "ingest",
+            content=json.dumps(REFUSED.record())[:-3],
+            headers={"content-type": "application/json"},
+        )
+        # the bulk ways in, with refused rows naming REFUSED
+        people = tmp_path / "people.csv"
+        columns = "external_id,email,phone,first_name,last_name,birth_date,postal_address"
+        columns += ",postcode,city,country,consent.marketing.email"
+        columns += ",consent.marketing.email.wording_id"
+
+        def row(c: Canary, bad: str = "") -> str:
+            values = (c.external_id, c.email + bad, c.phone(1), c.first_name, c.last_name)
+            values += (c.birth_date + bad, f'"{c.address}"', c.postcode, c.city, "RU")
+            return ",".join(values) + ",granted,nl-v3"
+
+        people.write_text(f"{columns}\n{row(IMPORTED)}\n{row(REFUSED, '!x')}\n")
+        lines = tmp_path / "people.ndjson"
+        refused = REFUSED.record(birth_date="x", **{REFUSED.email: 1})
+        refused.pop("source")
+        lines.write_text(json.dumps(refused, ensure_ascii=False) + "\n{" + REFUSED.email + "\n")
+        orders = tmp_path / "orders.csv"
+        orders.write_text(
+            "event_id,type,occurred_at,email,phone,amount,currency\n"
+            f"e1,purchase,2026-11-02T10:00:00Z,{IMPORTED.email},,5.00,RUB\n"
+            f"e2,purchase,{REFUSED.birth_date},{REFUSED.email},{REFUSED.phone(0)},x,RUB\n"
+        )
+        summaries = [
+            await run_import(platform, people, "crm", workers=0),
+            await run_import(platform, lines, "crm", workers=0),
+            await run_event_import(platform, orders, "shop"),
+        ]
+        assert summaries[0].created == 1 and summaries[0].rejected_rows == 1
+        assert summaries[1].rejected_rows == 2 and summaries[2].rejected_rows == 1
+        # what runs behind the API: the erasure, the dispatcher, a master key rotation
+        await run_pending(platform)  # the erasure, if the request's own task has not
+        await drain(platform)
+        new_master = MasterKey.from_base64(MasterKey.generate_base64())
+        assert await rotate_master_key(platform.db, platform.keys.master, new_master) > 0
+    assert len(receiver.requests) > 5
+
+    everyone = (KEPT, ERASED, IMPORTED, REFUSED, UNSEEN)
+    for c in everyone:
+        values = c.forms() | c.plain()
+        for text in said:
+            assert not found(text, values), (c.tag, found(text, values), text[:300])
+        for text in errors:
+            assert not found(text, values), (c.tag, found(text, values), text[:300])
+        for sent in receiver.requests:
+            assert not found(sent.body + repr(sent.headers).encode(), values), c.tag
+        for s in summaries:
+            assert not found(s.rejects_path.read_bytes(), values), (c.tag, s.rejects_path)
+            assert owner_only(s.rejects_path)
+    database = await raw_database_bytes(platform)
+    store = await raw_key_store_bytes(platform)
+    for c in everyone:
+        assert not found(database, c.forms()), (c.tag, found(database, c.forms()))
+        assert not found(store, c.forms() | c.plain()), c.tag
+    assert found(database, KEPT.plain()) == ["city", "trait"]  # the check can see
+    # of the erased customer, nothing: not the city, not a trait, not a half of their key
+    assert not found(database, ERASED.plain())
+    everything = (database + store).lower()
+    kept_halves = [i for i, half in enumerate(halves) if found(everything, {"h": half.hex()})]
+    kept_halves += [i for i, half in enumerate(halves) if half in database + store]
+    assert not kept_halves  # 0: the database's half, 1: the key store's
+    assert await key_shares_of(platform, [kept["profile_id"]])  # the check can see
+    r = await client.get(f"/v1/profiles/{erased}", headers=keys["admin"])
+    assert r.status_code == 410
