@@ -25,6 +25,7 @@ from cdp.platform import Platform
 from consent.dsr.worker import run_pending
 from tests.helpers import raw_bytes_of, raw_database_bytes
 from tests.test_erasure import wrapped_keys
+from tests.test_import import run_cli
 from tests.test_pii_in_errors import everything_said
 from tests.test_webhooks_delivery import drain, subscribe
 
@@ -247,6 +248,33 @@ async def key_shares_of(p: Platform, pids: list[str]) -> list[bytes]:
         return [bytes(s) for (s,) in rows]
 
 
+def bulk_files(tmp: Path, ok: Canary, refused: Canary) -> tuple[Path, Path, Path]:
+    """A CSV and an NDJSON file of customers and a CSV of orders: `ok` imported, every row of
+    `refused` refused (one row of the CSVs, two lines of the NDJSON file)."""
+    people = tmp / "people.csv"
+    columns = "external_id,email,phone,first_name,last_name,birth_date,postal_address"
+    columns += ",postcode,city,country,consent.marketing.email"
+    columns += ",consent.marketing.email.wording_id"
+
+    def row(c: Canary, bad: str = "") -> str:
+        values = (c.external_id, c.email + bad, c.phone(1), c.first_name, c.last_name)
+        values += (c.birth_date + bad, f'"{c.address}"', c.postcode, c.city, "RU")
+        return ",".join(values) + ",granted,nl-v3"
+
+    people.write_text(f"{columns}\n{row(ok)}\n{row(refused, '!x')}\n")
+    lines = tmp / "people.ndjson"
+    record = refused.record(birth_date="x", **{refused.email: 1})
+    record.pop("source")
+    lines.write_text(json.dumps(record, ensure_ascii=False) + "\n{" + refused.email + "\n")
+    orders = tmp / "orders.csv"
+    orders.write_text(
+        "event_id,type,occurred_at,email,phone,amount,currency\n"
+        f"e1,purchase,2026-11-02T10:00:00Z,{ok.email},,5.00,RUB\n"
+        f"e2,purchase,{refused.birth_date},{refused.email},{refused.phone(0)},x,RUB\n"
+    )
+    return people, lines, orders
+
+
 KEPT, ERASED, IMPORTED, REFUSED, UNSEEN = (
     Canary("K", False),
     Canary("E", True),
@@ -378,27 +406,7 @@ async def test_canaries_planted_everywhere_turn_up_only_where_they_may(
             headers={"content-type": "application/json"},
         )
         # the bulk ways in, with refused rows naming REFUSED
-        people = tmp_path / "people.csv"
-        columns = "external_id,email,phone,first_name,last_name,birth_date,postal_address"
-        columns += ",postcode,city,country,consent.marketing.email"
-        columns += ",consent.marketing.email.wording_id"
-
-        def row(c: Canary, bad: str = "") -> str:
-            values = (c.external_id, c.email + bad, c.phone(1), c.first_name, c.last_name)
-            values += (c.birth_date + bad, f'"{c.address}"', c.postcode, c.city, "RU")
-            return ",".join(values) + ",granted,nl-v3"
-
-        people.write_text(f"{columns}\n{row(IMPORTED)}\n{row(REFUSED, '!x')}\n")
-        lines = tmp_path / "people.ndjson"
-        refused = REFUSED.record(birth_date="x", **{REFUSED.email: 1})
-        refused.pop("source")
-        lines.write_text(json.dumps(refused, ensure_ascii=False) + "\n{" + REFUSED.email + "\n")
-        orders = tmp_path / "orders.csv"
-        orders.write_text(
-            "event_id,type,occurred_at,email,phone,amount,currency\n"
-            f"e1,purchase,2026-11-02T10:00:00Z,{IMPORTED.email},,5.00,RUB\n"
-            f"e2,purchase,{REFUSED.birth_date},{REFUSED.email},{REFUSED.phone(0)},x,RUB\n"
-        )
+        people, lines, orders = bulk_files(tmp_path, IMPORTED, REFUSED)
         summaries = [
             await run_import(platform, people, "crm", workers=0),
             await run_import(platform, lines, "crm", workers=0),
@@ -440,3 +448,35 @@ async def test_canaries_planted_everywhere_turn_up_only_where_they_may(
     assert await key_shares_of(platform, [kept["profile_id"]])  # the check can see
     r = await client.get(f"/v1/profiles/{erased}", headers=keys["admin"])
     assert r.status_code == 410
+
+
+async def test_no_cli_command_repeats_a_canary(platform, tmp_path):
+    """`cdp import` (CSV and NDJSON, with refused rows), `cdp events import` and `cdp keys
+    rotate-master`, as processes: neither stdout nor stderr (structlog's lines, the progress
+    bar, the summary, an error) names any of the values; the rejects files are owner-only."""
+    url = platform.settings.database_url
+    people, lines, orders = bulk_files(tmp_path, IMPORTED, REFUSED)
+    with umask(0o022):
+        runs = [
+            run_cli(["import", str(people), "--source", "crm"], url, tmp_path),
+            run_cli(["import", str(lines), "--source", "crm"], url, tmp_path),
+            run_cli(["events", "import", str(orders), "--source", "shop"], url, tmp_path),
+            run_cli(
+                ["keys", "rotate-master", "--new-key-env", "CDP_NEW_MASTER_KEY"],
+                url,
+                tmp_path,
+                CDP_NEW_MASTER_KEY=MasterKey.generate_base64(),
+            ),
+        ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    assert "created: 1" in runs[0].stdout and "rejected rows: 1" in runs[0].stdout
+    assert "rejected rows: 2" in runs[1].stdout and "rejected rows: 1" in runs[2].stdout
+    for c in (IMPORTED, REFUSED):
+        values = c.forms() | c.plain()
+        for run in runs:
+            assert not found(run.stdout + run.stderr, values), (c.tag, run.args)
+        for path in (people, lines, orders):
+            rejects = path.with_name(path.name + ".rejects.csv")
+            assert not found(rejects.read_bytes(), values), (c.tag, rejects)
+            assert owner_only(rejects)
