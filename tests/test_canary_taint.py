@@ -236,15 +236,15 @@ async def raw_key_store_bytes(p: Platform) -> bytes:
     return await raw_bytes_of(p.keys.store.db, p.settings.key_store_url)  # type: ignore[union-attr]
 
 
-async def key_shares_of(p: Platform, pids: list[str]) -> list[bytes]:
-    from cdp.key_store import key_shares
+async def key_shares_of(p: Platform, pid: str, key_ids: range = range(1, 3)) -> list[bytes]:
+    """The key store's halves of the profile's data keys (its first and the one an unmerge
+    gave it) that it holds."""
+    from cdp.key_store import key_shares, share_id
 
+    ids = [share_id(uuid.UUID(pid), k) for k in key_ids]
     async with p.keys.store.db.read() as conn:  # type: ignore[union-attr]
-        rows = await conn.execute(
-            select(key_shares.c.share).where(
-                key_shares.c.profile_id.in_([uuid.UUID(x) for x in pids])
-            )
-        )
+        query = select(key_shares.c.share).where(key_shares.c.profile_id.in_(ids))
+        rows = await conn.execute(query)
         return [bytes(s) for (s,) in rows]
 
 
@@ -317,6 +317,7 @@ async def test_canaries_planted_everywhere_turn_up_only_where_they_may(
         )
         errors.extend(repr(x["error"]) for x in r.json()["results"] if "error" in x)
         erased = r.json()["results"][0]["profile_id"]
+        first_key = await wrapped_keys(platform, [erased])  # the unmerge below replaces it
         # a second profile of the erased customer, by a new email, then linked: a merge
         other = {"source": "shop", "email": "qze2." + ERASED.email, "first_name": ERASED.first_name}
         await call("POST", "/v1/profiles", "ingest", json=other)
@@ -381,8 +382,10 @@ async def test_canaries_planted_everywhere_turn_up_only_where_they_may(
         token = link.json()["token"]
         errors.append(repr(dict((await client.get(f"/preferences/{token}")).headers)))
         await call("POST", "/v1/access-requests", "compliance", json={"email": KEPT.email})
-        halves = await wrapped_keys(platform, [erased]) + await key_shares_of(platform, [erased])
-        assert len(halves) == 2
+        # both halves of both their keys: the first, and the one the unmerge gave the holder
+        halves = first_key + await wrapped_keys(platform, [erased])
+        halves += await key_shares_of(platform, erased)
+        assert len(set(halves)) == 4
         note = f"{ERASED.first_name} {ERASED.last_name} phoned from {ERASED.phone(0)}"
         await call(
             "POST",
@@ -444,8 +447,8 @@ async def test_canaries_planted_everywhere_turn_up_only_where_they_may(
     everything = (database + store).lower()
     kept_halves = [i for i, half in enumerate(halves) if found(everything, {"h": half.hex()})]
     kept_halves += [i for i, half in enumerate(halves) if half in database + store]
-    assert not kept_halves  # 0: the database's half, 1: the key store's
-    assert await key_shares_of(platform, [kept["profile_id"]])  # the check can see
+    assert not kept_halves  # 0, 1: the database's halves (first key, second); 2, 3: the store's
+    assert await key_shares_of(platform, kept["profile_id"])  # the check can see
     r = await client.get(f"/v1/profiles/{erased}", headers=keys["admin"])
     assert r.status_code == 410
 
