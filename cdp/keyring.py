@@ -420,11 +420,19 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
     Resumable: run again with the same two keys after the key ring has moved to `new`, it
     re-wraps whatever data keys are still under `old` (a service that kept running on the old
     key may have stored some before it noticed: `Keyring.check_current`). On PostgreSQL the key
-    ring's rows are updated first, so a service's check waits for the rotation to commit."""
+    ring's rows are updated first, so a service's check waits for the rotation to commit.
+
+    A rotation is for a master key that may have leaked, so no copy of a key wrapped under the
+    old one may stay on disk: on SQLite the old rows are overwritten (`secure_delete`) and the
+    WAL, which held every page as it was before (each data key's database half and the roots,
+    wrapped under the old key, for as long as any process kept the database open), is
+    checkpointed and truncated afterwards (`Database.purge_wal`), as after an erasure."""
     if new.key_id == old.key_id:  # it would re-wrap the same keys again, without end
         raise InvalidInput.field("new master key", "is the master key in use: nothing to rotate")
     rewrapped = 0
     async with db.write() as conn:
+        if conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("PRAGMA secure_delete=ON")
         for row in (await conn.execute(select(keyring_table))).mappings().all():
             if row["master_key_id"] == new.key_id:
                 continue  # rotated already: this run finishes the data keys
@@ -461,6 +469,8 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
             await conn.execute(stmt, batch)
             rewrapped += len(batch)
     log.info("master_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, keys=rewrapped)
+    if not await db.purge_wal():  # readers kept it from finishing: the next erasure tries again
+        log.warning("master_key_rotation_wal_not_truncated")
     return rewrapped
 
 

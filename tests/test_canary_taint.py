@@ -483,3 +483,30 @@ async def test_no_cli_command_repeats_a_canary(platform, tmp_path):
             rejects = path.with_name(path.name + ".rejects.csv")
             assert not found(rejects.read_bytes(), values), (c.tag, rejects)
             assert owner_only(rejects)
+
+
+async def test_a_master_key_rotation_leaves_no_key_wrapped_under_the_old_one_on_disk(
+    platform, client, keys, backend
+):
+    """A rotation is for a master key that may have leaked: afterwards a copy of the database
+    must hold no key wrapped under it. On SQLite the -wal file kept every data key's database
+    half and the key ring's roots as wrapped under the old key, for as long as any process
+    (a running `cdp serve`, here the test's platform) held the database open."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL writes no -wal file beside the database")
+    from cdp.db.tables import keyring, profile_keys
+
+    for n in range(20):
+        record = {"source": "crm", "email": f"qz.rotation{n}@example.org"}
+        r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+        assert r.status_code == 201, r.text
+    async with platform.db.read() as conn:
+        old = [bytes(w) for (w,) in await conn.execute(select(profile_keys.c.wrapped))]
+        old += [bytes(w) for (w,) in await conn.execute(select(keyring.c.wrapped))]
+    new = MasterKey.from_base64(MasterKey.generate_base64())
+    assert await rotate_master_key(platform.db, platform.keys.master, new) == 20
+    path = Path(platform.settings.database_url.split(":///", 1)[1])
+    wal = path.with_name(path.name + "-wal")
+    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
+    assert len(old) == 22
+    assert not [n for n, wrapped in enumerate(old) if wrapped in on_disk]
