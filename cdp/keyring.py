@@ -480,7 +480,12 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
     only where its halves are kept changes. In batches; resumable, as each batch's shares
     commit in the key store before the database's rows say the keys are split (a share
     written for a row left whole is used by the next run), and safe to run twice at once: a
-    share once kept is never replaced. Returns the keys split."""
+    share once kept is never replaced. Returns the keys split.
+
+    On SQLite the whole keys are overwritten (`secure_delete`) and the WAL, which held them as
+    they were (for as long as any process kept the database open), is checkpointed and
+    truncated afterwards (`Database.purge_wal`): a copy of the database taken then could
+    otherwise read, with the master key alone, a customer erased since."""
     pk = profile_keys.c
     done = 0
     while True:
@@ -513,6 +518,8 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
         if not updates:
             break
         async with db.write() as conn:
+            if conn.dialect.name == "sqlite":
+                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
             await conn.execute(
                 update(profile_keys)
                 .where(  # as read: not if a master-key rotation re-wrapped it meanwhile
@@ -526,6 +533,8 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
             )
         done += len(updates)
     log.info("data_keys_split", keys=done)
+    if done and not await db.purge_wal():  # readers kept it from finishing: the next erasure tries
+        log.warning("key_split_wal_not_truncated")
     return done
 
 

@@ -510,3 +510,27 @@ async def test_a_master_key_rotation_leaves_no_key_wrapped_under_the_old_one_on_
     on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
     assert len(old) == 22
     assert not [n for n, wrapped in enumerate(old) if wrapped in on_disk]
+
+
+async def test_splitting_whole_keys_leaves_no_whole_key_on_disk(platform, client, keys, backend):
+    """`cdp keys split` is there so that a copy of the database alone cannot read a customer
+    once erased; on SQLite the -wal file kept each key as it was stored before, whole (needing
+    only the master key), for as long as any process held the database open: a copy taken
+    then read the customer after their erasure."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL writes no -wal file beside the database")
+    from cdp.db.tables import profile_keys
+    from cdp.keyring import split_whole_keys
+    from tests.test_key_store import store_whole
+
+    record = {"source": "crm", "email": "qz.whole@example.org"}
+    r = await client.post("/v1/profiles", json=record, headers=keys["ingest"])
+    pid = uuid.UUID(r.json()["profile_id"])
+    await store_whole(platform, pid)
+    async with platform.db.read() as conn:
+        whole = (await conn.execute(select(profile_keys.c.wrapped))).scalar_one()
+    assert await split_whole_keys(platform.db, platform.keys.master, platform.keys.store) == 1
+    path = Path(platform.settings.database_url.split(":///", 1)[1])
+    wal = path.with_name(path.name + "-wal")
+    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
+    assert whole not in on_disk
