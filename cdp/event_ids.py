@@ -102,12 +102,18 @@ async def seal_plain_ids(db: Database, keys: Keyring) -> int:
     in a write transaction holding its profiles' locks (a merge moving the events meanwhile
     waits, so each id is encrypted for the profile that owns it); resumable, and safe while
     the service runs. Events whose data key is gone (an erasure in progress, which deletes
-    them) are left. Returns the events sealed."""
+    them) are left. Returns the events sealed.
+
+    On SQLite the plain ids are overwritten (`secure_delete`) and the WAL is checkpointed and
+    truncated after (`Database.purge_wal`): until a checkpoint the database file kept each
+    page as it was, the plain ids in it, so that a copy of the file and its -wal held them."""
     e = events.c
     done = 0
     after = uuid.UUID(int=0)
     while True:
         async with db.write() as conn:
+            if conn.dialect.name == "sqlite":
+                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
             batch = (
                 await conn.execute(
                     select(e.id, e.profile_id)
@@ -155,4 +161,6 @@ async def seal_plain_ids(db: Database, keys: Keyring) -> int:
                 )
             done += len(updates)
     log.info("event_ids_sealed", events=done)
+    if done and not await db.purge_wal():  # readers kept it from finishing: the next erasure tries
+        log.warning("event_seal_wal_not_truncated")
     return done

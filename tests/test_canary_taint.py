@@ -534,3 +534,32 @@ async def test_splitting_whole_keys_leaves_no_whole_key_on_disk(platform, client
     wal = path.with_name(path.name + "-wal")
     on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
     assert whole not in on_disk
+
+
+async def test_sealing_event_ids_leaves_no_plain_id_on_disk(platform, client, keys, backend):
+    """`cdp events seal` encrypts the event ids an older release kept as sent (`o-<email>`...);
+    on SQLite the database file kept each page as it was, the plain ids in it, until the next
+    checkpoint: a copy of the file and its -wal taken meanwhile held them."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL writes no -wal file beside the database")
+    from sqlalchemy import update
+
+    from cdp.db.tables import events
+    from cdp.event_ids import event_key, seal_plain_ids
+
+    order = f"o-{KEPT.email.lower()}-1"
+    event = {"source": "shop", "event_id": order, "type": "purchase", "email": KEPT.email}
+    event |= {"occurred_at": "2026-11-01T12:00:00Z", "amount": "1.00", "currency": "RUB"}
+    r = await client.post("/v1/events", json=event, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    async with platform.db.write() as conn:  # as an older release stored it
+        key = event_key(platform.keys.indexer, "shop", order)
+        plain = {"event_id": order, "event_key": None, "event_ref": None, "key_id": None}
+        await conn.execute(update(events).where(events.c.event_key == key).values(**plain))
+    assert await platform.db.purge_wal()
+    path = Path(platform.settings.database_url.split(":///", 1)[1])
+    wal = path.with_name(path.name + "-wal")
+    assert found(path.read_bytes(), KEPT.forms()) == ["email"]  # the check can see
+    assert await seal_plain_ids(platform.db, platform.keys) == 1
+    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
+    assert not found(on_disk, KEPT.forms())
