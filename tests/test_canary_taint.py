@@ -485,6 +485,14 @@ async def test_no_cli_command_repeats_a_canary(platform, tmp_path):
             assert owner_only(rejects)
 
 
+def as_copied(p: Platform) -> bytes:
+    """The SQLite database file and its -wal as a copy taken now would hold them (while the
+    platform, as a running service would, holds the database open; no checkpoint first)."""
+    path = Path(p.settings.database_url.split(":///", 1)[1])
+    wal = path.with_name(path.name + "-wal")
+    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
 async def test_a_master_key_rotation_leaves_no_key_wrapped_under_the_old_one_on_disk(
     platform, client, keys, backend
 ):
@@ -505,9 +513,7 @@ async def test_a_master_key_rotation_leaves_no_key_wrapped_under_the_old_one_on_
         old += [bytes(w) for (w,) in await conn.execute(select(keyring.c.wrapped))]
     new = MasterKey.from_base64(MasterKey.generate_base64())
     assert await rotate_master_key(platform.db, platform.keys.master, new) == 20
-    path = Path(platform.settings.database_url.split(":///", 1)[1])
-    wal = path.with_name(path.name + "-wal")
-    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
+    on_disk = as_copied(platform)
     assert len(old) == 22
     assert not [n for n, wrapped in enumerate(old) if wrapped in on_disk]
 
@@ -530,9 +536,7 @@ async def test_splitting_whole_keys_leaves_no_whole_key_on_disk(platform, client
     async with platform.db.read() as conn:
         whole = (await conn.execute(select(profile_keys.c.wrapped))).scalar_one()
     assert await split_whole_keys(platform.db, platform.keys.master, platform.keys.store) == 1
-    path = Path(platform.settings.database_url.split(":///", 1)[1])
-    wal = path.with_name(path.name + "-wal")
-    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
+    on_disk = as_copied(platform)
     assert whole not in on_disk
 
 
@@ -557,9 +561,7 @@ async def test_sealing_event_ids_leaves_no_plain_id_on_disk(platform, client, ke
         plain = {"event_id": order, "event_key": None, "event_ref": None, "key_id": None}
         await conn.execute(update(events).where(events.c.event_key == key).values(**plain))
     assert await platform.db.purge_wal()
-    path = Path(platform.settings.database_url.split(":///", 1)[1])
-    wal = path.with_name(path.name + "-wal")
-    assert found(path.read_bytes(), KEPT.forms()) == ["email"]  # the check can see
+    assert found(as_copied(platform), KEPT.forms()) == ["email"]  # the check can see
     assert await seal_plain_ids(platform.db, platform.keys) == 1
-    on_disk = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")  # as a copy sees
+    on_disk = as_copied(platform)
     assert not found(on_disk, KEPT.forms())
