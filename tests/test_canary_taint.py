@@ -565,3 +565,23 @@ async def test_sealing_event_ids_leaves_no_plain_id_on_disk(platform, client, ke
     assert await seal_plain_ids(platform.db, platform.keys) == 1
     on_disk = as_copied(platform)
     assert not found(on_disk, KEPT.forms())
+
+
+async def test_a_5xx_whose_exception_names_the_value_says_nothing_of_it(
+    platform, client, keys, caplog, monkeypatch
+):
+    """An unexpected failure deep in a write (here the field encryption raising an exception
+    that names the plaintext, as a library may) answers 500 without the value, and neither
+    the log nor a traceback printed anywhere repeats it; nothing is stored."""
+    from cdp.crypto.fields import FieldCipher
+
+    def failing(self, place, plaintext, nonce=None):  # type: ignore[no-untyped-def]
+        raise ValueError(f"cannot encrypt {plaintext!r} for {place}")
+
+    monkeypatch.setattr(FieldCipher, "encrypt", failing)
+    with everything_said(caplog) as said:
+        r = await client.post("/v1/profiles", json=REFUSED.record(), headers=keys["ingest"])
+    assert r.status_code == 500
+    for text in [r.text, repr(dict(r.headers)), *said]:
+        assert not found(text, REFUSED.forms() | REFUSED.plain()), text[:300]
+    assert not found(await raw_database_bytes(platform), REFUSED.forms() | REFUSED.plain())
