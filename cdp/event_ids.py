@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, select, update
 
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.fields import CryptoError, FieldCipher
-from cdp.db.engine import Database
+from cdp.db.engine import Database, overwrite_deleted
 from cdp.db.tables import events
 from cdp.keyring import Keyring
 from cdp.profiles.locks import lock_profiles
@@ -112,8 +112,7 @@ async def seal_plain_ids(db: Database, keys: Keyring) -> int:
     after = uuid.UUID(int=0)
     while True:
         async with db.write() as conn:
-            if conn.dialect.name == "sqlite":
-                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            await overwrite_deleted(conn)
             batch = (
                 await conn.execute(
                     select(e.id, e.profile_id)

@@ -56,7 +56,7 @@ from sqlalchemy import (
 )
 
 from cdp.db.bulk import bulk_insert_rows
-from cdp.db.engine import Database, xact_lock
+from cdp.db.engine import Database, overwrite_deleted, xact_lock
 from cdp.db.types import UTCDateTime
 from cdp.ids import utcnow
 
@@ -229,8 +229,7 @@ class KeyStore:
         if not pids:
             return
         async with self.db.write() as conn:
-            if conn.dialect.name == "sqlite":  # overwrite the rows' bytes, not only free them
-                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            await overwrite_deleted(conn)
             for start in range(0, len(pids), 1000):
                 chunk = pids[start : start + 1000]
                 await conn.execute(delete(key_shares).where(key_shares.c.profile_id.in_(chunk)))

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.fields import CryptoError, FieldCipher, new_data_key
 from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
-from cdp.db.engine import Database
+from cdp.db.engine import Database, overwrite_deleted
 from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
 from cdp.errors import DomainError, Gone, InvalidInput
@@ -431,8 +431,7 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
         raise InvalidInput.field("new master key", "is the master key in use: nothing to rotate")
     rewrapped = 0
     async with db.write() as conn:
-        if conn.dialect.name == "sqlite":
-            await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+        await overwrite_deleted(conn)
         for row in (await conn.execute(select(keyring_table))).mappings().all():
             if row["master_key_id"] == new.key_id:
                 continue  # rotated already: this run finishes the data keys
@@ -518,8 +517,7 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
         if not updates:
             break
         async with db.write() as conn:
-            if conn.dialect.name == "sqlite":
-                await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            await overwrite_deleted(conn)
             await conn.execute(
                 update(profile_keys)
                 .where(  # as read: not if a master-key rotation re-wrapped it meanwhile

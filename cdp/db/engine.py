@@ -241,6 +241,16 @@ async def xact_lock(conn: AsyncConnection, key: int) -> None:
 _LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
 
 
+async def overwrite_deleted(conn: AsyncConnection) -> None:
+    """From here on (the caller's write transaction, and later ones of the same pooled
+    connection), SQLite overwrites on disk the bytes of the rows deleted or rewritten
+    (`secure_delete`), not only frees them: for what no copy may keep (an erased customer, a
+    key wrapped under a master key being retired). The -wal keeps the pages as they were until
+    `Database.purge_wal`. Nothing on PostgreSQL."""
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+
+
 async def lock_keys(conn: AsyncConnection, values: Iterable[bytes | str]) -> None:
     """Serialise transactions that touch the same identifiers (PostgreSQL advisory locks).
 

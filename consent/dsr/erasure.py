@@ -44,7 +44,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import cdp.matching  # noqa: F401  (registers its cleanup: every erasure must run it)
-from cdp.db.engine import lock_keys
+from cdp.db.engine import lock_keys, overwrite_deleted
 from cdp.db.tables import (
     ENCRYPTED_PROFILE_FIELDS,
     events,
@@ -189,8 +189,7 @@ async def erase_locked(
     """Lock the customer whose surviving profile is `root` and erase them, in the caller's
     write transaction: (their profiles, their identifiers, what was erased). On SQLite the
     deleted rows are overwritten on disk (`secure_delete`)."""
-    if conn.dialect.name == "sqlite":
-        await conn.exec_driver_sql("PRAGMA secure_delete=ON")
+    await overwrite_deleted(conn)
     pids, idents = await lock_customer(conn, root)
     return pids, idents, await erase_customer(conn, p, pids, idents, now, root)
 
