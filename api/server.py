@@ -11,6 +11,7 @@ h11, has a bound of its own: 16 KiB.)
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from typing import Any
 
@@ -113,6 +114,27 @@ def server_config(app: Any, host: str, port: int, **more: Any) -> uvicorn.Config
     )
 
 
+class CannotListen(Exception):
+    """The port cannot be bound: the system's reason (in use, not permitted), no more."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The socket the service will accept on, bound before anything is served, so that a port
+    in use is one line and exit status 2 (`cdp serve`), as every other setting that cannot
+    work: uvicorn binding it itself logged its error and exited 3. Handed to uvicorn (or its
+    workers' supervisor), which listens on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn sets it
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)  # the workers accept on it
+    return sock
+
+
 def announce(host: str, port: int, workers: int = 1) -> None:
     """One line on stderr once the port is bound: uvicorn's own runs at log level warning, and
     `make run` said nothing after its warnings, so a newcomer could not tell it was up."""
@@ -124,9 +146,13 @@ def announce(host: str, port: int, workers: int = 1) -> None:
 class _AnnouncingServer(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
-        if self.started:  # bound (a port in use ends uvicorn before it gets here)
+        if self.started:  # listening
             announce(self.config.host, self.config.port)
 
 
-def serve(app: Any, host: str, port: int) -> None:
-    _AnnouncingServer(server_config(app, host, port)).run()
+def serve(app: Any, host: str, port: int, sock: socket.socket) -> None:
+    """Serve `app` on `sock` (`listen`) until SIGINT or SIGTERM."""
+    try:
+        _AnnouncingServer(server_config(app, host, port)).run(sockets=[sock])
+    finally:
+        sock.close()

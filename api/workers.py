@@ -1,7 +1,7 @@
 """`cdp serve --workers N`: N processes answer requests on one socket (PostgreSQL only).
 
-One Python process uses one core. uvicorn's supervisor (`Multiprocess`) binds the socket,
-starts N worker processes that accept on it, restarts one that dies and, on SIGINT or SIGTERM,
+One Python process uses one core. `cdp serve` binds the socket (api.server.listen); uvicorn's
+supervisor (`Multiprocess`) starts N worker processes that accept on it, restarts one that dies and, on SIGINT or SIGTERM,
 stops them all gracefully. Each worker builds the app with `app()` (a factory, as spawned
 processes need an import string) from the same environment as the supervisor; the supervisor
 passes it only what it decided: the worker count (`WORKERS_ENV`), the links' base address
@@ -31,6 +31,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -246,12 +247,13 @@ class _Supervisor(Multiprocess):
                     mark_process_dead(pid, metrics_dir)
 
 
-def serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Serve with `workers` processes until SIGINT or SIGTERM; the exit status: 0, or 3 when
-    a worker could not start (as uvicorn's own)."""
+def serve_workers(
+    settings: Settings, host: str, port: int, workers: int, sock: socket.socket
+) -> int:
+    """Serve with `workers` processes on `sock` (api.server.listen) until SIGINT or SIGTERM;
+    the exit status: 0, or 3 when a worker could not start (as uvicorn's own)."""
     config = server_config("api.workers:app", host, port, factory=True, workers=workers)
     with _worker_environment(settings, workers):
-        sock = config.bind_socket()
         announce(host, port, workers)
         supervisor = _Supervisor(config, sockets=[sock])  # handles SIGINT and SIGTERM from here
         background = BackgroundThread(settings)

@@ -41,6 +41,7 @@ def main() -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Apply pending migrations, then serve the API."""
     from api.app import create_app
+    from api.server import CannotListen, listen
     from api.server import serve as serve_app
     from cdp.crypto.fields import CryptoError
     from cdp.event_ids import plain_ids_left
@@ -74,11 +75,16 @@ def serve(host: str, port: int, workers: int) -> None:
         click.echo(WHOLE_KEYS_WARNING, err=True)
     if plain_ids:
         click.echo(PLAIN_EVENT_IDS_WARNING, err=True)
+    try:
+        sock = listen(host, port)
+    except CannotListen as exc:  # a port in use: one line, as for every setting above
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     if workers > 1:
         from api.workers import serve_workers
 
-        sys.exit(serve_workers(settings, host, port, workers))
-    serve_app(create_app(settings), host, port)
+        sys.exit(serve_workers(settings, host, port, workers, sock))
+    serve_app(create_app(settings), host, port, sock)
 
 
 SQLITE_WORKERS = (
