@@ -1,12 +1,12 @@
 """`cdp serve --workers N`: N processes answer requests on one socket (PostgreSQL only).
 
 One Python process uses one core. `cdp serve` binds the socket (api.server.listen); uvicorn's
-supervisor (`Multiprocess`) starts N worker processes that accept on it, restarts one that dies and, on SIGINT or SIGTERM,
-stops them all gracefully. Each worker builds the app with `app()` (a factory, as spawned
-processes need an import string) from the same environment as the supervisor; the supervisor
-passes it only what it decided: the worker count (`WORKERS_ENV`), the links' base address
-(`CDP_PUBLIC_URL`, when `cdp serve` derived it from its host and port) and, with metrics on,
-a directory of its own for the workers' Prometheus figures.
+supervisor (`Multiprocess`) starts N worker processes that accept on it, restarts one that dies
+and, on SIGINT or SIGTERM, stops them all gracefully. Each worker builds the app with `app()`
+(a factory, as spawned processes need an import string) from the same environment as the
+supervisor; the supervisor passes it only what it decided: the worker count (`WORKERS_ENV`),
+the links' base address (`CDP_PUBLIC_URL`, when `cdp serve` derived it from its host and port)
+and, with metrics on, a directory of its own for the workers' Prometheus figures.
 
 The supervising process runs the background services (the erasure worker, the webhook
 dispatcher, ledger checkpoints, planner statistics) once, in a thread with an event loop of its

@@ -84,7 +84,10 @@ def serve(host: str, port: int, workers: int) -> None:
         from api.workers import serve_workers
 
         sys.exit(serve_workers(settings, host, port, workers, sock))
-    serve_app(create_app(settings), host, port, sock)
+    try:
+        serve_app(create_app(settings), host, port, sock)
+    except KeyboardInterrupt:  # Ctrl+C: uvicorn stopped gracefully, then raised it again
+        click.echo("stopped", err=True)  # (click would say "Aborted!" and exit 1)
 
 
 SQLITE_WORKERS = (

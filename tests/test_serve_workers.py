@@ -387,3 +387,23 @@ def test_serve_says_where_it_listens_once_it_is_bound_and_not_when_it_cannot_bin
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+def test_ctrl_c_stops_the_service_gracefully_with_status_0(tmp_path):
+    """Ctrl+C (SIGINT) stops `cdp serve` after its background services: uvicorn then raised
+    the signal again, and click answered it with "Aborted!" and exit status 1, as if it failed
+    (found by running the README's Try it as a test)."""
+    port = free_port()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    server = _serve(["--port", str(port)], url, tmp_path)
+    try:
+        _stderr_until(server, "serving on")
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err
+    assert "dispatcher_stopped" in err and err.rstrip().endswith("stopped")
+    assert "Aborted" not in err and "Traceback" not in err
