@@ -386,3 +386,24 @@ async def test_the_background_worker_finishes_requests_inside_the_app_process(
     assert status == "completed"
     r = await client.get(f"/v1/profiles/{ids['survivor']}", headers=keys["admin"])
     assert r.status_code == 410
+
+
+async def test_cdp_dsr_list_prints_a_line_per_request_and_says_when_there_is_none(
+    client, keys, platform, tmp_path
+):
+    """It printed nothing at all where nothing matched: an officer could not tell an empty
+    list from a command that did nothing."""
+    from tests.test_import import run_cli
+
+    url = platform.settings.database_url
+    empty = await asyncio.to_thread(run_cli, ["dsr", "list"], url, tmp_path)
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout == "" and "no erasure requests" in empty.stderr
+
+    await create_anna(client, keys)
+    rid = await held_request(platform)
+    listed = await asyncio.to_thread(run_cli, ["dsr", "list"], url, tmp_path)
+    (line,) = listed.stdout.splitlines()
+    assert line.startswith(f"{rid}\treceived\tRU\treceived ") and "no erasure" not in listed.stderr
+    none = await asyncio.to_thread(run_cli, ["dsr", "list", "--overdue"], url, tmp_path)
+    assert none.stdout == "" and "no erasure requests match" in none.stderr

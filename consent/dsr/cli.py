@@ -66,7 +66,10 @@ def dsr_list(status: str | None, overdue: bool) -> None:
                 if cursor is None:
                     return items
 
-    for item in run_on_platform(go):
+    items = run_on_platform(go)
+    if not items:  # on stderr: stdout holds one line per request, for scripts to read
+        click.echo("no erasure requests" + (" match" if status or overdue else ""), err=True)
+    for item in items:
         flag = "  OVERDUE" if item["overdue"] else ""
         click.echo(
             f"{item['request_id']}\t{item['status']}\t{item['jurisdiction']}\t"
