@@ -1,7 +1,9 @@
 """Background services that run inside `cdp serve` (each can also run as its own CLI worker):
 the erasure worker (`cdp dsr run`), the webhook dispatcher (`cdp dispatch`), and signed ledger
 checkpoints (`cdp audit checkpoint`), every CDP_CHECKPOINT_INTERVAL seconds (default 300), and
-the query planner's statistics, at start and every CDP_STATISTICS_INTERVAL seconds (default 600).
+the query planner's statistics, at start and every CDP_STATISTICS_INTERVAL seconds (default 600),
+and, where a jurisdiction's policy sets `[retention] inactive_days`, the retention run (`cdp
+retention run`), at start and once a day.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ async def refresh_statistics_periodically(p: Platform, interval_s: float) -> Non
 @contextlib.asynccontextmanager
 async def background_services(p: Platform) -> AsyncIterator[None]:
     from consent.audit.checkpoints import checkpoint_periodically
+    from consent.dsr.retention import any_period, retention_periodically
     from consent.dsr.worker import dsr_worker
     from consent.outbox.dispatcher import dispatcher_running
 
@@ -48,4 +51,7 @@ async def background_services(p: Platform) -> AsyncIterator[None]:
                 refresh_statistics_periodically(p, stats_interval), name="statistics"
             )
             stack.callback(stats.cancel)
+        if any_period(p):  # the erasure worker above completes the requests it records
+            retention = asyncio.create_task(retention_periodically(p), name="retention")
+            stack.callback(retention.cancel)
         yield

@@ -18,6 +18,7 @@ from cdp.matching.cli import match as match_command
 from cdp.settings import Settings
 from consent.audit.cli import audit as audit_commands
 from consent.dsr.cli import dsr as dsr_commands
+from consent.dsr.cli import retention as retention_commands
 from consent.outbox.cli import dispatch, webhooks
 
 
@@ -423,6 +424,7 @@ def demo(customers: int, seed: int) -> None:
 
 
 main.add_command(dsr_commands)
+main.add_command(retention_commands)
 main.add_command(audit_commands)
 main.add_command(dispatch)
 main.add_command(webhooks)

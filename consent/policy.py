@@ -80,6 +80,15 @@ class Deadline(msgspec.Struct, forbid_unknown_fields=True):
     extension_unit: PeriodUnit = "days"
 
 
+MAX_INACTIVE_DAYS = 36600  # a century: beyond it a period is a typo (and overflows a date)
+
+
+class Retention(msgspec.Struct, forbid_unknown_fields=True):
+    # Storage limitation (GDPR art. 5(1)(e), 152-FZ art. 5(7)): a customer with no activity for
+    # this many days is erased (`cdp retention run`, consent/dsr/retention.py). None: never.
+    inactive_days: Annotated[int, msgspec.Meta(ge=1, le=MAX_INACTIVE_DAYS)] | None = None
+
+
 class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
     code: str
     name: str
@@ -96,6 +105,7 @@ class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
     no_automated_advertising: list[str] = []
     # the calendar deadlines are counted in (an IANA name, e.g. "Europe/Moscow"); UTC if unset
     timezone: str | None = None
+    retention: Retention = msgspec.field(default_factory=Retention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +190,12 @@ class Policy:
             if country in j.countries:
                 return code
         return None
+
+    def inactive_days(self, jurisdiction: str) -> int | None:
+        """The days without activity after which this jurisdiction's customers are erased
+        (`[retention] inactive_days`), or None: the operator set no period, never erase."""
+        j = self.jurisdictions.get(jurisdiction)
+        return None if j is None else j.retention.inactive_days
 
     def deadline(self, jurisdiction: str, kind: str) -> Deadline | None:
         j = self.jurisdictions.get(jurisdiction)

@@ -79,6 +79,7 @@ from consent.dsr_tables import dsr_requests
 from consent.outbox.tables import outbox_events, webhook_subscriptions
 from consent.tables import consent_ledger, suppressions
 
+ACCESS_REQUEST_EXPORT = "access_request.export"  # its access log action (consent.dsr.retention)
 SCAN_PAGE = 256  # export chunks per read transaction: at most 16 MB of member records
 _ID = 16  # bytes of a profile or identity id in a member record
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,7 +98,7 @@ async def access_export(p: Platform, ident: Identifier, principal: Principal) ->
         await log_access(
             conn,
             principal,
-            "access_request.export",
+            ACCESS_REQUEST_EXPORT,
             object_type="profile",
             object_id=str(pid),
             profile_id=pid,

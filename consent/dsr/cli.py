@@ -75,3 +75,52 @@ def dsr_list(status: str | None, overdue: bool) -> None:
             f"{item['request_id']}\t{item['status']}\t{item['jurisdiction']}\t"
             f"received {item['received_at']:%Y-%m-%d}\tdue {item['due_at']:%Y-%m-%d}{flag}"
         )
+
+
+@click.group("retention")
+def retention() -> None:
+    """Storage limitation: erase customers inactive for their jurisdiction's period."""
+
+
+@retention.command("run")
+@click.option(
+    "--dry-run", is_flag=True, help="count the inactive customers per jurisdiction; change nothing"
+)
+@click.option(
+    "--ids", is_flag=True, help="with --dry-run: list their profile ids too (never names)"
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="record at most this many erasure requests in this run (default: all)",
+)
+def retention_run(dry_run: bool, ids: bool, limit: int | None) -> None:
+    """Record an erasure request (requested_by operator, actor retention) for each customer
+    with no activity for their jurisdiction's `[retention] inactive_days`; the erasure worker
+    (`cdp serve`, `cdp dsr run`) completes them. A second run requests nobody twice."""
+    from cdp.ids import utcnow
+    from consent.dsr.retention import run_retention
+
+    if ids and not dry_run:
+        raise click.UsageError("--ids lists who a dry run would request: add --dry-run")
+    outcomes = run_on_platform(
+        lambda p: run_retention(p, utcnow(), dry_run=dry_run, limit=limit, with_ids=ids)
+    )
+    if all(o.inactive_days is None for o in outcomes):
+        click.echo("no jurisdiction sets [retention] inactive_days: nobody to erase", err=True)
+        return
+    for o in outcomes:
+        if o.inactive_days is None:
+            click.echo(f"{o.jurisdiction}: no retention period set")
+        elif dry_run:
+            click.echo(
+                f"{o.jurisdiction}: {o.inactive} inactive for {o.inactive_days} days or more "
+                "(dry run: nothing requested)"
+            )
+            for pid in o.profile_ids:
+                click.echo(f"{o.jurisdiction}\t{pid}")
+        else:
+            click.echo(
+                f"{o.jurisdiction}: {o.requested} erasure requests recorded (inactive for "
+                f"{o.inactive_days} days or more)"
+            )

@@ -194,83 +194,112 @@ async def submit_erasure(
             raise NotFound("no customer has this identifier")
         await lock_keys(conn, [customer_lock(pid)])
         pids = await customer_profile_ids(conn, pid)
-        r = dsr_requests.c
-        open_row = (
-            await conn.execute(
-                select(dsr_requests)
-                .where(r.kind == ERASURE, r.status.in_(states.OPEN), r.profile_id.in_(pids))
-                .order_by(r.received_at)
-                .limit(1)
-            )
-        ).first()
-        now = utcnow()
-        if open_row is not None:
-            await record_transition(
-                conn,
-                open_row.id,
-                event="joined",
-                from_status=open_row.status,
-                to_status=open_row.status,
-                actor=actor,
-                reason=f"a duplicate request ({requested_by}) joined this open request",
-                due_at=open_row.due_at,
-                at=now,
-            )
-            return Submitted(open_row.id, joined=True)
-
-        profile_j = (
-            await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == pid))
-        ).scalar_one()
-        own = profile_j if profile_j in p.policy.jurisdictions else p.policy.default_jurisdiction
-        j = jurisdiction or own
-        bound = deadlines.binding_jurisdiction(p.policy, j, own, now)
-        due = deadlines.erasure_due(p.policy, bound, now)  # the loader requires a deadline
-        note_blob = note_key = note_owner = None
-        if note:
-            cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
-            if cipher is not None:
-                note_blob, note_key, note_owner = (
-                    cipher.encrypt(NOTE_PLACE, note),
-                    cipher.key_id,
-                    pid,
-                )
-        request_id = new_id()
-        await conn.execute(
-            insert(dsr_requests).values(
-                id=request_id,
-                kind=ERASURE,
-                status="received",
-                profile_id=pid,
-                identifier_kind=ident.kind,
-                jurisdiction=j,
-                deadline_jurisdiction=bound,
-                policy_version=p.policy.version,
-                requested_by=requested_by,
-                actor=actor,
-                received_at=now,
-                due_at=due,
-                extensions=0,
-                completed_at=None,
-                updated_at=now,
-                attempts=0,
-                last_error=None,
-                result=None,
-                note=note_blob,
-                note_owner=note_owner,
-                note_key_id=note_key,
-            )
+        return await record_erasure_request(
+            conn,
+            p,
+            pid,
+            pids,
+            identifier_kind=ident.kind,
+            requested_by=requested_by,
+            actor=actor,
+            jurisdiction=jurisdiction,
+            note=note,
         )
+
+
+async def record_erasure_request(
+    conn: AsyncConnection,
+    p: Platform,
+    pid: uuid.UUID,
+    pids: list[uuid.UUID],
+    *,
+    identifier_kind: str,
+    requested_by: str,
+    actor: str,
+    jurisdiction: str | None = None,
+    note: str | None = None,
+    reason: str | None = None,
+) -> Submitted:
+    """`submit_erasure` once the customer is found and locked (`customer_lock(pid)`): surviving
+    profile `pid`, all their profiles `pids`. `reason`: the created transition's fixed text
+    (by default "erasure requested by the <requested_by>")."""
+    r = dsr_requests.c
+    open_row = (
+        await conn.execute(
+            select(dsr_requests)
+            .where(r.kind == ERASURE, r.status.in_(states.OPEN), r.profile_id.in_(pids))
+            .order_by(r.received_at)
+            .limit(1)
+        )
+    ).first()
+    now = utcnow()
+    if open_row is not None:
         await record_transition(
             conn,
-            request_id,
-            event="created",
-            from_status=None,
-            to_status="received",
+            open_row.id,
+            event="joined",
+            from_status=open_row.status,
+            to_status=open_row.status,
             actor=actor,
-            reason=f"erasure requested by the {requested_by}",
-            due_at=due,
+            reason=f"a duplicate request ({requested_by}) joined this open request",
+            due_at=open_row.due_at,
             at=now,
         )
+        return Submitted(open_row.id, joined=True)
+
+    profile_j = (
+        await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == pid))
+    ).scalar_one()
+    own = profile_j if profile_j in p.policy.jurisdictions else p.policy.default_jurisdiction
+    j = jurisdiction or own
+    bound = deadlines.binding_jurisdiction(p.policy, j, own, now)
+    due = deadlines.erasure_due(p.policy, bound, now)  # the loader requires a deadline
+    note_blob = note_key = note_owner = None
+    if note:
+        cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
+        if cipher is not None:
+            note_blob, note_key, note_owner = (
+                cipher.encrypt(NOTE_PLACE, note),
+                cipher.key_id,
+                pid,
+            )
+    request_id = new_id()
+    await conn.execute(
+        insert(dsr_requests).values(
+            id=request_id,
+            kind=ERASURE,
+            status="received",
+            profile_id=pid,
+            identifier_kind=identifier_kind,
+            jurisdiction=j,
+            deadline_jurisdiction=bound,
+            policy_version=p.policy.version,
+            requested_by=requested_by,
+            actor=actor,
+            received_at=now,
+            due_at=due,
+            extensions=0,
+            completed_at=None,
+            updated_at=now,
+            attempts=0,
+            last_error=None,
+            result=None,
+            note=note_blob,
+            note_owner=note_owner,
+            note_key_id=note_key,
+        )
+    )
+    await record_transition(
+        conn,
+        request_id,
+        event="created",
+        from_status=None,
+        to_status="received",
+        actor=actor,
+        reason=reason or f"erasure requested by the {requested_by}",
+        due_at=due,
+        at=now,
+    )
     return Submitted(request_id, joined=False)
 
 
