@@ -110,6 +110,8 @@ PROSE_NOT_RUN = {
     "cdp serve": "started by each test here that serves (--port: the Try it test)",
     "cdp serve --workers": "PostgreSQL only: tests/test_serve_workers.py starts two workers",
     "cdp demo": "run by the segments test (3,000 customers)",
+    "cdp retention run": "needs customers idle for a period; tests/test_retention.py runs it, "
+    "--dry-run, --ids and --limit included",
     "cdp demo --customers": "tens of thousands of customers: minutes",
     "cdp keys create": "run by the Try it block",
     "cdp keys rotate-master": "needs a new master key and every service restarted: "
