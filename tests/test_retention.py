@@ -14,17 +14,18 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 
-from cdp.db.tables import identities, profiles
+from cdp.db.tables import access_log, events, identities, profiles
 from cdp.profiles.identifiers import parse_identifier
 from cdp.settings import DEFAULT_POLICY_DIR
+from consent.dsr.customer import customer_profile_ids
 from consent.dsr.requests import submit_erasure
 from consent.dsr.retention import Activity, cutoff, is_inactive, request_erasure, run_retention
 from consent.dsr.worker import run_pending
 from consent.dsr_tables import dsr_requests, dsr_transitions
 from consent.policy import Policy, Retention
-from consent.tables import suppressions
+from consent.tables import consent_ledger, suppressions
 from tests.helpers import count
 from tests.test_cli_errors import assert_plain
 from tests.test_erasure import iso
@@ -125,6 +126,34 @@ async def requested(platform) -> set[uuid.UUID]:  # type: ignore[no-untyped-def]
         return set((await conn.execute(select(dsr_requests.c.profile_id))).scalars())
 
 
+async def activity_of(platform, survivor: uuid.UUID) -> Activity:  # type: ignore[no-untyped-def]
+    """The customer's latest activity of each kind, read row by row for the rule in Python."""
+    led, r, a = consent_ledger.c, dsr_requests.c, access_log.c
+    async with platform.db.read() as conn:
+        pids = await customer_profile_ids(conn, survivor)
+        addresses = select(identities.c.bidx).where(
+            identities.c.profile_id.in_(pids), identities.c.kind.in_(("email", "phone"))
+        )
+
+        async def latest(column, *where):  # type: ignore[no-untyped-def]
+            return (await conn.execute(select(func.max(column)).where(*where))).scalar()
+
+        return Activity(
+            profile_updated=await latest(profiles.c.updated_at, profiles.c.id.in_(pids)),
+            identifier_seen=await latest(
+                identities.c.last_seen_at, identities.c.profile_id.in_(pids)
+            ),
+            event=await latest(events.c.occurred_at, events.c.profile_id.in_(pids)),
+            consent=await latest(
+                led.occurred_at, or_(led.profile_id.in_(pids), led.address_bidx.in_(addresses))
+            ),
+            request=await latest(r.updated_at, r.profile_id.in_(pids)),
+            access_request=await latest(
+                a.at, a.profile_id.in_(pids), a.action == "access_request.export"
+            ),
+        )
+
+
 def by_code(outcomes):  # type: ignore[no-untyped-def]
     return {o.jurisdiction: o for o in outcomes}
 
@@ -212,6 +241,12 @@ async def test_any_recent_activity_keeps_a_customer(client, keys, platform):
     # the query finds only the idle one, and so does the look again before each request
     dry = by_code(await run_retention(platform, NOW, dry_run=True, with_ids=True, batch=2))
     assert dry["RU"].profile_ids == [idle]  # in windows of 2 profiles: one for each
+    # the query and the rule in Python agree, on either side of the later activity's period
+    customers = [idle, ordered, withdrew, regranted, survivor]
+    for now in (NOW, RECENT + timedelta(days=DAYS, seconds=-1), RECENT + timedelta(days=DAYS)):
+        found = by_code(await run_retention(platform, now, dry_run=True, with_ids=True))
+        by_rule = [c for c in customers if is_inactive(await activity_of(platform, c), now, DAYS)]
+        assert found["RU"].profile_ids == sorted(by_rule), now
     outcomes = by_code(await run_retention(platform, NOW, batch=1))
     assert outcomes["RU"].requested == 1
     assert await requested(platform) == {idle}
