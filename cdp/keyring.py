@@ -14,6 +14,7 @@ whole (`split` false) until `cdp keys split` moves their other half out.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -60,6 +61,12 @@ _CACHE_SIZE = 200_000
 # cached key only while the database still holds its row, so an erasure anywhere is honoured at
 # once; `cipher_from_row` is given the row by its caller.
 CACHE_TTL = 60.0
+_clock = time.monotonic
+# An expired key leaves the cache within CACHE_TTL / 4 of expiring, looked up again or not
+# (`_sweep`, on each key remembered and on a timer while any is cached): an erasure made by
+# another process (`cdp dsr run`, the supervisor of `cdp serve --workers`, another API
+# process) forgets the key there, not here, and an idle process kept an erased customer's
+# unwrapped key in memory until 200,000 newer keys pushed it out.
 # A cache entry is (expiry, key id, data key), keyed by the profile id as an integer: atoms only,
 # which the garbage collector stops tracking, so it never walks the cache. Kept as UUID keys
 # and (expiry, FieldCipher) values, a full cache was 600,000 objects that every full collection
@@ -102,7 +109,9 @@ class Keyring:
         self.token_key = hkdf(index_root, b"cdp/tokens/v1")
         self.system = FieldCipher(roots["system_key"], 1, SYSTEM_OWNER)
         self._system_key = roots["system_key"]
+        # in order of expiry (each entry is moved to the end as it is remembered)
         self._keys: OrderedDict[int, tuple[float, int, bytes]] = OrderedDict()
+        self._sweeper: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
     # data keys -------------------------------------------------------------------------
     def new_profile_key(self, profile_id: uuid.UUID) -> tuple[FieldCipher, dict]:
@@ -353,17 +362,60 @@ class Keyring:
         if hit is None:
             return None
         expiry, key_id, key = hit
-        if expiry < time.monotonic():
+        if expiry < _clock():
             del self._keys[slot]
             return None
         return key_id, key
 
     def _remember(self, profile_id: uuid.UUID, key_id: int, key: bytes) -> None:
         slot = profile_id.int
-        self._keys[slot] = (time.monotonic() + CACHE_TTL, key_id, key)
+        now = _clock()
+        self._keys[slot] = (now + CACHE_TTL, key_id, key)
         self._keys.move_to_end(slot)
         if len(self._keys) > _CACHE_SIZE:
             self._keys.popitem(last=False)
+        self._sweep(now)
+        self._schedule_sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop the expired keys: those at the front, the cache being in order of expiry."""
+        keys = self._keys
+        while keys:
+            slot, (expiry, _, _) = next(iter(keys.items()))
+            if expiry >= now:
+                return
+            del keys[slot]
+
+    def _schedule_sweep(self, now: float) -> None:
+        """While keys are cached, a timer on the running event loop (if any: an import worker
+        has none, and sweeps as it remembers) sweeps when the oldest expires, at most every
+        CACHE_TTL / 4."""
+        if not self._keys:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._sweeper is not None:
+            if self._sweeper[0] is loop and not self._sweeper[1].cancelled():
+                return
+            self._sweeper[1].cancel()  # scheduled on a loop that is gone
+        oldest = next(iter(self._keys.values()))[0]
+        delay = max(oldest - now, CACHE_TTL / 4)
+        self._sweeper = (loop, loop.call_later(delay, self._on_sweep_timer))
+
+    def _on_sweep_timer(self) -> None:
+        self._sweeper = None
+        now = _clock()
+        self._sweep(now)
+        self._schedule_sweep(now)
+
+    def close(self) -> None:
+        """Forget every cached key and stop the sweep timer."""
+        self._keys.clear()
+        if self._sweeper is not None:
+            self._sweeper[1].cancel()
+            self._sweeper = None
 
 
 async def open_keyring(

@@ -21,6 +21,7 @@ class Platform:
     keys: Keyring
 
     async def close(self) -> None:
+        self.keys.close()
         if self.keys.store is not None:
             await self.keys.store.close()
         await self.db.dispose()
