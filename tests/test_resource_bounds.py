@@ -5,6 +5,7 @@ much a structure holds after many distinct inputs, what is left after a request 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from cdp import keyring
 from cdp.platform import Platform, open_platform
 from cdp.profiles.identifiers import parse_identifier
+from cdp.segments import members
 from consent.dsr.requests import submit_erasure
 from consent.dsr.worker import run_pending
 from tests.conftest import make_settings
@@ -65,3 +67,49 @@ async def test_an_erasure_by_another_process_leaves_this_ones_key_cache(
         await asyncio.sleep(0)
     assert uuid.UUID(pid).int not in platform.keys._keys
     assert not platform.keys._keys
+
+
+def _large_rules(shape: int) -> dict:
+    """A definition over LARGE_DEFINITION bytes whose SQL has a shape of its own per `shape`."""
+    return {
+        "any": [{"field": "city", "op": "eq", "value": f"city-{j}"} for j in range(100 + shape)]
+    }
+
+
+async def test_large_definitions_are_not_kept_however_many_a_client_sends(
+    platform: Platform, client: httpx.AsyncClient, keys: dict
+) -> None:
+    """A statement of the largest definition the rules allow held 2.4 MB, kept twice over
+    (the members statements and SQLAlchemy's compiled cache, 500 entries): distinct large
+    definitions sent to `POST /v1/segments/query` grew the process by that much each. Now a
+    large definition is kept by neither; a small one still is."""
+    compiled_cache = platform.db.engine.sync_engine._compiled_cache
+    assert compiled_cache is not None
+
+    async def query(rules: dict) -> None:
+        body = {"purpose": "marketing", "channel": "email", "rules": rules, "limit": 10}
+        r = await client.post("/v1/segments/query", json=body, headers=keys["marketing"])
+        assert r.status_code == 200, r.text
+
+    async def stats(rules: dict) -> None:
+        body = {"name": f"s-{uuid.uuid4().hex[:8]}", "purpose": "marketing", "channel": "email"}
+        r = await client.post(
+            "/v1/segments", json=body | {"rules": rules}, headers=keys["marketing"]
+        )
+        assert r.status_code == 201, r.text
+        r = await client.get(f"/v1/segments/{r.json()['id']}/stats", headers=keys["marketing"])
+        assert r.status_code == 200, r.text
+
+    await query(_large_rules(0))  # the statements around it (access log...) compiled once
+    await stats(_large_rules(0))
+    kept, compiled = len(members._STATEMENTS), len(compiled_cache)
+    for shape in range(1, 6):
+        assert (
+            len(json.dumps(_large_rules(shape), separators=(",", ":"))) > members.LARGE_DEFINITION
+        )
+        await query(_large_rules(shape))
+        await stats(_large_rules(shape))
+    assert len(members._STATEMENTS) == kept
+    assert len(compiled_cache) == compiled
+    await query({"field": "city", "op": "eq", "value": f"small-{uuid.uuid4().hex}"})
+    assert len(members._STATEMENTS) == kept + 1

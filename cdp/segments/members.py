@@ -138,7 +138,8 @@ async def select_rows(
     await tune(conn)
     query, compiled, kind = _statement(p.policy, d, conn.dialect.name, limit + 1)
     params = {AFTER: after or FIRST_ID, UNTIL: until, **compiled.params(now or utcnow())}
-    rows = list((await conn.execute(query, params)).all())
+    options = compile_options(d.canonical())
+    rows = list((await conn.execute(query, params, execution_options=options)).all())
     more = len(rows) > limit
     del rows[limit:]
     # each split key's share by profile (a later key's is kept under an id of its own)
@@ -152,8 +153,23 @@ async def select_rows(
 # decrypting a page of 100 members. A statement depends only on the policy, the definition,
 # the dialect and the page size (the keyset position and the "days since" cutoffs are bind
 # parameters given at execution), so the statements of recent definitions are kept.
+#
+# A statement's memory grows with its definition: about 136 KiB for one condition, 800 KiB for
+# 300, 2 MiB for the largest definition the rules allow (500 parts, 20,000 `in` values), and
+# SQLAlchemy keeps a compiled copy of each statement of a new shape as well (its engine's
+# compiled cache, 500 entries). Kept either way, 256 distinct large definitions sent to
+# `POST /v1/segments/query` held over 1.5 GB. A definition over LARGE_DEFINITION bytes of
+# canonical JSON (about 40 conditions) is therefore built for each page and compiled without
+# SQLAlchemy's cache (`compile_options`): its query costs much more than building it does.
 _STATEMENTS: OrderedDict[tuple, tuple[Select, Compiled, str, Policy]] = OrderedDict()
 _STATEMENTS_KEPT = 256
+LARGE_DEFINITION = 4096
+
+
+def compile_options(canonical: bytes) -> dict[str, Any]:
+    """Execution options of a statement made from a definition of this canonical JSON: kept
+    out of SQLAlchemy's compiled cache when the definition is large."""
+    return {"compiled_cache": None} if len(canonical) > LARGE_DEFINITION else {}
 
 
 def _statement(
@@ -162,7 +178,8 @@ def _statement(
     """(members statement with data keys, its compiled condition, address kind). Kept by the
     definition's canonical JSON, not the parsed rule: in Python True == 1, in a rule they
     are different values."""
-    key = (id(policy), d.canonical(), dialect, limit)
+    canonical = d.canonical()
+    key = (id(policy), canonical, dialect, limit)
     hit = _STATEMENTS.get(key)
     if hit is not None and hit[3] is policy:
         _STATEMENTS.move_to_end(key)
@@ -170,6 +187,8 @@ def _statement(
     audience = Audience(policy, d.purpose, d.channel, dialect, d.automated)
     compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
     query = _with_data_keys(members_query(audience, compiled, after=None, limit=limit), dialect)
+    if len(canonical) > LARGE_DEFINITION:
+        return query, compiled, audience.kind
     _STATEMENTS[key] = (query, compiled, audience.kind, policy)
     if len(_STATEMENTS) > _STATEMENTS_KEPT:
         _STATEMENTS.popitem(last=False)

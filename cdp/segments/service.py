@@ -32,7 +32,7 @@ from cdp.segments.audience import Audience, stats_query, tune
 from cdp.segments.conditions import compile_condition
 from cdp.segments.cursor import check_limit, decode_cursor, encode_cursor
 from cdp.segments.export import FORMATS, export_chunks
-from cdp.segments.members import Definition, Page, members_page
+from cdp.segments.members import Definition, Page, compile_options, members_page
 from cdp.segments.rules import parse_rules, to_json
 from cdp.segments.schemas import (
     ExportList,
@@ -258,7 +258,8 @@ async def definition_stats(p: Platform, d: Definition) -> StatsOut:
         audience = Audience(p.policy, d.purpose, d.channel, dialect, d.automated)
         compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
         query = stats_query(audience, compiled)
-        counts = {reason: n for reason, n in await conn.execute(query)}
+        options = compile_options(d.canonical())
+        counts = {reason: n for reason, n in await conn.execute(query, execution_options=options)}
     contactable = counts.pop(None, 0)
     excluded = dict.fromkeys(REASONS, 0) | counts
     return StatsOut(
