@@ -5,6 +5,7 @@ much a structure holds after many distinct inputs, what is left after a request 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from pathlib import Path
@@ -113,3 +114,53 @@ async def test_large_definitions_are_not_kept_however_many_a_client_sends(
     assert len(compiled_cache) == compiled
     await query({"field": "city", "op": "eq", "value": f"small-{uuid.uuid4().hex}"})
     assert len(members._STATEMENTS) == kept + 1
+
+
+async def test_an_export_cut_short_releases_its_connections_at_once(
+    platform: Platform, client: httpx.AsyncClient, keys: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that goes away in the middle of an export: when the response's stream is
+    closed, no range selected ahead is left running and no connection stays checked out."""
+    from cdp.apikeys import Principal
+    from cdp.segments import service
+    from cdp.segments.export import export_chunks
+
+    for n in range(12):
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "email": f"cut{n}@example.com",
+                "country": "RU",
+                "consents": [
+                    {
+                        "purpose": "marketing",
+                        "channel": "email",
+                        "status": "granted",
+                        "occurred_at": "2026-06-01T10:00:00Z",
+                        "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+                    }
+                ],
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+    body = {"name": "cut", "purpose": "marketing", "channel": "email"}
+    r = await client.post(
+        "/v1/segments",
+        json=body | {"rules": {"field": "country", "op": "eq", "value": "RU"}},
+        headers=keys["marketing"],
+    )
+    sid = r.json()["id"]
+    # pages of 2 members: ranges are selected ahead of the page being sent
+    monkeypatch.setattr(service, "export_chunks", functools.partial(export_chunks, page_size=2))
+    pool = platform.db.engine.pool
+
+    started = await service.start_export(platform, Principal("cut", "marketing"), sid, "ndjson")
+    first = await anext(started.chunks)
+    assert len(first.splitlines()) == 2
+    await started.chunks.aclose()  # the client went away
+
+    selecting = [t for t in asyncio.all_tasks() if "select_range" in repr(t.get_coro())]
+    assert all(t.done() for t in selecting), selecting
+    assert pool.checkedout() == 0

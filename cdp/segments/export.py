@@ -9,6 +9,7 @@ leaves unrecorded.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -65,9 +66,12 @@ async def export_chunks(
     encode = ndjson_chunk if fmt == "ndjson" else csv_chunk
     if fmt == "csv":
         yield csv_header()
-    async for page in member_pages(p, d, page_size=page_size, now=now):
-        if page.items:
-            if record is not None:
-                await record(page)
-            counted(len(page.items))
-            yield encode(page.items)
+    # closed with this generator, not left to the garbage collector: a client that goes away
+    # leaves no range selected ahead running, holding a connection
+    async with contextlib.aclosing(member_pages(p, d, page_size=page_size, now=now)) as pages:
+        async for page in pages:
+            if page.items:
+                if record is not None:
+                    await record(page)
+                counted(len(page.items))
+                yield encode(page.items)

@@ -12,6 +12,7 @@ them is not access-logged (as segment stats are not).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -379,8 +380,11 @@ async def _logged_export(
 ) -> AsyncIterator[bytes]:
     complete = False
     try:
-        async for chunk in export_chunks(p, d, fmt, record=recorder.page):
-            yield chunk
+        # closed before the record is written, not left to the garbage collector (the ranges
+        # it selects ahead hold connections)
+        async with contextlib.aclosing(export_chunks(p, d, fmt, record=recorder.page)) as chunks:
+            async for chunk in chunks:
+                yield chunk
         complete = True
     finally:  # also when the client went away: shielded from the cancellation
         with anyio.CancelScope(shield=True):
