@@ -49,6 +49,10 @@ _BULK_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=32768", "PRAGMA cache_size=-26
 
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# Set in a connection's `info` by a reader that leaves it holding much memory (a SQLite
+# connection's cache of prepared statements, cdp.segments.members.compile_options): `read`
+# closes it instead of putting it back in the pool.
+DISCARD = "discard"
 
 
 def make_engine(
@@ -146,8 +150,12 @@ class Database:
         async with self.engine.connect() as conn:
             if snapshot and conn.dialect.name == "postgresql":
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            async with conn.begin():
-                yield conn
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                if conn.info.pop(DISCARD, False):  # closed, not put back in the pool
+                    await conn.invalidate()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

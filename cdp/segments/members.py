@@ -26,6 +26,7 @@ from sqlalchemy import Select, and_, select, true
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.engine import DISCARD
 from cdp.db.tables import profile_keys, profiles
 from cdp.ids import utcnow
 from cdp.key_store import FIRST_KEY_ID, share_id
@@ -138,7 +139,7 @@ async def select_rows(
     await tune(conn)
     query, compiled, kind = _statement(p.policy, d, conn.dialect.name, limit + 1)
     params = {AFTER: after or FIRST_ID, UNTIL: until, **compiled.params(now or utcnow())}
-    options = compile_options(d.canonical())
+    options = compile_options(conn, d.canonical())
     rows = list((await conn.execute(query, params, execution_options=options)).all())
     more = len(rows) > limit
     del rows[limit:]
@@ -157,19 +158,27 @@ async def select_rows(
 # A statement's memory grows with its definition: about 136 KiB for one condition, 800 KiB for
 # 300, 2 MiB for the largest definition the rules allow (500 parts, 20,000 `in` values), and
 # SQLAlchemy keeps a compiled copy of each statement of a new shape as well (its engine's
-# compiled cache, 500 entries). Kept either way, 256 distinct large definitions sent to
-# `POST /v1/segments/query` held over 1.5 GB. A definition over LARGE_DEFINITION bytes of
-# canonical JSON (about 40 conditions) is therefore built for each page and compiled without
-# SQLAlchemy's cache (`compile_options`): its query costs much more than building it does.
+# compiled cache, 500 entries), and on SQLite the sqlite3 module keeps the statement SQLite
+# prepared from it too, in each connection's cache of 128 (about 2 MB each): distinct large
+# definitions sent to `POST /v1/segments/query` could grow a process by gigabytes. A definition
+# over LARGE_DEFINITION bytes of canonical JSON (about 40 conditions) is therefore built for each
+# page and compiled without SQLAlchemy's cache, and the SQLite connection that ran it is closed
+# after its read transaction instead of going back to the pool (`compile_options`): its query
+# costs much more than building it, or than opening a connection, does.
 _STATEMENTS: OrderedDict[tuple, tuple[Select, Compiled, str, Policy]] = OrderedDict()
 _STATEMENTS_KEPT = 256
 LARGE_DEFINITION = 4096
 
 
-def compile_options(canonical: bytes) -> dict[str, Any]:
-    """Execution options of a statement made from a definition of this canonical JSON: kept
-    out of SQLAlchemy's compiled cache when the definition is large."""
-    return {"compiled_cache": None} if len(canonical) > LARGE_DEFINITION else {}
+def compile_options(conn: AsyncConnection, canonical: bytes) -> dict[str, Any]:
+    """Execution options of a statement made from a definition of this canonical JSON, to be
+    run on `conn` in a `Database.read` transaction: when the definition is large, kept out of
+    SQLAlchemy's compiled cache, and a SQLite connection is closed after the transaction."""
+    if len(canonical) <= LARGE_DEFINITION:
+        return {}
+    if conn.dialect.name == "sqlite":
+        conn.info[DISCARD] = True
+    return {"compiled_cache": None}
 
 
 def _statement(

@@ -259,7 +259,7 @@ async def definition_stats(p: Platform, d: Definition) -> StatsOut:
         audience = Audience(p.policy, d.purpose, d.channel, dialect, d.automated)
         compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
         query = stats_query(audience, compiled)
-        options = compile_options(d.canonical())
+        options = compile_options(conn, d.canonical())
         counts = {reason: n for reason, n in await conn.execute(query, execution_options=options)}
     contactable = counts.pop(None, 0)
     excluded = dict.fromkeys(REASONS, 0) | counts
