@@ -49,9 +49,9 @@ _BULK_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=32768", "PRAGMA cache_size=-26
 
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
-# Set in a connection's `info` by a reader that leaves it holding much memory (a SQLite
-# connection's cache of prepared statements, cdp.segments.members.compile_options): `read`
-# closes it instead of putting it back in the pool.
+# Set in a connection's `info` by a reader that leaves it holding much memory (the driver's
+# cache of prepared statements, cdp.segments.members.compile_options): `read` closes it
+# instead of putting it back in the pool.
 DISCARD = "discard"
 
 

@@ -158,13 +158,14 @@ async def select_rows(
 # A statement's memory grows with its definition: about 136 KiB for one condition, 800 KiB for
 # 300, 2 MiB for the largest definition the rules allow (500 parts, 20,000 `in` values), and
 # SQLAlchemy keeps a compiled copy of each statement of a new shape as well (its engine's
-# compiled cache, 500 entries), and on SQLite the sqlite3 module keeps the statement SQLite
-# prepared from it too, in each connection's cache of 128 (about 2 MB each): distinct large
-# definitions sent to `POST /v1/segments/query` could grow a process by gigabytes. A definition
-# over LARGE_DEFINITION bytes of canonical JSON (about 40 conditions) is therefore built for each
-# page and compiled without SQLAlchemy's cache, and the SQLite connection that ran it is closed
-# after its read transaction instead of going back to the pool (`compile_options`): its query
-# costs much more than building it, or than opening a connection, does.
+# compiled cache, 500 entries), and the driver keeps the statement prepared from it in each
+# connection (sqlite3's cache of 128 statements, about 2 MB each for the largest; SQLAlchemy's
+# asyncpg adapter's cache of 100, about 0.6 MB each): distinct large definitions sent to
+# `POST /v1/segments/query` could grow a process by gigabytes. A definition over
+# LARGE_DEFINITION bytes of canonical JSON (about 40 conditions) is therefore built for each
+# page and compiled without SQLAlchemy's cache, and the connection that ran it is closed after
+# its read transaction instead of going back to the pool (`compile_options`): its query costs
+# much more than building it, or than opening a connection, does.
 _STATEMENTS: OrderedDict[tuple, tuple[Select, Compiled, str, Policy]] = OrderedDict()
 _STATEMENTS_KEPT = 256
 LARGE_DEFINITION = 4096
@@ -173,11 +174,10 @@ LARGE_DEFINITION = 4096
 def compile_options(conn: AsyncConnection, canonical: bytes) -> dict[str, Any]:
     """Execution options of a statement made from a definition of this canonical JSON, to be
     run on `conn` in a `Database.read` transaction: when the definition is large, kept out of
-    SQLAlchemy's compiled cache, and a SQLite connection is closed after the transaction."""
+    SQLAlchemy's compiled cache, and the connection is closed after the transaction."""
     if len(canonical) <= LARGE_DEFINITION:
         return {}
-    if conn.dialect.name == "sqlite":
-        conn.info[DISCARD] = True
+    conn.info[DISCARD] = True
     return {"compiled_cache": None}
 
 
