@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,9 +196,10 @@ def as_shell(text: str, base: str, tmp: Path) -> str:
     """A documented shell example as a new user runs it, against this test's server: `cdp` is
     this tree's, the port is the one served, /tmp is the test's, and every curl also prints
     the status code after the body (a line `<<status NNN>>`)."""
+    # /tmp first: the interpreter's own path may lie under /tmp (a CI clone in /tmp/ci-clone)
+    text = text.replace("/tmp/", f"{tmp}/")
     cli = f"{shlex.quote(sys.executable)} -m cdp.cli"
     text = text.replace(".venv/bin/cdp", cli).replace("http://127.0.0.1:8000", base)
-    text = text.replace("/tmp/", f"{tmp}/")
     return text.replace("curl -s ", "curl -s -w '\\n<<status %{http_code}>>\\n' ")
 
 
@@ -339,9 +341,12 @@ def bench_parser(module: str) -> argparse.ArgumentParser:
     def caught(parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
         raise _Parsed(parser)
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         mp.setattr(argparse.ArgumentParser, "parse_args", caught)
         mp.setattr(sys, "argv", [module])
+        # another test of the same worker may have imported the module (tests/test_bench_smoke):
+        # runpy then warns that it runs it again as __main__, which is all this needs
+        warnings.filterwarnings("ignore", "'bench.*found in sys.modules", RuntimeWarning)
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=False)
         except _Parsed as parsed:
@@ -377,7 +382,7 @@ async def test_readme_try_it_as_written(backend, sites):
     assert done.returncode == 0, done.stderr[-3000:]
     ingest_key = (site.tmp / "ingest.key").read_text().strip()
     admin_key = (site.tmp / "admin.key").read_text().strip()
-    assert ingest_key.startswith("cdp_") and admin_key.startswith("cdp_")
+    assert ingest_key.startswith("cdp_") and admin_key.startswith("cdp_"), done.stderr[-3000:]
     (created, record), (read, profile) = answers(done.stdout)
     assert created == 201 and record["created"] is True, record  # API.md: 201, a new profile
     assert read == 200 and profile["profile_id"] == record["profile_id"]
