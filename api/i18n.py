@@ -199,6 +199,7 @@ EN: dict[str, str] = {
     "erased_text": "We no longer hold personal data about you and will not contact you unless "
     "you subscribe again.",
     "error_title": "Your request could not be processed",
+    "error_prefix": "Error:",  # before the title of a page that answers a form with an error
     "unsub_title": "Unsubscribe",
     "unsub_question": "Stop these messages?",
     "unsub_button": "Unsubscribe",
@@ -400,6 +401,7 @@ RU: dict[str, str] = {
     "erased_text": "Мы больше не храним ваших персональных данных и не свяжемся с вами, пока вы "
     "снова не подпишетесь.",
     "error_title": "Не удалось выполнить запрос",
+    "error_prefix": "Ошибка:",
     "unsub_title": "Отписаться от рассылки",
     "unsub_question": "Больше не присылать вам эти сообщения?",
     "unsub_button": "Отписаться",

@@ -1,0 +1,46 @@
+"""Accessibility of the HTML pages over plain HTTP (both backends): what needs no browser.
+
+A customer must be able to opt out, change preferences, download their data and request
+erasure with a screen reader, in Russian and in English, without JavaScript (WCAG 2.2 AA):
+errors are tied to the field they concern, titles and headings say what the page is, and the
+page's `lang` is the language of its text. tests/e2e/test_accessibility.py runs axe-core and the
+keyboard, zoom and narrow-screen checks in a browser.
+"""
+
+from __future__ import annotations
+
+from api.i18n import CATALOGS
+from tests.html_doc import Document
+from tests.test_console import EN
+from tests.test_preferences import customer
+
+RU = {"Accept-Language": "ru-RU,ru;q=0.9"}
+
+
+def error_tied_to(doc: Document, control_id: str, words: str) -> None:
+    """The control is marked invalid and its description carries the error's text."""
+    control = doc.by_id(control_id)
+    assert control is not None, control_id
+    assert control.get("aria-invalid") == "true", control.attrs
+    assert words in doc.described_by(control), (control.attrs, words)
+
+
+async def test_an_erasure_without_confirmation_marks_the_checkbox_and_says_why(
+    client, keys, platform
+):
+    """WCAG 3.3.1 Error Identification, 1.3.1, 2.4.2: the error was a paragraph at the top of
+    the page, not tied to the checkbox at its bottom (a screen reader on the box heard nothing
+    of it), and the title did not change."""
+    _, token = await customer(client, keys, platform, "erase.me@example.com", manage=True)
+    for lang, headers in (("en", EN), ("ru", RU)):
+        t = CATALOGS[lang]
+        r = await client.post(f"/preferences/{token}/erasure", data={"lang": lang}, headers=headers)
+        assert r.status_code == 400
+        doc = Document(r.text)
+        assert doc.lang == lang
+        error_tied_to(doc, "erase-confirm", t["erase_need_confirm"])
+        assert doc.title.startswith(t["error_prefix"]), doc.title
+    ok = Document((await client.get(f"/preferences/{token}", headers=EN)).text)
+    box = ok.by_id("erase-confirm")
+    assert box is not None and box.get("aria-invalid") is None
+    assert not ok.title.startswith(CATALOGS["en"]["error_prefix"])
