@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from api.i18n import CATALOGS
 from tests.html_doc import Document
-from tests.test_console import EN
+from tests.test_console import EN, hidden, signed_in
 from tests.test_preferences import customer
 
 RU = {"Accept-Language": "ru-RU,ru;q=0.9"}
@@ -44,3 +44,48 @@ async def test_an_erasure_without_confirmation_marks_the_checkbox_and_says_why(
     box = ok.by_id("erase-confirm")
     assert box is not None and box.get("aria-invalid") is None
     assert not ok.title.startswith(CATALOGS["en"]["error_prefix"])
+
+
+async def test_console_sign_in_and_search_errors_are_tied_to_their_fields(client, keys):
+    """WCAG 3.3.1 Error Identification: a wrong key or a search that is not an address was said
+    at the top of the form, with nothing on the field itself; the search field came back empty
+    (3.3.7 Redundant Entry). "Please sign in" on the way in is a notice, not an error."""
+    form = await client.get("/console/login", headers=EN)
+    bad = await client.post(
+        "/console/login",
+        data={"api_key": "nope", "login_csrf": hidden(form.text, "login_csrf"), "next": "/console"},
+        headers=EN,
+    )
+    assert bad.status_code == 401
+    doc = Document(bad.text)
+    error_tied_to(doc, "api-key", CATALOGS["en"]["c_bad_key"])
+    assert doc.title.startswith(CATALOGS["en"]["error_prefix"])
+    assert doc.by_id("api-key").get("value") is None  # type: ignore[union-attr]  # a secret
+    way_in = Document((await client.get("/console", headers=EN)).text)
+    assert CATALOGS["en"]["c_sign_in_required"] in way_in.find("main").text  # type: ignore[union-attr]
+    assert way_in.by_id("api-key").get("aria-invalid") is None  # type: ignore[union-attr]
+    assert not way_in.title.startswith(CATALOGS["en"]["error_prefix"])
+
+    csrf = await signed_in(client, keys)
+    for lang, headers in (("en", EN), ("ru", RU)):
+        t = CATALOGS[lang]
+        r = await client.post(
+            "/console/search", data={"csrf_token": csrf, "query": "not an address"}, headers=headers
+        )
+        assert r.status_code == 400
+        doc = Document(r.text)
+        error_tied_to(doc, "query", t["c_invalid_query"])
+        assert doc.title.startswith(t["error_prefix"])
+        assert doc.by_id("query").get("value") == "not an address"  # type: ignore[union-attr]
+        # no match is no error in the input, but the answer belongs to the field all the same
+        r = await client.post(
+            "/console/search", data={"csrf_token": csrf, "query": "no@example.com"}, headers=headers
+        )
+        assert r.status_code == 404
+        doc = Document(r.text)
+        box = doc.by_id("query")
+        assert box is not None and box.get("value") == "no@example.com"
+        assert t["c_not_found"] in doc.described_by(box)
+    home = Document((await client.get("/console", headers=EN)).text)
+    assert home.by_id("query").get("aria-invalid") is None  # type: ignore[union-attr]
+    assert home.by_id("query").get("value") is None  # type: ignore[union-attr]

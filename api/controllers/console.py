@@ -298,8 +298,16 @@ def page(
 
 
 def login_page(
-    request: Request, *, status: int = 401, error: str | None = None, next_path: str = "/console"
+    request: Request,
+    *,
+    status: int = 401,
+    error: str | None = None,
+    next_path: str = "/console",
+    failed: bool = False,
+    key_error: bool = False,
 ) -> Template:
+    """The sign-in form; `failed`: it answers a submitted form that did not sign in (the title
+    says so), `key_error`: because of the key typed (the field is marked and described)."""
     p: Platform = request.app.state.platform
     nonce = secrets.token_urlsafe(18)
     cookies = [_cookie(p, LOGIN_COOKIE, nonce, LOGIN_TTL)]
@@ -317,6 +325,8 @@ def login_page(
             "next": safe_next(next_path),
             "error": t[error] if error else None,
             "hours": SESSION_HOURS,
+            "failed": failed or key_error,
+            "key_error": key_error,
         },
         status_code=status,
         cookies=cookies,
@@ -450,16 +460,22 @@ class ConsoleController(Controller):
             return Redirect(next_path, status_code=303)  # an API client: its header is its key
         given = str(form.get("api_key") or "").strip()
         if not given:
-            return login_page(request, error="c_sign_in_required", next_path=next_path)
+            return login_page(
+                request, error="c_sign_in_required", next_path=next_path, key_error=True
+            )
         nonce = request.cookies.get(LOGIN_COOKIE) or ""
         expected = login_token(session_key(platform.keys.token_key), nonce)
         if not nonce or not same(expected, form.get("login_csrf")):
-            return login_page(request, status=403, error="c_form_expired", next_path=next_path)
+            return login_page(
+                request, status=403, error="c_form_expired", next_path=next_path, failed=True
+            )
         principal = await authenticate(platform.db, given)
         if principal is None:
-            return login_page(request, error="c_bad_key", next_path=next_path)
+            return login_page(request, error="c_bad_key", next_path=next_path, key_error=True)
         if principal.role not in CONSOLE_ROLES:
-            return login_page(request, status=403, error="c_wrong_role", next_path=next_path)
+            return login_page(
+                request, status=403, error="c_wrong_role", next_path=next_path, key_error=True
+            )
         log.info("console_sign_in", key=principal.name, role=principal.role)
         return Redirect(
             next_path,
@@ -484,8 +500,16 @@ class ConsoleController(Controller):
         return await self._home(request, platform)
 
     async def _home(
-        self, request: Request, platform: Platform, *, status: int = 200, error: str | None = None
+        self,
+        request: Request,
+        platform: Platform,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        query: str = "",
     ) -> Template:
+        """The search page; after a search that found no one, with its `error` tied to the
+        field, which keeps the `query` (the page is not cached: Cache-Control no-store)."""
         async with platform.db.read() as conn:
             items = await open_requests(conn)
             latest = await latest_trusted(conn, signer_for(platform.settings))
@@ -495,6 +519,8 @@ class ConsoleController(Controller):
             status=status,
             section="search",
             error=_t(request)[error] if error else None,
+            invalid=error == "c_invalid_query",
+            query=query,
             open_count=len(items),
             overdue_count=sum(1 for r in items if r["overdue"]),
             checkpoint=checkpoint_view(latest),
@@ -509,12 +535,14 @@ class ConsoleController(Controller):
         try:
             ident = search_identifier(platform, query)
         except InvalidInput:
-            return await self._home(request, platform, status=400, error="c_invalid_query")
+            return await self._home(
+                request, platform, status=400, error="c_invalid_query", query=query
+            )
         async with platform.db.read() as conn:
             customer = await resolve_customer(conn, ident)
         target = customer.root or (customer.profile_ids[0] if customer.profile_ids else None)
         if target is None:
-            return await self._home(request, platform, status=404, error="c_not_found")
+            return await self._home(request, platform, status=404, error="c_not_found", query=query)
         return Redirect(f"/console/customers/{target}", status_code=303)
 
     @get("/customers/{profile_id:str}", summary="A customer: profile, consent, history, requests")
