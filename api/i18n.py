@@ -336,6 +336,9 @@ EN: dict[str, str] = {
     "c_checkpoints": "Signed checkpoints",
     "c_result": "Result",
     "c_not_found_title": "Not found",
+    "c_forbidden_title": "Not allowed",
+    "c_form_expired_title": "The form expired",
+    "c_invalid_title": "Not an email address or phone number",
     "yes": "yes",
     "no": "no",
 }
@@ -537,6 +540,9 @@ RU: dict[str, str] = {
     "c_checkpoints": "Подписанные контрольные точки",
     "c_result": "Результат",
     "c_not_found_title": "Не найдено",
+    "c_forbidden_title": "Доступ запрещён",
+    "c_form_expired_title": "Форма устарела",
+    "c_invalid_title": "Это не email и не номер телефона",
     "yes": "да",
     "no": "нет",
 }

@@ -89,3 +89,17 @@ async def test_console_sign_in_and_search_errors_are_tied_to_their_fields(client
     home = Document((await client.get("/console", headers=EN)).text)
     assert home.by_id("query").get("aria-invalid") is None  # type: ignore[union-attr]
     assert home.by_id("query").get("value") is None  # type: ignore[union-attr]
+
+
+async def test_console_error_pages_name_the_error_in_title_and_heading(client, keys):
+    """WCAG 2.4.2 Page Titled, 2.4.6 Headings and Labels: a form that expired (or did not come
+    from the console) was a page titled and headed "Compliance console · Compliance console"."""
+    await signed_in(client, keys)
+    for lang, headers in (("en", EN), ("ru", RU)):
+        page = await client.post("/console/search", data={"query": "x"}, headers=headers)
+        assert page.status_code == 403
+        doc = Document(page.text)
+        h1 = doc.find("h1")
+        assert h1 is not None and h1.text != CATALOGS[lang]["c_title"], h1.text if h1 else None
+        assert doc.title.startswith(h1.text), (doc.title, h1.text)
+        assert CATALOGS[lang]["c_csrf_failed"] in page.text

@@ -347,11 +347,11 @@ def _on_login_required(request: Request, _: Exception) -> Response[Any]:
 
 
 def _on_forbidden(request: Request, _: Exception) -> Response[Any]:
-    return _message(request, 403, "c_title", "c_wrong_role")  # type: ignore[return-value]
+    return _message(request, 403, "c_forbidden_title", "c_wrong_role")  # type: ignore[return-value]
 
 
 def _on_csrf(request: Request, _: Exception) -> Response[Any]:
-    return _message(request, 403, "c_title", "c_csrf_failed")  # type: ignore[return-value]
+    return _message(request, 403, "c_form_expired_title", "c_csrf_failed")  # type: ignore[return-value]
 
 
 def _on_not_found(request: Request, _: Exception) -> Response[Any]:
@@ -359,7 +359,7 @@ def _on_not_found(request: Request, _: Exception) -> Response[Any]:
 
 
 def _on_invalid(request: Request, _: Exception) -> Response[Any]:
-    return _message(request, 400, "c_title", "c_invalid_query")  # type: ignore[return-value]
+    return _message(request, 400, "c_invalid_title", "c_invalid_query")  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- queries
