@@ -354,3 +354,26 @@ async def test_the_consoles_error_pages_and_sign_in_carry_every_pages_headers(cl
     r = await client.post("/console/search", data={"query": "x@example.com", "csrf_token": "bad"})
     assert r.status_code == 403
     protected(r)
+
+
+async def test_the_request_status_filters_show_their_requests(client, keys, platform):
+    """Each status link on the requests page was a 500: the filter's `status` went to page()
+    as the HTTP status code."""
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "gone@example.com"}, headers=keys["ingest"]
+    )
+    await submit_erasure(
+        platform,
+        Identifier("profile_id", profile_id=uuid.UUID(r.json()["profile_id"])),
+        requested_by="operator",
+        actor="admin-key",
+    )
+    await signed_in(client, keys)
+    for status in ("received", "in_progress", "completed", "rejected"):
+        page = await client.get(f"/console/requests?status={status}", headers=EN)
+        assert page.status_code == 200, (status, page.text[:200])
+        assert f"<h1>Data subject requests: {status}</h1>" in page.text
+        assert f'href="/console/requests?status={status}" aria-current="page"' in page.text
+    assert page.text.count("data-request-id=") == 0  # rejected: none
+    received = await client.get("/console/requests?status=received", headers=EN)
+    assert received.text.count("data-request-id=") == 1

@@ -636,7 +636,7 @@ class ConsoleController(Controller):
             "console_requests.html",
             section="requests",
             items=items,
-            status=status,
+            shown_status=status,  # not `status`: page() takes that as the HTTP status code
             statuses=states.STATUSES,
         )
 
