@@ -9,12 +9,23 @@ keyboard, zoom and narrow-screen checks in a browser.
 
 from __future__ import annotations
 
+import itertools
+import re
+import uuid
+
 from api.i18n import CATALOGS
-from tests.html_doc import Document
+from tests.html_doc import Document, Element
 from tests.test_console import EN, hidden, signed_in
 from tests.test_preferences import customer
 
 RU = {"Accept-Language": "ru-RU,ru;q=0.9"}
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+MARKETING = {
+    "purpose": "marketing",
+    "channel": "email",
+    "status": "granted",
+    "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+}
 
 
 def error_tied_to(doc: Document, control_id: str, words: str) -> None:
@@ -103,3 +114,147 @@ async def test_console_error_pages_name_the_error_in_title_and_heading(client, k
         assert h1 is not None and h1.text != CATALOGS[lang]["c_title"], h1.text if h1 else None
         assert doc.title.startswith(h1.text), (doc.title, h1.text)
         assert CATALOGS[lang]["c_csrf_failed"] in page.text
+
+
+def check_structure(doc: Document, lang: str, where: str) -> None:
+    """What every page must be, for a screen reader and without JavaScript: the language of
+    its text, a title, one h1 and headings that skip no level, a label for every control,
+    unique ids that every ARIA reference finds, and no script at all."""
+    assert doc.lang == lang, where
+    assert doc.title, where
+    headings = [int(e.tag[1]) for e in doc.root.iter() if re.fullmatch(r"h[1-6]", e.tag)]
+    assert headings[:1] == [1] and headings.count(1) == 1, (where, headings)
+    for before, after in itertools.pairwise(headings):
+        assert after <= before + 1, (where, headings)
+    ids = [e.get("id") for e in doc.root.iter() if e.get("id")]
+    assert len(ids) == len(set(ids)), (where, sorted(i for i in ids if ids.count(i) > 1))
+    for e in doc.root.iter():
+        for attr in ("aria-describedby", "aria-labelledby"):
+            for ref in (e.get(attr) or "").split():
+                assert doc.by_id(ref) is not None, (where, e.tag, attr, ref)
+        assert not any(name.startswith("on") for name in e.attrs), (where, e.tag, e.attrs)
+        if e.tag in ("input", "select", "textarea") and e.get("type") != "hidden":
+            assert doc.label_of(e), (where, e.attrs)
+        if e.tag == "button":
+            assert e.text, (where, e.attrs)
+        if e.tag == "a":
+            assert e.text and e.get("href"), (where, e.attrs)
+    assert doc.find("script") is None and doc.find("noscript") is None, where
+    assert doc.find("main") is not None, where
+    # the text is in the page's language: no sentence of the other catalog, except in an
+    # element that says its own language (the language switch)
+    text = own_language_text(doc.find("body"), lang)  # type: ignore[arg-type]
+    other = CATALOGS["en" if lang == "ru" else "ru"]
+    mine = set(CATALOGS[lang].values())
+    for value in other.values():
+        if len(value) >= 8 and "{" not in value and value not in mine:
+            assert value not in text, (where, value)
+
+
+def own_language_text(element: Element, lang: str) -> str:
+    parts: list[str] = []
+    for child in element.children:
+        if isinstance(child, str):
+            parts.append(child)
+        elif child.get("lang", lang) == lang and child.tag not in ("style", "title"):
+            parts.append(own_language_text(child, lang))
+    return " ".join(parts)
+
+
+async def test_every_customer_page_and_state_is_structured_for_assistive_technology(
+    client, keys, platform
+):
+    pid, token = await customer(client, keys, platform, "pages@example.com")
+    _, manage = await customer(client, keys, platform, "manage@example.com", manage=True)
+    forged = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    for lang in ("ru", "en"):
+        h = {"Accept-Language": lang, "Accept": BROWSER}
+        pages = {
+            "unsubscribe": await client.get(f"/v1/unsubscribe/{token}", headers=h),
+            "unsubscribe forged": await client.get(f"/v1/unsubscribe/{forged}", headers=h),
+            "centre by the unsubscribe link": await client.get(f"/preferences/{token}", headers=h),
+            "centre saved": await client.get(f"/preferences/{token}?done=saved", headers=h),
+            "centre opted out": await client.get(f"/preferences/{token}?done=opted_out", headers=h),
+            "centre by a manage link": await client.get(f"/preferences/{manage}", headers=h),
+            "centre forged": await client.get(f"/preferences/{forged}", headers=h),
+            "erasure unconfirmed": await client.post(
+                f"/preferences/{manage}/erasure", data={"lang": lang}, headers=h
+            ),
+            "data by the unsubscribe link": await client.post(
+                f"/preferences/{token}/access", data={"lang": lang}, headers=h
+            ),
+        }
+        for where, page in pages.items():
+            assert page.headers["content-type"].startswith("text/html"), where
+            check_structure(Document(page.text), lang, f"{lang}: {where}")
+    for lang in ("ru", "en"):
+        h = {"Accept-Language": lang, "Accept": BROWSER}
+        done = await client.post(
+            f"/v1/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}, headers=h
+        )
+        check_structure(Document(done.text), lang, f"{lang}: unsubscribed")
+    received = await client.post(
+        f"/preferences/{manage}/erasure", data={"lang": "ru", "confirm": "yes"}
+    )
+    assert received.status_code == 202
+    check_structure(Document(received.text), "ru", "erasure received")
+    for lang in ("ru", "en"):
+        gone = await client.get(f"/preferences/{manage}", headers={"Accept-Language": lang})
+        assert gone.status_code == 410
+        check_structure(Document(gone.text), lang, f"{lang}: erased")
+    assert pid
+
+
+async def test_every_console_page_is_structured_for_assistive_technology(client, keys):
+    email = "console.pages@example.com"
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": email, "consents": [MARKETING]},
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    for lang, headers in (("ru", RU), ("en", EN)):
+        client.cookies.clear()
+        check_structure(Document((await client.get("/console", headers=headers)).text), lang, "in")
+    csrf = await signed_in(client, keys)
+    for lang, headers in (("ru", RU), ("en", EN)):
+        for path in (
+            "/console",
+            f"/console/customers/{pid}",
+            "/console/requests",
+            "/console/requests?status=completed",
+            "/console/access-log",
+            f"/console/access-log?profile_id={pid}",
+            "/console/verify",
+            f"/console/customers/{uuid.uuid4()}",
+        ):
+            page = await client.get(path, headers=headers)
+            check_structure(Document(page.text), lang, f"{lang}: {path}")
+        for query in ("not an address", "nobody@example.com"):
+            page = await client.post(
+                "/console/search", data={"csrf_token": csrf, "query": query}, headers=headers
+            )
+            check_structure(Document(page.text), lang, f"{lang}: search {query}")
+        page = await client.post("/console/search", data={"query": "x"}, headers=headers)
+        check_structure(Document(page.text), lang, f"{lang}: form expired")
+
+
+async def test_unsubscribing_takes_no_more_than_subscribing(client, keys, platform):
+    """GDPR art. 7(3), POLICIES.md: withdrawal as easy as the grant. The page behind the link
+    in a message is one button, with nothing to fill in, tick or choose first (no address to
+    type, no reason, no check); "unsubscribe from everything" likewise. A grant in the
+    preference centre is a tick and a save: two steps against one."""
+    _, token = await customer(client, keys, platform, "one.step@example.com")
+    _, manage = await customer(client, keys, platform, "grant@example.com", manage=True)
+    page = Document((await client.get(f"/v1/unsubscribe/{token}", headers=EN)).text)
+    [form] = page.find_all("form")
+    controls = [e for e in form.iter() if e.tag in ("input", "select", "textarea", "button")]
+    assert [e.tag for e in controls if e.get("type") != "hidden"] == ["button"]
+    centre = Document((await client.get(f"/preferences/{manage}", headers=EN)).text)
+    optout = next(f for f in centre.find_all("form") if f.get("action", "").endswith("/opt-out"))
+    controls = [e for e in optout.iter() if e.tag in ("input", "select", "textarea", "button")]
+    assert [e.tag for e in controls if e.get("type") != "hidden"] == ["button"]
+    # a grant: a switch to tick, then the save button of the same form
+    choices = centre.by_id("choices")
+    assert choices is not None and choices.find("input", type="checkbox") is not None
+    assert choices.find("button") is not None
