@@ -14,6 +14,8 @@ import re
 import uuid
 
 from api.i18n import CATALOGS
+from cdp.ids import utcnow
+from consent.tokens import TokenClaims, issue
 from tests.html_doc import Document, Element
 from tests.test_console import EN, hidden, signed_in
 from tests.test_preferences import customer
@@ -251,10 +253,43 @@ async def test_unsubscribing_takes_no_more_than_subscribing(client, keys, platfo
     controls = [e for e in form.iter() if e.tag in ("input", "select", "textarea", "button")]
     assert [e.tag for e in controls if e.get("type") != "hidden"] == ["button"]
     centre = Document((await client.get(f"/preferences/{manage}", headers=EN)).text)
-    optout = next(f for f in centre.find_all("form") if f.get("action", "").endswith("/opt-out"))
+    optout = next(f for f in centre.find_all("form") if "/opt-out" in (f.get("action") or ""))
     controls = [e for e in optout.iter() if e.tag in ("input", "select", "textarea", "button")]
     assert [e.tag for e in controls if e.get("type") != "hidden"] == ["button"]
     # a grant: a switch to tick, then the save button of the same form
     choices = centre.by_id("choices")
     assert choices is not None and choices.find("input", type="checkbox") is not None
     assert choices.find("button") is not None
+
+
+async def test_a_link_that_expires_while_the_page_is_open_answers_in_the_language_read(
+    client, keys, platform
+):
+    """A customer reading the centre in Russian (chosen with the language switch, an English
+    browser) whose manage link expired before they pressed a button got the "link has
+    expired" page in English: the forms said the language only in their body, which an
+    answer for a link that is no longer valid never reads. WCAG 3.1.1 holds either way (the
+    page's lang was its text's); the customer could not read it."""
+    pid, manage = await customer(client, keys, platform, "slow.reader@example.com", manage=True)
+    page = Document((await client.get(f"/preferences/{manage}?lang=ru", headers=EN)).text)
+    actions = [f.get("action") or "" for f in page.find_all("form")]
+    assert len(actions) == 4 and all(a.endswith("lang=ru") for a in actions), actions
+    expired = issue(
+        platform.keys.token_key,
+        TokenClaims(
+            pid,
+            "email",
+            platform.keys.indexer.email("slow.reader@example.com"),
+            "marketing",
+            "email",
+            scope="manage",
+            expires_at=int(utcnow().timestamp()) - 1,
+        ),
+    )
+    for action in actions:
+        r = await client.post(
+            action.replace(manage, expired), data={"lang": "ru", "confirm": "yes"}, headers=EN
+        )
+        assert r.status_code == 404, action
+        doc = Document(r.text)
+        assert doc.lang == "ru" and doc.find("h1").text == CATALOGS["ru"]["link_expired_title"]  # type: ignore[union-attr]
