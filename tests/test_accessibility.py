@@ -293,3 +293,20 @@ async def test_a_link_that_expires_while_the_page_is_open_answers_in_the_languag
         assert r.status_code == 404, action
         doc = Document(r.text)
         assert doc.lang == "ru" and doc.find("h1").text == CATALOGS["ru"]["link_expired_title"]  # type: ignore[union-attr]
+
+
+async def test_a_switch_the_unsubscribe_link_cannot_turn_on_says_why(client, keys, platform):
+    """WCAG 1.3.2, 3.3.2: by the link in a message a switch that is off cannot be turned on.
+    The reason came after every switch and the save button's form, described none of them,
+    and a disabled box is skipped by Tab: a screen reader met dimmed boxes with no why."""
+    _, token = await customer(client, keys, platform, "why.dimmed@example.com")
+    for lang, headers in (("en", EN), ("ru", RU)):
+        doc = Document((await client.get(f"/preferences/{token}", headers=headers)).text)
+        note = CATALOGS[lang]["pref_unsubscribe_link_note"]
+        boxes = [b for b in doc.find_all("input", type="checkbox") if "disabled" in b.attrs]
+        assert boxes
+        for box in boxes:
+            assert note in doc.described_by(box), box.attrs
+        form = doc.by_id("choices")
+        first = next(e for e in form.iter() if e.tag in ("p", "fieldset"))  # type: ignore[union-attr]
+        assert first.text == note  # before the switches it explains
