@@ -310,3 +310,21 @@ async def test_a_switch_the_unsubscribe_link_cannot_turn_on_says_why(client, key
         form = doc.by_id("choices")
         first = next(e for e in form.iter() if e.tag in ("p", "fieldset"))  # type: ignore[union-attr]
         assert first.text == note  # before the switches it explains
+
+
+async def test_the_console_menu_marks_the_page_it_is_on_not_the_section_as_the_page(client, keys):
+    """WCAG 1.3.1, 4.1.2: on a customer's page the menu's "Find a customer" link (to the
+    search page) said aria-current="page", so a screen reader called a link elsewhere the
+    current page; it is the current section there ("true"), and the page only on itself."""
+    r = await client.post(
+        "/v1/profiles", json={"source": "crm", "email": "menu@example.com"}, headers=keys["ingest"]
+    )
+    await signed_in(client, keys)
+    home = Document((await client.get("/console", headers=EN)).text)
+    [search] = home.find_all("a", href="/console")
+    assert search.get("aria-current") == "page"
+    pid = r.json()["profile_id"]
+    page = Document((await client.get(f"/console/customers/{pid}", headers=EN)).text)
+    [search] = page.find_all("a", href="/console")
+    assert search.get("aria-current") == "true"
+    assert all(a.get("aria-current") != "page" for a in page.find_all("a"))

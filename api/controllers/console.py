@@ -290,6 +290,7 @@ def page(
             "who": principal.name if principal else None,
             "csrf": csrf,
             "section": section,
+            "path": request.url.path,
             **context,
         },
         status_code=status,
