@@ -200,6 +200,17 @@ async def test_every_customer_page_and_state_is_structured_for_assistive_technol
     )
     assert received.status_code == 202
     check_structure(Document(received.text), "ru", "erasure received")
+    # a Californian whose browser sends Global Privacy Control: the notice and a locked switch
+    _, gpc = await customer(
+        client, keys, platform, "gpc@example.com", jurisdiction="US-CA", grant=False
+    )
+    for lang in ("ru", "en"):
+        h = {"Accept-Language": lang, "Sec-GPC": "1"}
+        page = Document((await client.get(f"/preferences/{gpc}", headers=h)).text)
+        check_structure(page, lang, f"{lang}: centre, GPC")
+        locked = page.by_id("pref-sale_share-all")
+        assert locked is not None and "disabled" in locked.attrs
+        assert CATALOGS[lang]["gpc_locked"] in page.label_of(locked)
     for lang in ("ru", "en"):
         gone = await client.get(f"/preferences/{manage}", headers={"Accept-Language": lang})
         assert gone.status_code == 410
