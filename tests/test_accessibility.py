@@ -13,8 +13,11 @@ import itertools
 import re
 import uuid
 
+from sqlalchemy import update
+
 from api.i18n import CATALOGS
 from cdp.ids import utcnow
+from consent.tables import consent_ledger
 from consent.tokens import TokenClaims, issue
 from tests.html_doc import Document, Element
 from tests.test_console import EN, hidden, signed_in
@@ -339,3 +342,29 @@ async def test_the_console_menu_marks_the_page_it_is_on_not_the_section_as_the_p
     [search] = page.find_all("a", href="/console")
     assert search.get("aria-current") == "true"
     assert all(a.get("aria-current") != "page" for a in page.find_all("a"))
+
+
+async def test_the_russian_verification_page_says_its_verdicts_in_russian(client, keys, platform):
+    """WCAG 3.1.1, 3.1.2: the verdict badges of the verification page were "OK" and "FAIL" in
+    every language, so a Russian screen reader voice read an English word as Russian."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "verdict@example.com", "consents": [MARKETING]},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201
+    await signed_in(client, keys)
+    ru = CATALOGS["ru"]
+    ok = Document((await client.get("/console/verify", headers=RU)).text)
+    assert [b.text for b in ok.find_all("span", **{"class": "badge good"})][:3] == [
+        ru["c_badge_ok"]
+    ] * 3
+    async with platform.db.write() as conn:
+        await conn.execute(
+            update(consent_ledger).where(consent_ledger.c.seq == 1).values(source="forged")
+        )
+    bad = Document((await client.get("/console/verify", headers=RU)).text)
+    assert bad.by_id("verify-result").text.startswith(ru["c_badge_fail"])  # type: ignore[union-attr]
+    assert "FAIL" not in own_language_text(bad.find("body"), "ru")  # type: ignore[arg-type]
+    en = Document((await client.get("/console/verify", headers=EN)).text)
+    assert en.by_id("verify-result").text.startswith("FAIL")  # type: ignore[union-attr]
