@@ -45,10 +45,17 @@ from cdp.platform import Platform
 from cdp.profiles.schemas import EventIn
 from cdp.spreadsheet import spreadsheet_safe
 from cdp.validation import invalid
+from consent.schemas import AwareDatetime
 
 log = structlog.get_logger(__name__)
 
 CHUNK = 500
+
+
+class _Time(msgspec.Struct):
+    occurred_at: AwareDatetime
+
+
 _PLAIN = frozenset(EventIn.__struct_fields__) - {"source", "properties"}
 PROPERTIES = "properties."
 HELP = (
@@ -137,6 +144,13 @@ def prepared(p: Platform, header: list[str] | None, row: Any, source: str) -> Ch
         raise InvalidInput.field("row", row)
     body = row_body(header, row, source)
     refuse_nul(body)
+    if header is not None and isinstance(when := body.get("occurred_at"), str):
+        # RFC 3339 only: the lax conversion below (a CSV's text into numbers) read a number as
+        # a Unix time, so a compact date, 20261105, was a purchase on 1970-08-23
+        try:
+            body["occurred_at"] = msgspec.convert(when, AwareDatetime)
+        except msgspec.ValidationError:
+            raise invalid({"occurred_at": when}, _Time, whole="row") from None
     try:
         event = msgspec.convert(body, EventIn, strict=header is None)
     except msgspec.ValidationError:

@@ -202,3 +202,20 @@ async def test_within_a_file_an_event_sent_twice_is_one_and_a_new_customer_is_on
     stats = (await profile_of(client, keys, email="new@example.com"))["stats"]
     assert (stats["orders_count"], stats["total_spent"]) == (3, "26.00")
     assert stats["last_order_at"] == "2026-11-04T10:00:00Z"
+
+
+@pytest.mark.parametrize("when", ["20261105", "1762300800", "1762300800.5"])
+async def test_a_time_that_is_a_number_is_refused_not_read_as_a_unix_time(platform, when):
+    """A CSV's occurred_at is an RFC 3339 time, as POST /v1/events takes it: a compact date
+    (20261105, as 1C exports write one) or a number was read as a Unix time (20261105 s: a
+    purchase on 1970-08-23, a customer's first order 56 years ago)."""
+    from cdp.errors import InvalidInput
+    from cdp.events_import import prepared
+
+    header = ["event_id", "type", "occurred_at", "email", "amount", "currency"]
+    with pytest.raises(InvalidInput) as caught:
+        prepared(platform, header, ["o-1", "purchase", when, ANNA, "10.00", "RUB"], "shop")
+    assert [e.field for e in caught.value.errors] == ["occurred_at"]
+    row = ["o-1", "purchase", "2026-11-05T10:00:00+03:00", ANNA, "10.00", "RUB"]
+    ok = prepared(platform, header, row, "shop")
+    assert ok.body.occurred_at.isoformat() == "2026-11-05T10:00:00+03:00"
