@@ -105,9 +105,12 @@ async def opt_out(
     check_purpose_channel(p, purpose, channel)
     if (problem := time_problem(occurred_at)) is not None:
         raise InvalidInput.field("occurred_at", problem)
-    request = OptOutRequest(
-        ident, purpose, channel, source, actor, method, reason, occurred_at or utcnow()
-    )
+    # Never later than now: a sender's clock a little ahead (time_problem allows it) would date
+    # the suppression after the ledger's ordering time (consent.ledger.ordering_time), and a
+    # grant made after the opt-out would stay suppressed though the state says granted.
+    now = utcnow()
+    at = now if occurred_at is None else min(occurred_at, now)
+    request = OptOutRequest(ident, purpose, channel, source, actor, method, reason, at)
     group = p.db.group_commit("opt-outs", lambda conn, reqs: apply_opt_outs(conn, p, reqs))
     return await group.submit(request)
 

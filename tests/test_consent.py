@@ -448,6 +448,38 @@ async def test_a_grant_dated_in_the_future_never_outranks_a_later_opt_out(client
     assert (await contactable(client, keys, email=email))["marketing"]["email"] is False
 
 
+async def test_an_opt_out_dated_a_little_ahead_does_not_outrank_the_grant_made_after_it(
+    client, keys
+):
+    """An opt-out from a sender whose clock runs ahead (within the allowance) is ordered as
+    recorded, as a grant is. Its suppression kept the reported time, later than the ledger's,
+    so a customer who opted out and granted again a minute later showed 'granted' yet stayed
+    'suppressed' for good (until a grant after the sender's time). Only the gap between the two
+    requests matters, so the test is not timed (the servers' clock is read once, here)."""
+    from datetime import UTC, datetime, timedelta
+
+    email = "ahead@example.com"
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": email, "country": "RU"},
+        headers=keys["ingest"],
+    )
+    grant = {"email": email, "purpose": "marketing", "channel": "email", "status": "granted"}
+    await consent(client, keys, evidence=GRANT, **grant)
+    soon = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()  # a clock a little ahead
+    r = await client.post(
+        "/v1/opt-outs",
+        json={"email": email, "source": "esp", "occurred_at": soon},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 200, r.text
+    assert (await contactable(client, keys, email=email))["marketing"]["email"] is False
+    await consent(client, keys, evidence=GRANT, **grant)  # the customer changes their mind
+    assert (await contactable(client, keys, email=email))["marketing"]["email"] is True
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.json()["ok"] is True, r.text
+
+
 async def test_sms_stop_revokes_the_consent_that_automated_service_texts_need(client, keys):
     """US federal: automated service SMS needs prior consent (TCPA), and a STOP reply revokes it
     (FCC 24-24), so order texts stop too. In RU service SMS rests on the contract and STOP
