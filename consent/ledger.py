@@ -9,6 +9,15 @@ would otherwise outrank every opt-out made before then, and the customer would s
 contactable after opting out. The ledger keeps the occurred_at it was given; the state's `since`
 is the ordering time. (Input more than a few minutes ahead is refused anyway:
 `cdp.ids.time_problem`.)
+
+The recording time never goes back: it is this process's clock, or the head entry's recorded_at
+where that is later (another API process whose clock runs ahead, or this clock stepped back),
+by at most `cdp.ids.MAX_AHEAD` (a clock that once read 2099 must not date every later opt-out
+2099, where no grant could ever outrank it).
+A withdrawal that gives no time of its own (`Entry.undated`: an opt-out or a withdrawal "now")
+occurred when it is recorded, so it outranks every entry recorded before it. Dated by the clock
+of the process that took the request, an opt-out a second behind the clock that recorded the
+grant before it lost to that grant, and the customer stayed contactable.
 """
 
 from __future__ import annotations
@@ -24,11 +33,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError, FieldCipher, nonces
 from cdp.db.bulk import bulk_insert, execute_rows
+from cdp.db.engine import xact_lock
 from cdp.db.tables import identities
-from cdp.ids import new_id, parse_uuid, utcnow
+from cdp.ids import MAX_AHEAD, new_id, parse_uuid, utcnow
 from cdp.keyring import SYSTEM_OWNER
 from cdp.profiles.identifiers import profiles_held
-from consent.chain import chain_head, entry_hash
+from consent.chain import GENESIS, entry_hash
 from consent.outbox.enqueue import ledger_event_row, write_rows
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
@@ -58,7 +68,8 @@ class Entry:
     cipher: FieldCipher | None = None
     # No occurred_at was given (a consent column of an imported or synced record): when it was
     # given is unknown, so as a grant it cannot outrank a withdrawal or an opt-out. Re-importing
-    # last year's CRM export must not resubscribe whoever opted out since.
+    # last year's CRM export must not resubscribe whoever opted out since. A withdrawal without
+    # one occurred when it is recorded: `append` sets its occurred_at to the recording time.
     undated: bool = False
     # On an address: whether the request reached it through the profile rather than naming it
     # (consent_ledger.via_profile); None on the profile's own entries.
@@ -77,6 +88,25 @@ def ordering_time(occurred_at: datetime, recorded_at: datetime) -> datetime:
     """When an entry counts as having happened, for the order of the consent state: the time
     it reports, never later than when it was recorded (see the module's docstring)."""
     return min(occurred_at, recorded_at)
+
+
+_HEAD = (
+    select(consent_ledger.c.seq, consent_ledger.c.hash, consent_ledger.c.recorded_at)
+    .order_by(consent_ledger.c.seq.desc())
+    .limit(1)
+)
+
+
+async def _head(conn: AsyncConnection) -> tuple[int, bytes, datetime]:
+    """(last seq, last hash, recording time) of the ledger, locked for appending until the
+    transaction ends (as consent.chain.chain_head): the recording time is now, or the last
+    entry's recorded_at where this clock is behind it."""
+    await xact_lock(conn, LEDGER_LOCK)
+    head = (await conn.execute(_HEAD)).first()
+    now = utcnow()
+    if head is None:
+        return 0, GENESIS, now
+    return head.seq, head.hash, max(now, min(head.recorded_at, now + MAX_AHEAD))
 
 
 def supersedes(status: str, at: datetime, current: tuple[str, datetime] | None) -> bool:
@@ -100,7 +130,7 @@ async def append(
     own events (one insert for all)."""
     if not entries:
         return []
-    seq, prev = await chain_head(conn, consent_ledger, LEDGER_LOCK)
+    seq, prev, now = await _head(conn)
 
     expanded = [expand_channel(policy, e.subject_kind, e.channel) for e in entries]
     wanted = {
@@ -109,7 +139,6 @@ async def append(
     state = await load_states(conn, wanted)
     existing = set(state)
     blocked, holders = await _suppressions(conn, entries)
-    now = utcnow()
     ledger_rows: list[dict] = []
     changed: dict[tuple[bytes, str, str], dict] = {}
     confirmed: list[tuple[bytes, datetime]] = []
@@ -119,6 +148,8 @@ async def append(
     for e, chs in zip(entries, expanded, strict=True):
         seq += 1
         effective = False
+        if e.undated and e.status == "withdrawn":
+            e.occurred_at = now  # occurred when recorded (see the module's docstring)
         at = ordering_time(e.occurred_at, now)
         for ch in chs:
             key = (e.subject, e.purpose, ch)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import and_, bindparam, not_, or_, select
@@ -83,6 +83,7 @@ class OptOutRequest:
     method: str
     reason: str
     at: datetime
+    undated: bool = False  # no time given: it occurred when the ledger records it
 
 
 async def opt_out(
@@ -107,10 +108,13 @@ async def opt_out(
         raise InvalidInput.field("occurred_at", problem)
     # Never later than now: a sender's clock a little ahead (time_problem allows it) would date
     # the suppression after the ledger's ordering time (consent.ledger.ordering_time), and a
-    # grant made after the opt-out would stay suppressed though the state says granted.
+    # grant made after the opt-out would stay suppressed though the state says granted. One
+    # without a time is dated by the ledger when it records it (consent.ledger.Entry.undated).
     now = utcnow()
     at = now if occurred_at is None else min(occurred_at, now)
-    request = OptOutRequest(ident, purpose, channel, source, actor, method, reason, at)
+    request = OptOutRequest(
+        ident, purpose, channel, source, actor, method, reason, at, occurred_at is None
+    )
     group = p.db.group_commit("opt-outs", lambda conn, reqs: apply_opt_outs(conn, p, reqs))
     return await group.submit(request)
 
@@ -140,7 +144,7 @@ async def apply_opt_outs(
     addresses = await profiles_addresses(conn, whole)
     ciphers = await p.keys.ciphers(conn, sorted(pids), strict=True)
     results: list[OptOutResult | Exception] = []
-    held: list[Suppression] = []
+    held: list[tuple[Suppression, Entry]] = []
     entries: list[Entry] = []
     # addresses no customer holds: their opt_out events carry them, sealed, to the
     # subscriptions allowed to see addresses (no identity to decrypt them from at delivery)
@@ -174,26 +178,31 @@ async def apply_opt_outs(
                 subjects.append(("profile", profile_subject(pid)))
         cipher = ciphers.get(pid, p.keys.system) if pid is not None else p.keys.system
         for kind, subject in subjects:
+            entry = Entry(
+                profile_id=pid,
+                subject_kind=kind,
+                subject=subject,
+                purpose=r.purpose,
+                channel=r.channel,
+                status="withdrawn",
+                occurred_at=r.at,
+                source=r.source,
+                actor=r.actor,
+                method=r.method,
+                cipher=cipher,
+                undated=r.undated,
+                via_profile=via_profile((kind, subject), named),
+            )
+            entries.append(entry)
             if kind != "profile":
                 held.append(
-                    Suppression(subject, r.purpose, r.channel, r.reason, r.source, r.at, pid, kind)
+                    (
+                        Suppression(
+                            subject, r.purpose, r.channel, r.reason, r.source, r.at, pid, kind
+                        ),
+                        entry,
+                    )
                 )
-            entries.append(
-                Entry(
-                    profile_id=pid,
-                    subject_kind=kind,
-                    subject=subject,
-                    purpose=r.purpose,
-                    channel=r.channel,
-                    status="withdrawn",
-                    occurred_at=r.at,
-                    source=r.source,
-                    actor=r.actor,
-                    method=r.method,
-                    cipher=cipher,
-                    via_profile=via_profile((kind, subject), named),
-                )
-            )
         # in force: recorded, so no address of the channel that they hold or gain is
         # contactable until a grant that occurred after it (every accepted request records one)
         results.append(OptOutResult(profile_ids=[pid] if pid else [], suppressed=bool(subjects)))
@@ -204,15 +213,18 @@ async def apply_opt_outs(
 async def _write(
     conn: AsyncConnection,
     p: Platform,
-    held: list[Suppression],
+    held: list[tuple[Suppression, Entry]],
     entries: list[Entry],
     unseen: dict[bytes, str] | None = None,
 ) -> None:
-    """What an opt-out writes, in the caller's transaction: the suppressions, the withdrawals
-    in the ledger, and their events in the webhook outbox."""
+    """What an opt-out writes, in the caller's transaction: the withdrawals in the ledger, the
+    suppressions (each dated as its address's withdrawal: the ledger dates an undated one when
+    it records it), and their events in the webhook outbox."""
+    withdrawn: list[dict] = []
+    await ledger.append(conn, p.policy, entries, outbox=withdrawn)
     outbox: list[dict] = []  # the three kinds of event, in this order, in one insert
-    await suppress_many(conn, held, outbox=outbox)
-    await ledger.append(conn, p.policy, entries, outbox=outbox)
+    await suppress_many(conn, [replace(s, at=e.occurred_at) for s, e in held], outbox=outbox)
+    outbox += withdrawn
     outbox += await opt_out_rows(entries, unseen, p.keys)
     await write_rows(conn, outbox)
 
@@ -367,7 +379,7 @@ async def carry_person_opt_outs(
         return
     addresses = await profiles_addresses(conn, {pid for pid, _, _ in latest})
     held = await suppressed_at(conn, sorted({b for a in addresses.values() for _, b in a}))
-    carried: list[Suppression] = []
+    carried: list[tuple[Suppression, Entry]] = []
     entries: list[Entry] = []
     for (pid, purpose, channel), (at, source, actor) in sorted(latest.items()):
         for kind, bidx in addresses.get(pid, []):
@@ -375,21 +387,22 @@ async def carry_person_opt_outs(
                 continue  # one channel, of another kind of address
             if (t := latest_suppression(held, bidx, purpose, channel)) is not None and t >= at:
                 continue  # opted out already (this opt-out, or a later one)
-            carried.append(Suppression(bidx, purpose, channel, "opt_out", source, at, pid, kind))
-            entries.append(
-                Entry(
-                    profile_id=pid,
-                    subject_kind=kind,
-                    subject=bidx,
-                    purpose=purpose,
-                    channel=channel,
-                    status="withdrawn",
-                    occurred_at=at,
-                    source=source,
-                    actor=actor,
-                    method="opt_out",
-                    via_profile=True,  # carried from another address of the customer
-                )
+            entry = Entry(
+                profile_id=pid,
+                subject_kind=kind,
+                subject=bidx,
+                purpose=purpose,
+                channel=channel,
+                status="withdrawn",
+                occurred_at=at,
+                source=source,
+                actor=actor,
+                method="opt_out",
+                via_profile=True,  # carried from another address of the customer
+            )
+            entries.append(entry)
+            carried.append(
+                (Suppression(bidx, purpose, channel, "opt_out", source, at, pid, kind), entry)
             )
     await _write(conn, p, carried, entries)
 

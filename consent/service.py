@@ -273,6 +273,8 @@ async def record_consent(
                 wording_id=body.evidence.wording_id if body.evidence else None,
                 evidence=recorded_evidence(p.policy, body.purpose, body.status, body.evidence),
                 cipher=cipher,
+                # a withdrawal "now" occurred when the ledger records it (consent.ledger)
+                undated=body.status == "withdrawn" and body.occurred_at is None,
                 via_profile=via_profile((kind, subject), named),
             )
             for kind, subject in subjects
