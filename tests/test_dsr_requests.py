@@ -407,3 +407,33 @@ async def test_cdp_dsr_list_prints_a_line_per_request_and_says_when_there_is_non
     assert line.startswith(f"{rid}\treceived\tRU\treceived ") and "no erasure" not in listed.stderr
     none = await asyncio.to_thread(run_cli, ["dsr", "list", "--overdue"], url, tmp_path)
     assert none.stdout == "" and "no erasure requests match" in none.stderr
+
+
+def test_cdp_dsr_list_shows_the_days_the_deadline_counts():
+    """A Russian request's dates are Moscow's days, as its deadline counts them: received at
+    22:30 UTC on Friday 4 December 2026 (01:30 on Saturday in Moscow) and due at 01:30 Moscow
+    time on Friday 18 December, it read 'received 2026-12-04' and 'due 2026-12-17'. Other
+    jurisdictions count UTC days."""
+    from datetime import UTC, datetime
+
+    from cdp.settings import DEFAULT_POLICY_DIR
+    from consent.dsr.cli import list_line
+    from consent.dsr.deadlines import erasure_due
+    from consent.policy import load_policy
+
+    policy = load_policy(DEFAULT_POLICY_DIR)
+    received = datetime(2026, 12, 4, 22, 30, tzinfo=UTC)
+    due = erasure_due(policy, "RU", received)
+    assert due == datetime(2026, 12, 17, 22, 30, tzinfo=UTC)  # 10 Moscow working days
+    item = {
+        "request_id": "r",
+        "status": "received",
+        "jurisdiction": "RU",
+        "deadline_jurisdiction": "RU",
+        "received_at": received,
+        "due_at": due,
+        "overdue": False,
+    }
+    assert list_line(item, policy) == "r\treceived\tRU\treceived 2026-12-05\tdue 2026-12-18"
+    eu = {**item, "jurisdiction": "EU", "deadline_jurisdiction": "EU"}
+    assert list_line(eu, policy).endswith("received 2026-12-04\tdue 2026-12-17")

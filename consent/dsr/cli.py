@@ -66,15 +66,33 @@ def dsr_list(status: str | None, overdue: bool) -> None:
                 if cursor is None:
                     return items
 
-    items = run_on_platform(go)
+    items, policy = run_on_platform(lambda p: _with_policy(p, go(p)))
     if not items:  # on stderr: stdout holds one line per request, for scripts to read
         click.echo("no erasure requests" + (" match" if status or overdue else ""), err=True)
     for item in items:
-        flag = "  OVERDUE" if item["overdue"] else ""
-        click.echo(
-            f"{item['request_id']}\t{item['status']}\t{item['jurisdiction']}\t"
-            f"received {item['received_at']:%Y-%m-%d}\tdue {item['due_at']:%Y-%m-%d}{flag}"
-        )
+        click.echo(list_line(item, policy))
+
+
+async def _with_policy(p: Any, items: Any) -> tuple[list[dict[str, Any]], Any]:
+    return await items, p.policy
+
+
+def list_line(item: dict[str, Any], policy: Any) -> str:
+    """One request of `cdp dsr list`. Its dates are days of the jurisdiction whose deadline it
+    follows (consent.dsr.deadlines: RU counts Moscow's days), as the deadline counts them: in
+    UTC, a request received at 01:30 on Saturday in Moscow read 'received' on Friday, and one
+    due at 01:30 Moscow time on its last day read 'due' the day before."""
+    from consent.dsr.deadlines import zone_of
+
+    zone = zone_of(policy, item["deadline_jurisdiction"])
+    received, due = (
+        item[k] if zone is None else item[k].astimezone(zone) for k in ("received_at", "due_at")
+    )
+    flag = "  OVERDUE" if item["overdue"] else ""
+    return (
+        f"{item['request_id']}\t{item['status']}\t{item['jurisdiction']}\t"
+        f"received {received:%Y-%m-%d}\tdue {due:%Y-%m-%d}{flag}"
+    )
 
 
 @click.group("retention")
