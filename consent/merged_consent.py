@@ -177,6 +177,9 @@ async def withdraw_doubtful(
                 source=SOURCE,
                 actor=actor,
                 method=METHOD,
+                # occurs when the ledger records it, after the grant it withdraws, also one
+                # recorded by a process whose clock runs ahead of this one's (consent.ledger)
+                undated=True,
                 via_profile=False,
             )
         )

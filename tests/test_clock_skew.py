@@ -78,3 +78,37 @@ async def test_a_clock_that_once_ran_far_ahead_does_not_date_every_later_withdra
     assert (await contactable(client, keys, email=EMAIL))["marketing"]["email"] is True
     r = await client.get("/v1/audit/verify", headers=keys["compliance"])
     assert r.json()["ok"] is True, r.text
+
+
+async def test_an_unmerge_withdraws_a_doubtful_grant_recorded_on_a_clock_ahead(
+    client, keys, monkeypatch
+):
+    """A grant naming a wrongly merged customer reached the other customer's phone; the unmerge
+    withdraws it there (consent.merged_consent.withdraw_doubtful). Dated by the unmerging
+    process's clock, a second behind the one that recorded the grant, the withdrawal lost to
+    it and the phone stayed contactable for advertising on a grant that may have been Anna's
+    (and Anna by push on one that may have been the other customer's)."""
+    from cdp.profiles import unmerge
+    from tests.test_unmerge import ANNA, OTHER, WRONG_LINK, post
+
+    phone = "+79161234567"
+    anna = (await post(client, keys, "/v1/profiles", ANNA))["profile_id"]
+    await post(client, keys, "/v1/profiles", OTHER)
+    await post(client, keys, "/v1/profiles", WRONG_LINK)
+    t = datetime.now(UTC)
+    clock(monkeypatch, t + timedelta(seconds=2))
+    sms = {"purpose": "marketing", "channel": "sms", "status": "granted", "evidence": GRANT}
+    push = {**sms, "channel": "push"}
+    for grant in (sms, push):
+        await post(client, keys, "/v1/consents", {"source": "crm", "external_id": "C-1", **grant})
+    assert (await contactable(client, keys, phone=phone))["marketing"]["sms"] is True
+    assert (await contactable(client, keys, phone=phone))["marketing"]["push"] is True
+    clock(monkeypatch, t + timedelta(seconds=1))
+    monkeypatch.setattr(unmerge, "utcnow", lambda: t + timedelta(seconds=1))
+    r = await client.post(f"/v1/profiles/{anna}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    assert (await contactable(client, keys, phone=phone))["marketing"]["sms"] is False
+    # a push grant while merged counts for neither (cdp.profiles.unmerge)
+    assert (await contactable(client, keys, email=ANNA["email"]))["marketing"]["push"] is False
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.json()["ok"] is True, r.text

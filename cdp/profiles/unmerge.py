@@ -561,6 +561,7 @@ async def _grants_while_merged_count_for_neither(
             actor=actor,
             method=UNMERGE,
             cipher=cipher,
+            undated=True,  # occurs when recorded: after the grant, whatever its clock said
         )
         for purpose, channel in granted
     ]
