@@ -756,3 +756,16 @@ async def test_a_protected_client_refuses_a_private_name_without_connecting():
         assert connections == []
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+10:56", "9999-12-31T23:59:59-05:00"])
+def test_a_replay_time_beyond_the_calendar_in_utc_is_a_usage_error(since, tmp_path, monkeypatch):
+    """A time whose UTC form falls before year 1 or after 9999 was a traceback
+    (OverflowError) once the replay bound it; now click's usage error, exit status 2."""
+    from click.testing import CliRunner
+
+    from consent.outbox.cli import webhooks
+
+    monkeypatch.chdir(tmp_path)  # before, it went on to open (and create) a database here
+    out = CliRunner().invoke(webhooks, ["replay", "--since", since])
+    assert out.exit_code == 2 and "out of range" in out.output, out.output

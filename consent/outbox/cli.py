@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -48,6 +48,10 @@ def _timestamp(_ctx: Any, _param: Any, value: str) -> datetime:
         raise click.BadParameter("an RFC 3339 time, e.g. 2026-11-22T10:00:00Z") from None
     if at.tzinfo is None:
         raise click.BadParameter("give a time zone, e.g. 2026-11-22T10:00:00Z")
+    try:
+        at.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+10:56 is before year 1 in UTC (a traceback)
+        raise click.BadParameter("out of range") from None
     return at
 
 
