@@ -112,3 +112,33 @@ async def test_an_unmerge_withdraws_a_doubtful_grant_recorded_on_a_clock_ahead(
     assert (await contactable(client, keys, email=ANNA["email"]))["marketing"]["push"] is False
     r = await client.get("/v1/audit/verify", headers=keys["compliance"])
     assert r.json()["ok"] is True, r.text
+
+
+@pytest.mark.parametrize(
+    ("grant_at", "withdrawal_at", "granted"),
+    [
+        ("2026-11-05T12:00:00+03:00", "2026-11-05T09:00:00Z", False),  # one instant, two zones
+        ("2026-11-05T09:00:00.0000004Z", "2026-11-05T04:00:00-05:00", False),  # rounds to it
+        ("2026-11-05T09:00:00.0000006+00:00", "2026-11-05T09:00:00Z", True),  # 1 µs later
+        ("2026-11-05T08:59:59.999999Z", "2026-11-05T09:00:00+00:00", False),
+    ],
+)
+@pytest.mark.parametrize("grant_first", [True, False])
+async def test_one_instant_in_two_zones_is_a_tie_that_a_withdrawal_wins(
+    client, keys, grant_at, withdrawal_at, granted, grant_first
+):
+    """Times are compared as instants on both databases (SQLite keeps UTC text): the same
+    instant written in two zones, or with digits beyond the microsecond, is a tie, which a
+    withdrawal wins whichever came first; a microsecond later is later."""
+    await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": EMAIL, "country": "RU"},
+        headers=keys["ingest"],
+    )
+    grant = {**GRANTED, "evidence": GRANT, "occurred_at": grant_at}
+    withdrawal = {**GRANTED, "status": "withdrawn", "occurred_at": withdrawal_at}
+    for body in (grant, withdrawal) if grant_first else (withdrawal, grant):
+        await consent(client, keys, **body)
+    assert (await contactable(client, keys, email=EMAIL))["marketing"]["email"] is granted
+    r = await client.get("/v1/audit/verify", headers=keys["compliance"])
+    assert r.json()["ok"] is True, r.text
