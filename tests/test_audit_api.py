@@ -293,3 +293,16 @@ async def test_stored_checkpoints_are_listed_with_the_public_key(client, keys, p
     assert body["public_key"] == signer.public_key_b64
     assert [c["entries"] for c in body["items"]] == [6]
     assert body["items"][0]["key_id"] == signer.key_id
+
+
+async def test_an_access_log_cursor_time_beyond_the_calendar_in_utc_is_a_400(client, keys):
+    """A cursor is opaque but not signed: one naming 0001-01-01T00:00+10:56 (before year 1 in
+    UTC) or 9999-12-31T23:59-05:00 (after 9999) was a 500 (OverflowError when bound), as the
+    `since` filter once was; now a 400 naming the cursor."""
+    for at in ("0001-01-01T00:00:00+10:56", "9999-12-31T23:59:59-05:00"):
+        cursor = encode_cursor([at, "00000000-0000-0000-0000-000000000000"])
+        r = await client.get(
+            "/v1/audit/access-log", headers=keys["compliance"], params={"cursor": cursor}
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["errors"][0]["field"] == "cursor"

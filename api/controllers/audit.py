@@ -3,7 +3,7 @@ bundles, the access log and signed checkpoints. Roles `compliance` and `admin`."
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -278,7 +278,8 @@ def _access_position(position: list[Any] | None) -> tuple[datetime, UUID] | None
     try:
         at = datetime.fromisoformat(str(position[0]))
         last_id = UUID(str(position[1]))
-    except ValueError:
+        at.astimezone(UTC)  # 0001-01-01T00:00+10:56 is before year 1 in UTC: OverflowError
+    except (ValueError, OverflowError):
         raise InvalidInput.field("cursor", "not a cursor of this list") from None
     if at.tzinfo is None:
         raise InvalidInput.field("cursor", "not a cursor of this list")
