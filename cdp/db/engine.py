@@ -150,12 +150,14 @@ class Database:
         async with self.engine.connect() as conn:
             if snapshot and conn.dialect.name == "postgresql":
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-            try:
-                async with conn.begin():
-                    yield conn
-            finally:
-                if conn.info.pop(DISCARD, False):  # closed, not put back in the pool
-                    await conn.invalidate()
+            async with conn.begin():
+                yield conn
+            # closed, not put back in the pool; only after a read that ended: a cancelled one's
+            # connection may be gone, and asking it for `info` then tried to reconnect without
+            # a greenlet, raising MissingGreenlet over the CancelledError (the flag stays in
+            # the connection's `info`: the next read on it closes it)
+            if conn.info.pop(DISCARD, False):
+                await conn.invalidate()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
