@@ -160,6 +160,6 @@ async def seal_plain_ids(db: Database, keys: Keyring) -> int:
                 )
             done += len(updates)
     log.info("event_ids_sealed", events=done)
-    if done and not await db.purge_wal():  # readers kept it from finishing: the next erasure tries
-        log.warning("event_seal_wal_not_truncated")
+    if done:
+        await db.purge_wal(after="event_seal")
     return done

@@ -234,8 +234,7 @@ class KeyStore:
                 chunk = pids[start : start + 1000]
                 await conn.execute(delete(key_shares).where(key_shares.c.profile_id.in_(chunk)))
         # and no older version of their pages left in SQLite's -wal (tried again next time)
-        if not await self.db.purge_wal():
-            log.warning("key_store_wal_not_truncated")
+        await self.db.purge_wal(after="key_store_shares_destroyed")
 
     async def tombstones_after(self, seq: int, limit: int = 1000) -> list[tuple[int, uuid.UUID]]:
         """(number, profile id) of erasures after `seq`, in order."""

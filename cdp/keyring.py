@@ -520,8 +520,7 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
             await conn.execute(stmt, batch)
             rewrapped += len(batch)
     log.info("master_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, keys=rewrapped)
-    if not await db.purge_wal():  # readers kept it from finishing: the next erasure tries again
-        log.warning("master_key_rotation_wal_not_truncated")
+    await db.purge_wal(after="master_key_rotation")
     return rewrapped
 
 
@@ -583,8 +582,8 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
             )
         done += len(updates)
     log.info("data_keys_split", keys=done)
-    if done and not await db.purge_wal():  # readers kept it from finishing: the next erasure tries
-        log.warning("key_split_wal_not_truncated")
+    if done:
+        await db.purge_wal(after="key_split")
     return done
 
 

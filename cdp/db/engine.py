@@ -14,11 +14,14 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
+import structlog
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cdp.db.group_commit import Apply, GroupCommit
 from cdp.db.sqlite_driver import one_hop_dbapi
+
+log = structlog.get_logger(__name__)
 
 # synchronous=FULL: a commit is on disk before it returns, so an opt-out answered 200 (DESIGN
 # §1.2), or an erasure's destroyed key share, survives a power loss or an OS crash as well as a
@@ -198,18 +201,21 @@ class Database:
                 raw = await conn.get_raw_connection()  # outside a transaction, as it must be
                 await raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    async def purge_wal(self) -> bool:
+    async def purge_wal(self, after: str = "", **ids: str) -> bool:
         """SQLite: copy the WAL into the database and truncate it to nothing, so that no older
         version of a page (an erased customer's row before `secure_delete` overwrote it) stays
         in the -wal file. A TRUNCATE checkpoint waits for readers and holds off writers while it
-        runs, so it is kept for erasures, which are rare. False if readers kept it from
-        finishing (it is tried again by the next erasure). Nothing to do on PostgreSQL."""
+        runs, so it is kept for erasures and key changes, which are rare. False, with a warning
+        naming `after` (what deleted the rows) and `ids`, if readers kept it from finishing: the
+        next erasure tries again. Nothing to do on PostgreSQL."""
         if not self.is_sqlite:
             return True
         async with self._write_lock, self.engine.connect() as conn:
             raw = await conn.get_raw_connection()  # outside a transaction, as it must be
             cursor = await raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             busy, _, _ = await cursor.fetchone()
+        if busy:
+            log.warning("wal_not_truncated", after=after, **ids)
         return busy == 0
 
     async def refresh_statistics(self) -> None:

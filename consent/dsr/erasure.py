@@ -178,8 +178,8 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
         # erasure whose process died between its two commits
         await p.keys.destroy_shares(erased)
         await erase_again(p)
-    if erased and not await p.db.purge_wal():
-        log.warning("erasure_wal_not_truncated", request_id=str(request_id))
+    if erased:
+        await p.db.purge_wal(after="erasure", request_id=str(request_id))
     return "completed"
 
 

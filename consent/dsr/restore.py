@@ -76,8 +76,7 @@ async def erase_again(p: Platform) -> int:
     await destroy_owned(p)  # shares not under their profile's id (consent.dsr.shares)
     if erased:
         log.warning("erasures_applied_again", profiles=erased, through=seq)
-        if not await p.db.purge_wal():
-            log.warning("erasure_wal_not_truncated")
+        await p.db.purge_wal(after="erasures_applied_again")
     return erased
 
 
