@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
+from cdp.cancellation import stop_if_cancelled
 from cdp.platform import Platform
 
 log = structlog.get_logger(__name__)
@@ -27,6 +28,7 @@ async def refresh_statistics_periodically(p: Platform, interval_s: float) -> Non
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep serving: the next interval retries
+            stop_if_cancelled()
             log.error("statistics_refresh_failed", error=type(exc).__name__)
         await asyncio.sleep(interval_s)
 

@@ -46,6 +46,7 @@ from uvicorn.supervisors import Multiprocess
 
 from api.background import background_services
 from api.server import announce, server_config
+from cdp.cancellation import stop_if_cancelled
 from cdp.db.availability import database_unavailable
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
@@ -128,6 +129,7 @@ async def open_worker_platform(
         try:
             return await opener(settings, run_migrations=False)
         except Exception as exc:
+            stop_if_cancelled()
             if not database_unavailable(exc):
                 raise
             log.error("worker_database_unavailable", error=type(exc).__name__, retry_in=pause)

@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.cancellation import stop_if_cancelled
 from cdp.ids import new_id, utcnow
 from cdp.platform import Platform
 from consent.audit.signing import AuditSigner, key_id_of, signature_valid, signer_for
@@ -187,6 +188,7 @@ async def checkpoint_periodically(p: Platform, interval_s: float) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep running: the next interval retries
+            stop_if_cancelled()
             log.error("audit_checkpoint_failed", error=type(exc).__name__)
         await asyncio.sleep(interval_s)
 

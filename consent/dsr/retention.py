@@ -45,6 +45,7 @@ import structlog
 from sqlalchemy import ColumnElement, Select, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.cancellation import stop_if_cancelled
 from cdp.db.engine import lock_keys
 from cdp.db.tables import access_log, events, identities, profiles
 from cdp.ids import utcnow
@@ -291,5 +292,6 @@ async def retention_periodically(p: Platform, interval_s: float = INTERVAL) -> N
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            stop_if_cancelled()
             log.error("retention_run_failed", error=type(exc).__name__)
         await asyncio.sleep(interval_s)

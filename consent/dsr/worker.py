@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import select
 
+from cdp.cancellation import stop_if_cancelled
 from cdp.platform import Platform
 from consent.dsr import states
 from consent.dsr.erasure import WORKER, process
@@ -60,6 +61,7 @@ async def run_one(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> st
     try:
         status = await process(p, request_id, actor)
     except Exception as exc:
+        stop_if_cancelled()
         log.error("dsr_erasure_failed", request_id=str(request_id), error=type(exc).__name__)
         return None
     log.info("dsr_erasure_processed", request_id=str(request_id), status=status)
@@ -83,6 +85,7 @@ async def run_pending(p: Platform, actor: str = WORKER) -> RunSummary:
     try:
         await destroy_erased_shares(p)
     except Exception as exc:  # the key store down: the next pass destroys them
+        stop_if_cancelled()
         log.error("dsr_share_destruction_failed", error=type(exc).__name__)
     return summary
 
@@ -92,6 +95,7 @@ async def run_forever(p: Platform, interval: float = DEFAULT_INTERVAL) -> None:
         try:
             await run_pending(p)
         except Exception as exc:  # e.g. the database is briefly unreachable
+            stop_if_cancelled()
             log.error("dsr_worker_pass_failed", error=type(exc).__name__)
         await asyncio.sleep(interval)
 
