@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from jinja2 import pass_context
 from litestar.datastructures import ResponseHeader
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template import TemplateConfig
@@ -100,6 +101,16 @@ def channel_label(t: Messages, channel: str) -> str:
     return t.get(f"channel_{channel}", channel.capitalize())
 
 
+@pass_context
+def code(context: Any, value: Any, family: str) -> str:
+    """An API code (a purpose, a status, ...) in the page's language: `{{ c.status | code("consent")
+    }}`. English pages show the code itself, as the API and the evidence bundle spell it; a code
+    the catalog lacks (a purpose a policy file adds) shows as it is."""
+    if value is None:
+        return "—"
+    return context["t"].get(f"code_{family}_{value}", str(value))
+
+
 def when(value: Any) -> str:
     """A time as `2026-11-22 10:00 UTC` (ISO-like, the same in both languages)."""
     if value is None:
@@ -126,6 +137,7 @@ def _configure(engine: JinjaTemplateEngine) -> None:
     env = engine.engine
     env.filters["when"] = when
     env.filters["day"] = day
+    env.filters["code"] = code
     env.globals["stylesheet"] = Markup(STYLESHEET)  # our own file, not user input
     env.trim_blocks = True
     env.lstrip_blocks = True
@@ -343,6 +355,32 @@ EN: dict[str, str] = {
     "c_invalid_title": "Not an email address or phone number",
     "yes": "yes",
     "no": "no",
+    # the API's codes as the console shows them (English: the codes themselves)
+    "code_purpose_service": "service",
+    "code_purpose_marketing": "marketing",
+    "code_channel_email": "email",
+    "code_channel_sms": "sms",
+    "code_channel_phone": "phone",
+    "code_channel_push": "push",
+    "code_channel_messenger": "messenger",
+    "code_channel_*": "*",
+    "code_consent_granted": "granted",
+    "code_consent_withdrawn": "withdrawn",
+    "code_customer_active": "active",
+    "code_customer_merged": "merged",
+    "code_customer_erased": "erased",
+    "code_customer_unknown": "unknown",
+    "code_request_received": "received",
+    "code_request_in_progress": "in_progress",
+    "code_request_completed": "completed",
+    "code_request_rejected": "rejected",
+    "code_requester_customer": "customer",
+    "code_requester_operator": "operator",
+    "code_requester_retention": "retention",
+    "code_identity_email": "email",
+    "code_identity_phone": "phone",
+    "code_identity_external_id": "external_id",
+    "code_identity_profile": "profile",
 }
 
 RU: dict[str, str] = {
@@ -549,6 +587,32 @@ RU: dict[str, str] = {
     "c_invalid_title": "Это не email и не номер телефона",
     "yes": "да",
     "no": "нет",
+    # the API's codes as the console shows them (English: the codes themselves)
+    "code_purpose_service": "сервисные",
+    "code_purpose_marketing": "реклама",
+    "code_channel_email": "эл. почта",
+    "code_channel_sms": "SMS",
+    "code_channel_phone": "звонки",
+    "code_channel_push": "push-уведомления",
+    "code_channel_messenger": "мессенджеры",
+    "code_channel_*": "все каналы",
+    "code_consent_granted": "дано",
+    "code_consent_withdrawn": "отозвано",
+    "code_customer_active": "действует",
+    "code_customer_merged": "объединён с другим",
+    "code_customer_erased": "удалён",
+    "code_customer_unknown": "неизвестен",
+    "code_request_received": "получен",
+    "code_request_in_progress": "выполняется",
+    "code_request_completed": "выполнен",
+    "code_request_rejected": "отклонён",
+    "code_requester_customer": "клиент",
+    "code_requester_operator": "оператор",
+    "code_requester_retention": "срок хранения",
+    "code_identity_email": "эл. почта",
+    "code_identity_phone": "телефон",
+    "code_identity_external_id": "внешний id",
+    "code_identity_profile": "профиль",
 }
 
 CATALOGS: dict[str, dict[str, str]] = {"en": EN, "ru": RU}

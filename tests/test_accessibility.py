@@ -368,3 +368,53 @@ async def test_the_russian_verification_page_says_its_verdicts_in_russian(client
     assert "FAIL" not in own_language_text(bad.find("body"), "ru")  # type: ignore[arg-type]
     en = Document((await client.get("/console/verify", headers=EN)).text)
     assert en.by_id("verify-result").text.startswith("FAIL")  # type: ignore[union-attr]
+
+
+async def test_the_russian_console_says_the_apis_codes_in_russian(client, keys, platform):
+    """WCAG 3.1.2: the customer page and the request list showed the API's codes (`marketing`,
+    `withdrawn`, `received`, `customer`) in English on the Russian console, read by a Russian
+    voice as Russian words. They are in Russian there; the English console keeps the codes as
+    the API and the evidence bundle spell them."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "codes@example.com", "consents": [MARKETING]},
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201
+    pid = r.json()["profile_id"]
+    withdrawn = {"email": "codes@example.com", "purpose": "marketing", "channel": "email"}
+    withdrawn |= {"status": "withdrawn", "source": "web_form"}
+    r = await client.post("/v1/consents", json=withdrawn, headers=keys["ingest"])
+    assert r.status_code == 201, r.text
+    await signed_in(client, keys)
+    ru = CATALOGS["ru"]
+
+    page = Document((await client.get(f"/console/customers/{pid}", headers=RU)).text)
+    en = Document((await client.get(f"/console/customers/{pid}", headers=EN)).text)
+    [row] = page.by_id("current-consent").find_all("tr")[1:]  # type: ignore[union-attr]
+    purpose, channel, _, status, *_ = [td.text.strip() for td in row.find_all("td")]
+    assert (purpose, channel, status) == (
+        ru["code_purpose_marketing"],
+        ru["code_channel_email"],
+        ru["code_consent_withdrawn"],
+    )
+    history = page.by_id("history").text  # type: ignore[union-attr]
+    assert ru["code_consent_granted"] in history and ru["code_consent_withdrawn"] in history
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "codes@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    requests = Document((await client.get("/console/requests?status=completed", headers=RU)).text)
+    assert requests.find("h1").text.endswith(ru["code_request_completed"])  # type: ignore[union-attr]
+    [request] = requests.find_all("tr", **{"data-request-id": r.json()["request_id"]})
+    cells = [td.text.strip() for td in request.find_all("td")]
+    assert ru["code_request_completed"] in cells and ru["code_requester_customer"] in cells
+    for doc in (page, requests):
+        body = own_language_text(doc.find("body"), "ru")  # type: ignore[arg-type]
+        for english in ("marketing", "withdrawn", "granted", "completed", "customer"):
+            assert not re.search(rf"\b{english}\b", body), english
+
+    [row] = en.by_id("current-consent").find_all("tr")[1:]  # type: ignore[union-attr]
+    assert [td.text.strip() for td in row.find_all("td")][:4:3] == ["marketing", "withdrawn"]
