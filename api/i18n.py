@@ -204,6 +204,9 @@ EN: dict[str, str] = {
     "link_invalid_title": "This link is not valid",
     "link_invalid_text": "It may have been copied incompletely. Please use the link from our "
     "most recent message.",
+    "pref_link_expired_stops_only": "This link has expired, so it can now only turn messages off.",
+    "pref_grants_need_new_link": "What you turned off is off. To turn messages on, sign in to "
+    "your account with us and open your preferences again: this link has expired.",
     "link_expired_title": "This link has expired",
     "link_expired_text": "For your security, a link to manage your data works for a limited "
     "time. Sign in to your account with us and open your preferences again.",
@@ -437,6 +440,10 @@ RU: dict[str, str] = {
     "link_invalid_title": "Ссылка недействительна",
     "link_invalid_text": "Возможно, она скопирована не полностью. Воспользуйтесь ссылкой из "
     "нашего последнего письма или сообщения.",
+    "pref_link_expired_stops_only": "Срок действия ссылки истёк, поэтому по ней теперь можно "
+    "только отключить сообщения.",
+    "pref_grants_need_new_link": "Отключённое вами отключено. Чтобы включить сообщения, войдите "
+    "в свой аккаунт у нас и снова откройте настройки: срок действия этой ссылки истёк.",
     "link_expired_title": "Срок действия ссылки истёк",
     "link_expired_text": "Ради вашей безопасности ссылка для управления данными действует "
     "ограниченное время. Войдите в свой аккаунт у нас и снова откройте настройки.",

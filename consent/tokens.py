@@ -38,7 +38,13 @@ class TokenError(Exception):
 
 
 class ExpiredToken(TokenError):
-    """A genuine manage token past its expiry: the customer is told to sign in again."""
+    """A genuine manage token past its expiry: the customer is told to sign in again. Its
+    claims as an unsubscribe link's (`stops_only`): an expired manage link can still stop
+    messages, as the unsubscribe link in every message can, but nothing more."""
+
+    def __init__(self, message: str, stops_only: TokenClaims | None = None) -> None:
+        super().__init__(message)
+        self.stops_only = stops_only
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +151,8 @@ def verify(key: bytes, token: str, *, now: float | None = None) -> TokenClaims:
             return TokenClaims(uuid.UUID(bytes=pid), kind, subject, purpose, channel)
         if version == MANAGE_VERSION and len(rest) == 1 and type(rest[0]) is int:
             if (time.time() if now is None else now) >= rest[0]:
-                raise ExpiredToken("expired token")
+                stops_only = TokenClaims(uuid.UUID(bytes=pid), kind, subject, purpose, channel)
+                raise ExpiredToken("expired token", stops_only)
             return TokenClaims(
                 uuid.UUID(bytes=pid), kind, subject, purpose, channel, MANAGE, rest[0]
             )

@@ -568,33 +568,67 @@ async def test_after_an_unmerge_the_link_in_a_message_acts_for_whoever_holds_its
     assert (await contactable(client, keys, other))["sms"] is True
 
 
-async def test_an_expired_manage_link_says_so_and_changes_nothing(client, keys, platform):
-    """It used to say the link "may have been copied incompletely" and to use "the link from
-    our most recent message", which a manage link never came in: the customer signed in."""
+async def test_an_expired_manage_link_still_turns_messages_off_and_does_nothing_else(
+    client, keys, platform
+):
+    """A customer who took longer than the link's hour (or came back to it days later) and
+    pressed "unsubscribe from everything" got "this link has expired" and stayed subscribed:
+    the opt-out they asked for was lost. An expired manage link now works as the unsubscribe
+    link in every message does: it shows the centre (addresses masked) and turns messages off;
+    turning them on, a data download and erasure still need a new link."""
     r = await client.post(
         "/v1/profiles",
-        json={"source": "crm", "email": "late@example.com", "country": "RU"},
+        json={
+            "source": "crm",
+            "email": "late@example.com",
+            "phone": "+79161234567",
+            "country": "RU",
+            "consents": [dated("email", days=3)],
+        },
         headers=keys["ingest"],
     )
+    pid = r.json()["profile_id"]
     claims = TokenClaims(
-        uuid.UUID(r.json()["profile_id"]),
+        uuid.UUID(pid),
         "email",
         platform.keys.indexer.email("late@example.com"),
         "marketing",
-        "email",
+        "*",
         scope="manage",
         expires_at=int(utcnow().timestamp()) - 60,
     )
     token = issue(platform.keys.token_key, claims)
-    before = await count(platform, consent_ledger)
-    for lang, words in (("ru", "Срок действия ссылки истёк"), ("en", "This link has expired")):
+    for lang, words in (
+        ("ru", "по ней теперь можно только отключить сообщения"),
+        ("en", "it can now only turn messages off"),
+    ):
         page = await client.get(f"/preferences/{token}", headers={"Accept-Language": lang})
-        assert page.status_code == 404 and words in page.text
-        assert "late@" not in page.text and "l***@" not in page.text
-    for path in ("", "/opt-out", "/access", "/erasure"):
+        assert page.status_code == 200 and words in page.text
+        assert "late@" not in page.text and "l***@example.com" in page.text
+        assert f"/preferences/{token}/access" not in page.text  # no download or erasure forms
+        assert f"/preferences/{token}/erasure" not in page.text
+
+    before = await count(platform, consent_ledger)
+    both = ["marketing:email", "marketing:sms"]
+    turn_on = {"shown": both, "allow": both, "lang": "en"}  # sms was off: turned on
+    r = await client.post(f"/preferences/{token}", data=turn_on)
+    assert r.status_code == 303 and "done=grants_refused" in r.headers["location"]
+    assert await count(platform, consent_ledger) == before  # sms stays off: nothing granted
+    page = await client.get(r.headers["location"], headers={"Accept-Language": "en"})
+    assert "To turn messages on, sign in to your account" in page.text
+
+    for path in ("/access", "/erasure"):
         r = await client.post(f"/preferences/{token}{path}", data={"confirm": "yes"})
         assert r.status_code == 404 and "This link has expired" in r.text, path
     assert await count(platform, consent_ledger) == before
+    listed = await client.get("/v1/erasure-requests", headers=keys["compliance"])
+    assert listed.status_code == 200 and listed.json()["items"] == []
+
+    assert (await contactable(client, keys, pid))["email"] is True
+    r = await client.post(f"/preferences/{token}/opt-out", data={"lang": "en"})
+    assert r.status_code == 303 and "done=opted_out" in r.headers["location"]
+    assert not any((await contactable(client, keys, pid)).values())
+    await audit_ok(client, keys)
 
 
 def test_stop_replies_in_either_language_whatever_the_case_spacing_or_punctuation():

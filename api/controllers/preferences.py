@@ -73,6 +73,7 @@ DONE_NOTICES = {
     "saved": "pref_saved",
     "unchanged": "pref_nothing_changed",
     "opted_out": "pref_opted_out",
+    "grants_refused": "pref_grants_need_new_link",
 }
 
 
@@ -260,6 +261,7 @@ class Centre:
     gpc: bool = False
     token_address_owned: bool = False  # the token's address still belongs to this profile
     can_manage: bool = False  # a manage link: grants, data download and erasure
+    expired: bool = False  # a manage link past its expiry: it only stops messages now
     notices: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -384,6 +386,8 @@ class ManageOnly(Exception):
 
 
 def _needs_manage(centre: Centre) -> None:
+    if centre.expired:
+        raise ExpiredToken("expired token")
     if not centre.can_manage:
         raise ManageOnly
 
@@ -397,10 +401,19 @@ def _invalid_input(request: Request, _: Exception) -> Response[Any]:
 
 
 async def _open(p: Platform, token: str, request: Request) -> tuple[TokenClaims, Centre]:
-    claims = claims_from_token(p, token)
+    """The link's claims and the customer's centre. A manage link past its expiry opens as an
+    unsubscribe link (`Centre.expired`): a customer who took longer than its hour, or who
+    comes back to it days later, can still turn messages off, and can do nothing else."""
+    try:
+        claims, expired = claims_from_token(p, token), False
+    except ExpiredToken as exc:
+        if exc.stops_only is None:
+            raise
+        claims, expired = exc.stops_only, True
     async with p.db.read(snapshot=True) as conn:
         pid = await link_holder(conn, claims)
         centre = await load_centre(conn, p, pid, claims, request.headers.get("sec-gpc"))
+    centre.expired = expired
     return claims, centre
 
 
@@ -489,6 +502,8 @@ class PreferenceCentre(Controller):
             centre.notices.append(("gpc", t.gpc_recorded if recorded else t.gpc_honoured))
         if done in DONE_NOTICES:
             centre.notices.append(("ok", t[DONE_NOTICES[done]]))
+        if centre.expired:
+            centre.notices.append(("expired", t.pref_link_expired_stops_only))
         return _page(t, token, centre)
 
     @post("/{token:str}", summary="Save the customer's choices")
@@ -496,18 +511,17 @@ class PreferenceCentre(Controller):
         claims, centre = await _open(platform, token, request)
         form = await request.form()
         lang = page_language(request, form.get("lang"), centre.jurisdiction)
-        changes = plan_changes(
-            centre.groups,
-            # a browser sends no "allow" when every box is unticked (withdraw everything),
-            # and no "shown" when every choice is locked
-            set(form.getall("shown", [])),
-            set(form.getall("allow", [])),
-            can_grant=centre.can_manage,
-        )
+        # a browser sends no "allow" when every box is unticked (withdraw everything), and no
+        # "shown" when every choice is locked
+        shown, wanted = set(form.getall("shown", [])), set(form.getall("allow", []))
+        changes = plan_changes(centre.groups, shown, wanted, can_grant=centre.can_manage)
+        choices = [c for g in centre.groups for c in g.choices if c.key in shown and not c.locked]
         if changes:
             evidence = evidence_for(request, platform, lang, METHOD)
             await apply_changes(platform, centre, claims, changes, evidence)
         done = "saved" if changes else "unchanged"
+        if centre.expired and any(c.key in wanted and not c.allowed for c in choices):
+            done = "grants_refused"  # what they turned off is off; turning on needs a new link
         return Redirect(
             f"/preferences/{token}", query_params={"done": done, "lang": lang}, status_code=303
         )
