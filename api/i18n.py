@@ -217,6 +217,7 @@ EN: dict[str, str] = {
     "error_prefix": "Error:",  # before the title of a page that answers a form with an error
     "unsub_title": "Unsubscribe",
     "unsub_question": "Stop these messages?",
+    "unsub_address": "Address",
     "unsub_button": "Unsubscribe",
     "unsub_manage": "Manage all my preferences",
     "unsub_done_title": "You are unsubscribed",
@@ -454,6 +455,7 @@ RU: dict[str, str] = {
     "error_prefix": "Ошибка:",
     "unsub_title": "Отписаться от рассылки",
     "unsub_question": "Больше не присылать вам эти сообщения?",
+    "unsub_address": "Адрес",
     "unsub_button": "Отписаться",
     "unsub_manage": "Настроить все подписки",
     "unsub_done_title": "Вы отписались",

@@ -292,6 +292,52 @@ async def test_unsubscribe_from_everything_in_the_preference_centre_reaches_a_ph
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 
+async def test_the_unsubscribe_page_says_which_address_it_stops_masked(client, keys, platform):
+    """A customer with two addresses could not tell which one a link stopped: the page named
+    the purpose and the channel only. It shows the address the link stops, masked as the
+    preference centre masks it; nothing for a profile's channel, nor once the address is
+    erased."""
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "work.mail@example.com", "country": "RU"},
+        headers=keys["ingest"],
+    )
+    pid = r.json()["profile_id"]
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "home.mail@example.org", "external_id": "c-1"},
+        headers=keys["ingest"],
+    )
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "work.mail@example.com", "external_id": "c-1"},
+        headers=keys["ingest"],
+    )
+    assert r.json()["profile_id"] == pid, r.json()  # one customer, two emails
+    headers = {"Accept": BROWSER, "Accept-Language": "en"}
+    home = unsubscribe_token(platform, pid, "home.mail@example.org")
+    page = await client.get(f"/v1/unsubscribe/{home}", headers=headers)
+    assert page.status_code == 200
+    assert "Address: h***@example.org" in page.text and "w***@" not in page.text
+    assert "home.mail" not in page.text
+    push = issue(
+        platform.keys.token_key,
+        TokenClaims(uuid.UUID(pid), "profile", uuid.UUID(pid).bytes, "marketing", "push"),
+    )
+    page = await client.get(f"/v1/unsubscribe/{push}", headers=headers)
+    assert page.status_code == 200 and "Address:" not in page.text
+
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "home.mail@example.org", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202
+    await run_pending(platform)
+    page = await client.get(f"/v1/unsubscribe/{home}", headers=headers)
+    assert page.status_code == 200 and "Address:" not in page.text and "***" not in page.text
+
+
 async def test_the_unsubscribe_link_speaks_the_customers_language_and_answers_people_with_pages(
     client, keys, platform
 ):

@@ -11,8 +11,6 @@ from api.controllers.preferences import (
     Choice,
     Group,
     build_groups,
-    mask_email,
-    mask_phone,
     plan_changes,
     wording_id,
 )
@@ -20,6 +18,7 @@ from api.i18n import CATALOGS, STYLESHEET, choose_language
 from cdp.profiles.identifiers import Identifier
 from cdp.settings import DEFAULT_POLICY_DIR
 from consent.dsr.requests import submit_erasure
+from consent.masking import mask_email, mask_phone
 from consent.policy import load_policy
 from consent.tables import consent_ledger
 from consent.tokens import TokenClaims, TokenError, issue, verify

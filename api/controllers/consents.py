@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -35,6 +34,7 @@ from cdp.db.tables import profiles
 from cdp.errors import Gone, InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
+from consent.masking import masked_address
 from consent.optout import claims_from_token, is_stop_message, opt_out, sms_stop, unsubscribe
 from consent.schemas import AwareDatetime, ConsentIn, Name64, Short
 from consent.service import record_consent
@@ -176,12 +176,17 @@ async def post_opt_out(
     return {"profile_ids": [str(p) for p in result.profile_ids], "suppressed": result.suppressed}
 
 
-async def _jurisdiction(platform: Platform, profile_id: uuid.UUID) -> str | None:
-    """The token's customer's jurisdiction, which chooses the page's language."""
-    async with platform.db.read() as conn:
-        return (
-            await conn.execute(select(profiles.c.jurisdiction).where(profiles.c.id == profile_id))
+async def _page_facts(platform: Platform, claims: TokenClaims) -> tuple[str | None, str | None]:
+    """The token's customer's jurisdiction, which chooses the page's language, and the address
+    the link stops, masked (None for a profile's channel or an address no one holds now)."""
+    async with platform.db.read(snapshot=True) as conn:
+        jurisdiction = (
+            await conn.execute(
+                select(profiles.c.jurisdiction).where(profiles.c.id == claims.profile_id)
+            )
         ).scalar()
+        address = await masked_address(conn, platform, claims.subject_kind, claims.subject)
+    return jurisdiction, address
 
 
 class InvalidLinkPage(Exception):
@@ -207,8 +212,9 @@ async def _unsubscribe_page(
     platform: Platform, request: Request, token: str, claims: TokenClaims, lang: str | None
 ) -> Template:
     """The page behind the link (`done`: the page the form's POST answers a browser with):
-    what it stops, in the customer's language, and nothing of theirs beyond that."""
-    jurisdiction = await _jurisdiction(platform, claims.profile_id)
+    what it stops, in the customer's language, and nothing of theirs beyond the address it
+    stops, masked as the preference centre masks it."""
+    jurisdiction, address = await _page_facts(platform, claims)
     t = messages(page_language(request, lang, jurisdiction))
     done = request.method == "POST"
     return Template(
@@ -219,6 +225,7 @@ async def _unsubscribe_page(
             "lead": t.unsub_done_text if done else t.unsub_question,
             "purpose": purpose_label(t, claims.purpose),
             "channel": channel_label(t, claims.channel),
+            "address": address,
             "done": done,
             "action": f"/v1/unsubscribe/{token}",
             "manage": f"/preferences/{token}",

@@ -53,6 +53,7 @@ from consent.dsr import requests as dsr
 from consent.dsr.access import access_export
 from consent.dsr.schemas import identifier_of
 from consent.dsr.worker import run_one
+from consent.masking import mask
 from consent.optout import claims_from_token
 from consent.policy import GPC_PURPOSE, Policy
 from consent.preference_links import PreferenceLinkIn, link_holder, manage_link
@@ -78,25 +79,6 @@ DONE_NOTICES = {
 
 
 # ----------------------------------------------------------------------------- plain domain
-
-
-def mask_email(value: str) -> str:
-    local, at, domain = value.partition("@")
-    return f"{local[:1]}***@{domain}" if at else "***"
-
-
-def mask_phone(value: str) -> str:
-    digits = value.lstrip("+")
-    if len(digits) <= 4:
-        return "***"
-    plus = "+" if value.startswith("+") else ""
-    return plus + digits[:1] + "*" * (len(digits) - 3) + digits[-2:]
-
-
-def mask(kind: str, value: str | None) -> str:
-    if not value:
-        return "***"
-    return mask_email(value) if kind == "email" else mask_phone(value)
 
 
 def wording_id(lang: str) -> str:
