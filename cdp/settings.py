@@ -158,6 +158,10 @@ def libpq_sslmode(url: str, setting: str = "CDP_DATABASE_URL") -> str:
         raise InvalidInput.field(
             setting, "is not a valid URL (check the host, port and quoting)"
         ) from None
+    if url.startswith("postgresql") and not parsed.database:
+        # asyncpg would take the user's name (or PGDATABASE), which the platform cannot see:
+        # the default key store became `None_keys`, a key store's CREATE DATABASE a traceback
+        raise InvalidInput.field(setting, "must name its database: postgresql://HOST/NAME")
     if not url.startswith("postgresql") or "sslmode" not in parsed.query:
         return url
     query = dict(parsed.query)

@@ -188,6 +188,22 @@ def test_a_database_url_that_does_not_parse_is_one_line_without_its_password(tmp
     assert "S3cretPW" not in result.stderr + result.stdout
 
 
+def test_a_postgresql_url_without_a_database_name_is_refused_naming_the_setting(tmp_path):
+    """asyncpg takes a database the URL does not name from the user's name (or PGDATABASE),
+    which the platform cannot see: a CDP_KEY_STORE_URL without one stopped every command with
+    a traceback (AttributeError: 'NoneType' object has no attribute 'replace') where its
+    database had to be created, and a CDP_DATABASE_URL without one made the default key store
+    a database called `None_keys`. Each is refused, naming the setting (found by mypy)."""
+    sqlite = f"sqlite+aiosqlite:///{tmp_path / 'cdp.db'}"
+    for url, env, setting in (
+        ("postgresql://cdp@127.0.0.1:5432", {}, "CDP_DATABASE_URL"),
+        (sqlite, {"CDP_KEY_STORE_URL": "postgresql://keys@127.0.0.1:5432/"}, "CDP_KEY_STORE_URL"),
+    ):
+        result = run_cli(["keys", "list"], url, tmp_path, **env)
+        assert_plain(result, f"{setting}: must name its database")
+    assert not (tmp_path / "cdp.db").exists()  # refused before anything was opened
+
+
 async def test_a_postgresql_url_with_libpq_sslmode_is_understood(platform, backend, tmp_path):
     """Hosted PostgreSQL hands out URLs with libpq's `?sslmode=require`, which asyncpg calls
     `ssl`: the URL used to stop every command with a traceback (TypeError: connect() got an
