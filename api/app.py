@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
+from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
@@ -34,6 +35,7 @@ from api.controllers.webhooks import WebhookController
 from api.deps import provide_platform, provide_principal
 from api.errors import EXCEPTION_HANDLERS
 from api.i18n import template_config
+from api.in_flight import InFlightBound
 from api.nul_guard import refuse_nul_text
 from api.openapi import (
     document_batch_records,
@@ -101,11 +103,15 @@ def create_app(
         finally:
             await p.close()
 
-    configured = platform.settings if platform else settings or Settings.from_env()
+    # `settings` with a platform: the app's own (tests bound its requests in flight)
+    configured = settings or (platform.settings if platform else Settings.from_env())
     max_body = configured.max_body_bytes
     # request figures cost every request (20-28 % of a trivial one, in process): only when
     # something scrapes them (api.controllers.metrics)
-    middleware = [PROMETHEUS.middleware] if configured.metrics_token else []
+    # the bound on requests in flight first: a request beyond it costs nothing more
+    middleware: list[Any] = [InFlightBound(configured.max_in_flight)]
+    if configured.metrics_token:
+        middleware.append(PROMETHEUS.middleware)
     app = Litestar(
         route_handlers=ROUTES,
         lifespan=[lifespan],

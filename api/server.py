@@ -1,4 +1,5 @@
-"""How `cdp serve` runs the app: uvicorn, with a bound on the size of a request's head.
+"""How `cdp serve` runs the app: uvicorn, with bounds on the size of a request's head and on
+the time a client takes to send a request or to take its answer.
 
 uvicorn's faster HTTP parser (httptools, which `litestar[standard]` installs and uvicorn picks)
 puts no bound on the request line and headers. A client needing no key sent 10 MB of headers
@@ -6,6 +7,16 @@ and was answered 200; one sending 100 MB kept the server copying it for half a m
 more, and the server held all of it in memory. `BoundedHttpToolsProtocol` answers a head
 over `MAX_HEAD_BYTES` with 431 (RFC 6585) and closes the connection. (uvicorn's other parser,
 h11, has a bound of its own: 16 KiB.)
+
+Nor does uvicorn bound the time a client takes: a connection that sent nothing, or one byte of
+a header every few seconds, or a body short of its last bytes, was kept open for as long as the
+client liked (1,000 of them held 1,000 descriptors; 100 bodies of 8 MiB short of 1 KiB held
+800 MB and 100 requests in flight, api.in_flight). `client_timeout` (CDP_CLIENT_TIMEOUT) is
+the time a client has to send a request, from the connection or its first byte to its last;
+beyond it the answer is 408 and the connection is closed. The time the app is not reading a
+body it has not asked for yet is not counted. A client that takes no part of an answer for as
+long is disconnected. (uvicorn's `timeout_keep_alive`, 5 s, closes a connection idle after an
+answer, until its next byte.)
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -21,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 # A request line and headers larger than any client of this API sends (nginx's defaults allow
 # 4 lines of 8 KiB; a bearer key is 47 bytes).
 MAX_HEAD_BYTES = 64 * 1024
-LINGER_SECONDS = 2.0  # after a 431, how long the rest of an oversized head is read and dropped
+LINGER_SECONDS = 2.0  # after a 431 or 408, how long what the client sends is read and dropped
 
 
 class HeadTooLarge(Exception):
@@ -36,20 +48,78 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     it began with the end of the message before (a client pipelining), and is not counted, so
     a head buffered is at most the bound and one read."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, client_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = False
+        self._in_body = False
         self._head_bytes = 0
         self._ended_in_read = False
         self._refused = False
+        self._client_timeout = client_timeout
+        self._reading: asyncio.TimerHandle | None = None  # the deadline of a request's bytes
+        self._writing: asyncio.TimerHandle | None = None  # of the client taking an answer
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _await_request(self) -> None:
+        if self._reading is None:
+            self._reading = self.loop.call_later(self._client_timeout, self._request_late)
+
+    def _stop_waiting(self) -> None:
+        for timer in (self._reading, self._writing):
+            if timer is not None:
+                timer.cancel()
+        self._reading = self._writing = None
+
+    def _request_late(self) -> None:
+        """The client has not sent the whole request in time: 408, unless the app is the one
+        not reading (its body buffer is full: uvicorn paused reading), or has answered."""
+        self._reading = None
+        if self._refused or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete
+        if answering and self.flow.read_paused:
+            self._reading = self.loop.call_later(self._client_timeout, self._request_late)
+            return
+        if answering:  # the app is waiting for the body: its receive() says the client left
+            cycle.disconnected = True  # and what it answers is dropped
+            cycle.message_event.set()
+        if (answering and cycle.response_started) or (self._in_body and not answering):
+            self.transport.close()  # answered already (the rest of its body was being dropped)
+            return
+        self._refuse(408, b"the request was not sent in time")
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._writing is None:
+            self._writing = self.loop.call_later(self._client_timeout, self._answer_not_taken)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._writing is not None:
+            self._writing.cancel()
+            self._writing = None
+
+    def _answer_not_taken(self) -> None:
+        self._writing = None
+        self.transport.abort()  # what is left unsent is dropped: connection_lost follows
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._await_request()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body = True
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > MAX_HEAD_BYTES:  # a whole head read at once: stop before the app sees it
             self._refused = True
@@ -64,11 +134,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._ended_in_read = True
+        self._in_body = False
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        if self.cycle is None or self.cycle.response_complete:  # bytes between requests too
+            self._await_request()
         self._ended_in_read = False
         super().data_received(data)
         if self._in_head and not self._ended_in_read and not self._refused:
@@ -77,10 +153,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse_head()
 
     def _refuse_head(self) -> None:
+        self._refuse(431, b"the request line and headers are larger than the limit")
+
+    def _refuse(self, status: int, message: bytes) -> None:
         self._refused = True
         self._in_head = False
-        message = b"the request line and headers are larger than the limit"
-        content = [STATUS_LINE[431]]
+        self._stop_waiting()
+        content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
@@ -100,7 +179,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
 
 
-def server_config(app: Any, host: str, port: int, **more: Any) -> uvicorn.Config:
+def server_config(
+    app: Any, host: str, port: int, client_timeout: float, **more: Any
+) -> uvicorn.Config:
     """`more`: further uvicorn settings (`api.workers`: a factory, the number of workers)."""
     return uvicorn.Config(
         app,
@@ -108,7 +189,7 @@ def server_config(app: Any, host: str, port: int, **more: Any) -> uvicorn.Config
         port=port,
         log_level="warning",
         access_log=False,
-        http=BoundedHttpToolsProtocol,
+        http=partial(BoundedHttpToolsProtocol, client_timeout=client_timeout),  # type: ignore[arg-type]
         loop="auto",
         **more,
     )
@@ -150,9 +231,9 @@ class _AnnouncingServer(uvicorn.Server):
             announce(self.config.host, self.config.port)
 
 
-def serve(app: Any, host: str, port: int, sock: socket.socket) -> None:
+def serve(app: Any, host: str, port: int, sock: socket.socket, client_timeout: float) -> None:
     """Serve `app` on `sock` (`listen`) until SIGINT or SIGTERM."""
     try:
-        _AnnouncingServer(server_config(app, host, port)).run(sockets=[sock])
+        _AnnouncingServer(server_config(app, host, port, client_timeout)).run(sockets=[sock])
     finally:
         sock.close()

@@ -254,7 +254,9 @@ def serve_workers(
 ) -> int:
     """Serve with `workers` processes on `sock` (api.server.listen) until SIGINT or SIGTERM;
     the exit status: 0, or 3 when a worker could not start (as uvicorn's own)."""
-    config = server_config("api.workers:app", host, port, factory=True, workers=workers)
+    config = server_config(
+        "api.workers:app", host, port, settings.client_timeout, factory=True, workers=workers
+    )
     with _worker_environment(settings, workers):
         announce(host, port, workers)
         supervisor = _Supervisor(config, sockets=[sock])  # handles SIGINT and SIGTERM from here

@@ -86,7 +86,7 @@ def serve(host: str, port: int, workers: int) -> None:
 
         sys.exit(serve_workers(settings, host, port, workers, sock))
     try:
-        serve_app(create_app(settings), host, port, sock)
+        serve_app(create_app(settings), host, port, sock, settings.client_timeout)
     except KeyboardInterrupt:  # Ctrl+C: uvicorn stopped gracefully, then raised it again
         click.echo("stopped", err=True)  # (click would say "Aborted!" and exit 1)
 

@@ -18,6 +18,10 @@ DEFAULT_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./cdp.db"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+# requests one process answers at once (api.in_flight; opt-outs have a quarter more of their
+# own), and a client's time to send one (api.server): bodies held are at most (128 + 32) x 8 MiB
+DEFAULT_MAX_IN_FLIGHT = 128
+DEFAULT_CLIENT_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,11 @@ class Settings:
     connect_timeout: float = 10.0  # seconds to open a PostgreSQL connection before giving up
     # the bearer token of GET /metrics (Prometheus); None: the endpoint is off (404)
     metrics_token: str | None = None
+    # requests this process answers at once beyond which it answers 503 (opt-outs have a
+    # share of their own on top: api.in_flight)
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # seconds a client has to send a request, head and body, before a 408 (api.server)
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
 
     @property
     def is_production(self) -> bool:
@@ -78,6 +87,12 @@ class Settings:
             max_overflow=int(env_number(env, "CDP_DATABASE_MAX_OVERFLOW", 20, whole=True)),
             connect_timeout=env_number(env, "CDP_DATABASE_CONNECT_TIMEOUT", 10.0, least=0.1),
             metrics_token=metrics_token(env.get("CDP_METRICS_TOKEN")),
+            max_in_flight=int(
+                env_number(
+                    env, "CDP_MAX_REQUESTS_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, whole=True, least=1
+                )
+            ),
+            client_timeout=env_number(env, "CDP_CLIENT_TIMEOUT", DEFAULT_CLIENT_TIMEOUT, least=0.1),
         )
 
 

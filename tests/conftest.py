@@ -95,6 +95,9 @@ def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
         default_jurisdiction="RU",
         public_url="http://testserver",
         dev_key_dir=tmp_path / "keys",
+        # races in process send hundreds of requests at once (test_consent: 300); the bound
+        # on requests in flight (128 by default) has tests of its own (test_overload)
+        max_in_flight=1000,
     )
     from dataclasses import replace
 

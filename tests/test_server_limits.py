@@ -51,7 +51,7 @@ async def test_a_request_head_over_the_limit_is_431_and_not_held(platform, backe
     if backend != "sqlite":
         return  # the server's parser, not the database
     port = _free_port()
-    server = uvicorn.Server(server_config(create_app(platform=platform), "127.0.0.1", port))
+    server = uvicorn.Server(server_config(create_app(platform=platform), "127.0.0.1", port, 60.0))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)

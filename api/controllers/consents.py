@@ -29,6 +29,7 @@ from api.i18n import (
     messages,
     purpose_label,
 )
+from api.in_flight import OPT_OUTS
 from api.openapi import GET_AND_HEAD, NAMES_A_CUSTOMER, operation_id
 from cdp.db.tables import profiles
 from cdp.errors import Gone, InvalidInput
@@ -139,7 +140,7 @@ async def post_consent(
 
 @post(
     "/v1/opt-outs",
-    opt={**INGEST, **NAMES_A_CUSTOMER},
+    opt={**INGEST, **NAMES_A_CUSTOMER, **OPT_OUTS},
     tags=["consent"],
     status_code=200,
     summary="Opt a customer or an address out, effective before the answer",
@@ -264,7 +265,7 @@ async def unsubscribe_page(
 
 @post(
     "/v1/unsubscribe/{token:str}",
-    opt={**PUBLIC, "pages": True},
+    opt={**PUBLIC, "pages": True, **OPT_OUTS},
     tags=["consent"],
     status_code=200,
     summary="One-click unsubscribe (RFC 8058)",
@@ -293,7 +294,7 @@ async def unsubscribe_now(
 
 @post(
     "/v1/inbound/sms",
-    opt=INGEST,
+    opt={**INGEST, **OPT_OUTS},
     tags=["consent"],
     status_code=200,
     summary=(

@@ -26,10 +26,11 @@ from prometheus_client.registry import Collector
 
 from api.auth import CHALLENGE
 from api.deps import PlatformDep
+from api.in_flight import NOT_COUNTED
 from api.workers import multiprocess_metrics_dir
 from cdp.ops_figures import Figure, figures
 
-METRICS: dict[str, object] = {"metrics": True}
+METRICS: dict[str, object] = {"metrics": True, **NOT_COUNTED}
 
 # HTTP figures by route template (group_path): "/preferences/{token:str}", never the token
 PROMETHEUS = PrometheusConfig(app_name="cdp", prefix="cdp", group_path=True, exclude=["^/metrics$"])

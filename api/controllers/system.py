@@ -8,6 +8,7 @@ from litestar import Response, route
 from api.auth import PUBLIC
 from api.deps import PlatformDep
 from api.errors import problem
+from api.in_flight import NOT_COUNTED
 from api.openapi import GET_AND_HEAD, operation_id
 from cdp.db.availability import database_unavailable
 
@@ -20,7 +21,7 @@ METHODS = GET_AND_HEAD
 @route(
     "/health",
     http_method=METHODS,
-    opt=PUBLIC,
+    opt={**PUBLIC, **NOT_COUNTED},
     tags=["system"],
     summary="Readiness: the database answers and the master key is current",
     operation_id=operation_id("HealthHealth"),
@@ -50,7 +51,7 @@ KEY_STORE_DOWN = "the key store is not reachable (CDP_KEY_STORE_URL)"
 @route(
     "/health/live",
     http_method=METHODS,
-    opt=PUBLIC,
+    opt={**PUBLIC, **NOT_COUNTED},
     tags=["system"],
     summary="Liveness only (no database)",
     operation_id=operation_id("HealthLiveLive"),
