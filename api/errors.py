@@ -16,7 +16,7 @@ from litestar.types import Empty
 from cdp.crypto.fields import CryptoError
 from cdp.crypto.master import WrongMasterKeyError
 from cdp.db.availability import database_unavailable
-from cdp.db.conflicts import is_transient_conflict
+from cdp.db.conflicts import is_lock_table_full, is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
 from cdp.keyring import MASTER_KEY_ROTATED
 from cdp.validation import every_error
@@ -123,6 +123,9 @@ def _route(request: Request) -> str:
 
 
 def on_unexpected(request: Request, exc: Exception) -> Response:
+    if is_lock_table_full(exc):  # too many writes at once for max_locks_per_transaction
+        log.error("lock_table_full", route=_route(request), error=type(exc).__name__)
+        return problem(503, LOCK_TABLE_FULL, headers={"Retry-After": "1"})
     if is_transient_conflict(exc):  # PostgreSQL aborted the write to break a deadlock
         log.warning("write_conflict", route=_route(request), error=type(exc).__name__)
         return problem(
@@ -143,6 +146,11 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled_error", route=_route(request), error=type(exc).__name__)
     return problem(500, "internal error")
 
+
+LOCK_TABLE_FULL = (
+    "the database has no lock left for this write among the others in progress; nothing was "
+    "stored: send it again"
+)
 
 EXCEPTION_HANDLERS = {
     DomainError: on_domain_error,

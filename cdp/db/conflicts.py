@@ -1,10 +1,13 @@
 """Transient write conflicts, which a retry of the whole transaction resolves.
 
 PostgreSQL aborts one of two transactions that wait for each other's locks (deadlock, SQLSTATE
-40P01) and a transaction a serializable snapshot cannot order (40001). The aborted transaction
-changed nothing; run again, it succeeds. SQLite never reports either: its writers queue behind
-one write lock. `write_retried` runs a write transaction again when it lost one (group commits,
-`cdp events import`'s chunks); a request that does not is answered 503 (api.errors).
+40P01), a transaction a serializable snapshot cannot order (40001), and one that finds its shared
+lock table full (53200, "out of shared memory": writers take an advisory lock per identifier,
+and 60 batches of 1,000 records at once filled the default table of 6,400). The aborted
+transaction changed nothing; run again, it succeeds (once the others have committed). SQLite
+never reports any of them: its writers queue behind one write lock. `write_retried` runs a
+write transaction again when it lost one (group commits, `cdp events import`'s chunks); a
+request that does not is answered 503 (api.errors).
 """
 
 from __future__ import annotations
@@ -24,17 +27,29 @@ R = TypeVar("R")
 
 log = structlog.get_logger(__name__)
 
-TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+LOCK_TABLE_FULL = "53200"
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", LOCK_TABLE_FULL})
 RETRIES = 3  # runs of a transaction that lost a deadlock, after the first
 
 
 def is_transient_conflict(exc: BaseException) -> bool:
-    """True for a deadlock or serialization failure, as SQLAlchemy raises it (the driver's
-    error in `orig`) or as asyncpg does."""
+    """True for a deadlock, a serialization failure or a full lock table, as SQLAlchemy raises
+    it (the driver's error in `orig`) or as asyncpg does."""
+    return _sqlstate(exc) in TRANSIENT_SQLSTATES
+
+
+def is_lock_table_full(exc: BaseException) -> bool:
+    """PostgreSQL's shared lock table is full: the server needs a larger
+    `max_locks_per_transaction` for the writes it is given at once."""
+    return _sqlstate(exc) == LOCK_TABLE_FULL
+
+
+def _sqlstate(exc: BaseException) -> str | None:
     for err in (exc, getattr(exc, "orig", None)):
-        if getattr(err, "sqlstate", None) in TRANSIENT_SQLSTATES:
-            return True
-    return False
+        state = getattr(err, "sqlstate", None)
+        if state:
+            return str(state)
+    return None
 
 
 async def write_retried(
