@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import structlog
 from sqlalchemy import event, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from cdp.db.group_commit import Apply, GroupCommit
@@ -197,9 +199,19 @@ class Database:
             yield
         finally:
             self._write_pragmas = _DEFAULT_WRITE_PRAGMAS
+            await self._checkpoint_after_bulk_load()
+
+    async def _checkpoint_after_bulk_load(self) -> None:
+        """What the WAL holds is committed already: a checkpoint that fails (the disk full, the
+        file read-only) loses nothing and is made by a later one. Its error must not stand in
+        for the import's own: `cdp import` on a full disk ended in sqlite3's traceback instead
+        of its one line saying which rows were stored."""
+        try:
             async with self._write_lock, self.engine.connect() as conn:
                 raw = await conn.get_raw_connection()  # outside a transaction, as it must be
                 await raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except (sqlite3.Error, DBAPIError, OSError) as exc:
+            log.warning("checkpoint_failed", error=type(exc).__name__)
 
     async def purge_wal(self, after: str = "", **ids: str) -> bool:
         """SQLite: copy the WAL into the database and truncate it to nothing, so that no older
