@@ -15,14 +15,23 @@ ledger verifies. tests/test_fault_injection.py injects faults at the driver inst
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import re
 import subprocess
-from collections.abc import Iterator
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+import httpx
 import pytest
 
-from tests.crash import Site
+from consent.suppressions import suppressed_at
+from tests.conftest import PG_ADMIN_URL
+from tests.crash import Site, free_port, kill, serving
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +101,169 @@ async def test_an_import_that_fills_the_disk_says_which_rows_are_stored(small_di
     assert again.returncode == 0, again.stderr[-2000:]
     assert await site.count("profiles") == 6000
     assert f"joined existing: {stored}" in again.stdout, again.stdout
+
+
+PORTS = (8750, 8800)  # this file's own range (tests/crash.py: free_port)
+
+
+@dataclass
+class Served:
+    """A running `cdp serve` whose log is read as it comes (a full pipe would stop it)."""
+
+    proc: subprocess.Popen
+    client: httpx.AsyncClient
+    log: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        kill(self.proc)
+
+    def assert_log_clean(self) -> None:
+        text = "".join(self.log)
+        assert "outage-" not in text, "an address in the log"
+        assert "Traceback" not in text and "unhandled_error" not in text, text[-3000:]
+
+
+@contextlib.asynccontextmanager
+async def served(site: Site, name: str) -> AsyncIterator[Served]:
+    port = free_port(random.Random(f"outages/{name}"), *PORTS)
+    proc = await serving(site, port)
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        server = Served(proc, client, log)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+async def api_key(site: Site, role: str) -> dict[str, str]:
+    done = await asyncio.to_thread(
+        site.cli, "keys", "create", "--name", f"{role}-{uuid.uuid4().hex[:8]}", "--role", role
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {"Authorization": f"Bearer {done.stdout.strip().splitlines()[-1]}"}
+
+
+def assert_refused(r: httpx.Response, *words: str) -> None:
+    """A 503 problem with Retry-After whose detail holds `words`."""
+    assert r.status_code == 503, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert int(r.headers["retry-after"]) > 0
+    for word in words:
+        assert word in r.json()["detail"], r.json()
+
+
+async def assert_suppressed(site: Site, addresses: set[str]) -> None:
+    """Every address is opted out of marketing on every channel, as the database holds it
+    (read by a platform of this process, the service stopped)."""
+    async with site.opened() as (p, client, keys):
+        bidxs = {p.keys.indexer.index("email", a): a for a in addresses}
+        async with p.db.read() as conn:
+            table = await suppressed_at(conn, list(bidxs))
+        missing = {a for b, a in bidxs.items() if (b, "marketing", "*") not in table}
+        assert not missing, f"{len(missing)} acknowledged opt-outs are not stored"
+        audit = (await client.get("/v1/audit/verify", headers=keys["compliance"])).json()
+        assert audit["ok"] and audit["state"]["ok"], audit
+
+
+async def opt_out(client: httpx.AsyncClient, key: dict, address: str) -> httpx.Response:
+    return await client.post("/v1/opt-outs", json={"email": address, "source": "t"}, headers=key)
+
+
+async def test_a_full_disk_is_a_503_that_health_reports_and_nothing_acknowledged_is_lost(
+    small_disk, tmp_path
+):
+    """The SQLite database's disk fills up under `cdp serve`. Every write the database refuses
+    is a 503 saying the disk is full (it said "the database is not reachable"), `/health`
+    says so too (it said ok while no record, opt-out or read could be stored), an opt-out
+    answered 200 is stored; once there is room again the service stores without a restart."""
+    site = sqlite_site(small_disk, tmp_path)
+    assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+    ingest = await api_key(site, "ingest")
+    async with served(site, "full") as server:
+        c = server.client
+        for n in range(300):  # batches of 100 customers until the disk is full
+            records = [
+                {"source": "crm", "email": f"outage-{n}-{i}@example.com", "first_name": "Ю" * 100}
+                for i in range(100)
+            ]
+            r = await c.post("/v1/profiles/batch", json={"records": records}, headers=ingest)
+            if r.status_code != 200:
+                break
+        assert_refused(r, "disk is full")
+        assert_refused(await c.get("/health"), "disk is full")
+
+        acked, refused = set(), set()
+        for n in range(20):
+            address = f"outage-new-{n}@example.com" if n % 2 else f"outage-0-{n}@example.com"
+            r = await opt_out(c, ingest, address)
+            assert r.status_code in (200, 503), r.text
+            (acked if r.status_code == 200 else refused).add(address)
+            if r.status_code == 503:
+                assert_refused(r, "disk is full")
+        assert refused, "the disk was not full"
+
+        resize(small_disk, "64m")
+        assert (await c.get("/health")).status_code == 200
+        for address in refused:
+            assert (await opt_out(c, ingest, address)).status_code == 200
+        server.stop()
+        server.assert_log_clean()
+    await assert_suppressed(site, acked | refused)
+
+
+@pytest.fixture
+async def pg_site(pg_database: str | None, tmp_path: Path) -> AsyncIterator[Site]:
+    """A new, empty PostgreSQL database and key store of the test's own (dropped after)."""
+    if pg_database is None:
+        pytest.skip("PostgreSQL is not reachable")
+    site = await Site.fresh("postgres", tmp_path / "pg")
+    try:
+        yield site
+    finally:
+        await site.drop()
+
+
+async def pg_admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def end_sessions(name: str) -> str:
+    """The statement that ends every session on the test's own database `name`."""
+    return f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+
+
+async def test_a_read_only_postgresql_is_a_503_not_a_500(pg_site):
+    """The database turns read-only under `cdp serve` (a failover onto a standby, or
+    `default_transaction_read_only`, here on the test's own database with its sessions
+    ended): every write was a 500 "internal error" and `/health` said ok. Now each is a 503
+    saying the database is read-only, and once it takes writes again the service stores
+    without a restart."""
+    site, name = pg_site, pg_site.pg_name
+    assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+    ingest = await api_key(site, "ingest")
+    async with served(site, "read-only") as server:
+        c = server.client
+        await pg_admin(
+            f'ALTER DATABASE "{name}" SET default_transaction_read_only = on', end_sessions(name)
+        )
+        try:
+            assert_refused(await c.get("/health"), "read-only")
+            assert_refused(await opt_out(c, ingest, "outage-ro@example.com"), "read-only")
+            record = {"source": "crm", "email": "outage-ro2@example.com"}
+            assert_refused(await c.post("/v1/profiles", json=record, headers=ingest), "read-only")
+        finally:
+            await pg_admin(
+                f'ALTER DATABASE "{name}" RESET default_transaction_read_only', end_sessions(name)
+            )
+        assert (await c.get("/health")).status_code == 200
+        assert (await opt_out(c, ingest, "outage-ro@example.com")).status_code == 200
+        server.stop()
+        server.assert_log_clean()
+    await assert_suppressed(site, {"outage-ro@example.com"})

@@ -30,10 +30,12 @@ METHODS = GET_AND_HEAD
 async def health(platform: PlatformDep) -> Response[dict[str, Any]] | dict[str, str]:
     """200 when this service can serve: the database and the key store answer and the key
     ring is still under this service's master key. Otherwise a 503 saying which
-    (`api.errors`): the database or the key store is not reachable, or `cdp keys
+    (`api.errors`): the database or the key store is not reachable, the database cannot store
+    changes (its disk full, or read-only), or `cdp keys
     rotate-master` ran and the service needs the new key."""
     async with platform.db.read() as conn:
         await platform.keys.check_current(conn, lock=False)  # no wait behind a rotation
+        await platform.db.check_writable(conn)  # full or read-only: 503 saying which
     if platform.keys.store is not None:  # without it no customer can be read or stored
         try:
             await platform.keys.store.ping()

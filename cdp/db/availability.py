@@ -17,12 +17,21 @@ from sqlalchemy import exc as sa
 # ... is not currently accepting connections") while connecting
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 _ON_CONNECT_SQLSTATES = frozenset({"3D000", "55000"})
+# A database that answers but cannot store a change: out of disk (SQLite's SQLITE_FULL,
+# PostgreSQL's 53100), or read-only (a file or filesystem made read-only; a PostgreSQL standby
+# or `default_transaction_read_only`, as after a failover to a replica: 25006). PostgreSQL's
+# read-only answer was a 500 "internal error" and `/health` said ok.
+_FULL, _READ_ONLY = "its disk is full", "it is read-only"
+_REFUSING_SQLSTATES = {"53100": _FULL, "25006": _READ_ONLY}
+_REFUSING_SQLITE = {"SQLITE_FULL": _FULL, "SQLITE_READONLY": _READ_ONLY}
 
 
 def database_unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database is unreachable, not that the request was wrong."""
     if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
         return True  # asyncpg's connect to a stopped server, a name that does not resolve
+    if write_refused(exc) is not None:
+        return True
     if isinstance(exc, (sa.OperationalError, sa.InterfaceError, sa.TimeoutError)):
         return True  # SQLite's file locked or gone; a connection closed; the pool exhausted
     if not isinstance(exc, sa.DBAPIError):
@@ -34,3 +43,35 @@ def database_unavailable(exc: BaseException) -> bool:
         return True
     connecting = exc.statement is None  # raised while the pool opened a connection
     return connecting and (state in _ON_CONNECT_SQLSTATES or isinstance(exc.orig, OSError))
+
+
+class WriteRefused(Exception):
+    """The database would refuse a change now (`Database.check_writable`, for `/health`)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the database cannot store changes now ({why})")
+        self.why = why
+
+
+def read_only() -> WriteRefused:
+    return WriteRefused(_READ_ONLY)
+
+
+def disk_full() -> WriteRefused:
+    return WriteRefused(_FULL)
+
+
+def write_refused(exc: BaseException) -> str | None:
+    """Why the database refused to store a change though it answers ("its disk is full", "it
+    is read-only"), or None. The change was not stored: the transaction rolled back."""
+    if isinstance(exc, WriteRefused):
+        return exc.why
+    for err in (exc, getattr(exc, "orig", None)):
+        state = getattr(err, "sqlstate", None)
+        if state in _REFUSING_SQLSTATES:
+            return _REFUSING_SQLSTATES[state]
+        name = getattr(err, "sqlite_errorname", None) or ""
+        for prefix, why in _REFUSING_SQLITE.items():  # SQLITE_READONLY_DBMOVED and the like
+            if name.startswith(prefix):
+                return why
+    return None

@@ -20,6 +20,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from cdp.db.availability import disk_full, read_only, write_refused
 from cdp.db.group_commit import Apply, GroupCommit
 from cdp.db.sqlite_driver import one_hop_dbapi
 
@@ -54,6 +55,9 @@ _BULK_WRITE_PRAGMAS = ("PRAGMA wal_autocheckpoint=32768", "PRAGMA cache_size=-26
 
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+# After SQLite refused a write for want of disk, /health fails until a write commits or its
+# filesystem has this much free again (Database.check_writable).
+ROOM_AFTER_FULL = 16 * 1024 * 1024
 # Set in a connection's `info` by a reader that leaves it holding much memory (the driver's
 # cache of prepared statements, cdp.segments.members.compile_options): `read` closes it
 # instead of putting it back in the pool.
@@ -103,6 +107,16 @@ def create_owner_only(url: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def _free_bytes(url: str) -> int:
+    """Bytes free to an unprivileged writer where the SQLite database at `url` lies."""
+    path = os.path.dirname(os.path.abspath(make_url(url).database or "."))
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -138,6 +152,7 @@ class Database:
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._groups: dict[str, GroupCommit] = {}
         self._write_pragmas = _DEFAULT_WRITE_PRAGMAS
+        self.write_refused: str | None = None  # why the last write was refused, if it was
 
     def group_commit(self, name: str, apply: Apply, *, max_batch: int = 256) -> GroupCommit:
         """The shared group-commit queue for writes of one kind (see cdp.db.group_commit)."""
@@ -166,6 +181,43 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. One that the database refuses for want of disk or for being
+        read-only is remembered (`write_refused`) until one commits: `/health` then fails
+        (`check_writable`)."""
+        try:
+            async with self._write_transaction() as conn:
+                yield conn
+        except Exception as exc:
+            if (why := write_refused(exc)) is not None:
+                self.write_refused = why
+            raise
+        self.write_refused = None
+
+    async def check_writable(self, conn: AsyncConnection) -> None:
+        """Raises WriteRefused where the database cannot store a change now (`/health`; `conn`
+        is the caller's read transaction). PostgreSQL says whether it is read-only (a standby,
+        `default_transaction_read_only`). SQLite learns that its disk is full or its file
+        read-only only by writing, so after a write it refused: while the refusal was for
+        want of disk and its filesystem has less than ROOM_AFTER_FULL free, it still is (a
+        small write may yet fit where the refused one had begun to write, so writing one
+        proves nothing); then a write that changes nothing (the header's user_version set to
+        itself) is tried. Any write that commits clears it."""
+        if self.is_postgres:
+            state = await conn.scalar(text("SELECT current_setting('transaction_read_only')"))
+            if state == "on":
+                raise read_only()
+            return
+        why = self.write_refused
+        if why is None:
+            return
+        if why == disk_full().why and _free_bytes(self.url) < ROOM_AFTER_FULL:
+            raise disk_full()
+        async with self.write() as probe:
+            version = int(await probe.scalar(text("PRAGMA user_version")) or 0)
+            await probe.exec_driver_sql(f"PRAGMA user_version = {version}")
+
+    @asynccontextmanager
+    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
         if self._write_lock is None:
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
