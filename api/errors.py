@@ -15,7 +15,7 @@ from litestar.types import Empty
 
 from cdp.crypto.fields import CryptoError
 from cdp.crypto.master import WrongMasterKeyError
-from cdp.db.availability import database_unavailable, write_refused
+from cdp.db.availability import KeyStoreDown, database_unavailable, write_refused
 from cdp.db.conflicts import is_lock_table_full, is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
 from cdp.keyring import MASTER_KEY_ROTATED
@@ -133,6 +133,11 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
             "a concurrent write conflicted with this one; nothing was stored: send it again",
             headers={"Retry-After": "1"},
         )
+    if isinstance(exc, KeyStoreDown):  # its message names CDP_KEY_STORE_URL, nothing else
+        log.error(
+            "key_store_unavailable", route=_route(request), error=type(exc.__cause__).__name__
+        )
+        return problem(503, str(exc), headers={"Retry-After": "5"})
     if (why := write_refused(exc)) is not None:  # full or read-only: an operator must act
         log.error("database_refused_write", route=_route(request), error=type(exc).__name__)
         detail = f"the database cannot store changes now ({why})"

@@ -18,6 +18,7 @@ import click
 from sqlalchemy.exc import DBAPIError
 
 from cdp.crypto.fields import CryptoError
+from cdp.db.availability import KeyStoreDown
 from cdp.db.engine import Database
 from cdp.db.messages import database_message
 from cdp.db.migrate import SchemaFromNewerRelease
@@ -40,6 +41,8 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
         raise failure(exc) from None
     except (CryptoError, PolicyError, SchemaFromNewerRelease) as exc:
         # their messages name the setting, the file, or the release the database needs
+        raise click.ClickException(str(exc)) from None
+    except KeyStoreDown as exc:  # names CDP_KEY_STORE_URL
         raise click.ClickException(str(exc)) from None
     except DBAPIError as exc:  # a write refused, the connection lost: its first line only
         raise click.ClickException(f"the database failed: {database_message(exc)}") from None

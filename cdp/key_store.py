@@ -34,11 +34,13 @@ not the database's), not by Alembic; `key_store_meta` keeps their version.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
+from typing import ParamSpec, TypeVar
 
 import structlog
 from sqlalchemy import (
@@ -55,6 +57,7 @@ from sqlalchemy import (
     select,
 )
 
+from cdp.db.availability import KeyStoreDown, database_unavailable, write_refused
 from cdp.db.bulk import bulk_insert_rows
 from cdp.db.engine import Database, overwrite_deleted, xact_lock
 from cdp.db.types import UTCDateTime
@@ -134,6 +137,30 @@ def xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+KEY_STORE_DOWN = "the key store is not reachable (CDP_KEY_STORE_URL)"
+
+
+def _naming_the_store(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """The key store's outage raised as KeyStoreDown: a request it fails is answered 503
+    naming CDP_KEY_STORE_URL (api.errors). It said "the database is not reachable" while the
+    database was fine and only the key store was away."""
+
+    @functools.wraps(method)
+    async def naming(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            why = write_refused(exc)
+            down = f"the key store cannot store changes now ({why}; CDP_KEY_STORE_URL)"
+            raise KeyStoreDown(down if why else KEY_STORE_DOWN) from exc
+
+    return naming
+
+
 class KeyStore:
     """Shares and tombstones, in their own database."""
 
@@ -141,11 +168,13 @@ class KeyStore:
         self.db = db
         self.store_id = store_id
 
+    @_naming_the_store
     async def ping(self) -> None:
         """Raises unless the key store's database answers (/health, GET /metrics)."""
         async with self.db.read() as conn:
             await conn.exec_driver_sql("SELECT 1")
 
+    @_naming_the_store
     async def put(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:
         """Keep the shares of new data keys; committed before the database stores the keys'
         other halves, so a key is never stored without its share."""
@@ -156,6 +185,7 @@ class KeyStore:
         async with self.db.write() as conn:  # at driver speed: an import stores thousands
             await bulk_insert_rows(conn, key_shares, SHARE_COLUMNS, rows)
 
+    @_naming_the_store
     async def keep_first(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> dict[uuid.UUID, bytes]:
         """Keep these shares for the profiles that have none yet, and return the share each
         profile has in the store afterwards (`cdp keys split`): a share once kept is never
@@ -170,6 +200,7 @@ class KeyStore:
             await bulk_insert_rows(conn, key_shares, SHARE_COLUMNS, rows, ignore_conflicts=True)
         return await self.get(offered)
 
+    @_naming_the_store
     async def get(self, profile_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, bytes]:
         """The shares of these profiles that the store holds. At driver level, in one
         statement without a transaction: a segment export asks for every page's members, and
@@ -198,6 +229,7 @@ class KeyStore:
                 found.update((by_hex[h], share) for h, share in result)
         return found
 
+    @_naming_the_store
     async def tombstone(self, profile_ids: Iterable[uuid.UUID], at: datetime) -> None:
         """Record that these profiles are being erased, before the database's erasure commits:
         from here on a database that still holds them (the erasure rolled back, or the
@@ -222,6 +254,7 @@ class KeyStore:
             if fresh:
                 await conn.execute(insert(erased_profiles), fresh)
 
+    @_naming_the_store
     async def destroy(self, profile_ids: Iterable[uuid.UUID]) -> None:
         """Destroy the shares of these profiles, once the database's erasure has committed:
         from here on no copy of the database can read them, whoever holds the master key."""
@@ -236,6 +269,7 @@ class KeyStore:
         # and no older version of their pages left in SQLite's -wal (tried again next time)
         await self.db.purge_wal(after="key_store_shares_destroyed")
 
+    @_naming_the_store
     async def tombstones_after(self, seq: int, limit: int = 1000) -> list[tuple[int, uuid.UUID]]:
         """(number, profile id) of erasures after `seq`, in order."""
         async with self.db.read() as conn:

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from consent.suppressions import suppressed_at
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, pg_url
 from tests.crash import Site, free_port, kill, serving
 
 pytestmark = pytest.mark.slow
@@ -267,3 +267,100 @@ async def test_a_read_only_postgresql_is_a_503_not_a_500(pg_site):
         server.stop()
         server.assert_log_clean()
     await assert_suppressed(site, {"outage-ro@example.com"})
+
+
+class TcpProxy:
+    """A TCP proxy to PostgreSQL that the test controls: it forwards, or refuses every new
+    connection (`refuse`: accepted and reset at once, as a server that is going down), and
+    `cut` resets every connection it carries (a restart, a network failure)."""
+
+    def __init__(self, port: int = 5432) -> None:
+        self.target = port
+        self.refusing = False
+        self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> TcpProxy:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, url: str) -> str:
+        return url.replace(f"127.0.0.1:{self.target}", f"127.0.0.1:{self.port}")
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = (writer, up_writer)
+        self.pairs.add(pair)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self.pairs.discard(pair)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    def refuse(self) -> None:
+        self.refusing = True
+        self.cut()
+
+    def resume(self) -> None:
+        self.refusing = False
+
+    def cut(self) -> None:
+        for pair in list(self.pairs):
+            for writer in pair:
+                writer.transport.abort()
+        self.pairs.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    p = await TcpProxy().start()
+    yield p
+    await p.close()
+
+
+async def test_the_key_store_going_away_is_a_503_naming_it(pg_site, proxy):
+    """The key store's database (CDP_KEY_STORE_URL) goes away while the main one stays:
+    `/health` named it, but a request that needed it (a record, an opt-out of an address
+    never seen, whose sealed copy for webhooks has a share there) answered "the database is
+    not reachable", sending the operator to the wrong server. Now each names the key store;
+    once it is back the service serves without a restart."""
+    site = pg_site
+    site.extra_env["CDP_KEY_STORE_URL"] = proxy.url(pg_url(f"{site.pg_name}_keys"))
+    assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+    ingest = await api_key(site, "ingest")
+    async with served(site, "key-store") as server:
+        c = server.client
+        proxy.refuse()
+        assert_refused(await c.get("/health"), "key store", "CDP_KEY_STORE_URL")
+        assert_refused(await opt_out(c, ingest, "outage-ks@example.com"), "key store")
+        record = {"source": "crm", "email": "outage-ks2@example.com"}
+        assert_refused(await c.post("/v1/profiles", json=record, headers=ingest), "key store")
+        proxy.resume()
+        assert (await c.get("/health")).status_code == 200
+        assert (await opt_out(c, ingest, "outage-ks@example.com")).status_code == 200
+        assert (await c.post("/v1/profiles", json=record, headers=ingest)).status_code == 201
+        server.stop()
+        server.assert_log_clean()
+    site.extra_env["CDP_KEY_STORE_URL"] = pg_url(f"{site.pg_name}_keys")
+    await assert_suppressed(site, {"outage-ks@example.com"})

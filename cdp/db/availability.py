@@ -28,7 +28,7 @@ _REFUSING_SQLITE = {"SQLITE_FULL": _FULL, "SQLITE_READONLY": _READ_ONLY}
 
 def database_unavailable(exc: BaseException) -> bool:
     """True when `exc` says the database is unreachable, not that the request was wrong."""
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror, KeyStoreDown)):
         return True  # asyncpg's connect to a stopped server, a name that does not resolve
     if write_refused(exc) is not None:
         return True
@@ -43,6 +43,11 @@ def database_unavailable(exc: BaseException) -> bool:
         return True
     connecting = exc.statement is None  # raised while the pool opened a connection
     return connecting and (state in _ON_CONNECT_SQLSTATES or isinstance(exc.orig, OSError))
+
+
+class KeyStoreDown(Exception):
+    """The key store's database (CDP_KEY_STORE_URL) is not reachable or cannot store a change,
+    while the main database may be fine: said as such (`cdp.key_store`), not as the database."""
 
 
 class WriteRefused(Exception):
