@@ -364,3 +364,80 @@ async def test_the_key_store_going_away_is_a_503_naming_it(pg_site, proxy):
         server.assert_log_clean()
     site.extra_env["CDP_KEY_STORE_URL"] = pg_url(f"{site.pg_name}_keys")
     await assert_suppressed(site, {"outage-ks@example.com"})
+
+
+class Load:
+    """Clients sending opt-outs of new addresses and records of new customers at once; every
+    answer must be a success or a 503 problem with Retry-After, never a 500."""
+
+    def __init__(self, client: httpx.AsyncClient, key: dict[str, str]) -> None:
+        self.client, self.key = client, key
+        self.acked: set[str] = set()  # opt-outs answered 200
+        self.statuses: list[int] = []
+        self.answered = asyncio.Event()
+        self._n = 0
+
+    async def one(self) -> None:
+        self._n += 1
+        n = self._n
+        address = f"outage-load-{n}@example.com"
+        if n % 2:
+            r = await opt_out(self.client, self.key, address)
+        else:
+            record = {"source": "crm", "email": address, "first_name": "Анна"}
+            r = await self.client.post("/v1/profiles", json=record, headers=self.key)
+        self.statuses.append(r.status_code)
+        self.answered.set()
+        if r.status_code in (200, 201):
+            if n % 2:
+                self.acked.add(address)
+            return
+        assert_refused(r)
+
+    async def run(self, clients: int = 4, each: int = 10) -> list[int]:
+        """`each` requests from each of `clients` clients; the statuses answered."""
+        start = len(self.statuses)
+
+        async def client() -> None:
+            for _ in range(each):
+                await self.one()
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return self.statuses[start:]
+
+
+async def test_postgresql_going_away_under_load_loses_nothing_acknowledged(pg_site, proxy):
+    """PostgreSQL refuses connections and drops every one it had while `cdp serve` is under
+    a load of opt-outs and records, then comes back; later every session of the service is
+    ended (`pg_terminate_backend`) mid-load. Each request answers or is a 503 with
+    Retry-After (never a 500), `/health` reports the outage, the service serves again
+    without a restart, every opt-out it acknowledged is stored, and the ledger verifies."""
+    site = pg_site
+    site.url = proxy.url(site.url)
+    assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+    ingest = await api_key(site, "ingest")
+    async with served(site, "postgres-away") as server:
+        load = Load(server.client, ingest)
+        assert set(await load.run()) <= {200, 201}
+
+        running = asyncio.ensure_future(load.run())  # cut while requests are in flight
+        await load.answered.wait()
+        proxy.refuse()
+        assert_refused(await server.client.get("/health"), "database")
+        await running
+        assert set(await load.run()) == {503}
+
+        proxy.resume()
+        assert (await server.client.get("/health")).status_code == 200
+        assert set(await load.run()) <= {200, 201}
+
+        load.answered.clear()
+        running = asyncio.ensure_future(load.run())
+        await load.answered.wait()
+        await pg_admin(end_sessions(site.pg_name or ""))
+        await running
+        assert set(await load.run()) <= {200, 201}
+        server.stop()
+        server.assert_log_clean()
+    site.url = pg_url(site.pg_name or "")
+    await assert_suppressed(site, load.acked)
