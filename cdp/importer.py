@@ -46,6 +46,7 @@ import structlog
 
 from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.master import MasterKey
+from cdp.db.availability import KeyStoreDown
 from cdp.db.messages import database_message
 from cdp.errors import DomainError, FieldError, InvalidInput, repeatable
 from cdp.ids import new_id
@@ -131,6 +132,8 @@ def _cause(exc: Exception) -> str:
     hides them), or the message of one of ours."""
     if isinstance(exc, DomainError):
         return exc.detail
+    if isinstance(exc, KeyStoreDown):  # our own words, naming CDP_KEY_STORE_URL
+        return str(exc)
     if getattr(exc, "orig", None) is None:
         return type(exc).__name__
     return database_message(exc)

@@ -441,3 +441,32 @@ async def test_postgresql_going_away_under_load_loses_nothing_acknowledged(pg_si
         server.assert_log_clean()
     site.url = pg_url(site.pg_name or "")
     await assert_suppressed(site, load.acked)
+
+
+async def test_an_import_whose_key_store_goes_away_names_it_and_what_is_stored(pg_site, proxy):
+    """`cdp import` whose key store (CDP_KEY_STORE_URL) goes away midway: it said which rows
+    were stored, but the cause only as "KeyStoreDown". It names the key store now; the rows
+    it says are stored are those the database holds, and the same import run again once the
+    store is back stores the rest."""
+    site = pg_site
+    site.extra_env["CDP_KEY_STORE_URL"] = proxy.url(pg_url(f"{site.pg_name}_keys"))
+    assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+    file = customers_csv(site.tmp / "customers.csv", 5000)
+    importing = asyncio.ensure_future(
+        asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
+    )
+    while await site.count("profiles") < 1000:  # some chunks stored: then the store goes
+        assert not importing.done(), importing.result().stderr[-2000:]
+        await asyncio.sleep(0.02)
+    proxy.refuse()
+    done = await importing
+    proxy.resume()
+    assert done.returncode == 1, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    said = done.stderr.strip().splitlines()[-1]
+    assert "key store is not reachable (CDP_KEY_STORE_URL)" in said, said
+    stored = int(re.search(r"\((\d+) imported\)", said).group(1))  # type: ignore[union-attr]
+    assert stored == await site.count("profiles")
+    again = await asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert await site.count("profiles") == 5000
