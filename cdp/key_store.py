@@ -170,9 +170,12 @@ class KeyStore:
 
     @_naming_the_store
     async def ping(self) -> None:
-        """Raises unless the key store's database answers (/health, GET /metrics)."""
+        """Raises unless the key store's database answers and can store a share (/health, GET
+        /metrics): a key store whose disk is full or that is read-only refuses every new
+        customer (Database.check_writable)."""
         async with self.db.read() as conn:
             await conn.exec_driver_sql("SELECT 1")
+            await self.db.check_writable(conn)
 
     @_naming_the_store
     async def put(self, shares: Iterable[tuple[uuid.UUID, bytes]]) -> None:

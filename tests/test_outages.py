@@ -470,3 +470,35 @@ async def test_an_import_whose_key_store_goes_away_names_it_and_what_is_stored(p
     again = await asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
     assert again.returncode == 0, again.stderr[-2000:]
     assert await site.count("profiles") == 5000
+
+
+async def test_a_full_key_store_disk_is_a_503_naming_the_key_store(tmp_path):
+    """The key store (a SQLite file of its own, CDP_KEY_STORE_URL) fills its disk while the
+    database has room: each new customer's record was a 503 saying the database is not
+    reachable, and `/health` said ok. Both now name the key store and its full disk, and the
+    service stores again once there is room."""
+    disk = tmp_path / "keys-disk"
+    mount_tmpfs(disk, "1m")
+    try:
+        site = sqlite_site(tmp_path, tmp_path, CDP_KEY_STORE_URL=f"sqlite:///{disk / 'keys.db'}")
+        assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+        ingest = await api_key(site, "ingest")
+        async with served(site, "key-store-full") as server:
+            c = server.client
+            for n in range(300):
+                records = [
+                    {"source": "crm", "email": f"outage-{n}-{i}@example.com"} for i in range(100)
+                ]
+                r = await c.post("/v1/profiles/batch", json={"records": records}, headers=ingest)
+                if r.status_code != 200:
+                    break
+            assert_refused(r, "key store", "disk is full", "CDP_KEY_STORE_URL")
+            assert_refused(await c.get("/health"), "key store", "disk is full")
+            resize(disk, "64m")
+            assert (await c.get("/health")).status_code == 200
+            r = await c.post("/v1/profiles/batch", json={"records": records}, headers=ingest)
+            assert r.status_code == 200, r.text
+            server.stop()
+            server.assert_log_clean()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
