@@ -134,6 +134,8 @@ def _cause(exc: Exception) -> str:
         return exc.detail
     if isinstance(exc, KeyStoreDown):  # our own words, naming CDP_KEY_STORE_URL
         return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:  # the rejects file: "No space left on device"
+        return f"{type(exc).__name__}: {exc.strerror}"  # never its file name or a value
     if getattr(exc, "orig", None) is None:
         return type(exc).__name__
     return database_message(exc)

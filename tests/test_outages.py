@@ -502,3 +502,33 @@ async def test_a_full_key_store_disk_is_a_503_naming_the_key_store(tmp_path):
             server.assert_log_clean()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+async def test_an_import_whose_rejects_file_fills_its_disk_says_why(tmp_path):
+    """The rejects file's disk fills up midway through `cdp import`: it said which rows were
+    stored, but the cause only as "OSError". It says the disk is full now (the system's
+    words, never the file's name or a value), and the rows it says are stored are those the
+    database holds."""
+    disk = tmp_path / "rejects-disk"
+    mount_tmpfs(disk, "1m")
+    try:
+        site = sqlite_site(tmp_path, tmp_path)
+        assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+        with (disk / "filler").open("wb") as f:  # all but 16 KiB of it
+            f.write(b"\0" * (1024 * 1024 - 16 * 1024))
+        file = tmp_path / "customers.csv"
+        with file.open("w") as f:
+            f.write("email,phone\n")
+            for n in range(6000):  # every third row refused: its phone is not one
+                f.write(f"outage-{n}@example.com,{'x' if n % 3 == 0 else 79161000000 + n}\n")
+        rejects = disk / "rejects.csv"
+        args = ("import", str(file), "--source", "crm", "--rejects", str(rejects))
+        done = await asyncio.to_thread(site.cli, *args)
+        assert done.returncode == 1, done.stdout
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+        said = done.stderr.strip().splitlines()[-1]
+        assert "No space left on device" in said and "rejects" not in said, said
+        stored = int(re.search(r"\((\d+) imported\)", said).group(1))  # type: ignore[union-attr]
+        assert stored == await site.count("profiles")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
