@@ -84,7 +84,7 @@ async def test_an_import_that_fills_the_disk_says_which_rows_are_stored(small_di
     stores the rest."""
     site = sqlite_site(small_disk, tmp_path)
     assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
-    file = customers_csv(tmp_path / "customers.csv", 6000)
+    file = customers_csv(tmp_path / "customers.csv", 4500)
 
     done = await asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
     assert done.returncode == 1, (done.stdout, done.stderr[-2000:])
@@ -93,13 +93,13 @@ async def test_an_import_that_fills_the_disk_says_which_rows_are_stored(small_di
     assert said.startswith("Error: the import stopped"), said
     assert "disk is full" in said and "outage-" not in done.stderr + done.stdout
     stored = int(re.search(r"\((\d+) imported\)", said).group(1))  # type: ignore[union-attr]
-    assert 0 < stored < 6000
+    assert 0 < stored < 4500
     assert await site.count("profiles") == stored
 
     resize(small_disk, "64m")
     again = await asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert await site.count("profiles") == 6000
+    assert await site.count("profiles") == 4500
     assert f"joined existing: {stored}" in again.stdout, again.stdout
 
 
@@ -451,7 +451,7 @@ async def test_an_import_whose_key_store_goes_away_names_it_and_what_is_stored(p
     site = pg_site
     site.extra_env["CDP_KEY_STORE_URL"] = proxy.url(pg_url(f"{site.pg_name}_keys"))
     assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
-    file = customers_csv(site.tmp / "customers.csv", 5000)
+    file = customers_csv(site.tmp / "customers.csv", 3000)
     importing = asyncio.ensure_future(
         asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
     )
@@ -469,7 +469,7 @@ async def test_an_import_whose_key_store_goes_away_names_it_and_what_is_stored(p
     assert stored == await site.count("profiles")
     again = await asyncio.to_thread(site.cli, "import", str(file), "--source", "crm")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert await site.count("profiles") == 5000
+    assert await site.count("profiles") == 3000
 
 
 async def test_a_full_key_store_disk_is_a_503_naming_the_key_store(tmp_path):
