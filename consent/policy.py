@@ -89,6 +89,13 @@ class Retention(msgspec.Struct, forbid_unknown_fields=True):
     inactive_days: Annotated[int, msgspec.Meta(ge=1, le=MAX_INACTIVE_DAYS)] | None = None
 
 
+class JurisdictionPurpose(msgspec.Struct, forbid_unknown_fields=True):
+    # How long a grant stays in force (152-FZ art. 9(4): a written consent states the period
+    # it is valid for): a grant that occurred more days ago than this no longer allows contact
+    # on the purpose's opt-in channels (consent.rule.valid_from). None: until withdrawn.
+    consent_valid_days: Annotated[int, msgspec.Meta(ge=1, le=MAX_INACTIVE_DAYS)] | None = None
+
+
 class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
     code: str
     name: str
@@ -106,6 +113,8 @@ class JurisdictionFile(msgspec.Struct, forbid_unknown_fields=True):
     # the calendar deadlines are counted in (an IANA name, e.g. "Europe/Moscow"); UTC if unset
     timezone: str | None = None
     retention: Retention = msgspec.field(default_factory=Retention)
+    # settings of the platform's purposes in this jurisdiction ([purposes.marketing] ...)
+    purposes: dict[str, JurisdictionPurpose] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +206,13 @@ class Policy:
         j = self.jurisdictions.get(jurisdiction)
         return None if j is None else j.retention.inactive_days
 
+    def consent_valid_days(self, jurisdiction: str, purpose: str) -> int | None:
+        """For how many days a grant of this purpose stays in force in this jurisdiction
+        (`[purposes.<purpose>] consent_valid_days`), or None: until it is withdrawn."""
+        j = self.jurisdictions.get(jurisdiction)
+        p = None if j is None else j.purposes.get(purpose)
+        return None if p is None else p.consent_valid_days
+
     def deadline(self, jurisdiction: str, kind: str) -> Deadline | None:
         j = self.jurisdictions.get(jurisdiction)
         return None if j is None else j.deadlines.get(kind)
@@ -239,6 +255,8 @@ def _check_tables(raw: dict, name: str) -> None:
                 )
     for kind, table in _table(raw, "deadlines").items():
         _convert(table, Deadline, name, f"deadlines.{kind}")
+    for purpose, table in _table(raw, "purposes").items():
+        _convert(table, JurisdictionPurpose, name, f"purposes.{purpose}")
 
 
 def _read(path: Path, kind: type[msgspec.Struct]) -> msgspec.Struct:
@@ -253,6 +271,31 @@ def _read(path: Path, kind: type[msgspec.Struct]) -> msgspec.Struct:
             for key, table in _table(raw, section).items():
                 _convert(table, entry, path.name, f"{section}.{key}")
     return _convert(raw, kind, path.name, "")
+
+
+def _check_validity(name: str, j: JurisdictionFile, platform: PlatformFile) -> None:
+    """A validity period is for a purpose the platform has, where a grant is what allows
+    contact (opt-in) on some channel: on the contract (service messages) or opt-out alone a
+    grant decides nothing, and a period there would be a setting that does nothing."""
+    for purpose, settings in j.purposes.items():
+        if purpose not in platform.purposes:
+            raise PolicyError(f"{name}: purposes.{purpose} names an unknown purpose")
+        if settings.consent_valid_days is None:
+            continue
+        rules = j.rules.get(purpose, {})
+        at = f"{name}: purposes.{purpose}.consent_valid_days"
+        if rules.get("default") == "contract":
+            raise PolicyError(
+                f"{at} is not allowed: {purpose} rests on the contract here (rules.{purpose}"
+                '.default = "contract"), not on consent: a validity period is for a purpose '
+                "that needs a grant"
+            )
+        bases = {rules.get(c) or rules.get("default") for c in platform.channels}
+        if "opt_in" not in bases:
+            raise PolicyError(
+                f"{at} is not allowed: no channel of {purpose} here is opt-in, so a grant "
+                "decides nothing and there is no grant to lapse"
+            )
 
 
 def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Policy:
@@ -298,6 +341,7 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
                     raise PolicyError(
                         f"{path.name}: rules.{purpose}.{channel} names an unknown channel"
                     )
+        _check_validity(path.name, j, platform)
         for channel in j.no_automated_advertising:
             if channel not in platform.channels:
                 raise PolicyError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -335,9 +336,17 @@ async def _load(conn: AsyncConnection, p: Platform, profile_id: uuid.UUID) -> Lo
 
 
 async def consent_view(
-    conn: AsyncConnection, p: Platform, profile_id: uuid.UUID, loaded: Loaded | None = None
+    conn: AsyncConnection,
+    p: Platform,
+    profile_id: uuid.UUID,
+    loaded: Loaded | None = None,
+    *,
+    now: datetime | None = None,
 ) -> ConsentView:
-    """Current consent per address and the contactable matrix of a (surviving) profile."""
+    """Current consent per address and the contactable matrix of a (surviving) profile, at
+    `now` (the current time unless given): a grant that has lapsed by then keeps its status
+    and since in `items`, and contactable says no."""
+    now = now or utcnow()
     if loaded is None:
         loaded = await _load(conn, p, profile_id)
     cipher = loaded.cipher
@@ -396,7 +405,7 @@ async def consent_view(
                     else None,
                     is_customer=loaded.orders_count > 0,
                 )
-                if decide(p.policy, purpose, channel, facts) is None:
+                if decide(p.policy, purpose, channel, facts, now=now) is None:
                     ok = True
                     break
             matrix[purpose][channel] = ok
@@ -404,9 +413,17 @@ async def consent_view(
 
 
 async def address_decision(
-    conn: AsyncConnection, p: Platform, kind: str, bidx: bytes, purpose: str, channel: str
+    conn: AsyncConnection,
+    p: Platform,
+    kind: str,
+    bidx: bytes,
+    purpose: str,
+    channel: str,
+    *,
+    now: datetime | None = None,
 ) -> str | None:
-    """The rule's answer for one address: None when contactable, else the reason."""
+    """The rule's answer for one address at `now` (the current time unless given): None when
+    contactable, else the reason."""
     owner = (
         await conn.execute(
             select(profiles.c.id, profiles.c.status, profiles.c.jurisdiction)
@@ -433,7 +450,7 @@ async def address_decision(
         suppressed_at=latest_suppression(supp, bidx, purpose, channel),
         is_customer=owner is not None and await is_customer(conn, owner.id),
     )
-    return decide(p.policy, purpose, channel, facts)
+    return decide(p.policy, purpose, channel, facts, now=now or utcnow())
 
 
 async def is_customer(conn: AsyncConnection, profile_id: uuid.UUID) -> bool:

@@ -29,7 +29,7 @@ from consent.optout import opt_out
 from consent.policy import GPC_PURPOSE
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.service import consent_view, record_consent
-from tests.test_rule import with_soft_opt_in
+from tests.test_rule import with_soft_opt_in, with_validity
 
 JURISDICTIONS = ("RU", "EU", "US-CA", "US")
 PURPOSES = ("service", "marketing", "sale_share")
@@ -81,7 +81,11 @@ SITUATIONS = (
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def expected(j: str, purpose: str, channel: str, situation: str, *, soft: bool = False) -> bool:
+def expected(
+    j: str, purpose: str, channel: str, situation: str, *, soft: bool = False, lapsed: bool = False
+) -> bool:
+    """`lapsed`: the marketing grant is older than its validity period (consent_valid_days):
+    no grant in force, as if never given (the basis decides)."""
     rules = BASIS[j][purpose]
     basis = rules.get(channel, rules["*"])
     if basis is None:
@@ -90,7 +94,8 @@ def expected(j: str, purpose: str, channel: str, situation: str, *, soft: bool =
         return False
     if situation == "gpc" and j == "US-CA" and purpose == "sale_share":
         return False
-    if situation in ("granted", "regranted") or basis in ("contract", "opt_out"):
+    in_force = situation in ("granted", "regranted") and not (lapsed and purpose == "marketing")
+    if in_force or basis in ("contract", "opt_out"):
         return True
     # opt-in without an evidenced grant: only EU soft opt-in, where enabled, for advertising email
     return (
@@ -183,34 +188,40 @@ async def build(p, situation: str) -> dict[tuple[str, str, str], uuid.UUID]:  # 
     return pids
 
 
-async def members(p, purpose: str, channel: str, *, automated: bool = False) -> set[uuid.UUID]:  # type: ignore[no-untyped-def]
+async def members(  # type: ignore[no-untyped-def]
+    p, purpose: str, channel: str, *, automated: bool = False, now: datetime | None = None
+) -> set[uuid.UUID]:
     d = Definition(purpose, channel, AllOf(()), automated)
     got: set[uuid.UUID] = set()
     after = None
     while True:
         async with p.db.read() as conn:
-            page = await members_page(conn, p, d, after=after, limit=500)
+            page = await members_page(conn, p, d, after=after, limit=500, now=now)
         got |= {uuid.UUID(m.profile_id) for m in page.items}
         if page.next_after is None:
             return got
         after = page.next_after
 
 
-async def check(p, situation: str, *, soft: bool = False) -> None:  # type: ignore[no-untyped-def]
+async def check(  # type: ignore[no-untyped-def]
+    p, situation: str, *, soft: bool = False, now: datetime | None = None, lapsed: bool = False
+) -> None:
+    """`now`: the moment asked about (the current time unless given)."""
     pids = await build(p, situation)
     wrong = []
     views = {}
     async with p.db.read() as conn:
         for pid in pids.values():
-            views[pid] = (await consent_view(conn, p, pid)).contactable
+            views[pid] = (await consent_view(conn, p, pid, now=now)).contactable
     for purpose in PURPOSES:
         for channel in CHANNELS:
-            sql = await members(p, purpose, channel)
-            stats = await definition_stats(p, Definition(purpose, channel, AllOf(())))
+            sql = await members(p, purpose, channel, now=now)
+            d = Definition(purpose, channel, AllOf(()))
+            stats = await definition_stats(p, d, now=now)
             assert stats.contactable == len(sql), (purpose, channel)
             for (j, pu, ch), pid in pids.items():
                 want = (
-                    expected(j, purpose, channel, situation, soft=soft)
+                    expected(j, purpose, channel, situation, soft=soft, lapsed=lapsed)
                     if (pu, ch)
                     == (
                         purpose,
@@ -235,6 +246,20 @@ async def test_decision_matrix(platform, situation):
 async def test_decision_matrix_with_eu_soft_opt_in(platform):
     platform.policy = with_soft_opt_in(platform.policy)
     await check(platform, "customer", soft=True)
+
+
+@pytest.mark.parametrize(
+    ("situation", "seconds", "lapsed"),
+    [("granted", -1, False), ("granted", 0, False), ("granted", 1, True), ("regranted", 1, False)],
+)
+async def test_decision_matrix_with_a_consent_validity_period(platform, situation, seconds, lapsed):
+    """Marketing consent valid for 30 days wherever its basis is not the contract, asked a
+    second either side of the lapse of the grant made at T0 (a grant made later, after an
+    opt-out, is still in force): on opt-in channels the customer is as if they never granted;
+    opt-out channels (US marketing email) and other purposes are unaffected."""
+    platform.policy = with_validity(platform.policy, 30)
+    now = T0 + timedelta(days=30, seconds=seconds)
+    await check(platform, situation, now=now, lapsed=lapsed)
 
 
 # POLICIES.md, RU: "no automated dialling for ads" (38-FZ art. 18(2): automatic dialling and

@@ -4,6 +4,9 @@ Seeded random histories of grants, withdrawals, opt-outs (per channel and "*"), 
 never-seen addresses, at times that often tie. The oracle reads the raw tables, applies
 `decide` to every address, and picks the most recently confirmed contactable one; members
 (walked in small pages) and stats must match it exactly, for every purpose and channel.
+With a consent validity period (`consent_valid_days`), the times also fall a second either
+side of minutes and the answer is asked at a minute's boundary of the period, so grants lapse
+one second before it, exactly at it and a second after it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from consent.service import record_consent
 from consent.subjects import profile_subject
 from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
 from consent.tables import consent_state
+from tests.test_rule import with_validity
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 JURISDICTIONS = ["RU", "EU", "US", "US-CA"]
@@ -61,12 +65,17 @@ async def random_base(p, rng: random.Random) -> list[str]:  # type: ignore[no-un
     return [*addresses, "stranger@ex.com", phone(9_999_999)]
 
 
-async def random_history(p, rng: random.Random, addresses: list[str]) -> None:  # type: ignore[no-untyped-def]
+async def random_history(  # type: ignore[no-untyped-def]
+    p, rng: random.Random, addresses: list[str], *, seconds: bool = False
+) -> None:
+    """`seconds`: times a second either side of the minutes too."""
     for step in range(70):
         address = rng.choice(addresses)
         by = {"email": address} if "@" in address else {"phone": address}
         ident = parse_identifier(p.policy, p.keys.indexer, **by)
         when = T0 + timedelta(minutes=rng.randrange(8))
+        if seconds:
+            when += timedelta(seconds=rng.choice([-1, 0, 1]))
         purpose = rng.choice(PURPOSES)
         action = rng.choice(["grant", "grant", "withdraw", "opt_out"])
         if step in (30, 50):  # a record naming two customers' addresses merges them
@@ -102,8 +111,9 @@ async def random_history(p, rng: random.Random, addresses: list[str]) -> None:  
             pass  # e.g. a phone-only customer granting email: refused, nothing stored
 
 
-async def oracle(p, purpose: str, channel: str):  # type: ignore[no-untyped-def]
-    """(members {profile_id: address}, reasons {profile_id: reason|None}) by `decide`."""
+async def oracle(p, purpose: str, channel: str, now: datetime):  # type: ignore[no-untyped-def]
+    """(members {profile_id: address}, reasons {profile_id: reason|None}) by `decide` at
+    `now`."""
     kind = p.policy.address_kind(channel)
     async with p.db.read() as conn:
         people = (
@@ -139,7 +149,7 @@ async def oracle(p, purpose: str, channel: str):  # type: ignore[no-untyped-def]
                 state and state.since,
                 latest_for_profile(supp, held, purpose, channel),
             )
-            reason = decide(p.policy, purpose, channel, facts)
+            reason = decide(p.policy, purpose, channel, facts, now=now)
             reasons[pid] = reason
             if reason is None:
                 members[pid] = str(pid)
@@ -167,10 +177,14 @@ async def oracle(p, purpose: str, channel: str):  # type: ignore[no-untyped-def]
                 state and state.since,
                 latest_suppression(supp, a.bidx, purpose, channel),
             )
-            judged.append((decide(p.policy, purpose, channel, facts), a))
+            judged.append((decide(p.policy, purpose, channel, facts, now=now), a))
         if not judged:
             reasons[pid] = decide(
-                p.policy, purpose, channel, Facts("active", jurisdiction, False, None, None, None)
+                p.policy,
+                purpose,
+                channel,
+                Facts("active", jurisdiction, False, None, None, None),
+                now=now,
             )
             continue
         ok = [a for reason, a in judged if reason is None]
@@ -180,19 +194,28 @@ async def oracle(p, purpose: str, channel: str):  # type: ignore[no-untyped-def]
     return members, reasons
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_segment_sql_agrees_with_decide(platform, seed):
+@pytest.mark.parametrize(
+    ("seed", "validity"), [(1, False), (2, False), (3, False), (4, True), (5, True)]
+)
+async def test_segment_sql_agrees_with_decide(platform, seed, validity):
+    """`validity`: marketing consent valid for 1 day in every jurisdiction, asked at the
+    moment grants made at T0 + 4 minutes reach it."""
     rng = random.Random(seed)
-    await random_history(platform, rng, await random_base(platform, rng))
+    await random_history(platform, rng, await random_base(platform, rng), seconds=validity)
+    now = datetime.now(UTC)
+    if validity:
+        platform.policy = with_validity(platform.policy, 1)
+        now = T0 + timedelta(days=1, minutes=4)
     checked_members = 0
+    lapsed = 0
     for purpose in PURPOSES:
         for channel in CHANNELS:
-            want_members, want_reasons = await oracle(platform, purpose, channel)
+            want_members, want_reasons = await oracle(platform, purpose, channel, now)
             d = Definition(purpose, channel, AllOf(()))
             got, after = {}, None
             while True:
                 async with platform.db.read() as conn:
-                    page = await members_page(conn, platform, d, after=after, limit=5)
+                    page = await members_page(conn, platform, d, after=after, limit=5, now=now)
                 for m in page.items:
                     assert uuid.UUID(m.profile_id) not in got
                     got[uuid.UUID(m.profile_id)] = m.address
@@ -202,7 +225,7 @@ async def test_segment_sql_agrees_with_decide(platform, seed):
             assert got == want_members, (purpose, channel)
             checked_members += len(got)
 
-            stats = await definition_stats(platform, d)
+            stats = await definition_stats(platform, d, now=now)
             assert stats.matched == len(want_reasons)
             assert stats.contactable == len(want_members)
             want = {}
@@ -210,4 +233,9 @@ async def test_segment_sql_agrees_with_decide(platform, seed):
                 if reason is not None:
                     want[reason] = want.get(reason, 0) + 1
             assert {k: v for k, v in stats.excluded.items() if v} == want, (purpose, channel)
-    assert checked_members > 50  # the random base is not degenerate
+            if validity:  # members the period leaves out: asked before any grant lapsed
+                before = T0 - timedelta(days=1)
+                lapsed += len((await oracle(platform, purpose, channel, before))[0])
+                lapsed -= len(want_members)
+    assert checked_members > (20 if validity else 50)  # the random base is not degenerate
+    assert lapsed > 0 if validity else lapsed == 0  # and some grants did lapse

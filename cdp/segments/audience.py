@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import (
     LargeBinary,
@@ -47,7 +48,7 @@ from cdp.db.tables import identities, profile_stats, profiles
 from cdp.segments.conditions import Compiled, ConsentScope
 from cdp.segments.subject_sql import profile_subject_is
 from consent.policy import Policy
-from consent.rule import RuleColumns, contactable_sql, reason_sql
+from consent.rule import RuleColumns, contactable_sql, reason_sql, validity_params
 from consent.tables import consent_state, suppressions
 
 FIRST_ID = uuid.UUID(int=0)  # sorts before every profile id, on both backends
@@ -77,6 +78,11 @@ class Audience:
 
     def contactable(self, c: RuleColumns) -> ColumnElement[bool]:
         return contactable_sql(self.policy, self.purpose, self.channel, c, automated=self.automated)
+
+    def params(self, now: datetime) -> dict[str, datetime]:
+        """The rule's bind parameters at `now` (when a grant made before them has lapsed):
+        every statement built here is executed with them."""
+        return validity_params(self.policy, self.purpose, self.channel, now)
 
     @property
     def scope(self) -> ConsentScope:

@@ -181,9 +181,9 @@ async def opted_out_since(p: Platform, export: Row) -> dict[str, int]:
     dialect = p.db.engine.dialect.name
     # read as not automated (segments.automated): an automated export handed out no one its
     # jurisdiction forbade, and what is counted here is opting out, not a change of jurisdiction
-    query = handed_out_query(
-        Audience(p.policy, export.purpose, export.channel, dialect), handed_table(dialect)
-    )
+    audience = Audience(p.policy, export.purpose, export.channel, dialect)
+    query = handed_out_query(audience, handed_table(dialect))
+    params = audience.params(utcnow())
     seq = -1
     while True:
         async with p.db.read() as conn:
@@ -199,7 +199,8 @@ async def opted_out_since(p: Platform, export: Row) -> dict[str, int]:
                 return counts
             seq = chunk.seq
             await tune(conn)
-            for reason, n in await conn.execute(query, handed_params(dialect, chunk.members)):
+            rows = await conn.execute(query, handed_params(dialect, chunk.members) | params)
+            for reason, n in rows:
                 if reason in counts:
                     counts[reason] += n
 

@@ -138,7 +138,14 @@ async def select_rows(
 ) -> PageRows:
     await tune(conn)
     query, compiled, kind = _statement(p.policy, d, conn.dialect.name, limit + 1)
-    params = {AFTER: after or FIRST_ID, UNTIL: until, **compiled.params(now or utcnow())}
+    now = now or utcnow()
+    audience = Audience(p.policy, d.purpose, d.channel, conn.dialect.name, d.automated)
+    params = {
+        AFTER: after or FIRST_ID,
+        UNTIL: until,
+        **compiled.params(now),
+        **audience.params(now),
+    }
     options = compile_options(conn, d.canonical())
     rows = list((await conn.execute(query, params, execution_options=options)).all())
     more = len(rows) > limit
@@ -152,8 +159,9 @@ async def select_rows(
 
 # Building the members statement (several nested subqueries) cost as much Python time as
 # decrypting a page of 100 members. A statement depends only on the policy, the definition,
-# the dialect and the page size (the keyset position and the "days since" cutoffs are bind
-# parameters given at execution), so the statements of recent definitions are kept.
+# the dialect and the page size (the keyset position, the "days since" cutoffs and the times
+# before which a grant has lapsed, `Audience.params`, are bind parameters given at execution),
+# so the statements of recent definitions are kept.
 #
 # A statement's memory grows with its definition: about 136 KiB for one condition, 800 KiB for
 # 300, 2 MiB for the largest definition the rules allow (500 parts, 20,000 `in` values), and

@@ -212,6 +212,7 @@ async def member_pages(
     """Every member of the segment in profile id order, in pages of at most `page_size`
     members (`range_rows`, rendered). A range without members gives an empty page. Just before
     a page goes out, what changed since its range was selected is checked (`_since`)."""
+    now = now or utcnow()  # one moment for the whole export: its ranges and its rechecks
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
     _, erased_before = await _changes(p)  # before the first range is selected
     recheck = False
@@ -227,7 +228,7 @@ async def member_pages(
                 if recheck:
                     page = await _without_erased(p, page)
                 if got.ledger_seq is not None and seq > got.ledger_seq:
-                    page = await _without_withdrawn(p, audience, got, page)
+                    page = await _without_withdrawn(p, audience, got, page, now)
             yield page
 
 
@@ -268,7 +269,9 @@ _led = consent_ledger.c
 _LEDGER_SINCE = select(_led.address_bidx, _led.profile_id).where(_led.seq > bindparam("seq"))
 
 
-async def _without_withdrawn(p: Platform, audience: Audience, got: PageRows, page: Page) -> Page:
+async def _without_withdrawn(
+    p: Platform, audience: Audience, got: PageRows, page: Page, now: datetime
+) -> Page:
     """The page without the members a withdrawal or opt-out recorded after their range was
     selected has made uncontactable: an opt-out is honoured from its answer on, and a range
     selected ahead of a slow client may wait long before it is sent. Only the members whose
@@ -293,7 +296,7 @@ async def _without_withdrawn(p: Platform, audience: Audience, got: PageRows, pag
         await tune(conn)
         judged = await conn.execute(
             judged_query(audience, handed_table(dialect)),
-            handed_params(dialect, pack([page.handed[i] for i in named])),
+            handed_params(dialect, pack([page.handed[i] for i in named])) | audience.params(now),
         )
         out = {pack([(pid, iid)]) for pid, iid, reason in judged if reason is not None}
     if not out:

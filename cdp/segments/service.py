@@ -17,6 +17,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -252,15 +253,18 @@ async def query_members(
 
 
 # stats -------------------------------------------------------------------------------------
-async def definition_stats(p: Platform, d: Definition) -> StatsOut:
+async def definition_stats(p: Platform, d: Definition, *, now: datetime | None = None) -> StatsOut:
+    """Matched, contactable and excluded by reason at `now` (the current time unless given)."""
+    now = now or utcnow()
     async with p.db.read() as conn:
         await tune(conn)
         dialect = conn.dialect.name
         audience = Audience(p.policy, d.purpose, d.channel, dialect, d.automated)
-        compiled = compile_condition(d.condition, dialect, utcnow(), audience.scope)
+        compiled = compile_condition(d.condition, dialect, now, audience.scope)
         query = stats_query(audience, compiled)
         options = compile_options(conn, d.canonical())
-        counts = {reason: n for reason, n in await conn.execute(query, execution_options=options)}
+        rows = await conn.execute(query, audience.params(now), execution_options=options)
+        counts = {reason: n for reason, n in rows}
     contactable = counts.pop(None, 0)
     excluded = dict.fromkeys(REASONS, 0) | counts
     return StatsOut(
