@@ -15,14 +15,17 @@ from pathlib import Path
 
 from cdp.crypto.master import MasterKey
 from cdp.platform import Platform, open_platform
-from cdp.settings import Settings
+from cdp.settings import DEFAULT_POLICY_DIR, Settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @contextlib.asynccontextmanager
-async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterator[Platform]:
-    """A platform on a new, migrated, empty database that is removed afterwards."""
+async def scratch_platform(
+    db: str, workdir: Path | None = None, policy_dir: Path | None = None
+) -> AsyncIterator[Platform]:
+    """A platform on a new, migrated, empty database that is removed afterwards (with the
+    policies of `policy_dir`, else the shipped ones)."""
     own = workdir is None  # a directory made here is removed afterwards (SQLite: gigabytes)
     tmp = Path(workdir or tempfile.mkdtemp(prefix="cdp-bench-"))
     name = None
@@ -37,7 +40,10 @@ async def scratch_platform(db: str, workdir: Path | None = None) -> AsyncIterato
         await admin.close()
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     settings = Settings(
-        database_url=url, master_key=MasterKey.generate_base64(), dev_key_dir=tmp / "keys"
+        database_url=url,
+        master_key=MasterKey.generate_base64(),
+        dev_key_dir=tmp / "keys",
+        policy_dir=policy_dir or DEFAULT_POLICY_DIR,
     )
     p = await open_platform(settings)
     try:
