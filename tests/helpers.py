@@ -18,6 +18,21 @@ from cdp.platform import Platform
 T = TypeVar("T")
 
 
+async def pg_admin(*statements: str) -> None:
+    """Run statements on the PostgreSQL server as its administrator (outside any database the
+    platform uses)."""
+    import asyncpg
+
+    from tests.conftest import PG_ADMIN_URL
+
+    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def count(p: Platform, table) -> int:  # type: ignore[no-untyped-def]
     async with p.db.read() as conn:
         return (await conn.execute(select(func.count()).select_from(table))).scalar_one()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 
-import asyncpg
 import pytest
 
 from cdp.crypto.master import MasterKey
@@ -16,16 +15,8 @@ from cdp.keyring import rotate_master_key
 from cdp.platform import open_platform
 from cdp.profiles.service import upsert_one
 from cdp.settings import Settings
-from tests.conftest import PG_ADMIN_URL, make_settings
-
-
-async def _pg_admin(*statements: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
+from tests.conftest import make_settings
+from tests.helpers import pg_admin
 
 
 def assert_unavailable(r, *words: str) -> None:  # type: ignore[no-untyped-def]
@@ -46,7 +37,7 @@ async def test_health_and_requests_answer_503_while_the_database_refuses_connect
     await upsert_one(platform, {"source": "crm", "email": "kept@example.com"}, "t")
     lookup = "/v1/profiles?email=kept@example.com"
     assert (await client.get("/health")).status_code == 200
-    await _pg_admin(
+    await pg_admin(
         f'ALTER DATABASE "{pg_database}" ALLOW_CONNECTIONS false',
         f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{pg_database}'",
     )
@@ -60,7 +51,7 @@ async def test_health_and_requests_answer_503_while_the_database_refuses_connect
         )
         assert_unavailable(r, "database")
     finally:
-        await _pg_admin(f'ALTER DATABASE "{pg_database}" ALLOW_CONNECTIONS true')
+        await pg_admin(f'ALTER DATABASE "{pg_database}" ALLOW_CONNECTIONS true')
     assert (await client.get("/health")).json() == {"status": "ok"}
     assert (await client.get(lookup, headers=keys["admin"])).status_code == 200
 

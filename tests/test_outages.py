@@ -25,13 +25,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from consent.suppressions import suppressed_at
-from tests.conftest import PG_ADMIN_URL, pg_url
+from tests.conftest import pg_url
 from tests.crash import Site, free_port, kill, serving
+from tests.helpers import pg_admin
 
 pytestmark = pytest.mark.slow
 
@@ -223,15 +223,6 @@ async def pg_site(pg_database: str | None, tmp_path: Path) -> AsyncIterator[Site
         yield site
     finally:
         await site.drop()
-
-
-async def pg_admin(*statements: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def end_sessions(name: str) -> str:
