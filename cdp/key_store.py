@@ -151,6 +151,8 @@ def _naming_the_store(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitabl
     async def naming(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await method(*args, **kwargs)
+        except KeyStoreDown:  # from a method this one calls: already said
+            raise
         except Exception as exc:
             if not database_unavailable(exc):
                 raise

@@ -21,9 +21,19 @@ _ON_CONNECT_SQLSTATES = frozenset({"3D000", "55000"})
 # PostgreSQL's 53100), or read-only (a file or filesystem made read-only; a PostgreSQL standby
 # or `default_transaction_read_only`, as after a failover to a replica: 25006). PostgreSQL's
 # read-only answer was a 500 "internal error" and `/health` said ok.
-_FULL, _READ_ONLY = "its disk is full", "it is read-only"
-_REFUSING_SQLSTATES = {"53100": _FULL, "25006": _READ_ONLY}
-_REFUSING_SQLITE = {"SQLITE_FULL": _FULL, "SQLITE_READONLY": _READ_ONLY}
+DISK_FULL, READ_ONLY = "its disk is full", "it is read-only"
+_REFUSING_SQLSTATES = {"53100": DISK_FULL, "25006": READ_ONLY}
+_REFUSING_SQLITE = {"SQLITE_FULL": DISK_FULL, "SQLITE_READONLY": READ_ONLY}
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, as SQLAlchemy raises it (the driver's error in
+    `orig`) or as asyncpg does; None for any other error."""
+    for err in (exc, getattr(exc, "orig", None)):
+        state = getattr(err, "sqlstate", None)
+        if state:
+            return str(state)
+    return None
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -38,7 +48,7 @@ def database_unavailable(exc: BaseException) -> bool:
         return False
     if exc.connection_invalidated:
         return True
-    state = getattr(exc.orig, "sqlstate", None) or ""
+    state = sqlstate(exc) or ""
     if state.startswith("08") or state in _UNAVAILABLE_SQLSTATES:
         return True
     connecting = exc.statement is None  # raised while the pool opened a connection
@@ -58,23 +68,14 @@ class WriteRefused(Exception):
         self.why = why
 
 
-def read_only() -> WriteRefused:
-    return WriteRefused(_READ_ONLY)
-
-
-def disk_full() -> WriteRefused:
-    return WriteRefused(_FULL)
-
-
 def write_refused(exc: BaseException) -> str | None:
     """Why the database refused to store a change though it answers ("its disk is full", "it
     is read-only"), or None. The change was not stored: the transaction rolled back."""
     if isinstance(exc, WriteRefused):
         return exc.why
+    if (state := sqlstate(exc)) in _REFUSING_SQLSTATES:
+        return _REFUSING_SQLSTATES[state]
     for err in (exc, getattr(exc, "orig", None)):
-        state = getattr(err, "sqlstate", None)
-        if state in _REFUSING_SQLSTATES:
-            return _REFUSING_SQLSTATES[state]
         name = getattr(err, "sqlite_errorname", None) or ""
         for prefix, why in _REFUSING_SQLITE.items():  # SQLITE_READONLY_DBMOVED and the like
             if name.startswith(prefix):

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.db.availability import sqlstate
+
 if TYPE_CHECKING:
     from cdp.db.engine import Database
 
@@ -35,21 +37,13 @@ RETRIES = 3  # runs of a transaction that lost a deadlock, after the first
 def is_transient_conflict(exc: BaseException) -> bool:
     """True for a deadlock, a serialization failure or a full lock table, as SQLAlchemy raises
     it (the driver's error in `orig`) or as asyncpg does."""
-    return _sqlstate(exc) in TRANSIENT_SQLSTATES
+    return sqlstate(exc) in TRANSIENT_SQLSTATES
 
 
 def is_lock_table_full(exc: BaseException) -> bool:
     """PostgreSQL's shared lock table is full: the server needs a larger
     `max_locks_per_transaction` for the writes it is given at once."""
-    return _sqlstate(exc) == LOCK_TABLE_FULL
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    for err in (exc, getattr(exc, "orig", None)):
-        state = getattr(err, "sqlstate", None)
-        if state:
-            return str(state)
-    return None
+    return sqlstate(exc) == LOCK_TABLE_FULL
 
 
 async def write_retried(

@@ -20,7 +20,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from cdp.db.availability import disk_full, read_only, write_refused
+from cdp.db.availability import DISK_FULL, READ_ONLY, WriteRefused, write_refused
 from cdp.db.group_commit import Apply, GroupCommit
 from cdp.db.sqlite_driver import one_hop_dbapi
 
@@ -205,13 +205,13 @@ class Database:
         if self.is_postgres:
             state = await conn.scalar(text("SELECT current_setting('transaction_read_only')"))
             if state == "on":
-                raise read_only()
+                raise WriteRefused(READ_ONLY)
             return
         why = self.write_refused
         if why is None:
             return
-        if why == disk_full().why and _free_bytes(self.url) < ROOM_AFTER_FULL:
-            raise disk_full()
+        if why == DISK_FULL and _free_bytes(self.url) < ROOM_AFTER_FULL:
+            raise WriteRefused(DISK_FULL)
         async with self.write() as probe:
             version = int(await probe.scalar(text("PRAGMA user_version")) or 0)
             await probe.exec_driver_sql(f"PRAGMA user_version = {version}")
