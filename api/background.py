@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from cdp.cancellation import stop_if_cancelled
+from cdp.cancellation import run_every
 from cdp.platform import Platform
 
 log = structlog.get_logger(__name__)
@@ -22,15 +22,7 @@ log = structlog.get_logger(__name__)
 
 async def refresh_statistics_periodically(p: Platform, interval_s: float) -> None:
     """Keep planner statistics current as tables grow (see Database.refresh_statistics)."""
-    while True:
-        try:
-            await p.db.refresh_statistics()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep serving: the next interval retries
-            stop_if_cancelled()
-            log.error("statistics_refresh_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval_s)
+    await run_every(interval_s, p.db.refresh_statistics, failed="statistics_refresh_failed")
 
 
 @contextlib.asynccontextmanager

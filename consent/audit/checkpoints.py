@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.cancellation import stop_if_cancelled
+from cdp.cancellation import run_every
 from cdp.ids import new_id, utcnow
 from cdp.platform import Platform
 from consent.audit.signing import AuditSigner, key_id_of, signature_valid, signer_for
@@ -182,15 +182,11 @@ async def checkpoint_periodically(p: Platform, interval_s: float) -> None:
 
     A failure (database down, broken chain) is logged and retried at the next interval.
     """
-    while True:
-        try:
-            await create_checkpoint(p, only_if_changed=True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # keep running: the next interval retries
-            stop_if_cancelled()
-            log.error("audit_checkpoint_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval_s)
+    await run_every(
+        interval_s,
+        lambda: create_checkpoint(p, only_if_changed=True),
+        failed="audit_checkpoint_failed",
+    )
 
 
 def read_checkpoint_file(path: Path) -> list[Checkpoint]:

@@ -35,7 +35,6 @@ does not stop the erasure, as it would not stop a customer's own request.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -45,7 +44,7 @@ import structlog
 from sqlalchemy import ColumnElement, Select, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.cancellation import stop_if_cancelled
+from cdp.cancellation import run_every
 from cdp.db.engine import lock_keys
 from cdp.db.tables import access_log, events, identities, profiles
 from cdp.ids import utcnow
@@ -286,12 +285,4 @@ def any_period(p: Platform) -> bool:
 async def retention_periodically(p: Platform, interval_s: float = INTERVAL) -> None:
     """Inside `cdp serve` where a period is set: a run at start, then one a day. A failed run
     is logged (its error type) and the next one retries; what it requested stays requested."""
-    while True:
-        try:
-            await run_retention(p, utcnow())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            stop_if_cancelled()
-            log.error("retention_run_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval_s)
+    await run_every(interval_s, lambda: run_retention(p, utcnow()), failed="retention_run_failed")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import select
 
-from cdp.cancellation import stop_if_cancelled
+from cdp.cancellation import run_every, stop_if_cancelled
 from cdp.platform import Platform
 from consent.dsr import states
 from consent.dsr.erasure import WORKER, process
@@ -91,13 +91,8 @@ async def run_pending(p: Platform, actor: str = WORKER) -> RunSummary:
 
 
 async def run_forever(p: Platform, interval: float = DEFAULT_INTERVAL) -> None:
-    while True:
-        try:
-            await run_pending(p)
-        except Exception as exc:  # e.g. the database is briefly unreachable
-            stop_if_cancelled()
-            log.error("dsr_worker_pass_failed", error=type(exc).__name__)
-        await asyncio.sleep(interval)
+    # a pass that fails (the database briefly unreachable) is logged; the next one retries
+    await run_every(interval, lambda: run_pending(p), failed="dsr_worker_pass_failed")
 
 
 @contextlib.asynccontextmanager
