@@ -47,14 +47,18 @@ def is_lock_table_full(exc: BaseException) -> bool:
 
 
 async def write_retried(
-    db: Database, work: Callable[[AsyncConnection], Awaitable[R]], *, name: str
+    db: Database,
+    work: Callable[[AsyncConnection], Awaitable[R]],
+    *,
+    name: str,
+    urgent: bool = False,
 ) -> R:
     """`work` in a write transaction, run again (up to RETRIES times, after a short random
     pause) when PostgreSQL aborted it to break a deadlock. `work` must make nothing outside
     the transaction that a second run would make twice."""
     for attempt in range(RETRIES + 1):
         try:
-            async with db.write() as conn:
+            async with db.write(urgent=urgent) as conn:
                 return await work(conn)
         except Exception as exc:
             if attempt == RETRIES or not is_transient_conflict(exc):

@@ -8,7 +8,6 @@ identifier takes transaction-scoped advisory locks with `lock_keys`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sqlite3
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from cdp.db.availability import DISK_FULL, READ_ONLY, WriteRefused, write_refused
 from cdp.db.group_commit import Apply, GroupCommit
 from cdp.db.sqlite_driver import one_hop_dbapi
+from cdp.db.write_lock import WriteLock
 
 log = structlog.get_logger(__name__)
 
@@ -149,16 +149,21 @@ class Database:
         )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._write_lock = WriteLock() if self.is_sqlite else None
         self._groups: dict[str, GroupCommit] = {}
         self._write_pragmas = _DEFAULT_WRITE_PRAGMAS
         self.write_refused: str | None = None  # why the last write was refused, if it was
 
-    def group_commit(self, name: str, apply: Apply, *, max_batch: int = 256) -> GroupCommit:
-        """The shared group-commit queue for writes of one kind (see cdp.db.group_commit)."""
+    def group_commit(
+        self, name: str, apply: Apply, *, max_batch: int = 256, urgent: bool = False
+    ) -> GroupCommit:
+        """The shared group-commit queue for writes of one kind (see cdp.db.group_commit);
+        `urgent`: its transactions go ahead of other writers (`write`)."""
         group = self._groups.get(name)
         if group is None:
-            group = self._groups[name] = GroupCommit(self, apply, name=name, max_batch=max_batch)
+            group = self._groups[name] = GroupCommit(
+                self, apply, name=name, max_batch=max_batch, urgent=urgent
+            )
         return group
 
     @asynccontextmanager
@@ -180,12 +185,13 @@ class Database:
                 await conn.invalidate()
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction. One that the database refuses for want of disk or for being
         read-only is remembered (`write_refused`) until one commits: `/health` then fails
-        (`check_writable`)."""
+        (`check_writable`). `urgent` (opt-outs): on SQLite, it waits for the write in progress
+        and is next, ahead of this process's other writers (cdp.db.write_lock)."""
         try:
-            async with self._write_transaction() as conn:
+            async with self._write_transaction(urgent) as conn:
                 yield conn
         except Exception as exc:
             if (why := write_refused(exc)) is not None:
@@ -217,12 +223,13 @@ class Database:
             await probe.exec_driver_sql(f"PRAGMA user_version = {version}")
 
     @asynccontextmanager
-    async def _write_transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def _write_transaction(self, urgent: bool) -> AsyncIterator[AsyncConnection]:
         if self._write_lock is None:
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
             return
-        async with self._write_lock, self.engine.connect() as conn:
+        turn = self._write_lock.urgent() if urgent else self._write_lock
+        async with turn, self.engine.connect() as conn:
             conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with conn.begin():
                 await self._tune_for_writes(conn)

@@ -39,8 +39,11 @@ Apply = Callable[[AsyncConnection, list[T]], Awaitable[Sequence["R | Exception"]
 
 
 class GroupCommit(Generic[T, R]):
-    def __init__(self, db: Database, apply: Apply, *, name: str, max_batch: int = 256) -> None:
+    def __init__(
+        self, db: Database, apply: Apply, *, name: str, max_batch: int = 256, urgent: bool = False
+    ) -> None:
         self._db = db
+        self._urgent = urgent
         self._apply = apply
         self._name = name
         self._max_batch = max_batch
@@ -89,7 +92,10 @@ class GroupCommit(Generic[T, R]):
     async def _run(self, items: list[T]) -> Sequence[R | Exception]:
         """`apply` in a write transaction, run again when it lost a deadlock."""
         return await write_retried(
-            self._db, lambda conn: self._apply(conn, items), name=f"group-commit:{self._name}"
+            self._db,
+            lambda conn: self._apply(conn, items),
+            name=f"group-commit:{self._name}",
+            urgent=self._urgent,
         )
 
 
