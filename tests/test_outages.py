@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import random
 import re
+import signal
 import subprocess
 import threading
 import uuid
@@ -262,12 +263,16 @@ async def test_a_read_only_postgresql_is_a_503_not_a_500(pg_site):
 
 class TcpProxy:
     """A TCP proxy to PostgreSQL that the test controls: it forwards, or refuses every new
-    connection (`refuse`: accepted and reset at once, as a server that is going down), and
-    `cut` resets every connection it carries (a restart, a network failure)."""
+    connection (`refuse`: accepted and reset at once, as a server that is going down), `cut`
+    resets every connection it carries (a restart, a network failure), and `freeze` keeps every
+    connection open but forwards nothing more either way (a host that vanished without a reset:
+    powered off, a network partition, a firewall dropping packets)."""
 
     def __init__(self, port: int = 5432) -> None:
         self.target = port
         self.refusing = False
+        self.thawed = asyncio.Event()
+        self.thawed.set()
         self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -297,6 +302,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self.thawed.wait()
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.CancelledError):
@@ -311,6 +317,9 @@ class TcpProxy:
     def resume(self) -> None:
         self.refusing = False
 
+    def freeze(self) -> None:
+        self.thawed.clear()
+
     def cut(self) -> None:
         for pair in list(self.pairs):
             for writer in pair:
@@ -318,6 +327,7 @@ class TcpProxy:
         self.pairs.clear()
 
     async def close(self) -> None:
+        self.thawed.set()
         self.cut()
         if self.server is not None:
             self.server.close()
@@ -432,6 +442,32 @@ async def test_postgresql_going_away_under_load_loses_nothing_acknowledged(pg_si
         server.assert_log_clean()
     site.url = pg_url(site.pg_name or "")
     await assert_suppressed(site, load.acked)
+
+
+async def test_serve_stops_when_asked_though_its_database_host_vanished(pg_site, proxy):
+    """PostgreSQL's host goes silent (no reset: powered off, partitioned) while `cdp serve`
+    holds pooled connections to it and its key store, and the service is asked to stop
+    (SIGTERM, as systemd or Kubernetes do): it waited for ever to close connections that would
+    never answer, until it was killed. Now it gives them up and ends."""
+    site = pg_site
+    site.url = proxy.url(site.url)  # the key store's database too (derived from it)
+    assert (await asyncio.to_thread(site.cli, "migrate")).returncode == 0
+    ingest = await api_key(site, "ingest")
+    async with served(site, "vanished") as server:
+        load = Load(server.client, ingest)
+        assert set(await load.run(clients=6, each=3)) <= {200, 201}  # connections pooled
+        proxy.freeze()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(server.proc.wait, HANG_GUARD)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"cdp serve did not end within {HANG_GUARD:.0f} s of SIGTERM")
+        # uvicorn ends by raising again the signal it stopped for, once it has shut down
+        assert code == -signal.SIGTERM, "".join(server.log)[-3000:]
+        server.assert_log_clean()
+
+
+HANG_GUARD = 60.0  # seconds: far beyond the service's own bound on closing (a hang, not a wait)
 
 
 async def test_an_import_whose_key_store_goes_away_names_it_and_what_is_stored(pg_site, proxy):

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from cdp.db.availability import DISK_FULL, READ_ONLY, WriteRefused, write_refused
 from cdp.db.group_commit import Apply, GroupCommit
+from cdp.db.pg_connection import bounded_close_class
 from cdp.db.sqlite_driver import one_hop_dbapi
 from cdp.db.write_lock import WriteLock
 
@@ -87,7 +88,7 @@ def make_engine(
         max_overflow=max_overflow,
         pool_pre_ping=True,
         hide_parameters=True,
-        connect_args={"timeout": connect_timeout},
+        connect_args={"timeout": connect_timeout, "connection_class": bounded_close_class()},
     )
 
 
