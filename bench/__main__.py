@@ -62,7 +62,7 @@ def suites(scale: int, dbs: list[str]) -> list[tuple[str, list[str]]]:
             ["bench.api", "--scale", str(min(scale, 100_000)), *db_args],
         ),
         ("Opt-out to webhook delivery lag", ["bench.webhooks", *db_args]),
-        ("Opt-out latency under batch ingests", ["bench.optout_latency", *db_args]),
+        ("Opt-out latency under load", ["bench.optout_latency", *db_args]),
         ("Probabilistic matching on FEBRL", ["bench.febrl"]),
     ]
 

@@ -8,8 +8,9 @@ webhook and a customer on the unsubscribe page each give up after seconds and tr
 not at all. For each database: the latency of an opt-out sent every 0.2 s (p50, p95, max)
 with the server idle (the baseline), then while `--clients` clients each post batches of
 `--batch` new customers to `/v1/profiles/batch` one after another, as an import over the API
-does, and the ratio of the two; with the batches' own rate, so a change that makes opt-outs
-quick by starving the batches shows.
+does, and while a `cdp import` of `--import-rows` runs beside the server (`--load` picks one),
+and the ratio of each to the baseline; with the load's own rate, so a change that makes
+opt-outs quick by starving the load shows.
 
 The load is generated here (bodies built once, sent as bytes), the server is its own process.
 """
@@ -31,6 +32,7 @@ import httpx
 
 from bench.api import free_port
 from bench.common import scratch_platform
+from bench.data import write_customers
 from cdp.apikeys import create_key
 
 
@@ -96,8 +98,47 @@ async def batches(
     return stored, shed
 
 
-async def run(db: str, clients: int, size: int, seconds: float) -> str:
+async def importing(env: dict, tmp: Path, rows: int) -> tuple[int, float]:
+    """`cdp import` of `rows` new customers beside the server: (rows, seconds)."""
+    path = write_customers(tmp / f"import-{uuid.uuid4().hex[:6]}.csv", rows)
+    t = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cdp.cli",
+        "import",
+        str(path),
+        "--source",
+        "crm",
+        "--rejects",
+        str(tmp / "rejects.csv"),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if await proc.wait() != 0:
+        raise SystemExit("the import failed")
+    return rows, time.perf_counter() - t
+
+
+async def during_import(
+    client: httpx.AsyncClient, h: dict, env: dict, tmp: Path, rows: int
+) -> tuple[list[float], int, float]:
+    """Opt-outs every 0.2 s for as long as a `cdp import` of `rows` runs."""
+    task = asyncio.create_task(importing(env, tmp, rows))
+    out: list[float] = []
+    i = 0
+    while not task.done():
+        out += await opt_outs(client, h, time.perf_counter() + 0.01, f"imp{i}")
+        i += 1
+    stored, took = await task
+    return out, stored, took
+
+
+async def run(db: str, args: argparse.Namespace) -> list[str]:
+    """The table's rows for `db`: under batches, and under a `cdp import`."""
     tmp = Path(tempfile.mkdtemp(prefix="cdp-optout-"))
+    rows = []
     async with scratch_platform(db, tmp) as p:
         ingest = await create_key(p.db, "bench-ingest", "ingest")
         env = {
@@ -116,7 +157,7 @@ async def run(db: str, clients: int, size: int, seconds: float) -> str:
         )
         try:
             h = {"Authorization": f"Bearer {ingest}"}
-            limits = httpx.Limits(max_connections=clients + 4)
+            limits = httpx.Limits(max_connections=args.clients + 4)
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=300
             ) as client:
@@ -127,20 +168,32 @@ async def run(db: str, clients: int, size: int, seconds: float) -> str:
                     except httpx.TransportError:
                         pass
                     await asyncio.sleep(0.1)
-                idle = await opt_outs(client, h, time.perf_counter() + seconds / 2, "idle")
-                stop = time.perf_counter() + seconds
-                t = time.perf_counter()
-                (busy, (stored, shed)) = await asyncio.gather(
-                    opt_outs(client, h, stop, "busy"), batches(client, h, stop, clients, size)
-                )
-                took = time.perf_counter() - t
+                idle = await opt_outs(client, h, time.perf_counter() + args.seconds / 2, "idle")
+                base = statistics.median(idle) * 1000
+                if "batches" in args.load:
+                    stop = time.perf_counter() + args.seconds
+                    t = time.perf_counter()
+                    (busy, (stored, shed)) = await asyncio.gather(
+                        opt_outs(client, h, stop, "busy"),
+                        batches(client, h, stop, args.clients, args.batch),
+                    )
+                    took = time.perf_counter() - t
+                    load = f"{args.clients} clients posting batches of {args.batch}"
+                    rows.append(row(db, load, base, busy, stored / took, shed))
+                if "import" in args.load:
+                    busy, stored, took = await during_import(client, h, env, tmp, args.import_rows)
+                    load = f"`cdp import` of {args.import_rows:,}"
+                    rows.append(row(db, load, base, busy, stored / took, 0))
         finally:
             server.terminate()
             server.wait(timeout=60)
-    base = statistics.median(idle) * 1000
+    return rows
+
+
+def row(db: str, load: str, base: float, busy: list[float], rate: float, shed: int) -> str:
     return (
-        f"| {db} | {base:.1f} | {pct(busy, 0.5):.0f} | {pct(busy, 0.95):.0f} "
-        f"| {max(busy) * 1000:.0f} | {pct(busy, 0.5) / base:.0f}x | {stored / took:,.0f} "
+        f"| {db} | {load} | {base:.1f} | {pct(busy, 0.5):.0f} | {pct(busy, 0.95):.0f} "
+        f"| {max(busy) * 1000:.0f} | {pct(busy, 0.5) / base:.0f}x | {rate:,.0f} "
         f"| {shed} | {len(busy)} |"
     )
 
@@ -148,21 +201,22 @@ async def run(db: str, clients: int, size: int, seconds: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--db", action="append", choices=["sqlite", "postgres"])
+    ap.add_argument("--load", action="append", choices=["batches", "import"], help="default: both")
     ap.add_argument("--clients", type=int, default=60)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--import-rows", type=int, default=100_000)
     args = ap.parse_args()
+    args.load = args.load or ["batches", "import"]
+    print("Opt-out latency (an opt-out every 0.2 s) while the service is loaded\n")
     print(
-        f"Opt-out latency while {args.clients} clients post batches of {args.batch} "
-        f"new customers ({args.seconds:.0f} s)\n"
+        "| db | load | idle p50 ms (baseline) | busy p50 ms | busy p95 ms | busy max ms "
+        "| p50 ratio | load records/s | batches shed | opt-outs |"
     )
-    print(
-        "| db | idle p50 ms (baseline) | busy p50 ms | busy p95 ms | busy max ms "
-        "| p50 ratio | batch records/s | batches shed | opt-outs |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for db in args.db or ["sqlite"]:
-        print(asyncio.run(run(db, args.clients, args.batch, args.seconds)), flush=True)
+        for line in asyncio.run(run(db, args)):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
