@@ -386,7 +386,8 @@ def by_column(errors: list[FieldError], claims: Any) -> list[FieldError]:
 
 class _Transactions:
     """The import's write transactions: opened on demand, shared by consecutive chunks, and
-    committed once they hold TXN_ROWS rows or have been open TXN_SECONDS."""
+    committed once they hold TXN_ROWS rows or have been open TXN_SECONDS, or when a writer of
+    another process waits (cdp.db.writer_turnstile)."""
 
     def __init__(self, p: Platform) -> None:
         self._p = p
@@ -403,7 +404,7 @@ class _Transactions:
             return []
         if self._stack is None:
             stack = contextlib.AsyncExitStack()
-            self._conn = await stack.enter_async_context(self._p.db.write())
+            self._conn = await stack.enter_async_context(self._p.db.write(bulk=True))
             self._stack, self._rows, self._opened = stack, 0, time.monotonic()
         outcomes = await store_prepared_in(self._conn, self._p, prepared, actor)
         self._rows += len(prepared)
@@ -412,6 +413,7 @@ class _Transactions:
             not self._p.db.is_sqlite
             or self._rows >= TXN_ROWS
             or time.monotonic() - self._opened >= TXN_SECONDS
+            or self._p.db.writers_waiting()
         ):
             await self.commit()
         return outcomes

@@ -24,6 +24,7 @@ from cdp.db.group_commit import Apply, GroupCommit
 from cdp.db.pg_connection import bounded_close_class
 from cdp.db.sqlite_driver import one_hop_dbapi
 from cdp.db.write_lock import WriteLock
+from cdp.db.writer_turnstile import WriterTurnstile
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +109,15 @@ def create_owner_only(url: str) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def _turnstile(url: str) -> WriterTurnstile | None:
+    """The writers' turnstile beside a SQLite database file; none in memory or read-only."""
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if not path or path == ":memory:" or path.startswith("file:") or "mode" in parsed.query:
+        return None
+    return WriterTurnstile(os.path.abspath(path))
+
+
 def _free_bytes(url: str) -> int:
     """Bytes free to an unprivileged writer where the SQLite database at `url` lies."""
     path = os.path.dirname(os.path.abspath(make_url(url).database or "."))
@@ -151,6 +161,7 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._write_lock = WriteLock() if self.is_sqlite else None
+        self._turnstile = _turnstile(url) if self.is_sqlite else None
         self._groups: dict[str, GroupCommit] = {}
         self._write_pragmas = _DEFAULT_WRITE_PRAGMAS
         self.write_refused: str | None = None  # why the last write was refused, if it was
@@ -186,13 +197,17 @@ class Database:
                 await conn.invalidate()
 
     @asynccontextmanager
-    async def write(self, *, urgent: bool = False) -> AsyncIterator[AsyncConnection]:
+    async def write(
+        self, *, urgent: bool = False, bulk: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
         """A write transaction. One that the database refuses for want of disk or for being
         read-only is remembered (`write_refused`) until one commits: `/health` then fails
         (`check_writable`). `urgent` (opt-outs): on SQLite, it waits for the write in progress
-        and is next, ahead of this process's other writers (cdp.db.write_lock)."""
+        and is next, ahead of this process's other writers (cdp.db.write_lock). `bulk` (an
+        import's transactions): on SQLite, it lets the other processes' writers go first
+        (cdp.db.writer_turnstile)."""
         try:
-            async with self._write_transaction(urgent) as conn:
+            async with self._write_transaction(urgent, bulk) as conn:
                 yield conn
         except Exception as exc:
             if (why := write_refused(exc)) is not None:
@@ -224,17 +239,38 @@ class Database:
             await probe.exec_driver_sql(f"PRAGMA user_version = {version}")
 
     @asynccontextmanager
-    async def _write_transaction(self, urgent: bool) -> AsyncIterator[AsyncConnection]:
+    async def _write_transaction(self, urgent: bool, bulk: bool) -> AsyncIterator[AsyncConnection]:
         if self._write_lock is None:
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
             return
         turn = self._write_lock.urgent() if urgent else self._write_lock
-        async with turn, self.engine.connect() as conn:
+        async with turn, self._other_processes(bulk), self.engine.connect() as conn:
             conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with conn.begin():
                 await self._tune_for_writes(conn)
                 yield conn
+
+    def writers_waiting(self) -> bool:
+        """SQLite: a writer of another process waits for this one's bulk transaction."""
+        return self._turnstile is not None and self._turnstile.writers_waiting()
+
+    @asynccontextmanager
+    async def _other_processes(self, bulk: bool) -> AsyncIterator[None]:
+        """SQLite: a bulk transaction begins once the other processes' writers have gone (for
+        a moment at most); any other is known to them as waiting or writing until it ends."""
+        turnstile = self._turnstile
+        if turnstile is None:
+            yield
+        elif bulk:
+            await turnstile.let_writers_go()
+            yield
+        else:
+            await turnstile.enter()
+            try:
+                yield
+            finally:
+                turnstile.leave()
 
     async def _tune_for_writes(self, conn: AsyncConnection) -> None:
         """Bring the SQLite connection's write settings to the current mode (bulk or not)."""
@@ -309,6 +345,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._turnstile is not None:
+            self._turnstile.close()
 
 
 def lock_key(value: bytes | str) -> int:
