@@ -92,6 +92,7 @@ class WriterTurnstile:
             return
 
     def close(self) -> None:
+        """Close the file (its locks go with it); used again, it is opened again."""
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+        self._fd, self._opened = None, False
