@@ -53,3 +53,16 @@ async def test_the_requests_benchmark_runs(backend):
     for line in lines:
         cells = table_row(line, "sqlite")
         assert all(NUMBER.search(c) for c in cells[2:]), line
+
+
+@pytest.mark.slow
+async def test_the_scale_benchmark_runs(backend, tmp_path):
+    if backend != "sqlite":
+        return
+    from bench import scale as bench_scale
+
+    lines = await bench_scale.run("sqlite", 300, 600, 1, tmp_path, keep=False)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| request")]
+    assert len(rows) == len(bench_scale.REQUESTS)
+    for line in rows:  # every request answered as expected, on both bases
+        assert "HTTP" not in line, line
