@@ -93,7 +93,9 @@ async def plain_ids_left(db: Database) -> bool:
     """Whether an event recorded before sealing still keeps its plain id (`cdp events seal`
     has not run since the upgrade)."""
     async with db.read() as conn:
-        found = await conn.execute(select(events.c.id).where(events.c.event_id.is_not(None)))
+        found = await conn.execute(
+            select(events.c.id).where(events.c.event_id.is_not(None)).limit(1)
+        )
         return found.first() is not None
 
 

@@ -31,6 +31,7 @@ from cdp.crypto.blind_index import BlindIndexer
 from cdp.crypto.fields import CryptoError, FieldCipher, new_data_key
 from cdp.crypto.master import MasterKey, WrongMasterKeyError, hkdf
 from cdp.db.engine import Database, overwrite_deleted
+from cdp.db.partial import is_not
 from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys
 from cdp.errors import DomainError, Gone, InvalidInput
@@ -543,7 +544,7 @@ async def split_whole_keys(db: Database, master: MasterKey, store: KeyStore) -> 
             rows = (
                 await conn.execute(
                     select(pk.profile_id, pk.key_id, pk.wrapped)
-                    .where(pk.split.is_(False), pk.master_key_id == master.key_id)
+                    .where(is_not(pk.split), pk.master_key_id == master.key_id)
                     .limit(1000)
                 )
             ).all()
@@ -592,6 +593,6 @@ async def whole_keys_left(db: Database) -> bool:
     upgrade): such a customer stays readable in backups after an erasure."""
     async with db.read() as conn:
         found = await conn.execute(
-            select(profile_keys.c.profile_id).where(profile_keys.c.split.is_(False)).limit(1)
+            select(profile_keys.c.profile_id).where(is_not(profile_keys.c.split)).limit(1)
         )
         return found.first() is not None

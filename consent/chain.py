@@ -294,7 +294,13 @@ async def verify_chain(
     seq to verify (default: the last one this transaction sees).
     """
     seq = consent_ledger.c.seq
-    lowest, highest = (await conn.execute(select(func.min(seq), func.max(seq)))).one()
+    # two subqueries: SQLite reads min and max off the index only when each is alone in its
+    # SELECT, and otherwise scans the whole ledger (every evidence bundle and checkpoint did)
+    lowest, highest = (
+        await conn.execute(
+            select(select(func.min(seq)).scalar_subquery(), select(func.max(seq)).scalar_subquery())
+        )
+    ).one()
     if upto is None:
         upto = highest or 0
     # the chain numbers its entries from 1: a row below (written by hand) is outside what the

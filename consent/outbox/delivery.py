@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError
+from cdp.db.partial import equals, is_not
 from cdp.db.tables import identities
 from cdp.db.types import UTCDateTime
 from cdp.ids import new_id, utcnow
@@ -103,7 +104,7 @@ def retry_delay(attempt: int, cfg: DispatchConfig, rng: random.Random | None = N
 
 def _due(now):  # type: ignore[no-untyped-def]
     return (
-        (d.status == "pending")
+        equals(d.status, "pending")
         & (d.next_attempt_at <= now)
         & or_(d.lease_until.is_(None), d.lease_until < now)
     )
@@ -112,7 +113,7 @@ def _due(now):  # type: ignore[no-untyped-def]
 async def work_waiting(p: Platform) -> bool:
     """One cheap read: is there an event to fan out or a delivery due?"""
     now = utcnow()
-    unfanned = exists().where(outbox_events.c.fanned_out.is_(False))
+    unfanned = exists().where(is_not(outbox_events.c.fanned_out))
     async with p.db.read() as conn:
         return bool((await conn.execute(select(or_(unfanned, exists().where(_due(now)))))).scalar())
 
@@ -148,14 +149,17 @@ async def claim_in(
     blocked = exists().where(
         e.subscription_id == d.subscription_id,
         e.order_key == d.order_key,
-        e.status == "pending",
+        equals(e.status, "pending"),
         e.event_seq < d.event_seq,
     )
     query = select(d.id, d.subscription_id).where(_due(now), ~blocked)
     full = [sid for sid, n in room.items() if n <= 0]
     if full:
         query = query.where(d.subscription_id.notin_(full))
-    query = query.order_by(d.event_seq).limit(limit)
+    # ordered by `event_seq + 0`, not by its index: walking that index in order, SQLite read
+    # every delivery kept (the delivered ones of the retention period) to reach the few due
+    # ones, which the partial index of due deliveries finds and a sort puts in order
+    query = query.order_by(d.event_seq + 0).limit(limit)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True, of=webhook_deliveries)
     ids = []

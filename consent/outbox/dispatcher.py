@@ -26,6 +26,7 @@ import httpx
 import structlog
 from sqlalchemy import func, select
 
+from cdp.db.partial import equals, is_not
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
 from consent.outbox.delivery import (
@@ -226,10 +227,12 @@ async def outstanding(p: Platform) -> int:
     """Events not fanned out plus deliveries still pending."""
     async with p.db.read() as conn:
         events = (
-            await conn.execute(select(func.count()).where(outbox_events.c.fanned_out.is_(False)))
+            await conn.execute(select(func.count()).where(is_not(outbox_events.c.fanned_out)))
         ).scalar_one()
         pending = (
-            await conn.execute(select(func.count()).where(webhook_deliveries.c.status == "pending"))
+            await conn.execute(
+                select(func.count()).where(equals(webhook_deliveries.c.status, "pending"))
+            )
         ).scalar_one()
     return events + pending
 

@@ -15,6 +15,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import xact_lock
+from cdp.db.partial import is_not
 from cdp.db.upsert import insert_ignore
 from cdp.ids import new_id, utcnow
 from cdp.keyring import Keyring
@@ -61,7 +62,7 @@ async def fan_out_in(conn: AsyncConnection, keys: Keyring, batch: int = BATCH) -
                 oe.recorded_at,
                 oe.address_sealed.is_not(None).label("sealed"),
             )
-            .where(oe.fanned_out.is_(False))
+            .where(is_not(oe.fanned_out))
             .order_by(oe.seq)
             .limit(batch)
         )

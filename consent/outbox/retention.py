@@ -23,16 +23,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, delete, exists, literal_column, select
+from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from cdp.db.partial import among, equals
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
 from consent.outbox.fanout import try_lock
 from consent.outbox.sealed import forget_sent
 from consent.outbox.subscriptions import forget_expired_secrets
+from consent.outbox.tables import ENDED as ENDED_STATUSES
 from consent.outbox.tables import (
     outbox_events,
     webhook_attempts,
@@ -45,8 +47,8 @@ d = webhook_deliveries.c
 oe = outbox_events.c
 ws = webhook_subscriptions.c
 # literal values, as in the partial indexes' predicates, so both planners can use them
-DELIVERED = d.status == literal_column("'delivered'")
-ENDED = d.status.in_([literal_column("'dead'"), literal_column("'cancelled'")])
+DELIVERED = equals(d.status, "delivered")
+ENDED = among(d.status, ENDED_STATUSES)
 
 
 @dataclass(slots=True)

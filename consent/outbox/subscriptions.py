@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
 from cdp.crypto.fields import CryptoError, FieldCipher
+from cdp.db.partial import is_not
 from cdp.errors import InvalidInput, NotFound
 from cdp.ids import new_id, parse_uuid, utcnow
 from cdp.platform import Platform
@@ -201,7 +202,7 @@ async def get(p: Platform, subscription_id: str) -> SubscriptionOut:
 
 # events the fan-out has not queued yet: their subscriptions cannot list them yet
 _OLDEST_UNQUEUED = select(func.min(outbox_events.c.recorded_at)).where(
-    outbox_events.c.fanned_out.is_(False)
+    is_not(outbox_events.c.fanned_out)
 )
 
 

@@ -141,6 +141,9 @@ Index(
     postgresql_where=text("status = 'delivered'"),
     sqlite_where=text("status = 'delivered'"),
 )
+# the statuses of a delivery that has ended without being delivered: the ended index's WHERE,
+# which a query names as `cdp.db.partial.among(status, ENDED)` to use it
+ENDED = ("dead", "cancelled")
 Index(
     "ix_webhook_deliveries_ended",
     webhook_deliveries.c.next_attempt_at,
