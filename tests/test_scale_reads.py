@@ -14,11 +14,13 @@ from datetime import timedelta
 
 from sqlalchemy import insert
 
-from cdp.db.tables import profile_keys
+from api.controllers.console import recent_access
+from cdp.db.tables import access_log, profile_keys
 from cdp.ids import utcnow
 from cdp.keyring import whole_keys_left
 from cdp.ops_figures import figures
 from cdp.platform import Platform
+from consent.audit import access
 from consent.chain import verify_chain
 from consent.outbox import delivery, dispatcher, fanout
 from consent.outbox.config import DispatchConfig
@@ -168,3 +170,75 @@ async def test_the_ledger_bounds_are_read_off_its_index(platform: Platform) -> N
             result = await verify_chain(conn, after=(FILL, entries[-1]["hash"]))
     assert result.ok
     assert await most_read(platform, seen, "consent_ledger") < LITTLE
+
+
+async def _access_log(p: Platform) -> list[dict]:
+    """FILL access-log entries by one busy key, a minute apart, the newest last."""
+    now = utcnow()
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "at": now - timedelta(minutes=FILL - i),
+            "actor": "crm-key",
+            "role": "compliance",
+            "action": "profile.read",
+            "object_type": "profile",
+            "object_id": None,
+            "profile_id": None,
+            "rows": 1,
+        }
+        for i in range(FILL)
+    ]
+    await _bulk(p, access_log, rows)
+    return rows
+
+
+async def test_a_page_deep_into_the_access_log_reads_one_page(platform: Platform) -> None:
+    """The audit API's cursor continued after (at, id) with an OR that no index could seek:
+    the page after the 4,900th entry read the 4,900 before it, and paging through a log was
+    quadratic."""
+    rows = await _access_log(platform)
+    mark = rows[-100]
+    with captured(platform) as seen:
+        async with platform.db.read() as conn:
+            items, more = await access.page(
+                conn, access.AccessFilter(), (mark["at"], mark["id"]), 10
+            )
+    assert [i["id"] for i in items] == [str(r["id"]) for r in rows[-99:-89]] and more
+    assert await most_read(platform, seen, "access_log") < LITTLE
+
+
+async def test_one_keys_access_log_entries_are_found_by_index(platform: Platform) -> None:
+    """`actor=` (the audit API and the console's access log page) read the whole log to find
+    one key's entries."""
+    await _access_log(platform)
+    officer = await _access_log_entry(platform, "officer-key")
+    with captured(platform) as seen:
+        async with platform.db.read() as conn:
+            items, more = await access.page(
+                conn, access.AccessFilter(actor="officer-key"), None, 50
+            )
+            newest = await recent_access(conn, None, "officer-key")
+    assert [i["id"] for i in items] == [str(officer)] and more is None
+    assert [r.id for r in newest] == [officer]
+    assert await most_read(platform, seen, "access_log") < LITTLE
+
+
+async def _access_log_entry(p: Platform, actor: str) -> uuid.UUID:
+    entry = uuid.uuid4()
+    await _bulk(
+        p,
+        access_log,
+        [
+            {
+                "id": entry,
+                "at": utcnow() - timedelta(days=30),
+                "actor": actor,
+                "role": "compliance",
+                "action": "profile.read",
+                "object_type": "profile",
+                "rows": 1,
+            }
+        ],
+    )
+    return entry

@@ -226,7 +226,7 @@ access_log = Table(
     "access_log",
     metadata,
     Column("id", Uuid, primary_key=True),
-    Column("at", UTCDateTime, nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
     Column("actor", String(64), nullable=False),
     Column("role", String(16), nullable=False),
     Column("action", String(48), nullable=False),
@@ -235,6 +235,9 @@ access_log = Table(
     Column("profile_id", Uuid, index=True),
     Column("rows", Integer, nullable=False),
     Column("detail", JSON),
+    # pages in (at, id) order, and a key's entries (`actor=`), found by index (migration 0024)
+    Index("ix_access_log_at_id", "at", "id"),
+    Index("ix_access_log_actor_at_id", "actor", "at", "id"),
 )
 
 segments = Table(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import access_log
@@ -38,7 +38,9 @@ async def page(
         conditions.append(al.at < f.until)
     if after is not None:
         at, last_id = after
-        conditions.append(or_(al.at > at, and_(al.at == at, al.id > last_id)))
+        # a row value, which both databases seek in the (at, id) index; the same condition
+        # spelled with OR was a filter, and a page read every entry before it
+        conditions.append(tuple_(al.at, al.id) > tuple_(at, last_id))
     rows = (
         await conn.execute(
             select(access_log).where(*conditions).order_by(al.at, al.id).limit(limit + 1)
