@@ -66,11 +66,13 @@ async def figures(p: Platform) -> list[Figure]:
                 )
             ).scalar_one(),
         }
+        # from the pending deliveries to their events: joined, SQLite could walk every event
+        # in time order looking for the first with a pending delivery
         oldest = (
             await conn.execute(
-                select(func.min(oe.recorded_at))
-                .select_from(webhook_deliveries.join(outbox_events, oe.seq == d.event_seq))
-                .where(equals(d.status, "pending"))
+                select(func.min(oe.recorded_at)).where(
+                    oe.seq.in_(select(d.event_seq).where(equals(d.status, "pending")))
+                )
             )
         ).scalar_one()
         ledger = (await conn.execute(select(func.max(consent_ledger.c.seq)))).scalar_one() or 0
