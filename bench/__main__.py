@@ -63,6 +63,8 @@ def suites(scale: int, dbs: list[str]) -> list[tuple[str, list[str]]]:
         ),
         ("Opt-out to webhook delivery lag", ["bench.webhooks", *db_args]),
         ("Opt-out latency under load", ["bench.optout_latency", *db_args]),
+        # every request on a base of 10,000 and one of `scale`: its ratio, its reads' work
+        ("Requests at scale", ["bench.scale", "--scale", str(scale), *db_args]),
         ("Probabilistic matching on FEBRL", ["bench.febrl"]),
     ]
 
