@@ -14,6 +14,8 @@ from cdp.segments.members import Definition
 from cdp.segments.pages import member_pages
 from cdp.segments.rules import AllOf
 from consent.optout import opt_out
+from consent.schemas import ConsentIn, EvidenceIn
+from consent.service import record_consent
 
 EV = {"wording_id": "w-v1", "method": "checkbox"}
 
@@ -71,3 +73,50 @@ async def test_an_opt_out_by_profile_reaches_a_push_range_selected_before_it(pla
         await opt_out(platform, ident, channel="push", source="app", actor="t")
         rest = [pid async for page in pages for pid, _ in page.handed]
     assert sorted(rest) == later[1:]
+
+
+async def test_a_customer_whose_sent_address_opted_out_is_exported_with_their_other_one(platform):
+    """One item per customer, with the contactable address most recently confirmed: where that
+    address opts out after its range was selected, the customer is still a member by their
+    other address, and the export must hand that one out, as a members read after the opt-out
+    does (found by the linearizability review, 2026-12-07: the customer was dropped, and an
+    export listed no address of a customer every read before and after listed)."""
+    ev = {"wording_id": "w-v1", "method": "checkbox"}
+
+    def grant(minute: int) -> list[dict]:
+        at = f"2026-11-01T10:{minute:02d}:00Z"
+        return [{"purpose": "marketing", "channel": "email", "status": "granted",
+                 "occurred_at": at, "evidence": ev}]  # fmt: skip
+
+    await upsert_batch(platform, [{"source": "crm", "email": "first@example.com"}], "t")
+    await upsert_batch(
+        platform,
+        [
+            {"source": "crm", "email": "old@example.com", "external_id": "K", "consents": grant(1)},
+            {"source": "crm", "email": "new@example.com", "external_id": "K", "consents": grant(5)},
+        ],
+        "t",
+    )
+    first = parse_identifier(platform.policy, platform.keys.indexer, email="first@example.com")
+    await record_consent(
+        platform,
+        ConsentIn(
+            purpose="marketing",
+            channel="email",
+            status="granted",
+            source="t",
+            evidence=EvidenceIn(wording_id="w-v1", method="checkbox"),
+        ),
+        first,
+        "t",
+    )
+    d = Definition("marketing", "email", AllOf(()))
+    pages = member_pages(platform, d, page_size=1, span=1)
+    async with contextlib.aclosing(pages):
+        page = await anext(pages)
+        await asyncio.sleep(0.3)  # the next range, K's, is selected meanwhile: new@example.com
+        assert [m.address for m in page.items] == ["first@example.com"]
+        new = parse_identifier(platform.policy, platform.keys.indexer, email="new@example.com")
+        await opt_out(platform, new, channel="email", source="esp", actor="t")  # answered
+        rest = [m.address async for page in pages for m in page.items]
+    assert rest == ["old@example.com"]

@@ -27,8 +27,9 @@ In the same way, a range selected before a withdrawal or opt-out was recorded ma
 its answer (a slow client can keep a range selected ahead waiting for as long as it reads): the
 ledger's head is read with each range, and when it has moved by the time the page goes out,
 the page's members that a later ledger entry names (by address or by profile) are judged again
-by the rule, and those no longer contactable are taken out (`_without_withdrawn`). No customer
-is handed out by an export after their opt-out has been answered.
+by the rule, and those no longer contactable are taken out, or sent with another of their
+addresses that is contactable now (`_without_withdrawn`). No address is handed out by an
+export after its opt-out has been answered, and no customer contactable throughout is left out.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 
 from sqlalchemy import Integer, Select, bindparam, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
@@ -228,7 +230,7 @@ async def member_pages(
                 if recheck:
                     page = await _without_erased(p, page)
                 if got.ledger_seq is not None and seq > got.ledger_seq:
-                    page = await _without_withdrawn(p, audience, got, page, now)
+                    page = await _without_withdrawn(p, d, audience, got, page, now)
             yield page
 
 
@@ -270,13 +272,15 @@ _LEDGER_SINCE = select(_led.address_bidx, _led.profile_id).where(_led.seq > bind
 
 
 async def _without_withdrawn(
-    p: Platform, audience: Audience, got: PageRows, page: Page, now: datetime
+    p: Platform, d: Definition, audience: Audience, got: PageRows, page: Page, now: datetime
 ) -> Page:
     """The page without the members a withdrawal or opt-out recorded after their range was
     selected has made uncontactable: an opt-out is honoured from its answer on, and a range
     selected ahead of a slow client may wait long before it is sent. Only the members whose
     address or profile one of those ledger entries names are judged again, by the same rule
-    (`audience.judged_query`), in one statement."""
+    (`audience.judged_query`), in one statement. A customer whose address is no longer
+    contactable is selected again (`_member_now`): they may be a member still, by another
+    address (one item per customer: the one most recently confirmed, which was sent)."""
     async with p.db.read() as conn:
         touched: set = set()
         for bidx, pid in await conn.execute(_LEDGER_SINCE, {"seq": got.ledger_seq}):
@@ -299,7 +303,28 @@ async def _without_withdrawn(
             handed_params(dialect, pack([page.handed[i] for i in named])) | audience.params(now),
         )
         out = {pack([(pid, iid)]) for pid, iid, reason in judged if reason is not None}
-    if not out:
-        return page
-    gone = {i for i in named if pack([page.handed[i]]) in out}
-    return _keeping(page, [i for i in range(len(page.handed)) if i not in gone])
+        if not out:
+            return page
+        # a customer whose address sent is no longer contactable may still be a member by
+        # another of their addresses: selected again, as a members read now selects them
+        again = {
+            i: await _member_now(conn, p, page.handed[i][0], d, now)
+            for i in named
+            if pack([page.handed[i]]) in out
+        }
+    items, handed = [], []
+    for i, (item, who) in enumerate(zip(page.items, page.handed, strict=True)):
+        now_page = again.get(i)
+        items += [item] if now_page is None else now_page.items
+        handed += [who] if now_page is None else now_page.handed
+    return Page(items, page.next_after, handed)
+
+
+async def _member_now(
+    conn: AsyncConnection, p: Platform, pid: uuid.UUID, d: Definition, now: datetime
+) -> Page:
+    """The member the profile `pid` is now, as the members query selects it (empty: none)."""
+    got = await select_rows(
+        conn, p, d, after=uuid.UUID(int=pid.int - 1), until=pid, limit=1, now=now
+    )
+    return await render_for_export(p, d, got)
