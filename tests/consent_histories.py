@@ -16,7 +16,9 @@ and several clients, each with its own connection, sending one operation after a
 - read_profile: GET /v1/profiles?email= (its `consents`: each address's state and whether an
   opt-out outranks it, and the `contactable` matrix, as GET /v1/profiles/{id}/consents);
 - read_members: the members of the history's customers for marketing by email, by a saved
-  segment's members page, its NDJSON export, or an ad-hoc query.
+  segment's members page, its NDJSON export, or an ad-hoc query. A page and a query are one
+  statement, so every customer is as they were at one moment; an export reads ranges of
+  profile ids each in its own transaction, so it is checked customer by customer.
 
 The model (`ConsentModel`) is the rules of README "Consent belongs to the address" and DESIGN
 §1 in plain Python, per group: the latest event by occurred_at wins (a withdrawal wins a tie);
@@ -35,7 +37,7 @@ import json
 import random
 import uuid
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -248,13 +250,21 @@ class ConsentModel:
         elif kind == "read_profile":
             (a,) = args
             return state if got == w.profile_view(a) else None
-        elif kind == "read_members":
+        elif kind in ("read_members", "read_export"):
             shown: frozenset[int] = got
-            for a in shown:
-                if not w.contactable(a):
+            if kind == "read_members":  # one statement: every customer at one moment
+                roots = {r for a in ADDRS if (r := w.holder_of(a)) is not None}
+                if any(not w.contactable(a) for a in shown):
                     return None
-            for root in {r for a in ADDRS if (r := w.holder_of(a)) is not None}:
+            else:  # the customer holding args[0], at a moment of their own
+                root = w.holder_of(args[0])
+                if root is None:
+                    return None if args[0] in shown else state
+                roots = {root}
+            for root in roots:
                 mine = [a for a in w.held_by(root) if a in shown]
+                if any(not w.contactable(a) for a in mine):
+                    return None
                 if len(mine) != (1 if any(w.contactable(b) for b in w.held_by(root)) else 0):
                     return None
             return state
@@ -278,7 +288,14 @@ def split(op: Op) -> Iterable[tuple[Hashable, Op]]:
         return
     for g in op.args[1]:
         part = None if op.result is None else frozenset(a for h, a in op.result if h == g)
-        yield g, replace(op, key=g, result=part)
+        if op.args[0] != "export":
+            yield g, replace(op, key=g, result=part)
+            continue
+        # an export reads each range of profile ids in a transaction of its own
+        # (cdp.segments.pages): each customer as they were at some moment of it, two
+        # customers perhaps at different moments
+        for a in ADDRS:
+            yield g, replace(op, kind="read_export", key=g, args=(a,), result=part)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +368,7 @@ class Target:
     base: str
     keys: dict[str, dict[str, str]]
     erase: Any
+    conflicts: list[Any] = field(default_factory=list)  # erasures that lost a deadlock
 
 
 @dataclass
@@ -650,6 +668,8 @@ def summary(histories: list[History]) -> dict[str, Any]:
             if op.kind == "read_members" and op.known:
                 what += ":some" if op.result else ":none"
             by[what] = by.get(what, 0) + 1
-            overlapping = sum(1 for o in h.ops if o.invoke < op.complete and op.invoke < o.complete)
-            widest = max(widest, overlapping)
+            beside = [o for o in h.ops if o.invoke < op.complete and op.invoke < o.complete]
+            widest = max(widest, len(beside))
+            if op.kind == "opt_out" and sum(o.kind == "batch" for o in beside) >= 2:
+                by["opt_out beside 2+ batches"] = by.get("opt_out beside 2+ batches", 0) + 1
     return {"histories": len(histories), "operations": sum(by.values()), "widest": widest, **by}
