@@ -640,7 +640,8 @@ class Run:
                 if m.get("unsubscribe_token"):
                     self.tokens.append((*where, m["unsubscribe_token"]))
             if len(shown) != len(set(shown)):
-                raise AssertionError(f"an address listed twice: {shown}")
+                who = [m["profile_id"] for m in items]
+                raise AssertionError(f"{how}: an address listed twice: {shown}, profiles {who}")
             op.done(frozenset(shown))
 
 
