@@ -53,14 +53,18 @@ def pct(values: list[float], q: float) -> float:
 
 async def opt_outs(client: httpx.AsyncClient, h: dict, stop: float, tag: str) -> list[float]:
     """An opt-out every 0.2 s until `stop` (each naming an address of its own), their
-    latencies; one that fails stops the benchmark."""
+    latencies; one that fails stops the benchmark. One sent on a kept-alive connection that the
+    server closed as idle (uvicorn, after 5 s) in the same instant is sent again at once, as a
+    client does with a request that may be repeated; its latency counts both."""
     out = []
     i = 0
     while time.perf_counter() < stop:
         t = time.perf_counter()
-        r = await client.post(
-            "/v1/opt-outs", json={"source": "esp", "email": f"o{tag}.{i}@mail.example"}, headers=h
-        )
+        body = {"source": "esp", "email": f"o{tag}.{i}@mail.example"}
+        try:
+            r = await client.post("/v1/opt-outs", json=body, headers=h)
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            r = await client.post("/v1/opt-outs", json=body, headers=h)
         if r.status_code != 200:
             raise SystemExit(f"an opt-out was answered {r.status_code}")
         out.append(time.perf_counter() - t)
