@@ -66,3 +66,21 @@ async def test_the_scale_benchmark_runs(backend, tmp_path):
     assert len(rows) == len(bench_scale.REQUESTS)
     for line in rows:  # every request answered as expected, on both bases
         assert "HTTP" not in line, line
+
+
+@pytest.mark.slow
+async def test_the_opt_out_latency_benchmark_runs(backend):
+    if backend != "sqlite":
+        return
+    import argparse
+
+    from bench import optout_latency
+
+    args = argparse.Namespace(
+        load=["batches", "import"], clients=2, batch=20, seconds=2.0, import_rows=300
+    )
+    lines = await optout_latency.run("sqlite", args)
+    assert len(lines) == 2  # under batches, and beside `cdp import`
+    for line in lines:
+        cells = table_row(line, "sqlite")
+        assert all(NUMBER.search(c) for c in cells[2:]), line
