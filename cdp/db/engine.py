@@ -101,21 +101,27 @@ def create_owner_only(url: str) -> None:
     plaintext city and traits, so no other local account may read them. A file that exists
     is left as its owner set it; an in-memory or read-only (`mode=ro`) URL, or a directory
     that cannot be written, is left to SQLite."""
-    parsed = make_url(url)
-    path = parsed.database or ""
-    if not path or path == ":memory:" or path.startswith("file:") or "mode" in parsed.query:
+    path = _writable_file(url)
+    if path is None:
         return
     with contextlib.suppress(OSError):  # there already, or SQLite's to report
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _turnstile(url: str) -> WriterTurnstile | None:
-    """The writers' turnstile beside a SQLite database file; none in memory or read-only."""
+def _writable_file(url: str) -> str | None:
+    """The file a SQLite URL opens for writing; None in memory, for a `file:` URI or one
+    opened read-only (`mode=ro`)."""
     parsed = make_url(url)
     path = parsed.database or ""
     if not path or path == ":memory:" or path.startswith("file:") or "mode" in parsed.query:
         return None
-    return WriterTurnstile(os.path.abspath(path))
+    return path
+
+
+def _turnstile(url: str) -> WriterTurnstile | None:
+    """The writers' turnstile beside a SQLite database file; none in memory or read-only."""
+    path = _writable_file(url)
+    return None if path is None else WriterTurnstile(os.path.abspath(path))
 
 
 def _free_bytes(url: str) -> int:

@@ -76,20 +76,9 @@ class WriterTurnstile:
     async def let_writers_go(self) -> None:
         """Before a bulk transaction: wait until no ordinary writer of another process is
         waiting or writing, for YIELD_LIMIT at most."""
-        fd = self._file()
-        if fd is None:
-            return
         end = time.monotonic() + YIELD_LIMIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= end:
-                    return
-                await asyncio.sleep(_POLL)
-                continue
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return
+        while self.writers_waiting() and time.monotonic() < end:  # noqa: ASYNC110 (a lock of another process: no event to wait on)
+            await asyncio.sleep(_POLL)
 
     def close(self) -> None:
         """Close the file (its locks go with it); used again, it is opened again."""
