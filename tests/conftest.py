@@ -28,6 +28,7 @@ from cdp.db.migrate import migrate
 from cdp.platform import Platform, open_platform
 from cdp.settings import Settings
 from consent.outbox.receiver import Receiver
+from tests.helpers import pg_admin
 
 TEST_MASTER_KEY = MasterKey.generate_base64()
 PG_ADMIN_URL = os.environ.get("CDP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -36,16 +37,6 @@ BACKENDS = ["sqlite", "postgres"]
 
 def _pg_dsn(db: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +52,7 @@ async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def pg_database() -> AsyncIterator[str | None]:
     name = f"cdp_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     try:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
+        await pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
@@ -80,8 +71,8 @@ async def migrated_pg(name: str) -> AsyncIterator[None]:
         await db.dispose()
         yield
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')  # its key store
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')  # its key store
 
 
 def pg_url(name: str) -> str:

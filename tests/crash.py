@@ -42,7 +42,8 @@ import httpx
 from api.app import create_app
 from cdp.apikeys import create_key
 from cdp.platform import Platform, open_platform
-from tests.conftest import PG_ADMIN_URL, TEST_MASTER_KEY, _pg_admin, _pg_dsn, make_settings, pg_url
+from tests.conftest import PG_ADMIN_URL, TEST_MASTER_KEY, _pg_dsn, make_settings, pg_url
+from tests.helpers import pg_admin
 
 ROUNDS = int(os.environ.get("CDP_CRASH_ROUNDS", "0"))  # 0: the suite's few fixed points
 SEED = int(os.environ.get("CDP_CRASH_SEED", "0"))
@@ -75,7 +76,7 @@ class Site:
         if backend == "sqlite":
             return cls(backend, tmp, f"sqlite+aiosqlite:///{tmp / 'cdp.db'}", extra_env=env)
         name = f"{PG_PREFIX}{uuid.uuid4().hex[:10]}"
-        await _pg_admin(f'CREATE DATABASE "{name}"')
+        await pg_admin(f'CREATE DATABASE "{name}"')
         return cls(backend, tmp, pg_url(name), pg_name=name, extra_env=env)
 
     async def drop(self) -> None:
@@ -86,8 +87,8 @@ class Site:
                 if pipe is not None and not pipe.closed:
                     pipe.close()
         if self.pg_name:
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}_keys" WITH (FORCE)')
+            await pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            await pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}_keys" WITH (FORCE)')
 
     def env(self, **more: str) -> dict[str, str]:
         return {

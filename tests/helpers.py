@@ -7,7 +7,7 @@ import base64
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from sqlalchemy import func, select, text
@@ -31,6 +31,15 @@ async def pg_admin(*statements: str) -> None:
             await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def until(check: Callable[[], Any], what: str = "the condition", limit: float = 60.0) -> None:
+    """Poll `check` until it holds (a bound on waiting, never an assertion on speed)."""
+    for _ in range(int(limit / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
 
 async def count(p: Platform, table) -> int:  # type: ignore[no-untyped-def]

@@ -45,7 +45,8 @@ from hypothesis import strategies as st
 
 from api.app import create_app
 from cdp.platform import Platform, open_platform
-from tests.conftest import _pg_admin, empty_postgres, make_settings, migrated_pg, role_keys
+from tests.conftest import empty_postgres, make_settings, migrated_pg, role_keys
+from tests.helpers import pg_admin
 
 HUNT = int(os.environ.get("CDP_DIFF_EXAMPLES", "0"))
 PG_LOCALE = os.environ.get("CDP_DIFF_PG_LOCALE", "ru-RU")
@@ -741,7 +742,7 @@ async def pg_name(pg_database: str | None) -> AsyncIterator[str]:
         return
     name = f"{pg_database}_icu"
     try:
-        await _pg_admin(
+        await pg_admin(
             f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
             f"ICU_LOCALE '{PG_LOCALE}' LOCALE 'C.UTF-8'"
         )

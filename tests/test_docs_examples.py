@@ -38,6 +38,7 @@ import pytest
 
 from cdp.cli import main as cdp_cli
 from tests.crash import Site, free_port, serving
+from tests.helpers import until
 from tests.test_crash_outbox import nats_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,15 +231,6 @@ def key_of(site: Site, name: str, role: str) -> str:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-async def until(check: Callable[[], Any], what: str, limit: float = 60.0) -> None:
-    """Poll `check` until it holds (a bound on waiting, never an assertion on speed)."""
-    for _ in range(int(limit / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 def port_for(test: str) -> int:

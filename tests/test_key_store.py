@@ -36,7 +36,8 @@ from consent.dsr.requests import submit_erasure
 from consent.dsr.restore import erase_again
 from consent.dsr.worker import run_pending
 from consent.tables import suppressions
-from tests.conftest import TEST_MASTER_KEY, _pg_admin, make_settings, pg_url
+from tests.conftest import TEST_MASTER_KEY, make_settings, pg_url
+from tests.helpers import pg_admin
 from tests.test_erasure import EMAIL, create_anna
 from tests.test_import import run_cli
 
@@ -68,7 +69,7 @@ async def take_backup(p: Platform, tmp_path: Path) -> AsyncIterator[str]:
     dump = subprocess.run(
         ["pg_dump", *server, parsed.path.lstrip("/")], check=True, capture_output=True
     )
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    await pg_admin(f'CREATE DATABASE "{name}"')
     try:
         subprocess.run(
             ["psql", "-q", "-v", "ON_ERROR_STOP=1", *server, name],
@@ -78,7 +79,7 @@ async def take_backup(p: Platform, tmp_path: Path) -> AsyncIterator[str]:
         )
         yield pg_url(name)
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def row_of(url: str, pid: uuid.UUID):  # type: ignore[no-untyped-def]

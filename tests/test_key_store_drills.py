@@ -21,7 +21,8 @@ from cdp.profiles.identifiers import parse_identifier
 from consent.dsr.requests import submit_erasure
 from consent.dsr.worker import run_pending
 from consent.tables import consent_ledger
-from tests.conftest import _pg_admin, make_settings, pg_url
+from tests.conftest import make_settings, pg_url
+from tests.helpers import pg_admin
 from tests.test_erasure import EMAIL, create_anna
 from tests.test_key_store import store_whole
 
@@ -204,7 +205,7 @@ async def test_processes_starting_at_once_on_a_fresh_setup_share_one_key_store(
     finally:
         if backend != "sqlite":
             name = store_url.rsplit("/", 1)[1]
-            await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_a_key_store_that_cannot_be_opened_is_named_at_start(platform, tmp_path):

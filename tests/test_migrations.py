@@ -18,7 +18,8 @@ from cdp.db.migrate import alembic_config
 from cdp.db.tables import events, profile_categories, profile_stats, profiles
 from cdp.db.types import UTCDateTime
 from cdp.labels import city_key
-from tests.conftest import _pg_admin, pg_url
+from tests.conftest import pg_url
+from tests.helpers import pg_admin
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ async def empty_db(backend: str, tmp_path: Path) -> AsyncIterator[Database]:
         return
     name = f"cdp_migration_{uuid.uuid4().hex[:8]}"
     try:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
+        await pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
@@ -39,8 +40,8 @@ async def empty_db(backend: str, tmp_path: Path) -> AsyncIterator[Database]:
     db = Database(pg_url(name))
     yield db
     await db.dispose()
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
 
 
 async def upgrade(db: Database, target: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from cdp.db.tables import profiles
 from cdp.db.write_lock import WriteLock
 from consent.tables import suppressions
-from tests.helpers import count
+from tests.helpers import count, until
 
 
 async def test_urgent_waiters_are_let_in_before_ordinary_ones_each_in_arrival_order():
@@ -71,7 +71,8 @@ async def test_an_opt_out_is_stored_before_the_batches_queued_ahead_of_it(
             )
             for _ in range(2)
         ]
-        await _until(lambda: lock.waiting() == 2)  # each in a lane of its own, validated
+        # each in a lane of its own, validated
+        await until(lambda: lock.waiting() == 2, "the batches queued")
         opting = asyncio.create_task(
             client.post(
                 "/v1/opt-outs",
@@ -79,7 +80,7 @@ async def test_an_opt_out_is_stored_before_the_batches_queued_ahead_of_it(
                 headers=keys["ingest"],
             )
         )
-        await _until(lambda: lock.waiting() + lock.waiting(urgent=True) == 3)
+        await until(lambda: lock.waiting() + lock.waiting(urgent=True) == 3, "the opt-out queued")
     r = await opting
     assert r.status_code == 200, r.text
     assert not any(b.done() for b in batches)
@@ -112,11 +113,3 @@ async def test_many_batches_at_once_are_all_stored(backend, client, keys, platfo
     )
     assert [r.status_code for r in answers] == [200] * 12
     assert await count(platform, profiles) == 12_000
-
-
-async def _until(condition) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the requests did not queue")

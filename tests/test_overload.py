@@ -29,6 +29,7 @@ from api.server import server_config
 from cdp.db.conflicts import write_retried
 from cdp.platform import Platform
 from cdp.settings import Settings
+from tests import helpers
 from tests.conftest import TEST_MASTER_KEY
 from tests.test_cli_errors import assert_plain
 
@@ -68,11 +69,8 @@ async def serving(
 
 
 async def until(condition: Any) -> None:
-    async def poll() -> None:
-        while not condition():  # noqa: ASYNC110 (a counter, a socket: no event to wait on)
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), HANG_GUARD)
+    """`condition` (a counter, a socket: no event to wait on), HANG_GUARD at most."""
+    await helpers.until(condition, limit=HANG_GUARD)
 
 
 class Served:

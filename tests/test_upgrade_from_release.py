@@ -30,8 +30,8 @@ from cdp.db.engine import Database
 from cdp.db.migrate import migrate
 from cdp.db.tables import events, profile_keys, profiles
 from cdp.platform import Platform, open_platform
-from tests.conftest import _pg_admin, _pg_dsn, make_settings, pg_url, role_keys
-from tests.helpers import contactable
+from tests.conftest import _pg_dsn, make_settings, pg_url, role_keys
+from tests.helpers import contactable, pg_admin
 from tests.upgrade_fixtures.make import MASTER_KEY, NAME
 
 FIXTURES = Path(__file__).parent / "upgrade_fixtures"
@@ -75,7 +75,7 @@ async def loaded(backend: str, tmp_path: Path) -> AsyncIterator[str]:
 
     name = f"cdp_upgrade_{uuid.uuid4().hex[:8]}"
     try:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
+        await pg_admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required in CI and is not reachable: {type(exc).__name__}")
@@ -88,8 +88,8 @@ async def loaded(backend: str, tmp_path: Path) -> AsyncIterator[str]:
             await conn.close()
         yield pg_url(name)
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
 
 
 async def members(c: httpx.AsyncClient, keys: dict, st: dict, name: str) -> list[list[str]]:
