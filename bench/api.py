@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import peak_rss_mb, scratch_platform
+from bench.common import cli_env, peak_rss_mb, scratch_platform, until_serving
 from bench.data import write_customers
 from cdp.apikeys import create_key
 from cdp.importer import run_import
@@ -190,12 +189,7 @@ async def run(
         ingest = await create_key(p.db, "bench-ingest", "ingest")
         marketing = await create_key(p.db, "bench-marketing", "marketing")
         support = await create_key(p.db, "bench-support", "compliance")  # reads profiles
-        env = {
-            **os.environ,
-            "CDP_DATABASE_URL": p.settings.database_url,
-            "CDP_MASTER_KEY": p.settings.master_key or "",
-            "CDP_DEV_KEY_DIR": str(tmp),
-        }
+        env = cli_env(p, tmp)
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "cdp.cli", "serve", "--port", str(port)]
@@ -208,12 +202,7 @@ async def run(
         try:
             limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
             async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-                for _ in range(100):
-                    try:
-                        if (await client.get("/health")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.2)
+                await until_serving(client)
                 hi = {"Authorization": f"Bearer {ingest}"}
                 hm = {"Authorization": f"Bearer {marketing}"}
                 hs = {"Authorization": f"Bearer {support}"}

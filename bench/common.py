@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -12,6 +13,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from cdp.crypto.master import MasterKey
 from cdp.platform import Platform, open_platform
@@ -59,6 +62,30 @@ async def scratch_platform(
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}_keys" WITH (FORCE)')
             await admin.close()
+
+
+def cli_env(p: Platform, workdir: Path, **more: str) -> dict[str, str]:
+    """The environment in which `cdp` commands (`cdp serve`, `cdp import`, ...) open `p`'s
+    database and keys."""
+    return {
+        **os.environ,
+        "CDP_DATABASE_URL": p.settings.database_url,
+        "CDP_MASTER_KEY": p.settings.master_key or "",
+        "CDP_DEV_KEY_DIR": str(workdir),
+        **more,
+    }
+
+
+async def until_serving(client: httpx.AsyncClient, tries: int = 150) -> None:
+    """Until the `cdp serve` behind `client` answers /health (5 tries a second)."""
+    for _ in range(tries):
+        try:
+            if (await client.get("/health")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("cdp serve did not answer /health")
 
 
 def peak_rss_mb() -> float:

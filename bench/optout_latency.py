@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from bench.api import free_port
-from bench.common import scratch_platform
+from bench.common import cli_env, scratch_platform, until_serving
 from bench.data import write_customers
 from cdp.apikeys import create_key
 
@@ -145,13 +144,7 @@ async def run(db: str, args: argparse.Namespace) -> list[str]:
     rows = []
     async with scratch_platform(db, tmp) as p:
         ingest = await create_key(p.db, "bench-ingest", "ingest")
-        env = {
-            **os.environ,
-            "CDP_DATABASE_URL": p.settings.database_url,
-            "CDP_MASTER_KEY": p.settings.master_key or "",
-            "CDP_DEV_KEY_DIR": str(tmp),
-            "CDP_WEBHOOK_DISPATCHER": "off",
-        }
+        env = cli_env(p, tmp, CDP_WEBHOOK_DISPATCHER="off")
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "cdp.cli", "serve", "--port", str(port)],
@@ -165,13 +158,7 @@ async def run(db: str, args: argparse.Namespace) -> list[str]:
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=300
             ) as client:
-                for _ in range(200):
-                    try:
-                        if (await client.get("/health")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
+                await until_serving(client)
                 idle = await opt_outs(client, h, time.perf_counter() + args.seconds / 2, "idle")
                 base = statistics.median(idle) * 1000
                 if "batches" in args.load:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import scratch_platform
+from bench.common import cli_env, scratch_platform, until_serving
 from cdp.apikeys import Principal, create_key
 from consent.outbox import signing, subscriptions
 from consent.outbox.receiver import Receiver
@@ -76,12 +75,7 @@ async def run_one(db: str, mode: str, rate: float, seconds: float) -> dict[str, 
         )
         receiver.secret = sub.secret or ""
         ingest = await create_key(p.db, "bench-ingest", "ingest")
-        env = {
-            **os.environ,
-            "CDP_DATABASE_URL": p.settings.database_url,
-            "CDP_MASTER_KEY": p.settings.master_key or "",
-            "CDP_DEV_KEY_DIR": str(tmp),
-        }
+        env = cli_env(p, tmp)
         env.pop("CDP_NATS_URL", None)
         if mode == "worker":
             env["CDP_WEBHOOK_DISPATCHER"] = "off"
@@ -111,12 +105,7 @@ async def run_one(db: str, mode: str, rate: float, seconds: float) -> dict[str, 
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=60
             ) as client:
-                for _ in range(150):
-                    try:
-                        if (await client.get("/health")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.2)
+                await until_serving(client)
                 headers = {"Authorization": f"Bearer {ingest}"}
                 run = uuid.uuid4().hex[:6]
                 answered: dict[str, float] = {}
