@@ -97,6 +97,9 @@ class PageRows:
     # the consent ledger's head when the rows were selected, where the caller read it (an
     # export, which may send them later: cdp.segments.pages)
     ledger_seq: int | None = None
+    # an export's: the range of profile ids (after, until] the rows were selected from and
+    # when, by its own clock of selections (cdp.segments.pages.Selected)
+    selected: Any = None
 
 
 def _with_data_keys(query: Select, dialect: str) -> Select:

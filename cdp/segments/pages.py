@@ -30,15 +30,27 @@ the page's members that a later ledger entry names (by address or by profile) ar
 by the rule, and those no longer contactable are taken out, or sent with another of their
 addresses that is contactable now (`_without_withdrawn`). No address is handed out by an
 export after its opt-out has been answered, and no customer contactable throughout is left out.
+
+Ranges selected at once, and a range's remainder selected after the ranges ahead of it, are not
+selected in the order they are sent: a customer merged meanwhile could be sent twice, by the
+absorbed profile from a range selected before the merge and by the survivor (the lower id, so
+sent first) from one selected after it (the linearizability review found it). Each selection is
+timed on the export's own clock, and the export keeps the ids it handed out in the pages selected
+while a later page's range was, or after (a few pages: those still selected ahead); before that
+page goes out, its members merged since into one of those are taken out (`_without_merged`).
+(A customer merged twice over in that time, into a profile then merged into another outside
+those pages, is not caught.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Integer, Select, bindparam, func, literal_column, select
@@ -147,6 +159,20 @@ class _Share:
         return max(self.page_size, min(MAX_SPAN * self.page_size, round(wanted)))
 
 
+@dataclass(slots=True)
+class Selected:
+    """Where and when a page's rows were selected: the range of profile ids (after, until],
+    and the export's clock of selections when the selection was started and when it returned.
+    `unsent_from`: when it is handed on, the earliest start of the selections not yet handed on
+    (any selected later starts after it)."""
+
+    after: uuid.UUID
+    until: uuid.UUID
+    began: int
+    ended: int
+    unsent_from: int = 0
+
+
 async def range_rows(
     p: Platform,
     d: Definition,
@@ -164,41 +190,51 @@ async def range_rows(
     ahead = ahead or AHEAD.get(p.db.engine.dialect.name, 1)
     share = _Share(page_size)
     bounds = Ranges(p, span or page_size)
-    pending: deque[asyncio.Future[tuple[PageRows, uuid.UUID, int | None]]] = deque()
+    clock = itertools.count()
+    # (when started, the selection)
+    pending: deque[tuple[int, asyncio.Future[tuple[PageRows, uuid.UUID, int | None]]]] = deque()
 
     async def select_range(
-        after: uuid.UUID, until: uuid.UUID, profiles_in: int | None
+        after: uuid.UUID, until: uuid.UUID, profiles_in: int | None, began: int
     ) -> tuple[PageRows, uuid.UUID, int | None]:
         async with p.db.read() as conn:
             # the ledger's head first: a withdrawal after it may or may not be in the rows
             seq = (await conn.execute(_LEDGER_HEAD)).scalar_one()
             got = await select_rows(conn, p, d, after=after, until=until, limit=page_size, now=now)
         got.ledger_seq = seq
+        got.selected = Selected(after, until, began, next(clock))
         return got, until, profiles_in
+
+    def start(
+        after: uuid.UUID, until: uuid.UUID, profiles_in: int | None
+    ) -> tuple[int, asyncio.Future[tuple[PageRows, uuid.UUID, int | None]]]:
+        began = next(clock)
+        return began, asyncio.ensure_future(select_range(after, until, profiles_in, began))
 
     async def fill() -> None:
         while len(pending) < ahead:
             bound = await bounds.next()
             if bound is None:
                 return
-            pending.append(asyncio.ensure_future(select_range(*bound)))
+            pending.append(start(*bound))
 
     try:
         await fill()
         while pending:
-            got, until, profiles_in = await pending.popleft()
+            got, until, profiles_in = await pending.popleft()[1]
             share.count(len(got.rows), profiles_in)
             if got.next_after is not None:  # more than a page: the rest of the range is next
-                pending.appendleft(asyncio.ensure_future(select_range(got.next_after, until, 0)))
+                pending.appendleft(start(got.next_after, until, 0))
             else:
                 await fill()
             if span is None:
                 bounds.span = share.span()
+            got.selected.unsent_from = min((b for b, _ in pending), default=next(clock))
             yield got
     finally:
-        for task in pending:
+        for _, task in pending:
             task.cancel()
-        for task in pending:  # their outcome no longer matters
+        for _, task in pending:  # their outcome no longer matters
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -219,6 +255,8 @@ async def member_pages(
     _, erased_before = await _changes(p)  # before the first range is selected
     recheck = False
     audience = Audience(p.policy, d.purpose, d.channel, p.db.engine.dialect.name, d.automated)
+    # pages handed on that a page not yet handed on may have been selected before
+    recent: list[_Handed] = []
     async with contextlib.aclosing(rows):
         async for got in rows:
             page = await render_for_export(p, d, got)
@@ -231,6 +269,11 @@ async def member_pages(
                     page = await _without_erased(p, page)
                 if got.ledger_seq is not None and seq > got.ledger_seq:
                     page = await _without_withdrawn(p, d, audience, got, page, now)
+                page = await _without_merged(p, got.selected, page, recent)
+            when = got.selected
+            recent = [h for h in recent if h.ended > when.unsent_from]
+            ids = {pid for pid, _ in page.handed}
+            recent.append(_Handed(when.after, when.until, when.ended, ids))
             yield page
 
 
@@ -318,6 +361,51 @@ async def _without_withdrawn(
         items += [item] if now_page is None else now_page.items
         handed += [who] if now_page is None else now_page.handed
     return Page(items, page.next_after, handed)
+
+
+@dataclass(slots=True)
+class _Handed:
+    """A page handed on: its range of profile ids (after, until], when its selection returned,
+    and whom it handed out."""
+
+    after: uuid.UUID
+    until: uuid.UUID
+    ended: int
+    ids: set[uuid.UUID]
+
+
+_pr = profiles.c
+_MERGED_INTO = select(_pr.id, _pr.merged_into).where(
+    _pr.merged_into.is_not(None),  # the partial index ix_profiles_merged_into's own term
+    _pr.merged_into > bindparam("lo"),
+    _pr.merged_into <= bindparam("hi"),
+    _pr.id > bindparam("after"),
+    _pr.id <= bindparam("until"),
+)
+
+
+async def _without_merged(p: Platform, when: Selected, page: Page, recent: list[_Handed]) -> Page:
+    """The page without its members merged, since, into a customer that a page selected while
+    this one's range was, or after, has handed out: the survivor has the lower id, so its page
+    went first, and it may have been selected after the merge (holding the absorbed profile's
+    addresses too) while this one was selected before. One look-up of the partial index of
+    merged profiles, for the survivors in those pages' ranges."""
+    later = [h for h in recent if h.ended > when.began]
+    if not later or not page.handed:
+        return page
+    params = {
+        "lo": min(h.after for h in later),
+        "hi": max(h.until for h in later),
+        "after": when.after,
+        "until": when.until,
+    }
+    async with p.db.read() as conn:
+        merged = list(await conn.execute(_MERGED_INTO, params))
+    sent = set().union(*(h.ids for h in later))
+    gone = {pid for pid, survivor in merged if survivor in sent}
+    if not gone:
+        return page
+    return _keeping(page, [i for i, (pid, _) in enumerate(page.handed) if pid not in gone])
 
 
 async def _member_now(
