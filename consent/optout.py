@@ -136,7 +136,6 @@ async def apply_opt_outs(
         else pid
         for r, pid in zip(requests, found, strict=True)
     ]
-    pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
     # a request that names the profile (not one of its addresses), or every channel ('*'),
     # opts out all its addresses
     whole = {
@@ -145,7 +144,6 @@ async def apply_opt_outs(
         if isinstance(pid, uuid.UUID) and _whole_profile(p, r)
     }
     addresses = await profiles_addresses(conn, whole)
-    ciphers = await p.keys.ciphers(conn, sorted(pids), strict=True)
     results: list[OptOutResult | Exception] = []
     held: list[tuple[Suppression, Entry]] = []
     entries: list[Entry] = []
@@ -179,7 +177,6 @@ async def apply_opt_outs(
                 # that they opted out of it (carry_person_opt_outs gives it to the addresses
                 # of that channel they gain later)
                 subjects.append(("profile", profile_subject(pid)))
-        cipher = ciphers.get(pid, p.keys.system) if pid is not None else p.keys.system
         for kind, subject in subjects:
             entry = Entry(
                 profile_id=pid,
@@ -192,7 +189,9 @@ async def apply_opt_outs(
                 source=r.source,
                 actor=r.actor,
                 method=r.method,
-                cipher=cipher,
+                # no evidence to encrypt: an opt-out needs no data key, so it is in force while
+                # the key store is away (it was refused, 503, when it had to unwrap one)
+                cipher=None,
                 undated=r.undated,
                 via_profile=via_profile((kind, subject), named),
             )

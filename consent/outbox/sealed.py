@@ -28,16 +28,19 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.crypto.fields import CryptoError
+from cdp.db.availability import KeyStoreDown
 from cdp.key_store import new_share
 from consent.outbox.tables import outbox_events, webhook_deliveries, webhook_subscriptions
 
 if TYPE_CHECKING:
     from cdp.keyring import Keyring
 
+log = structlog.get_logger(__name__)
 oe = outbox_events.c
 WANTING = ("pending", "dead")  # a delivery that may still be sent (dead: by a replay)
 
@@ -50,9 +53,23 @@ async def seal_addresses(
     keys: Keyring, addresses: Mapping[uuid.UUID, str]
 ) -> dict[uuid.UUID, bytes]:
     """Each event's address sealed under a key of its own; the keys' shares are kept in the
-    key store first (it commits before the events are written)."""
+    key store first (it commits before the events are written).
+
+    While the key store is away (or its disk is full) the addresses are sealed under the
+    system key instead, as before 2026-12-06: an opt-out is honoured at once, and refusing it
+    (503) until the store is back left the customer contactable meanwhile, and the sending
+    tool without the address it must stop mailing. Such a copy is nulled as any other (once
+    sent, at an erasure, by retention), but a backup taken while it waits can be read with the
+    master key whatever erasure follows; logged by event count, never the address."""
     shares = [(event_id, new_share()) for event_id in addresses]
-    kept = await keys.store_shares(shares)  # a run of this write that rolled back kept some
+    try:
+        kept = await keys.store_shares(shares)  # a run of this write that rolled back kept some
+    except KeyStoreDown:
+        log.warning("address_sealed_under_system_key", events=len(shares))
+        return {
+            event_id: keys.system.encrypt(_place(event_id), address)
+            for event_id, address in addresses.items()
+        }
     shares = [(event_id, kept.get(event_id, share)) for event_id, share in shares]
     return {
         event_id: keys.sealing_cipher(event_id, share).encrypt(
