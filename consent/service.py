@@ -258,7 +258,10 @@ async def record_consent(
         )
         if not subjects:
             raise InvalidInput.field("channel", "the customer has no address on this channel")
-        cipher = await cipher_for(conn, p, pid)
+        evidence = recorded_evidence(p.policy, body.purpose, body.status, body.evidence)
+        # only evidence is encrypted: a withdrawal without any unwraps no data key, so it is
+        # recorded while the key store is away (as an opt-out is)
+        cipher = await cipher_for(conn, p, pid) if evidence is not None else None
         entries = [
             Entry(
                 profile_id=pid,
@@ -272,7 +275,7 @@ async def record_consent(
                 actor=actor,
                 method=(body.evidence.method if body.evidence else None) or "api",
                 wording_id=body.evidence.wording_id if body.evidence else None,
-                evidence=recorded_evidence(p.policy, body.purpose, body.status, body.evidence),
+                evidence=evidence,
                 cipher=cipher,
                 # a withdrawal "now" occurred when the ledger records it (consent.ledger)
                 undated=body.status == "withdrawn" and body.occurred_at is None,

@@ -1,9 +1,9 @@
 """An opt-out is honoured at once also while the key store (CDP_KEY_STORE_URL) is away or full:
 it was refused with a 503 until the store came back, and the customer stayed contactable
-meanwhile. An opt-out needs no data key (it carries no evidence), and the address of one no
-customer holds waits for its webhook sealed under the system key instead of a key of its own
-(consent.outbox.sealed). Records, which must store their keys' shares, are still refused.
-SQLite and PostgreSQL."""
+meanwhile. An opt-out needs no data key (it carries no evidence), nor does a withdrawal that
+carries none, and the address of one no customer holds waits for its webhook sealed under the
+system key instead of a key of its own (consent.outbox.sealed). Records, which must store their
+keys' shares, are still refused. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -78,3 +78,18 @@ async def test_an_unseen_address_opted_out_while_the_key_store_is_away_still_rea
     (got,) = [r.payload for r in receiver.accepted]
     assert got["address"] == "away.store@example.com"
     assert await sealed(platform) == [None]  # forgotten once delivered
+
+
+async def test_a_withdrawal_without_evidence_is_recorded_while_the_key_store_is_away(
+    client, keys, platform, store_away, monkeypatch
+):
+    pid = await add_profile(client, keys, email="wd@example.com", consents=[GRANT])
+    platform.keys.forget(uuid.UUID(pid))
+    store_away()
+    body = {"email": "wd@example.com", "purpose": "marketing", "channel": "email"}
+    r = await client.post(
+        "/v1/consents", json=body | {"status": "withdrawn", "source": "crm"}, headers=keys["ingest"]
+    )
+    assert r.status_code in (200, 201), r.text
+    monkeypatch.undo()
+    assert not await contactable(client, keys, "wd@example.com")
