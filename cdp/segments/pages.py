@@ -37,7 +37,7 @@ absorbed profile from a range selected before the merge and by the survivor (the
 sent first) from one selected after it (the linearizability review found it). Each selection is
 timed on the export's own clock, and the export keeps the ids it handed out in the pages selected
 while a later page's range was, or after (a few pages: those still selected ahead); before that
-page goes out, its members merged since into one of those are taken out (`_without_merged`).
+page goes out, its members merged since into one of those are taken out (`_merged_into_recent`).
 (A customer merged twice over in that time, into a profile then merged into another outside
 those pages, is not caught.)
 """
@@ -249,10 +249,12 @@ async def member_pages(
 ) -> AsyncIterator[Page]:
     """Every member of the segment in profile id order, in pages of at most `page_size`
     members (`range_rows`, rendered). A range without members gives an empty page. Just before
-    a page goes out, what changed since its range was selected is checked (`_since`)."""
+    a page goes out, what changed since its range was selected is checked (erasures,
+    withdrawals and merges)."""
     now = now or utcnow()  # one moment for the whole export: its ranges and its rechecks
     rows = range_rows(p, d, page_size=page_size, now=now, span=span)
-    _, erased_before = await _changes(p)  # before the first range is selected
+    async with p.db.read() as conn:
+        _, erased_before = await _changes(conn)  # before the first range is selected
     recheck = False
     audience = Audience(p.policy, d.purpose, d.channel, p.db.engine.dialect.name, d.automated)
     # pages handed on that a page not yet handed on may have been selected before
@@ -261,7 +263,9 @@ async def member_pages(
         async for got in rows:
             page = await render_for_export(p, d, got)
             if page.items:
-                seq, erased = await _changes(p)
+                async with p.db.read() as conn:
+                    seq, erased = await _changes(conn)
+                    merged = await _merged_into_recent(conn, got.selected, page, recent)
                 # an erasure completed since the export began: from now on every page's
                 # members are looked up (a range may have been selected before it)
                 recheck = recheck or erased != erased_before
@@ -269,7 +273,7 @@ async def member_pages(
                     page = await _without_erased(p, page)
                 if got.ledger_seq is not None and seq > got.ledger_seq:
                     page = await _without_withdrawn(p, d, audience, got, page, now)
-                page = await _without_merged(p, got.selected, page, recent)
+                page = _dropping(page, merged)
             when = got.selected
             recent = [h for h in recent if h.ended > when.unsent_from]
             ids = {pid for pid, _ in page.handed}
@@ -287,22 +291,26 @@ _CHANGES = select(
 )
 
 
-async def _changes(p: Platform) -> tuple[int, int]:
+async def _changes(conn: AsyncConnection) -> tuple[int, int]:
     """(the consent ledger's head, how many profiles have been erased): one statement per
     page, two index look-ups. An erased profile keeps its row, so the count only grows; every
     withdrawal and opt-out is a ledger entry, so the head moves with each."""
-    async with p.db.read() as conn:
-        seq, erased = (await conn.execute(_CHANGES)).one()
-        return int(seq), int(erased)
+    seq, erased = (await conn.execute(_CHANGES)).one()
+    return int(seq), int(erased)
 
 
 async def _without_erased(p: Platform, page: Page) -> Page:
     """The page without the members whose erasure completed after their range was selected."""
     async with p.db.read() as conn:
         erased = await profiles_in_status(conn, {pid for pid, _ in page.handed}, "erased")
-    if not erased:
+    return _dropping(page, erased)
+
+
+def _dropping(page: Page, profile_ids: set[uuid.UUID]) -> Page:
+    """The page without the members of these profiles."""
+    if not profile_ids:
         return page
-    return _keeping(page, [i for i, (pid, _) in enumerate(page.handed) if pid not in erased])
+    return _keeping(page, [i for i, (pid, _) in enumerate(page.handed) if pid not in profile_ids])
 
 
 def _keeping(page: Page, kept: list[int]) -> Page:
@@ -384,28 +392,31 @@ _MERGED_INTO = select(_pr.id, _pr.merged_into).where(
 )
 
 
-async def _without_merged(p: Platform, when: Selected, page: Page, recent: list[_Handed]) -> Page:
-    """The page without its members merged, since, into a customer that a page selected while
-    this one's range was, or after, has handed out: the survivor has the lower id, so its page
-    went first, and it may have been selected after the merge (holding the absorbed profile's
+async def _merged_into_recent(
+    conn: AsyncConnection, when: Selected, page: Page, recent: list[_Handed]
+) -> set[uuid.UUID]:
+    """The page's members merged, since, into a customer that a page selected while this
+    one's range was, or after, has handed out: the survivor has the lower id, so its page went
+    first, and it may have been selected after the merge (holding the absorbed profile's
     addresses too) while this one was selected before. One look-up of the partial index of
-    merged profiles, for the survivors in those pages' ranges."""
+    merged profiles, for the survivors in those pages' ranges, on the connection that reads
+    the page's other changes."""
     later = [h for h in recent if h.ended > when.began]
     if not later or not page.handed:
-        return page
+        return set()
     params = {
         "lo": min(h.after for h in later),
         "hi": max(h.until for h in later),
         "after": when.after,
         "until": when.until,
     }
-    async with p.db.read() as conn:
-        merged = list(await conn.execute(_MERGED_INTO, params))
     sent = set().union(*(h.ids for h in later))
-    gone = {pid for pid, survivor in merged if survivor in sent}
-    if not gone:
-        return page
-    return _keeping(page, [i for i, (pid, _) in enumerate(page.handed) if pid not in gone])
+    members = {pid for pid, _ in page.handed}
+    return {
+        pid
+        for pid, survivor in await conn.execute(_MERGED_INTO, params)
+        if survivor in sent and pid in members
+    }
 
 
 async def _member_now(
