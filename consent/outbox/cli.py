@@ -12,7 +12,9 @@ import click
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="deliver what is due now, then exit")
+@click.option(
+    "--once", is_flag=True, help="announce the lapses due, deliver what is due now, then exit"
+)
 def dispatch(once: bool) -> None:
     """Deliver consent events to webhook subscribers (and NATS when CDP_NATS_URL is set).
 
@@ -21,6 +23,7 @@ def dispatch(once: bool) -> None:
     """
     from cdp.cli_support import run, with_platform
     from consent.outbox.dispatcher import open_dispatcher, outstanding, run_dispatcher
+    from consent.outbox.lapses import announce_lapses
 
     async def forever(p: Any) -> None:
         stop = asyncio.Event()
@@ -30,6 +33,7 @@ def dispatch(once: bool) -> None:
         await run_dispatcher(p, stop)
 
     async def drain(p: Any) -> int:
+        await announce_lapses(p)
         async with open_dispatcher(p) as dispatcher:
             await dispatcher.drain(max_seconds=600)
         return await outstanding(p)

@@ -19,6 +19,10 @@ CDP_WEBHOOK_KEEP_DELIVERED_DAYS  delivered deliveries, and unused events (defaul
 CDP_WEBHOOK_KEEP_DEAD_DAYS       dead and cancelled deliveries (default 90)
 CDP_SEGMENT_EXPORT_KEEP_DAYS     segment export records (default 180)
 CDP_RETENTION_INTERVAL_S         seconds between prunes (default 3600; 0 turns them off)
+
+Consent lapses (`consent.outbox.lapses`, run by the dispatcher every CDP_LAPSE_INTERVAL_S):
+CDP_LAPSE_INTERVAL_S        seconds between passes announcing grants past their validity period
+                            (default 60; 0 turns them off)
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class DispatchConfig:
     keep_exports_days: float = 180.0
     prune_interval: float = 3600.0  # seconds; 0: no periodic pruning
     prune_batch: int = 1000  # rows per write transaction
+    lapse_interval: float = 60.0  # seconds between passes announcing lapses; 0: none
     # Whether deliveries may reach private, loopback and link-local addresses; None: only
     # outside production (consent.outbox.targets)
     allow_private: bool | None = None
@@ -92,5 +97,6 @@ class DispatchConfig:
             keep_dead_days=days("CDP_WEBHOOK_KEEP_DEAD_DAYS", base.keep_dead_days),
             keep_exports_days=days("CDP_SEGMENT_EXPORT_KEEP_DAYS", base.keep_exports_days),
             prune_interval=env_number(e, "CDP_RETENTION_INTERVAL_S", base.prune_interval),
+            lapse_interval=env_number(e, "CDP_LAPSE_INTERVAL_S", base.lapse_interval),
             allow_private=env_flag(e, "CDP_WEBHOOK_ALLOW_PRIVATE", None),
         )

@@ -5,7 +5,8 @@ as separate workers (`cdp dispatch`); any number may run at once (see `delivery`
 fans out new events, claims as many due queue heads as it has free slots, and sends them
 concurrently; a finished send wakes the loop at once (the next event of that customer may now
 go). An idle dispatcher looks for work every `poll_interval`. Beside it, housekeeping deletes
-what is past retention (`retention`) at start and every `prune_interval`.
+what is past retention (`retention`) at start and every `prune_interval`, and the grants past
+their validity period are announced (`lapses`) at start and every `lapse_interval`.
 
     stop = asyncio.Event()
     task = asyncio.create_task(run_dispatcher(platform, stop))
@@ -26,6 +27,7 @@ import httpx
 import structlog
 from sqlalchemy import func, select
 
+from cdp.cancellation import stop_if_cancelled
 from cdp.db.partial import equals, is_not
 from cdp.platform import Platform
 from consent.outbox.config import DispatchConfig
@@ -39,6 +41,7 @@ from consent.outbox.delivery import (
     work_waiting,
 )
 from consent.outbox.fanout import fan_out_in
+from consent.outbox.lapses import announce_lapses
 from consent.outbox.retention import housekeeping
 from consent.outbox.stream import StreamPublisher
 from consent.outbox.tables import outbox_events, webhook_deliveries
@@ -136,6 +139,7 @@ class Dispatcher:
         pruning = (
             asyncio.create_task(self._run_housekeeping(stop)) if self.cfg.prune_interval else None
         )
+        lapsing = asyncio.create_task(self._run_lapses(stop)) if self.cfg.lapse_interval else None
         failures = 0
         while not stop.is_set():
             self.wake.clear()  # a send that ends from here on wakes the idle wait below
@@ -151,10 +155,11 @@ class Dispatcher:
             if not stop.is_set():  # gather a few answers and events into the next pass
                 await asyncio.sleep(self.cfg.min_interval)
         await self.finish()
-        if pruning is not None:  # a cut-short batch rolls back; the next run redoes it
-            pruning.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruning
+        for task in (pruning, lapsing):  # a cut-short batch rolls back; the next run redoes it
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if streaming is not None:
             await streaming
 
@@ -174,6 +179,21 @@ class Dispatcher:
                 log.error("retention_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.cfg.prune_interval)
+
+    async def _run_lapses(self, stop: asyncio.Event) -> None:
+        """Announce the grants past their validity period, at start and every
+        `lapse_interval`; the events written wake the loop to send them."""
+        while not stop.is_set():
+            try:
+                announced = await announce_lapses(self.p)
+                if announced:
+                    log.info("consent_lapses_announced", events=announced)
+                    self.wake.set()
+            except Exception as exc:  # a database hiccup: the next pass takes it up
+                stop_if_cancelled()
+                log.error("consent_lapses_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.lapse_interval)
 
     async def _run_stream(self, stop: asyncio.Event) -> None:
         assert self.stream is not None

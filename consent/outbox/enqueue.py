@@ -34,7 +34,9 @@ DEFAULT_KINDS = (
     "suppression.added",
 )
 MERGE_KINDS = ("profile.merged", "profile.unmerged")
-KINDS = DEFAULT_KINDS + MERGE_KINDS
+# a grant older than its validity period (consent.outbox.lapses): asked for by name too
+LAPSED = "consent.lapsed"
+KINDS = DEFAULT_KINDS + MERGE_KINDS + (LAPSED,)
 ADDRESS_KINDS = ("email", "phone", "profile", "external_id")  # external_id: erasure
 PROFILE_PREFIX = b"p:"  # as consent.subjects.profile_subject
 

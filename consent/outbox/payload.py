@@ -19,7 +19,7 @@ from cdp.crypto.fields import CryptoError
 from cdp.db.tables import identities
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
-from consent.outbox.enqueue import MERGE_KINDS
+from consent.outbox.enqueue import LAPSED, MERGE_KINDS
 
 
 def event_payload(ev: Any) -> dict[str, Any]:
@@ -39,6 +39,8 @@ def event_payload(ev: Any) -> dict[str, Any]:
     if ev.kind in MERGE_KINDS:  # ids only, whatever the subscription may see
         body["survivor_profile_id"] = body["profile_id"]
         body["absorbed_profile_id"] = str(ev.absorbed_profile_id)
+    if ev.kind == LAPSED:  # it occurred when it lapsed: the grant's time plus the period
+        body["lapsed_at"] = ev.occurred_at
     return body
 
 

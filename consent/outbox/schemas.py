@@ -19,7 +19,8 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
             msgspec.Meta(
                 description="consent.withdrawn, consent.granted, opt_out, erasure.completed, "
                 "suppression.added (default: these five, the consent changes); "
-                "profile.merged, profile.unmerged (ids only: only when named here)",
+                "profile.merged, profile.unmerged (ids only), consent.lapsed (a grant past "
+                "its validity period): only when named here",
                 max_length=10,
             ),
         ]

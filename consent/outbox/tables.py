@@ -66,6 +66,22 @@ outbox_events = Table(
     Column("streamed_at", UTCDateTime),
 )
 
+# How far the announcing of consent lapses has come, per jurisdiction and purpose with a
+# validity period (consent.outbox.lapses): the grants whose consent_state row was set by a ledger
+# entry up to `ledger_seq` and whose key (since, subject, channel) is at most this row's have
+# been dealt with (announced as `consent.lapsed`, or passed over as not lapsing there).
+lapse_watermarks = Table(
+    "lapse_watermarks",
+    metadata,
+    Column("jurisdiction", String(16), primary_key=True),
+    Column("purpose", String(64), primary_key=True),
+    Column("ledger_seq", BigInt, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("subject", LargeBinary(48), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
