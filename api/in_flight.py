@@ -12,12 +12,20 @@ of ingests cannot shed it. Health checks and metrics (`IN_FLIGHT: UNBOUNDED`) ar
 they read no body, and a load balancer that saw a busy instance's /health answer 503 would take
 it out of rotation and send its load to the others.
 
+One client takes at most half of the common slots (`client_share`), so that one tool's flood
+(a sending tool running exports in a loop, an import script with a hundred connections) leaves
+the others room: it is shed with the same 503 while another client is answered. A client is its
+credential (the Authorization header, by a digest of it: no key is looked up before the bound),
+else, without one (a preference centre page, the console's sign-in), its network address.
+
 uvicorn's own `limit_concurrency` does not do this: it counts open connections with requests
 (idle keep-alive connections fill it), keeps no share for anything, and answers a plain-text
 503 without Retry-After.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from litestar import Request
 from litestar.enums import ScopeType
@@ -40,14 +48,30 @@ def opt_out_share(limit: int) -> int:
     return max(1, limit // 4)
 
 
+def client_share(limit: int) -> int:
+    """The common slots one client may hold at once."""
+    return max(1, limit // 2)
+
+
+def client_of(scope: Scope) -> tuple[str, bytes | str]:
+    """Who sends the request: its credential's digest, else its network address."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return "credential", hashlib.blake2b(value, digest_size=16).digest()
+    client = scope.get("client")
+    return "address", client[0] if client else ""
+
+
 class InFlightBound(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.opt_out_limit = opt_out_share(limit)
+        self.client_limit = client_share(limit)
         self.common = 0  # requests in flight in the common slots
         self.opt_outs = 0  # and in the opt-outs' own
+        self.by_client: dict[tuple[str, bytes | str], int] = {}  # common slots, per client
 
     @property
     def in_flight(self) -> int:
@@ -59,22 +83,32 @@ class InFlightBound(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         # taken and given back in this task with no await between test and change: no lock
+        client = None
         if kind == OPT_OUT and self.opt_outs < self.opt_out_limit:
-            own = True
             self.opt_outs += 1
         elif self.common < self.limit:
-            own = False
+            client = client_of(scope)
+            held = self.by_client.get(client, 0)
+            if held >= self.client_limit:
+                await shed(scope, receive, send)
+                return
             self.common += 1
+            self.by_client[client] = held + 1
         else:
             await shed(scope, receive, send)
             return
         try:
             await next_app(scope, receive, send)
         finally:
-            if own:
+            if client is None:
                 self.opt_outs -= 1
             else:
                 self.common -= 1
+                left = self.by_client[client] - 1
+                if left:
+                    self.by_client[client] = left
+                else:
+                    del self.by_client[client]
 
 
 async def shed(scope: Scope, receive: Receive, send: Send) -> None:

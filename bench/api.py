@@ -190,6 +190,9 @@ async def run(
         marketing = await create_key(p.db, "bench-marketing", "marketing")
         support = await create_key(p.db, "bench-support", "compliance")  # reads profiles
         env = cli_env(p, tmp)
+        # wrk's connections all send one key, and one client holds half the bound at most
+        # (api.in_flight.client_share): a bound that lets the benchmark's clients all in
+        env["CDP_MAX_REQUESTS_IN_FLIGHT"] = str(2 * CLIENTS)
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "cdp.cli", "serve", "--port", str(port)]

@@ -24,7 +24,7 @@ import uvicorn
 from sqlalchemy.exc import DBAPIError
 
 from api.app import create_app
-from api.in_flight import InFlightBound, opt_out_share
+from api.in_flight import InFlightBound, client_share, opt_out_share
 from api.server import server_config
 from cdp.db.conflicts import write_retried
 from cdp.platform import Platform
@@ -127,7 +127,8 @@ async def test_beyond_the_bound_a_request_is_503_at_once_with_retry_after(platfo
     """Nothing bounded the requests in flight: each could hold a body of up to 8 MiB, and 100
     clients each sending 8 MiB but its last bytes held 800 MB of `cdp serve`."""
     async with serving(platform, bound=2) as (port, counter):
-        held = [await Held(port, keys["ingest"]).start() for _ in range(2)]
+        # two clients (one may hold half the bound)
+        held = [await Held(port, keys[k]).start() for k in ("ingest", "admin")]
         await until(lambda: counter.in_flight == 2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=HANG_GUARD) as c:
             assert_shed(await c.post("/v1/profiles/batch", json=batch(), headers=keys["ingest"]))
@@ -149,7 +150,7 @@ async def test_opt_outs_keep_their_share_while_ingests_fill_the_bound(platform, 
     """An opt-out is honoured at once (DESIGN.md): a flood of ingests must not shed it."""
     async with serving(platform, bound=2) as (port, counter):
         assert opt_out_share(2) == 1
-        held = [await Held(port, keys["ingest"]).start() for _ in range(2)]
+        held = [await Held(port, keys[k]).start() for k in ("ingest", "admin")]
         await until(lambda: counter.in_flight == 2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=HANG_GUARD) as c:
             assert_shed(await c.post("/v1/profiles/batch", json=batch(), headers=keys["ingest"]))
@@ -171,6 +172,29 @@ async def test_opt_outs_keep_their_share_while_ingests_fill_the_bound(platform, 
         for h in held:
             h.close()
         await until(lambda: counter.in_flight == 0)
+
+
+async def test_one_client_holds_at_most_half_the_bound_and_others_are_answered(platform, keys):
+    """One client could take every slot: an import script with many connections, or a tool
+    running exports in a loop, had every other client shed until it let go. Now a client
+    (its credential, else its address) holds half at most."""
+    async with serving(platform, bound=4) as (port, counter):
+        assert client_share(4) == 2
+        held = [await Held(port, keys["ingest"]).start() for _ in range(2)]
+        await until(lambda: counter.in_flight == 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=HANG_GUARD) as c:
+            # the same client again: shed, though half the bound is free
+            assert_shed(await c.post("/v1/profiles/batch", json=batch(), headers=keys["ingest"]))
+            # another key, and a request without one (by its address), are answered
+            r = await c.post("/v1/profiles/batch", json=batch(), headers=keys["admin"])
+            assert r.status_code == 200, r.text
+            r = await c.get("/v1/profiles", params={"email": "x@example.com"})
+            assert r.status_code == 401, r.text
+            for h in held:  # once it lets go, the client is answered again
+                h.close()
+            await until(lambda: counter.in_flight == 0 and not counter.by_client)
+            r = await c.post("/v1/profiles/batch", json=batch(), headers=keys["ingest"])
+            assert r.status_code == 200, r.text
 
 
 async def test_a_client_that_stalls_mid_body_is_408_and_frees_its_slot(platform, keys):
