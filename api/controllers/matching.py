@@ -186,7 +186,8 @@ class MergeReviewController(Controller):
     description=(
         "For a surviving profile, undoes every merge into it (newest first); for a merged-away "
         "id, undoes the merge that absorbed it. Answers `{profile_ids: [survivor, restored...], "
-        "undone_merges: [...]}`. 404 unknown id, 410 erased, 409 nothing to undo."
+        "undone_merges: [...]}`. 404 unknown id, 410 erased, 409 nothing to undo (or an "
+        "erasure request of the customer is still open: it erases them as it found them)."
     ),
     response_description="The resulting profiles and the merges undone",
 )

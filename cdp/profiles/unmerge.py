@@ -17,6 +17,9 @@ the profile that holds the merge's survivor today (the holder) back into two:
   push and messenger (`_grants_while_merged_count_for_neither`) and an address's grant that
   reached it through the merged profile (consent.merged_consent);
 - the absorbed profile is active again, and the merges row is marked undone;
+- not while an erasure request of the customer is open (409): the erasure erases the customer
+  as the request found them, both halves (before, an unmerge in between left the half holding
+  the address the request named);
 - snapshots of later merges into the holder are rewritten as if this merge had never been
   (`rebased`), and the holder gets a new data key (cdp.profiles.rekey): what was recorded for
   the absorbed customer while merged is under the old one, which her erasure destroys.
@@ -59,6 +62,8 @@ from cdp.profiles.locks import lock_profiles
 from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
 from cdp.profiles.rekey import rekey
 from consent import evidence, ledger, merged_consent
+from consent.dsr.customer import customer_profile_ids
+from consent.dsr.requests import customer_lock, open_erasure
 from consent.ledger import Entry, ordering_time, supersedes
 from consent.outbox.enqueue import enqueue_merge
 from consent.policy import Policy
@@ -126,6 +131,14 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
         )
     ]
     await lock_keys(conn, bidxs)  # identifiers first, then profiles (cdp.profiles.locks)
+    # an open erasure erases the customer the request found: both halves of this merge
+    await lock_keys(conn, [customer_lock(holder)])
+    pending = await open_erasure(conn, await customer_profile_ids(conn, holder))
+    if pending is not None:
+        raise Conflict(
+            f"erasure request {pending.id} of this customer is open: it erases the profiles "
+            "as they were merged when it was received"
+        )
     await lock_profiles(conn, [holder, a_id])
     if await resolve_profile_id(conn, m.survivor_id) != holder:
         raise Conflict("the profile was merged again meanwhile: try again")

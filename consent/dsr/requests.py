@@ -79,6 +79,20 @@ def customer_lock(profile_id: uuid.UUID) -> str:
     return f"dsr|customer|{profile_id}"
 
 
+async def open_erasure(conn: AsyncConnection, pids: list[uuid.UUID]) -> Any | None:
+    """The oldest open erasure request of a customer (all their profiles `pids`), if any.
+    Take `customer_lock` of their surviving profile first: a request is recorded under it."""
+    r = dsr_requests.c
+    return (
+        await conn.execute(
+            select(dsr_requests)
+            .where(r.kind == ERASURE, r.status.in_(states.OPEN), r.profile_id.in_(pids))
+            .order_by(r.received_at)
+            .limit(1)
+        )
+    ).first()
+
+
 async def record_transition(
     conn: AsyncConnection,
     request_id: uuid.UUID,
@@ -223,15 +237,7 @@ async def record_erasure_request(
     """`submit_erasure` once the customer is found and locked (`customer_lock(pid)`): surviving
     profile `pid`, all their profiles `pids`. `reason`: the created transition's fixed text
     (by default "erasure requested by the <requested_by>")."""
-    r = dsr_requests.c
-    open_row = (
-        await conn.execute(
-            select(dsr_requests)
-            .where(r.kind == ERASURE, r.status.in_(states.OPEN), r.profile_id.in_(pids))
-            .order_by(r.received_at)
-            .limit(1)
-        )
-    ).first()
+    open_row = await open_erasure(conn, pids)
     now = utcnow()
     if open_row is not None:
         await record_transition(

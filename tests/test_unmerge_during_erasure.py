@@ -1,0 +1,47 @@
+"""An unmerge while the customer's erasure request is open (found by the linearizability
+review, tests/test_linearizability.py, on PostgreSQL). An erasure request names one address of
+a customer who is, at that moment, two profiles merged into one; the erasure runs later (right
+after the answer, or by the worker once it is back). An unmerge in between split the customer,
+and the erasure then erased only the half that kept the request's profile: the half holding the
+address the requester named stayed, readable by that address, with its data and its key. The
+unmerge now waits for no one: it is refused (409, naming the request) while an erasure of the
+customer is open, and the erasure completes on the customer as the request found them."""
+
+from __future__ import annotations
+
+import uuid
+
+from cdp.profiles.identifiers import parse_identifier
+from consent.dsr.erasure import process
+from consent.dsr.requests import submit_erasure
+
+ANNA, BORIS = "anna.u@example.com", "boris.u@example.com"
+
+
+async def test_an_unmerge_waits_for_the_open_erasure_of_the_customer(platform, client, keys):
+    async def record(body: dict) -> dict:  # type: ignore[type-arg]
+        r = await client.post(
+            "/v1/profiles", json={"source": "crm", **body}, headers=keys["ingest"]
+        )
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    anna = (await record({"email": ANNA}))["profile_id"]
+    boris = (await record({"email": BORIS, "external_id": "C-7"}))["profile_id"]
+    merged = await record({"email": ANNA, "external_id": "C-7"})  # a wrong link
+    assert merged["merged_profile_ids"] == [boris]
+
+    # Boris asks for erasure, naming his address; the erasure has not run yet
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=BORIS)
+    asked = await submit_erasure(platform, ident, requested_by="customer", actor="test")
+
+    unmerged = await client.post(f"/v1/profiles/{boris}/unmerge", headers=keys["admin"])
+
+    assert await process(platform, uuid.UUID(str(asked.request_id)), "test") == "completed"
+    r = await client.get("/v1/profiles", params={"email": BORIS}, headers=keys["admin"])
+    assert r.status_code == 404, "the address the erasure named still finds a customer"
+    for pid in (anna, boris):
+        r = await client.get(f"/v1/profiles/{pid}", headers=keys["admin"])
+        assert r.status_code == 410, r.text
+    assert unmerged.status_code == 409, unmerged.text
+    assert str(asked.request_id) in unmerged.json()["detail"]
