@@ -98,12 +98,18 @@ async def unmerge(
     if not todo:
         raise Conflict("this profile has no merge to undo")
     out = Unmerged()
-    for m in todo:
-        holder = await undo_merge(conn, p, m, actor)
-        if not out.profile_ids:
-            out.profile_ids.append(holder)
-        out.profile_ids.append(m.absorbed_id)
-        out.merge_ids.append(m.id)
+    while todo:
+        for m in todo:
+            holder = await undo_merge(conn, p, m, actor)
+            if not out.profile_ids:
+                out.profile_ids.append(holder)
+            out.profile_ids.append(m.absorbed_id)
+            out.merge_ids.append(m.id)
+        if row.status == "merged":
+            break
+        # merges into the survivor committed before it was locked (PostgreSQL reads what is
+        # committed at each statement): undone too, now that no other can come
+        todo = (await conn.execute(query.order_by(mc.at.desc(), mc.id.desc()))).all()
     return out
 
 
