@@ -1,5 +1,6 @@
 """Linearizability of consent: concurrent histories of grants, withdrawals, opt-outs,
-unsubscribes, records that link and merge, erasures and reads, sent by several clients to a
+unsubscribes and stop replies, records that link and merge, unmerges, erasures and reads, on
+emails and a phone (email and sms), sent by several clients to a
 real `cdp serve` (SQLite; PostgreSQL with two and three worker processes), must each be
 explained by one order of the operations that respects real time and in which every answer is
 the one the sequential model of the rules gives (tests/consent_histories.py, checked by
@@ -7,7 +8,8 @@ tests/linearizability.py). DESIGN §1: an opt-out is in force once answered, so 
 started after its answer shows the address; an erasure once completed is complete.
 
 The suite runs a few derandomized histories per database; CDP_LIN_HISTORIES=N runs N,
-CDP_LIN_SEED=k other seeds, CDP_LIN_LOG=FILE writes every failing history there.
+CDP_LIN_SEED=k other seeds, CDP_LIN_OPS=N longer histories (N operations per client; 8 by
+default), CDP_LIN_LOG=FILE writes every failing history there.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tests.crash import Site, free_port, kill, serving
 from tests.linearizability import INF, History, Op, check, partitioned
 
 HISTORIES = int(os.environ.get("CDP_LIN_HISTORIES", "0"))
+OPS = int(os.environ.get("CDP_LIN_OPS", "0"))  # operations per client (default: Plan's)
 SEED = os.environ.get("CDP_LIN_SEED", "0")
 LOG = os.environ.get("CDP_LIN_LOG")
 
@@ -103,43 +106,74 @@ def test_partitions_are_checked_each_on_their_own():
 # ---------------------------------------------------------------------------------------------
 # the model, on sequences the rules decide
 def _run(*steps: tuple) -> tuple[State | None, list]:  # type: ignore[type-arg]
-    """Apply (kind, args) steps with unknown answers; then what reads of each address say."""
+    """Apply (kind, args[, answer]) steps (no answer: unknown); then whether each address
+    (emails 0 and 1, the phone 2) is contactable on its channel."""
     m, s = ConsentModel(), ConsentModel().init()
-    for kind, args in steps:
-        s = m.step(s, Op(0, kind, 0, args, 0, INF))
-        assert s is not None
+    for kind, args, *answer in steps:
+        s = m.step(s, Op(0, kind, 0, args, 0, 1 if answer else INF, *answer))
+        assert s is not None, (kind, args, answer)
     w = _Work(s)
-    return s, [w.contactable(a) for a in (0, 1)]
+    return s, [w.contactable(a) for a in (0, 1, 2)]
 
 
 def test_the_model_latest_occurred_at_wins_and_a_withdrawal_wins_a_tie():
-    assert _run(("grant", (0, 5)), ("withdraw", (0, 3)))[1] == [True, False]
-    assert _run(("withdraw", (0, 5)), ("grant", (0, 5)))[1] == [False, False]
-    assert _run(("grant", (0, 5)), ("withdraw", (0, 5)))[1] == [False, False]
+    assert _run(("grant", (0, 5)), ("withdraw", (0, 3)))[1][0]
+    assert not _run(("withdraw", (0, 5)), ("grant", (0, 5)))[1][0]
+    assert not _run(("grant", (0, 5)), ("withdraw", (0, 5)))[1][0]
 
 
 def test_the_model_an_opt_out_holds_until_a_grant_that_occurred_after_it():
-    assert _run(("opt_out", (0, "email", 5)), ("grant", (0, 4)))[1] == [False, False]
-    assert _run(("opt_out", (0, "email", 5)), ("grant", (0, 5)))[1] == [False, False]
-    assert _run(("opt_out", (0, "email", 5)), ("grant", (0, 6)))[1] == [True, False]
+    assert not _run(("opt_out", (0, "email", 5)), ("grant", (0, 4)))[1][0]
+    assert not _run(("opt_out", (0, "email", 5)), ("grant", (0, 5)))[1][0]
+    assert _run(("opt_out", (0, "email", 5)), ("grant", (0, 6)))[1][0]
+    assert _run(("opt_out", (2, "sms", 5)), ("grant", (2, 6)))[1][2]
+    assert not _run(("grant", (2, 6)), ("stop", (2,)))[1][2]
 
 
 def test_the_model_an_opt_out_of_every_channel_reaches_addresses_linked_later():
     _, seen = _run(
         ("grant", (0, 1)),
         ("grant", (1, 1)),
+        ("grant", (2, 1)),
         ("opt_out", (0, "*", 3)),
         ("record", (0, True, None)),
         ("record", (1, True, None)),  # links address 1 to the customer who opted out
+        ("record", (2, True, None)),  # and the phone
     )
-    assert seen == [False, False]
+    assert seen == [False, False, False]
 
 
 def test_the_model_an_erasure_is_final():
     _, seen = _run(
         ("grant", (0, 1)), ("erase", (0,)), ("grant", (0, 9)), ("record", (0, False, None))
     )
-    assert seen == [False, False]
+    assert seen == [False, False, False]
+
+
+def test_the_model_an_unmerge_gives_addresses_back_as_opted_out_as_they_were():
+    merged = (
+        ("record", (0, True, ("granted", 1)), ("ok", True, "p1", ())),  # 0 and x
+        ("grant", (1, 1), ("ok", "p2")),  # 1, another customer
+        ("record", (1, True, None), ("ok", False, "p1", ("p2",))),  # x links them: merged
+    )
+    _, seen = _run(*merged, ("opt_out", (0, "*", 3), ("ok", "p1")), ("unmerge", ("p2",)))
+    assert seen == [False, False, False]  # the opt-out while merged stays on address 1
+    state, seen = _run(*merged, ("unmerge", ("p1",), ("ok", "p1", ("p2",))))
+    assert seen == [True, True, False]
+    w = _Work(state)
+    assert w.holder_of(1) != w.holder_of(0) == w.holder_of("x")
+    # an open erasure request of the customer: the unmerge waits (409)
+    asked = ("erase_request", (0,), ("ok", "r1"))
+    assert (
+        ConsentModel().step(
+            _run(*merged, asked)[0], Op(0, "unmerge", 0, ("p1",), 0, 1, ("ok", "p1", ("p2",)))
+        )
+        is None
+    )
+    _, seen = _run(
+        *merged, asked, ("unmerge", ("p1",), ("conflict",)), ("erase_done", (0, "r1"), "ok")
+    )
+    assert seen == [False, False, False]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +215,8 @@ async def run_histories(target: Target, label: str, count: int, plan: Plan) -> d
     for n in range(count):
         r = random.Random(f"{SEED}/{label}/{n}")  # fewer customers: more collisions
         shape = replace(plan, groups=r.choice([1, 2, 2, 3]), clients=r.choice([3, 4, 5, 6]))
+        if OPS:
+            shape = replace(shape, ops_per_client=OPS, batches=max(shape.batches, OPS // 3))
         history = await Run(target, f"{SEED}/{label}/{n}", shape).run()
         done.append(history)
         found = verdicts(history)
