@@ -429,17 +429,39 @@ def members_fit(w: _Work, op: Op) -> bool:
         roots = {root}
     if op.kind == "read_members" and any(not w.contactable(a) for a in shown):
         return False
+    # addresses whose erasure began before the read ended (`erasures_during`)
+    doomed: frozenset[int] = op.args[4] if len(op.args) > 4 else frozenset()
     for root in roots:
         mine = [a for a in w.held_by(root, channel) if a in shown]
         reach = any(w.contactable(b) for b in w.held_by(root, channel))
-        if any(not w.contactable(a) for a in mine) or len(mine) != (1 if reach else 0):
+        if any(not w.contactable(a) for a in mine):
+            return False
+        if len(mine) == (1 if reach else 0):
+            continue
+        # left out: the read decrypts its rows after selecting them and drops a customer whose
+        # data key an erasure destroyed meanwhile, also one that took an address of theirs away
+        # first (an unmerge) while still holding one erased now
+        if mine or not doomed & set(w.held_by(root)):
             return False
     return True
 
 
-def split(op: Op) -> Iterable[tuple[Hashable, Op]]:
+def erasures_during(ops: list[Op]) -> dict[int, frozenset[tuple[Hashable, int]]]:
+    """For each members read (by index), the (group, address) of the erasures processed that
+    began before the read ended: their customer may be left out of it (`members_fit`)."""
+    erasing = [o for o in ops if o.kind == "erase_done" and o.result != "absent"]
+    return {
+        r.index: frozenset((e.key, e.args[0]) for e in erasing if e.invoke < r.complete)
+        for r in ops
+        if r.kind == "read_members"
+    }
+
+
+def split(
+    op: Op, erasing: dict[int, frozenset[tuple[Hashable, int]]] | None = None
+) -> Iterable[tuple[Hashable, Op]]:
     """Each group's part of an operation: a members read shows every group's members; a
-    batch carries at most one record of each group."""
+    batch carries at most one record of each group. `erasing`: `erasures_during`."""
     if op.kind == "batch":
         for n, (g, *record) in enumerate(op.args):
             part = None if op.result is None else op.result[n]
@@ -454,8 +476,10 @@ def split(op: Op) -> Iterable[tuple[Hashable, Op]]:
         # (cdp.segments.pages), and a page or a query, one statement, decrypts its rows after
         # it and drops those whose data key is gone (cdp.segments.members: erased since): each
         # customer as they were at some moment of the read, two perhaps at different moments
+        doomed = frozenset(a for h, a in (erasing or {}).get(op.index, ()) if h == g)
         for a in ON[op.args[2]]:
-            yield g, replace(op, kind="read_export", key=g, args=(*op.args, a), result=part)
+            args = (*op.args, a, doomed)
+            yield g, replace(op, kind="read_export", key=g, args=args, result=part)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from tests.consent_histories import (
     State,
     Target,
     _Work,
+    erasures_during,
     realtime_violations,
     split,
     summary,
@@ -204,7 +205,8 @@ async def served(site: Site, *args: str) -> AsyncIterator[Target]:
 def verdicts(history: History) -> list[str]:
     """Every way the history breaks the model or the real-time rule (empty: none)."""
     found = realtime_violations(history.ops)
-    for key, verdict in partitioned(history.ops, ConsentModel(), split):
+    erasing = erasures_during(history.ops)
+    for key, verdict in partitioned(history.ops, ConsentModel(), lambda op: split(op, erasing)):
         if not verdict.ok:
             found.append(f"customer {key}: {verdict.explain()}")
     return found
