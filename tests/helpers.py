@@ -119,6 +119,13 @@ async def hypothesis_on_loop(test: Callable[[Callable[[Awaitable[T]], T]], None]
     await asyncio.to_thread(test, run)
 
 
+async def record(client, keys, **body) -> dict:  # type: ignore[no-untyped-def]
+    """POST /v1/profiles of a CRM record (stored: 200 or 201); its answer."""
+    r = await client.post("/v1/profiles", json={"source": "crm", **body}, headers=keys["ingest"])
+    assert r.status_code in (200, 201), r.text
+    return r.json()
+
+
 async def contactable(client, keys, pid: str) -> dict:  # type: ignore[no-untyped-def]
     """The customer's contactability matrix (purpose -> channel -> bool), as the API says it."""
     r = await client.get(f"/v1/profiles/{pid}/consents", headers=keys["admin"])

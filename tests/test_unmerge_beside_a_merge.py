@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 import cdp.profiles.unmerge as unmerge_module
+from tests.helpers import record
 
 ANNA, BORIS, CARL = "anna.m@example.com", "boris.m@example.com", "carl.m@example.com"
 
@@ -22,24 +23,18 @@ async def test_a_merge_committed_while_an_unmerge_begins_is_undone_too(
     if backend == "sqlite":
         pytest.skip("SQLite runs one write transaction at a time")
 
-    async def record(body: dict) -> dict:  # type: ignore[type-arg]
-        r = await client.post(
-            "/v1/profiles", json={"source": "crm", **body}, headers=keys["ingest"]
-        )
-        assert r.status_code in (200, 201), r.text
-        return r.json()
-
-    anna = (await record({"email": ANNA}))["profile_id"]
-    boris = (await record({"email": BORIS, "external_id": "C-9"}))["profile_id"]
-    carl = (await record({"email": CARL}))["profile_id"]
-    assert (await record({"email": ANNA, "external_id": "C-9"}))["merged_profile_ids"] == [boris]
+    anna = (await record(client, keys, email=ANNA))["profile_id"]
+    boris = (await record(client, keys, email=BORIS, external_id="C-9"))["profile_id"]
+    carl = (await record(client, keys, email=CARL))["profile_id"]
+    merged = await record(client, keys, email=ANNA, external_id="C-9")
+    assert merged["merged_profile_ids"] == [boris]
 
     real = unmerge_module.undo_merge
     carl_merged: list[dict] = []  # type: ignore[type-arg]
 
     async def undo_merge(*args, **kwargs):  # type: ignore[no-untyped-def]
         if not carl_merged:  # after the unmerge read what to undo, before its locks
-            carl_merged.append(await record({"email": CARL, "external_id": "C-9"}))
+            carl_merged.append(await record(client, keys, email=CARL, external_id="C-9"))
         return await real(*args, **kwargs)
 
     monkeypatch.setattr(unmerge_module, "undo_merge", undo_merge)

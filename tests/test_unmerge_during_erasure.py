@@ -14,21 +14,16 @@ import uuid
 from cdp.profiles.identifiers import parse_identifier
 from consent.dsr.erasure import process
 from consent.dsr.requests import submit_erasure
+from tests.helpers import record
 
 ANNA, BORIS = "anna.u@example.com", "boris.u@example.com"
 
 
 async def test_an_unmerge_waits_for_the_open_erasure_of_the_customer(platform, client, keys):
-    async def record(body: dict) -> dict:  # type: ignore[type-arg]
-        r = await client.post(
-            "/v1/profiles", json={"source": "crm", **body}, headers=keys["ingest"]
-        )
-        assert r.status_code in (200, 201), r.text
-        return r.json()
 
-    anna = (await record({"email": ANNA}))["profile_id"]
-    boris = (await record({"email": BORIS, "external_id": "C-7"}))["profile_id"]
-    merged = await record({"email": ANNA, "external_id": "C-7"})  # a wrong link
+    anna = (await record(client, keys, email=ANNA))["profile_id"]
+    boris = (await record(client, keys, email=BORIS, external_id="C-7"))["profile_id"]
+    merged = await record(client, keys, email=ANNA, external_id="C-7")  # a wrong link
     assert merged["merged_profile_ids"] == [boris]
 
     # Boris asks for erasure, naming his address; the erasure has not run yet
