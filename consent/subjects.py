@@ -14,6 +14,19 @@ def profile_subject(profile_id: uuid.UUID) -> bytes:
     return PROFILE_PREFIX + profile_id.bytes
 
 
+def is_profile_subject(subject: bytes) -> bool:
+    return len(subject) == len(PROFILE_PREFIX) + 16 and subject.startswith(PROFILE_PREFIX)
+
+
+def subject_profile_bytes(subject: bytes) -> bytes:
+    """The profile id's 16 bytes in a profile subject: `profile_subject`'s inverse."""
+    return bytes(subject[len(PROFILE_PREFIX) :])
+
+
+def subject_profile_id(subject: bytes) -> uuid.UUID:
+    return uuid.UUID(bytes=subject_profile_bytes(subject))
+
+
 def channels_for(policy: Policy, kind: str) -> list[str]:
     """Channels whose messages go to an address of this kind (email, phone, profile)."""
     return [name for name, ch in policy.channels.items() if ch.address == kind]

@@ -39,7 +39,7 @@ from consent.audit.replay import (
     replay,
 )
 from consent.audit.rows import Reader, Row
-from consent.subjects import PROFILE_PREFIX
+from consent.subjects import PROFILE_PREFIX, subject_profile_bytes
 
 _STATUS = "SELECT id, status FROM profiles WHERE id IN {in}"
 _MERGES = "SELECT survivor_id, absorbed_id FROM merges WHERE {side} IN {{in}}"
@@ -90,7 +90,8 @@ class _Known:
 
     async def load(self, ledger: Sequence[Row], states: Sequence[Row]) -> None:
         reader, pid_of = self.reader, self.reader.id_bytes
-        ids = list({r[SUBJECT] for r in ledger} | {reader.id_param(s[0][2:]) for s in states})
+        held = {reader.id_param(subject_profile_bytes(s[0])) for s in states}
+        ids = list({r[SUBJECT] for r in ledger} | held)
         for pid, status in await reader.rows_in(_STATUS, ids):
             self.status[pid_of(pid)] = status
         for side in ("survivor_id", "absorbed_id"):
@@ -105,7 +106,7 @@ class _Known:
         outside: set[bytes] = set()  # profiles with a row that an own entry does not explain
         wanted: set[int] = set()
         for subject, *_, seq in states:
-            pid = bytes(subject[2:])
+            pid = subject_profile_bytes(subject)
             if pid in self.merged and seq not in own[pid]:
                 outside.add(pid)
                 wanted.add(seq)
@@ -135,7 +136,7 @@ def _compare(known: _Known, ledger: Sequence[Row], states: Sequence[Row], out: F
     own = {pid_of(s): list(g) for s, g in groupby(ledger, itemgetter(SUBJECT))}
     held: dict[bytes, dict[tuple[str, str], Outcome]] = defaultdict(dict)
     for subject, purpose, channel, status, since, seq in states:
-        held[bytes(subject[2:])][(purpose, channel)] = (status, since, seq)
+        held[subject_profile_bytes(subject)][(purpose, channel)] = (status, since, seq)
     # erased, merged away, or with a merge history: compared profile by profile
     special = {
         p
