@@ -1,9 +1,9 @@
-"""Docs as tests: the examples of README.md, docs/segments.md and docs/webhooks.md, read from
+"""Docs as tests: the examples of README.md and docs/*.md (DOCS), read from
 the markdown itself (never a copy), run as a new user would against a real `cdp serve` (tests/
 crash.py's Site and `serving`), and held to what the text says of them: status codes, fields,
 messages, counts. A change to the product or to the docs that breaks an example fails here.
 
-Every example block of the three files is either run here (RUN) or named in NOT_RUN with the
+Every example block of the documents is either run here (RUN) or named in NOT_RUN with the
 reason; every `cdp ...` or `python -m bench...` command written in their prose is either run
 (PROSE_RUN) or named in PROSE_NOT_RUN with the reason, and must name a command and options that
 exist. A new example, or a renamed command or option, fails the inventory tests until it is run
@@ -42,7 +42,14 @@ from tests.helpers import until
 from tests.test_crash_outbox import nats_server
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "docs/segments.md", "docs/webhooks.md")
+DOCS = (
+    "README.md",
+    "docs/segments.md",
+    "docs/webhooks.md",
+    "docs/design.md",
+    "docs/testing.md",
+    "docs/performance.md",
+)
 PORTS = (8500, 8600)  # this file's own range (tests/crash.py: free_port)
 
 # The blocks this file runs, by document and first line (each test takes its block from here).
@@ -252,6 +259,13 @@ def pg_database() -> None:
 
 
 # -- the inventory -------------------------------------------------------------------------------
+
+
+def test_every_document_is_read_here():
+    """A document added to docs/ (the README's long sections moved there) is held to its
+    examples and commands like the others, not left out of this file unnoticed."""
+    found = {"README.md"} | {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")}
+    assert found == set(DOCS)
 
 
 def test_every_example_is_run_or_skipped_for_a_stated_reason():
