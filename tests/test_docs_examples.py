@@ -49,6 +49,7 @@ DOCS = (
     "docs/design.md",
     "docs/testing.md",
     "docs/performance.md",
+    "docs/settings.md",
 )
 PORTS = (8500, 8600)  # this file's own range (tests/crash.py: free_port)
 
@@ -259,6 +260,22 @@ def pg_database() -> None:
 
 
 # -- the inventory -------------------------------------------------------------------------------
+
+
+# Names in the code's strings that are not settings: a JetStream stream's default name, the
+# crash tests' kill switch, and what `cdp serve --workers` tells its own workers.
+NOT_SETTINGS = {"CDP_CONSENT", "CDP_DSR_CRASH_AT", "CDP_SERVE_WORKERS"}
+
+
+def test_the_settings_table_names_every_setting_the_code_reads():
+    """docs/settings.md: one row per setting, none the code does not read, none left out."""
+    read = set()
+    for package in ("cdp", "consent", "api"):
+        for path in (REPO / package).rglob("*.py"):
+            read |= set(re.findall(r"[\"'](CDP_[A-Z_]+)[\"']", path.read_text()))
+    rows = re.findall(r"^\| `(CDP_[A-Z_]+)` \|", (REPO / "docs/settings.md").read_text(), re.M)
+    assert len(rows) == len(set(rows)), "a setting with two rows"
+    assert set(rows) == read - NOT_SETTINGS
 
 
 def test_every_document_is_read_here():
