@@ -50,6 +50,7 @@ DOCS = (
     "docs/testing.md",
     "docs/performance.md",
     "docs/settings.md",
+    "docs/features.md",
 )
 PORTS = (8500, 8600)  # this file's own range (tests/crash.py: free_port)
 
