@@ -4,8 +4,8 @@ rows with the same decryption (measured in the same run), and peak memory of the
     python -m bench.segments --scale 100000 --db sqlite|postgres [--consent-valid-days N]
 
 `--consent-valid-days N` runs it with a consent validity period on marketing in every
-jurisdiction (README, "Consent"): 1825 lapses none of the generated grants (the cost of the
-rule's added comparison alone), 365 about two thirds (the oldest customers').
+jurisdiction (docs/features.md, "Consent"): 1825 lapses none of the generated grants (the
+cost of the rule's added comparison alone), 365 about two thirds (the oldest customers').
 
 Data. N profiles are written straight into the tables in bulk, with real per-profile data keys
 (wrapped by the master key), real AES-GCM field encryption and real blind indexes; consent state

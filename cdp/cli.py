@@ -100,13 +100,13 @@ SQLITE_WORKERS = (
 WHOLE_KEYS_WARNING = (
     "warning: some data keys are still stored whole in the database (from before the key "
     "store): a backup taken before such a customer's erasure stays readable. Run "
-    "`cdp keys split` once (README, 'Backups and the key store')."
+    "`cdp keys split` once (docs/design.md, 'Backups and the key store')."
 )
 
 PLAIN_EVENT_IDS_WARNING = (
     "warning: some events recorded before this release keep the sender's event id in plain "
     "text (senders often build them from an email or a phone). Run `cdp events seal` once "
-    "(README, 'Backups and the key store')."
+    "(docs/design.md, 'Backups and the key store')."
 )
 
 

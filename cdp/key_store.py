@@ -27,9 +27,9 @@ left behind by a process that died between the two commits is destroyed the same
 
 The key store must outlive the database's backups without being rolled back with them: keep it
 on another disk or server, replicate it, and keep its own backups only as long as an erasure
-may take to honour (README, "Backups and the key store"). Its three tables are defined here and
-created when the store is first opened (cdp.key_store_open, which also refuses a store that is
-not the database's), not by Alembic; `key_store_meta` keeps their version.
+may take to honour (docs/design.md, "Backups and the key store"). Its three tables are defined
+here and created when the store is first opened (cdp.key_store_open, which also refuses a store
+that is not the database's), not by Alembic; `key_store_meta` keeps their version.
 """
 
 from __future__ import annotations

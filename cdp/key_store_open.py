@@ -54,8 +54,8 @@ def required_key_store_url(settings: Settings) -> str:
     if settings.is_production and settings.key_store is None:
         raise KeyStoreSettingMissing(
             "CDP_KEY_STORE_URL must be set in production: keep the key store out of the "
-            "database's backups, or an erasure does not reach them (README, 'Backups and the "
-            f"key store'); to keep the store where it is now, {_keep_where_it_is(settings)}"
+            "database's backups, or an erasure does not reach them (docs/design.md, 'Backups and "
+            f"the key store'); to keep the store where it is now, {_keep_where_it_is(settings)}"
         )
     return settings.key_store_url
 
@@ -168,7 +168,7 @@ async def _refuse_an_older_store(main: Database, db: Database, store_id: str) ->
             f"the key store {store_id} is older than the database: it holds no share of the "
             f"data key of profile {missing}, one of the newest. It was restored from an older "
             "copy, without the customers created since; put back the key store's latest "
-            "state, or point CDP_KEY_STORE_URL at it (README, 'Backups and the key store')"
+            "state, or point CDP_KEY_STORE_URL at it (docs/design.md, 'Backups and the key store')"
         )
     if last < honoured:
         raise KeyStoreMismatch(
@@ -176,7 +176,7 @@ async def _refuse_an_older_store(main: Database, db: Database, store_id: str) ->
             f"{last}, the database has honoured erasures up to number {honoured}. It was "
             "restored from an older copy, which gives back the data keys of customers erased "
             "since; put back the key store's latest state, or point CDP_KEY_STORE_URL at it "
-            "(README, 'Backups and the key store')"
+            "(docs/design.md, 'Backups and the key store')"
         )
 
 
@@ -246,7 +246,7 @@ def _mismatch(linked: str | None, found: str) -> str:
     return (
         f"CDP_KEY_STORE_URL does not lead to this database's key store (id {linked}): found "
         f"{found}. Without its key store no customer's data can be read; point "
-        "CDP_KEY_STORE_URL at it (README, 'Backups and the key store')"
+        "CDP_KEY_STORE_URL at it (docs/design.md, 'Backups and the key store')"
     )
 
 
@@ -254,7 +254,7 @@ IN_THE_DATABASE = (
     "CDP_KEY_STORE_URL leads to a database of the platform's own (CDP_DATABASE_URL's, or "
     "another platform database): the key store must be a database apart, or a backup of the "
     "database holds both halves of every data key and an erasure reaches none of them "
-    "(README, 'Backups and the key store')"
+    "(docs/design.md, 'Backups and the key store')"
 )
 
 

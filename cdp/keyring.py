@@ -313,7 +313,7 @@ class Keyring:
                         raise KeyShareMissing(
                             f"the key store holds no share of the data key of profile {pid}, "
                             "whose key the database still holds: was the key store put back "
-                            "from an older copy? (README, 'Backups and the key store')"
+                            "from an older copy? (docs/design.md, 'Backups and the key store')"
                         )
                     continue  # shredded
                 try:

@@ -141,7 +141,7 @@ def default_key_store_url(database_url: str) -> str:
     """Beside the database unless CDP_KEY_STORE_URL says where: SQLite `cdp.db` ->
     `cdp.keys.db` in the same directory; PostgreSQL database `cdp` -> `cdp_keys` on the same
     server (created on first use). Neither is outside a backup of the whole directory or of
-    the whole server: a production deployment names a store of its own (README)."""
+    the whole server: a production deployment names a store of its own (docs/design.md)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         path = Path(url.database or "cdp.db")

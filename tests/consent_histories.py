@@ -25,9 +25,9 @@ them), and several clients, each with its own connection, sending one operation 
   one statement, so every customer is as they were at one moment; an export reads ranges of
   profile ids each in its own transaction, so it is checked customer by customer.
 
-The model (`ConsentModel`) is the rules of README "Consent belongs to the address" and DESIGN
-§1 in plain Python, per group: the latest event by occurred_at wins (a withdrawal wins a tie);
-a suppression (opt-out, unsubscribe, stop reply, erasure) stops contact on its address until a
+The model (`ConsentModel`) is the rules of docs/design.md "Consent belongs to the address" and
+DESIGN §1 in plain Python, per group: the latest event by occurred_at wins (a withdrawal wins a
+tie); a suppression (opt-out, unsubscribe, stop reply, erasure) stops contact on its address until a
 grant that occurred strictly after it; an opt-out of every channel reaches every address the
 customer holds, phone included, and those they gain later; a record linking two customers
 merges them into the older (the lower profile id: ids are time-ordered); an unmerge gives the

@@ -1,6 +1,6 @@
 """How much of a table a statement reads, on both databases, for tests of the scale review
-(README, "Scale review (2026-12-07)"): a request that names one customer, one id or one page,
-or a background pass with nothing to do, must not read a whole table.
+(docs/testing.md, "Scale review (2026-12-07)"): a request that names one customer, one id or one
+page, or a background pass with nothing to do, must not read a whole table.
 
 `captured(p)` collects the statements the platform runs; `rows_read(p, sql, params)` runs one
 of them again and says how much it read:

@@ -4,7 +4,7 @@ Random sequences of records that link addresses (and so merge profiles), grants 
 withdrawals naming an address or the whole profile (email, sms, push), opt-outs (one channel,
 push, every channel), one-click unsubscribes with links handed out earlier, unmerges and
 erasures run through the domain functions, and after every step the platform is compared with
-a small reference model of the documented rules (README "Consent belongs to the address",
+a small reference model of the documented rules (docs/design.md "Consent belongs to the address",
 "Opt-out wins, at once", the unmerge and erasure sections; DESIGN §1):
 
 - who holds which address: a record joins the profile its identifiers name, one linking two

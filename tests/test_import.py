@@ -173,7 +173,7 @@ async def test_cli_refuses_to_serve_in_production_without_the_audit_signing_key(
     out = run_cli(
         ["serve", "--port", "1"], platform.settings.database_url, tmp_path, CDP_ENV="prod"
     )
-    # as for every setting that cannot work, `cdp serve` exits 2 (README, Settings)
+    # as for every setting that cannot work, `cdp serve` exits 2 (docs/settings.md)
     assert out.returncode == 2 and "CDP_ENV: must be development or production" in out.stderr
 
 

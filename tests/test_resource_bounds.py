@@ -1,6 +1,6 @@
 """Resource bounds of a long-running process: what it keeps in memory between requests is bounded,
-and what a client sends cannot grow it (README, "Resource bounds"). Asserted by behaviour: how
-much a structure holds after many distinct inputs, what is left after a request ends."""
+and what a client sends cannot grow it (docs/testing.md, "Resource bounds"). Asserted by behaviour:
+how much a structure holds after many distinct inputs, what is left after a request ends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reads that must not grow with the base (README, "Scale review (2026-12-07)").
+"""Reads that must not grow with the base (docs/testing.md, "Scale review (2026-12-07)").
 
 Each test fills a table with FILL rows that the request or background pass has no business
 reading (delivered deliveries, fanned-out events, split data keys, old ledger entries), runs

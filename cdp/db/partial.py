@@ -5,8 +5,8 @@ the index's own (`NOT fanned_out`, `status = 'pending'`). A bound parameter (`st
 does not match, nor does the form SQLAlchemy gives a boolean test on SQLite (`fanned_out IS 0`,
 `split = 0`): the query then reads the whole table, however few rows the index holds.
 PostgreSQL's generic plans (asyncpg's prepared statements, once reused) cannot use a partial
-index against a parameter either. The scale review (README, 2026-12-07) found the dispatcher's
-idle poll, `GET /metrics` and `cdp serve`'s start reading whole tables this way.
+index against a parameter either. The scale review (docs/testing.md, 2026-12-07) found the
+dispatcher's idle poll, `GET /metrics` and `cdp serve`'s start reading whole tables this way.
 """
 
 from __future__ import annotations

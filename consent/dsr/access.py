@@ -28,7 +28,7 @@ Who received their data:
   SQLite's chunks are searched in this process (`bytes.find`, 3x faster than `instr`). A
   chunk found is then read record by record, to keep only ids in their place. Cost: about
   0.5 ms (PostgreSQL) and 0.2 ms (SQLite) per chunk of 2,000 members, a scan of the records
-  kept (README, "Access requests"; `bench/access_scan.py`).
+  kept (docs/design.md, "Access requests"; `bench/access_scan.py`).
 Members pages and ad-hoc segment queries hand out customers too, but only how many is recorded
 (the access log, per segment), so they cannot be listed per customer.
 """
