@@ -15,14 +15,16 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.access_log import log_access
 from cdp.apikeys import Principal
-from cdp.errors import NotFound
+from cdp.db.tables import identities, profiles
+from cdp.errors import Gone, NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
-from cdp.profiles.identity import lookup_bidx, resolve_profile_id
+from cdp.profiles.identity import resolve_profile_id
 from consent import tokens
 from consent.dsr.schemas import AccessIn
 from consent.subjects import profile_subject
@@ -90,9 +92,30 @@ async def link_holder(conn: AsyncConnection, claims: tokens.TokenClaims) -> uuid
     Gone once erased). A link names the profile that held the address when it was issued; after
     an unmerge gave the address back to another customer, the link in her inbox showed and
     changed the other customer's preferences ("unsubscribe from everything" stopped his
-    messages, not hers)."""
+    messages, not hers).
+
+    A link whose customer was erased before the address's holder got it is the erased
+    customer's, and answers Gone: it was issued before that erasure, to someone who no longer
+    exists here. Until 2026-12-07 it acted for the address's next holder (a reassigned phone
+    number), so the erased customer's old link showed the stranger's preferences, and a manage
+    link still in its validity downloaded his data and asked for his erasure."""
     if claims.subject_kind in ("email", "phone"):
-        held = await lookup_bidx(conn, [claims.subject])
-        if claims.subject in held:
-            return await resolve_profile_id(conn, held[claims.subject])
+        i = identities.c
+        held = (
+            await conn.execute(select(i.profile_id, i.created_at).where(i.bidx == claims.subject))
+        ).first()
+        if held is not None:
+            erased_at = await _erased_at(conn, claims.profile_id)
+            if erased_at is not None and erased_at < held.created_at:
+                raise Gone("this link's customer was erased")
+            return await resolve_profile_id(conn, held.profile_id)
     return await resolve_profile_id(conn, claims.profile_id)
+
+
+async def _erased_at(conn: AsyncConnection, profile_id: uuid.UUID) -> datetime | None:
+    """When the profile a link names was erased (with its customer: an erasure marks every
+    profile of theirs, merged-away ones too), or None while it is not."""
+    pc = profiles.c
+    return (
+        await conn.execute(select(pc.updated_at).where(pc.id == profile_id, pc.status == "erased"))
+    ).scalar()

@@ -613,6 +613,83 @@ async def test_after_an_unmerge_the_link_in_a_message_acts_for_whoever_holds_its
     assert not any((await contactable(client, keys, her)).values())
     assert (await contactable(client, keys, other))["sms"] is True
 
+    # his erasure, after she got her address back, leaves her link hers
+    erased = await client.post(
+        "/v1/erasure-requests",
+        json={"phone": "+79161110001", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert erased.status_code == 202, erased.text
+    await run_pending(platform)
+    page = await client.get(f"/preferences/{token}", headers={"Accept-Language": "en"})
+    assert page.status_code == 200 and "x***@example.com" in page.text
+
+
+async def test_the_links_of_an_erased_customer_do_not_act_for_the_next_holder_of_the_address(
+    client, keys, platform
+):
+    """Anna was erased; her phone number went to Boris, a new customer. The links she had been
+    sent (an SMS's unsubscribe link, a manage link still in its week) used to act for whoever
+    held the number: they showed Boris's preferences with his masked email, downloaded his data
+    and asked for his erasure. They are hers, issued before her erasure: a page saying her data
+    is gone. Boris's own link works."""
+    phone = "+79161115566"
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "phone": phone, "country": "RU", "consents": [dated("sms", days=3)]},
+        headers=keys["ingest"],
+    )
+    anna = uuid.UUID(r.json()["profile_id"])
+    claims = TokenClaims(anna, "phone", platform.keys.indexer.phone(phone), "marketing", "sms")
+    unsubscribe = issue(platform.keys.token_key, claims)
+    link = await client.post(
+        "/v1/preference-links",
+        json={"phone": phone, "valid_minutes": 10080},
+        headers=keys["ingest"],
+    )
+    manage = link.json()["token"]
+    erased = await client.post(
+        "/v1/erasure-requests",
+        json={"phone": phone, "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert erased.status_code == 202, erased.text
+    await run_pending(platform)
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "shop",
+            "phone": phone,
+            "email": "boris.next@example.org",
+            "first_name": "Boris",
+            "country": "RU",
+            "consents": [dated("sms", days=0)],
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    boris = r.json()["profile_id"]
+
+    en = {"Accept-Language": "en", "Accept": BROWSER}
+    for token in (unsubscribe, manage):
+        page = await client.get(f"/preferences/{token}", headers=en)
+        assert page.status_code == 410 and "b***@example.org" not in page.text
+        r = await client.post(f"/preferences/{token}/opt-out", data={"lang": "en"})
+        assert r.status_code == 410
+    r = await client.post(f"/preferences/{manage}/access", data={"lang": "en"})
+    assert r.status_code == 410 and "Boris" not in r.text and "boris" not in r.text
+    r = await client.post(f"/preferences/{manage}/erasure", data={"confirm": "yes"})
+    assert r.status_code == 410
+    r = await client.post(f"/v1/erasure-requests/by-token/{manage}")
+    assert r.status_code == 410
+    listed = await client.get("/v1/erasure-requests", headers=keys["compliance"])
+    assert [i["profile_id"] for i in listed.json()["items"]] == [str(anna)]
+    assert (await contactable(client, keys, boris))["sms"] is True
+
+    link = await client.post("/v1/preference-links", json={"phone": phone}, headers=keys["ingest"])
+    page = await client.get(f"/preferences/{link.json()['token']}", headers=en)
+    assert page.status_code == 200 and "b***@example.org" in page.text
+
 
 async def test_an_expired_manage_link_still_turns_messages_off_and_does_nothing_else(
     client, keys, platform

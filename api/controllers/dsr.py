@@ -17,12 +17,12 @@ from api.params import Limit
 from cdp.access_log import log_access
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
-from cdp.profiles.identity import lookup_bidx
 from consent.dsr import requests as dsr
 from consent.dsr.access import access_export
 from consent.dsr.schemas import AccessIn, ErasureIn, ReasonIn, identifier_of
 from consent.dsr.worker import run_one
 from consent.optout import claims_from_token
+from consent.preference_links import link_holder
 
 SUBMIT = roles("admin", "compliance", "ingest")
 OFFICERS = roles("admin", "compliance")
@@ -100,13 +100,13 @@ class ErasureRequestController(Controller):
                 "an unsubscribe token cannot request erasure: it needs a manage link "
                 "(POST /v1/preference-links)"
             )
-        ident = Identifier("profile_id", profile_id=claims.profile_id)
-        if claims.subject_kind != "profile":  # the address names the customer, while it exists
-            async with platform.db.read() as conn:
-                if await lookup_bidx(conn, [claims.subject]):
-                    ident = Identifier(claims.subject_kind, bidx=claims.subject)
+        async with platform.db.read() as conn:  # as the preference centre's erasure does
+            holder = await link_holder(conn, claims)
         submitted = await dsr.submit_erasure(
-            platform, ident, requested_by="customer", actor="customer"
+            platform,
+            Identifier("profile_id", profile_id=holder),
+            requested_by="customer",
+            actor="customer",
         )
         return await _accepted(platform, submitted)
 
