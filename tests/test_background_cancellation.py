@@ -39,7 +39,7 @@ def _loops(step: CleanUpFails, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(retention, "run_retention", step)
     monkeypatch.setattr(worker, "destroy_erased_shares", step)
 
-    async def pending(_p: object) -> list[uuid.UUID]:
+    async def pending(_p: object, _after: object = None) -> list[uuid.UUID]:
         return []
 
     monkeypatch.setattr(worker, "pending", pending)

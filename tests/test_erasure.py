@@ -382,6 +382,48 @@ async def test_a_failing_step_rolls_back_and_the_worker_finishes_later(
         assert len(n.all()) == 4  # created, started, resumed, completed
 
 
+async def test_one_pass_of_the_worker_reaches_every_open_request_past_a_page_of_failures(
+    client, keys, platform, monkeypatch
+):
+    """A pass used to take the 500 oldest open requests and stop: `cdp dsr run` after a
+    retention run of thousands said "failed: 0" and left the rest open, and 500 requests that
+    kept failing (retried first, being the oldest) kept every newer one from being erased."""
+    import consent.dsr.erasure as erasure
+    import consent.dsr.worker as worker
+
+    requests = []
+    for n in range(5):
+        email = f"page.{n}@example.com"
+        r = await client.post(
+            "/v1/profiles", json={"source": "crm", "email": email}, headers=keys["ingest"]
+        )
+        assert r.status_code == 201, r.text
+        ident = parse_identifier(platform.policy, platform.keys.indexer, email=email)
+        submitted = await submit_erasure(platform, ident, requested_by="customer", actor="test")
+        requests.append(submitted.request_id)
+    failing = set(requests[:2])  # the two oldest fail, as a page of them would
+    erase = erasure.erase
+
+    async def erase_or_fail(p, request_id, actor=erasure.WORKER):  # type: ignore[no-untyped-def]
+        if request_id in failing:
+            raise RuntimeError("key store refused")
+        return await erase(p, request_id, actor)
+
+    monkeypatch.setattr(erasure, "erase", erase_or_fail)
+    monkeypatch.setattr(worker, "PAGE", 2)
+    summary = await run_pending(platform)
+    assert (summary.completed, summary.failed) == (3, 2)
+    assert set(summary.failed_ids) == failing
+    async with platform.db.read() as conn:
+        statuses = dict(
+            (await conn.execute(select(dsr_requests.c.id, dsr_requests.c.status))).all()
+        )
+    assert [statuses[rid] for rid in requests] == ["in_progress"] * 2 + ["completed"] * 3
+
+    monkeypatch.setattr(erasure, "erase", erase)
+    assert (await run_pending(platform)).completed == 2
+
+
 async def test_no_segment_member_list_or_export_returns_an_erased_customer(client, keys):
     ids = await create_anna(client, keys)
     definition = {

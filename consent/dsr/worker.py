@@ -20,9 +20,10 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from cdp.cancellation import run_every, stop_if_cancelled
 from cdp.platform import Platform
@@ -34,6 +35,7 @@ from consent.dsr_tables import dsr_requests
 
 log = structlog.get_logger(__name__)
 DEFAULT_INTERVAL = 30.0
+PAGE = 500  # open requests read per query; a pass reads page after page until none is left
 
 
 @dataclass(slots=True)
@@ -44,16 +46,19 @@ class RunSummary:
     failed_ids: list[uuid.UUID] = field(default_factory=list)
 
 
-async def pending(p: Platform, limit: int = 500) -> list[uuid.UUID]:
+async def pending(
+    p: Platform, after: tuple[datetime, uuid.UUID] | None = None
+) -> list[tuple[datetime, uuid.UUID]]:
+    """The next page (`PAGE`) of open requests, oldest first, after `after` (received_at, id):
+    (received_at, id) of each."""
     r = dsr_requests.c
+    q = select(r.received_at, r.id).where(r.kind == ERASURE, r.status.in_(states.OPEN))
+    if after is not None:
+        at, rid = after
+        q = q.where(or_(r.received_at > at, and_(r.received_at == at, r.id > rid)))
     async with p.db.read() as conn:
-        rows = await conn.execute(
-            select(r.id)
-            .where(r.kind == ERASURE, r.status.in_(states.OPEN))
-            .order_by(r.received_at, r.id)
-            .limit(limit)
-        )
-        return [rid for (rid,) in rows]
+        rows = await conn.execute(q.order_by(r.received_at, r.id).limit(PAGE))
+        return [(at, rid) for at, rid in rows]
 
 
 async def run_one(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str | None:
@@ -69,19 +74,24 @@ async def run_one(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> st
 
 
 async def run_pending(p: Platform, actor: str = WORKER) -> RunSummary:
-    """One pass over the open requests, oldest first; then the key shares of erasures that
-    committed without destroying them (the key store refused, or the process lost its answer,
-    after the database's commit: the request reads completed) are destroyed."""
+    """One pass over every open request, oldest first, each tried once (the pass reads them a
+    page at a time, after the last one it tried: a request that fails stays open, and the
+    next pass tries it again); then the key shares of erasures that committed without
+    destroying them (the key store refused, or the process lost its answer, after the
+    database's commit: the request reads completed) are destroyed."""
     summary = RunSummary()
-    for request_id in await pending(p):
-        status = await run_one(p, request_id, actor)
-        if status == "completed":
-            summary.completed += 1
-        elif status == "rejected":
-            summary.rejected += 1
-        elif status is None:
-            summary.failed += 1
-            summary.failed_ids.append(request_id)
+    after: tuple[datetime, uuid.UUID] | None = None
+    while page := await pending(p, after):
+        for _, request_id in page:
+            status = await run_one(p, request_id, actor)
+            if status == "completed":
+                summary.completed += 1
+            elif status == "rejected":
+                summary.rejected += 1
+            elif status is None:
+                summary.failed += 1
+                summary.failed_ids.append(request_id)
+        after = page[-1]
     try:
         await destroy_erased_shares(p)
     except Exception as exc:  # the key store down: the next pass destroys them
