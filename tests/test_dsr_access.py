@@ -133,3 +133,32 @@ async def test_access_request_names_the_sources_and_the_merges(client, keys):
     assert (merge["survivor_id"], merge["absorbed_id"]) == (ids["survivor"], ids["absorbed"])
     assert merge["matched_on"] == ["phone"] and merge["source"] == "callcenter"
     assert merge["provenance"] == "deterministic" and merge["at"] and merge["undone_at"] is None
+
+
+async def test_access_request_says_for_what_and_how_long_her_data_are_kept(client, keys, platform):
+    """GDPR art. 15(1)(a), (d) and 152-FZ art. 14(7) ask the answer to name the purposes, their
+    legal basis and the storage period, not the data alone: the export held none of them."""
+    from tests.test_retention import with_retention
+
+    await create_anna(client, keys)
+    r = await client.post("/v1/access-requests", json={"email": EMAIL}, headers=keys["compliance"])
+    assert r.status_code == 200, r.text
+    processing = r.json()["processing"]
+    assert processing["jurisdiction"] == "RU" and processing["laws"]
+    assert processing["policy_version"] == platform.policy.version
+    purposes = {p["purpose"]: p for p in processing["purposes"]}
+    assert purposes["marketing"]["advertising"] is True
+    assert purposes["marketing"]["legal_basis"]["email"] == "opt_in"
+    assert set(purposes["service"]["legal_basis"].values()) == {"contract"}
+    assert purposes["service"]["description"]
+    assert processing["retention"] == {"inactive_days": None}  # kept until she asks
+    assert processing["request_deadlines"]["erasure"] == {
+        "period": 10,
+        "unit": "working_days",
+        "extension": 5,
+        "extension_unit": "working_days",
+    }
+
+    platform.policy = with_retention(platform.policy, RU=1095)
+    r = await client.post("/v1/access-requests", json={"email": EMAIL}, headers=keys["compliance"])
+    assert r.json()["processing"]["retention"] == {"inactive_days": 1095}

@@ -206,7 +206,10 @@ class ErasureRequestController(Controller):
     tags=["data subject requests"],
     status_code=200,
     summary="Everything held about a customer (written to the access log)",
-    description="`profile` (as `GET /v1/profiles/{id}`), `identities`, `sources` (the systems "
+    description="`processing` (what their data are processed for under their jurisdiction's "
+    "policy: each purpose with its legal basis per channel, the retention period "
+    "(`inactive_days`, null: kept until they ask for erasure) and the deadlines of their "
+    "requests), `profile` (as `GET /v1/profiles/{id}`), `identities`, `sources` (the systems "
     "their data came from), `merges` (undone ones with `undone_at`), `merge_snapshots` (the "
     "values a merge keeps for an unmerge: as survivor, theirs from before it; as absorbed, what "
     "their profile brought), `match_suggestions` and `merge_reviews` naming their profiles "

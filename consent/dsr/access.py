@@ -1,13 +1,14 @@
 """The access request: everything held about one customer, decrypted, as JSON.
 
-profile, identities, the sources their data came from (GDPR art. 15(1)(g)), the merges that
-joined their records, the values those merges keep for an unmerge (`merge_snapshots`), match
-suggestions and merge reviews naming their profiles, consent history (ledger entries for the
-customer's profiles and addresses, with their evidence decrypted where the key still exists),
-suppressions of their addresses, events, segments they are currently in, who received their
-data (`recipients`: segment exports and webhook deliveries, GDPR art. 15(1)(c)), which keys
-read their data (the access log), and their erasure requests with notes and transitions. The
-export itself is written to the access log.
+what the processing is (`processing`: purposes with their legal basis, retention period,
+request deadlines; consent.dsr.processing), profile, identities, the sources their data came
+from (GDPR art. 15(1)(g)), the merges that joined their records, the values those merges keep
+for an unmerge (`merge_snapshots`), match suggestions and merge reviews naming their profiles,
+consent history (ledger entries for the customer's profiles and addresses, with their evidence
+decrypted where the key still exists), suppressions of their addresses, events, segments they
+are currently in, who received their data (`recipients`: segment exports and webhook
+deliveries, GDPR art. 15(1)(c)), which keys read their data (the access log), and their erasure
+requests with notes and transitions. The export itself is written to the access log.
 
 Nothing in it names another customer: a snapshot shows only the side that is the customer's
 (as survivor, the values they had before the merge; as absorbed, what their profile brought),
@@ -74,6 +75,7 @@ from cdp.segments.membership import segments_containing
 from consent import evidence
 from consent.audit.events import entry_addresses
 from consent.dsr.customer import customer_profile_ids, ledger_entries_of
+from consent.dsr.processing import processing_notice
 from consent.dsr.requests import ERASURE, detail, summary
 from consent.dsr_tables import dsr_requests
 from consent.outbox.tables import outbox_events, webhook_subscriptions
@@ -121,12 +123,14 @@ async def export(conn: AsyncConnection, p: Platform, pid: uuid.UUID) -> dict[str
     ).all()
     plain = {i.bidx: cipher.decrypt("identities.value", i.value) for i in idents}
     addresses = [i.bidx for i in idents if i.kind in ("email", "phone")]
+    profile = await profile_view(conn, p, pid)
     # `recipients.segment_exports` is filled by access_export, outside this transaction
     return {
         "profile_id": str(pid),
         "profile_ids": [str(x) for x in pids],
         "generated_at": utcnow(),
-        "profile": await profile_view(conn, p, pid),
+        "processing": processing_notice(p.policy, profile.get("jurisdiction")),
+        "profile": profile,
         "identities": [
             {
                 "kind": i.kind,
