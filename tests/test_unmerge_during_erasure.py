@@ -40,3 +40,35 @@ async def test_an_unmerge_waits_for_the_open_erasure_of_the_customer(platform, c
         assert r.status_code == 410, r.text
     assert unmerged.status_code == 409, unmerged.text
     assert str(asked.request_id) in unmerged.json()["detail"]
+
+
+async def test_a_reviewed_merge_waits_for_the_open_erasure_of_either_customer(
+    platform, client, keys
+):
+    """The other side of an unmerge: a reviewer accepting the matcher's suggestion merged a
+    look-alike into a customer whose erasure was open, and the erasure then erased him too,
+    beyond any unmerge. The merge is refused (409, naming the request) until it is done."""
+    from cdp.matching.suggestions import run_matching
+
+    person = {"first_name": "Анна", "last_name": "Ожидающая", "birth_date": "1990-05-01"}
+    anna = (await record(client, keys, email=ANNA, city="Moscow", **person))["profile_id"]
+    alike = (await record(client, keys, email=BORIS, city="Moscow", **person))["profile_id"]
+    assert (await run_matching(platform, 0.3)).stored == 1
+    (suggestion,) = (
+        await client.get("/v1/match-suggestions?status=open", headers=keys["admin"])
+    ).json()["items"]
+
+    ident = parse_identifier(platform.policy, platform.keys.indexer, email=ANNA)
+    asked = await submit_erasure(platform, ident, requested_by="customer", actor="test")
+    accepted = await client.post(
+        f"/v1/match-suggestions/{suggestion['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert accepted.status_code == 409, accepted.text
+    assert str(asked.request_id) in accepted.json()["detail"]
+
+    assert await process(platform, uuid.UUID(str(asked.request_id)), "test") == "completed"
+    r = await client.get(f"/v1/profiles/{anna}", headers=keys["admin"])
+    assert r.status_code == 410
+    r = await client.get(f"/v1/profiles/{alike}", headers=keys["admin"])
+    assert r.status_code == 200, "a customer who asked for nothing was erased"
+    assert r.json()["first_name"] == "Анна"

@@ -84,7 +84,8 @@ class MatchSuggestionController(Controller):
         description="The older profile survives. 409 when the suggestion is no longer open "
         "(accepted, rejected, or stale: one of the pair was merged since); 404 once one of the "
         "pair was erased (an erasure removes every suggestion naming them), 410 when the "
-        "erasure runs while the suggestion is accepted.",
+        "erasure runs while the suggestion is accepted; 409 while an erasure request of either "
+        "customer is open (it erases the customer as it found them).",
         response_description=(
             "The suggestion, now `accepted`, with the surviving `profile_id` and "
             "`merged_profile_ids`"
@@ -154,6 +155,8 @@ class MergeReviewController(Controller):
         opt=ADMIN,
         status_code=200,
         summary="Override the guard: merge the profiles (provenance reviewed)",
+        description="409 when the review is no longer open, or while an erasure request of one "
+        "of the customers is open (it erases the customer as it found them).",
         response_description=(
             "The review, now `accepted`, with the surviving `profile_id` and `merged_profile_ids`"
         ),

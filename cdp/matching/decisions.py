@@ -34,7 +34,8 @@ async def merge_reviewed(
 ) -> Merged:
     """Merge the profiles (followed to their survivors) into the oldest, provenance "reviewed".
 
-    Raises Gone when one was erased, Conflict when they are already one profile.
+    Raises Gone when one was erased, Conflict when they are already one profile or when an
+    erasure request of one of them is open.
     """
     current = sorted({await resolve_profile_id(conn, pid) for pid in profile_ids})
     if len(current) < 2:
@@ -46,6 +47,7 @@ async def merge_reviewed(
         )
     ]
     await lock_keys(conn, bidxs)  # identifiers first, then profiles (cdp.profiles.locks)
+    await refuse_while_erasure_open(conn, current)
     await lock_profiles(conn, current)
     if sorted({await resolve_profile_id(conn, pid) for pid in profile_ids}) != current:
         raise Conflict("these profiles were merged or split meanwhile: review them again")
@@ -67,3 +69,22 @@ async def merge_reviewed(
 
     await carry_person_opt_outs(conn, p, {survivor})  # a "stop all" of either reaches both
     return Merged(survivor, ordered[1:])
+
+
+async def refuse_while_erasure_open(conn: AsyncConnection, survivors: list[uuid.UUID]) -> None:
+    """Conflict while an erasure request of one of these customers (surviving profiles) is
+    open: the erasure erases the customer as the request found them, as an unmerge waits for
+    it (cdp.profiles.unmerge). Merged in, the other customer was erased with the requester,
+    beyond any unmerge, on a reviewer's guess that they were one person. Takes the customers'
+    request locks (identifiers before them, profiles after)."""
+    from consent.dsr.customer import customer_profile_ids
+    from consent.dsr.requests import customer_lock, open_erasure
+
+    await lock_keys(conn, [customer_lock(pid) for pid in survivors])
+    for pid in survivors:
+        pending = await open_erasure(conn, await customer_profile_ids(conn, pid))
+        if pending is not None:
+            raise Conflict(
+                f"erasure request {pending.id} of profile {pid} is open: merge once it is "
+                "completed or rejected"
+            )
