@@ -53,6 +53,34 @@ def test_ru_working_days_count_a_saturday_the_government_made_a_working_day():
     assert erasure_due("RU", at(2025, 10, 31)) == at(2025, 11, 17)
 
 
+def test_ru_days_past_the_last_decreed_year_are_counted_on_the_safe_side():
+    """A year whose decree (which Saturdays are made working) the holidays package does not
+    know yet: a Saturday may be decreed working, so it counts, and a due date comes no later
+    than the decree will make it. The year after the last known one, whatever its version."""
+    last = deadlines.decreed_until("RU")
+    assert last is not None and last >= 2027
+    year = last + 1
+    saturday = next(
+        d for d in (date(year, 3, 16) + timedelta(n) for n in range(7)) if d.weekday() == 5
+    )
+    assert deadlines.is_working_day(saturday, "RU")
+    assert not deadlines.is_working_day(saturday + timedelta(1), "RU")  # Sundays stay off
+    assert not deadlines.is_working_day(date(year, 1, 2), "RU")  # fixed by law, decree or not
+    known = next(
+        d
+        for d in (date(last, 3, 16) + timedelta(n) for n in range(14))
+        if d.weekday() == 5 and not deadlines.is_working_day(d, "RU")
+    )  # a Saturday of the last decreed year stays as decreed
+    assert known.year == last
+    # Friday before it: Sat (1), Mon .. Fri (6), Sat (7), Mon, Tue, Wed (10): 12 days on, not 14
+    friday = saturday - timedelta(1)
+    received = at(friday.year, friday.month, friday.day)
+    assert erasure_due("RU", received) == received + timedelta(days=12)
+    # a country whose government decrees no working weekend days keeps its weekends off
+    assert deadlines.decreed_until("US") is None
+    assert not deadlines.is_working_day(saturday, "US")
+
+
 def test_ru_request_received_at_a_weekend_starts_counting_on_monday():
     saturday = at(2026, 11, 21)
     assert erasure_due("RU", saturday) == erasure_due("RU", at(2026, 11, 20)) == at(2026, 12, 4)

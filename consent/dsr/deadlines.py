@@ -4,7 +4,13 @@ Units (policies/jurisdictions/*.toml, `deadlines.<kind>`):
 - `days`: calendar days;
 - `working_days`: days that are neither weekend nor public holiday in the jurisdiction's
   country (the `holidays` package: Russian holidays, transferred days off, and the Saturdays
-  the government makes working days); counting starts the day after receipt;
+  the government makes working days); counting starts the day after receipt. Where a country's
+  government decrees its working weekend days year by year (Russia: a Saturday made working
+  for a day off moved), a year past the last decree the package knows is counted on the safe
+  side: a weekend day other than Sunday counts as working, since any of them may be decreed
+  so, and only the holidays fixed by law are off. A due date is then never later than the
+  decrees will make it, only up to a few days earlier; update the `holidays` package each year
+  (0.109 knows Russia's decrees through 2027) to count such a year exactly;
 - `months`: calendar months, clamped to the month's end (31 January + 1 month = end of
   February).
 Days are the jurisdiction's local days: the receipt, and every date above, are taken in its
@@ -32,6 +38,7 @@ import holidays
 from consent.policy import Deadline, Policy
 
 _MAX_WORKING_DAYS = 3660
+SUNDAY = 6
 ERASURE = "erasure"
 AFTER_WITHDRAWAL = "erasure_after_withdrawal"
 
@@ -46,6 +53,20 @@ def _calendar(jurisdiction: str) -> holidays.HolidayBase | None:
         return None  # no calendar (e.g. "EU"): weekends only
 
 
+@lru_cache(maxsize=32)
+def decreed_until(jurisdiction: str) -> int | None:
+    """The last year whose working weekend days the `holidays` package knows, for a country
+    whose government decrees them year by year (Russia); None for a country that decrees none
+    (its weekends are always off) or that has no calendar."""
+    cal = _calendar(jurisdiction)
+    years = sorted(getattr(cal, "special_public_holidays", None) or ())
+    if cal is None or not years:
+        return None
+    country, _, subdiv = jurisdiction.partition("-")
+    decreed = holidays.country_holidays(country, subdiv=subdiv or None, years=years)
+    return years[-1] if getattr(decreed, "weekend_workdays", None) else None
+
+
 def is_working_day(day: date, jurisdiction: str) -> bool:
     cal = _calendar(jurisdiction)
     if cal is None:
@@ -53,6 +74,9 @@ def is_working_day(day: date, jurisdiction: str) -> bool:
     if day in cal:  # also fills the year's weekend_workdays
         return False
     if day.weekday() in cal.weekend:
+        last = decreed_until(jurisdiction)
+        if last is not None and day.year > last:  # not decreed yet: may be made working
+            return day.weekday() != SUNDAY
         return day in getattr(cal, "weekend_workdays", ())
     return True
 
