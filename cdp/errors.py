@@ -66,6 +66,7 @@ _PLAIN_MESSAGES = {
     ),
     "Invalid decimal string": 'expected a decimal number ("1999.90")',
     "Expected `str` matching regex '^[A-Z]{3}$'": "expected an ISO 4217 code in capitals (RUB)",
+    "Expected `str` matching regex '\\\\S'": "must not be blank",  # r'\S', as msgspec quotes it
 }
 
 

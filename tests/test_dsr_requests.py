@@ -145,6 +145,11 @@ async def test_extension_is_its_own_transition_with_a_reason(client, keys, platf
     )
     assert empty.status_code == 400
     assert empty.json()["errors"][0]["field"] == "reason"
+    blank = await client.post(
+        f"/v1/erasure-requests/{rid}/extend", json={"reason": " \n\t"}, headers=keys["admin"]
+    )
+    assert blank.status_code == 400
+    assert blank.json()["errors"] == [{"field": "reason", "message": "must not be blank"}]
 
     await run_pending(platform)
     done = await client.post(

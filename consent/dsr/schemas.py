@@ -17,7 +17,8 @@ from consent.schemas import Name64, Short
 
 Phone = Annotated[str, msgspec.Meta(max_length=64)]
 Country = Annotated[str, msgspec.Meta(max_length=2)]
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+# an officer's reason: some text, not only spaces (a blank reason was taken as one)
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=500, pattern=r"\S")]
 
 
 class IdentifierIn(msgspec.Struct, forbid_unknown_fields=True):
