@@ -80,7 +80,9 @@ async def fill(p: Platform, n: int, now: datetime) -> None:
                     "profile_id": pid,
                     "status": "granted",
                     "since": since,
-                    "seq": 0,
+                    # one grant each (a grant is announced once, by its seq), none after the
+                    # empty ledger's head (0): the by-time step reads rows set up to it
+                    "seq": -1 - i,
                     "source": "bench",
                 }
             )
@@ -111,7 +113,10 @@ class Explain(Executable, ClauseElement):
 @compiles(Explain)
 def _explain(element: Explain, compiler: Any, **kw: Any) -> str:
     prefix = "EXPLAIN QUERY PLAN " if compiler.dialect.name == "sqlite" else "EXPLAIN "
-    return prefix + compiler.process(element.statement, **kw)
+    # the plan's rows are not the statement's: without its result columns (SQLite's four plan
+    # columns were read positionally as the statement's four, a time among them)
+    with compiler._nested_result():
+        return prefix + compiler.process(element.statement, **kw)
 
 
 async def plan(p: Platform, now: datetime) -> str:

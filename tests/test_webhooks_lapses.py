@@ -23,7 +23,7 @@ from consent.outbox.lapses import announce_lapses
 from consent.outbox.receiver import Receiver
 from consent.outbox.tables import outbox_events
 from tests.conftest import make_settings
-from tests.helpers import until
+from tests.helpers import record, until
 from tests.test_rule import with_validity
 from tests.test_webhooks_delivery import FAST, PAYLOAD_KEYS, drain, subscribe
 
@@ -187,8 +187,8 @@ async def test_a_grant_already_lapsed_when_recorded_is_announced(client, keys, p
 
 async def test_a_period_set_changed_or_removed(client, keys, platform):
     """Set: every grant lapsed by then, in batches. Shortened: those between the two cuts.
-    Lengthened: a grant in force again is announced again when it lapses again. Removed:
-    nothing."""
+    Removed: nothing. Lengthened: a grant in force again is not announced again when it lapses
+    again (once per grant), one that never lapsed is announced when it does."""
     emails = [f"c{n}@example.com" for n in range(7)]
     for n, email in enumerate(emails):  # one grant a day, from T0
         await customer(client, keys, email)
@@ -204,11 +204,118 @@ async def test_a_period_set_changed_or_removed(client, keys, platform):
     assert await announce_lapses(platform, now=now + timedelta(days=400)) == 0
     platform.policy = with_validity(shipped, DAYS + 10, RU=DAYS + 10)  # longer: c0.. in force
     assert await announce_lapses(platform, now=now) == 0
-    assert await announce_lapses(platform, now=now + timedelta(days=10)) == 4  # c0..c3 again
+    assert await announce_lapses(platform, now=now + timedelta(days=13)) == 1  # c6 only
     bidx = platform.keys.indexer.email
     events = await lapsed_events(platform)
-    assert [e.address_bidx for e in events] == [bidx(e) for e in emails[:6] + emails[:4]]
-    assert events[-1].occurred_at == T0 + timedelta(days=3 + DAYS + 10)
+    assert [e.address_bidx for e in events] == [bidx(e) for e in emails]
+    assert events[-1].occurred_at == T0 + timedelta(days=6 + DAYS + 10)
+
+
+def eu_and_us_period(p) -> None:  # type: ignore[no-untyped-def]
+    """A period in the EU and the US (marketing sms is opt-in there), none in Russia."""
+    p.policy = with_validity(p.policy, DAYS, EU=DAYS, US=DAYS)
+
+
+async def test_a_grant_lapsed_under_the_rules_a_customer_moves_to_is_announced(
+    client, keys, platform
+):
+    """A RU customer (no period) granted long ago, and the EU's watermark passed the grant; a
+    record puts them under EU rules: the grant has lapsed there, and the next pass says so,
+    once, however often they move back and forth. Not a grant renewed since or withdrawn, nor
+    one whose lapse was announced under the rules the customer left (the same period)."""
+    eu_and_us_period(platform)
+    pid = await customer(client, keys, "mover@example.com")
+    await consent(client, keys, T0, email="mover@example.com")
+    await consent(client, keys, T0 + S, profile_id=pid, channel="push")
+    for email in ("renewed@example.com", "withdrawn@example.com"):
+        await customer(client, keys, email)
+        await consent(client, keys, T0, email=email)
+    now = datetime.now(UTC)
+    await consent(client, keys, now - timedelta(days=1), email="renewed@example.com")
+    await consent(client, keys, T0 + 5 * S, "withdrawn", email="withdrawn@example.com")
+    us = await customer(client, keys, "us@example.com", "US", phone="+12025550143")
+    await consent(client, keys, T0, phone="+12025550143", channel="sms")
+    assert await announce_lapses(platform, now=now) == 1  # the US sms; RU's lapse nothing
+
+    movers = ("mover@example.com", "renewed@example.com", "withdrawn@example.com", us)
+    for email in movers[:3]:
+        await customer(client, keys, email, "EU")
+    await customer(client, keys, "us@example.com", "EU")
+    assert await announce_lapses(platform, now=now) == 2  # the mover's email and push
+    assert await announce_lapses(platform, now=now) == 0
+    for jurisdiction in ("RU", "EU", "US", "EU"):  # back and forth: announced already
+        await customer(client, keys, "mover@example.com", jurisdiction)
+        assert await announce_lapses(platform, now=now) == 0
+
+    bidx = platform.keys.indexer
+    got = [
+        (str(e.profile_id), e.channel, e.address_bidx, e.occurred_at)
+        for e in await lapsed_events(platform)
+    ]
+    assert got == [
+        (us, "sms", bidx.phone("+12025550143"), LAPSE),
+        (pid, "email", bidx.email("mover@example.com"), LAPSE),
+        (pid, "push", None, LAPSE + S),
+    ]
+
+
+async def test_an_address_an_unmerge_gives_back_is_announced_under_its_holders_rules(
+    client, keys, platform
+):
+    """An EU customer's address, merged into a RU customer, was under RU rules (no period) when
+    the EU's watermark passed its grant; the unmerge gives it back to the EU customer: the
+    next pass announces its lapse, once."""
+    phone, email = "+79161230001", "eva.split@example.com"
+    await record(client, keys, phone=phone, jurisdiction="RU")
+    eu = (await record(client, keys, email=email, jurisdiction="EU"))["profile_id"]
+    await consent(client, keys, T0, email=email)
+    merged = await record(client, keys, email=email, phone=phone)  # the older one survives
+    assert merged["merged_profile_ids"] == [eu]
+    eu_and_us_period(platform)
+    now = datetime.now(UTC)
+    assert await announce_lapses(platform, now=now) == 0  # under RU rules while merged
+
+    r = await client.post(f"/v1/profiles/{eu}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    assert await announce_lapses(platform, now=now) == 1
+    assert await announce_lapses(platform, now=now) == 0
+    [event] = await lapsed_events(platform)
+    assert (str(event.profile_id), event.address_bidx, event.occurred_at) == (
+        eu,
+        platform.keys.indexer.email(email),
+        LAPSE,
+    )
+
+
+async def test_racing_passes_announce_each_move_once(client, keys, platform, db_url, tmp_path):
+    """Forty customers moved under a period in one batch, their moves read three at a time by
+    passes of two processes, two of each at once: each lapse once."""
+    emails = [f"moved{n}@example.com" for n in range(40)]
+
+    async def batch(jurisdiction: str) -> None:
+        records = [{"source": "crm", "email": e, "jurisdiction": jurisdiction} for e in emails]
+        r = await client.post(
+            "/v1/profiles/batch", json={"records": records}, headers=keys["ingest"]
+        )
+        assert r.status_code in (200, 201, 207), r.text
+
+    await batch("RU")
+    for n, email in enumerate(emails):
+        await consent(client, keys, T0 + n * S, email=email)
+    eu_and_us_period(platform)
+    now = datetime.now(UTC)
+    assert await announce_lapses(platform, now=now) == 0
+    await batch("EU")
+    other = await open_platform(make_settings(db_url, tmp_path / "other"), run_migrations=False)
+    other.policy = platform.policy
+    try:
+        await asyncio.gather(*(announce_lapses(p, now=now, moves=3) for p in (platform, other) * 2))
+        await announce_lapses(platform, now=now, moves=3)  # after a pass that met another
+    finally:
+        await other.close()
+    events = await lapsed_events(platform)
+    bidx = platform.keys.indexer.email
+    assert sorted(e.address_bidx for e in events) == sorted(bidx(e) for e in emails)
 
 
 async def test_racing_passes_announce_each_lapse_once(client, keys, platform, db_url, tmp_path):

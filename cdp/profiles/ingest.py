@@ -57,6 +57,7 @@ from cdp.profiles.merge import merge_profiles
 from cdp.profiles.records import Record
 from cdp.profiles.resolution import REFUSED_MESSAGE, Group, Step, resolve
 from cdp.profiles.sealing import Sealed
+from consent.outbox.moves import note_moves
 from consent.policy import IdentityGuards
 
 ADDRESS_KINDS = ("email", "phone")  # the identifiers messages go to
@@ -97,6 +98,7 @@ class _Working:
     at: datetime | None = None  # when its values not in field_times were given
     field_times: dict[str, str] | None = None  # (cdp.profiles.freshness)
     touched: bool = False
+    stored_jurisdiction: str | None = None  # an existing profile's, before this batch
 
 
 @dataclass(slots=True)
@@ -248,6 +250,7 @@ async def ingest(
                 enc={f: getattr(r, f) for f in ENCRYPTED_PROFILE_FIELDS},
                 at=r.updated_at,
                 field_times=r.field_times,
+                stored_jurisdiction=r.jurisdiction,
             )
         else:
             pid = group.profile_id
@@ -312,6 +315,8 @@ async def ingest(
         _create_alone(p, records, keys, new_ids, sealed, alone, rows_out, outcomes, now)
     changed = [w for w in working.values() if not w.is_new and w.touched]
     await _write(conn, p, rows_out, changed, seen_identities, now)
+    # a customer under other rules now: their grants may have lapsed under them (rare)
+    await note_moves(conn, [w.id for w in changed if w.jurisdiction != w.stored_jurisdiction])
     if reviews:
         await bulk_insert(conn, merge_reviews, reviews)
     return [o for o in outcomes if o is not None]

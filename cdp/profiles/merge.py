@@ -42,6 +42,7 @@ from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
 from cdp.stats import TOTAL_TOO_LARGE, beyond_kept
 from consent.outbox.enqueue import enqueue_merge
+from consent.outbox.moves import note_moves
 from consent.subjects import profile_subject
 from consent.tables import consent_ledger, consent_state
 
@@ -309,6 +310,7 @@ async def merge_profiles(
     await enqueue_merge(  # in this transaction: announced exactly when the merge commits
         conn, "profile.merged", survivor_id=survivor_id, absorbed_id=absorbed_id, source=provenance
     )
+    await note_moves(conn, [survivor_id])  # its grants and rules may differ now (lapses)
     await conn.execute(
         insert(merge_snapshots).values(
             merge_id=merge_id,

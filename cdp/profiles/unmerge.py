@@ -66,6 +66,7 @@ from consent.dsr.customer import customer_profile_ids
 from consent.dsr.requests import customer_lock, open_erasure
 from consent.ledger import Entry, ordering_time, supersedes
 from consent.outbox.enqueue import enqueue_merge
+from consent.outbox.moves import note_moves
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
 from consent.tables import consent_ledger, consent_state
@@ -198,6 +199,7 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     await enqueue_merge(
         conn, "profile.unmerged", survivor_id=holder, absorbed_id=a_id, source="unmerge"
     )
+    await note_moves(conn, [holder, a_id])  # addresses changed holder (lapses)
     log.info("merge_undone", merge_id=str(m.id), holder=str(holder), absorbed=str(a_id))
     return holder
 

@@ -18,36 +18,62 @@ it adds, in a write transaction of its own:
   the watermark's, i.e. lapsed the moment they were recorded (an import dated years ago),
   walking the ledger's primary key, `LEDGER_STEP` entries at a time.
 Each grant is thus announced once: when the cut passes its time, or when it is recorded if it
-had lapsed by then. A pass reads what lapsed and what was recorded since the last one.
+had lapsed by then, or when its customer moves (below). A pass reads what lapsed and what was
+recorded since the last one, and the customers who moved.
 
 **What is announced.** A grant still in effect when its step runs (the state row is the
 grant): one renewed before it lapsed has a newer since (announced, if ever, when that one
-lapses), one withdrawn is no longer granted. On a channel whose basis is opt-in in the
-jurisdiction (an opt-out channel, US marketing email, never lapses), of an address or profile
-held by an active customer of that jurisdiction: an erased customer's addresses are gone and
-their profile is erased, so nothing is announced for them. The event is ordered with the
-subject's others (`order_key`: the address, else the profile subject), `occurred_at` and the
-payload's `lapsed_at` are since + N days.
+lapses), one withdrawn is no longer granted. Not announced yet: `lapses_announced` holds the
+ledger seq of every grant announced (a state row's `seq`: one per grant, which a merge's copy
+of a push grant and an unmerge's restored one keep), written with its event, and a grant in
+it is never announced again, under any jurisdiction or period. On a channel whose basis is
+opt-in in the jurisdiction (an opt-out channel, US marketing email, never lapses), of an
+address or profile held by an active customer of that jurisdiction: an erased customer's
+addresses are gone and their profile is erased, so nothing is announced for them. The event
+is ordered with the subject's others (`order_key`: the address, else the profile subject),
+`occurred_at` and the payload's `lapsed_at` are since + N days.
 
 **Policy changes.** A period first set (no watermark yet, also the first pass after migration
 0025 where one was set before): the watermark starts at the ledger's head and before every
 grant, so every grant lapsed by then is announced, `batch` per transaction. A period shortened:
 likewise the grants between the old cut and the new. Lengthened: the watermark's key goes back
-to the new cut, so a grant announced under the old period, in force again under the new one, is
-announced again when it lapses again (with its new `lapsed_at`). Removed: nothing is announced;
-the grants it brings back in force send nothing either (no event says "in force again": a
-mirror keeps them lapsed, the safe side, until the customer grants again), and the watermark
-stays for when a period is set again.
+to the new cut; a grant announced under the old period, in force again under the new one, is
+not announced again when it lapses again (no event says "in force again": a mirror keeps it
+lapsed, the safe side, until the customer grants again, so a second lapse would tell it
+nothing; until 0026 it was sent again). Removed: nothing is announced; the grants it brings
+back in force send nothing either, and the watermark stays for when a period is set again.
+
+**Customers who move.** A grant's rules are those of the customer holding it, which change
+when a record gives them another jurisdiction, or when an address (or a push grant) changes
+holder in a merge or an unmerge; the watermark of the rules they come under may have passed
+the grant already, while it was held under other rules, and would never look at it again. So
+the change notes the customer in `lapse_moves` in its own transaction (consent.outbox.moves:
+one small insert, where the jurisdiction is written in cdp.profiles.ingest, and in
+cdp.profiles.merge and cdp.profiles.unmerge), and each pass ends with `_step_by_moves`: for
+`MOVES_STEP` noted customers at a time, every grant they hold that has lapsed under their
+jurisdiction's period now (since before its cut), opt-in there and not announced yet, is
+announced, and the notes are deleted. `lapsed_at` is the grant's time plus that period, as for
+a grant recorded already lapsed (it may be before the move: the grant was in force for the
+customer until then, and is lapsed under the rules they are under now). What this makes of
+moves: into rules under which the grant has lapsed, announced once; back and forth, nothing
+more; out of rules that announced it into rules with the same or another period under which it
+has lapsed too, nothing (a mirror has it lapsed already); into rules under which it is still in
+force, nothing now, and if it was not announced before, announced by the time step when it
+lapses there. A grant the time step reaches before the move's note is read is announced there
+if the customer is already under the new rules (the note then finds it announced).
 
 **Several workers.** Each step holds the ledger's append lock (`consent.ledger.LEDGER_LOCK`
 on PostgreSQL; on SQLite the write transaction), as a consent write does: a renewal or a
 withdrawal commits wholly before or after it, and the outbox has the events in the order of the
 changes. Before it a try-lock, LAPSE_LOCK: one process announces at a time, others skip their
-step. The watermark is read and moved in the step's transaction, so `cdp serve` and any
-number of `cdp dispatch` processes announce a lapse once.
+step. The watermark is read and moved, the notes of moves read and deleted, and
+`lapses_announced` read and written in the step's transaction, so `cdp serve` and any number
+of `cdp dispatch` processes announce a lapse once. A move committed after a moves step read
+the notes is read by the next pass (a note is deleted by the seq the step read, never by a
+range).
 
-Not announced: a grant whose customer moves to another jurisdiction (or whose address changes
-holder in an unmerge) after the new jurisdiction's watermark passed it.
+Grants announced before migration 0026 are not in `lapses_announced`: a move of their
+customer into other rules with a period may announce such a grant once more.
 """
 
 from __future__ import annotations
@@ -57,7 +83,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.engine import xact_lock
@@ -68,7 +94,7 @@ from cdp.platform import Platform
 from consent.ledger import LEDGER_LOCK
 from consent.outbox.enqueue import LAPSED, event_row, write_rows
 from consent.outbox.fanout import try_lock
-from consent.outbox.tables import lapse_watermarks
+from consent.outbox.tables import lapse_moves, lapse_watermarks, lapses_announced
 from consent.policy import Policy
 from consent.rule import valid_from
 from consent.subjects import profile_subject
@@ -77,10 +103,13 @@ from consent.tables import consent_ledger, consent_state
 LAPSE_LOCK = 5_147_010_004
 BATCH = 200  # grants read per transaction (each holds the ledger's append lock)
 LEDGER_STEP = 2000  # ledger entries read per transaction by the ledger step
+MOVES_STEP = 100  # moved customers read per transaction by the moves step
 SOURCE = "validity_period"
 cs = consent_state.c
 cl = consent_ledger.c
 lw = lapse_watermarks.c
+lm = lapse_moves.c
+la = lapses_announced.c
 # before every grant's key: a grant's time is never before EARLIEST (cdp.ids.time_problem)
 START = (EARLIEST, b"", "")
 
@@ -118,13 +147,17 @@ def scopes(policy: Policy, now: datetime) -> list[Scope]:
     return out
 
 
-async def announce_lapses(p: Platform, *, now: datetime | None = None, batch: int = BATCH) -> int:
+async def announce_lapses(
+    p: Platform, *, now: datetime | None = None, batch: int = BATCH, moves: int = MOVES_STEP
+) -> int:
     """Announce every grant lapsed by `now` (default: the clock) and not announced yet, in
-    steps of one short write transaction each; returns how many events were written. Another
-    process announcing at the same moment makes this one stop (its steps are skipped)."""
+    steps of one short write transaction each (`batch` grants, or `moves` moved customers);
+    returns how many events were written. Another process announcing at the same moment makes
+    this one stop (its steps are skipped)."""
     now = now or utcnow()
     total = 0
-    for scope in scopes(p.policy, now):
+    found = scopes(p.policy, now)
+    for scope in found:
         for step in (_step_by_ledger, _step_by_time):
             while True:
                 async with p.db.write() as conn:
@@ -137,7 +170,18 @@ async def announce_lapses(p: Platform, *, now: datetime | None = None, batch: in
                 total += written
                 if done:
                     break
-    return total
+    async with p.db.read() as conn:  # most passes: none (a write transaction costs more)
+        if (await conn.execute(select(lm.seq).limit(1))).first() is None:
+            return total
+    while True:
+        async with p.db.write() as conn:
+            if not await try_lock(conn, LAPSE_LOCK):
+                return total
+            await xact_lock(conn, LEDGER_LOCK)
+            written, done = await _step_by_moves(conn, p.policy, found, moves)
+        total += written
+        if done:
+            return total
 
 
 async def _mark(conn: AsyncConnection, scope: Scope) -> Mark:
@@ -186,7 +230,7 @@ def by_time(scope: Scope, mark: Mark, batch: int) -> Select:
     entries up to its seq, in key order (ix_consent_state_granted_since)."""
     since, subject, channel = mark.key
     return (
-        select(cs.subject, cs.channel, cs.since)
+        select(cs.subject, cs.channel, cs.since, cs.seq)
         .where(
             cs.purpose == scope.purpose,
             equals(cs.status, "granted"),
@@ -210,7 +254,8 @@ async def _step_by_time(
     """Announces the grants `by_time` reads; moves the key past them (to the cut once none is
     left)."""
     rows = (await conn.execute(by_time(scope, mark, batch))).all()
-    written = await _announce(conn, policy, scope, [(r.subject, r.channel, r.since) for r in rows])
+    grants = [(r.subject, r.channel, r.since, r.seq) for r in rows]
+    written = await _announce(conn, policy, scope, grants)
     done = len(rows) < batch
     mark.key = scope.cut_key if done else (rows[-1].since, rows[-1].subject, rows[-1].channel)
     return written, done
@@ -245,7 +290,7 @@ async def _step_by_ledger(
         for e in entries
         if e.profile_id is not None or e.subject_kind != "profile"
     }
-    found: list[tuple[bytes, str, datetime]] = []
+    found: list[tuple[bytes, str, datetime, int]] = []
     subjects = sorted({s for s, _ in by_key})
     for start in range(0, len(subjects), 500):
         rows = await conn.execute(
@@ -256,7 +301,7 @@ async def _step_by_ledger(
             )
         )
         found += [
-            (r.subject, r.channel, r.since)
+            (r.subject, r.channel, r.since, r.seq)
             for r in rows
             if by_key.get((r.subject, r.channel)) == r.seq  # still this entry's grant
             and (r.since, r.subject, r.channel) <= mark.key
@@ -305,27 +350,43 @@ async def _holders(
     return {s: Holder(pid, kind) for s, (pid, kind) in owners.items() if pid in active}
 
 
+async def _announced(conn: AsyncConnection, seqs: list[int]) -> set[int]:
+    """Those of these grants (by ledger seq) whose lapse has been announced."""
+    out: set[int] = set()
+    for start in range(0, len(seqs), 500):
+        rows = await conn.execute(select(la.seq).where(la.seq.in_(seqs[start : start + 500])))
+        out.update(seq for (seq,) in rows)
+    return out
+
+
 async def _announce(
     conn: AsyncConnection,
     policy: Policy,
     scope: Scope,
-    grants: list[tuple[bytes, str, datetime]],
+    grants: list[tuple[bytes, str, datetime, int]],
 ) -> int:
-    """A consent.lapsed event for each of these grants (subject, channel, since) that lapses in
-    the scope: opt-in there, held by an active customer of its jurisdiction."""
+    """A consent.lapsed event for each of these grants (subject, channel, since, seq) that
+    lapses in the scope: opt-in there, held by an active customer of its jurisdiction, and not
+    announced yet (under any jurisdiction: a move does not lapse a grant twice)."""
     opt_in = [
         g for g in grants if policy.basis(scope.jurisdiction, scope.purpose, g[1]) == "opt_in"
     ]
     if not opt_in:
         return 0
-    holders = await _holders(conn, policy, scope, [(s, ch) for s, ch, _ in opt_in])
+    done = await _announced(conn, sorted({g[3] for g in opt_in}))
+    fresh = [g for g in opt_in if g[3] not in done]
+    if not fresh:
+        return 0
+    holders = await _holders(conn, policy, scope, [(g[0], g[1]) for g in fresh])
     now = utcnow()
     period = timedelta(days=scope.days)
     rows: list[dict[str, Any]] = []
-    for subject, channel, since in opt_in:
+    seqs: set[int] = set()
+    for subject, channel, since, seq in fresh:
         holder = holders.get(subject)
-        if holder is None:
+        if holder is None or seq in seqs:
             continue
+        seqs.add(seq)
         profile = holder.address_kind == "profile"
         rows.append(
             event_row(
@@ -342,4 +403,59 @@ async def _announce(
             )
         )
     await write_rows(conn, rows)
+    if seqs:
+        await conn.execute(insert(lapses_announced), [{"seq": seq} for seq in sorted(seqs)])
     return len(rows)
+
+
+async def _step_by_moves(
+    conn: AsyncConnection, policy: Policy, found: list[Scope], batch: int
+) -> tuple[int, bool]:
+    """The next `batch` customers noted as moved (consent.outbox.moves): every grant they
+    hold that has lapsed under their jurisdiction's rules and is not announced yet (the
+    watermark may have passed it while another customer, or other rules, held it) is
+    announced; the notes are deleted."""
+    moves = (await conn.execute(select(lm.seq, lm.profile_id).order_by(lm.seq).limit(batch))).all()
+    if not moves:
+        return 0, True
+    by_code: dict[str, list[Scope]] = {}
+    for scope in found:
+        by_code.setdefault(scope.jurisdiction, []).append(scope)
+    pids = sorted({m.profile_id for m in moves})
+    codes = {
+        r.id: r.jurisdiction
+        for r in await conn.execute(
+            select(profiles.c.id, profiles.c.status, profiles.c.jurisdiction).where(
+                profiles.c.id.in_(pids)
+            )
+        )
+        if r.status == "active" and r.jurisdiction in by_code
+    }
+    subjects: dict[str, set[bytes]] = {}
+    for pid, code in codes.items():
+        subjects.setdefault(code, set()).add(profile_subject(pid))
+    if codes:
+        ic = identities.c
+        for pid, bidx, kind in await conn.execute(
+            select(ic.profile_id, ic.bidx, ic.kind).where(ic.profile_id.in_(sorted(codes)))
+        ):
+            if kind in ("email", "phone"):
+                subjects[codes[pid]].add(bidx)
+    written = 0
+    for code, held in subjects.items():
+        ordered = sorted(held)
+        for scope in by_code[code]:
+            grants: list[tuple[bytes, str, datetime, int]] = []
+            for start in range(0, len(ordered), 500):
+                rows = await conn.execute(
+                    select(cs.subject, cs.channel, cs.since, cs.seq).where(
+                        cs.subject.in_(ordered[start : start + 500]),
+                        cs.purpose == scope.purpose,
+                        cs.status == "granted",
+                        cs.since < scope.cut,
+                    )
+                )
+                grants += [(r.subject, r.channel, r.since, r.seq) for r in rows]
+            written += await _announce(conn, policy, scope, grants)
+    await conn.execute(delete(lapse_moves).where(lm.seq.in_([m.seq for m in moves])))
+    return written, len(moves) < batch

@@ -82,6 +82,25 @@ lapse_watermarks = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
+# The grants whose lapse has been announced, by the ledger entry that made them (a
+# consent_state row's `seq`): each is announced once, whatever moves its customer makes after.
+lapses_announced = Table(
+    "lapses_announced",
+    metadata,
+    Column("seq", BigInt, primary_key=True, autoincrement=False),
+)
+
+# Customers whose grants may have lapsed under other rules since they were last looked at:
+# their jurisdiction changed, or addresses (or profile-keyed consent) came to them or went back
+# in a merge or an unmerge. The next lapse pass reads them and deletes them.
+lapse_moves = Table(
+    "lapse_moves",
+    metadata,
+    Column("seq", BigInt, primary_key=True, autoincrement=True),
+    Column("profile_id", Uuid, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+)
+
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
