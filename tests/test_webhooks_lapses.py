@@ -3,8 +3,10 @@
 A sending tool that mirrors consent from `consent.granted` / `consent.withdrawn` learns of a
 lapse too: once per grant that lapses, with when it lapsed, ordered with the address's other
 events; never for a grant renewed or withdrawn before it lapsed, an opt-out channel, or an erased
-customer; once however many workers run the pass (consent/outbox/lapses.py). Time: grants are
-dated in the past and the pass is given its `now` (the dispatcher's loop uses the clock).
+customer; once however many workers run the pass (consent/outbox/lapses.py); also when the
+customer comes under rules the grant has lapsed under (a record, a merge, an unmerge), once
+however often they move. Time: grants are dated in the past and the pass is given its `now`
+(the dispatcher's loop uses the clock).
 """
 
 from __future__ import annotations
@@ -277,6 +279,32 @@ async def test_an_address_an_unmerge_gives_back_is_announced_under_its_holders_r
 
     r = await client.post(f"/v1/profiles/{eu}/unmerge", headers=keys["admin"])
     assert r.status_code == 200, r.text
+    assert await announce_lapses(platform, now=now) == 1
+    assert await announce_lapses(platform, now=now) == 0
+    [event] = await lapsed_events(platform)
+    assert (str(event.profile_id), event.address_bidx, event.occurred_at) == (
+        eu,
+        platform.keys.indexer.email(email),
+        LAPSE,
+    )
+
+
+async def test_an_address_a_merge_brings_to_a_customer_under_a_period_is_announced(
+    client, keys, platform
+):
+    """A RU customer's address (no period there) merges into an older EU customer: its grant,
+    which the EU's watermark passed while RU rules held it, has lapsed under the EU's, and the
+    next pass says so, once."""
+    phone, email = "+4915112340002", "ru.merged@example.com"
+    eu = (await record(client, keys, phone=phone, jurisdiction="EU"))["profile_id"]
+    await record(client, keys, email=email, jurisdiction="RU")
+    await consent(client, keys, T0, email=email)
+    eu_and_us_period(platform)
+    now = datetime.now(UTC)
+    assert await announce_lapses(platform, now=now) == 0  # under RU rules
+
+    merged = await record(client, keys, email=email, phone=phone)
+    assert merged["profile_id"] == eu  # the older survives, under EU rules (both given)
     assert await announce_lapses(platform, now=now) == 1
     assert await announce_lapses(platform, now=now) == 0
     [event] = await lapsed_events(platform)
