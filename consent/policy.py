@@ -206,6 +206,15 @@ class Policy:
         j = self.jurisdictions.get(jurisdiction)
         return None if j is None else j.retention.inactive_days
 
+    def has_validity_periods(self) -> bool:
+        """Whether any jurisdiction gives a purpose a validity period (`consent_valid_days`):
+        without one no grant ever lapses."""
+        return any(
+            p.consent_valid_days is not None
+            for j in self.jurisdictions.values()
+            for p in j.purposes.values()
+        )
+
     def consent_valid_days(self, jurisdiction: str, purpose: str) -> int | None:
         """For how many days a grant of this purpose stays in force in this jurisdiction
         (`[purposes.<purpose>] consent_valid_days`), or None: until it is withdrawn."""

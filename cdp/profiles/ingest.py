@@ -316,7 +316,9 @@ async def ingest(
     changed = [w for w in working.values() if not w.is_new and w.touched]
     await _write(conn, p, rows_out, changed, seen_identities, now)
     # a customer under other rules now: their grants may have lapsed under them (rare)
-    await note_moves(conn, [w.id for w in changed if w.jurisdiction != w.stored_jurisdiction])
+    await note_moves(
+        conn, p.policy, [w.id for w in changed if w.jurisdiction != w.stored_jurisdiction]
+    )
     if reviews:
         await bulk_insert(conn, merge_reviews, reviews)
     return [o for o in outcomes if o is not None]

@@ -310,7 +310,7 @@ async def merge_profiles(
     await enqueue_merge(  # in this transaction: announced exactly when the merge commits
         conn, "profile.merged", survivor_id=survivor_id, absorbed_id=absorbed_id, source=provenance
     )
-    await note_moves(conn, [survivor_id])  # its grants and rules may differ now (lapses)
+    await note_moves(conn, p.policy, [survivor_id])  # its grants and rules may differ now (lapses)
     await conn.execute(
         insert(merge_snapshots).values(
             merge_id=merge_id,

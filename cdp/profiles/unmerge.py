@@ -199,7 +199,7 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     await enqueue_merge(
         conn, "profile.unmerged", survivor_id=holder, absorbed_id=a_id, source="unmerge"
     )
-    await note_moves(conn, [holder, a_id])  # addresses changed holder (lapses)
+    await note_moves(conn, p.policy, [holder, a_id])  # addresses changed holder (lapses)
     log.info("merge_undone", merge_id=str(m.id), holder=str(holder), absorbed=str(a_id))
     return holder
 

@@ -97,7 +97,7 @@ from consent.outbox.fanout import try_lock
 from consent.outbox.tables import lapse_moves, lapse_watermarks, lapses_announced
 from consent.policy import Policy
 from consent.rule import valid_from
-from consent.subjects import profile_subject
+from consent.subjects import is_profile_subject, profile_subject, subject_profile_id
 from consent.tables import consent_ledger, consent_state
 
 LAPSE_LOCK = 5_147_010_004
@@ -271,7 +271,8 @@ async def _step_by_ledger(
     latest = mark.key[0]
     entries = (
         await conn.execute(
-            select(cl.seq, cl.subject_kind, cl.address_bidx, cl.profile_id, cl.channel).where(
+            select(cl.seq, cl.subject_kind, cl.address_bidx, cl.profile_id, cl.channel)
+            .where(
                 cl.seq > mark.seq,
                 cl.seq <= until,
                 cl.purpose == scope.purpose,
@@ -280,6 +281,7 @@ async def _step_by_ledger(
                 # its time, min(occurred_at, recorded_at), at or before the watermark's
                 or_(cl.occurred_at <= latest, cl.recorded_at <= latest),
             )
+            .order_by(cl.seq)  # of two grants on one key in the step, the later is in effect
         )
     ).all()
     by_key = {
@@ -332,8 +334,8 @@ async def _holders(
         )
         owners.update({r.bidx: (r.profile_id, r.kind) for r in rows if r.kind == kinds[r.bidx]})
     for subject, kind in kinds.items():
-        if kind == "profile" and len(subject) == 18:
-            owners[subject] = (uuid.UUID(bytes=subject[2:]), "profile")
+        if kind == "profile" and is_profile_subject(subject):
+            owners[subject] = (subject_profile_id(subject), "profile")
     pids = sorted({pid for pid, _ in owners.values()})
     active: set[uuid.UUID] = set()
     for start in range(0, len(pids), 500):

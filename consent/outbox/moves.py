@@ -16,9 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.ids import utcnow
 from consent.outbox.tables import lapse_moves
+from consent.policy import Policy
 
 
-async def note_moves(conn: AsyncConnection, profile_ids: Iterable[uuid.UUID]) -> None:
+async def note_moves(
+    conn: AsyncConnection, policy: Policy, profile_ids: Iterable[uuid.UUID]
+) -> None:
+    """Nothing where no jurisdiction has a validity period: then no grant lapses, and a period
+    set later starts its watermark before every grant, which announces those lapsed by then
+    whoever holds them."""
+    if not policy.has_validity_periods():
+        return
     now = utcnow()
     rows = [{"profile_id": pid, "recorded_at": now} for pid in sorted(set(profile_ids))]
     if rows:
