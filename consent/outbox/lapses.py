@@ -49,7 +49,8 @@ holder in a merge or an unmerge; the watermark of the rules they come under may 
 the grant already, while it was held under other rules, and would never look at it again. So
 the change notes the customer in `lapse_moves` in its own transaction (consent.outbox.moves:
 one small insert, where the jurisdiction is written in cdp.profiles.ingest, and in
-cdp.profiles.merge and cdp.profiles.unmerge), and each pass ends with `_step_by_moves`: for
+cdp.profiles.merge and cdp.profiles.unmerge; none where no jurisdiction has a period, as a
+period first set announces from before every grant), and each pass ends with `_step_by_moves`: for
 `MOVES_STEP` noted customers at a time, every grant they hold that has lapsed under their
 jurisdiction's period now (since before its cut), opt-in there and not announced yet, is
 announced, and the notes are deleted. `lapsed_at` is the grant's time plus that period, as for
