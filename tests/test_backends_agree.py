@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -195,3 +196,35 @@ async def test_a_number_trait_beyond_64_bits_is_compared_exactly_on_both_databas
     assert await selected("lt", -1.8446744073709552e19) == set()  # -2^64 is above it
     assert await selected("lt", -1.8e19) == {"d"}
     assert await selected("ne", 1e20) == {"a", "b", "c", "d", "f"}
+
+
+async def test_an_in_list_of_a_thousand_numbers_beyond_64_bits_is_read_on_both_databases(
+    client, keys, backend
+):
+    """On SQLite a trait beyond 64 bits was matched against an `in` list by one nested
+    comparison per value, OR-ed: SQLite refuses an expression deeper than 1,000 levels, so a
+    saved segment with an `in` list of 1,000 numbers of 20 digits (card numbers) was accepted
+    and every members page and stats read of it was a 503 "database not reachable", its export
+    cut short. Such a list is now one IN over the numbers as written."""
+    if backend == "sqlite" and not SQLITE_JSON_TEXT:
+        pytest.skip(f"SQLite {sqlite3.sqlite_version} reads such an integer as a double")
+    for name, card in {"e": 10**20, "a": 2**64 - 1}.items():
+        r = await client.post(
+            "/v1/profiles",
+            json={"source": "crm", "email": f"{name}@example.com", "traits": {"card": card}},
+            headers=keys["ingest"],
+        )
+        assert r.status_code == 201, r.text
+    cards = [1e19 + i * 4096.0 for i in range(999)] + [1e20]  # 1e20 is 10^20 exactly
+    rules = {"field": "traits.card", "op": "in", "value": cards}
+    segment = {"name": "cards", "purpose": "service", "channel": "email", "rules": rules}
+    r = await client.post("/v1/segments", json=segment, headers=keys["marketing"])
+    assert r.status_code == 201, r.text[:300]
+    sid = r.json()["id"]
+    r = await client.get(f"/v1/segments/{sid}/members", headers=keys["marketing"])
+    assert r.status_code == 200, r.text[:300]
+    assert [m["address"] for m in r.json()["items"]] == ["e@example.com"]
+    r = await client.get(f"/v1/segments/{sid}/stats", headers=keys["marketing"])
+    assert r.status_code == 200 and r.json()["matched"] == 1, r.text[:300]
+    r = await client.get(f"/v1/segments/{sid}/export?format=ndjson", headers=keys["marketing"])
+    assert [json.loads(line)["address"] for line in r.text.splitlines()] == ["e@example.com"]

@@ -125,9 +125,21 @@ class TraitSQL:
         plain = {"eq": n == v, "gt": n > v, "gte": n >= v, "lt": n < v, "lte": n <= v}[op]
         if self.postgres or not SQLITE_JSON_TEXT:
             return plain
-        c = self._versus(value)
-        beyond = {"eq": c == 0, "gt": c > 0, "gte": c >= 0, "lt": c < 0, "lte": c <= 0}[op]
+        if op == "eq":
+            beyond = self._written_as([value])
+        else:
+            c = self._versus(value)
+            beyond = {"gt": c > 0, "gte": c >= 0, "lt": c < 0, "lte": c <= 0}[op]
         return case((self._beyond_64_bits(), beyond), else_=plain)
+
+    def _written_as(self, values: list[float]) -> ColumnElement[bool]:
+        """SQLite, for a trait beyond 64 bits: it equals one of the rule's numbers. A JSON
+        integer is written in one way only (a sign, then digits without leading zeros), so it
+        is equal exactly when its text is the number's: one IN list. (An OR of `_versus` per
+        value nested an expression a level per value, and SQLite refuses one deeper than 1,000:
+        a rule with an `in` list of 1,000 such numbers answered every read with an error.)"""
+        texts = [str(int(Decimal(repr(v)))) for v in values if abs(v) >= INT64]
+        return self._json.in_(texts) if texts else false()
 
     def is_bool(self, value: bool) -> ColumnElement[bool]:
         if self.postgres:
@@ -156,8 +168,7 @@ class TraitSQL:
             if group:
                 inside = self.number().in_([self.bound(v) for v in group])
                 if not self.postgres and SQLITE_JSON_TEXT:  # beyond 64 bits: exactly
-                    found = [self._versus(v) == 0 for v in group if abs(v) >= INT64]
-                    beyond = or_(*found) if found else false()
+                    beyond = self._written_as(group)
                     inside = case((self._beyond_64_bits(), beyond), else_=inside)
                 preds.append(self.is_number() & inside)
         return definite(or_(*preds))
