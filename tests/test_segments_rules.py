@@ -564,6 +564,30 @@ async def test_a_rule_too_large_for_one_query_is_refused_naming_its_part(client,
     assert r.status_code == 200 and len(r.json()["items"]) == 1
 
 
+async def test_a_rule_of_many_parts_of_one_field_is_read_on_both_backends(client, keys):
+    """SQLAlchemy merged each `country eq` (two terms: the country is set, and equals) into
+    the chain of its `all`, and SQLite refuses an expression deeper than 1,000 levels, as it
+    parses a chain of n terms: a segment of 499 such parts (or an `any` of 499 `city ne`, or an
+    `all` of 499 "days since" conditions, three terms each), within the rules' bounds, was
+    saved and then a 503 at every read on SQLite. Each part is now kept in parentheses."""
+    await add(client, keys, "Anna", country="RU", city="Kazan")
+    await add(client, keys, "Boris", country="DE", city="Moscow")
+    for rules, named in [
+        ({"all": [leaf("country", "eq", "RU")] * 499}, {"Anna"}),
+        ({"any": [leaf("city", "ne", "Moscow")] * 499}, {"Anna"}),
+        ({"all": [leaf("created_days", "eq", 0)] * 499}, {"Anna", "Boris"}),
+    ]:
+        body = {"name": "many", "purpose": "service", "channel": "email", "rules": rules}
+        r = await client.post("/v1/segments", json=body, headers=keys["marketing"])
+        assert r.status_code == 201, r.text[:300]
+        sid = r.json()["id"]
+        r = await client.get(f"/v1/segments/{sid}/members", headers=keys["marketing"])
+        assert r.status_code == 200, r.text[:300]
+        assert {m["first_name"] for m in r.json()["items"]} == named
+        r = await client.get(f"/v1/segments/{sid}/stats", headers=keys["marketing"])
+        assert r.status_code == 200 and r.json()["matched"] == len(named), r.text[:300]
+
+
 async def test_an_order_dated_slightly_ahead_is_an_order_of_today(client, keys, platform):
     """A client's clock may run up to 5 minutes ahead (cdp.ids.MAX_AHEAD), so an order can be
     dated after the moment a segment is read. It was bought 0 days ago: `eq 0` and `gte 0`

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, false, func, not_, or_, select, true
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BooleanClauseList, ColumnElement, Grouping
 
 from cdp.db.tables import (
     identities,
@@ -51,6 +51,19 @@ _STATS_COLUMNS = {
     "orders_count": profile_stats.c.orders_count,
     "total_spent": profile_stats.c.total_spent,
 }
+
+
+class _Kept(Grouping):
+    """A condition made of ANDs or ORs, in parentheses that SQLAlchemy does not open: it merges
+    `a AND (b AND c)` into one chain `a AND b AND c`, and SQLite parses a chain of n terms as
+    an expression n levels deep and refuses one deeper than 1,000. Each leaf of `country`,
+    `city`, `jurisdiction` or a "days since" field is two or three terms, so an `all` of 499
+    `country eq` conditions (or an `any` of 499 `city ne`), within the rules' bounds, was a
+    segment SQLite could not read (a 503 at every read). Kept apart, a chain has at most as
+    many terms as the rule has parts (500)."""
+
+    inherit_cache = True
+    operator = None  # what BooleanClauseList looks at to merge a clause into its chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +116,17 @@ class _Compiler:
 
     def expr(self, cond: Condition) -> ColumnElement[bool]:
         if isinstance(cond, AllOf):
-            return and_(*(self.expr(x) for x in cond.items)) if cond.items else true()
+            return and_(*(self.part(x) for x in cond.items)) if cond.items else true()
         if isinstance(cond, AnyOf):
-            return or_(*(self.expr(x) for x in cond.items)) if cond.items else false()
+            return or_(*(self.part(x) for x in cond.items)) if cond.items else false()
         if isinstance(cond, NotOf):
             return not_(self.expr(cond.item))
         return getattr(self, "_" + cond.spec.kind)(cond)
+
+    def part(self, cond: Condition) -> ColumnElement[bool]:
+        """A condition inside `all` or `any`, kept in its parentheses (`_Kept`)."""
+        e = self.expr(cond)
+        return _Kept(e) if isinstance(e, BooleanClauseList) else e
 
     def _text(self, leaf: Leaf) -> ColumnElement[bool]:
         col, form = _TEXT_COLUMNS[leaf.field]
