@@ -372,6 +372,38 @@ def test_parse_reports_every_bad_part_and_bounds_the_size():
         parse_rules(wide, jurisdictions=J)
 
 
+def test_every_bad_part_of_a_condition_is_named_at_once():
+    """A 400 names each bad part (API.md): an `in` list named only its first bad value, a
+    condition with an unknown key only that key (not its bad value), one with an unknown field
+    not its unknown op, and a group with a stray key nothing inside it, so a client fixed a
+    list of country codes one code per request. Nothing is judged twice: a value only once
+    its field and op are good."""
+    raw = {
+        "all": [
+            {"field": "country", "op": "in", "value": ["UK", "RU", "EL", 7]},
+            {"field": "country", "op": "eq", "value": "XX", "valeu": "RU"},
+            {"field": "cuntry", "op": "equals", "value": "RU"},
+            {"any": [{"field": "city", "op": "lt", "value": 1}], "note": "x"},
+            {"field": "city", "op": "eq", "value": "ok", "a@b.com": 1, "+79161234567": 2},
+        ]
+    }
+    with pytest.raises(InvalidInput) as info:
+        parse_rules(raw, jurisdictions=J)
+    assert [e.field for e in info.value.errors] == [
+        "rules.all[0].value[0]",
+        "rules.all[0].value[2]",
+        "rules.all[0].value[3]",
+        "rules.all[1].valeu",
+        "rules.all[1].value",
+        "rules.all[2].field",
+        "rules.all[2].op",
+        "rules.all[3].note",
+        "rules.all[3].any[0].op",
+        "rules.all[4]",  # keys that could be personal data: the condition, once
+    ]
+    assert "a@b.com" not in str(info.value.errors)
+
+
 def test_parse_takes_every_value_up_to_its_bounds():
     for raw, value in [
         ({"field": "orders_count", "op": "eq", "value": 0}, 0),

@@ -107,8 +107,12 @@ Condition = Leaf | AllOf | AnyOf | NotOf
 
 
 class _Bad(Exception):
-    def __init__(self, path: str, message: str) -> None:
-        self.error = FieldError(path, message)
+    """A bad part of a condition (path, message), or every bad part of it (`errors`)."""
+
+    def __init__(
+        self, path: str = "", message: str = "", *, errors: list[FieldError] | None = None
+    ):
+        self.errors = [FieldError(path, message)] if errors is None else errors
 
 
 def parse_rules(raw: Any, *, jurisdictions: Collection[str], path: str = "rules") -> Condition:
@@ -143,18 +147,17 @@ class _Parser:
             return None
         groups = [k for k in ("all", "any", "not") if k in raw]
         if groups:
-            extra = sorted(set(raw) - {groups[0]})
-            if extra:
-                self.errors.append(
-                    FieldError(_key_path(path, extra[0]), f"not allowed next to '{groups[0]}'")
-                )
-                return None
-            return self._group(groups[0], raw[groups[0]], f"{path}.{groups[0]}", depth)
+            kind = groups[0]
+            # each stray key named, and the group judged all the same: every bad part at once
+            strays = dict.fromkeys(_key_path(path, k) for k in sorted(set(raw) - {kind}))
+            self.errors += [FieldError(k, f"not allowed next to '{kind}'") for k in strays]
+            group = self._group(kind, raw[kind], f"{path}.{kind}", depth)
+            return None if strays else group
         if "field" in raw or "op" in raw:
             try:
                 leaf = _leaf(raw, path, self.jurisdictions)
             except _Bad as bad:
-                self.errors.append(bad.error)
+                self.errors += bad.errors
                 return None
             if leaf.field in LOOKUP_FIELDS:
                 self.lookups += 1
@@ -201,45 +204,73 @@ def _key_path(path: str, key: str) -> str:
 
 
 def _leaf(raw: dict[str, Any], path: str, jurisdictions: frozenset[str]) -> Leaf:
-    extra = sorted(set(raw) - {"field", "op", "value"})
-    if extra:
-        raise _Bad(_key_path(path, extra[0]), "unknown key")
+    """The leaf, or _Bad naming every bad part of it: each unknown key, the field, the op, and
+    each bad value of an `in` list (a value is judged only once field and op are good)."""
+    errors = [
+        FieldError(where, "unknown key")
+        for where in dict.fromkeys(
+            _key_path(path, k) for k in sorted(set(raw) - {"field", "op", "value"})
+        )
+    ]
     field = raw.get("field")
+    spec: FieldSpec | None = None
     if not isinstance(field, str) or not field:
-        raise _Bad(f"{path}.field", "required: the name of a field")
-    if field.startswith(TRAIT_PREFIX):
+        errors.append(FieldError(f"{path}.field", "required: the name of a field"))
+    elif field.startswith(TRAIT_PREFIX):
         name = trait_name(field.removeprefix(TRAIT_PREFIX))
         if name is None:
-            raise _Bad(f"{path}.field", TRAIT_NAME_RULE)
-        field, spec = TRAIT_PREFIX + name, TRAIT
+            errors.append(FieldError(f"{path}.field", TRAIT_NAME_RULE))
+        else:
+            field, spec = TRAIT_PREFIX + name, TRAIT
     elif field in FIELDS:
         spec = FIELDS[field]
     else:
-        raise _Bad(f"{path}.field", "unknown field")
+        errors.append(FieldError(f"{path}.field", "unknown field"))
     op = raw.get("op")
     if not isinstance(op, str) or op not in OPS:
-        raise _Bad(f"{path}.op", f"must be one of {', '.join(OPS)}")
-    if op not in spec.ops:
+        errors.append(FieldError(f"{path}.op", f"must be one of {', '.join(OPS)}"))
+        op = None
+    elif spec is not None and op not in spec.ops:
         allowed = ", ".join(o for o in OPS if o in spec.ops)
-        raise _Bad(f"{path}.op", f"does not fit field {field}; use one of {allowed}")
-    vpath = f"{path}.value"
+        errors.append(FieldError(f"{path}.op", f"does not fit field {field}; use one of {allowed}"))
+        op = None
+    if spec is None or op is None:
+        raise _Bad(errors=errors)
+    assert isinstance(field, str)
+    try:
+        value = _value(raw, field, op, spec, f"{path}.value", jurisdictions)
+    except _Bad as bad:
+        errors += bad.errors
+    if errors:
+        raise _Bad(errors=errors)
+    return Leaf(field, op, value)
+
+
+def _value(
+    raw: dict[str, Any], field: str, op: str, spec: FieldSpec, vpath: str, jurisdictions: frozenset
+) -> Any:
     if op == "exists":
         value = raw.get("value", True)
         if not isinstance(value, bool):
             raise _Bad(vpath, "must be true or false (or left out) for 'exists'")
-        return Leaf(field, op, value)
+        return value
     if "value" not in raw:
         raise _Bad(vpath, "required")
     check = _CHECKS[spec.kind]
-    if op == "in":
-        items = raw["value"]
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_LIST:
-            raise _Bad(vpath, f"must be a list of 1 to {MAX_LIST} values for 'in'")
-        values = []
-        for i, item in enumerate(items):
+    if op != "in":
+        return check(field, op, raw["value"], vpath, jurisdictions)
+    items = raw["value"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_LIST:
+        raise _Bad(vpath, f"must be a list of 1 to {MAX_LIST} values for 'in'")
+    values, errors = [], []
+    for i, item in enumerate(items):  # every bad value named, not only the first
+        try:
             values.append(check(field, op, item, f"{vpath}[{i}]", jurisdictions))
-        return Leaf(field, op, tuple(values))
-    return Leaf(field, op, check(field, op, raw["value"], vpath, jurisdictions))
+        except _Bad as bad:
+            errors += bad.errors
+    if errors:
+        raise _Bad(errors=errors)
+    return tuple(values)
 
 
 def _text(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]) -> str:
