@@ -26,6 +26,7 @@ from cdp.labels import (
     trait_value,
 )
 from cdp.normalize import clean_text, normalise_country
+from cdp.profiles.schemas import TRAIT_TEXT_MAX
 
 MAX_DEPTH = 16
 MAX_NODES = 500
@@ -346,13 +347,13 @@ def _trait(field: str, op: str, v: Any, path: str, jurisdictions: frozenset[str]
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise _Bad(path, f"must be a number for '{op}'")
         return v
+    if isinstance(v, str) and len(v) > TRAIT_TEXT_MAX:  # no stored trait holds more
+        raise _Bad(path, f"at most {TRAIT_TEXT_MAX} characters")
     if op == "contains":
         if not isinstance(v, str) or not v:
             raise _Bad(path, "must be a non-empty string for 'contains'")
         return trait_value(v)
     if isinstance(v, str | bool | int | float):  # eq, ne, in
-        if isinstance(v, str) and len(v) > 1000:
-            raise _Bad(path, "at most 1000 characters")
         return trait_value(v)
     raise _Bad(path, "must be a string, number or boolean")
 
