@@ -386,6 +386,16 @@ async def test_a_body_nested_too_deeply_is_400_not_500(client, keys, platform):
             r = await client.post(path, content=(raw % inner).encode(), headers=headers)
             assert r.status_code == 400, (path, r.text)
             assert r.json()["errors"][0]["field"] in ("body", "rules", "traits.a", "properties")
+    # these decode, and the check for keys named twice walked them with two Python frames a
+    # level: a 500 from about 500 levels on
+    within = "[" * 900 + "]" * 900
+    nots = '{"not": ' * 900 + '{"field": "city", "op": "exists"}' + "}" * 900
+    profile = '{"source": "crm", "email": "d@example.com", "traits": {"a": ' + within + "}}"
+    rules = '{"purpose": "marketing", "channel": "email", "rules": ' + nots + "}"
+    for path, raw in (("/v1/profiles", profile), ("/v1/segments/query", rules)):
+        r = await client.post(path, content=raw.encode(), headers=headers)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["errors"][0]["field"].startswith(("traits.a", "rules.not")), r.text
     assert await count(platform, profiles) == 0
 
 
