@@ -86,6 +86,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from cdp.db.engine import xact_lock
 from cdp.db.partial import equals
@@ -293,24 +294,32 @@ async def _step_by_ledger(
         for e in entries
         if e.profile_id is not None or e.subject_kind != "profile"
     }
-    found: list[tuple[bytes, str, datetime, int]] = []
-    subjects = sorted({s for s, _ in by_key})
+    found = [
+        g
+        for g in await _grants(conn, sorted({s for s, _ in by_key}), scope.purpose)
+        if by_key.get(g[:2]) == g[3]  # still this entry's grant
+        and (g[2], g[0], g[1]) <= mark.key
+    ]
+    mark.seq = until
+    return await _announce(conn, policy, scope, found), until >= head
+
+
+async def _grants(
+    conn: AsyncConnection, subjects: list[bytes], purpose: str, *where: ColumnElement[bool]
+) -> list[tuple[bytes, str, datetime, int]]:
+    """(subject, channel, since, seq) of the purpose's granted states of these subjects."""
+    out: list[tuple[bytes, str, datetime, int]] = []
     for start in range(0, len(subjects), 500):
         rows = await conn.execute(
             select(cs.subject, cs.channel, cs.since, cs.seq).where(
                 cs.subject.in_(subjects[start : start + 500]),
-                cs.purpose == scope.purpose,
+                cs.purpose == purpose,
                 cs.status == "granted",
+                *where,
             )
         )
-        found += [
-            (r.subject, r.channel, r.since, r.seq)
-            for r in rows
-            if by_key.get((r.subject, r.channel)) == r.seq  # still this entry's grant
-            and (r.since, r.subject, r.channel) <= mark.key
-        ]
-    mark.seq = until
-    return await _announce(conn, policy, scope, found), until >= head
+        out += [(r.subject, r.channel, r.since, r.seq) for r in rows]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,17 +457,7 @@ async def _step_by_moves(
     for code, held in subjects.items():
         ordered = sorted(held)
         for scope in by_code[code]:
-            grants: list[tuple[bytes, str, datetime, int]] = []
-            for start in range(0, len(ordered), 500):
-                rows = await conn.execute(
-                    select(cs.subject, cs.channel, cs.since, cs.seq).where(
-                        cs.subject.in_(ordered[start : start + 500]),
-                        cs.purpose == scope.purpose,
-                        cs.status == "granted",
-                        cs.since < scope.cut,
-                    )
-                )
-                grants += [(r.subject, r.channel, r.since, r.seq) for r in rows]
+            grants = await _grants(conn, ordered, scope.purpose, cs.since < scope.cut)
             written += await _announce(conn, policy, scope, grants)
     await conn.execute(delete(lapse_moves).where(lm.seq.in_([m.seq for m in moves])))
     return written, len(moves) < batch
