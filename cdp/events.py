@@ -220,7 +220,9 @@ async def _store_fresh(
 ) -> None:
     idents = [batch[i].ident for i in fresh]
     found = await find_profiles(conn, idents)
-    unknown = [j for j, pid in enumerate(found) if pid is None]
+    # an identifier the guards never link (a shared line, a placeholder) joins nobody who
+    # holds it: each of its events is a customer of its own, created without it
+    unknown = [j for j, pid in enumerate(found) if pid is None or idents[j].unlinked is not None]
     targets = list(idents)
     if unknown:  # an email, phone or external id no profile holds: the customer is created
         records = [
@@ -228,12 +230,13 @@ async def _store_fresh(
             for j in unknown
         ]
         for j, outcome in zip(unknown, await ingest(conn, p, records, actor), strict=True):
-            # by the profile made (a placeholder identifier is not kept: its profile is)
+            # by the profile made (an identifier the guards never link is not kept: its
+            # profile is)
             targets[j] = Identifier("profile_id", profile_id=outcome.profile_id)
     found = await lock_found(conn, lambda: find_profiles(conn, targets))
     pids = {pid for pid in found if isinstance(pid, uuid.UUID)}
     ciphers = await p.keys.ciphers(conn, pids, strict=True)
-    named_by = await _identity_ids(conn, [i.bidx for i in idents if i.bidx is not None])
+    named_by = await _identity_ids(conn, [i.bidx for i in idents if _names_identity(i)])
     before = await stats.load(conn, pids)
     after = dict(before)
     currency = p.policy.stats_currency
@@ -273,7 +276,7 @@ async def _store_fresh(
                 if body.properties
                 else None,
                 "key_id": cipher.key_id,
-                "identity_id": named_by.get(idents[j].bidx) if idents[j].bidx else None,
+                "identity_id": named_by.get(idents[j].bidx) if _names_identity(idents[j]) else None,
                 "named_profile_id": idents[j].profile_id
                 if idents[j].kind == "profile_id"
                 else None,
@@ -285,6 +288,12 @@ async def _store_fresh(
         await conn.execute(insert(events), rows)
     await stats.save(conn, before, after)
     await stats.add_categories(conn, categories)
+
+
+def _names_identity(ident: Identifier) -> bool:
+    """Whether the event's customer holds the identifier that named it (one the guards never
+    link names nobody's: its holder, if any, is another customer)."""
+    return ident.bidx is not None and ident.unlinked is None
 
 
 async def _identity_ids(conn: AsyncConnection, bidxs: list[bytes]) -> dict[bytes, uuid.UUID]:

@@ -223,6 +223,12 @@ async def record_consent(
     )
     if (wrong := address_kind_problem(p.policy, ident, body.channel, body.status)) is not None:
         problems.append(FieldError("channel", wrong))
+    if body.status == "granted" and ident.unlinked is not None:
+        # as a record's grant for an address not kept (cdp.profiles.records): a shared line
+        # or a placeholder is nobody's own address, and would be given to whoever holds it
+        problems.append(
+            FieldError(ident.kind, f"{ident.unlinked}: no consent can be granted to it")
+        )
     if problems:
         raise InvalidInput("the consent is not acceptable under the policy", problems)
     from cdp.profiles.service import ensure_profile

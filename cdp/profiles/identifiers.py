@@ -13,7 +13,8 @@ from cdp.crypto.blind_index import BlindIndexer
 from cdp.db.tables import identities, profiles
 from cdp.errors import FieldError, InvalidInput
 from cdp.ids import parse_uuid
-from cdp.normalize import clean_text, normalise_country, normalise_email, normalise_phone
+from cdp.normalize import clean_text, normalise_country, normalise_email, parse_phone
+from cdp.profiles.guards import junk_reason
 from cdp.profiles.identity import lookup_bidx, resolve_profile_id, resolve_profile_ids
 from consent.policy import Policy
 
@@ -25,6 +26,10 @@ class Identifier:
     bidx: bytes | None = None
     value: str | None = None  # normalised, in memory only
     source: str | None = None
+    # why the merge guards never link it (a placeholder, a phone given with an extension: a
+    # shared line), or None. Such an identifier finds what holds it, but names nobody new: no
+    # event or consent joins its holder or creates a customer holding it, as no record does
+    unlinked: str | None = None
 
 
 IDENTIFIERS = ("profile_id", "email", "phone", "external_id")
@@ -70,19 +75,29 @@ def parse_identifier(
         if pid is None:
             raise InvalidInput.field("profile_id", "not a valid profile id")
         return Identifier("profile_id", profile_id=pid)
+    guards = policy.identity
     if kind == "email":
         value = normalise_email(str(email))
-        return Identifier("email", bidx=indexer.email(value), value=value)
+        reason = junk_reason("email", value, guards)
+        return Identifier("email", bidx=indexer.email(value), value=value, unlinked=reason)
     if kind == "phone":
         region = normalise_country(country) if country else policy.phone_region(None)
-        value = normalise_phone(str(phone), region)
-        return Identifier("phone", bidx=indexer.phone(value), value=value)
+        number = parse_phone(str(phone), region)
+        reason = junk_reason(
+            "phone", number.e164, guards, national=number.national, extension=number.extension
+        )
+        return Identifier(
+            "phone", bidx=indexer.phone(number.e164), value=number.e164, unlinked=reason
+        )
     src = clean_text(source)
     if not src:
         raise InvalidInput.field("source", "required with external_id")
     ext = clean_text(external_id)
     assert ext is not None
-    return Identifier("external_id", bidx=indexer.external_id(src, ext), value=ext, source=src)
+    reason = junk_reason("external_id", ext, guards)
+    return Identifier(
+        "external_id", bidx=indexer.external_id(src, ext), value=ext, source=src, unlinked=reason
+    )
 
 
 def _required(accepted: tuple[str, ...]) -> str:

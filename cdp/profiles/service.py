@@ -248,9 +248,13 @@ async def ensure_profile(
 
 def record_for(p: Platform, ident: Identifier, source: str, country: str | None) -> Record:
     """The record of a customer an email, phone or external id names and no profile holds
-    (an event or a consent creates them)."""
+    (an event or a consent creates them). One the guards never link (`Identifier.unlinked`)
+    is not kept, as a record's is not: the customer is created without it."""
     rec = Record(source=ident.source or source)
-    setattr(rec, ident.kind, ident.value)
+    if ident.unlinked is not None:
+        rec.ignored.append(FieldError(ident.kind, ident.unlinked))
+    else:
+        setattr(rec, ident.kind, ident.value)
     if country:
         rec.country = normalise_country(country)
         rec.jurisdiction = p.policy.jurisdiction_for_country(rec.country)
