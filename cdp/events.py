@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import NamedTuple
 
 import msgspec
@@ -23,7 +24,7 @@ from cdp.db.bulk import rows_where_in
 from cdp.db.conflicts import write_retried
 from cdp.db.engine import lock_keys
 from cdp.db.tables import events, identities
-from cdp.errors import DomainError, Gone, InvalidInput
+from cdp.errors import Conflict, DomainError, FieldError, Gone, InvalidInput
 from cdp.ids import new_id, time_problem, utcnow
 from cdp.labels import CATEGORY_MAX, normalise_category
 from cdp.normalize import normalise_country
@@ -159,7 +160,7 @@ async def store_events(
 
 
 _e = events.c
-_RECORDED_COLUMNS = (_e.event_key, _e.event_id, _e.profile_id, _e.type, _e.currency)
+_RECORDED_COLUMNS = (_e.event_key, _e.event_id, _e.profile_id, _e.type, _e.amount, _e.currency)
 # built once: building it per call cost more than the driver's whole round trip
 _RECORDED = union_all(
     select(*_RECORDED_COLUMNS).where(
@@ -174,12 +175,37 @@ _RECORDED = union_all(
 class _Recorded(NamedTuple):
     profile_id: uuid.UUID
     type: str
+    amount: Decimal | None
     currency: str | None
 
 
-def _repeated(p: Platform, event: CheckedEvent, row: _Recorded) -> EventResult:
+ANOTHER_EVENT = "differs from the event recorded under this source and event_id"
+
+
+def _repeated(p: Platform, event: CheckedEvent, row: _Recorded) -> Stored:
+    """A replay of the event recorded under the same (source, event_id): the answer about it.
+    One whose type, amount or currency differ is another event under a used id (a refund sent
+    under its order's id, an order's amount corrected): Conflict, naming those fields, since
+    dropping it while answering about the recorded one would lose it without a word. Its time,
+    customer and properties may differ in a replay (a sender that stamps the time of sending)."""
+    body = event.body
+    differ = [
+        name
+        for name, sent, kept in (
+            ("type", body.type, row.type),
+            ("amount", body.amount, row.amount),
+            ("currency", body.currency, row.currency),
+        )
+        if sent != kept
+    ]
+    if differ:
+        return Conflict(
+            f"another event was recorded under this source and event_id ({', '.join(differ)}"
+            " not as sent): send it under an event_id of its own",
+            [FieldError(name, ANOTHER_EVENT) for name in differ],
+        )
     counted = stats.counts_in_total(row.type, row.currency, p.policy.stats_currency)
-    return EventResult(event.body.event_id, row.profile_id, False, counted)
+    return EventResult(body.event_id, row.profile_id, False, counted)
 
 
 async def _recorded(

@@ -207,3 +207,48 @@ async def test_the_largest_amount_is_kept_to_the_cent_and_a_larger_one_refused(c
     assert r.json()["errors"] == [
         {"field": "amount", "message": "at most 13 digits and 2 decimals"}
     ]
+
+
+async def test_another_event_under_a_recorded_event_id_is_409_not_taken_for_a_replay(
+    client, keys, tmp_path, platform
+):
+    """(source, event_id) names one event: sent again as it was, it is a replay (200); a
+    refund sent under its order's id, or the order with another amount, is another event,
+    and is refused (409, naming the fields that differ) instead of being dropped while the
+    answer spoke of the order (`in_total_spent` of the purchase, for the refund)."""
+    from cdp.events_import import run_event_import
+
+    await send(client, keys, 1, amount="4500.00", category="Shoes")
+    again = await send(client, keys, 1, amount="4500.0", category=" shoes ")  # the same order
+    assert again["created"] is False
+    body = {
+        "source": "shop",
+        "event_id": "ord-1",
+        "type": "refund",
+        "occurred_at": "2026-11-05T12:00:00Z",
+        "email": EMAIL,
+        "amount": "4500.00",
+        "currency": "RUB",
+    }
+    for changed, fields in (
+        ({}, "(type not as sent)"),
+        ({"type": "purchase", "amount": "450.00"}, "(amount not as sent)"),
+        ({"amount": "4500.00", "currency": "USD"}, "(type, currency not as sent)"),
+    ):
+        r = await client.post("/v1/events", json={**body, **changed}, headers=keys["ingest"])
+        assert r.status_code == 409, r.text
+        assert fields in r.json()["detail"]
+    s = await stats(client, keys)
+    assert (s["orders_count"], s["total_spent"]) == (1, "4500.00")
+
+    # an order history holding the refund under the order's id: the row is rejected, saying so
+    path = tmp_path / "orders.ndjson"
+    path.write_text(
+        '{"event_id": "ord-1", "type": "refund", "occurred_at": "2026-11-05T12:00:00Z",'
+        f' "email": "{EMAIL}", "amount": "4500.00", "currency": "RUB"}}\n',
+        encoding="utf-8",
+    )
+    summary = await run_event_import(platform, path, source="shop", actor="test")
+    assert summary.rejected_rows == 1
+    assert "type," in summary.rejects_path.read_text(encoding="utf-8")
+    assert (await stats(client, keys))["total_spent"] == "4500.00"

@@ -27,7 +27,10 @@ RECORDED = {
     tags=["events"],
     summary="Record a behavioural event (idempotent on source + event_id)",
     description=(
-        "201 when the event is new, 200 when it was already recorded. The type is stored trimmed"
+        "201 when the event is new, 200 when it was already recorded. 409 when another event"
+        " was recorded under the same source and event_id: one whose type, amount or currency"
+        " differ (a refund sent under its order's id) is not a replay, and is not stored; the"
+        " detail names those fields. The type is stored trimmed"
         " and lower-cased, the category trimmed, whitespace collapsed and case-folded. A"
         " purchase counts as an order in any currency; customer stats keep `total_spent` in one"
         " currency, the policy's stats currency, so for a purchase or refund the answer also"
