@@ -119,6 +119,7 @@ PROSE_RUN = {
 PROSE_NOT_RUN = {
     "cdp": "the command itself, run by every test here",
     "cdp serve": "started by each test here that serves (--port: the Try it test)",
+    "cdp dsr worker": "runs until interrupted; each pass is `cdp dsr run`'s, run here",
     "cdp serve --workers": "PostgreSQL only: tests/test_serve_workers.py starts two workers",
     "cdp demo": "run by the segments test (3,000 customers)",
     "cdp retention run": "needs customers idle for a period; tests/test_retention.py runs it, "
