@@ -105,3 +105,97 @@ async def test_subscriptions_to_the_default_kinds_do_not_start_getting_merges(
     assert kinds == ["profile.merged"]  # written, for whoever asks for it
     await drain(platform)
     assert receiver.requests == []
+
+
+PUSH_GRANT = {
+    "purpose": "marketing",
+    "channel": "push",
+    "status": "granted",
+    "evidence": {"wording_id": "newsletter-v3", "method": "double_opt_in"},
+}
+
+
+async def withdraw_push(client, keys, profile_id: str) -> None:  # type: ignore[no-untyped-def]
+    r = await client.post(
+        "/v1/consents",
+        json={
+            "profile_id": profile_id,
+            "purpose": "marketing",
+            "channel": "push",
+            "status": "withdrawn",
+            "source": "app",
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+
+
+async def push_allowed(client, keys, profile_id: str) -> bool:  # type: ignore[no-untyped-def]
+    r = await client.get(f"/v1/profiles/{profile_id}/consents", headers=keys["admin"])
+    return r.json()["contactable"]["marketing"]["push"]
+
+
+def consent_events(receiver) -> list[tuple]:  # type: ignore[no-untyped-def]
+    return [
+        (b["kind"], b["profile_id"], b["address_kind"], b["purpose"], b["channel"], b["source"])
+        for b in merge_events(receiver)
+    ]
+
+
+async def test_a_merge_that_stops_the_survivors_push_announces_the_withdrawal(
+    client, keys, platform, receiver
+):
+    """A's app may send pushes (granted); B turned them off. Merged, the most restrictive state
+    wins: A's pushes stop. A sending tool on the default kinds, which never hears of merges,
+    heard nothing and went on pushing to A."""
+    a = await add_profile(client, keys, email="push.a@example.com", consents=[PUSH_GRANT])
+    b = await add_profile(client, keys, phone="+79165550011")
+    await withdraw_push(client, keys, b)
+    assert await push_allowed(client, keys, a)
+    await subscribe(client, keys, receiver)  # the default kinds: consent changes only
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "push.a@example.com", "phone": "+79165550011"},
+        headers=keys["ingest"],
+    )
+    assert r.json()["merged_profile_ids"] == [b]
+    assert not await push_allowed(client, keys, a)
+    await drain(platform)
+    assert consent_events(receiver) == [
+        ("consent.withdrawn", a, "profile", "marketing", "push", "app")
+    ]
+
+
+async def test_a_merge_that_stops_nothing_announces_no_consent_change(
+    client, keys, platform, receiver
+):
+    a = await add_profile(client, keys, email="push.c@example.com")
+    await withdraw_push(client, keys, a)
+    b = await add_profile(client, keys, phone="+79165550013", consents=[PUSH_GRANT])
+    await subscribe(client, keys, receiver)
+    await add_profile(client, keys, email="push.c@example.com", phone="+79165550013")
+    await drain(platform)
+    assert consent_events(receiver) == []  # A stays withdrawn; B is A now (profile.merged)
+    assert b
+
+
+async def test_an_unmerge_announces_the_withdrawals_the_split_off_customer_keeps(
+    client, keys, platform, receiver
+):
+    """B allowed pushes, then was merged into A, and the merged customer turned pushes off: the
+    withdrawal binds both halves, so after the unmerge B's pushes stay off. A tool that keys
+    pushes by profile had heard B granted, and A (not B) withdrawn: it pushed to B again."""
+    a = await add_profile(client, keys, email="push.e@example.com")
+    b = await add_profile(client, keys, phone="+79165550015", consents=[PUSH_GRANT])
+    await add_profile(client, keys, email="push.e@example.com", phone="+79165550015")
+    await withdraw_push(client, keys, a)
+    await subscribe(client, keys, receiver, kinds=["consent.withdrawn", "profile.unmerged"])
+    r = await client.post(f"/v1/profiles/{b}/unmerge", headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    assert not await push_allowed(client, keys, b)
+    await drain(platform)
+    # in this order: B is B again, then what holds for B
+    assert consent_events(receiver) == [
+        ("profile.unmerged", a, None, None, None, "unmerge"),
+        ("consent.withdrawn", b, "profile", "marketing", "push", "app"),
+    ]

@@ -41,7 +41,7 @@ from cdp.matching.tables import match_suggestions, merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
 from cdp.stats import TOTAL_TOO_LARGE, beyond_kept
-from consent.outbox.enqueue import enqueue_merge
+from consent.outbox.enqueue import enqueue_merge, enqueue_profile_withdrawals
 from consent.outbox.moves import note_moves
 from consent.subjects import profile_subject
 from consent.tables import consent_ledger, consent_state
@@ -309,6 +309,17 @@ async def merge_profiles(
     )
     await enqueue_merge(  # in this transaction: announced exactly when the merge commits
         conn, "profile.merged", survivor_id=survivor_id, absorbed_id=absorbed_id, source=provenance
+    )
+    # the survivor's own pushes (messenger) stopped where the absorbed customer had stopped
+    # them: announced as such, since a tool on the consent kinds never hears of the merge
+    await enqueue_profile_withdrawals(
+        conn,
+        survivor_id,
+        [
+            change["after"]
+            for change in consent_changes.values()
+            if (change["before"] or {}).get("status") != "withdrawn"
+        ],
     )
     await note_moves(conn, p.policy, [survivor_id])  # its grants and rules may differ now (lapses)
     await conn.execute(

@@ -65,7 +65,7 @@ from consent import evidence, ledger, merged_consent
 from consent.dsr.customer import customer_profile_ids
 from consent.dsr.requests import customer_lock, open_erasure
 from consent.ledger import Entry, ordering_time, supersedes
-from consent.outbox.enqueue import enqueue_merge
+from consent.outbox.enqueue import enqueue_merge, enqueue_profile_withdrawals
 from consent.outbox.moves import note_moves
 from consent.policy import Policy
 from consent.subjects import expand_channel, profile_subject
@@ -199,6 +199,9 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     await enqueue_merge(
         conn, "profile.unmerged", survivor_id=holder, absorbed_id=a_id, source="unmerge"
     )
+    # then, under her id, the pushes (messenger) that stay off for her as the split left them:
+    # a withdrawal recorded while merged binds both halves, yet was announced for the holder
+    await enqueue_profile_withdrawals(conn, a_id, await _own_states(conn, a_id))
     await note_moves(conn, p.policy, [holder, a_id])  # addresses changed holder (lapses)
     log.info("merge_undone", merge_id=str(m.id), holder=str(holder), absorbed=str(a_id))
     return holder
@@ -587,6 +590,17 @@ async def _grants_while_merged_count_for_neither(
         for purpose, channel in granted
     ]
     await ledger.append(conn, p.policy, entries)
+
+
+async def _own_states(conn: AsyncConnection, profile_id: uuid.UUID) -> list[Any]:
+    """The profile's own (push, messenger) consent states, as mappings."""
+    cs = consent_state.c
+    rows = await conn.execute(
+        select(cs.purpose, cs.channel, cs.status, cs.since, cs.source).where(
+            cs.subject == profile_subject(profile_id)
+        )
+    )
+    return [r._mapping for r in rows]
 
 
 def _ordered(row: dict[str, Any]) -> tuple[str, datetime]:

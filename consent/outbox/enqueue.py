@@ -185,6 +185,34 @@ async def seal_unseen(
             row["address_sealed"] = sealed.get(row["id"], row["address_sealed"])
 
 
+async def enqueue_profile_withdrawals(
+    conn: AsyncConnection, profile_id: uuid.UUID, states: Iterable[Mapping[str, Any]]
+) -> None:
+    """consent.withdrawn for withdrawn states of a profile's own consent (push, messenger) that
+    a merge or an unmerge put in force without a ledger entry (`states`: consent_state rows,
+    or their merge snapshots with `since` as text). With the time and source the state keeps."""
+    rows = [
+        event_row(
+            "consent.withdrawn",
+            occurred_at=_as_time(s["since"]),
+            profile_id=profile_id,
+            address_kind="profile",
+            subject=PROFILE_PREFIX + profile_id.bytes,
+            purpose=s["purpose"],
+            channel=s["channel"],
+            source=s["source"],
+        )
+        for s in states
+        if s["status"] == "withdrawn"
+    ]
+    if rows:
+        await write_rows(conn, rows)
+
+
+def _as_time(value: datetime | str) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 async def enqueue_merge(
     conn: AsyncConnection,
     kind: str,
