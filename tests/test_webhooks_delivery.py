@@ -611,6 +611,48 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_another_subscripti
         await server.wait_closed()
 
 
+async def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
+    client, keys, platform
+):
+    """The timeout bounds the whole request, not each read: a receiver that sends its answer
+    a byte at a time, each byte within the timeout, held a request slot (and its customer's
+    later events) for as long as it liked, and its lease ran out beneath it. It is a failed
+    try at the timeout, retried, then dead, like a receiver that never answers."""
+    tries: list[int] = []
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tries.append(len(await reader.readuntil(b"\r\n\r\n")))
+        try:
+            for _ in range(600):  # a minute at most, ended by the client hanging up
+                writer.write(b"H")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": f"http://127.0.0.1:{port}/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    assert r.status_code == 201, r.text
+    await opt_out(client, keys, email="trickle@example.com")
+    try:
+        await drain(platform, dataclasses.replace(FAST, timeout=1.0, max_attempts=2))
+    finally:
+        server.close()
+    assert len(tries) == 2
+    async with platform.db.read() as conn:
+        status, error = (
+            await conn.execute(select(webhook_deliveries.c.status, webhook_deliveries.c.last_error))
+        ).one()
+    assert (status, error) == ("dead", "TimeoutError")
+
+
 async def test_nothing_is_enqueued_for_a_rejected_or_rolled_back_change(client, keys, platform):
     r = await client.post(
         "/v1/consents",

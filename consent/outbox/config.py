@@ -4,7 +4,7 @@ CDP_WEBHOOK_DISPATCHER      "off" keeps `cdp serve` from dispatching (run `cdp d
 CDP_WEBHOOK_MAX_ATTEMPTS    tries before a delivery becomes dead (default 8)
 CDP_WEBHOOK_RETRY_BASE_MS   first retry delay (default 5000); each next one x4
 CDP_WEBHOOK_RETRY_CAP_MS    longest retry delay (default 6 h)
-CDP_WEBHOOK_TIMEOUT_MS      per request (default 10000)
+CDP_WEBHOOK_TIMEOUT_MS      per request, the whole of it (default 10000)
 CDP_WEBHOOK_POLL_MS         how often an idle dispatcher looks for work (default 200)
 CDP_WEBHOOK_CONCURRENCY     requests in flight per dispatcher (default 8); one subscription
                             gets at most half of them

@@ -15,6 +15,7 @@ status code or error type, never a response body.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -273,9 +274,15 @@ async def send(http: httpx.AsyncClient, cfg: DispatchConfig, item: Claimed) -> O
     code: int | None = None
     error: str | None = None
     try:
-        async with http.stream(
-            "POST", item.url, content=item.body, headers=headers, timeout=cfg.timeout
-        ) as response:
+        # the timeout bounds the whole try, as well as each read (httpx's own): a receiver
+        # that answers a byte at a time within each read's timeout held the request for as
+        # long as it liked (a request slot, its customer's later events, past its lease)
+        async with (
+            asyncio.timeout(cfg.timeout),
+            http.stream(
+                "POST", item.url, content=item.body, headers=headers, timeout=cfg.timeout
+            ) as response,
+        ):
             code = response.status_code
             size = int(response.headers.get("content-length") or MAX_RESPONSE_READ + 1)
             if size <= MAX_RESPONSE_READ:
