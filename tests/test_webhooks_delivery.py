@@ -811,3 +811,46 @@ def test_a_replay_time_beyond_the_calendar_in_utc_is_a_usage_error(since, tmp_pa
     monkeypatch.chdir(tmp_path)  # before, it went on to open (and create) a database here
     out = CliRunner().invoke(webhooks, ["replay", "--since", since])
     assert out.exit_code == 2 and "out of range" in out.output, out.output
+
+
+async def test_an_erasure_done_again_after_a_restore_is_announced(
+    client, keys, platform, receiver, tmp_path
+):
+    """A database restored from a backup taken before an erasure erases the customer again
+    when it opens (consent.dsr.restore). Its outbox, from before the erasure, holds no
+    erasure.completed, and the erasure done again wrote none: a sending tool subscribed as the
+    guide advises (opt_out, consent.withdrawn, erasure.completed) heard nothing from it, also
+    where the first one's delivery was still waiting when the database was lost."""
+    from cdp.profiles.identifiers import parse_identifier
+    from consent.dsr.requests import submit_erasure
+    from consent.dsr.worker import run_pending
+    from tests.conftest import make_settings
+    from tests.test_erasure import EMAIL, PHONE, create_anna
+    from tests.test_key_store import take_backup
+
+    await subscribe(client, keys, receiver, kinds=["opt_out", "erasure.completed"])
+    await create_anna(client, keys)
+    backups = take_backup(platform, tmp_path)
+    backup_url = await anext(backups)
+    try:
+        ident = platform.keys.indexer
+        await submit_erasure(
+            platform,
+            parse_identifier(platform.policy, ident, email=EMAIL),
+            requested_by="customer",
+            actor="test",
+        )
+        assert (await run_pending(platform)).completed == 1  # not delivered: the copy is lost
+        settings = make_settings(backup_url, tmp_path, key_store=platform.settings.key_store_url)
+        restored = await open_platform(settings, run_migrations=False)
+        try:
+            await drain(restored)
+        finally:
+            await restored.close()
+    finally:
+        await backups.aclose()
+    sent = {(r.payload["kind"], r.payload["address_blind_index"]) for r in receiver.accepted}
+    assert sent == {
+        ("erasure.completed", ident.email(EMAIL).hex()),
+        ("erasure.completed", ident.phone(PHONE).hex()),
+    }

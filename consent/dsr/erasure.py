@@ -143,16 +143,7 @@ async def erase(p: Platform, request_id: uuid.UUID, actor: str = WORKER) -> str:
                 completed_at=now,
             )
             return "rejected"
-        pids, idents, counts = await erase_locked(conn, p, found[0], now)
-        if counts["profiles"]:  # tell the sending tools, in this same transaction (outbox)
-            await enqueue(
-                conn,
-                "erasure.completed",
-                profile_id=found[0],
-                occurred_at=now,
-                source="erasure",
-                addresses=[(kind, bidx) for _, kind, bidx in idents if kind in ("email", "phone")],
-            )
+        pids, _, counts = await erase_locked(conn, p, found[0], now)
         crash_point("before_commit")
         erased = pids
         reason = (
@@ -187,11 +178,24 @@ async def erase_locked(
     conn: AsyncConnection, p: Platform, root: uuid.UUID, now: datetime
 ) -> tuple[list[uuid.UUID], list[tuple[uuid.UUID, str, bytes]], dict[str, Any]]:
     """Lock the customer whose surviving profile is `root` and erase them, in the caller's
-    write transaction: (their profiles, their identifiers, what was erased). On SQLite the
+    write transaction, with its erasure.completed events: (their profiles, their identifiers,
+    what was erased). On SQLite the
     deleted rows are overwritten on disk (`secure_delete`)."""
     await overwrite_deleted(conn)
     pids, idents = await lock_customer(conn, root)
-    return pids, idents, await erase_customer(conn, p, pids, idents, now, root)
+    counts = await erase_customer(conn, p, pids, idents, now, root)
+    if counts["profiles"]:  # tell the sending tools, in this same transaction (outbox): also
+        # an erasure done again after a restore (consent.dsr.restore), whose first one's
+        # event the restored outbox never held
+        await enqueue(
+            conn,
+            "erasure.completed",
+            profile_id=root,
+            occurred_at=now,
+            source="erasure",
+            addresses=[(kind, bidx) for _, kind, bidx in idents if kind in ("email", "phone")],
+        )
+    return pids, idents, counts
 
 
 async def lock_customer(
