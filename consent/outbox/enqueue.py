@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cdp.db.bulk import bulk_insert
 from cdp.ids import new_id, utcnow
 from consent.outbox.tables import outbox_events
+from consent.subjects import profile_subject
 
 if TYPE_CHECKING:
     from cdp.keyring import Keyring
@@ -38,7 +39,6 @@ MERGE_KINDS = ("profile.merged", "profile.unmerged")
 LAPSED = "consent.lapsed"
 KINDS = DEFAULT_KINDS + MERGE_KINDS + (LAPSED,)
 ADDRESS_KINDS = ("email", "phone", "profile", "external_id")  # external_id: erasure
-PROFILE_PREFIX = b"p:"  # as consent.subjects.profile_subject
 
 
 def order_key(
@@ -50,7 +50,7 @@ def order_key(
     if subject is not None:
         return subject
     if profile_id is not None:
-        return PROFILE_PREFIX + profile_id.bytes
+        return profile_subject(profile_id)
     return b"-"
 
 
@@ -197,7 +197,7 @@ async def enqueue_profile_withdrawals(
             occurred_at=_as_time(s["since"]),
             profile_id=profile_id,
             address_kind="profile",
-            subject=PROFILE_PREFIX + profile_id.bytes,
+            subject=profile_subject(profile_id),
             purpose=s["purpose"],
             channel=s["channel"],
             source=s["source"],
@@ -231,7 +231,7 @@ async def enqueue_merge(
         occurred_at=utcnow(),
         profile_id=survivor_id,
         absorbed_profile_id=absorbed_id,
-        subject=PROFILE_PREFIX + absorbed_id.bytes,
+        subject=profile_subject(absorbed_id),
         source=source,
     )
     (event_id,) = await write_rows(conn, [row])
