@@ -192,17 +192,20 @@ async def test_new_writes_work_on_the_upgraded_database(upgraded):
     r = await c.post("/v1/profiles", json=body, headers=ing)
     assert r.status_code == 201, r.text
     assert (await contactable(c, keys, r.json()["profile_id"]))["marketing"]["email"] is False
-    # a repeat of an event the old release recorded is recognised
+    # a repeat of an event the old release recorded is recognised (its time may differ)
     event = {
         "source": "shop",
         "event_id": "a-0",
-        "type": "purchase",
+        "type": "Purchase",
         "email": EMAILS["anna"],
         "occurred_at": "2026-11-01T00:00:00Z",
-        "amount": "1.00",
+        "amount": "1000.00",
         "currency": "RUB",
     }
     assert (await c.post("/v1/events", json=event, headers=ing)).status_code == 200
+    # and another event under its id is not taken for one (d42f4ba: it was, and dropped)
+    r = await c.post("/v1/events", json={**event, "amount": "1.00"}, headers=ing)
+    assert r.status_code == 409, r.text
     r = await c.post("/v1/opt-outs", json={"email": EMAILS["anna"], "source": "web"}, headers=ing)
     assert r.status_code == 200, r.text
     assert [PEOPLE["anna"], EMAILS["anna"]] not in await members(c, keys, st, "mkt_email")
