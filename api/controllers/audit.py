@@ -14,7 +14,7 @@ from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from api.openapi import NAMES_A_CUSTOMER
 from api.params import Limit, Moment
-from cdp.access_log import log_access
+from cdp.access_log import record_access
 from cdp.errors import Conflict, InvalidInput, NotFound
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
@@ -133,20 +133,23 @@ class AuditController(Controller):
         if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
             raise InvalidInput.field("cursor", "not a cursor of this list")  # a seq: 64 bits
         ident = _customer_ident(platform, profile_id, email, phone)
-        async with platform.db.write() as conn:
+        # a read, not a write: on SQLite a write transaction would hold every writer (an
+        # opt-out too) while a filter reads through the ledger; its entry is committed
+        # through the shared access-log commit before the answer leaves
+        async with platform.db.read(snapshot=True) as conn:
             customer = await events.resolve_customer(conn, ident) if ident else None
             f = events.EventFilter(customer, purpose, channel, start, end)
             items, next_seq = await events.page(conn, platform, f, after, size)
-            await log_access(
-                conn,
-                principal,
-                "audit.consent_events",
-                object_type="consent_ledger",
-                object_id=str(customer.root) if customer and customer.root else None,
-                profile_id=customer.root if customer else None,
-                rows=len(items),
-                detail={"customer": ident.kind if ident else None},
-            )
+        await record_access(
+            platform.db,
+            principal,
+            "audit.consent_events",
+            object_type="consent_ledger",
+            object_id=str(customer.root) if customer and customer.root else None,
+            profile_id=customer.root if customer else None,
+            rows=len(items),
+            detail={"customer": ident.kind if ident else None},
+        )
         return {
             "items": items,
             "next_cursor": encode_cursor([next_seq]) if next_seq is not None else None,
@@ -180,21 +183,23 @@ class AuditController(Controller):
             phone=phone,
             accepted=CUSTOMER,
         )
-        async with platform.db.write() as conn:
+        # a read (it verifies the whole ledger: on SQLite a write transaction held every
+        # writer, opt-outs too, for as long), its entry committed before the answer leaves
+        async with platform.db.read(snapshot=True) as conn:
             customer = await events.resolve_customer(conn, ident)
             body = await evidence_bundle(conn, platform, ident, customer, principal.name)
-            if customer.root is None and not body["events"]:
-                raise NotFound("nothing is recorded about this customer")
-            await log_access(
-                conn,
-                principal,
-                "audit.evidence_bundle",
-                object_type="customer",
-                object_id=str(customer.root) if customer.root else None,
-                profile_id=customer.root,
-                rows=len(body["events"]),
-                detail={"customer": ident.kind},
-            )
+        if customer.root is None and not body["events"]:
+            raise NotFound("nothing is recorded about this customer")
+        await record_access(
+            platform.db,
+            principal,
+            "audit.evidence_bundle",
+            object_type="customer",
+            object_id=str(customer.root) if customer.root else None,
+            profile_id=customer.root,
+            rows=len(body["events"]),
+            detail={"customer": ident.kind},
+        )
         return body
 
     @get(

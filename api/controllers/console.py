@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.auth import roles
 from api.deps import PlatformDep, PrincipalDep
 from api.i18n import PAGE_HEADER_VALUES, PAGE_HEADERS, Messages, choose_language, messages
-from cdp.access_log import log_access
+from cdp.access_log import record_access
 from cdp.apikeys import Principal, authenticate
 from cdp.crypto.master import hkdf
 from cdp.db.tables import access_log, api_keys, console_signouts
@@ -557,7 +557,9 @@ class ConsoleController(Controller):
         pid = parse_uuid(profile_id)
         if pid is None:
             raise NotFound("no customer with this id")
-        async with platform.db.write() as conn:
+        # a read, not a write (on SQLite a write transaction holds every writer, opt-outs
+        # too); the page's access-log entry is committed before the page leaves
+        async with platform.db.read(snapshot=True) as conn:
             customer = await resolve_customer(conn, Identifier("profile_id", profile_id=pid))
             if customer.root is not None and customer.root != pid:
                 return Redirect(f"/console/customers/{customer.root}", status_code=303)
@@ -569,16 +571,16 @@ class ConsoleController(Controller):
             )
             requests = await requests_of(conn, customer.profile_ids)
             latest = await latest_trusted(conn, signer_for(platform.settings))
-            await log_access(
-                conn,
-                principal,
-                "console.customer",
-                object_type="profile",
-                object_id=str(pid),
-                profile_id=pid,
-                rows=len(items) + (1 if profile else 0),
-                detail={"via": "console"},
-            )
+        await record_access(
+            platform.db,
+            principal,
+            "console.customer",
+            object_type="profile",
+            object_id=str(pid),
+            profile_id=pid,
+            rows=len(items) + (1 if profile else 0),
+            detail={"via": "console"},
+        )
         return page(
             request,
             "console_customer.html",
@@ -603,21 +605,21 @@ class ConsoleController(Controller):
         if pid is None:
             raise NotFound("no customer with this id")
         ident = Identifier("profile_id", profile_id=pid)
-        async with platform.db.write() as conn:
+        async with platform.db.read(snapshot=True) as conn:  # a read, as the customer's page
             customer = await resolve_customer(conn, ident)
             body = await evidence_bundle(conn, platform, ident, customer, principal.name)
-            if customer.root is None and not body["events"]:
-                raise NotFound("nothing is recorded about this customer")
-            await log_access(
-                conn,
-                principal,
-                "console.evidence_bundle",
-                object_type="customer",
-                object_id=str(customer.root or pid),
-                profile_id=customer.root or pid,
-                rows=len(body["events"]),
-                detail={"via": "console"},
-            )
+        if customer.root is None and not body["events"]:
+            raise NotFound("nothing is recorded about this customer")
+        await record_access(
+            platform.db,
+            principal,
+            "console.evidence_bundle",
+            object_type="customer",
+            object_id=str(customer.root or pid),
+            profile_id=customer.root or pid,
+            rows=len(body["events"]),
+            detail={"via": "console"},
+        )
         return Response(
             body,
             media_type="application/json",
