@@ -377,3 +377,41 @@ async def test_the_request_status_filters_show_their_requests(client, keys, plat
     assert page.text.count("data-request-id=") == 0  # rejected: none
     received = await client.get("/console/requests?status=received", headers=EN)
     assert received.text.count("data-request-id=") == 1
+
+
+async def test_the_access_log_of_a_customer_named_by_a_merged_away_id_is_the_whole_customers(
+    client, keys
+):
+    """`/console/access-log?profile_id=` took the id as the customer's surviving profile: an id
+    merged into another showed only the reads made under that id, while the API showed every
+    read of the customer; an id that is not one showed the whole log as if it were filtered."""
+    h = keys["ingest"]
+    records = [
+        {"source": "crm", "email": "o@example.com"},
+        {"source": "crm", "phone": "+79165550101"},
+    ]
+    older, newer = [
+        (await client.post("/v1/profiles", json=record, headers=h)).json()["profile_id"]
+        for record in records
+    ]
+    assert (await client.get(f"/v1/profiles/{newer}", headers=keys["admin"])).status_code == 200
+    r = await client.post(
+        "/v1/profiles",
+        json={"source": "crm", "email": "o@example.com", "phone": "+79165550101"},
+        headers=h,
+    )
+    assert r.json()["merged_profile_ids"] == [newer]
+    assert (await client.get(f"/v1/profiles/{older}", headers=keys["admin"])).status_code == 200
+    await signed_in(client, keys)
+    api = await client.get(
+        "/v1/audit/access-log", params={"profile_id": newer}, headers=keys["compliance"]
+    )
+    read_ids = {e["profile_id"] for e in api.json()["items"] if e["action"] == "profile.read"}
+    assert read_ids == {older, newer}
+    for named in (newer, older):
+        page = await client.get("/console/access-log", params={"profile_id": named}, headers=EN)
+        assert page.status_code == 200
+        shown = re.findall(r'href="/console/customers/([0-9a-f-]+)"', page.text)
+        assert set(shown) == {older, newer}, named
+    r = await client.get("/console/access-log", params={"profile_id": "nope"}, headers=EN)
+    assert r.status_code == 400 and "admin-key" not in r.text

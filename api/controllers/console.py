@@ -63,7 +63,6 @@ from consent.chain import canonical_payload
 from consent.dsr import requests as dsr
 from consent.dsr import states
 from consent.dsr.consistency import requests_report
-from consent.dsr.customer import customer_profile_ids
 from consent.dsr_tables import dsr_requests
 
 log = structlog.get_logger("api.console")
@@ -652,8 +651,13 @@ class ConsoleController(Controller):
         actor: FromQuery[str | None] = None,
     ) -> Template:
         pid = parse_uuid(profile_id) if profile_id else None
+        if profile_id and pid is None:  # was the whole log, under no heading of a customer
+            raise InvalidInput.field("profile_id", "not a valid profile id")
         async with platform.db.read() as conn:
-            pids = await customer_profile_ids(conn, pid) if pid else None
+            pids = None
+            if pid is not None:  # every profile of the customer, as GET /v1/audit/access-log
+                ident = Identifier("profile_id", profile_id=pid)
+                pids = (await resolve_customer(conn, ident)).profile_ids
             rows = await recent_access(conn, pids, actor)
         return page(
             request,
