@@ -18,7 +18,7 @@ from consent.audit import parallel
 from consent.audit.state import check_state
 from consent.audit.verify import snapshot
 from consent.subjects import profile_subject
-from consent.tables import consent_ledger, consent_state, suppressions
+from consent.tables import address_erasures, consent_ledger, consent_state, suppressions
 from consent.tokens import TokenClaims, issue
 from tests.helpers import sql
 from tests.test_audit_checkpoints import cli
@@ -129,6 +129,7 @@ async def test_the_reviewers_tampering_is_caught(client, keys, platform):
         "state_extra": 0,
         "suppression_unbacked": 0,
         "suppression_missing": 2,
+        "erasure_unbacked": 0,
     }
     opt_outs = await opt_out_seqs(platform)
     assert {e["seq"] for e in body["state"]["examples"]} == set(opt_outs)
@@ -542,3 +543,31 @@ async def test_another_spelling_of_a_stored_time_is_tampering(client, keys, plat
     assert anna in await members(client, keys)  # the respelled grant took effect
     report = await verified(client, keys)
     assert report["ok"] is False, report
+
+
+async def test_an_erasure_time_written_by_hand_is_caught(client, keys, platform):
+    """The audit reads take the entries recorded on an address up to its erasure for the
+    erased customer's (address_erasures). A row written there by hand, for no erasure, hid
+    Anna's grant and opt-out from her consent events and evidence bundle while verification
+    said ok; it is now a mismatch, reported by its time alone."""
+    await opted_out_anna(client, keys)
+    shown = {"email": ANNA, "channel": "email"}
+    r = await client.get("/v1/audit/consent-events", params=shown, headers=keys["compliance"])
+    assert len(r.json()["items"]) == 2  # her grant and her opt-out
+    async with platform.db.write() as conn:
+        await conn.execute(
+            insert(address_erasures).values(bidx=platform.keys.indexer.email(ANNA), at=utcnow())
+        )
+    r = await client.get("/v1/audit/consent-events", params=shown, headers=keys["compliance"])
+    assert r.json()["items"] == []  # what the row does
+    body = await verified(client, keys)
+    assert body["ok"] is False and body["first_invalid_seq"] is None
+    assert body["state_mismatches"] == 1 and body["state"]["by_kind"]["erasure_unbacked"] == 1
+    assert body["state"]["examples"][0]["kind"] == "erasure_unbacked"
+    assert_no_personal_data(str(body), platform)
+    out = cli(platform, "verify")
+    assert out.returncode == 1 and "erasure_unbacked" in out.stdout, out.stdout
+    assert_no_personal_data(out.stdout, platform)
+    await signed_in(client, keys)
+    page = await client.get("/console/verify", headers=EN)
+    assert "erasure_unbacked" in page.text

@@ -22,7 +22,18 @@ STATE_EXTRA = "state_extra"
 SUPPRESSION_UNBACKED = "suppression_unbacked"
 # an opt-out in the ledger whose suppression is gone (suppressions are never lifted)
 SUPPRESSION_MISSING = "suppression_missing"
-KINDS = (STATE_DIFFERS, STATE_MISSING, STATE_EXTRA, SUPPRESSION_UNBACKED, SUPPRESSION_MISSING)
+# an address's erasure time (address_erasures) that no completed erasure accounts for: it
+# would hide the entries recorded on the address before it from the customer's consent events,
+# evidence bundle and access export (consent.dsr.customer.ledger_entries_of)
+ERASURE_UNBACKED = "erasure_unbacked"
+KINDS = (
+    STATE_DIFFERS,
+    STATE_MISSING,
+    STATE_EXTRA,
+    SUPPRESSION_UNBACKED,
+    SUPPRESSION_MISSING,
+    ERASURE_UNBACKED,
+)
 EXAMPLES = 3  # kept per kind of mismatch
 
 
@@ -108,6 +119,11 @@ class Findings:
 def describe(example: dict[str, Any]) -> str:
     """One line for a person: what disagrees, where (purpose/channel, ledger seq)."""
     kind, where = example["kind"], f"{example['purpose']}/{example['channel']}"
+    if kind == ERASURE_UNBACKED:
+        return (
+            f"{kind}: an address erased at {example['at']} by no completed erasure (its "
+            "earlier entries are hidden from its customer's consent events)"
+        )
 
     def state(o: dict[str, Any]) -> str:
         return f"{o['status']} since {o['since']} (seq {o['seq']})"

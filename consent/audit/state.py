@@ -22,9 +22,10 @@ from operator import itemgetter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consent.audit import addresses, profiles
+from consent.audit import findings as f
 from consent.audit.findings import Findings
 from consent.audit.replay import SUBJECT, Channels
-from consent.audit.rows import Reader, Row, Sorted, batches
+from consent.audit.rows import Reader, Row, Sorted, batches, iso
 from consent.policy import Policy
 from consent.subjects import PROFILE_PREFIX as PREFIX
 
@@ -66,6 +67,23 @@ async def check_addresses(
         return await addresses.prepare(reader, channels, out, ledger, states, sups)
 
     await _run(reader, 3, streams, prepare)
+    await check_address_erasures(reader, out)
+
+
+async def check_address_erasures(reader: Reader, out: Findings) -> None:
+    """Every time an address was erased (address_erasures) is the completion time of a
+    completed erasure request, as an erasure suppression's is: the audit reads take the entries
+    recorded on an address up to its erasure for the erased customer's, so a row written by
+    hand would hide an address's history from whoever holds it."""
+    rows = await reader.rows(
+        f"SELECT {reader.time('at')} FROM address_erasures e WHERE NOT EXISTS (SELECT 1 FROM "
+        "dsr_requests r WHERE r.kind = 'erasure' AND r.status = 'completed' AND "
+        "r.completed_at = e.at) ORDER BY e.at"
+    )
+    for (at,) in rows:
+        out.add(
+            f.ERASURE_UNBACKED, seq=None, purpose=None, channel=None, reason="erasure", at=iso(at)
+        )
 
 
 async def check_profiles(
