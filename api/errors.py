@@ -15,7 +15,7 @@ from litestar.types import Empty
 
 from cdp.crypto.fields import CryptoError
 from cdp.crypto.master import WrongMasterKeyError
-from cdp.db.availability import KeyStoreDown, database_unavailable, write_refused
+from cdp.db.availability import KeyStoreDown, database_unavailable, error_code, write_refused
 from cdp.db.conflicts import is_lock_table_full, is_transient_conflict
 from cdp.errors import DomainError, FieldError, decoded_field_error
 from cdp.keyring import MASTER_KEY_ROTATED
@@ -143,7 +143,12 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
         detail = f"the database cannot store changes now ({why})"
         return problem(503, detail, headers={"Retry-After": "30"})
     if database_unavailable(exc):  # stopped, restarting, refusing connections: it comes back
-        log.error("database_unavailable", route=_route(request), error=type(exc).__name__)
+        log.error(
+            "database_unavailable",
+            route=_route(request),
+            error=type(exc).__name__,
+            code=error_code(exc),
+        )
         return problem(503, "the database is not reachable", headers={"Retry-After": "5"})
     if isinstance(exc, WrongMasterKeyError):  # `cdp keys rotate-master` ran while this served
         log.error("master_key_out_of_date", route=_route(request))
@@ -151,8 +156,11 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, CryptoError):  # our own message: the place and the profile's id
         log.error("undecryptable", route=_route(request), error=type(exc).__name__, detail=str(exc))
         return problem(500, "internal error")
-    # the type only: exception messages may hold bound parameters (personal data)
-    log.error("unhandled_error", route=_route(request), error=type(exc).__name__)
+    # the type and the database's code only (a statement it refused: too deep, too many bound
+    # values; cdp.db.availability): exception messages may hold bound parameters (personal data)
+    log.error(
+        "unhandled_error", route=_route(request), error=type(exc).__name__, code=error_code(exc)
+    )
     return problem(500, "internal error")
 
 

@@ -5,10 +5,15 @@ says so with a 503 naming why, never a 500, and serves again once the cause is g
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+from pathlib import Path
 
 import pytest
+import structlog
+from sqlalchemy import make_url
 
 from cdp.crypto.master import MasterKey
+from cdp.db.availability import database_unavailable, error_code
 from cdp.db.engine import make_engine
 from cdp.errors import InvalidInput
 from cdp.keyring import rotate_master_key
@@ -115,3 +120,104 @@ async def test_the_connection_pool_follows_its_settings(backend, db_url, tmp_pat
     for name in env:
         with pytest.raises(InvalidInput, match=name):
             Settings.from_env({name: "-1"})
+
+
+def assert_not_an_outage(r) -> None:  # type: ignore[no-untyped-def]
+    """A 500 that sends no client back to retry and no operator to the database's host."""
+    assert r.status_code == 500, (r.status_code, r.text[:300])
+    assert r.json()["detail"] == "internal error"
+    assert "retry-after" not in r.headers and "not reachable" not in r.text
+
+
+async def test_a_statement_the_database_refuses_is_a_500_not_an_outage(
+    platform, client, keys, monkeypatch
+):
+    """A statement the database answers and refuses (SQLite: an expression deeper than 1,000
+    levels, sqlite3.OperationalError "Expression tree is too large"; asyncpg: over 32,767 bound
+    values, an InterfaceError) was answered 503 "the database is not reachable" with
+    Retry-After, as if the database were away: a client sent it again for ever, and the
+    operator looked for an outage. Two segment rules did so on SQLite until 2026-12-07; the
+    next such statement is made here by a rule compiled with 33,000 terms more. It is a 500,
+    logged with the driver's code and not the statement, and /health stays ok."""
+    from sqlalchemy import literal, literal_column, or_
+
+    from cdp.segments import service
+    from cdp.segments.conditions import Compiled
+
+    body = {"name": "s", "purpose": "service", "channel": "email", "rules": {"all": []}}
+    r = await client.post("/v1/segments", json=body, headers=keys["marketing"])
+    assert r.status_code == 201, r.text
+    compile_condition = service.compile_condition
+
+    def too_large(*args, **kwargs) -> Compiled:  # type: ignore[no-untyped-def]
+        c = compile_condition(*args, **kwargs)
+        terms = or_(*(literal(n) == literal_column("0") for n in range(33_000)))
+        return Compiled(c.where & terms, c.needs_stats, c.cutoffs)
+
+    monkeypatch.setattr(service, "compile_condition", too_large)
+    with structlog.testing.capture_logs() as logged:
+        r = await client.get(f"/v1/segments/{r.json()['id']}/stats", headers=keys["marketing"])
+    assert_not_an_outage(r)
+    [event] = [e for e in logged if e["event"] == "unhandled_error"]
+    sqlite = platform.db.is_sqlite
+    assert (event["error"], event["code"]) == (
+        ("OperationalError", "SQLITE_ERROR") if sqlite else ("InterfaceError", None)
+    )
+    assert "SELECT" not in repr(logged)
+    assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_statements_the_database_refuses_are_told_from_outages(platform):
+    """The classification on each database's real errors: statements it refuses (too deep, too
+    many bound values, a column it lacks, a value too big) are no outage; SQLite's file locked
+    by another process past the busy timeout is one."""
+    sqlite = platform.db.is_sqlite
+    many = 250_001 if sqlite else 40_000  # SQLITE_MAX_VARIABLE_NUMBER; asyncpg's 32,767
+    deep = 1_100 if sqlite else 20_000
+    refused = [
+        "SELECT " + "+".join(["1"] * (1_100 if sqlite else 200_000)),  # 54001 on PostgreSQL
+        "SELECT " + "(" * deep + "1" + ")" * deep,  # the parsers' stacks
+        "SELECT no_such_column FROM profiles",
+        "SELECT zeroblob(2000000000)" if sqlite else "SELECT repeat('x', 1100000000)",
+        "SELECT 1 WHERE 1 IN (" + ",".join("?" if sqlite else f"${n + 1}" for n in range(many)),
+    ]
+    for statement in refused:
+        params = tuple(range(many)) if " IN (" in statement else None
+        with pytest.raises(Exception) as caught:
+            async with platform.db.read() as conn:
+                await conn.exec_driver_sql(statement + ")" * (params is not None), params)
+        assert not database_unavailable(caught.value), (statement[:60], repr(caught.value)[:200])
+        assert error_code(caught.value) or not sqlite, repr(caught.value)[:200]
+    if not sqlite:
+        return
+    path = make_url(platform.settings.database_url).database
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    engine = make_engine(platform.settings.database_url)
+    try:
+        with pytest.raises(Exception) as caught:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA busy_timeout=0")
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        assert database_unavailable(caught.value), repr(caught.value)[:200]
+        assert error_code(caught.value) == "SQLITE_BUSY"
+    finally:
+        holder.close()
+        await engine.dispose()
+
+
+async def test_a_sqlite_file_removed_under_the_service_is_an_outage(platform, client, keys):
+    """The database file removed while the service runs: each new connection creates it anew,
+    empty, and every statement on it fails "no such table" (sqlite3's OperationalError, code
+    SQLITE_ERROR as for a statement too deep): that is the database gone, a 503 and /health
+    failing, not a 500."""
+    if not platform.db.is_sqlite:
+        pytest.skip("a SQLite file")
+    path = Path(make_url(platform.settings.database_url).database or "")
+    assert (await client.get("/health")).status_code == 200
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        file.unlink(missing_ok=True)
+    await platform.db.engine.dispose()  # the connections it has keep the removed file open
+    assert_unavailable(await client.get("/health"), "not reachable")
+    lookup = await client.get("/v1/profiles?email=kept@example.com", headers=keys["admin"])
+    assert_unavailable(lookup, "not reachable")
