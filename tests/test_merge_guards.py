@@ -328,3 +328,36 @@ async def test_two_customers_of_one_shop_meeting_in_one_batch_are_not_merged(cli
     assert review["reason"]["code"] == "conflicting_external_ids"
     assert review["profile_ids"] == [first["profile_id"], other["profile_id"]]
     assert review["review_id"] == linked["review_id"]
+
+
+async def test_an_erased_customer_is_named_in_no_merge_review(client, keys, platform):
+    """Пётр's own CRM record carries Olga's email: the merge is refused, and the review is
+    stored on his profile (`attached_to`) naming hers. Her erasure deleted only the reviews
+    stored on her profiles: this one stayed open in the list, naming her erased profile as half
+    of a doubtful merge, and accepting it answered 410 for ever."""
+    from consent.dsr.worker import run_pending
+
+    olga = await post(client, keys, source="crm", external_id="C-1", email="olga@example.com")
+    petr = await post(client, keys, source="crm", external_id="C-2", phone="+7 916 111-22-33")
+    his = await post(client, keys, source="crm", external_id="C-2", email="olga@example.com")
+    assert his["profile_id"] == petr["profile_id"] and his["review_id"]
+    (review,) = (await client.get("/v1/merge-reviews", headers=keys["admin"])).json()["items"]
+    assert review["attached_to"] == petr["profile_id"]
+    assert olga["profile_id"] in review["profile_ids"]
+
+    r = await client.post(
+        "/v1/erasure-requests",
+        json={"email": "olga@example.com", "requested_by": "customer"},
+        headers=keys["compliance"],
+    )
+    assert r.status_code == 202, r.text
+    await run_pending(platform)
+    for status in ("open", "accepted", "rejected"):
+        listed = await client.get(f"/v1/merge-reviews?status={status}", headers=keys["admin"])
+        assert listed.status_code == 200 and listed.json()["items"] == [], status
+    assert await count(platform, merge_reviews) == 0
+    gone = await client.post(
+        f"/v1/merge-reviews/{review['review_id']}/accept", headers=keys["admin"]
+    )
+    assert gone.status_code == 404
+    assert (await read(client, keys, petr["profile_id"]))["profile_id"] == petr["profile_id"]

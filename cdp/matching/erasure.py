@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cdp.matching.tables import match_suggestions, merge_reviews, merge_snapshots
+from cdp.matching.tables import match_suggestions, merge_reviews, merge_snapshots, reviews_naming
 from consent.dsr.hooks import on_erasure
 
 
@@ -22,4 +22,6 @@ async def forget_identity_reviews(conn: AsyncConnection, profile_ids: list[uuid.
         await conn.execute(
             delete(match_suggestions).where(or_(sg.profile_a.in_(chunk), sg.profile_b.in_(chunk)))
         )
-        await conn.execute(delete(merge_reviews).where(merge_reviews.c.attached_to.in_(chunk)))
+        # also a review stored on another customer's profile that names hers: it can never be
+        # accepted (410), and listed it named her erased profile as one of a doubtful merge
+        await conn.execute(delete(merge_reviews).where(reviews_naming(chunk)))

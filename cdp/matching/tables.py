@@ -6,17 +6,24 @@ the profiles they describe; reviews and suggestions hold ids, scores and reasons
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Collection
+
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
     Float,
     Index,
     Integer,
     LargeBinary,
     String,
     Table,
+    Text,
     UniqueConstraint,
     Uuid,
+    cast,
+    or_,
 )
 
 from cdp.db.metadata import metadata
@@ -55,6 +62,19 @@ merge_reviews = Table(
     Column("decided_by", String(64)),
     Index("ix_merge_reviews_status_id", "status", "id"),
 )
+
+
+def reviews_naming(profile_ids: Collection[uuid.UUID]) -> ColumnElement[bool]:
+    """The merge reviews that name one of these profiles: as the profile their record was
+    stored in (`attached_to`, indexed) or in their list of profiles (JSON text, no index: one
+    scan of the reviews, which the guards queue rarely). A customer's access export shows
+    these, and their erasure deletes them."""
+    mr = merge_reviews.c
+    listed = [
+        cast(mr.profile_ids, Text).like(f'%"{pid}"%') for pid in sorted(map(str, profile_ids))
+    ]
+    return or_(mr.attached_to.in_(list(profile_ids)), *listed)
+
 
 # Pairs the probabilistic matcher proposes. profile_a < profile_b; reasons: per-field similarity.
 match_suggestions = Table(

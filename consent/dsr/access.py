@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import LargeBinary, Text, Uuid, bindparam, cast, func, or_, select, text
+from sqlalchemy import LargeBinary, Uuid, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
@@ -64,7 +64,7 @@ from cdp.db.types import UTCDateTime
 from cdp.errors import NotFound
 from cdp.event_ids import opened
 from cdp.ids import parse_uuid, utcnow
-from cdp.matching.tables import match_suggestions, merge_reviews, merge_snapshots
+from cdp.matching.tables import match_suggestions, merge_reviews, merge_snapshots, reviews_naming
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, find_profile
 from cdp.profiles.locks import lock_profile
@@ -474,11 +474,8 @@ async def _reviews(conn: AsyncConnection, pids: list[uuid.UUID]) -> list[dict[st
     reviews, which the guards queue rarely)."""
     mine = {str(x) for x in pids}
     mr = merge_reviews.c
-    listed = [cast(mr.profile_ids, Text).like(f'%"{pid}"%') for pid in sorted(mine)]
     rows = await conn.execute(
-        select(merge_reviews)
-        .where(or_(mr.attached_to.in_(pids), *listed))
-        .order_by(mr.created_at, mr.id)
+        select(merge_reviews).where(reviews_naming(pids)).order_by(mr.created_at, mr.id)
     )
     return [
         {
