@@ -349,6 +349,42 @@ async def test_a_pair_set_aside_by_a_merge_is_asked_again_once_the_merge_is_undo
     assert accepted.status_code == 200, accepted.text
 
 
+async def test_a_suggestion_scored_on_a_merged_profile_is_set_aside_when_it_is_split(
+    client, keys, platform
+):
+    """Ingest merged the shop's Anna into a web account, and `cdp match` then proposed the
+    web account (holding her name, birth date and address) as the CRM Anna's duplicate. The
+    merge was wrong and undone: the web account is a stranger again, yet the suggestion stayed
+    open with its score of 1.0, and accepting it merged Anna with him."""
+    web = await create(client, keys, {"source": "web", "email": "someone@example.com"})
+    anna = await create(client, keys, CYRILLIC)
+    shop = await create(client, keys, LATIN)
+    wrong = await client.post(
+        "/v1/profiles",
+        json={"source": "web", "email": "someone@example.com", "phone": LATIN["phone"]},
+        headers=keys["ingest"],
+    )
+    assert wrong.json()["merged_profile_ids"] == [shop]
+    assert (await run_matching(platform)).stored == 1
+    (scored,) = await open_suggestions(client, keys)
+    assert scored["profile_ids"] == sorted([web, anna]) and scored["score"] >= 0.9
+
+    undone = await client.post(f"/v1/profiles/{web}/unmerge", headers=keys["admin"])
+    assert undone.status_code == 200, undone.text
+    assert await open_suggestions(client, keys) == []
+    stale = await client.get("/v1/match-suggestions?status=stale", headers=keys["admin"])
+    assert [s["suggestion_id"] for s in stale.json()["items"]] == [scored["suggestion_id"]]
+    refused = await client.post(
+        f"/v1/match-suggestions/{scored['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert refused.status_code == 409, refused.text
+    # the next run asks about the pair that matches now, and not about the stranger
+    assert (await run_matching(platform)).stored == 1
+    (now,) = await open_suggestions(client, keys)
+    assert now["profile_ids"] == sorted([anna, shop])
+    assert await count(platform, merges) == 1  # the undone ingest merge only
+
+
 async def test_a_decision_names_who_made_it(client, keys, platform):
     """Two stewards share the queue; the answer and the list said when a pair was decided,
     never by whom (it was stored, and shown nowhere)."""

@@ -42,7 +42,8 @@ class MatchSuggestionController(Controller):
             "field), never values, and the flags `names_swapped` (first and last name swapped) "
             "and `household_fields_only` (no first name or birth date agrees: at most 0.5). "
             "`status`: open (default), accepted, rejected, stale (one "
-            "of the pair was merged elsewhere); `decided_at` and `decided_by` (the name of the "
+            "of the pair was merged elsewhere, or split by an unmerge: `cdp match` asks again "
+            "if the pair still matches); `decided_at` and `decided_by` (the name of the "
             "API key that accepted or rejected it)."
         ),
         response_description="A page of match suggestions",
@@ -82,7 +83,8 @@ class MatchSuggestionController(Controller):
         status_code=200,
         summary="Merge the pair (provenance reviewed)",
         description="The older profile survives. 409 when the suggestion is no longer open "
-        "(accepted, rejected, or stale: one of the pair was merged since); 404 once one of the "
+        "(accepted, rejected, or stale: one of the pair was merged or split since); 404 once "
+        "one of the "
         "pair was erased (an erasure removes every suggestion naming them), 410 when the "
         "erasure runs while the suggestion is accepted; 409 while an erasure request of either "
         "customer is open (it erases the customer as it found them).",

@@ -130,7 +130,8 @@ async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     """Store the matches not suggested before, nor rejected under the ids of profiles merged
     since; returns how many were stored.
 
-    A stale suggestion (one of the pair was merged away before anyone decided) whose pair is
+    A stale suggestion (one of the pair was merged away, or split by an unmerge, before
+    anyone decided; cdp.matching.stale) whose pair is
     back and matches again, its merge undone, is asked again: it is stored anew, with a new id
     (so it comes after any cursor handed out meanwhile) and this run's score."""
     if not matches:

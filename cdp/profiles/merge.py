@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cdp.db.tables import (
@@ -37,7 +37,8 @@ from cdp.errors import Conflict
 from cdp.event_ids import reseal_statement, resealed
 from cdp.ids import new_id, utcnow
 from cdp.labels import city_key
-from cdp.matching.tables import match_suggestions, merge_snapshots
+from cdp.matching.stale import set_aside
+from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, newer, pinned, present, trait_key
 from cdp.stats import TOTAL_TOO_LARGE, beyond_kept
@@ -259,12 +260,7 @@ async def merge_profiles(
             .where(profiles.c.merged_into == absorbed_id)
             .values(merged_into=survivor_id)
         )
-    sg = match_suggestions.c
-    await conn.execute(
-        update(match_suggestions)
-        .where(sg.status == "open", or_(sg.profile_a == absorbed_id, sg.profile_b == absorbed_id))
-        .values(status="stale", decided_at=now)
-    )
+    await set_aside(conn, absorbed_id, now)  # its suggestions: the pair is asked again
     ledger_seq = (
         await conn.execute(
             select(consent_ledger.c.seq).order_by(consent_ledger.c.seq.desc()).limit(1)

@@ -16,7 +16,9 @@ the profile that holds the merge's survivor today (the holder) back into two:
   the merge applies to both halves (fail closed); a grant recorded on it counts for neither,
   push and messenger (`_grants_while_merged_count_for_neither`) and an address's grant that
   reached it through the merged profile (consent.merged_consent);
-- the absorbed profile is active again, and the merges row is marked undone;
+- the absorbed profile is active again, and the merges row is marked undone; open match
+  suggestions naming the holder are set aside (cdp.matching.stale): it is not the customer
+  they scored any more;
 - not while an erasure request of the customer is open (409): the erasure erases the customer
   as the request found them, both halves (before, an unmerge in between left the half holding
   the address the request named);
@@ -53,6 +55,7 @@ from cdp.errors import Conflict, Gone, NotFound
 from cdp.event_ids import reseal_statement, resealed
 from cdp.ids import utcnow
 from cdp.labels import city_key
+from cdp.matching.stale import set_aside
 from cdp.matching.tables import merge_snapshots
 from cdp.platform import Platform
 from cdp.profiles.freshness import PLAIN_FIELDS, pinned, present, trait_key
@@ -194,6 +197,8 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
         update(merges).where(merges.c.id == m.id).values(undone_at=now, undone_by=actor)
     )
     await conn.execute(delete(merge_snapshots).where(merge_snapshots.c.merge_id == m.id))
+    # the holder no longer holds the customer its open suggestions were scored on
+    await set_aside(conn, holder, now)
     # what was recorded for the absorbed customer while merged is under the holder's key
     await rekey(conn, p, holder, h_cipher, merged_since=s_state.ledger_seq)
     await enqueue_merge(
