@@ -448,3 +448,36 @@ async def test_a_customer_erased_while_cdp_match_runs_is_not_suggested(client, k
     await run_pending(platform)
     assert await store_suggestions(platform, matches) == 0
     assert await count(platform, match_suggestions) == 0
+
+
+async def test_a_pair_merged_away_while_its_suggestion_is_stored_is_not_left_open(
+    client, keys, platform
+):
+    """PostgreSQL (SQLite writes one at a time). `cdp match` checks that both of a pair are
+    still active, then stores the suggestion. A merge of one of them committing meanwhile set
+    aside the suggestions it saw, not this one: it stayed open naming a merged-away profile,
+    and accepting it merged Anna with whoever the shop's Anna had been merged into."""
+    if not platform.db.is_postgres:
+        return
+    from cdp.matching.suggestions import load_people, store_suggestions
+    from cdp.profiles.service import prepare, store_prepared_in
+    from tests.test_erasure_races import waiting_for_a_lock
+
+    await create(client, keys, {"source": "web", "email": "someone@example.com"})
+    await create(client, keys, CYRILLIC)
+    shop = await create(client, keys, LATIN)
+    matches = find_matches(await load_people(platform), scoring.THRESHOLD)
+    assert len(matches) == 1
+    linking = prepare(
+        {"source": "web", "email": "someone@example.com", "phone": LATIN["phone"]}, platform
+    )
+    async with platform.db.write() as conn:
+        outcome = (await store_prepared_in(conn, platform, [linking], "test"))[0]
+        assert outcome.merged_profile_ids == [uuid.UUID(shop)]
+        task = asyncio.ensure_future(store_suggestions(platform, matches))
+        for _ in range(2000):  # until the store waits for a lock the merge holds, or is done
+            if task.done() or await waiting_for_a_lock(platform):
+                break
+            await asyncio.sleep(0.005)
+    assert await task == 0
+    assert await open_suggestions(client, keys) == []

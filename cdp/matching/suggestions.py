@@ -31,6 +31,7 @@ from cdp.matching.features import Person, person
 from cdp.matching.tables import match_suggestions
 from cdp.platform import Platform
 from cdp.profiles.identifiers import profiles_in_status
+from cdp.profiles.locks import lock_profiles
 
 STATUSES = ("open", "accepted", "rejected", "stale")
 _CHUNK = 2000
@@ -139,10 +140,12 @@ async def store_suggestions(p: Platform, matches: list[Match]) -> int:
     now = utcnow()
     sg = match_suggestions.c
     async with p.db.write() as conn:
-        # still active now: one erased or merged away while the run scored is left out
-        active = await profiles_in_status(
-            conn, {pid for m in matches for pid in (m.a, m.b)}, "active"
-        )
+        # still active now: one erased or merged away while the run scored is left out. Under
+        # their locks (cdp.profiles.locks): a merge or an erasure committing meanwhile set
+        # aside or deleted the suggestions it saw, before these were stored
+        named = {pid for m in matches for pid in (m.a, m.b)}
+        await lock_profiles(conn, named)
+        active = await profiles_in_status(conn, named, "active")
         known, stale = set(), []
         for sid, a, b, status in await conn.execute(
             select(sg.id, sg.profile_a, sg.profile_b, sg.status)
