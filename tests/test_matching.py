@@ -481,3 +481,42 @@ async def test_a_pair_merged_away_while_its_suggestion_is_stored_is_not_left_ope
             await asyncio.sleep(0.005)
     assert await task == 0
     assert await open_suggestions(client, keys) == []
+
+
+async def test_a_suggestion_set_aside_while_it_is_being_accepted_merges_nobody(
+    client, keys, platform, monkeypatch
+):
+    """PostgreSQL (SQLite writes one at a time). The accept read the suggestion (open), then
+    ingest merged the shop's Anna into a web account and committed, setting the suggestion
+    aside, before the accept found which profiles the pair are now: it merged the CRM Anna
+    into the web account, where one after the other it is a 409 (stale)."""
+    if not platform.db.is_postgres:
+        return
+    from cdp.matching import suggestions
+
+    web = await create(client, keys, {"source": "web", "email": "someone@example.com"})
+    await create(client, keys, CYRILLIC)
+    shop = await create(client, keys, LATIN)
+    await run_matching(platform)
+    (s,) = await open_suggestions(client, keys)
+    real = suggestions.merge_reviewed
+
+    async def after_a_merge_commits(*args, **kwargs):  # type: ignore[no-untyped-def]
+        linked = await client.post(
+            "/v1/profiles",
+            json={"source": "web", "email": "someone@example.com", "phone": LATIN["phone"]},
+            headers=keys["ingest"],
+        )
+        assert linked.json()["merged_profile_ids"] == [shop]
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(suggestions, "merge_reviewed", after_a_merge_commits)
+    r = await client.post(
+        f"/v1/match-suggestions/{s['suggestion_id']}/accept", headers=keys["admin"]
+    )
+    assert r.status_code == 409, r.text
+    assert "stale" in r.json()["detail"]
+    async with platform.db.read() as conn:
+        provenances = (await conn.execute(select(merges.c.provenance))).scalars().all()
+    assert provenances == ["deterministic"]  # the ingest merge only
+    assert (await client.get(f"/v1/profiles/{web}", headers=keys["admin"])).status_code == 200

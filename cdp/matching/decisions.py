@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -31,11 +32,14 @@ async def merge_reviewed(
     matched_on: list[str],
     source: str,
     actor: str,
+    still_open: Callable[[], Awaitable[object]] | None = None,
 ) -> Merged:
     """Merge the profiles (followed to their survivors) into the oldest, provenance "reviewed".
 
     Raises Gone when one was erased, Conflict when they are already one profile or when an
-    erasure request of one of them is open.
+    erasure request of one of them is open. `still_open`: asked once the profiles are locked,
+    before anything is merged, whether the decision still stands (it raises when not): a
+    merge that committed before the locks were taken may have set it aside.
     """
     current = sorted({await resolve_profile_id(conn, pid) for pid in profile_ids})
     if len(current) < 2:
@@ -51,6 +55,8 @@ async def merge_reviewed(
     await lock_profiles(conn, current)
     if sorted({await resolve_profile_id(conn, pid) for pid in profile_ids}) != current:
         raise Conflict("these profiles were merged or split meanwhile: review them again")
+    if still_open is not None:
+        await still_open()
     # the lowest id survives, as in ingest (cdp.profiles.resolution: segment walks go by id)
     ordered = sorted(current)
     survivor = ordered[0]

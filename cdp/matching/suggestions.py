@@ -212,8 +212,8 @@ def suggestion_body(row: Any) -> dict[str, Any]:
     }
 
 
-async def _open(conn: AsyncConnection, suggestion_id: str) -> Any:
-    sid = parse_uuid(suggestion_id)
+async def _open(conn: AsyncConnection, suggestion_id: str | uuid.UUID) -> Any:
+    sid = suggestion_id if isinstance(suggestion_id, uuid.UUID) else parse_uuid(suggestion_id)
     row = None
     if sid is not None:
         await lock_keys(conn, [f"suggestion|{sid}"])
@@ -242,6 +242,10 @@ async def accept(p: Platform, suggestion_id: str, actor: str) -> tuple[Any, Merg
             matched_on=matched,
             source=f"suggestion:{row.id}",
             actor=actor,
+            # read again under the profiles' locks: a merge of one of the pair that committed
+            # since it was read above set it aside (stale), and the accept merged the other
+            # with whoever that one was merged into
+            still_open=lambda: _open(conn, row.id),
         )
         await _decide(conn, row.id, "accepted", actor)
         row = (
