@@ -287,6 +287,32 @@ def test_a_household_without_birth_dates_is_not_a_confident_match():
     )
 
 
+def test_twins_are_not_a_confident_match():
+    """Twins share a surname, an address and a birth date: Александр and Ирина Ивановы,
+    born the same day, of one flat, scored 1.0, as sure as the same person written twice.
+    A first name given on both sides that disagrees keeps such a pair at most as likely as
+    not, still listed (at the default minimum score) with the reason why."""
+    born = {"last_name": "Иванов", "birth_date": "2001-04-12", **FLAT}
+    sasha = {**born, "first_name": "Александр"}
+    for other in ("Ирина", "Пётр", "Мария"):
+        twin = {**born, "first_name": other}
+        score = _score(sasha, twin)
+        assert score is not None and scoring.THRESHOLD <= score <= 0.5, (other, score)
+    (twins,) = find_matches(
+        [person(uuid.uuid4(), **sasha), person(uuid.uuid4(), **{**born, "first_name": "Ирина"})],
+        0.0,
+    )
+    assert twins.reasons["first_names_differ"] is True
+    assert "household_fields_only" not in twins.reasons
+    # the same person, in either script, swapped, or without a first name on one side
+    latin = {**born, "first_name": "Aleksandr", "last_name": "Ivanov"}
+    assert _score(sasha, latin) >= 0.9
+    assert _score(sasha, {**sasha, "first_name": "Иванов", "last_name": "Александр"}) >= 0.9
+    assert _score(sasha, {**born, "first_name": None}) >= 0.9
+    (same,) = find_matches([person(uuid.uuid4(), **sasha), person(uuid.uuid4(), **latin)], 0.0)
+    assert "first_names_differ" not in same.reasons
+
+
 async def test_a_rejected_pair_stays_rejected_after_one_merges_with_a_third(client, keys, platform):
     """A steward said Anna (crm) is not Anna (shop). The shop's customer then turned out to
     have an older web account, which ingest merged with her (the web profile survives): the

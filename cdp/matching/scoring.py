@@ -21,6 +21,14 @@ missing too), what agrees is what people of one household share (surname, addres
 score is at most HOUSEHOLD_CEILING: listed for review, never as a confident match. A strict
 guard here would cost FEBRL recall: its generator replaces a first name outright in some
 duplicates (`braedon block` / `charlie block`), which is what spouses look like.
+
+Twins: a birth date is a household field too for twins, who share it with the surname and the
+address. Where both first names are given and disagree, the birth date that agrees does not
+make the pair a confident match either: at most HOUSEHOLD_CEILING, flagged `first_names_differ`
+(Александр and Ирина Ивановы, born the same day, of one flat, scored 1.0). A diminutive that
+looks nothing like the full name (Женя / Евгений) is capped the same way: names are compared
+by spelling, with no table of diminutives (Саша / Александр agree by spelling, 0.64). At the
+default minimum score such pairs are still stored, so FEBRL's figures do not change.
 """
 
 from __future__ import annotations
@@ -122,7 +130,7 @@ def score(sims: dict[str, float | None]) -> float:
             weight, offset = WEIGHTS[name]
             logit += weight * value + offset
     probability = 1.0 / (1.0 + math.exp(-logit))
-    return probability if personal(sims) else min(probability, HOUSEHOLD_CEILING)
+    return probability if confident(sims) else min(probability, HOUSEHOLD_CEILING)
 
 
 def _first_agrees(sims: dict[str, float | None]) -> bool:
@@ -136,6 +144,17 @@ def _birth_agrees(sims: dict[str, float | None]) -> bool:
 def personal(sims: dict[str, float | None]) -> bool:
     """Whether a field that tells people of one household apart agrees: first name, birth date."""
     return _first_agrees(sims) or _birth_agrees(sims)
+
+
+def first_names_differ(sims: dict[str, float | None]) -> bool:
+    """Both first names are given and disagree."""
+    return sims["first_name"] is not None and not _first_agrees(sims)
+
+
+def confident(sims: dict[str, float | None]) -> bool:
+    """Whether the pair may score above HOUSEHOLD_CEILING: its first names agree, or one is
+    missing and the birth dates agree (a birth date alone is what twins share)."""
+    return personal(sims) and not first_names_differ(sims)
 
 
 def household(sims: dict[str, float | None]) -> bool:
@@ -152,4 +171,6 @@ def reasons(sims: dict[str, float | None], swapped: bool) -> dict[str, float | b
         out["names_swapped"] = True
     if not personal(sims):
         out["household_fields_only"] = True  # the score is at most HOUSEHOLD_CEILING
+    elif first_names_differ(sims):
+        out["first_names_differ"] = True  # twins look like this: at most HOUSEHOLD_CEILING
     return out
