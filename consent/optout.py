@@ -239,10 +239,14 @@ _MERGED_INTO = select(_pc.id, _pc.merged_into).where(
 # The withdrawals that may concern the person (`concerns_person` keeps those that do): of every
 # channel, however recorded; of one channel, the opt-outs (an opt-out of one channel that named
 # the customer or an address of another kind; one naming an address of the channel is that
-# address's only).
+# address's only), and a withdrawal of an address no one held, which is one (consent.service).
 MAY_CONCERN_PERSON = and_(
     _led.status == "withdrawn",
-    or_(_led.channel == "*", and_(_led.method.in_(OPT_OUT_METHODS), _led.evidence.is_(None))),
+    or_(
+        _led.channel == "*",
+        and_(_led.method.in_(OPT_OUT_METHODS), _led.evidence.is_(None)),
+        _led.profile_id.is_(None),
+    ),
 )
 _WITHDRAWN_BY = select(
     _led.profile_id,

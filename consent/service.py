@@ -31,8 +31,17 @@ from consent.policy import Policy
 from consent.rule import Facts, decide, suppression_outranks
 from consent.schemas import ConsentIn, EvidenceIn
 from consent.subjects import profile_subject, via_profile
-from consent.suppressions import latest_for_profile, latest_suppression, suppressed_at
+from consent.suppressions import (
+    Suppression,
+    latest_for_profile,
+    latest_suppression,
+    suppress_many,
+    suppressed_at,
+)
 from consent.tables import consent_state
+
+# The suppression reason of a withdrawal (POST /v1/consents) naming an address no one holds
+WITHDRAWAL = "withdrawal"
 
 
 def recorded_evidence(
@@ -211,8 +220,13 @@ async def record_consent(
 ) -> list[Appended]:
     """POST /v1/consents. An unknown email, phone or external id creates the profile, except
     where a withdrawal names an email or phone no one holds: that is recorded on the address
-    alone, as an opt-out of an unseen address is (a withdrawal is no reason to keep the address
-    of someone we do not know, least of all after their erasure)."""
+    alone, and suppresses it for the purpose and channel, as an opt-out of an unseen address
+    does (a withdrawal is no reason to keep the address of someone we do not know, least of
+    all after their erasure). The suppression is what makes it concern the person who turns
+    out to hold the address, as a known customer's withdrawal concerns them: their push and
+    messenger (consent.rule), and for every channel ('*') the addresses they bring with it
+    (consent.optout.carry_person_opt_outs). Without it, the phone and push of the customer
+    then imported with the address and older grants were contactable."""
     problems = consent_problems(
         p.policy,
         body.purpose,
@@ -246,6 +260,8 @@ async def record_consent(
             )
         if pid is not None:
             pid = await lock_profile(conn, pid)  # an erasure or merge may have committed
+        if pid is None:  # suppressed, as an opt-out is: never dated later than now (optout)
+            occurred = min(occurred, utcnow())
         kind_of = {name: ch.address for name, ch in p.policy.channels.items()}
         all_addr = await profile_addresses(conn, pid) if pid is not None else []
         subjects = (
@@ -291,10 +307,25 @@ async def record_consent(
         ]
         if pid is not None:
             return await ledger.append(conn, p.policy, entries)
-        outbox: list[dict] = []
-        appended = await ledger.append(conn, p.policy, entries, outbox=outbox)
-        await seal_unseen(outbox, {ident.bidx: ident.value}, p.keys)  # type: ignore[dict-item]
-        await write_rows(conn, outbox)
+        withdrawn: list[dict] = []
+        appended = await ledger.append(conn, p.policy, entries, outbox=withdrawn)
+        await seal_unseen(withdrawn, {ident.bidx: ident.value}, p.keys)  # type: ignore[dict-item]
+        outbox: list[dict] = []  # suppression.added names the index only (docs/webhooks.md)
+        held = [  # dated as their entries (an undated one: when the ledger recorded it)
+            Suppression(
+                e.subject,
+                e.purpose,
+                e.channel,
+                WITHDRAWAL,
+                e.source,
+                e.occurred_at,
+                None,
+                e.subject_kind,
+            )
+            for e in entries
+        ]
+        await suppress_many(conn, held, outbox=outbox)
+        await write_rows(conn, outbox + withdrawn)
         return appended
 
 

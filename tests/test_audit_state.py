@@ -156,6 +156,26 @@ async def test_deleting_one_suppression_is_caught(client, keys, platform):
     }
 
 
+async def test_the_suppression_of_a_withdrawal_of_an_address_no_one_holds_is_checked(
+    client, keys, platform
+):
+    """A withdrawal through POST /v1/consents naming an address no customer holds suppresses
+    it, as an opt-out of it does (consent.service): the check accepts that suppression, and
+    catches its deletion as it catches an opt-out's."""
+    await opted_out_anna(client, keys)
+    stray = "stray.state@example.com"
+    await consent(client, keys, "withdrawn", email=stray, channel="*", source="esp")
+    await assert_verifies(client, keys)
+    async with platform.db.write() as conn:
+        await conn.execute(
+            delete(suppressions).where(suppressions.c.bidx == platform.keys.indexer.email(stray))
+        )
+    body = await verified(client, keys)
+    assert (body["ok"], body["state_mismatches"]) == (False, 1)
+    (example,) = body["state"]["examples"]
+    assert (example["kind"], example["channel"]) == ("suppression_missing", "*")
+
+
 async def test_deleting_a_consent_state_row_is_caught(client, keys, platform):
     await opted_out_anna(client, keys)
     anna = platform.keys.indexer.email(ANNA)

@@ -546,3 +546,65 @@ async def test_0023_binds_older_erasure_requests_by_the_jurisdiction_they_name(e
     assert tuple(row) == ("EU", None)
     await downgrade(db, "0022")
     await upgrade(db, "head")
+
+
+async def test_0029_suppresses_the_addresses_of_withdrawals_no_customer_held(empty_db):
+    """A withdrawal recorded on an address no customer held (POST /v1/consents) before 0029
+    suppressed nothing: each such address, purpose and channel gets the time and source of its
+    latest one, where no suppression of it is as late; a withdrawal of a customer's address
+    suppresses nothing."""
+    from consent.tables import consent_ledger, suppressions
+
+    db = empty_db
+    await upgrade(db, "0026")
+    t = [datetime(2026, 11, d, 9, tzinfo=UTC) for d in range(1, 8)]
+    new, earlier, later, held = b"n" * 32, b"e" * 32, b"l" * 32, b"h" * 32
+    entries = [  # (address, channel, occurred_at, source, profile)
+        (new, "*", t[1], "esp-old", None),
+        (new, "*", t[3], "esp", None),
+        (new, "sms", t[2], "crm", None),
+        (earlier, "email", t[4], "crm", None),
+        (later, "email", t[2], "crm", None),
+        (held, "email", t[2], "crm", uuid.uuid4()),
+    ]
+    async with db.engine.begin() as conn:
+        for seq, (bidx, channel, at, source, pid) in enumerate(entries, start=1):
+            await conn.execute(
+                insert(consent_ledger).values(
+                    seq=seq,
+                    event_id=uuid.uuid4(),
+                    profile_id=pid,
+                    subject_kind="email",
+                    address_bidx=bidx,
+                    purpose="marketing",
+                    channel=channel,
+                    status="withdrawn",
+                    occurred_at=at,
+                    recorded_at=t[6],
+                    source=source,
+                    actor="ingest-key",
+                    method="api",
+                    policy_version="p",
+                    effective=True,
+                    prev_hash=bytes(32),
+                    hash=bytes(32),
+                )
+            )
+        sup = {"purpose": "marketing", "channel": "email", "created_at": t[6]}
+        await conn.execute(
+            insert(suppressions),
+            [
+                {**sup, "bidx": earlier, "reason": "erasure", "source": "x", "at": t[0]},
+                {**sup, "bidx": later, "reason": "opt_out", "source": "esp", "at": t[5]},
+            ],
+        )
+    await upgrade(db, "head")
+    s = suppressions.c
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(s.bidx, s.channel, s.reason, s.source, s.at))).all()
+    assert sorted((bytes(b), *rest) for b, *rest in rows) == [
+        (earlier, "email", "withdrawal", "crm", t[4]),
+        (later, "email", "opt_out", "esp", t[5]),
+        (new, "*", "withdrawal", "esp", t[3]),
+        (new, "sms", "withdrawal", "crm", t[2]),
+    ]

@@ -236,3 +236,78 @@ async def test_stop_all_from_an_unseen_email_reaches_a_phone_a_reviewed_merge_br
     assert (await contactable(client, keys, pid))["marketing"]["sms"] is False
     assert await segment_members(client, keys, "marketing", "sms") == []
     await audit_ok(client, keys)
+
+
+async def test_a_withdrawal_of_every_channel_through_the_consents_api_from_an_unseen_email(
+    client, keys
+):
+    """POST /v1/consents withdrawing every channel ('*') of an email no one holds is recorded on
+    the address alone, as an opt-out of it is, and concerns the person who turns out to hold
+    it as much as "stop all marketing" does. It used to suppress nothing, so the phone and the
+    push of the customer then imported with the address, with grants older than the
+    withdrawal, were contactable by SMS and push (a known customer's withdrawal of '*' reaches
+    every address and the profile)."""
+    r = await client.post(
+        "/v1/consents",
+        json={
+            "email": "esp@example.com",
+            "purpose": "marketing",
+            "channel": "*",
+            "status": "withdrawn",
+            "source": "esp",
+            "occurred_at": STOP_AT,
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201 and r.json()["profile_id"] is None, r.text
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "esp@example.com",
+            "phone": "+79161230007",
+            "country": "RU",
+            "consents": old_grants("email", "sms", "push"),
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    m = (await contactable(client, keys, r.json()["profile_id"]))["marketing"]
+    assert m == {"email": False, "sms": False, "phone": False, "push": False, "messenger": False}
+    assert await segment_members(client, keys, "marketing", "sms") == []
+    assert await segment_members(client, keys, "marketing", "push") == []
+    await audit_ok(client, keys)
+
+
+async def test_a_push_withdrawal_through_the_consents_api_naming_an_unseen_email(client, keys):
+    """Push reaches the profile that holds the address named: a withdrawal of push naming an
+    email no one holds stops the push of whoever turns out to hold it, as an opt-out of push
+    naming it does (it used to be recorded on the email, where it changed nothing)."""
+    r = await client.post(
+        "/v1/consents",
+        json={
+            "email": "app@example.com",
+            "purpose": "marketing",
+            "channel": "push",
+            "status": "withdrawn",
+            "source": "app",
+            "occurred_at": STOP_AT,
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/profiles",
+        json={
+            "source": "crm",
+            "email": "app@example.com",
+            "country": "RU",
+            "consents": old_grants("email", "push"),
+        },
+        headers=keys["ingest"],
+    )
+    assert r.status_code == 201, r.text
+    m = (await contactable(client, keys, r.json()["profile_id"]))["marketing"]
+    assert m["push"] is False and m["email"] is True  # the email's own grant is untouched
+    assert await segment_members(client, keys, "marketing", "push") == []
+    await audit_ok(client, keys)

@@ -16,8 +16,10 @@ and a repeat keeps the latest time):
   purpose and channel in the ledger;
 - every opt-out withdrawal in the ledger must still have its suppression, at that time or later.
 Opt-out withdrawals are the ledger entries consent.optout writes: no evidence, and the method of
-an opt-out entry point (below). A withdrawal through POST /v1/consents, an import or the
-preference centre has another method or carries evidence, and suppresses nothing itself (one
+an opt-out entry point (below); and any withdrawal of an address no customer held (no profile),
+which POST /v1/consents suppresses as an opt-out of an unseen address is (consent.service). A
+withdrawal of a customer's address through POST /v1/consents, an import or the preference
+centre has another method or carries evidence, and suppresses nothing itself (one
 of every channel gives an address learned later an opt-out entry: consent.optout, carry; so
 does an opt-out of one channel that named the customer or an address of another kind, whose
 entry on that address, sms on an email, implies no state and has its suppression).
@@ -55,9 +57,9 @@ OPT_OUT_METHODS = ("opt_out", "one_click", "sms_keyword")
 ERASURE = "erasure"
 
 _OPT_OUT = (
-    "status = 'withdrawn' AND evidence IS NULL AND method IN ("
+    "status = 'withdrawn' AND (profile_id IS NULL OR evidence IS NULL AND method IN ("
     + ", ".join(f"'{m}'" for m in OPT_OUT_METHODS)
-    + ")"
+    + "))"
 )
 
 
