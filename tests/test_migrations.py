@@ -548,8 +548,8 @@ async def test_0023_binds_older_erasure_requests_by_the_jurisdiction_they_name(e
     await upgrade(db, "head")
 
 
-async def test_0029_suppresses_the_addresses_of_withdrawals_no_customer_held(empty_db):
-    """A withdrawal recorded on an address no customer held (POST /v1/consents) before 0029
+async def test_0027_suppresses_the_addresses_of_withdrawals_no_customer_held(empty_db):
+    """A withdrawal recorded on an address no customer held (POST /v1/consents) before 0027
     suppressed nothing: each such address, purpose and channel gets the time and source of its
     latest one, where no suppression of it is as late; a withdrawal of a customer's address
     suppresses nothing."""

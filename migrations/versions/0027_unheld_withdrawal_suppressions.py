@@ -1,6 +1,6 @@
 """A withdrawal of an address no one held suppresses it, as an opt-out of it does
 
-Revision ID: 0029
+Revision ID: 0027
 Revises: 0026
 Create Date: 2026-12-08 12:00:00.000000
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0029"
+revision: str = "0027"
 down_revision: str | None = "0026"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
