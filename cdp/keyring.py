@@ -467,6 +467,17 @@ async def open_keyring(
     return Keyring(master, roots, store)
 
 
+def unrotatable(profile_id: uuid.UUID, key_id: int) -> str:
+    """Why a rotation stopped at one data key that the current master key, which opened the
+    key ring, does not open (its row altered, or copied from another profile)."""
+    return (
+        f"the data key of profile {profile_id} (key id {key_id}) does not open under the "
+        "current master key, though the key ring does: that row of profile_keys was altered or "
+        "copied from another profile. Nothing was rotated; put the row back as it was (from a "
+        "backup) and run the command again"
+    )
+
+
 async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int:
     """Re-wrap every root and data key under `new`. Field ciphertext is not touched.
 
@@ -515,9 +526,11 @@ async def rotate_master_key(db: Database, old: MasterKey, new: MasterKey) -> int
             batch = []
             for pid, key_id, wrapped in rows:
                 ctx = _dek_context(pid, key_id)
-                batch.append(
-                    {"pid": pid, "kid": key_id, "w": new.wrap(old.unwrap(wrapped, ctx), ctx)}
-                )
+                try:
+                    key = old.unwrap(wrapped, ctx)
+                except WrongMasterKeyError as exc:  # the key ring opened: this row is at fault
+                    raise CryptoError(unrotatable(pid, key_id)) from exc
+                batch.append({"pid": pid, "kid": key_id, "w": new.wrap(key, ctx)})
             await conn.execute(stmt, batch)
             rewrapped += len(batch)
     log.info("master_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, keys=rewrapped)

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from cdp.crypto.fields import CryptoError, FieldCipher
 from cdp.crypto.master import MasterKey, WrongMasterKeyError
+from cdp.db.tables import keyring as keyring_table
 from cdp.db.tables import profile_keys, profiles
 from cdp.errors import InvalidInput
 from cdp.keyring import Keyring, rotate_master_key
@@ -222,3 +223,42 @@ async def test_a_moved_ciphertext_or_data_key_fails_closed_naming_the_profile(
         assert str(pid) in text and says in text, text
         assert "WrongMasterKey" not in text
         assert not any(n in text.lower() for n in ("alice", "bob", "carol", "example.com"))
+
+
+async def test_a_rotation_that_meets_an_altered_data_key_names_its_profile_and_rotates_nothing(
+    platform, tmp_path, backend
+):
+    """One row of profile_keys altered (or copied from another profile): the rotation stops
+    and rolls back, naming that profile and key id, not saying that CDP_MASTER_KEY, which opens
+    the key ring and every other key, does not open this database's keys."""
+    from tests.test_import import run_cli
+
+    made = []
+    for name in ("ann", "ben"):
+        record = {"source": "crm", "email": f"{name}@example.com", "first_name": name.title()}
+        made.append((await upsert_one(platform, record, "t")).profile_id)
+    ann, ben = made
+    async with platform.db.write() as conn:
+        wrapped = select(profile_keys.c.wrapped).where(profile_keys.c.profile_id == ann)
+        await conn.execute(
+            update(profile_keys)
+            .where(profile_keys.c.profile_id == ben)
+            .values(wrapped=(await conn.execute(wrapped)).scalar_one())
+        )
+    new = MasterKey.generate_base64()
+    if backend == "sqlite":  # the command once (it runs the same function on either database)
+        env = {"CDP_MASTER_KEY": platform.settings.master_key or "", "CDP_NEW_MASTER_KEY": new}
+        r = run_cli(["keys", "rotate-master"], platform.settings.database_url, tmp_path, **env)
+        assert r.returncode == 1
+        said = r.stderr
+        assert "ann@example.com" not in said and "Traceback" not in said
+    else:
+        with pytest.raises(CryptoError) as err:
+            await rotate_master_key(platform.db, platform.keys.master, MasterKey.from_base64(new))
+        said = str(err.value)
+    assert f"data key of profile {ben} (key id 1)" in said, said
+    assert "Nothing was rotated" in said and "does not match" not in said
+    async with platform.db.read() as conn:
+        held = set((await conn.execute(select(profile_keys.c.master_key_id))).scalars())
+        ring = set((await conn.execute(select(keyring_table.c.master_key_id))).scalars())
+    assert held == ring == {platform.keys.master.key_id}  # rolled back: the service reads on
