@@ -25,6 +25,12 @@ PeriodUnit = Literal["days", "working_days", "months"]
 REQUIRED_PURPOSES = ("service", "marketing")
 REQUIRED_CHANNELS = ("email", "sms", "phone", "push", "messenger")
 BASES: tuple[Basis, ...] = ("contract", "opt_in", "opt_out")
+# the deadlines a jurisdiction file sets (`[deadlines.<kind>]`); the first two are required, and
+# erasure_after_withdrawal caps an erasure's due date (consent.dsr.deadlines.erasure_due)
+ACCESS = "access"
+ERASURE = "erasure"
+AFTER_WITHDRAWAL = "erasure_after_withdrawal"
+DEADLINE_KINDS = (ACCESS, ERASURE, AFTER_WITHDRAWAL)
 GPC_PURPOSE = "sale_share"  # what a Global Privacy Control signal opts out of, where it counts
 
 
@@ -234,6 +240,8 @@ def _convert(raw: object, kind: type, name: str, at: str) -> msgspec.Struct:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
         message = str(exc).replace("`$.", f"`{at}." if at else "`").replace("`$`", f"`{at}`")
+        if at and " - at `" not in message:  # an unknown key of the entry itself: name it
+            message = f"{message} - at `{at}`"
         raise PolicyError(f"{name}: {message}") from exc
 
 
@@ -263,6 +271,10 @@ def _check_tables(raw: dict, name: str) -> None:
                     f"{name}: rules.{purpose}.{channel} must be one of {', '.join(BASES)}"
                 )
     for kind, table in _table(raw, "deadlines").items():
+        if kind not in DEADLINE_KINDS:  # a misspelt one would be a limit silently not kept
+            raise PolicyError(
+                f"{name}: deadlines.{kind} is not a deadline (one of {', '.join(DEADLINE_KINDS)})"
+            )
         _convert(table, Deadline, name, f"deadlines.{kind}")
     for purpose, table in _table(raw, "purposes").items():
         _convert(table, JurisdictionPurpose, name, f"purposes.{purpose}")
@@ -373,7 +385,7 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
                 f"{path.name}: phone_region {j.phone_region!r} is not a region whose national "
                 "numbers can be read (an ISO 3166-1 alpha-2 code in capitals, such as 'DE')"
             )
-        for kind in ("access", "erasure"):
+        for kind in (ACCESS, ERASURE):
             if kind not in j.deadlines:
                 raise PolicyError(f"{path.name}: deadlines.{kind} is required")
         for country in j.countries:

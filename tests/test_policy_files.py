@@ -176,3 +176,37 @@ def test_a_default_jurisdiction_without_a_file_names_where_it_was_set(policies):
         load_policy(policies, "XX")
     edit(policies / "policy.toml", r'^default_jurisdiction = "RU"', 'default_jurisdiction = "XX"')
     assert "policy.toml: default_jurisdiction 'XX' has no file" in refused(policies)
+
+
+def test_a_misspelt_deadline_kind_is_refused(policies):
+    # before: loaded, and RU's 30-day limit on erasure after a withdrawal (152-FZ art. 21(5))
+    # was silently dropped: an erasure request came due after the law's limit
+    edit(
+        policies / "jurisdictions/RU.toml",
+        r"^\[deadlines\.erasure_after_withdrawal\]",
+        "[deadlines.erasure_after_withdrawl]",
+    )
+    message = refused(policies)
+    assert "RU.toml" in message and "deadlines.erasure_after_withdrawl" in message
+
+
+@pytest.mark.parametrize(
+    ("file", "pattern", "replacement", "key"),
+    [
+        ("policy.toml", r"^advertising = true", "advertsing = true", "purposes.marketing"),
+        ("policy.toml", r'^address = "phone"', 'adress = "phone"', "channels.sms"),
+        ("jurisdictions/US.toml", r"^extension_unit =", "extention_unit =", "deadlines.access"),
+        (
+            "jurisdictions/US.toml",
+            r"^# \[purposes\.marketing\]\n# consent_valid_days",
+            "[purposes.marketing]\nconsent_valid_day",
+            "purposes.marketing",
+        ),
+    ],
+)
+def test_a_misspelt_key_in_an_entry_names_the_entry(policies, file, pattern, replacement, key):
+    # before: "policy.toml: Object contains unknown field `advertsing`", and the operator
+    # searched every purpose (or deadline) of the file for it
+    edit(policies / file, pattern, replacement)
+    message = refused(policies)
+    assert file.split("/")[-1] in message and f"`{key}`" in message

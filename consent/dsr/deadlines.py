@@ -35,12 +35,10 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
-from consent.policy import Deadline, Policy
+from consent.policy import AFTER_WITHDRAWAL, ERASURE, Deadline, Policy
 
 _MAX_WORKING_DAYS = 3660
 SUNDAY = 6
-ERASURE = "erasure"
-AFTER_WITHDRAWAL = "erasure_after_withdrawal"
 
 
 @lru_cache(maxsize=32)
