@@ -7,6 +7,7 @@ declared `version` plus a digest of every policy file, so any edit changes it.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ ACCESS = "access"
 ERASURE = "erasure"
 AFTER_WITHDRAWAL = "erasure_after_withdrawal"
 DEADLINE_KINDS = (ACCESS, ERASURE, AFTER_WITHDRAWAL)
+NAME = re.compile(r"[\w-]+")  # of a purpose or a channel
+NAME_LENGTH = {"purposes": 64, "channels": 16}  # what the consent tables' columns hold
 GPC_PURPOSE = "sale_share"  # what a Global Privacy Control signal opts out of, where it counts
 
 
@@ -319,6 +322,31 @@ def _check_validity(name: str, j: JurisdictionFile, platform: PlatformFile) -> N
             )
 
 
+def _check_names(platform: PlatformFile) -> None:
+    """A purpose or channel is named in import columns (`consent.<purpose>.<channel>.method`,
+    split on dots) and in a jurisdiction's rules, where `default` is every other channel: a
+    name with a dot or a space, an empty one, or a channel called `default` loaded, and then
+    could not be named there (or was read as another). A channel longer than the consent
+    tables hold loaded too, and PostgreSQL refused its first consent."""
+    for section, names in (("purposes", platform.purposes), ("channels", platform.channels)):
+        for name in names:
+            if not NAME.fullmatch(name):
+                raise PolicyError(
+                    f"policy.toml: {section}.{name!r} is not a name: letters, digits, '_' and "
+                    "'-' only (import columns are consent.<purpose>.<channel>, split on dots)"
+                )
+            if len(name) > NAME_LENGTH[section]:
+                raise PolicyError(
+                    f"policy.toml: {section}.{name} is longer than "
+                    f"{NAME_LENGTH[section]} characters"
+                )
+    if "default" in platform.channels:
+        raise PolicyError(
+            "policy.toml: channels.default is reserved: in a jurisdiction's rules, default is "
+            "the basis of every channel not named"
+        )
+
+
 def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Policy:
     platform_path = directory / "policy.toml"
     if not platform_path.exists():
@@ -334,6 +362,7 @@ def load_policy(directory: Path, default_jurisdiction: str | None = None) -> Pol
             raise PolicyError(f"policy.toml: channels.{name} is required")
     if "*" in platform.channels or "*" in platform.purposes:
         raise PolicyError("policy.toml: '*' is reserved and cannot name a purpose or channel")
+    _check_names(platform)
     for name, purpose in platform.purposes.items():
         if purpose.advertiser is not None and not purpose.advertising:
             raise PolicyError(

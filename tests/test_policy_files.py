@@ -210,3 +210,27 @@ def test_a_misspelt_key_in_an_entry_names_the_entry(policies, file, pattern, rep
     edit(policies / file, pattern, replacement)
     message = refused(policies)
     assert file.split("/")[-1] in message and f"`{key}`" in message
+
+
+@pytest.mark.parametrize(
+    ("table", "name"),
+    [
+        ("purposes", '"marketing.partner"'),
+        ("purposes", '""'),
+        ("purposes", '"sale share"'),
+        ("channels", '"tele.gram"'),
+        ("channels", "default"),
+        ("channels", "whatsapp_business"),  # 17 characters: the consent tables hold 16
+    ],
+)
+def test_a_purpose_or_channel_that_import_columns_and_rules_cannot_name_is_refused(
+    policies, table, name
+):
+    # before: loaded, and `consent.marketing.partner.email` was read as purpose "marketing",
+    # channel "partner"; a channel called "default" could not be given a rule of its own
+    # (rules.<purpose>.default is every other channel's); a channel of 17 characters loaded,
+    # and PostgreSQL refused its first consent ("value too long")
+    entry = 'description = "x"' if table == "purposes" else 'address = "profile"'
+    edit(policies / "policy.toml", r"^\[stats\]", f"[{table}.{name}]\n{entry}\n\n[stats]")
+    message = refused(policies)
+    assert "policy.toml" in message and f"{table}." in message
