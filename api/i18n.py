@@ -162,6 +162,8 @@ EN: dict[str, str] = {
     "pref_nothing_changed": "Nothing was changed.",
     "pref_no_choices": "There is nothing we send you that you can choose here.",
     "pref_contract_note": "Needed to fulfil your orders; you may refuse a channel.",
+    # a switch that is on for some of the customer's addresses of its channel: the others
+    "pref_off_at": "off for",
     "pref_advertiser": "Advertiser: {}.",
     "pref_optout_title": "Unsubscribe from everything",
     "pref_optout_text": "Stops all advertising and the sale or sharing of your personal "
@@ -402,6 +404,7 @@ RU: dict[str, str] = {
     "pref_advertiser": "Рекламодатель: {}.",
     "pref_contract_note": "Нужны для выполнения ваших заказов; от отдельного канала можно "
     "отказаться.",
+    "pref_off_at": "отключено для",
     "pref_optout_title": "Отписаться от всего",
     "pref_optout_text": "Прекращает всю рекламу, а также продажу и передачу ваших персональных "
     "данных, по всем каналам.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -333,6 +333,9 @@ async def record_consent(
 class ConsentView:
     items: list[dict[str, Any]]
     contactable: dict[str, dict[str, bool]]
+    # purpose -> channel -> the blind indexes of the emails or phones it is contactable at
+    # (the preference centre names them, so a customer with two sees which one is on)
+    open_at: dict[str, dict[str, set[bytes]]] = field(default_factory=dict)
 
 
 # consent_view's statements, built once: building one per call cost more than running it
@@ -422,14 +425,17 @@ async def consent_view(
         )
     ]
     matrix: dict[str, dict[str, bool]] = {}
+    open_at: dict[str, dict[str, set[bytes]]] = {}
     for purpose in p.policy.purposes:
         matrix[purpose] = {}
+        open_at[purpose] = {}
         for channel, ch in p.policy.channels.items():
             if ch.address == "profile":
                 candidates = [psubj]
             else:
                 candidates = [b for k, b, _ in idents if k == ch.address]
             ok = False
+            reached: set[bytes] = set()
             for subject in candidates or [None]:
                 state = states.get((subject, purpose, channel)) if subject else None
                 facts = Facts(
@@ -447,9 +453,11 @@ async def consent_view(
                 )
                 if decide(p.policy, purpose, channel, facts, now=now) is None:
                     ok = True
-                    break
+                    if subject is not None and subject != psubj:
+                        reached.add(subject)
             matrix[purpose][channel] = ok
-    return ConsentView(items=items, contactable=matrix)
+            open_at[purpose][channel] = reached
+    return ConsentView(items=items, contactable=matrix, open_at=open_at)
 
 
 async def address_decision(

@@ -509,3 +509,47 @@ async def test_unticking_every_switch_and_saving_withdraws_everything(client, ke
     r = await client.post(f"/preferences/{token}", data={"lang": "en"})
     assert r.status_code == 303, r.text
     assert "done=unchanged" in r.headers["location"]
+
+
+async def test_a_customer_with_two_emails_sees_which_one_a_switch_is_on_for(client, keys, platform):
+    """Both emails had marketing; the customer unsubscribed one from a message sent to it and
+    followed "manage all my preferences": the switch, on for the other email, named both
+    addresses as if both still got advertising."""
+    grant = [{"purpose": "marketing", "channel": "email", "status": "granted", "evidence": GRANT}]
+    for email in ("anna@example.com", "boris@example.com"):
+        r = await client.post(
+            "/v1/profiles",
+            json={
+                "source": "crm",
+                "email": email,
+                "phone": "+79161230000",
+                "jurisdiction": "RU",
+                "consents": grant,
+            },
+            headers=keys["ingest"],
+        )
+        assert r.status_code in (200, 201), r.text
+    pid = uuid.UUID(r.json()["profile_id"])
+    second = TokenClaims(
+        pid, "email", platform.keys.indexer.email("boris@example.com"), "marketing", "email"
+    )
+    token = issue(platform.keys.token_key, second)
+    label = re.compile(r'<label for="pref-marketing-email">([^<]*)<span class="address">([^<]*)')
+
+    page = await client.get(f"/preferences/{token}", headers=RU_EN)
+    assert label.search(page.text).group(2) == "(a***@example.com, b***@example.com)"  # type: ignore[union-attr]
+    r = await client.post(f"/v1/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert r.status_code == 200
+
+    page = await client.get(f"/preferences/{token}", headers=RU_EN)
+    assert choices_of(page.text)["marketing:email"] is True  # anna@ still gets it
+    assert label.search(page.text).group(2) == "(a***@example.com; off for b***@example.com)"  # type: ignore[union-attr]
+    ru = await client.get(f"/preferences/{token}", headers={"Accept-Language": "ru"})
+    assert label.search(ru.text).group(2) == "(a***@example.com; отключено для b***@example.com)"  # type: ignore[union-attr]
+
+    # unticking it stops both; the switch then names both again, off
+    allow = {k for k, on in choices_of(page.text).items() if on} - {"marketing:email"}
+    await client.post(f"/preferences/{token}", data=form_for(page.text, allow))
+    page = await client.get(f"/preferences/{token}", headers=RU_EN)
+    assert choices_of(page.text)["marketing:email"] is False
+    assert label.search(page.text).group(2) == "(a***@example.com, b***@example.com)"  # type: ignore[union-attr]

@@ -103,8 +103,9 @@ class Choice:
     channel: str  # a channel, or "*"
     channels: tuple[str, ...]  # the channels the switch stands for
     allowed: bool  # the contactability rule's answer now (any of `channels`)
-    addresses: tuple[str, ...] = ()  # masked
+    addresses: tuple[str, ...] = ()  # masked: those it is on for where it is on, else all
     locked: bool = False  # set by the browser's GPC signal: not changeable here
+    off_at: tuple[str, ...] = ()  # masked: the customer's other addresses, where it is on
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +128,14 @@ def build_groups(
     contactable: dict[str, dict[str, bool]],
     addresses: dict[str, list[str]],
     gpc: bool = False,
+    off_at: dict[tuple[str, str], list[str]] | None = None,
 ) -> list[Group]:
     """The switches the customer sees: a channel shows where the policy of their jurisdiction
-    has a basis for it and they have an address of its kind (profile channels always do)."""
+    has a basis for it and they have an address of its kind (profile channels always do).
+    `off_at`: (purpose, channel) -> the customer's addresses of the channel not contactable
+    for it (masked); a switch that is on names them apart, so that a customer with two
+    emails, one of which they unsubscribed, sees that one off (it read "on" for both)."""
+    off_at = off_at or {}
     groups: list[Group] = []
     for purpose in policy.purposes:
         channels = [
@@ -155,18 +161,35 @@ def build_groups(
             )
         else:
             choices = tuple(
-                Choice(
-                    key=f"{purpose}:{c}",
-                    purpose=purpose,
-                    channel=c,
-                    channels=(c,),
-                    allowed=now.get(c, False),
-                    addresses=tuple(addresses.get(policy.channels[c].address, [])),
-                )
+                _channel_choice(policy, purpose, c, now.get(c, False), addresses, off_at)
                 for c in channels
             )
         groups.append(Group(purpose, contract, choices, policy.purposes[purpose].advertiser))
     return groups
+
+
+def _channel_choice(
+    policy: Policy,
+    purpose: str,
+    channel: str,
+    allowed: bool,
+    addresses: dict[str, list[str]],
+    off_at: dict[tuple[str, str], list[str]],
+) -> Choice:
+    held = addresses.get(policy.channels[channel].address, [])
+    off = list(off_at.get((purpose, channel), [])) if allowed else []
+    on = list(held)
+    for address in off:  # masks may repeat: take one of each off address out
+        on.remove(address)
+    return Choice(
+        key=f"{purpose}:{channel}",
+        purpose=purpose,
+        channel=channel,
+        channels=(channel,),
+        allowed=allowed,
+        addresses=tuple(on),
+        off_at=tuple(off),
+    )
 
 
 def plan_changes(
@@ -268,14 +291,25 @@ async def load_centre(
     ).all()
     cipher = (await p.keys.ciphers(conn, [pid])).get(pid)
     by_kind: dict[str, list[str]] = {}
-    for kind, _, value in rows:
+    masked: dict[bytes, tuple[str, str]] = {}  # blind index -> (kind, masked address)
+    for kind, bidx, value in rows:
         plain = cipher.decrypt("identities.value", value) if cipher else None
         by_kind.setdefault(kind, []).append(mask(kind, plain))
+        masked[bidx] = (kind, by_kind[kind][-1])
+    off_at = {
+        (purpose, channel): [
+            address
+            for bidx, (kind, address) in masked.items()
+            if kind == p.policy.address_kind(channel) and bidx not in reached
+        ]
+        for purpose, channels in view.open_at.items()
+        for channel, reached in channels.items()
+    }
     gpc = gpc_applies(p.policy, jurisdiction, gpc_header)
     return Centre(
         profile_id=pid,
         jurisdiction=jurisdiction,
-        groups=build_groups(p.policy, jurisdiction, view.contactable, by_kind, gpc),
+        groups=build_groups(p.policy, jurisdiction, view.contactable, by_kind, gpc, off_at),
         addresses=[a for kind in ("email", "phone") for a in by_kind.get(kind, [])],
         contactable=view.contactable,
         opt_out=opt_out_plan(p.policy, jurisdiction, by_kind),
@@ -423,6 +457,7 @@ def _page(
                     "allowed": c.allowed,
                     "locked": c.locked,
                     "addresses": c.addresses,
+                    "off_at": c.off_at,
                 }
                 for c in g.choices
             ],
