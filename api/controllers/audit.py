@@ -15,12 +15,12 @@ from api.deps import PlatformDep, PrincipalDep
 from api.openapi import NAMES_A_CUSTOMER
 from api.params import Limit, Moment
 from cdp.access_log import record_access
-from cdp.errors import Conflict, InvalidInput, NotFound
+from cdp.errors import Conflict, InvalidInput
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
 from cdp.segments.cursor import check_limit
 from consent.audit import access, events
-from consent.audit.bundle import evidence_bundle
+from consent.audit.bundle import customer_bundle
 from consent.audit.checkpoints import ChainBrokenError, create_checkpoint, list_checkpoints
 from consent.audit.paging import decode_cursor, encode_cursor, period
 from consent.audit.signing import signer_for
@@ -185,14 +185,8 @@ class AuditController(Controller):
             phone=phone,
             accepted=CUSTOMER,
         )
-        # a read (it verifies the whole ledger: on SQLite a write transaction held every
-        # writer, opt-outs too, for as long), its entry committed before the answer leaves
-        async with platform.db.read(snapshot=True) as conn:
-            customer = await events.resolve_customer(conn, ident)
-            body = await evidence_bundle(conn, platform, ident, customer, principal.name)
-        if customer.root is None and not body["events"]:
-            raise NotFound("nothing is recorded about this customer")
-        await record_access(
+        customer, body = await customer_bundle(platform, ident, principal.name)
+        await record_access(  # committed before the answer leaves
             platform.db,
             principal,
             "audit.evidence_bundle",

@@ -54,7 +54,7 @@ from cdp.ids import parse_uuid, utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier, parse_identifier
 from cdp.profiles.service import profile_view
-from consent.audit.bundle import evidence_bundle
+from consent.audit.bundle import customer_bundle
 from consent.audit.checkpoints import Checkpoint, latest_trusted, list_checkpoints
 from consent.audit.events import Customer, EventFilter, all_events, render, resolve_customer
 from consent.audit.signing import signer_for
@@ -604,11 +604,7 @@ class ConsoleController(Controller):
         if pid is None:
             raise NotFound("no customer with this id")
         ident = Identifier("profile_id", profile_id=pid)
-        async with platform.db.read(snapshot=True) as conn:  # a read, as the customer's page
-            customer = await resolve_customer(conn, ident)
-            body = await evidence_bundle(conn, platform, ident, customer, principal.name)
-        if customer.root is None and not body["events"]:
-            raise NotFound("nothing is recorded about this customer")
+        customer, body = await customer_bundle(platform, ident, principal.name)
         await record_access(
             platform.db,
             principal,

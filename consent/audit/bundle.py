@@ -14,11 +14,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cdp.errors import NotFound
 from cdp.ids import utcnow
 from cdp.platform import Platform
 from cdp.profiles.identifiers import Identifier
 from consent.audit.checkpoints import list_checkpoints
-from consent.audit.events import Customer, EventFilter, all_events, render
+from consent.audit.events import Customer, EventFilter, all_events, render, resolve_customer
 from consent.audit.signing import signer_for
 from consent.audit.verify import OK, verify_ledger
 from consent.chain import HASHED_FIELDS, TRAILING_FIELDS, canonical_payload
@@ -59,6 +60,20 @@ def how_to_verify(fields: tuple[str, ...]) -> list[str]:
         "presence against the officer's file, and compare the public key with the one the "
         "officer holds.",
     ]
+
+
+async def customer_bundle(
+    p: Platform, ident: Identifier, requested_by: str
+) -> tuple[Customer, dict[str, Any]]:
+    """The customer `ident` names and their evidence bundle, read in a read transaction (it
+    verifies the whole ledger: on SQLite a write transaction held every writer, opt-outs too,
+    for as long); NotFound when nothing is recorded about them. The API and the console."""
+    async with p.db.read(snapshot=True) as conn:
+        customer = await resolve_customer(conn, ident)
+        body = await evidence_bundle(conn, p, ident, customer, requested_by)
+    if customer.root is None and not body["events"]:
+        raise NotFound("nothing is recorded about this customer")
+    return customer, body
 
 
 async def evidence_bundle(
