@@ -83,14 +83,12 @@ async def refuse_while_erasure_open(conn: AsyncConnection, survivors: list[uuid.
     it (cdp.profiles.unmerge). Merged in, the other customer was erased with the requester,
     beyond any unmerge, on a reviewer's guess that they were one person. Takes the customers'
     request locks (identifiers before them, profiles after)."""
-    from consent.dsr.customer import customer_profile_ids
-    from consent.dsr.requests import customer_lock, open_erasure
+    from consent.dsr.requests import erasure_open_for
 
-    await lock_keys(conn, [customer_lock(pid) for pid in survivors])
-    for pid in survivors:
-        pending = await open_erasure(conn, await customer_profile_ids(conn, pid))
-        if pending is not None:
-            raise Conflict(
-                f"erasure request {pending.id} of profile {pid} is open: merge once it is "
-                "completed or rejected"
-            )
+    found = await erasure_open_for(conn, survivors)
+    if found is not None:
+        pid, pending = found
+        raise Conflict(
+            f"erasure request {pending.id} of profile {pid} is open: merge once it is "
+            "completed or rejected"
+        )

@@ -230,11 +230,11 @@ async def merge_profiles(
         await conn.execute(delete(table).where(table.c.profile_id == absorbed_id))
 
     consents_before = (
-        await _profile_states(conn, absorbed_id),
-        await _profile_states(conn, survivor_id),
+        await profile_states(conn, absorbed_id),
+        await profile_states(conn, survivor_id),
     )
     await merge_profile_states(conn, survivor_id, absorbed_id)
-    consent_changes = _consent_changes(*consents_before, await _profile_states(conn, survivor_id))
+    consent_changes = _consent_changes(*consents_before, await profile_states(conn, survivor_id))
 
     repointed = [
         pid
@@ -333,7 +333,7 @@ async def merge_profiles(
     return merge_id
 
 
-async def _profile_states(conn: AsyncConnection, profile_id: uuid.UUID) -> list[dict[str, Any]]:
+async def profile_states(conn: AsyncConnection, profile_id: uuid.UUID) -> list[dict[str, Any]]:
     """The profile-keyed (push, messenger) consent_state rows of a profile."""
     cs = consent_state.c
     rows = await conn.execute(

@@ -62,11 +62,16 @@ from cdp.profiles.freshness import PLAIN_FIELDS, pinned, present, trait_key
 from cdp.profiles.identifiers import profiles_addresses
 from cdp.profiles.identity import resolve_profile_id
 from cdp.profiles.locks import lock_profiles
-from cdp.profiles.merge import ABSORBED_PLACE, SURVIVOR_PLACE, AbsorbedState, SurvivorState
+from cdp.profiles.merge import (
+    ABSORBED_PLACE,
+    SURVIVOR_PLACE,
+    AbsorbedState,
+    SurvivorState,
+    profile_states,
+)
 from cdp.profiles.rekey import rekey
 from consent import evidence, ledger, merged_consent
-from consent.dsr.customer import customer_profile_ids
-from consent.dsr.requests import customer_lock, open_erasure
+from consent.dsr.requests import erasure_open_for
 from consent.ledger import Entry, ordering_time, supersedes
 from consent.outbox.enqueue import enqueue_merge, enqueue_profile_withdrawals
 from consent.outbox.moves import note_moves
@@ -142,11 +147,10 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     ]
     await lock_keys(conn, bidxs)  # identifiers first, then profiles (cdp.profiles.locks)
     # an open erasure erases the customer the request found: both halves of this merge
-    await lock_keys(conn, [customer_lock(holder)])
-    pending = await open_erasure(conn, await customer_profile_ids(conn, holder))
-    if pending is not None:
+    found = await erasure_open_for(conn, [holder])
+    if found is not None:
         raise Conflict(
-            f"erasure request {pending.id} of this customer is open: it erases the profiles "
+            f"erasure request {found[1].id} of this customer is open: it erases the profiles "
             "as they were merged when it was received"
         )
     await lock_profiles(conn, [holder, a_id])
@@ -206,7 +210,7 @@ async def undo_merge(conn: AsyncConnection, p: Platform, m: Any, actor: str) -> 
     )
     # then, under her id, the pushes (messenger) that stay off for her as the split left them:
     # a withdrawal recorded while merged binds both halves, yet was announced for the holder
-    await enqueue_profile_withdrawals(conn, a_id, await _own_states(conn, a_id))
+    await enqueue_profile_withdrawals(conn, a_id, await profile_states(conn, a_id))
     await note_moves(conn, p.policy, [holder, a_id])  # addresses changed holder (lapses)
     log.info("merge_undone", merge_id=str(m.id), holder=str(holder), absorbed=str(a_id))
     return holder
@@ -595,17 +599,6 @@ async def _grants_while_merged_count_for_neither(
         for purpose, channel in granted
     ]
     await ledger.append(conn, p.policy, entries)
-
-
-async def _own_states(conn: AsyncConnection, profile_id: uuid.UUID) -> list[Any]:
-    """The profile's own (push, messenger) consent states, as mappings."""
-    cs = consent_state.c
-    rows = await conn.execute(
-        select(cs.purpose, cs.channel, cs.status, cs.since, cs.source).where(
-            cs.subject == profile_subject(profile_id)
-        )
-    )
-    return [r._mapping for r in rows]
 
 
 def _ordered(row: dict[str, Any]) -> tuple[str, datetime]:

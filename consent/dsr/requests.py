@@ -93,6 +93,20 @@ async def open_erasure(conn: AsyncConnection, pids: list[uuid.UUID]) -> Any | No
     ).first()
 
 
+async def erasure_open_for(
+    conn: AsyncConnection, roots: list[uuid.UUID]
+) -> tuple[uuid.UUID, Any] | None:
+    """(surviving profile, its oldest open erasure request) of the first of these customers
+    that has one, after taking their `customer_lock`s: a merge or an unmerge waits for it,
+    since the erasure erases the customer as the request found them."""
+    await lock_keys(conn, [customer_lock(root) for root in roots])
+    for root in roots:
+        pending = await open_erasure(conn, await customer_profile_ids(conn, root))
+        if pending is not None:
+            return root, pending
+    return None
+
+
 async def record_transition(
     conn: AsyncConnection,
     request_id: uuid.UUID,

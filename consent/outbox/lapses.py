@@ -88,6 +88,7 @@ from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from cdp.db.bulk import rows_where_in
 from cdp.db.engine import xact_lock
 from cdp.db.partial import equals
 from cdp.db.tables import identities, profiles
@@ -111,7 +112,6 @@ cs = consent_state.c
 cl = consent_ledger.c
 lw = lapse_watermarks.c
 lm = lapse_moves.c
-la = lapses_announced.c
 # before every grant's key: a grant's time is never before EARLIEST (cdp.ids.time_problem)
 START = (EARLIEST, b"", "")
 
@@ -364,11 +364,7 @@ async def _holders(
 
 async def _announced(conn: AsyncConnection, seqs: list[int]) -> set[int]:
     """Those of these grants (by ledger seq) whose lapse has been announced."""
-    out: set[int] = set()
-    for start in range(0, len(seqs), 500):
-        rows = await conn.execute(select(la.seq).where(la.seq.in_(seqs[start : start + 500])))
-        out.update(seq for (seq,) in rows)
-    return out
+    return {seq for (seq,) in await rows_where_in(conn, lapses_announced, ("seq",), "seq", seqs)}
 
 
 async def _announce(
