@@ -56,6 +56,19 @@ async def subscribe(client, keys, receiver: Receiver, **body) -> dict:  # type: 
     return r.json()
 
 
+async def subscribed_server(client, keys, handler) -> asyncio.Server:  # type: ignore[no-untyped-def]
+    """A raw TCP receiver on a free port running `handler`, subscribed to opt_out events."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    r = await client.post(
+        "/v1/webhooks",
+        json={"url": f"http://127.0.0.1:{port}/hooks", "kinds": ["opt_out"]},
+        headers=keys["admin"],
+    )
+    assert r.status_code == 201, r.text
+    return server
+
+
 async def drain(p, cfg: DispatchConfig = FAST, settle: bool = True) -> None:  # type: ignore[no-untyped-def]
     async with open_dispatcher(p, cfg) as dispatcher:
         await dispatcher.drain(settle=settle, max_seconds=30)
@@ -581,14 +594,7 @@ async def test_a_receiver_that_never_answers_does_not_hold_up_another_subscripti
         finally:
             writer.close()
 
-    server = await asyncio.start_server(hang, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    r = await client.post(
-        "/v1/webhooks",
-        json={"url": f"http://127.0.0.1:{port}/hooks", "kinds": ["opt_out"]},
-        headers=keys["admin"],
-    )
-    assert r.status_code == 201, r.text
+    server = await subscribed_server(client, keys, hang)
     await subscribe(client, keys, receiver, kinds=["opt_out"])
     stop = asyncio.Event()
     cfg = dataclasses.replace(FAST, concurrency=2, timeout=60.0)
@@ -632,14 +638,7 @@ async def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    r = await client.post(
-        "/v1/webhooks",
-        json={"url": f"http://127.0.0.1:{port}/hooks", "kinds": ["opt_out"]},
-        headers=keys["admin"],
-    )
-    assert r.status_code == 201, r.text
+    server = await subscribed_server(client, keys, trickle)
     await opt_out(client, keys, email="trickle@example.com")
     try:
         await drain(platform, dataclasses.replace(FAST, timeout=1.0, max_attempts=2))
